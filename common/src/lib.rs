@@ -1,0 +1,11 @@
+//! Wire types and codecs shared by the kedge controller and agent.
+//!
+//! This crate is data and codecs only: no I/O, no async runtime, no MQTT client,
+//! no Kubernetes API types (design.md §2). The full snapshot/report types arrive
+//! with the fleet-link issue; what is here is the envelope and the topic tree.
+
+pub mod envelope;
+pub mod topics;
+
+/// Version of the kedge binaries, reported by `--version` and in node reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,232 @@
+//! The Kubernetes-shaped HTTP API: routing, content negotiation and the
+//! discovery/OpenAPI documents kubectl needs before it sends anything.
+
+mod discovery;
+pub mod error;
+mod meta;
+mod objects;
+mod openapi;
+mod table;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::watch as signal;
+
+use crate::resources::{self, ResourceType};
+use crate::store::SharedStore;
+pub use error::ApiError;
+pub use meta::now;
+pub use objects::SYSTEM_NAMESPACES;
+
+/// Largest request body accepted (Kubernetes uses 3 MiB).
+pub const DEFAULT_MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub struct ApiConfig {
+    pub max_body: usize,
+    /// Bearer token every request must carry (`None`: no authentication, for
+    /// loopback-only listeners).
+    pub token: Option<String>,
+    /// Service cluster-IP range (default 10.43.0.0/16, as K3s).
+    pub service_cidr: (std::net::Ipv4Addr, u8),
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { max_body: DEFAULT_MAX_BODY, token: None, service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16) }
+    }
+}
+
+pub struct ApiState {
+    pub store: SharedStore,
+    pub config: ApiConfig,
+    /// Flips to `true` on shutdown so open watch streams end.
+    pub shutdown: signal::Receiver<bool>,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(State(st): State<Arc<ApiState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = match route(&st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    resp
+}
+
+/// The request as the object handlers see it.
+pub(crate) struct Req {
+    pub method: Method,
+    pub query: HashMap<String, String>,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+impl Req {
+    pub fn param(&self, k: &str) -> Option<&str> {
+        self.query.get(k).map(String::as_str)
+    }
+
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=Table")))
+    }
+
+    /// Reads the body, refusing more than `limit` bytes with 413.
+    pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
+        let declared = self
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let b = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
+            if declared.is_none() { ApiError::too_large(limit) } else { ApiError::bad_request(format!("reading request body: {e}")) }
+        })?;
+        Ok((b, self.headers, self.query))
+    }
+}
+
+/// Which object(s) a resource path names.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub rt: &'static ResourceType,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+}
+
+async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
+    if let Some(token) = &st.config.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if !ok {
+            return Err(ApiError::unauthorized());
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/').to_owned();
+    let query: HashMap<String, String> =
+        axum::extract::Query::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+    let r = Req { method: parts.method, query, headers: parts.headers, body };
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let get = r.method == Method::GET;
+    match segs.as_slice() {
+        ["version"] if get => Ok(json(StatusCode::OK, &discovery::version())),
+        ["healthz" | "livez" | "readyz"] if get => Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
+        ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
+        ["apis", g] if get && discovery::group(g).is_some() => {
+            Ok(json(StatusCode::OK, &discovery::group(g).unwrap_or(Value::Null)))
+        }
+        ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list("", "v1"))),
+        ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
+            Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
+        }
+        ["openapi", "v3"] if get => Ok(json(StatusCode::OK, &openapi::root())),
+        ["openapi", "v3", rest @ ..] if get => match openapi::document(&rest.join("/")) {
+            Some(doc) => Ok(json(StatusCode::OK, &doc)),
+            None => Err(ApiError::no_route(&path)),
+        },
+        ["api", "v1", rest @ ..] => resource(st, r, "", "v1", rest, &path).await,
+        ["apis", g, v, rest @ ..] => resource(st, r, g, v, rest, &path).await,
+        _ => Err(ApiError::no_route(&path)),
+    }
+}
+
+async fn resource(
+    st: &Arc<ApiState>,
+    r: Req,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    path: &str,
+) -> Result<Response, ApiError> {
+    // `namespaces/{ns}/{plural}/…` addresses namespaced objects; anything else
+    // is `{plural}[/{name}[/{sub}]]` (cluster-scoped, or all namespaces).
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if resources::find(group, version, plural).is_some_and(|rt| rt.namespaced) => {
+            (Some((*ns).to_owned()), {
+                let mut v = vec![*plural];
+                v.extend_from_slice(tail);
+                v
+            })
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, sub) = match rest.as_slice() {
+        [p] => (*p, None, None),
+        [p, n] => (*p, Some((*n).to_owned()), None),
+        [p, n, s] => (*p, Some((*n).to_owned()), Some((*s).to_owned())),
+        _ => return Err(ApiError::no_route(path)),
+    };
+    let rt = resources::find(group, version, plural).ok_or_else(|| ApiError::no_route(path))?;
+    if rt.namespaced && name.is_some() && namespace.is_none() {
+        return Err(ApiError::no_route(path));
+    }
+    if let Some(s) = sub.as_deref() {
+        let known = (s == "status" && rt.status) || (s == "scale" && rt.scale) || (s == "binding" && rt.kind == "Pod");
+        if !known {
+            return Err(ApiError::no_route(path));
+        }
+    }
+    let t = Target { rt, namespace, name, sub };
+    let m = r.method.clone();
+    match (&m, t.name.is_some()) {
+        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => watch::serve(st, &t, &r),
+        (&Method::GET, false) => objects::list(st, &t, &r),
+        (&Method::POST, false) => objects::create(st, &t, r).await,
+        (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
+        (&Method::GET, true) => objects::get(st, &t, &r),
+        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
+        (&Method::PUT, true) => objects::replace(st, &t, r).await,
+        (&Method::PATCH, true) => objects::patch(st, &t, r).await,
+        (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,
+        _ => Err(ApiError::method_not_allowed(m.as_str(), path)),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A JSON response.
+pub(crate) fn json(code: StatusCode, v: &Value) -> Response {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+/// A JSON response with Kubernetes `Warning` headers.
+pub(crate) fn json_warn(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut resp = json(code, v);
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&text) {
+            resp.headers_mut().append("warning", h);
+        }
+    }
+    resp
+}

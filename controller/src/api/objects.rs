@@ -1,0 +1,598 @@
+//! Create, read, update, patch and delete of stored objects, with the
+//! `status`, `scale` and `binding` subresources.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::{ApiState, Req, Target, json_warn, meta, table};
+use crate::patch::{self, PatchType};
+use crate::resources::{self, ResourceType};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{Key, Mutation};
+use crate::validate::{self, FieldValidation, strict};
+
+/// Namespaces that always exist and may not be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+fn ns_of(t: &Target) -> &str {
+    t.namespace.as_deref().unwrap_or_default()
+}
+
+fn name_of(t: &Target) -> &str {
+    t.name.as_deref().unwrap_or_default()
+}
+
+fn key(t: &Target) -> Key {
+    Key::new(t.rt.id, ns_of(t), name_of(t))
+}
+
+/// Parses a JSON object body, noting duplicated keys.
+fn parse_body(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
+    let (v, dups) = strict::parse(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
+    }
+    Ok((v, dups))
+}
+
+fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let base = ct.split(';').next().unwrap_or_default().trim();
+    if base == "application/json" || base.is_empty() { Ok(()) } else { Err(ApiError::unsupported_media(ct)) }
+}
+
+/// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
+fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), ApiError> {
+    let want_av = rt.api_version();
+    for (field, want) in [("apiVersion", want_av.as_str()), ("kind", rt.kind)] {
+        match body.get(field).and_then(Value::as_str) {
+            None | Some("") => {
+                body[field] = Value::String(want.to_owned());
+            }
+            Some(have) if have != want => {
+                return Err(ApiError::bad_request(format!(
+                    "the {field} in the data ({have}) does not match the expected {field} ({want})"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+pub fn get(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
+    let obj = st.store.get(&key(t))?.ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
+    let body = match t.sub.as_deref() {
+        Some("scale") => scale_of(t.rt, &obj),
+        _ if r.wants_table() => table::table(t.rt, std::slice::from_ref(&obj), &meta_rv(&obj), r.param("includeObject")),
+        _ => obj,
+    };
+    Ok(super::json(StatusCode::OK, &body))
+}
+
+fn meta_rv(obj: &Value) -> String {
+    meta::get_str(obj, "resourceVersion").unwrap_or_default().to_owned()
+}
+
+/// Label and field selectors from the query.
+pub(crate) fn selectors(rt: &ResourceType, r: &Req) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let ls = LabelSelector::parse(r.param("labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fs = FieldSelector::parse(r.param("fieldSelector").unwrap_or_default(), rt.fields)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((ls, fs))
+}
+
+pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
+    let (ls, fs) = selectors(t.rt, r)?;
+    let limit = r.param("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let after = match r.param("continue").filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid continue token"))?,
+        ),
+        None => None,
+    };
+    let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
+    let mut selected: Vec<Value> = Vec::new();
+    let mut cont = None;
+    for item in items {
+        if !(ls.matches(&item) && fs.matches(&item)) {
+            continue;
+        }
+        if limit.is_some_and(|l| selected.len() == l) {
+            if let Some(last) = selected.last() {
+                let k = format!("{}/{}", meta::get_str(last, "namespace").unwrap_or_default(), meta::get_str(last, "name").unwrap_or_default());
+                cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k));
+            }
+            break;
+        }
+        selected.push(item);
+    }
+    let rv = rev.to_string();
+    let body = if r.wants_table() {
+        let mut tb = table::table(t.rt, &selected, &rv, r.param("includeObject"));
+        if let Some(c) = &cont {
+            tb["metadata"]["continue"] = json!(c);
+        }
+        tb
+    } else {
+        let mut md = json!({"resourceVersion": rv});
+        if let Some(c) = cont {
+            md["continue"] = json!(c);
+        }
+        json!({"kind": t.rt.list_kind(), "apiVersion": t.rt.api_version(), "metadata": md, "items": selected})
+    };
+    Ok(super::json(StatusCode::OK, &body))
+}
+
+fn ensure_namespace(st: &Arc<ApiState>, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+    if !rt.namespaced {
+        return Ok(());
+    }
+    match st.store.get(&Key::new(resources::namespaces().id, "", ns))? {
+        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        ))),
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found("namespaces", ns)),
+    }
+}
+
+pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    if t.name.is_some() {
+        return Err(ApiError::method_not_allowed("POST", t.rt.plural));
+    }
+    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
+    require_json(&headers)?;
+    let (mut body, dups) = parse_body(&bytes)?;
+    check_type(t.rt, &mut body)?;
+    let ns = ns_of(t).to_owned();
+    if t.rt.namespaced {
+        match meta::get_str(&body, "namespace") {
+            Some(n) if n != ns => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => meta::set(&mut body, "namespace", json!(ns)),
+        }
+    } else {
+        meta::remove(&mut body, "namespace");
+    }
+    if meta::get_str(&body, "name").is_none() {
+        if let Some(prefix) = meta::get_str(&body, "generateName").map(str::to_owned) {
+            meta::set(&mut body, "name", json!(format!("{prefix}{}", meta::random_suffix())));
+        }
+    }
+    if meta::get_str(&body, "resourceVersion").is_some() {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    }
+    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
+        meta::remove(&mut body, f);
+    }
+    if t.rt.status && t.rt.kind != "Node" {
+        if let Some(o) = body.as_object_mut() {
+            o.remove("status");
+        }
+    }
+    ensure_namespace(st, t.rt, &ns)?;
+    let admitted = validate::admit(t.rt, body, &dups, mode, None)?;
+    let mut obj = admitted.object;
+    meta::set(&mut obj, "uid", json!(meta::new_uid()));
+    meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
+    if t.rt.generation {
+        meta::set(&mut obj, "generation", json!(1));
+    }
+    if t.rt.kind == "Service" {
+        allocate_service(st, &mut obj)?;
+    }
+    let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
+    let k = Key::new(t.rt.id, &ns, &name);
+    let out = st.store.mutate(&k, |cur| {
+        if cur.is_some() {
+            return Err(ApiError::already_exists(&t.rt.qualified(), &name));
+        }
+        Ok(Mutation::Put(obj))
+    })?;
+    let stored = out.object.unwrap_or(Value::Null);
+    tracing::info!(resource = t.rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
+    Ok(json_warn(StatusCode::CREATED, &stored, &admitted.warnings))
+}
+
+/// Assigns a cluster IP (and node ports) to a new Service.
+fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError> {
+    let (all, _) = st.store.list(resources::find("", "v1", "services").map_or("core/services", |r| r.id), None, None)?;
+    let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+    if ty == "ExternalName" {
+        return Ok(());
+    }
+    let wants_ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty);
+    if wants_ip {
+        let used: BTreeSet<&str> = all.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
+        let (base, bits) = st.config.service_cidr;
+        let size = 1u32 << (32 - u32::from(bits.min(30)));
+        // .1 is kept for the `kubernetes` service, as in Kubernetes.
+        let ip = (2..size - 1)
+            .map(|i| Ipv4Addr::from(u32::from(base) + i).to_string())
+            .find(|ip| !used.contains(ip.as_str()))
+            .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
+        svc["spec"]["clusterIP"] = json!(ip);
+        svc["spec"]["clusterIPs"] = json!([ip]);
+    } else if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned) {
+        if ip != "None" && all.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip)) {
+            return Err(ApiError::invalid("Service", "", meta::get_str(svc, "name").unwrap_or_default(), vec![
+                crate::api::error::FieldError::invalid("spec.clusterIPs", &ip, "failed to allocate IP: provided IP is already allocated"),
+            ]));
+        }
+        svc["spec"]["clusterIPs"] = json!([ip]);
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let mut used: BTreeSet<i64> = all
+            .iter()
+            .flat_map(|s| s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
+            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
+            .collect();
+        if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
+            for p in ports {
+                if p.get("nodePort").and_then(Value::as_i64).is_none() {
+                    let free = (30000..=32767).find(|n| !used.contains(n)).ok_or_else(|| ApiError::internal("no free node port"))?;
+                    used.insert(free);
+                    p["nodePort"] = json!(free);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Main,
+    Status,
+}
+
+/// The shared update path of PUT and PATCH: `make` turns the stored object
+/// into the candidate, which is then checked, admitted and written in the
+/// same transaction.
+fn update(
+    st: &Arc<ApiState>,
+    t: &Target,
+    part: Part,
+    mode: FieldValidation,
+    dups: &[String],
+    make: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let rt = t.rt;
+    let name = name_of(t).to_owned();
+    let mut warnings = Vec::new();
+    let out = st.store.mutate(&key(t), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(&rt.qualified(), &name))?;
+        let mut cand = make(&old)?;
+        if !cand.is_object() {
+            return Err(ApiError::bad_request("the object must be a JSON object"));
+        }
+        check_type(rt, &mut cand)?;
+        match meta::get_str(&cand, "name") {
+            Some(n) if n != name => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => meta::set(&mut cand, "name", json!(name)),
+        }
+        if rt.namespaced {
+            match meta::get_str(&cand, "namespace") {
+                Some(n) if Some(n) != t.namespace.as_deref() => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => meta::set(&mut cand, "namespace", json!(ns_of(t))),
+            }
+        }
+        if let Some(rv) = meta::get_str(&cand, "resourceVersion") {
+            if Some(rv) != meta::get_str(&old, "resourceVersion") {
+                return Err(ApiError::stale(&rt.qualified(), &name));
+            }
+        }
+        if rt.status {
+            cand = match part {
+                Part::Main => {
+                    let mut c = cand;
+                    match old.get("status") {
+                        Some(s) => c["status"] = s.clone(),
+                        None => {
+                            c.as_object_mut().map(|o| o.remove("status"));
+                        }
+                    }
+                    c
+                }
+                Part::Status => {
+                    let mut c = old.clone();
+                    match cand.get("status") {
+                        Some(s) => c["status"] = s.clone(),
+                        None => {
+                            c.as_object_mut().map(|o| o.remove("status"));
+                        }
+                    }
+                    c
+                }
+            };
+        }
+        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            match meta::get(&old, f) {
+                Some(v) => meta::set(&mut cand, f, v.clone()),
+                None => meta::remove(&mut cand, f),
+            }
+        }
+        let admitted = validate::admit(rt, cand, dups, mode, Some(&old))?;
+        warnings = admitted.warnings;
+        let mut obj = admitted.object;
+        if rt.generation && obj.get("spec") != old.get("spec") {
+            let g = meta::get(&old, "generation").and_then(Value::as_i64).unwrap_or(0);
+            meta::set(&mut obj, "generation", json!(g + 1));
+        }
+        if meta::without_rv(&obj) == meta::without_rv(&old) {
+            return Ok(Mutation::Keep);
+        }
+        let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty {
+            return Ok(Mutation::Delete);
+        }
+        Ok(Mutation::Put(obj))
+    })?;
+    if out.revision.is_some() {
+        tracing::info!(resource = rt.id, namespace = ns_of(t), %name, rv = out.revision.unwrap_or(0), "updated");
+    }
+    Ok((out.object.unwrap_or(Value::Null), warnings))
+}
+
+fn part_of(t: &Target) -> Part {
+    if t.sub.as_deref() == Some("status") { Part::Status } else { Part::Main }
+}
+
+pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
+    require_json(&headers)?;
+    let (body, dups) = parse_body(&bytes)?;
+    if t.sub.as_deref() == Some("scale") {
+        return write_scale(st, t, |_| Ok(body));
+    }
+    let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |_| Ok(body))?;
+    Ok(json_warn(StatusCode::OK, &obj, &warnings))
+}
+
+pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+    let (patch_doc, dups) = strict::parse(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let kind = t.rt.kind;
+    let apply = |base: Value| -> Result<Value, ApiError> {
+        let mut doc = base;
+        patch::apply(kind, &mut doc, patch_doc, ty).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(doc)
+    };
+    if t.sub.as_deref() == Some("scale") {
+        return write_scale(st, t, |scale| apply(scale));
+    }
+    // Duplicates inside a JSON patch are op objects, not fields of the object.
+    let dups = if ty == PatchType::Json { Vec::new() } else { dups };
+    let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |old| apply(old.clone()))?;
+    Ok(json_warn(StatusCode::OK, &obj, &warnings))
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .unwrap_or_default();
+    let _ = rt;
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta::get(obj, "name"),
+            "namespace": meta::get(obj, "namespace"),
+            "uid": meta::get(obj, "uid"),
+            "resourceVersion": meta::get(obj, "resourceVersion"),
+            "creationTimestamp": meta::get(obj, "creationTimestamp"),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+fn write_scale(
+    st: &Arc<ApiState>,
+    t: &Target,
+    make: impl FnOnce(Value) -> Result<Value, ApiError>,
+) -> Result<Response, ApiError> {
+    let rt = t.rt;
+    let (obj, _) = update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
+        let scale = make(scale_of(rt, old))?;
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::bad_request("spec.replicas must be an integer"))?;
+        if replicas < 0 || replicas > i64::from(i32::MAX) {
+            return Err(ApiError::invalid("Scale", "autoscaling", name_of(t), vec![
+                crate::api::error::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0"),
+            ]));
+        }
+        let mut new = old.clone();
+        if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            meta::set(&mut new, "resourceVersion", json!(rv));
+        }
+        new["spec"]["replicas"] = json!(replicas);
+        Ok(new)
+    })?;
+    Ok(super::json(StatusCode::OK, &scale_of(rt, &obj)))
+}
+
+pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let (bytes, _, _) = r.bytes(st.config.max_body).await?;
+    let (body, _) = parse_body(&bytes)?;
+    let node = body
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::invalid("Binding", "", name_of(t), vec![crate::api::error::FieldError::required("target.name")]))?
+        .to_owned();
+    let name = name_of(t).to_owned();
+    update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
+        if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            return Err(ApiError::conflict("pods", &name, &format!("pod {name} is already assigned to node \"{cur}\"")));
+        }
+        let mut new = old.clone();
+        new["spec"]["nodeName"] = json!(node);
+        Ok(new)
+    })?;
+    Ok(super::json(
+        StatusCode::CREATED,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+    ))
+}
+
+/// `DeleteOptions` from the body or the query.
+struct DeleteOpts {
+    uid: Option<String>,
+    rv: Option<String>,
+}
+
+fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+    let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+    };
+    if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str).or(r_query.get("propagationPolicy").map(String::as_str)) {
+        if !["Orphan", "Background", "Foreground"].contains(&p) {
+            return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}")));
+        }
+    }
+    Ok(DeleteOpts {
+        uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
+        rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
+    })
+}
+
+/// What deleting `old` means: set `deletionTimestamp` while finalizers
+/// remain, remove it otherwise.
+fn deletion(old: Value) -> Mutation {
+    let has_finalizers = meta::get(&old, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+    if !has_finalizers {
+        return Mutation::Delete;
+    }
+    if meta::get(&old, "deletionTimestamp").is_some() {
+        return Mutation::Keep;
+    }
+    let mut o = old;
+    meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
+    meta::set(&mut o, "deletionGracePeriodSeconds", json!(0));
+    Mutation::Put(o)
+}
+
+pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let (bytes, _, query) = r.bytes(st.config.max_body).await?;
+    let opts = delete_opts(&bytes, &query)?;
+    let name = name_of(t).to_owned();
+    let q = t.rt.qualified();
+    if t.rt.kind == "Namespace" {
+        return delete_namespace(st, &name, &opts);
+    }
+    let out = st.store.mutate::<ApiError, _>(&key(t), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(&q, &name))?;
+        preconditions(&q, &name, &old, &opts)?;
+        Ok(deletion(old))
+    })?;
+    tracing::info!(resource = t.rt.id, namespace = ns_of(t), %name, "deleted");
+    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
+}
+
+fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<(), ApiError> {
+    if let Some(uid) = &opts.uid {
+        let have = meta::get_str(old, "uid").unwrap_or_default();
+        if uid != have {
+            return Err(ApiError::conflict(q, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+        }
+    }
+    if let Some(rv) = &opts.rv {
+        let have = meta::get_str(old, "resourceVersion").unwrap_or_default();
+        if rv != have {
+            return Err(ApiError::conflict(
+                q,
+                name,
+                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Deleting a namespace deletes everything in it, in one transaction.
+fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result<Response, ApiError> {
+    if SYSTEM_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+    }
+    let mut keys = Vec::new();
+    for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let (items, _) = st.store.list(rt.id, Some(name), None)?;
+        for it in items {
+            keys.push(Key::new(rt.id, name, meta::get_str(&it, "name").unwrap_or_default()));
+        }
+    }
+    keys.push(Key::new(resources::namespaces().id, "", name));
+    let n = keys.len();
+    let mut outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
+        let ns_obj = cur.last().cloned().flatten().ok_or_else(|| ApiError::not_found("namespaces", name))?;
+        preconditions("namespaces", name, &ns_obj, opts)?;
+        Ok(cur.into_iter().map(|_| Mutation::Delete).collect::<Vec<_>>())
+    })?;
+    tracing::info!(namespace = %name, objects = n - 1, "namespace deleted with its contents");
+    let last = outs.pop().and_then(|o| o.object).unwrap_or(Value::Null);
+    Ok(super::json(StatusCode::OK, &last))
+}
+
+pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let (ls, fs) = selectors(t.rt, &r)?;
+    if t.rt.kind == "Namespace" {
+        return Err(ApiError::method_not_allowed("DELETE", "namespaces"));
+    }
+    let (items, _) = st.store.list(t.rt.id, t.namespace.as_deref(), None)?;
+    let keys: Vec<Key> = items
+        .iter()
+        .filter(|i| ls.matches(i) && fs.matches(i))
+        .map(|i| Key::new(t.rt.id, meta::get_str(i, "namespace").unwrap_or_default(), meta::get_str(i, "name").unwrap_or_default()))
+        .collect();
+    let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
+        Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, deletion)).collect())
+    })?;
+    let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
+    let rv = st.store.revision().to_string();
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"kind": t.rt.list_kind(), "apiVersion": t.rt.api_version(), "metadata": {"resourceVersion": rv}, "items": deleted}),
+    ))
+}

@@ -1,0 +1,13 @@
+//! kedge-controller: a small Kubernetes-shaped control plane.
+//!
+//! Start reading at [`server`] (start-up and shutdown), then [`api`] (the
+//! HTTP surface kubectl drives) and [`store`] (redb, revisions, watch).
+
+pub mod api;
+pub mod patch;
+pub mod quantity;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod validate;

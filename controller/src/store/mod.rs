@@ -1,0 +1,264 @@
+//! The object store: Kubernetes objects as JSON in redb, one global revision
+//! used as `resourceVersion` (as etcd does), and a bounded in-memory watch
+//! history (see [`watch`]).
+//!
+//! Every write is one redb transaction that also bumps the revision; the
+//! caller only hears back after the commit, so an API answer means the write
+//! is durable. Semantics (defaults, validation, uid, generation) live in the
+//! API layer; the store only knows keys, revisions and preconditions.
+
+mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+
+pub use watch::{EventType, WatchEvent, WatchHub, WatchStart};
+
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("stored object {key} is corrupt: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+    #[error("cannot encode object: {0}")]
+    Encode(serde_json::Error),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Where an object lives: resource (`group/plural`, e.g. `apps/deployments`),
+/// namespace (empty for cluster-scoped kinds) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub resource: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(resource: &'static str, namespace: &str, name: &str) -> Self {
+        Key { resource, namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+
+    fn encode(&self) -> String {
+        format!("{}/{}/{}", self.resource, self.namespace, self.name)
+    }
+
+    /// The key range prefix of one resource, optionally within a namespace.
+    fn prefix(resource: &str, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(ns) => format!("{resource}/{ns}/"),
+            None => format!("{resource}/"),
+        }
+    }
+}
+
+/// What a mutation closure decides to do with the object it was shown.
+pub enum Mutation {
+    /// Store this object (its `metadata.resourceVersion` is set by the store).
+    Put(Value),
+    /// Remove the object.
+    Delete,
+    /// Leave everything as it is (no revision is used).
+    Keep,
+}
+
+/// What a mutation did: the object as now stored (or as last stored, for a
+/// delete) and the revision of the write (`None` when nothing was written).
+#[derive(Debug)]
+pub struct Outcome {
+    pub object: Option<Value>,
+    pub revision: Option<u64>,
+}
+
+pub struct Store {
+    db: Database,
+    revision: AtomicU64,
+    hub: WatchHub,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`; `history` is how many watch
+    /// events are kept in memory for watches that resume from a revision.
+    pub fn open(path: &std::path::Path, history: usize) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        let revision = {
+            txn.open_table(OBJECTS)?;
+            let meta = txn.open_table(META)?;
+            meta.get(REVISION_KEY)?.map(|g| g.value()).unwrap_or(0)
+        };
+        txn.commit()?;
+        Ok(Store { db, revision: AtomicU64::new(revision), hub: WatchHub::new(history, revision) })
+    }
+
+    /// The revision of the last committed write.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    pub fn hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OBJECTS)?;
+        let k = key.encode();
+        match table.get(k.as_str())? {
+            Some(v) => Ok(Some(decode(&k, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists one resource (in one namespace, or all) from one consistent
+    /// snapshot, with the revision that snapshot reflects. Objects come in key
+    /// order (namespace, then name); `after` skips keys up to and including
+    /// the given `namespace/name` (list continuation).
+    pub fn list(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(Vec<Value>, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        // The revision is read inside the read transaction's snapshot window:
+        // writes bump it only after commit, so the list is at least this new.
+        let rev = self.revision();
+        let table = txn.open_table(OBJECTS)?;
+        let prefix = Key::prefix(resource, namespace);
+        let start = match after {
+            Some(a) => format!("{resource}/{a}\u{0}"),
+            None => prefix.clone(),
+        };
+        let mut out = Vec::new();
+        for item in table.range(start.as_str()..)? {
+            let (k, v) = item?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(decode(k, v.value())?);
+        }
+        Ok((out, rev))
+    }
+
+    /// Reads the object at `key`, lets `f` decide, and commits the result as
+    /// one transaction with a fresh revision. `f` may fail with its own error
+    /// type; then nothing is written.
+    pub fn mutate<E, F>(&self, key: &Key, f: F) -> Result<Outcome, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(Option<Value>) -> Result<Mutation, E>,
+    {
+        let mut out = self.mutate_many(std::slice::from_ref(key), |mut current| {
+            let cur = current.pop().flatten();
+            f(cur).map(|m| vec![m])
+        })?;
+        Ok(out.pop().unwrap_or(Outcome { object: None, revision: None }))
+    }
+
+    /// Like [`Store::mutate`] for several keys in one transaction: `f` sees the
+    /// current objects in `keys` order and returns one mutation per key.
+    /// Each write gets its own revision, in `keys` order.
+    pub fn mutate_many<E, F>(&self, keys: &[Key], f: F) -> Result<Vec<Outcome>, E>
+    where
+        E: From<StoreError>,
+        F: FnOnce(Vec<Option<Value>>) -> Result<Vec<Mutation>, E>,
+    {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(keys.len());
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(StoreError::from)?;
+            let mut current = Vec::with_capacity(keys.len());
+            for key in keys {
+                let k = key.encode();
+                let v = match table.get(k.as_str()).map_err(StoreError::from)? {
+                    Some(v) => Some(decode(&k, v.value())?),
+                    None => None,
+                };
+                current.push(v);
+            }
+            let mutations = f(current.clone())?;
+            let mut rev = self.revision();
+            for ((key, old), m) in keys.iter().zip(current).zip(mutations) {
+                let k = key.encode();
+                match m {
+                    Mutation::Keep => outcomes.push(Outcome { object: old, revision: None }),
+                    Mutation::Put(mut obj) => {
+                        rev += 1;
+                        set_resource_version(&mut obj, rev);
+                        let bytes = serde_json::to_vec(&obj).map_err(StoreError::Encode)?;
+                        table.insert(k.as_str(), bytes.as_slice()).map_err(StoreError::from)?;
+                        let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
+                        events.push(WatchEvent::new(rev, key, kind, obj.clone(), old));
+                        outcomes.push(Outcome { object: Some(obj), revision: Some(rev) });
+                    }
+                    Mutation::Delete => {
+                        let Some(mut last) = old.clone() else {
+                            outcomes.push(Outcome { object: None, revision: None });
+                            continue;
+                        };
+                        rev += 1;
+                        table.remove(k.as_str()).map_err(StoreError::from)?;
+                        set_resource_version(&mut last, rev);
+                        events.push(WatchEvent::new(rev, key, EventType::Deleted, last.clone(), old));
+                        outcomes.push(Outcome { object: Some(last), revision: Some(rev) });
+                    }
+                }
+            }
+            if events.is_empty() {
+                drop(table);
+                txn.abort().map_err(StoreError::from)?;
+                return Ok(outcomes);
+            }
+            let mut meta = txn.open_table(META).map_err(StoreError::from)?;
+            meta.insert(REVISION_KEY, rev).map_err(StoreError::from)?;
+        }
+        txn.commit().map_err(StoreError::from)?;
+        if let Some(last) = events.last() {
+            self.revision.store(last.rev, Ordering::SeqCst);
+        }
+        self.hub.publish(events);
+        Ok(outcomes)
+    }
+}
+
+fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
+}
+
+fn set_resource_version(obj: &mut Value, rev: u64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    }
+}
+
+/// Shared handle used by the API server and the control loops.
+pub type SharedStore = Arc<Store>;
+
+#[cfg(test)]
+mod tests;

@@ -40,8 +40,8 @@ pub enum PatchError {
 pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result<(), PatchError> {
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch =
-                serde_json::from_value(patch).map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
+            let p: json_patch::Patch = serde_json::from_value(patch)
+                .map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
             json_patch::patch(doc, &p).map_err(|e| PatchError::JsonPatch(e.to_string()))
         }
         PatchType::Merge => {
@@ -49,7 +49,9 @@ pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result
             Ok(())
         }
         PatchType::Strategic => {
-            let Value::Object(p) = patch else { return Err(PatchError::NotObject) };
+            let Value::Object(p) = patch else {
+                return Err(PatchError::NotObject);
+            };
             if !doc.is_object() {
                 *doc = Value::Object(Map::new());
             }
@@ -82,7 +84,11 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
         _ => "\u{0}",
     };
     if let Some(p) = path.strip_prefix(pod_prefix) {
-        for c in ["containers[].", "initContainers[].", "ephemeralContainers[]."] {
+        for c in [
+            "containers[].",
+            "initContainers[].",
+            "ephemeralContainers[].",
+        ] {
             if let Some(field) = p.strip_prefix(c) {
                 return match field {
                     "ports" => Key("containerPort"),
@@ -95,8 +101,13 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
             }
         }
         return match p {
-            "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "imagePullSecrets"
-            | "resourceClaims" | "schedulingGates" => Key("name"),
+            "containers"
+            | "initContainers"
+            | "ephemeralContainers"
+            | "volumes"
+            | "imagePullSecrets"
+            | "resourceClaims"
+            | "schedulingGates" => Key("name"),
             "hostAliases" => Key("ip"),
             "topologySpreadConstraints" => Key("topologyKey"),
             _ => Replace,
@@ -115,7 +126,11 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Removes directives and nulls from patch content that is inserted as new.
@@ -137,7 +152,12 @@ fn clean(v: Value) -> Value {
     }
 }
 
-fn merge_map(kind: &str, path: &str, orig: &mut Map<String, Value>, mut patch: Map<String, Value>) -> Result<(), PatchError> {
+fn merge_map(
+    kind: &str,
+    path: &str,
+    orig: &mut Map<String, Value>,
+    mut patch: Map<String, Value>,
+) -> Result<(), PatchError> {
     match patch.remove("$patch").as_ref().and_then(Value::as_str) {
         None | Some("merge") => {}
         Some("replace") => {
@@ -193,9 +213,19 @@ fn merge_map(kind: &str, path: &str, orig: &mut Map<String, Value>, mut patch: M
     Ok(())
 }
 
-fn merge_list(kind: &str, path: &str, orig: &mut Vec<Value>, patch: Vec<Value>) -> Result<(), PatchError> {
+fn merge_list(
+    kind: &str,
+    path: &str,
+    orig: &mut Vec<Value>,
+    patch: Vec<Value>,
+) -> Result<(), PatchError> {
     match strategy(kind, path) {
-        ListStrategy::Replace => *orig = clean(Value::Array(patch)).as_array().cloned().unwrap_or_default(),
+        ListStrategy::Replace => {
+            *orig = clean(Value::Array(patch))
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
         ListStrategy::Set => {
             for item in patch {
                 if !orig.contains(&item) {
@@ -204,7 +234,10 @@ fn merge_list(kind: &str, path: &str, orig: &mut Vec<Value>, patch: Vec<Value>) 
             }
         }
         ListStrategy::Key(key) => {
-            if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
+            if patch
+                .iter()
+                .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"))
+            {
                 *orig = patch
                     .into_iter()
                     .filter(|p| p.get("$patch").and_then(Value::as_str) != Some("replace"))
@@ -219,7 +252,9 @@ fn merge_list(kind: &str, path: &str, orig: &mut Vec<Value>, patch: Vec<Value>) 
                     continue;
                 };
                 let k = p.get(key).cloned();
-                let pos = k.as_ref().and_then(|k| orig.iter().position(|o| o.get(key) == Some(k)));
+                let pos = k
+                    .as_ref()
+                    .and_then(|k| orig.iter().position(|o| o.get(key) == Some(k)));
                 if p.get("$patch").and_then(Value::as_str) == Some("delete") {
                     if let Some(k) = &k {
                         orig.retain(|o| o.get(key) != Some(k));
@@ -248,12 +283,17 @@ fn merge_list(kind: &str, path: &str, orig: &mut Vec<Value>, patch: Vec<Value>) 
 fn reorder(kind: &str, path: &str, list: &mut Vec<Value>, order: &[Value]) {
     let pos_of = |item: &Value| -> Option<usize> {
         match strategy(kind, path) {
-            ListStrategy::Key(key) => order.iter().position(|o| o.get(key).is_some() && o.get(key) == item.get(key)),
+            ListStrategy::Key(key) => order
+                .iter()
+                .position(|o| o.get(key).is_some() && o.get(key) == item.get(key)),
             _ => order.iter().position(|o| o == item),
         }
     };
-    let mut indexed: Vec<(usize, usize, Value)> =
-        list.drain(..).enumerate().map(|(i, v)| (pos_of(&v).unwrap_or(usize::MAX), i, v)).collect();
+    let mut indexed: Vec<(usize, usize, Value)> = list
+        .drain(..)
+        .enumerate()
+        .map(|(i, v)| (pos_of(&v).unwrap_or(usize::MAX), i, v))
+        .collect();
     indexed.sort_by_key(|(p, i, _)| (*p, *i));
     list.extend(indexed.into_iter().map(|(_, _, v)| v));
 }

@@ -24,19 +24,28 @@ pub const DEFAULT_WATCH_HISTORY: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot create the system namespaces: {0}")]
     Bootstrap(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "refusing to serve plain HTTP on non-loopback address {0}: TLS with token authentication is required there and is not built yet; listen on 127.0.0.1"
     )]
     NotLoopback(SocketAddr),
     #[error("cannot write kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: std::io::Error },
+    Kubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -70,20 +79,45 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     if !opts.listen.ip().is_loopback() {
         return Err(ServerError::NotLoopback(opts.listen));
     }
-    std::fs::create_dir_all(&opts.data_dir)
-        .map_err(|source| ServerError::DataDir { path: opts.data_dir.clone(), source })?;
-    let store = Arc::new(Store::open(&opts.data_dir.join("state.redb"), opts.watch_history)?);
+    std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServerError::DataDir {
+        path: opts.data_dir.clone(),
+        source,
+    })?;
+    let store = Arc::new(Store::open(
+        &opts.data_dir.join("state.redb"),
+        opts.watch_history,
+    )?);
     bootstrap(&store)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
     let kubeconfig = opts.data_dir.join("kubeconfig.yaml");
-    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))
-        .map_err(|source| ServerError::Kubeconfig { path: kubeconfig.clone(), source })?;
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}")).map_err(|source| {
+        ServerError::Kubeconfig {
+            path: kubeconfig.clone(),
+            source,
+        }
+    })?;
     let (tx, rx) = watch::channel(false);
-    let state = Arc::new(ApiState { store: store.clone(), config: ApiConfig::default(), shutdown: rx.clone() });
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        config: ApiConfig::default(),
+        shutdown: rx.clone(),
+    });
     let app = api::router(state);
+    tokio::spawn(crate::controllers::namespace::run(
+        store.clone(),
+        rx.clone(),
+    ));
     let mut stop = rx;
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -93,7 +127,13 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
             .await
     });
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
-    Ok(Running { addr, kubeconfig, store, shutdown: tx, task })
+    Ok(Running {
+        addr,
+        kubeconfig,
+        store,
+        shutdown: tx,
+        task,
+    })
 }
 
 /// Creates the namespaces Kubernetes always has, if missing.
@@ -106,7 +146,8 @@ fn bootstrap(store: &Store) -> Result<(), ServerError> {
                 if cur.is_some() {
                     return Ok(Mutation::Keep);
                 }
-                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                let body =
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
                 let mut obj = validate::admit(rt, body, &[], FieldValidation::Strict, None)?.object;
                 obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
                 obj["metadata"]["creationTimestamp"] = json!(api::now());
@@ -126,7 +167,12 @@ fn write_kubeconfig(path: &Path, server: &str) -> std::io::Result<()> {
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
     }

@@ -19,7 +19,11 @@ pub struct FieldError {
 impl FieldError {
     pub fn required(field: impl Into<String>) -> Self {
         let field = field.into();
-        FieldError { reason: "FieldValueRequired", message: format!("{field}: Required value"), field }
+        FieldError {
+            reason: "FieldValueRequired",
+            message: format!("{field}: Required value"),
+            field,
+        }
     }
 
     pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: &str) -> Self {
@@ -36,24 +40,39 @@ impl FieldError {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         FieldError {
             reason: "FieldValueNotSupported",
-            message: format!("{field}: Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
+            message: format!(
+                "{field}: Unsupported value: \"{value}\": supported values: {}",
+                list.join(", ")
+            ),
             field,
         }
     }
 
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
         let field = field.into();
-        FieldError { reason: "FieldValueDuplicate", message: format!("{field}: Duplicate value: \"{value}\""), field }
+        FieldError {
+            reason: "FieldValueDuplicate",
+            message: format!("{field}: Duplicate value: \"{value}\""),
+            field,
+        }
     }
 
     pub fn not_found(field: impl Into<String>, value: &str) -> Self {
         let field = field.into();
-        FieldError { reason: "FieldValueNotFound", message: format!("{field}: Not found: \"{value}\""), field }
+        FieldError {
+            reason: "FieldValueNotFound",
+            message: format!("{field}: Not found: \"{value}\""),
+            field,
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         let field = field.into();
-        FieldError { reason: "FieldValueForbidden", message: format!("{field}: Forbidden: {detail}"), field }
+        FieldError {
+            reason: "FieldValueForbidden",
+            message: format!("{field}: Forbidden: {detail}"),
+            field,
+        }
     }
 
     /// Adds Kubernetes' trailing explanation (`…: Required value: must specify a volume type`).
@@ -84,7 +103,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -92,26 +116,44 @@ impl ApiError {
     }
 
     pub fn not_found(qualified: &str, name: &str) -> Self {
-        let mut e = Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{qualified} \"{name}\" not found"));
-        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
+        let mut e = Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{qualified} \"{name}\" not found"),
+        );
+        e.details = Some(
+            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
+        );
         e
     }
 
     pub fn no_route(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("the server does not allow this method on the requested resource ({method} {path})"),
+            format!(
+                "the server does not allow this method on the requested resource ({method} {path})"
+            ),
         )
     }
 
     pub fn already_exists(qualified: &str, name: &str) -> Self {
-        let mut e = Self::new(StatusCode::CONFLICT, "AlreadyExists", format!("{qualified} \"{name}\" already exists"));
-        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{qualified} \"{name}\" already exists"),
+        );
+        e.details = Some(
+            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
+        );
         e
     }
 
@@ -121,7 +163,9 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
         );
-        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
+        e.details = Some(
+            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
+        );
         e
     }
 
@@ -135,7 +179,11 @@ impl ApiError {
 
     pub fn invalid(kind: &str, group: &str, name: &str, errors: Vec<FieldError>) -> Self {
         let list: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        let summary = if list.len() == 1 { list[0].to_owned() } else { format!("[{}]", list.join(", ")) };
+        let summary = if list.len() == 1 {
+            list[0].to_owned()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message.split_once(": ").map_or(e.message.as_str(), |(_, m)| m), "field": e.field}))
@@ -165,7 +213,9 @@ impl ApiError {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({ct}) - accepted media types include: application/json"),
+            format!(
+                "the body of the request was in an unknown format ({ct}) - accepted media types include: application/json"
+            ),
         )
     }
 
@@ -217,6 +267,11 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.status().to_string();
-        (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.code,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }

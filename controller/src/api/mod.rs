@@ -3,7 +3,7 @@
 
 mod discovery;
 pub mod error;
-mod meta;
+pub mod meta;
 mod objects;
 mod openapi;
 mod table;
@@ -25,7 +25,7 @@ use crate::resources::{self, ResourceType};
 use crate::store::SharedStore;
 pub use error::ApiError;
 pub use meta::now;
-pub use objects::SYSTEM_NAMESPACES;
+pub use objects::{SYSTEM_NAMESPACES, deletion};
 
 /// Largest request body accepted (Kubernetes uses 3 MiB).
 pub const DEFAULT_MAX_BODY: usize = 3 * 1024 * 1024;
@@ -41,7 +41,11 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body: DEFAULT_MAX_BODY, token: None, service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16) }
+        ApiConfig {
+            max_body: DEFAULT_MAX_BODY,
+            token: None,
+            service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16),
+        }
     }
 }
 
@@ -86,11 +90,18 @@ impl Req {
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=Table")))
+            .any(|v| {
+                v.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=Table"))
+            })
     }
 
     /// Reads the body, refusing more than `limit` bytes with 413.
-    pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
+    pub async fn bytes(
+        self,
+        limit: usize,
+    ) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
         let declared = self
             .headers
             .get(header::CONTENT_LENGTH)
@@ -100,7 +111,11 @@ impl Req {
             return Err(ApiError::too_large(limit));
         }
         let b = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
-            if declared.is_none() { ApiError::too_large(limit) } else { ApiError::bad_request(format!("reading request body: {e}")) }
+            if declared.is_none() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(format!("reading request body: {e}"))
+            }
         })?;
         Ok((b, self.headers, self.query))
     }
@@ -129,9 +144,15 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
-    let query: HashMap<String, String> =
-        axum::extract::Query::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
-    let r = Req { method: parts.method, query, headers: parts.headers, body };
+    let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let r = Req {
+        method: parts.method,
+        query,
+        headers: parts.headers,
+        body,
+    };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = r.method == Method::GET;
     match segs.as_slice() {
@@ -139,9 +160,10 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         ["healthz" | "livez" | "readyz"] if get => Ok((StatusCode::OK, "ok").into_response()),
         ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
-        ["apis", g] if get && discovery::group(g).is_some() => {
-            Ok(json(StatusCode::OK, &discovery::group(g).unwrap_or(Value::Null)))
-        }
+        ["apis", g] if get && discovery::group(g).is_some() => Ok(json(
+            StatusCode::OK,
+            &discovery::group(g).unwrap_or(Value::Null),
+        )),
         ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list("", "v1"))),
         ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
             Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
@@ -168,7 +190,9 @@ async fn resource(
     // `namespaces/{ns}/{plural}/…` addresses namespaced objects; anything else
     // is `{plural}[/{name}[/{sub}]]` (cluster-scoped, or all namespaces).
     let (namespace, rest) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if resources::find(group, version, plural).is_some_and(|rt| rt.namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if resources::find(group, version, plural).is_some_and(|rt| rt.namespaced) =>
+        {
             (Some((*ns).to_owned()), {
                 let mut v = vec![*plural];
                 v.extend_from_slice(tail);
@@ -188,20 +212,31 @@ async fn resource(
         return Err(ApiError::no_route(path));
     }
     if let Some(s) = sub.as_deref() {
-        let known = (s == "status" && rt.status) || (s == "scale" && rt.scale) || (s == "binding" && rt.kind == "Pod");
+        let known = (s == "status" && rt.status)
+            || (s == "scale" && rt.scale)
+            || (s == "binding" && rt.kind == "Pod");
         if !known {
             return Err(ApiError::no_route(path));
         }
     }
-    let t = Target { rt, namespace, name, sub };
+    let t = Target {
+        rt,
+        namespace,
+        name,
+        sub,
+    };
     let m = r.method.clone();
     match (&m, t.name.is_some()) {
-        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => watch::serve(st, &t, &r),
+        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => {
+            watch::serve(st, &t, &r)
+        }
         (&Method::GET, false) => objects::list(st, &t, &r),
         (&Method::POST, false) => objects::create(st, &t, r).await,
         (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
         (&Method::GET, true) => objects::get(st, &t, &r),
-        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
+        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => {
+            objects::bind(st, &t, r).await
+        }
         (&Method::PUT, true) => objects::replace(st, &t, r).await,
         (&Method::PATCH, true) => objects::patch(st, &t, r).await,
         (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,
@@ -216,7 +251,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A JSON response.
 pub(crate) fn json(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    (
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// A JSON response with Kubernetes `Warning` headers.

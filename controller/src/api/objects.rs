@@ -19,7 +19,8 @@ use crate::store::{Key, Mutation};
 use crate::validate::{self, FieldValidation, strict};
 
 /// Namespaces that always exist and may not be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 fn ns_of(t: &Target) -> &str {
     t.namespace.as_deref().unwrap_or_default()
@@ -38,15 +39,24 @@ fn parse_body(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     let (v, dups) = strict::parse(bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::bad_request("the request body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
     }
     Ok((v, dups))
 }
 
 fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let base = ct.split(';').next().unwrap_or_default().trim();
-    if base == "application/json" || base.is_empty() { Ok(()) } else { Err(ApiError::unsupported_media(ct)) }
+    if base == "application/json" || base.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media(ct))
+    }
 }
 
 /// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
@@ -69,21 +79,34 @@ fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), ApiError> {
 }
 
 pub fn get(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
-    let obj = st.store.get(&key(t))?.ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
+    let obj = st
+        .store
+        .get(&key(t))?
+        .ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
     let body = match t.sub.as_deref() {
         Some("scale") => scale_of(t.rt, &obj),
-        _ if r.wants_table() => table::table(t.rt, std::slice::from_ref(&obj), &meta_rv(&obj), r.param("includeObject")),
+        _ if r.wants_table() => table::table(
+            t.rt,
+            std::slice::from_ref(&obj),
+            &meta_rv(&obj),
+            r.param("includeObject"),
+        ),
         _ => obj,
     };
     Ok(super::json(StatusCode::OK, &body))
 }
 
 fn meta_rv(obj: &Value) -> String {
-    meta::get_str(obj, "resourceVersion").unwrap_or_default().to_owned()
+    meta::get_str(obj, "resourceVersion")
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Label and field selectors from the query.
-pub(crate) fn selectors(rt: &ResourceType, r: &Req) -> Result<(LabelSelector, FieldSelector), ApiError> {
+pub(crate) fn selectors(
+    rt: &ResourceType,
+    r: &Req,
+) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let ls = LabelSelector::parse(r.param("labelSelector").unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fs = FieldSelector::parse(r.param("fieldSelector").unwrap_or_default(), rt.fields)
@@ -93,7 +116,10 @@ pub(crate) fn selectors(rt: &ResourceType, r: &Req) -> Result<(LabelSelector, Fi
 
 pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(t.rt, r)?;
-    let limit = r.param("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = r
+        .param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let after = match r.param("continue").filter(|c| !c.is_empty()) {
         Some(c) => Some(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -104,7 +130,9 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
         ),
         None => None,
     };
-    let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
+    let (items, rev) = st
+        .store
+        .list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
     let mut selected: Vec<Value> = Vec::new();
     let mut cont = None;
     for item in items {
@@ -113,7 +141,11 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
         }
         if limit.is_some_and(|l| selected.len() == l) {
             if let Some(last) = selected.last() {
-                let k = format!("{}/{}", meta::get_str(last, "namespace").unwrap_or_default(), meta::get_str(last, "name").unwrap_or_default());
+                let k = format!(
+                    "{}/{}",
+                    meta::get_str(last, "namespace").unwrap_or_default(),
+                    meta::get_str(last, "name").unwrap_or_default()
+                );
                 cont = Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k));
             }
             break;
@@ -141,10 +173,15 @@ fn ensure_namespace(st: &Arc<ApiState>, rt: &ResourceType, ns: &str) -> Result<(
     if !rt.namespaced {
         return Ok(());
     }
-    match st.store.get(&Key::new(resources::namespaces().id, "", ns))? {
-        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-            "unable to create new content in namespace {ns} because it is being terminated"
-        ))),
+    match st
+        .store
+        .get(&Key::new(resources::namespaces().id, "", ns))?
+    {
+        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => {
+            Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )))
+        }
         Some(_) => Ok(()),
         None => Err(ApiError::not_found("namespaces", ns)),
     }
@@ -174,13 +211,26 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     }
     if meta::get_str(&body, "name").is_none() {
         if let Some(prefix) = meta::get_str(&body, "generateName").map(str::to_owned) {
-            meta::set(&mut body, "name", json!(format!("{prefix}{}", meta::random_suffix())));
+            meta::set(
+                &mut body,
+                "name",
+                json!(format!("{prefix}{}", meta::random_suffix())),
+            );
         }
     }
     if meta::get_str(&body, "resourceVersion").is_some() {
-        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
-    for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"] {
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "managedFields",
+    ] {
         meta::remove(&mut body, f);
     }
     if t.rt.status && t.rt.kind != "Node" {
@@ -214,14 +264,28 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
 
 /// Assigns a cluster IP (and node ports) to a new Service.
 fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError> {
-    let (all, _) = st.store.list(resources::find("", "v1", "services").map_or("core/services", |r| r.id), None, None)?;
-    let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+    let (all, _) = st.store.list(
+        resources::find("", "v1", "services").map_or("core/services", |r| r.id),
+        None,
+        None,
+    )?;
+    let ty = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_owned();
     if ty == "ExternalName" {
         return Ok(());
     }
-    let wants_ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty);
+    let wants_ip = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty);
     if wants_ip {
-        let used: BTreeSet<&str> = all.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
+        let used: BTreeSet<&str> = all
+            .iter()
+            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
+            .collect();
         let (base, bits) = st.config.service_cidr;
         let size = 1u32 << (32 - u32::from(bits.min(30)));
         // .1 is kept for the `kubernetes` service, as in Kubernetes.
@@ -231,24 +295,46 @@ fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError>
             .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
         svc["spec"]["clusterIP"] = json!(ip);
         svc["spec"]["clusterIPs"] = json!([ip]);
-    } else if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned) {
-        if ip != "None" && all.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip)) {
-            return Err(ApiError::invalid("Service", "", meta::get_str(svc, "name").unwrap_or_default(), vec![
-                crate::api::error::FieldError::invalid("spec.clusterIPs", &ip, "failed to allocate IP: provided IP is already allocated"),
-            ]));
+    } else if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    {
+        if ip != "None"
+            && all
+                .iter()
+                .any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip))
+        {
+            return Err(ApiError::invalid(
+                "Service",
+                "",
+                meta::get_str(svc, "name").unwrap_or_default(),
+                vec![crate::api::error::FieldError::invalid(
+                    "spec.clusterIPs",
+                    &ip,
+                    "failed to allocate IP: provided IP is already allocated",
+                )],
+            ));
         }
         svc["spec"]["clusterIPs"] = json!([ip]);
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
         let mut used: BTreeSet<i64> = all
             .iter()
-            .flat_map(|s| s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
+            .flat_map(|s| {
+                s.pointer("/spec/ports")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
             .collect();
         if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
             for p in ports {
                 if p.get("nodePort").and_then(Value::as_i64).is_none() {
-                    let free = (30000..=32767).find(|n| !used.contains(n)).ok_or_else(|| ApiError::internal("no free node port"))?;
+                    let free = (30000..=32767)
+                        .find(|n| !used.contains(n))
+                        .ok_or_else(|| ApiError::internal("no free node port"))?;
                     used.insert(free);
                     p["nodePort"] = json!(free);
                 }
@@ -361,7 +447,11 @@ fn update(
 }
 
 fn part_of(t: &Target) -> Part {
-    if t.sub.as_deref() == Some("status") { Part::Status } else { Part::Main }
+    if t.sub.as_deref() == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    }
 }
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
@@ -379,21 +469,29 @@ pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response,
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let mode = FieldValidation::parse(r.param("fieldValidation"))?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
-    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
     let (patch_doc, dups) = strict::parse(&bytes)
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     let kind = t.rt.kind;
     let apply = |base: Value| -> Result<Value, ApiError> {
         let mut doc = base;
-        patch::apply(kind, &mut doc, patch_doc, ty).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        patch::apply(kind, &mut doc, patch_doc, ty)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(doc)
     };
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, |scale| apply(scale));
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
-    let dups = if ty == PatchType::Json { Vec::new() } else { dups };
+    let dups = if ty == PatchType::Json {
+        Vec::new()
+    } else {
+        dups
+    };
     let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
@@ -403,7 +501,12 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     let _ = rt;
     json!({
@@ -437,12 +540,23 @@ fn write_scale(
             .and_then(Value::as_i64)
             .ok_or_else(|| ApiError::bad_request("spec.replicas must be an integer"))?;
         if replicas < 0 || replicas > i64::from(i32::MAX) {
-            return Err(ApiError::invalid("Scale", "autoscaling", name_of(t), vec![
-                crate::api::error::FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0"),
-            ]));
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name_of(t),
+                vec![crate::api::error::FieldError::invalid(
+                    "spec.replicas",
+                    replicas,
+                    "must be greater than or equal to 0",
+                )],
+            ));
         }
         let mut new = old.clone();
-        if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(rv) = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             meta::set(&mut new, "resourceVersion", json!(rv));
         }
         new["spec"]["replicas"] = json!(replicas);
@@ -458,12 +572,27 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         .pointer("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::invalid("Binding", "", name_of(t), vec![crate::api::error::FieldError::required("target.name")]))?
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Binding",
+                "",
+                name_of(t),
+                vec![crate::api::error::FieldError::required("target.name")],
+            )
+        })?
         .to_owned();
     let name = name_of(t).to_owned();
     update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
-        if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict("pods", &name, &format!("pod {name} is already assigned to node \"{cur}\"")));
+        if let Some(cur) = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            return Err(ApiError::conflict(
+                "pods",
+                &name,
+                &format!("pod {name} is already assigned to node \"{cur}\""),
+            ));
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);
@@ -481,27 +610,45 @@ struct DeleteOpts {
     rv: Option<String>,
 }
 
-fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+fn delete_opts(
+    body: &[u8],
+    r_query: &std::collections::HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str).or(r_query.get("propagationPolicy").map(String::as_str)) {
+    if let Some(p) = v
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .or(r_query.get("propagationPolicy").map(String::as_str))
+    {
         if !["Orphan", "Background", "Foreground"].contains(&p) {
-            return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}")));
+            return Err(ApiError::bad_request(format!(
+                "unsupported propagationPolicy {p:?}"
+            )));
         }
     }
     Ok(DeleteOpts {
-        uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
-        rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
+        uid: v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        rv: v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 
 /// What deleting `old` means: set `deletionTimestamp` while finalizers
 /// remain, remove it otherwise.
-fn deletion(old: Value) -> Mutation {
-    let has_finalizers = meta::get(&old, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+pub fn deletion(old: Value) -> Mutation {
+    let has_finalizers = meta::get(&old, "finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
     if !has_finalizers {
         return Mutation::Delete;
     }
@@ -528,14 +675,23 @@ pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
         Ok(deletion(old))
     })?;
     tracing::info!(resource = t.rt.id, namespace = ns_of(t), %name, "deleted");
-    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
+    Ok(super::json(
+        StatusCode::OK,
+        &out.object.unwrap_or(Value::Null),
+    ))
 }
 
 fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<(), ApiError> {
     if let Some(uid) = &opts.uid {
         let have = meta::get_str(old, "uid").unwrap_or_default();
         if uid != have {
-            return Err(ApiError::conflict(q, name, &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+            return Err(ApiError::conflict(
+                q,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                ),
+            ));
         }
     }
     if let Some(rv) = &opts.rv {
@@ -544,38 +700,52 @@ fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<
             return Err(ApiError::conflict(
                 q,
                 name,
-                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"),
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
+                ),
             ));
         }
     }
     Ok(())
 }
 
-/// Deleting a namespace deletes everything in it, in one transaction.
-fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result<Response, ApiError> {
+/// Deleting a namespace marks it `Terminating`; the namespace controller
+/// (`controllers::namespace`) then deletes its contents and finally the
+/// namespace, as Kubernetes does.
+fn delete_namespace(
+    st: &Arc<ApiState>,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<Response, ApiError> {
     if SYSTEM_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden(format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")));
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
     }
-    let mut keys = Vec::new();
-    for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let (items, _) = st.store.list(rt.id, Some(name), None)?;
-        for it in items {
-            keys.push(Key::new(rt.id, name, meta::get_str(&it, "name").unwrap_or_default()));
+    let key = Key::new(resources::namespaces().id, "", name);
+    let out = st.store.mutate::<ApiError, _>(&key, |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found("namespaces", name))?;
+        preconditions("namespaces", name, &old, opts)?;
+        if meta::get(&old, "deletionTimestamp").is_some() {
+            return Ok(Mutation::Keep);
         }
-    }
-    keys.push(Key::new(resources::namespaces().id, "", name));
-    let n = keys.len();
-    let mut outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        let ns_obj = cur.last().cloned().flatten().ok_or_else(|| ApiError::not_found("namespaces", name))?;
-        preconditions("namespaces", name, &ns_obj, opts)?;
-        Ok(cur.into_iter().map(|_| Mutation::Delete).collect::<Vec<_>>())
+        let mut o = old;
+        meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
+        o["status"]["phase"] = json!("Terminating");
+        Ok(Mutation::Put(o))
     })?;
-    tracing::info!(namespace = %name, objects = n - 1, "namespace deleted with its contents");
-    let last = outs.pop().and_then(|o| o.object).unwrap_or(Value::Null);
-    Ok(super::json(StatusCode::OK, &last))
+    tracing::info!(namespace = %name, "namespace terminating");
+    Ok(super::json(
+        StatusCode::OK,
+        &out.object.unwrap_or(Value::Null),
+    ))
 }
 
-pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+pub async fn delete_collection(
+    st: &Arc<ApiState>,
+    t: &Target,
+    r: Req,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(t.rt, &r)?;
     if t.rt.kind == "Namespace" {
         return Err(ApiError::method_not_allowed("DELETE", "namespaces"));
@@ -584,10 +754,19 @@ pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result
     let keys: Vec<Key> = items
         .iter()
         .filter(|i| ls.matches(i) && fs.matches(i))
-        .map(|i| Key::new(t.rt.id, meta::get_str(i, "namespace").unwrap_or_default(), meta::get_str(i, "name").unwrap_or_default()))
+        .map(|i| {
+            Key::new(
+                t.rt.id,
+                meta::get_str(i, "namespace").unwrap_or_default(),
+                meta::get_str(i, "name").unwrap_or_default(),
+            )
+        })
         .collect();
     let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, deletion)).collect())
+        Ok(cur
+            .into_iter()
+            .map(|o| o.map_or(Mutation::Keep, deletion))
+            .collect())
     })?;
     let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
     let rv = st.store.revision().to_string();

@@ -1,0 +1,4 @@
+//! Control loops that run inside the controller process. Each reacts to
+//! watched state and re-checks the store; none is told what to do directly.
+
+pub mod namespace;

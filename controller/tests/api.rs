@@ -1,0 +1,609 @@
+//! The HTTP API as a client sees it: status codes, conflicts, watches,
+//! subresources, selectors. Each test starts a real server on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+
+use kedge_controller::server::{self, Options, Running};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+async fn call(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    // A server may answer (413) before reading a large body.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let headers = lines
+        .filter_map(|l| {
+            l.split_once(": ")
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        })
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[split + 4..].to_vec(),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Resp {
+    call(addr, "GET", path, "application/json", b"").await
+}
+
+async fn post(addr: SocketAddr, path: &str, v: &Value) -> Resp {
+    call(
+        addr,
+        "POST",
+        path,
+        "application/json",
+        v.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn put(addr: SocketAddr, path: &str, v: &Value) -> Resp {
+    call(
+        addr,
+        "PUT",
+        path,
+        "application/json",
+        v.to_string().as_bytes(),
+    )
+    .await
+}
+
+async fn start(history: usize) -> (Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let running = server::start(Options {
+        data_dir: dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        watch_history: history,
+    })
+    .await
+    .expect("start");
+    (running, dir)
+}
+
+const CMS: &str = "/api/v1/namespaces/default/configmaps";
+const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+fn cm(name: &str, v: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": v}})
+}
+
+fn deployment(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}})
+}
+
+fn rv(v: &Value) -> String {
+    v["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn stale_writes_conflict_and_fresh_ones_win() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    let created = post(a, CMS, &cm("c", "1")).await;
+    assert_eq!(created.status, 201);
+    let v1 = created.json();
+    assert_eq!(v1["metadata"]["uid"].as_str().map(str::len), Some(36));
+    assert!(v1["metadata"]["creationTimestamp"].is_string());
+
+    let mut upd = v1.clone();
+    upd["data"]["k"] = json!("2");
+    let ok = put(a, &format!("{CMS}/c"), &upd).await;
+    assert_eq!(ok.status, 200);
+    assert!(rv(&ok.json()).parse::<u64>().expect("rv") > rv(&v1).parse::<u64>().expect("rv"));
+
+    // The same update again carries a stale resourceVersion now.
+    upd["data"]["k"] = json!("3");
+    let stale = put(a, &format!("{CMS}/c"), &upd).await;
+    assert_eq!(stale.status, 409);
+    assert_eq!(stale.json()["reason"], "Conflict");
+    assert_eq!(
+        get(a, &format!("{CMS}/c")).await.json()["data"]["k"],
+        "2",
+        "the stale write stored nothing"
+    );
+
+    let dup = post(a, CMS, &cm("c", "x")).await;
+    assert_eq!(dup.status, 409);
+    assert_eq!(dup.json()["reason"], "AlreadyExists");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn generation_moves_with_spec_only() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    let d = post(a, DEPLOYS, &deployment("web", 1)).await.json();
+    assert_eq!(d["metadata"]["generation"], 1);
+    let label = call(
+        a,
+        "PATCH",
+        &format!("{DEPLOYS}/web"),
+        "application/merge-patch+json",
+        br#"{"metadata":{"labels":{"x":"y"}}}"#,
+    )
+    .await;
+    assert_eq!(label.status, 200);
+    assert_eq!(label.json()["metadata"]["generation"], 1);
+    let spec = call(
+        a,
+        "PATCH",
+        &format!("{DEPLOYS}/web"),
+        "application/strategic-merge-patch+json",
+        br#"{"spec":{"replicas":4}}"#,
+    )
+    .await;
+    assert_eq!(spec.json()["metadata"]["generation"], 2);
+    // A no-op patch writes nothing: same resourceVersion.
+    let again = call(
+        a,
+        "PATCH",
+        &format!("{DEPLOYS}/web"),
+        "application/strategic-merge-patch+json",
+        br#"{"spec":{"replicas":4}}"#,
+    )
+    .await;
+    assert_eq!(rv(&again.json()), rv(&spec.json()));
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn bad_requests_get_status_objects_and_store_nothing() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    let before = get(a, CMS).await.json();
+
+    let garbage = call(a, "POST", CMS, "application/json", b"{not json").await;
+    assert_eq!(garbage.status, 400);
+    assert_eq!(garbage.json()["kind"], "Status");
+    assert!(
+        garbage.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not valid JSON")
+    );
+
+    let big = vec![b' '; 4 * 1024 * 1024];
+    let too_large = call(a, "POST", CMS, "application/json", &big).await;
+    assert_eq!(too_large.status, 413);
+
+    let wrong_kind = post(
+        a,
+        CMS,
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}),
+    )
+    .await;
+    assert_eq!(wrong_kind.status, 400);
+
+    let invalid = post(
+        a,
+        "/api/v1/namespaces/default/pods",
+        &json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}]}}),
+    )
+    .await;
+    assert_eq!(invalid.status, 422);
+    let st = invalid.json();
+    assert_eq!(st["reason"], "Invalid");
+    assert_eq!(
+        st["details"]["causes"][0]["field"],
+        "spec.containers[0].image"
+    );
+    assert_eq!(
+        get(a, "/api/v1/namespaces/default/pods/p").await.status,
+        404
+    );
+
+    assert_eq!(
+        get(a, "/api/v1/namespaces/default/widgets").await.status,
+        404
+    );
+    let missing = get(a, &format!("{CMS}/nope")).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["message"], "configmaps \"nope\" not found");
+    assert_eq!(
+        post(a, "/api/v1/namespaces/nowhere/configmaps", &cm("x", "1"))
+            .await
+            .status,
+        404
+    );
+
+    let unknown = call(
+        a,
+        "POST",
+        &format!("{CMS}?fieldValidation=Strict"),
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u","name":"u"},"dta":{}}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 400);
+    assert!(
+        unknown.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplicate field \"metadata.name\"")
+    );
+    let warned = call(
+        a,
+        "POST",
+        CMS,
+        "application/json",
+        br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"dta":{"a":"b"}}"#,
+    )
+    .await;
+    assert_eq!(warned.status, 201);
+    assert!(
+        warned
+            .headers
+            .iter()
+            .any(|(k, v)| k == "warning" && v.contains("unknown field \\\"dta\\\"")),
+        "{:?}",
+        warned.headers
+    );
+
+    let after = get(a, CMS).await.json();
+    assert_eq!(
+        after["items"].as_array().map(Vec::len),
+        Some(before["items"].as_array().map_or(0, Vec::len) + 1)
+    );
+    srv.shutdown().await.expect("shutdown");
+}
+
+/// Reads a watch stream until `n` events arrived (or the server ends it).
+async fn watch_events(addr: SocketAddr, path: &str, n: usize) -> Vec<Value> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut events = Vec::new();
+    loop {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf)).await;
+        let Ok(Ok(k)) = read else { break };
+        if k == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..k]);
+        events = String::from_utf8_lossy(&raw)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        if events.len() >= n {
+            break;
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn watch_resumes_filters_and_expires() {
+    let (srv, _dir) = start(8).await;
+    let a = srv.addr;
+    let first = post(a, CMS, &cm("a", "1")).await.json();
+    let from = rv(&first);
+    let mut upd = first.clone();
+    upd["data"]["k"] = json!("2");
+    put(a, &format!("{CMS}/a"), &upd).await;
+    post(a, CMS, &cm("b", "1")).await;
+    call(a, "DELETE", &format!("{CMS}/a"), "application/json", b"").await;
+
+    let evs = watch_events(
+        a,
+        &format!("{CMS}?watch=true&resourceVersion={from}&timeoutSeconds=2"),
+        3,
+    )
+    .await;
+    let seen: Vec<(String, String)> = evs
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["object"]["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("MODIFIED".into(), "a".into()),
+            ("ADDED".into(), "b".into()),
+            ("DELETED".into(), "a".into())
+        ]
+    );
+
+    // A field-selected watch without a resourceVersion starts with the current state.
+    let evs = watch_events(
+        a,
+        &format!("{CMS}?watch=true&fieldSelector=metadata.name%3Db&timeoutSeconds=1"),
+        1,
+    )
+    .await;
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0]["type"], "ADDED");
+    assert_eq!(evs[0]["object"]["metadata"]["name"], "b");
+
+    // Push the first revision out of the 8-event history.
+    for i in 0..10 {
+        post(a, CMS, &cm(&format!("f{i}"), "1")).await;
+    }
+    let evs = watch_events(a, &format!("{CMS}?watch=true&resourceVersion={from}"), 1).await;
+    assert_eq!(evs[0]["type"], "ERROR");
+    assert_eq!(evs[0]["object"]["code"], 410);
+    assert_eq!(evs[0]["object"]["reason"], "Expired");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn status_and_scale_subresources() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    let d = post(a, DEPLOYS, &deployment("web", 2)).await.json();
+    assert!(
+        d.get("status").is_none_or(|s| s.get("replicas").is_none()),
+        "status is not taken on create"
+    );
+
+    let mut with_status = d.clone();
+    with_status["status"] = json!({"replicas": 2, "readyReplicas": 1});
+    with_status["spec"]["replicas"] = json!(9);
+    let s = put(a, &format!("{DEPLOYS}/web/status"), &with_status)
+        .await
+        .json();
+    assert_eq!(s["status"]["readyReplicas"], 1);
+    assert_eq!(
+        s["spec"]["replicas"], 2,
+        "the status subresource ignores spec"
+    );
+
+    let mut main = s.clone();
+    main["status"]["readyReplicas"] = json!(0);
+    let m = put(a, &format!("{DEPLOYS}/web"), &main).await.json();
+    assert_eq!(
+        m["status"]["readyReplicas"], 1,
+        "the main resource ignores status"
+    );
+
+    let scale = get(a, &format!("{DEPLOYS}/web/scale")).await.json();
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    let scaled = call(
+        a,
+        "PATCH",
+        &format!("{DEPLOYS}/web/scale"),
+        "application/merge-patch+json",
+        br#"{"spec":{"replicas":5}}"#,
+    )
+    .await;
+    assert_eq!(scaled.status, 200);
+    assert_eq!(
+        get(a, &format!("{DEPLOYS}/web")).await.json()["spec"]["replicas"],
+        5
+    );
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn selectors_and_binding() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    for (name, app) in [("p1", "web"), ("p2", "db")] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
+        assert_eq!(
+            post(a, "/api/v1/namespaces/default/pods", &pod)
+                .await
+                .status,
+            201
+        );
+    }
+    let bind = post(
+        a,
+        "/api/v1/namespaces/default/pods/p1/binding",
+        &json!({"apiVersion": "v1", "kind": "Binding",
+        "metadata": {"name": "p1"}, "target": {"kind": "Node", "name": "n1"}}),
+    )
+    .await;
+    assert_eq!(bind.status, 201);
+    let again = post(
+        a,
+        "/api/v1/namespaces/default/pods/p1/binding",
+        &json!({"target": {"name": "n2"}}),
+    )
+    .await;
+    assert_eq!(again.status, 409);
+
+    let names = |v: Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                i["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        names(get(a, "/api/v1/pods?labelSelector=app%3Dweb").await.json()),
+        vec!["p1"]
+    );
+    assert_eq!(
+        names(
+            get(a, "/api/v1/pods?labelSelector=app%20in%20(web,db)")
+                .await
+                .json()
+        ),
+        vec!["p1", "p2"]
+    );
+    assert_eq!(
+        names(
+            get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1")
+                .await
+                .json()
+        ),
+        vec!["p1"]
+    );
+    assert_eq!(
+        names(
+            get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3D")
+                .await
+                .json()
+        ),
+        vec!["p2"]
+    );
+    assert_eq!(
+        get(a, "/api/v1/pods?fieldSelector=spec.bogus%3Dx")
+            .await
+            .status,
+        400
+    );
+
+    let page = get(a, "/api/v1/namespaces/default/pods?limit=1")
+        .await
+        .json();
+    assert_eq!(names(page.clone()), vec!["p1"]);
+    let token = page["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_owned();
+    assert_eq!(
+        names(
+            get(
+                a,
+                &format!("/api/v1/namespaces/default/pods?limit=1&continue={token}")
+            )
+            .await
+            .json()
+        ),
+        vec!["p2"]
+    );
+
+    let ev = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "p1.1"}, "type": "Normal", "reason": "Scheduled",
+        "message": "bound", "involvedObject": {"kind": "Pod", "name": "p1", "namespace": "default"}});
+    assert_eq!(
+        post(a, "/api/v1/namespaces/default/events", &ev)
+            .await
+            .status,
+        201
+    );
+    let sel =
+        "involvedObject.name%3Dp1,involvedObject.namespace%3Ddefault,involvedObject.kind%3DPod";
+    assert_eq!(
+        names(
+            get(
+                a,
+                &format!("/api/v1/namespaces/default/events?fieldSelector={sel}")
+            )
+            .await
+            .json()
+        ),
+        vec!["p1.1"]
+    );
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn namespaces_terminate_then_vanish_with_their_contents() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    post(
+        a,
+        "/api/v1/namespaces",
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}),
+    )
+    .await;
+    assert_eq!(
+        post(a, "/api/v1/namespaces/tmp/configmaps", &cm("c", "1"))
+            .await
+            .status,
+        201
+    );
+    let del = call(
+        a,
+        "DELETE",
+        "/api/v1/namespaces/tmp",
+        "application/json",
+        b"",
+    )
+    .await;
+    assert_eq!(del.status, 200);
+    assert_eq!(del.json()["status"]["phase"], "Terminating");
+    assert_eq!(
+        post(a, "/api/v1/namespaces/tmp/configmaps", &cm("d", "1"))
+            .await
+            .status,
+        403
+    );
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if get(a, "/api/v1/namespaces/tmp").await.status == 404 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "namespace removed after its contents");
+    assert_eq!(
+        get(a, "/api/v1/namespaces/tmp/configmaps/c").await.status,
+        404
+    );
+    assert_eq!(
+        call(
+            a,
+            "DELETE",
+            "/api/v1/namespaces/default",
+            "application/json",
+            b""
+        )
+        .await
+        .status,
+        403
+    );
+    srv.shutdown().await.expect("shutdown");
+}

@@ -1,1 +1,223 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: building and starting the real
+//! binaries, finding the real kubectl, and skipping loudly (or failing under
+//! `CI=true`) when something a test needs is missing.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// True under CI, where a skipped test is a failure.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Reports a missing prerequisite: panics under CI, prints a loud notice and
+/// returns `false` locally (the caller then returns early).
+pub fn require(ok: bool, what: &str) -> bool {
+    if !ok {
+        if in_ci() {
+            panic!("required for this test under CI=true: {what}");
+        }
+        eprintln!("\n!!!! SKIPPED: {what} !!!!\n");
+    }
+    ok
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Builds (once per test process) and returns the path of a workspace binary,
+/// so a test never runs a stale build.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let release = exe.components().any(|c| c.as_os_str() == "release");
+            let mut args = vec!["build", "--bins", "--message-format=short"];
+            if release {
+                args.push("--release");
+            }
+            let out = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(&args)
+                .output()
+                .map_err(|e| format!("running cargo build: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "cargo build failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            // target/<profile>/deps/<test> → target/<profile>
+            exe.parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .ok_or_else(|| "no target dir".to_owned())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)?;
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} was not built", p.display());
+    }
+    Ok(p)
+}
+
+/// The kubectl to test with: `$KEDGE_KUBECTL`, else kubectl 1.32 where the
+/// Cloud SDK dispatcher keeps versioned copies, else `kubectl` on PATH.
+pub fn kubectl_path() -> Option<PathBuf> {
+    if let Ok(k) = std::env::var("KEDGE_KUBECTL") {
+        return Some(PathBuf::from(k));
+    }
+    let versioned = Path::new("/usr/lib/google-cloud-sdk/bin/kubectl.1.32");
+    if versioned.exists() {
+        return Some(versioned.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("kubectl"))
+            .find(|p| p.exists())
+    })
+}
+
+/// A running `kedge-controller` process with its own data dir.
+pub struct Controller {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+impl Controller {
+    pub fn start(data_dir: &Path) -> Result<Self> {
+        Self::start_on(data_dir, "127.0.0.1:0")
+    }
+
+    pub fn start_on(data_dir: &Path, listen: &str) -> Result<Self> {
+        let bin = binary("kedge-controller")?;
+        let mut child = Command::new(bin)
+            .args([
+                "--data-dir",
+                &data_dir.to_string_lossy(),
+                "--listen",
+                listen,
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("KEDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting kedge-controller")?;
+        let stdout = child.stdout.take().context("controller stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .context("controller exited before listening")??;
+        let addr = first
+            .rsplit("http://")
+            .next()
+            .filter(|_| first.contains("listening"))
+            .with_context(|| format!("unexpected first line: {first}"))?
+            .to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Controller {
+            child,
+            addr,
+            data_dir: data_dir.to_path_buf(),
+        })
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig.yaml")
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("controller did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the real kubectl against a kubeconfig with a private discovery cache.
+pub struct Kubectl {
+    pub bin: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub cache: PathBuf,
+}
+
+impl Kubectl {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", &self.cache)
+            .env_remove("HTTPS_PROXY");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        self.command(args)
+            .output()
+            .with_context(|| format!("running kubectl {args:?}"))
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs and requires failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.run(args)?;
+        if out.status.success() {
+            bail!(
+                "kubectl {args:?} unexpectedly succeeded: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}

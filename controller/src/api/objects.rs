@@ -484,7 +484,7 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         Ok(doc)
     };
     if t.sub.as_deref() == Some("scale") {
-        return write_scale(st, t, |scale| apply(scale));
+        return write_scale(st, t, apply);
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json {

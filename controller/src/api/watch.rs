@@ -182,10 +182,13 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
             };
             let line = tokio::select! {
                 ev = live.recv() => match ev {
-                    Ok(ev) => match { last = last.max(ev.rev); filter.view(&ev) } {
-                        Some(ty) => enc.line(ty.as_str(), &ev.object),
-                        None => continue,
-                    },
+                    Ok(ev) => {
+                        last = last.max(ev.rev);
+                        match filter.view(&ev) {
+                            Some(ty) => enc.line(ty.as_str(), &ev.object),
+                            None => continue,
+                        }
+                    }
                     Err(RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "watcher fell behind; closing its watch with 410");
                         let _ = tx.send(enc.line("ERROR", &ApiError::gone("watch fell behind; re-list").status())).await;

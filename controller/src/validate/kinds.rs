@@ -266,9 +266,7 @@ pub fn validate_pod_spec(errs: &mut Errs, path: &str, s: &PodSpec) {
             })
             .unwrap_or(0);
         if sources == 0 {
-            errs.push(
-                FieldError::required(vp.clone()).with_detail("must specify a volume type"),
-            );
+            errs.push(FieldError::required(vp.clone()).with_detail("must specify a volume type"));
         } else if sources > 1 {
             errs.push(FieldError::forbidden(
                 vp,

@@ -38,15 +38,8 @@ struct VersionOnly {
 /// Encodes `body` into a version-1 envelope.
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, EnvelopeError> {
     let mut out = Vec::new();
-    ciborium::into_writer(
-        &Envelope {
-            v: PROTOCOL_VERSION,
-            body,
-            sig: None,
-        },
-        &mut out,
-    )
-    .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
+    ciborium::into_writer(&Envelope { v: PROTOCOL_VERSION, body, sig: None }, &mut out)
+        .map_err(|e| EnvelopeError::Encode(e.to_string()))?;
     Ok(out)
 }
 
@@ -54,18 +47,13 @@ pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, EnvelopeError> {
 /// before looking at the body.
 pub fn decode<T: DeserializeOwned>(payload: &[u8], cap: usize) -> Result<T, EnvelopeError> {
     if payload.len() > cap {
-        return Err(EnvelopeError::TooLarge {
-            size: payload.len(),
-            cap,
-        });
+        return Err(EnvelopeError::TooLarge { size: payload.len(), cap });
     }
-    let head: VersionOnly =
-        ciborium::from_reader(payload).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
+    let head: VersionOnly = ciborium::from_reader(payload).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
     if head.v != PROTOCOL_VERSION {
         return Err(EnvelopeError::UnknownVersion(head.v));
     }
-    let env: Envelope<T> =
-        ciborium::from_reader(payload).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
+    let env: Envelope<T> = ciborium::from_reader(payload).map_err(|e| EnvelopeError::Decode(e.to_string()))?;
     Ok(env.body)
 }
 
@@ -81,10 +69,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let s = Sample {
-            generation: 7,
-            pods: vec!["a".into(), "b".into()],
-        };
+        let s = Sample { generation: 7, pods: vec!["a".into(), "b".into()] };
         let bytes = encode(&s).expect("encode");
         let back: Sample = decode(&bytes, DEFAULT_MAX_PAYLOAD).expect("decode");
         assert_eq!(back, s);
@@ -92,36 +77,13 @@ mod tests {
 
     #[test]
     fn rejects_garbage_truncation_size_and_version() {
-        let s = Sample {
-            generation: 1,
-            pods: vec!["x".into()],
-        };
+        let s = Sample { generation: 1, pods: vec!["x".into()] };
         let bytes = encode(&s).expect("encode");
-        assert!(matches!(
-            decode::<Sample>(b"\xff\x00garbage", 1024),
-            Err(EnvelopeError::Decode(_))
-        ));
-        assert!(matches!(
-            decode::<Sample>(&bytes[..bytes.len() - 2], 1024),
-            Err(EnvelopeError::Decode(_))
-        ));
-        assert!(matches!(
-            decode::<Sample>(&bytes, 4),
-            Err(EnvelopeError::TooLarge { .. })
-        ));
+        assert!(matches!(decode::<Sample>(b"\xff\x00garbage", 1024), Err(EnvelopeError::Decode(_))));
+        assert!(matches!(decode::<Sample>(&bytes[..bytes.len() - 2], 1024), Err(EnvelopeError::Decode(_))));
+        assert!(matches!(decode::<Sample>(&bytes, 4), Err(EnvelopeError::TooLarge { .. })));
         let mut v2 = Vec::new();
-        ciborium::into_writer(
-            &Envelope {
-                v: 2,
-                body: &s,
-                sig: None,
-            },
-            &mut v2,
-        )
-        .expect("encode");
-        assert!(matches!(
-            decode::<Sample>(&v2, 1024),
-            Err(EnvelopeError::UnknownVersion(2))
-        ));
+        ciborium::into_writer(&Envelope { v: 2, body: &s, sig: None }, &mut v2).expect("encode");
+        assert!(matches!(decode::<Sample>(&v2, 1024), Err(EnvelopeError::UnknownVersion(2))));
     }
 }

@@ -55,19 +55,11 @@ mod tests {
 
     #[test]
     fn node_topics_round_trip() {
-        for which in [
-            NodeTopic::Desired,
-            NodeTopic::Status,
-            NodeTopic::Presence,
-            NodeTopic::Events,
-        ] {
+        for which in [NodeTopic::Desired, NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events] {
             let t = node_topic("kedge", "pi-7", which);
             assert_eq!(parse_node_topic("kedge", &t), Some(("pi-7", which)));
         }
-        assert_eq!(
-            node_topic("kedge", "n1", NodeTopic::Desired),
-            "kedge/v1/nodes/n1/desired"
-        );
+        assert_eq!(node_topic("kedge", "n1", NodeTopic::Desired), "kedge/v1/nodes/n1/desired");
     }
 
     #[test]
@@ -76,9 +68,6 @@ mod tests {
         assert_eq!(parse_node_topic("kedge", "other/v1/nodes/n1/desired"), None);
         assert_eq!(parse_node_topic("kedge", "kedge/v1/nodes/n1/bogus"), None);
         assert_eq!(parse_node_topic("kedge", "kedge/v1/nodes//desired"), None);
-        assert_eq!(
-            parse_node_topic("kedge", "kedge/v1/nodes/n1/x/desired"),
-            None
-        );
+        assert_eq!(parse_node_topic("kedge", "kedge/v1/nodes/n1/x/desired"), None);
     }
 }

@@ -33,9 +33,7 @@ impl Conn {
     async fn open(addr: &str) -> Conn {
         let s = TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).expect("nodelay");
-        Conn {
-            r: BufReader::new(s),
-        }
+        Conn { r: BufReader::new(s) }
     }
 
     async fn send(&mut self, method: &str, path: &str, ct: &str, body: &str) {
@@ -43,21 +41,13 @@ impl Conn {
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        self.r
-            .get_mut()
-            .write_all(req.as_bytes())
-            .await
-            .expect("write");
+        self.r.get_mut().write_all(req.as_bytes()).await.expect("write");
     }
 
     async fn response(&mut self) -> u16 {
         let mut line = String::new();
         self.r.read_line(&mut line).await.expect("status line");
-        let status: u16 = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
+        let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
         let mut len = 0usize;
         loop {
             line.clear();
@@ -87,17 +77,13 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }
 
 fn cm(name: &str) -> String {
-    format!(
-        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"v"}}}}"#
-    )
+    format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"v"}}}}"#)
 }
 
 async fn creates(addr: &str, clients: usize, prefix: &str) -> f64 {
@@ -136,14 +122,7 @@ async fn watch_latency(addr: &str) -> Vec<Duration> {
     let mut w = Conn::open(addr).await;
     let mut writer = Conn::open(addr).await;
     assert_eq!(
-        writer
-            .request(
-                "POST",
-                "/api/v1/namespaces/default/configmaps",
-                "application/json",
-                &cm("watched")
-            )
-            .await,
+        writer.request("POST", "/api/v1/namespaces/default/configmaps", "application/json", &cm("watched")).await,
         201
     );
     w.send(
@@ -168,12 +147,7 @@ async fn watch_latency(addr: &str) -> Vec<Duration> {
         let patch = format!(r#"{{"data":{{"k":"{marker}"}}}}"#);
         let t0 = Instant::now();
         writer
-            .send(
-                "PATCH",
-                "/api/v1/namespaces/default/configmaps/watched",
-                "application/merge-patch+json",
-                &patch,
-            )
+            .send("PATCH", "/api/v1/namespaces/default/configmaps/watched", "application/merge-patch+json", &patch)
             .await;
         loop {
             line.clear();
@@ -192,35 +166,19 @@ async fn watch_latency(addr: &str) -> Vec<Duration> {
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kedge-controller"))
-        .args([
-            "--data-dir",
-            &dir.path().to_string_lossy(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["--data-dir", &dir.path().to_string_lossy(), "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start controller");
     let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut first,
-    )
-    .expect("listening line");
-    let addr = first
-        .trim()
-        .rsplit("http://")
-        .next()
-        .expect("addr")
-        .to_owned();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().expect("stdout")), &mut first)
+        .expect("listening line");
+    let addr = first.trim().rsplit("http://").next().expect("addr").to_owned();
     std::thread::sleep(Duration::from_secs(2));
     let idle = rss_kib(child.id());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (one, sixteen, lat) = rt.block_on(async {
         let one = creates(&addr, 1, "a").await;
         let sixteen = creates(&addr, 16, "b").await;
@@ -233,10 +191,7 @@ fn main() {
 
     println!("| measure | value |");
     println!("|---|---|");
-    println!(
-        "| controller idle RSS (fresh store) | {:.1} MiB |",
-        idle as f64 / 1024.0
-    );
+    println!("| controller idle RSS (fresh store) | {:.1} MiB |", idle as f64 / 1024.0);
     println!("| creates/s, 1 client ({CREATES} ConfigMaps) | {one:.0} |");
     println!("| creates/s, 16 clients ({CREATES} ConfigMaps) | {sixteen:.0} |");
     println!(

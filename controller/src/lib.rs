@@ -11,4 +11,5 @@ pub mod resources;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod validate;

@@ -40,8 +40,8 @@ pub enum PatchError {
 pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result<(), PatchError> {
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_value(patch)
-                .map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
+            let p: json_patch::Patch =
+                serde_json::from_value(patch).map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
             json_patch::patch(doc, &p).map_err(|e| PatchError::JsonPatch(e.to_string()))
         }
         PatchType::Merge => {
@@ -84,11 +84,7 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
         _ => "\u{0}",
     };
     if let Some(p) = path.strip_prefix(pod_prefix) {
-        for c in [
-            "containers[].",
-            "initContainers[].",
-            "ephemeralContainers[].",
-        ] {
+        for c in ["containers[].", "initContainers[].", "ephemeralContainers[]."] {
             if let Some(field) = p.strip_prefix(c) {
                 return match field {
                     "ports" => Key("containerPort"),
@@ -126,27 +122,17 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
 /// Removes directives and nulls from patch content that is inserted as new.
 fn clean(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(k, v)| !k.starts_with('$') && !v.is_null())
-                .map(|(k, v)| (k, clean(v)))
-                .collect(),
+            m.into_iter().filter(|(k, v)| !k.starts_with('$') && !v.is_null()).map(|(k, v)| (k, clean(v))).collect(),
         ),
         Value::Array(a) => Value::Array(
-            a.into_iter()
-                .filter(|v| v.get("$patch").and_then(Value::as_str) != Some("delete"))
-                .map(clean)
-                .collect(),
+            a.into_iter().filter(|v| v.get("$patch").and_then(Value::as_str) != Some("delete")).map(clean).collect(),
         ),
         other => other,
     }
@@ -213,19 +199,9 @@ fn merge_map(
     Ok(())
 }
 
-fn merge_list(
-    kind: &str,
-    path: &str,
-    orig: &mut Vec<Value>,
-    patch: Vec<Value>,
-) -> Result<(), PatchError> {
+fn merge_list(kind: &str, path: &str, orig: &mut Vec<Value>, patch: Vec<Value>) -> Result<(), PatchError> {
     match strategy(kind, path) {
-        ListStrategy::Replace => {
-            *orig = clean(Value::Array(patch))
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        }
+        ListStrategy::Replace => *orig = clean(Value::Array(patch)).as_array().cloned().unwrap_or_default(),
         ListStrategy::Set => {
             for item in patch {
                 if !orig.contains(&item) {
@@ -234,10 +210,7 @@ fn merge_list(
             }
         }
         ListStrategy::Key(key) => {
-            if patch
-                .iter()
-                .any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace"))
-            {
+            if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace")) {
                 *orig = patch
                     .into_iter()
                     .filter(|p| p.get("$patch").and_then(Value::as_str) != Some("replace"))
@@ -252,9 +225,7 @@ fn merge_list(
                     continue;
                 };
                 let k = p.get(key).cloned();
-                let pos = k
-                    .as_ref()
-                    .and_then(|k| orig.iter().position(|o| o.get(key) == Some(k)));
+                let pos = k.as_ref().and_then(|k| orig.iter().position(|o| o.get(key) == Some(k)));
                 if p.get("$patch").and_then(Value::as_str) == Some("delete") {
                     if let Some(k) = &k {
                         orig.retain(|o| o.get(key) != Some(k));
@@ -283,17 +254,12 @@ fn merge_list(
 fn reorder(kind: &str, path: &str, list: &mut Vec<Value>, order: &[Value]) {
     let pos_of = |item: &Value| -> Option<usize> {
         match strategy(kind, path) {
-            ListStrategy::Key(key) => order
-                .iter()
-                .position(|o| o.get(key).is_some() && o.get(key) == item.get(key)),
+            ListStrategy::Key(key) => order.iter().position(|o| o.get(key).is_some() && o.get(key) == item.get(key)),
             _ => order.iter().position(|o| o == item),
         }
     };
-    let mut indexed: Vec<(usize, usize, Value)> = list
-        .drain(..)
-        .enumerate()
-        .map(|(i, v)| (pos_of(&v).unwrap_or(usize::MAX), i, v))
-        .collect();
+    let mut indexed: Vec<(usize, usize, Value)> =
+        list.drain(..).enumerate().map(|(i, v)| (pos_of(&v).unwrap_or(usize::MAX), i, v)).collect();
     indexed.sort_by_key(|(p, i, _)| (*p, *i));
     list.extend(indexed.into_iter().map(|(_, _, v)| v));
 }

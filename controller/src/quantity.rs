@@ -2,18 +2,14 @@
 //! exact count of thousandths ("milli-units"), rounded up as Kubernetes does.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
-)]
+#[error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")]
 pub struct QuantityError;
 
 /// Parses a quantity into milli-units (`"1"` → 1000, `"250m"` → 250,
 /// `"1Ki"` → 1_024_000). Negative values are rejected.
 pub fn parse_milli(s: &str) -> Result<i128, QuantityError> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+')).unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let num = num.strip_prefix('+').unwrap_or(num);
     if num.is_empty() || num.matches('.').count() > 1 || num == "." {
@@ -22,11 +18,7 @@ pub fn parse_milli(s: &str) -> Result<i128, QuantityError> {
     let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
     // value = digits / 10^frac_len, all scaled by 1000 for milli-units.
     let digits: String = format!("{int_part}{frac_part}");
-    let mantissa: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().map_err(|_| QuantityError)?
-    };
+    let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| QuantityError)? };
     let frac_len = frac_part.len() as u32;
     // (multiplier numerator, power of ten exponent)
     let (mult, exp10): (i128, i32) = match suffix {
@@ -55,13 +47,9 @@ pub fn parse_milli(s: &str) -> Result<i128, QuantityError> {
     let total_exp = exp10 + 3 - frac_len as i32;
     let scaled = mantissa.checked_mul(mult).ok_or(QuantityError)?;
     if total_exp >= 0 {
-        scaled
-            .checked_mul(10i128.checked_pow(total_exp as u32).ok_or(QuantityError)?)
-            .ok_or(QuantityError)
+        scaled.checked_mul(10i128.checked_pow(total_exp as u32).ok_or(QuantityError)?).ok_or(QuantityError)
     } else {
-        let div = 10i128
-            .checked_pow((-total_exp) as u32)
-            .ok_or(QuantityError)?;
+        let div = 10i128.checked_pow((-total_exp) as u32).ok_or(QuantityError)?;
         Ok((scaled + div - 1) / div)
     }
 }

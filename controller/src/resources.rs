@@ -30,20 +30,12 @@ pub struct ResourceType {
 impl ResourceType {
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_owned()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
+        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
     }
 
     /// `pods` or `deployments.apps`, as Kubernetes names resources in messages.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() {
-            self.plural.to_owned()
-        } else {
-            format!("{}.{}", self.plural, self.group)
-        }
+        if self.group.is_empty() { self.plural.to_owned() } else { format!("{}.{}", self.plural, self.group) }
     }
 
     pub fn list_kind(&self) -> String {
@@ -122,24 +114,15 @@ pub static RESOURCES: &[ResourceType] = &[
 pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1")];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn by_kind(group: &str, kind: &str) -> Option<&'static ResourceType> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.kind == kind)
+    RESOURCES.iter().find(|r| r.group == group && r.kind == kind)
 }
 
-pub fn in_group<'a>(
-    group: &'a str,
-    version: &'a str,
-) -> impl Iterator<Item = &'static ResourceType> + use<'a> {
-    RESOURCES
-        .iter()
-        .filter(move |r| r.group == group && r.version == version)
+pub fn in_group<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static ResourceType> + use<'a> {
+    RESOURCES.iter().filter(move |r| r.group == group && r.version == version)
 }
 
 pub fn namespaces() -> &'static ResourceType {
@@ -156,10 +139,7 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), RESOURCES.len());
-        assert_eq!(
-            find("apps", "v1", "deployments").map(|r| r.id),
-            Some("apps/deployments")
-        );
+        assert_eq!(find("apps", "v1", "deployments").map(|r| r.id), Some("apps/deployments"));
         assert_eq!(find("", "v1", "pods").map(|r| r.id), Some("core/pods"));
         assert_eq!(namespaces().kind, "Namespace");
     }

@@ -60,18 +60,13 @@ fn parse_set(s: &str, whole: &str) -> Result<Vec<String>, SelectorError> {
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
         .ok_or_else(|| SelectorError::Parse(format!("{whole}: expected a (value, …) set")))?;
-    Ok(inner
-        .split(',')
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect())
+    Ok(inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
 }
 
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 impl LabelSelector {
@@ -101,25 +96,14 @@ impl LabelSelector {
             if !valid_key(key) {
                 return Err(err());
             }
-            reqs.push(Requirement {
-                key: key.to_owned(),
-                op,
-            });
+            reqs.push(Requirement { key: key.to_owned(), op });
         }
         Ok(LabelSelector { reqs })
     }
 
     /// Builds a selector from a `matchLabels`-style map.
     pub fn from_map(m: &BTreeMap<String, String>) -> Self {
-        LabelSelector {
-            reqs: m
-                .iter()
-                .map(|(k, v)| Requirement {
-                    key: k.clone(),
-                    op: Op::Eq(v.clone()),
-                })
-                .collect(),
-        }
+        LabelSelector { reqs: m.iter().map(|(k, v)| Requirement { key: k.clone(), op: Op::Eq(v.clone()) }).collect() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -167,10 +151,7 @@ impl FieldSelector {
                 return Err(SelectorError::Parse(p.to_owned()));
             };
             let field = field.trim();
-            if field != "metadata.name"
-                && field != "metadata.namespace"
-                && !allowed.contains(&field)
-            {
+            if field != "metadata.name" && field != "metadata.namespace" && !allowed.contains(&field) {
                 return Err(SelectorError::UnsupportedField(field.to_owned()));
             }
             terms.push((field.to_owned(), eq, value.trim().to_owned()));
@@ -232,15 +213,9 @@ mod tests {
     #[test]
     fn field_selectors() {
         let p = pod(json!({}));
-        let f = |s: &str| {
-            FieldSelector::parse(s, &["spec.nodeName", "status.phase"])
-                .expect("parse")
-                .matches(&p)
-        };
+        let f = |s: &str| FieldSelector::parse(s, &["spec.nodeName", "status.phase"]).expect("parse").matches(&p);
         assert!(f("metadata.name=p"));
-        assert!(f(
-            "spec.nodeName=n1,status.phase!=Failed,status.phase!=Succeeded"
-        ));
+        assert!(f("spec.nodeName=n1,status.phase!=Failed,status.phase!=Succeeded"));
         assert!(!f("spec.nodeName=n2"));
         assert!(!f("spec.nodeName="));
         assert_eq!(

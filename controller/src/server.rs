@@ -2,7 +2,7 @@
 //! listener, write the kubeconfig, and serve until told to stop.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiConfig, ApiState};
 use crate::resources;
 use crate::store::{Key, Mutation, Store, StoreError};
+use crate::tls;
 use crate::validate::{self, FieldValidation};
 
 /// Default API address (the port K3s uses).
@@ -24,28 +25,17 @@ pub const DEFAULT_WATCH_HISTORY: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot create the system namespaces: {0}")]
     Bootstrap(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(
-        "refusing to serve plain HTTP on non-loopback address {0}: TLS with token authentication is required there and is not built yet; listen on 127.0.0.1"
-    )]
-    NotLoopback(SocketAddr),
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot write kubeconfig {path}: {source}")]
-    Kubeconfig {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Kubeconfig { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone)]
@@ -53,11 +43,24 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub watch_history: usize,
+    /// Serve HTTPS with token authentication even on loopback. Always on for
+    /// any other address: plain HTTP is only ever served on loopback.
+    pub tls: bool,
+    /// Extra names (DNS or IP) for the serving certificate.
+    pub tls_sans: Vec<String>,
+}
+
+impl Options {
+    /// Loopback-only plain HTTP on `listen`, with defaults for the rest.
+    pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Options { data_dir, listen, watch_history: DEFAULT_WATCH_HISTORY, tls: false, tls_sans: Vec::new() }
+    }
 }
 
 /// A running API server.
 pub struct Running {
     pub addr: SocketAddr,
+    pub tls: bool,
     pub kubeconfig: PathBuf,
     pub store: Arc<Store>,
     shutdown: watch::Sender<bool>,
@@ -76,64 +79,55 @@ impl Running {
 }
 
 pub async fn start(opts: Options) -> Result<Running, ServerError> {
-    if !opts.listen.ip().is_loopback() {
-        return Err(ServerError::NotLoopback(opts.listen));
-    }
-    std::fs::create_dir_all(&opts.data_dir).map_err(|source| ServerError::DataDir {
-        path: opts.data_dir.clone(),
-        source,
-    })?;
-    let store = Arc::new(Store::open(
-        &opts.data_dir.join("state.redb"),
-        opts.watch_history,
-    )?);
+    let use_tls = opts.tls || !opts.listen.ip().is_loopback();
+    std::fs::create_dir_all(&opts.data_dir)
+        .and_then(|()| {
+            // The store holds Secrets and the token: owner only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&opts.data_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .map_err(|source| ServerError::DataDir { path: opts.data_dir.clone(), source })?;
+    let store = Arc::new(Store::open(&opts.data_dir.join("state.redb"), opts.watch_history)?);
     bootstrap(&store)?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
-        .map_err(|source| ServerError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
-            addr: opts.listen,
-            source,
-        })?;
+        .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
     let kubeconfig = opts.data_dir.join("kubeconfig.yaml");
-    write_kubeconfig(&kubeconfig, &format!("http://{addr}")).map_err(|source| {
-        ServerError::Kubeconfig {
-            path: kubeconfig.clone(),
-            source,
-        }
+    // Clients on this machine reach a wildcard listener through loopback.
+    let advertise = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
+    let tls = if use_tls {
+        let names = tls::serving_names(addr.ip(), &opts.tls_sans);
+        Some(tls::load_or_create(&opts.data_dir, &names)?)
+    } else {
+        None
+    };
+    let text = match &tls {
+        Some(m) => kubeconfig_yaml(&format!("https://{advertise}"), Some(&m.ca_pem), Some(&m.token)),
+        None => kubeconfig_yaml(&format!("http://{advertise}"), None, None),
+    };
+    tls::write_private(&kubeconfig, text.as_bytes()).map_err(|e| ServerError::Kubeconfig {
+        path: kubeconfig.clone(),
+        source: std::io::Error::other(e.to_string()),
     })?;
     let (tx, rx) = watch::channel(false);
-    let state = Arc::new(ApiState {
-        store: store.clone(),
-        config: ApiConfig::default(),
-        shutdown: rx.clone(),
-    });
+    let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
+    let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
     let app = api::router(state);
-    tokio::spawn(crate::controllers::namespace::run(
-        store.clone(),
-        rx.clone(),
-    ));
+    tokio::spawn(crate::controllers::namespace::run(store.clone(), rx.clone()));
     let mut stop = rx;
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await
-    });
-    tracing::info!(%addr, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
-    Ok(Running {
-        addr,
-        kubeconfig,
-        store,
-        shutdown: tx,
-        task,
-    })
+    let task = match tls {
+        Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|v| *v).await;
+                })
+                .await
+        }),
+    };
+    tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
+    Ok(Running { addr, tls: use_tls, kubeconfig, store, shutdown: tx, task })
 }
 
 /// Creates the namespaces Kubernetes always has, if missing.
@@ -146,8 +140,7 @@ fn bootstrap(store: &Store) -> Result<(), ServerError> {
                 if cur.is_some() {
                     return Ok(Mutation::Keep);
                 }
-                let body =
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
                 let mut obj = validate::admit(rt, body, &[], FieldValidation::Strict, None)?.object;
                 obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
                 obj["metadata"]["creationTimestamp"] = json!(api::now());
@@ -158,23 +151,64 @@ fn bootstrap(store: &Store) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Writes a kubeconfig for `server`, readable by its owner only.
-fn write_kubeconfig(path: &Path, server: &str) -> std::io::Result<()> {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: {server}\n  name: kedge\ncontexts:\n- context:\n    cluster: kedge\n    user: kedge-admin\n  name: kedge\ncurrent-context: kedge\nusers:\n- name: kedge-admin\n  user: {{}}\n"
-    );
-    let tmp = path.with_extension("yaml.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
+/// A kubeconfig for `server`, with the cluster CA and token when TLS is on.
+fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> String {
+    use base64::Engine;
+    let ca = ca_pem
+        .map(|p| format!("    certificate-authority-data: {}\n", base64::engine::general_purpose::STANDARD.encode(p)))
+        .unwrap_or_default();
+    let user = token.map(|t| format!("\n    token: {t}\n")).unwrap_or_else(|| " {}\n".to_owned());
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n{ca}    server: {server}\n  name: kedge\ncontexts:\n- context:\n    cluster: kedge\n    user: kedge-admin\n  name: kedge\ncurrent-context: kedge\nusers:\n- name: kedge-admin\n  user:{user}"
+    )
+}
+
+/// Serves HTTPS: each connection's handshake and requests run in their own
+/// task, so a slow client cannot hold up the others.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    cfg: Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioIo;
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|v| *v) => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
-    std::fs::rename(tmp, path)
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

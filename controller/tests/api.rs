@@ -31,28 +31,13 @@ async fn call(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8])
     let _ = s.write_all(body).await;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .expect("status");
-    let headers = lines
-        .filter_map(|l| {
-            l.split_once(": ")
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        })
-        .collect();
-    Resp {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
+    let headers =
+        lines.filter_map(|l| l.split_once(": ").map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))).collect();
+    Resp { status, headers, body: raw[split + 4..].to_vec() }
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Resp {
@@ -60,36 +45,18 @@ async fn get(addr: SocketAddr, path: &str) -> Resp {
 }
 
 async fn post(addr: SocketAddr, path: &str, v: &Value) -> Resp {
-    call(
-        addr,
-        "POST",
-        path,
-        "application/json",
-        v.to_string().as_bytes(),
-    )
-    .await
+    call(addr, "POST", path, "application/json", v.to_string().as_bytes()).await
 }
 
 async fn put(addr: SocketAddr, path: &str, v: &Value) -> Resp {
-    call(
-        addr,
-        "PUT",
-        path,
-        "application/json",
-        v.to_string().as_bytes(),
-    )
-    .await
+    call(addr, "PUT", path, "application/json", v.to_string().as_bytes()).await
 }
 
 async fn start(history: usize) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
-    let running = server::start(Options {
-        data_dir: dir.path().to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        watch_history: history,
-    })
-    .await
-    .expect("start");
+    let mut opts = Options::local(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
+    opts.watch_history = history;
+    let running = server::start(opts).await.expect("start");
     (running, dir)
 }
 
@@ -107,10 +74,7 @@ fn deployment(name: &str, replicas: i64) -> Value {
 }
 
 fn rv(v: &Value) -> String {
-    v["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    v["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_owned()
 }
 
 #[tokio::test]
@@ -134,11 +98,7 @@ async fn stale_writes_conflict_and_fresh_ones_win() {
     let stale = put(a, &format!("{CMS}/c"), &upd).await;
     assert_eq!(stale.status, 409);
     assert_eq!(stale.json()["reason"], "Conflict");
-    assert_eq!(
-        get(a, &format!("{CMS}/c")).await.json()["data"]["k"],
-        "2",
-        "the stale write stored nothing"
-    );
+    assert_eq!(get(a, &format!("{CMS}/c")).await.json()["data"]["k"], "2", "the stale write stored nothing");
 
     let dup = post(a, CMS, &cm("c", "x")).await;
     assert_eq!(dup.status, 409);
@@ -193,23 +153,13 @@ async fn bad_requests_get_status_objects_and_store_nothing() {
     let garbage = call(a, "POST", CMS, "application/json", b"{not json").await;
     assert_eq!(garbage.status, 400);
     assert_eq!(garbage.json()["kind"], "Status");
-    assert!(
-        garbage.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("not valid JSON")
-    );
+    assert!(garbage.json()["message"].as_str().unwrap_or_default().contains("not valid JSON"));
 
     let big = vec![b' '; 4 * 1024 * 1024];
     let too_large = call(a, "POST", CMS, "application/json", &big).await;
     assert_eq!(too_large.status, 413);
 
-    let wrong_kind = post(
-        a,
-        CMS,
-        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}),
-    )
-    .await;
+    let wrong_kind = post(a, CMS, &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}})).await;
     assert_eq!(wrong_kind.status, 400);
 
     let invalid = post(
@@ -222,28 +172,14 @@ async fn bad_requests_get_status_objects_and_store_nothing() {
     assert_eq!(invalid.status, 422);
     let st = invalid.json();
     assert_eq!(st["reason"], "Invalid");
-    assert_eq!(
-        st["details"]["causes"][0]["field"],
-        "spec.containers[0].image"
-    );
-    assert_eq!(
-        get(a, "/api/v1/namespaces/default/pods/p").await.status,
-        404
-    );
+    assert_eq!(st["details"]["causes"][0]["field"], "spec.containers[0].image");
+    assert_eq!(get(a, "/api/v1/namespaces/default/pods/p").await.status, 404);
 
-    assert_eq!(
-        get(a, "/api/v1/namespaces/default/widgets").await.status,
-        404
-    );
+    assert_eq!(get(a, "/api/v1/namespaces/default/widgets").await.status, 404);
     let missing = get(a, &format!("{CMS}/nope")).await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["message"], "configmaps \"nope\" not found");
-    assert_eq!(
-        post(a, "/api/v1/namespaces/nowhere/configmaps", &cm("x", "1"))
-            .await
-            .status,
-        404
-    );
+    assert_eq!(post(a, "/api/v1/namespaces/nowhere/configmaps", &cm("x", "1")).await.status, 404);
 
     let unknown = call(
         a,
@@ -254,12 +190,7 @@ async fn bad_requests_get_status_objects_and_store_nothing() {
     )
     .await;
     assert_eq!(unknown.status, 400);
-    assert!(
-        unknown.json()["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("duplicate field \"metadata.name\"")
-    );
+    assert!(unknown.json()["message"].as_str().unwrap_or_default().contains("duplicate field \"metadata.name\""));
     let warned = call(
         a,
         "POST",
@@ -270,19 +201,13 @@ async fn bad_requests_get_status_objects_and_store_nothing() {
     .await;
     assert_eq!(warned.status, 201);
     assert!(
-        warned
-            .headers
-            .iter()
-            .any(|(k, v)| k == "warning" && v.contains("unknown field \\\"dta\\\"")),
+        warned.headers.iter().any(|(k, v)| k == "warning" && v.contains("unknown field \\\"dta\\\"")),
         "{:?}",
         warned.headers
     );
 
     let after = get(a, CMS).await.json();
-    assert_eq!(
-        after["items"].as_array().map(Vec::len),
-        Some(before["items"].as_array().map_or(0, Vec::len) + 1)
-    );
+    assert_eq!(after["items"].as_array().map(Vec::len), Some(before["items"].as_array().map_or(0, Vec::len) + 1));
     srv.shutdown().await.expect("shutdown");
 }
 
@@ -326,40 +251,23 @@ async fn watch_resumes_filters_and_expires() {
     post(a, CMS, &cm("b", "1")).await;
     call(a, "DELETE", &format!("{CMS}/a"), "application/json", b"").await;
 
-    let evs = watch_events(
-        a,
-        &format!("{CMS}?watch=true&resourceVersion={from}&timeoutSeconds=2"),
-        3,
-    )
-    .await;
+    let evs = watch_events(a, &format!("{CMS}?watch=true&resourceVersion={from}&timeoutSeconds=2"), 3).await;
     let seen: Vec<(String, String)> = evs
         .iter()
         .map(|e| {
             (
                 e["type"].as_str().unwrap_or_default().to_owned(),
-                e["object"]["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
+                e["object"]["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
             )
         })
         .collect();
     assert_eq!(
         seen,
-        vec![
-            ("MODIFIED".into(), "a".into()),
-            ("ADDED".into(), "b".into()),
-            ("DELETED".into(), "a".into())
-        ]
+        vec![("MODIFIED".into(), "a".into()), ("ADDED".into(), "b".into()), ("DELETED".into(), "a".into())]
     );
 
     // A field-selected watch without a resourceVersion starts with the current state.
-    let evs = watch_events(
-        a,
-        &format!("{CMS}?watch=true&fieldSelector=metadata.name%3Db&timeoutSeconds=1"),
-        1,
-    )
-    .await;
+    let evs = watch_events(a, &format!("{CMS}?watch=true&fieldSelector=metadata.name%3Db&timeoutSeconds=1"), 1).await;
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0]["type"], "ADDED");
     assert_eq!(evs[0]["object"]["metadata"]["name"], "b");
@@ -380,30 +288,19 @@ async fn status_and_scale_subresources() {
     let (srv, _dir) = start(100).await;
     let a = srv.addr;
     let d = post(a, DEPLOYS, &deployment("web", 2)).await.json();
-    assert!(
-        d.get("status").is_none_or(|s| s.get("replicas").is_none()),
-        "status is not taken on create"
-    );
+    assert!(d.get("status").is_none_or(|s| s.get("replicas").is_none()), "status is not taken on create");
 
     let mut with_status = d.clone();
     with_status["status"] = json!({"replicas": 2, "readyReplicas": 1});
     with_status["spec"]["replicas"] = json!(9);
-    let s = put(a, &format!("{DEPLOYS}/web/status"), &with_status)
-        .await
-        .json();
+    let s = put(a, &format!("{DEPLOYS}/web/status"), &with_status).await.json();
     assert_eq!(s["status"]["readyReplicas"], 1);
-    assert_eq!(
-        s["spec"]["replicas"], 2,
-        "the status subresource ignores spec"
-    );
+    assert_eq!(s["spec"]["replicas"], 2, "the status subresource ignores spec");
 
     let mut main = s.clone();
     main["status"]["readyReplicas"] = json!(0);
     let m = put(a, &format!("{DEPLOYS}/web"), &main).await.json();
-    assert_eq!(
-        m["status"]["readyReplicas"], 1,
-        "the main resource ignores status"
-    );
+    assert_eq!(m["status"]["readyReplicas"], 1, "the main resource ignores status");
 
     let scale = get(a, &format!("{DEPLOYS}/web/scale")).await.json();
     assert_eq!(scale["kind"], "Scale");
@@ -418,10 +315,7 @@ async fn status_and_scale_subresources() {
     )
     .await;
     assert_eq!(scaled.status, 200);
-    assert_eq!(
-        get(a, &format!("{DEPLOYS}/web")).await.json()["spec"]["replicas"],
-        5
-    );
+    assert_eq!(get(a, &format!("{DEPLOYS}/web")).await.json()["spec"]["replicas"], 5);
     srv.shutdown().await.expect("shutdown");
 }
 
@@ -432,12 +326,7 @@ async fn selectors_and_binding() {
     for (name, app) in [("p1", "web"), ("p2", "db")] {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": app}},
             "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
-        assert_eq!(
-            post(a, "/api/v1/namespaces/default/pods", &pod)
-                .await
-                .status,
-            201
-        );
+        assert_eq!(post(a, "/api/v1/namespaces/default/pods", &pod).await.status, 201);
     }
     let bind = post(
         a,
@@ -447,12 +336,7 @@ async fn selectors_and_binding() {
     )
     .await;
     assert_eq!(bind.status, 201);
-    let again = post(
-        a,
-        "/api/v1/namespaces/default/pods/p1/binding",
-        &json!({"target": {"name": "n2"}}),
-    )
-    .await;
+    let again = post(a, "/api/v1/namespaces/default/pods/p1/binding", &json!({"target": {"name": "n2"}})).await;
     assert_eq!(again.status, 409);
 
     let names = |v: Value| -> Vec<String> {
@@ -461,88 +345,29 @@ async fn selectors_and_binding() {
             .cloned()
             .unwrap_or_default()
             .iter()
-            .map(|i| {
-                i["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            })
+            .map(|i| i["metadata"]["name"].as_str().unwrap_or_default().to_owned())
             .collect()
     };
-    assert_eq!(
-        names(get(a, "/api/v1/pods?labelSelector=app%3Dweb").await.json()),
-        vec!["p1"]
-    );
-    assert_eq!(
-        names(
-            get(a, "/api/v1/pods?labelSelector=app%20in%20(web,db)")
-                .await
-                .json()
-        ),
-        vec!["p1", "p2"]
-    );
-    assert_eq!(
-        names(
-            get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1")
-                .await
-                .json()
-        ),
-        vec!["p1"]
-    );
-    assert_eq!(
-        names(
-            get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3D")
-                .await
-                .json()
-        ),
-        vec!["p2"]
-    );
-    assert_eq!(
-        get(a, "/api/v1/pods?fieldSelector=spec.bogus%3Dx")
-            .await
-            .status,
-        400
-    );
+    assert_eq!(names(get(a, "/api/v1/pods?labelSelector=app%3Dweb").await.json()), vec!["p1"]);
+    assert_eq!(names(get(a, "/api/v1/pods?labelSelector=app%20in%20(web,db)").await.json()), vec!["p1", "p2"]);
+    assert_eq!(names(get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3Dn1").await.json()), vec!["p1"]);
+    assert_eq!(names(get(a, "/api/v1/pods?fieldSelector=spec.nodeName%3D").await.json()), vec!["p2"]);
+    assert_eq!(get(a, "/api/v1/pods?fieldSelector=spec.bogus%3Dx").await.status, 400);
 
-    let page = get(a, "/api/v1/namespaces/default/pods?limit=1")
-        .await
-        .json();
+    let page = get(a, "/api/v1/namespaces/default/pods?limit=1").await.json();
     assert_eq!(names(page.clone()), vec!["p1"]);
-    let token = page["metadata"]["continue"]
-        .as_str()
-        .expect("continue token")
-        .to_owned();
+    let token = page["metadata"]["continue"].as_str().expect("continue token").to_owned();
     assert_eq!(
-        names(
-            get(
-                a,
-                &format!("/api/v1/namespaces/default/pods?limit=1&continue={token}")
-            )
-            .await
-            .json()
-        ),
+        names(get(a, &format!("/api/v1/namespaces/default/pods?limit=1&continue={token}")).await.json()),
         vec!["p2"]
     );
 
     let ev = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "p1.1"}, "type": "Normal", "reason": "Scheduled",
         "message": "bound", "involvedObject": {"kind": "Pod", "name": "p1", "namespace": "default"}});
+    assert_eq!(post(a, "/api/v1/namespaces/default/events", &ev).await.status, 201);
+    let sel = "involvedObject.name%3Dp1,involvedObject.namespace%3Ddefault,involvedObject.kind%3DPod";
     assert_eq!(
-        post(a, "/api/v1/namespaces/default/events", &ev)
-            .await
-            .status,
-        201
-    );
-    let sel =
-        "involvedObject.name%3Dp1,involvedObject.namespace%3Ddefault,involvedObject.kind%3DPod";
-    assert_eq!(
-        names(
-            get(
-                a,
-                &format!("/api/v1/namespaces/default/events?fieldSelector={sel}")
-            )
-            .await
-            .json()
-        ),
+        names(get(a, &format!("/api/v1/namespaces/default/events?fieldSelector={sel}")).await.json()),
         vec!["p1.1"]
     );
     srv.shutdown().await.expect("shutdown");
@@ -552,34 +377,12 @@ async fn selectors_and_binding() {
 async fn namespaces_terminate_then_vanish_with_their_contents() {
     let (srv, _dir) = start(100).await;
     let a = srv.addr;
-    post(
-        a,
-        "/api/v1/namespaces",
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}}),
-    )
-    .await;
-    assert_eq!(
-        post(a, "/api/v1/namespaces/tmp/configmaps", &cm("c", "1"))
-            .await
-            .status,
-        201
-    );
-    let del = call(
-        a,
-        "DELETE",
-        "/api/v1/namespaces/tmp",
-        "application/json",
-        b"",
-    )
-    .await;
+    post(a, "/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp"}})).await;
+    assert_eq!(post(a, "/api/v1/namespaces/tmp/configmaps", &cm("c", "1")).await.status, 201);
+    let del = call(a, "DELETE", "/api/v1/namespaces/tmp", "application/json", b"").await;
     assert_eq!(del.status, 200);
     assert_eq!(del.json()["status"]["phase"], "Terminating");
-    assert_eq!(
-        post(a, "/api/v1/namespaces/tmp/configmaps", &cm("d", "1"))
-            .await
-            .status,
-        403
-    );
+    assert_eq!(post(a, "/api/v1/namespaces/tmp/configmaps", &cm("d", "1")).await.status, 403);
     let mut gone = false;
     for _ in 0..50 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -589,21 +392,7 @@ async fn namespaces_terminate_then_vanish_with_their_contents() {
         }
     }
     assert!(gone, "namespace removed after its contents");
-    assert_eq!(
-        get(a, "/api/v1/namespaces/tmp/configmaps/c").await.status,
-        404
-    );
-    assert_eq!(
-        call(
-            a,
-            "DELETE",
-            "/api/v1/namespaces/default",
-            "application/json",
-            b""
-        )
-        .await
-        .status,
-        403
-    );
+    assert_eq!(get(a, "/api/v1/namespaces/tmp/configmaps/c").await.status, 404);
+    assert_eq!(call(a, "DELETE", "/api/v1/namespaces/default", "application/json", b"").await.status, 403);
     srv.shutdown().await.expect("shutdown");
 }

@@ -28,10 +28,7 @@ pub fn require(ok: bool, what: &str) -> bool {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Builds (once per test process) and returns the path of a workspace binary,
@@ -53,16 +50,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
                 .output()
                 .map_err(|e| format!("running cargo build: {e}"))?;
             if !out.status.success() {
-                return Err(format!(
-                    "cargo build failed:\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
+                return Err(format!("cargo build failed:\n{}", String::from_utf8_lossy(&out.stderr)));
             }
             // target/<profile>/deps/<test> → target/<profile>
-            exe.parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .ok_or_else(|| "no target dir".to_owned())
+            exe.parent().and_then(Path::parent).map(Path::to_path_buf).ok_or_else(|| "no target dir".to_owned())
         })
         .clone()
         .map_err(anyhow::Error::msg)?;
@@ -83,11 +74,8 @@ pub fn kubectl_path() -> Option<PathBuf> {
     if versioned.exists() {
         return Some(versioned.to_path_buf());
     }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("kubectl"))
-            .find(|p| p.exists())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.exists()))
 }
 
 /// A running `kedge-controller` process with its own data dir.
@@ -103,40 +91,32 @@ impl Controller {
     }
 
     pub fn start_on(data_dir: &Path, listen: &str) -> Result<Self> {
+        Self::start_with(data_dir, listen, &[])
+    }
+
+    /// Starts with extra command-line flags.
+    pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
         let bin = binary("kedge-controller")?;
         let mut child = Command::new(bin)
-            .args([
-                "--data-dir",
-                &data_dir.to_string_lossy(),
-                "--listen",
-                listen,
-            ])
-            .env(
-                "RUST_LOG",
-                std::env::var("KEDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
+            .args(extra)
+            .args(["--data-dir", &data_dir.to_string_lossy(), "--listen", listen])
+            .env("RUST_LOG", std::env::var("KEDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting kedge-controller")?;
         let stdout = child.stdout.take().context("controller stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .context("controller exited before listening")??;
+        let first = lines.next().context("controller exited before listening")??;
         let addr = first
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .filter(|_| first.contains("listening"))
             .with_context(|| format!("unexpected first line: {first}"))?
             .to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Controller {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-        })
+        Ok(Controller { child, addr, data_dir: data_dir.to_path_buf() })
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -182,17 +162,12 @@ pub struct Kubectl {
 impl Kubectl {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.bin);
-        c.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("KUBECACHEDIR", &self.cache)
-            .env_remove("HTTPS_PROXY");
+        c.args(args).env("KUBECONFIG", &self.kubeconfig).env("KUBECACHEDIR", &self.cache).env_remove("HTTPS_PROXY");
         c
     }
 
     pub fn run(&self, args: &[&str]) -> Result<Output> {
-        self.command(args)
-            .output()
-            .with_context(|| format!("running kubectl {args:?}"))
+        self.command(args).output().with_context(|| format!("running kubectl {args:?}"))
     }
 
     /// Runs and requires success; returns stdout.
@@ -213,10 +188,7 @@ impl Kubectl {
     pub fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
         if out.status.success() {
-            bail!(
-                "kubectl {args:?} unexpectedly succeeded: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
+            bail!("kubectl {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
         }
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }

@@ -15,11 +15,7 @@ use kedge_tests::{Controller, Kubectl, kubectl_path, require};
 use serde_json::Value;
 
 fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
 fn setup(dir: &Path) -> Result<Option<(Controller, Kubectl)>> {
@@ -28,11 +24,7 @@ fn setup(dir: &Path) -> Result<Option<(Controller, Kubectl)>> {
         return Ok(None);
     };
     let ctl = Controller::start(&dir.join("data"))?;
-    let k = Kubectl {
-        bin,
-        kubeconfig: ctl.kubeconfig(),
-        cache: dir.join("kube-cache"),
-    };
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") };
     Ok(Some((ctl, k)))
 }
 
@@ -69,90 +61,39 @@ fn apply_edit_and_read_back() -> Result<()> {
     let c = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "kedge.local/busybox:1.1");
     assert_eq!(c["env"][0]["name"], "MODE");
-    assert_eq!(
-        c["env"][1]["name"], "GREETING",
-        "env merged by name, order from the file"
-    );
+    assert_eq!(c["env"][1]["name"], "GREETING", "env merged by name, order from the file");
     assert_eq!(d["metadata"]["generation"], 2);
     let yaml = k.ok(&["get", "deployment", "web", "-n", "demo", "-o", "yaml"])?;
-    assert!(
-        yaml.contains("image: kedge.local/busybox:1.1") && yaml.contains("value: fast"),
-        "{yaml}"
-    );
+    assert!(yaml.contains("image: kedge.local/busybox:1.1") && yaml.contains("value: fast"), "{yaml}");
 
     let out = k.ok(&["apply", "-f", &fixture("app-edited.yaml")])?;
     assert_eq!(out.matches("unchanged").count(), 5, "{out}");
 
     // Tables with kubectl's usual columns.
     let table = k.ok(&["get", "deployments", "-n", "demo"])?;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
     assert_eq!(header, ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
-    assert!(
-        table
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.starts_with("web ") && l.contains("0/3")),
-        "{table}"
-    );
+    assert!(table.lines().nth(1).is_some_and(|l| l.starts_with("web ") && l.contains("0/3")), "{table}");
     let wide = k.ok(&["get", "deployments", "-n", "demo", "-o", "wide"])?;
-    assert!(
-        wide.contains("IMAGES")
-            && wide.contains("kedge.local/busybox:1.1")
-            && wide.contains("app=web"),
-        "{wide}"
-    );
+    assert!(wide.contains("IMAGES") && wide.contains("kedge.local/busybox:1.1") && wide.contains("app=web"), "{wide}");
     let svc = k.ok(&["get", "svc", "-n", "demo"])?;
-    assert!(
-        svc.contains("CLUSTER-IP") && svc.contains("80/TCP"),
-        "{svc}"
-    );
+    assert!(svc.contains("CLUSTER-IP") && svc.contains("80/TCP"), "{svc}");
     let all = k.ok(&["get", "all", "-A"])?;
-    assert!(
-        all.contains("deployment.apps/web") && all.contains("service/web"),
-        "{all}"
-    );
-    let jp = k.ok(&[
-        "get",
-        "deploy",
-        "-n",
-        "demo",
-        "-o",
-        "jsonpath={.items[0].metadata.name}:{.items[0].spec.replicas}",
-    ])?;
+    assert!(all.contains("deployment.apps/web") && all.contains("service/web"), "{all}");
+    let jp =
+        k.ok(&["get", "deploy", "-n", "demo", "-o", "jsonpath={.items[0].metadata.name}:{.items[0].spec.replicas}"])?;
     assert_eq!(jp, "web:3");
-    let secret = k.ok(&[
-        "get",
-        "secret",
-        "web-secret",
-        "-n",
-        "demo",
-        "-o",
-        "jsonpath={.data.password}",
-    ])?;
+    let secret = k.ok(&["get", "secret", "web-secret", "-n", "demo", "-o", "jsonpath={.data.password}"])?;
     assert_eq!(secret, "czNjcjN0");
     let ns = k.ok(&["get", "ns"])?;
     for n in ["default", "kube-system", "demo"] {
-        assert!(
-            ns.lines().any(|l| l.starts_with(n) && l.contains("Active")),
-            "{ns}"
-        );
+        assert!(ns.lines().any(|l| l.starts_with(n) && l.contains("Active")), "{ns}");
     }
 
     let desc = k.ok(&["describe", "deployment", "web", "-n", "demo"])?;
-    assert!(
-        desc.contains("Replicas:") && desc.contains("3 desired") && desc.contains("MODE:"),
-        "{desc}"
-    );
+    assert!(desc.contains("Replicas:") && desc.contains("3 desired") && desc.contains("MODE:"), "{desc}");
     let desc = k.ok(&["describe", "service", "web", "-n", "demo"])?;
-    assert!(
-        desc.contains("TargetPort:") && desc.contains("http/TCP"),
-        "{desc}"
-    );
+    assert!(desc.contains("TargetPort:") && desc.contains("http/TCP"), "{desc}");
     Ok(())
 }
 
@@ -184,37 +125,24 @@ fn watch_and_the_write_commands() -> Result<()> {
     let initial = rx.recv_timeout(Duration::from_secs(10))?;
     assert!(initial.contains("0/2"), "{initial}");
 
-    assert!(
-        k.ok(&["scale", "deployment", "web", "-n", "demo", "--replicas=5"])?
-            .contains("scaled")
-    );
+    assert!(k.ok(&["scale", "deployment", "web", "-n", "demo", "--replicas=5"])?.contains("scaled"));
     let seen = rx.recv_timeout(Duration::from_secs(10))?;
-    assert!(
-        seen.starts_with("web") && seen.contains("0/5"),
-        "watch printed {seen:?}"
-    );
+    assert!(seen.starts_with("web") && seen.contains("0/5"), "watch printed {seen:?}");
     let _ = watch.kill();
     let _ = watch.wait();
 
-    assert!(
-        k.ok(&["label", "deployment", "web", "-n", "demo", "env=prod"])?
-            .contains("labeled")
-    );
-    assert!(
-        k.ok(&["annotate", "deployment", "web", "-n", "demo", "owner=ops"])?
-            .contains("annotated")
-    );
-    k.ok(&["patch", "deployment", "web", "-n", "demo", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"kedge.local/busybox:2"}]}}}}"#])?;
+    assert!(k.ok(&["label", "deployment", "web", "-n", "demo", "env=prod"])?.contains("labeled"));
+    assert!(k.ok(&["annotate", "deployment", "web", "-n", "demo", "owner=ops"])?.contains("annotated"));
     k.ok(&[
         "patch",
         "deployment",
         "web",
         "-n",
         "demo",
-        "--type=merge",
         "-p",
-        r#"{"spec":{"minReadySeconds":3}}"#,
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"kedge.local/busybox:2"}]}}}}"#,
     ])?;
+    k.ok(&["patch", "deployment", "web", "-n", "demo", "--type=merge", "-p", r#"{"spec":{"minReadySeconds":3}}"#])?;
     k.ok(&[
         "patch",
         "deployment",
@@ -229,10 +157,7 @@ fn watch_and_the_write_commands() -> Result<()> {
     assert_eq!(d["metadata"]["labels"]["env"], "prod");
     assert_eq!(d["metadata"]["annotations"]["owner"], "ops");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(
-        c["image"], "kedge.local/busybox:2",
-        "strategic patch merged the container by name"
-    );
+    assert_eq!(c["image"], "kedge.local/busybox:2", "strategic patch merged the container by name");
     assert_eq!(c["command"][0], "httpd", "other container fields kept");
     assert_eq!(d["spec"]["minReadySeconds"], 3);
     assert_eq!(d["spec"]["replicas"], 4);
@@ -252,24 +177,13 @@ fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
     };
 
     let err = k.fails(&["create", "-f", &fixture("invalid-pod.yaml")])?;
-    assert!(
-        err.contains("spec.containers[0].image: Required value"),
-        "{err}"
-    );
+    assert!(err.contains("spec.containers[0].image: Required value"), "{err}");
     assert!(k.fails(&["get", "pod", "broken"])?.contains("NotFound"));
 
     let err = k.fails(&["apply", "-f", &fixture("unknown-field.yaml")])?;
     assert!(err.contains("unknown field \"spec.replicaz\""), "{err}");
-    assert!(
-        k.fails(&["get", "deployment", "typo"])?
-            .contains("NotFound")
-    );
-    let out = k.ok(&[
-        "apply",
-        "--validate=false",
-        "-f",
-        &fixture("unknown-field.yaml"),
-    ])?;
+    assert!(k.fails(&["get", "deployment", "typo"])?.contains("NotFound"));
+    let out = k.ok(&["apply", "--validate=false", "-f", &fixture("unknown-field.yaml")])?;
     assert!(out.contains("deployment.apps/typo created"), "{out}");
     Ok(())
 }
@@ -284,21 +198,12 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
     k.ok(&["scale", "deployment", "web", "-n", "demo", "--replicas=7"])?;
     let snapshot = |k: &Kubectl| -> Result<BTreeMap<String, (String, String)>> {
         let mut m = BTreeMap::new();
-        for kind in [
-            "namespaces",
-            "configmaps",
-            "secrets",
-            "deployments",
-            "services",
-        ] {
+        for kind in ["namespaces", "configmaps", "secrets", "deployments", "services"] {
             let list = json_of(k, &["get", kind, "-A"])?;
             for it in list["items"].as_array().cloned().unwrap_or_default() {
                 let md = &it["metadata"];
-                let key = format!(
-                    "{kind}/{}/{}",
-                    md["namespace"].as_str().unwrap_or(""),
-                    md["name"].as_str().unwrap_or("")
-                );
+                let key =
+                    format!("{kind}/{}/{}", md["namespace"].as_str().unwrap_or(""), md["name"].as_str().unwrap_or(""));
                 m.insert(
                     key,
                     (
@@ -312,11 +217,7 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
     };
     let before = snapshot(&k)?;
     assert!(before.len() >= 9, "{before:?}");
-    let max_rv = before
-        .values()
-        .filter_map(|(_, rv)| rv.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let max_rv = before.values().filter_map(|(_, rv)| rv.parse::<u64>().ok()).max().unwrap_or(0);
 
     ctl.kill();
     let addr = ctl.addr.clone();
@@ -324,26 +225,13 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
     drop(ctl);
     let mut ctl = Controller::start_on(&data, &addr)?;
     let after = snapshot(&k)?;
-    assert_eq!(
-        before, after,
-        "same objects, uids and resourceVersions after kill -9"
-    );
+    assert_eq!(before, after, "same objects, uids and resourceVersions after kill -9");
     let d = json_of(&k, &["get", "deployment", "web", "-n", "demo"])?;
     assert_eq!(d["spec"]["replicas"], 7);
 
-    k.ok(&[
-        "label",
-        "configmap",
-        "web-config",
-        "-n",
-        "demo",
-        "after=restart",
-    ])?;
+    k.ok(&["label", "configmap", "web-config", "-n", "demo", "after=restart"])?;
     let cm = json_of(&k, &["get", "configmap", "web-config", "-n", "demo"])?;
-    let rv: u64 = cm["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or("0")
-        .parse()?;
+    let rv: u64 = cm["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse()?;
     assert!(rv > max_rv, "revision {rv} continues above {max_rv}");
 
     let status = ctl.terminate()?;

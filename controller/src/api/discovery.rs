@@ -36,49 +36,27 @@ fn group_doc(name: &str, version: &str) -> Value {
 }
 
 pub fn api_groups() -> Value {
-    let groups: Vec<Value> = GROUPS
-        .iter()
-        .filter(|(g, _)| !g.is_empty())
-        .map(|(g, v)| group_doc(g, v))
-        .collect();
+    let groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn group(name: &str) -> Option<Value> {
-    GROUPS
-        .iter()
-        .find(|(g, _)| !g.is_empty() && *g == name)
-        .map(|(g, v)| {
-            let mut d = group_doc(g, v);
-            d["kind"] = json!("APIGroup");
-            d["apiVersion"] = json!("v1");
-            d
-        })
+    GROUPS.iter().find(|(g, _)| !g.is_empty() && *g == name).map(|(g, v)| {
+        let mut d = group_doc(g, v);
+        d["kind"] = json!("APIGroup");
+        d["apiVersion"] = json!("v1");
+        d
+    })
 }
 
 pub fn resource_list(group: &str, version: &str) -> Value {
-    let gv = if group.is_empty() {
-        version.to_owned()
-    } else {
-        format!("{group}/{version}")
-    };
+    let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     let mut list = Vec::new();
     for rt in resources::in_group(group, version) {
         let verbs: &[&str] = if rt.kind == "Namespace" {
-            &[
-                "create", "delete", "get", "list", "patch", "update", "watch",
-            ]
+            &["create", "delete", "get", "list", "patch", "update", "watch"]
         } else {
-            &[
-                "create",
-                "delete",
-                "deletecollection",
-                "get",
-                "list",
-                "patch",
-                "update",
-                "watch",
-            ]
+            &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
         };
         let mut r = json!({
             "name": rt.plural,

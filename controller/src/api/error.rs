@@ -19,11 +19,7 @@ pub struct FieldError {
 impl FieldError {
     pub fn required(field: impl Into<String>) -> Self {
         let field = field.into();
-        FieldError {
-            reason: "FieldValueRequired",
-            message: format!("{field}: Required value"),
-            field,
-        }
+        FieldError { reason: "FieldValueRequired", message: format!("{field}: Required value"), field }
     }
 
     pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: &str) -> Self {
@@ -40,39 +36,24 @@ impl FieldError {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         FieldError {
             reason: "FieldValueNotSupported",
-            message: format!(
-                "{field}: Unsupported value: \"{value}\": supported values: {}",
-                list.join(", ")
-            ),
+            message: format!("{field}: Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
             field,
         }
     }
 
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
         let field = field.into();
-        FieldError {
-            reason: "FieldValueDuplicate",
-            message: format!("{field}: Duplicate value: \"{value}\""),
-            field,
-        }
+        FieldError { reason: "FieldValueDuplicate", message: format!("{field}: Duplicate value: \"{value}\""), field }
     }
 
     pub fn not_found(field: impl Into<String>, value: &str) -> Self {
         let field = field.into();
-        FieldError {
-            reason: "FieldValueNotFound",
-            message: format!("{field}: Not found: \"{value}\""),
-            field,
-        }
+        FieldError { reason: "FieldValueNotFound", message: format!("{field}: Not found: \"{value}\""), field }
     }
 
     pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
         let field = field.into();
-        FieldError {
-            reason: "FieldValueForbidden",
-            message: format!("{field}: Forbidden: {detail}"),
-            field,
-        }
+        FieldError { reason: "FieldValueForbidden", message: format!("{field}: Forbidden: {detail}"), field }
     }
 
     /// Adds Kubernetes' trailing explanation (`…: Required value: must specify a volume type`).
@@ -103,12 +84,7 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
+        ApiError { code, reason, message: message.into(), details: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -116,14 +92,8 @@ impl ApiError {
     }
 
     pub fn not_found(qualified: &str, name: &str) -> Self {
-        let mut e = Self::new(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{qualified} \"{name}\" not found"),
-        );
-        e.details = Some(
-            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
-        );
+        let mut e = Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{qualified} \"{name}\" not found"));
+        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
         e
     }
 
@@ -139,21 +109,13 @@ impl ApiError {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!(
-                "the server does not allow this method on the requested resource ({method} {path})"
-            ),
+            format!("the server does not allow this method on the requested resource ({method} {path})"),
         )
     }
 
     pub fn already_exists(qualified: &str, name: &str) -> Self {
-        let mut e = Self::new(
-            StatusCode::CONFLICT,
-            "AlreadyExists",
-            format!("{qualified} \"{name}\" already exists"),
-        );
-        e.details = Some(
-            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
-        );
+        let mut e = Self::new(StatusCode::CONFLICT, "AlreadyExists", format!("{qualified} \"{name}\" already exists"));
+        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
         e
     }
 
@@ -163,9 +125,7 @@ impl ApiError {
             "Conflict",
             format!("Operation cannot be fulfilled on {qualified} \"{name}\": {why}"),
         );
-        e.details = Some(
-            json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}),
-        );
+        e.details = Some(json!({"name": name, "kind": kind_part(qualified), "group": group_part(qualified)}));
         e
     }
 
@@ -179,20 +139,13 @@ impl ApiError {
 
     pub fn invalid(kind: &str, group: &str, name: &str, errors: Vec<FieldError>) -> Self {
         let list: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        let summary = if list.len() == 1 {
-            list[0].to_owned()
-        } else {
-            format!("[{}]", list.join(", "))
-        };
+        let summary = if list.len() == 1 { list[0].to_owned() } else { format!("[{}]", list.join(", ")) };
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message.split_once(": ").map_or(e.message.as_str(), |(_, m)| m), "field": e.field}))
             .collect();
-        let mut err = Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Invalid",
-            format!("{kind} \"{name}\" is invalid: {summary}"),
-        );
+        let mut err =
+            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
         err.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         err
     }
@@ -267,11 +220,6 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.status().to_string();
-        (
-            self.code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
+        (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
     }
 }

@@ -7,27 +7,19 @@ pub fn get<'a>(obj: &'a Value, field: &str) -> Option<&'a Value> {
 }
 
 pub fn get_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    get(obj, field)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    get(obj, field).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.is_object() {
         *obj = Value::Object(Map::new());
     }
-    let Value::Object(o) = obj else {
-        unreachable!("replaced by an object above")
-    };
-    let m = o
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(o) = obj else { unreachable!("replaced by an object above") };
+    let m = o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
     if !m.is_object() {
         *m = Value::Object(Map::new());
     }
-    let Value::Object(m) = m else {
-        unreachable!("replaced by an object above")
-    };
+    let Value::Object(m) = m else { unreachable!("replaced by an object above") };
     m
 }
 
@@ -42,9 +34,7 @@ pub fn remove(obj: &mut Value, field: &str) {
 /// RFC 3339 with whole seconds, as Kubernetes timestamps are.
 pub fn now() -> String {
     let secs = jiff::Timestamp::now().as_second();
-    jiff::Timestamp::from_second(secs)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
+    jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
 }
 
 pub fn new_uid() -> String {
@@ -65,9 +55,5 @@ pub fn without_rv(obj: &Value) -> Value {
 pub fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = *uuid::Uuid::new_v4().as_bytes();
-    bytes
-        .iter()
-        .take(5)
-        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
+    bytes.iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }

@@ -41,11 +41,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            max_body: DEFAULT_MAX_BODY,
-            token: None,
-            service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16),
-        }
+        ApiConfig { max_body: DEFAULT_MAX_BODY, token: None, service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16) }
     }
 }
 
@@ -90,18 +86,11 @@ impl Req {
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .next()
-                    .is_some_and(|first| first.contains("as=Table"))
-            })
+            .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=Table")))
     }
 
     /// Reads the body, refusing more than `limit` bytes with 413.
-    pub async fn bytes(
-        self,
-        limit: usize,
-    ) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
+    pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
         let declared = self
             .headers
             .get(header::CONTENT_LENGTH)
@@ -131,7 +120,9 @@ pub(crate) struct Target {
 }
 
 async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
-    if let Some(token) = &st.config.token {
+    // Health and version stay public, as Kubernetes' public-info role.
+    let public = matches!(req.uri().path(), "/healthz" | "/livez" | "/readyz" | "/version");
+    if let Some(token) = st.config.token.as_ref().filter(|_| !public) {
         let ok = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -144,15 +135,9 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
-    let query: HashMap<String, String> = axum::extract::Query::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .unwrap_or_default();
-    let r = Req {
-        method: parts.method,
-        query,
-        headers: parts.headers,
-        body,
-    };
+    let query: HashMap<String, String> =
+        axum::extract::Query::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
+    let r = Req { method: parts.method, query, headers: parts.headers, body };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = r.method == Method::GET;
     match segs.as_slice() {
@@ -160,10 +145,9 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         ["healthz" | "livez" | "readyz"] if get => Ok((StatusCode::OK, "ok").into_response()),
         ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
-        ["apis", g] if get && discovery::group(g).is_some() => Ok(json(
-            StatusCode::OK,
-            &discovery::group(g).unwrap_or(Value::Null),
-        )),
+        ["apis", g] if get && discovery::group(g).is_some() => {
+            Ok(json(StatusCode::OK, &discovery::group(g).unwrap_or(Value::Null)))
+        }
         ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list("", "v1"))),
         ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
             Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
@@ -212,31 +196,20 @@ async fn resource(
         return Err(ApiError::no_route(path));
     }
     if let Some(s) = sub.as_deref() {
-        let known = (s == "status" && rt.status)
-            || (s == "scale" && rt.scale)
-            || (s == "binding" && rt.kind == "Pod");
+        let known = (s == "status" && rt.status) || (s == "scale" && rt.scale) || (s == "binding" && rt.kind == "Pod");
         if !known {
             return Err(ApiError::no_route(path));
         }
     }
-    let t = Target {
-        rt,
-        namespace,
-        name,
-        sub,
-    };
+    let t = Target { rt, namespace, name, sub };
     let m = r.method.clone();
     match (&m, t.name.is_some()) {
-        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => {
-            watch::serve(st, &t, &r)
-        }
+        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => watch::serve(st, &t, &r),
         (&Method::GET, false) => objects::list(st, &t, &r),
         (&Method::POST, false) => objects::create(st, &t, r).await,
         (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
         (&Method::GET, true) => objects::get(st, &t, &r),
-        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => {
-            objects::bind(st, &t, r).await
-        }
+        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
         (&Method::PUT, true) => objects::replace(st, &t, r).await,
         (&Method::PATCH, true) => objects::patch(st, &t, r).await,
         (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,
@@ -251,15 +224,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// A JSON response.
 pub(crate) fn json(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    (
-        code,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
 }
 
 /// A JSON response with Kubernetes `Warning` headers.

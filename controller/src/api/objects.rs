@@ -19,8 +19,7 @@ use crate::store::{Key, Mutation};
 use crate::validate::{self, FieldValidation, strict};
 
 /// Namespaces that always exist and may not be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] =
-    &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 fn ns_of(t: &Target) -> &str {
     t.namespace.as_deref().unwrap_or_default()
@@ -36,27 +35,18 @@ fn key(t: &Target) -> Key {
 
 /// Parses a JSON object body, noting duplicated keys.
 fn parse_body(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
-    let (v, dups) = strict::parse(bytes)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let (v, dups) =
+        strict::parse(bytes).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     if !v.is_object() {
-        return Err(ApiError::bad_request(
-            "the request body must be a JSON object",
-        ));
+        return Err(ApiError::bad_request("the request body must be a JSON object"));
     }
     Ok((v, dups))
 }
 
 fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     let base = ct.split(';').next().unwrap_or_default().trim();
-    if base == "application/json" || base.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::unsupported_media(ct))
-    }
+    if base == "application/json" || base.is_empty() { Ok(()) } else { Err(ApiError::unsupported_media(ct)) }
 }
 
 /// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
@@ -79,34 +69,23 @@ fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), ApiError> {
 }
 
 pub fn get(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
-    let obj = st
-        .store
-        .get(&key(t))?
-        .ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
+    let obj = st.store.get(&key(t))?.ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
     let body = match t.sub.as_deref() {
         Some("scale") => scale_of(t.rt, &obj),
-        _ if r.wants_table() => table::table(
-            t.rt,
-            std::slice::from_ref(&obj),
-            &meta_rv(&obj),
-            r.param("includeObject"),
-        ),
+        _ if r.wants_table() => {
+            table::table(t.rt, std::slice::from_ref(&obj), &meta_rv(&obj), r.param("includeObject"))
+        }
         _ => obj,
     };
     Ok(super::json(StatusCode::OK, &body))
 }
 
 fn meta_rv(obj: &Value) -> String {
-    meta::get_str(obj, "resourceVersion")
-        .unwrap_or_default()
-        .to_owned()
+    meta::get_str(obj, "resourceVersion").unwrap_or_default().to_owned()
 }
 
 /// Label and field selectors from the query.
-pub(crate) fn selectors(
-    rt: &ResourceType,
-    r: &Req,
-) -> Result<(LabelSelector, FieldSelector), ApiError> {
+pub(crate) fn selectors(rt: &ResourceType, r: &Req) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let ls = LabelSelector::parse(r.param("labelSelector").unwrap_or_default())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fs = FieldSelector::parse(r.param("fieldSelector").unwrap_or_default(), rt.fields)
@@ -116,10 +95,7 @@ pub(crate) fn selectors(
 
 pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(t.rt, r)?;
-    let limit = r
-        .param("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .filter(|l| *l > 0);
+    let limit = r.param("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
     let after = match r.param("continue").filter(|c| !c.is_empty()) {
         Some(c) => Some(
             base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -130,9 +106,7 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
         ),
         None => None,
     };
-    let (items, rev) = st
-        .store
-        .list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
+    let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
     let mut selected: Vec<Value> = Vec::new();
     let mut cont = None;
     for item in items {
@@ -173,15 +147,10 @@ fn ensure_namespace(st: &Arc<ApiState>, rt: &ResourceType, ns: &str) -> Result<(
     if !rt.namespaced {
         return Ok(());
     }
-    match st
-        .store
-        .get(&Key::new(resources::namespaces().id, "", ns))?
-    {
-        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => {
-            Err(ApiError::forbidden(format!(
-                "unable to create new content in namespace {ns} because it is being terminated"
-            )))
-        }
+    match st.store.get(&Key::new(resources::namespaces().id, "", ns))? {
+        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        ))),
         Some(_) => Ok(()),
         None => Err(ApiError::not_found("namespaces", ns)),
     }
@@ -211,26 +180,15 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     }
     if meta::get_str(&body, "name").is_none() {
         if let Some(prefix) = meta::get_str(&body, "generateName").map(str::to_owned) {
-            meta::set(
-                &mut body,
-                "name",
-                json!(format!("{prefix}{}", meta::random_suffix())),
-            );
+            meta::set(&mut body, "name", json!(format!("{prefix}{}", meta::random_suffix())));
         }
     }
     if meta::get_str(&body, "resourceVersion").is_some() {
-        return Err(ApiError::bad_request(
-            "resourceVersion should not be set on objects to be created",
-        ));
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
     }
-    for f in [
-        "uid",
-        "creationTimestamp",
-        "deletionTimestamp",
-        "deletionGracePeriodSeconds",
-        "generation",
-        "managedFields",
-    ] {
+    for f in
+        ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"]
+    {
         meta::remove(&mut body, f);
     }
     if t.rt.status && t.rt.kind != "Node" {
@@ -264,28 +222,16 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
 
 /// Assigns a cluster IP (and node ports) to a new Service.
 fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError> {
-    let (all, _) = st.store.list(
-        resources::find("", "v1", "services").map_or("core/services", |r| r.id),
-        None,
-        None,
-    )?;
-    let ty = svc
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP")
-        .to_owned();
+    let (all, _) =
+        st.store.list(resources::find("", "v1", "services").map_or("core/services", |r| r.id), None, None)?;
+    let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
     if ty == "ExternalName" {
         return Ok(());
     }
-    let wants_ip = svc
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty);
+    let wants_ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty);
     if wants_ip {
-        let used: BTreeSet<&str> = all
-            .iter()
-            .filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str))
-            .collect();
+        let used: BTreeSet<&str> =
+            all.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
         let (base, bits) = st.config.service_cidr;
         let size = 1u32 << (32 - u32::from(bits.min(30)));
         // .1 is kept for the `kubernetes` service, as in Kubernetes.
@@ -295,16 +241,8 @@ fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError>
             .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
         svc["spec"]["clusterIP"] = json!(ip);
         svc["spec"]["clusterIPs"] = json!([ip]);
-    } else if let Some(ip) = svc
-        .pointer("/spec/clusterIP")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-    {
-        if ip != "None"
-            && all
-                .iter()
-                .any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip))
-        {
+    } else if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned) {
+        if ip != "None" && all.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip)) {
             return Err(ApiError::invalid(
                 "Service",
                 "",
@@ -321,12 +259,7 @@ fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError>
     if ty == "NodePort" || ty == "LoadBalancer" {
         let mut used: BTreeSet<i64> = all
             .iter()
-            .flat_map(|s| {
-                s.pointer("/spec/ports")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .flat_map(|s| s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
             .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
             .collect();
         if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
@@ -447,11 +380,7 @@ fn update(
 }
 
 fn part_of(t: &Target) -> Part {
-    if t.sub.as_deref() == Some("status") {
-        Part::Status
-    } else {
-        Part::Main
-    }
+    if t.sub.as_deref() == Some("status") { Part::Status } else { Part::Main }
 }
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
@@ -469,29 +398,21 @@ pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response,
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let mode = FieldValidation::parse(r.param("fieldValidation"))?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
-    let ct = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
-    let (patch_doc, dups) = strict::parse(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let (patch_doc, dups) =
+        strict::parse(&bytes).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     let kind = t.rt.kind;
     let apply = |base: Value| -> Result<Value, ApiError> {
         let mut doc = base;
-        patch::apply(kind, &mut doc, patch_doc, ty)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        patch::apply(kind, &mut doc, patch_doc, ty).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(doc)
     };
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, apply);
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
-    let dups = if ty == PatchType::Json {
-        Vec::new()
-    } else {
-        dups
-    };
+    let dups = if ty == PatchType::Json { Vec::new() } else { dups };
     let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
@@ -501,12 +422,7 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
         .unwrap_or_default();
     let _ = rt;
     json!({
@@ -552,11 +468,7 @@ fn write_scale(
             ));
         }
         let mut new = old.clone();
-        if let Some(rv) = scale
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-        {
+        if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             meta::set(&mut new, "resourceVersion", json!(rv));
         }
         new["spec"]["replicas"] = json!(replicas);
@@ -573,21 +485,12 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid(
-                "Binding",
-                "",
-                name_of(t),
-                vec![crate::api::error::FieldError::required("target.name")],
-            )
+            ApiError::invalid("Binding", "", name_of(t), vec![crate::api::error::FieldError::required("target.name")])
         })?
         .to_owned();
     let name = name_of(t).to_owned();
     update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
-        if let Some(cur) = old
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        {
+        if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
                 "pods",
                 &name,
@@ -610,45 +513,29 @@ struct DeleteOpts {
     rv: Option<String>,
 }
 
-fn delete_opts(
-    body: &[u8],
-    r_query: &std::collections::HashMap<String, String>,
-) -> Result<DeleteOpts, ApiError> {
+fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    if let Some(p) = v
-        .get("propagationPolicy")
-        .and_then(Value::as_str)
-        .or(r_query.get("propagationPolicy").map(String::as_str))
+    if let Some(p) =
+        v.get("propagationPolicy").and_then(Value::as_str).or(r_query.get("propagationPolicy").map(String::as_str))
     {
         if !["Orphan", "Background", "Foreground"].contains(&p) {
-            return Err(ApiError::bad_request(format!(
-                "unsupported propagationPolicy {p:?}"
-            )));
+            return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}")));
         }
     }
     Ok(DeleteOpts {
-        uid: v
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        rv: v
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
+        rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
     })
 }
 
 /// What deleting `old` means: set `deletionTimestamp` while finalizers
 /// remain, remove it otherwise.
 pub fn deletion(old: Value) -> Mutation {
-    let has_finalizers = meta::get(&old, "finalizers")
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
+    let has_finalizers = meta::get(&old, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
     if !has_finalizers {
         return Mutation::Delete;
     }
@@ -675,10 +562,7 @@ pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
         Ok(deletion(old))
     })?;
     tracing::info!(resource = t.rt.id, namespace = ns_of(t), %name, "deleted");
-    Ok(super::json(
-        StatusCode::OK,
-        &out.object.unwrap_or(Value::Null),
-    ))
+    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
 }
 
 fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<(), ApiError> {
@@ -688,9 +572,7 @@ fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<
             return Err(ApiError::conflict(
                 q,
                 name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
-                ),
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
             ));
         }
     }
@@ -712,11 +594,7 @@ fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<
 /// Deleting a namespace marks it `Terminating`; the namespace controller
 /// (`controllers::namespace`) then deletes its contents and finally the
 /// namespace, as Kubernetes does.
-fn delete_namespace(
-    st: &Arc<ApiState>,
-    name: &str,
-    opts: &DeleteOpts,
-) -> Result<Response, ApiError> {
+fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result<Response, ApiError> {
     if SYSTEM_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(format!(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
@@ -735,17 +613,10 @@ fn delete_namespace(
         Ok(Mutation::Put(o))
     })?;
     tracing::info!(namespace = %name, "namespace terminating");
-    Ok(super::json(
-        StatusCode::OK,
-        &out.object.unwrap_or(Value::Null),
-    ))
+    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
 }
 
-pub async fn delete_collection(
-    st: &Arc<ApiState>,
-    t: &Target,
-    r: Req,
-) -> Result<Response, ApiError> {
+pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(t.rt, &r)?;
     if t.rt.kind == "Namespace" {
         return Err(ApiError::method_not_allowed("DELETE", "namespaces"));
@@ -763,10 +634,7 @@ pub async fn delete_collection(
         })
         .collect();
     let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        Ok(cur
-            .into_iter()
-            .map(|o| o.map_or(Mutation::Keep, deletion))
-            .collect())
+        Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, deletion)).collect())
     })?;
     let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
     let rv = st.store.revision().to_string();

@@ -12,11 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::resources::{self, GROUPS, ResourceType};
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() {
-        format!("api/{version}")
-    } else {
-        format!("apis/{group}/{version}")
-    }
+    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
 /// A stable hash of a document, for the `?hash=` the root hands out.
@@ -35,10 +31,7 @@ pub fn root() -> Value {
     for (g, v) in GROUPS {
         let p = gv_path(g, v);
         if let Some(doc) = document(&p) {
-            paths.insert(
-                p.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc))}),
-            );
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc))}));
         }
     }
     json!({"paths": paths})
@@ -60,18 +53,12 @@ fn op(rt: &ResourceType, action: &str, id: String, body: bool, params: &[&str]) 
     });
     if body {
         let types: &[&str] = if action == "patch" {
-            &[
-                "application/json-patch+json",
-                "application/merge-patch+json",
-                "application/strategic-merge-patch+json",
-            ]
+            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
         } else {
             &["application/json"]
         };
-        let content: Map<String, Value> = types
-            .iter()
-            .map(|t| ((*t).to_owned(), json!({"schema": {"type": "object"}})))
-            .collect();
+        let content: Map<String, Value> =
+            types.iter().map(|t| ((*t).to_owned(), json!({"schema": {"type": "object"}}))).collect();
         o["requestBody"] = json!({"content": content, "required": true});
     }
     o
@@ -80,15 +67,7 @@ fn op(rt: &ResourceType, action: &str, id: String, body: bool, params: &[&str]) 
 pub fn document(gv: &str) -> Option<Value> {
     let (group, version) = GROUPS.iter().find(|(g, v)| gv_path(g, v) == gv)?;
     let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
-    let read = [
-        "labelSelector",
-        "fieldSelector",
-        "limit",
-        "continue",
-        "resourceVersion",
-        "watch",
-        "timeoutSeconds",
-    ];
+    let read = ["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "timeoutSeconds"];
     let mut paths = Map::new();
     for rt in resources::in_group(group, version) {
         let base = if rt.namespaced {
@@ -97,11 +76,7 @@ pub fn document(gv: &str) -> Option<Value> {
             format!("/{gv}/{}", rt.plural)
         };
         let id = |verb: &str| {
-            let g = if rt.group.is_empty() {
-                "Core".to_owned()
-            } else {
-                capitalize(rt.group)
-            };
+            let g = if rt.group.is_empty() { "Core".to_owned() } else { capitalize(rt.group) };
             let scope = if rt.namespaced { "Namespaced" } else { "" };
             format!("{verb}{g}V1{scope}{}", rt.kind)
         };
@@ -143,7 +118,5 @@ pub fn document(gv: &str) -> Option<Value> {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }

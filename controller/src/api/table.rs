@@ -83,27 +83,15 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Age", "string", false),
             c("Selector", "string", true),
         ],
-        "Namespace" => vec![
-            c("Name", "string", false),
-            c("Status", "string", false),
-            c("Age", "string", false),
-        ],
-        "ConfigMap" => vec![
-            c("Name", "string", false),
-            c("Data", "integer", false),
-            c("Age", "string", false),
-        ],
+        "Namespace" => vec![c("Name", "string", false), c("Status", "string", false), c("Age", "string", false)],
+        "ConfigMap" => vec![c("Name", "string", false), c("Data", "integer", false), c("Age", "string", false)],
         "Secret" => vec![
             c("Name", "string", false),
             c("Type", "string", false),
             c("Data", "integer", false),
             c("Age", "string", false),
         ],
-        "Endpoints" => vec![
-            c("Name", "string", false),
-            c("Endpoints", "string", false),
-            c("Age", "string", false),
-        ],
+        "Endpoints" => vec![c("Name", "string", false), c("Endpoints", "string", false), c("Age", "string", false)],
         "Event" => vec![
             c("Last Seen", "string", false),
             c("Type", "string", false),
@@ -127,35 +115,19 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
+        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
+        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
+        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if y < 8 {
-        if d % 365 == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{}d", d % 365)
-        }
+        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
     } else {
         format!("{y}y")
     }
@@ -169,9 +141,7 @@ fn age_of(ts: Option<&str>) -> String {
 }
 
 fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
+    v.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
 
 fn n(v: &Value, ptr: &str) -> i64 {
@@ -179,26 +149,17 @@ fn n(v: &Value, ptr: &str) -> i64 {
 }
 
 fn none(v: Option<String>) -> String {
-    v.filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "<none>".into())
+    v.filter(|s| !s.is_empty()).unwrap_or_else(|| "<none>".into())
 }
 
 fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
-    v.pointer(ptr)
-        .and_then(Value::as_array)
-        .map_or(&[], Vec::as_slice)
+    v.pointer(ptr).and_then(Value::as_array).map_or(&[], Vec::as_slice)
 }
 
 fn containers_images(v: &Value, ptr: &str) -> (String, String) {
     let cs = arr(v, ptr);
-    let names: Vec<&str> = cs
-        .iter()
-        .filter_map(|c| c.get("name").and_then(Value::as_str))
-        .collect();
-    let images: Vec<&str> = cs
-        .iter()
-        .filter_map(|c| c.get("image").and_then(Value::as_str))
-        .collect();
+    let names: Vec<&str> = cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect();
+    let images: Vec<&str> = cs.iter().filter_map(|c| c.get("image").and_then(Value::as_str)).collect();
     (names.join(","), images.join(","))
 }
 
@@ -207,18 +168,9 @@ fn selector_string(v: &Value, ptr: &str) -> String {
         .pointer(ptr)
         .and_then(|s| s.get("matchLabels").or(Some(s)))
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))).collect())
         .unwrap_or_default();
-    for e in v
-        .pointer(&format!("{ptr}/matchExpressions"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for e in v.pointer(&format!("{ptr}/matchExpressions")).and_then(Value::as_array).into_iter().flatten() {
         let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
         let vals: Vec<&str> = arr(e, "/values").iter().filter_map(Value::as_str).collect();
         parts.push(match e.get("operator").and_then(Value::as_str) {
@@ -232,10 +184,7 @@ fn selector_string(v: &Value, ptr: &str) -> String {
 }
 
 fn pod_status(p: &Value) -> String {
-    let mut reason = s(p, "/status/reason")
-        .or(s(p, "/status/phase"))
-        .unwrap_or("Unknown")
-        .to_owned();
+    let mut reason = s(p, "/status/reason").or(s(p, "/status/phase")).unwrap_or("Unknown").to_owned();
     for cs in arr(p, "/status/containerStatuses") {
         if let Some(r) = s(cs, "/state/waiting/reason") {
             reason = r.to_owned();
@@ -256,10 +205,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "Pod" => {
             let statuses = arr(o, "/status/containerStatuses");
             let total = arr(o, "/spec/containers").len();
-            let ready = statuses
-                .iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count();
+            let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
             let restarts: i64 = statuses.iter().map(|c| n(c, "/restartCount")).sum();
             let gates = arr(o, "/spec/readinessGates");
             vec![
@@ -271,11 +217,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(none(s(o, "/status/podIP").map(str::to_owned))),
                 json!(none(s(o, "/spec/nodeName").map(str::to_owned))),
                 json!(none(s(o, "/status/nominatedNodeName").map(str::to_owned))),
-                json!(if gates.is_empty() {
-                    "<none>".to_owned()
-                } else {
-                    format!("0/{}", gates.len())
-                }),
+                json!(if gates.is_empty() { "<none>".to_owned() } else { format!("0/{}", gates.len()) }),
             ]
         }
         "Node" => {
@@ -294,11 +236,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             let roles: Vec<&str> = o
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)
-                .map(|l| {
-                    l.keys()
-                        .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
-                        .collect()
-                })
+                .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
                 .unwrap_or_default();
             let addr = |ty: &str| {
                 arr(o, "/status/addresses")
@@ -324,11 +262,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             let (cn, im) = containers_images(o, "/spec/template/spec/containers");
             vec![
                 name,
-                json!(format!(
-                    "{}/{}",
-                    n(o, "/status/readyReplicas"),
-                    n(o, "/spec/replicas")
-                )),
+                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
                 json!(n(o, "/status/updatedReplicas")),
                 json!(n(o, "/status/availableReplicas")),
                 age,
@@ -377,10 +311,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                     }
                 })
                 .collect();
-            let ext: Vec<&str> = arr(o, "/spec/externalIPs")
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
+            let ext: Vec<&str> = arr(o, "/spec/externalIPs").iter().filter_map(Value::as_str).collect();
             let ty = s(o, "/spec/type").unwrap_or("ClusterIP");
             let ext = if ty == "ExternalName" {
                 s(o, "/spec/externalName").unwrap_or_default().to_owned()
@@ -399,26 +330,13 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         }
         "Namespace" => vec![name, json!(s(o, "/status/phase").unwrap_or("Active")), age],
         "ConfigMap" => {
-            let count = o
-                .get("data")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len())
-                + o.get("binaryData")
-                    .and_then(Value::as_object)
-                    .map_or(0, |m| m.len());
+            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
+                + o.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
             vec![name, json!(count), age]
         }
         "Secret" => {
-            let count = o
-                .get("data")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len());
-            vec![
-                name,
-                json!(s(o, "/type").unwrap_or("Opaque")),
-                json!(count),
-                age,
-            ]
+            let count = o.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
+            vec![name, json!(s(o, "/type").unwrap_or("Opaque")), json!(count), age]
         }
         "Endpoints" => {
             let mut eps = Vec::new();
@@ -437,14 +355,10 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             vec![name, json!(none(Some(eps.join(",")))), age]
         }
         "Event" => {
-            let last = s(o, "/lastTimestamp")
-                .or(s(o, "/eventTime"))
-                .or(s(o, "/metadata/creationTimestamp"));
+            let last = s(o, "/lastTimestamp").or(s(o, "/eventTime")).or(s(o, "/metadata/creationTimestamp"));
             let obj = format!(
                 "{}/{}",
-                s(o, "/involvedObject/kind")
-                    .unwrap_or_default()
-                    .to_lowercase(),
+                s(o, "/involvedObject/kind").unwrap_or_default().to_lowercase(),
                 s(o, "/involvedObject/name").unwrap_or_default()
             );
             vec![

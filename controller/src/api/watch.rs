@@ -37,12 +37,7 @@ impl Filter {
     /// The event as this watcher sees it: a change that moves an object into
     /// the selection is ADDED, out of it DELETED.
     fn view(&self, ev: &WatchEvent) -> Option<EventType> {
-        if ev.resource != self.resource
-            || self
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| ns != ev.namespace)
-        {
+        if ev.resource != self.resource || self.namespace.as_deref().is_some_and(|ns| ns != ev.namespace) {
             return None;
         }
         let now = self.matches(&ev.object);
@@ -69,16 +64,8 @@ struct Encoder {
 impl Encoder {
     fn line(&self, ty: &str, object: &Value) -> Bytes {
         let object = if self.as_table && ty != "ERROR" && ty != "BOOKMARK" {
-            let rv = object
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            table::table(
-                self.rt,
-                std::slice::from_ref(object),
-                rv,
-                self.include.as_deref(),
-            )
+            let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
+            table::table(self.rt, std::slice::from_ref(object), rv, self.include.as_deref())
         } else {
             object.clone()
         };
@@ -88,46 +75,23 @@ impl Encoder {
     }
 
     fn bookmark(&self, rev: u64) -> Bytes {
-        let kind = if self.as_table {
-            "Table".to_owned()
-        } else {
-            self.rt.kind.to_owned()
-        };
-        let api = if self.as_table {
-            "meta.k8s.io/v1".to_owned()
-        } else {
-            self.rt.api_version()
-        };
-        self.line("BOOKMARK", &json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rev.to_string()}}))
+        let kind = if self.as_table { "Table".to_owned() } else { self.rt.kind.to_owned() };
+        let api = if self.as_table { "meta.k8s.io/v1".to_owned() } else { self.rt.api_version() };
+        self.line(
+            "BOOKMARK",
+            &json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rev.to_string()}}),
+        )
     }
 }
 
 pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(t.rt, r)?;
-    let filter = Filter {
-        resource: t.rt.id,
-        namespace: t.namespace.clone(),
-        labels,
-        fields,
-    };
-    let enc = Encoder {
-        rt: t.rt,
-        as_table: r.wants_table(),
-        include: r.param("includeObject").map(str::to_owned),
-    };
+    let filter = Filter { resource: t.rt.id, namespace: t.namespace.clone(), labels, fields };
+    let enc = Encoder { rt: t.rt, as_table: r.wants_table(), include: r.param("includeObject").map(str::to_owned) };
     let bookmarks = r.param("allowWatchBookmarks") == Some("true");
-    let timeout = r
-        .param("timeoutSeconds")
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let from = match r
-        .param("resourceVersion")
-        .filter(|v| !v.is_empty() && *v != "0")
-    {
-        Some(v) => Some(
-            v.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?,
-        ),
+    let timeout = r.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
+    let from = match r.param("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?),
         None => None,
     };
 
@@ -207,16 +171,11 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
         }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     Ok((
         StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-cache, private"),
-        ],
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")],
         Body::from_stream(stream),
     )
         .into_response())

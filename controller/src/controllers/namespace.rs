@@ -40,11 +40,7 @@ pub async fn run(store: SharedStore, mut shutdown: watch::Receiver<bool>) {
         // Wait for a namespace change, or poll once a second while a
         // namespace is terminating (its contents may be draining).
         let tick = async {
-            if pending {
-                tokio::time::sleep(Duration::from_secs(1)).await
-            } else {
-                std::future::pending().await
-            }
+            if pending { tokio::time::sleep(Duration::from_secs(1)).await } else { std::future::pending().await }
         };
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -70,12 +66,7 @@ fn reconcile(store: &SharedStore, seen: &mut HashMap<String, Instant>) -> Result
     seen.retain(|n, _| terminating.contains(n));
     let pending = !terminating.is_empty();
     for name in terminating {
-        if seen
-            .entry(name.clone())
-            .or_insert_with(Instant::now)
-            .elapsed()
-            < PURGE_DELAY
-        {
+        if seen.entry(name.clone()).or_insert_with(Instant::now).elapsed() < PURGE_DELAY {
             continue;
         }
         let _span = tracing::info_span!("namespace", namespace = %name).entered();
@@ -88,19 +79,12 @@ fn purge(store: &SharedStore, ns: &str) -> Result<(), ApiError> {
     let mut keys = Vec::new();
     for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
         let (items, _) = store.list(rt.id, Some(ns), None)?;
-        keys.extend(
-            items
-                .iter()
-                .map(|it| Key::new(rt.id, ns, meta::get_str(it, "name").unwrap_or_default())),
-        );
+        keys.extend(items.iter().map(|it| Key::new(rt.id, ns, meta::get_str(it, "name").unwrap_or_default())));
     }
     if !keys.is_empty() {
         let n = keys.len();
         store.mutate_many::<ApiError, _>(&keys, |cur| {
-            Ok(cur
-                .into_iter()
-                .map(|o| o.map_or(Mutation::Keep, api::deletion))
-                .collect())
+            Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, api::deletion)).collect())
         })?;
         tracing::info!(objects = n, "deleted namespace contents");
     }
@@ -117,15 +101,10 @@ fn purge(store: &SharedStore, ns: &str) -> Result<(), ApiError> {
             return Ok(Mutation::Keep);
         };
         let before = o.clone();
-        if let Some(f) = o
-            .pointer_mut("/spec/finalizers")
-            .and_then(Value::as_array_mut)
-        {
+        if let Some(f) = o.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
             f.retain(|v| v.as_str() != Some("kubernetes"));
         }
-        let finalizers_left = meta::get(&o, "finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let finalizers_left = meta::get(&o, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         Ok(match (finalizers_left, o == before) {
             (false, _) => Mutation::Delete,
             (true, true) => Mutation::Keep,

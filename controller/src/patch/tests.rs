@@ -27,10 +27,7 @@ fn strategic_merges_lists_by_key() {
         c[0]["env"],
         json!([{"name": "A", "value": "1"}, {"name": "B", "value": "3"}, {"name": "C", "value": "4"}])
     );
-    assert_eq!(
-        c[0]["ports"],
-        json!([{"containerPort": 80, "protocol": "TCP"}])
-    );
+    assert_eq!(c[0]["ports"], json!([{"containerPort": 80, "protocol": "TCP"}]));
     assert_eq!(c[1]["image"], "side:1");
 }
 
@@ -41,10 +38,7 @@ fn strategic_replaces_lists_without_a_key_and_deletes_with_null() {
         "spec": {"template": {"spec": {"tolerations": [{"key": "y"}]}}}});
     apply("Deployment", &mut d, patch, PatchType::Strategic).expect("patch");
     assert_eq!(d["metadata"]["labels"], json!({"tier": "x"}));
-    assert_eq!(
-        d["spec"]["template"]["spec"]["tolerations"],
-        json!([{"key": "y"}])
-    );
+    assert_eq!(d["spec"]["template"]["spec"]["tolerations"], json!([{"key": "y"}]));
 }
 
 #[test]
@@ -71,56 +65,30 @@ fn strategic_set_element_order_reorders() {
     let patch = json!({"spec": {"template": {"spec": {
         "$setElementOrder/containers": [{"name": "sidecar"}, {"name": "app"}]}}}});
     apply("Deployment", &mut d, patch, PatchType::Strategic).expect("patch");
-    assert_eq!(
-        d["spec"]["template"]["spec"]["containers"][0]["name"],
-        "sidecar"
-    );
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["name"], "sidecar");
 }
 
 #[test]
 fn strategic_replace_directive_and_service_ports() {
     let mut s = json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 443}]}});
-    apply(
-        "Service",
-        &mut s,
-        json!({"spec": {"ports": [{"port": 80, "targetPort": 9090}]}}),
-        PatchType::Strategic,
-    )
-    .expect("patch");
-    assert_eq!(
-        s["spec"]["ports"],
-        json!([{"port": 80, "targetPort": 9090}, {"port": 443}])
-    );
-    apply(
-        "Service",
-        &mut s,
-        json!({"spec": {"$patch": "replace", "ports": [{"port": 1}]}}),
-        PatchType::Strategic,
-    )
-    .expect("patch");
+    apply("Service", &mut s, json!({"spec": {"ports": [{"port": 80, "targetPort": 9090}]}}), PatchType::Strategic)
+        .expect("patch");
+    assert_eq!(s["spec"]["ports"], json!([{"port": 80, "targetPort": 9090}, {"port": 443}]));
+    apply("Service", &mut s, json!({"spec": {"$patch": "replace", "ports": [{"port": 1}]}}), PatchType::Strategic)
+        .expect("patch");
     assert_eq!(s["spec"], json!({"ports": [{"port": 1}]}));
-    assert!(
-        apply(
-            "Service",
-            &mut s,
-            json!({"spec": {"$bogus": 1}}),
-            PatchType::Strategic
-        )
-        .is_err()
-    );
+    assert!(apply("Service", &mut s, json!({"spec": {"$bogus": 1}}), PatchType::Strategic).is_err());
     assert!(apply("Service", &mut s, json!([1]), PatchType::Strategic).is_err());
 }
 
 #[test]
 fn merge_patch_replaces_lists() {
     let mut d = deployment();
-    let patch = json!({"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "only", "image": "x"}]}}}});
+    let patch =
+        json!({"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "only", "image": "x"}]}}}});
     apply("Deployment", &mut d, patch, PatchType::Merge).expect("patch");
     assert_eq!(d["spec"]["replicas"], 5);
-    assert_eq!(
-        d["spec"]["template"]["spec"]["containers"],
-        json!([{"name": "only", "image": "x"}])
-    );
+    assert_eq!(d["spec"]["template"]["spec"]["containers"], json!([{"name": "only", "image": "x"}]));
 }
 
 #[test]
@@ -136,14 +104,8 @@ fn json_patch_ops_and_failures() {
     assert_eq!(d["metadata"]["labels"]["new"], "y");
     let before = d.clone();
     let bad = json!([{"op": "test", "path": "/metadata/name", "value": "other"}]);
-    assert!(matches!(
-        apply("Deployment", &mut d, bad, PatchType::Json),
-        Err(PatchError::JsonPatch(_))
-    ));
-    assert_eq!(
-        d, before,
-        "a failed json patch leaves the document unchanged"
-    );
+    assert!(matches!(apply("Deployment", &mut d, bad, PatchType::Json), Err(PatchError::JsonPatch(_))));
+    assert_eq!(d, before, "a failed json patch leaves the document unchanged");
     assert!(matches!(
         apply("Deployment", &mut d, json!({"op": "x"}), PatchType::Json),
         Err(PatchError::InvalidJsonPatch(_))
@@ -152,20 +114,8 @@ fn json_patch_ops_and_failures() {
 
 #[test]
 fn content_types() {
-    assert_eq!(
-        PatchType::from_content_type("application/strategic-merge-patch+json"),
-        Some(PatchType::Strategic)
-    );
-    assert_eq!(
-        PatchType::from_content_type("application/merge-patch+json; charset=utf-8"),
-        Some(PatchType::Merge)
-    );
-    assert_eq!(
-        PatchType::from_content_type("application/json-patch+json"),
-        Some(PatchType::Json)
-    );
-    assert_eq!(
-        PatchType::from_content_type("application/apply-patch+yaml"),
-        None
-    );
+    assert_eq!(PatchType::from_content_type("application/strategic-merge-patch+json"), Some(PatchType::Strategic));
+    assert_eq!(PatchType::from_content_type("application/merge-patch+json; charset=utf-8"), Some(PatchType::Merge));
+    assert_eq!(PatchType::from_content_type("application/json-patch+json"), Some(PatchType::Json));
+    assert_eq!(PatchType::from_content_type("application/apply-patch+yaml"), None);
 }

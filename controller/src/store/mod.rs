@@ -26,10 +26,7 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] redb::Error),
     #[error("stored object {key} is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
+    Corrupt { key: String, source: serde_json::Error },
     #[error("cannot encode object: {0}")]
     Encode(serde_json::Error),
 }
@@ -43,13 +40,7 @@ macro_rules! redb_from {
         }
     )*};
 }
-redb_from!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+redb_from!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
 /// Where an object lives: resource (`group/plural`, e.g. `apps/deployments`),
 /// namespace (empty for cluster-scoped kinds) and name.
@@ -62,11 +53,7 @@ pub struct Key {
 
 impl Key {
     pub fn new(resource: &'static str, namespace: &str, name: &str) -> Self {
-        Key {
-            resource,
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        }
+        Key { resource, namespace: namespace.to_owned(), name: name.to_owned() }
     }
 
     fn encode(&self) -> String {
@@ -118,11 +105,7 @@ impl Store {
             meta.get(REVISION_KEY)?.map(|g| g.value()).unwrap_or(0)
         };
         txn.commit()?;
-        Ok(Store {
-            db,
-            revision: AtomicU64::new(revision),
-            hub: WatchHub::new(history, revision),
-        })
+        Ok(Store { db, revision: AtomicU64::new(revision), hub: WatchHub::new(history, revision) })
     }
 
     /// The revision of the last committed write.
@@ -188,10 +171,7 @@ impl Store {
             let cur = current.pop().flatten();
             f(cur).map(|m| vec![m])
         })?;
-        Ok(out.pop().unwrap_or(Outcome {
-            object: None,
-            revision: None,
-        }))
+        Ok(out.pop().unwrap_or(Outcome { object: None, revision: None }))
     }
 
     /// Like [`Store::mutate`] for several keys in one transaction: `f` sees the
@@ -221,50 +201,26 @@ impl Store {
             for ((key, old), m) in keys.iter().zip(current).zip(mutations) {
                 let k = key.encode();
                 match m {
-                    Mutation::Keep => outcomes.push(Outcome {
-                        object: old,
-                        revision: None,
-                    }),
+                    Mutation::Keep => outcomes.push(Outcome { object: old, revision: None }),
                     Mutation::Put(mut obj) => {
                         rev += 1;
                         set_resource_version(&mut obj, rev);
                         let bytes = serde_json::to_vec(&obj).map_err(StoreError::Encode)?;
-                        table
-                            .insert(k.as_str(), bytes.as_slice())
-                            .map_err(StoreError::from)?;
-                        let kind = if old.is_some() {
-                            EventType::Modified
-                        } else {
-                            EventType::Added
-                        };
+                        table.insert(k.as_str(), bytes.as_slice()).map_err(StoreError::from)?;
+                        let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
                         events.push(WatchEvent::new(rev, key, kind, obj.clone(), old));
-                        outcomes.push(Outcome {
-                            object: Some(obj),
-                            revision: Some(rev),
-                        });
+                        outcomes.push(Outcome { object: Some(obj), revision: Some(rev) });
                     }
                     Mutation::Delete => {
                         let Some(mut last) = old.clone() else {
-                            outcomes.push(Outcome {
-                                object: None,
-                                revision: None,
-                            });
+                            outcomes.push(Outcome { object: None, revision: None });
                             continue;
                         };
                         rev += 1;
                         table.remove(k.as_str()).map_err(StoreError::from)?;
                         set_resource_version(&mut last, rev);
-                        events.push(WatchEvent::new(
-                            rev,
-                            key,
-                            EventType::Deleted,
-                            last.clone(),
-                            old,
-                        ));
-                        outcomes.push(Outcome {
-                            object: Some(last),
-                            revision: Some(rev),
-                        });
+                        events.push(WatchEvent::new(rev, key, EventType::Deleted, last.clone(), old));
+                        outcomes.push(Outcome { object: Some(last), revision: Some(rev) });
                     }
                 }
             }
@@ -286,10 +242,7 @@ impl Store {
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<Value, StoreError> {
-    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { key: key.to_owned(), source })
 }
 
 fn set_resource_version(obj: &mut Value, rev: u64) {

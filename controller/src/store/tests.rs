@@ -12,10 +12,7 @@ fn cm(name: &str, v: &str) -> Value {
 
 fn put(s: &Store, name: &str, v: &str) -> u64 {
     let key = Key::new("core/configmaps", "default", name);
-    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm(name, v))))
-        .expect("put")
-        .revision
-        .expect("written")
+    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm(name, v)))).expect("put").revision.expect("written")
 }
 
 #[test]
@@ -25,15 +22,10 @@ fn every_write_bumps_one_global_revision() {
     assert_eq!(put(&s, "a", "1"), 1);
     assert_eq!(put(&s, "b", "1"), 2);
     assert_eq!(put(&s, "a", "2"), 3);
-    let a = s
-        .get(&Key::new("core/configmaps", "default", "a"))
-        .expect("get")
-        .expect("exists");
+    let a = s.get(&Key::new("core/configmaps", "default", "a")).expect("get").expect("exists");
     assert_eq!(a["metadata"]["resourceVersion"], "3");
     assert_eq!(a["data"]["k"], "2");
-    let (items, rev) = s
-        .list("core/configmaps", Some("default"), None)
-        .expect("list");
+    let (items, rev) = s.list("core/configmaps", Some("default"), None).expect("list");
     assert_eq!(rev, 3);
     assert_eq!(items.len(), 2);
 }
@@ -44,9 +36,7 @@ fn keep_and_failed_mutations_write_nothing() {
     let s = open(&dir, 10);
     put(&s, "a", "1");
     let key = Key::new("core/configmaps", "default", "a");
-    let out = s
-        .mutate::<StoreError, _>(&key, |_| Ok(Mutation::Keep))
-        .expect("keep");
+    let out = s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Keep)).expect("keep");
     assert_eq!(out.revision, None);
     #[derive(Debug)]
     struct Refused;
@@ -58,10 +48,7 @@ fn keep_and_failed_mutations_write_nothing() {
     let r = s.mutate::<Refused, _>(&key, |_| Err(Refused));
     assert!(r.is_err());
     assert_eq!(s.revision(), 1);
-    assert_eq!(
-        s.get(&key).expect("get").map(|o| o["data"]["k"].clone()),
-        Some(json!("1"))
-    );
+    assert_eq!(s.get(&key).expect("get").map(|o| o["data"]["k"].clone()), Some(json!("1")));
 }
 
 #[test]
@@ -70,30 +57,13 @@ fn list_is_scoped_by_resource_and_namespace_and_continues() {
     let s = open(&dir, 10);
     for (ns, name) in [("a", "x"), ("a", "y"), ("b", "x")] {
         let key = Key::new("core/configmaps", ns, name);
-        s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm(name, ns))))
-            .expect("put");
+        s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm(name, ns)))).expect("put");
     }
     let key = Key::new("core/secrets", "a", "x");
-    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm("x", "s"))))
-        .expect("put");
-    assert_eq!(
-        s.list("core/configmaps", Some("a"), None)
-            .expect("list")
-            .0
-            .len(),
-        2
-    );
-    assert_eq!(
-        s.list("core/configmaps", None, None).expect("list").0.len(),
-        3
-    );
-    assert_eq!(
-        s.list("core/configmaps", None, Some("a/y"))
-            .expect("list")
-            .0
-            .len(),
-        1
-    );
+    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Put(cm("x", "s")))).expect("put");
+    assert_eq!(s.list("core/configmaps", Some("a"), None).expect("list").0.len(), 2);
+    assert_eq!(s.list("core/configmaps", None, None).expect("list").0.len(), 3);
+    assert_eq!(s.list("core/configmaps", None, Some("a/y")).expect("list").0.len(), 1);
     assert_eq!(s.list("core/secrets", None, None).expect("list").0.len(), 1);
 }
 
@@ -118,32 +88,15 @@ async fn watch_resumes_from_a_revision_and_sees_deletes() {
     let rev = s.revision();
     put(&s, "b", "1");
     let key = Key::new("core/configmaps", "default", "a");
-    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Delete))
-        .expect("delete");
+    s.mutate::<StoreError, _>(&key, |_| Ok(Mutation::Delete)).expect("delete");
     let start = s.hub().subscribe(rev).expect("subscribe");
-    let seen: Vec<(u64, EventType, String)> = start
-        .replay
-        .iter()
-        .map(|e| (e.rev, e.kind, e.name.clone()))
-        .collect();
-    assert_eq!(
-        seen,
-        vec![
-            (2, EventType::Added, "b".into()),
-            (3, EventType::Deleted, "a".into())
-        ]
-    );
-    assert_eq!(
-        start.replay[1].object["metadata"]["resourceVersion"], "3",
-        "a delete carries its own revision"
-    );
+    let seen: Vec<(u64, EventType, String)> = start.replay.iter().map(|e| (e.rev, e.kind, e.name.clone())).collect();
+    assert_eq!(seen, vec![(2, EventType::Added, "b".into()), (3, EventType::Deleted, "a".into())]);
+    assert_eq!(start.replay[1].object["metadata"]["resourceVersion"], "3", "a delete carries its own revision");
     let mut live = start.live;
     put(&s, "c", "1");
     let ev = live.recv().await.expect("live event");
-    assert_eq!(
-        (ev.rev, ev.kind, ev.name.as_str()),
-        (4, EventType::Added, "c")
-    );
+    assert_eq!((ev.rev, ev.kind, ev.name.as_str()), (4, EventType::Added, "c"));
 }
 
 #[test]
@@ -169,10 +122,7 @@ fn mutate_many_is_one_transaction_with_ordered_revisions() {
     let dir = tempfile::tempdir().expect("tmp");
     let s = open(&dir, 10);
     put(&s, "a", "1");
-    let keys = [
-        Key::new("core/configmaps", "default", "a"),
-        Key::new("core/configmaps", "default", "b"),
-    ];
+    let keys = [Key::new("core/configmaps", "default", "a"), Key::new("core/configmaps", "default", "b")];
     let outs = s
         .mutate_many::<StoreError, _>(&keys, |cur| {
             assert!(cur[0].is_some() && cur[1].is_none());

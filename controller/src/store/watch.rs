@@ -45,13 +45,7 @@ pub struct WatchEvent {
 }
 
 impl WatchEvent {
-    pub(super) fn new(
-        rev: u64,
-        key: &Key,
-        kind: EventType,
-        object: Value,
-        prev: Option<Value>,
-    ) -> Arc<Self> {
+    pub(super) fn new(rev: u64, key: &Key, kind: EventType, object: Value, prev: Option<Value>) -> Arc<Self> {
         Arc::new(WatchEvent {
             rev,
             resource: key.resource,
@@ -96,10 +90,7 @@ impl WatchHub {
         let (tx, _) = broadcast::channel(capacity);
         WatchHub {
             capacity,
-            history: Mutex::new(History {
-                events: VecDeque::with_capacity(capacity),
-                floor: current_revision,
-            }),
+            history: Mutex::new(History { events: VecDeque::with_capacity(capacity), floor: current_revision }),
             tx,
         }
     }
@@ -122,15 +113,9 @@ impl WatchHub {
     pub fn subscribe(&self, from: u64) -> Result<WatchStart, Gone> {
         let h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         if from < h.floor {
-            return Err(Gone {
-                requested: from,
-                oldest: h.floor + 1,
-            });
+            return Err(Gone { requested: from, oldest: h.floor + 1 });
         }
         let replay = h.events.iter().filter(|e| e.rev > from).cloned().collect();
-        Ok(WatchStart {
-            replay,
-            live: self.tx.subscribe(),
-        })
+        Ok(WatchStart { replay, live: self.tx.subscribe() })
     }
 }

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
-    RollingUpdateDaemonSet, RollingUpdateDeployment,
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDaemonSet,
+    RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Pod,
-    PodSpec, PodStatus, PodTemplateSpec, ResourceRequirements, Secret, Service,
+    ConfigMap, Container, Endpoints, Event, Namespace, NamespaceSpec, NamespaceStatus, Node, Pod, PodSpec, PodStatus,
+    PodTemplateSpec, ResourceRequirements, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -52,10 +52,7 @@ pub fn metadata(rt: &ResourceType, m: &ObjectMeta, errs: &mut Errs) {
             }
         }
         if total > MAX_ANNOTATIONS {
-            errs.push(FieldError::too_long(
-                "metadata.annotations",
-                MAX_ANNOTATIONS,
-            ));
+            errs.push(FieldError::too_long("metadata.annotations", MAX_ANNOTATIONS));
         }
     }
 }
@@ -81,11 +78,7 @@ fn one_of(errs: &mut Errs, path: &str, value: Option<&str>, allowed: &[&str]) {
 
 fn port_range(errs: &mut Errs, path: &str, p: i32) {
     if !(1..=65535).contains(&p) {
-        errs.push(FieldError::invalid(
-            path,
-            p,
-            "must be between 1 and 65535, inclusive",
-        ));
+        errs.push(FieldError::invalid(path, p, "must be between 1 and 65535, inclusive"));
     }
 }
 
@@ -106,15 +99,11 @@ fn default_pull_policy(image: &str) -> &'static str {
 
 fn default_container(c: &mut Container) {
     if c.image_pull_policy.is_none() {
-        c.image_pull_policy =
-            Some(default_pull_policy(c.image.as_deref().unwrap_or_default()).to_owned());
+        c.image_pull_policy = Some(default_pull_policy(c.image.as_deref().unwrap_or_default()).to_owned());
     }
-    c.termination_message_path
-        .get_or_insert_with(|| "/dev/termination-log".to_owned());
-    c.termination_message_policy
-        .get_or_insert_with(|| "File".to_owned());
-    c.resources
-        .get_or_insert_with(ResourceRequirements::default);
+    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".to_owned());
+    c.termination_message_policy.get_or_insert_with(|| "File".to_owned());
+    c.resources.get_or_insert_with(ResourceRequirements::default);
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".to_owned());
     }
@@ -122,58 +111,37 @@ fn default_container(c: &mut Container) {
 
 pub fn default_pod_spec(s: &mut PodSpec) {
     s.restart_policy.get_or_insert_with(|| "Always".to_owned());
-    s.dns_policy
-        .get_or_insert_with(|| "ClusterFirst".to_owned());
+    s.dns_policy.get_or_insert_with(|| "ClusterFirst".to_owned());
     s.termination_grace_period_seconds.get_or_insert(30);
-    s.scheduler_name
-        .get_or_insert_with(|| "default-scheduler".to_owned());
+    s.scheduler_name.get_or_insert_with(|| "default-scheduler".to_owned());
     s.security_context.get_or_insert_with(Default::default);
     s.enable_service_links.get_or_insert(true);
     s.containers.iter_mut().for_each(default_container);
-    s.init_containers
-        .iter_mut()
-        .flatten()
-        .for_each(default_container);
+    s.init_containers.iter_mut().flatten().for_each(default_container);
 }
 
 fn resources(errs: &mut Errs, path: &str, r: Option<&ResourceRequirements>) {
     let Some(r) = r else { return };
-    let mut parsed = |kind: &str,
-                      m: Option<
-        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-    >| {
-        let mut out = BTreeMap::new();
-        for (name, q) in m.into_iter().flatten() {
-            match quantity::parse_milli(&q.0) {
-                Ok(v) => {
-                    out.insert(name.clone(), v);
+    let mut parsed =
+        |kind: &str, m: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+            let mut out = BTreeMap::new();
+            for (name, q) in m.into_iter().flatten() {
+                match quantity::parse_milli(&q.0) {
+                    Ok(v) => {
+                        out.insert(name.clone(), v);
+                    }
+                    Err(e) => errs.push(FieldError::invalid(format!("{path}.{kind}[{name}]"), &q.0, &e.to_string())),
                 }
-                Err(e) => errs.push(FieldError::invalid(
-                    format!("{path}.{kind}[{name}]"),
-                    &q.0,
-                    &e.to_string(),
-                )),
             }
-        }
-        out
-    };
+            out
+        };
     let limits = parsed("limits", r.limits.as_ref());
     let requests = parsed("requests", r.requests.as_ref());
     for (name, req) in &requests {
         if let Some(lim) = limits.get(name) {
             if req > lim {
-                let q = r
-                    .requests
-                    .as_ref()
-                    .and_then(|m| m.get(name))
-                    .map(|q| q.0.clone())
-                    .unwrap_or_default();
-                let l = r
-                    .limits
-                    .as_ref()
-                    .and_then(|m| m.get(name))
-                    .map(|q| q.0.clone())
-                    .unwrap_or_default();
+                let q = r.requests.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone()).unwrap_or_default();
+                let l = r.limits.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone()).unwrap_or_default();
                 errs.push(FieldError::invalid(
                     format!("{path}.requests"),
                     &q,
@@ -208,12 +176,7 @@ fn container(errs: &mut Errs, path: &str, c: &Container, volumes: &BTreeSet<Stri
                 port_range(errs, &format!("{pp}.hostPort"), h);
             }
         }
-        one_of(
-            errs,
-            &format!("{pp}.protocol"),
-            p.protocol.as_deref(),
-            &["SCTP", "TCP", "UDP"],
-        );
+        one_of(errs, &format!("{pp}.protocol"), p.protocol.as_deref(), &["SCTP", "TCP", "UDP"]);
         if let Some(n) = &p.name {
             if let Some(why) = names::port_name(n) {
                 errs.push(FieldError::invalid(format!("{pp}.name"), n, &why));
@@ -226,24 +189,15 @@ fn container(errs: &mut Errs, path: &str, c: &Container, volumes: &BTreeSet<Stri
         if e.name.is_empty() {
             errs.push(FieldError::required(format!("{path}.env[{i}].name")));
         } else if let Some(why) = names::env_var_name(&e.name) {
-            errs.push(FieldError::invalid(
-                format!("{path}.env[{i}].name"),
-                &e.name,
-                &why,
-            ));
+            errs.push(FieldError::invalid(format!("{path}.env[{i}].name"), &e.name, &why));
         }
     }
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
         if !volumes.contains(&m.name) {
-            errs.push(FieldError::not_found(
-                format!("{path}.volumeMounts[{i}].name"),
-                &m.name,
-            ));
+            errs.push(FieldError::not_found(format!("{path}.volumeMounts[{i}].name"), &m.name));
         }
         if m.mount_path.is_empty() {
-            errs.push(FieldError::required(format!(
-                "{path}.volumeMounts[{i}].mountPath"
-            )));
+            errs.push(FieldError::required(format!("{path}.volumeMounts[{i}].mountPath")));
         }
     }
     resources(errs, &format!("{path}.resources"), c.resources.as_ref());
@@ -260,31 +214,21 @@ pub fn validate_pod_spec(errs: &mut Errs, path: &str, s: &PodSpec) {
         }
         let sources = serde_json::to_value(v)
             .ok()
-            .and_then(|j| {
-                j.as_object()
-                    .map(|o| o.keys().filter(|k| *k != "name").count())
-            })
+            .and_then(|j| j.as_object().map(|o| o.keys().filter(|k| *k != "name").count()))
             .unwrap_or(0);
         if sources == 0 {
             errs.push(FieldError::required(vp.clone()).with_detail("must specify a volume type"));
         } else if sources > 1 {
-            errs.push(FieldError::forbidden(
-                vp,
-                "may not specify more than 1 volume type",
-            ));
+            errs.push(FieldError::forbidden(vp, "may not specify more than 1 volume type"));
         }
     }
     if s.containers.is_empty() {
         errs.push(FieldError::required(format!("{path}.containers")));
     }
     let mut seen = BTreeSet::new();
-    for (list, items) in [
-        (
-            "initContainers",
-            s.init_containers.as_deref().unwrap_or_default(),
-        ),
-        ("containers", &s.containers),
-    ] {
+    for (list, items) in
+        [("initContainers", s.init_containers.as_deref().unwrap_or_default()), ("containers", &s.containers)]
+    {
         for (i, c) in items.iter().enumerate() {
             let cp = format!("{path}.{list}[{i}]");
             container(errs, &cp, c, &volumes);
@@ -293,12 +237,7 @@ pub fn validate_pod_spec(errs: &mut Errs, path: &str, s: &PodSpec) {
             }
         }
     }
-    one_of(
-        errs,
-        &format!("{path}.restartPolicy"),
-        s.restart_policy.as_deref(),
-        &["Always", "Never", "OnFailure"],
-    );
+    one_of(errs, &format!("{path}.restartPolicy"), s.restart_policy.as_deref(), &["Always", "Never", "OnFailure"]);
     one_of(
         errs,
         &format!("{path}.dnsPolicy"),
@@ -314,19 +253,10 @@ pub fn validate_pod_spec(errs: &mut Errs, path: &str, s: &PodSpec) {
             ));
         }
     }
-    labels(
-        &format!("{path}.nodeSelector"),
-        s.node_selector.as_ref(),
-        errs,
-    );
+    labels(&format!("{path}.nodeSelector"), s.node_selector.as_ref(), errs);
     for (i, t) in s.tolerations.iter().flatten().enumerate() {
         let tp = format!("{path}.tolerations[{i}]");
-        one_of(
-            errs,
-            &format!("{tp}.operator"),
-            t.operator.as_deref(),
-            &["Equal", "Exists"],
-        );
+        one_of(errs, &format!("{tp}.operator"), t.operator.as_deref(), &["Equal", "Exists"]);
         one_of(
             errs,
             &format!("{tp}.effect"),
@@ -340,9 +270,7 @@ pub fn validate_pod_spec(errs: &mut Errs, path: &str, s: &PodSpec) {
                 "effect must be 'NoExecute' when `tolerationSeconds` is set",
             ));
         }
-        if t.operator.as_deref() == Some("Exists")
-            && t.value.as_deref().is_some_and(|v| !v.is_empty())
-        {
+        if t.operator.as_deref() == Some("Exists") && t.value.as_deref().is_some_and(|v| !v.is_empty()) {
             errs.push(FieldError::invalid(
                 format!("{tp}.operator"),
                 "Exists",
@@ -383,9 +311,7 @@ pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
         None => {
             let status = p.status.get_or_insert_with(PodStatus::default);
             status.phase.get_or_insert_with(|| "Pending".to_owned());
-            status
-                .qos_class
-                .get_or_insert_with(|| qos_class(spec).to_owned());
+            status.qos_class.get_or_insert_with(|| qos_class(spec).to_owned());
         }
         Some(old) => {
             // Kubernetes lets an update change only images, activeDeadlineSeconds,
@@ -393,10 +319,7 @@ pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
             let strip = |s: &PodSpec| {
                 let mut s = s.clone();
                 s.containers.iter_mut().for_each(|c| c.image = None);
-                s.init_containers
-                    .iter_mut()
-                    .flatten()
-                    .for_each(|c| c.image = None);
+                s.init_containers.iter_mut().flatten().for_each(|c| c.image = None);
                 s.active_deadline_seconds = None;
                 s.tolerations = None;
                 s
@@ -421,12 +344,7 @@ pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
 // ------------------------------------------------------------ workloads
 
 fn selector_of(s: &LabelSelector) -> Result<selector::LabelSelector, String> {
-    let mut parts: Vec<String> = s
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let mut parts: Vec<String> = s.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
     for e in s.match_expressions.iter().flatten() {
         let vals = e.values.clone().unwrap_or_default().join(",");
         parts.push(match e.operator.as_str() {
@@ -451,11 +369,7 @@ fn template(errs: &mut Errs, sel: &LabelSelector, t: &mut PodTemplateSpec, only_
             &["Always"],
         ));
     }
-    let tlabels = t
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+    let tlabels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
     labels("spec.template.metadata.labels", Some(&tlabels), errs);
     let empty = sel.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
         && sel.match_expressions.as_ref().is_none_or(Vec::is_empty);
@@ -468,10 +382,7 @@ fn template(errs: &mut Errs, sel: &LabelSelector, t: &mut PodTemplateSpec, only_
         Ok(s) => {
             let obj = serde_json::json!({"metadata": {"labels": tlabels}});
             if !s.matches(&obj) {
-                let shown: Vec<String> = tlabels
-                    .iter()
-                    .map(|(k, v)| format!("\"{k}\":\"{v}\""))
-                    .collect();
+                let shown: Vec<String> = tlabels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect();
                 errs.push(FieldError::invalid(
                     "spec.template.metadata.labels",
                     format!("map[string]string{{{}}}", shown.join(", ")),
@@ -485,11 +396,7 @@ fn template(errs: &mut Errs, sel: &LabelSelector, t: &mut PodTemplateSpec, only_
 fn selector_immutable(errs: &mut Errs, new: &LabelSelector, old: Option<&LabelSelector>) {
     if let Some(old) = old {
         if old != new {
-            errs.push(FieldError::invalid(
-                "spec.selector",
-                "",
-                "field is immutable",
-            ));
+            errs.push(FieldError::invalid("spec.selector", "", "field is immutable"));
         }
     }
 }
@@ -497,11 +404,7 @@ fn selector_immutable(errs: &mut Errs, new: &LabelSelector, old: Option<&LabelSe
 fn replicas(errs: &mut Errs, r: Option<i32>) {
     if let Some(r) = r {
         if r < 0 {
-            errs.push(FieldError::invalid(
-                "spec.replicas",
-                r,
-                "must be greater than or equal to 0",
-            ));
+            errs.push(FieldError::invalid("spec.replicas", r, "must be greater than or equal to 0"));
         }
     }
 }
@@ -511,27 +414,14 @@ pub fn deployment(d: &mut Deployment, old: Option<&Deployment>, errs: &mut Errs)
     spec.replicas.get_or_insert(1);
     spec.revision_history_limit.get_or_insert(10);
     spec.progress_deadline_seconds.get_or_insert(600);
-    let strategy = spec
-        .strategy
-        .get_or_insert_with(DeploymentStrategy::default);
-    strategy
-        .type_
-        .get_or_insert_with(|| "RollingUpdate".to_owned());
+    let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+    strategy.type_.get_or_insert_with(|| "RollingUpdate".to_owned());
     if strategy.type_.as_deref() == Some("RollingUpdate") {
-        let ru = strategy
-            .rolling_update
-            .get_or_insert_with(RollingUpdateDeployment::default);
-        ru.max_surge
-            .get_or_insert_with(|| IntOrString::String("25%".into()));
-        ru.max_unavailable
-            .get_or_insert_with(|| IntOrString::String("25%".into()));
+        let ru = strategy.rolling_update.get_or_insert_with(RollingUpdateDeployment::default);
+        ru.max_surge.get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
     }
-    one_of(
-        errs,
-        "spec.strategy.type",
-        strategy.type_.as_deref(),
-        &["Recreate", "RollingUpdate"],
-    );
+    one_of(errs, "spec.strategy.type", strategy.type_.as_deref(), &["Recreate", "RollingUpdate"]);
     if strategy.type_.as_deref() == Some("Recreate") && strategy.rolling_update.is_some() {
         errs.push(FieldError::forbidden(
             "spec.strategy.rollingUpdate",
@@ -540,11 +430,7 @@ pub fn deployment(d: &mut Deployment, old: Option<&Deployment>, errs: &mut Errs)
     }
     replicas(errs, spec.replicas);
     template(errs, &spec.selector, &mut spec.template, true);
-    selector_immutable(
-        errs,
-        &spec.selector,
-        old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector),
-    );
+    selector_immutable(errs, &spec.selector, old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector));
 }
 
 pub fn replica_set(r: &mut ReplicaSet, old: Option<&ReplicaSet>, errs: &mut Errs) {
@@ -557,70 +443,40 @@ pub fn replica_set(r: &mut ReplicaSet, old: Option<&ReplicaSet>, errs: &mut Errs
         None if spec.replicas.unwrap_or(0) > 0 => errs.push(FieldError::required("spec.template")),
         None => {}
     }
-    selector_immutable(
-        errs,
-        &spec.selector,
-        old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector),
-    );
+    selector_immutable(errs, &spec.selector, old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector));
 }
 
 pub fn daemon_set(d: &mut DaemonSet, old: Option<&DaemonSet>, errs: &mut Errs) {
     let spec = d.spec.get_or_insert_with(Default::default);
     spec.revision_history_limit.get_or_insert(10);
-    let us = spec
-        .update_strategy
-        .get_or_insert_with(DaemonSetUpdateStrategy::default);
+    let us = spec.update_strategy.get_or_insert_with(DaemonSetUpdateStrategy::default);
     us.type_.get_or_insert_with(|| "RollingUpdate".to_owned());
     if us.type_.as_deref() == Some("RollingUpdate") {
-        let ru = us
-            .rolling_update
-            .get_or_insert_with(RollingUpdateDaemonSet::default);
+        let ru = us.rolling_update.get_or_insert_with(RollingUpdateDaemonSet::default);
         ru.max_unavailable.get_or_insert(IntOrString::Int(1));
         ru.max_surge.get_or_insert(IntOrString::Int(0));
     }
-    one_of(
-        errs,
-        "spec.updateStrategy.type",
-        us.type_.as_deref(),
-        &["OnDelete", "RollingUpdate"],
-    );
+    one_of(errs, "spec.updateStrategy.type", us.type_.as_deref(), &["OnDelete", "RollingUpdate"]);
     template(errs, &spec.selector, &mut spec.template, true);
-    selector_immutable(
-        errs,
-        &spec.selector,
-        old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector),
-    );
+    selector_immutable(errs, &spec.selector, old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector));
 }
 
 // ------------------------------------------------------------- services
 
 pub fn service(s: &mut Service, old: Option<&Service>, errs: &mut Errs) {
     let spec = s.spec.get_or_insert_with(Default::default);
-    let ty = spec
-        .type_
-        .get_or_insert_with(|| "ClusterIP".to_owned())
-        .clone();
-    one_of(
-        errs,
-        "spec.type",
-        Some(&ty),
-        &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
-    );
-    spec.session_affinity
-        .get_or_insert_with(|| "None".to_owned());
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".to_owned()).clone();
+    one_of(errs, "spec.type", Some(&ty), &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]);
+    spec.session_affinity.get_or_insert_with(|| "None".to_owned());
     if ty != "ExternalName" {
-        spec.internal_traffic_policy
-            .get_or_insert_with(|| "Cluster".to_owned());
-        spec.ip_families
-            .get_or_insert_with(|| vec!["IPv4".to_owned()]);
-        spec.ip_family_policy
-            .get_or_insert_with(|| "SingleStack".to_owned());
+        spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".to_owned());
+        spec.ip_families.get_or_insert_with(|| vec!["IPv4".to_owned()]);
+        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".to_owned());
     } else if spec.external_name.as_deref().is_none_or(str::is_empty) {
         errs.push(FieldError::required("spec.externalName"));
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
-        spec.external_traffic_policy
-            .get_or_insert_with(|| "Cluster".to_owned());
+        spec.external_traffic_policy.get_or_insert_with(|| "Cluster".to_owned());
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
     let ports = spec.ports.get_or_insert_with(Vec::new);
@@ -635,12 +491,7 @@ pub fn service(s: &mut Service, old: Option<&Service>, errs: &mut Errs) {
         p.protocol.get_or_insert_with(|| "TCP".to_owned());
         p.target_port.get_or_insert(IntOrString::Int(p.port));
         port_range(errs, &format!("{pp}.port"), p.port);
-        one_of(
-            errs,
-            &format!("{pp}.protocol"),
-            p.protocol.as_deref(),
-            &["SCTP", "TCP", "UDP"],
-        );
+        one_of(errs, &format!("{pp}.protocol"), p.protocol.as_deref(), &["SCTP", "TCP", "UDP"]);
         match p.name.as_deref() {
             None | Some("") if multi => errs.push(FieldError::required(format!("{pp}.name"))),
             None | Some("") => {}
@@ -675,28 +526,24 @@ pub fn service(s: &mut Service, old: Option<&Service>, errs: &mut Errs) {
                     "may not be used when `type` is 'ClusterIP'",
                 ));
             } else if !(30000..=32767).contains(&np) {
-                errs.push(FieldError::invalid(format!("{pp}.nodePort"), np, "provided port is not in the valid range. The range of valid ports is 30000-32767"));
+                errs.push(FieldError::invalid(
+                    format!("{pp}.nodePort"),
+                    np,
+                    "provided port is not in the valid range. The range of valid ports is 30000-32767",
+                ));
             }
         }
     }
     labels("spec.selector", spec.selector.as_ref(), errs);
-    if let Some(old_ip) = old
-        .and_then(|o| o.spec.as_ref())
-        .and_then(|s| s.cluster_ip.as_deref())
-    {
+    if let Some(old_ip) = old.and_then(|o| o.spec.as_ref()).and_then(|s| s.cluster_ip.as_deref()) {
         match spec.cluster_ip.as_deref() {
             None | Some("") => spec.cluster_ip = Some(old_ip.to_owned()),
-            Some(ip) if ip != old_ip => errs.push(FieldError::invalid(
-                "spec.clusterIPs[0]",
-                ip,
-                "may not change once set",
-            )),
+            Some(ip) if ip != old_ip => {
+                errs.push(FieldError::invalid("spec.clusterIPs[0]", ip, "may not change once set"))
+            }
             _ => {}
         }
-        if let Some(ips) = old
-            .and_then(|o| o.spec.as_ref())
-            .and_then(|s| s.cluster_ips.clone())
-        {
+        if let Some(ips) = old.and_then(|o| o.spec.as_ref()).and_then(|s| s.cluster_ips.clone()) {
             spec.cluster_ips.get_or_insert(ips);
         }
     }
@@ -714,28 +561,15 @@ fn data_keys<'a>(errs: &mut Errs, path: &str, keys: impl Iterator<Item = &'a Str
 
 pub fn config_map(c: &mut ConfigMap, old: Option<&ConfigMap>, errs: &mut Errs) {
     data_keys(errs, "data", c.data.iter().flatten().map(|(k, _)| k));
-    data_keys(
-        errs,
-        "binaryData",
-        c.binary_data.iter().flatten().map(|(k, _)| k),
-    );
+    data_keys(errs, "binaryData", c.binary_data.iter().flatten().map(|(k, _)| k));
     let mut size = 0;
     for (k, v) in c.data.iter().flatten() {
         size += k.len() + v.len();
         if c.binary_data.as_ref().is_some_and(|b| b.contains_key(k)) {
-            errs.push(FieldError::invalid(
-                "data",
-                k,
-                "duplicate of key present in binaryData",
-            ));
+            errs.push(FieldError::invalid("data", k, "duplicate of key present in binaryData"));
         }
     }
-    size += c
-        .binary_data
-        .iter()
-        .flatten()
-        .map(|(k, v)| k.len() + v.0.len())
-        .sum::<usize>();
+    size += c.binary_data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum::<usize>();
     if size > MAX_DATA {
         errs.push(FieldError::too_long("data", MAX_DATA));
     }
@@ -748,10 +582,7 @@ pub fn config_map(c: &mut ConfigMap, old: Option<&ConfigMap>, errs: &mut Errs) {
 
 fn immutable_data(errs: &mut Errs, was_immutable: Option<bool>, changed: bool) {
     if was_immutable == Some(true) && changed {
-        errs.push(FieldError::forbidden(
-            "data",
-            "field is immutable when `immutable` is set",
-        ));
+        errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
     }
 }
 
@@ -764,22 +595,13 @@ pub fn secret(s: &mut Secret, old: Option<&Secret>, errs: &mut Errs) {
     }
     s.type_.get_or_insert_with(|| "Opaque".to_owned());
     data_keys(errs, "data", s.data.iter().flatten().map(|(k, _)| k));
-    let size: usize = s
-        .data
-        .iter()
-        .flatten()
-        .map(|(k, v)| k.len() + v.0.len())
-        .sum();
+    let size: usize = s.data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum();
     if size > MAX_DATA {
         errs.push(FieldError::too_long("data", MAX_DATA));
     }
     if let Some(old) = old {
         if old.type_ != s.type_ {
-            errs.push(FieldError::invalid(
-                "type",
-                s.type_.as_deref().unwrap_or_default(),
-                "field is immutable",
-            ));
+            errs.push(FieldError::invalid("type", s.type_.as_deref().unwrap_or_default(), "field is immutable"));
         }
         immutable_data(errs, old.immutable, old.data != s.data);
     }
@@ -787,14 +609,9 @@ pub fn secret(s: &mut Secret, old: Option<&Secret>, errs: &mut Errs) {
 
 pub fn namespace(n: &mut Namespace, _old: Option<&Namespace>, _errs: &mut Errs) {
     if let Some(name) = n.metadata.name.clone() {
-        n.metadata
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert("kubernetes.io/metadata.name".into(), name);
+        n.metadata.labels.get_or_insert_with(BTreeMap::new).insert("kubernetes.io/metadata.name".into(), name);
     }
-    n.spec.get_or_insert_with(|| NamespaceSpec {
-        finalizers: Some(vec!["kubernetes".into()]),
-    });
+    n.spec.get_or_insert_with(|| NamespaceSpec { finalizers: Some(vec!["kubernetes".into()]) });
     let status = n.status.get_or_insert_with(NamespaceStatus::default);
     status.phase.get_or_insert_with(|| "Active".to_owned());
 }
@@ -803,11 +620,7 @@ pub fn node(n: &mut Node, _old: Option<&Node>, errs: &mut Errs) {
     if let Some(spec) = &n.spec {
         for (i, t) in spec.taints.iter().flatten().enumerate() {
             if let Some(why) = names::qualified_name(&t.key) {
-                errs.push(FieldError::invalid(
-                    format!("spec.taints[{i}].key"),
-                    &t.key,
-                    &why,
-                ));
+                errs.push(FieldError::invalid(format!("spec.taints[{i}].key"), &t.key, &why));
             }
             one_of(
                 errs,
@@ -840,11 +653,7 @@ pub fn event(e: &mut Event, _old: Option<&Event>, errs: &mut Errs) {
     let ns = e.metadata.namespace.clone().unwrap_or_default();
     if let Some(ins) = e.involved_object.namespace.as_deref() {
         if !ins.is_empty() && ins != ns {
-            errs.push(FieldError::invalid(
-                "involvedObject.namespace",
-                ins,
-                "does not match event.namespace",
-            ));
+            errs.push(FieldError::invalid("involvedObject.namespace", ins, "does not match event.namespace"));
         }
     }
     one_of(errs, "type", e.type_.as_deref(), &["Normal", "Warning"]);

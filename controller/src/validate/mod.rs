@@ -8,9 +8,7 @@ pub mod names;
 pub mod strict;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -57,13 +55,7 @@ pub fn admit(
     mode: FieldValidation,
     old: Option<&Value>,
 ) -> Result<Admitted, ApiError> {
-    let input = Input {
-        rt,
-        body,
-        duplicates,
-        mode,
-        old,
-    };
+    let input = Input { rt, body, duplicates, mode, old };
     match (rt.group, rt.kind) {
         ("", "Pod") => run::<Pod>(input, kinds::pod),
         ("", "Service") => run::<Service>(input, kinds::service),
@@ -76,10 +68,7 @@ pub fn admit(
         ("apps", "Deployment") => run::<Deployment>(input, kinds::deployment),
         ("apps", "ReplicaSet") => run::<ReplicaSet>(input, kinds::replica_set),
         ("apps", "DaemonSet") => run::<DaemonSet>(input, kinds::daemon_set),
-        _ => Err(ApiError::internal(format!(
-            "no admission for kind {}",
-            rt.kind
-        ))),
+        _ => Err(ApiError::internal(format!("no admission for kind {}", rt.kind))),
     }
 }
 
@@ -97,43 +86,25 @@ fn run<T>(input: Input<'_>, kind_fn: KindFn<T>) -> Result<Admitted, ApiError>
 where
     T: DeserializeOwned + Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
 {
-    let Input {
-        rt,
-        body,
-        duplicates,
-        mode,
-        old,
-    } = input;
-    let name = body
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned();
+    let Input { rt, body, duplicates, mode, old } = input;
+    let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let mut typed: T = decode(rt, &name, body.clone())?;
     let round = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut problems: Vec<String> = strict::unknown_fields(&body, &round)
-        .into_iter()
-        .map(|f| format!("unknown field \"{f}\""))
-        .collect();
-    problems.extend(
-        duplicates
-            .iter()
-            .map(|f| format!("duplicate field \"{f}\"")),
-    );
+    let mut problems: Vec<String> =
+        strict::unknown_fields(&body, &round).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    problems.extend(duplicates.iter().map(|f| format!("duplicate field \"{f}\"")));
     let warnings = match mode {
         FieldValidation::Strict if !problems.is_empty() => {
-            return Err(ApiError::bad_request(format!(
-                "strict decoding error: {}",
-                problems.join(", ")
-            )));
+            return Err(ApiError::bad_request(format!("strict decoding error: {}", problems.join(", "))));
         }
         FieldValidation::Ignore => Vec::new(),
         _ => problems,
     };
     let old_typed: Option<T> = match old {
-        Some(o) => Some(serde_json::from_value(o.clone()).map_err(|e| {
-            ApiError::internal(format!("stored {} {name:?} does not decode: {e}", rt.kind))
-        })?),
+        Some(o) => Some(
+            serde_json::from_value(o.clone())
+                .map_err(|e| ApiError::internal(format!("stored {} {name:?} does not decode: {e}", rt.kind)))?,
+        ),
         None => None,
     };
     let mut errs = Vec::new();
@@ -152,15 +123,8 @@ fn decode<T: DeserializeOwned>(rt: &ResourceType, name: &str, body: Value) -> Re
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.inner().to_string();
-        if let Some(field) = inner
-            .strip_prefix("missing field `")
-            .and_then(|r| r.strip_suffix('`'))
-        {
-            let full = if path == "." || path.is_empty() {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
+        if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
+            let full = if path == "." || path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
             return ApiError::invalid(rt.kind, rt.group, name, vec![FieldError::required(full)]);
         }
         ApiError::bad_request(format!(

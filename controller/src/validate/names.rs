@@ -8,8 +8,7 @@ const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alp
 fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -41,8 +40,7 @@ fn is_name_part(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -94,13 +92,8 @@ pub fn port_name(s: &str) -> Option<String> {
     if b.len() > 15 {
         return Some("must be no more than 15 characters".into());
     }
-    if !b
-        .iter()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-    {
-        return Some(
-            "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into(),
-        );
+    if !b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
     }
     if !b.iter().any(u8::is_ascii_lowercase) {
         return Some("must contain at least one letter (a-z)".into());
@@ -113,9 +106,7 @@ pub fn port_name(s: &str) -> Option<String> {
 
 /// Environment variable names.
 pub fn env_var_name(s: &str) -> Option<String> {
-    let ok = !s.is_empty()
-        && s.bytes().all(|c| c.is_ascii_graphic() && c != b'=')
-        && !s.as_bytes()[0].is_ascii_digit();
+    let ok = !s.is_empty() && s.bytes().all(|c| c.is_ascii_graphic() && c != b'=') && !s.as_bytes()[0].is_ascii_digit();
     (!ok).then(|| {
         "a valid environment variable name must consist only of printable ASCII characters other than '=' and not start with a digit".to_owned()
     })

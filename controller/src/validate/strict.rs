@@ -9,11 +9,7 @@ use serde_json::{Map, Value};
 pub fn parse(bytes: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
     let mut dups = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let v = Seed {
-        path: String::new(),
-        dups: &mut dups,
-    }
-    .deserialize(&mut de)?;
+    let v = Seed { path: String::new(), dups: &mut dups }.deserialize(&mut de)?;
     de.end()?;
     Ok((v, dups))
 }
@@ -64,10 +60,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
         let mut out = Vec::new();
         loop {
             let path = format!("{}[{}]", self.path, out.len());
-            match seq.next_element_seed(Seed {
-                path,
-                dups: &mut *self.dups,
-            })? {
+            match seq.next_element_seed(Seed { path, dups: &mut *self.dups })? {
                 Some(v) => out.push(v),
                 None => break,
             }
@@ -77,15 +70,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() {
-                k.clone()
-            } else {
-                format!("{}.{k}", self.path)
-            };
-            let v = map.next_value_seed(Seed {
-                path: path.clone(),
-                dups: &mut *self.dups,
-            })?;
+            let path = if self.path.is_empty() { k.clone() } else { format!("{}.{k}", self.path) };
+            let v = map.next_value_seed(Seed { path: path.clone(), dups: &mut *self.dups })?;
             if out.insert(k, v).is_some() {
                 self.dups.push(path);
             }
@@ -116,11 +102,7 @@ fn walk(orig: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
     match (orig, typed) {
         (Value::Object(o), Value::Object(t)) => {
             for (k, v) in o {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 match t.get(k) {
                     Some(tv) => walk(v, tv, &p, out),
                     None if is_empty(v) => {}
@@ -144,25 +126,17 @@ mod tests {
 
     #[test]
     fn finds_duplicates_with_paths() {
-        let (v, d) =
-            parse(br#"{"a":1,"b":{"c":1,"c":2},"l":[{"x":1,"x":2}],"a":3}"#).expect("parse");
+        let (v, d) = parse(br#"{"a":1,"b":{"c":1,"c":2},"l":[{"x":1,"x":2}],"a":3}"#).expect("parse");
         assert_eq!(v["a"], 3);
-        assert_eq!(
-            d,
-            vec!["b.c".to_owned(), "l[0].x".to_owned(), "a".to_owned()]
-        );
+        assert_eq!(d, vec!["b.c".to_owned(), "l[0].x".to_owned(), "a".to_owned()]);
         assert!(parse(b"{\"a\":1} trailing").is_err());
         assert!(parse(b"{\"a\":").is_err());
     }
 
     #[test]
     fn finds_unknown_fields() {
-        let orig =
-            json!({"spec": {"replicaz": 3, "replicas": 1, "t": [{"a": 1, "zz": 2}], "e": {}}});
+        let orig = json!({"spec": {"replicaz": 3, "replicas": 1, "t": [{"a": 1, "zz": 2}], "e": {}}});
         let typed = json!({"spec": {"replicas": 1, "t": [{"a": 1}]}});
-        assert_eq!(
-            unknown_fields(&orig, &typed),
-            vec!["spec.replicaz".to_owned(), "spec.t[0].zz".to_owned()]
-        );
+        assert_eq!(unknown_fields(&orig, &typed), vec!["spec.replicaz".to_owned(), "spec.t[0].zz".to_owned()]);
     }
 }

@@ -4,11 +4,7 @@ use super::*;
 use crate::resources::find;
 
 fn admit_new(plural: &str, body: Value) -> Result<Admitted, ApiError> {
-    let group = if ["deployments", "replicasets", "daemonsets"].contains(&plural) {
-        "apps"
-    } else {
-        ""
-    };
+    let group = if ["deployments", "replicasets", "daemonsets"].contains(&plural) { "apps" } else { "" };
     let rt = find(group, "v1", plural).expect("resource");
     admit(rt, body, &[], FieldValidation::Strict, None)
 }
@@ -19,13 +15,7 @@ fn messages(e: &ApiError) -> Vec<String> {
         .and_then(|d| d["causes"].as_array().cloned())
         .unwrap_or_default()
         .iter()
-        .map(|c| {
-            format!(
-                "{}: {}",
-                c["field"].as_str().unwrap_or_default(),
-                c["message"].as_str().unwrap_or_default()
-            )
-        })
+        .map(|c| format!("{}: {}", c["field"].as_str().unwrap_or_default(), c["message"].as_str().unwrap_or_default()))
         .collect()
 }
 
@@ -48,14 +38,8 @@ fn pod_defaults_follow_kubernetes() {
     assert_eq!(o["spec"]["restartPolicy"], "Always");
     assert_eq!(o["spec"]["dnsPolicy"], "ClusterFirst");
     assert_eq!(o["spec"]["terminationGracePeriodSeconds"], 30);
-    assert_eq!(
-        o["spec"]["containers"][0]["imagePullPolicy"], "Always",
-        "untagged means latest"
-    );
-    assert_eq!(
-        o["spec"]["containers"][1]["imagePullPolicy"],
-        "IfNotPresent"
-    );
+    assert_eq!(o["spec"]["containers"][0]["imagePullPolicy"], "Always", "untagged means latest");
+    assert_eq!(o["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
     assert_eq!(o["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
     assert_eq!(o["status"]["phase"], "Pending");
     assert_eq!(o["status"]["qosClass"], "BestEffort");
@@ -64,9 +48,12 @@ fn pod_defaults_follow_kubernetes() {
 
 #[test]
 fn pod_errors_name_the_field() {
-    let e = admit_new("pods", json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [
+    let e = admit_new(
+        "pods",
+        json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [
         {"name": "a"}, {"name": "a", "image": "x", "ports": [{"containerPort": 70000, "protocol": "TCPX"}]}],
-        "restartPolicy": "Sometimes"}}))
+        "restartPolicy": "Sometimes"}}),
+    )
     .expect_err("invalid");
     assert_eq!(e.code.as_u16(), 422);
     let m = messages(&e);
@@ -74,51 +61,26 @@ fn pod_errors_name_the_field() {
     assert!(has("metadata.name: Invalid value"), "{m:?}");
     assert!(has("spec.containers[0].image: Required value"), "{m:?}");
     assert!(has("spec.containers[1].name: Duplicate value"), "{m:?}");
-    assert!(
-        has("spec.containers[1].ports[0].containerPort: Invalid value"),
-        "{m:?}"
-    );
-    assert!(
-        has("spec.containers[1].ports[0].protocol: Unsupported value"),
-        "{m:?}"
-    );
+    assert!(has("spec.containers[1].ports[0].containerPort: Invalid value"), "{m:?}");
+    assert!(has("spec.containers[1].ports[0].protocol: Unsupported value"), "{m:?}");
     assert!(has("spec.restartPolicy: Unsupported value"), "{m:?}");
-    assert!(
-        e.message.starts_with("Pod \"Bad_Name\" is invalid: ["),
-        "{}",
-        e.message
-    );
+    assert!(e.message.starts_with("Pod \"Bad_Name\" is invalid: ["), "{}", e.message);
 }
 
 #[test]
 fn missing_required_fields_are_422_not_400() {
     let e = admit_new("pods", json!({"metadata": {"name": "p"}, "spec": {}})).expect_err("invalid");
     assert_eq!(e.code.as_u16(), 422);
-    assert!(
-        e.message.contains("spec.containers: Required value"),
-        "{}",
-        e.message
-    );
-    let e = admit_new(
-        "pods",
-        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"image": "x"}]}}),
-    )
-    .expect_err("invalid");
-    assert!(
-        e.message
-            .contains("spec.containers[0].name: Required value"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("spec.containers: Required value"), "{}", e.message);
+    let e = admit_new("pods", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"image": "x"}]}}))
+        .expect_err("invalid");
+    assert!(e.message.contains("spec.containers[0].name: Required value"), "{}", e.message);
 }
 
 #[test]
 fn wrong_types_are_400_naming_the_field() {
-    let e = admit_new(
-        "deployments",
-        json!({"metadata": {"name": "d"}, "spec": {"replicas": "three"}}),
-    )
-    .expect_err("bad type");
+    let e = admit_new("deployments", json!({"metadata": {"name": "d"}, "spec": {"replicas": "three"}}))
+        .expect_err("bad type");
     assert_eq!(e.code.as_u16(), 400);
     assert!(e.message.contains("spec.replicas"), "{}", e.message);
 }
@@ -131,16 +93,10 @@ fn strict_warn_and_ignore_unknown_and_duplicate_fields() {
     let dups = vec!["metadata.name".to_owned()];
     let e = admit(rt, body.clone(), &dups, FieldValidation::Strict, None).expect_err("strict");
     assert_eq!(e.code.as_u16(), 400);
-    assert_eq!(
-        e.message,
-        "strict decoding error: unknown field \"spec.replicaz\", duplicate field \"metadata.name\""
-    );
+    assert_eq!(e.message, "strict decoding error: unknown field \"spec.replicaz\", duplicate field \"metadata.name\"");
     let a = admit(rt, body.clone(), &dups, FieldValidation::Warn, None).expect("warn");
     assert_eq!(a.warnings.len(), 2);
-    assert!(
-        a.object["spec"].get("replicaz").is_none(),
-        "unknown fields are dropped"
-    );
+    assert!(a.object["spec"].get("replicaz").is_none(), "unknown fields are dropped");
     let a = admit(rt, body, &dups, FieldValidation::Ignore, None).expect("ignore");
     assert!(a.warnings.is_empty());
     assert_eq!(a.object["spec"]["replicas"], 1);
@@ -148,53 +104,18 @@ fn strict_warn_and_ignore_unknown_and_duplicate_fields() {
 
 #[test]
 fn deployment_selector_must_match_template_and_is_immutable() {
-    let e = admit_new(
-        "deployments",
-        deployment(json!({"app": "web"}), json!({"app": "db"})),
-    )
-    .expect_err("mismatch");
-    assert!(
-        e.message
-            .contains("spec.template.metadata.labels: Invalid value"),
-        "{}",
-        e.message
-    );
-    assert!(
-        e.message
-            .contains("`selector` does not match template `labels`"),
-        "{}",
-        e.message
-    );
-    let e =
-        admit_new("deployments", deployment(json!({"app": "web"}), json!({}))).expect_err("empty");
-    assert!(
-        e.message.contains("spec.selector: Required value"),
-        "{}",
-        e.message
-    );
-    let ok = admit_new(
-        "deployments",
-        deployment(json!({"app": "web", "v": "1"}), json!({"app": "web"})),
-    )
-    .expect("ok");
-    assert_eq!(
-        ok.object["spec"]["strategy"]["rollingUpdate"]["maxSurge"],
-        "25%"
-    );
+    let e = admit_new("deployments", deployment(json!({"app": "web"}), json!({"app": "db"}))).expect_err("mismatch");
+    assert!(e.message.contains("spec.template.metadata.labels: Invalid value"), "{}", e.message);
+    assert!(e.message.contains("`selector` does not match template `labels`"), "{}", e.message);
+    let e = admit_new("deployments", deployment(json!({"app": "web"}), json!({}))).expect_err("empty");
+    assert!(e.message.contains("spec.selector: Required value"), "{}", e.message);
+    let ok = admit_new("deployments", deployment(json!({"app": "web", "v": "1"}), json!({"app": "web"}))).expect("ok");
+    assert_eq!(ok.object["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
     assert_eq!(ok.object["spec"]["revisionHistoryLimit"], 10);
     let rt = find("apps", "v1", "deployments").expect("rt");
-    let changed = deployment(
-        json!({"app": "web", "v": "1"}),
-        json!({"app": "web", "v": "1"}),
-    );
-    let e =
-        admit(rt, changed, &[], FieldValidation::Strict, Some(&ok.object)).expect_err("immutable");
-    assert!(
-        e.message
-            .contains("spec.selector: Invalid value: \"\": field is immutable"),
-        "{}",
-        e.message
-    );
+    let changed = deployment(json!({"app": "web", "v": "1"}), json!({"app": "web", "v": "1"}));
+    let e = admit(rt, changed, &[], FieldValidation::Strict, Some(&ok.object)).expect_err("immutable");
+    assert!(e.message.contains("spec.selector: Invalid value: \"\": field is immutable"), "{}", e.message);
 }
 
 #[test]
@@ -215,60 +136,30 @@ fn service_defaults_and_port_rules() {
     )
     .expect_err("invalid");
     let m = messages(&e);
-    assert!(
-        m.iter()
-            .any(|x| x.starts_with("metadata.name: Invalid value")),
-        "{m:?}"
-    );
-    assert!(
-        m.iter()
-            .any(|x| x.starts_with("spec.ports[1].name: Required value")),
-        "{m:?}"
-    );
-    assert!(
-        m.iter()
-            .any(|x| x.starts_with("spec.type: Unsupported value")),
-        "{m:?}"
-    );
+    assert!(m.iter().any(|x| x.starts_with("metadata.name: Invalid value")), "{m:?}");
+    assert!(m.iter().any(|x| x.starts_with("spec.ports[1].name: Required value")), "{m:?}");
+    assert!(m.iter().any(|x| x.starts_with("spec.type: Unsupported value")), "{m:?}");
 }
 
 #[test]
 fn secrets_fold_string_data_and_config_keys_are_checked() {
-    let a = admit_new(
-        "secrets",
-        json!({"metadata": {"name": "s"}, "stringData": {"pw": "hunter2"}}),
-    )
-    .expect("ok");
+    let a = admit_new("secrets", json!({"metadata": {"name": "s"}, "stringData": {"pw": "hunter2"}})).expect("ok");
     assert_eq!(a.object["data"]["pw"], "aHVudGVyMg==");
     assert!(a.object.get("stringData").is_none());
     assert_eq!(a.object["type"], "Opaque");
-    let e = admit_new(
-        "configmaps",
-        json!({"metadata": {"name": "c"}, "data": {"a/b": "x"}}),
-    )
-    .expect_err("bad key");
-    assert!(
-        e.message.contains("data: Invalid value: \"a/b\""),
-        "{}",
-        e.message
-    );
-    let e = admit_new(
-        "secrets",
-        json!({"metadata": {"name": "s"}, "data": {"k": "not base64!"}}),
-    )
-    .expect_err("b64");
+    let e = admit_new("configmaps", json!({"metadata": {"name": "c"}, "data": {"a/b": "x"}})).expect_err("bad key");
+    assert!(e.message.contains("data: Invalid value: \"a/b\""), "{}", e.message);
+    let e = admit_new("secrets", json!({"metadata": {"name": "s"}, "data": {"k": "not base64!"}})).expect_err("b64");
     assert_eq!(e.code.as_u16(), 400);
 }
 
 #[test]
 fn pod_spec_is_immutable_except_images() {
     let rt = find("", "v1", "pods").expect("rt");
-    let old = admit_new(
-        "pods",
-        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x:1"}]}}),
-    )
-    .expect("ok")
-    .object;
+    let old =
+        admit_new("pods", json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x:1"}]}}))
+            .expect("ok")
+            .object;
     let mut new = old.clone();
     new["spec"]["containers"][0]["image"] = json!("x:2");
     new["spec"]["nodeName"] = json!("n1");
@@ -278,23 +169,12 @@ fn pod_spec_is_immutable_except_images() {
     );
     new["spec"]["restartPolicy"] = json!("Never");
     let e = admit(rt, new, &[], FieldValidation::Strict, Some(&old)).expect_err("immutable");
-    assert!(
-        e.message
-            .contains("spec: Forbidden: pod updates may not change fields"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.contains("spec: Forbidden: pod updates may not change fields"), "{}", e.message);
 }
 
 #[test]
 fn field_validation_parameter() {
-    assert_eq!(
-        FieldValidation::parse(None).ok(),
-        Some(FieldValidation::Warn)
-    );
-    assert_eq!(
-        FieldValidation::parse(Some("Strict")).ok(),
-        Some(FieldValidation::Strict)
-    );
+    assert_eq!(FieldValidation::parse(None).ok(), Some(FieldValidation::Warn));
+    assert_eq!(FieldValidation::parse(Some("Strict")).ok(), Some(FieldValidation::Strict));
     assert!(FieldValidation::parse(Some("Loose")).is_err());
 }

@@ -396,3 +396,33 @@ async fn namespaces_terminate_then_vanish_with_their_contents() {
     assert_eq!(call(a, "DELETE", "/api/v1/namespaces/default", "application/json", b"").await.status, 403);
     srv.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn dry_run_checks_everything_and_stores_nothing() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    let rev0 = get(a, CMS).await.json()["metadata"]["resourceVersion"].clone();
+    let created = post(a, &format!("{CMS}?dryRun=All"), &cm("dry", "1")).await;
+    assert_eq!(created.status, 201);
+    assert_eq!(created.json()["data"]["k"], "1");
+    assert_eq!(get(a, &format!("{CMS}/dry")).await.status, 404);
+    let invalid = post(a, &format!("{CMS}?dryRun=All"), &cm("Not_Valid", "1")).await;
+    assert_eq!(invalid.status, 422, "a dry run still validates");
+
+    post(a, CMS, &cm("real", "1")).await;
+    let patched =
+        call(a, "PATCH", &format!("{CMS}/real?dryRun=All"), "application/merge-patch+json", br#"{"data":{"k":"2"}}"#)
+            .await;
+    assert_eq!(patched.status, 200);
+    assert_eq!(patched.json()["data"]["k"], "2");
+    assert_eq!(get(a, &format!("{CMS}/real")).await.json()["data"]["k"], "1");
+    let deleted = call(a, "DELETE", &format!("{CMS}/real?dryRun=All"), "application/json", b"").await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(get(a, &format!("{CMS}/real")).await.status, 200);
+    assert_eq!(call(a, "POST", &format!("{CMS}?dryRun=Some"), "application/json", b"{}").await.status, 400);
+    let rev1: u64 =
+        get(a, CMS).await.json()["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().expect("rv");
+    let rev0: u64 = rev0.as_str().unwrap_or("0").parse().expect("rv");
+    assert_eq!(rev1, rev0 + 1, "only the one real create used a revision");
+    srv.shutdown().await.expect("shutdown");
+}

@@ -52,6 +52,15 @@ fn apply_edit_and_read_back() -> Result<()> {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
 
+    // A server-side dry run reports the change and stores nothing; diff shows it.
+    let out = k.ok(&["apply", "--dry-run=server", "-f", &fixture("app-edited.yaml")])?;
+    assert!(out.contains("deployment.apps/web configured (server dry run)"), "{out}");
+    assert_eq!(json_of(&k, &["get", "deployment", "web", "-n", "demo"])?["spec"]["replicas"], 2);
+    let diff = k.run(&["diff", "-f", &fixture("app-edited.yaml")])?;
+    let diff_out = String::from_utf8_lossy(&diff.stdout);
+    assert_eq!(diff.status.code(), Some(1), "kubectl diff exits 1 when there are differences: {diff_out}");
+    assert!(diff_out.contains("-  replicas: 2") && diff_out.contains("+  replicas: 3"), "{diff_out}");
+
     let out = k.ok(&["apply", "-f", &fixture("app-edited.yaml")])?;
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("configmap/web-config unchanged"), "{out}");

@@ -160,7 +160,7 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     if t.name.is_some() {
         return Err(ApiError::method_not_allowed("POST", t.rt.plural));
     }
-    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     require_json(&headers)?;
     let (mut body, dups) = parse_body(&bytes)?;
@@ -197,7 +197,7 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
         }
     }
     ensure_namespace(st, t.rt, &ns)?;
-    let admitted = validate::admit(t.rt, body, &dups, mode, None)?;
+    let admitted = validate::admit(t.rt, body, &dups, w.mode, None)?;
     let mut obj = admitted.object;
     meta::set(&mut obj, "uid", json!(meta::new_uid()));
     meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
@@ -213,8 +213,14 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
         if cur.is_some() {
             return Err(ApiError::already_exists(&t.rt.qualified(), &name));
         }
-        Ok(Mutation::Put(obj))
+        if w.dry_run {
+            return Ok(Mutation::Keep);
+        }
+        Ok(Mutation::Put(obj.clone()))
     })?;
+    if w.dry_run {
+        return Ok(json_warn(StatusCode::CREATED, &obj, &admitted.warnings));
+    }
     let stored = out.object.unwrap_or(Value::Null);
     tracing::info!(resource = t.rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
     Ok(json_warn(StatusCode::CREATED, &stored, &admitted.warnings))
@@ -277,6 +283,28 @@ fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError>
     Ok(())
 }
 
+/// The write parameters every mutating verb takes.
+#[derive(Clone, Copy)]
+struct WriteOpts {
+    mode: FieldValidation,
+    /// `dryRun=All`: run every check and answer as if written, store nothing.
+    dry_run: bool,
+}
+
+impl WriteOpts {
+    fn from_req(r: &Req) -> Result<Self, ApiError> {
+        Ok(WriteOpts { mode: FieldValidation::parse(r.param("fieldValidation"))?, dry_run: dry_run(r)? })
+    }
+}
+
+fn dry_run(r: &Req) -> Result<bool, ApiError> {
+    match r.param("dryRun") {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only All is supported"))),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Part {
     Main,
@@ -290,13 +318,14 @@ fn update(
     st: &Arc<ApiState>,
     t: &Target,
     part: Part,
-    mode: FieldValidation,
+    w: WriteOpts,
     dups: &[String],
     make: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let rt = t.rt;
     let name = name_of(t).to_owned();
     let mut warnings = Vec::new();
+    let mut preview = None;
     let out = st.store.mutate(&key(t), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(&rt.qualified(), &name))?;
         let mut cand = make(&old)?;
@@ -357,7 +386,7 @@ fn update(
                 None => meta::remove(&mut cand, f),
             }
         }
-        let admitted = validate::admit(rt, cand, dups, mode, Some(&old))?;
+        let admitted = validate::admit(rt, cand, dups, w.mode, Some(&old))?;
         warnings = admitted.warnings;
         let mut obj = admitted.object;
         if rt.generation && obj.get("spec") != old.get("spec") {
@@ -365,6 +394,10 @@ fn update(
             meta::set(&mut obj, "generation", json!(g + 1));
         }
         if meta::without_rv(&obj) == meta::without_rv(&old) {
+            return Ok(Mutation::Keep);
+        }
+        if w.dry_run {
+            preview = Some(obj);
             return Ok(Mutation::Keep);
         }
         let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
@@ -376,7 +409,7 @@ fn update(
     if out.revision.is_some() {
         tracing::info!(resource = rt.id, namespace = ns_of(t), %name, rv = out.revision.unwrap_or(0), "updated");
     }
-    Ok((out.object.unwrap_or(Value::Null), warnings))
+    Ok((preview.or(out.object).unwrap_or(Value::Null), warnings))
 }
 
 fn part_of(t: &Target) -> Part {
@@ -384,19 +417,19 @@ fn part_of(t: &Target) -> Part {
 }
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     require_json(&headers)?;
     let (body, dups) = parse_body(&bytes)?;
     if t.sub.as_deref() == Some("scale") {
-        return write_scale(st, t, |_| Ok(body));
+        return write_scale(st, t, w.dry_run, |_| Ok(body));
     }
-    let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |_| Ok(body))?;
+    let (obj, warnings) = update(st, t, part_of(t), w, &dups, |_| Ok(body))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let mode = FieldValidation::parse(r.param("fieldValidation"))?;
+    let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
@@ -409,11 +442,11 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         Ok(doc)
     };
     if t.sub.as_deref() == Some("scale") {
-        return write_scale(st, t, apply);
+        return write_scale(st, t, w.dry_run, apply);
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
-    let (obj, warnings) = update(st, t, part_of(t), mode, &dups, |old| apply(old.clone()))?;
+    let (obj, warnings) = update(st, t, part_of(t), w, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -446,10 +479,12 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
 fn write_scale(
     st: &Arc<ApiState>,
     t: &Target,
+    dry_run: bool,
     make: impl FnOnce(Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
     let rt = t.rt;
-    let (obj, _) = update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
+    let w = WriteOpts { mode: FieldValidation::Ignore, dry_run };
+    let (obj, _) = update(st, t, Part::Main, w, &[], |old| {
         let scale = make(scale_of(rt, old))?;
         let replicas = scale
             .pointer("/spec/replicas")
@@ -478,6 +513,7 @@ fn write_scale(
 }
 
 pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
+    let dry = dry_run(&r)?;
     let (bytes, _, _) = r.bytes(st.config.max_body).await?;
     let (body, _) = parse_body(&bytes)?;
     let node = body
@@ -489,7 +525,8 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         })?
         .to_owned();
     let name = name_of(t).to_owned();
-    update(st, t, Part::Main, FieldValidation::Ignore, &[], |old| {
+    let w = WriteOpts { mode: FieldValidation::Ignore, dry_run: dry };
+    update(st, t, Part::Main, w, &[], |old| {
         if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
                 "pods",
@@ -511,6 +548,7 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
 struct DeleteOpts {
     uid: Option<String>,
     rv: Option<String>,
+    dry_run: bool,
 }
 
 fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
@@ -526,7 +564,16 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
             return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}")));
         }
     }
+    let dry_body = v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|d| d == "All"));
+    let dry_query = match r_query.get("dryRun").map(String::as_str) {
+        None | Some("") => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!("unsupported dryRun value {other:?}: only All is supported")));
+        }
+    };
     Ok(DeleteOpts {
+        dry_run: dry_body || dry_query,
         uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
         rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
     })
@@ -559,7 +606,7 @@ pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     let out = st.store.mutate::<ApiError, _>(&key(t), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(&q, &name))?;
         preconditions(&q, &name, &old, &opts)?;
-        Ok(deletion(old))
+        Ok(if opts.dry_run { Mutation::Keep } else { deletion(old) })
     })?;
     tracing::info!(resource = t.rt.id, namespace = ns_of(t), %name, "deleted");
     Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
@@ -604,7 +651,7 @@ fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result
     let out = st.store.mutate::<ApiError, _>(&key, |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found("namespaces", name))?;
         preconditions("namespaces", name, &old, opts)?;
-        if meta::get(&old, "deletionTimestamp").is_some() {
+        if meta::get(&old, "deletionTimestamp").is_some() || opts.dry_run {
             return Ok(Mutation::Keep);
         }
         let mut o = old;
@@ -618,6 +665,7 @@ fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result
 
 pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(t.rt, &r)?;
+    let dry = dry_run(&r)?;
     if t.rt.kind == "Namespace" {
         return Err(ApiError::method_not_allowed("DELETE", "namespaces"));
     }
@@ -634,7 +682,7 @@ pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result
         })
         .collect();
     let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, deletion)).collect())
+        Ok(cur.into_iter().map(|o| if dry { Mutation::Keep } else { o.map_or(Mutation::Keep, deletion) }).collect())
     })?;
     let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
     let rv = st.store.revision().to_string();

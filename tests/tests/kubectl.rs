@@ -99,6 +99,9 @@ fn apply_edit_and_read_back() -> Result<()> {
         assert!(ns.lines().any(|l| l.starts_with(n) && l.contains("Active")), "{ns}");
     }
 
+    let explain = k.ok(&["explain", "deployment.spec.replicas"])?;
+    assert!(explain.contains("FIELD: replicas <integer>"), "{explain}");
+
     let desc = k.ok(&["describe", "deployment", "web", "-n", "demo"])?;
     assert!(desc.contains("Replicas:") && desc.contains("3 desired") && desc.contains("MODE:"), "{desc}");
     let desc = k.ok(&["describe", "service", "web", "-n", "demo"])?;

@@ -4,8 +4,10 @@
 //! validation to the server and sends `fieldValidation=Strict`.
 //!
 //! The documents describe every path and operation with its
-//! group-version-kind; the object schemas themselves are not generated yet
-//! (so `kubectl explain` has nothing to show).
+//! group-version-kind, and carry the object schemas (from `k8s-openapi`'s
+//! schemars descriptions) that `kubectl explain` reads. They are built on
+//! request and not kept: kubectl caches them by the `hash` the root hands
+//! out, which changes only with the binary.
 
 use serde_json::{Map, Value, json};
 
@@ -15,11 +17,12 @@ fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
-/// A stable hash of a document, for the `?hash=` the root hands out.
-fn hash(doc: &Value) -> String {
-    // FNV-1a over the serialized document: stable across runs and builds.
+/// The `?hash=` the root hands out: the documents are a function of the
+/// binary, so its version and the group-version name them.
+fn hash(gv: &str) -> String {
+    // FNV-1a: stable across runs and builds.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in doc.to_string().bytes() {
+    for b in format!("{}/{gv}", kedge_common::VERSION).bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -30,9 +33,7 @@ pub fn root() -> Value {
     let mut paths = Map::new();
     for (g, v) in GROUPS {
         let p = gv_path(g, v);
-        if let Some(doc) = document(&p) {
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&doc))}));
-        }
+        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&p))}));
     }
     json!({"paths": paths})
 }
@@ -43,7 +44,10 @@ fn param(name: &str) -> Value {
 
 fn op(rt: &ResourceType, action: &str, id: String, body: bool, params: &[&str]) -> Value {
     let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
-    let schema = json!({"type": "object"});
+    let schema = match schema_name(rt) {
+        Some(n) => json!({"$ref": format!("#/components/schemas/{n}")}),
+        None => json!({"type": "object"}),
+    };
     let mut o = json!({
         "operationId": id,
         "parameters": params.iter().map(|p| param(p)).collect::<Vec<_>>(),
@@ -57,8 +61,9 @@ fn op(rt: &ResourceType, action: &str, id: String, body: bool, params: &[&str]) 
         } else {
             &["application/json"]
         };
+        let body_schema = if action == "patch" { json!({"type": "object"}) } else { schema.clone() };
         let content: Map<String, Value> =
-            types.iter().map(|t| ((*t).to_owned(), json!({"schema": {"type": "object"}}))).collect();
+            types.iter().map(|t| ((*t).to_owned(), json!({"schema": body_schema.clone()}))).collect();
         o["requestBody"] = json!({"content": content, "required": true});
     }
     o
@@ -112,11 +117,70 @@ pub fn document(gv: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": schemas(group)},
     }))
 }
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+/// The `k8s-openapi` type of each served kind, for schema generation.
+macro_rules! for_each_kind {
+    ($m:ident) => {
+        $m!("", k8s_openapi::api::core::v1::Namespace);
+        $m!("", k8s_openapi::api::core::v1::Node);
+        $m!("", k8s_openapi::api::core::v1::Pod);
+        $m!("", k8s_openapi::api::core::v1::Service);
+        $m!("", k8s_openapi::api::core::v1::Endpoints);
+        $m!("", k8s_openapi::api::core::v1::ConfigMap);
+        $m!("", k8s_openapi::api::core::v1::Secret);
+        $m!("", k8s_openapi::api::core::v1::Event);
+        $m!("apps", k8s_openapi::api::apps::v1::Deployment);
+        $m!("apps", k8s_openapi::api::apps::v1::ReplicaSet);
+        $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);
+    };
+}
+
+/// The component name of a kind's schema (`io.k8s.api.core.v1.Pod`).
+fn schema_name(rt: &ResourceType) -> Option<String> {
+    macro_rules! name {
+        ($g:literal, $t:ty) => {
+            if rt.group == $g && rt.kind == <$t as k8s_openapi::Resource>::KIND {
+                return Some(<$t as schemars::JsonSchema>::schema_name().into_owned());
+            }
+        };
+    }
+    for_each_kind!(name);
+    None
+}
+
+/// Every schema the kinds of `group` need, each kind's own schema marked
+/// with its group-version-kind as Kubernetes marks them.
+fn schemas(group: &str) -> Map<String, Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let mut kinds: Vec<(&'static str, String)> = Vec::new();
+    macro_rules! add {
+        ($g:literal, $t:ty) => {
+            if group == $g {
+                let _ = generator.subschema_for::<$t>();
+                kinds.push((
+                    <$t as k8s_openapi::Resource>::KIND,
+                    <$t as schemars::JsonSchema>::schema_name().into_owned(),
+                ));
+            }
+        };
+    }
+    for_each_kind!(add);
+    let mut defs = generator.take_definitions(true);
+    for (kind, name) in kinds {
+        if let Some(Value::Object(s)) = defs.get_mut(&name) {
+            s.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": group, "version": "v1", "kind": kind}]),
+            );
+        }
+    }
+    defs
 }

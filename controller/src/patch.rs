@@ -63,6 +63,44 @@ pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result
     }
 }
 
+/// The patch tags of the Kubernetes types (`patchMergeKey`/`patchStrategy`)
+/// as the OpenAPI documents publish them: (schema, property, merge key,
+/// strategy). kubectl computes its apply patches from these, so they must
+/// agree with [`strategy`], which applies patches here (a test checks it).
+pub const PATCH_TAGS: &[(&str, &str, Option<&str>, &str)] = &[
+    ("io.k8s.api.core.v1.PodSpec", "containers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", Some("name"), "merge,retainKeys"),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", Some("name"), "merge,retainKeys"),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", Some("topologyKey"), "merge"),
+    ("io.k8s.api.core.v1.Container", "ports", Some("containerPort"), "merge"),
+    ("io.k8s.api.core.v1.Container", "env", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", Some("mountPath"), "merge"),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", Some("devicePath"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", Some("containerPort"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", Some("name"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", Some("mountPath"), "merge"),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", Some("devicePath"), "merge"),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", None, "merge"),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", Some("uid"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", Some("ip"), "merge"),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", None, "merge"),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", Some("port"), "merge"),
+    ("io.k8s.api.core.v1.ServiceStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", Some("type"), "merge"),
+    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", Some("type"), "merge"),
+];
+
 /// How a list field merges under a strategic merge patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ListStrategy {
@@ -91,7 +129,6 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
                     "env" => Key("name"),
                     "volumeMounts" => Key("mountPath"),
                     "volumeDevices" => Key("devicePath"),
-                    "resizePolicy" => Key("resourceName"),
                     _ => Replace,
                 };
             }

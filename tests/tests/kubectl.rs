@@ -201,6 +201,19 @@ fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
 }
 
 #[test]
+fn apply_removes_what_the_file_no_longer_has() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((_ctl, k)) = setup(dir.path())? else { return Ok(()) };
+    k.ok(&["apply", "-f", &fixture("two-containers.yaml")])?;
+    k.ok(&["apply", "-f", &fixture("one-container.yaml")])?;
+    let d = json_of(&k, &["get", "deployment", "pair"])?;
+    let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(containers.len(), 1, "the sidecar is gone: {containers:?}");
+    assert_eq!(containers[0]["env"], serde_json::json!([{"name": "KEEP", "value": "1"}]));
+    Ok(())
+}
+
+#[test]
 fn kill_dash_nine_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some((mut ctl, k)) = setup(dir.path())? else {

@@ -174,6 +174,16 @@ fn schemas(group: &str) -> Map<String, Value> {
     }
     for_each_kind!(add);
     let mut defs = generator.take_definitions(true);
+    for (schema, prop, key, strategy) in crate::patch::PATCH_TAGS {
+        if let Some(Value::Object(p)) =
+            defs.get_mut(*schema).and_then(|s| s.pointer_mut(&format!("/properties/{prop}")))
+        {
+            p.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+            if let Some(k) = key {
+                p.insert("x-kubernetes-patch-merge-key".into(), json!(k));
+            }
+        }
+    }
     for (kind, name) in kinds {
         if let Some(Value::Object(s)) = defs.get_mut(&name) {
             s.insert(
@@ -183,4 +193,31 @@ fn schemas(group: &str) -> Map<String, Value> {
         }
     }
     defs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_carry_kinds_schemas_and_patch_tags() {
+        let core = document("api/v1").expect("core document");
+        let patch = &core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Pod");
+        assert!(patch["parameters"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "fieldValidation")));
+        let schemas = &core["components"]["schemas"];
+        assert_eq!(schemas["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        let apps = document("apis/apps/v1").expect("apps document");
+        assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        assert!(document("apis/batch/v1").is_none());
+        let root = root();
+        assert!(
+            root["paths"]["api/v1"]["serverRelativeURL"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash="))
+        );
+    }
 }

@@ -119,3 +119,41 @@ fn content_types() {
     assert_eq!(PatchType::from_content_type("application/json-patch+json"), Some(PatchType::Json));
     assert_eq!(PatchType::from_content_type("application/apply-patch+yaml"), None);
 }
+
+#[test]
+fn published_patch_tags_agree_with_the_applied_strategies() {
+    // Where each tagged schema sits in an object of some kind.
+    let places: &[(&str, &str, &str)] = &[
+        ("io.k8s.api.core.v1.PodSpec", "Pod", "spec"),
+        ("io.k8s.api.core.v1.PodSpec", "Deployment", "spec.template.spec"),
+        ("io.k8s.api.core.v1.Container", "Pod", "spec.containers[]"),
+        ("io.k8s.api.core.v1.Container", "DaemonSet", "spec.template.spec.initContainers[]"),
+        ("io.k8s.api.core.v1.EphemeralContainer", "Pod", "spec.ephemeralContainers[]"),
+        ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "Pod", "metadata"),
+        ("io.k8s.api.core.v1.PodStatus", "Pod", "status"),
+        ("io.k8s.api.core.v1.NodeStatus", "Node", "status"),
+        ("io.k8s.api.core.v1.NodeSpec", "Node", "spec"),
+        ("io.k8s.api.core.v1.NamespaceStatus", "Namespace", "status"),
+        ("io.k8s.api.core.v1.ServiceSpec", "Service", "spec"),
+        ("io.k8s.api.core.v1.ServiceStatus", "Service", "status"),
+        ("io.k8s.api.apps.v1.DeploymentStatus", "Deployment", "status"),
+        ("io.k8s.api.apps.v1.ReplicaSetStatus", "ReplicaSet", "status"),
+        ("io.k8s.api.apps.v1.DaemonSetStatus", "DaemonSet", "status"),
+    ];
+    for (schema, prop, key, _) in PATCH_TAGS {
+        let mut checked = false;
+        for (s, kind, at) in places.iter().filter(|(s, _, _)| s == schema) {
+            let _ = s;
+            let want = match key {
+                Some(k) => ListStrategy::Key(k),
+                None => ListStrategy::Set,
+            };
+            assert_eq!(strategy(kind, &format!("{at}.{prop}")), want, "{schema}.{prop} in {kind} at {at}");
+            checked = true;
+        }
+        assert!(checked, "no place known for {schema}");
+    }
+    // And an untagged list is replaced whole.
+    assert_eq!(strategy("Pod", "spec.tolerations"), ListStrategy::Replace);
+    assert_eq!(strategy("Pod", "spec.containers[].resizePolicy"), ListStrategy::Replace);
+}

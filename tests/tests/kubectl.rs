@@ -192,6 +192,24 @@ fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
     assert!(err.contains("spec.containers[0].image: Required value"), "{err}");
     assert!(k.fails(&["get", "pod", "broken"])?.contains("NotFound"));
 
+    // describe finds a pod's events through the involvedObject field selectors.
+    k.ok(&["run", "probe", "--image=kedge.local/busybox:1", "--restart=Never"])?;
+    let pod = json_of(&k, &["get", "pod", "probe"])?;
+    let event = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "probe.1", "namespace": "default"},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": "probe", "namespace": "default",
+            "uid": pod["metadata"]["uid"]},
+        "reason": "Pulled", "message": "image already present on the node", "type": "Normal",
+        "source": {"component": "kedge-agent"}, "count": 1,
+    });
+    let ev_path = dir.path().join("event.json");
+    std::fs::write(&ev_path, event.to_string())?;
+    k.ok(&["create", "-f", &ev_path.to_string_lossy()])?;
+    let desc = k.ok(&["describe", "pod", "probe"])?;
+    assert!(desc.contains("Pulled") && desc.contains("image already present on the node"), "{desc}");
+    assert!(desc.contains("QoS Class:") && desc.contains("BestEffort"), "{desc}");
+
     let err = k.fails(&["apply", "-f", &fixture("unknown-field.yaml")])?;
     assert!(err.contains("unknown field \"spec.replicaz\""), "{err}");
     assert!(k.fails(&["get", "deployment", "typo"])?.contains("NotFound"));

@@ -52,6 +52,10 @@ async fn put(addr: SocketAddr, path: &str, v: &Value) -> Resp {
     call(addr, "PUT", path, "application/json", v.to_string().as_bytes()).await
 }
 
+async fn patch(addr: SocketAddr, path: &str, ct: &str, body: &str) -> Resp {
+    call(addr, "PATCH", path, ct, body.as_bytes()).await
+}
+
 async fn start(history: usize) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut opts = Options::local(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
@@ -112,34 +116,19 @@ async fn generation_moves_with_spec_only() {
     let a = srv.addr;
     let d = post(a, DEPLOYS, &deployment("web", 1)).await.json();
     assert_eq!(d["metadata"]["generation"], 1);
-    let label = call(
-        a,
-        "PATCH",
-        &format!("{DEPLOYS}/web"),
-        "application/merge-patch+json",
-        br#"{"metadata":{"labels":{"x":"y"}}}"#,
-    )
-    .await;
+    let label =
+        patch(a, &format!("{DEPLOYS}/web"), "application/merge-patch+json", r#"{"metadata":{"labels":{"x":"y"}}}"#)
+            .await;
     assert_eq!(label.status, 200);
     assert_eq!(label.json()["metadata"]["generation"], 1);
-    let spec = call(
-        a,
-        "PATCH",
-        &format!("{DEPLOYS}/web"),
-        "application/strategic-merge-patch+json",
-        br#"{"spec":{"replicas":4}}"#,
-    )
-    .await;
+    let spec =
+        patch(a, &format!("{DEPLOYS}/web"), "application/strategic-merge-patch+json", r#"{"spec":{"replicas":4}}"#)
+            .await;
     assert_eq!(spec.json()["metadata"]["generation"], 2);
     // A no-op patch writes nothing: same resourceVersion.
-    let again = call(
-        a,
-        "PATCH",
-        &format!("{DEPLOYS}/web"),
-        "application/strategic-merge-patch+json",
-        br#"{"spec":{"replicas":4}}"#,
-    )
-    .await;
+    let again =
+        patch(a, &format!("{DEPLOYS}/web"), "application/strategic-merge-patch+json", r#"{"spec":{"replicas":4}}"#)
+            .await;
     assert_eq!(rv(&again.json()), rv(&spec.json()));
     srv.shutdown().await.expect("shutdown");
 }
@@ -306,14 +295,8 @@ async fn status_and_scale_subresources() {
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["spec"]["replicas"], 2);
     assert_eq!(scale["status"]["selector"], "app=web");
-    let scaled = call(
-        a,
-        "PATCH",
-        &format!("{DEPLOYS}/web/scale"),
-        "application/merge-patch+json",
-        br#"{"spec":{"replicas":5}}"#,
-    )
-    .await;
+    let scaled =
+        patch(a, &format!("{DEPLOYS}/web/scale"), "application/merge-patch+json", r#"{"spec":{"replicas":5}}"#).await;
     assert_eq!(scaled.status, 200);
     assert_eq!(get(a, &format!("{DEPLOYS}/web")).await.json()["spec"]["replicas"], 5);
     srv.shutdown().await.expect("shutdown");
@@ -411,8 +394,7 @@ async fn dry_run_checks_everything_and_stores_nothing() {
 
     post(a, CMS, &cm("real", "1")).await;
     let patched =
-        call(a, "PATCH", &format!("{CMS}/real?dryRun=All"), "application/merge-patch+json", br#"{"data":{"k":"2"}}"#)
-            .await;
+        patch(a, &format!("{CMS}/real?dryRun=All"), "application/merge-patch+json", r#"{"data":{"k":"2"}}"#).await;
     assert_eq!(patched.status, 200);
     assert_eq!(patched.json()["data"]["k"], "2");
     assert_eq!(get(a, &format!("{CMS}/real")).await.json()["data"]["k"], "1");

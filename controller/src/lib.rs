@@ -4,6 +4,7 @@
 //! HTTP surface kubectl drives) and [`store`] (redb, revisions, watch).
 
 pub mod api;
+pub mod client;
 pub mod controllers;
 pub mod patch;
 pub mod quantity;

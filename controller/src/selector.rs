@@ -101,6 +101,29 @@ impl LabelSelector {
         Ok(LabelSelector { reqs })
     }
 
+    /// Converts a Kubernetes `LabelSelector` (`matchLabels` and
+    /// `matchExpressions`). An empty one matches everything, as in Kubernetes.
+    pub fn from_k8s(s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector) -> Result<Self, String> {
+        let mut reqs: Vec<Requirement> = s
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| Requirement { key: k.clone(), op: Op::Eq(v.clone()) })
+            .collect();
+        for e in s.match_expressions.iter().flatten() {
+            let vals = e.values.clone().unwrap_or_default();
+            let op = match e.operator.as_str() {
+                "In" => Op::In(vals),
+                "NotIn" => Op::NotIn(vals),
+                "Exists" => Op::Exists,
+                "DoesNotExist" => Op::NotExists,
+                other => return Err(format!("{other:?} is not a valid label selector operator")),
+            };
+            reqs.push(Requirement { key: e.key.clone(), op });
+        }
+        Ok(LabelSelector { reqs })
+    }
+
     /// Builds a selector from a `matchLabels`-style map.
     pub fn from_map(m: &BTreeMap<String, String>) -> Self {
         LabelSelector { reqs: m.iter().map(|(k, v)| Requirement { key: k.clone(), op: Op::Eq(v.clone()) }).collect() }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiConfig, ApiState};
+use crate::client::Client;
 use crate::resources;
 use crate::store::{Key, Mutation, Store, StoreError};
 use crate::tls;
@@ -28,7 +29,7 @@ pub enum ServerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot create the system namespaces: {0}")]
+    #[error("cannot create the system namespaces or start the control loops: {0}")]
     Bootstrap(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
@@ -113,8 +114,8 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let (tx, rx) = watch::channel(false);
     let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
     let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
-    let app = api::router(state);
-    tokio::spawn(crate::controllers::namespace::run(store.clone(), rx.clone()));
+    let app = api::router(state.clone());
+    start_controllers(Client::new(state), rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -128,6 +129,16 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
     Ok(Running { addr, tls: use_tls, kubeconfig, store, shutdown: tx, task })
+}
+
+/// Starts the control loops; each runs until `stop` flips.
+fn start_controllers(client: Client, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+    use crate::controllers::{namespace, replicaset::ReplicaSetController, runner};
+    let store = client.store().clone();
+    let boot = |e: crate::api::ApiError| ServerError::Bootstrap(e.to_string());
+    tokio::spawn(namespace::run(store.clone(), stop.clone()));
+    tokio::spawn(runner::run(ReplicaSetController::new(client.clone()).map_err(boot)?, store, stop));
+    Ok(())
 }
 
 /// Creates the namespaces Kubernetes always has, if missing.

@@ -1,68 +1,14 @@
 //! The HTTP API as a client sees it: status codes, conflicts, watches,
 //! subresources, selectors. Each test starts a real server on 127.0.0.1:0.
 
+mod common;
+
 use std::net::SocketAddr;
 
-use kedge_controller::server::{self, Options, Running};
+use common::{call, get, patch, post, put, start};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-}
-
-async fn call(addr: SocketAddr, method: &str, path: &str, ct: &str, body: &[u8]) -> Resp {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.expect("write");
-    // A server may answer (413) before reading a large body.
-    let _ = s.write_all(body).await;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.expect("read");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status");
-    let headers =
-        lines.filter_map(|l| l.split_once(": ").map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))).collect();
-    Resp { status, headers, body: raw[split + 4..].to_vec() }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Resp {
-    call(addr, "GET", path, "application/json", b"").await
-}
-
-async fn post(addr: SocketAddr, path: &str, v: &Value) -> Resp {
-    call(addr, "POST", path, "application/json", v.to_string().as_bytes()).await
-}
-
-async fn put(addr: SocketAddr, path: &str, v: &Value) -> Resp {
-    call(addr, "PUT", path, "application/json", v.to_string().as_bytes()).await
-}
-
-async fn patch(addr: SocketAddr, path: &str, ct: &str, body: &str) -> Resp {
-    call(addr, "PATCH", path, ct, body.as_bytes()).await
-}
-
-async fn start(history: usize) -> (Running, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut opts = Options::local(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
-    opts.watch_history = history;
-    let running = server::start(opts).await.expect("start");
-    (running, dir)
-}
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";

@@ -4,7 +4,7 @@
 mod discovery;
 pub mod error;
 pub mod meta;
-mod objects;
+pub(crate) mod objects;
 mod openapi;
 mod table;
 mod watch;

@@ -143,7 +143,7 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
     Ok(super::json(StatusCode::OK, &body))
 }
 
-fn ensure_namespace(st: &Arc<ApiState>, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
+fn ensure_namespace(st: &ApiState, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
     if !rt.namespaced {
         return Ok(());
     }
@@ -163,10 +163,24 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     require_json(&headers)?;
-    let (mut body, dups) = parse_body(&bytes)?;
-    check_type(t.rt, &mut body)?;
-    let ns = ns_of(t).to_owned();
-    if t.rt.namespaced {
+    let (body, dups) = parse_body(&bytes)?;
+    let (obj, warnings) = create_object(st, t.rt, ns_of(t), body, &dups, w)?;
+    Ok(json_warn(StatusCode::CREATED, &obj, &warnings))
+}
+
+/// Creates an object of `rt` in `ns` (empty for cluster-scoped kinds): the
+/// create path shared by the HTTP API and the in-process control loops.
+/// Returns the stored object and any field-validation warnings.
+pub(crate) fn create_object(
+    st: &ApiState,
+    rt: &'static ResourceType,
+    ns: &str,
+    mut body: Value,
+    dups: &[String],
+    w: WriteOpts,
+) -> Result<(Value, Vec<String>), ApiError> {
+    check_type(rt, &mut body)?;
+    if rt.namespaced {
         match meta::get_str(&body, "namespace") {
             Some(n) if n != ns => {
                 return Err(ApiError::bad_request(
@@ -191,27 +205,27 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     {
         meta::remove(&mut body, f);
     }
-    if t.rt.status && t.rt.kind != "Node" {
+    if rt.status && rt.kind != "Node" {
         if let Some(o) = body.as_object_mut() {
             o.remove("status");
         }
     }
-    ensure_namespace(st, t.rt, &ns)?;
-    let admitted = validate::admit(t.rt, body, &dups, w.mode, None)?;
+    ensure_namespace(st, rt, ns)?;
+    let admitted = validate::admit(rt, body, dups, w.mode, None)?;
     let mut obj = admitted.object;
     meta::set(&mut obj, "uid", json!(meta::new_uid()));
     meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
-    if t.rt.generation {
+    if rt.generation {
         meta::set(&mut obj, "generation", json!(1));
     }
-    if t.rt.kind == "Service" {
+    if rt.kind == "Service" {
         allocate_service(st, &mut obj)?;
     }
     let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
-    let k = Key::new(t.rt.id, &ns, &name);
+    let k = Key::new(rt.id, ns, &name);
     let out = st.store.mutate(&k, |cur| {
         if cur.is_some() {
-            return Err(ApiError::already_exists(&t.rt.qualified(), &name));
+            return Err(ApiError::already_exists(&rt.qualified(), &name));
         }
         if w.dry_run {
             return Ok(Mutation::Keep);
@@ -219,15 +233,14 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
         Ok(Mutation::Put(obj.clone()))
     })?;
     if w.dry_run {
-        return Ok(json_warn(StatusCode::CREATED, &obj, &admitted.warnings));
+        return Ok((obj, admitted.warnings));
     }
-    let stored = out.object.unwrap_or(Value::Null);
-    tracing::info!(resource = t.rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
-    Ok(json_warn(StatusCode::CREATED, &stored, &admitted.warnings))
+    tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
+    Ok((out.object.unwrap_or(Value::Null), admitted.warnings))
 }
 
 /// Assigns a cluster IP (and node ports) to a new Service.
-fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError> {
+fn allocate_service(st: &ApiState, svc: &mut Value) -> Result<(), ApiError> {
     let (all, _) =
         st.store.list(resources::find("", "v1", "services").map_or("core/services", |r| r.id), None, None)?;
     let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
@@ -285,10 +298,15 @@ fn allocate_service(st: &Arc<ApiState>, svc: &mut Value) -> Result<(), ApiError>
 
 /// The write parameters every mutating verb takes.
 #[derive(Clone, Copy)]
-struct WriteOpts {
-    mode: FieldValidation,
+pub(crate) struct WriteOpts {
+    pub mode: FieldValidation,
     /// `dryRun=All`: run every check and answer as if written, store nothing.
-    dry_run: bool,
+    pub dry_run: bool,
+}
+
+impl WriteOpts {
+    /// How the control loops write: strict, for real.
+    pub const INTERNAL: WriteOpts = WriteOpts { mode: FieldValidation::Strict, dry_run: false };
 }
 
 impl WriteOpts {
@@ -306,7 +324,7 @@ fn dry_run(r: &Req) -> Result<bool, ApiError> {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Main,
     Status,
 }
@@ -314,19 +332,20 @@ enum Part {
 /// The shared update path of PUT and PATCH: `make` turns the stored object
 /// into the candidate, which is then checked, admitted and written in the
 /// same transaction.
-fn update(
-    st: &Arc<ApiState>,
-    t: &Target,
+pub(crate) fn update(
+    st: &ApiState,
+    rt: &'static ResourceType,
+    ns: &str,
+    name: &str,
     part: Part,
     w: WriteOpts,
     dups: &[String],
     make: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
-    let rt = t.rt;
-    let name = name_of(t).to_owned();
+    let name = name.to_owned();
     let mut warnings = Vec::new();
     let mut preview = None;
-    let out = st.store.mutate(&key(t), |cur| {
+    let out = st.store.mutate(&Key::new(rt.id, ns, &name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(&rt.qualified(), &name))?;
         let mut cand = make(&old)?;
         if !cand.is_object() {
@@ -343,12 +362,12 @@ fn update(
         }
         if rt.namespaced {
             match meta::get_str(&cand, "namespace") {
-                Some(n) if Some(n) != t.namespace.as_deref() => {
+                Some(n) if n != ns => {
                     return Err(ApiError::bad_request(
                         "the namespace of the provided object does not match the namespace sent on the request",
                     ));
                 }
-                _ => meta::set(&mut cand, "namespace", json!(ns_of(t))),
+                _ => meta::set(&mut cand, "namespace", json!(ns)),
             }
         }
         if let Some(rv) = meta::get_str(&cand, "resourceVersion") {
@@ -407,7 +426,7 @@ fn update(
         Ok(Mutation::Put(obj))
     })?;
     if out.revision.is_some() {
-        tracing::info!(resource = rt.id, namespace = ns_of(t), %name, rv = out.revision.unwrap_or(0), "updated");
+        tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "updated");
     }
     Ok((preview.or(out.object).unwrap_or(Value::Null), warnings))
 }
@@ -424,7 +443,7 @@ pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response,
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w.dry_run, |_| Ok(body));
     }
-    let (obj, warnings) = update(st, t, part_of(t), w, &dups, |_| Ok(body))?;
+    let (obj, warnings) = update(st, t.rt, ns_of(t), name_of(t), part_of(t), w, &dups, |_| Ok(body))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -446,7 +465,7 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
-    let (obj, warnings) = update(st, t, part_of(t), w, &dups, |old| apply(old.clone()))?;
+    let (obj, warnings) = update(st, t.rt, ns_of(t), name_of(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -484,7 +503,7 @@ fn write_scale(
 ) -> Result<Response, ApiError> {
     let rt = t.rt;
     let w = WriteOpts { mode: FieldValidation::Ignore, dry_run };
-    let (obj, _) = update(st, t, Part::Main, w, &[], |old| {
+    let (obj, _) = update(st, rt, ns_of(t), name_of(t), Part::Main, w, &[], |old| {
         let scale = make(scale_of(rt, old))?;
         let replicas = scale
             .pointer("/spec/replicas")
@@ -526,7 +545,7 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         .to_owned();
     let name = name_of(t).to_owned();
     let w = WriteOpts { mode: FieldValidation::Ignore, dry_run: dry };
-    update(st, t, Part::Main, w, &[], |old| {
+    update(st, t.rt, ns_of(t), name_of(t), Part::Main, w, &[], |old| {
         if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
                 "pods",
@@ -545,10 +564,11 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
 }
 
 /// `DeleteOptions` from the body or the query.
-struct DeleteOpts {
-    uid: Option<String>,
-    rv: Option<String>,
-    dry_run: bool,
+#[derive(Debug, Default)]
+pub(crate) struct DeleteOpts {
+    pub uid: Option<String>,
+    pub rv: Option<String>,
+    pub dry_run: bool,
 }
 
 fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
@@ -598,18 +618,32 @@ pub fn deletion(old: Value) -> Mutation {
 pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (bytes, _, query) = r.bytes(st.config.max_body).await?;
     let opts = delete_opts(&bytes, &query)?;
-    let name = name_of(t).to_owned();
-    let q = t.rt.qualified();
-    if t.rt.kind == "Namespace" {
-        return delete_namespace(st, &name, &opts);
+    let obj = delete_object(st, t.rt, ns_of(t), name_of(t), &opts)?;
+    Ok(super::json(StatusCode::OK, &obj))
+}
+
+/// Deletes (or, with finalizers, marks for deletion) one object: the delete
+/// path shared by the HTTP API and the control loops. Returns its last state.
+pub(crate) fn delete_object(
+    st: &ApiState,
+    rt: &'static ResourceType,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOpts,
+) -> Result<Value, ApiError> {
+    if rt.kind == "Namespace" {
+        return delete_namespace(st, name, opts);
     }
-    let out = st.store.mutate::<ApiError, _>(&key(t), |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found(&q, &name))?;
-        preconditions(&q, &name, &old, &opts)?;
+    let q = rt.qualified();
+    let out = st.store.mutate::<ApiError, _>(&Key::new(rt.id, ns, name), |cur| {
+        let old = cur.ok_or_else(|| ApiError::not_found(&q, name))?;
+        preconditions(&q, name, &old, opts)?;
         Ok(if opts.dry_run { Mutation::Keep } else { deletion(old) })
     })?;
-    tracing::info!(resource = t.rt.id, namespace = ns_of(t), %name, "deleted");
-    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
+    if out.revision.is_some() {
+        tracing::info!(resource = rt.id, namespace = %ns, %name, "deleted");
+    }
+    Ok(out.object.unwrap_or(Value::Null))
 }
 
 fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<(), ApiError> {
@@ -641,7 +675,7 @@ fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<
 /// Deleting a namespace marks it `Terminating`; the namespace controller
 /// (`controllers::namespace`) then deletes its contents and finally the
 /// namespace, as Kubernetes does.
-fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result<Response, ApiError> {
+fn delete_namespace(st: &ApiState, name: &str, opts: &DeleteOpts) -> Result<Value, ApiError> {
     if SYSTEM_NAMESPACES.contains(&name) {
         return Err(ApiError::forbidden(format!(
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
@@ -660,7 +694,7 @@ fn delete_namespace(st: &Arc<ApiState>, name: &str, opts: &DeleteOpts) -> Result
         Ok(Mutation::Put(o))
     })?;
     tracing::info!(namespace = %name, "namespace terminating");
-    Ok(super::json(StatusCode::OK, &out.object.unwrap_or(Value::Null)))
+    Ok(out.object.unwrap_or(Value::Null))
 }
 
 pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {

@@ -2,3 +2,6 @@
 //! watched state and re-checks the store; none is told what to do directly.
 
 pub mod namespace;
+pub mod podutil;
+pub mod replicaset;
+pub mod runner;

@@ -343,21 +343,6 @@ pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
 
 // ------------------------------------------------------------ workloads
 
-fn selector_of(s: &LabelSelector) -> Result<selector::LabelSelector, String> {
-    let mut parts: Vec<String> = s.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
-    for e in s.match_expressions.iter().flatten() {
-        let vals = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({vals})", e.key),
-            "NotIn" => format!("{} notin ({vals})", e.key),
-            "Exists" => e.key.clone(),
-            "DoesNotExist" => format!("!{}", e.key),
-            other => return Err(format!("{other:?} is not a valid label selector operator")),
-        });
-    }
-    selector::LabelSelector::parse(&parts.join(",")).map_err(|e| e.to_string())
-}
-
 fn template(errs: &mut Errs, sel: &LabelSelector, t: &mut PodTemplateSpec, only_always: bool) {
     let spec = t.spec.get_or_insert_with(Default::default);
     default_pod_spec(spec);
@@ -377,7 +362,7 @@ fn template(errs: &mut Errs, sel: &LabelSelector, t: &mut PodTemplateSpec, only_
         errs.push(FieldError::required("spec.selector"));
         return;
     }
-    match selector_of(sel) {
+    match selector::LabelSelector::from_k8s(sel) {
         Err(why) => errs.push(FieldError::invalid("spec.selector", "", &why)),
         Ok(s) => {
             let obj = serde_json::json!({"metadata": {"labels": tlabels}});

@@ -1,0 +1,98 @@
+//! Typed, in-process access to the API for the control loops. Every write
+//! goes through the same path as an HTTP request (admission, defaults,
+//! preconditions, generation, revision), so what a loop writes is exactly
+//! what `kubectl` could have written.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use crate::api::objects::{self, DeleteOpts, Part, WriteOpts};
+use crate::api::{ApiError, ApiState};
+use crate::resources::{self, ResourceType};
+use crate::store::{Key, SharedStore};
+
+/// A kind the control loops handle as a typed `k8s-openapi` struct.
+pub trait Kind: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned {
+    fn rt() -> Result<&'static ResourceType, ApiError> {
+        resources::by_kind(Self::GROUP, Self::KIND)
+            .ok_or_else(|| ApiError::internal(format!("kind {} is not served", Self::KIND)))
+    }
+}
+
+impl<T> Kind for T where T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned
+{}
+
+#[derive(Clone)]
+pub struct Client {
+    st: Arc<ApiState>,
+}
+
+fn decode<K: Kind>(v: Value) -> Result<K, ApiError> {
+    serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", K::KIND)))
+}
+
+fn encode<K: Kind>(obj: &K) -> Result<Value, ApiError> {
+    serde_json::to_value(obj).map_err(|e| ApiError::internal(format!("{} does not encode: {e}", K::KIND)))
+}
+
+fn name_ns(meta: &ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+impl Client {
+    pub fn new(st: Arc<ApiState>) -> Self {
+        Client { st }
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.st.store
+    }
+
+    pub fn get<K: Kind>(&self, ns: &str, name: &str) -> Result<Option<K>, ApiError> {
+        let rt = K::rt()?;
+        self.st.store.get(&Key::new(rt.id, ns, name))?.map(decode).transpose()
+    }
+
+    /// Every object of the kind, in one namespace or all.
+    pub fn list<K: Kind>(&self, ns: Option<&str>) -> Result<Vec<K>, ApiError> {
+        let rt = K::rt()?;
+        let (items, _) = self.st.store.list(rt.id, ns, None)?;
+        items.into_iter().map(decode).collect()
+    }
+
+    pub fn create<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+        let rt = K::rt()?;
+        let (ns, _) = name_ns(obj.metadata());
+        let (stored, _) = objects::create_object(&self.st, rt, &ns, encode(obj)?, &[], WriteOpts::INTERNAL)?;
+        decode(stored)
+    }
+
+    fn write<K: Kind>(&self, obj: &K, part: Part) -> Result<K, ApiError> {
+        let rt = K::rt()?;
+        let (ns, name) = name_ns(obj.metadata());
+        let body = encode(obj)?;
+        let (stored, _) = objects::update(&self.st, rt, &ns, &name, part, WriteOpts::INTERNAL, &[], |_| Ok(body))?;
+        decode(stored)
+    }
+
+    /// Replaces the object (not its status); its `resourceVersion`, when set,
+    /// is a precondition (409 when stale).
+    pub fn replace<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+        self.write(obj, Part::Main)
+    }
+
+    /// Replaces only the status, like `PUT …/status`.
+    pub fn replace_status<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+        self.write(obj, Part::Status)
+    }
+
+    /// Deletes the object if it still has `uid` (when given).
+    pub fn delete<K: Kind>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<(), ApiError> {
+        let rt = K::rt()?;
+        let opts = DeleteOpts { uid: uid.map(str::to_owned), ..DeleteOpts::default() };
+        objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
+    }
+}

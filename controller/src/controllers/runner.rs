@@ -1,0 +1,217 @@
+//! The one reconcile shape every control loop here follows (kube-runtime's):
+//! watched changes become keys, keys wait in a de-duplicated queue, one
+//! reconcile runs per key at a time inside a tracing span, and each answers
+//! "done" or "look again after …". Failures back off per key.
+//!
+//! Reconciles are synchronous (the store is) and run one after another on
+//! the controller's single thread, yielding to the runtime between keys so
+//! API requests are never starved.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::api::ApiError;
+use crate::store::{Key, SharedStore, WatchEvent};
+
+/// What a reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing until something this loop watches changes.
+    Done,
+    /// Look again after this long even if nothing changes (timeouts, delays).
+    RequeueAfter(Duration),
+}
+
+pub trait Reconcile {
+    /// The loop's name, for logs and spans.
+    fn name(&self) -> &'static str;
+    /// The keys a committed change should (re)visit.
+    fn keys_for(&self, ev: &WatchEvent, out: &mut Vec<Key>);
+    /// Every key worth a look at start-up, and after missing events.
+    fn all_keys(&self) -> Result<Vec<Key>, ApiError>;
+    /// Brings the world one step closer to what `key` asks for.
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError>;
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The work queue: ready keys in arrival order without duplicates, plus
+/// keys due later.
+#[derive(Default)]
+pub struct Queue {
+    ready: VecDeque<Key>,
+    queued: HashSet<Key>,
+    later: BTreeMap<Instant, Vec<Key>>,
+    failures: HashMap<Key, u32>,
+}
+
+impl Queue {
+    pub fn push(&mut self, key: Key) {
+        if self.queued.insert(key.clone()) {
+            self.ready.push_back(key);
+        }
+    }
+
+    pub fn push_after(&mut self, key: Key, after: Duration) {
+        self.later.entry(Instant::now() + after).or_default().push(key);
+    }
+
+    pub fn pop(&mut self) -> Option<Key> {
+        let k = self.ready.pop_front()?;
+        self.queued.remove(&k);
+        Some(k)
+    }
+
+    /// Moves every key that is due into the ready queue.
+    pub fn promote(&mut self, now: Instant) {
+        let due: Vec<Instant> = self.later.range(..=now).map(|(t, _)| *t).collect();
+        for t in due {
+            for k in self.later.remove(&t).unwrap_or_default() {
+                self.push(k);
+            }
+        }
+    }
+
+    pub fn next_due(&self) -> Option<Instant> {
+        self.later.keys().next().copied()
+    }
+
+    fn failed(&mut self, key: &Key) -> Duration {
+        let n = self.failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        BACKOFF_BASE.saturating_mul(1u32 << (*n).min(12)).min(BACKOFF_MAX)
+    }
+
+    fn succeeded(&mut self, key: &Key) {
+        self.failures.remove(key);
+    }
+}
+
+/// Runs `r` until `shutdown` flips.
+pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch::Receiver<bool>) {
+    let name = r.name();
+    let mut q = Queue::default();
+    // Listing the keys and subscribing happen without an await in between:
+    // no change can fall between them.
+    let start = store.hub().subscribe(store.revision());
+    let mut live = match start {
+        Ok(s) => s.live,
+        Err(e) => {
+            tracing::error!(controller = name, error = %e, "cannot watch the store");
+            return;
+        }
+    };
+    resync(&r, &mut q);
+    let mut keys = Vec::new();
+    loop {
+        // Take in everything already committed before working, so keys dedupe.
+        loop {
+            match live.try_recv() {
+                Ok(ev) => {
+                    r.keys_for(&ev, &mut keys);
+                    keys.drain(..).for_each(|k| q.push(k));
+                }
+                Err(TryRecvError::Lagged(_)) => resync(&r, &mut q),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+            }
+        }
+        q.promote(Instant::now());
+        if let Some(key) = q.pop() {
+            let span = tracing::debug_span!("reconcile", controller = name, resource = key.resource, namespace = %key.namespace, name = %key.name);
+            let _g = span.enter();
+            match r.reconcile(&key) {
+                Ok(Action::Done) => q.succeeded(&key),
+                Ok(Action::RequeueAfter(d)) => {
+                    q.succeeded(&key);
+                    q.push_after(key, d);
+                }
+                Err(e) => {
+                    let delay = q.failed(&key);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                    q.push_after(key, delay);
+                }
+            }
+            drop(_g);
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let sleep = async {
+            match q.next_due() {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = sleep => {}
+            ev = live.recv() => match ev {
+                Ok(ev) => {
+                    r.keys_for(&ev, &mut keys);
+                    keys.drain(..).for_each(|k| q.push(k));
+                }
+                Err(RecvError::Lagged(_)) => resync(&r, &mut q),
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+fn resync<R: Reconcile>(r: &R, q: &mut Queue) {
+    match r.all_keys() {
+        Ok(keys) => keys.into_iter().for_each(|k| q.push(k)),
+        Err(e) => tracing::error!(controller = r.name(), error = %e, "cannot list keys to resync"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(n: &str) -> Key {
+        Key::new("core/pods", "default", n)
+    }
+
+    #[test]
+    fn queue_dedupes_and_orders() {
+        let mut q = Queue::default();
+        q.push(k("a"));
+        q.push(k("b"));
+        q.push(k("a"));
+        assert_eq!(q.pop(), Some(k("a")));
+        q.push(k("a"));
+        assert_eq!(q.pop(), Some(k("b")));
+        assert_eq!(q.pop(), Some(k("a")));
+        assert_eq!(q.pop(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delayed_keys_become_ready_when_due() {
+        let mut q = Queue::default();
+        q.push_after(k("later"), Duration::from_secs(5));
+        q.promote(Instant::now());
+        assert_eq!(q.pop(), None);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        q.promote(Instant::now());
+        assert_eq!(q.pop(), Some(k("later")));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_a_cap() {
+        let mut q = Queue::default();
+        let d1 = q.failed(&k("x"));
+        let d2 = q.failed(&k("x"));
+        assert_eq!(d2, d1 * 2);
+        for _ in 0..20 {
+            q.failed(&k("x"));
+        }
+        assert_eq!(q.failed(&k("x")), BACKOFF_MAX);
+        q.succeeded(&k("x"));
+        assert_eq!(q.failed(&k("x")), d1);
+    }
+}

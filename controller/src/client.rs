@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::api::objects::{self, DeleteOpts, Part, WriteOpts};
+use crate::api::objects::{self, At, DeleteOpts, Part, WriteOpts};
 use crate::api::{ApiError, ApiState};
 use crate::resources::{self, ResourceType};
 use crate::store::{Key, SharedStore};
@@ -74,7 +74,8 @@ impl Client {
         let rt = K::rt()?;
         let (ns, name) = name_ns(obj.metadata());
         let body = encode(obj)?;
-        let (stored, _) = objects::update(&self.st, rt, &ns, &name, part, WriteOpts::INTERNAL, &[], |_| Ok(body))?;
+        let (stored, _) =
+            objects::update(&self.st, At { rt, ns: &ns, name: &name }, part, WriteOpts::INTERNAL, &[], |_| Ok(body))?;
         decode(stored)
     }
 

@@ -29,6 +29,10 @@ fn name_of(t: &Target) -> &str {
     t.name.as_deref().unwrap_or_default()
 }
 
+fn at(t: &Target) -> At<'_> {
+    At { rt: t.rt, ns: ns_of(t), name: name_of(t) }
+}
+
 fn key(t: &Target) -> Key {
     Key::new(t.rt.id, ns_of(t), name_of(t))
 }
@@ -332,16 +336,23 @@ pub(crate) enum Part {
 /// The shared update path of PUT and PATCH: `make` turns the stored object
 /// into the candidate, which is then checked, admitted and written in the
 /// same transaction.
+/// Where an object lives, for the shared write paths.
+#[derive(Clone, Copy)]
+pub(crate) struct At<'a> {
+    pub rt: &'static ResourceType,
+    pub ns: &'a str,
+    pub name: &'a str,
+}
+
 pub(crate) fn update(
     st: &ApiState,
-    rt: &'static ResourceType,
-    ns: &str,
-    name: &str,
+    at: At<'_>,
     part: Part,
     w: WriteOpts,
     dups: &[String],
     make: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
+    let At { rt, ns, name } = at;
     let name = name.to_owned();
     let mut warnings = Vec::new();
     let mut preview = None;
@@ -443,7 +454,7 @@ pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response,
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w.dry_run, |_| Ok(body));
     }
-    let (obj, warnings) = update(st, t.rt, ns_of(t), name_of(t), part_of(t), w, &dups, |_| Ok(body))?;
+    let (obj, warnings) = update(st, at(t), part_of(t), w, &dups, |_| Ok(body))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -465,7 +476,7 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
-    let (obj, warnings) = update(st, t.rt, ns_of(t), name_of(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
+    let (obj, warnings) = update(st, at(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -503,7 +514,7 @@ fn write_scale(
 ) -> Result<Response, ApiError> {
     let rt = t.rt;
     let w = WriteOpts { mode: FieldValidation::Ignore, dry_run };
-    let (obj, _) = update(st, rt, ns_of(t), name_of(t), Part::Main, w, &[], |old| {
+    let (obj, _) = update(st, at(t), Part::Main, w, &[], |old| {
         let scale = make(scale_of(rt, old))?;
         let replicas = scale
             .pointer("/spec/replicas")
@@ -545,7 +556,7 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         .to_owned();
     let name = name_of(t).to_owned();
     let w = WriteOpts { mode: FieldValidation::Ignore, dry_run: dry };
-    update(st, t.rt, ns_of(t), name_of(t), Part::Main, w, &[], |old| {
+    update(st, at(t), Part::Main, w, &[], |old| {
         if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
                 "pods",

@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::api::objects::{self, At, DeleteOpts, Part, WriteOpts};
+use crate::api::objects::{self, At, DeleteOpts, Part, Propagation, WriteOpts};
 use crate::api::{ApiError, ApiState};
 use crate::resources::{self, ResourceType};
 use crate::store::{Key, SharedStore};
@@ -94,6 +94,42 @@ impl Client {
     pub fn delete<K: Kind>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<(), ApiError> {
         let rt = K::rt()?;
         let opts = DeleteOpts { uid: uid.map(str::to_owned), ..DeleteOpts::default() };
+        objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
+    }
+
+    /// An object of any served kind, as stored.
+    pub fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
+        Ok(self.st.store.get(&Key::new(rt.id, ns, name))?)
+    }
+
+    /// Edits an object of any kind in place (not its status), through the
+    /// normal update path.
+    pub fn update_raw(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ApiError> {
+        let at = At { rt, ns, name };
+        let (stored, _) = objects::update(&self.st, at, Part::Main, WriteOpts::INTERNAL, &[], |old| {
+            let mut v = old.clone();
+            edit(&mut v);
+            Ok(v)
+        })?;
+        Ok(stored)
+    }
+
+    /// Deletes an object of any kind if it still has `uid` (when given).
+    pub fn delete_raw(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        uid: Option<&str>,
+        propagation: Propagation,
+    ) -> Result<(), ApiError> {
+        let opts = DeleteOpts { uid: uid.map(str::to_owned), propagation, ..DeleteOpts::default() };
         objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
     }
 }

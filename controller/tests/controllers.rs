@@ -101,3 +101,55 @@ async fn replicaset_keeps_its_count_adopts_and_releases() {
     .await;
     srv.shutdown().await.expect("shutdown");
 }
+
+async fn pods_of(a: std::net::SocketAddr, app: &str) -> Vec<Value> {
+    items(&get(a, &format!("{PODS}?labelSelector=app%3D{app}")).await.json())
+}
+
+#[tokio::test]
+async fn garbage_collection_background_orphan_and_foreground() {
+    let (srv, _dir) = start(1000).await;
+    let a = srv.addr;
+    for name in ["bg", "orph", "fg"] {
+        post(a, RSS, &rs(name, 2)).await;
+    }
+    for name in ["bg", "orph", "fg"] {
+        eventually("pods", || async { (pods_of(a, name).await.len() == 2).then_some(()) }).await;
+    }
+
+    // Background (kubectl's default): the owner goes at once, its pods after.
+    let body = br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
+    assert_eq!(call(a, "DELETE", &format!("{RSS}/bg"), "application/json", body).await.status, 200);
+    assert_eq!(get(a, &format!("{RSS}/bg")).await.status, 404);
+    eventually("bg pods collected", || async { pods_of(a, "bg").await.is_empty().then_some(()) }).await;
+
+    // Orphan: the pods stay and lose their owner reference.
+    let body = br#"{"propagationPolicy":"Orphan"}"#;
+    call(a, "DELETE", &format!("{RSS}/orph"), "application/json", body).await;
+    eventually("orphaning owner gone", || async { (get(a, &format!("{RSS}/orph")).await.status == 404).then_some(()) })
+        .await;
+    let left = pods_of(a, "orph").await;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|p| p["metadata"].get("ownerReferences").is_none_or(|r| r == &json!([]))), "{left:?}");
+
+    // Foreground: the owner waits, marked, until its pods are gone.
+    let body = br#"{"propagationPolicy":"Foreground"}"#;
+    let marked = call(a, "DELETE", &format!("{RSS}/fg"), "application/json", body).await.json();
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    assert!(marked["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion")));
+    eventually("foreground owner gone after its pods", || async {
+        (get(a, &format!("{RSS}/fg")).await.status == 404).then_some(())
+    })
+    .await;
+    assert!(pods_of(a, "fg").await.is_empty());
+
+    // A pod naming an owner that does not exist is collected.
+    let mut p = pod("dangling", json!({"app": "none"}));
+    p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "ghost", "uid": "00000000-0000-0000-0000-000000000000"}]);
+    assert_eq!(post(a, PODS, &p).await.status, 201);
+    eventually("dangling pod collected", || async {
+        (get(a, &format!("{PODS}/dangling")).await.status == 404).then_some(())
+    })
+    .await;
+    srv.shutdown().await.expect("shutdown");
+}

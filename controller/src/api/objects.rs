@@ -580,7 +580,34 @@ pub(crate) struct DeleteOpts {
     pub uid: Option<String>,
     pub rv: Option<String>,
     pub dry_run: bool,
+    pub propagation: Propagation,
 }
+
+/// `propagationPolicy`: what happens to the objects this one owns.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete now; the garbage collector deletes dependents afterwards.
+    #[default]
+    Background,
+    /// Dependents are deleted first; the owner waits (`foregroundDeletion` finalizer).
+    Foreground,
+    /// Dependents are kept and lose their owner reference (`orphan` finalizer).
+    Orphan,
+}
+
+impl Propagation {
+    /// The finalizer that makes the garbage collector act before the owner goes.
+    pub fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Propagation::Background => None,
+            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
+            Propagation::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
+}
+
+pub const ORPHAN_FINALIZER: &str = "orphan";
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 
 fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
@@ -588,13 +615,16 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
-    if let Some(p) =
-        v.get("propagationPolicy").and_then(Value::as_str).or(r_query.get("propagationPolicy").map(String::as_str))
+    let propagation = match v
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .or(r_query.get("propagationPolicy").map(String::as_str))
     {
-        if !["Orphan", "Background", "Foreground"].contains(&p) {
-            return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}")));
-        }
-    }
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(p) => return Err(ApiError::bad_request(format!("unsupported propagationPolicy {p:?}"))),
+    };
     let dry_body = v.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|d| d == "All"));
     let dry_query = match r_query.get("dryRun").map(String::as_str) {
         None | Some("") => false,
@@ -604,6 +634,7 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
         }
     };
     Ok(DeleteOpts {
+        propagation,
         dry_run: dry_body || dry_query,
         uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
         rv: v.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned),
@@ -624,6 +655,24 @@ pub fn deletion(old: Value) -> Mutation {
     meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
     meta::set(&mut o, "deletionGracePeriodSeconds", json!(0));
     Mutation::Put(o)
+}
+
+/// Foreground and orphan deletion: the object stays, marked, with the
+/// finalizer the garbage collector acts on and then removes.
+fn mark_for_collection(old: Value, finalizer: &str) -> Mutation {
+    let mut o = old;
+    let before = o.clone();
+    let list = meta::meta_mut(&mut o).entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(l) = list.as_array_mut() {
+        if !l.iter().any(|f| f == finalizer) {
+            l.push(json!(finalizer));
+        }
+    }
+    if meta::get(&o, "deletionTimestamp").is_none() {
+        meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
+        meta::set(&mut o, "deletionGracePeriodSeconds", json!(0));
+    }
+    if o == before { Mutation::Keep } else { Mutation::Put(o) }
 }
 
 pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
@@ -649,7 +698,13 @@ pub(crate) fn delete_object(
     let out = st.store.mutate::<ApiError, _>(&Key::new(rt.id, ns, name), |cur| {
         let old = cur.ok_or_else(|| ApiError::not_found(&q, name))?;
         preconditions(&q, name, &old, opts)?;
-        Ok(if opts.dry_run { Mutation::Keep } else { deletion(old) })
+        if opts.dry_run {
+            return Ok(Mutation::Keep);
+        }
+        Ok(match opts.propagation.finalizer() {
+            None => deletion(old),
+            Some(f) => mark_for_collection(old, f),
+        })
     })?;
     if out.revision.is_some() {
         tracing::info!(resource = rt.id, namespace = %ns, %name, "deleted");

@@ -43,7 +43,7 @@ impl Reconcile for ReplicaSetController {
         "replicaset"
     }
 
-    fn keys_for(&self, ev: &WatchEvent, out: &mut Vec<Key>) {
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
         if ev.resource == self.rs_id {
             out.push(Key::new(self.rs_id, &ev.namespace, &ev.name));
         } else if ev.resource == self.pod_id {
@@ -70,7 +70,7 @@ impl Reconcile for ReplicaSetController {
         }
     }
 
-    fn all_keys(&self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
         Ok(self
             .client
             .list::<ReplicaSet>(None)?

@@ -30,9 +30,9 @@ pub trait Reconcile {
     /// The loop's name, for logs and spans.
     fn name(&self) -> &'static str;
     /// The keys a committed change should (re)visit.
-    fn keys_for(&self, ev: &WatchEvent, out: &mut Vec<Key>);
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>);
     /// Every key worth a look at start-up, and after missing events.
-    fn all_keys(&self) -> Result<Vec<Key>, ApiError>;
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError>;
     /// Brings the world one step closer to what `key` asks for.
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError>;
 }
@@ -106,7 +106,7 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
             return;
         }
     };
-    resync(&r, &mut q);
+    resync(&mut r, &mut q);
     let mut keys = Vec::new();
     loop {
         // Take in everything already committed before working, so keys dedupe.
@@ -116,7 +116,7 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
                     r.keys_for(&ev, &mut keys);
                     keys.drain(..).for_each(|k| q.push(k));
                 }
-                Err(TryRecvError::Lagged(_)) => resync(&r, &mut q),
+                Err(TryRecvError::Lagged(_)) => resync(&mut r, &mut q),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => return,
             }
@@ -155,14 +155,14 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
                     r.keys_for(&ev, &mut keys);
                     keys.drain(..).for_each(|k| q.push(k));
                 }
-                Err(RecvError::Lagged(_)) => resync(&r, &mut q),
+                Err(RecvError::Lagged(_)) => resync(&mut r, &mut q),
                 Err(RecvError::Closed) => return,
             },
         }
     }
 }
 
-fn resync<R: Reconcile>(r: &R, q: &mut Queue) {
+fn resync<R: Reconcile>(r: &mut R, q: &mut Queue) {
     match r.all_keys() {
         Ok(keys) => keys.into_iter().for_each(|k| q.push(k)),
         Err(e) => tracing::error!(controller = r.name(), error = %e, "cannot list keys to resync"),

@@ -34,6 +34,37 @@ pub enum PatchError {
     NotObject,
     #[error("unknown patch directive {0:?}")]
     Directive(String),
+    #[error("patch result too large: {0}")]
+    TooLarge(String),
+}
+
+/// Most operations one JSON patch may hold (as Kubernetes).
+pub const MAX_JSON_PATCH_OPS: usize = 10_000;
+/// Most JSON values a patched object may hold.
+pub const MAX_PATCHED_VALUES: usize = 1_000_000;
+/// Deepest nesting a patched object may have.
+pub const MAX_PATCHED_DEPTH: usize = 100;
+
+/// Walks `doc` without recursion, refusing it when it holds too many values
+/// or nests too deep (which would also make dropping it recurse too far).
+fn check_bounds(doc: &Value) -> Result<(), PatchError> {
+    let mut stack = vec![(doc, 1usize)];
+    let mut count = 0usize;
+    while let Some((v, depth)) = stack.pop() {
+        count += 1;
+        if count > MAX_PATCHED_VALUES {
+            return Err(PatchError::TooLarge(format!("more than {MAX_PATCHED_VALUES} values")));
+        }
+        if depth > MAX_PATCHED_DEPTH {
+            return Err(PatchError::TooLarge(format!("nested deeper than {MAX_PATCHED_DEPTH} levels")));
+        }
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|c| (c, depth + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Applies `patch` to `doc` (a whole object of `kind`) in place.
@@ -42,7 +73,17 @@ pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result
         PatchType::Json => {
             let p: json_patch::Patch =
                 serde_json::from_value(patch).map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
-            json_patch::patch(doc, &p).map_err(|e| PatchError::JsonPatch(e.to_string()))
+            if p.0.len() > MAX_JSON_PATCH_OPS {
+                return Err(PatchError::TooLarge(format!("more than {MAX_JSON_PATCH_OPS} operations")));
+            }
+            // One op at a time, checking growth after each: `copy` can double
+            // the document (or its depth) per op.
+            for op in p.0 {
+                json_patch::patch(doc, &json_patch::Patch(vec![op]))
+                    .map_err(|e| PatchError::JsonPatch(e.to_string()))?;
+                check_bounds(doc)?;
+            }
+            Ok(())
         }
         PatchType::Merge => {
             json_patch::merge(doc, &patch);

@@ -50,7 +50,7 @@ pub fn parse_milli(s: &str) -> Result<i128, QuantityError> {
         scaled.checked_mul(10i128.checked_pow(total_exp as u32).ok_or(QuantityError)?).ok_or(QuantityError)
     } else {
         let div = 10i128.checked_pow((-total_exp) as u32).ok_or(QuantityError)?;
-        Ok((scaled + div - 1) / div)
+        Ok(scaled / div + i128::from(scaled % div != 0))
     }
 }
 
@@ -72,5 +72,9 @@ mod tests {
         assert_eq!(parse_milli("1.2.3"), Err(QuantityError));
         assert_eq!(parse_milli("-1"), Err(QuantityError));
         assert_eq!(parse_milli("1Zi"), Err(QuantityError));
+        assert_eq!(
+            parse_milli("170141183460469231731687303715884105727n"),
+            Ok(170_141_183_460_469_231_731_687_303_715_885)
+        );
     }
 }

@@ -188,17 +188,24 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.terms.iter().all(|(field, eq, want)| {
+            // Field labels that are not plain paths, and the value an absent
+            // field has (Kubernetes compares the typed zero value).
+            let (path, absent) = match field.as_str() {
+                "source" => ("source.component", ""),
+                "spec.hostNetwork" | "spec.unschedulable" => (field.as_str(), "false"),
+                "status.replicas" => (field.as_str(), "0"),
+                f => (f, ""),
+            };
             let mut cur = Some(obj);
-            for seg in field.split('.') {
+            for seg in path.split('.') {
                 cur = cur.and_then(|c| c.get(seg));
             }
             let have = match cur {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Bool(b)) => b.to_string(),
                 Some(Value::Number(n)) => n.to_string(),
-                // Kubernetes compares absent fields as the empty string
-                // (`spec.nodeName=` selects unscheduled pods).
-                _ => String::new(),
+                // `spec.nodeName=` selects unscheduled pods.
+                _ => absent.to_owned(),
             };
             (have == *want) == *eq
         })
@@ -241,6 +248,12 @@ mod tests {
         assert!(f("spec.nodeName=n1,status.phase!=Failed,status.phase!=Succeeded"));
         assert!(!f("spec.nodeName=n2"));
         assert!(!f("spec.nodeName="));
+        let node = json!({"metadata": {"name": "n"}, "spec": {}});
+        assert!(
+            FieldSelector::parse("spec.unschedulable=false", &["spec.unschedulable"]).expect("parse").matches(&node)
+        );
+        let ev = json!({"source": {"component": "kubelet"}});
+        assert!(FieldSelector::parse("source=kubelet", &["source"]).expect("parse").matches(&ev));
         assert_eq!(
             FieldSelector::parse("spec.foo=x", &[]).err(),
             Some(SelectorError::UnsupportedField("spec.foo".into()))

@@ -133,11 +133,14 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
 
 /// Starts the control loops; each runs until `stop` flips.
 fn start_controllers(client: Client, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
-    use crate::controllers::{gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner};
+    use crate::controllers::{
+        deployment::DeploymentController, gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner,
+    };
     let store = client.store().clone();
     let boot = |e: crate::api::ApiError| ServerError::Bootstrap(e.to_string());
     tokio::spawn(namespace::run(store.clone(), stop.clone()));
     tokio::spawn(runner::run(ReplicaSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
+    tokio::spawn(runner::run(DeploymentController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }

@@ -12,6 +12,12 @@ use tokio::net::TcpStream;
 
 const CMS: &str = "/api/v1/namespaces/default/configmaps";
 const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn bound_pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1"}]}})
+}
 
 fn cm(name: &str, v: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": v}})
@@ -58,23 +64,20 @@ async fn stale_writes_conflict_and_fresh_ones_win() {
 
 #[tokio::test]
 async fn generation_moves_with_spec_only() {
+    // A bound pod: no control loop writes to it, so every change here is ours.
     let (srv, _dir) = start(100).await;
     let a = srv.addr;
-    let d = post(a, DEPLOYS, &deployment("web", 1)).await.json();
-    assert_eq!(d["metadata"]["generation"], 1);
-    let label =
-        patch(a, &format!("{DEPLOYS}/web"), "application/merge-patch+json", r#"{"metadata":{"labels":{"x":"y"}}}"#)
-            .await;
+    let p = post(a, PODS, &bound_pod("p")).await.json();
+    assert_eq!(p["metadata"]["generation"], 1);
+    let path = format!("{PODS}/p");
+    let label = patch(a, &path, "application/merge-patch+json", r#"{"metadata":{"labels":{"x":"y"}}}"#).await;
     assert_eq!(label.status, 200);
     assert_eq!(label.json()["metadata"]["generation"], 1);
-    let spec =
-        patch(a, &format!("{DEPLOYS}/web"), "application/strategic-merge-patch+json", r#"{"spec":{"replicas":4}}"#)
-            .await;
+    let image = r#"{"spec":{"containers":[{"name":"c","image":"busybox:2"}]}}"#;
+    let spec = patch(a, &path, "application/strategic-merge-patch+json", image).await;
     assert_eq!(spec.json()["metadata"]["generation"], 2);
     // A no-op patch writes nothing: same resourceVersion.
-    let again =
-        patch(a, &format!("{DEPLOYS}/web"), "application/strategic-merge-patch+json", r#"{"spec":{"replicas":4}}"#)
-            .await;
+    let again = patch(a, &path, "application/strategic-merge-patch+json", image).await;
     assert_eq!(rv(&again.json()), rv(&spec.json()));
     srv.shutdown().await.expect("shutdown");
 }
@@ -222,21 +225,24 @@ async fn watch_resumes_filters_and_expires() {
 async fn status_and_scale_subresources() {
     let (srv, _dir) = start(100).await;
     let a = srv.addr;
-    let d = post(a, DEPLOYS, &deployment("web", 2)).await.json();
-    assert!(d.get("status").is_none_or(|s| s.get("replicas").is_none()), "status is not taken on create");
+    let mut given = bound_pod("p");
+    given["status"] = json!({"phase": "Running"});
+    let p = post(a, PODS, &given).await.json();
+    assert_eq!(p["status"]["phase"], "Pending", "status is not taken on create");
 
-    let mut with_status = d.clone();
-    with_status["status"] = json!({"replicas": 2, "readyReplicas": 1});
-    with_status["spec"]["replicas"] = json!(9);
-    let s = put(a, &format!("{DEPLOYS}/web/status"), &with_status).await.json();
-    assert_eq!(s["status"]["readyReplicas"], 1);
-    assert_eq!(s["spec"]["replicas"], 2, "the status subresource ignores spec");
+    let mut with_status = p.clone();
+    with_status["status"]["phase"] = json!("Running");
+    with_status["metadata"]["labels"] = json!({"changed": "yes"});
+    let s = put(a, &format!("{PODS}/p/status"), &with_status).await.json();
+    assert_eq!(s["status"]["phase"], "Running");
+    assert!(s["metadata"].get("labels").is_none(), "the status subresource ignores everything but status");
 
     let mut main = s.clone();
-    main["status"]["readyReplicas"] = json!(0);
-    let m = put(a, &format!("{DEPLOYS}/web"), &main).await.json();
-    assert_eq!(m["status"]["readyReplicas"], 1, "the main resource ignores status");
+    main["status"]["phase"] = json!("Failed");
+    let m = put(a, &format!("{PODS}/p"), &main).await.json();
+    assert_eq!(m["status"]["phase"], "Running", "the main resource ignores status");
 
+    post(a, DEPLOYS, &deployment("web", 2)).await;
     let scale = get(a, &format!("{DEPLOYS}/web/scale")).await.json();
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["spec"]["replicas"], 2);
@@ -352,5 +358,98 @@ async fn dry_run_checks_everything_and_stores_nothing() {
         get(a, CMS).await.json()["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse().expect("rv");
     let rev0: u64 = rev0.as_str().unwrap_or("0").parse().expect("rv");
     assert_eq!(rev1, rev0 + 1, "only the one real create used a revision");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn watch_list_mode_and_future_revisions() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    post(a, CMS, &cm("one", "1")).await;
+    let evs = watch_events(
+        a,
+        &format!("{CMS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion=1&timeoutSeconds=1"),
+        2,
+    )
+    .await;
+    assert_eq!(evs[0]["type"], "ADDED");
+    assert_eq!(evs[0]["object"]["metadata"]["name"], "one");
+    assert_eq!(evs[1]["type"], "BOOKMARK");
+    assert_eq!(evs[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+
+    // A revision the store never reached (its data was replaced): re-list.
+    let evs = watch_events(a, &format!("{CMS}?watch=true&resourceVersion=999999"), 1).await;
+    assert_eq!(evs[0]["type"], "ERROR");
+    assert_eq!(evs[0]["object"]["code"], 410);
+    // A huge timeout is not a crash.
+    let evs = watch_events(a, &format!("{CMS}?watch=true&timeoutSeconds=18446744073709551615"), 1).await;
+    assert_eq!(evs[0]["type"], "ADDED");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn services_get_unique_ips_and_node_ports_on_create_and_update() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    const SVCS: &str = "/api/v1/namespaces/default/services";
+    let svc = |name: &str, ty: &str, node_port: Option<i64>| {
+        let mut port = json!({"port": 80});
+        if let Some(n) = node_port {
+            port["nodePort"] = json!(n);
+        }
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": {"type": ty, "ports": [port]}})
+    };
+    let first = post(a, SVCS, &svc("first", "NodePort", Some(30080))).await;
+    assert_eq!(first.status, 201);
+    let clash = post(a, SVCS, &svc("second", "NodePort", Some(30080))).await;
+    assert_eq!(clash.status, 422, "{}", clash.json());
+    let second = post(a, SVCS, &svc("second", "ClusterIP", None)).await.json();
+    assert_ne!(second["spec"]["clusterIP"], first.json()["spec"]["clusterIP"]);
+    assert!(second["spec"]["ports"][0].get("nodePort").is_none());
+    // ClusterIP → NodePort on update gets a node port.
+    let changed =
+        patch(a, &format!("{SVCS}/second"), "application/merge-patch+json", r#"{"spec":{"type":"NodePort"}}"#).await;
+    assert_eq!(changed.status, 200);
+    let np = changed.json()["spec"]["ports"][0]["nodePort"].as_i64().expect("node port");
+    assert!((30000..=32767).contains(&np) && np != 30080);
+    assert_eq!(changed.json()["spec"]["clusterIP"], second["spec"]["clusterIP"], "the cluster IP stays");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_terminating_namespace_is_not_dropped_by_an_update() {
+    let (srv, _dir) = start(100).await;
+    let a = srv.addr;
+    post(a, "/api/v1/namespaces", &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "busy"}}))
+        .await;
+    let mut held = cm("held", "1");
+    held["metadata"]["finalizers"] = json!(["example.com/hold"]);
+    assert_eq!(post(a, "/api/v1/namespaces/busy/configmaps", &held).await.status, 201);
+    call(a, "DELETE", "/api/v1/namespaces/busy", "application/json", b"").await;
+    let labelled =
+        patch(a, "/api/v1/namespaces/busy", "application/merge-patch+json", r#"{"metadata":{"labels":{"x":"y"}}}"#)
+            .await;
+    assert_eq!(labelled.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(get(a, "/api/v1/namespaces/busy").await.status, 200, "still terminating: content holds a finalizer");
+    let cmv = get(a, "/api/v1/namespaces/busy/configmaps/held").await.json();
+    assert!(cmv["metadata"]["deletionTimestamp"].is_string());
+    // Releasing the finalizer lets the content and then the namespace go.
+    patch(
+        a,
+        "/api/v1/namespaces/busy/configmaps/held",
+        "application/merge-patch+json",
+        r#"{"metadata":{"finalizers":null}}"#,
+    )
+    .await;
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if get(a, "/api/v1/namespaces/busy").await.status == 404 {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone);
     srv.shutdown().await.expect("shutdown");
 }

@@ -258,7 +258,16 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
         }
         Ok(m)
     };
-    let before = snapshot(&k)?;
+    // Let the control loops settle (they write status), then compare.
+    let mut before = snapshot(&k)?;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let again = snapshot(&k)?;
+        if again == before {
+            break;
+        }
+        before = again;
+    }
     assert!(before.len() >= 9, "{before:?}");
     let max_rv = before.values().filter_map(|(_, rv)| rv.parse::<u64>().ok()).max().unwrap_or(0);
 

@@ -110,6 +110,11 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
         ),
         None => None,
     };
+    if let (Some(a), Some(ns)) = (after.as_deref(), t.namespace.as_deref()) {
+        if a.split_once('/').map(|(n, _)| n) != Some(ns) {
+            return Err(ApiError::bad_request("invalid continue token: it belongs to another list"));
+        }
+    }
     let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
     let mut selected: Vec<Value> = Vec::new();
     let mut cont = None;
@@ -243,56 +248,73 @@ pub(crate) fn create_object(
     Ok((out.object.unwrap_or(Value::Null), admitted.warnings))
 }
 
-/// Assigns a cluster IP (and node ports) to a new Service.
+/// Assigns a Service its cluster IP and node ports where it has none, and
+/// refuses ones another Service holds. Used on create and on update (a type
+/// change can call for new ones); the Service itself does not count as "other".
 fn allocate_service(st: &ApiState, svc: &mut Value) -> Result<(), ApiError> {
-    let (all, _) =
-        st.store.list(resources::find("", "v1", "services").map_or("core/services", |r| r.id), None, None)?;
+    let id = resources::find("", "v1", "services").map_or("core/services", |r| r.id);
+    let (all, _) = st.store.list(id, None, None)?;
+    let me = (meta::get_str(svc, "namespace").map(str::to_owned), meta::get_str(svc, "name").map(str::to_owned));
+    let others: Vec<&Value> = all
+        .iter()
+        .filter(|o| {
+            (meta::get_str(o, "namespace").map(str::to_owned), meta::get_str(o, "name").map(str::to_owned)) != me
+        })
+        .collect();
+    let name = meta::get_str(svc, "name").unwrap_or_default().to_owned();
+    let taken = |field: &str, value: &str, why: &str| {
+        ApiError::invalid("Service", "", &name, vec![crate::api::error::FieldError::invalid(field, value, why)])
+    };
     let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
     if ty == "ExternalName" {
         return Ok(());
     }
-    let wants_ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty);
-    if wants_ip {
-        let used: BTreeSet<&str> =
-            all.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
-        let (base, bits) = st.config.service_cidr;
-        let size = 1u32 << (32 - u32::from(bits.min(30)));
-        // .1 is kept for the `kubernetes` service, as in Kubernetes.
-        let ip = (2..size - 1)
-            .map(|i| Ipv4Addr::from(u32::from(base) + i).to_string())
-            .find(|ip| !used.contains(ip.as_str()))
-            .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
-        svc["spec"]["clusterIP"] = json!(ip);
-        svc["spec"]["clusterIPs"] = json!([ip]);
-    } else if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_owned) {
-        if ip != "None" && all.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip)) {
-            return Err(ApiError::invalid(
-                "Service",
-                "",
-                meta::get_str(svc, "name").unwrap_or_default(),
-                vec![crate::api::error::FieldError::invalid(
-                    "spec.clusterIPs",
-                    &ip,
-                    "failed to allocate IP: provided IP is already allocated",
-                )],
-            ));
+    match svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned) {
+        None => {
+            let used: BTreeSet<&str> =
+                others.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
+            let (base, bits) = st.config.service_cidr;
+            let size = 1u32 << (32 - u32::from(bits.min(30)));
+            // .1 is kept for the `kubernetes` service, as in Kubernetes.
+            let ip = (2..size - 1)
+                .map(|i| Ipv4Addr::from(u32::from(base) + i).to_string())
+                .find(|ip| !used.contains(ip.as_str()))
+                .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
+            svc["spec"]["clusterIP"] = json!(ip);
+            svc["spec"]["clusterIPs"] = json!([ip]);
         }
-        svc["spec"]["clusterIPs"] = json!([ip]);
+        Some(ip) => {
+            if ip != "None" && others.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip))
+            {
+                return Err(taken("spec.clusterIPs", &ip, "failed to allocate IP: provided IP is already allocated"));
+            }
+            svc["spec"]["clusterIPs"] = json!([ip]);
+        }
     }
     if ty == "NodePort" || ty == "LoadBalancer" {
-        let mut used: BTreeSet<i64> = all
+        let mut used: BTreeSet<i64> = others
             .iter()
             .flat_map(|s| s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
             .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
             .collect();
         if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-            for p in ports {
-                if p.get("nodePort").and_then(Value::as_i64).is_none() {
-                    let free = (30000..=32767)
-                        .find(|n| !used.contains(n))
-                        .ok_or_else(|| ApiError::internal("no free node port"))?;
-                    used.insert(free);
-                    p["nodePort"] = json!(free);
+            for (i, p) in ports.iter_mut().enumerate() {
+                match p.get("nodePort").and_then(Value::as_i64) {
+                    Some(n) if !used.insert(n) => {
+                        return Err(taken(
+                            &format!("spec.ports[{i}].nodePort"),
+                            &n.to_string(),
+                            "provided port is already allocated",
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        let free = (30000..=32767)
+                            .find(|n| !used.contains(n))
+                            .ok_or_else(|| ApiError::internal("no free node port"))?;
+                        used.insert(free);
+                        p["nodePort"] = json!(free);
+                    }
                 }
             }
         }
@@ -419,6 +441,9 @@ pub(crate) fn update(
         let admitted = validate::admit(rt, cand, dups, w.mode, Some(&old))?;
         warnings = admitted.warnings;
         let mut obj = admitted.object;
+        if rt.kind == "Service" {
+            allocate_service(st, &mut obj)?;
+        }
         if rt.generation && obj.get("spec") != old.get("spec") {
             let g = meta::get(&old, "generation").and_then(Value::as_i64).unwrap_or(0);
             meta::set(&mut obj, "generation", json!(g + 1));
@@ -431,7 +456,9 @@ pub(crate) fn update(
             return Ok(Mutation::Keep);
         }
         let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
-        if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty {
+        // (A namespace's own finalizer lives in `spec.finalizers`; only the
+        // namespace controller removes a namespace.)
+        if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty && rt.kind != "Namespace" {
             return Ok(Mutation::Delete);
         }
         Ok(Mutation::Put(obj))
@@ -652,9 +679,18 @@ pub fn deletion(old: Value) -> Mutation {
         return Mutation::Keep;
     }
     let mut o = old;
-    meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
-    meta::set(&mut o, "deletionGracePeriodSeconds", json!(0));
+    start_deletion(&mut o);
     Mutation::Put(o)
+}
+
+/// Sets `deletionTimestamp` (and bumps `generation`, as Kubernetes does, so
+/// controllers comparing `observedGeneration` notice).
+fn start_deletion(o: &mut Value) {
+    meta::set(o, "deletionTimestamp", json!(meta::now()));
+    meta::set(o, "deletionGracePeriodSeconds", json!(0));
+    if let Some(g) = meta::get(o, "generation").and_then(Value::as_i64).filter(|g| *g > 0) {
+        meta::set(o, "generation", json!(g + 1));
+    }
 }
 
 /// Foreground and orphan deletion: the object stays, marked, with the
@@ -669,8 +705,7 @@ fn mark_for_collection(old: Value, finalizer: &str) -> Mutation {
         }
     }
     if meta::get(&o, "deletionTimestamp").is_none() {
-        meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
-        meta::set(&mut o, "deletionGracePeriodSeconds", json!(0));
+        start_deletion(&mut o);
     }
     if o == before { Mutation::Keep } else { Mutation::Put(o) }
 }

@@ -74,13 +74,21 @@ impl Encoder {
         Bytes::from(v)
     }
 
-    fn bookmark(&self, rev: u64) -> Bytes {
+    fn bookmark_object(&self, rev: u64) -> Value {
         let kind = if self.as_table { "Table".to_owned() } else { self.rt.kind.to_owned() };
         let api = if self.as_table { "meta.k8s.io/v1".to_owned() } else { self.rt.api_version() };
-        self.line(
-            "BOOKMARK",
-            &json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rev.to_string()}}),
-        )
+        json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rev.to_string()}})
+    }
+
+    fn bookmark(&self, rev: u64) -> Bytes {
+        self.line("BOOKMARK", &self.bookmark_object(rev))
+    }
+
+    /// The bookmark that ends a watch-list's initial events.
+    fn initial_events_end(&self, rev: u64) -> Bytes {
+        let mut b = self.bookmark_object(rev);
+        b["metadata"]["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        self.line("BOOKMARK", &b)
     }
 }
 
@@ -95,17 +103,29 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
         None => None,
     };
 
+    // `sendInitialEvents=true` (client-go's watch-list): the current state as
+    // ADDED events, then a bookmark marking their end, whatever the
+    // resourceVersion says.
+    let initial_events = r.param("sendInitialEvents") == Some("true");
     let mut initial: Vec<Bytes> = Vec::new();
     let mut last = from.unwrap_or(0);
     // Listing and subscribing happen without an await in between, so no
     // write can fall between them on this single-threaded runtime.
     let start = match from {
-        Some(rev) => st.store.hub().subscribe(rev),
-        None => {
+        // A revision this store never reached (say, after its data was
+        // wiped): the client must re-list, as after a compaction.
+        Some(rev) if rev > st.store.revision() && !initial_events => {
+            Err(crate::store::Gone { requested: rev, oldest: st.store.revision() })
+        }
+        Some(rev) if !initial_events => st.store.hub().subscribe(rev),
+        _ => {
             let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), None)?;
             last = rev;
             for o in items.iter().filter(|o| filter.matches(o)) {
                 initial.push(enc.line("ADDED", o));
+            }
+            if initial_events {
+                initial.push(enc.initial_events_end(rev));
             }
             st.store.hub().subscribe(rev)
         }
@@ -134,7 +154,7 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
             }
         }
         let Some(mut live) = live else { return };
-        let deadline = timeout.map(|d| tokio::time::Instant::now() + d);
+        let deadline = timeout.and_then(|d| tokio::time::Instant::now().checked_add(d));
         let mut tick = tokio::time::interval(BOOKMARK_EVERY);
         tick.tick().await;
         loop {

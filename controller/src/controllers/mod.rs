@@ -1,6 +1,8 @@
 //! Control loops that run inside the controller process. Each reacts to
 //! watched state and re-checks the store; none is told what to do directly.
 
+pub mod deployment;
+pub mod events;
 pub mod gc;
 pub mod namespace;
 pub mod podutil;

@@ -45,11 +45,7 @@ pub async fn run(store: SharedStore, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick => {}
-            ev = live.recv() => match ev {
-                Ok(ev) if ev.resource != ns_id => continue,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            },
+            ev = next_namespace_event(&mut live, ns_id) => if !ev { return },
         }
     }
 }
@@ -104,7 +100,8 @@ fn purge(store: &SharedStore, ns: &str) -> Result<(), ApiError> {
         if let Some(f) = o.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
             f.retain(|v| v.as_str() != Some("kubernetes"));
         }
-        let finalizers_left = meta::get(&o, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let nonempty = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let finalizers_left = nonempty(meta::get(&o, "finalizers")) || nonempty(o.pointer("/spec/finalizers"));
         Ok(match (finalizers_left, o == before) {
             (false, _) => Mutation::Delete,
             (true, true) => Mutation::Keep,
@@ -113,4 +110,20 @@ fn purge(store: &SharedStore, ns: &str) -> Result<(), ApiError> {
     })?;
     tracing::info!("namespace deleted");
     Ok(())
+}
+
+/// Waits for the next change to a namespace (or missed changes); `false`
+/// when the store's event stream has ended.
+async fn next_namespace_event(
+    live: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<crate::store::WatchEvent>>,
+    ns_id: &str,
+) -> bool {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match live.recv().await {
+            Ok(ev) if ev.resource != ns_id => continue,
+            Ok(_) | Err(RecvError::Lagged(_)) => return true,
+            Err(RecvError::Closed) => return false,
+        }
+    }
 }

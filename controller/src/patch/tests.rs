@@ -157,3 +157,30 @@ fn published_patch_tags_agree_with_the_applied_strategies() {
     assert_eq!(strategy("Pod", "spec.tolerations"), ListStrategy::Replace);
     assert_eq!(strategy("Pod", "spec.containers[].resizePolicy"), ListStrategy::Replace);
 }
+
+#[test]
+fn json_patch_copy_bombs_are_refused() {
+    let mut doc = json!({"a": [0]});
+    let mut ops = vec![json!({"op": "add", "path": "/b", "value": [0]})];
+    for _ in 0..40 {
+        ops.push(json!({"op": "copy", "from": "/a", "path": "/a/-"}));
+        ops.push(json!({"op": "copy", "from": "/a", "path": "/b/-"}));
+    }
+    let r = apply("ConfigMap", &mut doc, Value::Array(ops), PatchType::Json);
+    assert!(matches!(r, Err(PatchError::TooLarge(_))), "{r:?}");
+
+    let mut doc = json!({"x": {"y": 1}});
+    let mut ops = Vec::new();
+    let mut path = String::from("/x");
+    for _ in 0..120 {
+        ops.push(json!({"op": "copy", "from": "/x", "path": format!("{path}/z")}));
+        path.push_str("/z");
+    }
+    let r = apply("ConfigMap", &mut doc, Value::Array(ops), PatchType::Json);
+    assert!(r.is_err(), "deep copies are refused before they overflow anything");
+    let too_many: Vec<Value> = (0..10_001).map(|_| json!({"op": "test", "path": "/x/y", "value": 1})).collect();
+    assert!(matches!(
+        apply("ConfigMap", &mut doc, Value::Array(too_many), PatchType::Json),
+        Err(PatchError::TooLarge(_))
+    ));
+}

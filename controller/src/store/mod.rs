@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 
-pub use watch::{EventType, WatchEvent, WatchHub, WatchStart};
+pub use watch::{EventType, Gone, WatchEvent, WatchHub, WatchStart};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -138,9 +138,8 @@ impl Store {
         after: Option<&str>,
     ) -> Result<(Vec<Value>, u64), StoreError> {
         let txn = self.db.begin_read()?;
-        // The revision is read inside the read transaction's snapshot window:
-        // writes bump it only after commit, so the list is at least this new.
-        let rev = self.revision();
+        // The revision of exactly this snapshot.
+        let rev = txn.open_table(META)?.get(REVISION_KEY)?.map(|g| g.value()).unwrap_or(0);
         let table = txn.open_table(OBJECTS)?;
         let prefix = Key::prefix(resource, namespace);
         let start = match after {
@@ -197,7 +196,13 @@ impl Store {
                 current.push(v);
             }
             let mutations = f(current.clone())?;
-            let mut rev = self.revision();
+            let mut rev = txn
+                .open_table(META)
+                .map_err(StoreError::from)?
+                .get(REVISION_KEY)
+                .map_err(StoreError::from)?
+                .map(|g| g.value())
+                .unwrap_or(0);
             for ((key, old), m) in keys.iter().zip(current).zip(mutations) {
                 let k = key.encode();
                 match m {

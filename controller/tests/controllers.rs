@@ -153,3 +153,148 @@ async fn garbage_collection_background_orphan_and_foreground() {
     .await;
     srv.shutdown().await.expect("shutdown");
 }
+
+const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+fn deployment(name: &str, replicas: i64, image: &str, strategy: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "strategy": strategy, "revisionHistoryLimit": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": image}]}}}})
+}
+
+/// Stands in for the kubelets: marks every pending pod of `app` Running and Ready.
+async fn make_ready(a: std::net::SocketAddr, app: &str) {
+    for p in pods_of(a, app).await {
+        if p["status"]["phase"] == "Running" || p["metadata"].get("deletionTimestamp").is_some() {
+            continue;
+        }
+        let name = p["metadata"]["name"].as_str().unwrap_or_default();
+        let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2020-01-01T00:00:00Z"}]}}"#;
+        patch(a, &format!("{PODS}/{name}/status"), "application/merge-patch+json", status).await;
+    }
+}
+
+fn ready_count(pods: &[Value]) -> usize {
+    pods.iter().filter(|p| p["status"]["phase"] == "Running").count()
+}
+
+#[tokio::test]
+async fn deployment_rolls_within_surge_and_unavailability() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}});
+    post(a, DEPLOYS, &deployment("web", 4, "img:1", strategy.clone())).await;
+    eventually("4 pods", || async { (pods_of(a, "web").await.len() == 4).then_some(()) }).await;
+    make_ready(a, "web").await;
+    let d = eventually("rolled out", || async {
+        let d = get(a, &format!("{DEPLOYS}/web")).await.json();
+        (d["status"]["availableReplicas"] == 4 && d["status"]["updatedReplicas"] == 4).then_some(d)
+    })
+    .await;
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    let rs1 = items(&get(a, RSS).await.json());
+    assert_eq!(rs1.len(), 1);
+    let hash = rs1[0]["metadata"]["labels"]["pod-template-hash"].as_str().expect("hash").to_owned();
+    assert!(rs1[0]["metadata"]["name"].as_str().is_some_and(|n| n == format!("web-{hash}")));
+
+    patch(
+        a,
+        &format!("{DEPLOYS}/web"),
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
+    )
+    .await;
+    // Drive the rollout as kubelets would, checking the invariants at each step.
+    let mut done = false;
+    for _ in 0..200 {
+        let pods: Vec<Value> =
+            pods_of(a, "web").await.into_iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).collect();
+        assert!(pods.len() <= 5, "never more than replicas + maxSurge pods: {}", pods.len());
+        assert!(ready_count(&pods) >= 3, "never fewer than replicas - maxUnavailable ready");
+        let d = get(a, &format!("{DEPLOYS}/web")).await.json();
+        let st = &d["status"];
+        if st["updatedReplicas"] == 4
+            && st["replicas"] == 4
+            && st["availableReplicas"] == 4
+            && st["observedGeneration"] == d["metadata"]["generation"]
+        {
+            done = true;
+            break;
+        }
+        make_ready(a, "web").await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(done, "rollout finished");
+    let d = get(a, &format!("{DEPLOYS}/web")).await.json();
+    assert_eq!(d["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    let conds = d["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    assert!(conds.iter().any(|c| c["type"] == "Progressing" && c["reason"] == "NewReplicaSetAvailable"), "{conds:?}");
+    assert!(pods_of(a, "web").await.iter().all(|p| p["spec"]["containers"][0]["image"] == "img:2"));
+    let rss = items(&get(a, RSS).await.json());
+    assert_eq!(rss.len(), 2, "the old ReplicaSet is kept as history (limit 1)");
+
+    // A third template: the oldest history entry is pruned past the limit.
+    patch(
+        a,
+        &format!("{DEPLOYS}/web"),
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:3"}]}}}}"#,
+    )
+    .await;
+    for _ in 0..200 {
+        make_ready(a, "web").await;
+        let d = get(a, &format!("{DEPLOYS}/web")).await.json();
+        if d["status"]["updatedReplicas"] == 4 && d["status"]["replicas"] == 4 && d["status"]["availableReplicas"] == 4
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let names: Vec<String> = eventually("pruned to limit", || async {
+        let l = items(&get(a, RSS).await.json());
+        (l.len() == 2)
+            .then(|| l.iter().map(|r| r["metadata"]["name"].as_str().unwrap_or_default().to_owned()).collect())
+    })
+    .await;
+    assert!(!names.contains(&format!("web-{hash}")), "revision 1 pruned: {names:?}");
+
+    // Deleting the Deployment removes its ReplicaSets and pods.
+    call(a, "DELETE", &format!("{DEPLOYS}/web"), "application/json", br#"{"propagationPolicy":"Background"}"#).await;
+    eventually("all gone", || async {
+        (items(&get(a, RSS).await.json()).is_empty() && pods_of(a, "web").await.is_empty()).then_some(())
+    })
+    .await;
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn recreate_replaces_all_pods_at_once() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    post(a, DEPLOYS, &deployment("rc", 3, "img:1", json!({"type": "Recreate"}))).await;
+    eventually("3 pods", || async { (pods_of(a, "rc").await.len() == 3).then_some(()) }).await;
+    make_ready(a, "rc").await;
+    patch(
+        a,
+        &format!("{DEPLOYS}/rc"),
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
+    )
+    .await;
+    let mut mixed = false;
+    let mut done = false;
+    for _ in 0..200 {
+        let pods = pods_of(a, "rc").await;
+        let images: std::collections::BTreeSet<String> =
+            pods.iter().map(|p| p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned()).collect();
+        mixed |= images.len() > 1;
+        if pods.len() == 3 && images.len() == 1 && images.contains("img:2") {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(done, "recreated");
+    assert!(!mixed, "old and new pods never ran together");
+    srv.shutdown().await.expect("shutdown");
+}

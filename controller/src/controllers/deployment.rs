@@ -288,15 +288,17 @@ impl DeploymentController {
             status: None,
         };
         let created = self.client.create(&rs)?;
-        let msg = format!("Scaled up replica set {dname}-{hash} from 0 to {start}");
-        events::record(
-            &self.client,
-            "deployment-controller",
-            ("apps/v1", "Deployment", &d.metadata),
-            false,
-            "ScalingReplicaSet",
-            &msg,
-        );
+        if start > 0 {
+            let msg = format!("Scaled up replica set {dname}-{hash} from 0 to {start}");
+            events::record(
+                &self.client,
+                "deployment-controller",
+                ("apps/v1", "Deployment", &d.metadata),
+                false,
+                "ScalingReplicaSet",
+                &msg,
+            );
+        }
         tracing::info!(replicaset = %format!("{dname}-{hash}"), revision, "created new replica set");
         Ok(created)
     }

@@ -9,6 +9,7 @@ pub mod controllers;
 pub mod patch;
 pub mod quantity;
 pub mod resources;
+pub mod scheduler;
 pub mod selector;
 pub mod server;
 pub mod store;

@@ -141,6 +141,11 @@ fn start_controllers(client: Client, stop: watch::Receiver<bool>) -> Result<(), 
     tokio::spawn(namespace::run(store.clone(), stop.clone()));
     tokio::spawn(runner::run(ReplicaSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(DeploymentController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
+    tokio::spawn(runner::run(
+        crate::scheduler::Scheduler::new(client.clone()).map_err(boot)?,
+        store.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }

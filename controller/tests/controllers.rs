@@ -4,6 +4,8 @@
 mod common;
 
 use common::{call, eventually, get, patch, post, start};
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -296,5 +298,95 @@ async fn recreate_replaces_all_pods_at_once() {
     }
     assert!(done, "recreated");
     assert!(!mixed, "old and new pods never ran together");
+    srv.shutdown().await.expect("shutdown");
+}
+
+const NODES: &str = "/api/v1/nodes";
+
+fn node(name: &str, cpu: &str, mem: &str, labels: Value, taints: Value) -> Value {
+    let now = jiff::Timestamp::now().to_string();
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+        "spec": {"taints": taints},
+        "status": {"capacity": {"cpu": cpu, "memory": mem, "pods": "110"}, "allocatable": {"cpu": cpu, "memory": mem, "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+}
+
+fn cpu_milli(q: &str) -> i64 {
+    q.strip_suffix('m').map_or_else(|| q.parse::<i64>().unwrap_or(0) * 1000, |m| m.parse().unwrap_or(0))
+}
+
+#[tokio::test]
+async fn scheduler_spreads_fits_and_waits_for_room() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let nodes = [
+        node("big", "4", "8Gi", json!({"disk": "ssd"}), json!([])),
+        node("mid", "2", "4Gi", json!({"disk": "ssd"}), json!([])),
+        node("small", "1", "2Gi", json!({"disk": "hdd"}), json!([])),
+        node(
+            "gpu",
+            "8",
+            "16Gi",
+            json!({"disk": "ssd"}),
+            json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]),
+        ),
+    ];
+    for n in &nodes {
+        assert_eq!(post(a, NODES, n).await.status, 201);
+    }
+    let mut d = deployment("app", 6, "img:1", json!({"type": "RollingUpdate"}));
+    d["spec"]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"requests": {"cpu": "500m", "memory": "512Mi"}});
+    post(a, DEPLOYS, &d).await;
+    let pods = eventually("6 bound pods", || async {
+        let l = pods_of(a, "app").await;
+        (l.len() == 6 && l.iter().all(|p| p["spec"]["nodeName"].is_string())).then_some(l)
+    })
+    .await;
+    let mut per: BTreeMap<String, i64> = BTreeMap::new();
+    for p in &pods {
+        *per.entry(p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned()).or_default() += 500;
+        let cond = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        assert!(cond.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "True"), "{cond:?}");
+    }
+    assert!(!per.contains_key("gpu"), "the tainted node gets nothing: {per:?}");
+    assert!(per.len() >= 3, "spread over the eligible nodes: {per:?}");
+    for (n, cpu) in &per {
+        let alloc = nodes
+            .iter()
+            .find(|x| x["metadata"]["name"] == n.as_str())
+            .map(|x| x["status"]["allocatable"]["cpu"].as_str().unwrap_or("0"))
+            .unwrap_or("0");
+        assert!(*cpu <= cpu_milli(alloc), "{n} over its cpu: {per:?}");
+    }
+
+    // A pod too big for every untainted node: kube-scheduler's reason.
+    let huge = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge", "labels": {"app": "huge"}},
+        "spec": {"containers": [{"name": "c", "image": "x", "resources": {"requests": {"cpu": "3", "memory": "10Gi"}}}]}});
+    post(a, PODS, &huge).await;
+    let cond = eventually("unschedulable condition", || async {
+        let p = get(a, &format!("{PODS}/huge")).await.json();
+        p["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False").cloned())
+    })
+    .await;
+    assert_eq!(cond["reason"], "Unschedulable");
+    let msg = cond["message"].as_str().unwrap_or_default();
+    assert!(msg.starts_with("0/4 nodes are available: "), "{msg}");
+    assert!(msg.contains("1 node(s) had untolerated taint {dedicated: x}"), "{msg}");
+    assert!(msg.contains("Insufficient memory"), "{msg}");
+    let events =
+        items(&get(a, "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dhuge").await.json());
+    assert!(events.iter().any(|e| e["reason"] == "FailedScheduling"), "{events:?}");
+
+    // A node with room appears: the pod is bound to it, without polling.
+    post(a, NODES, &node("roomy", "16", "64Gi", json!({}), json!([]))).await;
+    let bound = eventually("huge bound", || async {
+        let p = get(a, &format!("{PODS}/huge")).await.json();
+        p["spec"]["nodeName"].as_str().map(str::to_owned)
+    })
+    .await;
+    assert_eq!(bound, "roomy");
     srv.shutdown().await.expect("shutdown");
 }

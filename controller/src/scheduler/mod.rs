@@ -1,0 +1,261 @@
+//! The scheduler: binds each pod without `spec.nodeName` to the best node
+//! that passes kube-scheduler's filters (readiness, schedulability, taints
+//! and tolerations, node selector and required node affinity, host ports,
+//! cpu/memory/pod-count fit), scoring least-allocated nodes and spreading
+//! one owner's replicas. A pod that fits nowhere gets `PodScheduled=False`
+//! (`Unschedulable`, with kube-scheduler's message) and an event, and is
+//! retried only when a node or a bound pod changes — never by polling.
+//!
+//! Node usage is kept in memory from the watch (as kube-scheduler's cache),
+//! so one decision costs a pass over the nodes, not a read of every pod.
+
+pub mod model;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde_json::{Value, json};
+
+use crate::api::ApiError;
+use crate::client::{Client, Kind};
+use crate::controllers::events;
+use crate::controllers::runner::{Action, Reconcile};
+use crate::store::{EventType, Key, WatchEvent};
+use model::{NodeInfo, NodeUsage, PodNeeds};
+
+pub const SCHEDULER_NAME: &str = "default-scheduler";
+
+pub struct Scheduler {
+    client: Client,
+    pod_id: &'static str,
+    node_id: &'static str,
+    nodes: BTreeMap<String, NodeInfo>,
+    usage: HashMap<String, NodeUsage>,
+    /// Bound, active pods and what they hold on their node.
+    placed: HashMap<Key, (String, PodNeeds)>,
+    /// Pods that fit nowhere, waiting for a change.
+    waiting: HashSet<Key>,
+}
+
+fn wants_scheduling(pod: &Value) -> bool {
+    let unbound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty);
+    let ours = pod.pointer("/spec/schedulerName").and_then(Value::as_str).is_none_or(|s| s == SCHEDULER_NAME);
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+    unbound && ours && pod.pointer("/metadata/deletionTimestamp").is_none() && !matches!(phase, "Succeeded" | "Failed")
+}
+
+/// The node an active pod holds resources on, if any.
+fn holds(pod: &Value) -> Option<&str> {
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+    if matches!(phase, "Succeeded" | "Failed") {
+        return None;
+    }
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
+impl Scheduler {
+    pub fn new(client: Client) -> Result<Self, ApiError> {
+        Ok(Scheduler {
+            client,
+            pod_id: Pod::rt()?.id,
+            node_id: Node::rt()?.id,
+            nodes: BTreeMap::new(),
+            usage: HashMap::new(),
+            placed: HashMap::new(),
+            waiting: HashSet::new(),
+        })
+    }
+
+    fn unplace(&mut self, key: &Key) -> bool {
+        if let Some((node, needs)) = self.placed.remove(key) {
+            if let Some(u) = self.usage.get_mut(&node) {
+                u.remove(&needs);
+            }
+            return true;
+        }
+        false
+    }
+
+    fn place(&mut self, key: Key, node: &str, needs: PodNeeds) {
+        self.unplace(&key);
+        self.usage.entry(node.to_owned()).or_default().add(&needs);
+        self.placed.insert(key, (node.to_owned(), needs));
+    }
+
+    /// Brings the usage cache in line with one pod's stored state.
+    fn observe_pod(&mut self, key: &Key, pod: Option<&Value>) -> bool {
+        let freed = self.unplace(key);
+        if let Some(node) = pod.and_then(holds) {
+            if let Ok(p) = serde_json::from_value::<Pod>(pod.cloned().unwrap_or(Value::Null)) {
+                self.place(key.clone(), node, PodNeeds::from_pod(&p));
+                return false;
+            }
+        }
+        freed
+    }
+
+    fn observe_node(&mut self, name: &str, node: Option<&Value>) {
+        match node.and_then(|n| serde_json::from_value::<Node>(n.clone()).ok()) {
+            Some(n) => {
+                self.nodes.insert(name.to_owned(), NodeInfo::from_node(&n));
+            }
+            None => {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    fn set_condition(
+        &self,
+        pod: &Pod,
+        status: &str,
+        reason: Option<&str>,
+        message: Option<&str>,
+    ) -> Result<bool, ApiError> {
+        let mut p = pod.clone();
+        let st = p.status.get_or_insert_with(Default::default);
+        let conds = st.conditions.get_or_insert_with(Vec::new);
+        let now = Some(Time(jiff::Timestamp::now()));
+        match conds.iter_mut().find(|c| c.type_ == "PodScheduled") {
+            Some(c) if c.status == status && c.reason.as_deref() == reason && c.message.as_deref() == message => {
+                return Ok(false);
+            }
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = now;
+                }
+                c.status = status.to_owned();
+                c.reason = reason.map(str::to_owned);
+                c.message = message.map(str::to_owned);
+            }
+            None => conds.push(PodCondition {
+                type_: "PodScheduled".into(),
+                status: status.to_owned(),
+                reason: reason.map(str::to_owned),
+                message: message.map(str::to_owned),
+                last_transition_time: now,
+                ..Default::default()
+            }),
+        }
+        p.metadata.resource_version = None;
+        self.client.replace_status(&p)?;
+        Ok(true)
+    }
+}
+
+impl Reconcile for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
+        let key = Key::new(ev.resource, &ev.namespace, &ev.name);
+        if ev.resource == self.pod_id {
+            let now = (ev.kind != EventType::Deleted).then_some(&ev.object);
+            let freed = self.observe_pod(&key, now);
+            if now.is_some_and(wants_scheduling) {
+                out.push(key);
+            } else {
+                self.waiting.remove(&key);
+            }
+            if freed {
+                out.extend(self.waiting.iter().cloned());
+            }
+        } else if ev.resource == self.node_id {
+            let now = (ev.kind != EventType::Deleted).then_some(&ev.object);
+            self.observe_node(&ev.name, now);
+            out.extend(self.waiting.iter().cloned());
+        }
+    }
+
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+        self.nodes.clear();
+        self.usage.clear();
+        self.placed.clear();
+        let (nodes, _) = self.client.store().list(self.node_id, None, None)?;
+        for n in &nodes {
+            let name = n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            self.observe_node(&name, Some(n));
+        }
+        let (pods, _) = self.client.store().list(self.pod_id, None, None)?;
+        let mut keys = Vec::new();
+        for p in &pods {
+            let key = Key::new(
+                self.pod_id,
+                p.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
+                p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
+            );
+            self.observe_pod(&key, Some(p));
+            if wants_scheduling(p) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
+    }
+
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+        let Some(pod) = self.client.get::<Pod>(&key.namespace, &key.name)? else {
+            self.waiting.remove(key);
+            return Ok(Action::Done);
+        };
+        let raw = serde_json::to_value(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
+        if !wants_scheduling(&raw) {
+            self.waiting.remove(key);
+            return Ok(Action::Done);
+        }
+        let needs = PodNeeds::from_pod(&pod);
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        let empty = NodeUsage::default();
+        let mut feasible = Vec::new();
+        for node in self.nodes.values() {
+            let usage = self.usage.get(&node.name).unwrap_or(&empty);
+            match model::filter(node, usage, &needs) {
+                Ok(()) => feasible.push(node),
+                Err(rs) => rs.into_iter().for_each(|r| *reasons.entry(r).or_insert(0) += 1),
+            }
+        }
+        let max_same = needs
+            .owner
+            .as_ref()
+            .map(|o| feasible.iter().filter_map(|n| self.usage.get(&n.name)?.owners.get(o).copied()).max().unwrap_or(0))
+            .unwrap_or(0);
+        let best = feasible
+            .iter()
+            .map(|n| {
+                let usage = self.usage.get(&n.name).unwrap_or(&empty);
+                // Ties go to the node holding fewer pods, then by name.
+                (model::score(n, usage, &needs, max_same + 1), -usage.requested.pods, std::cmp::Reverse(n.name.clone()))
+            })
+            .max()
+            .map(|(_, _, std::cmp::Reverse(name))| name);
+        let ns_name = format!("{}/{}", key.namespace, key.name);
+        let Some(node) = best else {
+            let msg = model::unschedulable_message(self.nodes.len(), &reasons);
+            if self.set_condition(&pod, "False", Some("Unschedulable"), Some(&msg))? {
+                tracing::info!(pod = %ns_name, reason = %msg, "unschedulable");
+                events::record(
+                    &self.client,
+                    SCHEDULER_NAME,
+                    ("v1", "Pod", &pod.metadata),
+                    true,
+                    "FailedScheduling",
+                    &msg,
+                );
+            }
+            self.waiting.insert(key.clone());
+            return Ok(Action::Done);
+        };
+        let pods = Pod::rt()?;
+        self.client.update_raw(pods, &key.namespace, &key.name, |v| v["spec"]["nodeName"] = json!(node))?;
+        self.waiting.remove(key);
+        self.place(key.clone(), &node, needs);
+        if let Some(bound) = self.client.get::<Pod>(&key.namespace, &key.name)? {
+            self.set_condition(&bound, "True", None, None)?;
+        }
+        let msg = format!("Successfully assigned {ns_name} to {node}");
+        events::record(&self.client, SCHEDULER_NAME, ("v1", "Pod", &pod.metadata), false, "Scheduled", &msg);
+        tracing::debug!(pod = %ns_name, %node, "bound");
+        Ok(Action::Done)
+    }
+}

@@ -1,10 +1,12 @@
 //! `kedge-controller`: the kedge control plane.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kedge_controller::controllers::nodelifecycle::NodeLifecycleConfig;
 use kedge_controller::server::{self, Options};
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +28,16 @@ struct Cli {
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_san: Vec<String>,
+    /// How long a node may go without a heartbeat before it is NotReady
+    /// (`40s`, `2m`).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// Pod network of the cluster; each node gets a /24 of it.
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
+    cluster_cidr: (Ipv4Addr, u8),
+    /// Range Service cluster IPs come from.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr)]
+    service_cidr: (Ipv4Addr, u8),
     /// Watch events kept in memory so watches can resume; older resume
     /// points get 410 Gone and clients re-list.
     #[arg(long, default_value_t = server::DEFAULT_WATCH_HISTORY)]
@@ -50,6 +62,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         watch_history: cli.watch_history,
         tls: cli.tls,
         tls_sans: cli.tls_san,
+        nodes: NodeLifecycleConfig { grace: cli.node_monitor_grace_period, cluster_cidr: cli.cluster_cidr },
+        service_cidr: cli.service_cidr,
     })
     .await?;
     println!("kedge-controller listening on {}://{}", if running.tls { "https" } else { "http" }, running.addr);
@@ -62,4 +76,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     running.shutdown().await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `40s`, `2m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 40s"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// An IPv4 CIDR such as `10.42.0.0/16` (prefix 8 to 24).
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, bits) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 10.42.0.0/16"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    let bits: u8 = bits.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(8..=24).contains(&bits) {
+        return Err(format!("{s:?}: the prefix must be between /8 and /24"));
+    }
+    let mask = u32::MAX << (32 - u32::from(bits));
+    Ok((Ipv4Addr::from(u32::from(ip) & mask), bits))
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiConfig, ApiState};
 use crate::client::Client;
+use crate::controllers::nodelifecycle::{NodeLifecycle, NodeLifecycleConfig};
 use crate::resources;
 use crate::store::{Key, Mutation, Store, StoreError};
 use crate::tls;
@@ -49,12 +50,24 @@ pub struct Options {
     pub tls: bool,
     /// Extra names (DNS or IP) for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Node heartbeat grace period and the pod CIDR nodes get theirs from.
+    pub nodes: NodeLifecycleConfig,
+    /// Service cluster-IP range.
+    pub service_cidr: (std::net::Ipv4Addr, u8),
 }
 
 impl Options {
     /// Loopback-only plain HTTP on `listen`, with defaults for the rest.
     pub fn local(data_dir: PathBuf, listen: SocketAddr) -> Self {
-        Options { data_dir, listen, watch_history: DEFAULT_WATCH_HISTORY, tls: false, tls_sans: Vec::new() }
+        Options {
+            data_dir,
+            listen,
+            watch_history: DEFAULT_WATCH_HISTORY,
+            tls: false,
+            tls_sans: Vec::new(),
+            nodes: NodeLifecycleConfig::default(),
+            service_cidr: ApiConfig::default().service_cidr,
+        }
     }
 }
 
@@ -112,10 +125,14 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         source: std::io::Error::other(e.to_string()),
     })?;
     let (tx, rx) = watch::channel(false);
-    let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
+    let config = ApiConfig {
+        token: tls.as_ref().map(|m| m.token.clone()),
+        service_cidr: opts.service_cidr,
+        ..ApiConfig::default()
+    };
     let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
     let app = api::router(state.clone());
-    start_controllers(Client::new(state), rx.clone())?;
+    start_controllers(Client::new(state), opts.nodes, rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -132,7 +149,11 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
 }
 
 /// Starts the control loops; each runs until `stop` flips.
-fn start_controllers(client: Client, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+fn start_controllers(
+    client: Client,
+    nodes: NodeLifecycleConfig,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
     use crate::controllers::{
         deployment::DeploymentController, gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner,
     };
@@ -146,6 +167,7 @@ fn start_controllers(client: Client, stop: watch::Receiver<bool>) -> Result<(), 
         store.clone(),
         stop.clone(),
     ));
+    tokio::spawn(runner::run(NodeLifecycle::new(client.clone(), nodes).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }

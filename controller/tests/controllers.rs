@@ -390,3 +390,95 @@ async fn scheduler_spreads_fits_and_waits_for_room() {
     assert_eq!(bound, "roomy");
     srv.shutdown().await.expect("shutdown");
 }
+
+async fn heartbeat(a: std::net::SocketAddr, node: &str) {
+    let now = jiff::Timestamp::now().to_string();
+    let body = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+    patch(a, &format!("{NODES}/{node}/status"), "application/merge-patch+json", &body.to_string()).await;
+}
+
+fn taint_keys(n: &Value) -> Vec<String> {
+    n["spec"]["taints"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|t| format!("{}:{}", t["key"].as_str().unwrap_or(""), t["effect"].as_str().unwrap_or("")))
+        .collect()
+}
+
+#[tokio::test]
+async fn silent_nodes_turn_not_ready_and_only_tolerating_pods_move() {
+    let (srv, _dir) = common::start_with_grace(std::time::Duration::from_secs(2)).await;
+    let a = srv.addr;
+    post(a, NODES, &node("n1", "4", "8Gi", json!({}), json!([]))).await;
+    for (name, tolerations) in [
+        (
+            "tolerant",
+            json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]),
+        ),
+        ("stubborn", json!([])),
+    ] {
+        let mut d = deployment(name, 1, "img:1", json!({"type": "RollingUpdate"}));
+        d["spec"]["template"]["spec"]["tolerations"] = tolerations;
+        post(a, DEPLOYS, &d).await;
+    }
+    for name in ["tolerant", "stubborn"] {
+        eventually("bound to n1", || async {
+            pods_of(a, name).await.first().filter(|p| p["spec"]["nodeName"] == "n1").map(|_| ())
+        })
+        .await;
+    }
+    post(a, NODES, &node("n2", "4", "8Gi", json!({}), json!([]))).await;
+    let cidrs: Vec<String> = eventually("pod CIDRs", || async {
+        let l = items(&get(a, NODES).await.json());
+        let c: Vec<String> = l.iter().filter_map(|n| n["spec"]["podCIDR"].as_str().map(str::to_owned)).collect();
+        (c.len() == 2).then_some(c)
+    })
+    .await;
+    assert_eq!(cidrs, vec!["10.42.0.0/24".to_owned(), "10.42.1.0/24".to_owned()]);
+
+    // n2 keeps reporting, n1 goes silent.
+    let mut n1_down = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(12) {
+        heartbeat(a, "n2").await;
+        let n1 = get(a, &format!("{NODES}/n1")).await.json();
+        let ready = n1["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or_default();
+        if ready["status"] == "Unknown" && n1_down.is_none() {
+            n1_down = Some(started.elapsed());
+            assert!(taint_keys(&n1).contains(&"node.kubernetes.io/unreachable:NoExecute".to_owned()), "{n1}");
+        }
+        let tolerant = pods_of(a, "tolerant").await;
+        if tolerant.len() == 1 && tolerant[0]["spec"]["nodeName"] == "n2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let down_after = n1_down.expect("n1 turned NotReady");
+    assert!(down_after >= std::time::Duration::from_secs(1), "not before the grace period: {down_after:?}");
+    let tolerant = pods_of(a, "tolerant").await;
+    assert_eq!(tolerant.len(), 1);
+    assert_eq!(tolerant[0]["spec"]["nodeName"], "n2", "the tolerating pod was replaced on n2");
+    let stubborn = pods_of(a, "stubborn").await;
+    assert_eq!(stubborn.len(), 1);
+    assert_eq!(stubborn[0]["spec"]["nodeName"], "n1", "a pod without the toleration stays bound");
+    let ready = stubborn[0]["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+        .unwrap_or_default();
+    assert_eq!(ready["status"], "False", "its pods are not ready");
+
+    // n1 comes back: Ready, taints gone.
+    heartbeat(a, "n1").await;
+    eventually("n1 untainted", || async {
+        let n1 = get(a, &format!("{NODES}/n1")).await.json();
+        taint_keys(&n1).iter().all(|t| !t.starts_with("node.kubernetes.io/")).then_some(())
+    })
+    .await;
+    srv.shutdown().await.expect("shutdown");
+}

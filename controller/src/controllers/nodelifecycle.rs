@@ -1,0 +1,327 @@
+//! The node lifecycle controller: a node's readiness comes from the
+//! `lastHeartbeatTime` of its Ready condition (written by the fleet link, or
+//! by any client through `nodes/status`). Past the grace period the node's
+//! Ready condition turns Unknown, it gets the `unreachable` taints and its
+//! pods turn not-ready. A pod is evicted only when it tolerates the
+//! `NoExecute` taint for a limited `tolerationSeconds` and that time is up:
+//! kedge adds no default toleration, so by default nothing is evicted (edge
+//! nodes drop off and come back; design.md §4). Each node also gets its
+//! `spec.podCIDR` here, from the cluster CIDR.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::events;
+use super::runner::{Action, Reconcile};
+use crate::api::ApiError;
+use crate::client::{Client, Kind};
+use crate::scheduler::model::tolerates;
+use crate::store::{Key, WatchEvent};
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLifecycleConfig {
+    /// `--node-monitor-grace-period` (default 40 s).
+    pub grace: Duration,
+    /// `--cluster-cidr` (default 10.42.0.0/16); nodes get /24s from it.
+    pub cluster_cidr: (Ipv4Addr, u8),
+}
+
+impl Default for NodeLifecycleConfig {
+    fn default() -> Self {
+        NodeLifecycleConfig { grace: Duration::from_secs(40), cluster_cidr: (Ipv4Addr::new(10, 42, 0, 0), 16) }
+    }
+}
+
+pub struct NodeLifecycle {
+    client: Client,
+    cfg: NodeLifecycleConfig,
+    node_id: &'static str,
+    pod_id: &'static str,
+    /// Nodes carrying a NoExecute taint of ours: their pods' changes matter.
+    tainted: HashSet<String>,
+}
+
+fn now_secs() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn ready_condition(n: &Node) -> Option<&NodeCondition> {
+    n.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+}
+
+fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
+    n.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == key && t.effect == effect))
+}
+
+impl NodeLifecycle {
+    pub fn new(client: Client, cfg: NodeLifecycleConfig) -> Result<Self, ApiError> {
+        Ok(NodeLifecycle { client, cfg, node_id: Node::rt()?.id, pod_id: Pod::rt()?.id, tainted: HashSet::new() })
+    }
+
+    /// The lowest free /24 of the cluster CIDR.
+    fn allocate_cidr(&self, nodes: &[Node]) -> Result<String, ApiError> {
+        let used: BTreeSet<String> =
+            nodes.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).filter(|c| !c.is_empty()).collect();
+        let (base, bits) = self.cfg.cluster_cidr;
+        let blocks = 1u32 << (24u8.saturating_sub(bits).min(24));
+        (0..blocks)
+            .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
+            .find(|c| !used.contains(c))
+            .ok_or_else(|| ApiError::internal("the cluster CIDR has no free /24 left"))
+    }
+
+    /// Adds or removes our taints so the node carries exactly `want`.
+    fn set_taints(&self, node: &Node, want: &[(&str, &str)]) -> Result<Node, ApiError> {
+        let ours = [UNREACHABLE, NOT_READY];
+        let mut n = node.clone();
+        let taints = n.spec.get_or_insert_with(Default::default).taints.get_or_insert_with(Vec::new);
+        let before = taints.clone();
+        taints.retain(|t| !ours.contains(&t.key.as_str()) || want.iter().any(|(k, e)| *k == t.key && *e == t.effect));
+        for (k, e) in want {
+            if !taints.iter().any(|t| t.key == *k && t.effect == *e) {
+                taints.push(Taint {
+                    key: (*k).into(),
+                    effect: (*e).into(),
+                    value: None,
+                    time_added: Some(Time(jiff::Timestamp::now())),
+                });
+            }
+        }
+        if *taints == before {
+            return Ok(node.clone());
+        }
+        n.metadata.resource_version = None;
+        self.client.replace(&n)
+    }
+
+    fn mark_unknown(&self, node: &Node) -> Result<Node, ApiError> {
+        let mut n = node.clone();
+        let conds = n.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
+        let now = Some(Time(jiff::Timestamp::now()));
+        match conds.iter_mut().find(|c| c.type_ == "Ready") {
+            Some(c) if c.status == "Unknown" => return Ok(node.clone()),
+            Some(c) => {
+                c.status = "Unknown".into();
+                c.reason = Some("NodeStatusUnknown".into());
+                c.message = Some("Kubelet stopped posting node status.".into());
+                c.last_transition_time = now;
+            }
+            None => conds.push(NodeCondition {
+                type_: "Ready".into(),
+                status: "Unknown".into(),
+                reason: Some("NodeStatusNeverUpdated".into()),
+                message: Some("Kubelet never posted node status.".into()),
+                last_transition_time: now,
+                last_heartbeat_time: None,
+            }),
+        }
+        n.metadata.resource_version = None;
+        let n = self.client.replace_status(&n)?;
+        let name = n.metadata.name.clone().unwrap_or_default();
+        tracing::warn!(node = %name, "node stopped reporting: NotReady");
+        events::record(
+            &self.client,
+            "node-controller",
+            ("v1", "Node", &n.metadata),
+            false,
+            "NodeNotReady",
+            &format!("Node {name} status is now: NodeNotReady"),
+        );
+        Ok(n)
+    }
+
+    fn pods_on(&self, node: &str) -> Result<Vec<Pod>, ApiError> {
+        Ok(self
+            .client
+            .list::<Pod>(None)?
+            .into_iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .collect())
+    }
+
+    fn mark_pods_not_ready(&self, pods: &[Pod]) -> Result<(), ApiError> {
+        for p in pods {
+            let mut p = p.clone();
+            let conds = p.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
+            let now = Some(Time(jiff::Timestamp::now()));
+            match conds.iter_mut().find(|c| c.type_ == "Ready") {
+                Some(c) if c.status == "False" => continue,
+                Some(c) => {
+                    c.status = "False".into();
+                    c.reason = Some("NodeNotReady".into());
+                    c.last_transition_time = now;
+                }
+                None => conds.push(PodCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: Some("NodeNotReady".into()),
+                    last_transition_time: now,
+                    ..Default::default()
+                }),
+            }
+            p.metadata.resource_version = None;
+            match self.client.replace_status(&p) {
+                Ok(_) => {}
+                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Evicts pods whose toleration of a NoExecute taint has run out; returns
+    /// the seconds until the next one would.
+    fn evict(&self, node: &Node, pods: &[Pod]) -> Result<Option<i64>, ApiError> {
+        let taints: Vec<&Taint> = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|t| t.effect == "NoExecute")
+            .collect();
+        if taints.is_empty() {
+            return Ok(None);
+        }
+        let now = now_secs();
+        let mut next: Option<i64> = None;
+        for p in pods {
+            let tols = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+            // The earliest deadline over the taints this pod tolerates for a
+            // limited time; a taint it does not tolerate at all does not
+            // evict it (no default eviction in kedge).
+            let mut deadline: Option<i64> = None;
+            for t in &taints {
+                let secs =
+                    tols.iter().filter(|tol| tolerates(tol, t)).map(|tol| tol.toleration_seconds).collect::<Vec<_>>();
+                if secs.is_empty() || secs.iter().any(Option::is_none) {
+                    continue;
+                }
+                let limit = secs.into_iter().flatten().max().unwrap_or(0).max(0);
+                let added = t.time_added.as_ref().map_or(now, |a| a.0.as_second());
+                let at = added + limit;
+                deadline = Some(deadline.map_or(at, |d| d.min(at)));
+            }
+            let Some(at) = deadline else { continue };
+            if at <= now {
+                let (ns, name) = (
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                );
+                tracing::warn!(pod = %format!("{ns}/{name}"), node = node.metadata.name.as_deref().unwrap_or_default(), "toleration expired: evicting");
+                events::record(
+                    &self.client,
+                    "node-controller",
+                    ("v1", "Pod", &p.metadata),
+                    false,
+                    "TaintManagerEviction",
+                    &format!("Marking for deletion Pod {ns}/{name}"),
+                );
+                match self.client.delete::<Pod>(ns, name, p.metadata.uid.as_deref()) {
+                    Ok(()) => {}
+                    Err(e)
+                        if e.code == axum::http::StatusCode::NOT_FOUND
+                            || e.code == axum::http::StatusCode::CONFLICT => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                next = Some(next.map_or(at - now, |n: i64| n.min(at - now)));
+            }
+        }
+        Ok(next)
+    }
+}
+
+impl Reconcile for NodeLifecycle {
+    fn name(&self) -> &'static str {
+        "node-lifecycle"
+    }
+
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
+        if ev.resource == self.node_id {
+            out.push(Key::new(self.node_id, "", &ev.name));
+        } else if ev.resource == self.pod_id {
+            if let Some(n) = ev.object.pointer("/spec/nodeName").and_then(|n| n.as_str()) {
+                if self.tainted.contains(n) {
+                    out.push(Key::new(self.node_id, "", n));
+                }
+            }
+        }
+    }
+
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+        Ok(self
+            .client
+            .list::<Node>(None)?
+            .iter()
+            .map(|n| Key::new(self.node_id, "", n.metadata.name.as_deref().unwrap_or_default()))
+            .collect())
+    }
+
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+        let Some(mut node) = self.client.get::<Node>("", &key.name)? else {
+            self.tainted.remove(&key.name);
+            return Ok(Action::Done);
+        };
+        if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_none_or(str::is_empty) {
+            let cidr = self.allocate_cidr(&self.client.list::<Node>(None)?)?;
+            let mut n = node.clone();
+            let spec = n.spec.get_or_insert_with(Default::default);
+            spec.pod_cidr = Some(cidr.clone());
+            spec.pod_cidrs = Some(vec![cidr.clone()]);
+            n.metadata.resource_version = None;
+            node = self.client.replace(&n)?;
+            tracing::info!(node = %key.name, %cidr, "assigned pod CIDR");
+        }
+        let ready = ready_condition(&node);
+        let heartbeat = ready
+            .and_then(|c| c.last_heartbeat_time.as_ref())
+            .or(node.metadata.creation_timestamp.as_ref())
+            .map_or(0, |t| t.0.as_second());
+        let grace = i64::try_from(self.cfg.grace.as_secs()).unwrap_or(i64::MAX);
+        let age = now_secs() - heartbeat;
+        let mut requeue = None;
+        if age > grace {
+            node = self.mark_unknown(&node)?;
+            node = self.set_taints(&node, &[(UNREACHABLE, "NoExecute"), (UNREACHABLE, "NoSchedule")])?;
+        } else {
+            requeue = Some(grace - age + 1);
+            match ready.map(|c| c.status.as_str()) {
+                Some("True") => node = self.set_taints(&node, &[])?,
+                Some("False") => {
+                    node = self.set_taints(&node, &[(NOT_READY, "NoExecute"), (NOT_READY, "NoSchedule")])?
+                }
+                _ => {}
+            }
+        }
+        let not_ready = ready_condition(&node).is_none_or(|c| c.status != "True");
+        if has_taint(&node, UNREACHABLE, "NoExecute") || has_taint(&node, NOT_READY, "NoExecute") {
+            self.tainted.insert(key.name.clone());
+        } else {
+            self.tainted.remove(&key.name);
+        }
+        if not_ready || self.tainted.contains(&key.name) {
+            let pods = self.pods_on(&key.name)?;
+            if not_ready {
+                self.mark_pods_not_ready(&pods)?;
+            }
+            if let Some(secs) = self.evict(&node, &pods)? {
+                requeue = Some(requeue.map_or(secs, |r: i64| r.min(secs)));
+            }
+        }
+        Ok(requeue.map_or(Action::Done, |s| Action::RequeueAfter(Duration::from_secs(s.max(1).unsigned_abs()))))
+    }
+}

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiConfig, ApiState};
 use crate::client::Client;
+use crate::controllers::daemonset::DaemonSetController;
+use crate::controllers::endpoints::EndpointsController;
 use crate::controllers::nodelifecycle::{NodeLifecycle, NodeLifecycleConfig};
 use crate::resources;
 use crate::store::{Key, Mutation, Store, StoreError};
@@ -168,6 +170,8 @@ fn start_controllers(
         stop.clone(),
     ));
     tokio::spawn(runner::run(NodeLifecycle::new(client.clone(), nodes).map_err(boot)?, store.clone(), stop.clone()));
+    tokio::spawn(runner::run(DaemonSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
+    tokio::spawn(runner::run(EndpointsController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }

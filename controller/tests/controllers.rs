@@ -482,3 +482,136 @@ async fn silent_nodes_turn_not_ready_and_only_tolerating_pods_move() {
     .await;
     srv.shutdown().await.expect("shutdown");
 }
+
+const DSS: &str = "/apis/apps/v1/namespaces/default/daemonsets";
+
+#[tokio::test]
+async fn daemonset_one_pod_per_eligible_node() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    post(a, NODES, &node("e1", "2", "2Gi", json!({"role": "edge"}), json!([]))).await;
+    post(
+        a,
+        NODES,
+        &node(
+            "e2",
+            "2",
+            "2Gi",
+            json!({"role": "edge"}),
+            json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]),
+        ),
+    )
+    .await;
+    post(a, NODES, &node("core", "2", "2Gi", json!({"role": "core"}), json!([]))).await;
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": {"metadata": {"labels": {"app": "agent"}},
+            "spec": {"nodeSelector": {"role": "edge"}, "containers": [{"name": "c", "image": "img:1"}]}}}});
+    assert_eq!(post(a, DSS, &ds).await.status, 201);
+    let on = |pods: &[Value]| -> Vec<String> {
+        let mut v: Vec<String> =
+            pods.iter().map(|p| p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned()).collect();
+        v.sort();
+        v
+    };
+    eventually("a pod on e1 only (e2 tainted, core not selected)", || async {
+        (on(&pods_of(a, "agent").await) == ["e1"]).then_some(())
+    })
+    .await;
+    let pods = pods_of(a, "agent").await;
+    let tols = pods[0]["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tols.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t.get("tolerationSeconds").is_none()),
+        "{tols:?}"
+    );
+
+    // A node that appears later gets one.
+    post(a, NODES, &node("e3", "2", "2Gi", json!({"role": "edge"}), json!([]))).await;
+    eventually("e1 and e3", || async { (on(&pods_of(a, "agent").await) == ["e1", "e3"]).then_some(()) }).await;
+    // A deleted pod is recreated.
+    let victim = pods_of(a, "agent").await[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    call(a, "DELETE", &format!("{PODS}/{victim}"), "application/json", b"").await;
+    eventually("recreated", || async {
+        let p = pods_of(a, "agent").await;
+        (on(&p) == ["e1", "e3"] && p.iter().all(|x| x["metadata"]["name"] != victim.as_str())).then_some(())
+    })
+    .await;
+    let status = eventually("status", || async {
+        let s = get(a, &format!("{DSS}/agent")).await.json()["status"].clone();
+        (s["desiredNumberScheduled"] == 2 && s["currentNumberScheduled"] == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(status["numberMisscheduled"], 0);
+
+    // A new template rolls one node at a time as pods become ready.
+    make_ready(a, "agent").await;
+    patch(
+        a,
+        &format!("{DSS}/agent"),
+        "application/strategic-merge-patch+json",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
+    )
+    .await;
+    let mut rolled = false;
+    for _ in 0..200 {
+        let pods = pods_of(a, "agent").await;
+        let live: Vec<&Value> = pods.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).collect();
+        assert!(live.len() >= 1, "maxUnavailable 1 of 2 keeps one running");
+        if live.len() == 2 && live.iter().all(|p| p["spec"]["containers"][0]["image"] == "img:2") {
+            rolled = true;
+            break;
+        }
+        make_ready(a, "agent").await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(rolled, "rolled to img:2");
+    srv.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn endpoints_follow_ready_pods_and_resolve_named_ports() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+    post(a, "/api/v1/namespaces/default/services", &svc).await;
+    for (name, ip, ready) in [("w1", "10.42.0.5", true), ("w2", "10.42.1.7", false), ("w3", "", true)] {
+        let p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]}});
+        post(a, PODS, &p).await;
+        let status = json!({"status": {"phase": "Running", "podIP": ip,
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}});
+        patch(a, &format!("{PODS}/{name}/status"), "application/merge-patch+json", &status.to_string()).await;
+    }
+    let ep = eventually("endpoints", || async {
+        let e = get(a, "/api/v1/namespaces/default/endpoints/web").await;
+        let v = e.json();
+        (e.status == 200 && v["subsets"][0]["notReadyAddresses"].is_array()).then_some(v)
+    })
+    .await;
+    let s = &ep["subsets"][0];
+    assert_eq!(
+        s["addresses"],
+        json!([{"ip": "10.42.0.5", "nodeName": "n1", "targetRef": {"kind": "Pod", "name": "w1", "namespace": "default", "uid": get(a, &format!("{PODS}/w1")).await.json()["metadata"]["uid"]}}])
+    );
+    assert_eq!(s["notReadyAddresses"][0]["ip"], "10.42.1.7");
+    assert_eq!(s["ports"], json!([{"name": "http", "port": 8080, "protocol": "TCP"}]), "named targetPort resolved");
+    // The pod turning ready moves it; a deleted service takes its endpoints along.
+    patch(
+        a,
+        &format!("{PODS}/w2/status"),
+        "application/merge-patch+json",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}]}}"#,
+    )
+    .await;
+    eventually("both ready", || async {
+        let v = get(a, "/api/v1/namespaces/default/endpoints/web").await.json();
+        (v["subsets"][0]["addresses"].as_array().map(Vec::len) == Some(2)).then_some(())
+    })
+    .await;
+    call(a, "DELETE", "/api/v1/namespaces/default/services/web", "application/json", b"").await;
+    eventually("endpoints gone", || async {
+        (get(a, "/api/v1/namespaces/default/endpoints/web").await.status == 404).then_some(())
+    })
+    .await;
+    srv.shutdown().await.expect("shutdown");
+}

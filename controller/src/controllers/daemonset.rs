@@ -1,0 +1,283 @@
+//! The DaemonSet controller: one pod on each eligible node (node selector,
+//! required node affinity, taints against the pod's tolerations), including
+//! nodes that appear later; surplus and misplaced pods removed; rolling
+//! updates bounded by `maxUnavailable`. DaemonSet pods tolerate
+//! `not-ready`/`unreachable` forever, as in Kubernetes, so they are never
+//! evicted from a node that drops off.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::deployment::template_hash;
+use super::events;
+use super::podutil::{self, controller_ref};
+use super::runner::{Action, Reconcile};
+use crate::api::ApiError;
+use crate::client::{Client, Kind};
+use crate::scheduler::model::{self, NodeInfo, NodeUsage, PodNeeds};
+use crate::store::{Key, WatchEvent};
+
+pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
+
+pub struct DaemonSetController {
+    client: Client,
+    ids: (&'static str, &'static str, &'static str),
+}
+
+impl DaemonSetController {
+    pub fn new(client: Client) -> Result<Self, ApiError> {
+        Ok(DaemonSetController { client, ids: (DaemonSet::rt()?.id, Node::rt()?.id, Pod::rt()?.id) })
+    }
+}
+
+/// The tolerations Kubernetes adds to every DaemonSet pod.
+fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
+    let exists = |key: &str, effect: &str| Toleration {
+        key: Some(key.into()),
+        operator: Some("Exists".into()),
+        effect: Some(effect.into()),
+        value: None,
+        toleration_seconds: None,
+    };
+    let mut t = vec![
+        exists("node.kubernetes.io/not-ready", "NoExecute"),
+        exists("node.kubernetes.io/unreachable", "NoExecute"),
+        exists("node.kubernetes.io/disk-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/memory-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/pid-pressure", "NoSchedule"),
+        exists("node.kubernetes.io/unschedulable", "NoSchedule"),
+    ];
+    if host_network {
+        t.push(exists("node.kubernetes.io/network-unavailable", "NoSchedule"));
+    }
+    t
+}
+
+/// The pod template as the DaemonSet runs it: its tolerations include the
+/// daemon ones.
+fn pod_template(ds: &DaemonSet) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+    let mut t = ds.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+    let spec = t.spec.get_or_insert_with(Default::default);
+    let tols = spec.tolerations.get_or_insert_with(Vec::new);
+    for d in daemon_tolerations(spec.host_network == Some(true)) {
+        if !tols.contains(&d) {
+            tols.push(d);
+        }
+    }
+    t
+}
+
+/// Whether a daemon pod belongs on `node` (readiness and cordoning aside:
+/// daemons run there too).
+fn eligible(node: &NodeInfo, needs: &PodNeeds) -> bool {
+    let mut n = node.clone();
+    n.ready = true;
+    n.unschedulable = false;
+    // Capacity and ports are the node's business; placement is by labels,
+    // affinity and taints.
+    let mut needs = needs.clone();
+    needs.requests = Default::default();
+    needs.host_ports.clear();
+    model::filter(&n, &NodeUsage::default(), &needs).is_ok()
+}
+
+impl Reconcile for DaemonSetController {
+    fn name(&self) -> &'static str {
+        "daemonset"
+    }
+
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
+        let (ds_id, node_id, pod_id) = self.ids;
+        if ev.resource == ds_id {
+            out.push(Key::new(ds_id, &ev.namespace, &ev.name));
+        } else if ev.resource == node_id {
+            for ds in self.client.list::<DaemonSet>(None).unwrap_or_default() {
+                out.push(Key::new(
+                    ds_id,
+                    ds.metadata.namespace.as_deref().unwrap_or_default(),
+                    ds.metadata.name.as_deref().unwrap_or_default(),
+                ));
+            }
+        } else if ev.resource == pod_id {
+            for o in std::iter::once(&ev.object).chain(ev.prev.as_ref()) {
+                let refs = o.pointer("/metadata/ownerReferences").and_then(|r| r.as_array());
+                if let Some(r) =
+                    refs.into_iter().flatten().find(|r| r["controller"] == true && r["kind"] == "DaemonSet")
+                {
+                    out.push(Key::new(ds_id, &ev.namespace, r["name"].as_str().unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+        Ok(self
+            .client
+            .list::<DaemonSet>(None)?
+            .iter()
+            .map(|d| {
+                Key::new(
+                    self.ids.0,
+                    d.metadata.namespace.as_deref().unwrap_or_default(),
+                    d.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+        let Some(ds) = self.client.get::<DaemonSet>(&key.namespace, &key.name)? else { return Ok(Action::Done) };
+        if ds.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::Done);
+        }
+        let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let template = pod_template(&ds);
+        let hash = template_hash(&template);
+        let probe = Pod { metadata: ObjectMeta::default(), spec: template.spec.clone(), status: None };
+        let needs = PodNeeds::from_pod(&probe);
+        let nodes: Vec<NodeInfo> = self.client.list::<Node>(None)?.iter().map(NodeInfo::from_node).collect();
+        let wanted: Vec<&NodeInfo> = nodes.iter().filter(|n| eligible(n, &needs)).collect();
+        let mut by_node: HashMap<String, Vec<Pod>> = HashMap::new();
+        for p in self.client.list::<Pod>(Some(&key.namespace))? {
+            if controller_ref(&p.metadata).is_some_and(|r| r.uid == uid) && p.metadata.deletion_timestamp.is_none() {
+                let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                by_node.entry(node).or_default().push(p);
+            }
+        }
+        let spec = ds.spec.clone().unwrap_or_default();
+        let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0));
+        let now = jiff::Timestamp::now().as_second();
+        let ns = key.namespace.clone();
+        let delete = |p: &Pod| -> Result<(), ApiError> {
+            match self.client.delete::<Pod>(
+                &ns,
+                p.metadata.name.as_deref().unwrap_or_default(),
+                p.metadata.uid.as_deref(),
+            ) {
+                Err(e) if e.code != axum::http::StatusCode::NOT_FOUND => Err(e),
+                _ => Ok(()),
+            }
+        };
+        // Pods on nodes that no longer want one, failed pods, and duplicates go.
+        let mut misscheduled = 0;
+        for (node, pods) in by_node.iter_mut() {
+            let wanted_here = wanted.iter().any(|n| &n.name == node);
+            if !wanted_here {
+                misscheduled += pods.len();
+                pods.iter().try_for_each(&delete)?;
+                pods.clear();
+                continue;
+            }
+            let (keep, gone): (Vec<Pod>, Vec<Pod>) = pods.drain(..).partition(|p| podutil::phase(p) != "Failed");
+            gone.iter().try_for_each(&delete)?;
+            let mut keep = keep;
+            keep.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()));
+            for extra in keep.iter().skip(1) {
+                delete(extra)?;
+            }
+            keep.truncate(1);
+            *pods = keep;
+        }
+        // Nodes without a pod get one, bound directly to the node.
+        let mut created = 0;
+        for n in &wanted {
+            if by_node.get(&n.name).is_some_and(|p| !p.is_empty()) {
+                continue;
+            }
+            let mut t = template.clone();
+            let tmeta = t.metadata.take().unwrap_or_default();
+            let mut labels = tmeta.labels.unwrap_or_default();
+            labels.insert(REVISION_HASH_LABEL.into(), hash.clone());
+            let mut pspec = t.spec.take().unwrap_or_default();
+            pspec.node_name = Some(n.name.clone());
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", key.name)),
+                    namespace: Some(key.namespace.clone()),
+                    labels: Some(labels),
+                    annotations: tmeta.annotations,
+                    owner_references: Some(vec![podutil::owner_ref("apps/v1", "DaemonSet", &ds.metadata)]),
+                    ..Default::default()
+                },
+                spec: Some(pspec),
+                status: None,
+            };
+            let p = self.client.create(&pod)?;
+            by_node.entry(n.name.clone()).or_default().push(p);
+            created += 1;
+        }
+        if created > 0 {
+            let msg = format!("Created {created} pod(s) for daemon set {}", key.name);
+            events::record(
+                &self.client,
+                "daemonset-controller",
+                ("apps/v1", "DaemonSet", &ds.metadata),
+                false,
+                "SuccessfulCreate",
+                &msg,
+            );
+        }
+        // Rolling update: replace old-template pods, at most maxUnavailable
+        // unavailable at a time.
+        let desired = i32::try_from(wanted.len()).unwrap_or(i32::MAX);
+        let current: Vec<&Pod> = by_node.values().flatten().collect();
+        let is_new = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_HASH_LABEL)) == Some(&hash);
+        let available = |p: &Pod| podutil::is_available(p, min_ready, now);
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        if strategy.type_.as_deref() != Some("OnDelete") {
+            let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
+                Some(IntOrString::Int(i)) => i,
+                Some(IntOrString::String(s)) => {
+                    let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
+                    i32::try_from(pct * i64::from(desired) / 100).unwrap_or(1)
+                }
+                None => 1,
+            }
+            .max(1);
+            let unavailable = i32::try_from(wanted.len()).unwrap_or(0)
+                - i32::try_from(current.iter().filter(|p| available(p)).count()).unwrap_or(0);
+            let mut budget = max_unavailable - unavailable.max(0);
+            let mut old: Vec<&&Pod> = current.iter().filter(|p| !is_new(p)).collect();
+            // Old pods that are not available cost nothing to replace: first.
+            old.sort_by_key(|p| available(p));
+            for p in old {
+                if available(p) {
+                    if budget <= 0 {
+                        break;
+                    }
+                    budget -= 1;
+                }
+                delete(p)?;
+            }
+        }
+        let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(current.iter().filter(|p| f(p)).count()).unwrap_or(0);
+        let status = DaemonSetStatus {
+            desired_number_scheduled: desired,
+            current_number_scheduled: count(&|_| true),
+            number_misscheduled: i32::try_from(misscheduled).unwrap_or(0),
+            number_ready: count(&podutil::is_ready),
+            updated_number_scheduled: Some(count(&is_new)),
+            number_available: Some(count(&available)),
+            number_unavailable: Some((desired - count(&available)).max(0)),
+            observed_generation: ds.metadata.generation,
+            collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
+            conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
+        };
+        if ds.status.as_ref() != Some(&status) {
+            let mut d = ds.clone();
+            d.status = Some(status);
+            d.metadata.resource_version = None;
+            self.client.replace_status(&d)?;
+        }
+        let waiting: BTreeMap<i64, ()> =
+            current.iter().filter_map(|p| podutil::until_available(p, min_ready, now)).map(|s| (s, ())).collect();
+        Ok(waiting
+            .keys()
+            .next()
+            .map_or(Action::Done, |s| Action::RequeueAfter(std::time::Duration::from_secs(s.unsigned_abs()))))
+    }
+}

@@ -1,0 +1,191 @@
+//! The endpoints controller: for each Service with a selector, an Endpoints
+//! object listing the matching pods' IPs (ready ones under `addresses`, the
+//! rest under `notReadyAddresses`) and the Service's ports, with named
+//! `targetPort`s resolved against each pod's container ports.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::podutil;
+use super::runner::{Action, Reconcile};
+use crate::api::ApiError;
+use crate::client::{Client, Kind};
+use crate::selector::LabelSelector;
+use crate::store::{Key, WatchEvent};
+
+pub struct EndpointsController {
+    client: Client,
+    ids: (&'static str, &'static str, &'static str),
+}
+
+impl EndpointsController {
+    pub fn new(client: Client) -> Result<Self, ApiError> {
+        Ok(EndpointsController { client, ids: (Service::rt()?.id, Pod::rt()?.id, Endpoints::rt()?.id) })
+    }
+}
+
+fn selector(svc: &Service) -> Option<LabelSelector> {
+    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty()).map(LabelSelector::from_map)
+}
+
+/// The container port a Service port reaches on `pod`, if it has one.
+fn target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
+    match sp.target_port.as_ref() {
+        None => Some(sp.port),
+        Some(IntOrString::Int(p)) => Some(*p),
+        Some(IntOrString::String(name)) => {
+            let proto = sp.protocol.as_deref().unwrap_or("TCP");
+            pod.spec.as_ref()?.containers.iter().flat_map(|c| c.ports.iter().flatten()).find_map(|p| {
+                (p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == proto)
+                    .then_some(p.container_port)
+            })
+        }
+    }
+}
+
+/// The Endpoints subsets for `svc` over `pods`: pods with the same resolved
+/// ports share a subset, as Kubernetes packs them.
+pub fn subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
+    let publish_all = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses) == Some(true);
+    let mut groups: BTreeMap<Vec<(Option<String>, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
+        BTreeMap::new();
+    for pod in pods {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()) else { continue };
+        if !podutil::is_active(pod) {
+            continue;
+        }
+        let resolved: Vec<(Option<String>, i32, String)> = ports
+            .iter()
+            .filter_map(|sp| {
+                target_port(sp, pod).map(|p| (sp.name.clone(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into())))
+            })
+            .collect();
+        if resolved.is_empty() && !ports.is_empty() {
+            continue;
+        }
+        let addr = EndpointAddress {
+            ip,
+            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            hostname: None,
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                namespace: pod.metadata.namespace.clone(),
+                uid: pod.metadata.uid.clone(),
+                ..Default::default()
+            }),
+        };
+        let entry = groups.entry(resolved).or_default();
+        if publish_all || podutil::is_ready(pod) { entry.0.push(addr) } else { entry.1.push(addr) }
+    }
+    groups
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            not_ready.sort_by(|a, b| a.ip.cmp(&b.ip));
+            EndpointSubset {
+                addresses: (!ready.is_empty()).then_some(ready),
+                not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+                ports: (!ports.is_empty()).then(|| {
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort {
+                            name,
+                            port,
+                            protocol: Some(protocol),
+                            app_protocol: None,
+                        })
+                        .collect()
+                }),
+            }
+        })
+        .collect()
+}
+
+impl Reconcile for EndpointsController {
+    fn name(&self) -> &'static str {
+        "endpoints"
+    }
+
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
+        let (svc_id, pod_id, ep_id) = self.ids;
+        if ev.resource == svc_id || ev.resource == ep_id {
+            out.push(Key::new(svc_id, &ev.namespace, &ev.name));
+        } else if ev.resource == pod_id {
+            for svc in self.client.list::<Service>(Some(&ev.namespace)).unwrap_or_default() {
+                let Some(sel) = selector(&svc) else { continue };
+                if sel.matches(&ev.object) || ev.prev.as_ref().is_some_and(|p| sel.matches(p)) {
+                    out.push(Key::new(svc_id, &ev.namespace, svc.metadata.name.as_deref().unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+        Ok(self
+            .client
+            .list::<Service>(None)?
+            .iter()
+            .map(|s| {
+                Key::new(
+                    self.ids.0,
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                )
+            })
+            .collect())
+    }
+
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+        let existing = self.client.get::<Endpoints>(&key.namespace, &key.name)?;
+        let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
+            if let Some(ep) = existing {
+                match self.client.delete::<Endpoints>(&key.namespace, &key.name, ep.metadata.uid.as_deref()) {
+                    Ok(()) => {}
+                    Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(Action::Done);
+        };
+        let Some(sel) = selector(&svc) else { return Ok(Action::Done) };
+        let pods: Vec<Pod> = self
+            .client
+            .list::<Pod>(Some(&key.namespace))?
+            .into_iter()
+            .filter(|p| sel.matches(&serde_json::json!({"metadata": {"labels": p.metadata.labels}})))
+            .collect();
+        let subsets = subsets(&svc, &pods);
+        let want_subsets = (!subsets.is_empty()).then_some(subsets);
+        match existing {
+            Some(mut ep) => {
+                if ep.subsets == want_subsets && ep.metadata.labels == svc.metadata.labels {
+                    return Ok(Action::Done);
+                }
+                ep.subsets = want_subsets;
+                ep.metadata.labels = svc.metadata.labels.clone();
+                ep.metadata.resource_version = None;
+                self.client.replace(&ep)?;
+            }
+            None => {
+                let ep = Endpoints {
+                    metadata: ObjectMeta {
+                        name: Some(key.name.clone()),
+                        namespace: Some(key.namespace.clone()),
+                        labels: svc.metadata.labels.clone(),
+                        ..Default::default()
+                    },
+                    subsets: want_subsets,
+                };
+                self.client.create(&ep)?;
+            }
+        }
+        Ok(Action::Done)
+    }
+}

@@ -33,6 +33,9 @@ fn selector(svc: &Service) -> Option<LabelSelector> {
     svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty()).map(LabelSelector::from_map)
 }
 
+/// A Service port resolved on one pod: (name, container port, protocol).
+type ResolvedPort = (Option<String>, i32, String);
+
 /// The container port a Service port reaches on `pod`, if it has one.
 fn target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
     match sp.target_port.as_ref() {
@@ -53,14 +56,13 @@ fn target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
 pub fn subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
     let ports = svc.spec.as_ref().and_then(|s| s.ports.clone()).unwrap_or_default();
     let publish_all = svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses) == Some(true);
-    let mut groups: BTreeMap<Vec<(Option<String>, i32, String)>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<Vec<ResolvedPort>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> = BTreeMap::new();
     for pod in pods {
         let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()) else { continue };
         if !podutil::is_active(pod) {
             continue;
         }
-        let resolved: Vec<(Option<String>, i32, String)> = ports
+        let resolved: Vec<ResolvedPort> = ports
             .iter()
             .filter_map(|sp| {
                 target_port(sp, pod).map(|p| (sp.name.clone(), p, sp.protocol.clone().unwrap_or_else(|| "TCP".into())))

@@ -193,3 +193,58 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// A minimal blocking HTTP/1.1 request to a plain-HTTP controller, for the
+/// things kubectl has no verb for (a node's heartbeat, a pod's readiness:
+/// what the agents write). Returns the status code and the body.
+pub fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status line")?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Marks a node Ready with a fresh heartbeat, as its agent would.
+pub fn heartbeat(addr: &str, node: &str) -> Result<()> {
+    let now = jiff_now();
+    let body = format!(
+        r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{now}","lastTransitionTime":"{now}"}}]}}}}"#
+    );
+    let (code, text) =
+        http(addr, "PATCH", &format!("/api/v1/nodes/{node}/status"), "application/merge-patch+json", &body)?;
+    if code != 200 {
+        bail!("heartbeat for {node}: {code} {text}");
+    }
+    Ok(())
+}
+
+/// Marks a pod Running and Ready, as its node's agent would.
+pub fn pod_ready(addr: &str, ns: &str, pod: &str) -> Result<()> {
+    let body = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2020-01-01T00:00:00Z"}]}}"#;
+    let (code, text) = http(
+        addr,
+        "PATCH",
+        &format!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
+        "application/merge-patch+json",
+        body,
+    )?;
+    if code != 200 && code != 404 {
+        bail!("readiness for {pod}: {code} {text}");
+    }
+    Ok(())
+}
+
+/// RFC 3339 "now" in whole seconds, as Kubernetes timestamps are.
+pub fn jiff_now() -> String {
+    let secs = jiff::Timestamp::now().as_second();
+    jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
+}

@@ -226,9 +226,10 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
                 .and_then(|c| c.get("status").and_then(Value::as_str));
             let mut status = match ready {
+                // As kubectl prints it: Unknown (a silent node) is NotReady too.
                 Some("True") => "Ready".to_owned(),
-                Some("False") => "NotReady".to_owned(),
-                _ => "Unknown".to_owned(),
+                Some(_) => "NotReady".to_owned(),
+                None => "Unknown".to_owned(),
             };
             if o.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                 status.push_str(",SchedulingDisabled");

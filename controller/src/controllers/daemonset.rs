@@ -72,11 +72,16 @@ fn pod_template(ds: &DaemonSet) -> k8s_openapi::api::core::v1::PodTemplateSpec {
 }
 
 /// Whether a daemon pod belongs on `node` (readiness and cordoning aside:
-/// daemons run there too).
-fn eligible(node: &NodeInfo, needs: &PodNeeds) -> bool {
+/// daemons run there too). As in Kubernetes, a new pod needs every
+/// NoSchedule/NoExecute taint tolerated, while a running one is only moved
+/// off by a NoExecute taint it does not tolerate.
+fn eligible(node: &NodeInfo, needs: &PodNeeds, already_running: bool) -> bool {
     let mut n = node.clone();
     n.ready = true;
     n.unschedulable = false;
+    if already_running {
+        n.taints.retain(|t| t.effect == "NoExecute");
+    }
     // Capacity and ports are the node's business; placement is by labels,
     // affinity and taints.
     let mut needs = needs.clone();
@@ -140,7 +145,6 @@ impl Reconcile for DaemonSetController {
         let probe = Pod { metadata: ObjectMeta::default(), spec: template.spec.clone(), status: None };
         let needs = PodNeeds::from_pod(&probe);
         let nodes: Vec<NodeInfo> = self.client.list::<Node>(None)?.iter().map(NodeInfo::from_node).collect();
-        let wanted: Vec<&NodeInfo> = nodes.iter().filter(|n| eligible(n, &needs)).collect();
         let mut by_node: HashMap<String, Vec<Pod>> = HashMap::new();
         for p in self.client.list::<Pod>(Some(&key.namespace))? {
             if controller_ref(&p.metadata).is_some_and(|r| r.uid == uid) && p.metadata.deletion_timestamp.is_none() {
@@ -148,6 +152,8 @@ impl Reconcile for DaemonSetController {
                 by_node.entry(node).or_default().push(p);
             }
         }
+        let wanted: Vec<&NodeInfo> =
+            nodes.iter().filter(|n| eligible(n, &needs, by_node.get(&n.name).is_some_and(|p| !p.is_empty()))).collect();
         let spec = ds.spec.clone().unwrap_or_default();
         let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0));
         let now = jiff::Timestamp::now().as_second();

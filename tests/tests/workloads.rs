@@ -1,0 +1,252 @@
+//! End to end with the real kubectl: scheduling, rollouts, DaemonSets and
+//! node loss (the control-loop issue's "done when"). Nodes are registered
+//! through the API and kept alive by heartbeats from the test, as agents
+//! will do over MQTT; pods turn Ready the same way.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kedge_tests::{Controller, Kubectl, heartbeat, http, jiff_now, kubectl_path, pod_ready, require};
+use serde_json::{Value, json};
+
+fn node(name: &str, cpu: &str, mem: &str, labels: Value, taints: Value) -> Value {
+    let now = jiff_now();
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}, "spec": {"taints": taints},
+        "status": {"capacity": {"cpu": cpu, "memory": mem, "pods": "110"}, "allocatable": {"cpu": cpu, "memory": mem, "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+}
+
+/// Keeps nodes alive and makes every bound pod Ready, like the agents would.
+struct FakeAgents {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeAgents {
+    fn start(addr: String, nodes: Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let alive: Vec<String> = nodes.lock().map(|n| n.clone()).unwrap_or_default();
+                for n in &alive {
+                    let _ = heartbeat(&addr, n);
+                }
+                if let Ok((200, body)) = http(&addr, "GET", "/api/v1/pods", "application/json", "") {
+                    let list: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                    for p in list["items"].as_array().into_iter().flatten() {
+                        let on = p["spec"]["nodeName"].as_str().unwrap_or_default();
+                        if alive.iter().any(|n| n == on) && p["status"]["phase"] != "Running" {
+                            let _ = pod_ready(
+                                &addr,
+                                p["metadata"]["namespace"].as_str().unwrap_or(""),
+                                p["metadata"]["name"].as_str().unwrap_or(""),
+                            );
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        FakeAgents { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for FakeAgents {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn apply_json(k: &Kubectl, dir: &Path, name: &str, v: &Value) -> Result<String> {
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, v.to_string())?;
+    k.ok(&["apply", "-f", &path.to_string_lossy()])
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn json_of(k: &Kubectl, args: &[&str]) -> Result<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    serde_json::from_str(&k.ok(&a)?).context("kubectl -o json")
+}
+
+fn setup(dir: &Path, extra: &[&str]) -> Result<Option<(Controller, Kubectl)>> {
+    let Some(bin) = kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return Ok(None);
+    };
+    let ctl = Controller::start_with(&dir.join("data"), "127.0.0.1:0", extra)?;
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("cache") };
+    Ok(Some((ctl, k)))
+}
+
+#[test]
+fn schedule_roll_out_and_undo() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, k)) = setup(dir.path(), &[])? else { return Ok(()) };
+    let alive =
+        Arc::new(std::sync::Mutex::new(vec!["big".to_owned(), "mid".to_owned(), "small".to_owned(), "gpu".to_owned()]));
+    for n in [
+        node("big", "4", "8Gi", json!({"disk": "ssd"}), json!([])),
+        node("mid", "2", "4Gi", json!({}), json!([])),
+        node("small", "1", "2Gi", json!({}), json!([])),
+        node("gpu", "8", "16Gi", json!({}), json!([{"key": "dedicated", "value": "x", "effect": "NoSchedule"}])),
+    ] {
+        let name = n["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        apply_json(&k, dir.path(), &name, &n)?;
+    }
+    let _agents = FakeAgents::start(ctl.addr.clone(), alive.clone());
+    let nodes = k.ok(&["get", "nodes"])?;
+    assert_eq!(nodes.lines().filter(|l| l.contains(" Ready ")).count(), 4, "{nodes}");
+
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "kedge.local/busybox:1", "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]}}}});
+    apply_json(&k, dir.path(), "web", &deploy)?;
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let pods = json_of(&k, &["get", "pods", "-l", "app=web"])?;
+    let mut cpu: std::collections::BTreeMap<String, u32> = Default::default();
+    for p in pods["items"].as_array().into_iter().flatten() {
+        *cpu.entry(p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned()).or_default() += 500;
+    }
+    assert!(!cpu.contains_key("gpu") && cpu.len() >= 3, "spread over the eligible nodes: {cpu:?}");
+    assert!(cpu.get("small").copied().unwrap_or(0) <= 1000 && cpu.get("mid").copied().unwrap_or(0) <= 2000, "{cpu:?}");
+    let wide = k.ok(&["get", "pods", "-o", "wide"])?;
+    assert!(wide.contains("NODE") && wide.contains("big"), "{wide}");
+
+    // Too big for anything untainted: kube-scheduler's reason in describe.
+    let huge = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "kedge.local/busybox:1", "resources": {"requests": {"cpu": "3", "memory": "12Gi"}}}]}});
+    apply_json(&k, dir.path(), "huge", &huge)?;
+    wait_for("FailedScheduling", 10, || Ok(k.ok(&["describe", "pod", "huge"])?.contains("FailedScheduling")))?;
+    let desc = k.ok(&["describe", "pod", "huge"])?;
+    assert!(
+        desc.contains("0/4 nodes are available:") && desc.contains("1 node(s) had untolerated taint {dedicated: x}"),
+        "{desc}"
+    );
+    assert!(desc.contains("Insufficient memory"), "{desc}");
+    alive.lock().map_err(|_| anyhow::anyhow!("lock"))?.push("roomy".into());
+    apply_json(&k, dir.path(), "roomy", &node("roomy", "16", "64Gi", json!({}), json!([])))?;
+    wait_for("huge bound to roomy", 10, || {
+        Ok(k.ok(&["get", "pod", "huge", "-o", "jsonpath={.spec.nodeName}"])? == "roomy")
+    })?;
+
+    // A new image rolls; rollout status follows it; undo brings the old one back.
+    k.ok(&["set", "image", "deployment/web", "web=kedge.local/busybox:2"])?;
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let hist = k.ok(&["rollout", "history", "deployment/web"])?;
+    assert!(hist.contains("1 ") && hist.contains("2 "), "{hist}");
+    k.ok(&["rollout", "undo", "deployment/web"])?;
+    let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let image = k.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"])?;
+    assert_eq!(image, "kedge.local/busybox:1");
+    let rs = k.ok(&["get", "rs", "-l", "app=web"])?;
+    assert_eq!(rs.lines().count(), 3, "two ReplicaSets: {rs}");
+
+    // Deleting the Deployment takes its ReplicaSets and pods; orphaning keeps them.
+    k.ok(&["delete", "deployment", "web", "--cascade=orphan"])?;
+    assert_eq!(json_of(&k, &["get", "rs", "-l", "app=web"])?["items"].as_array().map(Vec::len), Some(2));
+    k.ok(&["delete", "rs", "-l", "app=web"])?;
+    wait_for("pods collected", 10, || {
+        Ok(json_of(&k, &["get", "pods", "-l", "app=web"])?["items"].as_array().is_some_and(Vec::is_empty))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn daemonsets_and_node_loss() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, k)) = setup(dir.path(), &["--node-monitor-grace-period", "3s"])? else { return Ok(()) };
+    let alive = Arc::new(std::sync::Mutex::new(vec!["n1".to_owned(), "n2".to_owned()]));
+    for name in ["n1", "n2"] {
+        apply_json(&k, dir.path(), name, &node(name, "2", "2Gi", json!({"kedge.io/edge": "true"}), json!([])))?;
+    }
+    apply_json(&k, dir.path(), "other", &node("other", "2", "2Gi", json!({}), json!([])))?;
+    alive.lock().map_err(|_| anyhow::anyhow!("lock"))?.push("other".into());
+    let _agents = FakeAgents::start(ctl.addr.clone(), alive.clone());
+
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logger", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "logger"}}, "template": {"metadata": {"labels": {"app": "logger"}},
+            "spec": {"nodeSelector": {"kedge.io/edge": "true"}, "containers": [{"name": "c", "image": "kedge.local/busybox:1"}]}}}});
+    apply_json(&k, dir.path(), "ds", &ds)?;
+    let on_nodes = |k: &Kubectl| -> Result<Vec<String>> {
+        let l = json_of(k, &["get", "pods", "-l", "app=logger"])?;
+        let mut v: Vec<String> = l["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+            .map(|p| p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    wait_for("one logger on n1 and n2", 10, || Ok(on_nodes(&k)? == ["n1", "n2"]))?;
+    alive.lock().map_err(|_| anyhow::anyhow!("lock"))?.push("n3".into());
+    apply_json(&k, dir.path(), "n3", &node("n3", "2", "2Gi", json!({"kedge.io/edge": "true"}), json!([])))?;
+    wait_for("a logger on the new node", 10, || Ok(on_nodes(&k)? == ["n1", "n2", "n3"]))?;
+    let victim = k.ok(&["get", "pods", "-l", "app=logger", "-o", "jsonpath={.items[0].metadata.name}"])?;
+    k.ok(&["delete", "pod", &victim])?;
+    wait_for("logger recreated", 10, || {
+        Ok(on_nodes(&k)?.len() == 3 && !k.ok(&["get", "pods", "-l", "app=logger"])?.contains(&victim))
+    })?;
+    let out = k.ok(&["rollout", "status", "daemonset/logger", "--timeout=30s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
+    // n1 stops reporting: NotReady with the taint after the grace period;
+    // the pod tolerating `unreachable` for 3 s moves, the others stay.
+    let app = |name: &str, tolerations: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"nodeSelector": {"kubernetes.io/hostname-hint": "n1"}, "tolerations": tolerations,
+                    "containers": [{"name": "c", "image": "kedge.local/busybox:1"}]}}}})
+    };
+    // Pin both to n1 through a label only n1 has, then drop the pin.
+    k.ok(&["label", "node", "n1", "kubernetes.io/hostname-hint=n1"])?;
+    apply_json(
+        &k,
+        dir.path(),
+        "mover",
+        &app(
+            "mover",
+            json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 3}]),
+        ),
+    )?;
+    apply_json(&k, dir.path(), "stayer", &app("stayer", json!([])))?;
+    for a in ["mover", "stayer"] {
+        k.ok(&["rollout", "status", &format!("deployment/{a}"), "--timeout=30s"])?;
+    }
+    k.ok(&["label", "node", "n1", "n2", "n3", "kubernetes.io/hostname-hint=n1", "--overwrite"])?;
+    alive.lock().map_err(|_| anyhow::anyhow!("lock"))?.retain(|n| n != "n1");
+    wait_for("n1 NotReady", 15, || Ok(k.ok(&["get", "node", "n1"])?.contains("NotReady")))?;
+    let taints = k.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"])?;
+    assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
+    wait_for("mover replaced off n1", 20, || {
+        let l = json_of(&k, &["get", "pods", "-l", "app=mover"])?;
+        Ok(l["items"].as_array().is_some_and(|i| i.len() == 1 && i[0]["spec"]["nodeName"] != "n1"))
+    })?;
+    let stayer = k.ok(&["get", "pods", "-l", "app=stayer", "-o", "jsonpath={.items[*].spec.nodeName}"])?;
+    assert_eq!(stayer, "n1", "no toleration, no eviction");
+    assert!(on_nodes(&k)?.contains(&"n1".to_owned()), "DaemonSet pods tolerate unreachable forever");
+    Ok(())
+}

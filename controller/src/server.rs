@@ -161,7 +161,7 @@ fn start_controllers(
     };
     let store = client.store().clone();
     let boot = |e: crate::api::ApiError| ServerError::Bootstrap(e.to_string());
-    tokio::spawn(namespace::run(store.clone(), stop.clone()));
+    tokio::spawn(runner::run(namespace::NamespaceController::new(store.clone()), store.clone(), stop.clone()));
     tokio::spawn(runner::run(ReplicaSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(DeploymentController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(

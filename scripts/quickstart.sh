@@ -40,6 +40,6 @@ kedge-controller is running (pid $(cat "$PIDFILE"), log $DATA/controller.log).
 Look at the cluster with:
   export KUBECONFIG=$KUBECONFIG
   kubectl get all -n hello
-The Deployment gets no Pods yet: the control loops, scheduler and agent are the next issues (ARCHITECTURE.md).
+The pods stay Pending until a node joins: the node agent is the next issue (ARCHITECTURE.md).
 Stop it with: scripts/quickstart.sh stop
 MSG

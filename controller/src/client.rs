@@ -132,4 +132,13 @@ impl Client {
         let opts = DeleteOpts { uid: uid.map(str::to_owned), propagation, ..DeleteOpts::default() };
         objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
     }
+
+    /// Binds pods to nodes in one transaction (see `api::binding`).
+    pub fn bind_many(
+        &self,
+        binds: &[crate::api::binding::Binding],
+        events_from: Option<&str>,
+    ) -> Result<Vec<Result<(), ApiError>>, ApiError> {
+        crate::api::binding::bind_many(&self.st, binds, events_from)
+    }
 }

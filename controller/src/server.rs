@@ -177,7 +177,7 @@ fn start_controllers(
 }
 
 /// Creates the namespaces Kubernetes always has, if missing.
-fn bootstrap(store: &Store) -> Result<(), ServerError> {
+pub fn bootstrap(store: &Store) -> Result<(), ServerError> {
     let rt = resources::namespaces();
     for name in api::SYSTEM_NAMESPACES {
         let key = Key::new(rt.id, "", name);

@@ -1,6 +1,7 @@
 //! The Kubernetes-shaped HTTP API: routing, content negotiation and the
 //! discovery/OpenAPI documents kubectl needs before it sends anything.
 
+pub mod binding;
 mod discovery;
 pub mod error;
 pub mod meta;

@@ -582,19 +582,19 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         })?
         .to_owned();
     let name = name_of(t).to_owned();
-    let w = WriteOpts { mode: FieldValidation::Ignore, dry_run: dry };
-    update(st, at(t), Part::Main, w, &[], |old| {
-        if let Some(cur) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+    if dry {
+        let pod = st.store.get(&key(t))?.ok_or_else(|| ApiError::not_found("pods", &name))?;
+        if let Some(cur) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
             return Err(ApiError::conflict(
                 "pods",
                 &name,
                 &format!("pod {name} is already assigned to node \"{cur}\""),
             ));
         }
-        let mut new = old.clone();
-        new["spec"]["nodeName"] = json!(node);
-        Ok(new)
-    })?;
+    } else {
+        let b = super::binding::Binding { namespace: ns_of(t).to_owned(), name, node };
+        super::binding::bind_many(st, &[b], None)?.pop().unwrap_or(Ok(()))?;
+    }
     Ok(super::json(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

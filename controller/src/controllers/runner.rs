@@ -35,6 +35,15 @@ pub trait Reconcile {
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError>;
     /// Brings the world one step closer to what `key` asks for.
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError>;
+    /// How many ready keys one call to [`Reconcile::reconcile_batch`] may
+    /// take. Loops that can write a batch in one transaction raise it.
+    fn batch(&self) -> usize {
+        1
+    }
+    /// Reconciles several keys; one result per key, in order.
+    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+        keys.iter().map(|k| self.reconcile(k)).collect()
+    }
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(10);
@@ -107,14 +116,14 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
         }
     };
     resync(&mut r, &mut q);
-    let mut keys = Vec::new();
+    let mut found = Vec::new();
     loop {
         // Take in everything already committed before working, so keys dedupe.
         loop {
             match live.try_recv() {
                 Ok(ev) => {
-                    r.keys_for(&ev, &mut keys);
-                    keys.drain(..).for_each(|k| q.push(k));
+                    r.keys_for(&ev, &mut found);
+                    found.drain(..).for_each(|k| q.push(k));
                 }
                 Err(TryRecvError::Lagged(_)) => resync(&mut r, &mut q),
                 Err(TryRecvError::Empty) => break,
@@ -122,22 +131,33 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
             }
         }
         q.promote(Instant::now());
-        if let Some(key) = q.pop() {
-            let span = tracing::debug_span!("reconcile", controller = name, resource = key.resource, namespace = %key.namespace, name = %key.name);
-            let _g = span.enter();
-            match r.reconcile(&key) {
-                Ok(Action::Done) => q.succeeded(&key),
-                Ok(Action::RequeueAfter(d)) => {
-                    q.succeeded(&key);
-                    q.push_after(key, d);
-                }
-                Err(e) => {
-                    let delay = q.failed(&key);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-                    q.push_after(key, delay);
+        let mut keys = Vec::new();
+        while keys.len() < r.batch().max(1) {
+            match q.pop() {
+                Some(k) => keys.push(k),
+                None => break,
+            }
+        }
+        if !keys.is_empty() {
+            let span = tracing::debug_span!("reconcile", controller = name, keys = keys.len(), first = %keys[0].name);
+            let results = {
+                let _g = span.enter();
+                r.reconcile_batch(&keys)
+            };
+            for (key, result) in keys.into_iter().zip(results) {
+                match result {
+                    Ok(Action::Done) => q.succeeded(&key),
+                    Ok(Action::RequeueAfter(d)) => {
+                        q.succeeded(&key);
+                        q.push_after(key, d);
+                    }
+                    Err(e) => {
+                        let delay = q.failed(&key);
+                        tracing::warn!(controller = name, namespace = %key.namespace, name = %key.name, error = %e, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+                        q.push_after(key, delay);
+                    }
                 }
             }
-            drop(_g);
             tokio::task::yield_now().await;
             continue;
         }
@@ -152,8 +172,8 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
             _ = sleep => {}
             ev = live.recv() => match ev {
                 Ok(ev) => {
-                    r.keys_for(&ev, &mut keys);
-                    keys.drain(..).for_each(|k| q.push(k));
+                    r.keys_for(&ev, &mut found);
+                    found.drain(..).for_each(|k| q.push(k));
                 }
                 Err(RecvError::Lagged(_)) => resync(&mut r, &mut q),
                 Err(RecvError::Closed) => return,

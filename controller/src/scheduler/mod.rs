@@ -15,9 +15,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::api::ApiError;
+use crate::api::binding::Binding;
 use crate::client::{Client, Kind};
 use crate::controllers::events;
 use crate::controllers::runner::{Action, Reconcile};
@@ -25,6 +26,8 @@ use crate::store::{EventType, Key, WatchEvent};
 use model::{NodeInfo, NodeUsage, PodNeeds};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
+/// Pods decided and bound per transaction.
+const BATCH: usize = 256;
 
 pub struct Scheduler {
     client: Client,
@@ -195,14 +198,71 @@ impl Reconcile for Scheduler {
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+        self.reconcile_batch(std::slice::from_ref(key)).pop().unwrap_or(Ok(Action::Done))
+    }
+
+    fn batch(&self) -> usize {
+        BATCH
+    }
+
+    /// Decides each pod in turn (each decision sees the ones before it in
+    /// the usage cache), then binds every placed pod in one transaction.
+    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+        let mut results: Vec<Result<Action, ApiError>> = keys.iter().map(|_| Ok(Action::Done)).collect();
+        let mut binds = Vec::new();
+        let mut placed_idx = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.decide(key) {
+                Ok(Some(node)) => {
+                    binds.push(Binding { namespace: key.namespace.clone(), name: key.name.clone(), node });
+                    placed_idx.push(i);
+                }
+                Ok(None) => {}
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        if binds.is_empty() {
+            return results;
+        }
+        match self.client.bind_many(&binds, Some(SCHEDULER_NAME)) {
+            Ok(per) => {
+                for (j, r) in per.into_iter().enumerate() {
+                    let i = placed_idx[j];
+                    match r {
+                        Ok(()) => {
+                            self.waiting.remove(&keys[i]);
+                            tracing::debug!(pod = %format!("{}/{}", keys[i].namespace, keys[i].name), node = %binds[j].node, "bound");
+                        }
+                        // Gone or bound meanwhile: nothing left to do for it.
+                        Err(_) => {
+                            self.unplace(&keys[i]);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for i in &placed_idx {
+                    self.unplace(&keys[*i]);
+                    results[*i] = Err(ApiError::internal(format!("binding failed: {}", e.message)));
+                }
+            }
+        }
+        results
+    }
+}
+
+impl Scheduler {
+    /// Picks a node for the pod at `key` and holds its resources there in the
+    /// cache (`Some(node)`), or records why it fits nowhere (`None`).
+    fn decide(&mut self, key: &Key) -> Result<Option<String>, ApiError> {
         let Some(pod) = self.client.get::<Pod>(&key.namespace, &key.name)? else {
             self.waiting.remove(key);
-            return Ok(Action::Done);
+            return Ok(None);
         };
         let raw = serde_json::to_value(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
         if !wants_scheduling(&raw) {
             self.waiting.remove(key);
-            return Ok(Action::Done);
+            return Ok(None);
         }
         let needs = PodNeeds::from_pod(&pod);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -229,11 +289,10 @@ impl Reconcile for Scheduler {
             })
             .max()
             .map(|(_, _, std::cmp::Reverse(name))| name);
-        let ns_name = format!("{}/{}", key.namespace, key.name);
         let Some(node) = best else {
             let msg = model::unschedulable_message(self.nodes.len(), &reasons);
             if self.set_condition(&pod, "False", Some("Unschedulable"), Some(&msg))? {
-                tracing::info!(pod = %ns_name, reason = %msg, "unschedulable");
+                tracing::info!(pod = %format!("{}/{}", key.namespace, key.name), reason = %msg, "unschedulable");
                 events::record(
                     &self.client,
                     SCHEDULER_NAME,
@@ -244,18 +303,9 @@ impl Reconcile for Scheduler {
                 );
             }
             self.waiting.insert(key.clone());
-            return Ok(Action::Done);
+            return Ok(None);
         };
-        let pods = Pod::rt()?;
-        self.client.update_raw(pods, &key.namespace, &key.name, |v| v["spec"]["nodeName"] = json!(node))?;
-        self.waiting.remove(key);
         self.place(key.clone(), &node, needs);
-        if let Some(bound) = self.client.get::<Pod>(&key.namespace, &key.name)? {
-            self.set_condition(&bound, "True", None, None)?;
-        }
-        let msg = format!("Successfully assigned {ns_name} to {node}");
-        events::record(&self.client, SCHEDULER_NAME, ("v1", "Pod", &pod.metadata), false, "Scheduled", &msg);
-        tracing::debug!(pod = %ns_name, %node, "bound");
-        Ok(Action::Done)
+        Ok(Some(node))
     }
 }

@@ -9,7 +9,6 @@ use super::error::ApiError;
 use super::{ApiState, meta};
 use crate::resources;
 use crate::store::{Key, Mutation};
-use crate::validate::{self, FieldValidation};
 
 pub struct Binding {
     pub namespace: String,
@@ -32,24 +31,21 @@ fn scheduled_condition(pod: &mut Value, now: &str) {
     }
 }
 
-/// A `Scheduled` event about `pod`, admitted like any created event.
-fn scheduled_event(pod: &Value, node: &str, source: &str, ev_name: &str) -> Result<Value, ApiError> {
-    let rt = resources::find("", "v1", "events").ok_or_else(|| ApiError::internal("events are not served"))?;
+/// A `Scheduled` event about `pod`. Built complete here (every field is
+/// ours and valid), so it skips the admission round trip: binding is the
+/// scheduler's hot path.
+fn scheduled_event(pod: &Value, node: &str, source: &str, ev_name: &str) -> Value {
     let ns = meta::get_str(pod, "namespace").unwrap_or_default();
     let name = meta::get_str(pod, "name").unwrap_or_default();
     let now = meta::now();
-    let body = json!({
+    json!({
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": ev_name, "namespace": ns},
+        "metadata": {"name": ev_name, "namespace": ns, "uid": meta::new_uid(), "creationTimestamp": now},
         "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": meta::get(pod, "uid")},
         "reason": "Scheduled", "message": format!("Successfully assigned {ns}/{name} to {node}"), "type": "Normal",
         "source": {"component": source}, "reportingComponent": source,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    let mut obj = validate::admit(rt, body, &[], FieldValidation::Strict, None)?.object;
-    meta::set(&mut obj, "uid", json!(meta::new_uid()));
-    meta::set(&mut obj, "creationTimestamp", json!(now));
-    Ok(obj)
+    })
 }
 
 /// Binds each pod in `binds` to its node in one transaction. A pod that is
@@ -103,7 +99,7 @@ pub fn bind_many(
                 meta::set(&mut p, "generation", json!(g + 1));
             }
             if let Some(source) = events_from {
-                event_objs[i] = Some(scheduled_event(pod, &b.node, source, &event_names[i])?);
+                event_objs[i] = Some(scheduled_event(pod, &b.node, source, &event_names[i]));
             }
             results.push(Ok(()));
             muts.push(Mutation::Put(p));

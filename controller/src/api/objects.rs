@@ -817,7 +817,7 @@ pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result
         })
         .collect();
     let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        Ok(cur.into_iter().map(|o| if dry { Mutation::Keep } else { o.map_or(Mutation::Keep, deletion) }).collect())
+        Ok(cur.iter().map(|o| if dry { Mutation::Keep } else { o.clone().map_or(Mutation::Keep, deletion) }).collect())
     })?;
     let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
     let rv = st.store.revision().to_string();

@@ -75,7 +75,7 @@ impl Reconcile for NamespaceController {
         if !keys.is_empty() {
             let n = keys.len();
             self.store.mutate_many::<ApiError, _>(&keys, |cur| {
-                Ok(cur.into_iter().map(|o| o.map_or(Mutation::Keep, api::deletion)).collect())
+                Ok(cur.iter().map(|o| o.clone().map_or(Mutation::Keep, api::deletion)).collect())
             })?;
             tracing::info!(objects = n, "deleted namespace contents");
             // Objects held by finalizers of their own stay until released.

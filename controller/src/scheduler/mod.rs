@@ -29,12 +29,19 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Pods decided and bound per transaction.
 const BATCH: usize = 256;
 
+struct NodeEntry {
+    /// `None` while no Node object of that name exists.
+    info: Option<NodeInfo>,
+    usage: NodeUsage,
+}
+
 pub struct Scheduler {
     client: Client,
     pod_id: &'static str,
     node_id: &'static str,
-    nodes: BTreeMap<String, NodeInfo>,
-    usage: HashMap<String, NodeUsage>,
+    /// Every node with what is committed on it (usage is kept for a node
+    /// name even before its Node object exists, so it is right when it does).
+    nodes: BTreeMap<String, NodeEntry>,
     /// Bound, active pods and what they hold on their node.
     placed: HashMap<Key, (String, PodNeeds)>,
     /// Pods that fit nowhere, waiting for a change.
@@ -64,7 +71,6 @@ impl Scheduler {
             pod_id: Pod::rt()?.id,
             node_id: Node::rt()?.id,
             nodes: BTreeMap::new(),
-            usage: HashMap::new(),
             placed: HashMap::new(),
             waiting: HashSet::new(),
         })
@@ -72,8 +78,8 @@ impl Scheduler {
 
     fn unplace(&mut self, key: &Key) -> bool {
         if let Some((node, needs)) = self.placed.remove(key) {
-            if let Some(u) = self.usage.get_mut(&node) {
-                u.remove(&needs);
+            if let Some(e) = self.nodes.get_mut(&node) {
+                e.usage.remove(&needs);
             }
             return true;
         }
@@ -82,7 +88,11 @@ impl Scheduler {
 
     fn place(&mut self, key: Key, node: &str, needs: PodNeeds) {
         self.unplace(&key);
-        self.usage.entry(node.to_owned()).or_default().add(&needs);
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeEntry { info: None, usage: NodeUsage::default() })
+            .usage
+            .add(&needs);
         self.placed.insert(key, (node.to_owned(), needs));
     }
 
@@ -101,10 +111,15 @@ impl Scheduler {
     fn observe_node(&mut self, name: &str, node: Option<&Value>) {
         match node.and_then(|n| serde_json::from_value::<Node>(n.clone()).ok()) {
             Some(n) => {
-                self.nodes.insert(name.to_owned(), NodeInfo::from_node(&n));
+                self.nodes
+                    .entry(name.to_owned())
+                    .or_insert_with(|| NodeEntry { info: None, usage: NodeUsage::default() })
+                    .info = Some(NodeInfo::from_node(&n));
             }
             None => {
-                self.nodes.remove(name);
+                if let Some(e) = self.nodes.get_mut(name) {
+                    e.info = None;
+                }
             }
         }
     }
@@ -174,7 +189,6 @@ impl Reconcile for Scheduler {
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
         self.nodes.clear();
-        self.usage.clear();
         self.placed.clear();
         let (nodes, _) = self.client.store().list(self.node_id, None, None)?;
         for n in &nodes {
@@ -255,42 +269,38 @@ impl Scheduler {
     /// Picks a node for the pod at `key` and holds its resources there in the
     /// cache (`Some(node)`), or records why it fits nowhere (`None`).
     fn decide(&mut self, key: &Key) -> Result<Option<String>, ApiError> {
-        let Some(pod) = self.client.get::<Pod>(&key.namespace, &key.name)? else {
+        let pods = Pod::rt()?;
+        let raw = self.client.get_raw(pods, &key.namespace, &key.name)?;
+        let Some(raw) = raw.filter(wants_scheduling) else {
             self.waiting.remove(key);
             return Ok(None);
         };
-        let raw = serde_json::to_value(&pod).map_err(|e| ApiError::internal(e.to_string()))?;
-        if !wants_scheduling(&raw) {
-            self.waiting.remove(key);
-            return Ok(None);
-        }
+        let pod: Pod =
+            serde_json::from_value(raw).map_err(|e| ApiError::internal(format!("stored pod does not decode: {e}")))?;
         let needs = PodNeeds::from_pod(&pod);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        let empty = NodeUsage::default();
-        let mut feasible = Vec::new();
-        for node in self.nodes.values() {
-            let usage = self.usage.get(&node.name).unwrap_or(&empty);
-            match model::filter(node, usage, &needs) {
-                Ok(()) => feasible.push(node),
+        let mut feasible: Vec<(&NodeInfo, &NodeUsage)> = Vec::new();
+        let mut known = 0;
+        for e in self.nodes.values() {
+            let Some(info) = &e.info else { continue };
+            known += 1;
+            match model::filter(info, &e.usage, &needs) {
+                Ok(()) => feasible.push((info, &e.usage)),
                 Err(rs) => rs.into_iter().for_each(|r| *reasons.entry(r).or_insert(0) += 1),
             }
         }
-        let max_same = needs
-            .owner
-            .as_ref()
-            .map(|o| feasible.iter().filter_map(|n| self.usage.get(&n.name)?.owners.get(o).copied()).max().unwrap_or(0))
-            .unwrap_or(0);
+        let max_same =
+            needs.owner.as_ref().map(|o| feasible.iter().map(|(_, u)| u.of_owner(*o)).max().unwrap_or(0)).unwrap_or(0);
+        // Ties go to the node holding fewer pods, then by name.
         let best = feasible
             .iter()
-            .map(|n| {
-                let usage = self.usage.get(&n.name).unwrap_or(&empty);
-                // Ties go to the node holding fewer pods, then by name.
-                (model::score(n, usage, &needs, max_same + 1), -usage.requested.pods, std::cmp::Reverse(n.name.clone()))
+            .map(|(n, u)| {
+                (model::score(n, u, &needs, max_same + 1), -u.requested.pods, std::cmp::Reverse(n.name.as_str()))
             })
             .max()
-            .map(|(_, _, std::cmp::Reverse(name))| name);
+            .map(|(_, _, std::cmp::Reverse(name))| name.to_owned());
         let Some(node) = best else {
-            let msg = model::unschedulable_message(self.nodes.len(), &reasons);
+            let msg = model::unschedulable_message(known, &reasons);
             if self.set_condition(&pod, "False", Some("Unschedulable"), Some(&msg))? {
                 tracing::info!(pod = %format!("{}/{}", key.namespace, key.name), reason = %msg, "unschedulable");
                 events::record(

@@ -2,7 +2,7 @@
 //! offers, which filters a node fails (with kube-scheduler's reasons) and
 //! how the nodes that pass are scored.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
 
@@ -65,8 +65,8 @@ pub struct PodNeeds {
     pub node_selector: BTreeMap<String, String>,
     pub affinity: Option<NodeSelector>,
     pub tolerations: Vec<Toleration>,
-    /// The controller owner's uid, to spread replicas.
-    pub owner: Option<String>,
+    /// The controller owner (a hash of its uid), to spread replicas.
+    pub owner: Option<u64>,
 }
 
 const DEFAULT_CPU_MILLI: i128 = 100;
@@ -108,9 +108,14 @@ impl PodNeeds {
                 .and_then(|a| a.node_affinity.as_ref())
                 .and_then(|n| n.required_during_scheduling_ignored_during_execution.clone()),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
-            owner: crate::controllers::podutil::controller_ref(&p.metadata).map(|r| r.uid.clone()),
+            owner: crate::controllers::podutil::controller_ref(&p.metadata).map(|r| owner_key(&r.uid)),
         }
     }
+}
+
+/// A cheap key for an owner uid (FNV-1a), so spreading compares integers.
+pub fn owner_key(uid: &str) -> u64 {
+    uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// What is already committed on a node.
@@ -119,10 +124,16 @@ pub struct NodeUsage {
     pub requested: Resources,
     pub score_requested: Resources,
     pub ports: HashSet<(String, i32)>,
-    pub owners: HashMap<String, u32>,
+    /// Pods per owner on this node (few owners per node: a short list).
+    pub owners: Vec<(u64, u32)>,
 }
 
 impl NodeUsage {
+    /// How many pods of `owner` this node holds.
+    pub fn of_owner(&self, owner: u64) -> u32 {
+        self.owners.iter().find(|(k, _)| *k == owner).map_or(0, |(_, n)| *n)
+    }
+
     pub fn add(&mut self, p: &PodNeeds) {
         self.requested.cpu_milli += p.requests.cpu_milli;
         self.requested.memory += p.requests.memory;
@@ -130,8 +141,11 @@ impl NodeUsage {
         self.score_requested.cpu_milli += p.score_requests.cpu_milli;
         self.score_requested.memory += p.score_requests.memory;
         self.ports.extend(p.host_ports.iter().cloned());
-        if let Some(o) = &p.owner {
-            *self.owners.entry(o.clone()).or_insert(0) += 1;
+        if let Some(o) = p.owner {
+            match self.owners.iter_mut().find(|(k, _)| *k == o) {
+                Some((_, n)) => *n += 1,
+                None => self.owners.push((o, 1)),
+            }
         }
     }
 
@@ -144,11 +158,11 @@ impl NodeUsage {
         for hp in &p.host_ports {
             self.ports.remove(hp);
         }
-        if let Some(o) = &p.owner {
-            if let Some(n) = self.owners.get_mut(o) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.owners.remove(o);
+        if let Some(o) = p.owner {
+            if let Some(i) = self.owners.iter().position(|(k, _)| *k == o) {
+                self.owners[i].1 = self.owners[i].1.saturating_sub(1);
+                if self.owners[i].1 == 0 {
+                    self.owners.swap_remove(i);
                 }
             }
         }
@@ -269,16 +283,18 @@ pub fn unschedulable_message(total: usize, reasons: &BTreeMap<String, usize>) ->
 /// Higher is better: least-allocated CPU and memory (0–100 each, averaged)
 /// plus spreading the replicas of one owner (0–100).
 pub fn score(node: &NodeInfo, usage: &NodeUsage, pod: &PodNeeds, max_same_owner: u32) -> i64 {
-    let free = |alloc: i128, used: i128, req: i128| -> i128 {
+    // i64 arithmetic: the amounts fit, and 128-bit division is slow here.
+    let free = |alloc: i128, used: i128, req: i128| -> i64 {
+        let (alloc, used, req) = (alloc as i64, used as i64, req as i64);
         if alloc <= 0 {
             return 0;
         }
-        ((alloc - used - req).max(0) * 100) / alloc
+        ((alloc - used - req).max(0)).saturating_mul(100) / alloc
     };
     let cpu = free(node.allocatable.cpu_milli, usage.score_requested.cpu_milli, pod.score_requests.cpu_milli);
     let mem = free(node.allocatable.memory, usage.score_requested.memory, pod.score_requests.memory);
-    let least = i64::try_from((cpu + mem) / 2).unwrap_or(0);
-    let same = pod.owner.as_ref().and_then(|o| usage.owners.get(o)).copied().unwrap_or(0);
+    let least = (cpu + mem) / 2;
+    let same = pod.owner.map_or(0, |o| usage.of_owner(o));
     let spread = (100 * (max_same_owner - same.min(max_same_owner))).checked_div(max_same_owner).map_or(100, i64::from);
     least + spread
 }

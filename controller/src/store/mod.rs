@@ -166,8 +166,8 @@ impl Store {
         E: From<StoreError>,
         F: FnOnce(Option<Value>) -> Result<Mutation, E>,
     {
-        let mut out = self.mutate_many(std::slice::from_ref(key), |mut current| {
-            let cur = current.pop().flatten();
+        let mut out = self.mutate_many(std::slice::from_ref(key), |current| {
+            let cur = current.first().cloned().flatten();
             f(cur).map(|m| vec![m])
         })?;
         Ok(out.pop().unwrap_or(Outcome { object: None, revision: None }))
@@ -179,7 +179,7 @@ impl Store {
     pub fn mutate_many<E, F>(&self, keys: &[Key], f: F) -> Result<Vec<Outcome>, E>
     where
         E: From<StoreError>,
-        F: FnOnce(Vec<Option<Value>>) -> Result<Vec<Mutation>, E>,
+        F: FnOnce(&[Option<Value>]) -> Result<Vec<Mutation>, E>,
     {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
         let mut events = Vec::new();
@@ -195,7 +195,7 @@ impl Store {
                 };
                 current.push(v);
             }
-            let mutations = f(current.clone())?;
+            let mutations = f(&current)?;
             let mut rev = txn
                 .open_table(META)
                 .map_err(StoreError::from)?

@@ -107,7 +107,7 @@ fn scoring_prefers_free_nodes_and_spreads_owners() {
     let used = NodeUsage::default();
     assert!(score(&big, &used, &p, 1) > score(&small, &used, &p, 1));
     let mut p = p;
-    p.owner = Some("rs-1".into());
+    p.owner = Some(owner_key("rs-1"));
     let mut crowded = NodeUsage::default();
     let mut sibling = p.clone();
     sibling.requests = Resources::default();

@@ -63,6 +63,20 @@ impl Client {
         items.into_iter().map(decode).collect()
     }
 
+    /// The store keys of every object of the kind (what a control loop
+    /// resyncs from).
+    pub fn keys<K: Kind>(&self) -> Result<Vec<Key>, ApiError> {
+        let rt = K::rt()?;
+        let (items, _) = self.st.store.list(rt.id, None, None)?;
+        Ok(items
+            .iter()
+            .map(|o| {
+                let meta = |f: &str| o.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or_default();
+                Key::new(rt.id, meta("namespace"), meta("name"))
+            })
+            .collect())
+    }
+
     pub fn create<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
         let rt = K::rt()?;
         let (ns, _) = name_ns(obj.metadata());

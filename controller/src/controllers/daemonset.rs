@@ -120,18 +120,7 @@ impl Reconcile for DaemonSetController {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
-        Ok(self
-            .client
-            .list::<DaemonSet>(None)?
-            .iter()
-            .map(|d| {
-                Key::new(
-                    self.ids.0,
-                    d.metadata.namespace.as_deref().unwrap_or_default(),
-                    d.metadata.name.as_deref().unwrap_or_default(),
-                )
-            })
-            .collect())
+        self.client.keys::<DaemonSet>()
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
@@ -159,14 +148,11 @@ impl Reconcile for DaemonSetController {
         let now = jiff::Timestamp::now().as_second();
         let ns = key.namespace.clone();
         let delete = |p: &Pod| -> Result<(), ApiError> {
-            match self.client.delete::<Pod>(
+            super::ignore_not_found(self.client.delete::<Pod>(
                 &ns,
                 p.metadata.name.as_deref().unwrap_or_default(),
                 p.metadata.uid.as_deref(),
-            ) {
-                Err(e) if e.code != axum::http::StatusCode::NOT_FOUND => Err(e),
-                _ => Ok(()),
-            }
+            ))
         };
         // Pods on nodes that no longer want one, failed pods, and duplicates go.
         let mut misscheduled = 0;

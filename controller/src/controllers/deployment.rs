@@ -155,18 +155,7 @@ impl Reconcile for DeploymentController {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
-        Ok(self
-            .client
-            .list::<Deployment>(None)?
-            .iter()
-            .map(|d| {
-                Key::new(
-                    self.ids.0,
-                    d.metadata.namespace.as_deref().unwrap_or_default(),
-                    d.metadata.name.as_deref().unwrap_or_default(),
-                )
-            })
-            .collect())
+        self.client.keys::<Deployment>()
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
@@ -439,11 +428,8 @@ impl DeploymentController {
         let ns = d.metadata.namespace.clone().unwrap_or_default();
         for o in &idle[..idle.len() - limit] {
             let name = o.metadata.name.as_deref().unwrap_or_default();
-            match self.client.delete::<ReplicaSet>(&ns, name, o.metadata.uid.as_deref()) {
-                Ok(()) => tracing::info!(replicaset = name, "pruned old replica set"),
-                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
-                Err(e) => return Err(e),
-            }
+            super::ignore_not_found(self.client.delete::<ReplicaSet>(&ns, name, o.metadata.uid.as_deref()))?;
+            tracing::info!(replicaset = name, "pruned old replica set");
         }
         Ok(())
     }

@@ -130,29 +130,18 @@ impl Reconcile for EndpointsController {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
-        Ok(self
-            .client
-            .list::<Service>(None)?
-            .iter()
-            .map(|s| {
-                Key::new(
-                    self.ids.0,
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                )
-            })
-            .collect())
+        self.client.keys::<Service>()
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
         let existing = self.client.get::<Endpoints>(&key.namespace, &key.name)?;
         let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
             if let Some(ep) = existing {
-                match self.client.delete::<Endpoints>(&key.namespace, &key.name, ep.metadata.uid.as_deref()) {
-                    Ok(()) => {}
-                    Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
-                    Err(e) => return Err(e),
-                }
+                super::ignore_not_found(self.client.delete::<Endpoints>(
+                    &key.namespace,
+                    &key.name,
+                    ep.metadata.uid.as_deref(),
+                ))?;
             }
             return Ok(Action::Done);
         };

@@ -46,13 +46,6 @@ fn rt_of(key: &Key) -> Option<&'static ResourceType> {
     resources::RESOURCES.iter().find(|r| r.id == key.resource)
 }
 
-fn not_found_ok(r: Result<(), ApiError>) -> Result<(), ApiError> {
-    match r {
-        Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(()),
-        other => other,
-    }
-}
-
 impl GarbageCollector {
     pub fn new(client: Client) -> Self {
         GarbageCollector { client, dependents: HashMap::new(), nodes: HashMap::new(), by_uid: HashMap::new() }
@@ -167,7 +160,7 @@ impl Reconcile for GarbageCollector {
                         refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
                     }
                 };
-                not_found_ok(self.client.update_raw(drt, &d.namespace, &d.name, strip).map(|_| ()))?;
+                super::ignore_not_found(self.client.update_raw(drt, &d.namespace, &d.name, strip).map(|_| ()))?;
             }
             tracing::info!(dependents = self.dependents_of(&uid).len(), "orphaned dependents");
             let drop_finalizer = |v: &mut Value| {
@@ -175,7 +168,7 @@ impl Reconcile for GarbageCollector {
                     f.retain(|x| x != ORPHAN_FINALIZER);
                 }
             };
-            not_found_ok(self.client.update_raw(rt, &key.namespace, &key.name, drop_finalizer).map(|_| ()))?;
+            super::ignore_not_found(self.client.update_raw(rt, &key.namespace, &key.name, drop_finalizer).map(|_| ()))?;
             return Ok(Action::Done);
         }
 
@@ -187,13 +180,21 @@ impl Reconcile for GarbageCollector {
                         f.retain(|x| x != FOREGROUND_FINALIZER);
                     }
                 };
-                not_found_ok(self.client.update_raw(rt, &key.namespace, &key.name, drop_finalizer).map(|_| ()))?;
+                super::ignore_not_found(
+                    self.client.update_raw(rt, &key.namespace, &key.name, drop_finalizer).map(|_| ()),
+                )?;
                 tracing::info!("dependents gone; owner deleted");
                 return Ok(Action::Done);
             }
             for d in &deps {
                 let Some(drt) = rt_of(d) else { continue };
-                not_found_ok(self.client.delete_raw(drt, &d.namespace, &d.name, None, Propagation::Foreground))?;
+                super::ignore_not_found(self.client.delete_raw(
+                    drt,
+                    &d.namespace,
+                    &d.name,
+                    None,
+                    Propagation::Foreground,
+                ))?;
             }
             // Each dependent's deletion requeues this owner; look again
             // anyway in case one is held up by a finalizer of its own.
@@ -212,14 +213,20 @@ impl Reconcile for GarbageCollector {
         }
         if absent.len() == refs.len() {
             tracing::info!(uid = %uid, "all owners gone; deleting");
-            not_found_ok(self.client.delete_raw(rt, &key.namespace, &key.name, Some(&uid), Propagation::Background))?;
+            super::ignore_not_found(self.client.delete_raw(
+                rt,
+                &key.namespace,
+                &key.name,
+                Some(&uid),
+                Propagation::Background,
+            ))?;
         } else if !absent.is_empty() {
             let strip = |v: &mut Value| {
                 if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
                     refs.retain(|r| !absent.contains(&r["uid"]));
                 }
             };
-            not_found_ok(self.client.update_raw(rt, &key.namespace, &key.name, strip).map(|_| ()))?;
+            super::ignore_not_found(self.client.update_raw(rt, &key.namespace, &key.name, strip).map(|_| ()))?;
         }
         Ok(Action::Done)
     }

@@ -173,11 +173,7 @@ impl NodeLifecycle {
                 }),
             }
             p.metadata.resource_version = None;
-            match self.client.replace_status(&p) {
-                Ok(_) => {}
-                Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
-                Err(e) => return Err(e),
-            }
+            super::ignore_not_found(self.client.replace_status(&p))?;
         }
         Ok(())
     }
@@ -263,12 +259,7 @@ impl Reconcile for NodeLifecycle {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
-        Ok(self
-            .client
-            .list::<Node>(None)?
-            .iter()
-            .map(|n| Key::new(self.node_id, "", n.metadata.name.as_deref().unwrap_or_default()))
-            .collect())
+        self.client.keys::<Node>()
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {

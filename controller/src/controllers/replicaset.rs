@@ -71,15 +71,7 @@ impl Reconcile for ReplicaSetController {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
-        Ok(self
-            .client
-            .list::<ReplicaSet>(None)?
-            .iter()
-            .map(|rs| {
-                let (ns, name) = (rs.metadata.namespace.as_deref(), rs.metadata.name.as_deref());
-                Key::new(self.rs_id, ns.unwrap_or_default(), name.unwrap_or_default())
-            })
-            .collect())
+        self.client.keys::<ReplicaSet>()
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
@@ -145,11 +137,7 @@ impl Reconcile for ReplicaSetController {
             let surplus: Vec<Pod> = active.drain(..(active.len() - want).min(BURST)).collect();
             for p in &surplus {
                 let (name, uid) = (p.metadata.name.as_deref().unwrap_or_default(), p.metadata.uid.as_deref());
-                match self.client.delete::<Pod>(&key.namespace, name, uid) {
-                    Ok(()) => {}
-                    Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => {}
-                    Err(e) => return Err(e),
-                }
+                super::ignore_not_found(self.client.delete::<Pod>(&key.namespace, name, uid))?;
             }
             tracing::info!(deleted = surplus.len(), want, "scaled down");
         }

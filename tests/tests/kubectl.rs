@@ -232,6 +232,41 @@ fn apply_removes_what_the_file_no_longer_has() -> Result<()> {
 }
 
 #[test]
+fn create_subcommands_send_protobuf_and_work() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((_ctl, k)) = setup(dir.path())? else { return Ok(()) };
+    for args in [
+        &["create", "namespace", "team"][..],
+        &["create", "configmap", "cfg", "--from-literal=a=b", "-n", "team"],
+        &["create", "secret", "generic", "sec", "--from-literal=pw=hunter2", "-n", "team"],
+        &["create", "service", "nodeport", "web", "--tcp=80:8080", "-n", "team"],
+        &["create", "deployment", "web", "--image=kedge.local/busybox:1", "--replicas=3", "--port=8080", "-n", "team"],
+        &["create", "deployment", "idle", "--image=kedge.local/busybox:1", "--replicas=0", "-n", "team"],
+        &["create", "deployment", "cmd", "--image=kedge.local/busybox:1", "-n", "team", "--", "sleep", "3600"],
+    ] {
+        let out = k.ok(args)?;
+        assert!(out.contains("created"), "{args:?}: {out}");
+    }
+    assert_eq!(k.ok(&["get", "configmap", "cfg", "-n", "team", "-o", "jsonpath={.data.a}"])?, "b");
+    assert_eq!(k.ok(&["get", "secret", "sec", "-n", "team", "-o", "jsonpath={.data.pw}"])?, "aHVudGVyMg==");
+    let svc = json_of(&k, &["get", "service", "web", "-n", "team"])?;
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(svc["spec"]["ports"][0]["nodePort"].as_i64().is_some_and(|p| p >= 30000));
+    let d = json_of(&k, &["get", "deployment", "web", "-n", "team"])?;
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+    assert!(d["spec"]["template"]["metadata"].get("creationTimestamp").is_none_or(Value::is_null));
+    assert_eq!(
+        json_of(&k, &["get", "deployment", "idle", "-n", "team"])?["spec"]["replicas"],
+        0,
+        "an explicit 0 stays 0"
+    );
+    let cmd = json_of(&k, &["get", "deployment", "cmd", "-n", "team"])?;
+    assert_eq!(cmd["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["sleep", "3600"]));
+    Ok(())
+}
+
+#[test]
 fn kill_dash_nine_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some((mut ctl, k)) = setup(dir.path())? else {

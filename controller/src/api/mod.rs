@@ -6,6 +6,9 @@ mod discovery;
 pub mod error;
 pub mod meta;
 pub(crate) mod objects;
+mod proto;
+#[rustfmt::skip]
+mod proto_schema;
 mod openapi;
 mod table;
 mod watch;

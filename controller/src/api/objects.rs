@@ -47,10 +47,18 @@ fn parse_body(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     Ok((v, dups))
 }
 
-fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+/// An object body in JSON, or in Kubernetes protobuf (what typed clients
+/// such as `kubectl create deployment` send), as JSON.
+fn object_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
-    let base = ct.split(';').next().unwrap_or_default().trim();
-    if base == "application/json" || base.is_empty() { Ok(()) } else { Err(ApiError::unsupported_media(ct)) }
+    match ct.split(';').next().unwrap_or_default().trim() {
+        "application/json" | "" => parse_body(bytes),
+        super::proto::CONTENT_TYPE => {
+            let v = super::proto::decode(bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            Ok((v, Vec::new()))
+        }
+        _ => Err(ApiError::unsupported_media(ct)),
+    }
 }
 
 /// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
@@ -171,8 +179,7 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     }
     let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
-    require_json(&headers)?;
-    let (body, dups) = parse_body(&bytes)?;
+    let (body, dups) = object_body(&headers, &bytes)?;
     let (obj, warnings) = create_object(st, t.rt, ns_of(t), body, &dups, w)?;
     Ok(json_warn(StatusCode::CREATED, &obj, &warnings))
 }
@@ -476,8 +483,7 @@ fn part_of(t: &Target) -> Part {
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let w = WriteOpts::from_req(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
-    require_json(&headers)?;
-    let (body, dups) = parse_body(&bytes)?;
+    let (body, dups) = object_body(&headers, &bytes)?;
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w.dry_run, |_| Ok(body));
     }

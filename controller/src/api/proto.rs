@@ -1,0 +1,327 @@
+//! Decoding Kubernetes' protobuf request bodies into the JSON form the rest
+//! of the server works on. Typed clients send them: kubectl's `create
+//! deployment|configmap|secret|namespace|service …` subcommands post
+//! `application/vnd.kubernetes.protobuf`.
+//!
+//! The wire is `k8s\0` + a `runtime.Unknown` message (type meta + the object
+//! bytes). Objects are decoded field by field from the tables in
+//! `proto_schema.rs` (generated from the `k8s-pb` field numbers and the
+//! `k8s-openapi` JSON names by `scripts/gen-proto-schema.py`); the few
+//! messages JSON writes differently (IntOrString, Quantity, Time, …) are
+//! special-cased. Answers stay JSON, which these clients accept.
+
+use base64::Engine;
+use bytes::Buf;
+use prost::encoding::{WireType, decode_key, decode_varint};
+use serde_json::{Map, Value, json};
+
+use super::proto_schema::MESSAGES;
+
+pub const CONTENT_TYPE: &str = "application/vnd.kubernetes.protobuf";
+const MAGIC: &[u8] = b"k8s\x00";
+const MAX_DEPTH: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Ty {
+    Str,
+    Bool,
+    I32,
+    I64,
+    Bytes,
+    Msg(u16),
+    MapStr,
+    MapBytes,
+    MapMsg(u16),
+}
+
+pub struct Fld {
+    pub tag: u32,
+    pub json: &'static str,
+    pub ty: Ty,
+    pub repeated: bool,
+}
+
+pub struct Msg {
+    pub name: &'static str,
+    pub fields: &'static [Fld],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("protobuf body does not start with the Kubernetes magic bytes")]
+    Magic,
+    #[error("malformed protobuf: {0}")]
+    Wire(String),
+    #[error("protobuf body for {0} is not a kind this server decodes")]
+    Kind(String),
+    #[error("protobuf body nests deeper than {MAX_DEPTH} messages")]
+    Depth,
+}
+
+impl From<prost::DecodeError> for ProtoError {
+    fn from(e: prost::DecodeError) -> Self {
+        ProtoError::Wire(e.to_string())
+    }
+}
+
+fn take_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ProtoError> {
+    let len = usize::try_from(decode_varint(buf)?).map_err(|_| ProtoError::Wire("length overflows".into()))?;
+    if len > buf.len() {
+        return Err(ProtoError::Wire("length runs past the end".into()));
+    }
+    let (head, rest) = buf.split_at(len);
+    *buf = rest;
+    Ok(head)
+}
+
+fn skip(buf: &mut &[u8], wt: WireType) -> Result<(), ProtoError> {
+    let n = match wt {
+        WireType::Varint => {
+            decode_varint(buf)?;
+            return Ok(());
+        }
+        WireType::SixtyFourBit => 8,
+        WireType::ThirtyTwoBit => 4,
+        WireType::LengthDelimited => {
+            take_len(buf)?;
+            return Ok(());
+        }
+        _ => return Err(ProtoError::Wire("groups are not used by Kubernetes".into())),
+    };
+    if buf.len() < n {
+        return Err(ProtoError::Wire("fixed-width field runs past the end".into()));
+    }
+    buf.advance(n);
+    Ok(())
+}
+
+fn utf8(b: &[u8]) -> Result<String, ProtoError> {
+    String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Wire("string field is not UTF-8".into()))
+}
+
+/// The scalar (or message) value of one field occurrence.
+fn value(ty: Ty, wt: WireType, buf: &mut &[u8], depth: usize) -> Result<Value, ProtoError> {
+    Ok(match ty {
+        Ty::Str => json!(utf8(take_len(buf)?)?),
+        Ty::Bytes => json!(base64::engine::general_purpose::STANDARD.encode(take_len(buf)?)),
+        Ty::Bool => json!(decode_varint(buf)? != 0),
+        // int32 travels sign-extended to 64 bits.
+        Ty::I32 => json!(decode_varint(buf)? as i64 as i32),
+        Ty::I64 => json!(decode_varint(buf)? as i64),
+        Ty::Msg(i) => message(i, take_len(buf)?, depth + 1)?,
+        Ty::MapStr | Ty::MapBytes | Ty::MapMsg(_) => {
+            let _ = wt;
+            return Err(ProtoError::Wire("map entry decoded as a value".into()));
+        }
+    })
+}
+
+/// One map entry (`key = 1`, `value = 2`).
+fn map_entry(ty: Ty, mut entry: &[u8], depth: usize) -> Result<(String, Value), ProtoError> {
+    let value_ty = match ty {
+        Ty::MapBytes => Ty::Bytes,
+        Ty::MapMsg(i) => Ty::Msg(i),
+        _ => Ty::Str,
+    };
+    let (mut k, mut v) = (String::new(), Value::Null);
+    while !entry.is_empty() {
+        let (tag, wt) = decode_key(&mut entry)?;
+        match tag {
+            1 => k = utf8(take_len(&mut entry)?)?,
+            2 => v = value(value_ty, wt, &mut entry, depth)?,
+            _ => skip(&mut entry, wt)?,
+        }
+    }
+    if v.is_null() {
+        v = match value_ty {
+            Ty::Msg(_) => json!({}),
+            _ => json!(""),
+        };
+    }
+    Ok((k, v))
+}
+
+fn rfc3339(seconds: i64, nanos: i64, micro: bool) -> Value {
+    match jiff::Timestamp::new(seconds, if micro { (nanos / 1000 * 1000) as i32 } else { 0 }) {
+        Ok(t) if micro => json!(t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()),
+        Ok(t) => json!(t.to_string()),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Decodes message `idx` from `buf` into its JSON form.
+fn message(idx: u16, mut buf: &[u8], depth: usize) -> Result<Value, ProtoError> {
+    if depth > MAX_DEPTH {
+        return Err(ProtoError::Depth);
+    }
+    let msg = MESSAGES.get(usize::from(idx)).ok_or_else(|| ProtoError::Wire("schema index out of range".into()))?;
+    let mut obj = Map::new();
+    while !buf.is_empty() {
+        let (tag, wt) = decode_key(&mut buf)?;
+        let Some(f) = msg.fields.iter().find(|f| f.tag == tag) else {
+            skip(&mut buf, wt)?;
+            continue;
+        };
+        match f.ty {
+            Ty::MapStr | Ty::MapBytes | Ty::MapMsg(_) => {
+                let (k, v) = map_entry(f.ty, take_len(&mut buf)?, depth)?;
+                let m = obj.entry(f.json).or_insert_with(|| json!({}));
+                if let Some(m) = m.as_object_mut() {
+                    m.insert(k, v);
+                }
+            }
+            // Packed repeated scalars (Kubernetes does not pack, but accept it).
+            Ty::Bool | Ty::I32 | Ty::I64 if f.repeated && wt == WireType::LengthDelimited => {
+                let mut packed = take_len(&mut buf)?;
+                while !packed.is_empty() {
+                    let v = value(f.ty, WireType::Varint, &mut packed, depth)?;
+                    push(&mut obj, f.json, v);
+                }
+            }
+            _ => {
+                let v = value(f.ty, wt, &mut buf, depth)?;
+                if f.repeated {
+                    push(&mut obj, f.json, v);
+                } else if !v.is_null() && !unset(f.json, &v) {
+                    obj.insert(f.json.to_owned(), v);
+                }
+            }
+        }
+    }
+    Ok(special(msg.name, obj))
+}
+
+/// Go writes every non-pointer scalar to protobuf, zero or not, where its
+/// JSON omits the zero. Zero scalars are read as "not set" — except for the
+/// pointer fields whose zero means something.
+fn unset(field: &str, v: &Value) -> bool {
+    const ZERO_MEANS_SOMETHING: &[&str] = &[
+        "replicas",
+        "revisionHistoryLimit",
+        "terminationGracePeriodSeconds",
+        "tolerationSeconds",
+        "activeDeadlineSeconds",
+        "progressDeadlineSeconds",
+        "defaultMode",
+        "mode",
+        "runAsUser",
+        "runAsGroup",
+        "fsGroup",
+        "enableServiceLinks",
+        "automountServiceAccountToken",
+        "allowPrivilegeEscalation",
+        "hostUsers",
+    ];
+    let zero = match v {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_i64() == Some(0),
+        _ => false,
+    };
+    zero && !ZERO_MEANS_SOMETHING.contains(&field)
+}
+
+fn push(obj: &mut Map<String, Value>, k: &str, v: Value) {
+    if let Some(a) = obj.entry(k).or_insert_with(|| json!([])).as_array_mut() {
+        a.push(v);
+    }
+}
+
+/// Messages whose JSON form is not an object of their fields.
+fn special(name: &str, obj: Map<String, Value>) -> Value {
+    let int = |k: &str| obj.get(k).and_then(Value::as_i64).unwrap_or(0);
+    match name.rsplit('.').next().unwrap_or_default() {
+        "IntOrString" if name.ends_with("intstr.IntOrString") => {
+            if int("type") == 1 {
+                obj.get("strVal").cloned().unwrap_or(json!(""))
+            } else {
+                json!(int("intVal"))
+            }
+        }
+        "Quantity" if name.contains("api.resource") => obj.get("string").cloned().unwrap_or(json!("0")),
+        // Go's zero time is written as a message too; JSON has it as null.
+        "Time" | "MicroTime" if name.contains("meta.v1") && int("seconds") == 0 && int("nanos") == 0 => Value::Null,
+        "Time" if name.contains("meta.v1") => rfc3339(int("seconds"), 0, false),
+        "MicroTime" if name.contains("meta.v1") => rfc3339(int("seconds"), int("nanos"), true),
+        "Duration" if name.contains("meta.v1") => json!(format!("{}s", int("duration") / 1_000_000_000)),
+        "RawExtension" | "FieldsV1" => {
+            let raw = obj.get("raw").or_else(|| obj.get("Raw")).and_then(Value::as_str).unwrap_or_default();
+            base64::engine::general_purpose::STANDARD
+                .decode(raw)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null)
+        }
+        _ => Value::Object(obj),
+    }
+}
+
+/// Decodes a whole request body into the object's JSON, with `apiVersion`
+/// and `kind` from the envelope.
+pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
+    let mut buf = body.strip_prefix(MAGIC).ok_or(ProtoError::Magic)?;
+    let (mut api_version, mut kind, mut raw): (String, String, &[u8]) = (String::new(), String::new(), &[]);
+    while !buf.is_empty() {
+        let (tag, wt) = decode_key(&mut buf)?;
+        match tag {
+            1 => {
+                let mut tm = take_len(&mut buf)?;
+                while !tm.is_empty() {
+                    let (t, w) = decode_key(&mut tm)?;
+                    match t {
+                        1 => api_version = utf8(take_len(&mut tm)?)?,
+                        2 => kind = utf8(take_len(&mut tm)?)?,
+                        _ => skip(&mut tm, w)?,
+                    }
+                }
+            }
+            2 => raw = take_len(&mut buf)?,
+            _ => skip(&mut buf, wt)?,
+        }
+    }
+    let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version.as_str()));
+    let name = format!("k8s.io.api.{group}.{version}.{kind}");
+    let idx = MESSAGES
+        .iter()
+        .position(|m| m.name == name)
+        .ok_or_else(|| ProtoError::Kind(format!("{api_version} {kind}")))?;
+    let mut v = message(u16::try_from(idx).map_err(|_| ProtoError::Kind(name.clone()))?, raw, 0)?;
+    v["apiVersion"] = json!(api_version);
+    v["kind"] = json!(kind);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(tag: u32, wt: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::try_from((tag << 3) | u32::from(wt)).expect("small tag")];
+        if wt == 2 {
+            out.push(u8::try_from(payload.len()).expect("short"));
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn decodes_a_configmap_envelope() {
+        // ObjectMeta{name: "c"}; data {"k": "v"}.
+        let meta = field(1, 2, b"c");
+        let entry = [field(1, 2, b"k"), field(2, 2, b"v")].concat();
+        let cm = [field(1, 2, &meta), field(2, 2, &entry)].concat();
+        let type_meta = [field(1, 2, b"v1"), field(2, 2, b"ConfigMap")].concat();
+        let body = [MAGIC.to_vec(), field(1, 2, &type_meta), field(2, 2, &cm)].concat();
+        let v = decode(&body).expect("decode");
+        assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}}));
+    }
+
+    #[test]
+    fn refuses_garbage_and_unknown_kinds() {
+        assert!(matches!(decode(b"{\"json\":1}"), Err(ProtoError::Magic)));
+        assert!(matches!(decode(&[MAGIC, &[0x0a, 0x50]].concat()), Err(ProtoError::Wire(_))));
+        let type_meta = [field(1, 2, b"batch/v1"), field(2, 2, b"Job")].concat();
+        let body = [MAGIC.to_vec(), field(1, 2, &type_meta)].concat();
+        assert!(matches!(decode(&body), Err(ProtoError::Kind(_))));
+    }
+}

@@ -35,6 +35,9 @@ struct Cli {
     /// Pod network of the cluster; each node gets a /24 of it.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
     cluster_cidr: (Ipv4Addr, u8),
+    /// How long events are kept (`1h`).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
     /// Range Service cluster IPs come from.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr)]
     service_cidr: (Ipv4Addr, u8),
@@ -64,6 +67,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tls_sans: cli.tls_san,
         nodes: NodeLifecycleConfig { grace: cli.node_monitor_grace_period, cluster_cidr: cli.cluster_cidr },
         service_cidr: cli.service_cidr,
+        event_ttl: cli.event_ttl,
     })
     .await?;
     println!("kedge-controller listening on {}://{}", if running.tls { "https" } else { "http" }, running.addr);

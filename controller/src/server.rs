@@ -56,6 +56,8 @@ pub struct Options {
     pub nodes: NodeLifecycleConfig,
     /// Service cluster-IP range.
     pub service_cidr: (std::net::Ipv4Addr, u8),
+    /// How long events are kept.
+    pub event_ttl: std::time::Duration,
 }
 
 impl Options {
@@ -69,6 +71,7 @@ impl Options {
             tls_sans: Vec::new(),
             nodes: NodeLifecycleConfig::default(),
             service_cidr: ApiConfig::default().service_cidr,
+            event_ttl: crate::controllers::eventttl::DEFAULT_TTL,
         }
     }
 }
@@ -134,7 +137,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
     let app = api::router(state.clone());
-    start_controllers(Client::new(state), opts.nodes, rx.clone())?;
+    start_controllers(Client::new(state), &opts, rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -151,11 +154,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
 }
 
 /// Starts the control loops; each runs until `stop` flips.
-fn start_controllers(
-    client: Client,
-    nodes: NodeLifecycleConfig,
-    stop: watch::Receiver<bool>,
-) -> Result<(), ServerError> {
+fn start_controllers(client: Client, opts: &Options, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
     use crate::controllers::{
         deployment::DeploymentController, gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner,
     };
@@ -169,9 +168,15 @@ fn start_controllers(
         store.clone(),
         stop.clone(),
     ));
-    tokio::spawn(runner::run(NodeLifecycle::new(client.clone(), nodes).map_err(boot)?, store.clone(), stop.clone()));
+    tokio::spawn(runner::run(
+        NodeLifecycle::new(client.clone(), opts.nodes).map_err(boot)?,
+        store.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(runner::run(DaemonSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(EndpointsController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
+    let ttl = crate::controllers::eventttl::EventTtl::new(client.clone(), opts.event_ttl).map_err(boot)?;
+    tokio::spawn(runner::run(ttl, store.clone(), stop.clone()));
     tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }

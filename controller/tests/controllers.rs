@@ -615,3 +615,27 @@ async fn endpoints_follow_ready_pods_and_resolve_named_ports() {
     .await;
     srv.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn events_expire_after_their_ttl() {
+    let (srv, _dir) = common::start_with(|o| o.event_ttl = std::time::Duration::from_secs(2)).await;
+    let a = srv.addr;
+    const EVENTS: &str = "/api/v1/namespaces/default/events";
+    let ev = |name: &str, last: &str| {
+        json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name}, "type": "Normal", "reason": "Test",
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "lastTimestamp": last})
+    };
+    assert_eq!(post(a, EVENTS, &ev("old", "2020-01-01T00:00:00Z")).await.status, 201);
+    assert_eq!(post(a, EVENTS, &ev("new", &jiff::Timestamp::now().to_string())).await.status, 201);
+    eventually("old event expired", || async { (get(a, &format!("{EVENTS}/old")).await.status == 404).then_some(()) })
+        .await;
+    assert_eq!(get(a, &format!("{EVENTS}/new")).await.status, 200, "a fresh event stays for its ttl");
+    for _ in 0..40 {
+        if get(a, &format!("{EVENTS}/new")).await.status == 404 {
+            srv.shutdown().await.expect("shutdown");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the fresh event did not expire after its ttl");
+}

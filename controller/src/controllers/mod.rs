@@ -5,6 +5,7 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
+pub mod eventttl;
 pub mod gc;
 pub mod namespace;
 pub mod nodelifecycle;

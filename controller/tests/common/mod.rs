@@ -57,12 +57,17 @@ pub async fn patch(addr: SocketAddr, path: &str, ct: &str, body: &str) -> Resp {
     call(addr, "PATCH", path, ct, body.as_bytes()).await
 }
 
-/// Starts a server with a short node grace period (for lifecycle tests).
-pub async fn start_with_grace(grace: Duration) -> (Running, tempfile::TempDir) {
+/// Starts a server with options adjusted by `f`.
+pub async fn start_with(f: impl FnOnce(&mut Options)) -> (Running, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut opts = Options::local(dir.path().to_path_buf(), "127.0.0.1:0".parse().expect("addr"));
-    opts.nodes.grace = grace;
+    f(&mut opts);
     (server::start(opts).await.expect("start"), dir)
+}
+
+/// Starts a server with a short node grace period (for lifecycle tests).
+pub async fn start_with_grace(grace: Duration) -> (Running, tempfile::TempDir) {
+    start_with(|o| o.nodes.grace = grace).await
 }
 
 pub async fn start(history: usize) -> (Running, tempfile::TempDir) {

@@ -639,3 +639,29 @@ async fn events_expire_after_their_ttl() {
     }
     panic!("the fresh event did not expire after its ttl");
 }
+
+#[tokio::test]
+async fn foreground_deletion_spares_dependents_with_another_owner_and_manual_endpoints_stay() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let ua = post(a, RSS, &rs("owner-a", 0)).await.json()["metadata"]["uid"].clone();
+    let ub = post(a, RSS, &rs("owner-b", 0)).await.json()["metadata"]["uid"].clone();
+    let shared = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "owner-a", "uid": ua},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "owner-b", "uid": ub}]}, "data": {"k": "v"}});
+    assert_eq!(post(a, "/api/v1/namespaces/default/configmaps", &shared).await.status, 201);
+    call(a, "DELETE", &format!("{RSS}/owner-a"), "application/json", br#"{"propagationPolicy":"Foreground"}"#).await;
+    eventually("owner-a gone", || async { (get(a, &format!("{RSS}/owner-a")).await.status == 404).then_some(()) })
+        .await;
+    let cm = get(a, "/api/v1/namespaces/default/configmaps/shared").await;
+    assert_eq!(cm.status, 200, "owner-b still owns it");
+    assert_eq!(cm.json()["metadata"]["ownerReferences"].as_array().map(Vec::len), Some(1));
+
+    // Endpoints written by hand for a Service that does not exist (yet) stay.
+    let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 5432}]}]});
+    assert_eq!(post(a, "/api/v1/namespaces/default/endpoints", &ep).await.status, 201);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(get(a, "/api/v1/namespaces/default/endpoints/external").await.status, 200);
+    srv.shutdown().await.expect("shutdown");
+}

@@ -182,13 +182,24 @@ fn message(idx: u16, mut buf: &[u8], depth: usize) -> Result<Value, ProtoError> 
                 let v = value(f.ty, wt, &mut buf, depth)?;
                 if f.repeated {
                     push(&mut obj, f.json, v);
-                } else if !v.is_null() && !unset(f.json, &v) {
+                } else if keep(f, &v) {
                     obj.insert(f.json.to_owned(), v);
                 }
             }
         }
     }
     Ok(special(msg.name, obj))
+}
+
+/// Whether a decoded singular field goes into the JSON: nulls (Go's zero
+/// time) never do; zero scalars only where zero means something. A message
+/// on the wire is a set pointer, whatever its value (an IntOrString 0).
+fn keep(f: &Fld, v: &Value) -> bool {
+    let scalar = matches!(f.ty, Ty::Str | Ty::Bool | Ty::I32 | Ty::I64 | Ty::Bytes);
+    if v.is_null() {
+        return false;
+    }
+    !(scalar && unset(f.json, v))
 }
 
 /// Go writes every non-pointer scalar to protobuf, zero or not, where its
@@ -314,6 +325,17 @@ mod tests {
         let body = [MAGIC.to_vec(), field(1, 2, &type_meta), field(2, 2, &cm)].concat();
         let v = decode(&body).expect("decode");
         assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "v"}}));
+    }
+
+    #[test]
+    fn an_int_or_string_zero_is_kept() {
+        let idx = MESSAGES.iter().position(|m| m.name == "k8s.io.api.apps.v1.RollingUpdateDeployment").expect("schema");
+        // maxUnavailable (1) = IntOrString{type: 0, intVal: 0}; maxSurge (2) = IntOrString{type: 0, intVal: 1}.
+        let zero = [vec![0x08, 0x00], vec![0x10, 0x00]].concat();
+        let one = [vec![0x08, 0x00], vec![0x10, 0x01]].concat();
+        let body = [field(1, 2, &zero), field(2, 2, &one)].concat();
+        let v = message(u16::try_from(idx).expect("index"), &body, 0).expect("decode");
+        assert_eq!(v, json!({"maxUnavailable": 0, "maxSurge": 1}));
     }
 
     #[test]

@@ -169,12 +169,27 @@ impl Reconcile for DeploymentController {
             return Ok(Action::Done);
         }
         let uid = d.metadata.uid.clone().unwrap_or_default();
-        let mut owned: Vec<ReplicaSet> = self
-            .client
-            .list::<ReplicaSet>(Some(&key.namespace))?
-            .into_iter()
-            .filter(|rs| controller_ref(&rs.metadata).is_some_and(|r| r.uid == uid))
-            .collect();
+        let mut owned: Vec<ReplicaSet> = Vec::new();
+        for mut rs in self.client.list::<ReplicaSet>(Some(&key.namespace))? {
+            match controller_ref(&rs.metadata) {
+                Some(r) if r.uid == uid => owned.push(rs),
+                Some(_) => {}
+                // An orphan whose labels match (say, left by `--cascade=orphan`)
+                // is adopted, as Kubernetes claims ReplicaSets.
+                None if rs.metadata.deletion_timestamp.is_none()
+                    && sel.matches(&serde_json::json!({"metadata": {"labels": rs.metadata.labels}})) =>
+                {
+                    rs.metadata.owner_references.get_or_insert_with(Vec::new).push(podutil::owner_ref(
+                        "apps/v1",
+                        "Deployment",
+                        &d.metadata,
+                    ));
+                    rs.metadata.resource_version = None;
+                    owned.push(self.client.replace(&rs)?);
+                }
+                None => {}
+            }
+        }
         let desired = spec.replicas.unwrap_or(1);
         let want = bare(Some(&spec.template));
         let new_idx = owned.iter().position(|rs| bare(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == want);
@@ -335,6 +350,8 @@ impl DeploymentController {
             .list::<Pod>(Some(&ns))?
             .iter()
             .filter(|p| controller_ref(&p.metadata).is_some_and(|r| old_uids.contains(&r.uid)))
+            // Finished pods run nothing: they do not hold the new ones back.
+            .filter(|p| !matches!(podutil::phase(p), "Succeeded" | "Failed"))
             .count();
         if old_pods == 0 {
             self.scale(d, new, desired)?;

@@ -18,6 +18,11 @@ use crate::client::{Client, Kind};
 use crate::selector::LabelSelector;
 use crate::store::{Key, WatchEvent};
 
+/// Marks the Endpoints this controller maintains (only those are deleted
+/// with their Service).
+pub const MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
+const CONTROLLER: &str = "endpoint-controller";
+
 pub struct EndpointsController {
     client: Client,
     ids: (&'static str, &'static str, &'static str),
@@ -117,7 +122,10 @@ impl Reconcile for EndpointsController {
 
     fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
         let (svc_id, pod_id, ep_id) = self.ids;
-        if ev.resource == svc_id || ev.resource == ep_id {
+        // An Endpoints object of ours changed by someone else is put back;
+        // one that is not ours (a selectorless Service's) is left alone.
+        let ours = ev.object.pointer(&format!("/metadata/labels/{}", MANAGED_BY.replace('/', "~1"))).is_some();
+        if ev.resource == svc_id || (ev.resource == ep_id && ours) {
             out.push(Key::new(svc_id, &ev.namespace, &ev.name));
         } else if ev.resource == pod_id {
             for svc in self.client.list::<Service>(Some(&ev.namespace)).unwrap_or_default() {
@@ -136,7 +144,9 @@ impl Reconcile for EndpointsController {
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
         let existing = self.client.get::<Endpoints>(&key.namespace, &key.name)?;
         let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
-            if let Some(ep) = existing {
+            if let Some(ep) =
+                existing.filter(|ep| ep.metadata.labels.as_ref().is_some_and(|l| l.contains_key(MANAGED_BY)))
+            {
                 super::ignore_not_found(self.client.delete::<Endpoints>(
                     &key.namespace,
                     &key.name,
@@ -153,14 +163,16 @@ impl Reconcile for EndpointsController {
             .filter(|p| sel.matches(&serde_json::json!({"metadata": {"labels": p.metadata.labels}})))
             .collect();
         let subsets = subsets(&svc, &pods);
+        let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+        labels.insert(MANAGED_BY.to_owned(), CONTROLLER.to_owned());
         let want_subsets = (!subsets.is_empty()).then_some(subsets);
         match existing {
             Some(mut ep) => {
-                if ep.subsets == want_subsets && ep.metadata.labels == svc.metadata.labels {
+                if ep.subsets == want_subsets && ep.metadata.labels == Some(labels.clone()) {
                     return Ok(Action::Done);
                 }
                 ep.subsets = want_subsets;
-                ep.metadata.labels = svc.metadata.labels.clone();
+                ep.metadata.labels = Some(labels);
                 ep.metadata.resource_version = None;
                 self.client.replace(&ep)?;
             }
@@ -169,7 +181,7 @@ impl Reconcile for EndpointsController {
                     metadata: ObjectMeta {
                         name: Some(key.name.clone()),
                         namespace: Some(key.namespace.clone()),
-                        labels: svc.metadata.labels.clone(),
+                        labels: Some(labels),
                         ..Default::default()
                     },
                     subsets: want_subsets,

@@ -86,6 +86,11 @@ impl GarbageCollector {
         let api_version = r["apiVersion"].as_str().unwrap_or_default();
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         let Some(rt) = resources::by_kind(group, r["kind"].as_str().unwrap_or_default()) else { return Ok(true) };
+        // A cluster-scoped object cannot be owned by a namespaced one; such a
+        // reference cannot be resolved, and is not a reason to collect it.
+        if rt.namespaced && ns.is_empty() {
+            return Ok(true);
+        }
         let ns = if rt.namespaced { ns } else { "" };
         let owner = self.client.get_raw(rt, ns, r["name"].as_str().unwrap_or_default())?;
         Ok(owner.is_some_and(|o| meta::get(&o, "uid") == r.get("uid")))
@@ -188,13 +193,35 @@ impl Reconcile for GarbageCollector {
             }
             for d in &deps {
                 let Some(drt) = rt_of(d) else { continue };
-                super::ignore_not_found(self.client.delete_raw(
-                    drt,
-                    &d.namespace,
-                    &d.name,
-                    None,
-                    Propagation::Foreground,
-                ))?;
+                // A namespaced owner only owns objects in its own namespace.
+                if !key.namespace.is_empty() && d.namespace != key.namespace {
+                    continue;
+                }
+                let Some(dep) = self.client.get_raw(drt, &d.namespace, &d.name)? else { continue };
+                // Another owner still there keeps the dependent: it only
+                // loses its reference to this one.
+                let mut other_owner = false;
+                for r in owner_refs(&dep).iter().filter(|r| r["uid"].as_str() != Some(uid.as_str())) {
+                    if self.owner_exists(r, &d.namespace)? {
+                        other_owner = true;
+                    }
+                }
+                if other_owner {
+                    let strip = |v: &mut Value| {
+                        if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                            refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
+                        }
+                    };
+                    super::ignore_not_found(self.client.update_raw(drt, &d.namespace, &d.name, strip))?;
+                } else {
+                    super::ignore_not_found(self.client.delete_raw(
+                        drt,
+                        &d.namespace,
+                        &d.name,
+                        None,
+                        Propagation::Foreground,
+                    ))?;
+                }
             }
             // Each dependent's deletion requeues this owner; look again
             // anyway in case one is held up by a finalizer of its own.

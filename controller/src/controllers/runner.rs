@@ -56,6 +56,9 @@ pub struct Queue {
     ready: VecDeque<Key>,
     queued: HashSet<Key>,
     later: BTreeMap<Instant, Vec<Key>>,
+    /// The one pending deadline of each delayed key (the earliest asked
+    /// for); `later` entries that disagree with it are stale and skipped.
+    due: HashMap<Key, Instant>,
     failures: HashMap<Key, u32>,
 }
 
@@ -66,22 +69,34 @@ impl Queue {
         }
     }
 
+    /// Schedules `key` after `after`, unless it is already due sooner.
     pub fn push_after(&mut self, key: Key, after: Duration) {
-        self.later.entry(Instant::now() + after).or_default().push(key);
+        let at = Instant::now() + after;
+        if self.due.get(&key).is_some_and(|d| *d <= at) {
+            return;
+        }
+        self.due.insert(key.clone(), at);
+        self.later.entry(at).or_default().push(key);
     }
 
+    /// The next ready key. Reconciling it settles any pending deadline: the
+    /// reconcile asks again if it still needs one.
     pub fn pop(&mut self) -> Option<Key> {
         let k = self.ready.pop_front()?;
         self.queued.remove(&k);
+        self.due.remove(&k);
         Some(k)
     }
 
     /// Moves every key that is due into the ready queue.
     pub fn promote(&mut self, now: Instant) {
-        let due: Vec<Instant> = self.later.range(..=now).map(|(t, _)| *t).collect();
-        for t in due {
+        let times: Vec<Instant> = self.later.range(..=now).map(|(t, _)| *t).collect();
+        for t in times {
             for k in self.later.remove(&t).unwrap_or_default() {
-                self.push(k);
+                if self.due.get(&k) == Some(&t) {
+                    self.due.remove(&k);
+                    self.push(k);
+                }
             }
         }
     }
@@ -219,6 +234,27 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         q.promote(Instant::now());
         assert_eq!(q.pop(), Some(k("later")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requeues_of_one_key_do_not_pile_up() {
+        let mut q = Queue::default();
+        for _ in 0..100 {
+            q.push_after(k("node"), Duration::from_secs(40));
+        }
+        q.push_after(k("node"), Duration::from_secs(10));
+        assert_eq!(q.due.len(), 1);
+        tokio::time::advance(Duration::from_secs(41)).await;
+        q.promote(Instant::now());
+        assert_eq!(q.pop(), Some(k("node")), "due once, at the earliest deadline");
+        assert_eq!(q.pop(), None, "stale later entries are skipped");
+        assert!(q.due.is_empty());
+        q.push_after(k("node"), Duration::from_secs(5));
+        q.push(k("node"));
+        assert_eq!(q.pop(), Some(k("node")));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        q.promote(Instant::now());
+        assert_eq!(q.pop(), None, "an event-driven reconcile settled the pending deadline");
     }
 
     #[test]

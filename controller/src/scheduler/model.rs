@@ -2,7 +2,7 @@
 //! offers, which filters a node fails (with kube-scheduler's reasons) and
 //! how the nodes that pass are scored.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
 
@@ -123,7 +123,9 @@ pub fn owner_key(uid: &str) -> u64 {
 pub struct NodeUsage {
     pub requested: Resources,
     pub score_requested: Resources,
-    pub ports: HashSet<(String, i32)>,
+    /// Host ports in use, with how many pods hold each (two can, on
+    /// different host IPs or when bound without the scheduler).
+    pub ports: HashMap<(String, i32), u32>,
     /// Pods per owner on this node (few owners per node: a short list).
     pub owners: Vec<(u64, u32)>,
 }
@@ -140,7 +142,9 @@ impl NodeUsage {
         self.requested.pods += 1;
         self.score_requested.cpu_milli += p.score_requests.cpu_milli;
         self.score_requested.memory += p.score_requests.memory;
-        self.ports.extend(p.host_ports.iter().cloned());
+        for hp in &p.host_ports {
+            *self.ports.entry(hp.clone()).or_insert(0) += 1;
+        }
         if let Some(o) = p.owner {
             match self.owners.iter_mut().find(|(k, _)| *k == o) {
                 Some((_, n)) => *n += 1,
@@ -156,7 +160,12 @@ impl NodeUsage {
         self.score_requested.cpu_milli -= p.score_requests.cpu_milli;
         self.score_requested.memory -= p.score_requests.memory;
         for hp in &p.host_ports {
-            self.ports.remove(hp);
+            if let Some(n) = self.ports.get_mut(hp) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.ports.remove(hp);
+                }
+            }
         }
         if let Some(o) = p.owner {
             if let Some(i) = self.owners.iter().position(|(k, _)| *k == o) {
@@ -253,7 +262,7 @@ pub fn filter(node: &NodeInfo, usage: &NodeUsage, pod: &PodNeeds) -> Result<(), 
     if !selector_ok || pod.affinity.as_ref().is_some_and(|a| !affinity_matches(a, node)) {
         return Err(vec!["node(s) didn't match Pod's node affinity/selector".into()]);
     }
-    if pod.host_ports.iter().any(|p| usage.ports.contains(p)) {
+    if pod.host_ports.iter().any(|p| usage.ports.contains_key(p)) {
         return Err(vec!["node(s) didn't have free ports for the requested pod ports".into()]);
     }
     let mut fit = Vec::new();

@@ -103,7 +103,14 @@ fn default_container(c: &mut Container) {
     }
     c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".to_owned());
     c.termination_message_policy.get_or_insert_with(|| "File".to_owned());
-    c.resources.get_or_insert_with(ResourceRequirements::default);
+    let res = c.resources.get_or_insert_with(ResourceRequirements::default);
+    // As Kubernetes: a resource with a limit and no request requests its limit.
+    if let Some(limits) = res.limits.clone() {
+        let requests = res.requests.get_or_insert_with(BTreeMap::new);
+        for (k, v) in limits {
+            requests.entry(k).or_insert(v);
+        }
+    }
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".to_owned());
     }

@@ -178,3 +178,13 @@ fn field_validation_parameter() {
     assert_eq!(FieldValidation::parse(Some("Strict")).ok(), Some(FieldValidation::Strict));
     assert!(FieldValidation::parse(Some("Loose")).is_err());
 }
+
+#[test]
+fn limits_without_requests_request_the_limit() {
+    let a = admit_new("pods", json!({"metadata": {"name": "p"}, "spec": {"containers": [
+        {"name": "a", "image": "x", "resources": {"limits": {"cpu": "2", "memory": "1Gi"}, "requests": {"cpu": "1"}}}]}}))
+    .expect("valid");
+    let r = &a.object["spec"]["containers"][0]["resources"]["requests"];
+    assert_eq!(r["cpu"], "1", "an explicit request stays");
+    assert_eq!(r["memory"], "1Gi", "a missing one takes the limit");
+}

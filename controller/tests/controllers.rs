@@ -665,3 +665,32 @@ async fn foreground_deletion_spares_dependents_with_another_owner_and_manual_end
     assert_eq!(get(a, "/api/v1/namespaces/default/endpoints/external").await.status, 200);
     srv.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn pods_of_a_deleted_node_are_replaced_and_gated_pods_wait() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    post(a, NODES, &node("doomed", "4", "8Gi", json!({}), json!([]))).await;
+    post(a, DEPLOYS, &deployment("mover", 1, "img:1", json!({"type": "RollingUpdate"}))).await;
+    eventually("on doomed", || async {
+        pods_of(a, "mover").await.first().filter(|p| p["spec"]["nodeName"] == "doomed").map(|_| ())
+    })
+    .await;
+    post(a, NODES, &node("spare", "4", "8Gi", json!({}), json!([]))).await;
+    call(a, "DELETE", &format!("{NODES}/doomed"), "application/json", b"").await;
+    eventually("replaced on spare", || async {
+        let l = pods_of(a, "mover").await;
+        (l.len() == 1 && l[0]["spec"]["nodeName"] == "spare").then_some(())
+    })
+    .await;
+
+    let gated = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gated", "labels": {"app": "gated"}},
+        "spec": {"schedulingGates": [{"name": "example.com/wait"}], "containers": [{"name": "c", "image": "x"}]}});
+    post(a, PODS, &gated).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        get(a, &format!("{PODS}/gated")).await.json()["spec"].get("nodeName").is_none(),
+        "a gated pod is not scheduled"
+    );
+    srv.shutdown().await.expect("shutdown");
+}

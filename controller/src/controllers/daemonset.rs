@@ -225,7 +225,8 @@ impl Reconcile for DaemonSetController {
                 Some(IntOrString::Int(i)) => i,
                 Some(IntOrString::String(s)) => {
                     let pct: i64 = s.trim_end_matches('%').parse().unwrap_or(0);
-                    i32::try_from(pct * i64::from(desired) / 100).unwrap_or(1)
+                    // Rounded up, as Kubernetes does for DaemonSets.
+                    i32::try_from((pct * i64::from(desired) + 99) / 100).unwrap_or(1)
                 }
                 None => 1,
             }

@@ -374,7 +374,7 @@ impl DeploymentController {
         if replicas_of(new) > desired {
             self.scale(d, new, desired)?;
         } else if replicas_of(new) < desired {
-            let max_total = desired + surge;
+            let max_total = desired.saturating_add(surge);
             if all < max_total {
                 let up = (max_total - all).min(desired - replicas_of(new));
                 let to = replicas_of(new) + up;

@@ -208,7 +208,7 @@ impl NodeLifecycle {
                 }
                 let limit = secs.into_iter().flatten().max().unwrap_or(0).max(0);
                 let added = t.time_added.as_ref().map_or(now, |a| a.0.as_second());
-                let at = added + limit;
+                let at = added.saturating_add(limit);
                 deadline = Some(deadline.map_or(at, |d| d.min(at)));
             }
             let Some(at) = deadline else { continue };
@@ -264,7 +264,17 @@ impl Reconcile for NodeLifecycle {
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
         let Some(mut node) = self.client.get::<Node>("", &key.name)? else {
+            // The node was deleted: its pods will never run again (Kubernetes'
+            // pod GC); their controllers replace them elsewhere.
             self.tainted.remove(&key.name);
+            for p in self.pods_on(&key.name)? {
+                let (ns, name) = (
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                );
+                tracing::info!(pod = %format!("{ns}/{name}"), node = %key.name, "node deleted: deleting its pod");
+                super::ignore_not_found(self.client.delete::<Pod>(ns, name, p.metadata.uid.as_deref()))?;
+            }
             return Ok(Action::Done);
         };
         if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_none_or(str::is_empty) {

@@ -52,7 +52,12 @@ fn wants_scheduling(pod: &Value) -> bool {
     let unbound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_none_or(str::is_empty);
     let ours = pod.pointer("/spec/schedulerName").and_then(Value::as_str).is_none_or(|s| s == SCHEDULER_NAME);
     let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
-    unbound && ours && pod.pointer("/metadata/deletionTimestamp").is_none() && !matches!(phase, "Succeeded" | "Failed")
+    let gated = pod.pointer("/spec/schedulingGates").and_then(Value::as_array).is_some_and(|g| !g.is_empty());
+    unbound
+        && ours
+        && !gated
+        && pod.pointer("/metadata/deletionTimestamp").is_none()
+        && !matches!(phase, "Succeeded" | "Failed")
 }
 
 /// The node an active pod holds resources on, if any.

@@ -414,6 +414,18 @@ pub fn deployment(d: &mut Deployment, old: Option<&Deployment>, errs: &mut Errs)
         ru.max_unavailable.get_or_insert_with(|| IntOrString::String("25%".into()));
     }
     one_of(errs, "spec.strategy.type", strategy.type_.as_deref(), &["Recreate", "RollingUpdate"]);
+    if let Some(ru) = &strategy.rolling_update {
+        let surge = int_or_percent(errs, "spec.strategy.rollingUpdate.maxSurge", ru.max_surge.as_ref());
+        let unavailable =
+            int_or_percent(errs, "spec.strategy.rollingUpdate.maxUnavailable", ru.max_unavailable.as_ref());
+        if surge == Some(0) && unavailable == Some(0) {
+            errs.push(FieldError::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                0,
+                "may not be 0 when `maxSurge` is 0",
+            ));
+        }
+    }
     if strategy.type_.as_deref() == Some("Recreate") && strategy.rolling_update.is_some() {
         errs.push(FieldError::forbidden(
             "spec.strategy.rollingUpdate",
@@ -423,6 +435,30 @@ pub fn deployment(d: &mut Deployment, old: Option<&Deployment>, errs: &mut Errs)
     replicas(errs, spec.replicas);
     template(errs, &spec.selector, &mut spec.template, true);
     selector_immutable(errs, &spec.selector, old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector));
+}
+
+/// Checks an int-or-percent rollout bound (≥ 0; a percentage up to 100%);
+/// returns it when it is a plain number or a percentage, for the "both
+/// zero" rule (only its zero-ness matters there).
+fn int_or_percent(errs: &mut Errs, path: &str, v: Option<&IntOrString>) -> Option<i64> {
+    match v? {
+        IntOrString::Int(i) if *i < 0 => {
+            errs.push(FieldError::invalid(path, i, "must be greater than or equal to 0"));
+            None
+        }
+        IntOrString::Int(i) => Some(i64::from(*i)),
+        IntOrString::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+            Some(p) if (0..=100).contains(&p) => Some(p),
+            Some(_) => {
+                errs.push(FieldError::invalid(path, s, "must not be greater than 100%"));
+                None
+            }
+            None => {
+                errs.push(FieldError::invalid(path, s, "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
+                None
+            }
+        },
+    }
 }
 
 pub fn replica_set(r: &mut ReplicaSet, old: Option<&ReplicaSet>, errs: &mut Errs) {

@@ -188,3 +188,23 @@ fn limits_without_requests_request_the_limit() {
     assert_eq!(r["cpu"], "1", "an explicit request stays");
     assert_eq!(r["memory"], "1Gi", "a missing one takes the limit");
 }
+
+#[test]
+fn rollout_bounds_are_checked() {
+    let with = |surge: Value, unavailable: Value| {
+        let mut d = deployment(json!({"app": "web"}), json!({"app": "web"}));
+        d["spec"]["strategy"] =
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}});
+        admit_new("deployments", d)
+    };
+    assert!(with(json!(1), json!(0)).is_ok());
+    assert!(with(json!("50%"), json!("0%")).is_ok());
+    let e = with(json!(-1), json!(1)).expect_err("negative");
+    assert!(e.message.contains("spec.strategy.rollingUpdate.maxSurge: Invalid value"), "{}", e.message);
+    let e = with(json!("150%"), json!(1)).expect_err("over 100%");
+    assert!(e.message.contains("must not be greater than 100%"), "{}", e.message);
+    let e = with(json!("x"), json!(1)).expect_err("not a percent");
+    assert!(e.message.contains("valid percent string"), "{}", e.message);
+    let e = with(json!(0), json!(0)).expect_err("both zero");
+    assert!(e.message.contains("may not be 0 when `maxSurge` is 0"), "{}", e.message);
+}

@@ -108,14 +108,7 @@ impl Reconcile for DaemonSetController {
                 ));
             }
         } else if ev.resource == pod_id {
-            for o in std::iter::once(&ev.object).chain(ev.prev.as_ref()) {
-                let refs = o.pointer("/metadata/ownerReferences").and_then(|r| r.as_array());
-                if let Some(r) =
-                    refs.into_iter().flatten().find(|r| r["controller"] == true && r["kind"] == "DaemonSet")
-                {
-                    out.push(Key::new(ds_id, &ev.namespace, r["name"].as_str().unwrap_or_default()));
-                }
-            }
+            out.extend(podutil::controller_names(ev, "DaemonSet").map(|n| Key::new(ds_id, &ev.namespace, n)));
         }
     }
 

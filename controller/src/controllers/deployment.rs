@@ -134,14 +134,7 @@ impl Reconcile for DeploymentController {
         if ev.resource == d_id {
             out.push(Key::new(d_id, &ev.namespace, &ev.name));
         } else if ev.resource == rs_id {
-            for o in std::iter::once(&ev.object).chain(ev.prev.as_ref()) {
-                let refs = o.pointer("/metadata/ownerReferences").and_then(|r| r.as_array());
-                if let Some(r) =
-                    refs.into_iter().flatten().find(|r| r["controller"] == true && r["kind"] == "Deployment")
-                {
-                    out.push(Key::new(d_id, &ev.namespace, r["name"].as_str().unwrap_or_default()));
-                }
-            }
+            out.extend(podutil::controller_names(ev, "Deployment").map(|n| Key::new(d_id, &ev.namespace, n)));
         } else if ev.resource == pod_id && ev.kind == crate::store::EventType::Deleted {
             // Recreate waits for old pods to be gone: a pod's deletion may
             // unblock its deployment.
@@ -293,15 +286,7 @@ impl DeploymentController {
         };
         let created = self.client.create(&rs)?;
         if start > 0 {
-            let msg = format!("Scaled up replica set {dname}-{hash} from 0 to {start}");
-            events::record(
-                &self.client,
-                "deployment-controller",
-                ("apps/v1", "Deployment", &d.metadata),
-                false,
-                "ScalingReplicaSet",
-                &msg,
-            );
+            self.scaling_event(d, &format!("Scaled up replica set {dname}-{hash} from 0 to {start}"));
         }
         tracing::info!(replicaset = %format!("{dname}-{hash}"), revision, "created new replica set");
         Ok(created)
@@ -319,16 +304,19 @@ impl DeploymentController {
         *rs = self.client.replace(&updated)?;
         let name = rs.metadata.name.clone().unwrap_or_default();
         let verb = if to > from { "up" } else { "down" };
-        let msg = format!("Scaled {verb} replica set {name} from {from} to {to}");
+        self.scaling_event(d, &format!("Scaled {verb} replica set {name} from {from} to {to}"));
+        Ok(())
+    }
+
+    fn scaling_event(&self, d: &Deployment, msg: &str) {
         events::record(
             &self.client,
             "deployment-controller",
             ("apps/v1", "Deployment", &d.metadata),
             false,
             "ScalingReplicaSet",
-            &msg,
+            msg,
         );
-        Ok(())
     }
 
     fn rollout_recreate(

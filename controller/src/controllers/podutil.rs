@@ -1,6 +1,9 @@
 //! Facts about pods and owner references that several loops need.
 
 use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use crate::store::WatchEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 /// The owner reference marked `controller: true`, if any.
@@ -83,4 +86,19 @@ pub fn deletion_rank(p: &Pod) -> (bool, u8, bool, std::cmp::Reverse<i32>, std::c
     };
     let created = p.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second());
     (scheduled, phase_rank, is_ready(p), std::cmp::Reverse(restarts(p)), std::cmp::Reverse(created))
+}
+
+/// The controller owner reference of a stored object (JSON), if any.
+pub fn controller_of(obj: &Value) -> Option<&Value> {
+    obj.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|r| r["controller"] == true)
+}
+
+/// The names of the `kind` controllers of an event's object, before and
+/// after the change (a change of owner concerns both).
+pub fn controller_names<'a>(ev: &'a WatchEvent, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    std::iter::once(&ev.object)
+        .chain(ev.prev.as_ref())
+        .filter_map(controller_of)
+        .filter(move |r| r["kind"] == kind)
+        .filter_map(|r| r["name"].as_str())
 }

@@ -49,9 +49,7 @@ impl Reconcile for ReplicaSetController {
         } else if ev.resource == self.pod_id {
             let mut orphan = false;
             for o in std::iter::once(&ev.object).chain(ev.prev.as_ref()) {
-                let refs = o.pointer("/metadata/ownerReferences").and_then(|r| r.as_array());
-                let ctrl = refs.into_iter().flatten().find(|r| r["controller"] == true);
-                match ctrl {
+                match podutil::controller_of(o) {
                     Some(r) if r["kind"] == "ReplicaSet" => {
                         out.push(Key::new(self.rs_id, &ev.namespace, r["name"].as_str().unwrap_or_default()))
                     }

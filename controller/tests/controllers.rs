@@ -199,6 +199,14 @@ async fn deployment_rolls_within_surge_and_unavailability() {
     let hash = rs1[0]["metadata"]["labels"]["pod-template-hash"].as_str().expect("hash").to_owned();
     assert!(rs1[0]["metadata"]["name"].as_str().is_some_and(|n| n == format!("web-{hash}")));
 
+    // minReadySeconds follows the Deployment onto its current ReplicaSet.
+    patch(a, &format!("{DEPLOYS}/web"), "application/merge-patch+json", r#"{"spec":{"minReadySeconds":1}}"#).await;
+    eventually("minReadySeconds on the ReplicaSet", || async {
+        let l = items(&get(a, RSS).await.json());
+        (l.len() == 1 && l[0]["spec"]["minReadySeconds"] == 1).then_some(())
+    })
+    .await;
+    patch(a, &format!("{DEPLOYS}/web"), "application/merge-patch+json", r#"{"spec":{"minReadySeconds":0}}"#).await;
     patch(
         a,
         &format!("{DEPLOYS}/web"),

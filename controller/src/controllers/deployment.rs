@@ -192,6 +192,13 @@ impl Reconcile for DeploymentController {
         let mut new_rs = match new_idx {
             Some(i) => {
                 let mut rs = owned.remove(i);
+                // minReadySeconds follows the Deployment onto its current ReplicaSet.
+                let rs_spec = rs.spec.get_or_insert_with(Default::default);
+                if rs_spec.min_ready_seconds != spec.min_ready_seconds {
+                    rs_spec.min_ready_seconds = spec.min_ready_seconds;
+                    rs.metadata.resource_version = None;
+                    rs = self.client.replace(&rs)?;
+                }
                 // Moving back to an old template makes it the newest revision.
                 let rev = revision_of(&rs.metadata);
                 if rev <= max_rev && owned.iter().any(|o| revision_of(&o.metadata) > rev) {

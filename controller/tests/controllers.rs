@@ -702,3 +702,32 @@ async fn pods_of_a_deleted_node_are_replaced_and_gated_pods_wait() {
     );
     srv.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_failing_daemon_pod_is_recreated_with_backoff() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    post(a, NODES, &node("edge", "2", "2Gi", json!({}), json!([]))).await;
+    let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "flaky"},
+        "spec": {"selector": {"matchLabels": {"app": "flaky"}}, "template": {"metadata": {"labels": {"app": "flaky"}},
+            "spec": {"containers": [{"name": "c", "image": "img:1"}]}}}});
+    post(a, DSS, &ds).await;
+    let first = eventually("daemon pod", || async {
+        pods_of(a, "flaky").await.first().and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+    })
+    .await;
+    // The agent reports it Failed.
+    patch(a, &format!("{PODS}/{first}/status"), "application/merge-patch+json", r#"{"status":{"phase":"Failed"}}"#)
+        .await;
+    eventually("failed pod removed", || async { pods_of(a, "flaky").await.is_empty().then_some(()) }).await;
+    let gone_at = std::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(pods_of(a, "flaky").await.is_empty(), "not recreated at once");
+    eventually("recreated after the backoff", || async { (!pods_of(a, "flaky").await.is_empty()).then_some(()) }).await;
+    assert!(
+        gone_at.elapsed() >= std::time::Duration::from_millis(900),
+        "waited about a second: {:?}",
+        gone_at.elapsed()
+    );
+    srv.shutdown().await.expect("shutdown");
+}

@@ -26,11 +26,22 @@ pub const REVISION_HASH_LABEL: &str = "controller-revision-hash";
 pub struct DaemonSetController {
     client: Client,
     ids: (&'static str, &'static str, &'static str),
+    /// Per (DaemonSet uid, node): no new pod before this instant, and the
+    /// next wait, after a daemon pod failed there (Kubernetes'
+    /// `failedPodsBackoff`: 1 s doubling to 15 min).
+    backoff: HashMap<(String, String), (std::time::Instant, std::time::Duration)>,
 }
+
+const FAILED_BACKOFF_START: std::time::Duration = std::time::Duration::from_secs(1);
+const FAILED_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl DaemonSetController {
     pub fn new(client: Client) -> Result<Self, ApiError> {
-        Ok(DaemonSetController { client, ids: (DaemonSet::rt()?.id, Node::rt()?.id, Pod::rt()?.id) })
+        Ok(DaemonSetController {
+            client,
+            ids: (DaemonSet::rt()?.id, Node::rt()?.id, Pod::rt()?.id),
+            backoff: HashMap::new(),
+        })
     }
 }
 
@@ -159,6 +170,15 @@ impl Reconcile for DaemonSetController {
             }
             let (keep, gone): (Vec<Pod>, Vec<Pod>) = pods.drain(..).partition(|p| podutil::phase(p) != "Failed");
             gone.iter().try_for_each(&delete)?;
+            let slot = (uid.clone(), node.clone());
+            if !gone.is_empty() {
+                let next =
+                    self.backoff.get(&slot).map_or(FAILED_BACKOFF_START, |(_, d)| (*d * 2).min(FAILED_BACKOFF_MAX));
+                self.backoff.insert(slot, (std::time::Instant::now() + next, next));
+                tracing::warn!(node = %node, retry_in_s = next.as_secs(), "daemon pod failed; backing off");
+            } else if keep.iter().any(podutil::is_ready) {
+                self.backoff.remove(&slot);
+            }
             let mut keep = keep;
             keep.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()));
             for extra in keep.iter().skip(1) {
@@ -169,9 +189,17 @@ impl Reconcile for DaemonSetController {
         }
         // Nodes without a pod get one, bound directly to the node.
         let mut created = 0;
+        let mut backing_off: Option<std::time::Duration> = None;
         for n in &wanted {
             if by_node.get(&n.name).is_some_and(|p| !p.is_empty()) {
                 continue;
+            }
+            if let Some((until, _)) = self.backoff.get(&(uid.clone(), n.name.clone())) {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if !left.is_zero() {
+                    backing_off = Some(backing_off.map_or(left, |b| b.min(left)));
+                    continue;
+                }
             }
             let mut t = template.clone();
             let tmeta = t.metadata.take().unwrap_or_default();
@@ -261,9 +289,11 @@ impl Reconcile for DaemonSetController {
         }
         let waiting: BTreeMap<i64, ()> =
             current.iter().filter_map(|p| podutil::until_available(p, min_ready, now)).map(|s| (s, ())).collect();
-        Ok(waiting
-            .keys()
-            .next()
-            .map_or(Action::Done, |s| Action::RequeueAfter(std::time::Duration::from_secs(s.unsigned_abs()))))
+        let next = waiting.keys().next().map(|s| std::time::Duration::from_secs(s.unsigned_abs()));
+        Ok(match (next, backing_off) {
+            (Some(a), Some(b)) => Action::RequeueAfter(a.min(b)),
+            (Some(a), None) | (None, Some(a)) => Action::RequeueAfter(a),
+            (None, None) => Action::Done,
+        })
     }
 }

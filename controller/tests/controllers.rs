@@ -164,6 +164,12 @@ fn deployment(name: &str, replicas: i64, image: &str, strategy: Value) -> Value 
             "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": image}]}}}})
 }
 
+/// Changes the image of container `c` in the pod template at `path`.
+async fn set_image(a: std::net::SocketAddr, path: &str, image: &str) {
+    let body = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": image}]}}}});
+    assert_eq!(patch(a, path, "application/strategic-merge-patch+json", &body.to_string()).await.status, 200);
+}
+
 /// Stands in for the kubelets: marks every pending pod of `app` Running and Ready.
 async fn make_ready(a: std::net::SocketAddr, app: &str) {
     for p in pods_of(a, app).await {
@@ -207,13 +213,7 @@ async fn deployment_rolls_within_surge_and_unavailability() {
     })
     .await;
     patch(a, &format!("{DEPLOYS}/web"), "application/merge-patch+json", r#"{"spec":{"minReadySeconds":0}}"#).await;
-    patch(
-        a,
-        &format!("{DEPLOYS}/web"),
-        "application/strategic-merge-patch+json",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
-    )
-    .await;
+    set_image(a, &format!("{DEPLOYS}/web"), "img:2").await;
     // Drive the rollout as kubelets would, checking the invariants at each step.
     let mut done = false;
     for _ in 0..200 {
@@ -244,13 +244,7 @@ async fn deployment_rolls_within_surge_and_unavailability() {
     assert_eq!(rss.len(), 2, "the old ReplicaSet is kept as history (limit 1)");
 
     // A third template: the oldest history entry is pruned past the limit.
-    patch(
-        a,
-        &format!("{DEPLOYS}/web"),
-        "application/strategic-merge-patch+json",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:3"}]}}}}"#,
-    )
-    .await;
+    set_image(a, &format!("{DEPLOYS}/web"), "img:3").await;
     for _ in 0..200 {
         make_ready(a, "web").await;
         let d = get(a, &format!("{DEPLOYS}/web")).await.json();
@@ -284,13 +278,7 @@ async fn recreate_replaces_all_pods_at_once() {
     post(a, DEPLOYS, &deployment("rc", 3, "img:1", json!({"type": "Recreate"}))).await;
     eventually("3 pods", || async { (pods_of(a, "rc").await.len() == 3).then_some(()) }).await;
     make_ready(a, "rc").await;
-    patch(
-        a,
-        &format!("{DEPLOYS}/rc"),
-        "application/strategic-merge-patch+json",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
-    )
-    .await;
+    set_image(a, &format!("{DEPLOYS}/rc"), "img:2").await;
     let mut mixed = false;
     let mut done = false;
     for _ in 0..200 {
@@ -552,13 +540,7 @@ async fn daemonset_one_pod_per_eligible_node() {
 
     // A new template rolls one node at a time as pods become ready.
     make_ready(a, "agent").await;
-    patch(
-        a,
-        &format!("{DSS}/agent"),
-        "application/strategic-merge-patch+json",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"c","image":"img:2"}]}}}}"#,
-    )
-    .await;
+    set_image(a, &format!("{DSS}/agent"), "img:2").await;
     let mut rolled = false;
     for _ in 0..200 {
         let pods = pods_of(a, "agent").await;

@@ -184,6 +184,13 @@ impl Kubectl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs with `-o json` appended and parses the output.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)?).context("kubectl -o json output")
+    }
+
     /// Runs and requires failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> Result<String> {
         let out = self.run(args)?;
@@ -247,4 +254,16 @@ pub fn pod_ready(addr: &str, ns: &str, pod: &str) -> Result<()> {
 pub fn jiff_now() -> String {
     let secs = jiff::Timestamp::now().as_second();
     jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
+}
+
+/// Starts a controller (with `extra` flags) in `dir` and a kubectl pointed at
+/// it; `None` (after a loud skip notice, or a panic under CI) without kubectl.
+pub fn controller_and_kubectl(dir: &Path, extra: &[&str]) -> Result<Option<(Controller, Kubectl)>> {
+    let Some(bin) = kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return Ok(None);
+    };
+    let ctl = Controller::start_with(&dir.join("data"), "127.0.0.1:0", extra)?;
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") };
+    Ok(Some((ctl, k)))
 }

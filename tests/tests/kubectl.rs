@@ -11,33 +11,17 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kedge_tests::{Controller, Kubectl, kubectl_path, require};
+use kedge_tests::{Controller, Kubectl, controller_and_kubectl};
 use serde_json::Value;
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_string_lossy().into_owned()
 }
 
-fn setup(dir: &Path) -> Result<Option<(Controller, Kubectl)>> {
-    let Some(bin) = kubectl_path() else {
-        require(false, "kubectl is not installed");
-        return Ok(None);
-    };
-    let ctl = Controller::start(&dir.join("data"))?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") };
-    Ok(Some((ctl, k)))
-}
-
-fn json_of(k: &Kubectl, args: &[&str]) -> Result<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&k.ok(&a)?).context("kubectl -o json output")
-}
-
 #[test]
 fn apply_edit_and_read_back() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = setup(dir.path())? else {
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
         return Ok(());
     };
 
@@ -55,7 +39,7 @@ fn apply_edit_and_read_back() -> Result<()> {
     // A server-side dry run reports the change and stores nothing; diff shows it.
     let out = k.ok(&["apply", "--dry-run=server", "-f", &fixture("app-edited.yaml")])?;
     assert!(out.contains("deployment.apps/web configured (server dry run)"), "{out}");
-    assert_eq!(json_of(&k, &["get", "deployment", "web", "-n", "demo"])?["spec"]["replicas"], 2);
+    assert_eq!(k.json(&["get", "deployment", "web", "-n", "demo"])?["spec"]["replicas"], 2);
     let diff = k.run(&["diff", "-f", &fixture("app-edited.yaml")])?;
     let diff_out = String::from_utf8_lossy(&diff.stdout);
     assert_eq!(diff.status.code(), Some(1), "kubectl diff exits 1 when there are differences: {diff_out}");
@@ -64,7 +48,7 @@ fn apply_edit_and_read_back() -> Result<()> {
     let out = k.ok(&["apply", "-f", &fixture("app-edited.yaml")])?;
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     assert!(out.contains("configmap/web-config unchanged"), "{out}");
-    let d = json_of(&k, &["get", "deployment", "web", "-n", "demo"])?;
+    let d = k.json(&["get", "deployment", "web", "-n", "demo"])?;
     assert_eq!(d["spec"]["replicas"], 3);
     assert_eq!(d["metadata"]["labels"]["tier"], "front");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
@@ -112,7 +96,7 @@ fn apply_edit_and_read_back() -> Result<()> {
 #[test]
 fn watch_and_the_write_commands() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = setup(dir.path())? else {
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
         return Ok(());
     };
     k.ok(&["apply", "-f", &fixture("app.yaml")])?;
@@ -165,7 +149,7 @@ fn watch_and_the_write_commands() -> Result<()> {
         "-p",
         r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
     ])?;
-    let d = json_of(&k, &["get", "deployment", "web", "-n", "demo"])?;
+    let d = k.json(&["get", "deployment", "web", "-n", "demo"])?;
     assert_eq!(d["metadata"]["labels"]["env"], "prod");
     assert_eq!(d["metadata"]["annotations"]["owner"], "ops");
     let c = &d["spec"]["template"]["spec"]["containers"][0];
@@ -184,7 +168,7 @@ fn watch_and_the_write_commands() -> Result<()> {
 #[test]
 fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = setup(dir.path())? else {
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
         return Ok(());
     };
 
@@ -194,7 +178,7 @@ fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
 
     // describe finds a pod's events through the involvedObject field selectors.
     k.ok(&["run", "probe", "--image=kedge.local/busybox:1", "--restart=Never"])?;
-    let pod = json_of(&k, &["get", "pod", "probe"])?;
+    let pod = k.json(&["get", "pod", "probe"])?;
     let event = serde_json::json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": "probe.1", "namespace": "default"},
@@ -221,10 +205,10 @@ fn invalid_objects_are_refused_with_field_errors() -> Result<()> {
 #[test]
 fn apply_removes_what_the_file_no_longer_has() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = setup(dir.path())? else { return Ok(()) };
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else { return Ok(()) };
     k.ok(&["apply", "-f", &fixture("two-containers.yaml")])?;
     k.ok(&["apply", "-f", &fixture("one-container.yaml")])?;
-    let d = json_of(&k, &["get", "deployment", "pair"])?;
+    let d = k.json(&["get", "deployment", "pair"])?;
     let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
     assert_eq!(containers.len(), 1, "the sidecar is gone: {containers:?}");
     assert_eq!(containers[0]["env"], serde_json::json!([{"name": "KEEP", "value": "1"}]));
@@ -234,7 +218,7 @@ fn apply_removes_what_the_file_no_longer_has() -> Result<()> {
 #[test]
 fn create_subcommands_send_protobuf_and_work() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = setup(dir.path())? else { return Ok(()) };
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else { return Ok(()) };
     for args in [
         &["create", "namespace", "team"][..],
         &["create", "configmap", "cfg", "--from-literal=a=b", "-n", "team"],
@@ -249,19 +233,15 @@ fn create_subcommands_send_protobuf_and_work() -> Result<()> {
     }
     assert_eq!(k.ok(&["get", "configmap", "cfg", "-n", "team", "-o", "jsonpath={.data.a}"])?, "b");
     assert_eq!(k.ok(&["get", "secret", "sec", "-n", "team", "-o", "jsonpath={.data.pw}"])?, "aHVudGVyMg==");
-    let svc = json_of(&k, &["get", "service", "web", "-n", "team"])?;
+    let svc = k.json(&["get", "service", "web", "-n", "team"])?;
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
     assert!(svc["spec"]["ports"][0]["nodePort"].as_i64().is_some_and(|p| p >= 30000));
-    let d = json_of(&k, &["get", "deployment", "web", "-n", "team"])?;
+    let d = k.json(&["get", "deployment", "web", "-n", "team"])?;
     assert_eq!(d["spec"]["replicas"], 3);
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
     assert!(d["spec"]["template"]["metadata"].get("creationTimestamp").is_none_or(Value::is_null));
-    assert_eq!(
-        json_of(&k, &["get", "deployment", "idle", "-n", "team"])?["spec"]["replicas"],
-        0,
-        "an explicit 0 stays 0"
-    );
-    let cmd = json_of(&k, &["get", "deployment", "cmd", "-n", "team"])?;
+    assert_eq!(k.json(&["get", "deployment", "idle", "-n", "team"])?["spec"]["replicas"], 0, "an explicit 0 stays 0");
+    let cmd = k.json(&["get", "deployment", "cmd", "-n", "team"])?;
     assert_eq!(cmd["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["sleep", "3600"]));
     Ok(())
 }
@@ -269,7 +249,7 @@ fn create_subcommands_send_protobuf_and_work() -> Result<()> {
 #[test]
 fn kill_dash_nine_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((mut ctl, k)) = setup(dir.path())? else {
+    let Some((mut ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
         return Ok(());
     };
     k.ok(&["apply", "-f", &fixture("app.yaml")])?;
@@ -277,7 +257,7 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
     let snapshot = |k: &Kubectl| -> Result<BTreeMap<String, (String, String)>> {
         let mut m = BTreeMap::new();
         for kind in ["namespaces", "configmaps", "secrets", "deployments", "services"] {
-            let list = json_of(k, &["get", kind, "-A"])?;
+            let list = k.json(&["get", kind, "-A"])?;
             for it in list["items"].as_array().cloned().unwrap_or_default() {
                 let md = &it["metadata"];
                 let key =
@@ -313,11 +293,11 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
     let mut ctl = Controller::start_on(&data, &addr)?;
     let after = snapshot(&k)?;
     assert_eq!(before, after, "same objects, uids and resourceVersions after kill -9");
-    let d = json_of(&k, &["get", "deployment", "web", "-n", "demo"])?;
+    let d = k.json(&["get", "deployment", "web", "-n", "demo"])?;
     assert_eq!(d["spec"]["replicas"], 7);
 
     k.ok(&["label", "configmap", "web-config", "-n", "demo", "after=restart"])?;
-    let cm = json_of(&k, &["get", "configmap", "web-config", "-n", "demo"])?;
+    let cm = k.json(&["get", "configmap", "web-config", "-n", "demo"])?;
     let rv: u64 = cm["metadata"]["resourceVersion"].as_str().unwrap_or("0").parse()?;
     assert!(rv > max_rv, "revision {rv} continues above {max_rv}");
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use kedge_tests::{Controller, Kubectl, heartbeat, http, jiff_now, kubectl_path, pod_ready, require};
+use anyhow::{Result, bail};
+use kedge_tests::{Kubectl, controller_and_kubectl, heartbeat, http, jiff_now, pod_ready};
 use serde_json::{Value, json};
 
 fn node(name: &str, cpu: &str, mem: &str, labels: Value, taints: Value) -> Value {
@@ -81,26 +81,10 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> Result<bool>) -> Resul
     bail!("timed out waiting for {what}")
 }
 
-fn json_of(k: &Kubectl, args: &[&str]) -> Result<Value> {
-    let mut a = args.to_vec();
-    a.extend(["-o", "json"]);
-    serde_json::from_str(&k.ok(&a)?).context("kubectl -o json")
-}
-
-fn setup(dir: &Path, extra: &[&str]) -> Result<Option<(Controller, Kubectl)>> {
-    let Some(bin) = kubectl_path() else {
-        require(false, "kubectl is not installed");
-        return Ok(None);
-    };
-    let ctl = Controller::start_with(&dir.join("data"), "127.0.0.1:0", extra)?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("cache") };
-    Ok(Some((ctl, k)))
-}
-
 #[test]
 fn schedule_roll_out_and_undo() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((ctl, k)) = setup(dir.path(), &[])? else { return Ok(()) };
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &[])? else { return Ok(()) };
     let alive =
         Arc::new(std::sync::Mutex::new(vec!["big".to_owned(), "mid".to_owned(), "small".to_owned(), "gpu".to_owned()]));
     for n in [
@@ -122,7 +106,7 @@ fn schedule_roll_out_and_undo() -> Result<()> {
     apply_json(&k, dir.path(), "web", &deploy)?;
     let out = k.ok(&["rollout", "status", "deployment/web", "--timeout=60s"])?;
     assert!(out.contains("successfully rolled out"), "{out}");
-    let pods = json_of(&k, &["get", "pods", "-l", "app=web"])?;
+    let pods = k.json(&["get", "pods", "-l", "app=web"])?;
     let mut cpu: std::collections::BTreeMap<String, u32> = Default::default();
     for p in pods["items"].as_array().into_iter().flatten() {
         *cpu.entry(p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned()).or_default() += 500;
@@ -165,10 +149,10 @@ fn schedule_roll_out_and_undo() -> Result<()> {
 
     // Deleting the Deployment takes its ReplicaSets and pods; orphaning keeps them.
     k.ok(&["delete", "deployment", "web", "--cascade=orphan"])?;
-    assert_eq!(json_of(&k, &["get", "rs", "-l", "app=web"])?["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(k.json(&["get", "rs", "-l", "app=web"])?["items"].as_array().map(Vec::len), Some(2));
     k.ok(&["delete", "rs", "-l", "app=web"])?;
     wait_for("pods collected", 10, || {
-        Ok(json_of(&k, &["get", "pods", "-l", "app=web"])?["items"].as_array().is_some_and(Vec::is_empty))
+        Ok(k.json(&["get", "pods", "-l", "app=web"])?["items"].as_array().is_some_and(Vec::is_empty))
     })?;
     Ok(())
 }
@@ -176,7 +160,9 @@ fn schedule_roll_out_and_undo() -> Result<()> {
 #[test]
 fn daemonsets_and_node_loss() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((ctl, k)) = setup(dir.path(), &["--node-monitor-grace-period", "3s"])? else { return Ok(()) };
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &["--node-monitor-grace-period", "3s"])? else {
+        return Ok(());
+    };
     let alive = Arc::new(std::sync::Mutex::new(vec!["n1".to_owned(), "n2".to_owned()]));
     for name in ["n1", "n2"] {
         apply_json(&k, dir.path(), name, &node(name, "2", "2Gi", json!({"kedge.io/edge": "true"}), json!([])))?;
@@ -190,7 +176,7 @@ fn daemonsets_and_node_loss() -> Result<()> {
             "spec": {"nodeSelector": {"kedge.io/edge": "true"}, "containers": [{"name": "c", "image": "kedge.local/busybox:1"}]}}}});
     apply_json(&k, dir.path(), "ds", &ds)?;
     let on_nodes = |k: &Kubectl| -> Result<Vec<String>> {
-        let l = json_of(k, &["get", "pods", "-l", "app=logger"])?;
+        let l = k.json(&["get", "pods", "-l", "app=logger"])?;
         let mut v: Vec<String> = l["items"]
             .as_array()
             .into_iter()
@@ -242,7 +228,7 @@ fn daemonsets_and_node_loss() -> Result<()> {
     let taints = k.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"])?;
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
     wait_for("mover replaced off n1", 20, || {
-        let l = json_of(&k, &["get", "pods", "-l", "app=mover"])?;
+        let l = k.json(&["get", "pods", "-l", "app=mover"])?;
         Ok(l["items"].as_array().is_some_and(|i| i.len() == 1 && i[0]["spec"]["nodeName"] != "n1"))
     })?;
     let stayer = k.ok(&["get", "pods", "-l", "app=stayer", "-o", "jsonpath={.items[*].spec.nodeName}"])?;

@@ -1,5 +1,4 @@
-//! `kedge-agent`: the node agent. This is the skeleton the CRI shim, the
-//! local cache and the MQTT link grow into; today it only identifies itself.
+//! `kedge-agent` command line.
 
 use std::process::ExitCode;
 
@@ -10,12 +9,6 @@ fn main() -> ExitCode {
             println!("kedge-agent {}", kedge_common::VERSION);
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!(
-                "kedge-agent {}: the node agent is not implemented yet (only --version); see the open issues",
-                kedge_common::VERSION
-            );
-            ExitCode::from(2)
-        }
+        _ => ExitCode::from(2),
     }
 }

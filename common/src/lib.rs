@@ -2,9 +2,12 @@
 //!
 //! This crate is data and codecs only: no I/O, no async runtime, no MQTT client,
 //! no Kubernetes API types (design.md §2). The full snapshot/report types arrive
-//! with the fleet-link issue; what is here is the envelope and the topic tree.
+//! with the fleet-link issue; what is here is the envelope, the topic tree, the
+//! pod as a node runs it, and Kubernetes quantities.
 
 pub mod envelope;
+pub mod pod;
+pub mod quantity;
 pub mod topics;
 
 /// Version of the kedge binaries, reported by `--version` and in node reports.

@@ -7,7 +7,6 @@ pub mod api;
 pub mod client;
 pub mod controllers;
 pub mod patch;
-pub mod quantity;
 pub mod resources;
 pub mod scheduler;
 pub mod selector;

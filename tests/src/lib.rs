@@ -267,3 +267,33 @@ pub fn controller_and_kubectl(dir: &Path, extra: &[&str]) -> Result<Option<(Cont
     let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") };
     Ok(Some((ctl, k)))
 }
+
+/// Whether this process runs as root (containers, namespaces, cgroups).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// The busybox OCI archive from `images/busybox/build.sh`, built once per
+/// test process (the build is reproducible, so rebuilding is harmless).
+pub fn busybox_image() -> Result<PathBuf> {
+    static BUILT: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let out = root.join("target/images/busybox.tar");
+            let status = Command::new("bash")
+                .arg(root.join("images/busybox/build.sh"))
+                .stdout(Stdio::null())
+                .output()
+                .map_err(|e| format!("running images/busybox/build.sh: {e}"))?;
+            if !status.status.success() {
+                return Err(format!("images/busybox/build.sh failed: {}", String::from_utf8_lossy(&status.stderr)));
+            }
+            Ok(out)
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}

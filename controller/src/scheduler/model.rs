@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
 
-use crate::quantity;
+use kedge_common::quantity;
 
 /// Requested or allocatable amounts: milli-CPU, bytes of memory, pod count.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -17,9 +17,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::names;
 use crate::api::error::FieldError;
-use crate::quantity;
 use crate::resources::ResourceType;
 use crate::selector;
+use kedge_common::quantity;
 
 type Errs = Vec<FieldError>;
 

@@ -1,0 +1,167 @@
+//! The blocking calls into libcontainer. Each runs on a blocking thread
+//! (libcontainer forks and waits); the builders are not `Send`, so they are
+//! made inside the call.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::RuntimeError;
+
+/// Largest ExecSync output kept per stream, as the kubelet caps it.
+const MAX_EXEC_OUTPUT: u64 = 16 << 20;
+
+fn lc(id: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError + '_ {
+    move |source| RuntimeError::Libcontainer { id: id.to_string(), source }
+}
+
+/// Opens a pipe read-write: the holder never sees EPIPE, whoever reads it.
+fn open_fifo_rw(path: &Path) -> Result<File, RuntimeError> {
+    OpenOptions::new().read(true).write(true).open(path).map_err(RuntimeError::io(path))
+}
+
+/// `create`: the container's init is forked and waits to be started.
+pub fn create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
+    let stdout = open_fifo_rw(&bundle.join("stdout"))?;
+    let stderr = open_fifo_rw(&bundle.join("stderr"))?;
+    let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(lc(id))?
+        .validate_id()
+        .map_err(lc(id))?
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(lc(id))?;
+    container.pid().map(|p| p.as_raw()).ok_or_else(|| RuntimeError::Libcontainer {
+        id: id.to_string(),
+        source: libcontainer::error::LibcontainerError::Other("created container has no pid".into()),
+    })
+}
+
+pub fn start(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
+    let mut container = Container::load(state_root.join(id)).map_err(lc(id))?;
+    container.start().map_err(lc(id))
+}
+
+/// Deletes libcontainer's state and the container's cgroup.
+pub fn delete(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
+    let dir = state_root.join(id);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut container = Container::load(dir).map_err(lc(id))?;
+    container.delete(true).map_err(lc(id))
+}
+
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// Runs `args` inside a running container and waits up to `timeout`
+/// (None = no limit) for it.
+pub fn exec(
+    id: &str,
+    state_root: &Path,
+    scratch: &Path,
+    args: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, RuntimeError> {
+    let tag = crate::fsutil::unique();
+    let out_path = scratch.join(format!("exec-{tag}.out"));
+    let err_path = scratch.join(format!("exec-{tag}.err"));
+    let result = exec_inner(id, state_root, &out_path, &err_path, args, timeout);
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    result
+}
+
+fn exec_inner(
+    id: &str,
+    state_root: &Path,
+    out_path: &Path,
+    err_path: &Path,
+    args: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, RuntimeError> {
+    let out = File::create(out_path).map_err(RuntimeError::io(out_path))?;
+    let err = File::create(err_path).map_err(RuntimeError::io(err_path))?;
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(lc(id))?
+        .with_stdout(out)
+        .with_stderr(err)
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(true)
+        .build()
+        .map_err(lc(id))?;
+    let started = Instant::now();
+    let exit_code = loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => break code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(_) => {}
+            Err(e) => return Err(RuntimeError::sys("waitpid")(e)),
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(RuntimeError::DeadlineExceeded(format!(
+                "command timed out after {:?}",
+                timeout.unwrap_or_default()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |p: &Path| -> Result<Vec<u8>, RuntimeError> {
+        let mut buf = Vec::new();
+        File::open(p)
+            .map_err(RuntimeError::io(p))?
+            .take(MAX_EXEC_OUTPUT)
+            .read_to_end(&mut buf)
+            .map_err(RuntimeError::io(p))?;
+        Ok(buf)
+    };
+    Ok(ExecOutput { stdout: read(out_path)?, stderr: read(err_path)?, exit_code })
+}
+
+/// Sends `signal` to a container's init (which takes its pid namespace with it on SIGKILL).
+pub fn signal(pid: i32, signal: Signal) -> Result<(), RuntimeError> {
+    match kill(Pid::from_raw(pid), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(RuntimeError::sys("kill")(e)),
+    }
+}
+
+/// Whether the container's memory cgroup recorded an OOM kill (v1 and v2).
+pub fn oom_killed(cgroup_path: &str) -> bool {
+    let rel = cgroup_path.trim_start_matches('/');
+    for file in
+        [format!("/sys/fs/cgroup/memory/{rel}/memory.oom_control"), format!("/sys/fs/cgroup/{rel}/memory.events")]
+    {
+        if let Ok(text) = fs::read_to_string(&file) {
+            let killed = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n > 0));
+            if killed {
+                return true;
+            }
+        }
+    }
+    false
+}

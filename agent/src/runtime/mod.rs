@@ -1,0 +1,763 @@
+//! The CRI runtime: pod sandboxes and containers on youki's libcontainer,
+//! with the semantics of the CRI's RuntimeService and ImageService. The pod
+//! workers call it in-process; `grpc.rs` serves the same object on a socket.
+//!
+//! Every container's init is this process's child (libcontainer forks it with
+//! CLONE_PARENT): a pidfd per container tells when it exits, `waitpid` reaps
+//! it and gives the exit status. Containers adopted from an earlier agent are
+//! watched by pidfd too; their exit status went to their new parent, so they
+//! end with exit code 255 and reason `Unknown`, as containerd reports them.
+
+mod container;
+mod convert;
+pub mod logs;
+mod netdev;
+mod pidfd;
+pub mod records;
+mod sandbox;
+mod seccomp;
+mod snapshot;
+mod spec;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::images::{ImageError, ImageStore};
+pub use records::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, Snapshotter};
+
+/// Exit code recorded when the real one could not be observed (containerd's value).
+pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("container {id}: {source}")]
+    Libcontainer { id: String, source: libcontainer::error::LibcontainerError },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{what}: {source}")]
+    Sys { what: String, source: nix::Error },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> RuntimeError {
+        let path = path.as_ref().to_path_buf();
+        move |source| RuntimeError::Io { path, source }
+    }
+
+    pub(crate) fn sys(what: impl AsRef<Path>) -> impl FnOnce(nix::Error) -> RuntimeError {
+        let what = what.as_ref().display().to_string();
+        move |source| RuntimeError::Sys { what, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data_dir: PathBuf,
+    /// Force a snapshotter (default: overlay when the kernel has it).
+    pub snapshotter: Option<Snapshotter>,
+    /// pids.max for every container (None: unlimited).
+    pub pids_limit: Option<i64>,
+    pub log_rotation: logs::Rotation,
+}
+
+impl Options {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Options {
+            data_dir: data_dir.into(),
+            snapshotter: None,
+            pids_limit: Some(4096),
+            log_rotation: Default::default(),
+        }
+    }
+}
+
+/// Where things live under the data dir.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn pods(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+    pub fn pod(&self, id: &str) -> PathBuf {
+        self.pods().join(id)
+    }
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    pub fn container(&self, id: &str) -> PathBuf {
+        self.containers().join(id)
+    }
+    /// Namespace pins (a private mount).
+    pub fn ns(&self) -> PathBuf {
+        self.root.join("ns")
+    }
+    /// libcontainer's state root.
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sandboxes: BTreeMap<String, SandboxRecord>,
+    containers: BTreeMap<String, ContainerRecord>,
+}
+
+struct Inner {
+    opts: Options,
+    paths: Paths,
+    images: ImageStore,
+    snapshotter: Snapshotter,
+    boot_id: String,
+    state: Mutex<State>,
+    /// Bumped on every container or sandbox state change.
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    crate::images::hex(&bytes)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RuntimeError::Io { path: PathBuf::from("blocking task"), source: io::Error::other(e.to_string()) })
+    })
+}
+
+impl Runtime {
+    /// Opens the runtime's state, adopting the containers an earlier agent
+    /// left running. Must be called inside the tokio runtime.
+    pub fn open(opts: Options) -> Result<Runtime> {
+        let paths = Paths { root: opts.data_dir.clone() };
+        for d in [paths.pods(), paths.containers(), paths.state(), paths.logs()] {
+            fs::create_dir_all(&d).map_err(RuntimeError::io(&d))?;
+        }
+        sandbox::prepare_pin_dir(&paths.ns())?;
+        let images = ImageStore::open(paths.images())?;
+        let (changed, _) = watch::channel(0);
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                snapshotter: snapshot::choose(opts.snapshotter),
+                opts,
+                images,
+                boot_id: records::boot_id(),
+                state: Mutex::new(State::default()),
+                changed,
+                paths,
+            }),
+        };
+        rt.recover();
+        Ok(rt)
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.inner.paths
+    }
+
+    /// A receiver that changes whenever a container or sandbox does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self) {
+        self.inner.changed.send_modify(|n| *n += 1);
+    }
+
+    fn save_container(&self, rec: &ContainerRecord) {
+        if let Err(e) = records::save(&self.inner.paths.container(&rec.id), rec) {
+            tracing::error!(container = %rec.id, error = %e, "cannot persist container state");
+        }
+    }
+
+    fn save_sandbox(&self, rec: &SandboxRecord) {
+        if let Err(e) = records::save(&self.inner.paths.pod(&rec.id), rec) {
+            tracing::error!(sandbox = %rec.id, error = %e, "cannot persist sandbox state");
+        }
+    }
+
+    /// Loads the records and re-attaches to every container still alive.
+    fn recover(&self) {
+        let boot = self.inner.boot_id.clone();
+        let mut sandboxes: Vec<SandboxRecord> = records::load_all(&self.inner.paths.pods());
+        for s in &mut sandboxes {
+            let pins = sandbox::Namespaces { net: s.netns.clone(), ipc: s.ipcns.clone(), uts: s.utsns.clone() };
+            if s.state == SandboxState::Ready && (s.boot_id != boot || !sandbox::namespaces_alive(&pins)) {
+                s.state = SandboxState::NotReady;
+                self.save_sandbox(s);
+            }
+        }
+        let mut containers: Vec<ContainerRecord> = records::load_all(&self.inner.paths.containers());
+        let mut adopt = Vec::new();
+        for c in &mut containers {
+            if c.state == ContainerState::Exited {
+                continue;
+            }
+            if c.boot_id == boot && records::alive(c.pid, c.pid_start) {
+                adopt.push(c.clone());
+            } else {
+                c.state = ContainerState::Exited;
+                c.exit_code = UNKNOWN_EXIT_CODE;
+                c.reason = "Unknown".into();
+                c.message = "the container's process was gone when the agent started".into();
+                c.finished_at = records::now_ns();
+                self.save_container(c);
+            }
+        }
+        {
+            let mut st = self.state();
+            st.sandboxes = sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect();
+            st.containers = containers.into_iter().map(|c| (c.id.clone(), c)).collect();
+        }
+        for c in adopt {
+            tracing::info!(container = %c.id, name = c.name(), pid = ?c.pid, "adopted running container");
+            self.attach(&c, false);
+        }
+    }
+
+    /// Starts the log pumps and the exit watcher of a container.
+    fn attach(&self, c: &ContainerRecord, child: bool) {
+        let dir = self.inner.paths.container(&c.id);
+        let writer = if c.log_path.as_os_str().is_empty() {
+            None
+        } else {
+            match logs::LogWriter::open(&c.log_path, self.inner.opts.log_rotation) {
+                Ok(w) => Some(Arc::new(Mutex::new(w))),
+                Err(e) => {
+                    tracing::warn!(container = %c.id, log = %c.log_path.display(), error = %e, "cannot open log file; output is discarded");
+                    None
+                }
+            }
+        };
+        tokio::spawn(logs::pump(dir.join("stdout"), "stdout", writer.clone()));
+        tokio::spawn(logs::pump(dir.join("stderr"), "stderr", writer));
+        if let Some(pid) = c.pid {
+            let rt = self.clone();
+            let id = c.id.clone();
+            tokio::spawn(async move { rt.watch_exit(id, pid, child).await });
+        }
+    }
+
+    async fn watch_exit(self, id: String, pid: i32, child: bool) {
+        if let Err(e) = pidfd::exited(pid).await {
+            tracing::warn!(container = %id, error = %e, "cannot watch container through a pidfd; polling instead");
+            while records::process_start(pid).is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let status = if child { waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).ok() } else { None };
+        let code = match status {
+            Some(WaitStatus::Exited(_, code)) => Some(code),
+            Some(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            _ => None,
+        };
+        self.exited(&id, code);
+    }
+
+    fn exited(&self, id: &str, code: Option<i32>) {
+        let rec = {
+            let mut st = self.state();
+            let Some(c) = st.containers.get_mut(id) else { return };
+            if c.state == ContainerState::Exited {
+                return;
+            }
+            c.state = ContainerState::Exited;
+            c.finished_at = records::now_ns();
+            c.exit_code = code.unwrap_or(UNKNOWN_EXIT_CODE);
+            c.reason = if container::oom_killed(&c.cgroup_path) {
+                "OOMKilled"
+            } else {
+                match code {
+                    Some(0) => "Completed",
+                    Some(_) => "Error",
+                    None => "Unknown",
+                }
+            }
+            .into();
+            if code.is_none() {
+                c.message = "exited while adopted from an earlier agent; its exit status was not observable".into();
+            }
+            c.clone()
+        };
+        tracing::info!(container = %rec.id, name = rec.name(), exit_code = rec.exit_code, reason = %rec.reason, "container exited");
+        self.save_container(&rec);
+        self.notify();
+    }
+
+    // ---- sandboxes ---------------------------------------------------------
+
+    pub async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, runtime_handler: String) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| RuntimeError::InvalidArgument("sandbox config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument("sandbox metadata has no name".into()));
+        }
+        let id = random_id();
+        let dir = self.inner.paths.pod(&id);
+        let hostname = if config.hostname.is_empty() { meta.name.clone() } else { config.hostname.clone() };
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            cgroup_parent: config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| format!("/kedge/{id}")),
+            config,
+            runtime_handler,
+            state: SandboxState::Ready,
+            created_at: records::now_ns(),
+            netns: None,
+            ipcns: None,
+            utsns: None,
+            hostname: hostname.clone(),
+            ip: String::new(),
+            boot_id: self.inner.boot_id.clone(),
+        };
+        let host_network = rec.host_network();
+        let host_ipc = rec.host_ipc();
+        let pin_dir = self.inner.paths.ns();
+        let dns = rec.config.dns_config.clone();
+        let setup_dir = dir.clone();
+        let setup_id = id.clone();
+        let ns = blocking(move || {
+            sandbox::write_pod_files(&setup_dir, &hostname, host_network, dns.as_ref())?;
+            sandbox::create_namespaces(&pin_dir, &setup_id, !host_network, !host_ipc, &hostname)
+        })
+        .await;
+        let ns = match ns {
+            Ok(ns) => ns,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        rec.netns = ns.net;
+        rec.ipcns = ns.ipc;
+        rec.utsns = ns.uts;
+        if host_network {
+            rec.ip = host_ip().unwrap_or_default();
+        }
+        self.save_sandbox(&rec);
+        tracing::info!(sandbox = %id, pod = %rec.name(), "sandbox ready");
+        self.state().sandboxes.insert(id.clone(), rec);
+        self.notify();
+        Ok(id)
+    }
+
+    fn sandbox(&self, id: &str) -> Result<SandboxRecord> {
+        self.state().sandboxes.get(id).cloned().ok_or_else(|| RuntimeError::NotFound { kind: "sandbox", id: id.into() })
+    }
+
+    fn containers_of(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        self.state().containers.values().filter(|c| c.sandbox_id == sandbox_id).cloned().collect()
+    }
+
+    /// Stops every container of the sandbox (no grace: the kubelet has
+    /// already stopped them gracefully) and releases its namespaces.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let Ok(rec) = self.sandbox(id) else { return Ok(()) };
+        for c in self.containers_of(id) {
+            self.stop_container(&c.id, 0).await?;
+        }
+        sandbox::release_namespaces(&sandbox::Namespaces {
+            net: rec.netns.clone(),
+            ipc: rec.ipcns.clone(),
+            uts: rec.utsns.clone(),
+        });
+        let updated = {
+            let mut st = self.state();
+            let Some(s) = st.sandboxes.get_mut(id) else { return Ok(()) };
+            s.state = SandboxState::NotReady;
+            s.clone()
+        };
+        self.save_sandbox(&updated);
+        self.notify();
+        Ok(())
+    }
+
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let Ok(rec) = self.sandbox(id) else { return Ok(()) };
+        self.stop_pod_sandbox(id).await?;
+        for c in self.containers_of(id) {
+            self.remove_container(&c.id).await?;
+        }
+        let dir = self.inner.paths.pod(id);
+        let cgroup = rec.cgroup_parent.clone();
+        blocking(move || {
+            sandbox::remove_cgroup(&cgroup);
+            fs::remove_dir_all(&dir)
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .map_err(RuntimeError::io(&dir))
+        })
+        .await?;
+        self.state().sandboxes.remove(id);
+        tracing::info!(sandbox = %id, pod = %rec.name(), "sandbox removed");
+        self.notify();
+        Ok(())
+    }
+
+    pub fn pod_sandbox_status(&self, id: &str) -> Result<cri::PodSandboxStatus> {
+        Ok(convert::sandbox_status(&self.sandbox(id)?))
+    }
+
+    pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        self.state().sandboxes.values().filter(|s| convert::sandbox_matches(s, filter)).map(convert::sandbox).collect()
+    }
+
+    // ---- containers --------------------------------------------------------
+
+    pub async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<&cri::PodSandboxConfig>,
+    ) -> Result<String> {
+        let sandbox = self.sandbox(sandbox_id)?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(RuntimeError::FailedPrecondition(format!("sandbox {sandbox_id} is not ready")));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| RuntimeError::InvalidArgument("container config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(RuntimeError::InvalidArgument("container metadata has no name".into()));
+        }
+        let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
+        let image = self.inner.images.resolve(&image_name)?;
+        let id = random_id();
+        let dir = self.inner.paths.container(&id);
+        let log_dir =
+            sandbox_config.map(|c| c.log_directory.clone()).unwrap_or_else(|| sandbox.config.log_directory.clone());
+        let log_path = if config.log_path.is_empty() {
+            PathBuf::new()
+        } else if log_dir.is_empty() {
+            self.inner.paths.logs().join(sandbox_id).join(&config.log_path)
+        } else {
+            Path::new(&log_dir).join(&config.log_path)
+        };
+        let cgroup_path = format!("{}/{}", sandbox.cgroup_parent.trim_end_matches('/'), id);
+        let mut rec = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sandbox_id.to_string(),
+            image_id: image.id.clone(),
+            image_ref: image.repo_digests().into_iter().next().unwrap_or_else(|| image.id.clone()),
+            config,
+            state: ContainerState::Created,
+            created_at: records::now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            pid: None,
+            pid_start: None,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            log_path,
+            cgroup_path,
+            snapshotter: self.inner.snapshotter,
+            boot_id: self.inner.boot_id.clone(),
+        };
+        let inner = self.inner.clone();
+        let setup = rec.clone();
+        let result = blocking(move || {
+            let layers = inner.images.unpack(&image)?;
+            inner.images.hold_layers(&layers, &setup.id)?;
+            let rootfs = snapshot::prepare(setup.snapshotter, &layers, &dir)?;
+            let spec = spec::build(&spec::SpecInput {
+                config: &setup.config,
+                sandbox: &sandbox,
+                sandbox_dir: &inner.paths.pod(&sandbox.id),
+                image: &image.config,
+                rootfs: &rootfs,
+                cgroup_path: &setup.cgroup_path,
+                pids_limit: inner.opts.pids_limit,
+            })?;
+            let config_path = dir.join("config.json");
+            let bytes = serde_json::to_vec_pretty(&spec)
+                .map_err(|e| RuntimeError::Io { path: config_path.clone(), source: e.into() })?;
+            fs::write(&config_path, bytes).map_err(RuntimeError::io(&config_path))?;
+            for f in ["stdout", "stderr"] {
+                let p = dir.join(f);
+                nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                    .map_err(RuntimeError::sys(&p))?;
+            }
+            container::create(&setup.id, &dir, &inner.paths.state())
+        })
+        .await;
+        match result {
+            Ok(pid) => {
+                rec.pid = Some(pid);
+                rec.pid_start = records::process_start(pid);
+            }
+            Err(e) => {
+                let inner = self.inner.clone();
+                let id = id.clone();
+                let kind = rec.snapshotter;
+                let _ = blocking(move || {
+                    let _ = container::delete(&id, &inner.paths.state());
+                    let dir = inner.paths.container(&id);
+                    snapshot::cleanup(kind, &dir);
+                    inner.images.release_layers(&id);
+                    let _ = fs::remove_dir_all(&dir);
+                    Ok(())
+                })
+                .await;
+                return Err(e);
+            }
+        }
+        self.save_container(&rec);
+        self.state().containers.insert(id.clone(), rec.clone());
+        self.attach(&rec, true);
+        tracing::info!(container = %id, name = rec.name(), sandbox = %sandbox_id, "container created");
+        self.notify();
+        Ok(id)
+    }
+
+    fn container(&self, id: &str) -> Result<ContainerRecord> {
+        self.state()
+            .containers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.into() })
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?;
+        if !rec.state.can_start() {
+            return Err(RuntimeError::FailedPrecondition(format!("container {id} is {:?}, not Created", rec.state)));
+        }
+        let state_root = self.inner.paths.state();
+        let cid = id.to_string();
+        blocking(move || container::start(&cid, &state_root)).await?;
+        let updated = {
+            let mut st = self.state();
+            let Some(c) = st.containers.get_mut(id) else { return Ok(()) };
+            if c.state == ContainerState::Created {
+                c.state = ContainerState::Running;
+            }
+            c.started_at = records::now_ns();
+            c.clone()
+        };
+        self.save_container(&updated);
+        tracing::info!(container = %id, name = updated.name(), pid = ?updated.pid, "container started");
+        self.notify();
+        Ok(())
+    }
+
+    /// Waits until the container has exited, up to `limit`.
+    async fn wait_exited(&self, id: &str, limit: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match self.state().containers.get(id) {
+                Some(c) if c.state != ContainerState::Exited => {}
+                _ => return true,
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// SIGTERM, up to `timeout` seconds, then SIGKILL.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let rec = self.container(id)?;
+        let Some(pid) = rec.pid.filter(|_| rec.state != ContainerState::Exited) else { return Ok(()) };
+        if timeout > 0 && rec.state == ContainerState::Running {
+            container::signal(pid, Signal::SIGTERM)?;
+            let grace = Duration::from_secs(u64::try_from(timeout).unwrap_or(0));
+            if self.wait_exited(id, grace).await {
+                return Ok(());
+            }
+            tracing::info!(container = %id, name = rec.name(), "grace period over; killing");
+        }
+        container::signal(pid, Signal::SIGKILL)?;
+        if !self.wait_exited(id, Duration::from_secs(10)).await {
+            return Err(RuntimeError::DeadlineExceeded(format!("container {id} did not exit after SIGKILL")));
+        }
+        Ok(())
+    }
+
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Ok(rec) = self.container(id) else { return Ok(()) };
+        self.stop_container(id, 0).await?;
+        let inner = self.inner.clone();
+        let cid = id.to_string();
+        blocking(move || {
+            container::delete(&cid, &inner.paths.state())?;
+            let dir = inner.paths.container(&cid);
+            snapshot::cleanup(rec.snapshotter, &dir);
+            inner.images.release_layers(&cid);
+            fs::remove_dir_all(&dir)
+                .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .map_err(RuntimeError::io(&dir))
+        })
+        .await?;
+        self.state().containers.remove(id);
+        tracing::info!(container = %id, "container removed");
+        self.notify();
+        Ok(())
+    }
+
+    pub fn container_status(&self, id: &str) -> Result<cri::ContainerStatus> {
+        let c = self.container(id)?;
+        Ok(convert::container_status(&c))
+    }
+
+    pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        self.state()
+            .containers
+            .values()
+            .filter(|c| convert::container_matches(c, filter))
+            .map(convert::container)
+            .collect()
+    }
+
+    /// Every container record (the pod workers' view, with attempt counts).
+    pub fn container_records(&self) -> Vec<ContainerRecord> {
+        self.state().containers.values().cloned().collect()
+    }
+
+    pub fn sandbox_records(&self) -> Vec<SandboxRecord> {
+        self.state().sandboxes.values().cloned().collect()
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Option<Duration>,
+    ) -> Result<cri::ExecSyncResponse> {
+        let rec = self.container(id)?;
+        if rec.state != ContainerState::Running {
+            return Err(RuntimeError::FailedPrecondition(format!("cannot exec in a stopped container {id}")));
+        }
+        if cmd.is_empty() {
+            return Err(RuntimeError::InvalidArgument("exec needs a command".into()));
+        }
+        let state_root = self.inner.paths.state();
+        let scratch = self.inner.paths.container(id);
+        let cid = id.to_string();
+        let out = blocking(move || container::exec(&cid, &state_root, &scratch, cmd, timeout)).await?;
+        Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
+    }
+
+    pub fn version(&self) -> cri::VersionResponse {
+        cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "kedge".into(),
+            runtime_version: kedge_common::VERSION.into(),
+            runtime_api_version: "v1".into(),
+        }
+    }
+
+    pub fn status(&self) -> cri::StatusResponse {
+        let cond = |t: &str| cri::RuntimeCondition {
+            r#type: t.into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        };
+        cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
+            ..Default::default()
+        }
+    }
+
+    // ---- images ------------------------------------------------------------
+
+    /// IDs of the images some container (in any state) still uses.
+    pub fn images_in_use(&self) -> BTreeSet<String> {
+        self.state().containers.values().map(|c| c.image_id.clone()).collect()
+    }
+
+    pub fn list_images(&self) -> Result<Vec<cri::Image>> {
+        Ok(self.inner.images.list()?.iter().map(convert::image).collect())
+    }
+
+    pub fn image_status(&self, name: &str) -> Result<Option<cri::Image>> {
+        match self.inner.images.resolve(name) {
+            Ok(img) => Ok(Some(convert::image(&img))),
+            Err(ImageError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn remove_image(&self, name: &str) -> Result<()> {
+        let in_use = self.images_in_use();
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking(move || match inner.images.remove(&name, &in_use) {
+            Ok(()) | Err(ImageError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    pub fn image_fs_info(&self) -> cri::ImageFsInfoResponse {
+        let (bytes, inodes) = self.inner.images.usage();
+        let usage = cri::FilesystemUsage {
+            timestamp: records::now_ns(),
+            fs_id: Some(cri::FilesystemIdentifier { mountpoint: self.inner.images.root().display().to_string() }),
+            used_bytes: Some(cri::UInt64Value { value: bytes }),
+            inodes_used: Some(cri::UInt64Value { value: inodes }),
+        };
+        cri::ImageFsInfoResponse { image_filesystems: vec![usage], container_filesystems: vec![] }
+    }
+}
+
+/// The first non-loopback IPv4 address of the host, for host-network pods.
+fn host_ip() -> Option<String> {
+    // Connecting a UDP socket sends nothing; it only picks the route's source address.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    sock.connect("192.0.2.1:9").ok()?;
+    sock.local_addr().ok().map(|a| a.ip().to_string()).filter(|ip| ip != "0.0.0.0")
+}

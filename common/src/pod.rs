@@ -1,0 +1,453 @@
+//! The pod as a node sees it: the subset of a Kubernetes Pod that an agent
+//! runs. Field names follow the Kubernetes JSON/YAML spelling, so a static-pod
+//! manifest (`kind: Pod`) parses straight into [`Pod`], and the fleet link
+//! carries the same structure in CBOR. Fields the agent does not act on are
+//! ignored when parsing, as the kubelet ignores fields it does not know.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::quantity;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: PodSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// Whether a container that exited with `exit_code` is started again.
+    pub fn restarts(self, exit_code: i32) -> bool {
+        match self {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => exit_code != 0,
+            RestartPolicy::Never => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default)]
+    pub containers: Vec<Container>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<Container>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_network: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_ipc: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<SecurityContext>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+}
+
+impl Container {
+    /// The pull policy Kubernetes defaults to: `Always` for `:latest` or an
+    /// untagged image, `IfNotPresent` otherwise.
+    pub fn pull_policy(&self) -> PullPolicy {
+        if let Some(p) = self.image_pull_policy {
+            return p;
+        }
+        let name = self.image.rsplit('/').next().unwrap_or(&self.image);
+        if self.image.contains('@') {
+            PullPolicy::IfNotPresent
+        } else {
+            match name.split_once(':') {
+                None | Some((_, "latest")) => PullPolicy::Always,
+                Some(_) => PullPolicy::IfNotPresent,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    pub container_port: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<i32>,
+}
+
+/// Quantities as written (`"64Mi"`, `"500m"`); [`Resources::memory_limit`]
+/// and friends parse them.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+}
+
+impl Resources {
+    fn milli(map: &BTreeMap<String, String>, key: &str) -> Result<Option<i128>, quantity::QuantityError> {
+        map.get(key).map(|q| quantity::parse_milli(q)).transpose()
+    }
+
+    /// Memory limit in bytes.
+    pub fn memory_limit(&self) -> Result<Option<i64>, quantity::QuantityError> {
+        Ok(Self::milli(&self.limits, "memory")?.map(|m| i64::try_from((m + 999) / 1000).unwrap_or(i64::MAX)))
+    }
+
+    /// CPU limit in millicores.
+    pub fn cpu_limit_milli(&self) -> Result<Option<i64>, quantity::QuantityError> {
+        Ok(Self::milli(&self.limits, "cpu")?.map(|m| i64::try_from(m).unwrap_or(i64::MAX)))
+    }
+
+    /// CPU request in millicores; Kubernetes uses the limit when only a limit is set.
+    pub fn cpu_request_milli(&self) -> Result<Option<i64>, quantity::QuantityError> {
+        match Self::milli(&self.requests, "cpu")? {
+            Some(m) => Ok(Some(i64::try_from(m).unwrap_or(i64::MAX))),
+            None => self.cpu_limit_milli(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub name: String,
+    pub mount_path: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_user: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as_group: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_root_filesystem: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privilege_escalation: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty_dir: Option<EmptyDir>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<HostPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<DataVolume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<DataVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EmptyDir {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPath {
+    pub path: String,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// A ConfigMap or Secret volume. The node has no API server to ask, so the
+/// controller inlines the referenced object's data in `data` (base64-decoded
+/// for Secrets); a static pod can only use inline data.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolume {
+    /// `configMap.name` or `secret.secretName`.
+    #[serde(default, alias = "secretName", skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_mode: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data: BTreeMap<String, String>,
+}
+
+/// A manifest problem, naming the field as `kubectl` would.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+/// A DNS-1123 label: what Kubernetes requires of container and volume names.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl Pod {
+    /// The checks the kubelet makes of a static pod before running it.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(kind) = &self.kind {
+            if kind != "Pod" {
+                return Err(field_error("kind", format!("must be Pod, not {kind}")));
+            }
+        }
+        let name = &self.metadata.name;
+        if name.is_empty() {
+            return Err(field_error("metadata.name", "Required value"));
+        }
+        if name.len() > 253 || !name.split('.').all(is_dns_label) {
+            return Err(field_error("metadata.name", format!("invalid name {name:?}: must be a DNS subdomain")));
+        }
+        let spec = &self.spec;
+        if spec.containers.is_empty() {
+            return Err(field_error("spec.containers", "Required value"));
+        }
+        if !spec.init_containers.is_empty() {
+            return Err(field_error("spec.initContainers", "not supported by this agent yet"));
+        }
+        let mut volumes = std::collections::BTreeSet::new();
+        for (i, v) in spec.volumes.iter().enumerate() {
+            let at = format!("spec.volumes[{i}]");
+            if !is_dns_label(&v.name) {
+                return Err(field_error(format!("{at}.name"), format!("invalid volume name {:?}", v.name)));
+            }
+            if !volumes.insert(v.name.as_str()) {
+                return Err(field_error(format!("{at}.name"), format!("Duplicate value: {:?}", v.name)));
+            }
+            let sources = [v.empty_dir.is_some(), v.host_path.is_some(), v.config_map.is_some(), v.secret.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(field_error(
+                    at,
+                    "exactly one of emptyDir, hostPath, configMap, secret must be set (the only types this agent supports)",
+                ));
+            }
+            if let Some(h) = &v.host_path {
+                if !h.path.starts_with('/') {
+                    return Err(field_error(format!("{at}.hostPath.path"), "must be an absolute path"));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in spec.containers.iter().enumerate() {
+            let at = format!("spec.containers[{i}]");
+            if !is_dns_label(&c.name) {
+                return Err(field_error(format!("{at}.name"), format!("invalid container name {:?}", c.name)));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(field_error(format!("{at}.name"), format!("Duplicate value: {:?}", c.name)));
+            }
+            if c.image.trim().is_empty() {
+                return Err(field_error(format!("{at}.image"), "Required value"));
+            }
+            for key in ["memory", "cpu"] {
+                for (what, map) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {
+                    if let Some(q) = map.get(key) {
+                        quantity::parse_milli(q).map_err(|e| {
+                            field_error(format!("{at}.resources.{what}.{key}"), format!("invalid value {q:?}: {e}"))
+                        })?;
+                    }
+                }
+            }
+            for (j, m) in c.volume_mounts.iter().enumerate() {
+                if !volumes.contains(m.name.as_str()) {
+                    return Err(field_error(
+                        format!("{at}.volumeMounts[{j}].name"),
+                        format!("Not found: {:?}", m.name),
+                    ));
+                }
+                if !m.mount_path.starts_with('/') {
+                    return Err(field_error(format!("{at}.volumeMounts[{j}].mountPath"), "must be an absolute path"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(containers: Vec<Container>) -> Pod {
+        Pod {
+            metadata: ObjectMeta { name: "web".into(), ..Default::default() },
+            spec: PodSpec { containers, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn container(name: &str, image: &str) -> Container {
+        Container { name: name.into(), image: image.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert!(pod(vec![container("a", "busybox")]).validate().is_ok());
+        let err = pod(vec![container("a", "busybox"), container("a", "x")]).validate().expect_err("invalid");
+        assert_eq!(err.field, "spec.containers[1].name");
+        let err = pod(vec![container("a", " ")]).validate().expect_err("invalid");
+        assert_eq!(err.field, "spec.containers[0].image");
+        let mut p = pod(vec![container("a", "busybox")]);
+        p.spec.containers[0].resources.limits.insert("memory".into(), "lots".into());
+        assert_eq!(p.validate().expect_err("invalid").field, "spec.containers[0].resources.limits.memory");
+        let mut p = pod(vec![container("a", "busybox")]);
+        p.spec.containers[0].volume_mounts.push(VolumeMount {
+            name: "data".into(),
+            mount_path: "/data".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            p.validate().expect_err("invalid").to_string(),
+            "spec.containers[0].volumeMounts[0].name: Not found: \"data\""
+        );
+    }
+
+    #[test]
+    fn resources_parse_to_bytes_and_millicores() {
+        let mut r = Resources::default();
+        r.limits.insert("memory".into(), "64Mi".into());
+        r.limits.insert("cpu".into(), "500m".into());
+        assert_eq!(r.memory_limit(), Ok(Some(64 << 20)));
+        assert_eq!(r.cpu_limit_milli(), Ok(Some(500)));
+        assert_eq!(r.cpu_request_milli(), Ok(Some(500)), "request defaults to the limit");
+    }
+
+    #[test]
+    fn pull_policy_defaults_like_kubernetes() {
+        assert_eq!(container("a", "busybox").pull_policy(), PullPolicy::Always);
+        assert_eq!(container("a", "busybox:latest").pull_policy(), PullPolicy::Always);
+        assert_eq!(container("a", "localhost:5000/busybox").pull_policy(), PullPolicy::Always);
+        assert_eq!(container("a", "localhost:5000/busybox:1.36").pull_policy(), PullPolicy::IfNotPresent);
+        assert_eq!(container("a", "busybox@sha256:ab").pull_policy(), PullPolicy::IfNotPresent);
+    }
+
+    #[test]
+    fn restart_policy_decides_on_exit_code() {
+        assert!(RestartPolicy::Always.restarts(0));
+        assert!(!RestartPolicy::OnFailure.restarts(0));
+        assert!(RestartPolicy::OnFailure.restarts(1));
+        assert!(!RestartPolicy::Never.restarts(1));
+    }
+}

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod agent;
+
 use anyhow::{Context, Result, bail};
 
 /// True under CI, where a skipped test is a failure.

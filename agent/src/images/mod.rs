@@ -6,7 +6,9 @@
 
 mod import;
 pub mod reference;
+pub mod registry;
 mod unpack;
+pub(crate) use unpack::safe_join;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -38,6 +40,8 @@ pub enum ImageError {
     InUse { image: String },
     #[error(transparent)]
     Import(#[from] ImportError),
+    #[error(transparent)]
+    Pull(#[from] registry::PullError),
     #[error(transparent)]
     Reference(#[from] reference::InvalidReference),
 }
@@ -328,8 +332,13 @@ impl ImageStore {
         for (layer, diff_id) in image.layers.iter().zip(diff_ids) {
             let dir = self.root.join("layers").join(hex_of(diff_id));
             if !dir.with_extension("done").exists() {
-                let blob = self.blob_path(layer.digest().as_ref())?;
-                unpack::unpack_layer(&blob, &dir, &self.root.join("tmp"), diff_id)?;
+                // One unpacker at a time: a second one would find the first's
+                // directory without its marker and take it for a crash's leftovers.
+                let _lock = self.lock()?;
+                if !dir.with_extension("done").exists() {
+                    let blob = self.blob_path(layer.digest().as_ref())?;
+                    unpack::unpack_layer(&blob, &dir, &self.root.join("tmp"), diff_id)?;
+                }
             }
             dirs.push(dir);
         }

@@ -19,6 +19,15 @@ use super::RuntimeError;
 /// Largest ExecSync output kept per stream, as the kubelet caps it.
 const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 
+/// libcontainer changes the process's working directory to bind and connect
+/// its notify sockets (unix socket paths are short), so two calls on two
+/// threads at once can send one to the other's socket. Every call holds this.
+static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serialized() -> std::sync::MutexGuard<'static, ()> {
+    LIBCONTAINER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lc(id: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError + '_ {
     move |source| RuntimeError::Libcontainer { id: id.to_string(), source }
 }
@@ -32,6 +41,7 @@ fn open_fifo_rw(path: &Path) -> Result<File, RuntimeError> {
 pub fn create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
     let stdout = open_fifo_rw(&bundle.join("stdout"))?;
     let stderr = open_fifo_rw(&bundle.join("stderr"))?;
+    let _one_at_a_time = serialized();
     let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(lc(id))?
@@ -51,6 +61,7 @@ pub fn create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, Runtime
 }
 
 pub fn start(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
+    let _one_at_a_time = serialized();
     let mut container = Container::load(state_root.join(id)).map_err(lc(id))?;
     container.start().map_err(lc(id))
 }
@@ -61,6 +72,7 @@ pub fn delete(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
     if !dir.exists() {
         return Ok(());
     }
+    let _one_at_a_time = serialized();
     let mut container = Container::load(dir).map_err(lc(id))?;
     container.delete(true).map_err(lc(id))
 }
@@ -99,6 +111,7 @@ fn exec_inner(
 ) -> Result<ExecOutput, RuntimeError> {
     let out = File::create(out_path).map_err(RuntimeError::io(out_path))?;
     let err = File::create(err_path).map_err(RuntimeError::io(err_path))?;
+    let one_at_a_time = serialized();
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(lc(id))?
@@ -109,6 +122,7 @@ fn exec_inner(
         .with_detach(true)
         .build()
         .map_err(lc(id))?;
+    drop(one_at_a_time);
     let started = Instant::now();
     let exit_code = loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {

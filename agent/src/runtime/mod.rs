@@ -80,6 +80,8 @@ pub struct Options {
     /// pids.max for every container (None: unlimited).
     pub pids_limit: Option<i64>,
     pub log_rotation: logs::Rotation,
+    /// Registries spoken to over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Options {
@@ -89,6 +91,7 @@ impl Options {
             snapshotter: None,
             pids_limit: Some(4096),
             log_rotation: Default::default(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -717,6 +720,18 @@ impl Runtime {
     /// IDs of the images some container (in any state) still uses.
     pub fn images_in_use(&self) -> BTreeSet<String> {
         self.state().containers.values().map(|c| c.image_id.clone()).collect()
+    }
+
+    /// Pulls `name` from its registry; returns the image ID.
+    pub async fn pull_image(&self, name: &str, creds: Option<crate::images::registry::Credentials>) -> Result<String> {
+        let inner = self.inner.clone();
+        let name = name.to_string();
+        blocking(move || {
+            let mut puller =
+                crate::images::registry::Puller::new(&inner.images, inner.opts.insecure_registries.clone(), creds);
+            Ok(puller.pull(&name)?)
+        })
+        .await
     }
 
     pub fn list_images(&self) -> Result<Vec<cri::Image>> {

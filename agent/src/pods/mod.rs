@@ -1,0 +1,84 @@
+//! Pods on this node: the manager starts one worker per desired pod, tells
+//! it when its pod changes or goes, and tears down pods nothing asks for any
+//! more. Sources of desired pods: the static manifest folder (`manifests`)
+//! and, with the fleet link, the controller's snapshot.
+
+pub mod backoff;
+pub mod manifests;
+pub mod status;
+pub mod translate;
+pub mod worker;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use worker::{DesiredPod, WorkerContext};
+
+type Slot = watch::Sender<Option<Arc<DesiredPod>>>;
+
+pub struct PodManager {
+    ctx: Arc<WorkerContext>,
+    workers: HashMap<String, (Slot, JoinHandle<()>)>,
+}
+
+impl PodManager {
+    pub fn new(ctx: WorkerContext) -> Self {
+        PodManager { ctx: Arc::new(ctx), workers: HashMap::new() }
+    }
+
+    /// Replaces the whole desired set: new pods start, changed ones are
+    /// handed to their worker, missing ones (and any sandbox of a pod no
+    /// source names, e.g. left from before a restart) are torn down.
+    pub fn set_desired(&mut self, pods: Vec<DesiredPod>) {
+        let wanted: BTreeSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
+        self.workers.retain(|_, (_, handle)| !handle.is_finished());
+        for (uid, (slot, _)) in &self.workers {
+            if !wanted.contains(uid) {
+                slot.send_if_modified(|cur| cur.take().is_some());
+            }
+        }
+        for d in pods {
+            let uid = d.uid.clone();
+            match self.workers.get(&uid) {
+                Some((slot, _)) => {
+                    slot.send_if_modified(|cur| {
+                        if cur.as_deref() == Some(&d) {
+                            false
+                        } else {
+                            *cur = Some(Arc::new(d));
+                            true
+                        }
+                    });
+                }
+                None => self.spawn(uid, Some(Arc::new(d))),
+            }
+        }
+        // Orphans: sandboxes of pods no source wants and no worker owns.
+        let orphans: BTreeSet<String> = self
+            .ctx
+            .runtime
+            .sandbox_records()
+            .iter()
+            .filter_map(|s| s.config.metadata.as_ref().map(|m| m.uid.clone()))
+            .filter(|uid| !wanted.contains(uid) && !self.workers.contains_key(uid))
+            .collect();
+        for uid in orphans {
+            tracing::info!(uid = %uid, "removing a pod no source wants");
+            self.spawn(uid, None);
+        }
+    }
+
+    fn spawn(&mut self, uid: String, desired: Option<Arc<DesiredPod>>) {
+        let (tx, rx) = watch::channel(desired);
+        let handle = tokio::spawn(worker::run(self.ctx.clone(), uid.clone(), rx));
+        self.workers.insert(uid, (tx, handle));
+    }
+
+    /// Whether every removed pod's worker has finished its teardown.
+    pub fn idle(&self) -> bool {
+        self.workers.values().all(|(slot, handle)| slot.borrow().is_some() || handle.is_finished())
+    }
+}

@@ -1,0 +1,245 @@
+//! What `kedge-agent ps` shows, built from files alone (the runtime's
+//! records plus each pod worker's status file), so it works while the agent
+//! is down. The pod workers write their file only when it changes.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::Paths;
+use crate::runtime::records::{self, ContainerRecord, ContainerState, SandboxRecord};
+
+use super::translate::LABEL_POD_UID;
+
+/// Why a container is not running, as the kubelet words it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    pub reason: String,
+    pub message: String,
+}
+
+/// A pod worker's view that the runtime records do not hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodStatusFile {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub source: String,
+    pub phase: String,
+    pub waiting: BTreeMap<String, Waiting>,
+    /// Spec order of the containers.
+    pub containers: Vec<String>,
+}
+
+pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
+    paths.root.join("status").join(format!("{uid}.json"))
+}
+
+pub fn write_status(paths: &Paths, status: &PodStatusFile) -> std::io::Result<()> {
+    let path = status_path(paths, &status.uid);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(&path, &bytes)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub id: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restart_count: u32,
+    pub last_exit_code: Option<i32>,
+    pub reason: String,
+    pub message: String,
+    pub image: String,
+    /// Seconds since the epoch when the current attempt started (0: never).
+    pub started_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PodView {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub phase: String,
+    pub source: String,
+    pub created_at: i64,
+    pub containers: Vec<ContainerView>,
+}
+
+/// The state a record claims, checked against the process table: a
+/// "running" container whose process is gone shows as `Unknown`.
+fn live_state(c: &ContainerRecord) -> &'static str {
+    match c.state {
+        ContainerState::Exited => "Exited",
+        ContainerState::Created if records::alive(c.pid, c.pid_start) => "Created",
+        ContainerState::Running if records::alive(c.pid, c.pid_start) => "Running",
+        _ => "Unknown",
+    }
+}
+
+/// Every pod on this node, from the data dir.
+pub fn read_pods(paths: &Paths) -> Vec<PodView> {
+    let sandboxes: Vec<SandboxRecord> = records::load_all(&paths.pods());
+    let containers: Vec<ContainerRecord> = records::load_all(&paths.containers());
+    let mut statuses: BTreeMap<String, PodStatusFile> = BTreeMap::new();
+    if let Ok(entries) = fs::read_dir(paths.root.join("status")) {
+        for e in entries.flatten() {
+            if let Ok(s) = fs::read(e.path())
+                .map_err(|_| ())
+                .and_then(|b| serde_json::from_slice::<PodStatusFile>(&b).map_err(|_| ()))
+            {
+                statuses.insert(s.uid.clone(), s);
+            }
+        }
+    }
+    // One entry per pod uid: the status file when there is one, else the newest sandbox.
+    let mut uids: Vec<String> = statuses.keys().cloned().collect();
+    for s in &sandboxes {
+        let uid = s
+            .config
+            .labels
+            .get(LABEL_POD_UID)
+            .cloned()
+            .or_else(|| s.config.metadata.as_ref().map(|m| m.uid.clone()))
+            .unwrap_or_default();
+        if !uids.contains(&uid) {
+            uids.push(uid);
+        }
+    }
+    let mut pods = Vec::new();
+    for uid in uids {
+        let pod_sandboxes: Vec<&SandboxRecord> =
+            sandboxes.iter().filter(|s| s.config.metadata.as_ref().is_some_and(|m| m.uid == uid)).collect();
+        let status = statuses.get(&uid).cloned().unwrap_or_default();
+        let newest = pod_sandboxes.iter().max_by_key(|s| s.created_at);
+        let meta = newest.and_then(|s| s.config.metadata.clone()).unwrap_or_default();
+        let sandbox_ids: Vec<&str> = pod_sandboxes.iter().map(|s| s.id.as_str()).collect();
+        let mut by_name: BTreeMap<String, Vec<&ContainerRecord>> = BTreeMap::new();
+        for c in containers.iter().filter(|c| sandbox_ids.contains(&c.sandbox_id.as_str())) {
+            by_name.entry(c.name().to_string()).or_default().push(c);
+        }
+        let mut names = status.containers.clone();
+        names.extend(by_name.keys().filter(|n| !status.containers.contains(n)).cloned());
+        let views = names
+            .iter()
+            .map(|name| {
+                container_view(name, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]), status.waiting.get(name))
+            })
+            .collect();
+        pods.push(PodView {
+            name: if status.name.is_empty() { meta.name.clone() } else { status.name.clone() },
+            namespace: if status.namespace.is_empty() { meta.namespace.clone() } else { status.namespace.clone() },
+            uid,
+            phase: if status.phase.is_empty() { "Unknown".into() } else { status.phase.clone() },
+            source: status.source.clone(),
+            created_at: newest.map(|s| s.created_at / 1_000_000_000).unwrap_or(0),
+            containers: views,
+        });
+    }
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods
+}
+
+fn container_view(name: &str, attempts: &[&ContainerRecord], waiting: Option<&Waiting>) -> ContainerView {
+    let mut sorted: Vec<&&ContainerRecord> = attempts.iter().collect();
+    sorted.sort_by_key(|c| (c.attempt(), c.created_at));
+    let current = sorted.last();
+    let previous = sorted.len().checked_sub(2).and_then(|i| sorted.get(i));
+    let state = match (current, waiting) {
+        (_, Some(_)) => "Waiting",
+        (Some(c), None) => live_state(c),
+        (None, None) => "Waiting",
+    };
+    let last_exit_code = match current {
+        Some(c) if c.state == ContainerState::Exited => Some(c.exit_code),
+        _ => previous.map(|p| p.exit_code),
+    };
+    let (reason, message) = match (waiting, current) {
+        (Some(w), _) => (w.reason.clone(), w.message.clone()),
+        (None, Some(c)) => (c.reason.clone(), c.message.clone()),
+        (None, None) => (String::new(), String::new()),
+    };
+    ContainerView {
+        name: name.to_string(),
+        id: current.map(|c| c.id.clone()).unwrap_or_default(),
+        state: state.to_string(),
+        pid: current.filter(|c| live_state(c) == "Running").and_then(|c| c.pid),
+        restart_count: current.map(|c| c.attempt()).unwrap_or(0),
+        last_exit_code,
+        reason,
+        message,
+        image: current.and_then(|c| c.config.image.as_ref().map(|i| i.image.clone())).unwrap_or_default(),
+        started_at: current.map(|c| c.started_at / 1_000_000_000).unwrap_or(0),
+    }
+}
+
+/// `ps` as a table.
+pub fn render_table(pods: &[PodView], now: i64) -> String {
+    let mut rows = vec![[
+        "POD".to_string(),
+        "CONTAINER".into(),
+        "STATE".into(),
+        "RESTARTS".into(),
+        "LAST EXIT".into(),
+        "PID".into(),
+        "AGE".into(),
+        "REASON".into(),
+    ]];
+    for p in pods {
+        let pod = format!("{}/{}", p.namespace, p.name);
+        if p.containers.is_empty() {
+            rows.push([
+                pod.clone(),
+                "-".into(),
+                p.phase.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                age(now - p.created_at),
+                String::new(),
+            ]);
+        }
+        for c in &p.containers {
+            rows.push([
+                pod.clone(),
+                c.name.clone(),
+                c.state.clone(),
+                c.restart_count.to_string(),
+                c.last_exit_code.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+                c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                if c.started_at > 0 { age(now - c.started_at) } else { "-".into() },
+                c.reason.clone(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r.iter().enumerate().map(|(i, cell)| format!("{cell:<w$}", w = widths[i])).collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `5s`, `3m`, `2h`, `4d`, as kubectl prints ages.
+pub fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Whether the data dir looks like an agent's (for a clear error in `ps`).
+pub fn is_agent_dir(dir: &Path) -> bool {
+    ["pods", "containers", "images"].iter().any(|d| dir.join(d).is_dir())
+}

@@ -1,0 +1,221 @@
+//! A pod spec → the CRI configs the kubelet would send, and the pod's volume
+//! directories (emptyDir, hostPath, ConfigMap/Secret files).
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use kedge_common::pod::{Container, Pod};
+
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// Annotation with the pod as the agent was asked to run it (JSON), so `ps`
+/// and a restarted agent know the restart policy without the source.
+pub const ANNOTATION_SOURCE: &str = "kedge.io/source";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("volume {volume}: {path}: {source}")]
+    Volume { volume: String, path: PathBuf, source: std::io::Error },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> TranslateError {
+    TranslateError::Invalid { field: field.into(), message: message.into() }
+}
+
+pub fn pod_labels(pod: &Pod, uid: &str) -> HashMap<String, String> {
+    let mut labels: HashMap<String, String> = pod.metadata.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    labels.insert(LABEL_POD_NAME.into(), pod.metadata.name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.into(), pod.namespace().into());
+    labels.insert(LABEL_POD_UID.into(), uid.into());
+    labels
+}
+
+/// Where a pod's logs go: `<logs>/<namespace>_<name>_<uid>`, as the kubelet lays them out.
+pub fn log_directory(logs_root: &Path, pod: &Pod, uid: &str) -> PathBuf {
+    logs_root.join(format!("{}_{}_{}", pod.namespace(), pod.metadata.name, uid))
+}
+
+pub fn sandbox_config(pod: &Pod, uid: &str, attempt: u32, log_dir: &Path, source: &str) -> cri::PodSandboxConfig {
+    let mode = |host: bool| if host { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
+    let mut annotations: HashMap<String, String> =
+        pod.metadata.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    annotations.insert(ANNOTATION_SOURCE.into(), source.into());
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: pod.metadata.name.clone(),
+            uid: uid.into(),
+            namespace: pod.namespace().into(),
+            attempt,
+        }),
+        hostname: pod.spec.hostname.clone().unwrap_or_else(|| pod.metadata.name.chars().take(63).collect()),
+        log_directory: log_dir.display().to_string(),
+        labels: pod_labels(pod, uid),
+        annotations,
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: mode(pod.spec.host_network),
+                    ipc: mode(pod.spec.host_ipc),
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Creates each volume's directory under `volumes_root/<uid>/` (hostPath:
+/// the host path) and returns volume name → host path.
+pub fn prepare_volumes(pod: &Pod, volumes_root: &Path) -> Result<HashMap<String, PathBuf>, TranslateError> {
+    let mut out = HashMap::new();
+    for v in &pod.spec.volumes {
+        let err = |path: &Path| {
+            let volume = v.name.clone();
+            let path = path.to_path_buf();
+            move |source| TranslateError::Volume { volume, path, source }
+        };
+        let path = if let Some(h) = &v.host_path {
+            let p = PathBuf::from(&h.path);
+            match h.kind.as_deref().unwrap_or("") {
+                "DirectoryOrCreate" => fs::create_dir_all(&p).map_err(err(&p))?,
+                "FileOrCreate" if !p.exists() => {
+                    if let Some(parent) = p.parent() {
+                        fs::create_dir_all(parent).map_err(err(parent))?;
+                    }
+                    fs::write(&p, b"").map_err(err(&p))?;
+                }
+                "" | "FileOrCreate" => {}
+                kind => {
+                    if !p.exists() {
+                        return Err(invalid(
+                            format!("volume {}", v.name),
+                            format!("hostPath {} ({kind}) does not exist", h.path),
+                        ));
+                    }
+                }
+            }
+            p
+        } else {
+            let dir = volumes_root.join(&v.name);
+            fs::create_dir_all(&dir).map_err(err(&dir))?;
+            if let Some(data) = v.config_map.as_ref().or(v.secret.as_ref()) {
+                let mode = data.default_mode.unwrap_or(0o644) & 0o777;
+                for (key, value) in &data.data {
+                    if key.contains('/') || key.starts_with("..") || key.is_empty() {
+                        return Err(invalid(format!("volume {}", v.name), format!("invalid key {key:?}")));
+                    }
+                    let file = dir.join(key);
+                    fs::write(&file, value).map_err(err(&file))?;
+                    fs::set_permissions(&file, fs::Permissions::from_mode(mode)).map_err(err(&file))?;
+                }
+            }
+            dir
+        };
+        out.insert(v.name.clone(), path);
+    }
+    Ok(out)
+}
+
+pub fn container_config(
+    pod: &Pod,
+    uid: &str,
+    c: &Container,
+    attempt: u32,
+    volumes: &HashMap<String, PathBuf>,
+) -> Result<cri::ContainerConfig, TranslateError> {
+    let at = |f: &str| format!("container {}: {f}", c.name);
+    let mut mounts = Vec::new();
+    for m in &c.volume_mounts {
+        let base =
+            volumes.get(&m.name).ok_or_else(|| invalid(at("volumeMounts"), format!("no volume {:?}", m.name)))?;
+        let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                let joined = crate::images::safe_join(base, Path::new(sub))
+                    .ok_or_else(|| invalid(at("subPath"), format!("{sub:?} escapes the volume")))?;
+                if !joined.exists() {
+                    fs::create_dir_all(&joined).map_err(|source| TranslateError::Volume {
+                        volume: m.name.clone(),
+                        path: joined.clone(),
+                        source,
+                    })?;
+                }
+                joined
+            }
+            None => base.clone(),
+        };
+        mounts.push(cri::Mount {
+            container_path: m.mount_path.clone(),
+            host_path: host.display().to_string(),
+            readonly: m.read_only,
+            ..Default::default()
+        });
+    }
+    let res = &c.resources;
+    let memory = res.memory_limit().map_err(|e| invalid(at("resources.limits.memory"), e.to_string()))?.unwrap_or(0);
+    let cpu_request = res.cpu_request_milli().map_err(|e| invalid(at("resources.requests.cpu"), e.to_string()))?;
+    let cpu_limit = res.cpu_limit_milli().map_err(|e| invalid(at("resources.limits.cpu"), e.to_string()))?;
+    // The kubelet's conversions: shares = milli * 1024 / 1000 (min 2), quota per 100 ms period.
+    let cpu_shares = cpu_request.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    let cpu_quota = cpu_limit.map(|m| (m * 100_000 / 1000).max(1000)).unwrap_or(0);
+    let sc = c.security_context.clone().unwrap_or_default();
+    let psc = pod.spec.security_context.clone().unwrap_or_default();
+    let privileged = sc.privileged.unwrap_or(false);
+    let run_as_user = sc.run_as_user.or(psc.run_as_user);
+    let run_as_group = sc.run_as_group.or(psc.run_as_group);
+    let caps = sc.capabilities.clone().unwrap_or_default();
+    let mut labels = pod_labels(pod, uid);
+    labels.insert(LABEL_CONTAINER_NAME.into(), c.name.clone());
+    Ok(cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: c.name.clone(), attempt }),
+        image: Some(cri::ImageSpec { image: c.image.clone(), ..Default::default() }),
+        command: c.command.clone(),
+        args: c.args.clone(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: c.env.iter().map(|e| cri::KeyValue { key: e.name.clone(), value: e.value.clone() }).collect(),
+        mounts,
+        labels,
+        log_path: format!("{}/{attempt}.log", c.name),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_period: if cpu_quota > 0 { 100_000 } else { 0 },
+                cpu_quota,
+                cpu_shares,
+                memory_limit_in_bytes: memory,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: Some(cri::Capability {
+                    add_capabilities: caps.add,
+                    drop_capabilities: caps.drop,
+                    ..Default::default()
+                }),
+                privileged,
+                run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
+                // Default on: a pod opts out with allowPrivilegeEscalation: true.
+                no_new_privs: !privileged && !sc.allow_privilege_escalation.unwrap_or(false),
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: if privileged {
+                        cri::security_profile::ProfileType::Unconfined
+                    } else {
+                        cri::security_profile::ProfileType::RuntimeDefault
+                    } as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    })
+}

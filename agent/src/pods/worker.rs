@@ -1,0 +1,374 @@
+//! One worker per pod (an actor, as in Ankaios): it owns the pod's restart
+//! backoff and waiting reasons, and on every wake-up compares what the pod
+//! should be with what the runtime has, then takes the next step — make the
+//! sandbox, pull, create, start, restart after backoff, or tear down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kedge_common::pod::{Container, Pod, PullPolicy, RestartPolicy};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::backoff::{Backoff, BackoffPolicy};
+use super::status::{PodStatusFile, Waiting, write_status};
+use super::translate;
+use crate::runtime::{ContainerRecord, ContainerState, Runtime, RuntimeError, SandboxRecord, SandboxState};
+
+/// A pod as a source (manifest file, controller snapshot) wants it run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredPod {
+    pub uid: String,
+    pub pod: Pod,
+    /// Where it came from, e.g. `file:/etc/kedge/manifests/web.yaml`.
+    pub source: String,
+}
+
+pub struct WorkerContext {
+    pub runtime: Runtime,
+    pub backoff: BackoffPolicy,
+}
+
+impl WorkerContext {
+    fn volumes_dir(&self, uid: &str) -> PathBuf {
+        self.runtime.paths().root.join("volumes").join(uid)
+    }
+}
+
+struct Worker {
+    ctx: Arc<WorkerContext>,
+    uid: String,
+    restarts: HashMap<String, Backoff>,
+    /// Image → (backoff, when the next pull may happen, last error).
+    pulls: HashMap<String, (Backoff, Instant, String)>,
+    waiting: BTreeMap<String, Waiting>,
+    written: Option<PodStatusFile>,
+}
+
+/// Wall-clock time since `ns` (nanoseconds since the epoch; 0 if in the future).
+fn since(ns: i64) -> Duration {
+    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    Duration::from_nanos(u64::try_from(now_ns - ns).unwrap_or(0))
+}
+
+fn ran_for(c: &ContainerRecord) -> Duration {
+    Duration::from_nanos(u64::try_from(c.finished_at - c.started_at).unwrap_or(0))
+}
+
+fn waiting(reason: &str, message: impl Into<String>) -> Waiting {
+    Waiting { reason: reason.into(), message: message.into() }
+}
+
+/// Runs until the pod is gone from `desired` and torn down.
+pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut desired: watch::Receiver<Option<Arc<DesiredPod>>>) {
+    let name =
+        desired.borrow().as_ref().map(|d| format!("{}/{}", d.pod.namespace(), d.pod.metadata.name)).unwrap_or_default();
+    let span = tracing::info_span!("pod", pod = %name, uid = %uid);
+    let mut w =
+        Worker { ctx, uid, restarts: HashMap::new(), pulls: HashMap::new(), waiting: BTreeMap::new(), written: None };
+    async move {
+        let mut changes = w.ctx.runtime.subscribe();
+        let mut last: Option<Arc<DesiredPod>> = None;
+        loop {
+            changes.mark_unchanged();
+            let current = desired.borrow_and_update().clone();
+            let Some(d) = current else {
+                w.teardown(last.as_deref()).await;
+                return;
+            };
+            last = Some(d.clone());
+            let next = w.sync(&d).await;
+            tokio::select! {
+                // The manager went away (the agent is stopping): pods keep running.
+                r = desired.changed() => if r.is_err() {
+                    return;
+                },
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))) => {}
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+impl Worker {
+    fn rt(&self) -> &Runtime {
+        &self.ctx.runtime
+    }
+
+    fn sandboxes(&self) -> Vec<SandboxRecord> {
+        let mut v: Vec<SandboxRecord> = self
+            .rt()
+            .sandbox_records()
+            .into_iter()
+            .filter(|s| s.config.metadata.as_ref().is_some_and(|m| m.uid == self.uid))
+            .collect();
+        v.sort_by_key(|s| s.created_at);
+        v
+    }
+
+    fn containers_in(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        let mut v: Vec<ContainerRecord> =
+            self.rt().container_records().into_iter().filter(|c| c.sandbox_id == sandbox_id).collect();
+        v.sort_by_key(|c| (c.attempt(), c.created_at));
+        v
+    }
+
+    /// One step towards the desired pod; returns when to look again at the latest.
+    async fn sync(&mut self, d: &DesiredPod) -> Option<Instant> {
+        let pod = &d.pod;
+        let mut next: Option<Instant> = None;
+        let mut wake = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        let sandboxes = self.sandboxes();
+        let sandbox = match sandboxes.iter().rev().find(|s| s.state == SandboxState::Ready) {
+            Some(s) => s.clone(),
+            None => match self.new_sandbox(d, &sandboxes).await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    self.write_status(d, &[]);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the pod sandbox");
+                    for c in &pod.spec.containers {
+                        self.waiting.insert(c.name.clone(), waiting("CreatePodSandboxError", e.to_string()));
+                    }
+                    self.write_status(d, &[]);
+                    return Some(Instant::now() + self.ctx.backoff.base);
+                }
+            },
+        };
+        let records = self.containers_in(&sandbox.id);
+        for c in &pod.spec.containers {
+            let attempts: Vec<&ContainerRecord> = records.iter().filter(|r| r.name() == c.name).collect();
+            match attempts.last() {
+                None => {
+                    if let Some(at) = self.start_new(d, c, &sandbox, 0).await {
+                        wake(at);
+                    }
+                }
+                Some(latest) if latest.state == ContainerState::Created => {
+                    if let Err(e) = self.rt().start_container(&latest.id).await {
+                        self.waiting.insert(c.name.clone(), waiting("RunContainerError", e.to_string()));
+                        wake(Instant::now() + self.ctx.backoff.base);
+                    }
+                }
+                Some(latest) if latest.state == ContainerState::Running => {
+                    self.waiting.remove(&c.name);
+                }
+                Some(latest) => {
+                    if !pod.spec.restart_policy.restarts(latest.exit_code) {
+                        self.waiting.remove(&c.name);
+                        continue;
+                    }
+                    let ran = ran_for(latest);
+                    let backoff = self.restarts.entry(c.name.clone()).or_default();
+                    let delay = backoff.delay(&self.ctx.backoff, ran);
+                    let waited = since(latest.finished_at);
+                    if waited < delay {
+                        let msg = format!(
+                            "back-off {delay:?} restarting failed container={} pod={}",
+                            c.name, pod.metadata.name
+                        );
+                        self.waiting.insert(c.name.clone(), waiting("CrashLoopBackOff", msg));
+                        wake(Instant::now() + (delay - waited));
+                        continue;
+                    }
+                    let attempt = latest.attempt() + 1;
+                    let older: Vec<String> = attempts[..attempts.len() - 1].iter().map(|r| r.id.clone()).collect();
+                    if let Some(at) = self.start_new(d, c, &sandbox, attempt).await {
+                        wake(at);
+                    } else {
+                        self.restarts.entry(c.name.clone()).or_default().restarted(&self.ctx.backoff, ran);
+                        // The kubelet keeps the last dead container for lastState; older ones go.
+                        for id in older {
+                            if let Err(e) = self.rt().remove_container(&id).await {
+                                tracing::warn!(container = %id, error = %e, "cannot remove an old attempt");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let records = self.containers_in(&sandbox.id);
+        self.write_status(d, &records);
+        next
+    }
+
+    /// A new sandbox, unless the pod has finished for good (restartPolicy
+    /// Never and every container has run).
+    async fn new_sandbox(
+        &mut self,
+        d: &DesiredPod,
+        old: &[SandboxRecord],
+    ) -> Result<Option<SandboxRecord>, RuntimeError> {
+        let all: Vec<ContainerRecord> = old.iter().flat_map(|s| self.containers_in(&s.id)).collect();
+        let finished = |c: &Container| all.iter().any(|r| r.name() == c.name && r.state == ContainerState::Exited);
+        let done = match d.pod.spec.restart_policy {
+            RestartPolicy::Never => d.pod.spec.containers.iter().all(finished),
+            RestartPolicy::OnFailure => d.pod.spec.containers.iter().all(|c| {
+                all.iter().any(|r| r.name() == c.name && r.state == ContainerState::Exited && r.exit_code == 0)
+            }),
+            RestartPolicy::Always => false,
+        };
+        if done && !old.is_empty() {
+            return Ok(None);
+        }
+        let attempt = old.iter().filter_map(|s| s.config.metadata.as_ref().map(|m| m.attempt + 1)).max().unwrap_or(0);
+        for s in old {
+            self.rt().remove_pod_sandbox(&s.id).await?;
+        }
+        let log_dir = translate::log_directory(&self.rt().paths().logs(), &d.pod, &self.uid);
+        let config = translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source);
+        let id = self.rt().run_pod_sandbox(config, String::new()).await?;
+        Ok(self.rt().sandbox_records().into_iter().find(|s| s.id == id))
+    }
+
+    /// Pulls if the policy says so; Err carries the waiting reason.
+    async fn ensure_image(&mut self, c: &Container) -> Result<(), (Waiting, Option<Instant>)> {
+        let present = self.rt().images().resolve(&c.image).is_ok();
+        let policy = c.pull_policy();
+        if present && policy != PullPolicy::Always {
+            return Ok(());
+        }
+        if policy == PullPolicy::Never {
+            let msg = format!("container image {:?} is not present with pull policy of Never", c.image);
+            return Err((waiting("ErrImageNeverPull", msg), None));
+        }
+        if let Some((_, not_before, err)) = self.pulls.get(&c.image) {
+            if Instant::now() < *not_before {
+                let msg = format!("Back-off pulling image {:?}: {err}", c.image);
+                return Err((waiting("ImagePullBackOff", msg), Some(*not_before)));
+            }
+        }
+        match self.rt().pull_image(&c.image, None).await {
+            Ok(id) => {
+                tracing::info!(image = %c.image, id = %id, "pulled image");
+                self.pulls.remove(&c.image);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(image = %c.image, error = %e, "image pull failed");
+                let entry = self
+                    .pulls
+                    .entry(c.image.clone())
+                    .or_insert_with(|| (Backoff::default(), Instant::now(), String::new()));
+                entry.0.restarted(&self.ctx.backoff, Duration::ZERO);
+                entry.1 = Instant::now() + entry.0.delay(&self.ctx.backoff, Duration::ZERO);
+                entry.2 = e.to_string();
+                let msg = format!("failed to pull image {:?}: {e}", c.image);
+                Err((waiting("ErrImagePull", msg), Some(entry.1)))
+            }
+        }
+    }
+
+    /// Creates and starts one attempt of a container. Some(when) = retry later.
+    async fn start_new(
+        &mut self,
+        d: &DesiredPod,
+        c: &Container,
+        sandbox: &SandboxRecord,
+        attempt: u32,
+    ) -> Option<Instant> {
+        if let Err((w, at)) = self.ensure_image(c).await {
+            self.waiting.insert(c.name.clone(), w);
+            return Some(at.unwrap_or_else(|| Instant::now() + self.ctx.backoff.base));
+        }
+        let volumes = match translate::prepare_volumes(&d.pod, &self.ctx.volumes_dir(&self.uid)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.waiting.insert(c.name.clone(), waiting("CreateContainerConfigError", e.to_string()));
+                return Some(Instant::now() + self.ctx.backoff.base);
+            }
+        };
+        let config = match translate::container_config(&d.pod, &self.uid, c, attempt, &volumes) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                self.waiting.insert(c.name.clone(), waiting("CreateContainerConfigError", e.to_string()));
+                return Some(Instant::now() + self.ctx.backoff.base);
+            }
+        };
+        let id = match self.rt().create_container(&sandbox.id, config, Some(&sandbox.config)).await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e, "create failed");
+                self.waiting.insert(c.name.clone(), waiting("CreateContainerError", e.to_string()));
+                return Some(Instant::now() + self.ctx.backoff.base);
+            }
+        };
+        if let Err(e) = self.rt().start_container(&id).await {
+            tracing::warn!(container = %c.name, error = %e, "start failed");
+            self.waiting.insert(c.name.clone(), waiting("RunContainerError", e.to_string()));
+            return Some(Instant::now() + self.ctx.backoff.base);
+        }
+        self.waiting.remove(&c.name);
+        None
+    }
+
+    fn write_status(&mut self, d: &DesiredPod, records: &[ContainerRecord]) {
+        let latest = |name: &str| records.iter().filter(|r| r.name() == name).max_by_key(|r| r.attempt());
+        let states: Vec<Option<&ContainerRecord>> = d.pod.spec.containers.iter().map(|c| latest(&c.name)).collect();
+        let policy = d.pod.spec.restart_policy;
+        let exited_for_good = |r: &ContainerRecord| r.state == ContainerState::Exited && !policy.restarts(r.exit_code);
+        let phase = if states.iter().all(|s| s.is_some_and(exited_for_good)) {
+            if states.iter().all(|s| s.is_some_and(|r| r.exit_code == 0)) { "Succeeded" } else { "Failed" }
+        } else if states.iter().all(|s| s.is_some())
+            && states.iter().any(|s| s.is_some_and(|r| r.state == ContainerState::Running))
+        {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let status = PodStatusFile {
+            uid: self.uid.clone(),
+            name: d.pod.metadata.name.clone(),
+            namespace: d.pod.namespace().to_string(),
+            source: d.source.clone(),
+            phase: phase.into(),
+            waiting: self.waiting.clone(),
+            containers: d.pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
+        };
+        if self.written.as_ref() != Some(&status) {
+            if let Err(e) = write_status(self.rt().paths(), &status) {
+                tracing::warn!(error = %e, "cannot write pod status");
+            }
+            self.written = Some(status);
+        }
+    }
+
+    /// Stops every container (SIGTERM, grace period, SIGKILL) and removes
+    /// the pod's sandboxes, volumes, logs and status.
+    async fn teardown(&mut self, last: Option<&DesiredPod>) {
+        let grace = last.and_then(|d| d.pod.spec.termination_grace_period_seconds).unwrap_or(30);
+        let sandboxes = self.sandboxes();
+        let mut stops = tokio::task::JoinSet::new();
+        for s in &sandboxes {
+            for c in self.containers_in(&s.id) {
+                let rt = self.rt().clone();
+                stops.spawn(async move { rt.stop_container(&c.id, grace).await });
+            }
+        }
+        while let Some(r) = stops.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "stopping a container failed");
+            }
+        }
+        for s in &sandboxes {
+            if let Err(e) = self.rt().remove_pod_sandbox(&s.id).await {
+                tracing::warn!(sandbox = %s.id, error = %e, "removing the sandbox failed");
+            }
+            if let Some(meta) = &s.config.metadata {
+                let _ = std::fs::remove_dir_all(
+                    self.rt().paths().logs().join(format!("{}_{}_{}", meta.namespace, meta.name, meta.uid)),
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.ctx.volumes_dir(&self.uid));
+        let _ = std::fs::remove_file(super::status::status_path(self.rt().paths(), &self.uid));
+        tracing::info!("pod removed");
+    }
+}

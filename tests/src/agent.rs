@@ -1,0 +1,135 @@
+//! Driving the real `kedge-agent` binary: its own data dir, manifest folder
+//! and CRI socket per test, so several agents run side by side.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::binary;
+
+pub struct Agent {
+    pub dir: PathBuf,
+    pub data: PathBuf,
+    pub manifests: PathBuf,
+    pub socket: PathBuf,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Prepares an agent under `dir` with busybox imported; not started yet.
+    pub fn new(dir: &Path, extra: &[&str]) -> Result<Agent> {
+        let agent = Agent {
+            dir: dir.to_path_buf(),
+            data: dir.join("data"),
+            manifests: dir.join("manifests"),
+            socket: dir.join("cri.sock"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        std::fs::create_dir_all(&agent.manifests)?;
+        let image = crate::busybox_image()?;
+        agent.cli(&["image", "import", &image.display().to_string()])?;
+        Ok(agent)
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
+        let mut cmd = Command::new(binary("kedge-agent")?);
+        cmd.arg("--data-dir").arg(&self.data).arg("--cri-socket").arg(&self.socket).arg("run");
+        cmd.arg("--manifests").arg(&self.manifests).args(["--node-name", "n1"]);
+        cmd.args(&self.extra).stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().context("starting kedge-agent")?);
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// `kill -9` of the agent (its containers keep running).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs a `kedge-agent` subcommand against this data dir; stdout on success.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(binary("kedge-agent")?).arg("--data-dir").arg(&self.data).args(args).output()?;
+        if !out.status.success() {
+            bail!("kedge-agent {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn ps(&self) -> Result<Vec<Value>> {
+        let out = self.cli(&["ps", "-o", "json"])?;
+        Ok(serde_json::from_str::<Vec<Value>>(&out)?)
+    }
+
+    /// One container of one pod from `ps -o json` (pod matched by manifest name).
+    pub fn container(&self, pod: &str, container: &str) -> Result<Option<Value>> {
+        let prefix = format!("{pod}-");
+        Ok(self
+            .ps()?
+            .into_iter()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n == pod || n.starts_with(&prefix)))
+            .flat_map(|p| p["containers"].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == container))
+    }
+
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> Result<()> {
+        // Write then rename, so the agent never reads half a file.
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.manifests.join(file))?;
+        Ok(())
+    }
+
+    /// Polls `check` until it returns Some, or fails after `limit` with the agent's log.
+    pub fn wait_for<T>(&self, what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+        let start = Instant::now();
+        let mut last_err = String::new();
+        while start.elapsed() < limit {
+            match check() {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) => last_err = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("timed out waiting for {what} {last_err}\nps: {:?}\nagent log:\n{}", self.cli(&["ps"]), self.log())
+    }
+}
+
+impl Drop for Agent {
+    /// Removes every pod (so no container outlives the test), then stops the agent.
+    fn drop(&mut self) {
+        if self.child.is_none() && self.data.join("pods").exists() {
+            let _ = self.start();
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.manifests) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && self.ps().is_ok_and(|p| !p.is_empty()) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,215 @@
+//! The agent binary running static pods on real containers: what a user on
+//! the node sees with `kedge-agent ps` and `kedge-agent logs`. Needs root.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use kedge_tests::agent::Agent;
+use serde_json::Value;
+
+fn ready() -> bool {
+    kedge_tests::require(kedge_tests::is_root(), "root (the agent runs real containers)")
+}
+
+const FAST: &[&str] = &["--backoff-base", "1s", "--backoff-max", "4s", "--no-cri-socket"];
+
+fn state(c: &Value) -> &str {
+    c["state"].as_str().unwrap_or("")
+}
+
+/// The process's cgroup path for `controller` (v1) or the v2 path.
+fn cgroup_of(pid: i64, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            ctrls.split(',').any(|c| c == controller).then(|| format!("/sys/fs/cgroup/{controller}{path}"))
+        })
+        .or_else(|| text.lines().find_map(|l| l.strip_prefix("0::").map(|p| format!("/sys/fs/cgroup{p}"))))
+}
+
+const TWO_CONTAINERS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: sleeper
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+    resources:
+      limits:
+        memory: 40Mi
+  - name: talker
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "i=0; while true; do echo line $i; i=$((i+1)); sleep 1; done"]
+"#;
+
+#[test]
+fn static_pod_runs_logs_limits_and_is_removed_without_leftovers() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut agent = Agent::new(tmp.path(), FAST)?;
+    agent.start()?;
+    agent.write_manifest("web.yaml", TWO_CONTAINERS)?;
+    let pids: Vec<i64> = agent.wait_for("both containers Running", Duration::from_secs(30), || {
+        let s = agent.container("web", "sleeper")?;
+        let t = agent.container("web", "talker")?;
+        Ok(match (s, t) {
+            (Some(s), Some(t)) if state(&s) == "Running" && state(&t) == "Running" => {
+                Some(vec![s["pid"].as_i64().unwrap_or(0), t["pid"].as_i64().unwrap_or(0)])
+            }
+            _ => None,
+        })
+    })?;
+    let table = agent.cli(&["ps"])?;
+    assert!(table.contains("default/web-n1") && table.contains("sleeper") && table.contains("Running"), "{table}");
+
+    let logs = agent.wait_for("two lines of output", Duration::from_secs(15), || {
+        let out = agent.cli(&["logs", "web", "talker"])?;
+        Ok(out.contains("line 1").then_some(out))
+    })?;
+    assert!(logs.starts_with("line 0\nline 1\n"), "kedge-agent logs prints the lines as written: {logs:?}");
+
+    // The manifest's memory limit is what the container's cgroup says.
+    let memory = cgroup_of(pids[0], "memory").expect("memory cgroup");
+    let limit = std::fs::read_to_string(format!("{memory}/memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(format!("{memory}/memory.max")))?;
+    assert_eq!(limit.trim(), (40u64 << 20).to_string());
+
+    // Removing the manifest stops the pod and leaves nothing behind.
+    std::fs::remove_file(agent.manifests.join("web.yaml"))?;
+    agent.wait_for("the pod to go", Duration::from_secs(30), || Ok(agent.ps()?.is_empty().then_some(())))?;
+    for pid in &pids {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} is gone");
+    }
+    assert!(!std::path::Path::new(&memory).exists(), "cgroup {memory} removed");
+    let pod_cgroup = std::path::Path::new(&memory).parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    assert!(!pod_cgroup.exists(), "pod cgroup {} removed", pod_cgroup.display());
+    let data = agent.data.display().to_string();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| l.contains(&data))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        mounts.iter().all(|m| m.split(' ').nth(4) == Some(&format!("{data}/ns"))),
+        "only the pin folder stays mounted: {mounts:?}"
+    );
+    assert_eq!(std::fs::read_dir(agent.data.join("ns"))?.count(), 0, "no namespace pinned");
+    assert_eq!(std::fs::read_dir(agent.data.join("containers"))?.count(), 0);
+    let zombies = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .filter(|s| s.contains(&format!(" {} ", agent.pid().unwrap_or(0))))
+        .count();
+    assert_eq!(zombies, 0, "the agent leaves no zombie");
+    Ok(())
+}
+
+#[test]
+fn crashing_container_backs_off_and_never_policy_stays_exited() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut agent = Agent::new(tmp.path(), FAST)?;
+    agent.start()?;
+    let pod = |name: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: kedge.local/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo failing; exit 1\"]\n"
+        )
+    };
+    agent.write_manifest("crash.yaml", &pod("crash", "Always"))?;
+    agent.write_manifest("once.yaml", &pod("once", "Never"))?;
+    // When each restart count first shows up: the gaps grow (immediate, 1 s, 2 s, 4 s).
+    let start = Instant::now();
+    let mut seen: Vec<(u64, Duration)> = Vec::new();
+    agent.wait_for("three restarts", Duration::from_secs(40), || {
+        let c = agent.container("crash", "c")?;
+        let count = c.as_ref().and_then(|c| c["restart_count"].as_u64()).unwrap_or(0);
+        if seen.last().is_none_or(|(n, _)| *n < count) {
+            seen.push((count, start.elapsed()));
+        }
+        Ok((count >= 4).then_some(()))
+    })?;
+    let at = |n: u64| seen.iter().find(|(c, _)| *c >= n).map(|(_, t)| *t).unwrap_or_default();
+    let gaps = [at(2) - at(1), at(3) - at(2), at(4) - at(3)];
+    assert!(gaps[1] > gaps[0] && gaps[2] > gaps[1], "delays grow: {gaps:?} (seen {seen:?})");
+    assert!(gaps[2] >= Duration::from_millis(3500), "the 4th restart waited ~4 s: {gaps:?}");
+    let c = agent.container("crash", "c")?.expect("crash container");
+    assert_eq!(c["last_exit_code"], 1);
+    let table = agent.cli(&["ps"])?;
+    let row: Vec<&str> =
+        table.lines().find(|l| l.starts_with("default/crash-n1")).unwrap_or("").split_whitespace().collect();
+    assert!(row.get(3).and_then(|r| r.parse::<u32>().ok()).is_some_and(|r| r >= 4), "RESTARTS column: {table}");
+    assert_eq!(row.get(4), Some(&"1"), "LAST EXIT column: {table}");
+
+    let once = agent.container("once", "c")?.expect("once container");
+    assert_eq!(
+        (state(&once), once["restart_count"].as_u64(), once["last_exit_code"].as_i64()),
+        ("Exited", Some(0), Some(1))
+    );
+    assert_eq!(once["reason"], "Error");
+    Ok(())
+}
+
+#[test]
+fn agent_kill_9_keeps_containers_and_still_notices_their_exit() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut agent = Agent::new(tmp.path(), FAST)?;
+    agent.start()?;
+    agent.write_manifest("web.yaml", TWO_CONTAINERS)?;
+    let running = |agent: &Agent| -> Result<Option<(i64, i64)>> {
+        let s = agent.container("web", "sleeper")?;
+        let t = agent.container("web", "talker")?;
+        Ok(match (s, t) {
+            (Some(s), Some(t)) if state(&s) == "Running" && state(&t) == "Running" => {
+                Some((s["pid"].as_i64().unwrap_or(0), t["pid"].as_i64().unwrap_or(0)))
+            }
+            _ => None,
+        })
+    };
+    let before = agent.wait_for("pod running", Duration::from_secs(30), || running(&agent))?;
+    agent.kill();
+    // `ps` reads the agent's state while the agent is down.
+    assert_eq!(running(&agent)?, Some(before), "containers run on without the agent");
+    agent.start()?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(running(&agent)?, Some(before), "the new agent adopted the containers without restarting them");
+    let s = agent.container("web", "sleeper")?.expect("sleeper");
+    assert_eq!(s["restart_count"], 0);
+    assert!(agent.log().contains("adopted running container"));
+
+    // A container killed by hand after the restart is noticed and restarted.
+    nix_kill(before.0)?;
+    let after = agent.wait_for("sleeper restarted", Duration::from_secs(20), || {
+        let s = agent.container("web", "sleeper")?;
+        Ok(s.filter(|s| state(s) == "Running" && s["restart_count"] == 1).map(|s| s["pid"].as_i64().unwrap_or(0)))
+    })?;
+    assert_ne!(after, before.0);
+    assert_eq!(running(&agent)?.map(|r| r.1), Some(before.1), "the other container was left alone");
+    let logs = agent.cli(&["logs", "web", "talker"])?;
+    let last_line = logs.lines().last().unwrap_or("").to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = agent.cli(&["logs", "web", "talker"])?;
+    assert!(later.len() > logs.len(), "output still reaches the log after the agent restart (last: {last_line})");
+    Ok(())
+}
+
+fn nix_kill(pid: i64) -> Result<()> {
+    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -9 {pid} failed");
+    Ok(())
+}

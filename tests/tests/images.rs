@@ -1,0 +1,153 @@
+//! Image pulls as a node sees them: from Debian's `docker-registry` on
+//! 127.0.0.1, and the errors `ps` shows when an image is missing or the
+//! registry is down. Needs root, docker-registry and skopeo.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use kedge_tests::agent::Agent;
+use serde_json::Value;
+
+fn ready() -> bool {
+    kedge_tests::require(kedge_tests::is_root(), "root (the agent runs real containers)")
+        && kedge_tests::require(
+            Path::new("/usr/bin/docker-registry").exists(),
+            "docker-registry (apt-get install docker-registry)",
+        )
+        && kedge_tests::require(Path::new("/usr/bin/skopeo").exists(), "skopeo (apt-get install skopeo)")
+}
+
+/// A private docker-registry on a free loopback port, killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Result<Registry> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.join("registry").display()
+            ),
+        )?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log"))?)
+            .spawn()
+            .context("starting docker-registry")?;
+        let reg = Registry { child, addr };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&reg.addr).is_ok() {
+                return Ok(reg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("docker-registry did not listen on {}", reg.addr)
+    }
+
+    fn push(&self, archive: &Path, name: &str) -> Result<()> {
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--quiet"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()?;
+        ensure!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pod(name: &str, image: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    command: [\"sleep\", \"3600\"]\n"
+    )
+}
+
+fn waiting_reason(c: &Value) -> (String, String) {
+    (c["reason"].as_str().unwrap_or("").to_string(), c["message"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn pulls_from_a_registry_and_reports_pull_errors() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start(tmp.path())?;
+    registry.push(&kedge_tests::busybox_image()?, "tools/busybox:1.0")?;
+
+    let mut agent =
+        Agent::new(&tmp.path().join("agent"), &["--backoff-base", "1s", "--backoff-max", "2s", "--no-cri-socket"])?;
+    agent.start()?;
+    let pulled = format!("{}/tools/busybox:1.0", registry.addr);
+    agent.write_manifest("pulled.yaml", &pod("pulled", &pulled))?;
+    agent.write_manifest("missing.yaml", &pod("missing", &format!("{}/tools/nothing:1", registry.addr)))?;
+    agent.write_manifest("down.yaml", &pod("down", "127.0.0.1:1/busybox:1"))?;
+
+    agent.wait_for("the pulled image to run", Duration::from_secs(30), || {
+        Ok(agent.container("pulled", "c")?.filter(|c| c["state"] == "Running").map(|_| ()))
+    })?;
+    let images = agent.cli(&["image", "ls"])?;
+    assert!(images.contains(&pulled), "image ls shows the pulled image: {images}");
+
+    let is_pull_error = |r: &str| r == "ErrImagePull" || r == "ImagePullBackOff";
+    let (reason, message) = agent.wait_for("a pull error for the missing image", Duration::from_secs(20), || {
+        Ok(agent.container("missing", "c")?.map(|c| waiting_reason(&c)).filter(|(r, _)| is_pull_error(r)))
+    })?;
+    assert!(
+        message.contains("404") && message.to_lowercase().contains("unknown"),
+        "the registry's reason is shown ({reason}): {message}"
+    );
+
+    let (reason, message) =
+        agent.wait_for("a pull error for the unreachable registry", Duration::from_secs(20), || {
+            Ok(agent.container("down", "c")?.map(|c| waiting_reason(&c)).filter(|(r, _)| is_pull_error(r)))
+        })?;
+    assert!(
+        message.contains("127.0.0.1:1") && message.contains("unreachable"),
+        "why the pull failed ({reason}): {message}"
+    );
+
+    // Backing off: the reason turns to ImagePullBackOff between attempts.
+    agent.wait_for("ImagePullBackOff", Duration::from_secs(20), || {
+        Ok(agent.container("down", "c")?.map(|c| waiting_reason(&c)).filter(|(r, _)| r == "ImagePullBackOff"))
+    })?;
+    assert!(agent.alive(), "the agent keeps running");
+    let table = agent.cli(&["ps"])?;
+    assert!(table.contains("default/pulled-n1") && table.contains("Running"), "{table}");
+
+    // The CLI pulls too, into the same store.
+    let out = agent.cli(&["image", "pull", &format!("{}/tools/busybox:1.0", registry.addr)])?;
+    assert!(out.starts_with("pulled "), "{out}");
+    Ok(())
+}
+
+#[test]
+fn import_rejects_garbage_and_keeps_what_is_stored() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    // No root needed: the image store is plain files.
+    let agent = Agent::new(tmp.path(), &[])?;
+    let garbage = tmp.path().join("garbage.tar");
+    std::fs::write(&garbage, b"this is not a tar archive at all")?;
+    let err = agent.cli(&["image", "import", &garbage.display().to_string()]).expect_err("garbage is refused");
+    assert!(err.to_string().contains("garbage.tar"), "the error names the file: {err}");
+    let images = agent.cli(&["image", "ls"])?;
+    assert!(images.contains("kedge.local/busybox:latest"), "the stored image is still there: {images}");
+    Ok(())
+}

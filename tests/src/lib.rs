@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub mod agent;
+pub mod cri;
 
 use anyhow::{Context, Result, bail};
 

@@ -363,7 +363,7 @@ pub fn build(input: &SpecInput) -> Result<Value, RuntimeError> {
             linux["seccomp"] = profile;
         }
     }
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -372,12 +372,18 @@ pub fn build(input: &SpecInput) -> Result<Value, RuntimeError> {
             "env": env(input),
             "cwd": cwd,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": sc.is_some_and(|s| s.no_new_privs),
         },
         "root": {"path": input.rootfs, "readonly": sc.is_some_and(|s| s.readonly_rootfs)},
         "mounts": mounts,
         "linux": linux,
-    }))
+    });
+    // Only `true` is written: libcontainer loads the seccomp filter before
+    // dropping capabilities only when the field is absent, which is what a
+    // filter without no_new_privs needs (CAP_SYS_ADMIN at load time).
+    if sc.is_some_and(|s| s.no_new_privs) {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    Ok(spec)
 }
 
 /// RuntimeDefault (the CRI's zero value) → the default profile; Unconfined →

@@ -104,6 +104,9 @@ struct RunArgs {
     /// Log file size that triggers rotation, in bytes.
     #[arg(long, default_value_t = 5 << 20)]
     log_max_size: u64,
+    /// Disk usage (percent of the data dir's file system) above which unused images are removed.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    image_gc_high_threshold: u8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -252,12 +255,18 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     let mut source = StaticSource::new(&args.manifests, node);
     manager.set_desired(source.scan().unwrap_or_default());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut gc = tokio::time::interval(Duration::from_secs(60));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Some(pods) = source.scan() {
                     manager.set_desired(pods);
+                }
+            }
+            _ = gc.tick() => {
+                if let Err(e) = rt.collect_images_if_full(args.image_gc_high_threshold).await {
+                    tracing::warn!(error = %e, "image garbage collection failed");
                 }
             }
             _ = term.recv() => break,

@@ -193,3 +193,103 @@ async fn copy_snapshotter_runs_the_same_image() {
     assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
     rt.remove_pod_sandbox(&sb).await.expect("remove");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn host_network_read_only_root_and_cpu_and_pids_limits() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path(), None).await;
+    let mut sandbox = sandbox_config("hostnet", &tmp.path().join("logs"));
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let sb = rt.run_pod_sandbox(sandbox, String::new()).await.expect("sandbox");
+    let mut cfg = container_config("c", &["sleep", "1000"], 0);
+    if let Some(linux) = cfg.linux.as_mut() {
+        if let Some(r) = linux.resources.as_mut() {
+            r.cpu_quota = 50_000;
+            r.cpu_period = 100_000;
+        }
+        if let Some(sc) = linux.security_context.as_mut() {
+            sc.readonly_rootfs = true;
+        }
+    }
+    let id = rt.create_container(&sb, cfg, None).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    wait_state(&rt, &id, ContainerState::Running).await;
+    let run = |cmd: &str| {
+        let rt = rt.clone();
+        let id = id.clone();
+        let cmd = cmd.to_string();
+        async move {
+            rt.exec_sync(&id, vec!["sh".into(), "-c".into(), cmd], Some(Duration::from_secs(10))).await.expect("exec")
+        }
+    };
+    // Host network: the container sees the host's network namespace.
+    let host_ns = std::fs::read_link("/proc/self/ns/net").expect("host netns");
+    let out = run("readlink /proc/self/ns/net").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), host_ns.display().to_string());
+    // Read-only root, writable /tmp? No: all of / is read-only, /dev/shm is not.
+    let out = run("touch /x 2>&1; echo rc=$?; touch /dev/shm/y && echo shm-ok").await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Read-only file system") && text.contains("shm-ok"), "{text}");
+    let sandbox = rt.sandbox_records().into_iter().find(|s| s.id == sb).expect("record");
+    let cg = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}{}/{id}/{file}", sandbox.cgroup_parent))
+    };
+    let quota = cg("cpu", "cpu.cfs_quota_us").or_else(|_| cg("", "cpu.max")).expect("cpu quota file");
+    assert!(quota.trim() == "50000" || quota.starts_with("50000 100000"), "cpu quota: {quota}");
+    let pids = cg("pids", "pids.max").or_else(|_| cg("", "pids.max")).expect("pids file");
+    assert_eq!(pids.trim(), "4096", "the default pids limit");
+    rt.remove_pod_sandbox(&sb).await.expect("remove");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn disk_pressure_removes_only_unused_images() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path(), None).await;
+    let sb = rt.run_pod_sandbox(sandbox_config("gc", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
+    let _created = rt.create_container(&sb, container_config("c", &["sleep", "1000"], 0), None).await.expect("create");
+    // Any file system is more than 1 % full: that is "pressure" here.
+    assert!(rt.collect_images_if_full(1).await.expect("gc").is_empty(), "an image in use stays");
+    assert_eq!(rt.list_images().expect("list").len(), 1);
+    rt.remove_pod_sandbox(&sb).await.expect("remove");
+    let removed = rt.collect_images_if_full(1).await.expect("gc");
+    assert_eq!(removed.len(), 1);
+    assert!(rt.list_images().expect("list").is_empty());
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("data/images/blobs/sha256")).expect("blobs").collect();
+    assert!(left.is_empty(), "blobs of removed images are deleted");
+    let archive = kedge_tests::busybox_image().expect("busybox image");
+    rt.images().import(&archive).expect("import again");
+    assert!(rt.collect_images_if_full(100).await.expect("gc").is_empty(), "no pressure, nothing removed");
+    assert_eq!(rt.list_images().expect("list").len(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn memory_hog_is_reported_oom_killed() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(tmp.path(), None).await;
+    let sb = rt.run_pod_sandbox(sandbox_config("oom", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
+    // dd allocates its 64 MiB block in one go; the limit is 16 MiB.
+    let cfg = container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], 16 << 20);
+    let id = rt.create_container(&sb, cfg, None).await.expect("create");
+    rt.start_container(&id).await.expect("start");
+    let st = wait_state(&rt, &id, ContainerState::Exited).await;
+    assert_eq!((st.reason.as_str(), st.exit_code), ("OOMKilled", 137));
+    rt.remove_pod_sandbox(&sb).await.expect("remove");
+}

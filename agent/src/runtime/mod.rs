@@ -757,6 +757,31 @@ impl Runtime {
         .await
     }
 
+    /// Under disk pressure (the data dir's file system fuller than
+    /// `high_percent`), removes every image no container uses, as the
+    /// kubelet's image GC does. Returns the removed image IDs.
+    pub async fn collect_images_if_full(&self, high_percent: u8) -> Result<Vec<String>> {
+        let root = self.inner.paths.root.clone();
+        let used = blocking(move || {
+            let st = nix::sys::statvfs::statvfs(&root).map_err(RuntimeError::sys(&root))?;
+            let total = st.blocks() as f64;
+            Ok(if total > 0.0 { 100.0 * (total - st.blocks_available() as f64) / total } else { 0.0 })
+        })
+        .await?;
+        if used < f64::from(high_percent) {
+            return Ok(Vec::new());
+        }
+        let in_use = self.images_in_use();
+        let inner = self.inner.clone();
+        let removed = blocking(move || Ok(inner.images.prune(&in_use)?)).await?;
+        tracing::warn!(
+            used_percent = format!("{used:.0}"),
+            removed = removed.len(),
+            "disk pressure: removed unused images"
+        );
+        Ok(removed)
+    }
+
     pub fn image_fs_info(&self) -> cri::ImageFsInfoResponse {
         let (bytes, inodes) = self.inner.images.usage();
         let usage = cri::FilesystemUsage {

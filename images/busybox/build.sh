@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds, offline, a tiny busybox OCI image from Debian's busybox-static
 # package and writes it as an OCI image-layout tar (oci-layout, index.json,
-# blobs/sha256/...) tagged kedge.local/busybox:latest.
+# blobs/sha256/...) tagged kedge.local/busybox:latest (or $NAME).
 #
 # Usage: images/busybox/build.sh            (from any directory)
 # Env:   OUT=path       output archive (default <repo>/target/images/busybox.tar)
 #        ARCH=arm64     Debian architecture of the image (default: host's)
 #        BUSYBOX=path   static busybox binary to ship (default: /bin/busybox)
 #        SOURCE_DATE_EPOCH=n  timestamp of every file and of the config (default 0)
+#        NAME=ref      image name (default kedge.local/busybox:latest)
+#        CMD=json      the image's Cmd as a JSON array (default ["sh"])
+# A pause image for a CRI runtime:
+#   NAME=kedge.local/pause:latest CMD='["sleep","2147483647"]' \
+#   OUT=target/images/pause.tar images/busybox/build.sh
 # The output is reproducible: the same inputs give byte-identical archives.
 set -euo pipefail
 
@@ -16,6 +21,10 @@ OUT=${OUT:-$repo/target/images/busybox.tar}
 ARCH=${ARCH:-$(dpkg --print-architecture)}
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-0}
+NAME=${NAME:-kedge.local/busybox:latest}
+CMD=${CMD:-'["sh"]'}
+python3 -c 'import json,sys; c=json.loads(sys.argv[1]); assert isinstance(c,list) and c and all(isinstance(x,str) for x in c)' "$CMD" 2>/dev/null \
+    || { echo "error: CMD must be a non-empty JSON array of strings: $CMD" >&2; exit 1; }
 
 if [[ $BUSYBOX == /bin/busybox ]] && ! dpkg -s busybox-static >/dev/null 2>&1; then
     echo "error: Debian package busybox-static is not installed;" \
@@ -44,7 +53,7 @@ esac
 
 mkdir -p "$(dirname "$OUT")"
 OUT=$OUT OCI_ARCH=$oci_arch VARIANT=$variant BUSYBOX=$BUSYBOX APPLETS=$applets \
-SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH python3 - <<'EOF'
+SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH NAME=$NAME CMD=$CMD python3 - <<'EOF'
 import gzip, hashlib, io, json, os, tarfile, time
 
 env = os.environ
@@ -99,7 +108,7 @@ if env["VARIANT"]:
 config = blob({
     **platform,
     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime)),
-    "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
+    "config": {"Cmd": json.loads(env["CMD"]), "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
     "rootfs": {"type": "layers", "diff_ids": [sha(layer_tar)]},
     "history": [{"created_by": "kedge images/busybox/build.sh",
                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))}],
@@ -112,7 +121,7 @@ manifest = blob({
     "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                 "digest": sha(layer_gz), "size": len(layer_gz)}],
 })
-ref = "kedge.local/busybox:latest"
+ref = env["NAME"]
 index = blob({
     "schemaVersion": 2,
     "mediaType": "application/vnd.oci.image.index.v1+json",

@@ -85,7 +85,8 @@ pub fn sandbox_config(name: &str, host_network: bool) -> cri::PodSandboxConfig {
             namespace: "bench".into(),
             attempt: 0,
         }),
-        hostname: name.into(),
+        // containerd refuses a hostname without a UTS namespace of the pod's own.
+        hostname: if host_network { String::new() } else { name.into() },
         log_directory: std::env::temp_dir().join("kedge-cri-logs").join(name).display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {

@@ -1,0 +1,260 @@
+//! CRI runtime benchmark (method in BENCHMARKS.md). Needs root, and for the
+//! baselines Debian's containerd, runc and crun:
+//!
+//! 1. RunPodSandbox + CreateContainer + StartContainer of a busybox `sleep`
+//!    (host-network pods), 50 times, through the same `k8s-cri` client
+//!    against kedge-agent's socket and a private containerd + runc
+//!    (`scripts/containerd-baseline.sh`), in the same run: p50 / p99.
+//! 2. create → exit of `true` on one bundle: libcontainer in-process (what
+//!    the agent does), `runc run` and `crun run`. crun refuses this host's
+//!    hybrid cgroups, so the whole benchmark runs in a private mount
+//!    namespace with /sys/fs/cgroup/unified unmounted (the host is untouched).
+//! 3. kedge-agent RSS idle and with 30 running pods.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kedge_tests::agent::Agent;
+use kedge_tests::cri::CriClient;
+
+const PODS: usize = 50;
+const RSS_PODS: usize = 30;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+fn summary(name: &str, mut v: Vec<Duration>) -> String {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "{name:<44} n={:<3} p50 {:>7.1} ms   p99 {:>7.1} ms",
+        v.len(),
+        ms(percentile(&v, 0.5)),
+        ms(percentile(&v, 0.99))
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Re-runs this binary in a private mount namespace without the cgroup v2
+/// mount of a hybrid host (crun's requirement); returns false in the child.
+fn reexec_in_private_mount_ns() -> Result<bool> {
+    if std::env::var_os("KEDGE_BENCH_NS").is_some() || !Path::new("/sys/fs/cgroup/unified").exists() {
+        return Ok(false);
+    }
+    let exe = std::env::current_exe()?;
+    let status = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\"",
+        ])
+        .arg(exe)
+        .args(std::env::args().skip(1))
+        .env("KEDGE_BENCH_NS", "1")
+        .status()?;
+    ensure!(status.success(), "benchmark failed");
+    Ok(true)
+}
+
+async fn cri_latency(client: &mut CriClient, image: &str, label: &str) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    let mut sandboxes = Vec::new();
+    for i in 0..PODS + 3 {
+        let start = Instant::now();
+        let (sb, _) = client.run_pod(&format!("{label}-{i}"), image, &["sleep", "3600"], true).await?;
+        // The first three are warm-up.
+        if i >= 3 {
+            times.push(start.elapsed());
+        }
+        sandboxes.push(sb);
+    }
+    for sb in sandboxes {
+        client.remove_pod(&sb).await?;
+    }
+    Ok(times)
+}
+
+/// A runc-style bundle running `true`, on a copy of busybox's root.
+fn true_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf> {
+    let bundle = dir.join("bundle-true");
+    std::fs::create_dir_all(&bundle)?;
+    let status = Command::new("cp").arg("-a").arg(rootfs).arg(bundle.join("rootfs")).status()?;
+    ensure!(status.success(), "copying the busybox root failed");
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": {"uid": 0, "gid": 0}, "args": ["true"],
+            "env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"], "cwd": "/",
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]},
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}],
+            "cgroupsPath": "/kedge-bench/true",
+            "maskedPaths": ["/proc/kcore"],
+            "readonlyPaths": ["/proc/sys"]
+        }
+    });
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    Ok(bundle)
+}
+
+fn cli_true(runtime: &str, root: &Path, bundle: &Path, n: usize) -> Result<Vec<Duration>> {
+    let mut v = Vec::new();
+    for i in 0..n + 3 {
+        let start = Instant::now();
+        let out = Command::new(runtime)
+            .arg("--root")
+            .arg(root)
+            .args(["run", "-b"])
+            .arg(bundle)
+            .arg(format!("b{i}"))
+            .stdin(Stdio::null())
+            .output()?;
+        ensure!(out.status.success(), "{runtime} run failed: {}", String::from_utf8_lossy(&out.stderr));
+        if i >= 3 {
+            v.push(start.elapsed());
+        }
+    }
+    Ok(v)
+}
+
+fn in_process_true(root: &Path, bundle: &Path, n: usize) -> Result<Vec<Duration>> {
+    use libcontainer::container::builder::ContainerBuilder;
+    use libcontainer::syscall::syscall::SyscallType;
+    let mut v = Vec::new();
+    let sink = bundle.join("out");
+    for i in 0..n + 3 {
+        let start = Instant::now();
+        // stdout/stderr to a file: libcontainer breaks /dev/null (runtime-notes).
+        let out = std::fs::File::create(&sink)?;
+        let err = out.try_clone()?;
+        let mut c = ContainerBuilder::new(format!("k{i}"), SyscallType::default())
+            .with_root_path(root)?
+            .with_stdout(out)
+            .with_stderr(err)
+            .as_init(bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build()?;
+        c.start()?;
+        let pid = c.pid().context("no pid")?;
+        nix::sys::wait::waitpid(pid, None)?;
+        c.delete(true)?;
+        if i >= 3 {
+            v.push(start.elapsed());
+        }
+    }
+    Ok(v)
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo test --benches` asks for a list
+    }
+    if !kedge_tests::is_root() {
+        bail!("the CRI benchmark needs root (namespaces, cgroups, mounts)");
+    }
+    if reexec_in_private_mount_ns()? {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let root =
+        std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from)?.parent().map(Path::to_path_buf).unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut report = vec![format!("kedge CRI benchmark, {}", jiff::Timestamp::now())];
+
+    // --- agent RSS idle, then the CRI latency against kedge-agent ---------------
+    let mut agent = Agent::new(&tmp.path().join("agent"), &[])?;
+    agent.start()?;
+    let pid = agent.pid().context("agent pid")?;
+    let socket = agent.socket.clone();
+    agent.wait_for("the CRI socket", Duration::from_secs(30), || Ok(socket.exists().then_some(())))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = rss_kib(pid);
+    report.push(format!("kedge-agent RSS idle                          {:.1} MiB", idle as f64 / 1024.0));
+
+    let (kedge, rss30) = rt.block_on(async {
+        let mut client = CriClient::connect(&socket).await?;
+        let mut sandboxes = Vec::new();
+        for i in 0..RSS_PODS {
+            sandboxes.push(
+                client.run_pod(&format!("rss-{i}"), "kedge.local/busybox:latest", &["sleep", "3600"], false).await?.0,
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_kib(pid);
+        for sb in sandboxes {
+            client.remove_pod(&sb).await?;
+        }
+        let t = cri_latency(&mut client, "kedge.local/busybox:latest", "kedge").await?;
+        anyhow::Ok((t, rss))
+    })?;
+    report.push(format!("kedge-agent RSS with {RSS_PODS} running pods            {:.1} MiB", rss30 as f64 / 1024.0));
+    report.push(summary("kedge-agent: RunPodSandbox+Create+Start", kedge));
+
+    // --- the same client against containerd + runc -------------------------------
+    let script = root.join("scripts/containerd-baseline.sh");
+    let cdir = tmp.path().join("containerd");
+    let started = Command::new("bash").arg(&script).arg("start").arg(&cdir).stderr(Stdio::inherit()).output();
+    match started {
+        Ok(out) if out.status.success() => {
+            let sock = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            let result = rt.block_on(async {
+                let mut client = CriClient::connect(&sock).await?;
+                cri_latency(&mut client, "kedge.local/busybox:latest", "containerd").await
+            });
+            let _ = Command::new("bash").arg(&script).arg("stop").arg(&cdir).status();
+            report.push(summary("containerd 1.6 + runc: RunPodSandbox+Create+Start", result?));
+        }
+        other => report.push(format!("containerd baseline skipped: {other:?}")),
+    }
+
+    // --- create → exit of `true` on one bundle ----------------------------------
+    let layers = agent.data.join("images/layers");
+    let rootfs = std::fs::read_dir(&layers)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && !p.to_string_lossy().ends_with(".users"))
+        .context("an unpacked busybox layer")?;
+    drop(agent);
+    let bundle = true_bundle(tmp.path(), &rootfs)?;
+    report.push(summary(
+        "true: libcontainer in-process (kedge)",
+        in_process_true(&tmp.path().join("lc"), &bundle, PODS)?,
+    ));
+    for cli in ["runc", "crun"] {
+        match cli_true(cli, &tmp.path().join(cli), &bundle, PODS) {
+            Ok(v) => report.push(summary(&format!("true: `{cli} run` (Debian)"), v)),
+            Err(e) => report.push(format!("true: {cli} skipped: {e:#}")),
+        }
+    }
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/memory/kedge-bench");
+    let _ = std::fs::remove_dir_all(std::env::temp_dir().join("kedge-cri-logs"));
+    let text = report.join("\n");
+    println!("{text}");
+    let out = root.join("target/bench-cri.txt");
+    std::fs::write(&out, format!("{text}\n"))?;
+    println!("(written to {})", out.display());
+    Ok(())
+}

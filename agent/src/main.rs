@@ -216,17 +216,19 @@ fn in_use(paths: &runtime::Paths) -> std::collections::BTreeSet<String> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEDGE_LOG").unwrap_or_else(|_| {
-        // libcontainer warns about every seccomp syscall name this kernel lacks.
-        // libcgroups warns about every v1 controller this kernel lacks, per container.
-        tracing_subscriber::EnvFilter::new("info,libcontainer=warn,libcontainer::seccomp=error,libcgroups=error")
-    });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::prelude::*;
+    // `Targets` rather than `EnvFilter`: no regex engine in the agent binary.
+    // libcontainer warns about every seccomp syscall name this kernel lacks and
+    // libcgroups about every v1 controller it lacks, per container.
+    let default = "info,libcontainer=warn,libcontainer::seccomp=error,libcgroups=error";
+    let spec = std::env::var("KEDGE_LOG").unwrap_or_else(|_| default.to_string());
+    let filter: tracing_subscriber::filter::Targets = spec.parse().unwrap_or_else(|e| {
+        eprintln!("kedge-agent: KEDGE_LOG={spec:?} is not a filter ({e}); using {default:?}");
+        default.parse().unwrap_or_default()
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr);
+    tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
 async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()> {

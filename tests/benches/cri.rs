@@ -139,10 +139,14 @@ fn cli_true(runtime: &str, root: &Path, bundle: &Path, n: usize) -> Result<Vec<D
     Ok(v)
 }
 
-fn in_process_true(root: &Path, bundle: &Path, n: usize) -> Result<Vec<Duration>> {
+/// Returns the create→exit times, the create→exit+delete times and the
+/// per-phase medians (create, start, run+exit, delete).
+fn in_process_true(root: &Path, bundle: &Path, n: usize) -> Result<(Vec<Duration>, Vec<Duration>, [Duration; 4])> {
     use libcontainer::container::builder::ContainerBuilder;
     use libcontainer::syscall::syscall::SyscallType;
     let mut v = Vec::new();
+    let mut whole = Vec::new();
+    let mut phases: [Vec<Duration>; 4] = Default::default();
     let sink = bundle.join("out");
     for i in 0..n + 3 {
         let start = Instant::now();
@@ -157,15 +161,29 @@ fn in_process_true(root: &Path, bundle: &Path, n: usize) -> Result<Vec<Duration>
             .with_systemd(false)
             .with_detach(true)
             .build()?;
+        let created = Instant::now();
         c.start()?;
+        let started = Instant::now();
         let pid = c.pid().context("no pid")?;
         nix::sys::wait::waitpid(pid, None)?;
+        let exited = Instant::now();
         c.delete(true)?;
         if i >= 3 {
-            v.push(start.elapsed());
+            v.push(exited - start);
+            whole.push(start.elapsed());
+            for (k, d) in
+                [created - start, started - created, exited - started, exited.elapsed()].into_iter().enumerate()
+            {
+                phases[k].push(d);
+            }
         }
     }
-    Ok(v)
+    let median = |mut p: Vec<Duration>| {
+        p.sort();
+        percentile(&p, 0.5)
+    };
+    let [a, b, c, d] = phases;
+    Ok((v, whole, [median(a), median(b), median(c), median(d)]))
 }
 
 fn main() -> Result<()> {
@@ -239,9 +257,13 @@ fn main() -> Result<()> {
         .context("an unpacked busybox layer")?;
     drop(agent);
     let bundle = true_bundle(tmp.path(), &rootfs)?;
-    report.push(summary(
-        "true: libcontainer in-process (kedge)",
-        in_process_true(&tmp.path().join("lc"), &bundle, PODS)?,
+    let (times, whole, phases) = in_process_true(&tmp.path().join("lc"), &bundle, PODS)?;
+    report.push(summary("true: kedge in-process, create→exit", times));
+    report.push(summary("true: kedge in-process, create→exit+delete", whole));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let [create, start, run, delete] = phases.map(ms);
+    report.push(format!(
+        "    phases (median): create {create:.1} ms, start {start:.1} ms, run+exit {run:.1} ms, delete {delete:.1} ms"
     ));
     for cli in ["runc", "crun"] {
         match cli_true(cli, &tmp.path().join(cli), &bundle, PODS) {

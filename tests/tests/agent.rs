@@ -13,6 +13,13 @@ fn ready() -> bool {
 
 const FAST: &[&str] = &["--backoff-base", "1s", "--backoff-max", "4s", "--no-cri-socket"];
 
+/// An agent with busybox imported and short restart backoffs, running.
+fn started(dir: &std::path::Path) -> Result<Agent> {
+    let mut agent = Agent::new(dir, FAST)?;
+    agent.start()?;
+    Ok(agent)
+}
+
 fn state(c: &Value) -> &str {
     c["state"].as_str().unwrap_or("")
 }
@@ -56,8 +63,7 @@ fn static_pod_runs_logs_limits_and_is_removed_without_leftovers() -> Result<()> 
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let mut agent = Agent::new(tmp.path(), FAST)?;
-    agent.start()?;
+    let agent = started(tmp.path())?;
     agent.write_manifest("web.yaml", TWO_CONTAINERS)?;
     let pids: Vec<i64> = agent.wait_for("both containers Running", Duration::from_secs(30), || {
         let s = agent.container("web", "sleeper")?;
@@ -121,8 +127,7 @@ fn crashing_container_backs_off_and_never_policy_stays_exited() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let mut agent = Agent::new(tmp.path(), FAST)?;
-    agent.start()?;
+    let agent = started(tmp.path())?;
     let pod = |name: &str, policy: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  restartPolicy: {policy}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: kedge.local/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"echo failing; exit 1\"]\n"
@@ -168,8 +173,7 @@ fn agent_kill_9_keeps_containers_and_still_notices_their_exit() -> Result<()> {
         return Ok(());
     }
     let tmp = tempfile::tempdir()?;
-    let mut agent = Agent::new(tmp.path(), FAST)?;
-    agent.start()?;
+    let mut agent = started(tmp.path())?;
     agent.write_manifest("web.yaml", TWO_CONTAINERS)?;
     let running = |agent: &Agent| -> Result<Option<(i64, i64)>> {
         let s = agent.container("web", "sleeper")?;
@@ -211,5 +215,71 @@ fn agent_kill_9_keeps_containers_and_still_notices_their_exit() -> Result<()> {
 fn nix_kill(pid: i64) -> Result<()> {
     let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status()?;
     anyhow::ensure!(status.success(), "kill -9 {pid} failed");
+    Ok(())
+}
+
+#[test]
+fn volumes_are_shared_and_an_edited_manifest_replaces_the_pod() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let host_dir = tmp.path().join("host-dir");
+    let agent = started(tmp.path())?;
+    let manifest = |greeting: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: vols
+spec:
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - name: shared
+    emptyDir: {{}}
+  - name: host
+    hostPath: {{path: {host}, type: DirectoryOrCreate}}
+  - name: config
+    configMap:
+      name: settings
+      data: {{greeting: {greeting}}}
+  containers:
+  - name: writer
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "echo from-writer > /shared/f; cat /config/greeting > /host/out; touch /config/x 2>/dev/null || echo config-read-only; sleep 3600"]
+    volumeMounts:
+    - {{name: shared, mountPath: /shared}}
+    - {{name: host, mountPath: /host}}
+    - {{name: config, mountPath: /config, readOnly: true}}
+  - name: reader
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "while [ ! -f /data/f ]; do sleep 0.2; done; cat /data/f; sleep 3600"]
+    volumeMounts:
+    - {{name: shared, mountPath: /data}}
+"#,
+            host = host_dir.display()
+        )
+    };
+    agent.write_manifest("vols.yaml", &manifest("hello"))?;
+    agent.wait_for("the reader to see the writer's file", Duration::from_secs(30), || {
+        Ok(agent.cli(&["logs", "vols", "reader"]).ok().filter(|l| l.contains("from-writer")).map(|_| ()))
+    })?;
+    agent.wait_for("the host file", Duration::from_secs(10), || {
+        Ok(std::fs::read_to_string(host_dir.join("out")).ok().filter(|s| s.trim() == "hello").map(|_| ()))
+    })?;
+    assert!(agent.cli(&["logs", "vols", "writer"])?.contains("config-read-only"));
+    let old_pid = agent.container("vols", "writer")?.and_then(|c| c["pid"].as_i64()).expect("writer pid");
+
+    // An edit is a new pod: the old one goes, the new one runs with the new data.
+    agent.write_manifest("vols.yaml", &manifest("bonjour"))?;
+    agent.wait_for("the edited pod", Duration::from_secs(30), || {
+        Ok(std::fs::read_to_string(host_dir.join("out")).ok().filter(|s| s.trim() == "bonjour").map(|_| ()))
+    })?;
+    agent.wait_for("the old pod to be gone", Duration::from_secs(30), || {
+        Ok((agent.ps()?.len() == 1 && !std::path::Path::new(&format!("/proc/{old_pid}")).exists()).then_some(()))
+    })?;
     Ok(())
 }

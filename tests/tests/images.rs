@@ -151,3 +151,32 @@ fn import_rejects_garbage_and_keeps_what_is_stored() -> Result<()> {
     assert!(images.contains("kedge.local/busybox:latest"), "the stored image is still there: {images}");
     Ok(())
 }
+
+#[test]
+fn docker_save_tarballs_import_and_prune_removes_unused_images() -> Result<()> {
+    if !kedge_tests::require(Path::new("/usr/bin/skopeo").exists(), "skopeo (apt-get install skopeo)") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let agent = Agent::new(tmp.path(), &[])?;
+    // skopeo's docker-archive is the `docker save` format: manifest.json, <id>.json, <layer>.tar.
+    let saved = tmp.path().join("saved.tar");
+    let out = Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci-archive:{}", kedge_tests::busybox_image()?.display()))
+        .arg(format!("docker-archive:{}:example.com/tools/saved:v1", saved.display()))
+        .output()?;
+    ensure!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let imported = agent.cli(&["image", "import", &saved.display().to_string()])?;
+    assert_eq!(imported.trim(), "imported example.com/tools/saved:v1");
+    let images = agent.cli(&["image", "ls"])?;
+    assert!(images.contains("example.com/tools/saved:v1") && images.contains("kedge.local/busybox:latest"), "{images}");
+
+    let pruned = agent.cli(&["image", "prune"])?;
+    assert!(pruned.lines().count() >= 1, "{pruned}");
+    let images = agent.cli(&["image", "ls"])?;
+    assert_eq!(images.lines().count(), 1, "only the header is left: {images}");
+    let blobs = std::fs::read_dir(agent.data.join("images/blobs/sha256"))?.count();
+    assert_eq!(blobs, 0, "no blob is left behind");
+    Ok(())
+}

@@ -265,3 +265,38 @@ fn import_docker(
     }
     Ok(names)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_this_nodes_platform_from_an_index() {
+        let digest = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let entry = |arch: &str, variant: Option<&str>, c: char| {
+            let mut p = serde_json::json!({"architecture": arch, "os": "linux"});
+            if let Some(v) = variant {
+                p["variant"] = serde_json::json!(v);
+            }
+            serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest(c), "size": 1, "platform": p})
+        };
+        let index: ImageIndex = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry("amd64", None, 'a'), entry("arm64", Some("v8"), 'b'), entry("arm", Some("v7"), 'c'), entry("s390x", None, 'd')],
+        }))
+        .expect("index parses");
+        let want = match node_platform().0 {
+            "amd64" => Some(digest('a')),
+            "arm64" => Some(digest('b')),
+            "arm" => Some(digest('c')),
+            _ => None,
+        };
+        assert_eq!(select_from_index(&index), want);
+        let only_s390: ImageIndex = serde_json::from_value(serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [entry("s390x", None, 'd')],
+        }))
+        .expect("index parses");
+        assert_eq!(select_from_index(&only_s390), None, "no fitting platform, no pick");
+    }
+}

@@ -102,9 +102,11 @@ fn unpack_into(blob: &Path, work: &Path, diff_id: &str) -> Result<()> {
                 }
                 continue;
             }
-            let ok = entry
-                .unpack_in(work)
-                .map_err(|e| layer_error(diff_id, format!("unpacking {}: {e}", path.display())))?;
+            let ok = entry.unpack_in(work).map_err(|e| {
+                // tar's message names the file; the cause is in its source.
+                let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+                layer_error(diff_id, format!("unpacking {}: {e}{cause}", path.display()))
+            })?;
             if !ok {
                 return Err(layer_error(diff_id, format!("entry escapes the layer: {}", path.display())));
             }
@@ -130,4 +132,86 @@ pub(crate) fn safe_join(root: &Path, rel: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    use super::*;
+
+    /// A gzip'd layer tar with the given (path, content) files and whiteouts,
+    /// stored as a blob; returns (blob path, diff_id).
+    fn layer(dir: &Path, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            for (path, content) in files {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(content.len() as u64);
+                h.set_mode(0o644);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                h.set_cksum();
+                b.append_data(&mut h, path, content.as_bytes()).expect("append");
+            }
+            b.finish().expect("finish");
+        }
+        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).expect("gzip");
+        let blob = dir.join(name);
+        fs::write(&blob, gz.finish().expect("gzip")).expect("write blob");
+        (blob, diff_id)
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_whiteouts_and_the_diff_id_is_checked() {
+        if !kedge_tests::require(kedge_tests::is_root(), "root (whiteouts are 0:0 devices and trusted.* xattrs)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (blob, diff_id) =
+            layer(tmp.path(), "l2", &[("a/keep", "k"), ("a/.wh.gone", ""), ("b/.wh..wh..opq", ""), ("b/new", "n")]);
+        let dest = tmp.path().join("layer");
+        unpack_layer(&blob, &dest, tmp.path(), &diff_id).expect("unpacks");
+        let gone = fs::symlink_metadata(dest.join("a/gone")).expect("whiteout node");
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0, "a 0:0 character device");
+        let mut buf = [0u8; 1];
+        assert_eq!(rustix::fs::getxattr(dest.join("b"), "trusted.overlay.opaque", &mut buf).ok(), Some(1));
+        assert_eq!(fs::read_to_string(dest.join("a/keep")).expect("file"), "k");
+        assert!(dest.with_extension("done").exists() && !dest.join(".wh.gone").exists());
+
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let err = unpack_layer(&blob, &tmp.path().join("other"), tmp.path(), &wrong).expect_err("diff_id mismatch");
+        assert!(err.to_string().contains("not the config's diff_id"), "{err}");
+        assert!(!tmp.path().join("other").exists(), "nothing half-unpacked is kept");
+    }
+
+    #[test]
+    fn entries_escaping_the_layer_are_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(1);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            // Header::set_path refuses "..", so write the name bytes directly.
+            h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+            h.set_cksum();
+            b.append(&h, &b"x"[..]).expect("append");
+            b.finish().expect("finish");
+        }
+        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
+        let blob = tmp.path().join("evil");
+        fs::write(&blob, &raw).expect("write");
+        let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
+        assert!(err.to_string().contains("escape"), "{err}");
+        assert!(!tmp.path().join("escape").exists());
+    }
 }

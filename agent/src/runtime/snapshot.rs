@@ -131,3 +131,38 @@ fn remove_any(path: &Path) -> io::Result<()> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_snapshotters_apply_whiteouts() {
+        if !kedge_tests::require(kedge_tests::is_root(), "root (whiteouts, overlay mounts)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (l1, l2) = (tmp.path().join("l1"), tmp.path().join("l2"));
+        for d in ["a", "b"] {
+            fs::create_dir_all(l1.join(d)).expect("mkdir");
+            fs::create_dir_all(l2.join(d)).expect("mkdir");
+        }
+        for f in ["a/gone", "a/stays", "b/old", "c"] {
+            fs::write(l1.join(f), f).expect("write");
+        }
+        mknod(&l2.join("a/gone"), SFlag::S_IFCHR, Mode::empty(), 0).expect("whiteout");
+        rustix::fs::setxattr(l2.join("b"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
+            .expect("opaque");
+        fs::write(l2.join("b/new"), "new").expect("write");
+        for kind in [Snapshotter::Overlay, Snapshotter::Copy] {
+            let dir = tmp.path().join(format!("{kind:?}"));
+            let root = prepare(kind, &[l1.clone(), l2.clone()], &dir).expect("prepare");
+            let exists = |p: &str| root.join(p).exists();
+            assert!(!exists("a/gone") && exists("a/stays"), "{kind:?}: a whiteout hides the lower file");
+            assert!(!exists("b/old") && exists("b/new"), "{kind:?}: an opaque directory hides the lower directory");
+            assert!(exists("c"));
+            cleanup(kind, &dir);
+            assert!(!root.exists(), "{kind:?}: cleaned up");
+        }
+    }
+}

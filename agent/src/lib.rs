@@ -3,10 +3,12 @@
 //! `grpc`), the image store (`images`), and the pod workers that run static
 //! pods (`pods`).
 
+pub mod cache;
 pub mod fsutil;
 #[cfg(feature = "cri-grpc")]
 pub mod grpc;
 pub mod images;
+pub mod instance;
 pub mod logs_cli;
 pub mod pods;
 pub mod runtime;

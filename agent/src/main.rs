@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use kedge_agent::cache::Cache;
 use kedge_agent::pods::backoff::BackoffPolicy;
-use kedge_agent::pods::manifests::StaticSource;
-use kedge_agent::pods::{PodManager, WorkerContext, status};
+use kedge_agent::pods::manifests::{SOURCE_PREFIX, StaticSource};
+use kedge_agent::pods::{DesiredPod, PodManager, WorkerContext, status};
 use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
 
 #[derive(Parser)]
@@ -239,6 +240,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     });
     opts.insecure_registries = args.insecure_registries.clone();
     opts.log_rotation.max_bytes = args.log_max_size;
+    kedge_agent::instance::claim(&data_dir)?;
     let rt = Runtime::open(opts).with_context(|| format!("opening the runtime in {}", data_dir.display()))?;
     let node = args.node_name.clone().unwrap_or_else(|| {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "node".into())
@@ -254,8 +256,16 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     let _ = (&cri_socket, args.no_cri_socket);
     let policy = BackoffPolicy { base: args.backoff_base, cap: args.backoff_max, ..Default::default() };
     let mut manager = PodManager::new(WorkerContext { runtime: rt.clone(), backoff: policy });
-    let mut source = StaticSource::new(&args.manifests, node);
-    manager.set_desired(source.scan().unwrap_or_default());
+    let cache = Cache::open(&data_dir.join("agent.redb"))?;
+    let mut source = StaticSource::new(&args.manifests, node).with_cached(cache.desired()?.into_values());
+    let accept = |pods: Vec<DesiredPod>, manager: &mut PodManager| -> Result<()> {
+        // Stored before acted on: a restart runs what was last accepted.
+        let by_source = pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
+        cache.replace(SOURCE_PREFIX, &by_source)?;
+        manager.set_desired(pods);
+        Ok(())
+    };
+    accept(source.scan().unwrap_or_default(), &mut manager)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut gc = tokio::time::interval(Duration::from_secs(60));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -263,7 +273,9 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         tokio::select! {
             _ = tick.tick() => {
                 if let Some(pods) = source.scan() {
-                    manager.set_desired(pods);
+                    if let Err(e) = accept(pods, &mut manager) {
+                        tracing::error!(error = %e, "cannot store the desired pods; not acting on them");
+                    }
                 }
             }
             _ = gc.tick() => {

@@ -283,3 +283,40 @@ spec:
     })?;
     Ok(())
 }
+
+#[test]
+fn a_broken_manifest_across_a_restart_keeps_the_pod_and_a_second_agent_is_refused() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut agent = started(tmp.path())?;
+    agent.write_manifest("web.yaml", TWO_CONTAINERS)?;
+    let pid = agent.wait_for("pod running", Duration::from_secs(30), || {
+        Ok(agent.container("web", "sleeper")?.filter(|c| state(c) == "Running").and_then(|c| c["pid"].as_i64()))
+    })?;
+    // A second agent on the same data dir would fight the first over its containers.
+    let second = std::process::Command::new(kedge_tests::binary("kedge-agent")?)
+        .arg("--data-dir")
+        .arg(&agent.data)
+        .args(["run", "--no-cri-socket", "--manifests"])
+        .arg(&agent.manifests)
+        .output()?;
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another kedge-agent already runs on this data dir"));
+
+    agent.kill();
+    agent.write_manifest("web.yaml", "kind: Pod\nspec: [this is not a pod")?;
+    agent.start()?;
+    agent.wait_for("the error to be logged", Duration::from_secs(10), || {
+        Ok(agent.log().contains("not a valid Pod manifest").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let c = agent.container("web", "sleeper")?.expect("still there");
+    assert_eq!(
+        (state(&c), c["pid"].as_i64(), c["restart_count"].as_u64()),
+        ("Running", Some(pid), Some(0)),
+        "the last accepted pod runs on"
+    );
+    Ok(())
+}

@@ -12,6 +12,9 @@ use kedge_common::pod::Pod;
 
 use super::DesiredPod;
 
+/// How static pods name their source (and their key in the local cache).
+pub const SOURCE_PREFIX: &str = "file:";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{path}: {source}")]
@@ -37,7 +40,7 @@ pub fn parse(path: &Path, bytes: &[u8], node: &str) -> Result<DesiredPod, Manife
     let h = crate::images::hex(digest.as_ref());
     let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
     pod.metadata.uid = Some(uid.clone());
-    Ok(DesiredPod { uid, pod, source: format!("file:{}", path.display()) })
+    Ok(DesiredPod { uid, pod, source: format!("{SOURCE_PREFIX}{}", path.display()) })
 }
 
 pub struct StaticSource {
@@ -50,6 +53,17 @@ pub struct StaticSource {
 impl StaticSource {
     pub fn new(dir: impl Into<PathBuf>, node: impl Into<String>) -> Self {
         StaticSource { dir: dir.into(), node: node.into(), files: BTreeMap::new() }
+    }
+
+    /// Seeds the last good pods from the local cache: a file that is broken
+    /// when the agent starts still has its pod (a removed file does not).
+    pub fn with_cached(mut self, cached: impl IntoIterator<Item = DesiredPod>) -> Self {
+        for d in cached {
+            if let Some(path) = d.source.strip_prefix(SOURCE_PREFIX) {
+                self.files.insert(PathBuf::from(path), (Vec::new(), Some(d)));
+            }
+        }
+        self
     }
 
     /// Re-reads the folder; returns the desired pods when anything changed.
@@ -134,6 +148,20 @@ mod tests {
 
         fs::remove_file(&file).expect("rm");
         assert_eq!(src.scan().expect("removal reported"), vec![]);
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_cached_pod_of_a_broken_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("web.yaml");
+        fs::write(&file, WEB).expect("write");
+        let good = StaticSource::new(dir.path(), "n1").scan().expect("pods");
+        fs::write(&file, "kind: Pod\nspec: [broken").expect("write");
+        let restarted = StaticSource::new(dir.path(), "n1").with_cached(good.clone()).scan().expect("pods");
+        assert_eq!(restarted, good, "the last accepted pod survives the restart");
+        fs::remove_file(&file).expect("rm");
+        let gone = StaticSource::new(dir.path(), "n1").with_cached(good).scan().expect("change");
+        assert!(gone.is_empty(), "a removed file removes its pod, cached or not");
     }
 
     #[test]

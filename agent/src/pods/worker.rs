@@ -19,7 +19,7 @@ use super::translate;
 use crate::runtime::{ContainerRecord, ContainerState, Runtime, RuntimeError, SandboxRecord, SandboxState};
 
 /// A pod as a source (manifest file, controller snapshot) wants it run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DesiredPod {
     pub uid: String,
     pub pod: Pod,

@@ -241,7 +241,18 @@ impl Runtime {
             if c.state == ContainerState::Exited {
                 continue;
             }
-            if c.boot_id == boot && records::alive(c.pid, c.pid_start) {
+            let alive = c.boot_id == boot && records::alive(c.pid, c.pid_start);
+            if alive && c.state == ContainerState::Created {
+                // Its init waits for a start that will not come, holding copies of
+                // the dead agent's descriptors: end it; the pod worker makes a new one.
+                let _ = c.pid.map(|pid| container::signal(pid, Signal::SIGKILL));
+                c.state = ContainerState::Exited;
+                c.exit_code = UNKNOWN_EXIT_CODE;
+                c.reason = "Unknown".into();
+                c.message = "created by an earlier agent and never started".into();
+                c.finished_at = records::now_ns();
+                self.save_container(c);
+            } else if alive {
                 adopt.push(c.clone());
             } else {
                 c.state = ContainerState::Exited;
@@ -252,6 +263,7 @@ impl Runtime {
                 self.save_container(c);
             }
         }
+        self.remove_unrecorded(&containers);
         {
             let mut st = self.state();
             st.sandboxes = sandboxes.into_iter().map(|s| (s.id.clone(), s)).collect();
@@ -260,6 +272,31 @@ impl Runtime {
         for c in adopt {
             tracing::info!(container = %c.id, name = c.name(), pid = ?c.pid, "adopted running container");
             self.attach(&c, false);
+        }
+    }
+
+    /// Containers an agent crash left half-made (killed between libcontainer's
+    /// create and our record): their init waits forever for a start. Deletes
+    /// them with their cgroup, root mount and directory.
+    fn remove_unrecorded(&self, known: &[ContainerRecord]) {
+        let paths = &self.inner.paths;
+        let known: BTreeSet<&str> = known.iter().map(|c| c.id.as_str()).collect();
+        for dir in [paths.state(), paths.containers()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let id = e.file_name().to_string_lossy().to_string();
+                if known.contains(id.as_str()) {
+                    continue;
+                }
+                tracing::warn!(container = %id, "removing a container left half-made by an earlier agent");
+                if let Err(err) = container::delete(&id, &paths.state()) {
+                    tracing::warn!(container = %id, error = %err, "could not delete it");
+                }
+                let cdir = paths.container(&id);
+                snapshot::cleanup(self.inner.snapshotter, &cdir);
+                self.inner.images.release_layers(&id);
+                let _ = fs::remove_dir_all(&cdir);
+            }
         }
     }
 

@@ -1,0 +1,140 @@
+//! The agent's local redb: the last accepted desired state of every pod
+//! source, written before it is acted on, so a restarted agent — with no
+//! controller, or with a manifest that has since been broken by an edit —
+//! still runs what it last accepted. (The runtime's own state is plain JSON
+//! records instead: `ps` reads those while the agent holds this database's
+//! exclusive lock.) Written only when desired state changes: no timers, no
+//! flash wear at idle.
+//!
+//! The database is opened for each read or write and closed again: a
+//! container's init is forked from the agent and holds copies of the agent's
+//! descriptors until it execs, and a redb file kept open would leave its lock
+//! with a container created just before an agent crash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::pods::DesiredPod;
+
+/// Source (e.g. `file:/etc/kedge/manifests/web.yaml`) → desired pod (JSON).
+const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_pods");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: the local cache stayed locked")]
+    InUse { path: String },
+    #[error("local cache: {0}")]
+    Db(#[from] redb::Error),
+    #[error("local cache: encoding a pod: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CacheError {
+            fn from(e: $t) -> Self {
+                CacheError::Db(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+pub struct Cache {
+    path: PathBuf,
+}
+
+impl Cache {
+    pub fn open(path: &Path) -> Result<Cache, CacheError> {
+        let cache = Cache { path: path.to_path_buf() };
+        let db = cache.db()?;
+        let txn = db.begin_write()?;
+        txn.open_table(DESIRED)?;
+        txn.commit()?;
+        Ok(cache)
+    }
+
+    /// Opens the database, waiting a moment if a dying process still holds it.
+    fn db(&self) -> Result<Database, CacheError> {
+        for _ in 0..50 {
+            match Database::create(&self.path) {
+                Ok(db) => return Ok(db),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                Err(e) => return Err(CacheError::Db(e.into())),
+            }
+        }
+        Err(CacheError::InUse { path: self.path.display().to_string() })
+    }
+
+    /// Every stored desired pod, by source. Unreadable entries are skipped with a log line.
+    pub fn desired(&self) -> Result<BTreeMap<String, DesiredPod>, CacheError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(DESIRED)?;
+        let mut out = BTreeMap::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            match serde_json::from_slice::<DesiredPod>(v.value()) {
+                Ok(d) => {
+                    out.insert(k.value().to_string(), d);
+                }
+                Err(e) => tracing::warn!(source = k.value(), error = %e, "unreadable cached pod skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the stored set for every source starting with `prefix`.
+    pub fn replace(&self, prefix: &str, pods: &BTreeMap<String, DesiredPod>) -> Result<(), CacheError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        {
+            let mut table = txn.open_table(DESIRED)?;
+            let stale: Vec<String> = table
+                .iter()?
+                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                .filter(|k| k.starts_with(prefix) && !pods.contains_key(k))
+                .collect();
+            for k in stale {
+                table.remove(k.as_str())?;
+            }
+            for (k, d) in pods {
+                let bytes = serde_json::to_vec(d)?;
+                table.insert(k.as_str(), bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(source: &str, uid: &str) -> DesiredPod {
+        DesiredPod { uid: uid.into(), pod: Default::default(), source: source.into() }
+    }
+
+    #[test]
+    fn stores_replaces_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.redb");
+        let cache = Cache::open(&path).expect("open");
+        let a = pod("file:/m/a.yaml", "1");
+        let b = pod("file:/m/b.yaml", "2");
+        let other = pod("mqtt:x", "3");
+        cache
+            .replace("file:", &BTreeMap::from([(a.source.clone(), a.clone()), (b.source.clone(), b.clone())]))
+            .expect("write");
+        cache.replace("mqtt:", &BTreeMap::from([(other.source.clone(), other.clone())])).expect("write");
+        cache.replace("file:", &BTreeMap::from([(b.source.clone(), b.clone())])).expect("write");
+        drop(cache);
+        let stored = Cache::open(&path).expect("reopen").desired().expect("read");
+        assert_eq!(stored.into_values().collect::<Vec<_>>(), vec![b, other], "a's removal kept the other source");
+    }
+}

@@ -13,6 +13,8 @@ fn ready() -> bool {
 }
 
 async fn runtime(dir: &Path, snapshotter: Option<Snapshotter>) -> Runtime {
+    // libcontainer reports a container init's failure only through tracing.
+    let _ = tracing_subscriber::fmt().with_env_filter("warn,libcontainer::seccomp=error,libcgroups=error").try_init();
     let mut opts = Options::new(dir.join("data"));
     opts.snapshotter = snapshotter;
     let rt = Runtime::open(opts).expect("runtime opens");
@@ -190,7 +192,8 @@ async fn copy_snapshotter_runs_the_same_image() {
         .expect("create");
     rt.start_container(&id).await.expect("start");
     let st = wait_state(&rt, &id, ContainerState::Exited).await;
-    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    let log = std::fs::read_to_string(tmp.path().join("logs/c/0.log")).unwrap_or_default();
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"), "container log: {log}");
     rt.remove_pod_sandbox(&sb).await.expect("remove");
 }
 

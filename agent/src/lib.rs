@@ -4,6 +4,7 @@
 //! pods (`pods`).
 
 pub mod cache;
+pub mod forklock;
 pub mod fsutil;
 #[cfg(feature = "cri-grpc")]
 pub mod grpc;

@@ -335,6 +335,7 @@ impl ImageStore {
                 // One unpacker at a time: a second one would find the first's
                 // directory without its marker and take it for a crash's leftovers.
                 let _lock = self.lock()?;
+                let _no_fork_meanwhile = crate::forklock::writing();
                 if !dir.with_extension("done").exists() {
                     let blob = self.blob_path(layer.digest().as_ref())?;
                     unpack::unpack_layer(&blob, &dir, &self.root.join("tmp"), diff_id)?;

@@ -109,6 +109,8 @@ pub fn prepare_volumes(pod: &Pod, volumes_root: &Path) -> Result<HashMap<String,
             let dir = volumes_root.join(&v.name);
             fs::create_dir_all(&dir).map_err(err(&dir))?;
             if let Some(data) = v.config_map.as_ref().or(v.secret.as_ref()) {
+                // ConfigMaps often carry scripts: no fork while they are open for writing.
+                let _no_fork_meanwhile = crate::forklock::writing();
                 let mode = data.default_mode.unwrap_or(0o644) & 0o777;
                 for (key, value) in &data.data {
                     if key.contains('/') || key.starts_with("..") || key.is_empty() {

@@ -21,11 +21,10 @@ const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 
 /// libcontainer changes the process's working directory to bind and connect
 /// its notify sockets (unix socket paths are short), so two calls on two
-/// threads at once can send one to the other's socket. Every call holds this.
-static LIBCONTAINER: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serialized() -> std::sync::MutexGuard<'static, ()> {
-    LIBCONTAINER.lock().unwrap_or_else(|p| p.into_inner())
+/// threads at once can send one to the other's socket; and its forks must not
+/// overlap file writes (see `forklock`). Every call holds the exclusive side.
+fn serialized() -> std::sync::RwLockWriteGuard<'static, ()> {
+    crate::forklock::forking()
 }
 
 fn lc(id: &str) -> impl FnOnce(libcontainer::error::LibcontainerError) -> RuntimeError + '_ {

@@ -41,6 +41,7 @@ pub fn prepare(kind: Snapshotter, layers: &[PathBuf], dir: &Path) -> Result<Path
                 .map_err(RuntimeError::sys(&rootfs))?;
         }
         Snapshotter::Copy => {
+            let _no_fork_meanwhile = crate::forklock::writing();
             for layer in layers {
                 apply_layer(layer, &rootfs).map_err(RuntimeError::io(layer))?;
             }

@@ -105,6 +105,9 @@ struct RunArgs {
     /// Log file size that triggers rotation, in bytes.
     #[arg(long, default_value_t = 5 << 20)]
     log_max_size: u64,
+    /// pids.max of every container (0: unlimited).
+    #[arg(long, default_value_t = 4096)]
+    pids_limit: i64,
     /// Disk usage (percent of the data dir's file system) above which unused images are removed.
     #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
     image_gc_high_threshold: u8,
@@ -240,6 +243,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     });
     opts.insecure_registries = args.insecure_registries.clone();
     opts.log_rotation.max_bytes = args.log_max_size;
+    opts.pids_limit = (args.pids_limit > 0).then_some(args.pids_limit);
     kedge_agent::instance::claim(&data_dir)?;
     let rt = Runtime::open(opts).with_context(|| format!("opening the runtime in {}", data_dir.display()))?;
     let node = args.node_name.clone().unwrap_or_else(|| {

@@ -73,15 +73,6 @@ impl Conn {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn cm(name: &str) -> String {
     format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"k":"v"}}}}"#)
 }
@@ -176,7 +167,7 @@ fn main() {
         .expect("listening line");
     let addr = first.trim().rsplit("http://").next().expect("addr").to_owned();
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(child.id());
+    let idle = kedge_tests::rss_kib(child.id());
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (one, sixteen, lat) = rt.block_on(async {
@@ -185,7 +176,7 @@ fn main() {
         let lat = watch_latency(&addr).await;
         (one, sixteen, lat)
     });
-    let loaded = rss_kib(child.id());
+    let loaded = kedge_tests::rss_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
 

@@ -38,15 +38,6 @@ fn summary(name: &str, mut v: Vec<Duration>) -> String {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Re-runs this binary in a private mount namespace without the cgroup v2
 /// mount of a hybrid host (crun's requirement); returns false in the child.
 fn reexec_in_private_mount_ns() -> Result<bool> {
@@ -209,7 +200,7 @@ fn main() -> Result<()> {
     let socket = agent.socket.clone();
     agent.wait_for("the CRI socket", Duration::from_secs(30), || Ok(socket.exists().then_some(())))?;
     std::thread::sleep(Duration::from_secs(2));
-    let idle = rss_kib(pid);
+    let idle = kedge_tests::rss_kib(pid);
     report.push(format!("kedge-agent RSS idle                          {:.1} MiB", idle as f64 / 1024.0));
 
     let (kedge, rss30) = rt.block_on(async {
@@ -221,7 +212,7 @@ fn main() -> Result<()> {
             );
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = rss_kib(pid);
+        let rss = kedge_tests::rss_kib(pid);
         for sb in sandboxes {
             client.remove_pod(&sb).await?;
         }

@@ -300,3 +300,13 @@ pub fn busybox_image() -> Result<PathBuf> {
         .clone()
         .map_err(anyhow::Error::msg)
 }
+
+/// `VmRSS` of a process in KiB (0 when it is gone), for the benchmarks.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

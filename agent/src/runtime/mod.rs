@@ -247,20 +247,12 @@ impl Runtime {
                 // Its init waits for a start that will not come, holding copies of
                 // the dead agent's descriptors: end it; the pod worker makes a new one.
                 let _ = c.pid.map(|pid| container::signal(pid, Signal::SIGKILL));
-                c.state = ContainerState::Exited;
-                c.exit_code = UNKNOWN_EXIT_CODE;
-                c.reason = "Unknown".into();
-                c.message = "created by an earlier agent and never started".into();
-                c.finished_at = records::now_ns();
+                c.mark_exited(UNKNOWN_EXIT_CODE, "Unknown", "created by an earlier agent and never started");
                 self.save_container(c);
             } else if alive {
                 adopt.push(c.clone());
             } else {
-                c.state = ContainerState::Exited;
-                c.exit_code = UNKNOWN_EXIT_CODE;
-                c.reason = "Unknown".into();
-                c.message = "the container's process was gone when the agent started".into();
-                c.finished_at = records::now_ns();
+                c.mark_exited(UNKNOWN_EXIT_CODE, "Unknown", "the container's process was gone when the agent started");
                 self.save_container(c);
             }
         }
@@ -347,10 +339,7 @@ impl Runtime {
             if c.state == ContainerState::Exited {
                 return;
             }
-            c.state = ContainerState::Exited;
-            c.finished_at = records::now_ns();
-            c.exit_code = code.unwrap_or(UNKNOWN_EXIT_CODE);
-            c.reason = if container::oom_killed(&c.cgroup_path) {
+            let reason = if container::oom_killed(&c.cgroup_path) {
                 "OOMKilled"
             } else {
                 match code {
@@ -358,11 +347,13 @@ impl Runtime {
                     Some(_) => "Error",
                     None => "Unknown",
                 }
-            }
-            .into();
-            if code.is_none() {
-                c.message = "exited while adopted from an earlier agent; its exit status was not observable".into();
-            }
+            };
+            let message = if code.is_none() {
+                "exited while adopted from an earlier agent; its exit status was not observable"
+            } else {
+                ""
+            };
+            c.mark_exited(code.unwrap_or(UNKNOWN_EXIT_CODE), reason, message);
             c.clone()
         };
         tracing::info!(container = %rec.id, name = rec.name(), exit_code = rec.exit_code, reason = %rec.reason, "container exited");

@@ -121,6 +121,15 @@ impl ContainerRecord {
         self.config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("")
     }
 
+    /// Records the end of the container's process, now.
+    pub fn mark_exited(&mut self, exit_code: i32, reason: &str, message: &str) {
+        self.state = ContainerState::Exited;
+        self.exit_code = exit_code;
+        self.reason = reason.into();
+        self.message = message.into();
+        self.finished_at = now_ns();
+    }
+
     pub fn attempt(&self) -> u32 {
         self.config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)
     }

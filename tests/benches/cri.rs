@@ -177,6 +177,42 @@ fn in_process_true(root: &Path, bundle: &Path, n: usize) -> Result<(Vec<Duration
     Ok((v, whole, [median(a), median(b), median(c), median(d)]))
 }
 
+/// The `true` create→exit runs of part 2, in-process and through the CLIs.
+fn true_runs(dir: &Path, bundle: &Path, tag: &str, report: &mut Vec<String>) -> Result<()> {
+    let (times, whole, phases) = in_process_true(&dir.join("lc"), bundle, PODS)?;
+    report.push(summary(&format!("true{tag}: kedge in-process, create→exit"), times));
+    report.push(summary(&format!("true{tag}: kedge in-process, create→exit+delete"), whole));
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let [create, start, run, delete] = phases.map(ms);
+    report.push(format!(
+        "    phases (median): create {create:.1} ms, start {start:.1} ms, run+exit {run:.1} ms, delete {delete:.1} ms"
+    ));
+    for cli in ["runc", "crun"] {
+        match cli_true(cli, &dir.join(cli), bundle, PODS) {
+            Ok(v) => report.push(summary(&format!("true{tag}: `{cli} run` (Debian)"), v)),
+            Err(e) => report.push(format!("true{tag}: {cli} skipped: {e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// On a hybrid host (this one), replaces this private mount namespace's
+/// /sys/fs/cgroup with the cgroup2 hierarchy alone, so that libcontainer and
+/// crun take their cgroup v2 path. The controllers stay bound to the v1
+/// hierarchies, so the v2 cgroups have none: this measures the v2 code path
+/// (no per-hierarchy set-up), not v2 controller writes. Returns false where
+/// /sys/fs/cgroup was not a v1 tmpfs.
+fn hybrid_to_unified() -> Result<bool> {
+    if std::env::var_os("KEDGE_BENCH_NS").is_none() || !Path::new("/sys/fs/cgroup/memory").exists() {
+        return Ok(false);
+    }
+    let status = Command::new("sh")
+        .args(["-c", "umount -R /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup"])
+        .status()?;
+    ensure!(status.success(), "could not mount cgroup2 on /sys/fs/cgroup in the benchmark's mount namespace");
+    Ok(true)
+}
+
 fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(()); // `cargo test --benches` asks for a list
@@ -192,6 +228,8 @@ fn main() -> Result<()> {
         std::env::var("CARGO_MANIFEST_DIR").map(PathBuf::from)?.parent().map(Path::to_path_buf).unwrap_or_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut report = vec![format!("kedge CRI benchmark, {}", jiff::Timestamp::now())];
+    // `cargo bench --bench cri -- true` runs only part 2 (for profiling it).
+    let only_true = std::env::args().skip(1).any(|a| a == "true");
 
     // --- agent RSS idle, then the CRI latency against kedge-agent ---------------
     let mut agent = Agent::new(&tmp.path().join("agent"), &[])?;
@@ -203,40 +241,53 @@ fn main() -> Result<()> {
     let idle = kedge_tests::rss_kib(pid);
     report.push(format!("kedge-agent RSS idle                          {:.1} MiB", idle as f64 / 1024.0));
 
-    let (kedge, rss30) = rt.block_on(async {
-        let mut client = CriClient::connect(&socket).await?;
-        let mut sandboxes = Vec::new();
-        for i in 0..RSS_PODS {
-            sandboxes.push(
-                client.run_pod(&format!("rss-{i}"), "kedge.local/busybox:latest", &["sleep", "3600"], false).await?.0,
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let rss = kedge_tests::rss_kib(pid);
-        for sb in sandboxes {
-            client.remove_pod(&sb).await?;
-        }
-        let t = cri_latency(&mut client, "kedge.local/busybox:latest", "kedge").await?;
-        anyhow::Ok((t, rss))
-    })?;
-    report.push(format!("kedge-agent RSS with {RSS_PODS} running pods            {:.1} MiB", rss30 as f64 / 1024.0));
-    report.push(summary("kedge-agent: RunPodSandbox+Create+Start", kedge));
+    if only_true {
+        // one pod, so that the busybox layer is unpacked for the bundle below
+        rt.block_on(async {
+            let mut client = CriClient::connect(&socket).await?;
+            let sb = client.run_pod("unpack", "kedge.local/busybox:latest", &["true"], false).await?.0;
+            client.remove_pod(&sb).await
+        })?;
+    } else {
+        let (kedge, rss30) = rt.block_on(async {
+            let mut client = CriClient::connect(&socket).await?;
+            let mut sandboxes = Vec::new();
+            for i in 0..RSS_PODS {
+                sandboxes.push(
+                    client
+                        .run_pod(&format!("rss-{i}"), "kedge.local/busybox:latest", &["sleep", "3600"], false)
+                        .await?
+                        .0,
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss = kedge_tests::rss_kib(pid);
+            for sb in sandboxes {
+                client.remove_pod(&sb).await?;
+            }
+            let t = cri_latency(&mut client, "kedge.local/busybox:latest", "kedge").await?;
+            anyhow::Ok((t, rss))
+        })?;
+        report
+            .push(format!("kedge-agent RSS with {RSS_PODS} running pods            {:.1} MiB", rss30 as f64 / 1024.0));
+        report.push(summary("kedge-agent: RunPodSandbox+Create+Start", kedge));
 
-    // --- the same client against containerd + runc -------------------------------
-    let script = root.join("scripts/containerd-baseline.sh");
-    let cdir = tmp.path().join("containerd");
-    let started = Command::new("bash").arg(&script).arg("start").arg(&cdir).stderr(Stdio::inherit()).output();
-    match started {
-        Ok(out) if out.status.success() => {
-            let sock = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-            let result = rt.block_on(async {
-                let mut client = CriClient::connect(&sock).await?;
-                cri_latency(&mut client, "kedge.local/busybox:latest", "containerd").await
-            });
-            let _ = Command::new("bash").arg(&script).arg("stop").arg(&cdir).status();
-            report.push(summary("containerd 1.6 + runc: RunPodSandbox+Create+Start", result?));
+        // --- the same client against containerd + runc -------------------------------
+        let script = root.join("scripts/containerd-baseline.sh");
+        let cdir = tmp.path().join("containerd");
+        let started = Command::new("bash").arg(&script).arg("start").arg(&cdir).stderr(Stdio::inherit()).output();
+        match started {
+            Ok(out) if out.status.success() => {
+                let sock = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+                let result = rt.block_on(async {
+                    let mut client = CriClient::connect(&sock).await?;
+                    cri_latency(&mut client, "kedge.local/busybox:latest", "containerd").await
+                });
+                let _ = Command::new("bash").arg(&script).arg("stop").arg(&cdir).status();
+                report.push(summary("containerd 1.6 + runc: RunPodSandbox+Create+Start", result?));
+            }
+            other => report.push(format!("containerd baseline skipped: {other:?}")),
         }
-        other => report.push(format!("containerd baseline skipped: {other:?}")),
     }
 
     // --- create → exit of `true` on one bundle ----------------------------------
@@ -248,21 +299,15 @@ fn main() -> Result<()> {
         .context("an unpacked busybox layer")?;
     drop(agent);
     let bundle = true_bundle(tmp.path(), &rootfs)?;
-    let (times, whole, phases) = in_process_true(&tmp.path().join("lc"), &bundle, PODS)?;
-    report.push(summary("true: kedge in-process, create→exit", times));
-    report.push(summary("true: kedge in-process, create→exit+delete", whole));
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let [create, start, run, delete] = phases.map(ms);
-    report.push(format!(
-        "    phases (median): create {create:.1} ms, start {start:.1} ms, run+exit {run:.1} ms, delete {delete:.1} ms"
-    ));
-    for cli in ["runc", "crun"] {
-        match cli_true(cli, &tmp.path().join(cli), &bundle, PODS) {
-            Ok(v) => report.push(summary(&format!("true: `{cli} run` (Debian)"), v)),
-            Err(e) => report.push(format!("true: {cli} skipped: {e:#}")),
-        }
+    true_runs(tmp.path(), &bundle, "", &mut report)?;
+    // the parent cgroup "/kedge-bench" libcontainer and the CLIs made in each hierarchy
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let _ = std::fs::remove_dir(hierarchy.path().join("kedge-bench"));
     }
-    let _ = std::fs::remove_dir("/sys/fs/cgroup/memory/kedge-bench");
+    if hybrid_to_unified()? {
+        true_runs(&tmp.path().join("v2"), &bundle, " [v2]", &mut report)?;
+        let _ = std::fs::remove_dir("/sys/fs/cgroup/kedge-bench");
+    }
     let _ = std::fs::remove_dir_all(std::env::temp_dir().join("kedge-cri-logs"));
     let text = report.join("\n");
     println!("{text}");

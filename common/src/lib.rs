@@ -1,14 +1,15 @@
 //! Wire types and codecs shared by the kedge controller and agent.
 //!
 //! This crate is data and codecs only: no I/O, no async runtime, no MQTT client,
-//! no Kubernetes API types (design.md §2). The full snapshot/report types arrive
-//! with the fleet-link issue; what is here is the envelope, the topic tree, the
-//! pod as a node runs it, and Kubernetes quantities.
+//! no Kubernetes API types (design.md §2): the versioned envelope, the topic
+//! tree, the pod as a node runs it, Kubernetes quantities, and the fleet-link
+//! messages (`wire`).
 
 pub mod envelope;
 pub mod pod;
 pub mod quantity;
 pub mod topics;
+pub mod wire;
 
 /// Version of the kedge binaries, reported by `--version` and in node reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -30,6 +30,29 @@ pub fn node_topic(prefix: &str, node: &str, which: NodeTopic) -> String {
     format!("{prefix}/{TOPIC_VERSION}/nodes/{node}/{}", which.leaf())
 }
 
+/// `{prefix}/v1/nodes/+/{leaf}`: one kind of topic of every node.
+pub fn all_nodes_filter(prefix: &str, which: NodeTopic) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/nodes/+/{}", which.leaf())
+}
+
+/// `{prefix}/v1/fleet/nodes/{node}`: the dashboard JSON of one node.
+pub fn fleet_node_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/fleet/nodes/{node}")
+}
+
+/// `{prefix}/v1/fleet/summary`: the dashboard JSON of the whole fleet.
+pub fn fleet_summary_topic(prefix: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/fleet/summary")
+}
+
+/// Whether `name` can be a node's part of a topic (and its MQTT client id):
+/// a non-empty DNS subdomain-ish name without MQTT separators or wildcards.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 /// Parses a node topic back into node name and kind; `None` for anything else,
 /// including node names containing MQTT wildcards or separators.
 pub fn parse_node_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, NodeTopic)> {
@@ -60,6 +83,9 @@ mod tests {
             assert_eq!(parse_node_topic("kedge", &t), Some(("pi-7", which)));
         }
         assert_eq!(node_topic("kedge", "n1", NodeTopic::Desired), "kedge/v1/nodes/n1/desired");
+        assert_eq!(all_nodes_filter("kedge", NodeTopic::Status), "kedge/v1/nodes/+/status");
+        assert_eq!(fleet_node_topic("kedge", "n1"), "kedge/v1/fleet/nodes/n1");
+        assert!(valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name(""));
     }
 
     #[test]

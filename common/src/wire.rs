@@ -1,0 +1,274 @@
+//! The messages of the fleet link (design.md §3): the controller's desired
+//! snapshot for one node, the node's report back, its events, and its
+//! presence. Snapshots and reports are full state, never deltas: the newest
+//! one wins whatever arrived before it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pod::Pod;
+
+/// Everything one node should run, published retained on
+/// `{prefix}/v1/nodes/{node}/desired`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeDesired {
+    /// The node this snapshot is for; an agent drops a snapshot for another node.
+    pub node: String,
+    /// Strictly increasing per node, persisted by the controller.
+    pub generation: u64,
+    /// The node's pods, each with `metadata.uid` and `metadata.namespace`,
+    /// ConfigMap/Secret data and `env` references already resolved.
+    pub pods: Vec<Pod>,
+}
+
+/// What a node reports, published retained on `{prefix}/v1/nodes/{node}/status`
+/// whenever it changes (and at a slow refresh interval).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: String,
+    /// The newest snapshot generation the node has accepted and acts on.
+    pub observed_generation: u64,
+    /// Unix seconds at which the report was made.
+    pub time: i64,
+    pub boot_id: String,
+    pub agent_version: String,
+    pub info: NodeInfo,
+    pub capacity: NodeResources,
+    pub allocatable: NodeResources,
+    /// `(type, address)`: `InternalIP`, `Hostname`.
+    pub addresses: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub pressure: Pressure,
+    pub usage: Usage,
+    pub pods: Vec<PodReport>,
+    /// Events dropped from the bounded offline queue since the last report.
+    #[serde(default)]
+    pub events_dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Kubernetes spelling: `amd64`, `arm64`, `arm`.
+    pub architecture: String,
+    pub operating_system: String,
+    pub os_image: String,
+    pub kernel_version: String,
+    pub machine_id: String,
+    pub container_runtime_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct NodeResources {
+    pub cpu_milli: i64,
+    pub memory_bytes: i64,
+    pub ephemeral_storage_bytes: i64,
+    pub pods: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Pressure {
+    pub memory: bool,
+    pub disk: bool,
+    pub pid: bool,
+}
+
+/// Coarse usage for dashboards.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Memory in use (total minus available), bytes.
+    pub memory_bytes: i64,
+    /// One-minute load average × 1000 (a stand-in for CPU use).
+    pub load_milli: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PodReport {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`.
+    pub phase: String,
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    /// Unix seconds at which the node started working on the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<i64>,
+    pub containers: Vec<ContainerReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ContainerReport {
+    pub name: String,
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    #[serde(default)]
+    pub container_id: String,
+    pub ready: bool,
+    pub started: bool,
+    pub restart_count: u32,
+    pub state: ContainerState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_state: Option<ContainerState>,
+}
+
+/// A container's state, as Kubernetes' `ContainerState` (times in unix seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ContainerState {
+    Waiting { reason: String, message: String },
+    Running { started_at: i64 },
+    Terminated { exit_code: i32, reason: String, message: String, started_at: i64, finished_at: i64 },
+}
+
+impl Default for ContainerState {
+    fn default() -> Self {
+        ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+    }
+}
+
+/// Something that happened on a node, published (not retained) on
+/// `{prefix}/v1/nodes/{node}/events`; the controller turns it into a
+/// Kubernetes Event.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix seconds.
+    pub time: i64,
+    /// `false` for a Warning.
+    pub normal: bool,
+    pub reason: String,
+    pub message: String,
+    /// The pod it is about, if any: namespace, name, uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<(String, String, String)>,
+}
+
+/// `{prefix}/v1/nodes/{node}/presence`, plain JSON (also the Last Will).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Presence {
+    pub online: bool,
+    /// RFC 3339.
+    pub since: String,
+    pub boot_id: String,
+}
+
+/// Why a received message was dropped.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error(transparent)]
+    Envelope(#[from] crate::envelope::EnvelopeError),
+    #[error("message for node {got:?} arrived on node {want:?}'s topic")]
+    WrongNode { got: String, want: String },
+    #[error("presence is not valid JSON: {0}")]
+    Presence(String),
+}
+
+impl NodeDesired {
+    /// Decodes a snapshot received on `node`'s topic.
+    pub fn decode_for(payload: &[u8], node: &str, cap: usize) -> Result<NodeDesired, WireError> {
+        let d: NodeDesired = crate::envelope::decode(payload, cap)?;
+        if d.node != node {
+            return Err(WireError::WrongNode { got: d.node, want: node.into() });
+        }
+        Ok(d)
+    }
+}
+
+impl NodeReport {
+    /// Decodes a report received on `node`'s topic.
+    pub fn decode_for(payload: &[u8], node: &str, cap: usize) -> Result<NodeReport, WireError> {
+        let r: NodeReport = crate::envelope::decode(payload, cap)?;
+        if r.node != node {
+            return Err(WireError::WrongNode { got: r.node, want: node.into() });
+        }
+        Ok(r)
+    }
+}
+
+impl Presence {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_json(payload: &[u8]) -> Result<Presence, WireError> {
+        serde_json::from_slice(payload).map_err(|e| WireError::Presence(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{DEFAULT_MAX_PAYLOAD, encode};
+
+    fn snapshot() -> NodeDesired {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "default", "uid": "u1"},
+            "spec": {"containers": [{"name": "c", "image": "kedge.local/busybox:latest",
+                "command": ["sleep", "3600"], "env": [{"name": "A", "value": "from-configmap"}]}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "cfg", "data": {"k": "v"}}}]}
+        }))
+        .expect("pod");
+        NodeDesired { node: "n1".into(), generation: 7, pods: vec![pod] }
+    }
+
+    fn report() -> NodeReport {
+        NodeReport {
+            node: "n1".into(),
+            observed_generation: 7,
+            time: 1_700_000_000,
+            info: NodeInfo { architecture: "arm64".into(), ..Default::default() },
+            capacity: NodeResources { cpu_milli: 4000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 34, pods: 110 },
+            pods: vec![PodReport {
+                uid: "u1".into(),
+                namespace: "default".into(),
+                name: "web-1".into(),
+                phase: "Running".into(),
+                ready: true,
+                containers: vec![ContainerReport {
+                    name: "c".into(),
+                    restart_count: 2,
+                    state: ContainerState::Running { started_at: 1_700_000_000 },
+                    last_state: Some(ContainerState::Terminated {
+                        exit_code: 1,
+                        reason: "Error".into(),
+                        message: String::new(),
+                        started_at: 1,
+                        finished_at: 2,
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn snapshot_and_report_round_trip() {
+        let d = snapshot();
+        let bytes = encode(&d).expect("encode");
+        assert_eq!(NodeDesired::decode_for(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), d);
+        let r = report();
+        let bytes = encode(&r).expect("encode");
+        assert_eq!(NodeReport::decode_for(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), r);
+        let p = Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into() };
+        assert_eq!(Presence::from_json(&p.to_json()).expect("presence"), p);
+    }
+
+    #[test]
+    fn rejects_other_nodes_garbage_truncation_and_size() {
+        let bytes = encode(&snapshot()).expect("encode");
+        assert!(matches!(
+            NodeDesired::decode_for(&bytes, "n2", DEFAULT_MAX_PAYLOAD),
+            Err(WireError::WrongNode { .. })
+        ));
+        assert!(NodeDesired::decode_for(b"hello", "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(NodeDesired::decode_for(&bytes[..bytes.len() / 2], "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(NodeDesired::decode_for(&bytes, "n1", 16).is_err());
+        // A report is not a snapshot.
+        let report = encode(&report()).expect("encode");
+        assert!(NodeDesired::decode_for(&report, "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(Presence::from_json(b"{\"online\":").is_err());
+    }
+}

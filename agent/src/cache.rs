@@ -20,6 +20,9 @@ use crate::pods::DesiredPod;
 
 /// Source (e.g. `file:/etc/kedge/manifests/web.yaml`) → desired pod (JSON).
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_pods");
+/// Small facts: the generation of the accepted controller snapshot.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const GENERATION: &str = "controller_generation";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -52,6 +55,7 @@ impl Cache {
         let db = cache.db()?;
         let txn = db.begin_write()?;
         txn.open_table(DESIRED)?;
+        txn.open_table(META)?;
         txn.commit()?;
         Ok(cache)
     }
@@ -92,24 +96,55 @@ impl Cache {
     pub fn replace(&self, prefix: &str, pods: &BTreeMap<String, DesiredPod>) -> Result<(), CacheError> {
         let db = self.db()?;
         let txn = db.begin_write()?;
-        {
-            let mut table = txn.open_table(DESIRED)?;
-            let stale: Vec<String> = table
-                .iter()?
-                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
-                .filter(|k| k.starts_with(prefix) && !pods.contains_key(k))
-                .collect();
-            for k in stale {
-                table.remove(k.as_str())?;
-            }
-            for (k, d) in pods {
-                let bytes = serde_json::to_vec(d)?;
-                table.insert(k.as_str(), bytes.as_slice())?;
-            }
-        }
+        replace_in(&txn, prefix, pods)?;
         txn.commit()?;
         Ok(())
     }
+
+    /// The generation of the last accepted controller snapshot (0: none).
+    pub fn generation(&self) -> Result<u64, CacheError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(META)?;
+        Ok(table.get(GENERATION)?.map_or(0, |v| v.value()))
+    }
+
+    /// Stores an accepted controller snapshot: its pods (replacing every
+    /// source under `prefix`) and its generation, in one transaction.
+    pub fn store_snapshot(
+        &self,
+        prefix: &str,
+        generation: u64,
+        pods: &BTreeMap<String, DesiredPod>,
+    ) -> Result<(), CacheError> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        replace_in(&txn, prefix, pods)?;
+        txn.open_table(META)?.insert(GENERATION, generation)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn replace_in(
+    txn: &redb::WriteTransaction,
+    prefix: &str,
+    pods: &BTreeMap<String, DesiredPod>,
+) -> Result<(), CacheError> {
+    let mut table = txn.open_table(DESIRED)?;
+    let stale: Vec<String> = table
+        .iter()?
+        .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+        .filter(|k| k.starts_with(prefix) && !pods.contains_key(k))
+        .collect();
+    for k in stale {
+        table.remove(k.as_str())?;
+    }
+    for (k, d) in pods {
+        let bytes = serde_json::to_vec(d)?;
+        table.insert(k.as_str(), bytes.as_slice())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -135,6 +170,21 @@ mod tests {
         cache.replace("file:", &BTreeMap::from([(b.source.clone(), b.clone())])).expect("write");
         drop(cache);
         let stored = Cache::open(&path).expect("reopen").desired().expect("read");
-        assert_eq!(stored.into_values().collect::<Vec<_>>(), vec![b, other], "a's removal kept the other source");
+        assert_eq!(
+            stored.into_values().collect::<Vec<_>>(),
+            vec![b.clone(), other.clone()],
+            "a's removal kept the other source"
+        );
+        let cache = Cache::open(&path).expect("reopen");
+        assert_eq!(cache.generation().expect("generation"), 0);
+        let c = pod("controller:default/c", "4");
+        cache.store_snapshot("controller:", 9, &BTreeMap::from([(c.source.clone(), c.clone())])).expect("snapshot");
+        assert_eq!(cache.generation().expect("generation"), 9);
+        let stored = cache.desired().expect("read");
+        assert_eq!(
+            stored.into_values().collect::<Vec<_>>(),
+            vec![c, b, other],
+            "only the controller's sources were replaced"
+        );
     }
 }

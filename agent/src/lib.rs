@@ -1,15 +1,20 @@
-//! `kedge-agent`: the node agent. Today it is the runtime half: a CRI
-//! implementation over youki's libcontainer (`runtime`, served over gRPC by
-//! `grpc`), the image store (`images`), and the pod workers that run static
-//! pods (`pods`).
+//! `kedge-agent`: the node agent: a CRI implementation over youki's
+//! libcontainer (`runtime`, served over gRPC by `grpc`), the image store
+//! (`images`), the pod workers (`pods`) that run static pods and the
+//! controller's pods, and the fleet link to the controller over MQTT
+//! (`link` for the session, `fleet` for snapshots and events, `report` for
+//! what the node tells the controller).
 
 pub mod cache;
+pub mod fleet;
 pub mod forklock;
 pub mod fsutil;
 #[cfg(feature = "cri-grpc")]
 pub mod grpc;
 pub mod images;
 pub mod instance;
+pub mod link;
 pub mod logs_cli;
 pub mod pods;
+pub mod report;
 pub mod runtime;

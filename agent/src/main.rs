@@ -9,9 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kedge_agent::cache::Cache;
+use kedge_agent::fleet::{self, Accepted, ControllerSource};
+use kedge_agent::link::{self, BrokerUrl, LinkConfig};
 use kedge_agent::pods::backoff::BackoffPolicy;
 use kedge_agent::pods::manifests::{SOURCE_PREFIX, StaticSource};
-use kedge_agent::pods::{DesiredPod, PodManager, WorkerContext, status};
+use kedge_agent::pods::{PodManager, WorkerContext, status};
+use kedge_agent::report;
 use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
 
 #[derive(Parser)]
@@ -29,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent (standalone: static pods only).
+    /// Run the agent: static pods, and with --broker the controller's pods.
     Run(RunArgs),
     /// Pods and containers on this node, from the agent's state.
     Ps {
@@ -111,6 +114,27 @@ struct RunArgs {
     /// Disk usage (percent of the data dir's file system) above which unused images are removed.
     #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
     image_gc_high_threshold: u8,
+    /// MQTT broker of the fleet (mqtt://HOST:PORT). Without it the agent
+    /// runs static pods only.
+    #[arg(long)]
+    broker: Option<BrokerUrl>,
+    /// Topic prefix of the fleet.
+    #[arg(long, default_value = kedge_common::topics::DEFAULT_PREFIX)]
+    topic_prefix: String,
+    /// This node's address as other nodes see it (default: the address the
+    /// route to the broker leaves from).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// MQTT keepalive: the broker publishes our Last Will after 1.5× this
+    /// without a packet.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    keepalive: Duration,
+    /// The node report is republished this often even when nothing changed.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    report_refresh: Duration,
+    /// Largest fleet-link payload accepted, in bytes.
+    #[arg(long, default_value_t = kedge_common::envelope::DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -249,7 +273,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     let node = args.node_name.clone().unwrap_or_else(|| {
         nix::unistd::gethostname().map(|h| h.to_string_lossy().to_lowercase()).unwrap_or_else(|_| "node".into())
     });
-    tracing::info!(node = %node, data_dir = %data_dir.display(), manifests = %args.manifests.display(), "kedge-agent starting (standalone: static pods)");
+    tracing::info!(node = %node, data_dir = %data_dir.display(), manifests = %args.manifests.display(), "kedge-agent starting");
     #[cfg(feature = "cri-grpc")]
     if !args.no_cri_socket {
         kedge_agent::grpc::serve(rt.clone(), &cri_socket)
@@ -261,25 +285,102 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     let policy = BackoffPolicy { base: args.backoff_base, cap: args.backoff_max, ..Default::default() };
     let mut manager = PodManager::new(WorkerContext { runtime: rt.clone(), backoff: policy });
     let cache = Cache::open(&data_dir.join("agent.redb"))?;
-    let mut source = StaticSource::new(&args.manifests, node).with_cached(cache.desired()?.into_values());
-    let accept = |pods: Vec<DesiredPod>, manager: &mut PodManager| -> Result<()> {
-        // Stored before acted on: a restart runs what was last accepted.
-        let by_source = pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
-        cache.replace(SOURCE_PREFIX, &by_source)?;
-        manager.set_desired(pods);
-        Ok(())
+    let mut source = StaticSource::new(&args.manifests, node.clone()).with_cached(cache.desired()?.into_values());
+    // The controller's last accepted pods start at once, broker or not.
+    let mut controller = ControllerSource::from_cache(&cache)?;
+    let mut static_pods = source.scan().unwrap_or_default();
+    let by_source = static_pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
+    cache.replace(SOURCE_PREFIX, &by_source)?;
+    manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+    if !controller.pods.is_empty() {
+        tracing::info!(
+            pods = controller.pods.len(),
+            generation = controller.generation,
+            "started the controller's pods from the local cache"
+        );
+    }
+    let boot_id = kedge_agent::runtime::records::boot_id();
+    let mut link = match &args.broker {
+        Some(broker) => {
+            anyhow::ensure!(
+                kedge_common::topics::valid_node_name(&node),
+                "node name {node:?} cannot be an MQTT topic level (lower-case letters, digits, '-' and '.'; use --node-name)"
+            );
+            let node_ip = args.node_ip.clone().or_else(|| report::route_source_ip(&broker.host, broker.port));
+            let machine = report::Machine::detect(&node, node_ip);
+            let handle = link::start(LinkConfig {
+                broker: broker.clone(),
+                node: node.clone(),
+                prefix: args.topic_prefix.clone(),
+                keepalive: args.keepalive,
+                report_refresh: args.report_refresh,
+                max_payload: args.max_payload,
+                boot_id: boot_id.clone(),
+            });
+            tracing::info!(%broker, "fleet link started");
+            Some((handle, machine, None::<kedge_common::wire::NodeReport>))
+        }
+        None => None,
     };
-    accept(source.scan().unwrap_or_default(), &mut manager)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut gc = tokio::time::interval(Duration::from_secs(60));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
+        let snapshot = async {
+            match link.as_mut() {
+                Some((h, _, _)) => h.snapshots.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tick.tick() => {
                 if let Some(pods) = source.scan() {
-                    if let Err(e) = accept(pods, &mut manager) {
-                        tracing::error!(error = %e, "cannot store the desired pods; not acting on them");
+                    let by_source = pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
+                    // Stored before acted on: a restart runs what was last accepted.
+                    match cache.replace(SOURCE_PREFIX, &by_source) {
+                        Ok(()) => {
+                            static_pods = pods;
+                            manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot store the desired pods; not acting on them"),
                     }
+                }
+                if let Some((handle, machine, last)) = link.as_mut() {
+                    let pods: Vec<_> = controller.pods.iter().map(|d| d.pod.clone()).collect();
+                    let views = kedge_agent::pods::status::read_pods(rt.paths());
+                    let mut r = report::build(machine, &node, &boot_id, &data_dir, controller.generation, &pods, &views);
+                    for ev in fleet::events_between(last.as_ref(), &r) {
+                        handle.events.push(ev);
+                    }
+                    r.events_dropped = handle.events.take_dropped();
+                    *last = Some(r.clone());
+                    handle.reports.send_replace(Some(r));
+                }
+            }
+            ok = snapshot => {
+                let Some((handle, _, _)) = link.as_mut() else { continue };
+                if !ok {
+                    anyhow::bail!("the fleet link stopped");
+                }
+                let Some(snap) = handle.snapshots.borrow_and_update().clone() else { continue };
+                let generation = snap.generation;
+                match controller.accept(&cache, snap) {
+                    Ok(Accepted::New { skipped }) => {
+                        tracing::info!(generation, pods = controller.pods.len(), "accepted the controller's snapshot");
+                        for s in skipped {
+                            tracing::warn!(pod = %s, "pod of the snapshot not run");
+                            handle.events.push(kedge_common::wire::Event {
+                                time: jiff::Timestamp::now().as_second(),
+                                normal: false,
+                                reason: "PodRejected".into(),
+                                message: s,
+                                pod: None,
+                            });
+                        }
+                        manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+                    }
+                    Ok(Accepted::Stale) => tracing::debug!(generation, have = controller.generation, "snapshot not newer; ignored"),
+                    Err(e) => tracing::error!(generation, error = %e, "cannot store the controller's snapshot; not acting on it"),
                 }
             }
             _ = gc.tick() => {

@@ -85,7 +85,9 @@ mod tests {
         assert_eq!(node_topic("kedge", "n1", NodeTopic::Desired), "kedge/v1/nodes/n1/desired");
         assert_eq!(all_nodes_filter("kedge", NodeTopic::Status), "kedge/v1/nodes/+/status");
         assert_eq!(fleet_node_topic("kedge", "n1"), "kedge/v1/fleet/nodes/n1");
-        assert!(valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name(""));
+        assert!(
+            valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name("")
+        );
     }
 
     #[test]

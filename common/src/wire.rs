@@ -218,7 +218,12 @@ mod tests {
             observed_generation: 7,
             time: 1_700_000_000,
             info: NodeInfo { architecture: "arm64".into(), ..Default::default() },
-            capacity: NodeResources { cpu_milli: 4000, memory_bytes: 1 << 30, ephemeral_storage_bytes: 1 << 34, pods: 110 },
+            capacity: NodeResources {
+                cpu_milli: 4000,
+                memory_bytes: 1 << 30,
+                ephemeral_storage_bytes: 1 << 34,
+                pods: 110,
+            },
             pods: vec![PodReport {
                 uid: "u1".into(),
                 namespace: "default".into(),
@@ -259,10 +264,7 @@ mod tests {
     #[test]
     fn rejects_other_nodes_garbage_truncation_and_size() {
         let bytes = encode(&snapshot()).expect("encode");
-        assert!(matches!(
-            NodeDesired::decode_for(&bytes, "n2", DEFAULT_MAX_PAYLOAD),
-            Err(WireError::WrongNode { .. })
-        ));
+        assert!(matches!(NodeDesired::decode_for(&bytes, "n2", DEFAULT_MAX_PAYLOAD), Err(WireError::WrongNode { .. })));
         assert!(NodeDesired::decode_for(b"hello", "n1", DEFAULT_MAX_PAYLOAD).is_err());
         assert!(NodeDesired::decode_for(&bytes[..bytes.len() / 2], "n1", DEFAULT_MAX_PAYLOAD).is_err());
         assert!(NodeDesired::decode_for(&bytes, "n1", 16).is_err());

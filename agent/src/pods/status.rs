@@ -59,6 +59,21 @@ pub struct ContainerView {
     pub image: String,
     /// Seconds since the epoch when the current attempt started (0: never).
     pub started_at: i64,
+    /// When the current attempt exited (0: it has not).
+    pub finished_at: i64,
+    pub image_id: String,
+    /// The previous attempt's end, for `lastState` in the fleet report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_termination: Option<Termination>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Termination {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    pub started_at: i64,
+    pub finished_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +191,15 @@ fn container_view(name: &str, attempts: &[&ContainerRecord], waiting: Option<&Wa
         message,
         image: current.and_then(|c| c.config.image.as_ref().map(|i| i.image.clone())).unwrap_or_default(),
         started_at: current.map(|c| c.started_at / 1_000_000_000).unwrap_or(0),
+        finished_at: current.map(|c| c.finished_at / 1_000_000_000).unwrap_or(0),
+        image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
+        last_termination: previous.map(|p| Termination {
+            exit_code: p.exit_code,
+            reason: p.reason.clone(),
+            message: p.message.clone(),
+            started_at: p.started_at / 1_000_000_000,
+            finished_at: p.finished_at / 1_000_000_000,
+        }),
     }
 }
 

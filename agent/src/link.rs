@@ -337,7 +337,7 @@ mod tests {
         assert_eq!(u, BrokerUrl { host: "127.0.0.1".into(), port: 1884 });
         let u: BrokerUrl = "mqtt://broker.lan".parse().expect("url");
         assert_eq!(u.port, 1883);
-        assert!("mqtts://x:8883".parse::<BrokerUrl>().unwrap_err().contains("not supported"));
+        assert!("mqtts://x:8883".parse::<BrokerUrl>().expect_err("mqtts").contains("not supported"));
         assert!("http://x".parse::<BrokerUrl>().is_err());
         assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
         assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());

@@ -19,53 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kedge_common::envelope;
-use kedge_common::topics::{self, NodeTopic};
+use kedge_common::topics::{self, BrokerUrl, NodeTopic};
 use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
 use rumqttc::{AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{Notify, watch};
 
 /// Events kept while offline; the oldest goes first when it is full.
 pub const EVENT_QUEUE: usize = 32;
-
-/// `mqtt://HOST[:PORT]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let rest = match s.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some(("mqtts" | "ssl", _)) => {
-                return Err(format!("{s}: TLS to the broker (mqtts://) is not supported yet"));
-            }
-            Some((scheme, _)) => return Err(format!("{s}: unknown scheme {scheme:?} (use mqtt://HOST:PORT)")),
-            None => s,
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("{s}: {p:?} is not a port number"))?)
-            }
-            _ => (rest, 1883),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{s}: no host (use mqtt://HOST:PORT)"));
-        }
-        Ok(BrokerUrl { host: host.to_string(), port })
-    }
-}
-
-impl std::fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -330,18 +290,6 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().expect("url");
-        assert_eq!(u, BrokerUrl { host: "127.0.0.1".into(), port: 1884 });
-        let u: BrokerUrl = "mqtt://broker.lan".parse().expect("url");
-        assert_eq!(u.port, 1883);
-        assert!("mqtts://x:8883".parse::<BrokerUrl>().expect_err("mqtts").contains("not supported"));
-        assert!("http://x".parse::<BrokerUrl>().is_err());
-        assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
-        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
-    }
 
     #[test]
     fn the_event_queue_keeps_the_newest_and_counts_drops() {

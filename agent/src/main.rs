@@ -10,12 +10,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kedge_agent::cache::Cache;
 use kedge_agent::fleet::{self, Accepted, ControllerSource};
-use kedge_agent::link::{self, BrokerUrl, LinkConfig};
+use kedge_agent::link::{self, LinkConfig};
 use kedge_agent::pods::backoff::BackoffPolicy;
 use kedge_agent::pods::manifests::{SOURCE_PREFIX, StaticSource};
 use kedge_agent::pods::{PodManager, WorkerContext, status};
 use kedge_agent::report;
 use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
+use kedge_common::topics::BrokerUrl;
 
 #[derive(Parser)]
 #[command(name = "kedge-agent", version = kedge_common::VERSION, about = "kedge node agent")]

@@ -53,6 +53,46 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
+/// `mqtt://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = match s.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => rest,
+            Some(("mqtts" | "ssl", _)) => {
+                return Err(format!("{s}: TLS to the broker (mqtts://) is not supported yet"));
+            }
+            Some((scheme, _)) => return Err(format!("{s}: unknown scheme {scheme:?} (use mqtt://HOST:PORT)")),
+            None => s,
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| format!("{s}: {p:?} is not a port number"))?)
+            }
+            _ => (rest, 1883),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s}: no host (use mqtt://HOST:PORT)"));
+        }
+        Ok(BrokerUrl { host: host.to_string(), port })
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
 /// Parses a node topic back into node name and kind; `None` for anything else,
 /// including node names containing MQTT wildcards or separators.
 pub fn parse_node_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, NodeTopic)> {
@@ -88,6 +128,18 @@ mod tests {
         assert!(
             valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name("")
         );
+    }
+
+    #[test]
+    fn broker_urls() {
+        let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().expect("url");
+        assert_eq!(u, BrokerUrl { host: "127.0.0.1".into(), port: 1884 });
+        let u: BrokerUrl = "mqtt://broker.lan".parse().expect("url");
+        assert_eq!(u.port, 1883);
+        assert!("mqtts://x:8883".parse::<BrokerUrl>().expect_err("mqtts").contains("not supported"));
+        assert!("http://x".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
+        assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());
     }
 
     #[test]

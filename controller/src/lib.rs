@@ -1,11 +1,13 @@
 //! kedge-controller: a small Kubernetes-shaped control plane.
 //!
 //! Start reading at [`server`] (start-up and shutdown), then [`api`] (the
-//! HTTP surface kubectl drives) and [`store`] (redb, revisions, watch).
+//! HTTP surface kubectl drives) and [`store`] (redb, revisions, watch);
+//! [`fleet`] joins the nodes over MQTT.
 
 pub mod api;
 pub mod client;
 pub mod controllers;
+pub mod fleet;
 pub mod patch;
 pub mod resources;
 pub mod scheduler;

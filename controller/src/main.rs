@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kedge_common::topics::BrokerUrl;
 use kedge_controller::controllers::nodelifecycle::NodeLifecycleConfig;
+use kedge_controller::fleet::FleetOptions;
 use kedge_controller::server::{self, Options};
 use tracing_subscriber::EnvFilter;
 
-/// The kedge control plane: a Kubernetes-shaped API server on redb.
+/// The kedge control plane: a Kubernetes-shaped API server on redb, and the
+/// fleet link to the nodes over MQTT (embedded broker by default).
 #[derive(Debug, Parser)]
 #[command(name = "kedge-controller", version = kedge_common::VERSION)]
 struct Cli {
@@ -45,11 +48,33 @@ struct Cli {
     /// points get 410 Gone and clients re-list.
     #[arg(long, default_value_t = server::DEFAULT_WATCH_HISTORY)]
     watch_history: usize,
+    /// Where the embedded MQTT broker listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
+    /// Use this MQTT broker (mqtt://HOST:PORT) instead of the embedded one.
+    #[arg(long)]
+    broker: Option<BrokerUrl>,
+    /// Topic prefix of the fleet.
+    #[arg(long, default_value = kedge_common::topics::DEFAULT_PREFIX)]
+    topic_prefix: String,
+    /// Refuse reports from nodes without a Node object (default: register them).
+    #[arg(long)]
+    require_known_nodes: bool,
+    /// Run the API server and control loops without the fleet link.
+    #[arg(long)]
+    no_fleet: bool,
+    /// A node whose newest report is older than this counts as silent even
+    /// while its presence says online (agents refresh every 10 minutes).
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    node_report_timeout: Duration,
+    /// Largest fleet-link payload, in bytes.
+    #[arg(long, default_value_t = kedge_common::envelope::DEFAULT_MAX_PAYLOAD)]
+    max_payload: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -68,10 +93,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         nodes: NodeLifecycleConfig { grace: cli.node_monitor_grace_period, cluster_cidr: cli.cluster_cidr },
         service_cidr: cli.service_cidr,
         event_ttl: cli.event_ttl,
+        fleet: (!cli.no_fleet).then(|| FleetOptions {
+            mqtt_listen: cli.mqtt_listen,
+            broker: cli.broker,
+            prefix: cli.topic_prefix,
+            require_known_nodes: cli.require_known_nodes,
+            max_payload: cli.max_payload,
+            report_timeout: cli.node_report_timeout,
+            ..FleetOptions::default()
+        }),
     })
     .await?;
     println!("kedge-controller listening on {}://{}", if running.tls { "https" } else { "http" }, running.addr);
     println!("export KUBECONFIG={}", running.kubeconfig.display());
+    match &running.broker {
+        Some(b) => println!("fleet broker {b}"),
+        None => println!("fleet link off"),
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

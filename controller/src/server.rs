@@ -40,6 +40,8 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot write kubeconfig {path}: {source}")]
     Kubeconfig { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::broker::BrokerError),
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,8 @@ pub struct Options {
     pub service_cidr: (std::net::Ipv4Addr, u8),
     /// How long events are kept.
     pub event_ttl: std::time::Duration,
+    /// The fleet link over MQTT; `None` runs the API and control loops only.
+    pub fleet: Option<crate::fleet::FleetOptions>,
 }
 
 impl Options {
@@ -72,6 +76,7 @@ impl Options {
             nodes: NodeLifecycleConfig::default(),
             service_cidr: ApiConfig::default().service_cidr,
             event_ttl: crate::controllers::eventttl::DEFAULT_TTL,
+            fleet: None,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct Running {
     pub tls: bool,
     pub kubeconfig: PathBuf,
     pub store: Arc<Store>,
+    /// The broker the fleet link uses, when it runs.
+    pub broker: Option<kedge_common::topics::BrokerUrl>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -137,7 +144,15 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
     let app = api::router(state.clone());
-    start_controllers(Client::new(state), &opts, rx.clone())?;
+    let client = Client::new(state);
+    let fleet_state = crate::fleet::FleetState::new(
+        opts.fleet.as_ref().map_or(std::time::Duration::from_secs(1800), |f| f.report_timeout),
+    );
+    let broker = match &opts.fleet {
+        Some(f) => Some(crate::fleet::start(client.clone(), f.clone(), fleet_state.clone(), rx.clone()).await?.broker),
+        None => None,
+    };
+    start_controllers(client, &opts, opts.fleet.as_ref().map(|_| fleet_state), rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -150,11 +165,16 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         }),
     };
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
-    Ok(Running { addr, tls: use_tls, kubeconfig, store, shutdown: tx, task })
+    Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, shutdown: tx, task })
 }
 
 /// Starts the control loops; each runs until `stop` flips.
-fn start_controllers(client: Client, opts: &Options, stop: watch::Receiver<bool>) -> Result<(), ServerError> {
+fn start_controllers(
+    client: Client,
+    opts: &Options,
+    fleet: Option<Arc<crate::fleet::FleetState>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), ServerError> {
     use crate::controllers::{
         deployment::DeploymentController, gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner,
     };
@@ -168,10 +188,12 @@ fn start_controllers(client: Client, opts: &Options, stop: watch::Receiver<bool>
         store.clone(),
         stop.clone(),
     ));
-    tokio::spawn(runner::run(
-        NodeLifecycle::new(client.clone(), opts.nodes).map_err(boot)?,
+    let presence = fleet.as_ref().map_or_else(|| watch::channel(0).1, |f| f.presence_changes());
+    tokio::spawn(runner::run_with_resync(
+        NodeLifecycle::new(client.clone(), opts.nodes, fleet).map_err(boot)?,
         store.clone(),
         stop.clone(),
+        presence,
     ));
     tokio::spawn(runner::run(DaemonSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
     tokio::spawn(runner::run(EndpointsController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));

@@ -40,7 +40,10 @@ impl Agent {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
         let mut cmd = Command::new(binary("kedge-agent")?);
         cmd.arg("--data-dir").arg(&self.data).arg("--cri-socket").arg(&self.socket).arg("run");
-        cmd.arg("--manifests").arg(&self.manifests).args(["--node-name", "n1"]);
+        cmd.arg("--manifests").arg(&self.manifests);
+        if !self.extra.iter().any(|a| a == "--node-name") {
+            cmd.args(["--node-name", "n1"]);
+        }
         cmd.args(&self.extra).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("starting kedge-agent")?);
         Ok(())

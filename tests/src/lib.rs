@@ -86,6 +86,8 @@ pub struct Controller {
     pub child: Child,
     pub addr: String,
     pub data_dir: PathBuf,
+    /// The fleet broker (`mqtt://host:port`) it uses, when the fleet link runs.
+    pub broker: Option<String>,
 }
 
 impl Controller {
@@ -100,7 +102,10 @@ impl Controller {
     /// Starts with extra command-line flags.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
         let bin = binary("kedge-controller")?;
+        // Tests run side by side: the embedded broker takes any free port.
+        let own_broker = !extra.iter().any(|a| ["--broker", "--mqtt-listen", "--no-fleet"].contains(a));
         let mut child = Command::new(bin)
+            .args(if own_broker { &["--mqtt-listen", "127.0.0.1:0"][..] } else { &[] })
             .args(extra)
             .args(["--data-dir", &data_dir.to_string_lossy(), "--listen", listen])
             .env("RUST_LOG", std::env::var("KEDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -117,9 +122,16 @@ impl Controller {
             .filter(|_| first.contains("listening"))
             .with_context(|| format!("unexpected first line: {first}"))?
             .to_owned();
+        let mut broker = None;
+        for line in lines.by_ref().take(2) {
+            let line = line?;
+            if let Some(b) = line.strip_prefix("fleet broker ") {
+                broker = Some(b.to_string());
+            }
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Controller { child, addr, data_dir: data_dir.to_path_buf() })
+        Ok(Controller { child, addr, data_dir: data_dir.to_path_buf(), broker })
     }
 
     pub fn kubeconfig(&self) -> PathBuf {

@@ -1,6 +1,8 @@
-//! The node lifecycle controller: a node's readiness comes from the
-//! `lastHeartbeatTime` of its Ready condition (written by the fleet link, or
-//! by any client through `nodes/status`). Past the grace period the node's
+//! The node lifecycle controller: a node's readiness comes from the newer of
+//! the `lastHeartbeatTime` of its Ready condition (written by the fleet link
+//! when the node's status changes, or by any client through `nodes/status`)
+//! and the fleet link's in-memory liveness (presence and report age, never
+//! written as heartbeats). Past the grace period the node's
 //! Ready condition turns Unknown, it gets the `unreachable` taints and its
 //! pods turn not-ready. A pod is evicted only when it tolerates the
 //! `NoExecute` taint for a limited `tolerationSeconds` and that time is up:
@@ -10,6 +12,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint};
@@ -19,6 +22,7 @@ use super::events;
 use super::runner::{Action, Reconcile};
 use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::fleet::FleetState;
 use crate::scheduler::model::tolerates;
 use crate::store::{Key, WatchEvent};
 
@@ -46,6 +50,8 @@ pub struct NodeLifecycle {
     pod_id: &'static str,
     /// Nodes carrying a NoExecute taint of ours: their pods' changes matter.
     tainted: HashSet<String>,
+    /// In-memory liveness from the fleet link (presence, report age).
+    fleet: Option<Arc<FleetState>>,
 }
 
 fn now_secs() -> i64 {
@@ -64,8 +70,15 @@ fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
 }
 
 impl NodeLifecycle {
-    pub fn new(client: Client, cfg: NodeLifecycleConfig) -> Result<Self, ApiError> {
-        Ok(NodeLifecycle { client, cfg, node_id: Node::rt()?.id, pod_id: Pod::rt()?.id, tainted: HashSet::new() })
+    pub fn new(client: Client, cfg: NodeLifecycleConfig, fleet: Option<Arc<FleetState>>) -> Result<Self, ApiError> {
+        Ok(NodeLifecycle {
+            client,
+            cfg,
+            node_id: Node::rt()?.id,
+            pod_id: Pod::rt()?.id,
+            tainted: HashSet::new(),
+            fleet,
+        })
     }
 
     /// The lowest free /24 of the cluster CIDR.
@@ -288,10 +301,12 @@ impl Reconcile for NodeLifecycle {
             tracing::info!(node = %key.name, %cidr, "assigned pod CIDR");
         }
         let ready = ready_condition(&node);
-        let heartbeat = ready
+        let stored = ready
             .and_then(|c| c.last_heartbeat_time.as_ref())
             .or(node.metadata.creation_timestamp.as_ref())
             .map_or(0, |t| t.0.as_second());
+        let live = self.fleet.as_ref().and_then(|f| f.heartbeat(&key.name));
+        let heartbeat = live.map_or(stored, |l| l.max(stored));
         let grace = i64::try_from(self.cfg.grace.as_secs()).unwrap_or(i64::MAX);
         let age = now_secs() - heartbeat;
         let mut requeue = None;

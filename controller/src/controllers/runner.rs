@@ -117,8 +117,22 @@ impl Queue {
 }
 
 /// Runs `r` until `shutdown` flips.
-pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch::Receiver<bool>) {
+pub async fn run<R: Reconcile>(r: R, store: SharedStore, shutdown: watch::Receiver<bool>) {
+    // A sender that is never used: no resyncs beyond missed events.
+    let (_never, resyncs) = watch::channel(0);
+    run_with_resync(r, store, shutdown, resyncs).await
+}
+
+/// Like [`run`], and every change of `resyncs` queues all of `r`'s keys
+/// (for loops that also react to something outside the store).
+pub async fn run_with_resync<R: Reconcile>(
+    mut r: R,
+    store: SharedStore,
+    mut shutdown: watch::Receiver<bool>,
+    resyncs: watch::Receiver<u64>,
+) {
     let name = r.name();
+    let mut resyncs = Some(resyncs);
     let mut q = Queue::default();
     // Listing the keys and subscribing happen without an await in between:
     // no change can fall between them.
@@ -185,6 +199,16 @@ pub async fn run<R: Reconcile>(mut r: R, store: SharedStore, mut shutdown: watch
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = sleep => {}
+            changed = async {
+                match resyncs.as_mut() {
+                    Some(rx) => rx.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => match changed {
+                Ok(()) => resync(&mut r, &mut q),
+                // The sender is gone: only the other branches are left.
+                Err(_) => resyncs = None,
+            },
             ev = live.recv() => match ev {
                 Ok(ev) => {
                     r.keys_for(&ev, &mut found);

@@ -1,0 +1,388 @@
+//! What nodes send: reports become Pod and Node status (written only when
+//! something other than a heartbeat time changed), presence feeds liveness,
+//! events become Kubernetes Events. Anything malformed — garbage, truncated
+//! CBOR, an unknown protocol version, another node's message, an oversize
+//! payload — is dropped with a log line and a Warning event on the node;
+//! nothing stored is touched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, Node,
+    NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kedge_common::topics::{self, NodeTopic};
+use kedge_common::wire::{self, NodeReport, Presence};
+
+use super::{FleetOptions, FleetState, dashboard};
+use crate::api::ApiError;
+use crate::client::Client;
+use crate::controllers::{events, ignore_not_found};
+
+pub struct Ingest {
+    client: Client,
+    opts: FleetOptions,
+    state: Arc<FleetState>,
+}
+
+fn time(secs: i64) -> Option<Time> {
+    jiff::Timestamp::from_second(secs).ok().filter(|_| secs > 0).map(Time)
+}
+
+fn cpu_quantity(milli: i64) -> Quantity {
+    Quantity(if milli % 1000 == 0 { (milli / 1000).to_string() } else { format!("{milli}m") })
+}
+
+fn bytes_quantity(bytes: i64) -> Quantity {
+    Quantity(format!("{}Ki", bytes / 1024))
+}
+
+fn resources(r: &wire::NodeResources) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("cpu".to_string(), cpu_quantity(r.cpu_milli)),
+        ("memory".to_string(), bytes_quantity(r.memory_bytes)),
+        ("ephemeral-storage".to_string(), bytes_quantity(r.ephemeral_storage_bytes)),
+        ("pods".to_string(), Quantity(r.pods.to_string())),
+    ])
+}
+
+/// `conditions` with the transition times of `old` kept where the status did
+/// not change, and the heartbeat times set to `now`.
+fn carry_times(mut conds: Vec<NodeCondition>, old: Option<&Vec<NodeCondition>>, now: &Time) -> Vec<NodeCondition> {
+    for c in &mut conds {
+        let prev = old.and_then(|o| o.iter().find(|p| p.type_ == c.type_));
+        c.last_transition_time = match prev {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => Some(now.clone()),
+        };
+        c.last_heartbeat_time = Some(now.clone());
+    }
+    conds
+}
+
+fn without_times(conds: Option<&Vec<NodeCondition>>) -> Vec<NodeCondition> {
+    conds
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            c.last_heartbeat_time = None;
+            c.last_transition_time = None;
+            c
+        })
+        .collect()
+}
+
+fn node_condition(type_: &str, on: bool, reason_on: &str, reason_off: &str, message: &str) -> NodeCondition {
+    NodeCondition {
+        type_: type_.into(),
+        status: if on { "True" } else { "False" }.into(),
+        reason: Some(if on { reason_on } else { reason_off }.into()),
+        message: Some(message.into()),
+        ..Default::default()
+    }
+}
+
+fn node_status(r: &NodeReport, old: Option<&NodeStatus>) -> NodeStatus {
+    let now = Time(jiff::Timestamp::now());
+    let p = r.pressure;
+    let conds = vec![
+        node_condition("Ready", true, "KubeletReady", "", "kedge agent is posting ready status"),
+        node_condition(
+            "MemoryPressure",
+            p.memory,
+            "KubeletHasInsufficientMemory",
+            "KubeletHasSufficientMemory",
+            if p.memory { "node has memory pressure" } else { "node has sufficient memory available" },
+        ),
+        node_condition(
+            "DiskPressure",
+            p.disk,
+            "KubeletHasDiskPressure",
+            "KubeletHasNoDiskPressure",
+            if p.disk { "node has disk pressure" } else { "node has no disk pressure" },
+        ),
+        node_condition(
+            "PIDPressure",
+            p.pid,
+            "KubeletHasInsufficientPID",
+            "KubeletHasSufficientPID",
+            if p.pid { "node has PID pressure" } else { "node has sufficient PID available" },
+        ),
+    ];
+    let kubelet = format!("v1.32.0+kedge-{}", r.agent_version);
+    NodeStatus {
+        capacity: Some(resources(&r.capacity)),
+        allocatable: Some(resources(&r.allocatable)),
+        addresses: Some(
+            r.addresses.iter().map(|(t, a)| NodeAddress { type_: t.clone(), address: a.clone() }).collect(),
+        ),
+        conditions: Some(carry_times(conds, old.and_then(|o| o.conditions.as_ref()), &now)),
+        node_info: Some(NodeSystemInfo {
+            architecture: r.info.architecture.clone(),
+            operating_system: r.info.operating_system.clone(),
+            os_image: r.info.os_image.clone(),
+            kernel_version: r.info.kernel_version.clone(),
+            machine_id: r.info.machine_id.clone(),
+            container_runtime_version: r.info.container_runtime_version.clone(),
+            kubelet_version: kubelet.clone(),
+            kube_proxy_version: kubelet,
+            boot_id: r.boot_id.clone(),
+            system_uuid: String::new(),
+            swap: None,
+        }),
+        ..old.cloned().unwrap_or_default()
+    }
+}
+
+fn same_node_status(a: Option<&NodeStatus>, b: &NodeStatus) -> bool {
+    let Some(a) = a else { return false };
+    let strip = |s: &NodeStatus| {
+        let mut s = s.clone();
+        s.conditions = Some(without_times(s.conditions.as_ref()));
+        s
+    };
+    strip(a) == strip(b)
+}
+
+fn container_state(s: &wire::ContainerState) -> ContainerState {
+    match s {
+        wire::ContainerState::Waiting { reason, message } => ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+            }),
+            ..Default::default()
+        },
+        wire::ContainerState::Running { started_at } => ContainerState {
+            running: Some(ContainerStateRunning { started_at: time(*started_at) }),
+            ..Default::default()
+        },
+        wire::ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: *exit_code,
+                reason: (!reason.is_empty()).then(|| reason.clone()),
+                message: (!message.is_empty()).then(|| message.clone()),
+                started_at: time(*started_at),
+                finished_at: time(*finished_at),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus>) -> PodStatus {
+    let now = Time(jiff::Timestamp::now());
+    let containers_ready = !r.containers.is_empty() && r.containers.iter().all(|c| c.ready);
+    let cond = |type_: &str, on: bool, reason: Option<&str>| {
+        let status = if on { "True" } else { "False" };
+        let prev = old.and_then(|o| o.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+        PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.map(str::to_string),
+            last_transition_time: match prev {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => Some(now.clone()),
+            },
+            ..Default::default()
+        }
+    };
+    let not_ready = (!containers_ready).then_some("ContainersNotReady");
+    PodStatus {
+        phase: Some(r.phase.clone()),
+        conditions: Some(vec![
+            cond("PodReadyToStartContainers", r.start_time.is_some(), None),
+            cond("Initialized", true, None),
+            cond("Ready", r.ready, not_ready),
+            cond("ContainersReady", containers_ready, not_ready),
+            cond("PodScheduled", true, None),
+        ]),
+        host_ip: host_ip.map(str::to_string),
+        host_ips: host_ip.map(|ip| vec![k8s_openapi::api::core::v1::HostIP { ip: ip.to_string() }]),
+        pod_ip: r.pod_ip.clone(),
+        pod_ips: r.pod_ip.as_ref().map(|ip| vec![PodIP { ip: ip.clone() }]),
+        start_time: r.start_time.and_then(time),
+        container_statuses: Some(
+            r.containers
+                .iter()
+                .map(|c| ContainerStatus {
+                    name: c.name.clone(),
+                    image: c.image.clone(),
+                    image_id: c.image_id.clone(),
+                    container_id: (!c.container_id.is_empty()).then(|| c.container_id.clone()),
+                    ready: c.ready,
+                    started: Some(c.started),
+                    restart_count: i32::try_from(c.restart_count).unwrap_or(i32::MAX),
+                    state: Some(container_state(&c.state)),
+                    last_state: Some(c.last_state.as_ref().map(container_state).unwrap_or_default()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        qos_class: old.and_then(|o| o.qos_class.clone()),
+        ..Default::default()
+    }
+}
+
+impl Ingest {
+    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>) -> Result<Self, ApiError> {
+        Ok(Ingest { client, opts, state })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Takes one message from the broker.
+    pub fn handle(&mut self, topic: &str, payload: &[u8]) {
+        let Some((node, which)) = topics::parse_node_topic(&self.opts.prefix, topic) else {
+            tracing::debug!(%topic, "message on a topic outside the fleet tree; ignored");
+            return;
+        };
+        if !topics::valid_node_name(node) {
+            tracing::warn!(%topic, "message from an invalid node name; dropped");
+            return;
+        }
+        if payload.is_empty() {
+            // A cleared retained message: nothing to take in.
+            return;
+        }
+        let node = node.to_string();
+        let result = match which {
+            NodeTopic::Status => NodeReport::decode_for(payload, &node, self.opts.max_payload)
+                .map_err(|e| e.to_string())
+                .and_then(|r| self.report(&node, r).map_err(|e| e.to_string())),
+            NodeTopic::Presence => Presence::from_json(payload).map_err(|e| e.to_string()).map(|p| {
+                tracing::info!(%node, online = p.online, "presence");
+                self.state.set_presence(&node, p.online);
+            }),
+            NodeTopic::Events => kedge_common::envelope::decode::<wire::Event>(payload, self.opts.max_payload)
+                .map_err(|e| e.to_string())
+                .map(|ev| self.event(&node, ev)),
+            NodeTopic::Desired => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(%topic, bytes = payload.len(), error = %e, "message from a node dropped");
+            if let Ok(Some(n)) = self.client.get::<Node>("", &node) {
+                events::record(
+                    &self.client,
+                    "kedge-fleet",
+                    ("v1", "Node", &n.metadata),
+                    true,
+                    "MessageRejected",
+                    &format!("{which:?} message of {} bytes rejected: {e}", payload.len()),
+                );
+            }
+        }
+    }
+
+    fn event(&self, node: &str, ev: wire::Event) {
+        let (kind, meta) = match &ev.pod {
+            Some((ns, name, uid)) => (
+                "Pod",
+                ObjectMeta {
+                    namespace: Some(ns.clone()),
+                    name: Some(name.clone()),
+                    uid: Some(uid.clone()),
+                    ..Default::default()
+                },
+            ),
+            None => ("Node", ObjectMeta { name: Some(node.to_string()), ..Default::default() }),
+        };
+        let component = format!("kubelet/{node}");
+        events::record(&self.client, &component, ("v1", kind, &meta), !ev.normal, &ev.reason, &ev.message);
+    }
+
+    fn report(&mut self, node: &str, r: NodeReport) -> Result<(), ApiError> {
+        let existing = self.client.get::<Node>("", node)?;
+        let mut n = match existing {
+            Some(n) => n,
+            None if self.opts.require_known_nodes => {
+                return Err(ApiError::bad_request(format!(
+                    "node {node} is not registered and --require-known-nodes is set"
+                )));
+            }
+            None => {
+                tracing::info!(%node, arch = %r.info.architecture, "registering a new node");
+                let fresh = Node {
+                    metadata: ObjectMeta {
+                        name: Some(node.to_string()),
+                        labels: Some(r.labels.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                self.client.create(&fresh)?
+            }
+        };
+        // Labels the node reports (arch, os, hostname) are kept current.
+        let labels = n.metadata.labels.get_or_insert_with(BTreeMap::new);
+        let before = labels.clone();
+        labels.extend(r.labels.clone());
+        if *labels != before {
+            n.metadata.resource_version = None;
+            n = self.client.replace(&n)?;
+        }
+        let status = node_status(&r, n.status.as_ref());
+        if !same_node_status(n.status.as_ref(), &status) {
+            n.status = Some(status);
+            n.metadata.resource_version = None;
+            self.client.replace_status(&n)?;
+        }
+        let host_ip = r.addresses.iter().find(|(t, _)| t == "InternalIP").map(|(_, a)| a.as_str());
+        for pr in &r.pods {
+            let Some(mut pod) = self.client.get::<Pod>(&pr.namespace, &pr.name)? else { continue };
+            if pod.metadata.uid.as_deref() != Some(pr.uid.as_str())
+                || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
+            {
+                continue; // a report about an older pod of that name
+            }
+            let status = pod_status(pr, host_ip, pod.status.as_ref());
+            let same = pod.status.as_ref().is_some_and(|old| {
+                let strip = |s: &PodStatus| {
+                    let mut s = s.clone();
+                    if let Some(cs) = s.conditions.as_mut() {
+                        cs.iter_mut().for_each(|c| c.last_transition_time = None);
+                    }
+                    s
+                };
+                strip(old) == strip(&status)
+            });
+            if !same {
+                pod.status = Some(status);
+                pod.metadata.resource_version = None;
+                ignore_not_found(self.client.replace_status(&pod))?;
+            }
+        }
+        self.state.set_report(node, dashboard::ReportSummary::of(&r));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_read_like_kubectl() {
+        assert_eq!(cpu_quantity(4000).0, "4");
+        assert_eq!(cpu_quantity(1500).0, "1500m");
+        assert_eq!(bytes_quantity(2 * 1024 * 1024).0, "2048Ki");
+    }
+
+    #[test]
+    fn a_heartbeat_alone_is_no_change() {
+        let r = NodeReport { node: "n1".into(), ..Default::default() };
+        let first = node_status(&r, None);
+        let second = node_status(&r, Some(&first));
+        assert!(same_node_status(Some(&first), &second));
+        let mut pressed = r.clone();
+        pressed.pressure.disk = true;
+        assert!(!same_node_status(Some(&first), &node_status(&pressed, Some(&first))));
+    }
+}

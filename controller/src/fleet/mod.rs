@@ -1,0 +1,290 @@
+//! The fleet link (design.md §3–4): the controller's MQTT session, with the
+//! embedded broker by default (`broker`), publishing each node's desired
+//! snapshot (`desired`), taking in reports, presence and events (`ingest`),
+//! and publishing the dashboard topics (`dashboard`).
+//!
+//! Liveness is kept in memory ([`FleetState`]), never written as heartbeats
+//! (flash wear): a node is alive while its presence is online and its last
+//! report is not older than the report timeout. The node lifecycle
+//! controller reads it through [`FleetState::heartbeat`].
+
+pub mod broker;
+pub mod dashboard;
+pub mod desired;
+pub mod ingest;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use kedge_common::topics::{self, BrokerUrl, NodeTopic};
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
+
+use crate::client::Client;
+use crate::controllers::runner;
+
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Where the embedded broker listens (`--mqtt-listen`); ignored with `broker`.
+    pub mqtt_listen: SocketAddr,
+    /// An external broker instead of the embedded one (`--broker`).
+    pub broker: Option<BrokerUrl>,
+    pub prefix: String,
+    /// Refuse reports from nodes that have no Node object.
+    pub require_known_nodes: bool,
+    pub max_payload: usize,
+    /// A node whose newest report is older than this counts as silent even
+    /// while its presence says online.
+    pub report_timeout: Duration,
+    pub keepalive: Duration,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            broker: None,
+            prefix: topics::DEFAULT_PREFIX.into(),
+            require_known_nodes: false,
+            max_payload: kedge_common::envelope::DEFAULT_MAX_PAYLOAD,
+            report_timeout: Duration::from_secs(30 * 60),
+            keepalive: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the controller knows of one node outside the store.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLive {
+    /// Presence as last heard, and when that was (unix seconds).
+    pub online: Option<bool>,
+    pub presence_at: i64,
+    /// Whether this controller has seen the node online since it started.
+    pub seen_online: bool,
+    /// When the newest report arrived (unix seconds, 0: none yet).
+    pub report_at: i64,
+    pub report: Option<dashboard::ReportSummary>,
+    /// The newest snapshot published: generation, content hash, pod count.
+    pub desired: Option<(u64, u64, usize)>,
+}
+
+/// Shared between the link task, the snapshot publisher and the node lifecycle.
+pub struct FleetState {
+    nodes: Mutex<HashMap<String, NodeLive>>,
+    connected: AtomicBool,
+    /// Bumped on every (re)connect to the broker.
+    epoch: AtomicU64,
+    report_timeout: Duration,
+    /// Asks the snapshot publisher to republish everything (after a connect).
+    resync_desired: watch::Sender<u64>,
+    /// Asks the node lifecycle to look at every node (presence changed).
+    resync_nodes: watch::Sender<u64>,
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+impl FleetState {
+    pub fn new(report_timeout: Duration) -> Arc<FleetState> {
+        Arc::new(FleetState {
+            nodes: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            epoch: AtomicU64::new(0),
+            report_timeout,
+            resync_desired: watch::channel(0).0,
+            resync_nodes: watch::channel(0).0,
+        })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, NodeLive>) -> R) -> R {
+        let mut g = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut g)
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::SeqCst);
+        if up {
+            let e = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+            self.resync_desired.send_replace(e);
+        }
+    }
+
+    pub fn node(&self, name: &str) -> Option<NodeLive> {
+        self.with(|m| m.get(name).cloned())
+    }
+
+    pub fn nodes(&self) -> Vec<(String, NodeLive)> {
+        let mut v: Vec<_> = self.with(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub fn desired_generation(&self, node: &str) -> Option<(u64, u64)> {
+        self.with(|m| m.get(node).and_then(|n| n.desired.map(|(g, h, _)| (g, h))))
+    }
+
+    pub fn set_desired(&self, node: &str, generation: u64, hash: u64, pods: usize) {
+        self.with(|m| m.entry(node.to_string()).or_default().desired = Some((generation, hash, pods)));
+    }
+
+    fn set_presence(&self, node: &str, online: bool) {
+        let changed = self.with(|m| {
+            let n = m.entry(node.to_string()).or_default();
+            let changed = n.online != Some(online);
+            n.online = Some(online);
+            n.presence_at = now();
+            n.seen_online |= online;
+            changed
+        });
+        if changed {
+            self.resync_nodes.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn set_report(&self, node: &str, summary: dashboard::ReportSummary) {
+        self.with(|m| {
+            let n = m.entry(node.to_string()).or_default();
+            n.report_at = now();
+            n.report = Some(summary);
+        });
+    }
+
+    /// The node's liveness as a heartbeat time (unix seconds) for the node
+    /// lifecycle: now while it is online and reporting, the moment it went
+    /// silent when this controller saw that happen, and `None` when this
+    /// controller knows nothing better than the stored status.
+    pub fn heartbeat(&self, node: &str) -> Option<i64> {
+        let n = self.node(node)?;
+        let t = now();
+        let timeout = i64::try_from(self.report_timeout.as_secs()).unwrap_or(i64::MAX);
+        let reporting = n.report_at > 0 && t - n.report_at <= timeout;
+        match n.online {
+            Some(true) if reporting => Some(t),
+            Some(true) if n.report_at > 0 => Some(n.report_at + timeout),
+            Some(true) => Some(n.presence_at),
+            Some(false) if n.seen_online => Some(n.presence_at),
+            _ => None,
+        }
+    }
+
+    /// Changes whenever presence changes somewhere: the node lifecycle then
+    /// looks at every node again.
+    pub fn presence_changes(&self) -> watch::Receiver<u64> {
+        self.resync_nodes.subscribe()
+    }
+}
+
+/// A running fleet link.
+pub struct Fleet {
+    pub state: Arc<FleetState>,
+    /// The broker this controller talks to.
+    pub broker: BrokerUrl,
+}
+
+/// Starts the broker (unless external), the controller's MQTT session and
+/// the snapshot publisher. Everything stops when `stop` flips.
+pub async fn start(
+    client: Client,
+    opts: FleetOptions,
+    state: Arc<FleetState>,
+    stop: watch::Receiver<bool>,
+) -> Result<Fleet, broker::BrokerError> {
+    let broker = match &opts.broker {
+        Some(b) => b.clone(),
+        None => {
+            let listen = broker::start(opts.mqtt_listen, opts.max_payload).await?;
+            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+            tracing::info!(%listen, "embedded MQTT broker listening");
+            BrokerUrl { host, port: listen.port() }
+        }
+    };
+    let mut mo = MqttOptions::new(format!("kedge-controller-{}", std::process::id()), broker.host.clone(), broker.port);
+    mo.set_keep_alive(opts.keepalive);
+    mo.set_clean_session(true);
+    mo.set_max_packet_size(opts.max_payload.saturating_mul(4).max(64 * 1024), opts.max_payload + 64 * 1024);
+    mo.set_request_channel_capacity(4096);
+    let (mqtt, eventloop) = AsyncClient::new(mo, 4096);
+    let publisher = desired::DesiredPublisher::new(
+        client.clone(),
+        mqtt.clone(),
+        opts.prefix.clone(),
+        opts.max_payload,
+        state.clone(),
+    )
+    .map_err(|e| broker::BrokerError::Setup(e.to_string()))?;
+    let store = client.store().clone();
+    tokio::spawn(runner::run_with_resync(publisher, store, stop.clone(), state.resync_desired.subscribe()));
+    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())
+        .map_err(|e| broker::BrokerError::Setup(e.to_string()))?;
+    tokio::spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
+    Ok(Fleet { state, broker })
+}
+
+/// Polls the session: (re)subscribes on every connect, feeds incoming
+/// messages to `ingest`, and flushes the dashboard topics.
+async fn link(
+    mut eventloop: rumqttc::EventLoop,
+    mqtt: AsyncClient,
+    mut ingest: ingest::Ingest,
+    opts: FleetOptions,
+    state: Arc<FleetState>,
+    broker: BrokerUrl,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut dash = dashboard::Dashboard::new(opts.prefix.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                let _ = mqtt.try_disconnect();
+                return;
+            }
+            _ = tick.tick() => {
+                if state.connected() {
+                    dash.flush(&mqtt, &state, ingest.client());
+                }
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+                    tracing::info!(%broker, "fleet link connected to the broker");
+                    backoff = Duration::from_millis(100);
+                    for which in [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events] {
+                        if let Err(e) = mqtt.try_subscribe(topics::all_nodes_filter(&opts.prefix, which), QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "cannot subscribe");
+                        }
+                    }
+                    dash.forget();
+                    state.set_connected(true);
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => ingest.handle(&p.topic, &p.payload),
+                Ok(_) => {}
+                Err(e) => {
+                    if state.connected() {
+                        tracing::warn!(%broker, error = %e, "fleet link lost the broker; reconnecting");
+                    } else {
+                        tracing::debug!(%broker, error = %e, "broker unreachable; retrying");
+                    }
+                    state.set_connected(false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            },
+        }
+    }
+}

@@ -26,6 +26,15 @@ use tokio::sync::{Notify, watch};
 
 /// Events kept while offline; the oldest goes first when it is full.
 pub const EVENT_QUEUE: usize = 32;
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// `d` ± 20 %, so a fleet that lost its broker does not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+    let spread = (nanos % 401) as f64 / 1000.0; // 0.0 ..= 0.4
+    d.mul_f64(0.8 + spread)
+}
 
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
@@ -262,8 +271,8 @@ async fn run(
                         connected.send_replace(false);
                     }
                     up = false;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             },
             changed = reports.changed(), if up => {

@@ -49,6 +49,11 @@ impl Agent {
         Ok(())
     }
 
+    /// Replaces the extra `run` flags for the next start.
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -121,6 +126,13 @@ impl Agent {
 impl Drop for Agent {
     /// Removes every pod (so no container outlives the test), then stops the agent.
     fn drop(&mut self) {
+        if let Some(i) = self.extra.iter().position(|a| a == "--broker") {
+            // The controller's pods: forget them (cache and link), so the
+            // restarted agent tears them down as pods no source wants.
+            self.kill();
+            self.extra.drain(i..(i + 2).min(self.extra.len()));
+            let _ = std::fs::remove_file(self.data.join("agent.redb"));
+        }
         if self.child.is_none() && self.data.join("pods").exists() {
             let _ = self.start();
         }

@@ -52,6 +52,11 @@ pub struct NodeLifecycle {
     tainted: HashSet<String>,
     /// In-memory liveness from the fleet link (presence, report age).
     fleet: Option<Arc<FleetState>>,
+    /// When this controller started (unix seconds): like Kubernetes' node
+    /// controller, a node gets a full grace period from the moment the
+    /// controller first sees it, so a restarted controller does not mark
+    /// nodes NotReady before their agents have had time to reconnect.
+    started: i64,
 }
 
 fn now_secs() -> i64 {
@@ -78,6 +83,7 @@ impl NodeLifecycle {
             pod_id: Pod::rt()?.id,
             tainted: HashSet::new(),
             fleet,
+            started: now_secs(),
         })
     }
 
@@ -306,7 +312,7 @@ impl Reconcile for NodeLifecycle {
             .or(node.metadata.creation_timestamp.as_ref())
             .map_or(0, |t| t.0.as_second());
         let live = self.fleet.as_ref().and_then(|f| f.heartbeat(&key.name));
-        let heartbeat = live.map_or(stored, |l| l.max(stored));
+        let heartbeat = live.map_or(stored, |l| l.max(stored)).max(self.started);
         let grace = i64::try_from(self.cfg.grace.as_secs()).unwrap_or(i64::MAX);
         let age = now_secs() - heartbeat;
         let mut requeue = None;

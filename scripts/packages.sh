@@ -6,7 +6,9 @@
 #   busybox-static     images/busybox/build.sh builds the example image from it
 BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   docker-registry, skopeo: the image pull tests run a private registry on 127.0.0.1
-TEST_PACKAGES=(docker-registry skopeo)
+#   mosquitto, mosquitto-clients: the fleet tests use Mosquitto as the external broker and
+#   mosquitto_sub/mosquitto_pub to read the dashboard topics and publish garbage
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients)
 
 ensure_packages() {
   local missing=() p

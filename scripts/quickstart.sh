@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Brings up a single-node kedge cluster on this machine with the embedded
-# defaults and applies the example workload (examples/hello.yaml).
+# defaults and runs the example workload (examples/hello.yaml, a Deployment).
 #
-# Today that is the controller (API server, store, scheduler, control loops)
-# and, as root, a node agent running the static pod examples/static-pod.yaml
-# on real containers. The MQTT link that joins the agent to the controller is
-# the next issue; until then the controller's pods stay Pending. State lives
-# in ./.kedge; stop with `scripts/quickstart.sh stop` (pods keep running
-# across an agent stop; `stop` also removes the example pod).
+# That is the controller (API server, store, scheduler, control loops, and
+# the embedded MQTT broker on 127.0.0.1:1883) and, as root, a node agent
+# joined to it over MQTT that runs the Deployment's pods on real containers,
+# plus the static pod examples/static-pod.yaml. State lives in ./.kedge;
+# stop with `scripts/quickstart.sh stop` (it deletes the example workload
+# first, so no container is left behind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${KEDGE_DATA:-$PWD/.kedge}"
 LISTEN="${KEDGE_LISTEN:-127.0.0.1:6443}"
+MQTT="${KEDGE_MQTT:-127.0.0.1:1883}"
+NODE="${KEDGE_NODE:-$(hostname -s | tr 'A-Z_' 'a-z-')}"
 PIDFILE="$DATA/controller.pid"
 AGENT_PIDFILE="$DATA/agent.pid"
 AGENT=(./target/release/kedge-agent --data-dir "$DATA/agent")
@@ -25,10 +27,14 @@ stop_pid() {
 }
 
 stop() {
-  # Removing the manifest lets the running agent tear the example pod down.
-  if [ -f "$DATA/manifests/static-pod.yaml" ] && [ -f "$AGENT_PIDFILE" ]; then
+  # Deleting the workload and removing the manifest let the running agent
+  # tear the example pods down.
+  if [ -f "$AGENT_PIDFILE" ] && kill -0 "$(cat "$AGENT_PIDFILE")" 2>/dev/null; then
+    if [ -f "$PIDFILE" ] && [ -f "$DATA/controller/kubeconfig.yaml" ]; then
+      KUBECONFIG="$DATA/controller/kubeconfig.yaml" kubectl delete -f examples/hello.yaml --ignore-not-found --wait=false >/dev/null 2>&1 || true
+    fi
     rm -f "$DATA/manifests/static-pod.yaml"
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 400); do
       [ -z "$("${AGENT[@]}" ps -o json 2>/dev/null | grep '"name"')" ] && break
       sleep 0.1
     done
@@ -45,7 +51,7 @@ ensure_packages "${BUILD_PACKAGES[@]}"
 cargo build --release -p kedge-controller -p kedge-agent
 mkdir -p "$DATA"
 stop
-./target/release/kedge-controller --data-dir "$DATA/controller" --listen "$LISTEN" >"$DATA/controller.log" 2>&1 &
+./target/release/kedge-controller --data-dir "$DATA/controller" --listen "$LISTEN" --mqtt-listen "$MQTT" >"$DATA/controller.log" 2>&1 &
 echo $! >"$PIDFILE"
 export KUBECONFIG="$DATA/controller/kubeconfig.yaml"
 for _ in $(seq 1 100); do
@@ -53,33 +59,37 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 kubectl apply -f examples/hello.yaml
-kubectl get all -n hello
 
 if [ "$(id -u)" -eq 0 ]; then
   images/busybox/build.sh >/dev/null
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"
   cp examples/static-pod.yaml "$DATA/manifests/"
-  "${AGENT[@]}" run --manifests "$DATA/manifests" --cri-socket "$DATA/cri.sock" >"$DATA/agent.log" 2>&1 &
+  "${AGENT[@]}" run --manifests "$DATA/manifests" --cri-socket "$DATA/cri.sock" \
+    --broker "mqtt://$MQTT" --node-name "$NODE" >"$DATA/agent.log" 2>&1 &
   echo $! >"$AGENT_PIDFILE"
-  for _ in $(seq 1 100); do
-    [ "$("${AGENT[@]}" ps -o json 2>/dev/null | grep -c '"state": "Running"')" -ge 2 ] && break
+  for _ in $(seq 1 300); do
+    [ "$(kubectl get pods -n hello --no-headers 2>/dev/null | grep -c ' Running ')" -ge 2 ] && break
     sleep 0.1
   done
+  kubectl get nodes
+  kubectl get pods -n hello -o wide
   "${AGENT[@]}" ps
-  AGENT_MSG="kedge-agent is running the static pod examples/static-pod.yaml (pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log):
+  AGENT_MSG="kedge-agent (node $NODE, pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log) runs the Deployment's pods and the static pod examples/static-pod.yaml:
   ${AGENT[*]} ps
-  ${AGENT[*]} logs hello greeter -f"
+  ${AGENT[*]} logs hello greeter -f
+Watch the fleet as a dashboard would: mosquitto_sub -h ${MQTT%:*} -p ${MQTT##*:} -t 'kedge/v1/fleet/#' -v"
 else
-  AGENT_MSG="The node agent runs containers and needs root: run this script as root to start it too."
+  kubectl get all -n hello
+  AGENT_MSG="The node agent runs containers and needs root: run this script as root to start it too
+(until then the Deployment's pods stay Pending: no node has joined)."
 fi
 cat <<MSG
 
 kedge-controller is running (pid $(cat "$PIDFILE"), log $DATA/controller.log).
 Look at the cluster with:
   export KUBECONFIG=$KUBECONFIG
-  kubectl get all -n hello
-The controller's pods stay Pending until the MQTT link joins nodes to it (the next issue).
+  kubectl get pods -n hello -o wide
 $AGENT_MSG
 Stop it with: scripts/quickstart.sh stop
 MSG

@@ -404,7 +404,8 @@ fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
     }
 
     // The controller comes back on the same broker address; the API converges.
-    c.ctl = Controller::start_with(&c.dir.join("data"), "127.0.0.1:0", &["--mqtt-listen", &format!("127.0.0.1:{port}")])?;
+    c.ctl =
+        Controller::start_with(&c.dir.join("data"), "127.0.0.1:0", &["--mqtt-listen", &format!("127.0.0.1:{port}")])?;
     wait_for("kubectl to show the outage's restarts only", Duration::from_secs(60), || {
         let pods = c.pods("app=web")?;
         let restarts: Vec<i64> = names
@@ -416,8 +417,10 @@ fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
                     .unwrap_or(-1)
             })
             .collect();
-        Ok((pods.len() == 3 && pods.iter().all(|p| p["status"]["phase"] == "Running" && ready(p)) && restarts == [1, 0, 0])
-            .then_some(()))
+        Ok((pods.len() == 3
+            && pods.iter().all(|p| p["status"]["phase"] == "Running" && ready(p))
+            && restarts == [1, 0, 0])
+        .then_some(()))
     })?;
     for (n, pid) in names.iter().zip(&before).skip(1) {
         ensure!(pid_of(&c, n)? == *pid, "{n} was not restarted because of the outage");

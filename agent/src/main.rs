@@ -260,6 +260,35 @@ fn init_tracing() {
     tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
+/// The fleet link as the run loop holds it.
+struct Link {
+    handle: link::LinkHandle,
+    machine: report::Machine,
+    /// The newest report handed to the link, to derive events from.
+    last: Option<kedge_common::wire::NodeReport>,
+}
+
+/// Builds the node report from the runtime's state and hands it to the link
+/// (which publishes it if it changed); events come from the difference.
+fn send_report(
+    l: &mut Link,
+    rt: &Runtime,
+    node: &str,
+    boot_id: &str,
+    data_dir: &std::path::Path,
+    controller: &ControllerSource,
+) {
+    let pods: Vec<_> = controller.pods.iter().map(|d| d.pod.clone()).collect();
+    let views = status::read_pods(rt.paths());
+    let mut r = report::build(&l.machine, node, boot_id, data_dir, controller.generation, &pods, &views);
+    for ev in fleet::events_between(l.last.as_ref(), &r) {
+        l.handle.events.push(ev);
+    }
+    r.events_dropped = l.handle.events.take_dropped();
+    l.last = Some(r.clone());
+    l.handle.reports.send_replace(Some(r));
+}
+
 async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()> {
     let mut opts = Options::new(&data_dir);
     opts.snapshotter = args.snapshotter.map(|s| match s {
@@ -284,7 +313,8 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     #[cfg(not(feature = "cri-grpc"))]
     let _ = (&cri_socket, args.no_cri_socket);
     let policy = BackoffPolicy { base: args.backoff_base, cap: args.backoff_max, ..Default::default() };
-    let mut manager = PodManager::new(WorkerContext { runtime: rt.clone(), backoff: policy });
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut manager = PodManager::new(WorkerContext { runtime: rt.clone(), backoff: policy, changed: changed.clone() });
     let cache = Cache::open(&data_dir.join("agent.redb"))?;
     let mut source = StaticSource::new(&args.manifests, node.clone()).with_cached(cache.desired()?.into_values());
     // The controller's last accepted pods start at once, broker or not.
@@ -319,17 +349,18 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                 boot_id: boot_id.clone(),
             });
             tracing::info!(%broker, "fleet link started");
-            Some((handle, machine, None::<kedge_common::wire::NodeReport>))
+            Some(Link { handle, machine, last: None })
         }
         None => None,
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut gc = tokio::time::interval(Duration::from_secs(60));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let linked = link.is_some();
     loop {
         let snapshot = async {
             match link.as_mut() {
-                Some((h, _, _)) => h.snapshots.changed().await.is_ok(),
+                Some(l) => l.handle.snapshots.changed().await.is_ok(),
                 None => std::future::pending().await,
             }
         };
@@ -346,20 +377,19 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                         Err(e) => tracing::error!(error = %e, "cannot store the desired pods; not acting on them"),
                     }
                 }
-                if let Some((handle, machine, last)) = link.as_mut() {
-                    let pods: Vec<_> = controller.pods.iter().map(|d| d.pod.clone()).collect();
-                    let views = kedge_agent::pods::status::read_pods(rt.paths());
-                    let mut r = report::build(machine, &node, &boot_id, &data_dir, controller.generation, &pods, &views);
-                    for ev in fleet::events_between(last.as_ref(), &r) {
-                        handle.events.push(ev);
-                    }
-                    r.events_dropped = handle.events.take_dropped();
-                    *last = Some(r.clone());
-                    handle.reports.send_replace(Some(r));
+                if let Some(l) = link.as_mut() {
+                    send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
+                }
+            }
+            _ = changed.notified(), if linked => {
+                // Let a burst of worker passes settle into one report.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Some(l) = link.as_mut() {
+                    send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
                 }
             }
             ok = snapshot => {
-                let Some((handle, _, _)) = link.as_mut() else { continue };
+                let Some(handle) = link.as_mut().map(|l| &mut l.handle) else { continue };
                 if !ok {
                     anyhow::bail!("the fleet link stopped");
                 }
@@ -379,6 +409,10 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                             });
                         }
                         manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+                        // The new observed generation goes out at once.
+                        if let Some(l) = link.as_mut() {
+                            send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
+                        }
                     }
                     Ok(Accepted::Stale) => tracing::debug!(generation, have = controller.generation, "snapshot not newer; ignored"),
                     Err(e) => tracing::error!(generation, error = %e, "cannot store the controller's snapshot; not acting on it"),

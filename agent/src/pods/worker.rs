@@ -30,6 +30,9 @@ pub struct DesiredPod {
 pub struct WorkerContext {
     pub runtime: Runtime,
     pub backoff: BackoffPolicy,
+    /// Signalled after every pass of a worker, so the fleet report goes out
+    /// when something happened rather than at the next tick.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl WorkerContext {
@@ -338,6 +341,7 @@ impl Worker {
             }
             self.written = Some(status);
         }
+        self.ctx.changed.notify_one();
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes

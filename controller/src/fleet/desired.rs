@@ -181,6 +181,7 @@ fn resolve_volumes(spec: &mut Value, ns: &str, refs: &Refs) -> Result<(), String
             };
             if let Some(o) = src.as_object_mut() {
                 o.remove("items");
+                o.remove("secretName");
                 o.insert("name".into(), json!(name));
                 o.insert("data".into(), json!(files));
             }

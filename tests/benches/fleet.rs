@@ -1,0 +1,293 @@
+//! Fleet-link benchmark (method in BENCHMARKS.md). Needs root: the agents
+//! run real containers. Release binaries, loopback only.
+//!
+//! 1. apply → Running: 50 pods created one after another through the API
+//!    (POST, as `kubectl apply` ends up doing), each timed until the API
+//!    shows it Running and Ready, polling every 2 ms; one node, image present.
+//! 2. idle node traffic: one agent reaches the broker through a
+//!    byte-counting TCP relay; once it has settled, every byte both ways is
+//!    counted for `KEDGE_BENCH_IDLE_SECS` (default 180 s) and scaled to an
+//!    hour, plus the report the agent republishes every `--report-refresh`
+//!    (10 min: six per hour), whose size is taken from the relay.
+//! 3. broker restart → every node reports its observed generation: three
+//!    agents, one pod each; the controller (and its embedded broker) is
+//!    stopped and started again on the same ports; timed from the new broker
+//!    accepting connections until an MQTT client has seen, for every node,
+//!    a report whose observed generation equals the generation of the
+//!    snapshot the controller republished.
+//! 4. controller + embedded broker RSS, idle with the three nodes connected.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kedge_common::topics::{self, NodeTopic};
+use kedge_common::wire::{NodeDesired, NodeReport};
+use kedge_tests::agent::Agent;
+use kedge_tests::{Controller, http};
+
+const PODS: usize = 50;
+const NODES: usize = 3;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+fn pod_json(name: &str, node_selector: Option<&str>) -> String {
+    let selector =
+        node_selector.map(|n| format!(r#","nodeSelector":{{"kubernetes.io/hostname":"{n}"}}"#)).unwrap_or_default();
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"default"}},"spec":{{"terminationGracePeriodSeconds":0{selector},"containers":[{{"name":"main","image":"kedge.local/busybox:latest","imagePullPolicy":"IfNotPresent","command":["sleep","3600"]}}]}}}}"#
+    )
+}
+
+fn running(addr: &str, name: &str) -> Result<bool> {
+    let (code, body) = http(addr, "GET", &format!("/api/v1/namespaces/default/pods/{name}"), "application/json", "")?;
+    if code != 200 {
+        return Ok(false);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v["status"]["phase"] == "Running"
+        && v["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+fn agent(dir: &std::path::Path, node: &str, broker: &str) -> Result<Agent> {
+    let mut a = Agent::new(&dir.join(node), &["--broker", broker, "--node-name", node])?;
+    a.start()?;
+    Ok(a)
+}
+
+/// A TCP relay to `target` that counts the bytes it passes, both ways.
+fn counting_relay(target: String) -> Result<(u16, Arc<AtomicU64>)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&target) else { continue };
+            for (mut from, mut to) in
+                [(client.try_clone(), server.try_clone()), (server.try_clone(), client.try_clone())]
+                    .into_iter()
+                    .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+            {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        c.fetch_add(n as u64, Ordering::SeqCst);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    Ok((port, count))
+}
+
+/// Watches the fleet topics until every node in `nodes` has reported the
+/// generation of its snapshot; returns when that happened.
+fn all_observed(broker: &str, nodes: &[String], limit: Duration) -> Result<Instant> {
+    let (host, port) = broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+    let mut opts = rumqttc::MqttOptions::new(format!("bench-{}", std::process::id()), host, port.parse()?);
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut conn) = rumqttc::Client::new(opts, 64);
+    client.subscribe(topics::all_nodes_filter("kedge", NodeTopic::Status), rumqttc::QoS::AtLeastOnce)?;
+    client.subscribe(topics::all_nodes_filter("kedge", NodeTopic::Desired), rumqttc::QoS::AtLeastOnce)?;
+    let mut desired = std::collections::HashMap::new();
+    let mut observed = std::collections::HashMap::new();
+    let start = Instant::now();
+    for ev in conn.iter() {
+        if start.elapsed() > limit {
+            bail!(
+                "not every node reported its generation within {limit:?}: desired {desired:?}, observed {observed:?}"
+            );
+        }
+        let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = ev else { continue };
+        let Some((node, which)) = topics::parse_node_topic("kedge", &p.topic) else { continue };
+        match which {
+            NodeTopic::Desired => {
+                if let Ok(d) = kedge_common::envelope::decode::<NodeDesired>(&p.payload, 1 << 22) {
+                    desired.insert(node.to_string(), d.generation);
+                }
+            }
+            NodeTopic::Status => {
+                if let Ok(r) = kedge_common::envelope::decode::<NodeReport>(&p.payload, 1 << 22) {
+                    observed.insert(node.to_string(), r.observed_generation);
+                }
+            }
+            _ => {}
+        }
+        if nodes.iter().all(|n| desired.get(n).is_some_and(|d| observed.get(n) == Some(d))) {
+            let _ = client.disconnect();
+            return Ok(Instant::now());
+        }
+    }
+    bail!("the MQTT connection ended")
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    if !kedge_tests::is_root() {
+        bail!("the fleet benchmark needs root (its agents run containers)");
+    }
+    let idle_secs: u64 = std::env::var("KEDGE_BENCH_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(180);
+    let tmp = tempfile::tempdir()?;
+    let mut report = vec![format!("kedge fleet benchmark, {}", jiff::Timestamp::now())];
+    let data = tmp.path().join("controller");
+    let mut ctl = Controller::start_with(&data, "127.0.0.1:0", &[])?;
+    let broker = ctl.broker.clone().context("no fleet broker")?;
+    let broker_addr = broker.trim_start_matches("mqtt://").to_string();
+
+    // --- 1. apply → Running, one node -------------------------------------------------
+    let (relay_port, bytes) = counting_relay(broker_addr.clone())?;
+    let relayed = format!("mqtt://127.0.0.1:{relay_port}");
+    let n0 = agent(tmp.path(), "n0", &relayed)?;
+    wait("node n0", Duration::from_secs(30), || {
+        let (code, body) = http(&ctl.addr, "GET", "/api/v1/nodes/n0", "application/json", "")?;
+        Ok(code == 200 && body.contains("KubeletReady"))
+    })?;
+    let mut times = Vec::new();
+    for i in 0..PODS + 3 {
+        let name = format!("lat-{i}");
+        let t = Instant::now();
+        let (code, body) =
+            http(&ctl.addr, "POST", "/api/v1/namespaces/default/pods", "application/json", &pod_json(&name, None))?;
+        if code != 201 {
+            bail!("creating {name}: {code} {body}");
+        }
+        loop {
+            if running(&ctl.addr, &name)? {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("{name} not Running after 30 s\n{}", n0.log());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if i >= 3 {
+            times.push(t.elapsed());
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    report.push(format!(
+        "apply → Running (API create → Running+Ready in the API), one node, n={PODS}: p50 {:.1} ms, p99 {:.1} ms",
+        ms(percentile(&times, 0.5)),
+        ms(percentile(&times, 0.99))
+    ));
+    for i in 0..PODS + 3 {
+        http(&ctl.addr, "DELETE", &format!("/api/v1/namespaces/default/pods/lat-{i}"), "application/json", "")?;
+    }
+    wait("the latency pods to go", Duration::from_secs(120), || Ok(n0.ps()?.is_empty()))?;
+
+    // --- 2. idle traffic of one node ---------------------------------------------------
+    std::thread::sleep(Duration::from_secs(5));
+    let before = bytes.load(Ordering::SeqCst);
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let idle = bytes.load(Ordering::SeqCst) - before;
+    let per_hour = idle as f64 * 3600.0 / start.elapsed().as_secs_f64();
+    // The size of one report: the retained payload on the status topic.
+    let report_bytes = {
+        let out = std::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", broker_addr.rsplit(':').next().unwrap_or("1883")])
+            .args(["-t", &topics::node_topic("kedge", "n0", NodeTopic::Status), "-C", "1", "-N", "-W", "5"])
+            .output()?;
+        out.stdout.len()
+    };
+    // PUBLISH header (~2–5 bytes + topic) + PUBACK (4 bytes) around the payload.
+    let topic_len = topics::node_topic("kedge", "n0", NodeTopic::Status).len();
+    let refresh_per_hour = 6.0 * (report_bytes + topic_len + 2 + 5 + 4) as f64;
+    report.push(format!(
+        "idle node traffic: {idle} bytes in {:.0} s at the broker = {:.0} bytes/hour (keepalive), + {:.0} bytes/hour of 10-minute report refreshes ({report_bytes}-byte report) = {:.1} KB/hour",
+        start.elapsed().as_secs_f64(),
+        per_hour,
+        refresh_per_hour,
+        (per_hour + refresh_per_hour) / 1000.0
+    ));
+    drop(n0);
+
+    // --- 3. broker restart → all nodes observed -----------------------------------------
+    let mut agents = Vec::new();
+    let mut names = Vec::new();
+    for i in 1..=NODES {
+        let name = format!("n{i}");
+        agents.push(agent(tmp.path(), &name, &broker)?);
+        names.push(name);
+    }
+    for n in &names {
+        let (code, body) = http(
+            &ctl.addr,
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "application/json",
+            &pod_json(&format!("on-{n}"), Some(n)),
+        )?;
+        if code != 201 {
+            bail!("creating on-{n}: {code} {body}");
+        }
+    }
+    for n in &names {
+        wait(&format!("on-{n} Running"), Duration::from_secs(60), || running(&ctl.addr, &format!("on-{n}")))?;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let rss = kedge_tests::rss_kib(ctl.child.id());
+    report.push(format!(
+        "controller + embedded broker RSS, idle, {NODES} nodes connected: {:.1} MiB",
+        rss as f64 / 1024.0
+    ));
+    let port = broker.rsplit(':').next().context("port")?.to_string();
+    ctl.terminate()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let t0;
+    ctl = {
+        let c = Controller::start_with(&data, "127.0.0.1:0", &["--mqtt-listen", &format!("127.0.0.1:{port}")])?;
+        t0 = Instant::now();
+        c
+    };
+    let done = all_observed(&broker, &names, Duration::from_secs(120))?;
+    report.push(format!(
+        "broker restart → all {NODES} nodes reported their observed generation: {:.2} s",
+        done.duration_since(t0).as_secs_f64()
+    ));
+    for n in &names {
+        http(&ctl.addr, "DELETE", &format!("/api/v1/namespaces/default/pods/on-{n}"), "application/json", "")?;
+    }
+    for a in &agents {
+        wait("pods to go", Duration::from_secs(60), || Ok(a.ps()?.is_empty()))?;
+    }
+    drop(agents);
+    let text = report.join("\n");
+    println!("{text}");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("target/bench-fleet.txt"));
+    if let Some(out) = root {
+        std::fs::write(&out, format!("{text}\n"))?;
+        println!("(written to {})", out.display());
+    }
+    Ok(())
+}

@@ -419,7 +419,12 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                 }
             }
             _ = gc.tick() => {
-                if let Err(e) = rt.collect_images_if_full(args.image_gc_high_threshold).await {
+                let wanted: Vec<String> = static_pods
+                    .iter()
+                    .chain(&controller.pods)
+                    .flat_map(|d| d.pod.spec.containers.iter().map(|c| c.image.clone()))
+                    .collect();
+                if let Err(e) = rt.collect_images_if_full(args.image_gc_high_threshold, &wanted).await {
                     tracing::warn!(error = %e, "image garbage collection failed");
                 }
             }

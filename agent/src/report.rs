@@ -169,7 +169,7 @@ fn container_report(c: &ContainerView) -> ContainerReport {
         image: c.image.clone(),
         image_id: c.image_id.clone(),
         container_id: if c.id.is_empty() { String::new() } else { format!("kedge://{}", c.id) },
-        ready: running,
+        ready: running && c.ready,
         started: running,
         restart_count: c.restart_count,
         state: container_state(c),

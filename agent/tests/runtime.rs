@@ -266,17 +266,22 @@ async fn disk_pressure_removes_only_unused_images() {
     let sb = rt.run_pod_sandbox(sandbox_config("gc", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     let _created = rt.create_container(&sb, container_config("c", &["sleep", "1000"], 0), None).await.expect("create");
     // Any file system is more than 1 % full: that is "pressure" here.
-    assert!(rt.collect_images_if_full(1).await.expect("gc").is_empty(), "an image in use stays");
+    assert!(rt.collect_images_if_full(1, &[]).await.expect("gc").is_empty(), "an image in use stays");
     assert_eq!(rt.list_images().expect("list").len(), 1);
     rt.remove_pod_sandbox(&sb).await.expect("remove");
-    let removed = rt.collect_images_if_full(1).await.expect("gc");
+    let wanted = ["kedge.local/busybox:latest".to_string()];
+    assert!(
+        rt.collect_images_if_full(1, &wanted).await.expect("gc").is_empty(),
+        "an image a desired pod names stays, though no container uses it yet"
+    );
+    let removed = rt.collect_images_if_full(1, &[]).await.expect("gc");
     assert_eq!(removed.len(), 1);
     assert!(rt.list_images().expect("list").is_empty());
     let left: Vec<_> = std::fs::read_dir(tmp.path().join("data/images/blobs/sha256")).expect("blobs").collect();
     assert!(left.is_empty(), "blobs of removed images are deleted");
     let archive = kedge_tests::busybox_image().expect("busybox image");
     rt.images().import(&archive).expect("import again");
-    assert!(rt.collect_images_if_full(100).await.expect("gc").is_empty(), "no pressure, nothing removed");
+    assert!(rt.collect_images_if_full(100, &[]).await.expect("gc").is_empty(), "no pressure, nothing removed");
     assert_eq!(rt.list_images().expect("list").len(), 1);
 }
 

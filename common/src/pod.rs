@@ -121,6 +121,139 @@ pub struct Container {
     pub security_context: Option<SecurityContext>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+}
+
+/// A container port by number or by the name of one of its `ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl PortRef {
+    /// The port number, looking names up in the container's ports.
+    pub fn resolve(&self, c: &Container) -> Option<u16> {
+        let n = match self {
+            PortRef::Number(n) => *n,
+            PortRef::Name(name) => match name.parse::<i32>() {
+                Ok(n) => n,
+                Err(_) => c.ports.iter().find(|p| p.name.as_deref() == Some(name))?.container_port,
+            },
+        };
+        u16::try_from(n).ok().filter(|p| *p > 0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecAction {
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGetAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub port: PortRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_headers: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpSocketAction {
+    pub port: PortRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// A liveness, readiness or startup probe, with the kubelet's defaults.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_socket: Option<TcpSocketAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<i32>,
+}
+
+impl Probe {
+    fn secs(v: Option<i32>, default: i32, min: i32) -> std::time::Duration {
+        std::time::Duration::from_secs(v.unwrap_or(default).max(min).unsigned_abs().into())
+    }
+
+    pub fn initial_delay(&self) -> std::time::Duration {
+        Self::secs(self.initial_delay_seconds, 0, 0)
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        Self::secs(self.timeout_seconds, 1, 1)
+    }
+
+    pub fn period(&self) -> std::time::Duration {
+        Self::secs(self.period_seconds, 10, 1)
+    }
+
+    pub fn success_threshold(&self) -> u32 {
+        self.success_threshold.unwrap_or(1).max(1).unsigned_abs()
+    }
+
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.unwrap_or(3).max(1).unsigned_abs()
+    }
+
+    fn check(&self, at: &str, c: &Container) -> Result<(), FieldError> {
+        let handlers = [self.exec.is_some(), self.http_get.is_some(), self.tcp_socket.is_some()];
+        if handlers.iter().filter(|h| **h).count() != 1 {
+            return Err(field_error(at, "exactly one of exec, httpGet, tcpSocket must be set"));
+        }
+        if let Some(e) = &self.exec {
+            if e.command.is_empty() {
+                return Err(field_error(format!("{at}.exec.command"), "Required value"));
+            }
+        }
+        let port = self
+            .http_get
+            .as_ref()
+            .map(|h| (&h.port, "httpGet"))
+            .or(self.tcp_socket.as_ref().map(|t| (&t.port, "tcpSocket")));
+        if let Some((p, kind)) = port {
+            if p.resolve(c).is_none() {
+                return Err(field_error(format!("{at}.{kind}.port"), format!("{p:?} is not a port of this container")));
+            }
+        }
+        if let Some(h) = &self.http_get {
+            if h.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("http")) {
+                return Err(field_error(format!("{at}.httpGet.scheme"), "only HTTP is supported by this agent"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Container {
@@ -357,6 +490,15 @@ impl Pod {
             if c.image.trim().is_empty() {
                 return Err(field_error(format!("{at}.image"), "Required value"));
             }
+            for (kind, p) in [
+                ("livenessProbe", &c.liveness_probe),
+                ("readinessProbe", &c.readiness_probe),
+                ("startupProbe", &c.startup_probe),
+            ] {
+                if let Some(p) = p {
+                    p.check(&format!("{at}.{kind}"), c)?;
+                }
+            }
             for key in ["memory", "cpu"] {
                 for (what, map) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {
                     if let Some(q) = map.get(key) {
@@ -422,6 +564,33 @@ mod tests {
             p.validate().expect_err("invalid").to_string(),
             "spec.containers[0].volumeMounts[0].name: Not found: \"data\""
         );
+    }
+
+    #[test]
+    fn probes_parse_with_kubelet_defaults_and_are_checked() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 8080}],
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                "startupProbe": {"exec": {"command": ["true"]}, "failureThreshold": 30}}]}
+        }))
+        .expect("pod");
+        assert_eq!(pod.validate(), Ok(()));
+        let c = &pod.spec.containers[0];
+        let live = c.liveness_probe.as_ref().expect("liveness");
+        assert_eq!(live.http_get.as_ref().and_then(|h| h.port.resolve(c)), Some(8080));
+        assert_eq!((live.period().as_secs(), live.timeout().as_secs(), live.failure_threshold()), (2, 1, 3));
+        assert_eq!(c.startup_probe.as_ref().map(Probe::failure_threshold), Some(30));
+        let mut bad = pod.clone();
+        bad.spec.containers[0].readiness_probe = Some(Probe::default());
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("spec.containers[0].readinessProbe".to_string()));
+        let mut bad = pod;
+        bad.spec.containers[0].liveness_probe = Some(Probe {
+            tcp_socket: Some(TcpSocketAction { port: PortRef::Name("nope".into()), host: None }),
+            ..Default::default()
+        });
+        assert!(bad.validate().is_err_and(|e| e.field == "spec.containers[0].livenessProbe.tcpSocket.port"));
     }
 
     #[test]

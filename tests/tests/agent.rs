@@ -320,3 +320,70 @@ fn a_broken_manifest_across_a_restart_keeps_the_pod_and_a_second_agent_is_refuse
     );
     Ok(())
 }
+
+const PROBED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: flaky
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+  - name: web
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{name: http, containerPort: 8080}]
+    startupProbe:
+      tcpSocket: {port: http}
+      periodSeconds: 1
+      failureThreshold: 30
+    readinessProbe:
+      httpGet: {path: /index.html, port: http}
+      periodSeconds: 1
+  - name: never-ready
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sleep", "3600"]
+    readinessProbe:
+      tcpSocket: {port: 9999}
+      periodSeconds: 1
+      failureThreshold: 1
+"#;
+
+#[test]
+fn probes_restart_and_gate_readiness() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let agent = started(dir.path())?;
+    agent.write_manifest("probed.yaml", PROBED)?;
+    // httpGet through the pod's own network namespace makes `web` ready;
+    // nothing listens on 9999, so `never-ready` runs but is not ready.
+    agent.wait_for("web ready, never-ready running but not ready", Duration::from_secs(30), || {
+        let web = agent.container("probed", "web")?;
+        let never = agent.container("probed", "never-ready")?;
+        Ok(match (web, never) {
+            (Some(w), Some(n)) => (w["ready"] == true && state(&n) == "Running" && n["ready"] == false).then_some(()),
+            _ => None,
+        })
+    })?;
+    // The liveness probe fails once /tmp/healthy is gone: the container is
+    // stopped and restarted.
+    agent.wait_for("flaky restarted by its liveness probe", Duration::from_secs(40), || {
+        let c = agent.container("probed", "flaky")?;
+        Ok(c.filter(|c| c["restart_count"].as_i64() >= Some(1) && state(c) == "Running").map(|_| ()))
+    })?;
+    let web = agent.container("probed", "web")?.map(|c| c["restart_count"].clone());
+    assert_eq!(web, Some(Value::from(0)), "a passing startup probe restarts nothing");
+    Ok(())
+}

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod manifests;
+pub mod probe;
 pub mod status;
 pub mod translate;
 pub mod worker;

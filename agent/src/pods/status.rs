@@ -31,6 +31,10 @@ pub struct PodStatusFile {
     pub waiting: BTreeMap<String, Waiting>,
     /// Spec order of the containers.
     pub containers: Vec<String>,
+    /// Readiness of the containers that have a readiness probe (the others
+    /// are ready while they run).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ready: BTreeMap<String, bool>,
 }
 
 pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
@@ -62,6 +66,8 @@ pub struct ContainerView {
     /// When the current attempt exited (0: it has not).
     pub finished_at: i64,
     pub image_id: String,
+    /// Running and, with a readiness probe, passing it.
+    pub ready: bool,
     /// The previous attempt's end, for `lastState` in the fleet report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_termination: Option<Termination>,
@@ -144,7 +150,10 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
         let views = names
             .iter()
             .map(|name| {
-                container_view(name, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]), status.waiting.get(name))
+                let mut v =
+                    container_view(name, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]), status.waiting.get(name));
+                v.ready = v.state == "Running" && status.ready.get(name).copied().unwrap_or(true);
+                v
             })
             .collect();
         pods.push(PodView {
@@ -193,6 +202,7 @@ fn container_view(name: &str, attempts: &[&ContainerRecord], waiting: Option<&Wa
         started_at: current.map(|c| c.started_at / 1_000_000_000).unwrap_or(0),
         finished_at: current.map(|c| c.finished_at / 1_000_000_000).unwrap_or(0),
         image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
+        ready: false,
         last_termination: previous.map(|p| Termination {
             exit_code: p.exit_code,
             reason: p.reason.clone(),

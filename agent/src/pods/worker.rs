@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kedge_common::pod::{Container, Pod, PullPolicy, RestartPolicy};
+use kedge_common::pod::{Container, Pod, Probe, PullPolicy, RestartPolicy};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::backoff::{Backoff, BackoffPolicy};
+use super::probe::{self, Outcome};
 use super::status::{PodStatusFile, Waiting, write_status};
 use super::translate;
 use crate::runtime::{ContainerRecord, ContainerState, Runtime, RuntimeError, SandboxRecord, SandboxState};
@@ -49,6 +50,28 @@ struct Worker {
     pulls: HashMap<String, (Backoff, Instant, String)>,
     waiting: BTreeMap<String, Waiting>,
     written: Option<PodStatusFile>,
+    /// Container name → its probes' state (for the running attempt).
+    probes: HashMap<String, ProbeTrack>,
+}
+
+const STARTUP: usize = 0;
+const LIVENESS: usize = 1;
+const READINESS: usize = 2;
+
+/// The probes of one container attempt, as the kubelet's prober keeps them.
+#[derive(Debug, Default, Clone)]
+struct ProbeTrack {
+    id: String,
+    /// The startup probe passed (or there is none): the others may run.
+    started: bool,
+    ready: bool,
+    due: [Option<Instant>; 3],
+    successes: [u32; 3],
+    failures: [u32; 3],
+}
+
+fn probes_of(c: &Container) -> [Option<&Probe>; 3] {
+    [c.startup_probe.as_ref(), c.liveness_probe.as_ref(), c.readiness_probe.as_ref()]
 }
 
 /// Wall-clock time since `ns` (nanoseconds since the epoch; 0 if in the future).
@@ -70,8 +93,15 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut desired: watch::Recei
     let name =
         desired.borrow().as_ref().map(|d| format!("{}/{}", d.pod.namespace(), d.pod.metadata.name)).unwrap_or_default();
     let span = tracing::info_span!("pod", pod = %name, uid = %uid);
-    let mut w =
-        Worker { ctx, uid, restarts: HashMap::new(), pulls: HashMap::new(), waiting: BTreeMap::new(), written: None };
+    let mut w = Worker {
+        ctx,
+        uid,
+        restarts: HashMap::new(),
+        pulls: HashMap::new(),
+        waiting: BTreeMap::new(),
+        written: None,
+        probes: HashMap::new(),
+    };
     async move {
         let mut changes = w.ctx.runtime.subscribe();
         let mut last: Option<Arc<DesiredPod>> = None;
@@ -162,6 +192,9 @@ impl Worker {
                 }
                 Some(latest) if latest.state == ContainerState::Running => {
                     self.waiting.remove(&c.name);
+                    if let Some(at) = self.probe(d, c, latest, &sandbox).await {
+                        wake(at);
+                    }
                 }
                 Some(latest) => {
                     if !pod.spec.restart_policy.restarts(latest.exit_code) {
@@ -199,6 +232,81 @@ impl Worker {
         }
         let records = self.containers_in(&sandbox.id);
         self.write_status(d, &records);
+        next
+    }
+
+    /// Runs the container's due probes; a failed liveness or startup probe
+    /// stops the container (the restart policy then decides), readiness goes
+    /// into the status file. Returns when a probe is next due.
+    async fn probe(
+        &mut self,
+        d: &DesiredPod,
+        c: &Container,
+        rec: &ContainerRecord,
+        sb: &SandboxRecord,
+    ) -> Option<Instant> {
+        let probes = probes_of(c);
+        if probes.iter().all(Option::is_none) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut t = self.probes.get(&c.name).filter(|t| t.id == rec.id).cloned().unwrap_or_else(|| {
+            // A new attempt: probes start after their initial delay, counted
+            // from the container's start.
+            let due = |p: Option<&Probe>| p.map(|p| now + p.initial_delay().saturating_sub(since(rec.started_at)));
+            ProbeTrack {
+                id: rec.id.clone(),
+                started: c.startup_probe.is_none(),
+                ready: c.readiness_probe.is_none(),
+                due: [due(probes[STARTUP]), due(probes[LIVENESS]), due(probes[READINESS])],
+                ..Default::default()
+            }
+        });
+        let mut kill: Option<String> = None;
+        for k in [STARTUP, LIVENESS, READINESS] {
+            let Some(p) = probes[k] else { continue };
+            if (k == STARTUP) == t.started || t.due[k].is_none_or(|due| due > Instant::now()) {
+                continue;
+            }
+            let outcome = probe::run(self.rt(), &rec.id, sb.netns.clone(), c, p).await;
+            t.due[k] = Some(Instant::now() + p.period());
+            match outcome {
+                Outcome::Success => {
+                    t.successes[k] += 1;
+                    t.failures[k] = 0;
+                }
+                Outcome::Failure(msg) => {
+                    t.failures[k] += 1;
+                    t.successes[k] = 0;
+                    let name = ["Startup", "Liveness", "Readiness"][k];
+                    tracing::info!(container = %c.name, failures = t.failures[k], "{name} probe failed: {msg}");
+                    if k != READINESS && t.failures[k] >= p.failure_threshold() {
+                        kill = Some(format!("{name} probe failed: {msg}"));
+                    }
+                }
+            }
+            match k {
+                STARTUP if t.successes[k] >= p.success_threshold() => t.started = true,
+                READINESS if t.successes[k] >= p.success_threshold() => t.ready = true,
+                READINESS if t.failures[k] >= p.failure_threshold() => t.ready = false,
+                _ => {}
+            }
+            if kill.is_some() {
+                break;
+            }
+        }
+        if let Some(reason) = kill {
+            tracing::warn!(container = %c.name, "{reason}; the container will be restarted");
+            let grace = d.pod.spec.termination_grace_period_seconds.unwrap_or(30);
+            if let Err(e) = self.rt().stop_container(&rec.id, grace).await {
+                tracing::warn!(container = %c.name, error = %e, "cannot stop the container");
+            }
+            t.ready = c.readiness_probe.is_none();
+            self.probes.insert(c.name.clone(), t);
+            return Some(Instant::now());
+        }
+        let next = t.due.iter().enumerate().filter(|(k, _)| (*k == STARTUP) != t.started).filter_map(|(_, d)| *d).min();
+        self.probes.insert(c.name.clone(), t);
         next
     }
 
@@ -334,6 +442,18 @@ impl Worker {
             phase: phase.into(),
             waiting: self.waiting.clone(),
             containers: d.pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
+            ready: d
+                .pod
+                .spec
+                .containers
+                .iter()
+                .filter(|c| c.readiness_probe.is_some())
+                .map(|c| {
+                    let current = latest(&c.name).map(|r| r.id.as_str());
+                    let ready = self.probes.get(&c.name).is_some_and(|t| Some(t.id.as_str()) == current && t.ready);
+                    (c.name.clone(), ready)
+                })
+                .collect(),
         };
         if self.written.as_ref() != Some(&status) {
             if let Err(e) = write_status(self.rt().paths(), &status) {

@@ -49,9 +49,10 @@ impl Runtime {
     }
 
     /// Under disk pressure (the data dir's file system fuller than
-    /// `high_percent`), removes every image no container uses, as the
-    /// kubelet's image GC does. Returns the removed image IDs.
-    pub async fn collect_images_if_full(&self, high_percent: u8) -> Result<Vec<String>> {
+    /// `high_percent`), removes every image no container uses and no desired
+    /// pod names (`wanted`: image references), as the kubelet's image GC
+    /// does. Returns the removed image IDs.
+    pub async fn collect_images_if_full(&self, high_percent: u8, wanted: &[String]) -> Result<Vec<String>> {
         let root = self.inner.paths.root.clone();
         let used = blocking(move || {
             let st = nix::sys::statvfs::statvfs(&root).map_err(RuntimeError::sys(&root))?;
@@ -62,7 +63,9 @@ impl Runtime {
         if used < f64::from(high_percent) {
             return Ok(Vec::new());
         }
-        let in_use = self.images_in_use();
+        let mut in_use = self.images_in_use();
+        // A pod about to start has no container yet: its image is kept too.
+        in_use.extend(wanted.iter().filter_map(|r| self.inner.images.resolve(r).ok()).map(|img| img.id));
         let inner = self.inner.clone();
         let removed = blocking(move || Ok(inner.images.prune(&in_use)?)).await?;
         tracing::warn!(

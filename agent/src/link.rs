@@ -214,7 +214,7 @@ impl Session {
             tracing::info!("the desired snapshot was cleared on the broker; keeping the last accepted one");
             return;
         }
-        match NodeDesired::decode_for(payload, &self.cfg.node, self.cfg.max_payload) {
+        match kedge_common::wire::decode_for::<NodeDesired>(payload, &self.cfg.node, self.cfg.max_payload) {
             Ok(d) => {
                 snapshots.send_replace(Some(d));
             }

@@ -164,26 +164,32 @@ pub enum WireError {
     Presence(String),
 }
 
-impl NodeDesired {
-    /// Decodes a snapshot received on `node`'s topic.
-    pub fn decode_for(payload: &[u8], node: &str, cap: usize) -> Result<NodeDesired, WireError> {
-        let d: NodeDesired = crate::envelope::decode(payload, cap)?;
-        if d.node != node {
-            return Err(WireError::WrongNode { got: d.node, want: node.into() });
-        }
-        Ok(d)
+/// A message that names the node it is about; it is only valid on that
+/// node's topics.
+pub trait NodeMessage: serde::de::DeserializeOwned {
+    fn node(&self) -> &str;
+}
+
+impl NodeMessage for NodeDesired {
+    fn node(&self) -> &str {
+        &self.node
     }
 }
 
-impl NodeReport {
-    /// Decodes a report received on `node`'s topic.
-    pub fn decode_for(payload: &[u8], node: &str, cap: usize) -> Result<NodeReport, WireError> {
-        let r: NodeReport = crate::envelope::decode(payload, cap)?;
-        if r.node != node {
-            return Err(WireError::WrongNode { got: r.node, want: node.into() });
-        }
-        Ok(r)
+impl NodeMessage for NodeReport {
+    fn node(&self) -> &str {
+        &self.node
     }
+}
+
+/// Decodes a snapshot or report received on `node`'s topic: envelope, size
+/// cap, version, and the node it names.
+pub fn decode_for<T: NodeMessage>(payload: &[u8], node: &str, cap: usize) -> Result<T, WireError> {
+    let m: T = crate::envelope::decode(payload, cap)?;
+    if m.node() != node {
+        return Err(WireError::WrongNode { got: m.node().to_string(), want: node.into() });
+    }
+    Ok(m)
 }
 
 impl Presence {
@@ -253,10 +259,10 @@ mod tests {
     fn snapshot_and_report_round_trip() {
         let d = snapshot();
         let bytes = encode(&d).expect("encode");
-        assert_eq!(NodeDesired::decode_for(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), d);
+        assert_eq!(decode_for::<NodeDesired>(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), d);
         let r = report();
         let bytes = encode(&r).expect("encode");
-        assert_eq!(NodeReport::decode_for(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), r);
+        assert_eq!(decode_for::<NodeReport>(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), r);
         let p = Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into() };
         assert_eq!(Presence::from_json(&p.to_json()).expect("presence"), p);
     }
@@ -264,13 +270,16 @@ mod tests {
     #[test]
     fn rejects_other_nodes_garbage_truncation_and_size() {
         let bytes = encode(&snapshot()).expect("encode");
-        assert!(matches!(NodeDesired::decode_for(&bytes, "n2", DEFAULT_MAX_PAYLOAD), Err(WireError::WrongNode { .. })));
-        assert!(NodeDesired::decode_for(b"hello", "n1", DEFAULT_MAX_PAYLOAD).is_err());
-        assert!(NodeDesired::decode_for(&bytes[..bytes.len() / 2], "n1", DEFAULT_MAX_PAYLOAD).is_err());
-        assert!(NodeDesired::decode_for(&bytes, "n1", 16).is_err());
+        assert!(matches!(
+            decode_for::<NodeDesired>(&bytes, "n2", DEFAULT_MAX_PAYLOAD),
+            Err(WireError::WrongNode { .. })
+        ));
+        assert!(decode_for::<NodeDesired>(b"hello", "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(decode_for::<NodeDesired>(&bytes[..bytes.len() / 2], "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(decode_for::<NodeDesired>(&bytes, "n1", 16).is_err());
         // A report is not a snapshot.
         let report = encode(&report()).expect("encode");
-        assert!(NodeDesired::decode_for(&report, "n1", DEFAULT_MAX_PAYLOAD).is_err());
+        assert!(decode_for::<NodeDesired>(&report, "n1", DEFAULT_MAX_PAYLOAD).is_err());
         assert!(Presence::from_json(b"{\"online\":").is_err());
     }
 }

@@ -254,7 +254,7 @@ impl Ingest {
         }
         let node = node.to_string();
         let result = match which {
-            NodeTopic::Status => NodeReport::decode_for(payload, &node, self.opts.max_payload)
+            NodeTopic::Status => wire::decode_for::<NodeReport>(payload, &node, self.opts.max_payload)
                 .map_err(|e| e.to_string())
                 .and_then(|r| self.report(&node, r).map_err(|e| e.to_string())),
             NodeTopic::Presence => Presence::from_json(payload).map_err(|e| e.to_string()).map(|p| {

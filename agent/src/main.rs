@@ -57,6 +57,42 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Internal: the single-threaded helper the agent runs for libcontainer
+    /// calls that clone (see agent/src/runtime/container.rs).
+    #[command(name = "__libcontainer", hide = true)]
+    Libcontainer {
+        #[command(subcommand)]
+        call: LcCall,
+    },
+}
+
+#[derive(Subcommand)]
+enum LcCall {
+    /// Create a container; prints its init's pid.
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// Run a process in a container; prints its exit code, or `timeout`.
+    Exec {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        err: PathBuf,
+        /// 0: no limit.
+        #[arg(long)]
+        timeout_ms: u64,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -173,6 +209,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Version => {
             println!("kedge-agent {}", kedge_common::VERSION);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Libcontainer { call } => {
+            use kedge_agent::runtime::container;
+            // A container init's failure is only told through tracing: to
+            // stderr, which the agent puts into the error it reports.
+            let filter: tracing_subscriber::filter::Targets =
+                "warn,libcontainer::seccomp=error,libcgroups=error".parse().unwrap_or_default();
+            use tracing_subscriber::prelude::*;
+            let fmt = tracing_subscriber::fmt::layer().without_time().with_ansi(false).with_writer(std::io::stderr);
+            tracing_subscriber::registry().with(fmt).with(filter).init();
+            match call {
+                LcCall::Create { id, root, bundle } => println!("{}", container::helper_create(&id, &bundle, &root)?),
+                LcCall::Exec { id, root, out, err, timeout_ms, args } => {
+                    let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+                    match container::helper_exec(&id, &root, &out, &err, args, timeout)? {
+                        Some(code) => println!("{code}"),
+                        None => println!("timeout"),
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {

@@ -17,6 +17,9 @@ async fn runtime(dir: &Path, snapshotter: Option<Snapshotter>) -> Runtime {
     let _ = tracing_subscriber::fmt().with_env_filter("warn,libcontainer::seccomp=error,libcgroups=error").try_init();
     let mut opts = Options::new(dir.join("data"));
     opts.snapshotter = snapshotter;
+    // This test binary is not kedge-agent: point the runtime at the real one
+    // for the libcontainer helper.
+    opts.helper = kedge_tests::binary("kedge-agent").expect("kedge-agent builds");
     let rt = Runtime::open(opts).expect("runtime opens");
     let archive = kedge_tests::busybox_image().expect("busybox image builds");
     let names = rt.images().import(&archive).expect("busybox imports");

@@ -1,6 +1,17 @@
 //! The blocking calls into libcontainer. Each runs on a blocking thread
 //! (libcontainer forks and waits); the builders are not `Send`, so they are
 //! made inside the call.
+//!
+//! **Create and exec run in a helper process.** libcontainer clones with the
+//! raw `clone3` syscall, which skips glibc's fork handlers: a clone taken
+//! while another thread of the agent holds the malloc arena lock leaves the
+//! child blocked forever on its first allocation (seen here as pods stuck
+//! after "sandbox ready", with an orphaned `youki:[1:INTER]` process). So
+//! the agent re-executes itself (`kedge-agent __libcontainer …`, a
+//! single-threaded process) for every call that clones; the container's init
+//! is the helper's child and, when the helper exits, is reparented to the
+//! agent, which is a child subreaper. `start` and `delete` do not clone and
+//! stay in-process.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
@@ -36,11 +47,45 @@ fn open_fifo_rw(path: &Path) -> Result<File, RuntimeError> {
     OpenOptions::new().read(true).write(true).open(path).map_err(RuntimeError::io(path))
 }
 
-/// `create`: the container's init is forked and waits to be started.
-pub fn create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
+/// `create` in the helper: the container's init is forked and waits to be
+/// started; returns its pid.
+pub fn create(helper: &Path, id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
+    let _one_at_a_time = serialized();
+    let out =
+        run_helper(helper, id, &["create", "--id", id, "--root", &lossy(state_root), "--bundle", &lossy(bundle)])?;
+    out.trim().parse::<i32>().map_err(|_| other(id, format!("the helper answered {out:?}, not a pid")))
+}
+
+fn lossy(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+fn other(id: &str, msg: String) -> RuntimeError {
+    RuntimeError::Libcontainer { id: id.to_string(), source: libcontainer::error::LibcontainerError::Other(msg) }
+}
+
+/// Runs the helper and returns its stdout; its stderr is the error message.
+fn run_helper(helper: &Path, id: &str, args: &[&str]) -> Result<String, RuntimeError> {
+    let out = std::process::Command::new(helper)
+        .arg("__libcontainer")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| other(id, format!("cannot run the libcontainer helper {}: {e}", helper.display())))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(other(
+            id,
+            if err.is_empty() { format!("the libcontainer helper failed ({})", out.status) } else { err },
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The helper side of `create` (in `kedge-agent __libcontainer create`).
+pub fn helper_create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
     let stdout = open_fifo_rw(&bundle.join("stdout"))?;
     let stderr = open_fifo_rw(&bundle.join("stderr"))?;
-    let _one_at_a_time = serialized();
     let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(lc(id))?
@@ -53,10 +98,7 @@ pub fn create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, Runtime
         .with_detach(true)
         .build()
         .map_err(lc(id))?;
-    container.pid().map(|p| p.as_raw()).ok_or_else(|| RuntimeError::Libcontainer {
-        id: id.to_string(),
-        source: libcontainer::error::LibcontainerError::Other("created container has no pid".into()),
-    })
+    container.pid().map(|p| p.as_raw()).ok_or_else(|| other(id, "created container has no pid".into()))
 }
 
 pub fn start(id: &str, state_root: &Path) -> Result<(), RuntimeError> {
@@ -82,9 +124,10 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
-/// Runs `args` inside a running container and waits up to `timeout`
-/// (None = no limit) for it.
+/// Runs `args` inside a running container (in the helper) and waits up to
+/// `timeout` (None = no limit) for it.
 pub fn exec(
+    helper: &Path,
     id: &str,
     state_root: &Path,
     scratch: &Path,
@@ -94,23 +137,64 @@ pub fn exec(
     let tag = crate::fsutil::unique();
     let out_path = scratch.join(format!("exec-{tag}.out"));
     let err_path = scratch.join(format!("exec-{tag}.err"));
-    let result = exec_inner(id, state_root, &out_path, &err_path, args, timeout);
+    let result = (|| {
+        let timeout_ms = timeout.map_or(0, |t| t.as_millis().max(1)).to_string();
+        let mut a = vec!["exec", "--id", id, "--root"];
+        let (root, out, err) = (lossy(state_root), lossy(&out_path), lossy(&err_path));
+        a.extend([
+            root.as_str(),
+            "--out",
+            out.as_str(),
+            "--err",
+            err.as_str(),
+            "--timeout-ms",
+            timeout_ms.as_str(),
+            "--",
+        ]);
+        a.extend(args.iter().map(String::as_str));
+        let answer = {
+            let _one_at_a_time = serialized();
+            run_helper(helper, id, &a)?
+        };
+        let exit_code = match answer.trim() {
+            "timeout" => {
+                return Err(RuntimeError::DeadlineExceeded(format!(
+                    "command timed out after {:?}",
+                    timeout.unwrap_or_default()
+                )));
+            }
+            code => {
+                code.parse::<i32>().map_err(|_| other(id, format!("the helper answered {code:?}, not an exit code")))?
+            }
+        };
+        let read = |p: &Path| -> Result<Vec<u8>, RuntimeError> {
+            let mut buf = Vec::new();
+            File::open(p)
+                .map_err(RuntimeError::io(p))?
+                .take(MAX_EXEC_OUTPUT)
+                .read_to_end(&mut buf)
+                .map_err(RuntimeError::io(p))?;
+            Ok(buf)
+        };
+        Ok(ExecOutput { stdout: read(&out_path)?, stderr: read(&err_path)?, exit_code })
+    })();
     let _ = fs::remove_file(&out_path);
     let _ = fs::remove_file(&err_path);
     result
 }
 
-fn exec_inner(
+/// The helper side of `exec`: runs `args` in the container with output to
+/// the two files; `Ok(None)` when `timeout` ran out (the process is killed).
+pub fn helper_exec(
     id: &str,
     state_root: &Path,
     out_path: &Path,
     err_path: &Path,
     args: Vec<String>,
     timeout: Option<Duration>,
-) -> Result<ExecOutput, RuntimeError> {
+) -> Result<Option<i32>, RuntimeError> {
     let out = File::create(out_path).map_err(RuntimeError::io(out_path))?;
     let err = File::create(err_path).map_err(RuntimeError::io(err_path))?;
-    let one_at_a_time = serialized();
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(lc(id))?
@@ -121,35 +205,21 @@ fn exec_inner(
         .with_detach(true)
         .build()
         .map_err(lc(id))?;
-    drop(one_at_a_time);
     let started = Instant::now();
-    let exit_code = loop {
+    loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
             Ok(_) => {}
             Err(e) => return Err(RuntimeError::sys("waitpid")(e)),
         }
         if timeout.is_some_and(|t| started.elapsed() > t) {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            return Err(RuntimeError::DeadlineExceeded(format!(
-                "command timed out after {:?}",
-                timeout.unwrap_or_default()
-            )));
+            return Ok(None);
         }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let read = |p: &Path| -> Result<Vec<u8>, RuntimeError> {
-        let mut buf = Vec::new();
-        File::open(p)
-            .map_err(RuntimeError::io(p))?
-            .take(MAX_EXEC_OUTPUT)
-            .read_to_end(&mut buf)
-            .map_err(RuntimeError::io(p))?;
-        Ok(buf)
-    };
-    Ok(ExecOutput { stdout: read(out_path)?, stderr: read(err_path)?, exit_code })
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Sends `signal` to a container's init (which takes its pid namespace with it on SIGKILL).

@@ -8,7 +8,7 @@
 //! watched by pidfd too; their exit status went to their new parent, so they
 //! end with exit code 255 and reason `Unknown`, as containerd reports them.
 
-mod container;
+pub mod container;
 mod convert;
 mod image_service;
 pub mod logs;
@@ -83,6 +83,9 @@ pub struct Options {
     pub log_rotation: logs::Rotation,
     /// Registries spoken to over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// The `kedge-agent` binary, run as the helper for every libcontainer
+    /// call that clones (see `container.rs`); default: this executable.
+    pub helper: PathBuf,
 }
 
 impl Options {
@@ -93,6 +96,7 @@ impl Options {
             pids_limit: Some(4096),
             log_rotation: Default::default(),
             insecure_registries: Vec::new(),
+            helper: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         }
     }
 }
@@ -175,6 +179,9 @@ impl Runtime {
             fs::create_dir_all(&d).map_err(RuntimeError::io(&d))?;
         }
         sandbox::prepare_pin_dir(&paths.ns())?;
+        // Container inits are the libcontainer helper's children; when it
+        // exits they become ours, so their exits can be reaped here.
+        nix::sys::prctl::set_child_subreaper(true).map_err(RuntimeError::sys("prctl(PR_SET_CHILD_SUBREAPER)"))?;
         let images = ImageStore::open(paths.images())?;
         let (changed, _) = watch::channel(0);
         let rt = Runtime {
@@ -561,7 +568,7 @@ impl Runtime {
                 nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
                     .map_err(RuntimeError::sys(&p))?;
             }
-            container::create(&setup.id, &dir, &inner.paths.state())
+            container::create(&inner.opts.helper, &setup.id, &dir, &inner.paths.state())
         })
         .await;
         match result {
@@ -718,7 +725,8 @@ impl Runtime {
         let state_root = self.inner.paths.state();
         let scratch = self.inner.paths.container(id);
         let cid = id.to_string();
-        let out = blocking(move || container::exec(&cid, &state_root, &scratch, cmd, timeout)).await?;
+        let helper = self.inner.opts.helper.clone();
+        let out = blocking(move || container::exec(&helper, &cid, &state_root, &scratch, cmd, timeout)).await?;
         Ok(cri::ExecSyncResponse { stdout: out.stdout, stderr: out.stderr, exit_code: out.exit_code })
     }
 

@@ -15,7 +15,8 @@
 //!    accepting connections until an MQTT client has seen, for every node,
 //!    a report whose observed generation equals the generation of the
 //!    snapshot the controller republished.
-//! 4. controller + embedded broker RSS, idle with the three nodes connected.
+//! 4. controller + embedded broker RSS, idle with the three nodes connected,
+//!    and the RSS of the idle agent of part 2 (connected, no pods).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -211,6 +212,7 @@ fn main() -> Result<()> {
     let start = Instant::now();
     std::thread::sleep(Duration::from_secs(idle_secs));
     let idle = bytes.load(Ordering::SeqCst) - before;
+    let agent_rss = n0.pid().map_or(0, kedge_tests::rss_kib);
     let per_hour = idle as f64 * 3600.0 / start.elapsed().as_secs_f64();
     // The size of one report: the retained payload on the status topic.
     let report_bytes = {
@@ -230,6 +232,7 @@ fn main() -> Result<()> {
         refresh_per_hour,
         (per_hour + refresh_per_hour) / 1000.0
     ));
+    report.push(format!("agent RSS, idle, connected, no pods: {:.1} MiB", agent_rss as f64 / 1024.0));
     drop(n0);
 
     // --- 3. broker restart → all nodes observed -----------------------------------------

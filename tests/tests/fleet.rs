@@ -447,3 +447,37 @@ fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
     eprintln!("agent start → 3 cached pods running again, no broker: {:.2} s", start.elapsed().as_secs_f64());
     Ok(())
 }
+
+#[test]
+fn require_known_nodes_waits_for_the_node_object() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let Some((ctl, k)) = controller_and_kubectl(tmp.path(), &["--require-known-nodes"])? else { return Ok(()) };
+    let broker = ctl.broker.clone().context("fleet broker")?;
+    let mut agent = Agent::new(&tmp.path().join("n1"), &["--broker", &broker, "--node-name", "n1"])?;
+    agent.start()?;
+    wait_for("the agent to connect", Duration::from_secs(20), || {
+        Ok(agent.log().contains("connected to the broker").then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let nodes = k.json(&["get", "nodes"])?;
+    ensure!(nodes["items"].as_array().is_some_and(|i| i.is_empty()), "an unknown node registered itself: {nodes}");
+    // An administrator registers it: its waiting report is taken in.
+    let path = tmp.path().join("node.yaml");
+    std::fs::write(&path, "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n")?;
+    k.ok(&["apply", "-f", &path.to_string_lossy()])?;
+    wait_for("n1 Ready with its architecture", Duration::from_secs(20), || {
+        let n = k.json(&["get", "node", "n1"])?;
+        let ready = n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        Ok((ready && n["status"]["nodeInfo"]["architecture"].is_string()).then_some(()))
+    })?;
+    drop(agent);
+    drop(ctl);
+    Ok(())
+}

@@ -26,7 +26,14 @@ pub struct Ingest {
     client: Client,
     opts: FleetOptions,
     state: Arc<FleetState>,
+    /// With `--require-known-nodes`: the newest report of each node that has
+    /// no Node object yet (at most [`MAX_PENDING`] nodes), taken in as soon
+    /// as its Node is created.
+    pending: BTreeMap<String, NodeReport>,
 }
+
+/// Unknown nodes whose newest report is kept while they wait to be registered.
+const MAX_PENDING: usize = 1024;
 
 fn time(secs: i64) -> Option<Time> {
     jiff::Timestamp::from_second(secs).ok().filter(|_| secs > 0).map(Time)
@@ -231,7 +238,7 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
 
 impl Ingest {
     pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>) -> Result<Self, ApiError> {
-        Ok(Ingest { client, opts, state })
+        Ok(Ingest { client, opts, state, pending: BTreeMap::new() })
     }
 
     pub fn client(&self) -> &Client {
@@ -281,6 +288,20 @@ impl Ingest {
         }
     }
 
+    /// Takes in the waiting reports of nodes that have been registered since.
+    pub fn retry_pending(&mut self) {
+        let ready: Vec<String> =
+            self.pending.keys().filter(|n| matches!(self.client.get::<Node>("", n), Ok(Some(_)))).cloned().collect();
+        for node in ready {
+            if let Some(r) = self.pending.remove(&node) {
+                tracing::info!(%node, "node registered: taking in its report");
+                if let Err(e) = self.report(&node, r) {
+                    tracing::warn!(%node, error = %e, "report of a newly registered node dropped");
+                }
+            }
+        }
+    }
+
     fn event(&self, node: &str, ev: wire::Event) {
         let (kind, meta) = match &ev.pod {
             Some((ns, name, uid)) => (
@@ -303,8 +324,11 @@ impl Ingest {
         let mut n = match existing {
             Some(n) => n,
             None if self.opts.require_known_nodes => {
+                if self.pending.len() < MAX_PENDING || self.pending.contains_key(node) {
+                    self.pending.insert(node.to_string(), r);
+                }
                 return Err(ApiError::bad_request(format!(
-                    "node {node} is not registered and --require-known-nodes is set"
+                    "node {node} is not registered and --require-known-nodes is set; its report waits for a Node object"
                 )));
             }
             None => {

@@ -253,6 +253,7 @@ async fn link(
                 return;
             }
             _ = tick.tick() => {
+                ingest.retry_pending();
                 if state.connected() {
                     dash.flush(&mqtt, &state, ingest.client());
                 }

@@ -47,8 +47,17 @@ impl ControllerSource {
             let ns = pod.metadata.namespace.get_or_insert_with(|| "default".into()).clone();
             let label = format!("{ns}/{}", pod.metadata.name);
             let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if uid.is_empty() {
-                skipped.push(format!("{label}: no metadata.uid"));
+            // Both name files and directories on the node.
+            if uid.is_empty() || uid.len() > 64 || !uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                skipped.push(format!("{label}: metadata.uid {uid:?} is not a UID"));
+                continue;
+            }
+            if !kedge_common::pod::is_dns_label(&ns) {
+                skipped.push(format!("{label}: metadata.namespace {ns:?} is not a DNS label"));
+                continue;
+            }
+            if pods.values().any(|d: &DesiredPod| d.uid == uid) {
+                skipped.push(format!("{label}: metadata.uid {uid} is used twice in the snapshot"));
                 continue;
             }
             if let Err(e) = pod.validate() {
@@ -79,6 +88,10 @@ fn event(reason: &str, message: String, pod: (&str, &str, &str), normal: bool) -
 /// restarted after a crash, and image pulls that failed.
 pub fn events_between(prev: Option<&NodeReport>, cur: &NodeReport) -> Vec<Event> {
     let mut out = Vec::new();
+    // The first report after a start has nothing to compare with: what it
+    // shows happened before (and was told then).
+    let Some(prev) = prev else { return out };
+    let prev = Some(prev);
     for p in &cur.pods {
         let before = prev.and_then(|r| r.pods.iter().find(|x| x.uid == p.uid));
         let id = (p.namespace.as_str(), p.name.as_str(), p.uid.as_str());

@@ -140,13 +140,27 @@ fn load_milli() -> i64 {
         .map_or(0, |l| (l * 1000.0) as i64)
 }
 
+/// Longest message a report carries per container (the rest is on the node).
+const MAX_MESSAGE: usize = 1024;
+
+fn short(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 fn container_state(c: &ContainerView) -> ContainerState {
     match c.state.as_str() {
         "Running" => ContainerState::Running { started_at: c.started_at },
         "Exited" => ContainerState::Terminated {
             exit_code: c.last_exit_code.unwrap_or(0),
             reason: c.reason.clone(),
-            message: c.message.clone(),
+            message: short(&c.message),
             started_at: c.started_at,
             finished_at: c.finished_at,
         },
@@ -157,7 +171,7 @@ fn container_state(c: &ContainerView) -> ContainerState {
             started_at: c.started_at,
             finished_at: c.finished_at,
         },
-        _ if !c.reason.is_empty() => ContainerState::Waiting { reason: c.reason.clone(), message: c.message.clone() },
+        _ if !c.reason.is_empty() => ContainerState::Waiting { reason: c.reason.clone(), message: short(&c.message) },
         _ => ContainerState::default(),
     }
 }
@@ -170,13 +184,13 @@ fn container_report(c: &ContainerView) -> ContainerReport {
         image_id: c.image_id.clone(),
         container_id: if c.id.is_empty() { String::new() } else { format!("kedge://{}", c.id) },
         ready: running && c.ready,
-        started: running,
+        started: running && c.started,
         restart_count: c.restart_count,
         state: container_state(c),
         last_state: c.last_termination.as_ref().map(|t| ContainerState::Terminated {
             exit_code: t.exit_code,
             reason: t.reason.clone(),
-            message: t.message.clone(),
+            message: short(&t.message),
             started_at: t.started_at,
             finished_at: t.finished_at,
         }),

@@ -15,8 +15,9 @@
 //!    accepting connections until an MQTT client has seen, for every node,
 //!    a report whose observed generation equals the generation of the
 //!    snapshot the controller republished.
-//! 4. controller + embedded broker RSS, idle with the three nodes connected,
-//!    and the RSS of the idle agent of part 2 (connected, no pods).
+//! 4. controller + embedded broker RSS, idle with the three nodes connected;
+//!    agent RSS of a fresh agent of part 3 (connected, one pod) and of the
+//!    agent of part 2 once its 53 latency pods are gone.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -232,7 +233,11 @@ fn main() -> Result<()> {
         refresh_per_hour,
         (per_hour + refresh_per_hour) / 1000.0
     ));
-    report.push(format!("agent RSS, idle, connected, no pods: {:.1} MiB", agent_rss as f64 / 1024.0));
+    report.push(format!(
+        "agent RSS, connected, idle after the {} latency pods came and went: {:.1} MiB",
+        PODS + 3,
+        agent_rss as f64 / 1024.0
+    ));
     drop(n0);
 
     // --- 3. broker restart → all nodes observed -----------------------------------------
@@ -259,6 +264,8 @@ fn main() -> Result<()> {
         wait(&format!("on-{n} Running"), Duration::from_secs(60), || running(&ctl.addr, &format!("on-{n}")))?;
     }
     std::thread::sleep(Duration::from_secs(3));
+    let fresh = agents[0].pid().map_or(0, kedge_tests::rss_kib);
+    report.push(format!("agent RSS, fresh, connected, one pod: {:.1} MiB", fresh as f64 / 1024.0));
     let rss = kedge_tests::rss_kib(ctl.child.id());
     report.push(format!(
         "controller + embedded broker RSS, idle, {NODES} nodes connected: {:.1} MiB",

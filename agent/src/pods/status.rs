@@ -31,10 +31,13 @@ pub struct PodStatusFile {
     pub waiting: BTreeMap<String, Waiting>,
     /// Spec order of the containers.
     pub containers: Vec<String>,
-    /// Readiness of the containers that have a readiness probe (the others
-    /// are ready while they run).
+    /// Readiness of the containers that have a readiness or startup probe
+    /// (the others are ready while they run).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ready: BTreeMap<String, bool>,
+    /// Whether the startup probe passed, for the containers that have one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub started: BTreeMap<String, bool>,
 }
 
 pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
@@ -68,6 +71,8 @@ pub struct ContainerView {
     pub image_id: String,
     /// Running and, with a readiness probe, passing it.
     pub ready: bool,
+    /// Running and, with a startup probe, past it.
+    pub started: bool,
     /// The previous attempt's end, for `lastState` in the fleet report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_termination: Option<Termination>,
@@ -153,6 +158,7 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
                 let mut v =
                     container_view(name, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]), status.waiting.get(name));
                 v.ready = v.state == "Running" && status.ready.get(name).copied().unwrap_or(true);
+                v.started = v.state == "Running" && status.started.get(name).copied().unwrap_or(true);
                 v
             })
             .collect();
@@ -203,6 +209,7 @@ fn container_view(name: &str, attempts: &[&ContainerRecord], waiting: Option<&Wa
         finished_at: current.map(|c| c.finished_at / 1_000_000_000).unwrap_or(0),
         image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
         ready: false,
+        started: false,
         last_termination: previous.map(|p| Termination {
             exit_code: p.exit_code,
             reason: p.reason.clone(),

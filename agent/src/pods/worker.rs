@@ -442,18 +442,13 @@ impl Worker {
             phase: phase.into(),
             waiting: self.waiting.clone(),
             containers: d.pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
-            ready: d
-                .pod
-                .spec
-                .containers
-                .iter()
-                .filter(|c| c.readiness_probe.is_some())
-                .map(|c| {
-                    let current = latest(&c.name).map(|r| r.id.as_str());
-                    let ready = self.probes.get(&c.name).is_some_and(|t| Some(t.id.as_str()) == current && t.ready);
-                    (c.name.clone(), ready)
-                })
-                .collect(),
+            ready: self.probed(
+                d,
+                &latest,
+                |c| c.readiness_probe.is_some() || c.startup_probe.is_some(),
+                |t| t.started && t.ready,
+            ),
+            started: self.probed(d, &latest, |c| c.startup_probe.is_some(), |t| t.started),
         };
         if self.written.as_ref() != Some(&status) {
             if let Err(e) = write_status(self.rt().paths(), &status) {
@@ -462,6 +457,28 @@ impl Worker {
             self.written = Some(status);
         }
         self.ctx.changed.notify_one();
+    }
+
+    /// `flag` of the probes of the containers `which` selects, for their
+    /// current attempt (false until its probes have run).
+    fn probed<'r>(
+        &self,
+        d: &DesiredPod,
+        latest: &dyn Fn(&str) -> Option<&'r ContainerRecord>,
+        which: impl Fn(&Container) -> bool,
+        flag: impl Fn(&ProbeTrack) -> bool,
+    ) -> BTreeMap<String, bool> {
+        d.pod
+            .spec
+            .containers
+            .iter()
+            .filter(|c| which(c))
+            .map(|c| {
+                let current = latest(&c.name).map(|r| r.id.as_str());
+                let on = self.probes.get(&c.name).is_some_and(|t| Some(t.id.as_str()) == current && flag(t));
+                (c.name.clone(), on)
+            })
+            .collect()
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes

@@ -32,8 +32,9 @@ const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 
 /// libcontainer changes the process's working directory to bind and connect
 /// its notify sockets (unix socket paths are short), so two calls on two
-/// threads at once can send one to the other's socket; and its forks must not
-/// overlap file writes (see `forklock`). Every call holds the exclusive side.
+/// threads at once can send one to the other's socket; and forks must not
+/// overlap file writes (see `forklock`). In-process calls and helper spawns
+/// hold the exclusive side.
 fn serialized() -> std::sync::RwLockWriteGuard<'static, ()> {
     crate::forklock::forking()
 }
@@ -50,7 +51,6 @@ fn open_fifo_rw(path: &Path) -> Result<File, RuntimeError> {
 /// `create` in the helper: the container's init is forked and waits to be
 /// started; returns its pid.
 pub fn create(helper: &Path, id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
-    let _one_at_a_time = serialized();
     let out =
         run_helper(helper, id, &["create", "--id", id, "--root", &lossy(state_root), "--bundle", &lossy(bundle)])?;
     out.trim().parse::<i32>().map_err(|_| other(id, format!("the helper answered {out:?}, not a pid")))
@@ -65,12 +65,23 @@ fn other(id: &str, msg: String) -> RuntimeError {
 }
 
 /// Runs the helper and returns its stdout; its stderr is the error message.
+/// Only the spawn holds the fork lock (the helper's fork must not carry a
+/// file the agent is writing); the helper's own work runs in its own
+/// process, in parallel with anything else.
 fn run_helper(helper: &Path, id: &str, args: &[&str]) -> Result<String, RuntimeError> {
-    let out = std::process::Command::new(helper)
-        .arg("__libcontainer")
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
+    use std::process::Stdio;
+    let child = {
+        let _spawning = serialized();
+        std::process::Command::new(helper)
+            .arg("__libcontainer")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let out = child
+        .and_then(std::process::Child::wait_with_output)
         .map_err(|e| other(id, format!("cannot run the libcontainer helper {}: {e}", helper.display())))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -152,10 +163,7 @@ pub fn exec(
             "--",
         ]);
         a.extend(args.iter().map(String::as_str));
-        let answer = {
-            let _one_at_a_time = serialized();
-            run_helper(helper, id, &a)?
-        };
+        let answer = run_helper(helper, id, &a)?;
         let exit_code = match answer.trim() {
             "timeout" => {
                 return Err(RuntimeError::DeadlineExceeded(format!(

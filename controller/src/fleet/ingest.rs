@@ -34,6 +34,8 @@ pub struct Ingest {
 
 /// Unknown nodes whose newest report is kept while they wait to be registered.
 const MAX_PENDING: usize = 1024;
+/// The only labels a node's report may set on its Node.
+const NODE_LABELS: [&str; 3] = ["kubernetes.io/arch", "kubernetes.io/os", "kubernetes.io/hostname"];
 
 fn time(secs: i64) -> Option<Time> {
     jiff::Timestamp::from_second(secs).ok().filter(|_| secs > 0).map(Time)
@@ -344,10 +346,13 @@ impl Ingest {
                 self.client.create(&fresh)?
             }
         };
-        // Labels the node reports (arch, os, hostname) are kept current.
+        // Labels the node reports (arch, os, hostname) are kept current; a
+        // node cannot set any other label (node roles, selectors' labels).
         let labels = n.metadata.labels.get_or_insert_with(BTreeMap::new);
         let before = labels.clone();
-        labels.extend(r.labels.clone());
+        labels.extend(
+            r.labels.iter().filter(|(k, _)| NODE_LABELS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())),
+        );
         if *labels != before {
             n.metadata.resource_version = None;
             n = self.client.replace(&n)?;
@@ -358,13 +363,26 @@ impl Ingest {
             n.metadata.resource_version = None;
             self.client.replace_status(&n)?;
         }
+        // The node is alive whatever becomes of its pods' status below.
+        self.state.set_report(node, dashboard::ReportSummary::of(&r));
         let host_ip = r.addresses.iter().find(|(t, _)| t == "InternalIP").map(|(_, a)| a.as_str());
         for pr in &r.pods {
-            let Some(mut pod) = self.client.get::<Pod>(&pr.namespace, &pr.name)? else { continue };
+            if let Err(e) = self.pod_report(node, pr, host_ip) {
+                tracing::warn!(%node, pod = %format!("{}/{}", pr.namespace, pr.name), error = %e, "pod status from the report not written");
+            }
+        }
+        Ok(())
+    }
+
+    /// One pod's status from its node's report, if that pod is still the one
+    /// bound there.
+    fn pod_report(&self, node: &str, pr: &wire::PodReport, host_ip: Option<&str>) -> Result<(), ApiError> {
+        {
+            let Some(mut pod) = self.client.get::<Pod>(&pr.namespace, &pr.name)? else { return Ok(()) };
             if pod.metadata.uid.as_deref() != Some(pr.uid.as_str())
                 || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
             {
-                continue; // a report about an older pod of that name
+                return Ok(()); // a report about an older pod of that name
             }
             let status = pod_status(pr, host_ip, pod.status.as_ref());
             let same = pod.status.as_ref().is_some_and(|old| {
@@ -383,7 +401,6 @@ impl Ingest {
                 ignore_not_found(self.client.replace_status(&pod))?;
             }
         }
-        self.state.set_report(node, dashboard::ReportSummary::of(&r));
         Ok(())
     }
 }

@@ -146,5 +146,11 @@ impl Drop for Agent {
             std::thread::sleep(Duration::from_millis(200));
         }
         self.kill();
+        // The agent keeps DATA/ns mounted (private) across its restarts so
+        // namespace pins survive; with no pod left, unmount it so the test's
+        // temporary directory can go.
+        if self.ps().is_ok_and(|p| p.is_empty()) {
+            let _ = Command::new("umount").arg("-l").arg(self.data.join("ns")).stderr(Stdio::null()).status();
+        }
     }
 }

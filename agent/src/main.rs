@@ -317,6 +317,14 @@ fn init_tracing() {
     tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
+/// Every pod this node should run: its static pods and the controller's.
+fn all_pods(
+    static_pods: &[kedge_agent::pods::DesiredPod],
+    controller: &ControllerSource,
+) -> Vec<kedge_agent::pods::DesiredPod> {
+    static_pods.iter().chain(&controller.pods).cloned().collect()
+}
+
 /// The fleet link as the run loop holds it.
 struct Link {
     handle: link::LinkHandle,
@@ -379,7 +387,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     let mut static_pods = source.scan().unwrap_or_default();
     let by_source = static_pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
     cache.replace(SOURCE_PREFIX, &by_source)?;
-    manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+    manager.set_desired(all_pods(&static_pods, &controller));
     if !controller.pods.is_empty() {
         tracing::info!(
             pods = controller.pods.len(),
@@ -429,7 +437,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                     match cache.replace(SOURCE_PREFIX, &by_source) {
                         Ok(()) => {
                             static_pods = pods;
-                            manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+                            manager.set_desired(all_pods(&static_pods, &controller));
                         }
                         Err(e) => tracing::error!(error = %e, "cannot store the desired pods; not acting on them"),
                     }
@@ -465,7 +473,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                                 pod: None,
                             });
                         }
-                        manager.set_desired(static_pods.iter().chain(&controller.pods).cloned().collect());
+                        manager.set_desired(all_pods(&static_pods, &controller));
                         // The new observed generation goes out at once.
                         if let Some(l) = link.as_mut() {
                             send_report(l, &rt, &node, &boot_id, &data_dir, &controller);

@@ -18,16 +18,9 @@ pub const MAX_PODS: i64 = 110;
 const MEMORY_AVAILABLE_MIN: i64 = 100 * 1024 * 1024;
 const DISK_AVAILABLE_MIN_PERCENT: u64 = 10;
 
-/// The Kubernetes name of this build's architecture.
+/// The Kubernetes name of this build's architecture (as images name it).
 pub fn k8s_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "x86" => "386",
-        "riscv64" => "riscv64",
-        other => other,
-    }
+    crate::images::node_platform().0
 }
 
 fn read(path: &str) -> String {

@@ -5,6 +5,7 @@
 //! can run beside a running agent.
 
 mod import;
+pub use import::node_platform;
 pub mod reference;
 pub mod registry;
 mod unpack;

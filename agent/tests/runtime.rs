@@ -12,7 +12,17 @@ fn ready() -> bool {
     kedge_tests::require(kedge_tests::is_root(), "root (containers need namespaces, cgroups and mounts)")
 }
 
-async fn runtime(dir: &Path, snapshotter: Option<Snapshotter>) -> Runtime {
+/// Unmounts the runtime's private `DATA/ns` mount when the test ends (the
+/// agent keeps it across restarts), so the temporary directory can go.
+struct NsMount(std::path::PathBuf);
+
+impl Drop for NsMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+async fn runtime(dir: &Path, snapshotter: Option<Snapshotter>) -> (Runtime, NsMount) {
     // libcontainer reports a container init's failure only through tracing.
     let _ = tracing_subscriber::fmt().with_env_filter("warn,libcontainer::seccomp=error,libcgroups=error").try_init();
     let mut opts = Options::new(dir.join("data"));
@@ -24,7 +34,8 @@ async fn runtime(dir: &Path, snapshotter: Option<Snapshotter>) -> Runtime {
     let archive = kedge_tests::busybox_image().expect("busybox image builds");
     let names = rt.images().import(&archive).expect("busybox imports");
     assert_eq!(names, vec!["kedge.local/busybox:latest".to_string()]);
-    rt
+    let ns = NsMount(rt.paths().ns());
+    (rt, ns)
 }
 
 fn sandbox_config(name: &str, log_dir: &Path) -> cri::PodSandboxConfig {
@@ -81,7 +92,7 @@ async fn container_runs_logs_and_exits_with_its_code() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), None).await;
+    let (rt, _ns) = runtime(tmp.path(), None).await;
     let logs = tmp.path().join("logs");
     let sb = rt.run_pod_sandbox(sandbox_config("web", &logs), String::new()).await.expect("sandbox");
     // The script forks (a subshell), uses the pod's hostname, and exits 3.
@@ -129,7 +140,7 @@ async fn limits_reach_the_cgroup_exec_works_and_stop_escalates_to_kill() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), None).await;
+    let (rt, _ns) = runtime(tmp.path(), None).await;
     let sb =
         rt.run_pod_sandbox(sandbox_config("sleeper", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     let id =
@@ -186,7 +197,7 @@ async fn copy_snapshotter_runs_the_same_image() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), Some(Snapshotter::Copy)).await;
+    let (rt, _ns) = runtime(tmp.path(), Some(Snapshotter::Copy)).await;
     let sb =
         rt.run_pod_sandbox(sandbox_config("copy", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     let id = rt
@@ -206,7 +217,7 @@ async fn host_network_read_only_root_and_cpu_and_pids_limits() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), None).await;
+    let (rt, _ns) = runtime(tmp.path(), None).await;
     let mut sandbox = sandbox_config("hostnet", &tmp.path().join("logs"));
     sandbox.linux = Some(cri::LinuxPodSandboxConfig {
         security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -265,7 +276,7 @@ async fn disk_pressure_removes_only_unused_images() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), None).await;
+    let (rt, _ns) = runtime(tmp.path(), None).await;
     let sb = rt.run_pod_sandbox(sandbox_config("gc", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     let _created = rt.create_container(&sb, container_config("c", &["sleep", "1000"], 0), None).await.expect("create");
     // Any file system is more than 1 % full: that is "pressure" here.
@@ -294,7 +305,7 @@ async fn memory_hog_is_reported_oom_killed() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(tmp.path(), None).await;
+    let (rt, _ns) = runtime(tmp.path(), None).await;
     let sb = rt.run_pod_sandbox(sandbox_config("oom", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     // dd allocates its 64 MiB block in one go; the limit is 16 MiB.
     let cfg = container_config("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"], 16 << 20);

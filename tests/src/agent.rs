@@ -108,18 +108,9 @@ impl Agent {
     }
 
     /// Polls `check` until it returns Some, or fails after `limit` with the agent's log.
-    pub fn wait_for<T>(&self, what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-        let start = Instant::now();
-        let mut last_err = String::new();
-        while start.elapsed() < limit {
-            match check() {
-                Ok(Some(v)) => return Ok(v),
-                Ok(None) => {}
-                Err(e) => last_err = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!("timed out waiting for {what} {last_err}\nps: {:?}\nagent log:\n{}", self.cli(&["ps"]), self.log())
+    pub fn wait_for<T>(&self, what: &str, limit: Duration, check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+        crate::wait_for(what, limit, check)
+            .with_context(|| format!("ps: {:?}\nagent log:\n{}", self.cli(&["ps"]), self.log()))
     }
 }
 

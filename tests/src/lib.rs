@@ -81,6 +81,22 @@ pub fn kubectl_path() -> Option<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.exists()))
 }
 
+/// Polls `check` every 100 ms until it returns Some, or fails after `limit`
+/// naming `what` and the last error `check` gave.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    let mut last_err = String::new();
+    while start.elapsed() < limit {
+        match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out after {limit:?} waiting for {what} {last_err}")
+}
+
 /// A running `kedge-controller` process with its own data dir.
 pub struct Controller {
     pub child: Child,

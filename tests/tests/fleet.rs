@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use kedge_tests::agent::Agent;
-use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, require};
+use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, require, wait_for};
 use serde_json::Value;
 
 struct Cluster {
@@ -30,20 +30,6 @@ fn prerequisites() -> bool {
 
 fn which(bin: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
-}
-
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let start = Instant::now();
-    let mut last = String::new();
-    while start.elapsed() < limit {
-        match f() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out after {limit:?} waiting for {what} {last}")
 }
 
 impl Cluster {
@@ -80,13 +66,7 @@ impl Cluster {
 
     fn wait_node_ready(&self, node: &str) -> Result<()> {
         wait_for(&format!("node {node} Ready"), Duration::from_secs(30), || {
-            let n = self.k.json(&["get", "node", node])?;
-            let ready = n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            Ok(ready.then_some(()))
+            Ok(ready(&self.k.json(&["get", "node", node])?).then_some(()))
         })
         .with_context(|| format!("agent log:\n{}", self.agent(node).log()))
     }
@@ -141,6 +121,7 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// A Pod's or a Node's Ready condition is True.
 fn ready(p: &Value) -> bool {
     p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
@@ -470,12 +451,7 @@ fn require_known_nodes_waits_for_the_node_object() -> Result<()> {
     k.ok(&["apply", "-f", &path.to_string_lossy()])?;
     wait_for("n1 Ready with its architecture", Duration::from_secs(20), || {
         let n = k.json(&["get", "node", "n1"])?;
-        let ready = n["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        Ok((ready && n["status"]["nodeInfo"]["architecture"].is_string()).then_some(()))
+        Ok((ready(&n) && n["status"]["nodeInfo"]["architecture"].is_string()).then_some(()))
     })?;
     drop(agent);
     drop(ctl);

@@ -6,6 +6,7 @@
 //! what the node tells the controller).
 
 pub mod cache;
+pub mod config;
 pub mod fleet;
 pub mod forklock;
 pub mod fsutil;

@@ -46,6 +46,8 @@ pub struct LinkConfig {
     pub report_refresh: Duration,
     pub max_payload: usize,
     pub boot_id: String,
+    /// MQTT user name and password, when the broker wants them.
+    pub credentials: Option<(String, String)>,
 }
 
 /// The fixed-size event queue shared by the agent's loop and the link.
@@ -129,6 +131,9 @@ pub fn start(cfg: LinkConfig) -> LinkHandle {
 fn options(cfg: &LinkConfig) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.node.clone(), cfg.broker.host.clone(), cfg.broker.port);
     o.set_keep_alive(cfg.keepalive);
+    if let Some((user, password)) = &cfg.credentials {
+        o.set_credentials(user.clone(), password.clone());
+    }
     // The broker keeps our subscription and QoS 1 messages across short drops.
     o.set_clean_session(false);
     // A packet over rumqttc's own limit kills the connection; leave room above

@@ -2,6 +2,7 @@
 //! (`ps`, `logs`) and images (`image …`) from the data dir — those work
 //! whether or not the agent is running.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
 use kedge_common::topics::BrokerUrl;
 
 #[derive(Parser)]
-#[command(name = "kedge-agent", version = kedge_common::VERSION, about = "kedge node agent")]
+#[command(name = "kedge-agent", version = kedge_common::VERSION, about = "kedge node agent", args_override_self = true)]
 struct Cli {
     /// Agent state: images, containers, pod records, logs.
     #[arg(long, global = true, default_value = "/var/lib/kedge/agent")]
@@ -34,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: static pods, and with --broker the controller's pods.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Pods and containers on this node, from the agent's state.
     Ps {
         #[arg(short = 'o', long = "output", value_enum)]
@@ -120,6 +121,7 @@ enum ImageCommand {
 }
 
 #[derive(clap::Args)]
+#[command(args_override_self = true)]
 struct RunArgs {
     /// Folder of static Pod manifests.
     #[arg(long, default_value = "/etc/kedge/manifests")]
@@ -172,6 +174,20 @@ struct RunArgs {
     /// Largest fleet-link payload accepted, in bytes.
     #[arg(long, default_value_t = kedge_common::envelope::DEFAULT_MAX_PAYLOAD)]
     max_payload: usize,
+    /// MQTT user name for the broker.
+    #[arg(long)]
+    broker_username: Option<String>,
+    /// MQTT password for the broker (better kept in --config than on the command line).
+    #[arg(long, requires = "broker_username")]
+    broker_password: Option<String>,
+    /// Config file: `run` flags by name (`broker: mqtt://…`, `node-name: …`).
+    /// Command-line flags win. A missing file is no config.
+    #[arg(long, default_value = "/etc/kedge/agent.yaml")]
+    config: PathBuf,
+    /// First-boot config on the boot partition (comma-separated, first found
+    /// wins): moved to --config at start, then removed.
+    #[arg(long, value_delimiter = ',', default_value = "/boot/firmware/kedge-agent.yaml,/boot/kedge-agent.yaml")]
+    boot_config: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -194,7 +210,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut cli = Cli::parse_from(&argv);
+    if let Command::Run(run) = &cli.command {
+        init_tracing();
+        match with_config(&argv, run) {
+            Ok(Some(c)) => cli = c,
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("kedge-agent: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -233,9 +261,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            init_tracing();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(run(cli.data_dir, cli.cri_socket, args))?;
+            rt.block_on(run(cli.data_dir, cli.cri_socket, *args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps { output } => {
@@ -299,6 +326,52 @@ fn in_use(paths: &runtime::Paths) -> std::collections::BTreeSet<String> {
         .into_iter()
         .map(|c| c.image_id)
         .collect()
+}
+
+/// The first-boot import, then the command line again with the config
+/// file's flags put in front of the given ones (which therefore win).
+/// `None` when there is no config file.
+fn with_config(argv: &[OsString], run: &RunArgs) -> Result<Option<Cli>> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let run_cmd = cmd.find_subcommand("run").context("no run subcommand")?;
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .chain(run_cmd.get_arguments())
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|l| l != "help" && l != "version")
+        .collect();
+    match kedge_agent::config::import_boot_config(&run.boot_config, &run.config, &known)? {
+        kedge_agent::config::Imported::Nothing => {}
+        kedge_agent::config::Imported::Moved { from } => {
+            tracing::info!(from = %from.display(), to = %run.config.display(), "first-boot config imported");
+        }
+        kedge_agent::config::Imported::Copied { from, reason } => {
+            tracing::warn!(from = %from.display(), to = %run.config.display(), %reason,
+                "first-boot config imported; it stays on the read-only boot partition (remove it by hand: it may hold the broker password)");
+        }
+        kedge_agent::config::Imported::AlreadyImported { from } => {
+            tracing::debug!(from = %from.display(), "first-boot config already imported");
+        }
+        kedge_agent::config::Imported::Rejected { from, renamed, reason } => {
+            let renamed = renamed.map(|r| r.display().to_string()).unwrap_or_else(|| "(read-only, left)".into());
+            tracing::error!(from = %from.display(), %renamed, %reason,
+                "first-boot config rejected; keeping the stored config");
+        }
+    }
+    if !run.config.exists() {
+        return Ok(None);
+    }
+    let text = kedge_agent::config::read_bounded(&run.config)?;
+    let extra = kedge_agent::config::args_from_yaml(&text, &run.config, &known)?;
+    let at = argv.iter().skip(1).position(|a| a == "run").map(|i| i + 2).context("no `run` in the arguments")?;
+    let mut full: Vec<OsString> = argv[..at].to_vec();
+    full.extend(extra);
+    full.extend_from_slice(&argv[at..]);
+    let cli = Cli::try_parse_from(full)
+        .map_err(|e| anyhow::anyhow!("{} (flags from the config file): {e}", run.config.display()))?;
+    tracing::info!(config = %run.config.display(), "config file read");
+    Ok(Some(cli))
 }
 
 fn init_tracing() {
@@ -412,6 +485,10 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
                 report_refresh: args.report_refresh,
                 max_payload: args.max_payload,
                 boot_id: boot_id.clone(),
+                credentials: args
+                    .broker_username
+                    .clone()
+                    .map(|u| (u, args.broker_password.clone().unwrap_or_default())),
             });
             tracing::info!(%broker, "fleet link started");
             Some(Link { handle, machine, last: None })

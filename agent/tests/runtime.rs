@@ -9,7 +9,8 @@ use k8s_cri::v1 as cri;
 use kedge_agent::runtime::{ContainerState, Options, Runtime, Snapshotter};
 
 fn ready() -> bool {
-    kedge_tests::require(kedge_tests::is_root(), "root (containers need namespaces, cgroups and mounts)")
+    !kedge_tests::under_qemu_user("containers (qemu-user cannot create them)")
+        && kedge_tests::require(kedge_tests::is_root(), "root (containers need namespaces, cgroups and mounts)")
 }
 
 /// Unmounts the runtime's private `DATA/ns` mount when the test ends (the

@@ -41,8 +41,16 @@ impl Agent {
         let mut cmd = Command::new(binary("kedge-agent")?);
         cmd.arg("--data-dir").arg(&self.data).arg("--cri-socket").arg(&self.socket).arg("run");
         cmd.arg("--manifests").arg(&self.manifests);
-        if !self.extra.iter().any(|a| a == "--node-name") {
-            cmd.args(["--node-name", "n1"]);
+        // The host's /etc/kedge/agent.yaml and boot partition are not this test's.
+        let has = |flag: &str| self.extra.iter().any(|a| a == flag);
+        if !has("--config") {
+            cmd.arg("--config").arg(self.dir.join("agent.yaml"));
+            if !has("--node-name") {
+                cmd.args(["--node-name", "n1"]);
+            }
+        }
+        if !has("--boot-config") {
+            cmd.arg("--boot-config").arg(self.dir.join("boot/kedge-agent.yaml"));
         }
         cmd.args(&self.extra).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("starting kedge-agent")?);

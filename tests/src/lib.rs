@@ -30,6 +30,22 @@ pub fn require(ok: bool, what: &str) -> bool {
     ok
 }
 
+/// True when this arm test binary runs under qemu-user on another machine's
+/// kernel (the `runner` of the arm targets in .cargo/config.toml). qemu-user
+/// cannot create containers (it refuses the `CLONE_PARENT` clone and
+/// `PR_SET_SECCOMP`), so container tests skip there — loudly, and also under
+/// CI: they need real arm hardware, not a different host.
+pub fn under_qemu_user(what: &str) -> bool {
+    // An arm kernel's /proc/cpuinfo has no x86 `vendor_id`; qemu-user passes
+    // the host's through.
+    let emulated = cfg!(any(target_arch = "aarch64", target_arch = "arm"))
+        && std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.lines().any(|l| l.starts_with("vendor_id")));
+    if emulated {
+        eprintln!("\n!!!! SKIPPED under qemu-user (needs real arm hardware): {what} !!!!\n");
+    }
+    emulated
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The arm half of the test suite (scripts/test.sh runs it after the native
+# tests): for aarch64 and armv7 (gnu), on this x86 machine —
+#   1. release builds of kedge-agent and kedge-controller (scripts/cross.sh),
+#      `--version` of each under qemu-user, and their stripped sizes;
+#   2. the unit tests of kedge-common and the agent's tests under qemu-user
+#      (the container tests skip there: qemu-user cannot create containers);
+#   3. the arm64/armhf .deb packages, checked with dpkg-deb -c/-I;
+#   4. the multi-arch busybox image imported by the arm64 and armv7 agents
+#      under qemu: each picks its own platform from the index.
+# Prints cargo's "test result:" lines, so .ci/run's totals include these tests.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+. scripts/packages.sh
+if ! ensure_packages "${BUILD_PACKAGES[@]}" "${CROSS_PACKAGES[@]}"; then
+    [ "${CI:-}" = true ] && { echo "test-arm: FAILED: cross packages missing under CI" >&2; exit 1; }
+    echo -e "\n!!!! SKIPPED: the arm builds and tests (install: ${CROSS_PACKAGES[*]}) !!!!\n" >&2
+    exit 0
+fi
+
+declare -A deb_arch=([aarch64-unknown-linux-gnu]=arm64 [armv7-unknown-linux-gnueabihf]=armhf)
+declare -A qemu=([aarch64-unknown-linux-gnu]="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
+                 [armv7-unknown-linux-gnueabihf]="qemu-arm-static -L /usr/arm-linux-gnueabihf")
+declare -A platform=([arm64]=linux/arm64 [armhf]=linux/arm/v7)
+sizes=()
+fail() { echo "test-arm: FAILED: $*" >&2; exit 1; }
+
+images/busybox/build.sh --multiarch > target/images/busybox-multiarch.digests
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    a=${deb_arch[$t]}
+    echo "==== $t ($a)"
+    scripts/cross.sh "$t" build --release --locked -p kedge-agent -p kedge-controller
+    for b in kedge-agent kedge-controller; do
+        bin=target/$t/release/$b
+        v=$(${qemu[$t]} "$bin" --version) || fail "$bin --version under qemu"
+        [[ $v == "$b "* ]] || fail "$bin --version printed '$v'"
+        echo "$v under ${qemu[$t]%% *}: ok"
+        sizes+=("$t $b $(stat -c %s "$bin")")
+    done
+
+    # The agent's tests and common's, run by qemu-user (.cargo/config.toml runner).
+    scripts/cross.sh "$t" test --locked -p kedge-common -p kedge-agent --lib --tests
+
+    # Packages: the agent for arm64 and armhf, the controller for arm64.
+    pkgs=(kedge-agent); [ "$a" = arm64 ] && pkgs+=(kedge-controller)
+    for p in "${pkgs[@]}"; do
+        deb=$(scripts/package-deb.sh "$p" "$a" "target/$t/release/$p")
+        contents=$(dpkg-deb -c "$deb")
+        for f in "./usr/bin/$p" "./lib/systemd/system/$p.service"; do
+            grep -q " $f\$" <<<"$contents" || fail "$deb lacks $f"
+        done
+        grep -q ' ./etc/kedge/' <<<"$contents" || fail "$deb lacks its /etc/kedge config"
+        [ "$(dpkg-deb -f "$deb" Architecture)" = "$a" ] || fail "$deb: Architecture is not $a"
+        echo "$deb: $a, binary + unit + config: ok ($(stat -c %s "$deb") bytes)"
+    done
+
+    # The multi-arch image: the arm agent takes its platform's manifest.
+    data=$(mktemp -d)
+    ${qemu[$t]} "target/$t/release/kedge-agent" --data-dir "$data" image import target/images/busybox-multiarch.tar >/dev/null \
+        || fail "the $a agent could not import busybox-multiarch.tar"
+    want=$(sed -n "s|^manifest digest ${platform[$a]}: ||p" target/images/busybox-multiarch.digests)
+    # refs.json maps each image name to the manifest the agent took.
+    refs=$(find "$data" -name refs.json | head -1)
+    [ -n "$want" ] && grep -q "\"kedge.local/busybox:latest\": *\"$want\"" "$refs" \
+        || fail "the $a agent did not take the ${platform[$a]} manifest ($want): $(cat "$refs")"
+    echo "busybox-multiarch.tar on the $a agent: ${platform[$a]} selected: ok"
+    rm -rf "$data"
+done
+
+echo "==== stripped release sizes"
+budget=$((8 << 20))
+for s in "${sizes[@]}"; do
+    read -r t b n <<<"$s"
+    awk -v t="$t" -v b="$b" -v n="$n" 'BEGIN { printf "%-32s %-18s %6.2f MiB (%d bytes)\n", t, b, n / 1048576, n }'
+done
+agent=$(stat -c %s target/aarch64-unknown-linux-gnu/release/kedge-agent)
+[ "$agent" -le "$budget" ] || fail "aarch64 kedge-agent is $agent bytes, over the 8 MiB budget (design.md §8)"
+echo "aarch64 kedge-agent within the 8 MiB budget: ok"

@@ -40,7 +40,8 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     done
 
     # The agent's tests and common's, run by qemu-user (.cargo/config.toml runner).
-    scripts/cross.sh "$t" test --locked -p kedge-common -p kedge-agent --lib --tests
+    # --show-output: the container tests say why they skip under qemu-user.
+    scripts/cross.sh "$t" test --locked -p kedge-common -p kedge-agent --lib --tests -- --show-output
 
     # Packages: the agent for arm64 and armhf, the controller for arm64.
     pkgs=(kedge-agent); [ "$a" = arm64 ] && pkgs+=(kedge-controller)

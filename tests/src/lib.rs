@@ -46,7 +46,17 @@ pub fn under_qemu_user(what: &str) -> bool {
     emulated
 }
 
-fn workspace_root() -> PathBuf {
+/// Runs a command to completion; its stdout, or an error with both outputs.
+pub fn run_ok(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The repository's root folder (scripts, images, deploy).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 

@@ -180,3 +180,63 @@ fn docker_save_tarballs_import_and_prune_removes_unused_images() -> Result<()> {
     assert_eq!(blobs, 0, "no blob is left behind");
     Ok(())
 }
+
+/// `images/busybox/build.sh --multiarch`: one archive holding an OCI index of
+/// linux/amd64, linux/arm64 and linux/arm/v7 (from Debian's busybox-static
+/// for each). This node's agent takes its own platform's manifest from it;
+/// scripts/test-arm.sh checks the arm64 and armv7 agents take theirs.
+#[test]
+fn multiarch_busybox_imports_this_nodes_platform() -> Result<()> {
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images/debs/busybox-static-arm64/bin/busybox");
+    if !kedge_tests::require(
+        kedge_tests::is_root() || cached.exists(),
+        "root once (apt-get download busybox-static:arm64/armhf after dpkg --add-architecture)",
+    ) {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let out = tmp.path().join("busybox-multiarch.tar");
+    let build = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/build.sh"))
+        .arg("--multiarch")
+        .env("OUT", &out)
+        .output()?;
+    ensure!(build.status.success(), "build.sh --multiarch: {}", String::from_utf8_lossy(&build.stderr));
+    let printed = String::from_utf8_lossy(&build.stdout).to_string();
+    let digest = |platform: &str| -> Result<String> {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("manifest digest {platform}: ")))
+            .map(str::to_string)
+            .with_context(|| format!("no {platform} manifest in:\n{printed}"))
+    };
+    let (amd64, arm64, armv7) = (digest("linux/amd64")?, digest("linux/arm64")?, digest("linux/arm/v7")?);
+    assert!(amd64 != arm64 && arm64 != armv7, "three different images: {printed}");
+
+    // The archive's index.json names one nested index listing the three platforms.
+    let mut archive = tar::Archive::new(std::fs::File::open(&out)?);
+    let mut index = String::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.to_string_lossy() == "index.json" {
+            std::io::Read::read_to_string(&mut entry, &mut index)?;
+        }
+    }
+    let index: Value = serde_json::from_str(&index)?;
+    assert_eq!(index["manifests"][0]["mediaType"], "application/vnd.oci.image.index.v1+json", "{index}");
+
+    let agent = Agent::new(&tmp.path().join("agent"), &[])?;
+    agent.cli(&["image", "import", &out.display().to_string()])?;
+    let refs: Value = serde_json::from_str(&std::fs::read_to_string(agent.data.join("images/refs.json"))?)?;
+    let want = match std::env::consts::ARCH {
+        "x86_64" => amd64,
+        "aarch64" => arm64,
+        "arm" => armv7,
+        other => {
+            kedge_tests::require(false, &format!("a platform in the multi-arch image (this is {other})"));
+            return Ok(());
+        }
+    };
+    assert_eq!(refs["refs"]["kedge.local/busybox:latest"], want.as_str(), "refs.json: {refs}");
+    Ok(())
+}

@@ -3,22 +3,10 @@
 //! by scripts/test-arm.sh from the cross builds).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context, Result, bail};
-use kedge_tests::{binary, require};
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use anyhow::Result;
+use kedge_tests::{binary, require, run_ok as run, workspace_root};
 
 fn host_deb_arch() -> Option<String> {
     let out = Command::new("dpkg").arg("--print-architecture").output().ok()?;

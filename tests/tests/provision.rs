@@ -11,25 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use kedge_tests::agent::Agent;
-use kedge_tests::{controller_and_kubectl, is_root, require, wait_for};
+use kedge_tests::{controller_and_kubectl, is_root, require, run_ok as run, wait_for, workspace_root};
 
 /// Boot partition: 32 MiB from sector 8192 (4 MiB), as Raspberry Pi OS lays out.
 const BOOT_START: u64 = 8192 * 512;
 const BOOT_SIZE: u64 = 32 << 20;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn tools_present() -> bool {
     ["sfdisk", "mkfs.vfat", "mcopy", "mtype", "mdir", "fusefat"].iter().all(|t| {

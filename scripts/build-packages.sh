@@ -8,17 +8,18 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 host=$(dpkg --print-architecture)
+out=${CARGO_TARGET_DIR:-$repo/target}
 [ "$host" = amd64 ] || { echo "error: run this on an amd64 build machine (this is $host)" >&2; exit 1; }
 
 cargo build --release --locked -p kedge-agent -p kedge-controller
 scripts/cross.sh aarch64-unknown-linux-gnu build --release --locked -p kedge-agent -p kedge-controller
 scripts/cross.sh armv7-unknown-linux-gnueabihf build --release --locked -p kedge-agent
 
-for spec in "kedge-agent amd64 target/release" \
-            "kedge-agent arm64 target/aarch64-unknown-linux-gnu/release" \
-            "kedge-agent armhf target/armv7-unknown-linux-gnueabihf/release" \
-            "kedge-controller amd64 target/release" \
-            "kedge-controller arm64 target/aarch64-unknown-linux-gnu/release"; do
+for spec in "kedge-agent amd64 $out/release" \
+            "kedge-agent arm64 $out/aarch64-unknown-linux-gnu/release" \
+            "kedge-agent armhf $out/armv7-unknown-linux-gnueabihf/release" \
+            "kedge-controller amd64 $out/release" \
+            "kedge-controller arm64 $out/aarch64-unknown-linux-gnu/release"; do
     read -r pkg arch dir <<<"$spec"
     deb=$(scripts/package-deb.sh "$pkg" "$arch" "$dir/$pkg")
     printf '%-60s binary %8d bytes\n' "$deb" "$(stat -c %s "$dir/$pkg")"

@@ -25,6 +25,8 @@ declare -A qemu=([aarch64-unknown-linux-gnu]="qemu-aarch64-static -L /usr/aarch6
 declare -A platform=([arm64]=linux/arm64 [armhf]=linux/arm/v7)
 sizes=()
 fail() { echo "test-arm: FAILED: $*" >&2; exit 1; }
+# cargo's output folder (CARGO_TARGET_DIR, when set, moves it).
+out=${CARGO_TARGET_DIR:-$repo/target}
 
 images/busybox/build.sh --multiarch > target/images/busybox-multiarch.digests
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
@@ -32,7 +34,7 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     echo "==== $t ($a)"
     scripts/cross.sh "$t" build --release --locked -p kedge-agent -p kedge-controller
     for b in kedge-agent kedge-controller; do
-        bin=target/$t/release/$b
+        bin=$out/$t/release/$b
         v=$(${qemu[$t]} "$bin" --version) || fail "$bin --version under qemu"
         [[ $v == "$b "* ]] || fail "$bin --version printed '$v'"
         echo "$v under ${qemu[$t]%% *}: ok"
@@ -46,19 +48,19 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     # Packages: the agent for arm64 and armhf, the controller for arm64.
     pkgs=(kedge-agent); [ "$a" = arm64 ] && pkgs+=(kedge-controller)
     for p in "${pkgs[@]}"; do
-        deb=$(scripts/package-deb.sh "$p" "$a" "target/$t/release/$p")
+        deb=$(scripts/package-deb.sh "$p" "$a" "$out/$t/release/$p")
         contents=$(dpkg-deb -c "$deb")
         for f in "./usr/bin/$p" "./lib/systemd/system/$p.service"; do
             grep -q " $f\$" <<<"$contents" || fail "$deb lacks $f"
         done
         grep -q ' ./etc/kedge/' <<<"$contents" || fail "$deb lacks its /etc/kedge config"
-        [ "$(dpkg-deb -f "$deb" Architecture)" = "$a" ] || fail "$deb: Architecture is not $a"
+        dpkg-deb -I "$deb" | grep -qx " Architecture: $a" || fail "$deb: dpkg-deb -I does not say Architecture: $a"
         echo "$deb: $a, binary + unit + config: ok ($(stat -c %s "$deb") bytes)"
     done
 
     # The multi-arch image: the arm agent takes its platform's manifest.
     data=$(mktemp -d)
-    ${qemu[$t]} "target/$t/release/kedge-agent" --data-dir "$data" image import target/images/busybox-multiarch.tar >/dev/null \
+    ${qemu[$t]} "$out/$t/release/kedge-agent" --data-dir "$data" image import target/images/busybox-multiarch.tar >/dev/null \
         || fail "the $a agent could not import busybox-multiarch.tar"
     want=$(sed -n "s|^manifest digest ${platform[$a]}: ||p" target/images/busybox-multiarch.digests)
     # refs.json maps each image name to the manifest the agent took.
@@ -75,6 +77,6 @@ for s in "${sizes[@]}"; do
     read -r t b n <<<"$s"
     awk -v t="$t" -v b="$b" -v n="$n" 'BEGIN { printf "%-32s %-18s %6.2f MiB (%d bytes)\n", t, b, n / 1048576, n }'
 done
-agent=$(stat -c %s target/aarch64-unknown-linux-gnu/release/kedge-agent)
+agent=$(stat -c %s "$out/aarch64-unknown-linux-gnu/release/kedge-agent")
 [ "$agent" -le "$budget" ] || fail "aarch64 kedge-agent is $agent bytes, over the 8 MiB budget (design.md §8)"
 echo "aarch64 kedge-agent within the 8 MiB budget: ok"

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 status=0
-cargo test --workspace "$@" || status=$?
+# --no-fail-fast: one failing test binary does not hide the others' results.
+cargo test --workspace --no-fail-fast "$@" || status=$?
 if [ "${KEDGE_SKIP_ARM:-}" = 1 ]; then
     [ "${CI:-}" = true ] && { echo "test.sh: KEDGE_SKIP_ARM=1 is not allowed under CI" >&2; exit 1; }
     echo -e "\n!!!! SKIPPED: the arm half (KEDGE_SKIP_ARM=1) !!!!\n" >&2

@@ -52,6 +52,12 @@ impl Agent {
         if !has("--boot-config") {
             cmd.arg("--boot-config").arg(self.dir.join("boot/kedge-agent.yaml"));
         }
+        // The build machine's disk is not under test: its fill level (builds
+        // for three targets) must not make the agent remove the test's images.
+        // agent/tests/runtime.rs tests the image GC itself.
+        if !has("--image-gc-high-threshold") {
+            cmd.args(["--image-gc-high-threshold", "100"]);
+        }
         cmd.args(&self.extra).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("starting kedge-agent")?);
         Ok(())

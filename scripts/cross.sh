@@ -30,7 +30,7 @@ esac
 . scripts/packages.sh
 ensure_packages "${BUILD_PACKAGES[@]}" "$gcc" qemu-user-static
 
-if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$target"; then
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -x "$target" >/dev/null; then
     rustup target add "$target"
 fi
 
@@ -38,7 +38,7 @@ fi
 sysroot=$repo/target/cross-sysroot/$deb_arch
 libdir=$sysroot/usr/lib/$triple
 if [ ! -f "$libdir/libseccomp.a" ]; then
-    if ! dpkg --print-foreign-architectures | grep -qx "$deb_arch"; then
+    if ! dpkg --print-foreign-architectures | grep -x "$deb_arch" >/dev/null; then
         [ "$(id -u)" -eq 0 ] || { echo "error: run as root once: dpkg --add-architecture $deb_arch && apt-get update" >&2; exit 1; }
         dpkg --add-architecture "$deb_arch"
         # A mirror mid-sync may fail one index (e.g. security); the main one suffices.

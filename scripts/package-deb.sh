@@ -40,7 +40,7 @@ esac
 [ -x "$bin" ] || { echo "error: $bin is not an executable file" >&2; exit 1; }
 got=$(LC_ALL=C readelf -h "$bin" | sed -n 's/^ *Machine: *//p')
 [[ $got == *"$machine"* ]] || { echo "error: $bin is built for '$got', not $arch" >&2; exit 1; }
-if [ "$arch" = armhf ] && ! LC_ALL=C readelf -A "$bin" | grep -q 'Tag_ABI_VFP_args: VFP registers'; then
+if [ "$arch" = armhf ] && ! LC_ALL=C readelf -A "$bin" | grep 'Tag_ABI_VFP_args: VFP registers' >/dev/null; then
     echo "error: $bin is not a hard-float (armhf) binary" >&2; exit 1
 fi
 

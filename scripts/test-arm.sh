@@ -54,7 +54,9 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
             grep -q " $f\$" <<<"$contents" || fail "$deb lacks $f"
         done
         grep -q ' ./etc/kedge/' <<<"$contents" || fail "$deb lacks its /etc/kedge config"
-        dpkg-deb -I "$deb" | grep -qx " Architecture: $a" || fail "$deb: dpkg-deb -I does not say Architecture: $a"
+        # Captured first: `cmd | grep -q` fails under pipefail when grep exits early.
+        info=$(dpkg-deb -I "$deb")
+        grep -qx " Architecture: $a" <<<"$info" || fail "$deb: dpkg-deb -I does not say Architecture: $a"
         echo "$deb: $a, binary + unit + config: ok ($(stat -c %s "$deb") bytes)"
     done
 

@@ -47,7 +47,7 @@ fi
 foreign_busybox() {
     local arch=$1 dir=$repo/target/images/debs/busybox-static-$1
     if [[ ! -x $dir/bin/busybox ]]; then
-        if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        if ! dpkg --print-foreign-architectures | grep -x "$arch" >/dev/null; then
             [[ $(id -u) -eq 0 ]] || { echo "error: run once as root: dpkg --add-architecture $arch && apt-get update" >&2; return 1; }
             dpkg --add-architecture "$arch"
             # A mirror mid-sync may fail one index (e.g. security); the main one suffices.

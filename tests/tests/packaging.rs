@@ -8,10 +8,17 @@ use std::process::Command;
 use anyhow::Result;
 use kedge_tests::{binary, require, run_ok as run, workspace_root};
 
+/// This machine's Debian architecture, if packages are made for it
+/// (otherwise the test skips loudly, or fails under CI).
 fn host_deb_arch() -> Option<String> {
-    let out = Command::new("dpkg").arg("--print-architecture").output().ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .filter(|a| ["amd64", "arm64", "armhf"].contains(&a.as_str()))
+    let arch = Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|a| ["amd64", "arm64", "armhf"].contains(&a.as_str()));
+    require(arch.is_some(), "dpkg on amd64, arm64 or armhf");
+    arch
 }
 
 /// Builds the package of `pkg` from the test build of its binary (uncompressed:
@@ -29,10 +36,7 @@ fn package(pkg: &str, arch: &str, out: &Path) -> Result<PathBuf> {
 
 #[test]
 fn packages_hold_binary_unit_and_config_for_their_architecture() -> Result<()> {
-    let Some(arch) = host_deb_arch() else {
-        require(false, "dpkg on amd64, arm64 or armhf");
-        return Ok(());
-    };
+    let Some(arch) = host_deb_arch() else { return Ok(()) };
     let dir = tempfile::tempdir()?;
     for (pkg, config) in [("kedge-agent", "./etc/kedge/agent.yaml"), ("kedge-controller", "./etc/kedge/controller.env")]
     {
@@ -76,10 +80,7 @@ fn packages_hold_binary_unit_and_config_for_their_architecture() -> Result<()> {
 
 #[test]
 fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
-    let Some(arch) = host_deb_arch() else {
-        require(false, "dpkg on amd64, arm64 or armhf");
-        return Ok(());
-    };
+    let Some(arch) = host_deb_arch() else { return Ok(()) };
     let dir = tempfile::tempdir()?;
     let deb = package("kedge-agent", &arch, dir.path())?;
     let root = dir.path().join("root");

@@ -166,21 +166,20 @@ fn first_boot_reads_the_provisioned_config_from_the_image() -> Result<()> {
     make_pi_image(&image)?;
     let pw = dir.path().join("password");
     std::fs::write(&pw, "s3cr'et\n")?;
-    let out = provision(
-        &image,
-        &[
-            "--node-name",
-            "pi-flashed",
-            "--broker",
-            &broker,
-            "--username",
-            "pi-flashed",
-            "--password-file",
-            &pw.to_string_lossy(),
-            "--set",
-            "report-refresh=5m",
-        ],
-    );
+    let pw_path = pw.to_string_lossy().to_string();
+    let args = [
+        "--node-name",
+        "pi-flashed",
+        "--broker",
+        &broker,
+        "--username",
+        "pi-flashed",
+        "--password-file",
+        &pw_path,
+        "--set",
+        "report-refresh=5m",
+    ];
+    let out = provision(&image, &args);
     assert!(out.status.success(), "provision.sh: {out:?}");
     // What a user checks before flashing: the file is on the boot partition.
     let written = run(Command::new("mtype").arg("-i").arg(fat(&image)).arg("::/kedge-agent.yaml"))?;
@@ -190,25 +189,7 @@ fn first_boot_reads_the_provisioned_config_from_the_image() -> Result<()> {
     );
     assert!(written.contains("broker-password: 's3cr''et'"), "the password is quoted for YAML: {written}");
     // Idempotent: a second run leaves one file with the same content.
-    assert!(
-        provision(
-            &image,
-            &[
-                "--node-name",
-                "pi-flashed",
-                "--broker",
-                &broker,
-                "--username",
-                "pi-flashed",
-                "--password-file",
-                &pw.to_string_lossy(),
-                "--set",
-                "report-refresh=5m"
-            ]
-        )
-        .status
-        .success()
-    );
+    assert!(provision(&image, &args).status.success());
     assert_eq!(run(Command::new("mtype").arg("-i").arg(fat(&image)).arg("::/kedge-agent.yaml"))?, written);
 
     // "Boot": the FAT partition mounted as the device would, /boot/firmware.

@@ -41,6 +41,12 @@ stop() {
   fi
   stop_pid "$AGENT_PIDFILE" kedge-agent
   stop_pid "$PIDFILE" kedge-controller
+  # The agent keeps its namespace-pin mount (DATA/ns) across restarts; with
+  # its pods gone it can go too.
+  if [ "$(id -u)" -eq 0 ] && mountpoint -q "$DATA/agent/ns" 2>/dev/null; then
+    sleep 0.5
+    umount "$DATA/agent/ns" 2>/dev/null || true
+  fi
 }
 
 if [ "${1:-}" = "stop" ]; then stop; exit 0; fi
@@ -65,7 +71,9 @@ if [ "$(id -u)" -eq 0 ]; then
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"
   cp examples/static-pod.yaml "$DATA/manifests/"
+  # Its own config paths: this demo leaves /etc/kedge and the boot partition alone.
   "${AGENT[@]}" run --manifests "$DATA/manifests" --cri-socket "$DATA/cri.sock" \
+    --config "$DATA/agent.yaml" --boot-config "$DATA/boot-config.yaml" \
     --broker "mqtt://$MQTT" --node-name "$NODE" >"$DATA/agent.log" 2>&1 &
   echo $! >"$AGENT_PIDFILE"
   for _ in $(seq 1 300); do

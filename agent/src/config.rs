@@ -129,7 +129,7 @@ pub fn import_boot_config(boot_files: &[PathBuf], config: &Path, known: &[String
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::images::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 /// Writes `path` atomically (temp file, fsync, rename, fsync of the folder)

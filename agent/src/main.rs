@@ -333,6 +333,10 @@ fn in_use(paths: &runtime::Paths) -> std::collections::BTreeSet<String> {
 /// `None` when there is no config file.
 fn with_config(argv: &[OsString], run: &RunArgs) -> Result<Option<Cli>> {
     use clap::CommandFactory;
+    // The common case, no file at all, costs two stat calls and nothing else.
+    if !run.config.exists() && !run.boot_config.iter().any(|p| p.is_file()) {
+        return Ok(None);
+    }
     let cmd = Cli::command();
     let run_cmd = cmd.find_subcommand("run").context("no run subcommand")?;
     let known: Vec<String> = cmd

@@ -7,7 +7,9 @@
 #      (the container tests skip there: qemu-user cannot create containers);
 #   3. the arm64/armhf .deb packages, checked with dpkg-deb -c/-I;
 #   4. the multi-arch busybox image imported by the arm64 and armv7 agents
-#      under qemu: each picks its own platform from the index.
+#      under qemu: each picks its own platform from the index;
+#   5. in every release agent, this machine's included, the start-up-to-idle
+#      code grouped by agent/hot-text.ld (GNU ld links arm, LLVM's lld x86_64).
 # Prints cargo's "test result:" lines, so .ci/run's totals include these tests.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,8 +27,21 @@ declare -A qemu=([aarch64-unknown-linux-gnu]="qemu-aarch64-static -L /usr/aarch6
 declare -A platform=([arm64]=linux/arm64 [armhf]=linux/arm/v7)
 sizes=()
 fail() { echo "test-arm: FAILED: $*" >&2; exit 1; }
+# agent/hot-text.ld must have matched on every target: the idle RSS budget
+# (design.md §8) depends on it. Below 512 KiB most of the idle code was missed.
+check_hot_text() { # BINARY
+    local hex
+    hex=$(readelf -SW "$1" | sed -n 's/.*\] \.text\.kedge_hot *PROGBITS *[0-9a-f]* [0-9a-f]* \([0-9a-f]*\) .*/\1/p')
+    [ -n "$hex" ] || fail "$1 has no .text.kedge_hot section: agent/hot-text.ld was not applied"
+    [ $((16#$hex)) -ge $((512 << 10)) ] || fail "$1: .text.kedge_hot is only $((16#$hex)) bytes: agent/hot-text.ld matched too little"
+    echo "$1: start-up-to-idle code grouped in .text.kedge_hot ($((16#$hex)) bytes): ok"
+}
 # cargo's output folder (CARGO_TARGET_DIR, when set, moves it).
 out=${CARGO_TARGET_DIR:-$repo/target}
+
+echo "==== $(uname -m) release agent"
+cargo build --release --locked -p kedge-agent
+check_hot_text "$out/release/kedge-agent"
 
 images/busybox/build.sh --multiarch > target/images/busybox-multiarch.digests
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
@@ -40,6 +55,7 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
         echo "$v under ${qemu[$t]%% *}: ok"
         sizes+=("$t $b $(stat -c %s "$bin")")
     done
+    check_hot_text "$out/$t/release/kedge-agent"
 
     # The agent's tests and common's, run by qemu-user (.cargo/config.toml runner).
     # --show-output: the container tests say why they skip under qemu-user.

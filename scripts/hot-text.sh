@@ -11,11 +11,15 @@
 #   1. standalone: an empty manifest folder, the CRI socket served;
 #   2. connected: the controller's embedded broker on loopback, no pods.
 # Each function becomes a section pattern without what differs between builds
-# and targets (legacy-mangling hashes, v0 crate disambiguators and
-# back-references, LTO suffixes), so one file serves x86_64, aarch64 and armv7.
-# Generic functions match all their instances, so the group is larger than what
-# runs. A function added since the last run links in the ordinary .text: the
-# file only goes stale, it never breaks a build. Re-run it after changes to
+# and targets (legacy-mangling hashes; in std's v0 names, crate disambiguators,
+# back-references and the instantiating crate; LTO suffixes), so one file
+# serves x86_64, aarch64 and armv7. A legacy name leaves out generic arguments,
+# so a pattern takes every instance of a generic function. That is on purpose:
+# LLVM merges identical instances, and which one keeps the code changes with
+# every build's crate hashes (v0 names, which spell out the arguments, were
+# tried: the release build then missed 0.8 MiB of idle code the bench build had).
+# A function added since the last run links in the ordinary .text: the file
+# only goes stale, it never breaks a build. Re-run it after changes to
 # start-up or idle paths, and check the idle RSS with the CRI benchmark.
 #
 # Needs root (the agent pins namespaces) and valgrind (installed if missing).
@@ -32,12 +36,12 @@ bin=$target/release
 work=$(mktemp -d /tmp/kedge-hot.XXXXXX)
 ctl=
 cleanup() {
-    [ -n "$ctl" ] && kill "$ctl" 2>/dev/null && wait "$ctl" 2>/dev/null
+    if [ -n "$ctl" ]; then kill "$ctl" 2>/dev/null; wait "$ctl" 2>/dev/null || true; fi
     grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
-    rm -rf "$work"
+    # KEDGE_HOT_KEEP=1 keeps the callgrind files and logs.
+    if [ -n "${KEDGE_HOT_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-[ -n "${KEDGE_HOT_KEEP:-}" ] && trap - EXIT
 
 # callgrind: function names as in the symbol table; SIGINT ends the agent cleanly.
 record() { # NAME AGENT-ARGS...
@@ -68,21 +72,47 @@ case $connected in *"connected to the broker"*) ;; *)
     echo "$connected" >&2; echo "hot-text.sh: the agent did not reach the broker" >&2; exit 1 ;;
 esac
 
-patterns=$(awk '
+# Every name of each function (nm): identical instances of a generic from several
+# crates are merged into one, and callgrind may report any of its names.
+nm --defined-only "$bin/kedge-agent" | awk '$2 ~ /^[tTwW]$/ { print $1, $3 }' >"$work/symbols"
+patterns() { # CALLGRIND-FILE
+    awk '
+    # Section name pattern: without what differs between builds and targets.
+    function glob(n,   rest, len, id) {
+        if (n ~ /^_ZN/) { sub(/17h[0-9a-f]+E.*$/, "17h*", n); return n }   # legacy: the hash
+        if (n !~ /^_R/) return n
+        sub(/\.[0-9a-z.]+$/, "", n)                                       # LTO suffixes
+        gsub(/Cs[0-9A-Za-z]+_/, "Cs*_", n); gsub(/B[0-9A-Za-z]*_/, "B*_", n) # disambiguators, back-references
+        # The instantiating crate, last: which of the merged copies keeps the code differs.
+        if (n ~ /B\*_$/) n = substr(n, 1, length(n) - 3)
+        else if (match(n, /Cs\*_[0-9]+_?[A-Za-z0-9_]*$/)) {
+            rest = substr(n, RSTART + 4); len = rest + 0
+            id = substr(rest, length(len "") + 1)
+            if (length(id) == len + 1 && substr(id, 1, 1) == "_") id = substr(id, 2)
+            if (length(id) == len) n = substr(n, 1, RSTART - 1)
+        }
+        return n "*"
+    }
+    function emit(n) {
+        n = glob(n)
+        # #[cold] functions (std, hashbrown, tracing) live in .text.unlikely.*
+        print "    *(.text." n " .text.unlikely." n ")"
+    }
+    FNR == NR { names[$1] = names[$1] " " $2; addr[$2] = $1; next }
     # valgrind sometimes names the agent binary object "???"
     /^ob=/ { ours = ($0 ~ /\/kedge-agent$/ || $0 == "ob=???"); next }
     /^fn=/ && ours {
         n = substr($0, 4); sub(/'"'"'[0-9]+$/, "", n)       # callgrind recursion marks
         if (n !~ /^[A-Za-z_][A-Za-z0-9_.$]*$/) next          # "(below main)", "0x…"
-        if (n ~ /^_ZN/) sub(/17h[0-9a-f]+E.*$/, "17h*", n)  # legacy: drop the hash
-        else if (n ~ /^_R/) {                                # v0
-            sub(/\.[0-9a-z.]+$/, "", n)
-            gsub(/Cs[0-9A-Za-z]+_/, "Cs*_", n); gsub(/B[0-9A-Za-z]*_/, "B*_", n)
-            n = n "*"
-        }
-        # #[cold] functions (std, hashbrown, tracing) live in .text.unlikely.*
-        print "    *(.text." n " .text.unlikely." n ")"
-    }' "$work/standalone.cg" "$work/connected.cg" | LC_ALL=C sort -u)
+        if (!(n in addr)) { emit(n); next }
+        k = split(names[addr[n]], all, " ")
+        for (i = 1; i <= k; i++) emit(all[i])
+    }' "$work/symbols" "$1" | LC_ALL=C sort -u
+}
+# Standalone first, so that an agent without a broker touches the fewest pages;
+# then what only the connected agent adds.
+standalone=$(patterns "$work/standalone.cg")
+connected=$(patterns "$work/connected.cg" | LC_ALL=C comm -13 <(echo "$standalone") -)
 
 {
     cat <<'EOF'
@@ -96,11 +126,13 @@ SECTIONS
   .text.kedge_hot :
   {
 EOF
-    echo "$patterns"
+    echo "$standalone"
+    echo "    /* connected to a broker */"
+    echo "$connected"
     cat <<'EOF'
   }
 }
 INSERT BEFORE .text;
 EOF
 } >agent/hot-text.ld
-echo "agent/hot-text.ld: $(echo "$patterns" | wc -l) functions"
+echo "agent/hot-text.ld: $(echo "$standalone" | wc -l) functions standalone, $(echo "$connected" | wc -l) more connected"

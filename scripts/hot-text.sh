@@ -30,8 +30,7 @@ command -v valgrind >/dev/null || apt-get install -y --no-install-recommends val
 secs=${KEDGE_HOT_SECONDS:-20}
 
 cargo build --profile bench -p kedge-agent -p kedge-controller --locked
-target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
-bin=$target/release
+bin=${CARGO_TARGET_DIR:-target}/release   # the bench profile builds into release/
 
 work=$(mktemp -d /tmp/kedge-hot.XXXXXX)
 ctl=

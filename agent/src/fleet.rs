@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use kedge_common::wire::{ContainerState, Event, NodeDesired, NodeReport};
+use kedge_common::wire::{ContainerState, Event, NodeDesired, NodeReport, WaitingReason};
 
 use crate::cache::{Cache, CacheError};
 use crate::pods::DesiredPod;
@@ -37,9 +37,18 @@ impl ControllerSource {
 
     /// Takes a snapshot if its generation is newer: its pods are validated
     /// (a bad one is skipped, the rest still run), stored, then adopted.
+    /// (The node loop does the same in three steps, storing off its thread.)
     pub fn accept(&mut self, cache: &Cache, snapshot: NodeDesired) -> Result<Accepted, CacheError> {
+        let Some(p) = self.prepare(snapshot) else { return Ok(Accepted::Stale) };
+        cache.store_snapshot(CONTROLLER_PREFIX, p.generation, &p.pods)?;
+        Ok(self.adopt(p))
+    }
+
+    /// The snapshot's pods, validated, if it is newer than what the node
+    /// has; `None` for a stale one. Nothing is stored or changed yet.
+    pub fn prepare(&self, snapshot: NodeDesired) -> Option<Prepared> {
         if snapshot.generation <= self.generation {
-            return Ok(Accepted::Stale);
+            return None;
         }
         let mut skipped = Vec::new();
         let mut pods = BTreeMap::new();
@@ -67,11 +76,25 @@ impl ControllerSource {
             let source = format!("{CONTROLLER_PREFIX}{label}");
             pods.insert(source.clone(), DesiredPod { uid, pod, source });
         }
-        cache.store_snapshot(CONTROLLER_PREFIX, snapshot.generation, &pods)?;
-        self.generation = snapshot.generation;
-        self.pods = pods.into_values().collect();
-        Ok(Accepted::New { skipped })
+        Some(Prepared { generation: snapshot.generation, pods, skipped })
     }
+
+    /// Acts on a prepared snapshot once it is stored.
+    pub fn adopt(&mut self, p: Prepared) -> Accepted {
+        self.generation = p.generation;
+        self.pods = p.pods.into_values().collect();
+        Accepted::New { skipped: p.skipped }
+    }
+}
+
+/// A newer snapshot, validated, to be stored and then adopted.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub generation: u64,
+    /// By source (`controller:{namespace}/{name}`), as the cache keeps them.
+    pub pods: BTreeMap<String, DesiredPod>,
+    /// Pods not taken, with why.
+    pub skipped: Vec<String>,
 }
 
 fn event(reason: &str, message: String, pod: (&str, &str, &str), normal: bool) -> Event {
@@ -114,7 +137,7 @@ pub fn events_between(prev: Option<&NodeReport>, cur: &NodeReport) -> Vec<Event>
             if let ContainerState::Waiting { reason, message } = &c.state {
                 let same =
                     old.is_some_and(|o| matches!(&o.state, ContainerState::Waiting { reason: r, .. } if r == reason));
-                if !same && (reason == "ErrImagePull" || reason == "CreateContainerError") {
+                if !same && matches!(reason, WaitingReason::ErrImagePull | WaitingReason::CreateContainerError) {
                     out.push(event("Failed", format!("{reason}: {message}"), id, false));
                 }
             }

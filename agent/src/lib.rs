@@ -3,7 +3,8 @@
 //! (`images`), the pod workers (`pods`) that run static pods and the
 //! controller's pods, and the fleet link to the controller over MQTT
 //! (`link` for the session, `fleet` for snapshots and events, `report` for
-//! what the node tells the controller).
+//! what the node tells the controller), and `node`, the loop that ties the
+//! sources of desired pods, the pod workers and the link together.
 
 pub mod cache;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod images;
 pub mod instance;
 pub mod link;
 pub mod logs_cli;
+pub mod node;
 pub mod pods;
 pub mod report;
 pub mod runtime;

@@ -9,13 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use kedge_agent::cache::Cache;
-use kedge_agent::fleet::{self, Accepted, ControllerSource};
-use kedge_agent::link::{self, LinkConfig};
+use kedge_agent::link::LinkConfig;
+use kedge_agent::node::{self, NodeConfig};
 use kedge_agent::pods::backoff::BackoffPolicy;
-use kedge_agent::pods::manifests::{SOURCE_PREFIX, StaticSource};
-use kedge_agent::pods::{PodManager, WorkerContext, status};
-use kedge_agent::report;
+use kedge_agent::pods::status;
 use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
 use kedge_common::topics::BrokerUrl;
 
@@ -394,43 +391,6 @@ fn init_tracing() {
     tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
-/// Every pod this node should run: its static pods and the controller's.
-fn all_pods(
-    static_pods: &[kedge_agent::pods::DesiredPod],
-    controller: &ControllerSource,
-) -> Vec<kedge_agent::pods::DesiredPod> {
-    static_pods.iter().chain(&controller.pods).cloned().collect()
-}
-
-/// The fleet link as the run loop holds it.
-struct Link {
-    handle: link::LinkHandle,
-    machine: report::Machine,
-    /// The newest report handed to the link, to derive events from.
-    last: Option<kedge_common::wire::NodeReport>,
-}
-
-/// Builds the node report from the runtime's state and hands it to the link
-/// (which publishes it if it changed); events come from the difference.
-fn send_report(
-    l: &mut Link,
-    rt: &Runtime,
-    node: &str,
-    boot_id: &str,
-    data_dir: &std::path::Path,
-    controller: &ControllerSource,
-) {
-    let pods: Vec<_> = controller.pods.iter().map(|d| d.pod.clone()).collect();
-    let views = status::read_pods(rt.paths());
-    let mut r = report::build(&l.machine, node, boot_id, data_dir, controller.generation, &pods, &views);
-    for ev in fleet::events_between(l.last.as_ref(), &r) {
-        l.handle.events.push(ev);
-    }
-    r.events_dropped = l.handle.events.take_dropped();
-    l.last = Some(r.clone());
-    l.handle.reports.send_replace(Some(r));
-}
-
 async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()> {
     let mut opts = Options::new(&data_dir);
     opts.snapshotter = args.snapshotter.map(|s| match s {
@@ -454,131 +414,36 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     }
     #[cfg(not(feature = "cri-grpc"))]
     let _ = (&cri_socket, args.no_cri_socket);
-    let policy = BackoffPolicy { base: args.backoff_base, cap: args.backoff_max, ..Default::default() };
-    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-    let mut manager = PodManager::new(WorkerContext { runtime: rt.clone(), backoff: policy, changed: changed.clone() });
-    let cache = Cache::open(&data_dir.join("agent.redb"))?;
-    let mut source = StaticSource::new(&args.manifests, node.clone()).with_cached(cache.desired()?.into_values());
-    // The controller's last accepted pods start at once, broker or not.
-    let mut controller = ControllerSource::from_cache(&cache)?;
-    let mut static_pods = source.scan().unwrap_or_default();
-    let by_source = static_pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
-    cache.replace(SOURCE_PREFIX, &by_source)?;
-    manager.set_desired(all_pods(&static_pods, &controller));
-    if !controller.pods.is_empty() {
-        tracing::info!(
-            pods = controller.pods.len(),
-            generation = controller.generation,
-            "started the controller's pods from the local cache"
-        );
-    }
-    let boot_id = kedge_agent::runtime::records::boot_id();
-    let mut link = match &args.broker {
-        Some(broker) => {
-            anyhow::ensure!(
-                kedge_common::topics::valid_node_name(&node),
-                "node name {node:?} cannot be an MQTT topic level (lower-case letters, digits, '-' and '.'; use --node-name)"
-            );
-            let node_ip = args.node_ip.clone().or_else(|| report::route_source_ip(&broker.host, broker.port));
-            let machine = report::Machine::detect(&node, node_ip);
-            let handle = link::start(LinkConfig {
-                broker: broker.clone(),
-                node: node.clone(),
-                prefix: args.topic_prefix.clone(),
-                keepalive: args.keepalive,
-                report_refresh: args.report_refresh,
-                max_payload: args.max_payload,
-                boot_id: boot_id.clone(),
-                credentials: args
-                    .broker_username
-                    .clone()
-                    .map(|u| (u, args.broker_password.clone().unwrap_or_default())),
-            });
-            tracing::info!(%broker, "fleet link started");
-            Some(Link { handle, machine, last: None })
-        }
-        None => None,
+    let link = args.broker.clone().map(|broker| LinkConfig {
+        broker,
+        node: node.clone(),
+        prefix: args.topic_prefix.clone(),
+        keepalive: args.keepalive,
+        report_refresh: args.report_refresh,
+        max_payload: args.max_payload,
+        boot_id: kedge_agent::runtime::records::boot_id(),
+        credentials: args.broker_username.clone().map(|u| (u, args.broker_password.clone().unwrap_or_default())),
+    });
+    let cfg = NodeConfig {
+        node,
+        data_dir: data_dir.clone(),
+        manifests: args.manifests.clone(),
+        backoff: BackoffPolicy { base: args.backoff_base, cap: args.backoff_max, ..Default::default() },
+        image_gc_high_threshold: args.image_gc_high_threshold,
+        link,
+        node_ip: args.node_ip.clone(),
+        tick: Duration::from_secs(1),
     };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut gc = tokio::time::interval(Duration::from_secs(60));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let linked = link.is_some();
-    loop {
-        let snapshot = async {
-            match link.as_mut() {
-                Some(l) => l.handle.snapshots.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
+    let stop = async move {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Some(pods) = source.scan() {
-                    let by_source = pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
-                    // Stored before acted on: a restart runs what was last accepted.
-                    match cache.replace(SOURCE_PREFIX, &by_source) {
-                        Ok(()) => {
-                            static_pods = pods;
-                            manager.set_desired(all_pods(&static_pods, &controller));
-                        }
-                        Err(e) => tracing::error!(error = %e, "cannot store the desired pods; not acting on them"),
-                    }
-                }
-                if let Some(l) = link.as_mut() {
-                    send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
-                }
-            }
-            _ = changed.notified(), if linked => {
-                // Let a burst of worker passes settle into one report.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                if let Some(l) = link.as_mut() {
-                    send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
-                }
-            }
-            ok = snapshot => {
-                let Some(handle) = link.as_mut().map(|l| &mut l.handle) else { continue };
-                if !ok {
-                    anyhow::bail!("the fleet link stopped");
-                }
-                let Some(snap) = handle.snapshots.borrow_and_update().clone() else { continue };
-                let generation = snap.generation;
-                match controller.accept(&cache, snap) {
-                    Ok(Accepted::New { skipped }) => {
-                        tracing::info!(generation, pods = controller.pods.len(), "accepted the controller's snapshot");
-                        for s in skipped {
-                            tracing::warn!(pod = %s, "pod of the snapshot not run");
-                            handle.events.push(kedge_common::wire::Event {
-                                time: jiff::Timestamp::now().as_second(),
-                                normal: false,
-                                reason: "PodRejected".into(),
-                                message: s,
-                                pod: None,
-                            });
-                        }
-                        manager.set_desired(all_pods(&static_pods, &controller));
-                        // The new observed generation goes out at once.
-                        if let Some(l) = link.as_mut() {
-                            send_report(l, &rt, &node, &boot_id, &data_dir, &controller);
-                        }
-                    }
-                    Ok(Accepted::Stale) => tracing::debug!(generation, have = controller.generation, "snapshot not newer; ignored"),
-                    Err(e) => tracing::error!(generation, error = %e, "cannot store the controller's snapshot; not acting on it"),
-                }
-            }
-            _ = gc.tick() => {
-                let wanted: Vec<String> = static_pods
-                    .iter()
-                    .chain(&controller.pods)
-                    .flat_map(|d| d.pod.spec.containers.iter().map(|c| c.image.clone()))
-                    .collect();
-                if let Err(e) = rt.collect_images_if_full(args.image_gc_high_threshold, &wanted).await {
-                    tracing::warn!(error = %e, "image garbage collection failed");
-                }
-            }
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
-    }
+    };
+    let paths = rt.paths().clone();
+    node::run(cfg, rt, paths, stop).await?;
     // Pods are not stopped: a restarted agent adopts them.
-    tracing::info!("kedge-agent stopping; containers keep running");
+    tracing::info!("kedge-agent stopped; containers keep running");
     Ok(())
 }

@@ -7,10 +7,10 @@ use std::path::Path;
 
 use kedge_common::pod::Pod;
 use kedge_common::wire::{
-    ContainerReport, ContainerState, NodeInfo, NodeReport, NodeResources, PodReport, Pressure, Usage,
+    ContainerReport, ContainerState, NodeInfo, NodeReport, NodeResources, PodPhase, PodReport, Pressure, Usage,
 };
 
-use crate::pods::status::{ContainerView, PodView};
+use crate::pods::status::{ContainerView, PodView, ViewState};
 
 /// Pods a node takes by default, as the kubelet's `maxPods`.
 pub const MAX_PODS: i64 = 110;
@@ -147,30 +147,27 @@ fn short(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-fn container_state(c: &ContainerView) -> ContainerState {
-    match c.state.as_str() {
-        "Running" => ContainerState::Running { started_at: c.started_at },
-        "Exited" => ContainerState::Terminated {
-            exit_code: c.last_exit_code.unwrap_or(0),
-            reason: c.reason.clone(),
-            message: short(&c.message),
-            started_at: c.started_at,
-            finished_at: c.finished_at,
-        },
-        "Unknown" => ContainerState::Terminated {
-            exit_code: 137,
-            reason: "ContainerStatusUnknown".into(),
-            message: "The container could not be located when the pod was checked".into(),
-            started_at: c.started_at,
-            finished_at: c.finished_at,
-        },
-        _ if !c.reason.is_empty() => ContainerState::Waiting { reason: c.reason.clone(), message: short(&c.message) },
-        _ => ContainerState::default(),
+/// A state with its message cut to what a report carries.
+fn shortened(s: &ContainerState) -> ContainerState {
+    match s {
+        ContainerState::Waiting { reason, message } => {
+            ContainerState::Waiting { reason: *reason, message: short(message) }
+        }
+        ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => {
+            ContainerState::Terminated {
+                exit_code: *exit_code,
+                reason: *reason,
+                message: short(message),
+                started_at: *started_at,
+                finished_at: *finished_at,
+            }
+        }
+        ContainerState::Running { started_at } => ContainerState::Running { started_at: *started_at },
     }
 }
 
 fn container_report(c: &ContainerView) -> ContainerReport {
-    let running = c.state == "Running";
+    let running = c.state == ViewState::Running;
     ContainerReport {
         name: c.name.clone(),
         image: c.image.clone(),
@@ -179,14 +176,8 @@ fn container_report(c: &ContainerView) -> ContainerReport {
         ready: running && c.ready,
         started: running && c.started,
         restart_count: c.restart_count,
-        state: container_state(c),
-        last_state: c.last_termination.as_ref().map(|t| ContainerState::Terminated {
-            exit_code: t.exit_code,
-            reason: t.reason.clone(),
-            message: short(&t.message),
-            started_at: t.started_at,
-            finished_at: t.finished_at,
-        }),
+        state: shortened(&c.current),
+        last_state: c.last.as_ref().map(shortened),
     }
 }
 
@@ -202,8 +193,8 @@ pub fn pod_report(pod: &Pod, view: Option<&PodView>, host_ip: Option<&str>) -> P
             }
         }
     }
-    let phase = view.map(|v| v.phase.clone()).filter(|p| p != "Unknown").unwrap_or_else(|| "Pending".into());
-    let ready = phase == "Running" && !containers.is_empty() && containers.iter().all(|c| c.ready);
+    let phase = view.map(|v| v.phase).filter(|p| *p != PodPhase::Unknown).unwrap_or(PodPhase::Pending);
+    let ready = phase == PodPhase::Running && !containers.is_empty() && containers.iter().all(|c| c.ready);
     PodReport {
         uid: meta.uid.clone().unwrap_or_default(),
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
@@ -280,7 +271,7 @@ mod tests {
         }))
         .expect("pod");
         let r = pod_report(&pod, None, Some("10.0.0.5"));
-        assert_eq!((r.phase.as_str(), r.ready, r.pod_ip.as_deref()), ("Pending", false, None));
+        assert_eq!((r.phase, r.ready, r.pod_ip.as_deref()), (PodPhase::Pending, false, None));
         assert_eq!(r.containers[0].state, ContainerState::default());
     }
 }

@@ -87,8 +87,7 @@ pub struct PodReport {
     pub uid: String,
     pub namespace: String,
     pub name: String,
-    /// `Pending`, `Running`, `Succeeded`, `Failed`.
-    pub phase: String,
+    pub phase: PodPhase,
     pub ready: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
@@ -117,14 +116,105 @@ pub struct ContainerReport {
 /// A container's state, as Kubernetes' `ContainerState` (times in unix seconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ContainerState {
-    Waiting { reason: String, message: String },
+    Waiting { reason: WaitingReason, message: String },
     Running { started_at: i64 },
-    Terminated { exit_code: i32, reason: String, message: String, started_at: i64, finished_at: i64 },
+    Terminated { exit_code: i32, reason: TerminatedReason, message: String, started_at: i64, finished_at: i64 },
 }
 
 impl Default for ContainerState {
     fn default() -> Self {
-        ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() }
+        ContainerState::Waiting { reason: WaitingReason::ContainerCreating, message: String::new() }
+    }
+}
+
+/// Declares a string-like enum: each variant is spelled on the wire (CBOR
+/// text), in the agent's files and in the Kubernetes API as its `name`, so
+/// these enums read what earlier versions wrote as strings.
+macro_rules! reasons {
+    ($(#[$m:meta])* $ty:ident { $($(#[$vm:meta])* $v:ident = $name:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $ty {
+            $($(#[$vm])* #[serde(rename = $name)] $v),+
+        }
+
+        impl $ty {
+            /// The Kubernetes spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$v => $name),+
+                }
+            }
+
+            /// The variant spelled `name`.
+            pub fn from_name(name: &str) -> Option<$ty> {
+                match name {
+                    $($name => Some($ty::$v),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+reasons! {
+    /// A pod's phase, as Kubernetes' `PodPhase`.
+    #[derive(Default)]
+    PodPhase {
+        #[default]
+        Pending = "Pending",
+        Running = "Running",
+        Succeeded = "Succeeded",
+        Failed = "Failed",
+        Unknown = "Unknown",
+    }
+}
+
+reasons! {
+    /// Why a container is not running yet, as the kubelet words it.
+    WaitingReason {
+        ContainerCreating = "ContainerCreating",
+        CrashLoopBackOff = "CrashLoopBackOff",
+        ErrImagePull = "ErrImagePull",
+        ImagePullBackOff = "ImagePullBackOff",
+        ErrImageNeverPull = "ErrImageNeverPull",
+        CreatePodSandboxError = "CreatePodSandboxError",
+        CreateContainerConfigError = "CreateContainerConfigError",
+        CreateContainerError = "CreateContainerError",
+        RunContainerError = "RunContainerError",
+    }
+}
+
+reasons! {
+    /// Why a container's process ended, as containerd and the kubelet word it.
+    TerminatedReason {
+        /// Exit code 0.
+        Completed = "Completed",
+        /// A non-zero exit code.
+        Error = "Error",
+        /// The kernel's OOM killer ended it.
+        OomKilled = "OOMKilled",
+        /// The exit was not observed (e.g. it ended while no agent watched it).
+        Unknown = "Unknown",
+        /// The container's process could not be found when the node looked.
+        ContainerStatusUnknown = "ContainerStatusUnknown",
+    }
+}
+
+impl TerminatedReason {
+    /// The reason for an observed exit code (`None`: not observed).
+    pub fn for_exit(code: Option<i32>) -> TerminatedReason {
+        match code {
+            Some(0) => TerminatedReason::Completed,
+            Some(_) => TerminatedReason::Error,
+            None => TerminatedReason::Unknown,
+        }
     }
 }
 
@@ -234,7 +324,7 @@ mod tests {
                 uid: "u1".into(),
                 namespace: "default".into(),
                 name: "web-1".into(),
-                phase: "Running".into(),
+                phase: PodPhase::Running,
                 ready: true,
                 containers: vec![ContainerReport {
                     name: "c".into(),
@@ -242,7 +332,7 @@ mod tests {
                     state: ContainerState::Running { started_at: 1_700_000_000 },
                     last_state: Some(ContainerState::Terminated {
                         exit_code: 1,
-                        reason: "Error".into(),
+                        reason: TerminatedReason::Error,
                         message: String::new(),
                         started_at: 1,
                         finished_at: 2,
@@ -281,5 +371,25 @@ mod tests {
         let report = encode(&report()).expect("encode");
         assert!(decode_for::<NodeDesired>(&report, "n1", DEFAULT_MAX_PAYLOAD).is_err());
         assert!(Presence::from_json(b"{\"online\":").is_err());
+    }
+
+    #[test]
+    fn states_travel_as_their_kubernetes_names() {
+        // An earlier agent sent these as strings: the enums read them.
+        let old = ciborium_bytes(&("Running", "CrashLoopBackOff", "OOMKilled"));
+        let new = ciborium_bytes(&(PodPhase::Running, WaitingReason::CrashLoopBackOff, TerminatedReason::OomKilled));
+        assert_eq!(old, new);
+        assert_eq!(TerminatedReason::from_name("OOMKilled"), Some(TerminatedReason::OomKilled));
+        assert_eq!(WaitingReason::from_name("Bogus"), None);
+        assert_eq!(PodPhase::Failed.to_string(), "Failed");
+        assert_eq!(TerminatedReason::for_exit(Some(0)), TerminatedReason::Completed);
+        assert_eq!(TerminatedReason::for_exit(Some(2)), TerminatedReason::Error);
+        assert_eq!(TerminatedReason::for_exit(None), TerminatedReason::Unknown);
+    }
+
+    fn ciborium_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(v, &mut out).expect("encode");
+        out
     }
 }

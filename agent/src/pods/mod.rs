@@ -10,7 +10,7 @@ pub mod status;
 pub mod translate;
 pub mod worker;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -18,16 +18,33 @@ use tokio::task::JoinHandle;
 
 pub use worker::{DesiredPod, WorkerContext};
 
+use crate::runtime::CriRuntime;
+use status::PodStatusFile;
+
 type Slot = watch::Sender<Option<Arc<DesiredPod>>>;
 
-pub struct PodManager {
-    ctx: Arc<WorkerContext>,
+pub struct PodManager<R> {
+    ctx: Arc<WorkerContext<R>>,
     workers: HashMap<String, (Slot, JoinHandle<()>)>,
 }
 
-impl PodManager {
-    pub fn new(ctx: WorkerContext) -> Self {
+impl<R: CriRuntime> PodManager<R> {
+    pub fn new(ctx: WorkerContext<R>) -> Self {
         PodManager { ctx: Arc::new(ctx), workers: HashMap::new() }
+    }
+
+    pub fn runtime(&self) -> &R {
+        &self.ctx.runtime
+    }
+
+    /// Signalled after every pass of a pod worker.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.ctx.changed.clone()
+    }
+
+    /// Each pod worker's view of its pod, by pod uid, from memory.
+    pub fn statuses(&self) -> BTreeMap<String, PodStatusFile> {
+        self.ctx.statuses.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Replaces the whole desired set: new pods start, changed ones are

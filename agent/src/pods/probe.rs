@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kedge_common::pod::{Container, Probe};
 
-use crate::runtime::Runtime;
+use crate::runtime::CriRuntime;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -21,7 +21,7 @@ pub enum Outcome {
 
 /// Runs `probe` once against container `id` of a pod whose network
 /// namespace is `netns` (`None`: the host's).
-pub async fn run(rt: &Runtime, id: &str, netns: Option<PathBuf>, c: &Container, probe: &Probe) -> Outcome {
+pub async fn run<R: CriRuntime>(rt: &R, id: &str, netns: Option<PathBuf>, c: &Container, probe: &Probe) -> Outcome {
     let timeout = probe.timeout();
     if let Some(e) = &probe.exec {
         return match rt.exec_sync(id, e.command.clone(), Some(timeout)).await {

@@ -8,15 +8,17 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use kedge_common::wire::{ContainerState, PodPhase, TerminatedReason, WaitingReason};
+
 use crate::runtime::Paths;
-use crate::runtime::records::{self, ContainerRecord, ContainerState, SandboxRecord};
+use crate::runtime::records::{self, ContainerRecord, ContainerState as RecordState, SandboxRecord};
 
 use super::translate::LABEL_POD_UID;
 
 /// Why a container is not running, as the kubelet words it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
-    pub reason: String,
+    pub reason: WaitingReason,
     pub message: String,
 }
 
@@ -27,7 +29,7 @@ pub struct PodStatusFile {
     pub name: String,
     pub namespace: String,
     pub source: String,
-    pub phase: String,
+    pub phase: PodPhase,
     pub waiting: BTreeMap<String, Waiting>,
     /// Spec order of the containers.
     pub containers: Vec<String>,
@@ -53,14 +55,26 @@ pub fn write_status(paths: &Paths, status: &PodStatusFile) -> std::io::Result<()
     crate::fsutil::write_atomic(&path, &bytes)
 }
 
+/// What `ps` shows in its STATE column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ViewState {
+    Waiting,
+    Created,
+    Running,
+    Exited,
+    /// The record says it runs, but its process is gone.
+    Unknown,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ContainerView {
     pub name: String,
     pub id: String,
-    pub state: String,
+    pub state: ViewState,
     pub pid: Option<i32>,
     pub restart_count: u32,
     pub last_exit_code: Option<i32>,
+    /// The waiting or termination reason, as `ps` prints it.
     pub reason: String,
     pub message: String,
     pub image: String,
@@ -73,18 +87,12 @@ pub struct ContainerView {
     pub ready: bool,
     /// Running and, with a startup probe, past it.
     pub started: bool,
-    /// The previous attempt's end, for `lastState` in the fleet report.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_termination: Option<Termination>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Termination {
-    pub exit_code: i32,
-    pub reason: String,
-    pub message: String,
-    pub started_at: i64,
-    pub finished_at: i64,
+    /// The current attempt as Kubernetes states it (the fleet report's `state`).
+    #[serde(skip)]
+    pub current: ContainerState,
+    /// The previous attempt's end (the fleet report's `lastState`).
+    #[serde(skip)]
+    pub last: Option<ContainerState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,24 +100,27 @@ pub struct PodView {
     pub name: String,
     pub namespace: String,
     pub uid: String,
-    pub phase: String,
+    pub phase: PodPhase,
     pub source: String,
     pub created_at: i64,
     pub containers: Vec<ContainerView>,
 }
 
-/// The state a record claims, checked against the process table: a
-/// "running" container whose process is gone shows as `Unknown`.
-fn live_state(c: &ContainerRecord) -> &'static str {
+/// The state a record claims; with `check_alive` (records read from files,
+/// which a dead agent may have left behind) checked against the process
+/// table: a "running" container whose process is gone shows as `Unknown`.
+fn live_state(c: &ContainerRecord, check_alive: bool) -> ViewState {
+    let alive = || !check_alive || records::alive(c.pid, c.pid_start);
     match c.state {
-        ContainerState::Exited => "Exited",
-        ContainerState::Created if records::alive(c.pid, c.pid_start) => "Created",
-        ContainerState::Running if records::alive(c.pid, c.pid_start) => "Running",
-        _ => "Unknown",
+        RecordState::Exited => ViewState::Exited,
+        RecordState::Created if alive() => ViewState::Created,
+        RecordState::Running if alive() => ViewState::Running,
+        _ => ViewState::Unknown,
     }
 }
 
-/// Every pod on this node, from the data dir.
+/// Every pod on this node, from the data dir (for `ps`, whether or not the
+/// agent runs).
 pub fn read_pods(paths: &Paths) -> Vec<PodView> {
     let sandboxes: Vec<SandboxRecord> = records::load_all(&paths.pods());
     let containers: Vec<ContainerRecord> = records::load_all(&paths.containers());
@@ -124,9 +135,20 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
             }
         }
     }
-    // One entry per pod uid: the status file when there is one, else the newest sandbox.
+    views(&sandboxes, &containers, &statuses, true)
+}
+
+/// Every pod, from the runtime's records and the pod workers' statuses
+/// (from files for `ps`, from memory for the fleet report).
+pub fn views(
+    sandboxes: &[SandboxRecord],
+    containers: &[ContainerRecord],
+    statuses: &BTreeMap<String, PodStatusFile>,
+    check_alive: bool,
+) -> Vec<PodView> {
+    // One entry per pod uid: the status when there is one, else the newest sandbox.
     let mut uids: Vec<String> = statuses.keys().cloned().collect();
-    for s in &sandboxes {
+    for s in sandboxes {
         let uid = s
             .config
             .labels
@@ -142,7 +164,7 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
     for uid in uids {
         let pod_sandboxes: Vec<&SandboxRecord> =
             sandboxes.iter().filter(|s| s.config.metadata.as_ref().is_some_and(|m| m.uid == uid)).collect();
-        let status = statuses.get(&uid).cloned().unwrap_or_default();
+        let status = statuses.get(&uid).cloned();
         let newest = pod_sandboxes.iter().max_by_key(|s| s.created_at);
         let meta = newest.and_then(|s| s.config.metadata.clone()).unwrap_or_default();
         let sandbox_ids: Vec<&str> = pod_sandboxes.iter().map(|s| s.id.as_str()).collect();
@@ -150,15 +172,16 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
         for c in containers.iter().filter(|c| sandbox_ids.contains(&c.sandbox_id.as_str())) {
             by_name.entry(c.name().to_string()).or_default().push(c);
         }
+        let status = status.unwrap_or_else(|| PodStatusFile { phase: PodPhase::Unknown, ..Default::default() });
         let mut names = status.containers.clone();
         names.extend(by_name.keys().filter(|n| !status.containers.contains(n)).cloned());
         let views = names
             .iter()
             .map(|name| {
-                let mut v =
-                    container_view(name, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]), status.waiting.get(name));
-                v.ready = v.state == "Running" && status.ready.get(name).copied().unwrap_or(true);
-                v.started = v.state == "Running" && status.started.get(name).copied().unwrap_or(true);
+                let attempts = by_name.get(name).map(Vec::as_slice).unwrap_or(&[]);
+                let mut v = container_view(name, attempts, status.waiting.get(name), check_alive);
+                v.ready = v.state == ViewState::Running && status.ready.get(name).copied().unwrap_or(true);
+                v.started = v.state == ViewState::Running && status.started.get(name).copied().unwrap_or(true);
                 v
             })
             .collect();
@@ -166,7 +189,7 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
             name: if status.name.is_empty() { meta.name.clone() } else { status.name.clone() },
             namespace: if status.namespace.is_empty() { meta.namespace.clone() } else { status.namespace.clone() },
             uid,
-            phase: if status.phase.is_empty() { "Unknown".into() } else { status.phase.clone() },
+            phase: status.phase,
             source: status.source.clone(),
             created_at: newest.map(|s| s.created_at / 1_000_000_000).unwrap_or(0),
             containers: views,
@@ -176,47 +199,73 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
     pods
 }
 
-fn container_view(name: &str, attempts: &[&ContainerRecord], waiting: Option<&Waiting>) -> ContainerView {
+/// The termination of an exited attempt, as Kubernetes states it.
+fn terminated(c: &ContainerRecord) -> ContainerState {
+    ContainerState::Terminated {
+        exit_code: c.exit_code,
+        reason: c.reason.unwrap_or(TerminatedReason::Unknown),
+        message: c.message.clone(),
+        started_at: c.started_at / 1_000_000_000,
+        finished_at: c.finished_at / 1_000_000_000,
+    }
+}
+
+fn container_view(
+    name: &str,
+    attempts: &[&ContainerRecord],
+    waiting: Option<&Waiting>,
+    check_alive: bool,
+) -> ContainerView {
     let mut sorted: Vec<&&ContainerRecord> = attempts.iter().collect();
     sorted.sort_by_key(|c| (c.attempt(), c.created_at));
     let current = sorted.last();
     let previous = sorted.len().checked_sub(2).and_then(|i| sorted.get(i));
-    let state = match (current, waiting) {
-        (_, Some(_)) => "Waiting",
-        (Some(c), None) => live_state(c),
-        (None, None) => "Waiting",
+    let record_state = current.map(|c| live_state(c, check_alive));
+    let state = match (record_state, waiting) {
+        (_, Some(_)) | (None, None) => ViewState::Waiting,
+        (Some(s), None) => s,
+    };
+    let started_at = current.map(|c| c.started_at / 1_000_000_000).unwrap_or(0);
+    let finished_at = current.map(|c| c.finished_at / 1_000_000_000).unwrap_or(0);
+    let wire_state = match (state, waiting, current) {
+        (ViewState::Running, _, _) => ContainerState::Running { started_at },
+        (ViewState::Exited, _, Some(c)) => terminated(c),
+        (ViewState::Unknown, _, _) => ContainerState::Terminated {
+            exit_code: 137,
+            reason: TerminatedReason::ContainerStatusUnknown,
+            message: "The container could not be located when the pod was checked".into(),
+            started_at,
+            finished_at,
+        },
+        (_, Some(w), _) => ContainerState::Waiting { reason: w.reason, message: w.message.clone() },
+        _ => ContainerState::default(),
     };
     let last_exit_code = match current {
-        Some(c) if c.state == ContainerState::Exited => Some(c.exit_code),
+        Some(c) if c.state == RecordState::Exited => Some(c.exit_code),
         _ => previous.map(|p| p.exit_code),
     };
     let (reason, message) = match (waiting, current) {
-        (Some(w), _) => (w.reason.clone(), w.message.clone()),
-        (None, Some(c)) => (c.reason.clone(), c.message.clone()),
+        (Some(w), _) => (w.reason.to_string(), w.message.clone()),
+        (None, Some(c)) => (c.reason.map(|r| r.to_string()).unwrap_or_default(), c.message.clone()),
         (None, None) => (String::new(), String::new()),
     };
     ContainerView {
         name: name.to_string(),
         id: current.map(|c| c.id.clone()).unwrap_or_default(),
-        state: state.to_string(),
-        pid: current.filter(|c| live_state(c) == "Running").and_then(|c| c.pid),
+        state,
+        pid: current.filter(|_| state == ViewState::Running).and_then(|c| c.pid),
         restart_count: current.map(|c| c.attempt()).unwrap_or(0),
         last_exit_code,
         reason,
         message,
         image: current.and_then(|c| c.config.image.as_ref().map(|i| i.image.clone())).unwrap_or_default(),
-        started_at: current.map(|c| c.started_at / 1_000_000_000).unwrap_or(0),
-        finished_at: current.map(|c| c.finished_at / 1_000_000_000).unwrap_or(0),
+        started_at,
+        finished_at,
         image_id: current.map(|c| c.image_id.clone()).unwrap_or_default(),
         ready: false,
         started: false,
-        last_termination: previous.map(|p| Termination {
-            exit_code: p.exit_code,
-            reason: p.reason.clone(),
-            message: p.message.clone(),
-            started_at: p.started_at / 1_000_000_000,
-            finished_at: p.finished_at / 1_000_000_000,
-        }),
+        current: wire_state,
+        last: previous.map(|p| terminated(p)),
     }
 }
 
@@ -238,7 +287,7 @@ pub fn render_table(pods: &[PodView], now: i64) -> String {
             rows.push([
                 pod.clone(),
                 "-".into(),
-                p.phase.clone(),
+                p.phase.to_string(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
@@ -250,7 +299,7 @@ pub fn render_table(pods: &[PodView], now: i64) -> String {
             rows.push([
                 pod.clone(),
                 c.name.clone(),
-                c.state.clone(),
+                format!("{:?}", c.state),
                 c.restart_count.to_string(),
                 c.last_exit_code.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
                 c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),

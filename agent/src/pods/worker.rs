@@ -6,9 +6,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use kedge_common::pod::{Container, Pod, Probe, PullPolicy, RestartPolicy};
+use kedge_common::wire::{PodPhase, WaitingReason};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -17,7 +19,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 use super::probe::{self, Outcome};
 use super::status::{PodStatusFile, Waiting, write_status};
 use super::translate;
-use crate::runtime::{ContainerRecord, ContainerState, Runtime, RuntimeError, SandboxRecord, SandboxState};
+use crate::runtime::{ContainerRecord, ContainerState, CriRuntime, Paths, RuntimeError, SandboxRecord, SandboxState};
 
 /// A pod as a source (manifest file, controller snapshot) wants it run.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -28,22 +30,42 @@ pub struct DesiredPod {
     pub source: String,
 }
 
-pub struct WorkerContext {
-    pub runtime: Runtime,
+/// What every pod worker shares.
+pub struct WorkerContext<R> {
+    pub runtime: R,
+    /// The agent's data dir: pod volumes, logs and status files live there.
+    pub paths: Paths,
     pub backoff: BackoffPolicy,
     /// Signalled after every pass of a worker, so the fleet report goes out
     /// when something happened rather than at the next tick.
     pub changed: Arc<tokio::sync::Notify>,
+    /// Each worker's view of its pod, by pod uid: what the report is built
+    /// from (the files under `status/` hold the same for `ps`).
+    pub statuses: Mutex<BTreeMap<String, PodStatusFile>>,
 }
 
-impl WorkerContext {
+impl<R: CriRuntime> WorkerContext<R> {
+    pub fn new(runtime: R, paths: Paths, backoff: BackoffPolicy) -> Self {
+        WorkerContext {
+            runtime,
+            paths,
+            backoff,
+            changed: Arc::new(tokio::sync::Notify::new()),
+            statuses: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     fn volumes_dir(&self, uid: &str) -> PathBuf {
-        self.runtime.paths().root.join("volumes").join(uid)
+        self.paths.root.join("volumes").join(uid)
+    }
+
+    fn statuses(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PodStatusFile>> {
+        self.statuses.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-struct Worker {
-    ctx: Arc<WorkerContext>,
+struct Worker<R> {
+    ctx: Arc<WorkerContext<R>>,
     uid: String,
     restarts: HashMap<String, Backoff>,
     /// Image → (backoff, when the next pull may happen, last error).
@@ -74,22 +96,25 @@ fn probes_of(c: &Container) -> [Option<&Probe>; 3] {
     [c.startup_probe.as_ref(), c.liveness_probe.as_ref(), c.readiness_probe.as_ref()]
 }
 
-/// Wall-clock time since `ns` (nanoseconds since the epoch; 0 if in the future).
-fn since(ns: i64) -> Duration {
-    let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-    Duration::from_nanos(u64::try_from(now_ns - ns).unwrap_or(0))
+/// Time from `ns` to `now_ns` (nanoseconds since the epoch; 0 if in the future).
+fn between(ns: i64, now_ns: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(now_ns.saturating_sub(ns)).unwrap_or(0))
 }
 
 fn ran_for(c: &ContainerRecord) -> Duration {
     Duration::from_nanos(u64::try_from(c.finished_at - c.started_at).unwrap_or(0))
 }
 
-fn waiting(reason: &str, message: impl Into<String>) -> Waiting {
-    Waiting { reason: reason.into(), message: message.into() }
+fn waiting(reason: WaitingReason, message: impl Into<String>) -> Waiting {
+    Waiting { reason, message: message.into() }
 }
 
 /// Runs until the pod is gone from `desired` and torn down.
-pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut desired: watch::Receiver<Option<Arc<DesiredPod>>>) {
+pub async fn run<R: CriRuntime>(
+    ctx: Arc<WorkerContext<R>>,
+    uid: String,
+    mut desired: watch::Receiver<Option<Arc<DesiredPod>>>,
+) {
     let name =
         desired.borrow().as_ref().map(|d| format!("{}/{}", d.pod.namespace(), d.pod.metadata.name)).unwrap_or_default();
     let span = tracing::info_span!("pod", pod = %name, uid = %uid);
@@ -128,9 +153,14 @@ pub async fn run(ctx: Arc<WorkerContext>, uid: String, mut desired: watch::Recei
     .await
 }
 
-impl Worker {
-    fn rt(&self) -> &Runtime {
+impl<R: CriRuntime> Worker<R> {
+    fn rt(&self) -> &R {
         &self.ctx.runtime
+    }
+
+    /// Time since `ns` on the runtime's clock.
+    fn since(&self, ns: i64) -> Duration {
+        between(ns, self.rt().now_ns())
     }
 
     fn sandboxes(&self) -> Vec<SandboxRecord> {
@@ -168,7 +198,8 @@ impl Worker {
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create the pod sandbox");
                     for c in &pod.spec.containers {
-                        self.waiting.insert(c.name.clone(), waiting("CreatePodSandboxError", e.to_string()));
+                        self.waiting
+                            .insert(c.name.clone(), waiting(WaitingReason::CreatePodSandboxError, e.to_string()));
                     }
                     self.write_status(d, &[]);
                     return Some(Instant::now() + self.ctx.backoff.base);
@@ -186,7 +217,7 @@ impl Worker {
                 }
                 Some(latest) if latest.state == ContainerState::Created => {
                     if let Err(e) = self.rt().start_container(&latest.id).await {
-                        self.waiting.insert(c.name.clone(), waiting("RunContainerError", e.to_string()));
+                        self.waiting.insert(c.name.clone(), waiting(WaitingReason::RunContainerError, e.to_string()));
                         wake(Instant::now() + self.ctx.backoff.base);
                     }
                 }
@@ -204,13 +235,13 @@ impl Worker {
                     let ran = ran_for(latest);
                     let backoff = self.restarts.entry(c.name.clone()).or_default();
                     let delay = backoff.delay(&self.ctx.backoff, ran);
-                    let waited = since(latest.finished_at);
+                    let waited = self.since(latest.finished_at);
                     if waited < delay {
                         let msg = format!(
                             "back-off {delay:?} restarting failed container={} pod={}",
                             c.name, pod.metadata.name
                         );
-                        self.waiting.insert(c.name.clone(), waiting("CrashLoopBackOff", msg));
+                        self.waiting.insert(c.name.clone(), waiting(WaitingReason::CrashLoopBackOff, msg));
                         wake(Instant::now() + (delay - waited));
                         continue;
                     }
@@ -253,7 +284,7 @@ impl Worker {
         let mut t = self.probes.get(&c.name).filter(|t| t.id == rec.id).cloned().unwrap_or_else(|| {
             // A new attempt: probes start after their initial delay, counted
             // from the container's start.
-            let due = |p: Option<&Probe>| p.map(|p| now + p.initial_delay().saturating_sub(since(rec.started_at)));
+            let due = |p: Option<&Probe>| p.map(|p| now + p.initial_delay().saturating_sub(self.since(rec.started_at)));
             ProbeTrack {
                 id: rec.id.clone(),
                 started: c.startup_probe.is_none(),
@@ -333,7 +364,7 @@ impl Worker {
         for s in old {
             self.rt().remove_pod_sandbox(&s.id).await?;
         }
-        let log_dir = translate::log_directory(&self.rt().paths().logs(), &d.pod, &self.uid);
+        let log_dir = translate::log_directory(&self.ctx.paths.logs(), &d.pod, &self.uid);
         let config = translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source);
         let id = self.rt().run_pod_sandbox(config, String::new()).await?;
         Ok(self.rt().sandbox_records().into_iter().find(|s| s.id == id))
@@ -341,19 +372,19 @@ impl Worker {
 
     /// Pulls if the policy says so; Err carries the waiting reason.
     async fn ensure_image(&mut self, c: &Container) -> Result<(), (Waiting, Option<Instant>)> {
-        let present = self.rt().images().resolve(&c.image).is_ok();
+        let present = matches!(self.rt().image_status(&c.image), Ok(Some(_)));
         let policy = c.pull_policy();
         if present && policy != PullPolicy::Always {
             return Ok(());
         }
         if policy == PullPolicy::Never {
             let msg = format!("container image {:?} is not present with pull policy of Never", c.image);
-            return Err((waiting("ErrImageNeverPull", msg), None));
+            return Err((waiting(WaitingReason::ErrImageNeverPull, msg), None));
         }
         if let Some((_, not_before, err)) = self.pulls.get(&c.image) {
             if Instant::now() < *not_before {
                 let msg = format!("Back-off pulling image {:?}: {err}", c.image);
-                return Err((waiting("ImagePullBackOff", msg), Some(*not_before)));
+                return Err((waiting(WaitingReason::ImagePullBackOff, msg), Some(*not_before)));
             }
         }
         match self.rt().pull_image(&c.image, None).await {
@@ -372,7 +403,7 @@ impl Worker {
                 entry.1 = Instant::now() + entry.0.delay(&self.ctx.backoff, Duration::ZERO);
                 entry.2 = e.to_string();
                 let msg = format!("failed to pull image {:?}: {e}", c.image);
-                Err((waiting("ErrImagePull", msg), Some(entry.1)))
+                Err((waiting(WaitingReason::ErrImagePull, msg), Some(entry.1)))
             }
         }
     }
@@ -392,14 +423,14 @@ impl Worker {
         let volumes = match translate::prepare_volumes(&d.pod, &self.ctx.volumes_dir(&self.uid)) {
             Ok(v) => v,
             Err(e) => {
-                self.waiting.insert(c.name.clone(), waiting("CreateContainerConfigError", e.to_string()));
+                self.waiting.insert(c.name.clone(), waiting(WaitingReason::CreateContainerConfigError, e.to_string()));
                 return Some(Instant::now() + self.ctx.backoff.base);
             }
         };
         let config = match translate::container_config(&d.pod, &self.uid, c, attempt, &volumes) {
             Ok(cfg) => cfg,
             Err(e) => {
-                self.waiting.insert(c.name.clone(), waiting("CreateContainerConfigError", e.to_string()));
+                self.waiting.insert(c.name.clone(), waiting(WaitingReason::CreateContainerConfigError, e.to_string()));
                 return Some(Instant::now() + self.ctx.backoff.base);
             }
         };
@@ -407,13 +438,13 @@ impl Worker {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(container = %c.name, error = %e, "create failed");
-                self.waiting.insert(c.name.clone(), waiting("CreateContainerError", e.to_string()));
+                self.waiting.insert(c.name.clone(), waiting(WaitingReason::CreateContainerError, e.to_string()));
                 return Some(Instant::now() + self.ctx.backoff.base);
             }
         };
         if let Err(e) = self.rt().start_container(&id).await {
             tracing::warn!(container = %c.name, error = %e, "start failed");
-            self.waiting.insert(c.name.clone(), waiting("RunContainerError", e.to_string()));
+            self.waiting.insert(c.name.clone(), waiting(WaitingReason::RunContainerError, e.to_string()));
             return Some(Instant::now() + self.ctx.backoff.base);
         }
         self.waiting.remove(&c.name);
@@ -426,20 +457,24 @@ impl Worker {
         let policy = d.pod.spec.restart_policy;
         let exited_for_good = |r: &ContainerRecord| r.state == ContainerState::Exited && !policy.restarts(r.exit_code);
         let phase = if states.iter().all(|s| s.is_some_and(exited_for_good)) {
-            if states.iter().all(|s| s.is_some_and(|r| r.exit_code == 0)) { "Succeeded" } else { "Failed" }
+            if states.iter().all(|s| s.is_some_and(|r| r.exit_code == 0)) {
+                PodPhase::Succeeded
+            } else {
+                PodPhase::Failed
+            }
         } else if states.iter().all(|s| s.is_some())
             && states.iter().any(|s| s.is_some_and(|r| r.state == ContainerState::Running))
         {
-            "Running"
+            PodPhase::Running
         } else {
-            "Pending"
+            PodPhase::Pending
         };
         let status = PodStatusFile {
             uid: self.uid.clone(),
             name: d.pod.metadata.name.clone(),
             namespace: d.pod.namespace().to_string(),
             source: d.source.clone(),
-            phase: phase.into(),
+            phase,
             waiting: self.waiting.clone(),
             containers: d.pod.spec.containers.iter().map(|c| c.name.clone()).collect(),
             ready: self.probed(
@@ -451,9 +486,10 @@ impl Worker {
             started: self.probed(d, &latest, |c| c.startup_probe.is_some(), |t| t.started),
         };
         if self.written.as_ref() != Some(&status) {
-            if let Err(e) = write_status(self.rt().paths(), &status) {
+            if let Err(e) = write_status(&self.ctx.paths, &status) {
                 tracing::warn!(error = %e, "cannot write pod status");
             }
+            self.ctx.statuses().insert(self.uid.clone(), status.clone());
             self.written = Some(status);
         }
         self.ctx.changed.notify_one();
@@ -504,12 +540,13 @@ impl Worker {
             }
             if let Some(meta) = &s.config.metadata {
                 let _ = std::fs::remove_dir_all(
-                    self.rt().paths().logs().join(format!("{}_{}_{}", meta.namespace, meta.name, meta.uid)),
+                    self.ctx.paths.logs().join(format!("{}_{}_{}", meta.namespace, meta.name, meta.uid)),
                 );
             }
         }
         let _ = std::fs::remove_dir_all(self.ctx.volumes_dir(&self.uid));
-        let _ = std::fs::remove_file(super::status::status_path(self.rt().paths(), &self.uid));
+        let _ = std::fs::remove_file(super::status::status_path(&self.ctx.paths, &self.uid));
+        self.ctx.statuses().remove(&self.uid);
         tracing::info!("pod removed");
     }
 }

@@ -85,7 +85,7 @@ pub fn container_status(c: &ContainerRecord) -> cri::ContainerStatus {
         exit_code: c.exit_code,
         image: image_spec(c),
         image_ref: c.image_ref.clone(),
-        reason: c.reason.clone(),
+        reason: c.reason.map(|r| r.as_str().to_string()).unwrap_or_default(),
         message: c.message.clone(),
         labels: c.config.labels.clone(),
         annotations: c.config.annotations.clone(),

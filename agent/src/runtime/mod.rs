@@ -8,8 +8,10 @@
 //! watched by pidfd too; their exit status went to their new parent, so they
 //! end with exit code 255 and reason `Unknown`, as containerd reports them.
 
+mod api;
 pub mod container;
 mod convert;
+pub mod fake;
 mod image_service;
 pub mod logs;
 mod netdev;
@@ -34,6 +36,8 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::images::{ImageError, ImageStore};
+pub use api::CriRuntime;
+use kedge_common::wire::TerminatedReason;
 pub use records::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, Snapshotter};
 
 /// Exit code recorded when the real one could not be observed (containerd's value).
@@ -254,12 +258,22 @@ impl Runtime {
                 // Its init waits for a start that will not come, holding copies of
                 // the dead agent's descriptors: end it; the pod worker makes a new one.
                 let _ = c.pid.map(|pid| container::signal(pid, Signal::SIGKILL));
-                c.mark_exited(UNKNOWN_EXIT_CODE, "Unknown", "created by an earlier agent and never started");
+                c.mark_exited(
+                    UNKNOWN_EXIT_CODE,
+                    TerminatedReason::Unknown,
+                    "created by an earlier agent and never started",
+                    records::now_ns(),
+                );
                 self.save_container(c);
             } else if alive {
                 adopt.push(c.clone());
             } else {
-                c.mark_exited(UNKNOWN_EXIT_CODE, "Unknown", "the container's process was gone when the agent started");
+                c.mark_exited(
+                    UNKNOWN_EXIT_CODE,
+                    TerminatedReason::Unknown,
+                    "the container's process was gone when the agent started",
+                    records::now_ns(),
+                );
                 self.save_container(c);
             }
         }
@@ -347,23 +361,19 @@ impl Runtime {
                 return;
             }
             let reason = if container::oom_killed(&c.cgroup_path) {
-                "OOMKilled"
+                TerminatedReason::OomKilled
             } else {
-                match code {
-                    Some(0) => "Completed",
-                    Some(_) => "Error",
-                    None => "Unknown",
-                }
+                TerminatedReason::for_exit(code)
             };
             let message = if code.is_none() {
                 "exited while adopted from an earlier agent; its exit status was not observable"
             } else {
                 ""
             };
-            c.mark_exited(code.unwrap_or(UNKNOWN_EXIT_CODE), reason, message);
+            c.mark_exited(code.unwrap_or(UNKNOWN_EXIT_CODE), reason, message, records::now_ns());
             c.clone()
         };
-        tracing::info!(container = %rec.id, name = rec.name(), exit_code = rec.exit_code, reason = %rec.reason, "container exited");
+        tracing::info!(container = %rec.id, name = rec.name(), exit_code = rec.exit_code, reason = ?rec.reason, "container exited");
         self.save_container(&rec);
         self.notify();
     }
@@ -537,7 +547,7 @@ impl Runtime {
             pid: None,
             pid_start: None,
             exit_code: 0,
-            reason: String::new(),
+            reason: None,
             message: String::new(),
             log_path,
             cgroup_path,

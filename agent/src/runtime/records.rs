@@ -9,7 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
-use serde::{Deserialize, Serialize};
+use kedge_common::wire::TerminatedReason;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The container states of the CRI, with their legal transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +108,10 @@ pub struct ContainerRecord {
     /// 22): tells the container's process from a later one that reused its pid.
     pub pid_start: Option<u64>,
     pub exit_code: i32,
-    pub reason: String,
+    /// Why it exited (None while it has not). Records of earlier versions
+    /// spell "not exited" as "".
+    #[serde(deserialize_with = "reason_or_empty")]
+    pub reason: Option<TerminatedReason>,
     pub message: String,
     /// Absolute path of the CRI log file ("" = output discarded).
     pub log_path: PathBuf,
@@ -121,18 +125,28 @@ impl ContainerRecord {
         self.config.metadata.as_ref().map(|m| m.name.as_str()).unwrap_or("")
     }
 
-    /// Records the end of the container's process, now.
-    pub fn mark_exited(&mut self, exit_code: i32, reason: &str, message: &str) {
+    /// Records the end of the container's process at `at_ns`.
+    pub fn mark_exited(&mut self, exit_code: i32, reason: TerminatedReason, message: &str, at_ns: i64) {
         self.state = ContainerState::Exited;
         self.exit_code = exit_code;
-        self.reason = reason.into();
+        self.reason = Some(reason);
         self.message = message.into();
-        self.finished_at = now_ns();
+        self.finished_at = at_ns;
     }
 
     pub fn attempt(&self) -> u32 {
         self.config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)
     }
+}
+
+/// A stored reason: "" (not exited, as earlier versions wrote it) is None, a
+/// spelling this version does not know is `Unknown`.
+fn reason_or_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TerminatedReason>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(match s.as_deref() {
+        None | Some("") => None,
+        Some(name) => Some(TerminatedReason::from_name(name).unwrap_or(TerminatedReason::Unknown)),
+    })
 }
 
 /// Reads every `*.json` record in `dir`; unreadable ones are reported and skipped.

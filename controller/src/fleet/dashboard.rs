@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Node;
 use kedge_common::topics;
-use kedge_common::wire::{ContainerState, NodeReport};
+use kedge_common::wire::{ContainerState, NodeReport, PodPhase, WaitingReason};
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 
@@ -34,12 +34,12 @@ pub struct ReportSummary {
 fn failing(state: &ContainerState) -> bool {
     match state {
         ContainerState::Waiting { reason, .. } => matches!(
-            reason.as_str(),
-            "CrashLoopBackOff"
-                | "ErrImagePull"
-                | "ImagePullBackOff"
-                | "CreateContainerError"
-                | "CreateContainerConfigError"
+            reason,
+            WaitingReason::CrashLoopBackOff
+                | WaitingReason::ErrImagePull
+                | WaitingReason::ImagePullBackOff
+                | WaitingReason::CreateContainerError
+                | WaitingReason::CreateContainerConfigError
         ),
         ContainerState::Terminated { exit_code, .. } => *exit_code != 0,
         ContainerState::Running { .. } => false,
@@ -53,11 +53,11 @@ impl ReportSummary {
             agent_version: r.agent_version.clone(),
             observed_generation: r.observed_generation,
             pods: r.pods.len(),
-            running: r.pods.iter().filter(|p| p.phase == "Running").count(),
+            running: r.pods.iter().filter(|p| p.phase == PodPhase::Running).count(),
             failing: r
                 .pods
                 .iter()
-                .filter(|p| p.phase == "Failed" || p.containers.iter().any(|c| failing(&c.state)))
+                .filter(|p| p.phase == PodPhase::Failed || p.containers.iter().any(|c| failing(&c.state)))
                 .count(),
             cpu_milli: r.capacity.cpu_milli,
             load_milli: r.usage.load_milli,

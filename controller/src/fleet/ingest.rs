@@ -161,7 +161,7 @@ fn container_state(s: &wire::ContainerState) -> ContainerState {
     match s {
         wire::ContainerState::Waiting { reason, message } => ContainerState {
             waiting: Some(ContainerStateWaiting {
-                reason: Some(reason.clone()),
+                reason: Some(reason.to_string()),
                 message: (!message.is_empty()).then(|| message.clone()),
             }),
             ..Default::default()
@@ -173,7 +173,7 @@ fn container_state(s: &wire::ContainerState) -> ContainerState {
         wire::ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => ContainerState {
             terminated: Some(ContainerStateTerminated {
                 exit_code: *exit_code,
-                reason: (!reason.is_empty()).then(|| reason.clone()),
+                reason: Some(reason.to_string()),
                 message: (!message.is_empty()).then(|| message.clone()),
                 started_at: time(*started_at),
                 finished_at: time(*finished_at),
@@ -203,7 +203,7 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
     };
     let not_ready = (!containers_ready).then_some("ContainersNotReady");
     PodStatus {
-        phase: Some(r.phase.clone()),
+        phase: Some(r.phase.to_string()),
         conditions: Some(vec![
             cond("PodReadyToStartContainers", r.start_time.is_some(), None),
             cond("Initialized", true, None),

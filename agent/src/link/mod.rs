@@ -1,0 +1,257 @@
+//! The agent's end of the fleet link (design.md §3–4): one persistent MQTT
+//! session to the broker, reconnecting with jittered backoff forever.
+//!
+//! The protocol lives in [`state::LinkState`], a plain value tested without
+//! a broker; this module is the thin driver around it: it polls rumqttc,
+//! feeds what happens into the state, and carries out the actions it gets
+//! back. Publishing never waits (`try_publish`): the task that polls the
+//! connection is the one that publishes, so a full request queue would
+//! otherwise stall both; what the client refuses goes back to the state and
+//! is retried at the next tick.
+//!
+//! Towards the node loop: the newest snapshot handed on is a `watch` value
+//! (only the newest undelivered one is kept), the newest report is a `watch`
+//! value the other way, events go through a small channel.
+
+pub mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kedge_common::topics::{self, BrokerUrl, NodeTopic};
+use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
+use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use state::EVENT_QUEUE;
+use state::{Action, Input, LinkState, Settings};
+
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a stopping link waits for its goodbye to reach the broker.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// `d` ± 20 %, so a fleet that lost its broker does not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
+    let spread = (nanos % 401) as f64 / 1000.0; // 0.0 ..= 0.4
+    d.mul_f64(0.8 + spread)
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub broker: BrokerUrl,
+    pub node: String,
+    pub prefix: String,
+    pub keepalive: Duration,
+    /// A report is republished this often even when nothing changed.
+    pub report_refresh: Duration,
+    pub max_payload: usize,
+    pub boot_id: String,
+    /// MQTT user name and password, when the broker wants them.
+    pub credentials: Option<(String, String)>,
+}
+
+/// What the node loop holds of the link.
+pub struct LinkHandle {
+    /// Newest snapshot received and not yet taken.
+    pub snapshots: watch::Receiver<Option<NodeDesired>>,
+    /// Set the newest report here; the link publishes it when it should.
+    pub reports: watch::Sender<Option<NodeReport>>,
+    /// Whether the broker connection is up.
+    pub connected: watch::Receiver<bool>,
+    events: mpsc::Sender<Event>,
+    events_lost: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl LinkHandle {
+    /// Queues an event for the controller. Never waits: should the link be
+    /// too busy to take it, it is counted as dropped.
+    pub fn push_event(&self, ev: Event) {
+        if self.events.try_send(ev).is_err() {
+            self.events_lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Says goodbye (presence offline, a clean disconnect) and ends the
+    /// link task, waiting at most a couple of seconds for the broker.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Starts the link task. `accepted`: the generation the node already has.
+pub fn start(cfg: LinkConfig, accepted: u64) -> LinkHandle {
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let (report_tx, report_rx) = watch::channel(None);
+    let (conn_tx, conn_rx) = watch::channel(false);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let events_lost = Arc::new(AtomicU64::new(0));
+    let ends = Ends {
+        snapshots: snap_tx,
+        reports: report_rx,
+        connected: conn_tx,
+        events: events_rx,
+        lost: events_lost.clone(),
+    };
+    let task = tokio::spawn(run(cfg, accepted, ends, stop_rx));
+    LinkHandle {
+        snapshots: snap_rx,
+        reports: report_tx,
+        connected: conn_rx,
+        events: events_tx,
+        events_lost,
+        stop: Some(stop_tx),
+        task,
+    }
+}
+
+fn options(cfg: &LinkConfig) -> MqttOptions {
+    let mut o = MqttOptions::new(cfg.node.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    o.set_keep_alive(cfg.keepalive);
+    if let Some((user, password)) = &cfg.credentials {
+        o.set_credentials(user.clone(), password.clone());
+    }
+    // The broker keeps our subscription and QoS 1 messages across short drops.
+    o.set_clean_session(false);
+    // A packet over rumqttc's own limit kills the connection; leave room above
+    // our cap so an oversize snapshot is dropped by `decode`, with a reason.
+    o.set_max_packet_size(cfg.max_payload.saturating_mul(4).max(64 * 1024), cfg.max_payload + 64 * 1024);
+    o.set_request_channel_capacity(64);
+    let will = Presence { online: false, since: String::new(), boot_id: cfg.boot_id.clone() };
+    o.set_last_will(LastWill::new(
+        topics::node_topic(&cfg.prefix, &cfg.node, NodeTopic::Presence),
+        will.to_json(),
+        QoS::AtLeastOnce,
+        true,
+    ));
+    o
+}
+
+/// The link task's ends of the channels to the node loop.
+struct Ends {
+    snapshots: watch::Sender<Option<NodeDesired>>,
+    reports: watch::Receiver<Option<NodeReport>>,
+    connected: watch::Sender<bool>,
+    events: mpsc::Receiver<Event>,
+    lost: Arc<AtomicU64>,
+}
+
+/// Carries out the state's actions; what the client refuses goes back.
+fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Vec<Action>) {
+    for action in actions {
+        let refused = match &action {
+            Action::Connected(up) => {
+                ends.connected.send_replace(*up);
+                false
+            }
+            Action::Subscribe { topic } => client
+                .try_subscribe(topic.clone(), QoS::AtLeastOnce)
+                .inspect_err(|e| tracing::debug!(error = %e, "subscribe not queued; retrying"))
+                .is_err(),
+            Action::Publish(p) => client
+                .try_publish(p.topic.clone(), QoS::AtLeastOnce, p.retain, p.payload.clone())
+                .inspect_err(|e| tracing::debug!(topic = %p.topic, error = %e, "publish not queued; retrying"))
+                .is_err(),
+            Action::Deliver(d) => {
+                ends.snapshots.send_replace(Some(d.clone()));
+                false
+            }
+            Action::Disconnect => client.try_disconnect().is_err(),
+        };
+        if refused {
+            state.refused(action);
+        }
+    }
+}
+
+async fn run(cfg: LinkConfig, accepted: u64, mut ends: Ends, mut stop: oneshot::Receiver<()>) {
+    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg), 64);
+    let settings = Settings {
+        node: cfg.node.clone(),
+        prefix: cfg.prefix.clone(),
+        boot_id: cfg.boot_id.clone(),
+        max_payload: cfg.max_payload,
+        report_refresh: cfg.report_refresh,
+    };
+    let mut state = LinkState::new(settings, accepted);
+    let mut backoff = Duration::from_millis(200);
+    // While set, the connection is not polled: we wait before the next attempt.
+    let mut retry_at: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let input = tokio::select! {
+            ev = eventloop.poll(), if retry_at.is_none() => match ev {
+                Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
+                    tracing::info!(broker = %cfg.broker, session_present = ack.session_present, "connected to the broker");
+                    backoff = Duration::from_millis(200);
+                    Input::Connected
+                }
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    Input::Message { topic: p.topic, payload: p.payload.to_vec() }
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    if state.is_connected() {
+                        tracing::warn!(broker = %cfg.broker, error = %e, "lost the broker; pods keep running, reconnecting");
+                    } else {
+                        tracing::debug!(broker = %cfg.broker, error = %e, "broker unreachable; retrying");
+                    }
+                    retry_at = Some(Instant::now() + jitter(backoff));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    Input::Disconnected
+                }
+            },
+            _ = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } }, if retry_at.is_some() => {
+                retry_at = None;
+                continue;
+            }
+            changed = ends.reports.changed() => {
+                if changed.is_err() {
+                    // The node loop is gone without stopping us.
+                    return;
+                }
+                match ends.reports.borrow_and_update().clone() {
+                    Some(r) => Input::Report(r),
+                    None => continue,
+                }
+            }
+            Some(ev) = ends.events.recv() => Input::Event(ev),
+            _ = tick.tick() => {
+                let lost = ends.lost.swap(0, Ordering::Relaxed);
+                if lost > 0 {
+                    state.handle(Input::EventsLost(lost), Instant::now());
+                }
+                Input::Tick
+            }
+            _ = &mut stop => {
+                let actions = state.handle(Input::Stop, Instant::now());
+                let saying_goodbye = actions.contains(&Action::Disconnect);
+                perform(&client, &ends, &mut state, actions);
+                if saying_goodbye {
+                    // Drive the connection until the goodbye is out (the
+                    // broker then closes it) or the grace is over.
+                    let _ = tokio::time::timeout(STOP_GRACE, async {
+                        while eventloop.poll().await.is_ok() {}
+                    })
+                    .await;
+                }
+                tracing::info!("fleet link stopped");
+                return;
+            }
+        };
+        let actions = state.handle(input, Instant::now());
+        perform(&client, &ends, &mut state, actions);
+    }
+}

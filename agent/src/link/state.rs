@@ -1,0 +1,331 @@
+//! The agent's side of the fleet protocol as a plain value (as rumqttc's
+//! `MqttState`): an input — the broker connection came up or went, a message
+//! arrived, the node loop has a new report or event, a timer ticked, stop —
+//! goes in, and the actions to take come out: subscribe, publish, hand a
+//! snapshot on, report the connection. No sockets, no clock of its own:
+//! the driver (`super::run`) performs the actions and passes the time in.
+//!
+//! The rules it keeps (design.md §3):
+//! - a snapshot is handed on only if it decodes (envelope, size cap, node
+//!   name) and is newer than the newest one handed on; a bad one becomes a
+//!   `SnapshotRejected` event and the last accepted snapshot stays;
+//! - only the newest report is kept (coalescing), and it is published when
+//!   it differs from the last one published (time, usage and the drop count
+//!   aside), at once after every (re)connect, and at the refresh interval;
+//! - events wait in a fixed-size queue while offline; when it is full the
+//!   oldest goes, and the count of dropped events rides on the next report.
+
+use std::time::Duration;
+
+use kedge_common::envelope;
+use kedge_common::topics::{self, NodeTopic};
+use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
+use tokio::time::Instant;
+
+/// Events kept while offline; the oldest goes first when it is full.
+pub const EVENT_QUEUE: usize = 32;
+
+/// What happened, as the driver tells it.
+#[derive(Debug)]
+pub enum Input {
+    /// The broker accepted our connection (CONNACK).
+    Connected,
+    /// The connection failed or dropped.
+    Disconnected,
+    /// A PUBLISH arrived.
+    Message { topic: String, payload: Vec<u8> },
+    /// The node loop's newest report.
+    Report(NodeReport),
+    /// Something the controller should hear about.
+    Event(Event),
+    /// Events the driver could not take in (its channel was full).
+    EventsLost(u64),
+    /// The periodic timer: retry what was refused, refresh the report.
+    Tick,
+    /// The agent is stopping: say goodbye.
+    Stop,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Tell the node loop whether the broker connection is up.
+    Connected(bool),
+    Subscribe {
+        topic: String,
+    },
+    Publish(Publish),
+    /// A snapshot to act on (after storing it).
+    Deliver(NodeDesired),
+    /// Close the session cleanly (after the publishes before it).
+    Disconnect,
+}
+
+/// One message to publish at QoS 1.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publish {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+    pub what: Outgoing,
+}
+
+/// What a publish carries, so a refused one can be put back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Presence {
+        online: bool,
+    },
+    /// The node report, carrying this many dropped events.
+    Report {
+        events_dropped: u64,
+    },
+    Event(Event),
+}
+
+/// Static facts of the session.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    pub prefix: String,
+    pub boot_id: String,
+    pub max_payload: usize,
+    /// A report is republished this often even when nothing changed.
+    pub report_refresh: Duration,
+}
+
+pub struct LinkState {
+    settings: Settings,
+    desired_topic: String,
+    connected: bool,
+    /// A subscription or presence the client refused; retried at the tick.
+    subscribe_pending: bool,
+    presence_pending: bool,
+    /// The node loop's newest report.
+    report: Option<NodeReport>,
+    /// The last report handed to the client, in comparable form, and when.
+    published: Option<(NodeReport, Instant)>,
+    events: heapless::Deque<Event, EVENT_QUEUE>,
+    /// Events dropped and not yet told in a published report.
+    dropped: u64,
+    /// The newest generation handed on.
+    delivered: u64,
+}
+
+/// A report without what changes on its own (time, usage) or travels beside
+/// it (the drop count).
+fn comparable(r: &NodeReport) -> NodeReport {
+    let mut r = r.clone();
+    r.time = 0;
+    r.usage = Default::default();
+    r.events_dropped = 0;
+    r
+}
+
+impl LinkState {
+    /// `accepted`: the generation the node already has (from its cache):
+    /// snapshots not newer are not handed on.
+    pub fn new(settings: Settings, accepted: u64) -> LinkState {
+        LinkState {
+            desired_topic: topics::node_topic(&settings.prefix, &settings.node, NodeTopic::Desired),
+            settings,
+            connected: false,
+            subscribe_pending: false,
+            presence_pending: false,
+            report: None,
+            published: None,
+            events: heapless::Deque::new(),
+            dropped: 0,
+            delivered: accepted,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// Events waiting to be published.
+    pub fn queued_events(&self) -> usize {
+        self.events.len()
+    }
+
+    fn topic(&self, which: NodeTopic) -> String {
+        topics::node_topic(&self.settings.prefix, &self.settings.node, which)
+    }
+
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Connected => {
+                self.connected = true;
+                out.push(Action::Connected(true));
+                out.push(Action::Subscribe { topic: self.desired_topic.clone() });
+                out.push(self.presence(true));
+                // Whatever the broker had of us may be gone: report again.
+                self.published = None;
+                self.flush(now, &mut out);
+            }
+            Input::Disconnected => {
+                if self.connected {
+                    out.push(Action::Connected(false));
+                }
+                self.connected = false;
+            }
+            Input::Message { topic, payload } => self.message(&topic, &payload, now, &mut out),
+            Input::Report(r) => {
+                self.report = Some(r);
+                self.flush(now, &mut out);
+            }
+            Input::Event(ev) => {
+                self.push_event(ev);
+                self.flush(now, &mut out);
+            }
+            Input::EventsLost(n) => self.dropped += n,
+            Input::Tick => {
+                if self.connected {
+                    if self.subscribe_pending {
+                        self.subscribe_pending = false;
+                        out.push(Action::Subscribe { topic: self.desired_topic.clone() });
+                    }
+                    if self.presence_pending {
+                        self.presence_pending = false;
+                        out.push(self.presence(true));
+                    }
+                }
+                self.flush(now, &mut out);
+            }
+            Input::Stop => {
+                if self.connected {
+                    // A clean DISCONNECT does not fire the Last Will: say it ourselves.
+                    out.push(self.presence(false));
+                    out.push(Action::Disconnect);
+                }
+                self.connected = false;
+            }
+        }
+        out
+    }
+
+    /// The driver could not hand `action` to the client (its queue was
+    /// full): it is tried again at the next tick, or the event goes back to
+    /// the front of the queue.
+    pub fn refused(&mut self, action: Action) {
+        match action {
+            Action::Subscribe { .. } => self.subscribe_pending = true,
+            Action::Publish(p) => match p.what {
+                Outgoing::Presence { online: true } => self.presence_pending = true,
+                Outgoing::Presence { online: false } => {}
+                Outgoing::Report { events_dropped } => {
+                    // Not published after all: the drop count goes with the next one.
+                    self.dropped += events_dropped;
+                    self.published = None;
+                }
+                Outgoing::Event(ev) => {
+                    if self.events.push_front(ev).is_err() {
+                        self.dropped += 1;
+                    }
+                }
+            },
+            Action::Connected(_) | Action::Deliver(_) | Action::Disconnect => {}
+        }
+    }
+
+    fn presence(&self, online: bool) -> Action {
+        let since = if online { jiff::Timestamp::now().to_string() } else { String::new() };
+        let p = Presence { online, since, boot_id: self.settings.boot_id.clone() };
+        Action::Publish(Publish {
+            topic: self.topic(NodeTopic::Presence),
+            payload: p.to_json(),
+            retain: true,
+            what: Outgoing::Presence { online },
+        })
+    }
+
+    fn push_event(&mut self, ev: Event) {
+        if self.events.is_full() {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        // Cannot fail: there is room now.
+        let _ = self.events.push_back(ev);
+    }
+
+    /// While connected: the report if it changed or is due, then every
+    /// queued event.
+    fn flush(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.connected {
+            return;
+        }
+        if let Some(r) = &self.report {
+            let cmp = comparable(r);
+            let due = match &self.published {
+                None => true,
+                Some((p, at)) => *p != cmp || now.saturating_duration_since(*at) >= self.settings.report_refresh,
+            };
+            if due {
+                let mut r = r.clone();
+                r.events_dropped = std::mem::take(&mut self.dropped);
+                match envelope::encode(&r) {
+                    Ok(payload) => {
+                        self.published = Some((cmp, now));
+                        out.push(Action::Publish(Publish {
+                            topic: self.topic(NodeTopic::Status),
+                            payload,
+                            retain: true,
+                            what: Outgoing::Report { events_dropped: r.events_dropped },
+                        }));
+                    }
+                    Err(e) => {
+                        self.dropped = r.events_dropped;
+                        tracing::error!(error = %e, "cannot encode the node report");
+                    }
+                }
+            }
+        }
+        while let Some(ev) = self.events.pop_front() {
+            match envelope::encode(&ev) {
+                Ok(payload) => out.push(Action::Publish(Publish {
+                    topic: self.topic(NodeTopic::Events),
+                    payload,
+                    retain: false,
+                    what: Outgoing::Event(ev),
+                })),
+                Err(e) => tracing::error!(error = %e, "cannot encode an event; dropped"),
+            }
+        }
+    }
+
+    fn message(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if topic != self.desired_topic {
+            tracing::debug!(%topic, "message on a topic we did not ask for; ignored");
+            return;
+        }
+        if payload.is_empty() {
+            tracing::info!("the desired snapshot was cleared on the broker; keeping the last accepted one");
+            return;
+        }
+        match kedge_common::wire::decode_for::<NodeDesired>(payload, &self.settings.node, self.settings.max_payload) {
+            Ok(d) if d.generation <= self.delivered => {
+                tracing::debug!(generation = d.generation, have = self.delivered, "snapshot not newer; ignored");
+            }
+            Ok(d) => {
+                self.delivered = d.generation;
+                out.push(Action::Deliver(d));
+            }
+            Err(e) => {
+                tracing::warn!(%topic, bytes = payload.len(), error = %e, "desired snapshot rejected; keeping the last accepted one");
+                self.push_event(Event {
+                    time: jiff::Timestamp::now().as_second(),
+                    normal: false,
+                    reason: "SnapshotRejected".into(),
+                    message: format!("desired snapshot of {} bytes rejected: {e}", payload.len()),
+                    pod: None,
+                });
+                self.flush(now, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! The link's protocol without a broker: inputs in, actions out.
+
+use std::time::Duration;
+
+use kedge_common::envelope::{self, DEFAULT_MAX_PAYLOAD};
+use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence, Usage};
+use tokio::time::Instant;
+
+use super::*;
+
+const DESIRED: &str = "kedge/v1/nodes/n1/desired";
+const STATUS: &str = "kedge/v1/nodes/n1/status";
+const PRESENCE: &str = "kedge/v1/nodes/n1/presence";
+const EVENTS: &str = "kedge/v1/nodes/n1/events";
+
+fn state(accepted: u64) -> LinkState {
+    LinkState::new(
+        Settings {
+            node: "n1".into(),
+            prefix: "kedge".into(),
+            boot_id: "boot-1".into(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            report_refresh: Duration::from_secs(600),
+        },
+        accepted,
+    )
+}
+
+fn report(generation: u64) -> NodeReport {
+    NodeReport { node: "n1".into(), observed_generation: generation, time: 1, ..Default::default() }
+}
+
+fn event(time: i64) -> Event {
+    Event { time, normal: true, reason: "Started".into(), message: format!("event {time}"), pod: None }
+}
+
+fn snapshot(node: &str, generation: u64) -> Vec<u8> {
+    envelope::encode(&NodeDesired { node: node.into(), generation, pods: Vec::new() }).expect("encode")
+}
+
+fn message(payload: Vec<u8>) -> Input {
+    Input::Message { topic: DESIRED.into(), payload }
+}
+
+/// The publishes among `actions`, as (topic, payload).
+fn publishes(actions: &[Action]) -> Vec<(&str, &[u8])> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish(p) => Some((p.topic.as_str(), p.payload.as_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn reports(actions: &[Action]) -> Vec<NodeReport> {
+    publishes(actions)
+        .into_iter()
+        .filter(|(t, _)| *t == STATUS)
+        .map(|(_, b)| envelope::decode(b, DEFAULT_MAX_PAYLOAD).expect("a report"))
+        .collect()
+}
+
+fn events(actions: &[Action]) -> Vec<Event> {
+    publishes(actions)
+        .into_iter()
+        .filter(|(t, _)| *t == EVENTS)
+        .map(|(_, b)| envelope::decode(b, DEFAULT_MAX_PAYLOAD).expect("an event"))
+        .collect()
+}
+
+fn delivered(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver(d) => Some(d.generation),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_connect_subscribes_says_online_and_reports_at_once() {
+    let now = Instant::now();
+    let mut s = state(0);
+    assert!(s.handle(Input::Report(report(0)), now).is_empty(), "nothing goes out while offline");
+    let actions = s.handle(Input::Connected, now);
+    assert_eq!(actions[0], Action::Connected(true));
+    assert_eq!(actions[1], Action::Subscribe { topic: DESIRED.into() });
+    let (topic, payload) = publishes(&actions)[0];
+    assert_eq!(topic, PRESENCE);
+    let presence = Presence::from_json(payload).expect("presence JSON");
+    assert!(presence.online && presence.boot_id == "boot-1");
+    assert_eq!(reports(&actions), vec![report(0)]);
+    // Every reconnect reports again, even unchanged: the broker may have lost it.
+    s.handle(Input::Disconnected, now);
+    assert_eq!(reports(&s.handle(Input::Connected, now)).len(), 1);
+}
+
+#[test]
+fn only_newer_valid_snapshots_for_this_node_are_handed_on() {
+    let now = Instant::now();
+    let mut s = state(4);
+    s.handle(Input::Connected, now);
+    assert!(delivered(&s.handle(message(snapshot("n1", 4)), now)).is_empty(), "the cached generation is not newer");
+    assert_eq!(delivered(&s.handle(message(snapshot("n1", 5)), now)), vec![5]);
+    assert!(delivered(&s.handle(message(snapshot("n1", 5)), now)).is_empty(), "a retained re-delivery");
+    assert!(delivered(&s.handle(message(snapshot("n1", 3)), now)).is_empty(), "an older one");
+    let other_topic = Input::Message { topic: "kedge/v1/nodes/n2/desired".into(), payload: snapshot("n1", 9) };
+    assert!(s.handle(other_topic, now).is_empty());
+    assert!(s.handle(message(Vec::new()), now).is_empty(), "a cleared retained message changes nothing");
+
+    // Garbage, another node's snapshot, an oversize one: refused, told as events.
+    let oversize = {
+        let mut big = state(0);
+        big.settings.max_payload = 16;
+        big.handle(Input::Connected, now);
+        big.handle(message(snapshot("n1", 9)), now)
+    };
+    assert!(delivered(&oversize).is_empty());
+    assert_eq!(events(&oversize)[0].reason, "SnapshotRejected");
+    for bad in [b"hello".to_vec(), snapshot("n2", 9)] {
+        let actions = s.handle(message(bad), now);
+        assert!(delivered(&actions).is_empty());
+        let ev = events(&actions);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].reason, "SnapshotRejected");
+        assert!(!ev[0].normal);
+    }
+    // And the newest accepted generation still rules.
+    assert_eq!(delivered(&s.handle(message(snapshot("n1", 6)), now)), vec![6]);
+}
+
+#[test]
+fn reports_are_coalesced_and_published_when_they_change_or_are_due() {
+    let t0 = Instant::now();
+    let mut s = state(0);
+    // Offline: only the newest is kept.
+    for g in 1..=3 {
+        assert!(s.handle(Input::Report(report(g)), t0).is_empty());
+    }
+    assert_eq!(reports(&s.handle(Input::Connected, t0)), vec![report(3)]);
+    // Time and usage move on their own: not a change.
+    let mut same = report(3);
+    same.time = 99;
+    same.usage = Usage { memory_bytes: 5, load_milli: 7 };
+    assert!(reports(&s.handle(Input::Report(same), t0)).is_empty());
+    assert!(reports(&s.handle(Input::Tick, t0 + Duration::from_secs(599))).is_empty());
+    // The refresh interval republishes it.
+    assert_eq!(reports(&s.handle(Input::Tick, t0 + Duration::from_secs(600))).len(), 1);
+    // A real change goes out at once.
+    assert_eq!(reports(&s.handle(Input::Report(report(4)), t0 + Duration::from_secs(601))), vec![report(4)]);
+}
+
+#[test]
+fn events_wait_offline_in_a_bounded_queue_and_drops_ride_on_the_report() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.handle(Input::Report(report(1)), now);
+    for t in 0..(EVENT_QUEUE as i64 + 5) {
+        assert!(s.handle(Input::Event(event(t)), now).is_empty());
+    }
+    assert_eq!(s.queued_events(), EVENT_QUEUE, "memory stays flat");
+    let actions = s.handle(Input::Connected, now);
+    let sent = events(&actions);
+    assert_eq!(sent.len(), EVENT_QUEUE);
+    assert_eq!(sent.first().map(|e| e.time), Some(5), "the oldest five went");
+    assert_eq!(sent.last().map(|e| e.time), Some(EVENT_QUEUE as i64 + 4), "in order");
+    assert_eq!(reports(&actions)[0].events_dropped, 5);
+    assert_eq!(s.queued_events(), 0);
+    // Told once: the next report carries none.
+    assert_eq!(reports(&s.handle(Input::Report(report(2)), now))[0].events_dropped, 0);
+    // Events the driver's channel lost count too.
+    s.handle(Input::EventsLost(2), now);
+    assert_eq!(reports(&s.handle(Input::Report(report(3)), now))[0].events_dropped, 2);
+}
+
+#[test]
+fn what_the_client_refuses_is_tried_again() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.handle(Input::Report(report(1)), now);
+    s.handle(Input::EventsLost(3), now);
+    let actions = s.handle(Input::Connected, now);
+    // The client's queue was full: everything is refused.
+    for a in actions.iter().filter(|a| matches!(a, Action::Subscribe { .. } | Action::Publish(_))) {
+        s.refused(a.clone());
+    }
+    s.handle(Input::Event(event(1)), now).into_iter().for_each(|a| s.refused(a));
+    let retry = s.handle(Input::Tick, now);
+    assert!(retry.contains(&Action::Subscribe { topic: DESIRED.into() }));
+    assert!(publishes(&retry).iter().any(|(t, _)| *t == PRESENCE));
+    let r = reports(&retry);
+    assert_eq!(r.len(), 1, "the unchanged report is still sent");
+    assert_eq!(r[0].events_dropped, 3, "with the drop count it carried");
+    assert_eq!(events(&retry).iter().map(|e| e.time).collect::<Vec<_>>(), vec![1]);
+    assert!(s.handle(Input::Tick, now).is_empty(), "and nothing twice");
+}
+
+#[test]
+fn stopping_says_offline_and_disconnects_cleanly() {
+    let now = Instant::now();
+    let mut offline = state(0);
+    assert!(offline.handle(Input::Stop, now).is_empty(), "nothing to say without a connection");
+    let mut s = state(0);
+    s.handle(Input::Connected, now);
+    let actions = s.handle(Input::Stop, now);
+    let (topic, payload) = publishes(&actions)[0];
+    assert_eq!(topic, PRESENCE);
+    assert!(!Presence::from_json(payload).expect("presence").online);
+    assert_eq!(actions.last(), Some(&Action::Disconnect));
+    assert!(s.handle(Input::Report(report(9)), now).is_empty(), "a stopped link publishes nothing");
+}

@@ -1,0 +1,262 @@
+//! The node loop: what `kedge-agent run` does once the runtime is open. It
+//! merges the two sources of desired pods — the static manifest folder and,
+//! with a broker, the controller's snapshots — into the pod manager, stores
+//! each source's accepted state in the local cache before acting on it,
+//! builds the node report from the runtime's and the pod workers' memory,
+//! and hands it to the fleet link.
+//!
+//! Generic over the runtime: the agent runs it on libcontainer, the tests and
+//! the fleet simulator on the fake.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kedge_common::wire::{Event, NodeReport};
+
+use crate::cache::{Cache, CacheError};
+use crate::fleet::{self, Accepted, CONTROLLER_PREFIX, ControllerSource};
+use crate::link::{self, LinkConfig, LinkHandle};
+use crate::pods::backoff::BackoffPolicy;
+use crate::pods::manifests::{SOURCE_PREFIX, StaticSource};
+use crate::pods::{DesiredPod, PodManager, WorkerContext, status};
+use crate::report;
+use crate::runtime::{CriRuntime, Paths};
+
+/// Everything the node loop needs to know.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node: String,
+    /// The agent's data dir: the local cache (`agent.redb`), pod volumes,
+    /// logs and status files.
+    pub data_dir: PathBuf,
+    /// Folder of static Pod manifests.
+    pub manifests: PathBuf,
+    pub backoff: BackoffPolicy,
+    /// Disk usage (percent) above which unused images are removed.
+    pub image_gc_high_threshold: u8,
+    /// The fleet link; None runs static pods only.
+    pub link: Option<LinkConfig>,
+    /// This node's address as other nodes see it (default: the source
+    /// address of the route to the broker).
+    pub node_ip: Option<String>,
+    /// How often static manifests are rescanned and the report rebuilt.
+    pub tick: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("the local cache task failed")]
+    CacheTask(#[source] tokio::task::JoinError),
+    #[error("node name {0:?} cannot be an MQTT topic level (lower-case letters, digits, '-' and '.'; use --node-name)")]
+    NodeName(String),
+}
+
+/// Runs a cache operation on a blocking thread: redb syncs to disk, and
+/// opening it may wait for a dying process's lock.
+async fn cached<T: Send + 'static>(
+    cache: &Arc<Cache>,
+    f: impl FnOnce(&Cache) -> Result<T, CacheError> + Send + 'static,
+) -> Result<T, NodeError> {
+    let cache = cache.clone();
+    tokio::task::spawn_blocking(move || f(&cache)).await.map_err(NodeError::CacheTask)?.map_err(NodeError::from)
+}
+
+/// The fleet link as the node loop holds it.
+struct Link {
+    handle: LinkHandle,
+    machine: report::Machine,
+    /// The newest report handed to the link, to derive events from.
+    last: Option<NodeReport>,
+}
+
+struct Node<R> {
+    cfg: NodeConfig,
+    boot_id: String,
+    manager: PodManager<R>,
+    cache: Arc<Cache>,
+    source: StaticSource,
+    static_pods: Vec<DesiredPod>,
+    controller: ControllerSource,
+    link: Option<Link>,
+}
+
+/// Runs the node until `stop` resolves. Pods are not stopped when it ends: a
+/// restarted agent adopts them.
+pub async fn run<R: CriRuntime>(
+    cfg: NodeConfig,
+    runtime: R,
+    paths: Paths,
+    stop: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    if cfg.link.is_some() && !kedge_common::topics::valid_node_name(&cfg.node) {
+        return Err(NodeError::NodeName(cfg.node.clone()));
+    }
+    let manager = PodManager::new(WorkerContext::new(runtime.clone(), paths, cfg.backoff));
+    let path = cfg.data_dir.join("agent.redb");
+    let cache = Arc::new(tokio::task::spawn_blocking(move || Cache::open(&path)).await.map_err(NodeError::CacheTask)??);
+    let cached_pods = cached(&cache, |c| c.desired()).await?;
+    let source = StaticSource::new(&cfg.manifests, cfg.node.clone()).with_cached(cached_pods.into_values());
+    // The controller's last accepted pods start at once, broker or not.
+    let controller = cached(&cache, ControllerSource::from_cache).await?;
+    let boot_id = crate::runtime::records::boot_id();
+    let mut node = Node { cfg, boot_id, manager, cache, source, static_pods: Vec::new(), controller, link: None };
+    let static_pods = node.source.scan().unwrap_or_default();
+    node.store_static(static_pods).await;
+    node.manager.set_desired(node.all_pods());
+    if !node.controller.pods.is_empty() {
+        tracing::info!(
+            pods = node.controller.pods.len(),
+            generation = node.controller.generation,
+            "started the controller's pods from the local cache"
+        );
+    }
+    if let Some(link_cfg) = node.cfg.link.clone() {
+        let node_ip =
+            node.cfg.node_ip.clone().or_else(|| report::route_source_ip(&link_cfg.broker.host, link_cfg.broker.port));
+        let machine = report::Machine::detect(&node.cfg.node, node_ip);
+        let broker = link_cfg.broker.clone();
+        let handle = link::start(link_cfg, node.controller.generation);
+        tracing::info!(%broker, "fleet link started");
+        node.link = Some(Link { handle, machine, last: None });
+    }
+    node.run(stop).await;
+    if let Some(l) = node.link.take() {
+        l.handle.stop().await;
+    }
+    Ok(())
+}
+
+impl<R: CriRuntime> Node<R> {
+    /// Every pod this node should run: its static pods and the controller's.
+    fn all_pods(&self) -> Vec<DesiredPod> {
+        self.static_pods.iter().chain(&self.controller.pods).cloned().collect()
+    }
+
+    /// Stores the static pods, then acts on them (stored before acted on:
+    /// a restart runs what was last accepted).
+    async fn store_static(&mut self, pods: Vec<DesiredPod>) -> bool {
+        let by_source = pods.iter().map(|d| (d.source.clone(), d.clone())).collect();
+        match cached(&self.cache, move |c| c.replace(SOURCE_PREFIX, &by_source)).await {
+            Ok(()) => {
+                self.static_pods = pods;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store the desired pods; not acting on them");
+                false
+            }
+        }
+    }
+
+    async fn run(&mut self, stop: impl Future<Output = ()>) {
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        let mut gc = tokio::time::interval(Duration::from_secs(60));
+        let changed = self.manager.changed();
+        tokio::pin!(stop);
+        loop {
+            let linked = self.link.is_some();
+            let snapshot = async {
+                match self.link.as_mut() {
+                    Some(l) => l.handle.snapshots.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Some(pods) = self.source.scan() {
+                        if self.store_static(pods).await {
+                            self.manager.set_desired(self.all_pods());
+                        }
+                    }
+                    self.send_report();
+                }
+                _ = changed.notified(), if linked => {
+                    // Let a burst of worker passes settle into one report.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    self.send_report();
+                }
+                ok = snapshot => {
+                    if !ok {
+                        tracing::error!("the fleet link stopped; running on without it");
+                        self.link = None;
+                        continue;
+                    }
+                    self.take_snapshot().await;
+                }
+                _ = gc.tick() => {
+                    let wanted: Vec<String> = self
+                        .all_pods()
+                        .iter()
+                        .flat_map(|d| d.pod.spec.containers.iter().map(|c| c.image.clone()))
+                        .collect();
+                    let threshold = self.cfg.image_gc_high_threshold;
+                    if let Err(e) = self.manager.runtime().collect_images_if_full(threshold, &wanted).await {
+                        tracing::warn!(error = %e, "image garbage collection failed");
+                    }
+                }
+                _ = &mut stop => break,
+            }
+        }
+    }
+
+    /// Takes the newest snapshot the link handed on: stored, then acted on.
+    async fn take_snapshot(&mut self) {
+        let Some(l) = self.link.as_mut() else { return };
+        let Some(snap) = l.handle.snapshots.borrow_and_update().clone() else { return };
+        let generation = snap.generation;
+        let Some(prepared) = self.controller.prepare(snap) else {
+            tracing::debug!(generation, have = self.controller.generation, "snapshot not newer; ignored");
+            return;
+        };
+        let pods = prepared.pods.clone();
+        if let Err(e) = cached(&self.cache, move |c| c.store_snapshot(CONTROLLER_PREFIX, generation, &pods)).await {
+            tracing::error!(generation, error = %e, "cannot store the controller's snapshot; not acting on it");
+            return;
+        }
+        let Accepted::New { skipped } = self.controller.adopt(prepared) else { return };
+        tracing::info!(generation, pods = self.controller.pods.len(), "accepted the controller's snapshot");
+        if let Some(l) = self.link.as_ref() {
+            for s in skipped {
+                tracing::warn!(pod = %s, "pod of the snapshot not run");
+                l.handle.push_event(Event {
+                    time: jiff::Timestamp::now().as_second(),
+                    normal: false,
+                    reason: "PodRejected".into(),
+                    message: s,
+                    pod: None,
+                });
+            }
+        }
+        self.manager.set_desired(self.all_pods());
+        // The new observed generation goes out at once.
+        self.send_report();
+    }
+
+    /// Builds the node report from the runtime's and the workers' memory and
+    /// hands it to the link (which publishes it if it changed); events come
+    /// from the difference with the last one.
+    fn send_report(&mut self) {
+        let Some(l) = self.link.as_mut() else { return };
+        let rt = self.manager.runtime();
+        let views = status::views(&rt.sandbox_records(), &rt.container_records(), &self.manager.statuses(), false);
+        let pods: Vec<_> = self.controller.pods.iter().map(|d| d.pod.clone()).collect();
+        let r = report::build(
+            &l.machine,
+            &self.cfg.node,
+            &self.boot_id,
+            &self.cfg.data_dir,
+            self.controller.generation,
+            &pods,
+            &views,
+        );
+        for ev in fleet::events_between(l.last.as_ref(), &r) {
+            l.handle.push_event(ev);
+        }
+        l.last = Some(r.clone());
+        l.handle.reports.send_replace(Some(r));
+    }
+}

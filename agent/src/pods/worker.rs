@@ -463,8 +463,10 @@ impl<R: CriRuntime> Worker<R> {
                 PodPhase::Failed
             }
         } else if states.iter().all(|s| s.is_some())
-            && states.iter().any(|s| s.is_some_and(|r| r.state == ContainerState::Running))
+            && states.iter().any(|s| s.is_some_and(|r| r.state != ContainerState::Created))
         {
+            // As the kubelet's getPhase: every container has started at
+            // least once, and some run or wait to be restarted.
             PodPhase::Running
         } else {
             PodPhase::Pending
@@ -550,3 +552,6 @@ impl<R: CriRuntime> Worker<R> {
         tracing::info!("pod removed");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -36,9 +36,9 @@ pub struct Script {
     pub create_error: Option<String>,
     /// StartContainer fails with this message.
     pub start_error: Option<String>,
-    /// Exit codes of successive ExecSync calls; the last one repeats
-    /// (empty: every exec succeeds).
-    pub exec_codes: VecDeque<i32>,
+    /// Exit codes of successive ExecSync calls, by command (its words
+    /// joined by spaces); the last one repeats. Unlisted commands succeed.
+    pub exec_codes: HashMap<String, VecDeque<i32>>,
 }
 
 /// One call into the fake, with when it happened (tokio time since the fake
@@ -409,15 +409,15 @@ impl CriRuntime for FakeRuntime {
     async fn exec_sync(&self, id: &str, cmd: Vec<String>, _timeout: Option<Duration>) -> Result<cri::ExecSyncResponse> {
         let rec = self.container(id)?;
         let name = rec.name().to_string();
-        self.record(Call::ExecSync { name: name.clone(), cmd });
+        self.record(Call::ExecSync { name: name.clone(), cmd: cmd.clone() });
         if rec.state != ContainerState::Running {
             return Err(RuntimeError::FailedPrecondition(format!("cannot exec in a stopped container {id}")));
         }
         let exit_code = {
             let mut st = self.state();
-            match st.scripts.get_mut(&name) {
-                Some(s) if s.exec_codes.len() > 1 => s.exec_codes.pop_front().unwrap_or(0),
-                Some(s) => s.exec_codes.front().copied().unwrap_or(0),
+            match st.scripts.get_mut(&name).and_then(|s| s.exec_codes.get_mut(&cmd.join(" "))) {
+                Some(codes) if codes.len() > 1 => codes.pop_front().unwrap_or(0),
+                Some(codes) => codes.front().copied().unwrap_or(0),
                 None => 0,
             }
         };

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kedge_controller::api::{ApiConfig, ApiState};
 use kedge_controller::client::Client;
 use kedge_controller::controllers::runner::Reconcile;
 use kedge_controller::scheduler::Scheduler;
 use kedge_controller::scheduler::model::{self, NodeInfo, NodeUsage, PodNeeds};
 use kedge_controller::store::Store;
+use kedge_controller::write::{DEFAULT_SERVICE_CIDR, Writer};
 use serde_json::json;
 
 const NODES: usize = 1000;
@@ -28,10 +28,9 @@ const PODS: usize = 5000;
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = Arc::new(Store::open(&dir.path().join("s.redb"), 1000).expect("store"));
-    kedge_controller::server::bootstrap(&store).expect("system namespaces");
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    let state = Arc::new(ApiState { store: store.clone(), config: ApiConfig::default(), shutdown: rx });
-    let client = Client::new(state);
+    let writer = Writer::new(store, DEFAULT_SERVICE_CIDR);
+    writer.system_namespaces().expect("system namespaces");
+    let client = Client::new(writer);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     rt.block_on(async {
         let now = jiff::Timestamp::now().to_string();

@@ -1,24 +1,22 @@
 //! Typed, in-process access to the API for the control loops. Every write
-//! goes through the same path as an HTTP request (admission, defaults,
-//! preconditions, generation, revision), so what a loop writes is exactly
-//! what `kubectl` could have written.
-
-use std::sync::Arc;
+//! goes through the same path as an HTTP request ([`crate::write`]:
+//! admission, defaults, preconditions, generation, revision), so what a loop
+//! writes is exactly what `kubectl` could have written. Errors are the loops'
+//! own ([`ControllerError`]).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::api::objects::{self, At, DeleteOpts, Part, Propagation, WriteOpts};
-use crate::api::{ApiError, ApiState};
+use crate::controllers::ControllerError;
 use crate::resources::{self, ResourceType};
 use crate::store::{Key, SharedStore};
+use crate::write::{At, Binding, DeleteOpts, Part, Propagation, WriteError, WriteOpts, Writer};
 
 /// A kind the control loops handle as a typed `k8s-openapi` struct.
 pub trait Kind: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned {
-    fn rt() -> Result<&'static ResourceType, ApiError> {
-        resources::by_kind(Self::GROUP, Self::KIND)
-            .ok_or_else(|| ApiError::internal(format!("kind {} is not served", Self::KIND)))
+    fn rt() -> Result<&'static ResourceType, ControllerError> {
+        resources::by_kind(Self::GROUP, Self::KIND).ok_or(ControllerError::NotServed { kind: Self::KIND })
     }
 }
 
@@ -27,15 +25,15 @@ impl<T> Kind for T where T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = O
 
 #[derive(Clone)]
 pub struct Client {
-    st: Arc<ApiState>,
+    writer: Writer,
 }
 
-fn decode<K: Kind>(v: Value) -> Result<K, ApiError> {
-    serde_json::from_value(v).map_err(|e| ApiError::internal(format!("stored {} does not decode: {e}", K::KIND)))
+fn decode<K: Kind>(v: Value) -> Result<K, ControllerError> {
+    serde_json::from_value(v).map_err(|source| ControllerError::Decode { kind: K::KIND, source })
 }
 
-fn encode<K: Kind>(obj: &K) -> Result<Value, ApiError> {
-    serde_json::to_value(obj).map_err(|e| ApiError::internal(format!("{} does not encode: {e}", K::KIND)))
+fn encode<K: Kind>(obj: &K) -> Result<Value, ControllerError> {
+    serde_json::to_value(obj).map_err(|source| ControllerError::Encode { kind: K::KIND, source })
 }
 
 fn name_ns(meta: &ObjectMeta) -> (String, String) {
@@ -43,31 +41,35 @@ fn name_ns(meta: &ObjectMeta) -> (String, String) {
 }
 
 impl Client {
-    pub fn new(st: Arc<ApiState>) -> Self {
-        Client { st }
+    pub fn new(writer: Writer) -> Self {
+        Client { writer }
     }
 
     pub fn store(&self) -> &SharedStore {
-        &self.st.store
+        self.writer.store()
     }
 
-    pub fn get<K: Kind>(&self, ns: &str, name: &str) -> Result<Option<K>, ApiError> {
+    pub fn get<K: Kind>(&self, ns: &str, name: &str) -> Result<Option<K>, ControllerError> {
         let rt = K::rt()?;
-        self.st.store.get(&Key::new(rt.id, ns, name))?.map(decode).transpose()
+        self.store().get(&Key::new(rt.id, ns, name))?.map(decode).transpose()
     }
 
     /// Every object of the kind, in one namespace or all.
-    pub fn list<K: Kind>(&self, ns: Option<&str>) -> Result<Vec<K>, ApiError> {
+    pub fn list<K: Kind>(&self, ns: Option<&str>) -> Result<Vec<K>, ControllerError> {
         let rt = K::rt()?;
-        let (items, _) = self.st.store.list(rt.id, ns, None)?;
+        let (items, _) = self.store().list(rt.id, ns, None)?;
         items.into_iter().map(decode).collect()
     }
 
     /// The store keys of every object of the kind (what a control loop
     /// resyncs from).
-    pub fn keys<K: Kind>(&self) -> Result<Vec<Key>, ApiError> {
-        let rt = K::rt()?;
-        let (items, _) = self.st.store.list(rt.id, None, None)?;
+    pub fn keys<K: Kind>(&self) -> Result<Vec<Key>, ControllerError> {
+        self.keys_raw(K::rt()?, None)
+    }
+
+    /// The store keys of every object of `rt`, in one namespace or all.
+    pub fn keys_raw(&self, rt: &ResourceType, ns: Option<&str>) -> Result<Vec<Key>, ControllerError> {
+        let (items, _) = self.store().list(rt.id, ns, None)?;
         Ok(items
             .iter()
             .map(|o| {
@@ -77,43 +79,41 @@ impl Client {
             .collect())
     }
 
-    pub fn create<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+    pub fn create<K: Kind>(&self, obj: &K) -> Result<K, ControllerError> {
         let rt = K::rt()?;
         let (ns, _) = name_ns(obj.metadata());
-        let (stored, _) = objects::create_object(&self.st, rt, &ns, encode(obj)?, &[], WriteOpts::INTERNAL)?;
+        let (stored, _) = self.writer.create(rt, &ns, encode(obj)?, &[], WriteOpts::INTERNAL)?;
         decode(stored)
     }
 
-    fn write<K: Kind>(&self, obj: &K, part: Part) -> Result<K, ApiError> {
+    fn write<K: Kind>(&self, obj: &K, part: Part) -> Result<K, ControllerError> {
         let rt = K::rt()?;
         let (ns, name) = name_ns(obj.metadata());
         let body = encode(obj)?;
-        let (stored, _) =
-            objects::update(&self.st, At { rt, ns: &ns, name: &name }, part, WriteOpts::INTERNAL, &[], |_| Ok(body))?;
+        let at = At { rt, ns: &ns, name: &name };
+        let (stored, _) = self.writer.update::<WriteError>(at, part, WriteOpts::INTERNAL, &[], |_| Ok(body))?;
         decode(stored)
     }
 
     /// Replaces the object (not its status); its `resourceVersion`, when set,
-    /// is a precondition (409 when stale).
-    pub fn replace<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+    /// is a precondition ([`ControllerError::Conflict`] when stale).
+    pub fn replace<K: Kind>(&self, obj: &K) -> Result<K, ControllerError> {
         self.write(obj, Part::Main)
     }
 
     /// Replaces only the status, like `PUT …/status`.
-    pub fn replace_status<K: Kind>(&self, obj: &K) -> Result<K, ApiError> {
+    pub fn replace_status<K: Kind>(&self, obj: &K) -> Result<K, ControllerError> {
         self.write(obj, Part::Status)
     }
 
     /// Deletes the object if it still has `uid` (when given).
-    pub fn delete<K: Kind>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<(), ApiError> {
-        let rt = K::rt()?;
-        let opts = DeleteOpts { uid: uid.map(str::to_owned), ..DeleteOpts::default() };
-        objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
+    pub fn delete<K: Kind>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<(), ControllerError> {
+        self.delete_raw(K::rt()?, ns, name, uid, Propagation::Background)
     }
 
     /// An object of any served kind, as stored.
-    pub fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Option<Value>, ApiError> {
-        Ok(self.st.store.get(&Key::new(rt.id, ns, name))?)
+    pub fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Option<Value>, ControllerError> {
+        Ok(self.store().get(&Key::new(rt.id, ns, name))?)
     }
 
     /// Edits an object of any kind in place (not its status), through the
@@ -124,9 +124,9 @@ impl Client {
         ns: &str,
         name: &str,
         edit: impl FnOnce(&mut Value),
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Value, ControllerError> {
         let at = At { rt, ns, name };
-        let (stored, _) = objects::update(&self.st, at, Part::Main, WriteOpts::INTERNAL, &[], |old| {
+        let (stored, _) = self.writer.update::<WriteError>(at, Part::Main, WriteOpts::INTERNAL, &[], |old| {
             let mut v = old.clone();
             edit(&mut v);
             Ok(v)
@@ -142,17 +142,32 @@ impl Client {
         name: &str,
         uid: Option<&str>,
         propagation: Propagation,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControllerError> {
         let opts = DeleteOpts { uid: uid.map(str::to_owned), propagation, ..DeleteOpts::default() };
-        objects::delete_object(&self.st, rt, ns, name, &opts).map(|_| ())
+        self.writer.delete(rt, ns, name, &opts)?;
+        Ok(())
     }
 
-    /// Binds pods to nodes in one transaction (see `api::binding`).
+    /// Deletes every object at `keys` in one transaction (marking those
+    /// finalizers hold); returns how many there were.
+    pub fn delete_many(&self, keys: &[Key]) -> Result<usize, ControllerError> {
+        Ok(self.writer.delete_many(keys, false)?.len())
+    }
+
+    /// Removes an emptied namespace (see [`Writer::finalize_namespace`]);
+    /// `false` while finalizers of others still hold it.
+    pub fn finalize_namespace(&self, name: &str) -> Result<bool, ControllerError> {
+        Ok(self.writer.finalize_namespace(name)?)
+    }
+
+    /// Binds pods to nodes in one transaction (see [`Writer::bind_many`]).
+    /// A pod that could not be bound fails alone.
     pub fn bind_many(
         &self,
-        binds: &[crate::api::binding::Binding],
+        binds: &[Binding],
         events_from: Option<&str>,
-    ) -> Result<Vec<Result<(), ApiError>>, ApiError> {
-        crate::api::binding::bind_many(&self.st, binds, events_from)
+    ) -> Result<Vec<Result<(), ControllerError>>, ControllerError> {
+        let per = self.writer.bind_many(binds, events_from)?;
+        Ok(per.into_iter().map(|r| r.map_err(ControllerError::from)).collect())
     }
 }

@@ -1,13 +1,15 @@
 //! kedge-controller: a small Kubernetes-shaped control plane.
 //!
 //! Start reading at [`server`] (start-up and shutdown), then [`api`] (the
-//! HTTP surface kubectl drives) and [`store`] (redb, revisions, watch);
-//! [`fleet`] joins the nodes over MQTT.
+//! HTTP surface kubectl drives), [`write`] (the one write path, shared by the
+//! API and the control loops) and [`store`] (redb, revisions, watch);
+//! [`controllers`] are the control loops, [`fleet`] joins the nodes over MQTT.
 
 pub mod api;
 pub mod client;
 pub mod controllers;
 pub mod fleet;
+pub mod meta;
 pub mod patch;
 pub mod resources;
 pub mod scheduler;
@@ -16,3 +18,4 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod validate;
+pub mod write;

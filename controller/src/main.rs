@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kedge_common::duration::parse_duration;
 use kedge_common::topics::BrokerUrl;
 use kedge_controller::controllers::nodelifecycle::NodeLifecycleConfig;
 use kedge_controller::fleet::FleetOptions;
@@ -90,7 +91,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         watch_history: cli.watch_history,
         tls: cli.tls,
         tls_sans: cli.tls_san,
-        nodes: NodeLifecycleConfig { grace: cli.node_monitor_grace_period, cluster_cidr: cli.cluster_cidr },
+        nodes: NodeLifecycleConfig {
+            grace: cli.node_monitor_grace_period,
+            cluster_cidr: cli.cluster_cidr,
+            ..NodeLifecycleConfig::default()
+        },
         service_cidr: cli.service_cidr,
         event_ttl: cli.event_ttl,
         fleet: (!cli.no_fleet).then(|| FleetOptions {
@@ -120,27 +125,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `40s`, `2m`, `1h` or plain seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 40s"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 /// An IPv4 CIDR such as `10.42.0.0/16` (prefix 8 to 24).
-fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, bits) = s.split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR like 10.42.0.0/16"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let bits: u8 = bits.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    if !(8..=24).contains(&bits) {
-        return Err(format!("{s:?}: the prefix must be between /8 and /24"));
-    }
+fn parse_cidr(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (ip, bits) = s.split_once('/').with_context(|| format!("{s:?} is not a CIDR like 10.42.0.0/16"))?;
+    // clap shows the outermost message only: the cause goes into it.
+    let ip: Ipv4Addr = ip.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    let bits: u8 = bits.parse().map_err(|e| anyhow::anyhow!("{s:?}: {e}"))?;
+    anyhow::ensure!((8..=24).contains(&bits), "{s:?}: the prefix must be between /8 and /24");
     let mask = u32::MAX << (32 - u32::from(bits));
     Ok((Ipv4Addr::from(u32::from(ip) & mask), bits))
 }

@@ -27,9 +27,9 @@ impl PatchType {
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
     #[error("invalid json patch: {0}")]
-    InvalidJsonPatch(String),
+    InvalidJsonPatch(#[source] serde_json::Error),
     #[error("json patch could not be applied: {0}")]
-    JsonPatch(String),
+    JsonPatch(#[source] json_patch::PatchError),
     #[error("strategic merge patch must be a json object")]
     NotObject,
     #[error("unknown patch directive {0:?}")]
@@ -71,16 +71,14 @@ fn check_bounds(doc: &Value) -> Result<(), PatchError> {
 pub fn apply(kind: &str, doc: &mut Value, patch: Value, ty: PatchType) -> Result<(), PatchError> {
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch =
-                serde_json::from_value(patch).map_err(|e| PatchError::InvalidJsonPatch(e.to_string()))?;
+            let p: json_patch::Patch = serde_json::from_value(patch).map_err(PatchError::InvalidJsonPatch)?;
             if p.0.len() > MAX_JSON_PATCH_OPS {
                 return Err(PatchError::TooLarge(format!("more than {MAX_JSON_PATCH_OPS} operations")));
             }
             // One op at a time, checking growth after each: `copy` can double
             // the document (or its depth) per op.
             for op in p.0 {
-                json_patch::patch(doc, &json_patch::Patch(vec![op]))
-                    .map_err(|e| PatchError::JsonPatch(e.to_string()))?;
+                json_patch::patch(doc, &json_patch::Patch(vec![op])).map_err(PatchError::JsonPatch)?;
                 check_bounds(doc)?;
             }
             Ok(())

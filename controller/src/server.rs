@@ -1,23 +1,24 @@
 //! Start-up: open the store, make sure the system namespaces exist, bind the
-//! listener, write the kubeconfig, and serve until told to stop.
+//! listener, write the kubeconfig, and serve until told to stop. Shutdown
+//! stops the listener, the control loops and the fleet link, and waits for
+//! all of them, so the store is closed when [`Running::shutdown`] returns.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::{self, ApiConfig, ApiState};
 use crate::client::Client;
+use crate::controllers::ControllerError;
 use crate::controllers::daemonset::DaemonSetController;
 use crate::controllers::endpoints::EndpointsController;
-use crate::controllers::nodelifecycle::{NodeLifecycle, NodeLifecycleConfig};
-use crate::resources;
-use crate::store::{Key, Mutation, Store, StoreError};
+use crate::controllers::nodelifecycle::{Liveness, NodeLifecycle, NodeLifecycleConfig};
+use crate::store::{Store, StoreError};
 use crate::tls;
-use crate::validate::{self, FieldValidation};
+use crate::write::{self, WriteError, Writer};
 
 /// Default API address (the port K3s uses).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6443";
@@ -32,16 +33,18 @@ pub enum ServerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot open store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot create the system namespaces or start the control loops: {0}")]
-    Bootstrap(String),
+    #[error("cannot create the system namespaces: {0}")]
+    Bootstrap(#[from] WriteError),
+    #[error("cannot start the control loops: {0}")]
+    Controllers(#[from] ControllerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot set up TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot write kubeconfig {path}: {source}")]
-    Kubeconfig { path: PathBuf, source: std::io::Error },
+    Kubeconfig { path: PathBuf, source: crate::tls::TlsError },
     #[error(transparent)]
-    Fleet(#[from] crate::fleet::broker::BrokerError),
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +77,7 @@ impl Options {
             tls: false,
             tls_sans: Vec::new(),
             nodes: NodeLifecycleConfig::default(),
-            service_cidr: ApiConfig::default().service_cidr,
+            service_cidr: write::DEFAULT_SERVICE_CIDR,
             event_ttl: crate::controllers::eventttl::DEFAULT_TTL,
             fleet: None,
         }
@@ -91,16 +94,26 @@ pub struct Running {
     pub broker: Option<kedge_common::topics::BrokerUrl>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    /// The control loops and the fleet link's tasks.
+    loops: JoinSet<()>,
 }
 
 impl Running {
-    /// Stops accepting, ends open watches, waits for in-flight requests.
-    pub async fn shutdown(self) -> std::io::Result<()> {
+    /// Stops accepting, ends open watches, waits for in-flight requests,
+    /// then for every control loop and fleet task to return.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
-        match self.task.await {
+        let served = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
+        };
+        while let Some(done) = self.loops.join_next().await {
+            if let Err(e) = done {
+                tracing::error!(error = %e, "a control loop or fleet task failed");
+            }
         }
+        tracing::debug!("control loops and fleet link stopped");
+        served
     }
 }
 
@@ -114,7 +127,8 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         })
         .map_err(|source| ServerError::DataDir { path: opts.data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&opts.data_dir.join("state.redb"), opts.watch_history)?);
-    bootstrap(&store)?;
+    let writer = Writer::new(store.clone(), opts.service_cidr);
+    writer.system_namespaces()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServerError::Listen { addr: opts.listen, source })?;
@@ -132,27 +146,28 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         Some(m) => kubeconfig_yaml(&format!("https://{advertise}"), Some(&m.ca_pem), Some(&m.token)),
         None => kubeconfig_yaml(&format!("http://{advertise}"), None, None),
     };
-    tls::write_private(&kubeconfig, text.as_bytes()).map_err(|e| ServerError::Kubeconfig {
-        path: kubeconfig.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    tls::write_private(&kubeconfig, text.as_bytes())
+        .map_err(|source| ServerError::Kubeconfig { path: kubeconfig.clone(), source })?;
     let (tx, rx) = watch::channel(false);
-    let config = ApiConfig {
-        token: tls.as_ref().map(|m| m.token.clone()),
-        service_cidr: opts.service_cidr,
-        ..ApiConfig::default()
-    };
-    let state = Arc::new(ApiState { store: store.clone(), config, shutdown: rx.clone() });
-    let app = api::router(state.clone());
-    let client = Client::new(state);
+    let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
+    let state = Arc::new(ApiState { store: store.clone(), writer: writer.clone(), config, shutdown: rx.clone() });
+    let app = api::router(state);
+    let client = Client::new(writer);
     let fleet_state = crate::fleet::FleetState::new(
         opts.fleet.as_ref().map_or(std::time::Duration::from_secs(1800), |f| f.report_timeout),
     );
+    let mut loops = JoinSet::new();
     let broker = match &opts.fleet {
-        Some(f) => Some(crate::fleet::start(client.clone(), f.clone(), fleet_state.clone(), rx.clone()).await?.broker),
+        Some(f) => Some(
+            crate::fleet::start(client.clone(), f.clone(), fleet_state.clone(), &mut loops, rx.clone()).await?.broker,
+        ),
         None => None,
     };
-    start_controllers(client, &opts, opts.fleet.as_ref().map(|_| fleet_state), rx.clone())?;
+    // With the fleet link, the node lifecycle also looks at every node when
+    // presence changes somewhere.
+    let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());
+    let liveness = opts.fleet.as_ref().map(|_| fleet_state as Arc<dyn Liveness>);
+    start_controllers(&mut loops, client, &opts, liveness, presence, rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -165,62 +180,36 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         }),
     };
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
-    Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, shutdown: tx, task })
+    Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, shutdown: tx, task, loops })
 }
 
-/// Starts the control loops; each runs until `stop` flips.
+/// Starts the control loops as tasks of `loops`; each runs until `stop` flips.
 fn start_controllers(
+    loops: &mut JoinSet<()>,
     client: Client,
     opts: &Options,
-    fleet: Option<Arc<crate::fleet::FleetState>>,
+    liveness: Option<Arc<dyn Liveness>>,
+    presence: Option<watch::Receiver<u64>>,
     stop: watch::Receiver<bool>,
-) -> Result<(), ServerError> {
+) -> Result<(), ControllerError> {
     use crate::controllers::{
-        deployment::DeploymentController, gc::GarbageCollector, namespace, replicaset::ReplicaSetController, runner,
+        deployment::DeploymentController, eventttl::EventTtl, gc::GarbageCollector, namespace::NamespaceController,
+        replicaset::ReplicaSetController, runner,
     };
     let store = client.store().clone();
-    let boot = |e: crate::api::ApiError| ServerError::Bootstrap(e.to_string());
-    tokio::spawn(runner::run(namespace::NamespaceController::new(store.clone()), store.clone(), stop.clone()));
-    tokio::spawn(runner::run(ReplicaSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
-    tokio::spawn(runner::run(DeploymentController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
-    tokio::spawn(runner::run(
-        crate::scheduler::Scheduler::new(client.clone()).map_err(boot)?,
-        store.clone(),
-        stop.clone(),
-    ));
-    let presence = fleet.as_ref().map_or_else(|| watch::channel(0).1, |f| f.presence_changes());
-    tokio::spawn(runner::run_with_resync(
-        NodeLifecycle::new(client.clone(), opts.nodes, fleet).map_err(boot)?,
-        store.clone(),
-        stop.clone(),
-        presence,
-    ));
-    tokio::spawn(runner::run(DaemonSetController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
-    tokio::spawn(runner::run(EndpointsController::new(client.clone()).map_err(boot)?, store.clone(), stop.clone()));
-    let ttl = crate::controllers::eventttl::EventTtl::new(client.clone(), opts.event_ttl).map_err(boot)?;
-    tokio::spawn(runner::run(ttl, store.clone(), stop.clone()));
-    tokio::spawn(runner::run(GarbageCollector::new(client), store, stop));
-    Ok(())
-}
-
-/// Creates the namespaces Kubernetes always has, if missing.
-pub fn bootstrap(store: &Store) -> Result<(), ServerError> {
-    let rt = resources::namespaces();
-    for name in api::SYSTEM_NAMESPACES {
-        let key = Key::new(rt.id, "", name);
-        store
-            .mutate::<api::ApiError, _>(&key, |cur| {
-                if cur.is_some() {
-                    return Ok(Mutation::Keep);
-                }
-                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
-                let mut obj = validate::admit(rt, body, &[], FieldValidation::Strict, None)?.object;
-                obj["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
-                obj["metadata"]["creationTimestamp"] = json!(api::now());
-                Ok(Mutation::Put(obj))
-            })
-            .map_err(|e| ServerError::Bootstrap(e.to_string()))?;
-    }
+    loops.spawn(runner::run(NamespaceController::new(client.clone()), store.clone(), stop.clone()));
+    loops.spawn(runner::run(ReplicaSetController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(DeploymentController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(crate::scheduler::Scheduler::new(client.clone())?, store.clone(), stop.clone()));
+    let lifecycle = NodeLifecycle::new(client.clone(), opts.nodes.clone(), liveness)?;
+    match presence {
+        Some(p) => loops.spawn(runner::run_with_resync(lifecycle, store.clone(), stop.clone(), p)),
+        None => loops.spawn(runner::run(lifecycle, store.clone(), stop.clone())),
+    };
+    loops.spawn(runner::run(DaemonSetController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(EndpointsController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(EventTtl::new(client.clone(), opts.event_ttl)?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())
 }
 

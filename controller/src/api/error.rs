@@ -5,72 +5,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::store::StoreError;
-
-/// One field-level problem, as Kubernetes reports it in `details.causes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// `FieldValueRequired`, `FieldValueInvalid`, …
-    pub reason: &'static str,
-    pub field: String,
-    /// The full text, e.g. `spec.containers[0].image: Required value`.
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn required(field: impl Into<String>) -> Self {
-        let field = field.into();
-        FieldError { reason: "FieldValueRequired", message: format!("{field}: Required value"), field }
-    }
-
-    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, detail: &str) -> Self {
-        let field = field.into();
-        FieldError {
-            reason: "FieldValueInvalid",
-            message: format!("{field}: Invalid value: \"{value}\": {detail}"),
-            field,
-        }
-    }
-
-    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
-        let field = field.into();
-        let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
-        FieldError {
-            reason: "FieldValueNotSupported",
-            message: format!("{field}: Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
-            field,
-        }
-    }
-
-    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
-        let field = field.into();
-        FieldError { reason: "FieldValueDuplicate", message: format!("{field}: Duplicate value: \"{value}\""), field }
-    }
-
-    pub fn not_found(field: impl Into<String>, value: &str) -> Self {
-        let field = field.into();
-        FieldError { reason: "FieldValueNotFound", message: format!("{field}: Not found: \"{value}\""), field }
-    }
-
-    pub fn forbidden(field: impl Into<String>, detail: &str) -> Self {
-        let field = field.into();
-        FieldError { reason: "FieldValueForbidden", message: format!("{field}: Forbidden: {detail}"), field }
-    }
-
-    /// Adds Kubernetes' trailing explanation (`…: Required value: must specify a volume type`).
-    pub fn with_detail(mut self, detail: &str) -> Self {
-        self.message = format!("{}: {detail}", self.message);
-        self
-    }
-
-    pub fn too_long(field: impl Into<String>, max: usize) -> Self {
-        let field = field.into();
-        FieldError {
-            reason: "FieldValueTooLong",
-            message: format!("{field}: Too long: may not be more than {max} bytes"),
-            field,
-        }
-    }
-}
+use crate::validate::{self, AdmissionError, FieldError};
+use crate::write::WriteError;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -138,8 +74,7 @@ impl ApiError {
     }
 
     pub fn invalid(kind: &str, group: &str, name: &str, errors: Vec<FieldError>) -> Self {
-        let list: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
-        let summary = if list.len() == 1 { list[0].to_owned() } else { format!("[{}]", list.join(", ")) };
+        let summary = validate::summary(&errors);
         let causes: Vec<Value> = errors
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message.split_once(": ").map_or(e.message.as_str(), |(_, m)| m), "field": e.field}))
@@ -214,6 +149,51 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
         ApiError::internal(e.to_string())
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Invalid { kind, group, name, causes } => ApiError::invalid(kind, group, &name, causes),
+            AdmissionError::Strict { .. } | AdmissionError::Decode { .. } => ApiError::bad_request(e.to_string()),
+            AdmissionError::Encode { source, .. } => ApiError::internal(source.to_string()),
+            AdmissionError::StoredDecode { .. } | AdmissionError::NoAdmission { .. } => {
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// Each refused write as Kubernetes answers it.
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::NotFound { resource, name } => ApiError::not_found(&resource, &name),
+            WriteError::AlreadyExists { resource, name } => ApiError::already_exists(&resource, &name),
+            WriteError::Stale { resource, name } => ApiError::stale(&resource, &name),
+            WriteError::Precondition { resource, name, field, want, have } => ApiError::conflict(
+                &resource,
+                &name,
+                &format!("Precondition failed: {field} in precondition: {want}, {field} in object meta: {have}"),
+            ),
+            WriteError::AlreadyBound { ref name, .. } => ApiError::conflict("pods", name, &e.to_string()),
+            WriteError::BeingDeleted { name } => ApiError::conflict("pods", &name, "pod is being deleted"),
+            WriteError::TypeMismatch { .. }
+            | WriteError::NamespaceMismatch
+            | WriteError::NameMismatch { .. }
+            | WriteError::ResourceVersionOnCreate
+            | WriteError::NotAnObject => ApiError::bad_request(e.to_string()),
+            WriteError::NamespaceTerminating { .. } | WriteError::SystemNamespace { .. } => {
+                ApiError::forbidden(e.to_string())
+            }
+            WriteError::Allocated { name, cause } => ApiError::invalid("Service", "", &name, vec![cause]),
+            WriteError::NoClusterIp | WriteError::NoNodePort | WriteError::NotServed { .. } => {
+                ApiError::internal(e.to_string())
+            }
+            WriteError::Admission(a) => a.into(),
+            WriteError::Store(s) => s.into(),
+        }
     }
 }
 

@@ -1,11 +1,9 @@
 //! The Kubernetes-shaped HTTP API: routing, content negotiation and the
 //! discovery/OpenAPI documents kubectl needs before it sends anything.
 
-pub mod binding;
 mod discovery;
 pub mod error;
-pub mod meta;
-pub(crate) mod objects;
+mod objects;
 mod proto;
 #[rustfmt::skip]
 mod proto_schema;
@@ -27,9 +25,8 @@ use tokio::sync::watch as signal;
 
 use crate::resources::{self, ResourceType};
 use crate::store::SharedStore;
+use crate::write::Writer;
 pub use error::ApiError;
-pub use meta::now;
-pub use objects::{SYSTEM_NAMESPACES, deletion};
 
 /// Largest request body accepted (Kubernetes uses 3 MiB).
 pub const DEFAULT_MAX_BODY: usize = 3 * 1024 * 1024;
@@ -39,18 +36,19 @@ pub struct ApiConfig {
     /// Bearer token every request must carry (`None`: no authentication, for
     /// loopback-only listeners).
     pub token: Option<String>,
-    /// Service cluster-IP range (default 10.43.0.0/16, as K3s).
-    pub service_cidr: (std::net::Ipv4Addr, u8),
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body: DEFAULT_MAX_BODY, token: None, service_cidr: (std::net::Ipv4Addr::new(10, 43, 0, 0), 16) }
+        ApiConfig { max_body: DEFAULT_MAX_BODY, token: None }
     }
 }
 
 pub struct ApiState {
+    /// Reads.
     pub store: SharedStore,
+    /// Writes: the same path the control loops take.
+    pub writer: Writer,
     pub config: ApiConfig,
     /// Flips to `true` on shutdown so open watch streams end.
     pub shutdown: signal::Receiver<bool>,

@@ -1,8 +1,7 @@
-//! Create, read, update, patch and delete of stored objects, with the
-//! `status`, `scale` and `binding` subresources.
+//! The HTTP side of create, read, update, patch and delete, with the
+//! `status`, `scale` and `binding` subresources: bodies, query parameters and
+//! responses. The writes themselves are [`crate::write`]'s.
 
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -11,15 +10,14 @@ use base64::Engine;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{ApiState, Req, Target, json_warn, meta, table};
+use super::{ApiState, Req, Target, json_warn, table};
+use crate::meta;
 use crate::patch::{self, PatchType};
-use crate::resources::{self, ResourceType};
+use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{Key, Mutation};
-use crate::validate::{self, FieldValidation, strict};
-
-/// Namespaces that always exist and may not be deleted.
-pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+use crate::store::Key;
+use crate::validate::{FieldError, FieldValidation, strict};
+use crate::write::{At, Binding, DeleteOpts, Part, Propagation, WriteOpts};
 
 fn ns_of(t: &Target) -> &str {
     t.namespace.as_deref().unwrap_or_default()
@@ -59,25 +57,6 @@ fn object_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<(Value, 
         }
         _ => Err(ApiError::unsupported_media(ct)),
     }
-}
-
-/// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
-fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), ApiError> {
-    let want_av = rt.api_version();
-    for (field, want) in [("apiVersion", want_av.as_str()), ("kind", rt.kind)] {
-        match body.get(field).and_then(Value::as_str) {
-            None | Some("") => {
-                body[field] = Value::String(want.to_owned());
-            }
-            Some(have) if have != want => {
-                return Err(ApiError::bad_request(format!(
-                    "the {field} in the data ({have}) does not match the expected {field} ({want})"
-                )));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
 }
 
 pub fn get(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
@@ -160,192 +139,26 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
     Ok(super::json(StatusCode::OK, &body))
 }
 
-fn ensure_namespace(st: &ApiState, rt: &ResourceType, ns: &str) -> Result<(), ApiError> {
-    if !rt.namespaced {
-        return Ok(());
-    }
-    match st.store.get(&Key::new(resources::namespaces().id, "", ns))? {
-        Some(n) if meta::get(&n, "deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-            "unable to create new content in namespace {ns} because it is being terminated"
-        ))),
-        Some(_) => Ok(()),
-        None => Err(ApiError::not_found("namespaces", ns)),
-    }
-}
-
 pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     if t.name.is_some() {
         return Err(ApiError::method_not_allowed("POST", t.rt.plural));
     }
-    let w = WriteOpts::from_req(&r)?;
+    let w = write_opts(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
-    let (obj, warnings) = create_object(st, t.rt, ns_of(t), body, &dups, w)?;
+    let (obj, warnings) = st.writer.create(t.rt, ns_of(t), body, &dups, w)?;
     Ok(json_warn(StatusCode::CREATED, &obj, &warnings))
 }
 
-/// Creates an object of `rt` in `ns` (empty for cluster-scoped kinds): the
-/// create path shared by the HTTP API and the in-process control loops.
-/// Returns the stored object and any field-validation warnings.
-pub(crate) fn create_object(
-    st: &ApiState,
-    rt: &'static ResourceType,
-    ns: &str,
-    mut body: Value,
-    dups: &[String],
-    w: WriteOpts,
-) -> Result<(Value, Vec<String>), ApiError> {
-    check_type(rt, &mut body)?;
-    if rt.namespaced {
-        match meta::get_str(&body, "namespace") {
-            Some(n) if n != ns => {
-                return Err(ApiError::bad_request(
-                    "the namespace of the provided object does not match the namespace sent on the request",
-                ));
-            }
-            _ => meta::set(&mut body, "namespace", json!(ns)),
-        }
-    } else {
-        meta::remove(&mut body, "namespace");
-    }
-    if meta::get_str(&body, "name").is_none() {
-        if let Some(prefix) = meta::get_str(&body, "generateName").map(str::to_owned) {
-            meta::set(&mut body, "name", json!(format!("{prefix}{}", meta::random_suffix())));
-        }
-    }
-    if meta::get_str(&body, "resourceVersion").is_some() {
-        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
-    }
-    for f in
-        ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "managedFields"]
-    {
-        meta::remove(&mut body, f);
-    }
-    if rt.status && rt.kind != "Node" {
-        if let Some(o) = body.as_object_mut() {
-            o.remove("status");
-        }
-    }
-    ensure_namespace(st, rt, ns)?;
-    let admitted = validate::admit(rt, body, dups, w.mode, None)?;
-    let mut obj = admitted.object;
-    meta::set(&mut obj, "uid", json!(meta::new_uid()));
-    meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
-    if rt.generation {
-        meta::set(&mut obj, "generation", json!(1));
-    }
-    if rt.kind == "Service" {
-        allocate_service(st, &mut obj)?;
-    }
-    let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
-    let k = Key::new(rt.id, ns, &name);
-    let out = st.store.mutate(&k, |cur| {
-        if cur.is_some() {
-            return Err(ApiError::already_exists(&rt.qualified(), &name));
-        }
-        if w.dry_run {
-            return Ok(Mutation::Keep);
-        }
-        Ok(Mutation::Put(obj.clone()))
+fn write_opts(r: &Req) -> Result<WriteOpts, ApiError> {
+    let v = r.param("fieldValidation");
+    let mode = FieldValidation::parse(v).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "fieldValidation parameter unsupported: {:?}, must be one of Strict, Warn or Ignore",
+            v.unwrap_or_default()
+        ))
     })?;
-    if w.dry_run {
-        return Ok((obj, admitted.warnings));
-    }
-    tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
-    Ok((out.object.unwrap_or(Value::Null), admitted.warnings))
-}
-
-/// Assigns a Service its cluster IP and node ports where it has none, and
-/// refuses ones another Service holds. Used on create and on update (a type
-/// change can call for new ones); the Service itself does not count as "other".
-fn allocate_service(st: &ApiState, svc: &mut Value) -> Result<(), ApiError> {
-    let id = resources::find("", "v1", "services").map_or("core/services", |r| r.id);
-    let (all, _) = st.store.list(id, None, None)?;
-    let me = (meta::get_str(svc, "namespace").map(str::to_owned), meta::get_str(svc, "name").map(str::to_owned));
-    let others: Vec<&Value> = all
-        .iter()
-        .filter(|o| {
-            (meta::get_str(o, "namespace").map(str::to_owned), meta::get_str(o, "name").map(str::to_owned)) != me
-        })
-        .collect();
-    let name = meta::get_str(svc, "name").unwrap_or_default().to_owned();
-    let taken = |field: &str, value: &str, why: &str| {
-        ApiError::invalid("Service", "", &name, vec![crate::api::error::FieldError::invalid(field, value, why)])
-    };
-    let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
-    if ty == "ExternalName" {
-        return Ok(());
-    }
-    match svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned) {
-        None => {
-            let used: BTreeSet<&str> =
-                others.iter().filter_map(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str)).collect();
-            let (base, bits) = st.config.service_cidr;
-            let size = 1u32 << (32 - u32::from(bits.min(30)));
-            // .1 is kept for the `kubernetes` service, as in Kubernetes.
-            let ip = (2..size - 1)
-                .map(|i| Ipv4Addr::from(u32::from(base) + i).to_string())
-                .find(|ip| !used.contains(ip.as_str()))
-                .ok_or_else(|| ApiError::internal("no free cluster IP in the service range"))?;
-            svc["spec"]["clusterIP"] = json!(ip);
-            svc["spec"]["clusterIPs"] = json!([ip]);
-        }
-        Some(ip) => {
-            if ip != "None" && others.iter().any(|s| s.pointer("/spec/clusterIP").and_then(Value::as_str) == Some(&ip))
-            {
-                return Err(taken("spec.clusterIPs", &ip, "failed to allocate IP: provided IP is already allocated"));
-            }
-            svc["spec"]["clusterIPs"] = json!([ip]);
-        }
-    }
-    if ty == "NodePort" || ty == "LoadBalancer" {
-        let mut used: BTreeSet<i64> = others
-            .iter()
-            .flat_map(|s| s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default())
-            .filter_map(|p| p.get("nodePort").and_then(Value::as_i64))
-            .collect();
-        if let Some(ports) = svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-            for (i, p) in ports.iter_mut().enumerate() {
-                match p.get("nodePort").and_then(Value::as_i64) {
-                    Some(n) if !used.insert(n) => {
-                        return Err(taken(
-                            &format!("spec.ports[{i}].nodePort"),
-                            &n.to_string(),
-                            "provided port is already allocated",
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        let free = (30000..=32767)
-                            .find(|n| !used.contains(n))
-                            .ok_or_else(|| ApiError::internal("no free node port"))?;
-                        used.insert(free);
-                        p["nodePort"] = json!(free);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The write parameters every mutating verb takes.
-#[derive(Clone, Copy)]
-pub(crate) struct WriteOpts {
-    pub mode: FieldValidation,
-    /// `dryRun=All`: run every check and answer as if written, store nothing.
-    pub dry_run: bool,
-}
-
-impl WriteOpts {
-    /// How the control loops write: strict, for real.
-    pub const INTERNAL: WriteOpts = WriteOpts { mode: FieldValidation::Strict, dry_run: false };
-}
-
-impl WriteOpts {
-    fn from_req(r: &Req) -> Result<Self, ApiError> {
-        Ok(WriteOpts { mode: FieldValidation::parse(r.param("fieldValidation"))?, dry_run: dry_run(r)? })
-    }
+    Ok(WriteOpts { mode, dry_run: dry_run(r)? })
 }
 
 fn dry_run(r: &Req) -> Result<bool, ApiError> {
@@ -356,143 +169,23 @@ fn dry_run(r: &Req) -> Result<bool, ApiError> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Part {
-    Main,
-    Status,
-}
-
-/// The shared update path of PUT and PATCH: `make` turns the stored object
-/// into the candidate, which is then checked, admitted and written in the
-/// same transaction.
-/// Where an object lives, for the shared write paths.
-#[derive(Clone, Copy)]
-pub(crate) struct At<'a> {
-    pub rt: &'static ResourceType,
-    pub ns: &'a str,
-    pub name: &'a str,
-}
-
-pub(crate) fn update(
-    st: &ApiState,
-    at: At<'_>,
-    part: Part,
-    w: WriteOpts,
-    dups: &[String],
-    make: impl FnOnce(&Value) -> Result<Value, ApiError>,
-) -> Result<(Value, Vec<String>), ApiError> {
-    let At { rt, ns, name } = at;
-    let name = name.to_owned();
-    let mut warnings = Vec::new();
-    let mut preview = None;
-    let out = st.store.mutate(&Key::new(rt.id, ns, &name), |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found(&rt.qualified(), &name))?;
-        let mut cand = make(&old)?;
-        if !cand.is_object() {
-            return Err(ApiError::bad_request("the object must be a JSON object"));
-        }
-        check_type(rt, &mut cand)?;
-        match meta::get_str(&cand, "name") {
-            Some(n) if n != name => {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )));
-            }
-            _ => meta::set(&mut cand, "name", json!(name)),
-        }
-        if rt.namespaced {
-            match meta::get_str(&cand, "namespace") {
-                Some(n) if n != ns => {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
-                _ => meta::set(&mut cand, "namespace", json!(ns)),
-            }
-        }
-        if let Some(rv) = meta::get_str(&cand, "resourceVersion") {
-            if Some(rv) != meta::get_str(&old, "resourceVersion") {
-                return Err(ApiError::stale(&rt.qualified(), &name));
-            }
-        }
-        if rt.status {
-            cand = match part {
-                Part::Main => {
-                    let mut c = cand;
-                    match old.get("status") {
-                        Some(s) => c["status"] = s.clone(),
-                        None => {
-                            c.as_object_mut().map(|o| o.remove("status"));
-                        }
-                    }
-                    c
-                }
-                Part::Status => {
-                    let mut c = old.clone();
-                    match cand.get("status") {
-                        Some(s) => c["status"] = s.clone(),
-                        None => {
-                            c.as_object_mut().map(|o| o.remove("status"));
-                        }
-                    }
-                    c
-                }
-            };
-        }
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
-            match meta::get(&old, f) {
-                Some(v) => meta::set(&mut cand, f, v.clone()),
-                None => meta::remove(&mut cand, f),
-            }
-        }
-        let admitted = validate::admit(rt, cand, dups, w.mode, Some(&old))?;
-        warnings = admitted.warnings;
-        let mut obj = admitted.object;
-        if rt.kind == "Service" {
-            allocate_service(st, &mut obj)?;
-        }
-        if rt.generation && obj.get("spec") != old.get("spec") {
-            let g = meta::get(&old, "generation").and_then(Value::as_i64).unwrap_or(0);
-            meta::set(&mut obj, "generation", json!(g + 1));
-        }
-        if meta::without_rv(&obj) == meta::without_rv(&old) {
-            return Ok(Mutation::Keep);
-        }
-        if w.dry_run {
-            preview = Some(obj);
-            return Ok(Mutation::Keep);
-        }
-        let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
-        // (A namespace's own finalizer lives in `spec.finalizers`; only the
-        // namespace controller removes a namespace.)
-        if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty && rt.kind != "Namespace" {
-            return Ok(Mutation::Delete);
-        }
-        Ok(Mutation::Put(obj))
-    })?;
-    if out.revision.is_some() {
-        tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "updated");
-    }
-    Ok((preview.or(out.object).unwrap_or(Value::Null), warnings))
-}
-
 fn part_of(t: &Target) -> Part {
     if t.sub.as_deref() == Some("status") { Part::Status } else { Part::Main }
 }
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let w = WriteOpts::from_req(&r)?;
+    let w = write_opts(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w.dry_run, |_| Ok(body));
     }
-    let (obj, warnings) = update(st, at(t), part_of(t), w, &dups, |_| Ok(body))?;
+    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| Ok(body))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let w = WriteOpts::from_req(&r)?;
+    let w = write_opts(&r)?;
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
@@ -509,7 +202,7 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
-    let (obj, warnings) = update(st, at(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
+    let (obj, warnings) = st.writer.update(at(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
@@ -547,7 +240,7 @@ fn write_scale(
 ) -> Result<Response, ApiError> {
     let rt = t.rt;
     let w = WriteOpts { mode: FieldValidation::Ignore, dry_run };
-    let (obj, _) = update(st, at(t), Part::Main, w, &[], |old| {
+    let (obj, _) = st.writer.update(at(t), Part::Main, w, &[], |old| {
         let scale = make(scale_of(rt, old))?;
         let replicas = scale
             .pointer("/spec/replicas")
@@ -558,11 +251,7 @@ fn write_scale(
                 "Scale",
                 "autoscaling",
                 name_of(t),
-                vec![crate::api::error::FieldError::invalid(
-                    "spec.replicas",
-                    replicas,
-                    "must be greater than or equal to 0",
-                )],
+                vec![FieldError::invalid("spec.replicas", replicas, "must be greater than or equal to 0")],
             ));
         }
         let mut new = old.clone();
@@ -583,9 +272,7 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
         .pointer("/target/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid("Binding", "", name_of(t), vec![crate::api::error::FieldError::required("target.name")])
-        })?
+        .ok_or_else(|| ApiError::invalid("Binding", "", name_of(t), vec![FieldError::required("target.name")]))?
         .to_owned();
     let name = name_of(t).to_owned();
     if dry {
@@ -598,8 +285,8 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
             ));
         }
     } else {
-        let b = super::binding::Binding { namespace: ns_of(t).to_owned(), name, node };
-        super::binding::bind_many(st, &[b], None)?.pop().unwrap_or(Ok(()))?;
+        let b = Binding { namespace: ns_of(t).to_owned(), name, node };
+        st.writer.bind_many(&[b], None)?.pop().unwrap_or(Ok(()))?;
     }
     Ok(super::json(
         StatusCode::CREATED,
@@ -608,40 +295,6 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
 }
 
 /// `DeleteOptions` from the body or the query.
-#[derive(Debug, Default)]
-pub(crate) struct DeleteOpts {
-    pub uid: Option<String>,
-    pub rv: Option<String>,
-    pub dry_run: bool,
-    pub propagation: Propagation,
-}
-
-/// `propagationPolicy`: what happens to the objects this one owns.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub enum Propagation {
-    /// Delete now; the garbage collector deletes dependents afterwards.
-    #[default]
-    Background,
-    /// Dependents are deleted first; the owner waits (`foregroundDeletion` finalizer).
-    Foreground,
-    /// Dependents are kept and lose their owner reference (`orphan` finalizer).
-    Orphan,
-}
-
-impl Propagation {
-    /// The finalizer that makes the garbage collector act before the owner goes.
-    pub fn finalizer(self) -> Option<&'static str> {
-        match self {
-            Propagation::Background => None,
-            Propagation::Foreground => Some(FOREGROUND_FINALIZER),
-            Propagation::Orphan => Some(ORPHAN_FINALIZER),
-        }
-    }
-}
-
-pub const ORPHAN_FINALIZER: &str = "orphan";
-pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
-
 fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -674,134 +327,11 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
     })
 }
 
-/// What deleting `old` means: set `deletionTimestamp` while finalizers
-/// remain, remove it otherwise.
-pub fn deletion(old: Value) -> Mutation {
-    let has_finalizers = meta::get(&old, "finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-    if !has_finalizers {
-        return Mutation::Delete;
-    }
-    if meta::get(&old, "deletionTimestamp").is_some() {
-        return Mutation::Keep;
-    }
-    let mut o = old;
-    start_deletion(&mut o);
-    Mutation::Put(o)
-}
-
-/// Sets `deletionTimestamp` (and bumps `generation`, as Kubernetes does, so
-/// controllers comparing `observedGeneration` notice).
-fn start_deletion(o: &mut Value) {
-    meta::set(o, "deletionTimestamp", json!(meta::now()));
-    meta::set(o, "deletionGracePeriodSeconds", json!(0));
-    if let Some(g) = meta::get(o, "generation").and_then(Value::as_i64).filter(|g| *g > 0) {
-        meta::set(o, "generation", json!(g + 1));
-    }
-}
-
-/// Foreground and orphan deletion: the object stays, marked, with the
-/// finalizer the garbage collector acts on and then removes.
-fn mark_for_collection(old: Value, finalizer: &str) -> Mutation {
-    let mut o = old;
-    let before = o.clone();
-    let list = meta::meta_mut(&mut o).entry("finalizers").or_insert_with(|| json!([]));
-    if let Some(l) = list.as_array_mut() {
-        if !l.iter().any(|f| f == finalizer) {
-            l.push(json!(finalizer));
-        }
-    }
-    if meta::get(&o, "deletionTimestamp").is_none() {
-        start_deletion(&mut o);
-    }
-    if o == before { Mutation::Keep } else { Mutation::Put(o) }
-}
-
 pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (bytes, _, query) = r.bytes(st.config.max_body).await?;
     let opts = delete_opts(&bytes, &query)?;
-    let obj = delete_object(st, t.rt, ns_of(t), name_of(t), &opts)?;
+    let obj = st.writer.delete(t.rt, ns_of(t), name_of(t), &opts)?;
     Ok(super::json(StatusCode::OK, &obj))
-}
-
-/// Deletes (or, with finalizers, marks for deletion) one object: the delete
-/// path shared by the HTTP API and the control loops. Returns its last state.
-pub(crate) fn delete_object(
-    st: &ApiState,
-    rt: &'static ResourceType,
-    ns: &str,
-    name: &str,
-    opts: &DeleteOpts,
-) -> Result<Value, ApiError> {
-    if rt.kind == "Namespace" {
-        return delete_namespace(st, name, opts);
-    }
-    let q = rt.qualified();
-    let out = st.store.mutate::<ApiError, _>(&Key::new(rt.id, ns, name), |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found(&q, name))?;
-        preconditions(&q, name, &old, opts)?;
-        if opts.dry_run {
-            return Ok(Mutation::Keep);
-        }
-        Ok(match opts.propagation.finalizer() {
-            None => deletion(old),
-            Some(f) => mark_for_collection(old, f),
-        })
-    })?;
-    if out.revision.is_some() {
-        tracing::info!(resource = rt.id, namespace = %ns, %name, "deleted");
-    }
-    Ok(out.object.unwrap_or(Value::Null))
-}
-
-fn preconditions(q: &str, name: &str, old: &Value, opts: &DeleteOpts) -> Result<(), ApiError> {
-    if let Some(uid) = &opts.uid {
-        let have = meta::get_str(old, "uid").unwrap_or_default();
-        if uid != have {
-            return Err(ApiError::conflict(
-                q,
-                name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
-            ));
-        }
-    }
-    if let Some(rv) = &opts.rv {
-        let have = meta::get_str(old, "resourceVersion").unwrap_or_default();
-        if rv != have {
-            return Err(ApiError::conflict(
-                q,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {have}"
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Deleting a namespace marks it `Terminating`; the namespace controller
-/// (`controllers::namespace`) then deletes its contents and finally the
-/// namespace, as Kubernetes does.
-fn delete_namespace(st: &ApiState, name: &str, opts: &DeleteOpts) -> Result<Value, ApiError> {
-    if SYSTEM_NAMESPACES.contains(&name) {
-        return Err(ApiError::forbidden(format!(
-            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-        )));
-    }
-    let key = Key::new(resources::namespaces().id, "", name);
-    let out = st.store.mutate::<ApiError, _>(&key, |cur| {
-        let old = cur.ok_or_else(|| ApiError::not_found("namespaces", name))?;
-        preconditions("namespaces", name, &old, opts)?;
-        if meta::get(&old, "deletionTimestamp").is_some() || opts.dry_run {
-            return Ok(Mutation::Keep);
-        }
-        let mut o = old;
-        meta::set(&mut o, "deletionTimestamp", json!(meta::now()));
-        o["status"]["phase"] = json!("Terminating");
-        Ok(Mutation::Put(o))
-    })?;
-    tracing::info!(namespace = %name, "namespace terminating");
-    Ok(out.object.unwrap_or(Value::Null))
 }
 
 pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
@@ -822,10 +352,7 @@ pub async fn delete_collection(st: &Arc<ApiState>, t: &Target, r: Req) -> Result
             )
         })
         .collect();
-    let outs = st.store.mutate_many::<ApiError, _>(&keys, |cur| {
-        Ok(cur.iter().map(|o| if dry { Mutation::Keep } else { o.clone().map_or(Mutation::Keep, deletion) }).collect())
-    })?;
-    let deleted: Vec<Value> = outs.into_iter().filter_map(|o| o.object).collect();
+    let deleted = st.writer.delete_many(&keys, dry)?;
     let rv = st.store.revision().to_string();
     Ok(super::json(
         StatusCode::OK,

@@ -51,23 +51,19 @@ pub enum ProtoError {
     #[error("protobuf body does not start with the Kubernetes magic bytes")]
     Magic,
     #[error("malformed protobuf: {0}")]
-    Wire(String),
+    Wire(&'static str),
+    #[error("malformed protobuf: {0}")]
+    Decode(#[from] prost::DecodeError),
     #[error("protobuf body for {0} is not a kind this server decodes")]
     Kind(String),
     #[error("protobuf body nests deeper than {MAX_DEPTH} messages")]
     Depth,
 }
 
-impl From<prost::DecodeError> for ProtoError {
-    fn from(e: prost::DecodeError) -> Self {
-        ProtoError::Wire(e.to_string())
-    }
-}
-
 fn take_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], ProtoError> {
-    let len = usize::try_from(decode_varint(buf)?).map_err(|_| ProtoError::Wire("length overflows".into()))?;
+    let len = usize::try_from(decode_varint(buf)?).map_err(|_| ProtoError::Wire("length overflows"))?;
     if len > buf.len() {
-        return Err(ProtoError::Wire("length runs past the end".into()));
+        return Err(ProtoError::Wire("length runs past the end"));
     }
     let (head, rest) = buf.split_at(len);
     *buf = rest;
@@ -86,17 +82,17 @@ fn skip(buf: &mut &[u8], wt: WireType) -> Result<(), ProtoError> {
             take_len(buf)?;
             return Ok(());
         }
-        _ => return Err(ProtoError::Wire("groups are not used by Kubernetes".into())),
+        _ => return Err(ProtoError::Wire("groups are not used by Kubernetes")),
     };
     if buf.len() < n {
-        return Err(ProtoError::Wire("fixed-width field runs past the end".into()));
+        return Err(ProtoError::Wire("fixed-width field runs past the end"));
     }
     buf.advance(n);
     Ok(())
 }
 
 fn utf8(b: &[u8]) -> Result<String, ProtoError> {
-    String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Wire("string field is not UTF-8".into()))
+    String::from_utf8(b.to_vec()).map_err(|_| ProtoError::Wire("string field is not UTF-8"))
 }
 
 /// The scalar (or message) value of one field occurrence.
@@ -111,7 +107,7 @@ fn value(ty: Ty, wt: WireType, buf: &mut &[u8], depth: usize) -> Result<Value, P
         Ty::Msg(i) => message(i, take_len(buf)?, depth + 1)?,
         Ty::MapStr | Ty::MapBytes | Ty::MapMsg(_) => {
             let _ = wt;
-            return Err(ProtoError::Wire("map entry decoded as a value".into()));
+            return Err(ProtoError::Wire("map entry decoded as a value"));
         }
     })
 }
@@ -154,7 +150,7 @@ fn message(idx: u16, mut buf: &[u8], depth: usize) -> Result<Value, ProtoError> 
     if depth > MAX_DEPTH {
         return Err(ProtoError::Depth);
     }
-    let msg = MESSAGES.get(usize::from(idx)).ok_or_else(|| ProtoError::Wire("schema index out of range".into()))?;
+    let msg = MESSAGES.get(usize::from(idx)).ok_or(ProtoError::Wire("schema index out of range"))?;
     let mut obj = Map::new();
     while !buf.is_empty() {
         let (tag, wt) = decode_key(&mut buf)?;

@@ -16,8 +16,8 @@ use super::deployment::template_hash;
 use super::events;
 use super::podutil::{self, controller_ref};
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::scheduler::model::{self, NodeInfo, NodeUsage, PodNeeds};
 use crate::store::{Key, WatchEvent};
 
@@ -36,7 +36,7 @@ const FAILED_BACKOFF_START: std::time::Duration = std::time::Duration::from_secs
 const FAILED_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl DaemonSetController {
-    pub fn new(client: Client) -> Result<Self, ApiError> {
+    pub fn new(client: Client) -> Result<Self, ControllerError> {
         Ok(DaemonSetController {
             client,
             ids: (DaemonSet::rt()?.id, Node::rt()?.id, Pod::rt()?.id),
@@ -123,11 +123,11 @@ impl Reconcile for DaemonSetController {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<DaemonSet>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(ds) = self.client.get::<DaemonSet>(&key.namespace, &key.name)? else { return Ok(Action::Done) };
         if ds.metadata.deletion_timestamp.is_some() {
             return Ok(Action::Done);
@@ -151,7 +151,7 @@ impl Reconcile for DaemonSetController {
         let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0));
         let now = jiff::Timestamp::now().as_second();
         let ns = key.namespace.clone();
-        let delete = |p: &Pod| -> Result<(), ApiError> {
+        let delete = |p: &Pod| -> Result<(), ControllerError> {
             super::ignore_not_found(self.client.delete::<Pod>(
                 &ns,
                 p.metadata.name.as_deref().unwrap_or_default(),

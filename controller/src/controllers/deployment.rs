@@ -16,8 +16,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::events;
 use super::podutil::{self, controller_ref};
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::selector::LabelSelector as Selector;
 use crate::store::{Key, WatchEvent};
 
@@ -32,7 +32,7 @@ pub struct DeploymentController {
 }
 
 impl DeploymentController {
-    pub fn new(client: Client) -> Result<Self, ApiError> {
+    pub fn new(client: Client) -> Result<Self, ControllerError> {
         Ok(DeploymentController { client, ids: (Deployment::rt()?.id, ReplicaSet::rt()?.id, Pod::rt()?.id) })
     }
 }
@@ -147,11 +147,11 @@ impl Reconcile for DeploymentController {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<Deployment>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(d) = self.client.get::<Deployment>(&key.namespace, &key.name)? else { return Ok(Action::Done) };
         if d.metadata.deletion_timestamp.is_some() {
             return Ok(Action::Done);
@@ -253,7 +253,7 @@ impl DeploymentController {
         revision: i64,
         desired: i32,
         olds: &[ReplicaSet],
-    ) -> Result<ReplicaSet, ApiError> {
+    ) -> Result<ReplicaSet, ControllerError> {
         let hash = template_hash(template);
         let dname = d.metadata.name.clone().unwrap_or_default();
         let mut t = template.clone();
@@ -299,7 +299,7 @@ impl DeploymentController {
         Ok(created)
     }
 
-    fn scale(&self, d: &Deployment, rs: &mut ReplicaSet, to: i32) -> Result<(), ApiError> {
+    fn scale(&self, d: &Deployment, rs: &mut ReplicaSet, to: i32) -> Result<(), ControllerError> {
         let from = replicas_of(rs);
         if from == to {
             return Ok(());
@@ -332,7 +332,7 @@ impl DeploymentController {
         new: &mut ReplicaSet,
         olds: &[ReplicaSet],
         desired: i32,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControllerError> {
         let mut olds = olds.to_vec();
         for o in olds.iter_mut() {
             self.scale(d, o, 0)?;
@@ -362,7 +362,7 @@ impl DeploymentController {
         desired: i32,
         surge: i32,
         unavailable: i32,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControllerError> {
         let mut olds = olds.to_vec();
         // Scale the new ReplicaSet up within maxSurge.
         let all: i32 = replicas_of(new) + olds.iter().map(replicas_of).sum::<i32>();
@@ -426,7 +426,7 @@ impl DeploymentController {
         new: Option<&ReplicaSet>,
         olds: &[ReplicaSet],
         limit: i32,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControllerError> {
         let mut idle: Vec<&ReplicaSet> = olds
             .iter()
             .filter(|o| replicas_of(o) == 0 && o.status.as_ref().is_none_or(|s| s.replicas == 0))
@@ -452,7 +452,7 @@ impl DeploymentController {
         new: Option<&ReplicaSet>,
         olds: &[ReplicaSet],
         desired: i32,
-    ) -> Result<Action, ApiError> {
+    ) -> Result<Action, ControllerError> {
         let all: Vec<&ReplicaSet> = new.into_iter().chain(olds).collect();
         let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(|r| f(r)).sum::<i32>();
         let replicas = sum(&|r| r.status.as_ref().map_or(0, |s| s.replicas));

@@ -13,8 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::podutil;
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::selector::LabelSelector;
 use crate::store::{Key, WatchEvent};
 
@@ -29,7 +29,7 @@ pub struct EndpointsController {
 }
 
 impl EndpointsController {
-    pub fn new(client: Client) -> Result<Self, ApiError> {
+    pub fn new(client: Client) -> Result<Self, ControllerError> {
         Ok(EndpointsController { client, ids: (Service::rt()?.id, Pod::rt()?.id, Endpoints::rt()?.id) })
     }
 }
@@ -137,11 +137,11 @@ impl Reconcile for EndpointsController {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<Service>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let existing = self.client.get::<Endpoints>(&key.namespace, &key.name)?;
         let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
             if let Some(ep) =

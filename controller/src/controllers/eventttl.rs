@@ -7,8 +7,8 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Event;
 
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::store::{EventType, Key, WatchEvent};
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -20,7 +20,7 @@ pub struct EventTtl {
 }
 
 impl EventTtl {
-    pub fn new(client: Client, ttl: Duration) -> Result<Self, ApiError> {
+    pub fn new(client: Client, ttl: Duration) -> Result<Self, ControllerError> {
         Ok(EventTtl { client, ttl, id: Event::rt()?.id })
     }
 }
@@ -36,11 +36,11 @@ impl Reconcile for EventTtl {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<Event>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(ev) = self.client.get::<Event>(&key.namespace, &key.name)? else { return Ok(Action::Done) };
         let seen = ev
             .last_timestamp

@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::ControllerError;
 use super::runner::{Action, Reconcile};
-use crate::api::objects::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation};
-use crate::api::{ApiError, meta};
 use crate::client::Client;
+use crate::meta;
 use crate::resources::{self, ResourceType};
 use crate::store::{EventType, Key, WatchEvent};
+use crate::write::{FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation};
 
 pub struct GarbageCollector {
     client: Client,
@@ -82,7 +83,7 @@ impl GarbageCollector {
 
     /// Whether the owner a reference names still exists with that uid.
     /// Kinds this server does not serve count as present (cannot be checked).
-    fn owner_exists(&self, r: &Value, ns: &str) -> Result<bool, ApiError> {
+    fn owner_exists(&self, r: &Value, ns: &str) -> Result<bool, ControllerError> {
         let api_version = r["apiVersion"].as_str().unwrap_or_default();
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         let Some(rt) = resources::by_kind(group, r["kind"].as_str().unwrap_or_default()) else { return Ok(true) };
@@ -128,7 +129,7 @@ impl Reconcile for GarbageCollector {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.dependents.clear();
         self.nodes.clear();
         self.by_uid.clear();
@@ -151,7 +152,7 @@ impl Reconcile for GarbageCollector {
         Ok(keys)
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(rt) = rt_of(key) else { return Ok(Action::Done) };
         let Some(obj) = self.client.get_raw(rt, &key.namespace, &key.name)? else { return Ok(Action::Done) };
         let uid = meta::get_str(&obj, "uid").unwrap_or_default().to_owned();

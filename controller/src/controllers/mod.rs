@@ -4,6 +4,7 @@
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+mod error;
 pub mod events;
 pub mod eventttl;
 pub mod gc;
@@ -13,14 +14,13 @@ pub mod podutil;
 pub mod replicaset;
 pub mod runner;
 
-use crate::api::ApiError;
+pub use error::ControllerError;
 
 /// A write to something that is already gone is no failure for a control
 /// loop: the world already moved where the write would have taken it.
-pub fn ignore_not_found<T>(r: Result<T, ApiError>) -> Result<(), ApiError> {
+pub fn ignore_not_found<T>(r: Result<T, ControllerError>) -> Result<(), ControllerError> {
     match r {
-        Ok(_) => Ok(()),
-        Err(e) if e.code == axum::http::StatusCode::NOT_FOUND => Ok(()),
+        Ok(_) | Err(ControllerError::NotFound(_)) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use super::ControllerError;
 use super::runner::{Action, Reconcile};
-use crate::api::{self, ApiError, meta};
+use crate::client::Client;
+use crate::meta;
 use crate::resources;
-use crate::store::{Key, Mutation, SharedStore, WatchEvent};
+use crate::store::{Key, WatchEvent};
 
 /// How long a terminating namespace is left alone before it is emptied.
 pub const PURGE_DELAY: Duration = Duration::from_secs(1);
@@ -21,14 +21,14 @@ pub const PURGE_DELAY: Duration = Duration::from_secs(1);
 const RECHECK: Duration = Duration::from_secs(1);
 
 pub struct NamespaceController {
-    store: SharedStore,
+    client: Client,
     /// When this process first saw each namespace terminating.
     seen: HashMap<String, Instant>,
 }
 
 impl NamespaceController {
-    pub fn new(store: SharedStore) -> Self {
-        NamespaceController { store, seen: HashMap::new() }
+    pub fn new(client: Client) -> Self {
+        NamespaceController { client, seen: HashMap::new() }
     }
 }
 
@@ -43,9 +43,9 @@ impl Reconcile for NamespaceController {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         let id = resources::namespaces().id;
-        let (nss, _) = self.store.list(id, None, None)?;
+        let (nss, _) = self.client.store().list(id, None, None)?;
         Ok(nss
             .iter()
             .filter(|ns| meta::get(ns, "deletionTimestamp").is_some())
@@ -53,9 +53,9 @@ impl Reconcile for NamespaceController {
             .collect())
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let ns = key.name.as_str();
-        let Some(obj) = self.store.get(key)? else {
+        let Some(obj) = self.client.store().get(key)? else {
             self.seen.remove(ns);
             return Ok(Action::Done);
         };
@@ -69,41 +69,25 @@ impl Reconcile for NamespaceController {
         }
         let mut keys = Vec::new();
         for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-            let (items, _) = self.store.list(rt.id, Some(ns), None)?;
-            keys.extend(items.iter().map(|it| Key::new(rt.id, ns, meta::get_str(it, "name").unwrap_or_default())));
+            keys.extend(self.client.keys_raw(rt, Some(ns))?);
         }
         if !keys.is_empty() {
-            let n = keys.len();
-            self.store.mutate_many::<ApiError, _>(&keys, |cur| {
-                Ok(cur.iter().map(|o| o.clone().map_or(Mutation::Keep, api::deletion)).collect())
-            })?;
+            let n = self.client.delete_many(&keys)?;
             tracing::info!(objects = n, "deleted namespace contents");
             // Objects held by finalizers of their own stay until released.
             let left: usize = resources::RESOURCES
                 .iter()
                 .filter(|r| r.namespaced)
-                .map(|rt| self.store.list(rt.id, Some(ns), None).map(|(v, _)| v.len()))
+                .map(|rt| self.client.store().list(rt.id, Some(ns), None).map(|(v, _)| v.len()))
                 .sum::<Result<usize, _>>()?;
             if left > 0 {
                 return Ok(Action::RequeueAfter(RECHECK));
             }
         }
-        self.store.mutate::<ApiError, _>(key, |cur| {
-            let Some(mut o) = cur else { return Ok(Mutation::Keep) };
-            let before = o.clone();
-            if let Some(f) = o.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
-                f.retain(|v| v.as_str() != Some("kubernetes"));
-            }
-            let nonempty = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-            let finalizers_left = nonempty(meta::get(&o, "finalizers")) || nonempty(o.pointer("/spec/finalizers"));
-            Ok(match (finalizers_left, o == before) {
-                (false, _) => Mutation::Delete,
-                (true, true) => Mutation::Keep,
-                (true, false) => Mutation::Put(o),
-            })
-        })?;
+        if self.client.finalize_namespace(ns)? {
+            tracing::info!("namespace deleted");
+        }
         self.seen.remove(ns);
-        tracing::info!("namespace deleted");
         Ok(Action::Done)
     }
 }

@@ -9,6 +9,9 @@
 //! kedge adds no default toleration, so by default nothing is evicted (edge
 //! nodes drop off and come back; design.md §4). Each node also gets its
 //! `spec.podCIDR` here, from the cluster CIDR.
+//!
+//! Liveness comes through the [`Liveness`] trait (the fleet link implements
+//! it) and time from a [`Clock`], so tests can drive both.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::Ipv4Addr;
@@ -20,26 +23,52 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::events;
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
-use crate::fleet::FleetState;
+use crate::controllers::ControllerError;
 use crate::scheduler::model::tolerates;
 use crate::store::{Key, WatchEvent};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
-#[derive(Debug, Clone, Copy)]
+/// What the controller knows of a node's liveness beyond its stored status.
+pub trait Liveness: Send + Sync {
+    /// The node's liveness as a heartbeat time (unix seconds); `None` when
+    /// nothing better than the stored status is known.
+    fn heartbeat(&self, node: &str) -> Option<i64>;
+}
+
+/// The time the node lifecycle judges by, in unix seconds.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        jiff::Timestamp::now().as_second()
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct NodeLifecycleConfig {
     /// `--node-monitor-grace-period` (default 40 s).
     pub grace: Duration,
     /// `--cluster-cidr` (default 10.42.0.0/16); nodes get /24s from it.
     pub cluster_cidr: (Ipv4Addr, u8),
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for NodeLifecycleConfig {
     fn default() -> Self {
-        NodeLifecycleConfig { grace: Duration::from_secs(40), cluster_cidr: (Ipv4Addr::new(10, 42, 0, 0), 16) }
+        NodeLifecycleConfig {
+            grace: Duration::from_secs(40),
+            cluster_cidr: (Ipv4Addr::new(10, 42, 0, 0), 16),
+            clock: Arc::new(SystemClock),
+        }
     }
 }
 
@@ -51,16 +80,12 @@ pub struct NodeLifecycle {
     /// Nodes carrying a NoExecute taint of ours: their pods' changes matter.
     tainted: HashSet<String>,
     /// In-memory liveness from the fleet link (presence, report age).
-    fleet: Option<Arc<FleetState>>,
+    liveness: Option<Arc<dyn Liveness>>,
     /// When this controller started (unix seconds): like Kubernetes' node
     /// controller, a node gets a full grace period from the moment the
     /// controller first sees it, so a restarted controller does not mark
     /// nodes NotReady before their agents have had time to reconnect.
     started: i64,
-}
-
-fn now_secs() -> i64 {
-    jiff::Timestamp::now().as_second()
 }
 
 fn ready_condition(n: &Node) -> Option<&NodeCondition> {
@@ -75,20 +100,34 @@ fn has_taint(n: &Node, key: &str, effect: &str) -> bool {
 }
 
 impl NodeLifecycle {
-    pub fn new(client: Client, cfg: NodeLifecycleConfig, fleet: Option<Arc<FleetState>>) -> Result<Self, ApiError> {
+    pub fn new(
+        client: Client,
+        cfg: NodeLifecycleConfig,
+        liveness: Option<Arc<dyn Liveness>>,
+    ) -> Result<Self, ControllerError> {
+        let started = cfg.clock.now();
         Ok(NodeLifecycle {
             client,
             cfg,
             node_id: Node::rt()?.id,
             pod_id: Pod::rt()?.id,
             tainted: HashSet::new(),
-            fleet,
-            started: now_secs(),
+            liveness,
+            started,
         })
     }
 
+    fn now(&self) -> i64 {
+        self.cfg.clock.now()
+    }
+
+    /// Now, as a Kubernetes timestamp.
+    fn now_time(&self) -> Option<Time> {
+        jiff::Timestamp::from_second(self.now()).ok().map(Time)
+    }
+
     /// The lowest free /24 of the cluster CIDR.
-    fn allocate_cidr(&self, nodes: &[Node]) -> Result<String, ApiError> {
+    fn allocate_cidr(&self, nodes: &[Node]) -> Result<String, ControllerError> {
         let used: BTreeSet<String> =
             nodes.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).filter(|c| !c.is_empty()).collect();
         let (base, bits) = self.cfg.cluster_cidr;
@@ -96,11 +135,11 @@ impl NodeLifecycle {
         (0..blocks)
             .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
             .find(|c| !used.contains(c))
-            .ok_or_else(|| ApiError::internal("the cluster CIDR has no free /24 left"))
+            .ok_or(ControllerError::NoPodCidr)
     }
 
     /// Adds or removes our taints so the node carries exactly `want`.
-    fn set_taints(&self, node: &Node, want: &[(&str, &str)]) -> Result<Node, ApiError> {
+    fn set_taints(&self, node: &Node, want: &[(&str, &str)]) -> Result<Node, ControllerError> {
         let ours = [UNREACHABLE, NOT_READY];
         let mut n = node.clone();
         let taints = n.spec.get_or_insert_with(Default::default).taints.get_or_insert_with(Vec::new);
@@ -108,12 +147,7 @@ impl NodeLifecycle {
         taints.retain(|t| !ours.contains(&t.key.as_str()) || want.iter().any(|(k, e)| *k == t.key && *e == t.effect));
         for (k, e) in want {
             if !taints.iter().any(|t| t.key == *k && t.effect == *e) {
-                taints.push(Taint {
-                    key: (*k).into(),
-                    effect: (*e).into(),
-                    value: None,
-                    time_added: Some(Time(jiff::Timestamp::now())),
-                });
+                taints.push(Taint { key: (*k).into(), effect: (*e).into(), value: None, time_added: self.now_time() });
             }
         }
         if *taints == before {
@@ -123,10 +157,10 @@ impl NodeLifecycle {
         self.client.replace(&n)
     }
 
-    fn mark_unknown(&self, node: &Node) -> Result<Node, ApiError> {
+    fn mark_unknown(&self, node: &Node) -> Result<Node, ControllerError> {
         let mut n = node.clone();
         let conds = n.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
-        let now = Some(Time(jiff::Timestamp::now()));
+        let now = self.now_time();
         match conds.iter_mut().find(|c| c.type_ == "Ready") {
             Some(c) if c.status == "Unknown" => return Ok(node.clone()),
             Some(c) => {
@@ -159,7 +193,7 @@ impl NodeLifecycle {
         Ok(n)
     }
 
-    fn pods_on(&self, node: &str) -> Result<Vec<Pod>, ApiError> {
+    fn pods_on(&self, node: &str) -> Result<Vec<Pod>, ControllerError> {
         Ok(self
             .client
             .list::<Pod>(None)?
@@ -171,11 +205,11 @@ impl NodeLifecycle {
             .collect())
     }
 
-    fn mark_pods_not_ready(&self, pods: &[Pod]) -> Result<(), ApiError> {
+    fn mark_pods_not_ready(&self, pods: &[Pod]) -> Result<(), ControllerError> {
         for p in pods {
             let mut p = p.clone();
             let conds = p.status.get_or_insert_with(Default::default).conditions.get_or_insert_with(Vec::new);
-            let now = Some(Time(jiff::Timestamp::now()));
+            let now = self.now_time();
             match conds.iter_mut().find(|c| c.type_ == "Ready") {
                 Some(c) if c.status == "False" => continue,
                 Some(c) => {
@@ -199,7 +233,7 @@ impl NodeLifecycle {
 
     /// Evicts pods whose toleration of a NoExecute taint has run out; returns
     /// the seconds until the next one would.
-    fn evict(&self, node: &Node, pods: &[Pod]) -> Result<Option<i64>, ApiError> {
+    fn evict(&self, node: &Node, pods: &[Pod]) -> Result<Option<i64>, ControllerError> {
         let taints: Vec<&Taint> = node
             .spec
             .as_ref()
@@ -211,7 +245,7 @@ impl NodeLifecycle {
         if taints.is_empty() {
             return Ok(None);
         }
-        let now = now_secs();
+        let now = self.now();
         let mut next: Option<i64> = None;
         for p in pods {
             let tols = p.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
@@ -246,10 +280,8 @@ impl NodeLifecycle {
                     &format!("Marking for deletion Pod {ns}/{name}"),
                 );
                 match self.client.delete::<Pod>(ns, name, p.metadata.uid.as_deref()) {
-                    Ok(()) => {}
-                    Err(e)
-                        if e.code == axum::http::StatusCode::NOT_FOUND
-                            || e.code == axum::http::StatusCode::CONFLICT => {}
+                    // Gone already, or another pod of that name by now.
+                    Ok(()) | Err(ControllerError::NotFound(_) | ControllerError::Conflict(_)) => {}
                     Err(e) => return Err(e),
                 }
             } else {
@@ -277,11 +309,11 @@ impl Reconcile for NodeLifecycle {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<Node>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(mut node) = self.client.get::<Node>("", &key.name)? else {
             // The node was deleted: its pods will never run again (Kubernetes'
             // pod GC); their controllers replace them elsewhere.
@@ -311,10 +343,10 @@ impl Reconcile for NodeLifecycle {
             .and_then(|c| c.last_heartbeat_time.as_ref())
             .or(node.metadata.creation_timestamp.as_ref())
             .map_or(0, |t| t.0.as_second());
-        let live = self.fleet.as_ref().and_then(|f| f.heartbeat(&key.name));
+        let live = self.liveness.as_ref().and_then(|l| l.heartbeat(&key.name));
         let heartbeat = live.map_or(stored, |l| l.max(stored)).max(self.started);
         let grace = i64::try_from(self.cfg.grace.as_secs()).unwrap_or(i64::MAX);
-        let age = now_secs() - heartbeat;
+        let age = self.now() - heartbeat;
         let mut requeue = None;
         if age > grace {
             node = self.mark_unknown(&node)?;
@@ -347,3 +379,6 @@ impl Reconcile for NodeLifecycle {
         Ok(requeue.map_or(Action::Done, |s| Action::RequeueAfter(Duration::from_secs(s.max(1).unsigned_abs()))))
     }
 }
+
+#[cfg(test)]
+mod tests;

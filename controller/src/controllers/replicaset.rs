@@ -9,8 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::podutil::{self, controller_ref};
 use super::runner::{Action, Reconcile};
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::selector::LabelSelector;
 use crate::store::{Key, WatchEvent};
 
@@ -25,7 +25,7 @@ pub struct ReplicaSetController {
 }
 
 impl ReplicaSetController {
-    pub fn new(client: Client) -> Result<Self, ApiError> {
+    pub fn new(client: Client) -> Result<Self, ControllerError> {
         Ok(ReplicaSetController { client, rs_id: ReplicaSet::rt()?.id, pod_id: Pod::rt()?.id })
     }
 }
@@ -68,11 +68,11 @@ impl Reconcile for ReplicaSetController {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.client.keys::<ReplicaSet>()
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(rs) = self.client.get::<ReplicaSet>(&key.namespace, &key.name)? else { return Ok(Action::Done) };
         if rs.metadata.deletion_timestamp.is_some() {
             return Ok(Action::Done);

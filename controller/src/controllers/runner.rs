@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::api::ApiError;
+use crate::controllers::ControllerError;
 use crate::store::{Key, SharedStore, WatchEvent};
 
 /// What a reconcile asks for next.
@@ -32,16 +32,16 @@ pub trait Reconcile {
     /// The keys a committed change should (re)visit.
     fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>);
     /// Every key worth a look at start-up, and after missing events.
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError>;
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError>;
     /// Brings the world one step closer to what `key` asks for.
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError>;
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError>;
     /// How many ready keys one call to [`Reconcile::reconcile_batch`] may
     /// take. Loops that can write a batch in one transaction raise it.
     fn batch(&self) -> usize {
         1
     }
     /// Reconciles several keys; one result per key, in order.
-    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ControllerError>> {
         keys.iter().map(|k| self.reconcile(k)).collect()
     }
 }

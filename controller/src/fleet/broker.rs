@@ -10,19 +10,26 @@ use std::net::SocketAddr;
 
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("setting up the fleet link: {0}")]
-    Setup(String),
 }
 
 /// Starts the broker on `listen` (port 0: a free port) and returns the
 /// address. The address is bound here first, so a port already in use is an
-/// error at start-up, not a log line later.
-pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr, BrokerError> {
+/// error at start-up, not a log line later. The listener is a task of
+/// `tasks` and stops accepting when `stop` flips (the router thread lives on
+/// until the process exits).
+pub async fn start(
+    listen: SocketAddr,
+    max_payload: usize,
+    tasks: &mut JoinSet<()>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds the address itself; check it is free so the error is ours.
     let probe =
         tokio::net::TcpListener::bind(listen).await.map_err(|source| BrokerError::Listen { addr: listen, source })?;
@@ -59,9 +66,12 @@ pub async fn start(listen: SocketAddr, max_payload: usize) -> Result<SocketAddr,
         },
     };
     let mut server = Server::new(settings, router_tx, V4);
-    tokio::spawn(async move {
-        if let Err(e) = server.start(LinkType::Remote).await {
-            tracing::error!(error = %e, "the embedded MQTT broker stopped");
+    tasks.spawn(async move {
+        tokio::select! {
+            r = server.start(LinkType::Remote) => if let Err(e) = r {
+                tracing::error!(error = %e, "the embedded MQTT broker stopped");
+            },
+            _ = stop.wait_for(|v| *v) => {}
         }
     });
     Ok(listen)

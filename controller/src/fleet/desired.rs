@@ -21,8 +21,8 @@ use rumqttc::{AsyncClient, QoS};
 use serde_json::{Value, json};
 
 use super::FleetState;
-use crate::api::ApiError;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::controllers::events;
 use crate::controllers::runner::{Action, Reconcile};
 use crate::store::{Key, WatchEvent};
@@ -227,7 +227,7 @@ impl DesiredPublisher {
         prefix: String,
         max_payload: usize,
         state: Arc<FleetState>,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Self, ControllerError> {
         Ok(DesiredPublisher {
             client,
             mqtt,
@@ -243,14 +243,14 @@ impl DesiredPublisher {
         })
     }
 
-    fn nodes_with_pods_in(&self, ns: &str) -> Result<Vec<String>, ApiError> {
+    fn nodes_with_pods_in(&self, ns: &str) -> Result<Vec<String>, ControllerError> {
         let pods = self.client.list::<Pod>(Some(ns))?;
         let set: HashSet<String> =
             pods.iter().filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone())).collect();
         Ok(set.into_iter().collect())
     }
 
-    fn publish(&mut self, nodes: &[String]) -> Result<(), ApiError> {
+    fn publish(&mut self, nodes: &[String]) -> Result<(), ControllerError> {
         let wanted: HashSet<&str> = nodes.iter().map(String::as_str).collect();
         let revision = self.client.store().revision();
         let pods = self.client.list::<Pod>(None)?;
@@ -303,7 +303,7 @@ impl DesiredPublisher {
             let count = wire.len();
             let mut h = std::collections::hash_map::DefaultHasher::new();
             let content = kedge_common::envelope::encode(&wire)
-                .map_err(|e| ApiError::internal(format!("encoding the snapshot of {node}: {e}")))?;
+                .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             content.hash(&mut h);
             let hash = h.finish();
             if self.published.get(node) == Some(&(hash, epoch)) {
@@ -317,7 +317,7 @@ impl DesiredPublisher {
             };
             let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire };
             let bytes = kedge_common::envelope::encode(&snapshot)
-                .map_err(|e| ApiError::internal(format!("encoding the snapshot of {node}: {e}")))?;
+                .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             if bytes.len() > self.max_payload {
                 tracing::error!(%node, bytes = bytes.len(), cap = self.max_payload, "snapshot over the payload cap; not published");
                 continue;
@@ -328,7 +328,7 @@ impl DesiredPublisher {
             }
             self.mqtt
                 .try_publish(topics::node_topic(&self.prefix, node, NodeTopic::Desired), QoS::AtLeastOnce, true, bytes)
-                .map_err(|e| ApiError::internal(format!("queueing the snapshot of {node}: {e}")))?;
+                .map_err(|source| ControllerError::Publish { node: node.to_owned(), source })?;
             tracing::debug!(%node, generation, pods = count, "published desired snapshot");
             self.state.set_desired(node, generation, hash, count);
             self.published.insert(node.to_string(), (hash, epoch));
@@ -360,7 +360,7 @@ impl Reconcile for DesiredPublisher {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         let mut nodes: HashSet<String> =
             self.client.list::<Node>(None)?.into_iter().filter_map(|n| n.metadata.name).collect();
         for p in self.client.list::<Pod>(None)? {
@@ -375,17 +375,17 @@ impl Reconcile for DesiredPublisher {
         512
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         self.publish(std::slice::from_ref(&key.name)).map(|()| Action::Done)
     }
 
-    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
+    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ControllerError>> {
         let nodes: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
         match self.publish(&nodes) {
             Ok(()) => keys.iter().map(|_| Ok(Action::Done)).collect(),
             Err(e) => {
-                let msg = e.to_string();
-                keys.iter().map(|_| Err(ApiError::internal(msg.clone()))).collect()
+                let e = Arc::new(e);
+                keys.iter().map(|_| Err(ControllerError::Batch(e.clone()))).collect()
             }
         }
     }

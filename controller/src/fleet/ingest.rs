@@ -18,8 +18,8 @@ use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{self, NodeReport, Presence};
 
 use super::{FleetOptions, FleetState, dashboard};
-use crate::api::ApiError;
 use crate::client::Client;
+use crate::controllers::ControllerError;
 use crate::controllers::{events, ignore_not_found};
 
 pub struct Ingest {
@@ -239,7 +239,7 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
 }
 
 impl Ingest {
-    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>) -> Result<Self, ApiError> {
+    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>) -> Result<Self, ControllerError> {
         Ok(Ingest { client, opts, state, pending: BTreeMap::new() })
     }
 
@@ -321,7 +321,7 @@ impl Ingest {
         events::record(&self.client, &component, ("v1", kind, &meta), !ev.normal, &ev.reason, &ev.message);
     }
 
-    fn report(&mut self, node: &str, r: NodeReport) -> Result<(), ApiError> {
+    fn report(&mut self, node: &str, r: NodeReport) -> Result<(), ControllerError> {
         let existing = self.client.get::<Node>("", node)?;
         let mut n = match existing {
             Some(n) => n,
@@ -329,9 +329,7 @@ impl Ingest {
                 if self.pending.len() < MAX_PENDING || self.pending.contains_key(node) {
                     self.pending.insert(node.to_string(), r);
                 }
-                return Err(ApiError::bad_request(format!(
-                    "node {node} is not registered and --require-known-nodes is set; its report waits for a Node object"
-                )));
+                return Err(ControllerError::UnknownNode { node: node.to_string() });
             }
             None => {
                 tracing::info!(%node, arch = %r.info.architecture, "registering a new node");
@@ -376,7 +374,7 @@ impl Ingest {
 
     /// One pod's status from its node's report, if that pod is still the one
     /// bound there.
-    fn pod_report(&self, node: &str, pr: &wire::PodReport, host_ip: Option<&str>) -> Result<(), ApiError> {
+    fn pod_report(&self, node: &str, pr: &wire::PodReport, host_ip: Option<&str>) -> Result<(), ControllerError> {
         {
             let Some(mut pod) = self.client.get::<Pod>(&pr.namespace, &pr.name)? else { return Ok(()) };
             if pod.metadata.uid.as_deref() != Some(pr.uid.as_str())

@@ -6,7 +6,11 @@
 //! Liveness is kept in memory ([`FleetState`]), never written as heartbeats
 //! (flash wear): a node is alive while its presence is online and its last
 //! report is not older than the report timeout. The node lifecycle
-//! controller reads it through [`FleetState::heartbeat`].
+//! controller reads it through [`FleetState::heartbeat`], as its
+//! [`Liveness`].
+//!
+//! Every task started here goes into the caller's `JoinSet` and ends when
+//! `stop` flips.
 
 pub mod broker;
 pub mod dashboard;
@@ -22,9 +26,19 @@ use std::time::Duration;
 use kedge_common::topics::{self, BrokerUrl, NodeTopic};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::client::Client;
-use crate::controllers::runner;
+use crate::controllers::nodelifecycle::Liveness;
+use crate::controllers::{ControllerError, runner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("setting up the fleet link: {0}")]
+    Setup(#[from] ControllerError),
+}
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
@@ -186,6 +200,12 @@ impl FleetState {
     }
 }
 
+impl Liveness for FleetState {
+    fn heartbeat(&self, node: &str) -> Option<i64> {
+        FleetState::heartbeat(self, node)
+    }
+}
+
 /// A running fleet link.
 pub struct Fleet {
     pub state: Arc<FleetState>,
@@ -194,17 +214,19 @@ pub struct Fleet {
 }
 
 /// Starts the broker (unless external), the controller's MQTT session and
-/// the snapshot publisher. Everything stops when `stop` flips.
+/// the snapshot publisher, as tasks of `tasks`. Everything stops when `stop`
+/// flips.
 pub async fn start(
     client: Client,
     opts: FleetOptions,
     state: Arc<FleetState>,
+    tasks: &mut JoinSet<()>,
     stop: watch::Receiver<bool>,
-) -> Result<Fleet, broker::BrokerError> {
+) -> Result<Fleet, FleetError> {
     let broker = match &opts.broker {
         Some(b) => b.clone(),
         None => {
-            let listen = broker::start(opts.mqtt_listen, opts.max_payload).await?;
+            let listen = broker::start(opts.mqtt_listen, opts.max_payload, tasks, stop.clone()).await?;
             let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
             tracing::info!(%listen, "embedded MQTT broker listening");
             BrokerUrl { host, port: listen.port() }
@@ -222,13 +244,11 @@ pub async fn start(
         opts.prefix.clone(),
         opts.max_payload,
         state.clone(),
-    )
-    .map_err(|e| broker::BrokerError::Setup(e.to_string()))?;
+    )?;
     let store = client.store().clone();
-    tokio::spawn(runner::run_with_resync(publisher, store, stop.clone(), state.resync_desired.subscribe()));
-    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())
-        .map_err(|e| broker::BrokerError::Setup(e.to_string()))?;
-    tokio::spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
+    tasks.spawn(runner::run_with_resync(publisher, store, stop.clone(), state.resync_desired.subscribe()));
+    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())?;
+    tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
     Ok(Fleet { state, broker })
 }
 

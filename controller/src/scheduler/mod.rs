@@ -17,12 +17,12 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
-use crate::api::ApiError;
-use crate::api::binding::Binding;
 use crate::client::{Client, Kind};
+use crate::controllers::ControllerError;
 use crate::controllers::events;
 use crate::controllers::runner::{Action, Reconcile};
 use crate::store::{EventType, Key, WatchEvent};
+use crate::write::Binding;
 use model::{NodeInfo, NodeUsage, PodNeeds};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
@@ -70,7 +70,7 @@ fn holds(pod: &Value) -> Option<&str> {
 }
 
 impl Scheduler {
-    pub fn new(client: Client) -> Result<Self, ApiError> {
+    pub fn new(client: Client) -> Result<Self, ControllerError> {
         Ok(Scheduler {
             client,
             pod_id: Pod::rt()?.id,
@@ -135,7 +135,7 @@ impl Scheduler {
         status: &str,
         reason: Option<&str>,
         message: Option<&str>,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, ControllerError> {
         let mut p = pod.clone();
         let st = p.status.get_or_insert_with(Default::default);
         let conds = st.conditions.get_or_insert_with(Vec::new);
@@ -192,7 +192,7 @@ impl Reconcile for Scheduler {
         }
     }
 
-    fn all_keys(&mut self) -> Result<Vec<Key>, ApiError> {
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.nodes.clear();
         self.placed.clear();
         let (nodes, _) = self.client.store().list(self.node_id, None, None)?;
@@ -216,7 +216,7 @@ impl Reconcile for Scheduler {
         Ok(keys)
     }
 
-    fn reconcile(&mut self, key: &Key) -> Result<Action, ApiError> {
+    fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         self.reconcile_batch(std::slice::from_ref(key)).pop().unwrap_or(Ok(Action::Done))
     }
 
@@ -226,8 +226,8 @@ impl Reconcile for Scheduler {
 
     /// Decides each pod in turn (each decision sees the ones before it in
     /// the usage cache), then binds every placed pod in one transaction.
-    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ApiError>> {
-        let mut results: Vec<Result<Action, ApiError>> = keys.iter().map(|_| Ok(Action::Done)).collect();
+    fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ControllerError>> {
+        let mut results: Vec<Result<Action, ControllerError>> = keys.iter().map(|_| Ok(Action::Done)).collect();
         let mut binds = Vec::new();
         let mut placed_idx = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -260,9 +260,10 @@ impl Reconcile for Scheduler {
                 }
             }
             Err(e) => {
+                let e = std::sync::Arc::new(e);
                 for i in &placed_idx {
                     self.unplace(&keys[*i]);
-                    results[*i] = Err(ApiError::internal(format!("binding failed: {}", e.message)));
+                    results[*i] = Err(ControllerError::Batch(e.clone()));
                 }
             }
         }
@@ -273,15 +274,14 @@ impl Reconcile for Scheduler {
 impl Scheduler {
     /// Picks a node for the pod at `key` and holds its resources there in the
     /// cache (`Some(node)`), or records why it fits nowhere (`None`).
-    fn decide(&mut self, key: &Key) -> Result<Option<String>, ApiError> {
+    fn decide(&mut self, key: &Key) -> Result<Option<String>, ControllerError> {
         let pods = Pod::rt()?;
         let raw = self.client.get_raw(pods, &key.namespace, &key.name)?;
         let Some(raw) = raw.filter(wants_scheduling) else {
             self.waiting.remove(key);
             return Ok(None);
         };
-        let pod: Pod =
-            serde_json::from_value(raw).map_err(|e| ApiError::internal(format!("stored pod does not decode: {e}")))?;
+        let pod: Pod = serde_json::from_value(raw).map_err(|source| ControllerError::Decode { kind: "Pod", source })?;
         let needs = PodNeeds::from_pod(&pod);
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut feasible: Vec<(&NodeInfo, &NodeUsage)> = Vec::new();

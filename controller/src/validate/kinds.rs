@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::FieldError;
 use super::names;
-use crate::api::error::FieldError;
 use crate::resources::ResourceType;
 use crate::selector;
 use kedge_common::quantity;

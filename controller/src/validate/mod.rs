@@ -3,6 +3,7 @@
 //! validation with Kubernetes' own messages. A rejected object is never
 //! stored: callers run this inside the store transaction before writing.
 
+mod field;
 mod kinds;
 pub mod names;
 pub mod strict;
@@ -13,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::api::error::{ApiError, FieldError};
+pub use field::FieldError;
+
 use crate::resources::ResourceType;
 
 /// The `fieldValidation` query parameter.
@@ -25,17 +27,43 @@ pub enum FieldValidation {
 }
 
 impl FieldValidation {
-    /// Kubernetes' default (no parameter) is `Warn`.
-    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+    /// The query parameter's value; Kubernetes' default (none) is `Warn`.
+    /// `None`: not a value Kubernetes knows.
+    pub fn parse(v: Option<&str>) -> Option<Self> {
         match v {
-            None | Some("") | Some("Warn") => Ok(FieldValidation::Warn),
-            Some("Strict") => Ok(FieldValidation::Strict),
-            Some("Ignore") => Ok(FieldValidation::Ignore),
-            Some(other) => Err(ApiError::bad_request(format!(
-                "fieldValidation parameter unsupported: {other:?}, must be one of Strict, Warn or Ignore"
-            ))),
+            None | Some("") | Some("Warn") => Some(FieldValidation::Warn),
+            Some("Strict") => Some(FieldValidation::Strict),
+            Some("Ignore") => Some(FieldValidation::Ignore),
+            Some(_) => None,
         }
     }
+}
+
+/// Why an object was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// Field-level problems (Kubernetes' 422 `Invalid`).
+    #[error("{kind} \"{name}\" is invalid: {}", summary(.causes))]
+    Invalid { kind: &'static str, group: &'static str, name: String, causes: Vec<FieldError> },
+    /// Unknown or duplicated fields under `fieldValidation=Strict`.
+    #[error("strict decoding error: {}", .problems.join(", "))]
+    Strict { problems: Vec<String> },
+    /// The body does not decode into the kind's type.
+    #[error("{kind} in version \"{version}\" cannot be handled as a {kind}: {path}: {source}")]
+    Decode { kind: &'static str, version: &'static str, path: String, source: serde_json::Error },
+    /// The stored object an update starts from does not decode.
+    #[error("stored {kind} {name:?} does not decode: {source}")]
+    StoredDecode { kind: &'static str, name: String, source: serde_json::Error },
+    #[error("{kind} does not encode: {source}")]
+    Encode { kind: &'static str, source: serde_json::Error },
+    #[error("no admission for kind {kind}")]
+    NoAdmission { kind: &'static str },
+}
+
+/// Kubernetes' summary of field errors: the one message, or all in brackets.
+pub fn summary(causes: &[FieldError]) -> String {
+    let list: Vec<&str> = causes.iter().map(|e| e.message.as_str()).collect();
+    if list.len() == 1 { list[0].to_owned() } else { format!("[{}]", list.join(", ")) }
 }
 
 /// An object that passed admission, normalised through its typed form.
@@ -54,7 +82,7 @@ pub fn admit(
     duplicates: &[String],
     mode: FieldValidation,
     old: Option<&Value>,
-) -> Result<Admitted, ApiError> {
+) -> Result<Admitted, AdmissionError> {
     let input = Input { rt, body, duplicates, mode, old };
     match (rt.group, rt.kind) {
         ("", "Pod") => run::<Pod>(input, kinds::pod),
@@ -68,7 +96,7 @@ pub fn admit(
         ("apps", "Deployment") => run::<Deployment>(input, kinds::deployment),
         ("apps", "ReplicaSet") => run::<ReplicaSet>(input, kinds::replica_set),
         ("apps", "DaemonSet") => run::<DaemonSet>(input, kinds::daemon_set),
-        _ => Err(ApiError::internal(format!("no admission for kind {}", rt.kind))),
+        _ => Err(AdmissionError::NoAdmission { kind: rt.kind }),
     }
 }
 
@@ -82,56 +110,56 @@ struct Input<'a> {
 
 type KindFn<T> = fn(&mut T, Option<&T>, &mut Vec<FieldError>);
 
-fn run<T>(input: Input<'_>, kind_fn: KindFn<T>) -> Result<Admitted, ApiError>
+fn run<T>(input: Input<'_>, kind_fn: KindFn<T>) -> Result<Admitted, AdmissionError>
 where
     T: DeserializeOwned + Serialize + k8s_openapi::Metadata<Ty = ObjectMeta>,
 {
     let Input { rt, body, duplicates, mode, old } = input;
     let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
     let mut typed: T = decode(rt, &name, body.clone())?;
-    let round = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
+    let encode = |source| AdmissionError::Encode { kind: rt.kind, source };
+    let round = serde_json::to_value(&typed).map_err(encode)?;
     let mut problems: Vec<String> =
         strict::unknown_fields(&body, &round).into_iter().map(|f| format!("unknown field \"{f}\"")).collect();
     problems.extend(duplicates.iter().map(|f| format!("duplicate field \"{f}\"")));
     let warnings = match mode {
         FieldValidation::Strict if !problems.is_empty() => {
-            return Err(ApiError::bad_request(format!("strict decoding error: {}", problems.join(", "))));
+            return Err(AdmissionError::Strict { problems });
         }
         FieldValidation::Ignore => Vec::new(),
         _ => problems,
     };
     let old_typed: Option<T> = match old {
-        Some(o) => Some(
-            serde_json::from_value(o.clone())
-                .map_err(|e| ApiError::internal(format!("stored {} {name:?} does not decode: {e}", rt.kind)))?,
-        ),
+        Some(o) => Some(serde_json::from_value(o.clone()).map_err(|source| AdmissionError::StoredDecode {
+            kind: rt.kind,
+            name: name.clone(),
+            source,
+        })?),
         None => None,
     };
     let mut errs = Vec::new();
     kinds::metadata(rt, typed.metadata(), &mut errs);
     kind_fn(&mut typed, old_typed.as_ref(), &mut errs);
     if !errs.is_empty() {
-        return Err(ApiError::invalid(rt.kind, rt.group, &name, errs));
+        return Err(AdmissionError::Invalid { kind: rt.kind, group: rt.group, name, causes: errs });
     }
-    let object = serde_json::to_value(&typed).map_err(|e| ApiError::internal(e.to_string()))?;
+    let object = serde_json::to_value(&typed).map_err(encode)?;
     Ok(Admitted { object, warnings })
 }
 
 /// Decodes into the typed struct; a missing required field becomes a 422
 /// naming it, any other mismatch a 400 naming the field.
-fn decode<T: DeserializeOwned>(rt: &ResourceType, name: &str, body: Value) -> Result<T, ApiError> {
+fn decode<T: DeserializeOwned>(rt: &ResourceType, name: &str, body: Value) -> Result<T, AdmissionError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.inner().to_string();
+        let source = e.into_inner();
+        let inner = source.to_string();
         if let Some(field) = inner.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
             let full = if path == "." || path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
-            return ApiError::invalid(rt.kind, rt.group, name, vec![FieldError::required(full)]);
+            let causes = vec![FieldError::required(full)];
+            return AdmissionError::Invalid { kind: rt.kind, group: rt.group, name: name.to_owned(), causes };
         }
-        ApiError::bad_request(format!(
-            "{kind} in version \"{v}\" cannot be handled as a {kind}: {path}: {inner}",
-            kind = rt.kind,
-            v = rt.version
-        ))
+        AdmissionError::Decode { kind: rt.kind, version: rt.version, path, source }
     })
 }
 

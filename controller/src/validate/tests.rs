@@ -1,12 +1,14 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::api::ApiError;
 use crate::resources::find;
 
 fn admit_new(plural: &str, body: Value) -> Result<Admitted, ApiError> {
     let group = if ["deployments", "replicasets", "daemonsets"].contains(&plural) { "apps" } else { "" };
     let rt = find(group, "v1", plural).expect("resource");
-    admit(rt, body, &[], FieldValidation::Strict, None)
+    // As a client sees it: the `Status` the API answers.
+    admit(rt, body, &[], FieldValidation::Strict, None).map_err(ApiError::from)
 }
 
 fn messages(e: &ApiError) -> Vec<String> {
@@ -91,7 +93,7 @@ fn strict_warn_and_ignore_unknown_and_duplicate_fields() {
     let mut body = deployment(json!({"app": "web"}), json!({"app": "web"}));
     body["spec"]["replicaz"] = json!(3);
     let dups = vec!["metadata.name".to_owned()];
-    let e = admit(rt, body.clone(), &dups, FieldValidation::Strict, None).expect_err("strict");
+    let e = admit(rt, body.clone(), &dups, FieldValidation::Strict, None).map_err(ApiError::from).expect_err("strict");
     assert_eq!(e.code.as_u16(), 400);
     assert_eq!(e.message, "strict decoding error: unknown field \"spec.replicaz\", duplicate field \"metadata.name\"");
     let a = admit(rt, body.clone(), &dups, FieldValidation::Warn, None).expect("warn");
@@ -114,7 +116,9 @@ fn deployment_selector_must_match_template_and_is_immutable() {
     assert_eq!(ok.object["spec"]["revisionHistoryLimit"], 10);
     let rt = find("apps", "v1", "deployments").expect("rt");
     let changed = deployment(json!({"app": "web", "v": "1"}), json!({"app": "web", "v": "1"}));
-    let e = admit(rt, changed, &[], FieldValidation::Strict, Some(&ok.object)).expect_err("immutable");
+    let e = admit(rt, changed, &[], FieldValidation::Strict, Some(&ok.object))
+        .map_err(ApiError::from)
+        .expect_err("immutable");
     assert!(e.message.contains("spec.selector: Invalid value: \"\": field is immutable"), "{}", e.message);
 }
 
@@ -168,15 +172,15 @@ fn pod_spec_is_immutable_except_images() {
         "image and first binding may change"
     );
     new["spec"]["restartPolicy"] = json!("Never");
-    let e = admit(rt, new, &[], FieldValidation::Strict, Some(&old)).expect_err("immutable");
+    let e = admit(rt, new, &[], FieldValidation::Strict, Some(&old)).map_err(ApiError::from).expect_err("immutable");
     assert!(e.message.contains("spec: Forbidden: pod updates may not change fields"), "{}", e.message);
 }
 
 #[test]
 fn field_validation_parameter() {
-    assert_eq!(FieldValidation::parse(None).ok(), Some(FieldValidation::Warn));
-    assert_eq!(FieldValidation::parse(Some("Strict")).ok(), Some(FieldValidation::Strict));
-    assert!(FieldValidation::parse(Some("Loose")).is_err());
+    assert_eq!(FieldValidation::parse(None), Some(FieldValidation::Warn));
+    assert_eq!(FieldValidation::parse(Some("Strict")), Some(FieldValidation::Strict));
+    assert_eq!(FieldValidation::parse(Some("Loose")), None);
 }
 
 #[test]

@@ -92,3 +92,22 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// Polls `f` every 20 ms for up to `limit` until it returns `Ok`; past the
+/// deadline it panics with `what` and the last `Err` (what was last seen).
+pub async fn until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(seen) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last seen: {seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}

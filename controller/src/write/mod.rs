@@ -1,0 +1,300 @@
+//! The one write path: create, update and delete of stored objects, with
+//! admission (`validate`), Service cluster-IP and node-port allocation,
+//! preconditions, generation bumps, finalizers and pod binding. The HTTP
+//! handlers (`api/objects.rs`) and the control loops (`client.rs`) both write
+//! through a [`Writer`]; nothing else writes to the store.
+
+mod binding;
+mod delete;
+mod error;
+mod service;
+
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+pub use binding::Binding;
+pub use delete::{DeleteOpts, FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, SYSTEM_NAMESPACES, deletion};
+pub use error::WriteError;
+
+use crate::meta;
+use crate::resources::{self, ResourceType};
+use crate::store::{Key, Mutation, SharedStore, StoreError};
+use crate::validate::{self, FieldValidation};
+
+/// The Service cluster-IP range unless configured (K3s' default).
+pub const DEFAULT_SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
+
+/// Writes to the store through admission and the API's rules.
+#[derive(Clone)]
+pub struct Writer {
+    store: SharedStore,
+    /// Where Service cluster IPs come from.
+    service_cidr: (Ipv4Addr, u8),
+}
+
+/// The write parameters every mutating verb takes.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteOpts {
+    pub mode: FieldValidation,
+    /// `dryRun=All`: run every check and answer as if written, store nothing.
+    pub dry_run: bool,
+}
+
+impl WriteOpts {
+    /// How the control loops write: strict, for real.
+    pub const INTERNAL: WriteOpts = WriteOpts { mode: FieldValidation::Strict, dry_run: false };
+}
+
+/// Which part of an object an update replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything but the status (`PUT`/`PATCH` of the object).
+    Main,
+    /// Only the status (the `status` subresource).
+    Status,
+}
+
+/// Where an object lives.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub rt: &'static ResourceType,
+    /// Empty for cluster-scoped kinds.
+    pub ns: &'a str,
+    pub name: &'a str,
+}
+
+/// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
+fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), WriteError> {
+    let want_av = rt.api_version();
+    for (field, want) in [("apiVersion", want_av.as_str()), ("kind", rt.kind)] {
+        match body.get(field).and_then(Value::as_str) {
+            None | Some("") => {
+                body[field] = Value::String(want.to_owned());
+            }
+            Some(have) if have != want => {
+                return Err(WriteError::TypeMismatch { field, have: have.to_owned(), want: want.to_owned() });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
+    pub fn new(store: SharedStore, service_cidr: (Ipv4Addr, u8)) -> Self {
+        Writer { store, service_cidr }
+    }
+
+    /// The store, for reading.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    fn ensure_namespace(&self, rt: &ResourceType, ns: &str) -> Result<(), WriteError> {
+        if !rt.namespaced {
+            return Ok(());
+        }
+        match self.store.get(&Key::new(resources::namespaces().id, "", ns))? {
+            Some(n) if meta::get(&n, "deletionTimestamp").is_some() => {
+                Err(WriteError::NamespaceTerminating { namespace: ns.to_owned() })
+            }
+            Some(_) => Ok(()),
+            None => Err(WriteError::NotFound { resource: "namespaces".into(), name: ns.to_owned() }),
+        }
+    }
+
+    /// Creates an object of `rt` in `ns` (empty for cluster-scoped kinds).
+    /// Returns the stored object and any field-validation warnings.
+    pub fn create(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        mut body: Value,
+        dups: &[String],
+        w: WriteOpts,
+    ) -> Result<(Value, Vec<String>), WriteError> {
+        check_type(rt, &mut body)?;
+        if rt.namespaced {
+            match meta::get_str(&body, "namespace") {
+                Some(n) if n != ns => return Err(WriteError::NamespaceMismatch),
+                _ => meta::set(&mut body, "namespace", json!(ns)),
+            }
+        } else {
+            meta::remove(&mut body, "namespace");
+        }
+        if meta::get_str(&body, "name").is_none() {
+            if let Some(prefix) = meta::get_str(&body, "generateName").map(str::to_owned) {
+                meta::set(&mut body, "name", json!(format!("{prefix}{}", meta::random_suffix())));
+            }
+        }
+        if meta::get_str(&body, "resourceVersion").is_some() {
+            return Err(WriteError::ResourceVersionOnCreate);
+        }
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "managedFields",
+        ] {
+            meta::remove(&mut body, f);
+        }
+        if rt.status && rt.kind != "Node" {
+            if let Some(o) = body.as_object_mut() {
+                o.remove("status");
+            }
+        }
+        self.ensure_namespace(rt, ns)?;
+        let admitted = validate::admit(rt, body, dups, w.mode, None)?;
+        let mut obj = admitted.object;
+        meta::set(&mut obj, "uid", json!(meta::new_uid()));
+        meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
+        if rt.generation {
+            meta::set(&mut obj, "generation", json!(1));
+        }
+        if rt.kind == "Service" {
+            service::allocate(&self.store, self.service_cidr, &mut obj)?;
+        }
+        let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
+        let k = Key::new(rt.id, ns, &name);
+        let out = self.store.mutate(&k, |cur| {
+            if cur.is_some() {
+                return Err(WriteError::AlreadyExists { resource: rt.qualified(), name: name.clone() });
+            }
+            if w.dry_run {
+                return Ok(Mutation::Keep);
+            }
+            Ok(Mutation::Put(obj.clone()))
+        })?;
+        if w.dry_run {
+            return Ok((obj, admitted.warnings));
+        }
+        tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "created");
+        Ok((out.object.unwrap_or(Value::Null), admitted.warnings))
+    }
+
+    /// The update path of PUT, PATCH and the subresources: `make` turns the
+    /// stored object into the candidate, which is then checked (name,
+    /// namespace, `resourceVersion` precondition, immutable metadata,
+    /// status/spec separation), admitted and written in the same
+    /// transaction, with a generation bump on spec change. An unchanged
+    /// object is not written. `make`'s own errors come back as they are.
+    pub fn update<E>(
+        &self,
+        at: At<'_>,
+        part: Part,
+        w: WriteOpts,
+        dups: &[String],
+        make: impl FnOnce(&Value) -> Result<Value, E>,
+    ) -> Result<(Value, Vec<String>), E>
+    where
+        E: From<WriteError> + From<StoreError>,
+    {
+        let At { rt, ns, name } = at;
+        let mut warnings = Vec::new();
+        let mut preview = None;
+        let out = self.store.mutate::<E, _>(&Key::new(rt.id, ns, name), |cur| {
+            let old = cur.ok_or_else(|| WriteError::NotFound { resource: rt.qualified(), name: name.to_owned() })?;
+            let cand = make(&old)?;
+            let (obj, w2) = self.updated(at, part, w, dups, &old, cand)?;
+            warnings = w2;
+            if meta::without_rv(&obj) == meta::without_rv(&old) {
+                return Ok(Mutation::Keep);
+            }
+            if w.dry_run {
+                preview = Some(obj);
+                return Ok(Mutation::Keep);
+            }
+            let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
+            // (A namespace's own finalizer lives in `spec.finalizers`; only the
+            // namespace controller removes a namespace.)
+            if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty && rt.kind != "Namespace" {
+                return Ok(Mutation::Delete);
+            }
+            Ok(Mutation::Put(obj))
+        })?;
+        if out.revision.is_some() {
+            tracing::info!(resource = rt.id, namespace = %ns, %name, rv = out.revision.unwrap_or(0), "updated");
+        }
+        Ok((preview.or(out.object).unwrap_or(Value::Null), warnings))
+    }
+
+    /// The candidate of an update, checked against `old` and admitted.
+    fn updated(
+        &self,
+        at: At<'_>,
+        part: Part,
+        w: WriteOpts,
+        dups: &[String],
+        old: &Value,
+        mut cand: Value,
+    ) -> Result<(Value, Vec<String>), WriteError> {
+        let At { rt, ns, name } = at;
+        if !cand.is_object() {
+            return Err(WriteError::NotAnObject);
+        }
+        check_type(rt, &mut cand)?;
+        match meta::get_str(&cand, "name") {
+            Some(n) if n != name => {
+                return Err(WriteError::NameMismatch { have: n.to_owned(), want: name.to_owned() });
+            }
+            _ => meta::set(&mut cand, "name", json!(name)),
+        }
+        if rt.namespaced {
+            match meta::get_str(&cand, "namespace") {
+                Some(n) if n != ns => return Err(WriteError::NamespaceMismatch),
+                _ => meta::set(&mut cand, "namespace", json!(ns)),
+            }
+        }
+        if let Some(rv) = meta::get_str(&cand, "resourceVersion") {
+            if Some(rv) != meta::get_str(old, "resourceVersion") {
+                return Err(WriteError::Stale { resource: rt.qualified(), name: name.to_owned() });
+            }
+        }
+        if rt.status {
+            // The main resource keeps the stored status; `status` changes only it.
+            let (mut base, from) = match part {
+                Part::Main => (cand, old),
+                Part::Status => (old.clone(), &cand),
+            };
+            match from.get("status") {
+                Some(s) => base["status"] = s.clone(),
+                None => {
+                    base.as_object_mut().map(|o| o.remove("status"));
+                }
+            }
+            cand = base;
+        }
+        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+            match meta::get(old, f) {
+                Some(v) => meta::set(&mut cand, f, v.clone()),
+                None => meta::remove(&mut cand, f),
+            }
+        }
+        let admitted = validate::admit(rt, cand, dups, w.mode, Some(old))?;
+        let mut obj = admitted.object;
+        if rt.kind == "Service" {
+            service::allocate(&self.store, self.service_cidr, &mut obj)?;
+        }
+        if rt.generation && obj.get("spec") != old.get("spec") {
+            let g = meta::get(old, "generation").and_then(Value::as_i64).unwrap_or(0);
+            meta::set(&mut obj, "generation", json!(g + 1));
+        }
+        Ok((obj, admitted.warnings))
+    }
+
+    /// Creates the namespaces Kubernetes always has, where missing.
+    pub fn system_namespaces(&self) -> Result<(), WriteError> {
+        let rt = resources::namespaces();
+        for name in SYSTEM_NAMESPACES {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+            match self.create(rt, "", body, &[], WriteOpts::INTERNAL) {
+                Ok(_) | Err(WriteError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}

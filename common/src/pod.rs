@@ -69,7 +69,9 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_network: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Kubernetes spells it `hostIPC`; `hostIpc` is what earlier builds
+    /// wrote (and so ignored `hostIPC`), still read from the agent's cache.
+    #[serde(default, rename = "hostIPC", alias = "hostIpc", skip_serializing_if = "std::ops::Not::not")]
     pub host_ipc: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -692,6 +694,15 @@ mod tests {
         let v = p.spec.volumes[0].config_map.as_ref().expect("configMap");
         assert_eq!(v.data.get("greeting").map(String::as_str), Some("aGVsbG8="), "data is text, never decoded");
         assert_eq!(v.binary_data.get("blob"), Some(&Bytes(vec![0x00, 0xff, 0xfe])));
+    }
+
+    #[test]
+    fn host_ipc_has_the_kubernetes_spelling() {
+        let p: Pod = serde_json::from_value(serde_json::json!({"spec": {"hostIPC": true}})).expect("pod");
+        assert!(p.spec.host_ipc);
+        assert_eq!(serde_json::to_value(&p.spec).expect("json")["hostIPC"], true);
+        let cached: PodSpec = serde_json::from_value(serde_json::json!({"hostIpc": true})).expect("older cache");
+        assert!(cached.host_ipc);
     }
 
     #[test]

@@ -84,7 +84,12 @@ fn binary_secret_and_config_map_reach_the_container_byte_for_byte() -> Result<()
     };
     assert_eq!(seen("/secret/key.der")?, sha256(&key)?, "the Secret's file in the container");
     assert_eq!(seen("/config/blob.bin")?, sha256(&blob)?, "the ConfigMap's binaryData file in the container");
-    // The agent goes first (its Drop removes the pod), then the controller.
+    // Removed through the API, the pod leaves the node (and the agent's Drop
+    // has nothing left to tear down).
+    k.ok(&["delete", "pod", "bytes-reader", "--wait=false"])?;
+    agent.wait_for("the pod to leave the node", Duration::from_secs(30), || {
+        Ok(agent.ps()?.iter().all(|p| p["name"] != "bytes-reader").then_some(()))
+    })?;
     drop(agent);
     drop(ctl);
     Ok(())

@@ -5,7 +5,7 @@
 //! kubectl; skips loudly without them (a failure under CI=true).
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ fn binary_secret_and_config_map_reach_the_container_byte_for_byte() -> Result<()
     }
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
-    let Some((ctl, k)) = controller_and_kubectl(dir, &[])? else { return Ok(()) };
+    let Some((mut ctl, k)) = controller_and_kubectl(dir, &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
     let mut agent = Agent::new(&dir.join("n1"), &["--broker", &broker, "--node-name", "n1"])?;
     agent.start()?;
@@ -75,22 +75,49 @@ fn binary_secret_and_config_map_reach_the_container_byte_for_byte() -> Result<()
         let log = agent.cli(&["logs", "bytes-reader", "main"]).unwrap_or_default();
         Ok((log.lines().count() >= 2).then_some(log))
     })?;
-    let seen = |file: &str| {
-        log.lines()
-            .find(|l| l.ends_with(file))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .with_context(|| format!("no sha256 of {file} in the container's log: {log}"))
-    };
-    assert_eq!(seen("/secret/key.der")?, sha256(&key)?, "the Secret's file in the container");
-    assert_eq!(seen("/config/blob.bin")?, sha256(&blob)?, "the ConfigMap's binaryData file in the container");
-    // Removed through the API, the pod leaves the node (and the agent's Drop
-    // has nothing left to tear down).
-    k.ok(&["delete", "pod", "bytes-reader", "--wait=false"])?;
-    agent.wait_for("the pod to leave the node", Duration::from_secs(30), || {
-        Ok(agent.ps()?.iter().all(|p| p["name"] != "bytes-reader").then_some(()))
+    assert_eq!(seen(&log, "/secret/key.der")?, sha256(&key)?, "the Secret's file in the container");
+    assert_eq!(seen(&log, "/config/blob.bin")?, sha256(&blob)?, "the ConfigMap's binaryData file in the container");
+
+    // Without its controller, a restarted agent runs the pod from its local
+    // cache: the files it writes again come from there, byte for byte.
+    ctl.terminate()?;
+    agent.kill();
+    let on_host = volume_file(&agent.data, "secret/key.der")?;
+    std::fs::write(&on_host, b"overwritten on the host")?;
+    agent.start()?;
+    let pid = agent
+        .wait_for("the running container's pid", Duration::from_secs(30), || {
+            Ok(agent.container("bytes-reader", "main")?.and_then(|c| c["pid"].as_i64()).filter(|p| *p > 0))
+        })?
+        .to_string();
+    run_ok(Command::new("kill").args(["-9", &pid]))?;
+    let log = agent.wait_for("the restarted container's sha256sum output", Duration::from_secs(60), || {
+        let restarted = agent.container("bytes-reader", "main")?.is_some_and(|c| c["restart_count"] == 1);
+        let log = agent.cli(&["logs", "bytes-reader", "main"]).unwrap_or_default();
+        Ok((restarted && log.lines().count() >= 2).then_some(log))
     })?;
+    assert_eq!(seen(&log, "/secret/key.der")?, sha256(&key)?, "the Secret's file, written again from the cache");
+    assert_eq!(seen(&log, "/config/blob.bin")?, sha256(&blob)?, "the ConfigMap's file, written again from the cache");
     drop(agent);
-    drop(ctl);
     Ok(())
+}
+
+/// The sha256 `sha256sum` printed for `file` in a container's log.
+fn seen(log: &str, file: &str) -> Result<String> {
+    log.lines()
+        .find(|l| l.ends_with(file))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .with_context(|| format!("no sha256 of {file} in the container's log: {log}"))
+}
+
+/// `<data>/volumes/<pod uid>/<rel>` on the host, for the one pod there is.
+fn volume_file(data: &Path, rel: &str) -> Result<PathBuf> {
+    for e in std::fs::read_dir(data.join("volumes"))? {
+        let p = e?.path().join(rel);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no {rel} under {}", data.join("volumes").display())
 }

@@ -62,11 +62,8 @@ impl<'de> Visitor<'de> for BytesVisitor {
     /// Base64 as Go's `encoding/base64` reads Kubernetes' `[]byte` fields:
     /// standard alphabet, padded, line breaks ignored (a YAML block scalar).
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
-        let decoded = if v.contains(['\n', '\r']) {
-            STANDARD.decode(v.replace(['\n', '\r'], ""))
-        } else {
-            STANDARD.decode(v)
-        };
+        let decoded =
+            if v.contains(['\n', '\r']) { STANDARD.decode(v.replace(['\n', '\r'], "")) } else { STANDARD.decode(v) };
         decoded.map(Bytes).map_err(|e| E::custom(format_args!("invalid base64: {e}")))
     }
 

@@ -431,7 +431,9 @@ impl DataVolume {
     }
 
     fn check(&self, at: &str) -> Result<(), FieldError> {
-        for (what, key) in self.data.keys().map(|k| ("data", k)).chain(self.binary_data.keys().map(|k| ("binaryData", k))) {
+        for (what, key) in
+            self.data.keys().map(|k| ("data", k)).chain(self.binary_data.keys().map(|k| ("binaryData", k)))
+        {
             if key.is_empty() || key.contains('/') || key.starts_with("..") {
                 return Err(field_error(format!("{at}.{what}"), format!("invalid key {key:?}")));
             }

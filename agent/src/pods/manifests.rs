@@ -177,10 +177,16 @@ mod tests {
         };
         assert_eq!(
             files(0),
-            BTreeMap::from([("motd".into(), b"aGk=".to_vec()), ("blob".into(), vec![0, 0xff, 0xfe, 0xde, 0xad, 0xbe, 0xef])]),
+            BTreeMap::from([
+                ("motd".into(), b"aGk=".to_vec()),
+                ("blob".into(), vec![0, 0xff, 0xfe, 0xde, 0xad, 0xbe, 0xef])
+            ]),
             "data is written as given, binaryData decoded"
         );
-        assert_eq!(files(1), BTreeMap::from([("user".into(), b"admin".to_vec()), ("key.der".into(), vec![0x30, 0x82, 0x01])]));
+        assert_eq!(
+            files(1),
+            BTreeMap::from([("user".into(), b"admin".to_vec()), ("key.der".into(), vec![0x30, 0x82, 0x01])])
+        );
         let bad = yaml.replace("MIIB", "not base64!");
         let err = parse(Path::new("/m/v.yaml"), bad.as_bytes(), "n").expect_err("invalid base64");
         assert!(err.to_string().contains("invalid base64"), "{err}");

@@ -80,8 +80,7 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
     let no_spec = api::PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     let cx = EnvContext { pod, ns: &ns, node, refs };
-    let containers =
-        |list: &[api::Container]| list.iter().map(|c| container(c, &cx)).collect::<Result<Vec<_>, _>>();
+    let containers = |list: &[api::Container]| list.iter().map(|c| container(c, &cx)).collect::<Result<Vec<_>, _>>();
     let restart_policy = match spec.restart_policy.as_deref() {
         None | Some("Always") => wire::RestartPolicy::Always,
         Some("OnFailure") => wire::RestartPolicy::OnFailure,
@@ -108,10 +107,10 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
             hostname: spec.hostname.clone(),
             volumes: spec.volumes.iter().flatten().map(|v| volume(v, &ns, refs)).collect::<Result<_, _>>()?,
             termination_grace_period_seconds: spec.termination_grace_period_seconds,
-            security_context: spec.security_context.as_ref().map(|s| wire::PodSecurityContext {
-                run_as_user: s.run_as_user,
-                run_as_group: s.run_as_group,
-            }),
+            security_context: spec
+                .security_context
+                .as_ref()
+                .map(|s| wire::PodSecurityContext { run_as_user: s.run_as_user, run_as_group: s.run_as_group }),
         },
     })
 }
@@ -148,7 +147,8 @@ impl<'a> Source<'a> {
 fn volume(v: &api::Volume, ns: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
     let config_map = match &v.config_map {
         Some(c) => {
-            let source = refs.config_map(ns, &c.name).map(|m| Source { text: m.data.as_ref(), bytes: m.binary_data.as_ref() });
+            let source =
+                refs.config_map(ns, &c.name).map(|m| Source { text: m.data.as_ref(), bytes: m.binary_data.as_ref() });
             let params = DataParams { kind: RefKind::ConfigMap, ns, name: &c.name, volume: &v.name };
             Some(data_volume(params, source, c.items.as_deref(), c.optional, c.default_mode)?)
         }

@@ -1,7 +1,8 @@
 //! Desired snapshots: for each node, the pods bound to it, translated into
 //! the node's wire form with everything they reference from the API
 //! (ConfigMap and Secret data for volumes, `env` and `envFrom`, the pod's own
-//! fields) resolved, so the node needs nothing else. Published retained at
+//! fields) resolved, so the node needs nothing else (`node_pod.rs`, on the
+//! typed API structs; Secret and `binaryData` values stay bytes). Published retained at
 //! QoS 1 on `nodes/{node}/desired` when the content changed, and all of them
 //! again after every (re)connect to the broker (it may have forgotten them).
 //!

@@ -18,7 +18,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::pods::DesiredPod;
 
-/// Source (e.g. `file:/etc/kedge/manifests/web.yaml`) → desired pod (JSON).
+/// Source (e.g. `file:/etc/kedge/manifests/web.yaml`) → desired pod (JSON;
+/// volume bytes, `kedge_common::bytes::Bytes`, as base64 text).
 const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_pods");
 /// Small facts: the generation of the accepted controller snapshot.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -153,6 +154,33 @@ mod tests {
 
     fn pod(source: &str, uid: &str) -> DesiredPod {
         DesiredPod { uid: uid.into(), pod: Default::default(), source: source.into() }
+    }
+
+    #[test]
+    fn a_binary_secret_survives_the_cache_byte_for_byte() {
+        use kedge_common::bytes::Bytes;
+        use kedge_common::pod::{DataVolume, Volume};
+        let key: Vec<u8> = (0..=255u8).chain([0xc3, 0x28, 0xed, 0xa0, 0x80]).collect();
+        let mut d = pod("controller:default/tls", "5");
+        d.pod.spec.volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(DataVolume {
+                binary_data: [("key.der".to_string(), Bytes(key.clone()))].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.redb");
+        Cache::open(&path)
+            .expect("open")
+            .store_snapshot("controller:", 1, &BTreeMap::from([(d.source.clone(), d.clone())]))
+            .expect("write");
+        let stored = Cache::open(&path).expect("reopen").desired().expect("read");
+        let back = stored.get(&d.source).expect("cached");
+        assert_eq!(back, &d);
+        let secret = back.pod.spec.volumes[0].secret.as_ref().expect("secret");
+        assert_eq!(secret.binary_data.get("key.der").map(Bytes::as_slice), Some(key.as_slice()));
     }
 
     #[test]

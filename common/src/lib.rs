@@ -2,9 +2,11 @@
 //!
 //! This crate is data and codecs only: no I/O, no async runtime, no MQTT client,
 //! no Kubernetes API types (design.md §2): the versioned envelope, the topic
-//! tree, the pod as a node runs it, Kubernetes quantities, and the fleet-link
-//! messages (`wire`); `duration` parses the durations both command lines take.
+//! tree, the pod as a node runs it (with [`bytes::Bytes`] for file contents
+//! that are not text), Kubernetes quantities, and the fleet-link messages
+//! (`wire`); `duration` parses the durations both command lines take.
 
+pub mod bytes;
 pub mod duration;
 pub mod envelope;
 pub mod pod;

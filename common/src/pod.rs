@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bytes::Bytes;
 use crate::quantity;
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -68,7 +69,9 @@ pub struct PodSpec {
     pub restart_policy: RestartPolicy,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub host_network: bool,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// Kubernetes spells it `hostIPC`; `hostIpc` is what earlier builds
+    /// wrote (and so ignored `hostIPC`), still read from the agent's cache.
+    #[serde(default, rename = "hostIPC", alias = "hostIpc", skip_serializing_if = "std::ops::Not::not")]
     pub host_ipc: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -399,8 +402,11 @@ pub struct HostPath {
 }
 
 /// A ConfigMap or Secret volume. The node has no API server to ask, so the
-/// controller inlines the referenced object's data in `data` (base64-decoded
-/// for Secrets); a static pod can only use inline data.
+/// controller inlines the referenced object's files (after `items`); a static
+/// pod can only use inline files. Each file is in one of two maps, as in a
+/// ConfigMap: `data` for text, `binaryData` for bytes (base64 in YAML and
+/// JSON, a byte string in CBOR). The controller puts a Secret's values in
+/// `binaryData`: they are bytes, and must reach the node unchanged.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolume {
@@ -409,8 +415,34 @@ pub struct DataVolume {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_mode: Option<u32>,
+    /// File name → text contents.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// File name → contents, byte for byte.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub binary_data: BTreeMap<String, Bytes>,
+}
+
+impl DataVolume {
+    /// Every file of the volume: name → contents.
+    pub fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let text = self.data.iter().map(|(k, v)| (k.as_str(), v.as_bytes()));
+        text.chain(self.binary_data.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+    }
+
+    fn check(&self, at: &str) -> Result<(), FieldError> {
+        for (what, key) in
+            self.data.keys().map(|k| ("data", k)).chain(self.binary_data.keys().map(|k| ("binaryData", k)))
+        {
+            if key.is_empty() || key.contains('/') || key.starts_with("..") {
+                return Err(field_error(format!("{at}.{what}"), format!("invalid key {key:?}")));
+            }
+        }
+        if let Some(key) = self.data.keys().find(|k| self.binary_data.contains_key(*k)) {
+            return Err(field_error(format!("{at}.data"), format!("{key:?}: duplicate of key present in binaryData")));
+        }
+        Ok(())
+    }
 }
 
 /// A manifest problem, naming the field as `kubectl` would.
@@ -476,6 +508,12 @@ impl Pod {
                 if !h.path.starts_with('/') {
                     return Err(field_error(format!("{at}.hostPath.path"), "must be an absolute path"));
                 }
+            }
+            if let Some(c) = &v.config_map {
+                c.check(&format!("{at}.configMap"))?;
+            }
+            if let Some(s) = &v.secret {
+                s.check(&format!("{at}.secret"))?;
             }
         }
         let mut names = std::collections::BTreeSet::new();
@@ -610,6 +648,79 @@ mod tests {
         assert_eq!(container("a", "localhost:5000/busybox").pull_policy(), PullPolicy::Always);
         assert_eq!(container("a", "localhost:5000/busybox:1.36").pull_policy(), PullPolicy::IfNotPresent);
         assert_eq!(container("a", "busybox@sha256:ab").pull_policy(), PullPolicy::IfNotPresent);
+    }
+
+    /// A pod with a Secret volume whose file is not UTF-8 (a DER key, say).
+    fn binary_secret_pod() -> (Pod, Vec<u8>) {
+        let key: Vec<u8> = (0..=255u8).rev().chain([0xc3, 0x28, 0xff, 0x00]).collect();
+        let mut p = pod(vec![container("a", "busybox")]);
+        p.spec.volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(DataVolume {
+                name: Some("tls".into()),
+                default_mode: Some(0o400),
+                data: BTreeMap::from([("note.txt".into(), "text stays text".into())]),
+                binary_data: BTreeMap::from([("key.der".into(), Bytes(key.clone()))]),
+            }),
+            ..Default::default()
+        });
+        (p, key)
+    }
+
+    #[test]
+    fn binary_volume_data_crosses_the_wire_and_json_byte_for_byte() {
+        let (p, key) = binary_secret_pod();
+        let cbor = crate::envelope::encode(&p).expect("encode");
+        let back: Pod = crate::envelope::decode(&cbor, usize::MAX).expect("decode");
+        assert_eq!(back, p);
+        let json = serde_json::to_vec(&p).expect("json");
+        let back: Pod = serde_json::from_slice(&json).expect("from json");
+        assert_eq!(back, p);
+        let s = back.spec.volumes[0].secret.as_ref().expect("secret");
+        let files: BTreeMap<&str, &[u8]> = s.files().collect();
+        assert_eq!(files.get("key.der"), Some(&key.as_slice()));
+        assert_eq!(files.get("note.txt"), Some(&&b"text stays text"[..]));
+    }
+
+    #[test]
+    fn a_manifest_carries_text_data_and_base64_binary_data() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "i"}],
+                "volumes": [{"name": "v", "configMap": {"name": "cfg",
+                    "data": {"greeting": "aGVsbG8="},
+                    "binaryData": {"blob": "AP/+"}}}]}
+        }))
+        .expect("pod");
+        assert_eq!(p.validate(), Ok(()));
+        let v = p.spec.volumes[0].config_map.as_ref().expect("configMap");
+        assert_eq!(v.data.get("greeting").map(String::as_str), Some("aGVsbG8="), "data is text, never decoded");
+        assert_eq!(v.binary_data.get("blob"), Some(&Bytes(vec![0x00, 0xff, 0xfe])));
+    }
+
+    #[test]
+    fn host_ipc_has_the_kubernetes_spelling() {
+        let p: Pod = serde_json::from_value(serde_json::json!({"spec": {"hostIPC": true}})).expect("pod");
+        assert!(p.spec.host_ipc);
+        assert_eq!(serde_json::to_value(&p.spec).expect("json")["hostIPC"], true);
+        let cached: PodSpec = serde_json::from_value(serde_json::json!({"hostIpc": true})).expect("older cache");
+        assert!(cached.host_ipc);
+    }
+
+    #[test]
+    fn volume_keys_are_checked() {
+        let (mut p, _) = binary_secret_pod();
+        assert_eq!(p.validate(), Ok(()));
+        let s = p.spec.volumes[0].secret.as_mut().expect("secret");
+        s.data.insert("key.der".into(), "clash".into());
+        assert_eq!(
+            p.validate().map_err(|e| e.to_string()),
+            Err("spec.volumes[0].secret.data: \"key.der\": duplicate of key present in binaryData".into())
+        );
+        let (mut p, _) = binary_secret_pod();
+        let s = p.spec.volumes[0].secret.as_mut().expect("secret");
+        s.binary_data.insert("../escape".into(), Bytes::default());
+        assert_eq!(p.validate().map_err(|e| e.field), Err("spec.volumes[0].secret.binaryData".into()));
     }
 
     #[test]

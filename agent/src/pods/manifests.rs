@@ -165,6 +165,34 @@ mod tests {
     }
 
     #[test]
+    fn volume_files_are_text_under_data_and_base64_under_binary_data() {
+        let yaml = format!(
+            "{WEB}  volumes:\n  - name: cfg\n    configMap:\n      data: {{motd: aGk=}}\n      binaryData:\n        blob: |\n          AP/+\n          3q2+7w==\n  - name: tls\n    secret:\n      secretName: tls\n      data: {{user: admin}}\n      binaryData: {{key.der: MIIB}}\n"
+        );
+        let d = parse(Path::new("/m/v.yaml"), yaml.as_bytes(), "n").expect("valid");
+        let files = |i: usize| -> BTreeMap<String, Vec<u8>> {
+            let v = &d.pod.spec.volumes[i];
+            let data = v.config_map.as_ref().or(v.secret.as_ref()).expect("data volume");
+            data.files().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+        };
+        assert_eq!(
+            files(0),
+            BTreeMap::from([
+                ("motd".into(), b"aGk=".to_vec()),
+                ("blob".into(), vec![0, 0xff, 0xfe, 0xde, 0xad, 0xbe, 0xef])
+            ]),
+            "data is written as given, binaryData decoded"
+        );
+        assert_eq!(
+            files(1),
+            BTreeMap::from([("user".into(), b"admin".to_vec()), ("key.der".into(), vec![0x30, 0x82, 0x01])])
+        );
+        let bad = yaml.replace("MIIB", "not base64!");
+        let err = parse(Path::new("/m/v.yaml"), bad.as_bytes(), "n").expect_err("invalid base64");
+        assert!(err.to_string().contains("invalid base64"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_field() {
         let err = parse(Path::new("/m/x.yaml"), WEB.replace("image: busybox", "image: ''").as_bytes(), "n")
             .expect_err("empty image");

@@ -112,7 +112,8 @@ pub fn prepare_volumes(pod: &Pod, volumes_root: &Path) -> Result<HashMap<String,
                 // ConfigMaps often carry scripts: no fork while they are open for writing.
                 let _no_fork_meanwhile = crate::forklock::writing();
                 let mode = data.default_mode.unwrap_or(0o644) & 0o777;
-                for (key, value) in &data.data {
+                // Byte for byte: a Secret's values are bytes (a DER key, a keystore).
+                for (key, value) in data.files() {
                     if key.contains('/') || key.starts_with("..") || key.is_empty() {
                         return Err(invalid(format!("volume {}", v.name), format!("invalid key {key:?}")));
                     }
@@ -220,4 +221,66 @@ pub fn container_config(
         }),
         ..Default::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use kedge_common::bytes::Bytes;
+    use kedge_common::pod::{DataVolume, Volume};
+
+    use super::*;
+
+    #[test]
+    fn configmap_and_secret_files_are_written_byte_for_byte() {
+        let der: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        assert!(std::str::from_utf8(&der).is_err(), "the test key is not UTF-8");
+        let mut pod = Pod::default();
+        pod.spec.volumes = vec![
+            Volume {
+                name: "tls".into(),
+                secret: Some(DataVolume {
+                    default_mode: Some(0o400),
+                    binary_data: BTreeMap::from([("key.der".into(), Bytes(der.clone()))]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "cfg".into(),
+                config_map: Some(DataVolume {
+                    data: BTreeMap::from([("app.conf".into(), "port = 80\n".into())]),
+                    binary_data: BTreeMap::from([("logo.bin".into(), Bytes(vec![0x89, 0x50, 0xff, 0x00]))]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ];
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = prepare_volumes(&pod, root.path()).expect("prepared");
+        let tls = paths.get("tls").expect("tls volume");
+        assert_eq!(fs::read(tls.join("key.der")).expect("key"), der);
+        let mode = fs::metadata(tls.join("key.der")).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o400);
+        let cfg = paths.get("cfg").expect("cfg volume");
+        assert_eq!(fs::read(cfg.join("app.conf")).expect("conf"), b"port = 80\n");
+        assert_eq!(fs::read(cfg.join("logo.bin")).expect("logo"), [0x89, 0x50, 0xff, 0x00]);
+    }
+
+    #[test]
+    fn a_key_that_would_leave_the_volume_is_refused() {
+        let mut pod = Pod::default();
+        pod.spec.volumes = vec![Volume {
+            name: "s".into(),
+            secret: Some(DataVolume {
+                binary_data: BTreeMap::from([("../../etc/passwd".into(), Bytes(b"x".to_vec()))]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }];
+        let root = tempfile::tempdir().expect("tempdir");
+        let err = prepare_volumes(&pod, root.path()).expect_err("refused");
+        assert!(matches!(err, TranslateError::Invalid { .. }) && err.to_string().contains("invalid key"), "{err}");
+    }
 }

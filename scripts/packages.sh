@@ -15,6 +15,13 @@ TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstoo
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)
 
+# PyPI packages, pinned: the CRI interop test (tests/tests/cri_python.rs) drives the agent's CRI
+# socket with Python's grpcio, a client nobody here wrote, and makes its stubs with grpcio-tools.
+# `ensure_python_packages` installs them into target/python (the test adds it to PYTHONPATH),
+# apart from the system's Python packages.
+PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2)
+PYTHON_TARGET=target/python
+
 ensure_packages() {
   local missing=() p
   for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -26,4 +33,12 @@ ensure_packages() {
   # A mirror mid-sync may fail one index; installing from the others usually works.
   apt-get update -qq || echo "warning: apt-get update reported errors; installing anyway" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+}
+
+ensure_python_packages() {
+  local have missing=() p
+  have=$(python3 -m pip list --disable-pip-version-check --path "$PYTHON_TARGET" --format=freeze 2>/dev/null || true)
+  for p in "${PYTHON_PACKAGES[@]}"; do grep -qixF "$p" <<<"$have" || missing+=("$p"); done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  python3 -m pip install --disable-pip-version-check --root-user-action=ignore --quiet --upgrade --target "$PYTHON_TARGET" "${PYTHON_PACKAGES[@]}"
 }

@@ -67,6 +67,8 @@ done
 kubectl apply -f examples/hello.yaml
 
 if [ "$(id -u)" -eq 0 ]; then
+  # mosquitto_sub, for the dashboard hint printed at the end.
+  ensure_packages mosquitto-clients
   images/busybox/build.sh >/dev/null
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"

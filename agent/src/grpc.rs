@@ -175,26 +175,30 @@ impl RuntimeService for CriService {
         Err(unimplemented("PortForward"))
     }
 
-    async fn container_stats(&self, _: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
-        Err(unimplemented("ContainerStats"))
+    async fn container_stats(&self, req: Request<cri::ContainerStatsRequest>) -> R<cri::ContainerStatsResponse> {
+        let stats = self.rt.container_stats(&req.into_inner().container_id).await.map_err(status)?;
+        Ok(Response::new(cri::ContainerStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> R<cri::ListContainerStatsResponse> {
-        Ok(Response::new(cri::ListContainerStatsResponse::default()))
+        let stats = self.rt.list_container_stats(req.into_inner().filter).await.map_err(status)?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
-    async fn pod_sandbox_stats(&self, _: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
-        Err(unimplemented("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, req: Request<cri::PodSandboxStatsRequest>) -> R<cri::PodSandboxStatsResponse> {
+        let stats = self.rt.pod_sandbox_stats(&req.into_inner().pod_sandbox_id).await.map_err(status)?;
+        Ok(Response::new(cri::PodSandboxStatsResponse { stats: Some(stats) }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> R<cri::ListPodSandboxStatsResponse> {
-        Ok(Response::new(cri::ListPodSandboxStatsResponse::default()))
+        let stats = self.rt.list_pod_sandbox_stats(req.into_inner().filter).await.map_err(status)?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

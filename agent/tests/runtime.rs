@@ -106,25 +106,37 @@ async fn container_runs_logs_and_exits_with_its_code() {
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
     assert!(st.finished_at >= st.started_at && st.started_at > 0);
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = std::fs::read_to_string(logs.join("main/0.log")).expect("log file");
-    let lines: Vec<(String, String)> = log
-        .lines()
-        .map(|l| {
-            let r = kedge_agent::runtime::logs::parse_record(l).expect("CRI log record");
-            (r.stream.to_string(), r.text.to_string())
-        })
-        .collect();
     // Seccomp mode 2 is a filter: the default profile is loaded.
-    for want in [
+    let wants = [
         ("stdout", "hello"),
         ("stderr", "oops"),
         ("stdout", "host=web"),
         ("stdout", "0"),
         ("stdout", "Seccomp:\t2"),
         ("stdout", "NoNewPrivs:\t1"),
-    ] {
-        assert!(lines.contains(&(want.0.to_string(), want.1.to_string())), "{want:?} missing from {log}");
+    ];
+    // The log pumps copy each pipe on their own: wait until every line is in
+    // the file (or the deadline), then check.
+    let records = |log: &str| -> Vec<(String, String)> {
+        log.lines()
+            .filter_map(kedge_agent::runtime::logs::parse_record)
+            .map(|r| (r.stream.to_string(), r.text.to_string()))
+            .collect()
+    };
+    let has =
+        |lines: &[(String, String)], want: (&str, &str)| lines.contains(&(want.0.to_string(), want.1.to_string()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(logs.join("main/0.log")).unwrap_or_default();
+        if wants.iter().all(|w| has(&records(&log), *w)) || tokio::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let lines = records(&log);
+    assert_eq!(lines.len(), log.lines().count(), "every line is a CRI log record: {log}");
+    for want in wants {
+        assert!(has(&lines, want), "{want:?} missing from {log}");
     }
 
     let listed = rt.list_containers(Some(&cri::ContainerFilter { pod_sandbox_id: sb.clone(), ..Default::default() }));

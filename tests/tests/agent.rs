@@ -189,8 +189,15 @@ fn agent_kill_9_keeps_containers_and_still_notices_their_exit() -> Result<()> {
     agent.kill();
     // `ps` reads the agent's state while the agent is down.
     assert_eq!(running(&agent)?, Some(before), "containers run on without the agent");
+    let loaded = |agent: &Agent| agent.log().matches("static pod manifest loaded").count();
+    let loads = loaded(&agent);
     agent.start()?;
-    std::thread::sleep(Duration::from_secs(3));
+    agent.wait_for("the new agent to load the manifest", Duration::from_secs(20), || {
+        Ok((loaded(&agent) > loads).then_some(()))
+    })?;
+    // Its pod worker now has the pod: give it a window in which a wrong
+    // restart would show (nothing to wait for when nothing is to happen).
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(running(&agent)?, Some(before), "the new agent adopted the containers without restarting them");
     let s = agent.container("web", "sleeper")?.expect("sleeper");
     assert_eq!(s["restart_count"], 0);
@@ -206,9 +213,11 @@ fn agent_kill_9_keeps_containers_and_still_notices_their_exit() -> Result<()> {
     assert_eq!(running(&agent)?.map(|r| r.1), Some(before.1), "the other container was left alone");
     let logs = agent.cli(&["logs", "web", "talker"])?;
     let last_line = logs.lines().last().unwrap_or("").to_string();
-    std::thread::sleep(Duration::from_millis(2500));
-    let later = agent.cli(&["logs", "web", "talker"])?;
-    assert!(later.len() > logs.len(), "output still reaches the log after the agent restart (last: {last_line})");
+    agent.wait_for(
+        &format!("output to still reach the log after the agent restart (last: {last_line})"),
+        Duration::from_secs(10),
+        || Ok((agent.cli(&["logs", "web", "talker"])?.len() > logs.len()).then_some(())),
+    )?;
     Ok(())
 }
 
@@ -311,6 +320,8 @@ fn a_broken_manifest_across_a_restart_keeps_the_pod_and_a_second_agent_is_refuse
     agent.wait_for("the error to be logged", Duration::from_secs(10), || {
         Ok(agent.log().contains("not a valid Pod manifest").then_some(()))
     })?;
+    // The pod must NOT be touched: a window after the error in which a wrong
+    // teardown or restart would show.
     std::thread::sleep(Duration::from_secs(2));
     let c = agent.container("web", "sleeper")?.expect("still there");
     assert_eq!(

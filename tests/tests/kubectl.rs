@@ -273,16 +273,17 @@ fn kill_dash_nine_loses_nothing() -> Result<()> {
         }
         Ok(m)
     };
-    // Let the control loops settle (they write status), then compare.
-    let mut before = snapshot(&k)?;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(200));
+    // Let the control loops settle (they write status): two listings in a
+    // row the same, or the test fails.
+    let mut last = snapshot(&k)?;
+    let before = kedge_tests::wait_for("the control loops to settle", Duration::from_secs(10), || {
         let again = snapshot(&k)?;
-        if again == before {
-            break;
+        if again == last {
+            return Ok(Some(again));
         }
-        before = again;
-    }
+        last = again;
+        Ok(None)
+    })?;
     assert!(before.len() >= 9, "{before:?}");
     let max_rv = before.values().filter_map(|(_, rv)| rv.parse::<u64>().ok()).max().unwrap_or(0);
 

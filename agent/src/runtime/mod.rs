@@ -21,6 +21,7 @@ mod sandbox;
 mod seccomp;
 mod snapshot;
 mod spec;
+mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -155,6 +156,8 @@ struct Inner {
     state: Mutex<State>,
     /// Bumped on every container or sandbox state change.
     changed: watch::Sender<u64>,
+    /// The last CPU reading of each object, for the stats' nanocores.
+    cpu_rates: stats::CpuRates,
 }
 
 #[derive(Clone)]
@@ -197,6 +200,7 @@ impl Runtime {
                 state: Mutex::new(State::default()),
                 changed,
                 paths,
+                cpu_rates: Default::default(),
             }),
         };
         rt.recover();

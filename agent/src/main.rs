@@ -14,6 +14,7 @@ use kedge_agent::node::{self, NodeConfig};
 use kedge_agent::pods::backoff::BackoffPolicy;
 use kedge_agent::pods::status;
 use kedge_agent::runtime::{self, Options, Runtime, Snapshotter};
+use kedge_common::duration::parse_duration;
 use kedge_common::topics::BrokerUrl;
 
 #[derive(Parser)]
@@ -191,19 +192,6 @@ struct RunArgs {
 enum SnapshotterArg {
     Overlay,
     Copy,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 10s, 5m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m or h)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> ExitCode {

@@ -223,7 +223,7 @@ async fn run(cfg: LinkConfig, accepted: u64, mut ends: Ends, mut stop: oneshot::
                     return;
                 }
                 match ends.reports.borrow_and_update().clone() {
-                    Some(r) => Input::Report(r),
+                    Some(r) => Input::Report(Box::new(r)),
                     None => continue,
                 }
             }

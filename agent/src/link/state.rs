@@ -35,7 +35,7 @@ pub enum Input {
     /// A PUBLISH arrived.
     Message { topic: String, payload: Vec<u8> },
     /// The node loop's newest report.
-    Report(NodeReport),
+    Report(Box<NodeReport>),
     /// Something the controller should hear about.
     Event(Event),
     /// Events the driver could not take in (its channel was full).
@@ -173,7 +173,7 @@ impl LinkState {
             }
             Input::Message { topic, payload } => self.message(&topic, &payload, now, &mut out),
             Input::Report(r) => {
-                self.report = Some(r);
+                self.report = Some(*r);
                 self.flush(now, &mut out);
             }
             Input::Event(ev) => {

@@ -83,7 +83,7 @@ fn delivered(actions: &[Action]) -> Vec<u64> {
 fn a_connect_subscribes_says_online_and_reports_at_once() {
     let now = Instant::now();
     let mut s = state(0);
-    assert!(s.handle(Input::Report(report(0)), now).is_empty(), "nothing goes out while offline");
+    assert!(s.handle(Input::Report(Box::new(report(0))), now).is_empty(), "nothing goes out while offline");
     let actions = s.handle(Input::Connected, now);
     assert_eq!(actions[0], Action::Connected(true));
     assert_eq!(actions[1], Action::Subscribe { topic: DESIRED.into() });
@@ -137,26 +137,26 @@ fn reports_are_coalesced_and_published_when_they_change_or_are_due() {
     let mut s = state(0);
     // Offline: only the newest is kept.
     for g in 1..=3 {
-        assert!(s.handle(Input::Report(report(g)), t0).is_empty());
+        assert!(s.handle(Input::Report(Box::new(report(g))), t0).is_empty());
     }
     assert_eq!(reports(&s.handle(Input::Connected, t0)), vec![report(3)]);
     // Time and usage move on their own: not a change.
     let mut same = report(3);
     same.time = 99;
     same.usage = Usage { memory_bytes: 5, load_milli: 7 };
-    assert!(reports(&s.handle(Input::Report(same), t0)).is_empty());
+    assert!(reports(&s.handle(Input::Report(Box::new(same)), t0)).is_empty());
     assert!(reports(&s.handle(Input::Tick, t0 + Duration::from_secs(599))).is_empty());
     // The refresh interval republishes it.
     assert_eq!(reports(&s.handle(Input::Tick, t0 + Duration::from_secs(600))).len(), 1);
     // A real change goes out at once.
-    assert_eq!(reports(&s.handle(Input::Report(report(4)), t0 + Duration::from_secs(601))), vec![report(4)]);
+    assert_eq!(reports(&s.handle(Input::Report(Box::new(report(4))), t0 + Duration::from_secs(601))), vec![report(4)]);
 }
 
 #[test]
 fn events_wait_offline_in_a_bounded_queue_and_drops_ride_on_the_report() {
     let now = Instant::now();
     let mut s = state(0);
-    s.handle(Input::Report(report(1)), now);
+    s.handle(Input::Report(Box::new(report(1))), now);
     for t in 0..(EVENT_QUEUE as i64 + 5) {
         assert!(s.handle(Input::Event(event(t)), now).is_empty());
     }
@@ -169,17 +169,17 @@ fn events_wait_offline_in_a_bounded_queue_and_drops_ride_on_the_report() {
     assert_eq!(reports(&actions)[0].events_dropped, 5);
     assert_eq!(s.queued_events(), 0);
     // Told once: the next report carries none.
-    assert_eq!(reports(&s.handle(Input::Report(report(2)), now))[0].events_dropped, 0);
+    assert_eq!(reports(&s.handle(Input::Report(Box::new(report(2))), now))[0].events_dropped, 0);
     // Events the driver's channel lost count too.
     s.handle(Input::EventsLost(2), now);
-    assert_eq!(reports(&s.handle(Input::Report(report(3)), now))[0].events_dropped, 2);
+    assert_eq!(reports(&s.handle(Input::Report(Box::new(report(3))), now))[0].events_dropped, 2);
 }
 
 #[test]
 fn what_the_client_refuses_is_tried_again() {
     let now = Instant::now();
     let mut s = state(0);
-    s.handle(Input::Report(report(1)), now);
+    s.handle(Input::Report(Box::new(report(1))), now);
     s.handle(Input::EventsLost(3), now);
     let actions = s.handle(Input::Connected, now);
     // The client's queue was full: everything is refused.
@@ -209,5 +209,5 @@ fn stopping_says_offline_and_disconnects_cleanly() {
     assert_eq!(topic, PRESENCE);
     assert!(!Presence::from_json(payload).expect("presence").online);
     assert_eq!(actions.last(), Some(&Action::Disconnect));
-    assert!(s.handle(Input::Report(report(9)), now).is_empty(), "a stopped link publishes nothing");
+    assert!(s.handle(Input::Report(Box::new(report(9))), now).is_empty(), "a stopped link publishes nothing");
 }

@@ -211,16 +211,7 @@ impl CriRuntime for FakeRuntime {
     }
 
     fn status(&self) -> cri::StatusResponse {
-        let cond = |t: &str| cri::RuntimeCondition {
-            r#type: t.into(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
-        };
-        cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
-            ..Default::default()
-        }
+        super::ready_status()
     }
 
     async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, runtime_handler: String) -> Result<String> {
@@ -292,13 +283,8 @@ impl CriRuntime for FakeRuntime {
         _sandbox_config: Option<&cri::PodSandboxConfig>,
     ) -> Result<String> {
         let sandbox = self.sandbox(sandbox_id)?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(RuntimeError::FailedPrecondition(format!("sandbox {sandbox_id} is not ready")));
-        }
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| RuntimeError::InvalidArgument("container config has no metadata".into()))?;
+        super::check_create(&sandbox, &config)?;
+        let meta = config.metadata.clone().unwrap_or_default();
         self.record(Call::CreateContainer { name: meta.name.clone(), attempt: meta.attempt });
         let script = self.state().scripts.get(&meta.name).cloned().unwrap_or_default();
         if let Some(e) = script.create_error {

@@ -514,16 +514,7 @@ impl Runtime {
         sandbox_config: Option<&cri::PodSandboxConfig>,
     ) -> Result<String> {
         let sandbox = self.sandbox(sandbox_id)?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(RuntimeError::FailedPrecondition(format!("sandbox {sandbox_id} is not ready")));
-        }
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| RuntimeError::InvalidArgument("container config has no metadata".into()))?;
-        if meta.name.is_empty() {
-            return Err(RuntimeError::InvalidArgument("container metadata has no name".into()));
-        }
+        check_create(&sandbox, &config)?;
         let image_name = config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default();
         let image = self.inner.images.resolve(&image_name)?;
         let id = random_id();
@@ -754,16 +745,34 @@ impl Runtime {
     }
 
     pub fn status(&self) -> cri::StatusResponse {
-        let cond = |t: &str| cri::RuntimeCondition {
-            r#type: t.into(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
-        };
-        cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
-            ..Default::default()
-        }
+        ready_status()
+    }
+}
+
+/// The CRI's Status answer of a runtime that is up, with its network.
+pub(crate) fn ready_status() -> cri::StatusResponse {
+    let cond = |t: &str| cri::RuntimeCondition {
+        r#type: t.into(),
+        status: true,
+        reason: String::new(),
+        message: String::new(),
+    };
+    cri::StatusResponse {
+        status: Some(cri::RuntimeStatus { conditions: vec![cond("RuntimeReady"), cond("NetworkReady")] }),
+        ..Default::default()
+    }
+}
+
+/// What CreateContainer demands of its sandbox and config, whatever the
+/// runtime behind it: a ready sandbox and named metadata.
+pub(crate) fn check_create(sandbox: &SandboxRecord, config: &cri::ContainerConfig) -> Result<()> {
+    if sandbox.state != SandboxState::Ready {
+        return Err(RuntimeError::FailedPrecondition(format!("sandbox {} is not ready", sandbox.id)));
+    }
+    match &config.metadata {
+        None => Err(RuntimeError::InvalidArgument("container config has no metadata".into())),
+        Some(m) if m.name.is_empty() => Err(RuntimeError::InvalidArgument("container metadata has no name".into())),
+        Some(_) => Ok(()),
     }
 }
 

@@ -4,11 +4,13 @@
 //! no Kubernetes API types (design.md §2): the versioned envelope, the topic
 //! tree, the pod as a node runs it (with [`bytes::Bytes`] for file contents
 //! that are not text), Kubernetes quantities, and the fleet-link messages
-//! (`wire`); `duration` parses the durations both command lines take.
+//! (`wire`) and the cluster's network table every node serves Services,
+//! DNS and routes from (`network`); `duration` parses the durations both command lines take.
 
 pub mod bytes;
 pub mod duration;
 pub mod envelope;
+pub mod network;
 pub mod pod;
 pub mod quantity;
 pub mod topics;

@@ -45,6 +45,12 @@ pub fn fleet_summary_topic(prefix: &str) -> String {
     format!("{prefix}/{TOPIC_VERSION}/fleet/summary")
 }
 
+/// `{prefix}/v1/cluster/network`: the retained network table (Services,
+/// endpoints, nodes' pod CIDRs) every agent serves from.
+pub fn cluster_network_topic(prefix: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/cluster/network")
+}
+
 /// Whether `name` can be a node's part of a topic (and its MQTT client id):
 /// a non-empty DNS subdomain-ish name without MQTT separators or wildcards.
 pub fn valid_node_name(name: &str) -> bool {

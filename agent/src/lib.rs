@@ -17,6 +17,7 @@ pub mod images;
 pub mod instance;
 pub mod link;
 pub mod logs_cli;
+pub mod net;
 pub mod node;
 pub mod pods;
 pub mod report;

@@ -1,0 +1,40 @@
+//! The pod network on this node (design.md §6): pod addresses on a bridge,
+//! Services in one nftables table kedge owns, cluster DNS for the node's
+//! pods, and routes to the other nodes' pod CIDRs — all applied from the
+//! cached [`ClusterNetwork`] table, so they work with the controller gone.
+//!
+//! The parts take [`NodeNetwork`] (what this node is on the network) and a
+//! table that already has this node's own endpoints' health applied.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+pub use kedge_common::network::ClusterNetwork;
+
+/// This node as its network parts see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNetwork {
+    pub node: String,
+    /// The node's own addresses (NodePorts answer on them).
+    pub node_ips: Vec<IpAddr>,
+    /// `spec.podCIDR` of this node.
+    pub pod_cidr: IpNet,
+    /// The whole cluster's pod range: not masqueraded between pods.
+    pub cluster_cidr: IpNet,
+    /// The bridge the pods' veths hang on (default `kedge0`).
+    pub bridge: String,
+    /// The bridge's address: the first of the pod CIDR, the pods' gateway
+    /// and their DNS server.
+    pub gateway: IpAddr,
+}
+
+/// A `hostPort` of a running pod on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub protocol: kedge_common::network::Protocol,
+    /// `hostIP`, when the port is bound to one address only.
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub pod_ip: IpAddr,
+    pub container_port: u16,
+}

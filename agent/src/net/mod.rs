@@ -38,3 +38,6 @@ pub struct HostPort {
     pub pod_ip: IpAddr,
     pub container_port: u16,
 }
+pub mod ipam;
+pub mod netlink;
+pub mod pod;

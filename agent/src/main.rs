@@ -188,6 +188,10 @@ struct RunArgs {
     /// Without either, pods have only `lo`.
     #[arg(long)]
     pod_cidr: Option<ipnet::IpNet>,
+    /// Leave the host's network alone: no bridge, routes or Service rules;
+    /// pods get only `lo` (hostNetwork pods are unaffected).
+    #[arg(long)]
+    no_pod_network: bool,
     /// How pods reach other nodes' pods: `auto` (direct routes to nodes on a
     /// shared network, VXLAN to the rest), `host-gw` or `vxlan`.
     #[arg(long, default_value = "auto")]
@@ -464,7 +468,10 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let network = if cfg.link.is_some() || args.pod_cidr.is_some() {
+    let network = if args.no_pod_network {
+        tracing::info!("--no-pod-network: pods get no network beyond lo");
+        None
+    } else if cfg.link.is_some() || args.pod_cidr.is_some() {
         let path = data_dir.join("agent.redb");
         let cache = tokio::task::spawn_blocking(move || kedge_agent::cache::Cache::open(&path)).await??;
         let pod_net = std::sync::Arc::new(kedge_agent::net::pod::PodNet::new(std::sync::Arc::new(cache)));

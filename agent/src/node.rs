@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kedge_common::network::ClusterNetwork;
-use kedge_common::wire::{Event, NodeReport};
+use kedge_common::wire::{Event, NetworkStatus, NodeReport};
 
 use crate::cache::{Cache, CacheError};
 use crate::fleet::{self, Accepted, CONTROLLER_PREFIX, ControllerSource};
@@ -342,11 +342,16 @@ impl<R: CriRuntime> Node<R> {
     /// hands it to the link (which publishes it if it changed); events come
     /// from the difference with the last one.
     fn send_report(&mut self) {
+        let network = match self.network.as_ref().map(NetworkManager::node) {
+            None => NetworkStatus::None,
+            Some(Ok(_)) => NetworkStatus::Ready,
+            Some(Err(reason)) => NetworkStatus::Unavailable { reason },
+        };
         let Some(l) = self.link.as_mut() else { return };
         let rt = self.manager.runtime();
         let views = status::views(&rt.sandbox_records(), &rt.container_records(), &self.manager.statuses(), false);
         let pods: Vec<_> = self.controller.pods.iter().map(|d| d.pod.clone()).collect();
-        let r = report::build(
+        let mut r = report::build(
             &l.machine,
             &self.cfg.node,
             &self.boot_id,
@@ -355,6 +360,7 @@ impl<R: CriRuntime> Node<R> {
             &pods,
             &views,
         );
+        r.network = network;
         for ev in fleet::events_between(l.last.as_ref(), &r) {
             l.handle.push_event(ev);
         }

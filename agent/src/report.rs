@@ -245,6 +245,7 @@ pub fn build(
             .map(|p| pod_report(p, p.metadata.uid.as_deref().and_then(|u| by_uid.get(u).copied()), host_ip))
             .collect(),
         events_dropped: 0,
+        network: Default::default(),
     }
 }
 

@@ -159,7 +159,9 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let mut loops = JoinSet::new();
     let broker = match &opts.fleet {
         Some(f) => Some(
-            crate::fleet::start(client.clone(), f.clone(), fleet_state.clone(), &mut loops, rx.clone()).await?.broker,
+            crate::fleet::start(client.clone(), f.clone(), cidrs(&opts), fleet_state.clone(), &mut loops, rx.clone())
+                .await?
+                .broker,
         ),
         None => None,
     };
@@ -181,6 +183,12 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
     Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, shutdown: tx, task, loops })
+}
+
+/// The cluster and service CIDRs as the network table carries them.
+fn cidrs(opts: &Options) -> crate::fleet::network::Cidrs {
+    let net = |(ip, bits): (std::net::Ipv4Addr, u8)| ipnet::Ipv4Net::new(ip, bits).ok().map(ipnet::IpNet::V4);
+    crate::fleet::network::Cidrs { cluster: net(opts.nodes.cluster_cidr), service: net(opts.service_cidr) }
 }
 
 /// Starts the control loops as tasks of `loops`; each runs until `stop` flips.

@@ -56,6 +56,18 @@ fn target_port(sp: &ServicePort, pod: &Pod) -> Option<i32> {
     }
 }
 
+/// The pod's `hostname` when its `subdomain` names this Service (in the
+/// same namespace), as Kubernetes sets it: DNS then answers
+/// `HOSTNAME.SERVICE.NAMESPACE.svc.DOMAIN` with the pod's address.
+fn hostname(svc: &Service, pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let host = spec.hostname.as_deref().filter(|h| !h.is_empty())?;
+    (spec.subdomain.is_some()
+        && spec.subdomain == svc.metadata.name
+        && pod.metadata.namespace == svc.metadata.namespace)
+        .then(|| host.to_owned())
+}
+
 /// The Endpoints subsets for `svc` over `pods`: pods with the same resolved
 /// ports share a subset, as Kubernetes packs them.
 pub fn subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
@@ -79,7 +91,7 @@ pub fn subsets(svc: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
         let addr = EndpointAddress {
             ip,
             node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-            hostname: None,
+            hostname: hostname(svc, pod),
             target_ref: Some(ObjectReference {
                 kind: Some("Pod".into()),
                 name: pod.metadata.name.clone(),
@@ -190,5 +202,62 @@ impl Reconcile for EndpointsController {
             }
         }
         Ok(Action::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodCondition, PodSpec, PodStatus, ServiceSpec};
+
+    use super::*;
+
+    fn svc(name: &str) -> Service {
+        Service {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() },
+            spec: Some(ServiceSpec { cluster_ip: Some("None".into()), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    fn pod(name: &str, ip: &str, ready: bool, hostname: Option<&str>, subdomain: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some("default".into()), ..Default::default() },
+            spec: Some(PodSpec {
+                hostname: hostname.map(Into::into),
+                subdomain: subdomain.map(Into::into),
+                node_name: Some("n1".into()),
+                ..Default::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Kubernetes' rule: the hostname is published only when the pod's
+    /// subdomain is this Service; unready pods land in notReadyAddresses.
+    #[test]
+    fn hostnames_for_pods_whose_subdomain_is_the_service() {
+        let pods = [
+            pod("db-0", "10.42.0.2", true, Some("db-0"), Some("db")),
+            pod("db-1", "10.42.0.3", false, Some("db-1"), Some("db")),
+            pod("other", "10.42.0.4", true, Some("other"), Some("elsewhere")),
+            pod("plain", "10.42.0.5", true, Some("plain"), None),
+        ];
+        let s = subsets(&svc("db"), &pods);
+        assert_eq!(s.len(), 1);
+        let ready: Vec<(&str, Option<&str>)> =
+            s[0].addresses.iter().flatten().map(|a| (a.ip.as_str(), a.hostname.as_deref())).collect();
+        assert_eq!(ready, [("10.42.0.2", Some("db-0")), ("10.42.0.4", None), ("10.42.0.5", None)]);
+        let not_ready: Vec<(&str, Option<&str>)> =
+            s[0].not_ready_addresses.iter().flatten().map(|a| (a.ip.as_str(), a.hostname.as_deref())).collect();
+        assert_eq!(not_ready, [("10.42.0.3", Some("db-1"))]);
     }
 }

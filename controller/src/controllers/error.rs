@@ -33,6 +33,10 @@ pub enum ControllerError {
     Snapshot { node: String, source: kedge_common::envelope::EnvelopeError },
     #[error("queueing the snapshot of {node}: {source}")]
     Publish { node: String, source: rumqttc::ClientError },
+    #[error("encoding the cluster network table: {source}")]
+    NetworkTable { source: kedge_common::envelope::EnvelopeError },
+    #[error("queueing the cluster network table: {source}")]
+    PublishNetwork { source: rumqttc::ClientError },
     #[error("node {node} is not registered and --require-known-nodes is set; its report waits for a Node object")]
     UnknownNode { node: String },
     /// A batch written (or published) together failed: every key of it

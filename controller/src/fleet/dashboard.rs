@@ -97,6 +97,8 @@ struct SummaryJson {
     ready: usize,
     online: usize,
     pods: PodCounts,
+    /// The cluster network table: generation, size, refusals.
+    network: super::network::NetworkSummary,
 }
 
 fn rfc3339(secs: i64) -> Option<String> {
@@ -161,8 +163,13 @@ impl Dashboard {
                 return;
             }
         };
-        let mut summary =
-            SummaryJson { nodes: 0, ready: 0, online: 0, pods: PodCounts { desired: 0, running: 0, failing: 0 } };
+        let mut summary = SummaryJson {
+            nodes: 0,
+            ready: 0,
+            online: 0,
+            pods: PodCounts { desired: 0, running: 0, failing: 0 },
+            network: state.network(),
+        };
         for (name, live) in state.nodes() {
             if live.online.is_none() && live.report.is_none() {
                 continue; // only a snapshot so far: not a node we have heard from

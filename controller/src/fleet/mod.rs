@@ -1,7 +1,8 @@
 //! The fleet link (design.md §3–4): the controller's MQTT session, with the
 //! embedded broker by default (`broker`), publishing each node's desired
-//! snapshot (`desired`), taking in reports, presence and events (`ingest`),
-//! and publishing the dashboard topics (`dashboard`).
+//! snapshot (`desired`), the cluster network table (`network`), taking in
+//! reports, presence and events (`ingest`), and publishing the dashboard
+//! topics (`dashboard`).
 //!
 //! Liveness is kept in memory ([`FleetState`]), never written as heartbeats
 //! (flash wear): a node is alive while its presence is online and its last
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod dashboard;
 pub mod desired;
 pub mod ingest;
+pub mod network;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +56,9 @@ pub struct FleetOptions {
     /// while its presence says online.
     pub report_timeout: Duration,
     pub keepalive: Duration,
+    /// How long a burst of Service/Endpoints/Node changes gathers before the
+    /// network table is rebuilt.
+    pub network_debounce: Duration,
 }
 
 impl Default for FleetOptions {
@@ -66,6 +71,7 @@ impl Default for FleetOptions {
             max_payload: kedge_common::envelope::DEFAULT_MAX_PAYLOAD,
             report_timeout: Duration::from_secs(30 * 60),
             keepalive: Duration::from_secs(30),
+            network_debounce: network::DEFAULT_DEBOUNCE,
         }
     }
 }
@@ -92,10 +98,13 @@ pub struct FleetState {
     /// Bumped on every (re)connect to the broker.
     epoch: AtomicU64,
     report_timeout: Duration,
-    /// Asks the snapshot publisher to republish everything (after a connect).
+    /// Asks the snapshot and network publishers to republish everything
+    /// (after a connect).
     resync_desired: watch::Sender<u64>,
     /// Asks the node lifecycle to look at every node (presence changed).
     resync_nodes: watch::Sender<u64>,
+    /// The cluster network table as last published, for the dashboard.
+    network: Mutex<network::NetworkSummary>,
 }
 
 fn now() -> i64 {
@@ -111,6 +120,7 @@ impl FleetState {
             report_timeout,
             resync_desired: watch::channel(0).0,
             resync_nodes: watch::channel(0).0,
+            network: Mutex::new(network::NetworkSummary::default()),
         })
     }
 
@@ -151,6 +161,14 @@ impl FleetState {
 
     pub fn set_desired(&self, node: &str, generation: u64, hash: u64, pods: usize) {
         self.with(|m| m.entry(node.to_string()).or_default().desired = Some((generation, hash, pods)));
+    }
+
+    pub fn network(&self) -> network::NetworkSummary {
+        *self.network.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_network(&self, f: impl FnOnce(&mut network::NetworkSummary)) {
+        f(&mut self.network.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
     fn set_presence(&self, node: &str, online: bool) {
@@ -213,12 +231,13 @@ pub struct Fleet {
     pub broker: BrokerUrl,
 }
 
-/// Starts the broker (unless external), the controller's MQTT session and
-/// the snapshot publisher, as tasks of `tasks`. Everything stops when `stop`
-/// flips.
+/// Starts the broker (unless external), the controller's MQTT session, the
+/// snapshot publisher and the network table publisher (with `cidrs`), as
+/// tasks of `tasks`. Everything stops when `stop` flips.
 pub async fn start(
     client: Client,
     opts: FleetOptions,
+    cidrs: network::Cidrs,
     state: Arc<FleetState>,
     tasks: &mut JoinSet<()>,
     stop: watch::Receiver<bool>,
@@ -246,7 +265,17 @@ pub async fn start(
         state.clone(),
     )?;
     let store = client.store().clone();
-    tasks.spawn(runner::run_with_resync(publisher, store, stop.clone(), state.resync_desired.subscribe()));
+    tasks.spawn(runner::run_with_resync(publisher, store.clone(), stop.clone(), state.resync_desired.subscribe()));
+    let network = network::NetworkPublisher::new(
+        client.clone(),
+        mqtt.clone(),
+        &opts.prefix,
+        opts.max_payload,
+        state.clone(),
+        cidrs,
+        opts.network_debounce,
+    )?;
+    tasks.spawn(runner::run_with_resync(network, store, stop.clone(), state.resync_desired.subscribe()));
     let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())?;
     tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
     Ok(Fleet { state, broker })

@@ -20,6 +20,9 @@ pub use watch::{EventType, Gone, WatchEvent, WatchHub, WatchStart};
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
+/// Small records of the control plane that are not API objects (the fleet
+/// link's published network table): no revision, no watch event.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -101,6 +104,7 @@ impl Store {
         let txn = db.begin_write()?;
         let revision = {
             txn.open_table(OBJECTS)?;
+            txn.open_table(RECORDS)?;
             let meta = txn.open_table(META)?;
             meta.get(REVISION_KEY)?.map(|g| g.value()).unwrap_or(0)
         };
@@ -243,6 +247,26 @@ impl Store {
         }
         self.hub.publish(events);
         Ok(outcomes)
+    }
+}
+
+impl Store {
+    /// A record written with [`Store::put_record`], if there is one.
+    pub fn record(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(RECORDS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Writes a record durably (one transaction; no revision, no watch event).
+    pub fn put_record(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(RECORDS)?;
+            table.insert(name, bytes)?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 }
 

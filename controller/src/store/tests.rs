@@ -133,3 +133,19 @@ fn mutate_many_is_one_transaction_with_ordered_revisions() {
     assert_eq!(outs[1].revision, Some(3));
     assert_eq!(s.revision(), 3);
 }
+
+#[test]
+fn records_survive_a_reopen_without_touching_the_revision() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let s = open(&dir, 10);
+        put(&s, "a", "1");
+        assert_eq!(s.record("fleet/network").expect("read"), None);
+        s.put_record("fleet/network", b"table one").expect("write");
+        s.put_record("fleet/network", b"table two").expect("write");
+        assert_eq!(s.revision(), 1, "records are not API writes");
+    }
+    let s = open(&dir, 10);
+    assert_eq!(s.record("fleet/network").expect("read").as_deref(), Some(&b"table two"[..]));
+    assert_eq!(s.revision(), 1);
+}

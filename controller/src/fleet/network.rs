@@ -1,0 +1,432 @@
+//! The cluster network table (design.md §3, §6): every Service with its
+//! Endpoints, every node's pod CIDR and `InternalIP` addresses, and the
+//! cluster and service CIDRs, as one [`ClusterNetwork`] published retained
+//! at QoS 1 on `{prefix}/v1/cluster/network`. Agents cache it and serve
+//! service rules, DNS and routes from it, so it is full state with a
+//! generation, never a delta.
+//!
+//! [`build`] is the translation, pure over the typed API objects.
+//! [`Tracker`] decides generations without I/O: a table keeps its generation
+//! while its content is unchanged, and a changed one gets the store revision
+//! it was built from, or one more than the last generation when that is not
+//! higher. The table last accepted is kept as a store record (with its
+//! generation), so a restarted controller knows it and republishes it as it
+//! was: generations never go down and do not move without a change.
+//!
+//! [`NetworkPublisher`] is a control loop with one key: a change to a
+//! Service, an Endpoints, or a node's pod CIDR or addresses marks the table
+//! dirty, and it is rebuilt `debounce` after the first change of a burst, so
+//! a burst makes one publish. It publishes again after every (re)connect to
+//! the broker. A table over the payload cap is refused (log line, a Warning
+//! Event, a counter on the dashboard summary); the last one stays retained.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointSubset, Endpoints, Node, Service, ServicePort};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kedge_common::envelope;
+use kedge_common::network::{
+    ClusterNetwork, EndpointNet, EndpointPortNet, NodeNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet,
+};
+use kedge_common::topics;
+use rumqttc::{AsyncClient, QoS};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::FleetState;
+use crate::client::{Client, Kind};
+use crate::controllers::runner::{Action, Reconcile};
+use crate::controllers::{ControllerError, events};
+use crate::store::{EventType, Key, WatchEvent};
+
+/// The store record holding the last accepted table (its envelope bytes).
+const RECORD: &str = "fleet/cluster-network";
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (Kubernetes' default).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
+/// How long a burst of changes may gather before the table is rebuilt.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+
+/// The cluster-wide ranges the table carries (`--cluster-cidr`, `--service-cidr`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cidrs {
+    pub cluster: Option<IpNet>,
+    pub service: Option<IpNet>,
+}
+
+/// The table (generation 0) for these objects: Services sorted by namespace
+/// and name, each with its Endpoints of the same name; nodes with a pod
+/// CIDR sorted by name. Values the API would not have admitted (an address
+/// that does not parse, a port out of range) are left out.
+pub fn build(services: &[Service], endpoints: &[Endpoints], nodes: &[Node], cidrs: Cidrs) -> ClusterNetwork {
+    let eps: HashMap<(&str, &str), &Endpoints> = endpoints
+        .iter()
+        .filter_map(|e| Some(((e.metadata.namespace.as_deref()?, e.metadata.name.as_deref()?), e)))
+        .collect();
+    let mut services: Vec<ServiceNet> = services
+        .iter()
+        .filter_map(|s| {
+            let key = (s.metadata.namespace.as_deref()?, s.metadata.name.as_deref()?);
+            Some(service_net(s, eps.get(&key).copied()))
+        })
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut nodes: Vec<NodeNet> = nodes.iter().filter_map(node_net).collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    ClusterNetwork { generation: 0, cluster_cidr: cidrs.cluster, service_cidr: cidrs.service, nodes, services }
+}
+
+fn protocol(p: Option<&str>) -> Option<Protocol> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Some(Protocol::TCP),
+        "UDP" => Some(Protocol::UDP),
+        "SCTP" => Some(Protocol::SCTP),
+        _ => None,
+    }
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    s.parse().ok()
+}
+
+fn service_net(svc: &Service, ep: Option<&Endpoints>) -> ServiceNet {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let kind = match spec.type_.as_deref() {
+        Some("NodePort") => ServiceKind::NodePort,
+        Some("LoadBalancer") => ServiceKind::LoadBalancer,
+        Some("ExternalName") => ServiceKind::ExternalName,
+        _ => ServiceKind::ClusterIP,
+    };
+    let headless = kind != ServiceKind::ExternalName && spec.cluster_ip.as_deref() == Some("None");
+    let cluster_ips = if kind == ServiceKind::ExternalName || headless {
+        Vec::new()
+    } else {
+        let ips =
+            spec.cluster_ips.clone().filter(|v| !v.is_empty()).or_else(|| spec.cluster_ip.clone().map(|c| vec![c]));
+        ips.unwrap_or_default().iter().filter_map(|s| ip(s)).collect()
+    };
+    let node_ports = matches!(kind, ServiceKind::NodePort | ServiceKind::LoadBalancer);
+    let ports = spec.ports.iter().flatten().filter_map(|p| service_port(p, node_ports)).collect();
+    let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref()?.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    ServiceNet {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+        kind,
+        cluster_ips,
+        headless,
+        external_name: (kind == ServiceKind::ExternalName).then(|| spec.external_name.clone()).flatten(),
+        affinity_seconds,
+        ports,
+        subsets: ep.and_then(|e| e.subsets.as_ref()).into_iter().flatten().filter_map(subset_net).collect(),
+    }
+}
+
+fn service_port(p: &ServicePort, node_ports: bool) -> Option<ServicePortNet> {
+    Some(ServicePortNet {
+        name: p.name.clone().unwrap_or_default(),
+        protocol: protocol(p.protocol.as_deref())?,
+        port: u16::try_from(p.port).ok().filter(|p| *p > 0)?,
+        node_port: p.node_port.filter(|_| node_ports).and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0),
+    })
+}
+
+fn endpoints(addrs: Option<&Vec<EndpointAddress>>) -> Vec<EndpointNet> {
+    let mut v: Vec<EndpointNet> = addrs
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some(EndpointNet { ip: ip(&a.ip)?, hostname: a.hostname.clone().filter(|h| !h.is_empty()) }))
+        .collect();
+    v.sort_by_key(|a| a.ip);
+    v
+}
+
+fn subset_net(s: &EndpointSubset) -> Option<SubsetNet> {
+    let ready = endpoints(s.addresses.as_ref());
+    let not_ready = endpoints(s.not_ready_addresses.as_ref());
+    if ready.is_empty() && not_ready.is_empty() {
+        return None;
+    }
+    let ports = s
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(EndpointPortNet {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: protocol(p.protocol.as_deref())?,
+                port: u16::try_from(p.port).ok().filter(|p| *p > 0)?,
+            })
+        })
+        .collect();
+    Some(SubsetNet { ready, not_ready, ports })
+}
+
+fn node_net(n: &Node) -> Option<NodeNet> {
+    let pod_cidr: IpNet = n.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+    let addresses = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| ip(&a.address))
+        .collect();
+    Some(NodeNet { name: n.metadata.name.clone()?, pod_cidr, addresses })
+}
+
+/// What of a Node (as stored JSON) goes into the table: its pod CIDR and
+/// `InternalIP` addresses. Other node changes (conditions, capacity) leave
+/// the table alone.
+fn node_part(v: &Value) -> (Option<&str>, Vec<&str>) {
+    let cidr = v.pointer("/spec/podCIDR").and_then(Value::as_str);
+    let addrs = v
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "InternalIP")
+        .filter_map(|a| a["address"].as_str())
+        .collect();
+    (cidr, addrs)
+}
+
+/// Generations without I/O (see the module doc).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    current: Option<ClusterNetwork>,
+}
+
+impl Tracker {
+    /// Starts from the table last accepted (the stored record), if any.
+    pub fn new(current: Option<ClusterNetwork>) -> Self {
+        Tracker { current }
+    }
+
+    pub fn current(&self) -> Option<&ClusterNetwork> {
+        self.current.as_ref()
+    }
+
+    /// `built` with the generation it goes out with, and whether it is new
+    /// content: the current generation when nothing changed, else
+    /// `revision` or one more than the current one, whichever is higher.
+    pub fn stamp(&self, mut built: ClusterNetwork, revision: u64) -> (ClusterNetwork, bool) {
+        match &self.current {
+            Some(cur) => {
+                built.generation = cur.generation;
+                if built == *cur {
+                    return (built, false);
+                }
+                built.generation = revision.max(cur.generation.saturating_add(1));
+            }
+            None => built.generation = revision.max(1),
+        }
+        (built, true)
+    }
+
+    /// Makes `table` (from [`Tracker::stamp`]) the current one.
+    pub fn adopt(&mut self, table: ClusterNetwork) {
+        self.current = Some(table);
+    }
+}
+
+/// What the dashboard summary shows of the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkSummary {
+    /// The generation last published (0: none yet).
+    pub generation: u64,
+    pub services: usize,
+    pub nodes: usize,
+    pub bytes: usize,
+    /// Tables refused for being over the payload cap since the start.
+    pub refused: u64,
+}
+
+pub struct NetworkPublisher {
+    client: Client,
+    mqtt: AsyncClient,
+    topic: String,
+    max_payload: usize,
+    state: Arc<FleetState>,
+    cidrs: Cidrs,
+    debounce: Duration,
+    ids: (&'static str, &'static str, &'static str),
+    tracker: Tracker,
+    /// The current table's envelope.
+    bytes: Option<Vec<u8>>,
+    /// The broker connection the current table was last published on.
+    published_epoch: Option<u64>,
+    /// When the first change of the burst being gathered arrived.
+    dirty_since: Option<Instant>,
+    /// The last refused table (generation 0), so it is reported once.
+    refused: Option<ClusterNetwork>,
+}
+
+impl NetworkPublisher {
+    /// Picks up the stored table, if any: it is what the first publish
+    /// sends when nothing changed while the controller was down.
+    pub fn new(
+        client: Client,
+        mqtt: AsyncClient,
+        prefix: &str,
+        max_payload: usize,
+        state: Arc<FleetState>,
+        cidrs: Cidrs,
+        debounce: Duration,
+    ) -> Result<Self, ControllerError> {
+        let stored = client.store().record(RECORD)?;
+        let (current, bytes) = match stored {
+            Some(b) => match envelope::decode::<ClusterNetwork>(&b, usize::MAX) {
+                Ok(t) => (Some(t), Some(b)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the stored network table does not decode; starting a new one");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        Ok(NetworkPublisher {
+            topic: topics::cluster_network_topic(prefix),
+            ids: (Service::rt()?.id, Endpoints::rt()?.id, Node::rt()?.id),
+            client,
+            mqtt,
+            max_payload,
+            state,
+            cidrs,
+            debounce,
+            tracker: Tracker::new(current),
+            bytes,
+            published_epoch: None,
+            dirty_since: None,
+            refused: None,
+        })
+    }
+
+    fn key() -> Key {
+        Key::new("fleet/network", "", "cluster")
+    }
+
+    fn build(&self) -> Result<ClusterNetwork, ControllerError> {
+        let services = self.client.list::<Service>(None)?;
+        let endpoints = self.client.list::<Endpoints>(None)?;
+        let nodes = self.client.list::<Node>(None)?;
+        Ok(build(&services, &endpoints, &nodes, self.cidrs))
+    }
+
+    fn publish(&mut self) -> Result<(), ControllerError> {
+        let revision = self.client.store().revision();
+        let (table, new) = self.tracker.stamp(self.build()?, revision);
+        if new {
+            let bytes = envelope::encode(&table).map_err(|source| ControllerError::NetworkTable { source })?;
+            if bytes.len() > self.max_payload {
+                // The current table (if any) still goes out below.
+                self.refuse(&table, &bytes);
+            } else {
+                self.refused = None;
+                self.client.store().put_record(RECORD, &bytes)?;
+                tracing::info!(
+                    generation = table.generation,
+                    services = table.services.len(),
+                    nodes = table.nodes.len(),
+                    bytes = bytes.len(),
+                    "new cluster network table"
+                );
+                self.tracker.adopt(table);
+                self.bytes = Some(bytes);
+                self.published_epoch = None;
+            }
+        }
+        let epoch = self.state.epoch();
+        if !self.state.connected() || self.published_epoch == Some(epoch) {
+            // Published after the (re)connect, when everything is resynced.
+            return Ok(());
+        }
+        let (Some(table), Some(bytes)) = (self.tracker.current(), self.bytes.as_ref()) else { return Ok(()) };
+        self.mqtt
+            .try_publish(self.topic.clone(), QoS::AtLeastOnce, true, bytes.clone())
+            .map_err(|source| ControllerError::PublishNetwork { source })?;
+        tracing::debug!(generation = table.generation, bytes = bytes.len(), "published the cluster network table");
+        self.published_epoch = Some(epoch);
+        self.state.set_network(|s| {
+            s.generation = table.generation;
+            s.services = table.services.len();
+            s.nodes = table.nodes.len();
+            s.bytes = bytes.len();
+        });
+        Ok(())
+    }
+
+    /// A table over the cap is not published: the nodes keep the last one.
+    fn refuse(&mut self, table: &ClusterNetwork, bytes: &[u8]) {
+        // Its generation follows the revision, which moves on its own.
+        let content = ClusterNetwork { generation: 0, ..table.clone() };
+        if self.refused.as_ref() == Some(&content) {
+            return;
+        }
+        self.refused = Some(content);
+        let msg = format!(
+            "the cluster network table ({} Services, {} nodes) is {} bytes, over the {}-byte payload cap (--max-payload); the nodes keep the previous table",
+            table.services.len(),
+            table.nodes.len(),
+            bytes.len(),
+            self.max_payload
+        );
+        tracing::error!(bytes = bytes.len(), cap = self.max_payload, "{msg}");
+        let about = ObjectMeta { name: Some("kube-system".into()), ..Default::default() };
+        events::record(&self.client, "kedge-fleet", ("v1", "Namespace", &about), true, "NetworkTableTooLarge", &msg);
+        self.state.set_network(|s| s.refused += 1);
+    }
+}
+
+impl Reconcile for NetworkPublisher {
+    fn name(&self) -> &'static str {
+        "fleet-network"
+    }
+
+    fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
+        let (svc_id, ep_id, node_id) = self.ids;
+        let relevant = if ev.resource == svc_id || ev.resource == ep_id {
+            true
+        } else if ev.resource == node_id {
+            match ev.kind {
+                EventType::Deleted => node_part(&ev.object).0.is_some(),
+                _ => ev.prev.as_ref().map(node_part).unwrap_or_default() != node_part(&ev.object),
+            }
+        } else {
+            false
+        };
+        if relevant {
+            self.dirty_since.get_or_insert_with(Instant::now);
+            out.push(Self::key());
+        }
+    }
+
+    fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
+        Ok(vec![Self::key()])
+    }
+
+    fn reconcile(&mut self, _key: &Key) -> Result<Action, ControllerError> {
+        if let Some(since) = self.dirty_since {
+            let due = since + self.debounce;
+            let now = Instant::now();
+            if now < due {
+                return Ok(Action::RequeueAfter(due - now));
+            }
+        }
+        self.dirty_since = None;
+        self.publish().map(|()| Action::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kedge_agent::net::{ClusterNetwork, HostPort, NodeNetwork, nft};
+use kedge_agent::net::nft::{self, Ruleset};
+use kedge_agent::net::{ClusterNetwork, HostPort, NodeNetwork};
 use kedge_common::network::{EndpointNet, EndpointPortNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet};
 
 /// A connect that is not refused in this long has hung: far above what a
@@ -59,6 +60,8 @@ const REMOTE_POD: &str = "10.244.2.5";
 struct Lab {
     prefix: String,
     names: Vec<String>,
+    /// The node's applier: after the first apply it sends changes only.
+    applier: Option<nft::Applier>,
 }
 
 impl Lab {
@@ -69,7 +72,7 @@ impl Lab {
     fn new() -> Lab {
         static N: AtomicUsize = AtomicUsize::new(0);
         let prefix = format!("kn{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let mut lab = Lab { prefix, names: vec![] };
+        let mut lab = Lab { prefix, names: vec![], applier: Some(nft::Applier::new()) };
         let node = lab.ns("node");
         let lan = lab.ns("lan");
         run(&["ip", "-n", &node, "link", "add", "kedgetest0", "type", "bridge"]);
@@ -131,9 +134,14 @@ impl Lab {
         status.is_ok_and(|s| s.success()) || !on
     }
 
-    fn apply(&self, script: &str) {
-        let script = script.to_string();
-        in_ns(&self.node(), move || nft::apply(&script)).expect("nft::apply in the node");
+    fn apply(&mut self, ruleset: Ruleset) {
+        let mut applier = self.applier.take().expect("applier");
+        let (applier, result) = in_ns(&self.node(), move || {
+            let result = applier.apply(ruleset);
+            (applier, result)
+        });
+        self.applier = Some(applier);
+        result.expect("Applier::apply in the node");
     }
 
     fn nft(&self, args: &[&str]) -> String {
@@ -177,7 +185,7 @@ fn service(name: &str, cluster_ip: &str, protocol: Protocol, port: u16, target: 
     }
 }
 
-fn render(services: Vec<ServiceNet>, host_ports: &[HostPort]) -> String {
+fn render(services: Vec<ServiceNet>, host_ports: &[HostPort]) -> Ruleset {
     let table = ClusterNetwork { generation: 1, services, ..ClusterNetwork::default() };
     nft::render(&table, &node_network(), host_ports)
 }
@@ -294,19 +302,19 @@ fn cluster_ip_reaches_ready_endpoints_and_follows_a_reapply() {
     let _ua = Server::udp(&a, "0.0.0.0:5353", "pod-a");
 
     let dns = service("dns", "10.96.0.53", Protocol::UDP, 53, 5353, &["10.244.1.10"]);
-    lab.apply(&render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"]), dns.clone()], &[]));
+    lab.apply(render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"]), dns.clone()], &[]));
     assert_eq!(name(fetch(&b, "10.96.0.10:80")), "pod-a");
     assert_eq!(name(fetch_udp(&b, "10.96.0.53:53")), "pod-a", "UDP through the ClusterIP");
     // The node itself reaches it too (nat output).
     assert_eq!(name(fetch(&lab.node(), "10.96.0.10:80")), "pod-a");
 
     // The endpoint moves: new connections follow the new rules.
-    lab.apply(&render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.12"]), dns.clone()], &[]));
+    lab.apply(render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.12"]), dns.clone()], &[]));
     assert_eq!(name(fetch(&b, "10.96.0.10:80")), "pod-c");
 
     // Both ready: the random choice reaches both (each try misses one with
     // probability 1/2: 64 tries all on one side would be a broken choice).
-    lab.apply(&render(
+    lab.apply(render(
         vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10", "10.244.1.12"]), dns],
         &[],
     ));
@@ -334,7 +342,7 @@ fn a_service_without_ready_endpoints_refuses_at_once() {
     not_ready.kind = ServiceKind::NodePort;
     not_ready.ports[0].node_port = Some(30080);
     let empty = service("empty", "10.96.0.11", Protocol::TCP, 80, 8080, &[]);
-    lab.apply(&render(vec![not_ready, empty], &[]));
+    lab.apply(render(vec![not_ready, empty], &[]));
 
     // From a pod (forward), from the node itself (output), and a NodePort
     // from the LAN (input): refused, not left to time out.
@@ -347,7 +355,7 @@ fn a_service_without_ready_endpoints_refuses_at_once() {
     }
     // UDP is refused with ICMP port unreachable.
     let udp = service("dns", "10.96.0.53", Protocol::UDP, 53, 5353, &[]);
-    lab.apply(&render(vec![udp], &[]));
+    lab.apply(render(vec![udp], &[]));
     let socket = in_ns(&b, || UdpSocket::bind("0.0.0.0:0")).expect("bind");
     socket.set_read_timeout(Some(CONNECT)).expect("timeout");
     socket.connect("10.96.0.53:53").expect("connect");
@@ -372,7 +380,7 @@ fn a_pod_reaches_itself_through_its_service() {
         let a = lab.pod("a", "10.244.1.10");
         let b = lab.pod("b", "10.244.1.11");
         let _sa = Server::tcp(&a, "0.0.0.0:8080", "pod-a");
-        lab.apply(&render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"])], &[]));
+        lab.apply(render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"])], &[]));
         // Hairpin: masqueraded, or the pod would get a packet from its own
         // address; it sees the connection from the bridge's address.
         let hairpin = fetch(&a, "10.96.0.10:80");
@@ -399,7 +407,7 @@ fn node_ports_and_host_ports_answer_from_the_lan() {
     web.ports[0].node_port = Some(30080);
     let host_port =
         HostPort { protocol: Protocol::TCP, host_ip: None, host_port: 8088, pod_ip: ip("10.244.1.12"), container_port: 80 };
-    lab.apply(&render(vec![web], &[host_port]));
+    lab.apply(render(vec![web], &[host_port]));
 
     let lan = lab.lan();
     // NodePort traffic is masqueraded: the pod sees the node.
@@ -421,7 +429,7 @@ fn pods_are_masqueraded_leaving_the_cluster_but_not_to_other_pod_cidrs() {
     let lan = lab.lan();
     let _outside = Server::tcp(&lan, &format!("{LAN_IP}:9000"), "lan");
     let _remote_pod = Server::tcp(&lan, &format!("{REMOTE_POD}:9000"), "remote-pod");
-    lab.apply(&render(vec![], &[]));
+    lab.apply(render(vec![], &[]));
     assert_eq!(fetch(&b, "192.168.77.2:9000").expect("egress"), ("lan".into(), ip(NODE_IP)));
     assert_eq!(fetch(&b, "10.244.2.5:9000").expect("pod to pod"), ("remote-pod".into(), ip("10.244.1.11")));
 }
@@ -439,15 +447,14 @@ fn client_ip_affinity_holds_across_connections_and_applies() {
     let _sc = Server::tcp(&c, "0.0.0.0:8080", "pod-c");
     let mut web = service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10", "10.244.1.12"]);
     web.affinity_seconds = Some(600);
-    let script = render(vec![web.clone()], &[]);
-    lab.apply(&script);
+    lab.apply(render(vec![web.clone()], &[]));
     let first = name(fetch(&b, "10.96.0.10:80"));
     for _ in 0..20 {
         assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "ClientIP affinity sends a client back to its endpoint");
     }
     // Another Service changes: the table is re-applied, the affinity stays.
     let other = service("other", "10.96.0.20", Protocol::TCP, 80, 8080, &["10.244.1.12"]);
-    lab.apply(&render(vec![web, other], &[]));
+    lab.apply(render(vec![web, other], &[]));
     for _ in 0..20 {
         assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "affinity entries survive an apply");
     }
@@ -459,7 +466,9 @@ fn only_the_kedge_table_is_touched_and_removed() {
         return;
     }
     let mut lab = Lab::new();
-    lab.pod("a", "10.244.1.10");
+    let a = lab.pod("a", "10.244.1.10");
+    let b = lab.pod("b", "10.244.1.11");
+    let _sa = Server::tcp(&a, "0.0.0.0:8080", "pod-a");
     let foreign = "table inet filter {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 9999 counter packets 0 bytes 0 accept\n\t}\n}\n";
     let node = lab.node();
     let script = foreign.to_string();
@@ -470,27 +479,35 @@ fn only_the_kedge_table_is_touched_and_removed() {
     });
     let before = lab.nft(&["list", "table", "inet", "filter"]);
 
-    let mut web = service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"]);
-    web.affinity_seconds = Some(60);
-    lab.apply(&render(vec![web, service("old", "10.96.0.11", Protocol::TCP, 80, 8080, &["10.244.1.10"])], &[]));
-    assert!(lab.nft(&["list", "chains"]).contains("svc-default/old/tcp/80"));
+    let web = || service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"]);
+    let mut old = service("old", "10.96.0.11", Protocol::TCP, 80, 8080, &["10.244.1.10"]);
+    old.affinity_seconds = Some(60);
+    lab.apply(render(vec![web(), old], &[]));
+    assert!(lab.nft(&["list", "table", "inet", "kedge"]).contains("aff-default/old/tcp/80"));
     assert_eq!(lab.nft(&["list", "table", "inet", "filter"]), before, "a foreign table is untouched by an apply");
 
-    // A Service (and the other's affinity) goes: its chain and set are swept.
-    lab.apply(&render(vec![service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"])], &[]));
+    // A Service (with its affinity) goes: its chains and sets are deleted.
+    lab.apply(render(vec![web()], &[]));
     let listing = lab.nft(&["list", "table", "inet", "kedge"]);
-    assert!(!listing.contains("svc-default/old"), "stale chain swept: {listing}");
-    assert!(!listing.contains("aff-"), "stale affinity set swept: {listing}");
+    assert!(!listing.contains("default/old"), "the old Service's chains and sets are gone: {listing}");
     assert!(listing.contains("svc-default/web/tcp/80"), "{listing}");
+    assert_eq!(lab.nft(&["list", "table", "inet", "filter"]), before, "a foreign table is untouched by an apply");
 
     in_ns(&node, nft::remove).expect("remove");
     assert_eq!(lab.nft(&["list", "tables"]), "table inet filter\n", "only kedge's table is gone");
     assert_eq!(lab.nft(&["list", "table", "inet", "filter"]), before, "a foreign table is untouched by remove");
     in_ns(&node, nft::remove).expect("removing twice is fine");
+
+    // The table went behind the applier's back: the next change cannot be
+    // sent as changes, the whole table is loaded again.
+    lab.apply(render(vec![web(), service("new", "10.96.0.12", Protocol::TCP, 80, 8080, &["10.244.1.10"])], &[]));
+    assert_eq!(name(fetch(&b, "10.96.0.10:80")), "pod-a");
+    assert_eq!(name(fetch(&b, "10.96.0.12:80")), "pod-a");
 }
 
 /// By hand, for the report and BENCHMARKS.md: render and apply 1,000
-/// Services × 4 endpoints in a fresh namespace.
+/// Services × 4 endpoints in a fresh namespace, the whole table and one
+/// Service's change.
 /// `cargo test -p kedge-agent --release --test net_nft -- --ignored --nocapture`
 #[test]
 #[ignore]
@@ -498,35 +515,42 @@ fn apply_time_for_a_thousand_services() {
     if !ready() {
         return;
     }
-    let lab = Lab::new();
-    let services = |generation: usize| -> Vec<ServiceNet> {
+    let mut lab = Lab::new();
+    let services = |moved: usize, generation: usize| -> Vec<ServiceNet> {
         (0..1000)
             .map(|i| {
-                let eps: Vec<String> =
-                    (0..4).map(|e| format!("10.244.{}.{}", (i + e + generation) % 50, i % 250 + 2)).collect();
+                let shift = if i == moved { generation } else { 0 };
+                let eps: Vec<String> = (0..4).map(|e| format!("10.244.{}.{}", (i + e + shift) % 50, i % 250 + 2)).collect();
                 let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
                 service(&format!("service-{i}"), &format!("10.96.{}.{}", i / 256, i % 256), Protocol::TCP, 80, 8080, &eps)
             })
             .collect()
     };
-    let mut renders = vec![];
-    let mut applies = vec![];
-    for generation in 0..11 {
-        let svcs = services(generation);
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut renders, mut fulls, mut changes) = (vec![], vec![], vec![]);
+    for generation in 1..=11 {
         let started = Instant::now();
-        let script = render(svcs, &[]);
+        let ruleset = render(services(usize::MAX, 0), &[]);
         renders.push(started.elapsed());
-        let started = Instant::now();
-        lab.apply(&script);
-        applies.push(started.elapsed());
-        if generation == 0 {
+        if generation == 1 {
+            let script = ruleset.to_string();
             eprintln!("script: {} bytes, {} lines", script.len(), script.lines().count());
         }
+        // The whole table (an agent's first apply).
+        lab.applier.as_mut().expect("applier").forget();
+        let started = Instant::now();
+        lab.apply(ruleset);
+        fulls.push(started.elapsed());
+        // One Service's endpoints change: sent as changes.
+        let ruleset = render(services(generation * 7, generation), &[]);
+        let started = Instant::now();
+        lab.apply(ruleset);
+        changes.push(started.elapsed());
     }
-    eprintln!("first apply (empty table): {:?}", applies[0]);
-    let (mut renders, mut applies) = (renders.split_off(1), applies.split_off(1));
-    renders.sort();
-    applies.sort();
-    eprintln!("render: p50 {:?}, max {:?}", renders[renders.len() / 2], renders[renders.len() - 1]);
-    eprintln!("apply (every endpoint changed): p50 {:?}, max {:?}", applies[applies.len() / 2], applies[applies.len() - 1]);
+    eprintln!("render: p50 {:?}", p50(renders));
+    eprintln!("apply, whole table: p50 {:?}", p50(fulls));
+    eprintln!("apply, one Service changed: p50 {:?}", p50(changes));
 }

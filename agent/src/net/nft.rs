@@ -2,16 +2,19 @@
 //! from the cached [`ClusterNetwork`] and applied with the `nft` binary.
 //!
 //! - [`render`] is pure: the same table, node and host ports give the same
-//!   script, byte for byte (everything is sorted), so a caller can skip an
-//!   apply whose script did not change.
-//! - [`apply`] loads a script in one `nft -f -` transaction: the table is
-//!   never seen flushed and not yet refilled. [`remove`] deletes the table
-//!   (`kedge-agent network cleanup`); [`available`] tells whether `nft` and
-//!   the kernel's nf_tables can carry it. Nothing here flushes the ruleset or
-//!   touches another table (Docker's, ufw's, the user's).
+//!   [`Ruleset`] (everything is sorted); its `to_string()` is the whole
+//!   `nft -f` script, byte for byte the same.
+//! - [`Applier::apply`] makes the table hold a ruleset in one `nft -f -`
+//!   transaction — the whole script the first time, only the changes after
+//!   (apply.rs) — so the table is never seen flushed and not yet refilled.
+//!   It sends nothing when the ruleset did not change.
+//! - [`remove`] deletes the table (`kedge-agent network cleanup`);
+//!   [`available`] tells whether `nft` and the kernel's nf_tables can carry
+//!   it. Nothing here flushes the ruleset or touches another table
+//!   (Docker's, ufw's, the user's).
 //!
-//! [`apply`], [`remove`] and [`available`] block on the `nft` process: call
-//! them from `tokio::task::spawn_blocking`.
+//! [`Applier::apply`], [`remove`] and [`available`] block on the `nft`
+//! process: call them from `tokio::task::spawn_blocking`.
 //!
 //! Why `inet` and not `ip`: one table holds both families, so IPv6 can come
 //! later without a second table to own and clean up, and `nft delete table
@@ -52,25 +55,30 @@
 //! outside the cluster range is masqueraded; traffic between pod CIDRs is
 //! not.
 //!
-//! Replacing: the script does not delete the table; it adds whatever is
-//! missing, flushes every rule in the table and the fixed maps, and adds
-//! them back — as kube-proxy does — so ClientIP affinity sets keep their
-//! entries across applies. Chains and affinity sets a new script no longer
-//! declares are left empty and unreferenced; [`apply`] deletes them in a
-//! second transaction. If a script cannot be applied over the existing
-//! table (a chain or set defined differently by an older kedge), [`apply`]
-//! rebuilds it: delete and re-create, still in one transaction.
+//! Replacing: the whole script does not delete the table; it adds whatever
+//! is missing, flushes every rule in the table and the refilled maps, and
+//! adds them back — as kube-proxy does — so ClientIP affinity sets keep
+//! their entries across applies. Chains a ruleset no longer has are
+//! emptied in the transaction and deleted right after it.
+//!
+//! Bridged pods: where br_netfilter is loaded (Docker and k3s load it), the
+//! bridge hands bridged IPv4 to these hooks and a connection DNATed back to
+//! its own pod is bridged out of the port it came in on — the pod's bridge
+//! port needs hairpin mode (as the kubelet's `hairpin-veth`), or hairpin
+//! traffic is dropped by the bridge before any rule here sees it.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
-use std::io::Write as _;
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Command, ExitStatus, Stdio};
 
 use ipnet::{IpNet, Ipv4Net};
 use kedge_common::network::{Protocol, ServiceKind, ServiceNet};
 
 use super::{ClusterNetwork, HostPort, NodeNetwork};
+
+mod apply;
+
+pub use apply::{Applier, NftError, available, remove};
 
 /// The table kedge owns, `inet kedge`.
 pub const TABLE: &str = "inet kedge";
@@ -82,14 +90,140 @@ const MASQ_MARK: u32 = 0x4000;
 /// The longest object name we write (nft allows 255 bytes).
 const NAME_MAX: usize = 200;
 
-/// Renders the script that makes `inet kedge` carry `table`'s Services,
-/// this node's NodePorts and `host_ports`, and the pods' masquerade.
+/// What table `inet kedge` should hold: its chains with their rules, its
+/// maps and sets with their elements. `to_string()` is the whole `nft -f`
+/// script that loads it over whatever the table holds; [`Applier`] sends
+/// only what changed since the last ruleset it applied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ruleset {
+    chains: BTreeMap<String, Chain>,
+    collections: BTreeMap<String, Collection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Chain {
+    /// `{ type … hook … priority …; }` of a base chain.
+    spec: Option<String>,
+    rules: Vec<String>,
+}
+
+/// A named map or set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Collection {
+    kind: &'static str,
+    spec: String,
+    /// Flushed and refilled by every full script; the affinity sets are
+    /// not (the kernel fills them, and their entries must survive).
+    refilled: bool,
+    /// Key → value (empty for a set's elements).
+    elements: BTreeMap<String, String>,
+}
+
+impl Ruleset {
+    fn chain(&mut self, name: &str, spec: Option<String>) {
+        self.chains.entry(name.to_string()).or_default().spec = spec;
+    }
+
+    fn rule(&mut self, chain: &str, rule: String) {
+        self.chains.entry(chain.to_string()).or_default().rules.push(rule);
+    }
+
+    fn collection(&mut self, kind: &'static str, name: &str, spec: String, refilled: bool) {
+        self.collections
+            .insert(name.to_string(), Collection { kind, spec, refilled, elements: BTreeMap::new() });
+    }
+
+    /// Adds an element; a key claimed twice (two Services on one IP and
+    /// port, which validation should prevent) keeps the first, in sorted
+    /// order.
+    fn element(&mut self, collection: &str, key: String, value: String) {
+        if let Some(c) = self.collections.get_mut(collection) {
+            c.elements.entry(key).or_insert(value);
+        }
+    }
+
+    /// The names of the chains.
+    pub fn chains(&self) -> impl Iterator<Item = &str> {
+        self.chains.keys().map(String::as_str)
+    }
+
+    /// The names of the maps and sets.
+    pub fn collections(&self) -> impl Iterator<Item = &str> {
+        self.collections.keys().map(String::as_str)
+    }
+}
+
+/// The whole script: adds whatever is missing, flushes every rule and the
+/// refilled maps and sets, and adds everything back, in one transaction.
+impl fmt::Display for Ruleset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# Generated by kedge-agent (agent/src/net/nft.rs); replaced on every change.")?;
+        writeln!(f, "add table {TABLE}")?;
+        writeln!(f, "flush table {TABLE}")?;
+        for (name, chain) in &self.chains {
+            write_chain(f, name, chain)?;
+        }
+        for (name, c) in &self.collections {
+            writeln!(f, "add {} {TABLE} {name} {}", c.kind, c.spec)?;
+            if c.refilled {
+                writeln!(f, "flush {} {TABLE} {name}", c.kind)?;
+            }
+        }
+        for (name, c) in &self.collections {
+            write_elements(f, name, c.elements.iter())?;
+        }
+        for (name, chain) in &self.chains {
+            write_rules(f, name, chain)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_chain(f: &mut impl fmt::Write, name: &str, chain: &Chain) -> fmt::Result {
+    match &chain.spec {
+        Some(spec) => writeln!(f, "add chain {TABLE} {name} {spec}"),
+        None => writeln!(f, "add chain {TABLE} {name}"),
+    }
+}
+
+fn write_rules(f: &mut impl fmt::Write, name: &str, chain: &Chain) -> fmt::Result {
+    for rule in &chain.rules {
+        writeln!(f, "add rule {TABLE} {name} {rule}")?;
+    }
+    Ok(())
+}
+
+/// `add element` of `items` (key, value) into `collection`; nothing when
+/// there are none (`{ }` is not valid nft).
+fn write_elements<'a>(
+    f: &mut impl fmt::Write,
+    collection: &str,
+    items: impl Iterator<Item = (&'a String, &'a String)>,
+) -> fmt::Result {
+    let mut items = items.peekable();
+    if items.peek().is_none() {
+        return Ok(());
+    }
+    write!(f, "add element {TABLE} {collection} {{ ")?;
+    for (i, (key, value)) in items.enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        match value.is_empty() {
+            true => write!(f, "{sep}{key}")?,
+            false => write!(f, "{sep}{key} : {value}")?,
+        }
+    }
+    writeln!(f, " }}")
+}
+
+/// Renders what `inet kedge` should hold for `table`'s Services, this
+/// node's NodePorts and `host_ports`, and the pods' masquerade.
 ///
 /// `table` should already have this node's own endpoints' health applied:
 /// only `ready` addresses are routed to. Headless and ExternalName Services
 /// get no rules; a Service port with cluster IPs and no ready endpoint is
-/// rejected at once. Deterministic: identical input, identical script.
-pub fn render(table: &ClusterNetwork, node: &NodeNetwork, host_ports: &[HostPort]) -> String {
+/// rejected at once. Deterministic: identical input, identical ruleset and
+/// script.
+pub fn render(table: &ClusterNetwork, node: &NodeNetwork, host_ports: &[HostPort]) -> Ruleset {
     let ctx = Context::new(node);
     let mut services: Vec<&ServiceNet> = table.services.iter().collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -98,16 +232,13 @@ pub fn render(table: &ClusterNetwork, node: &NodeNetwork, host_ports: &[HostPort
     host_ports.sort();
     host_ports.dedup();
 
-    let mut out = String::with_capacity(1024 + ports.len() * 1024);
-    ctx.prologue(&mut out);
-    ctx.declarations(&mut out, &ports);
-    ctx.fixed_rules(&mut out);
-    ctx.elements(&mut out, &ports);
-    for port in ports.iter().filter(|p| p.has_endpoints()) {
-        ctx.port_rules(&mut out, port);
+    let mut rs = Ruleset::default();
+    ctx.fixed(&mut rs);
+    for port in &ports {
+        ctx.port(&mut rs, port);
     }
-    ctx.host_port_rules(&mut out, &host_ports);
-    out
+    ctx.host_ports(&mut rs, &host_ports);
+    rs
 }
 
 /// What the rules need to know about this node, IPv4 only.
@@ -146,161 +277,124 @@ impl Context {
         if self.node_ips.is_empty() { "fib daddr type local ip daddr != 127.0.0.0/8" } else { "ip daddr @nodeport-ips" }
     }
 
-    fn prologue(&self, out: &mut String) {
-        out.push_str("# Generated by kedge-agent (agent/src/net/nft.rs); replaced on every change.\n");
-        let _ = writeln!(out, "add table {TABLE}");
-        let _ = writeln!(out, "flush table {TABLE}");
-    }
-
-    /// Every chain, map and set, fixed ones first; `add` leaves existing
-    /// ones (and the affinity sets' entries) in place.
-    fn declarations(&self, out: &mut String, ports: &[PortRules]) {
+    /// The chains, maps and rules every ruleset has.
+    fn fixed(&self, rs: &mut Ruleset) {
         for (name, kind, hook, priority) in BASE_CHAINS {
-            let _ = writeln!(out, "add chain {TABLE} {name} {{ type {kind} hook {hook} priority {priority}; }}");
+            rs.chain(name, Some(format!("{{ type {kind} hook {hook} priority {priority}; }}")));
+            let jump = match (kind, name) {
+                ("filter", _) => "ct state new jump endpoints-check",
+                (_, "nat-postrouting") => "jump masquerading",
+                _ => "jump services",
+            };
+            rs.rule(name, jump.to_string());
         }
         for name in ["services", "hostports", "endpoints-check", "reject-chain", "mark-for-masquerade", "masquerading"]
         {
-            let _ = writeln!(out, "add chain {TABLE} {name}");
+            rs.chain(name, None);
         }
-        for (name, kind) in MAPS {
-            let _ = writeln!(out, "add map {TABLE} {name} {{ type {kind} : verdict; }}");
-            let _ = writeln!(out, "flush map {TABLE} {name}");
+        for (name, key) in MAPS {
+            rs.collection("map", name, format!("{{ type {key} : verdict; }}"), true);
         }
-        let _ = writeln!(out, "add set {TABLE} nodeport-ips {{ type ipv4_addr; }}");
-        let _ = writeln!(out, "flush set {TABLE} nodeport-ips");
-        for port in ports.iter().filter(|p| p.has_endpoints()) {
-            let _ = writeln!(out, "add chain {TABLE} {}", port.chain);
-            let Some(seconds) = port.affinity else { continue };
-            for ep in &port.endpoints {
-                let _ = writeln!(out, "add chain {TABLE} {}", ep.chain);
-                let _ = writeln!(
-                    out,
-                    "add set {TABLE} {} {{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}",
-                    ep.affinity_set
-                );
-            }
+        rs.collection("set", "nodeport-ips", "{ type ipv4_addr; }".to_string(), true);
+        for ip in &self.node_ips {
+            rs.element("nodeport-ips", ip.to_string(), String::new());
         }
-    }
 
-    fn fixed_rules(&self, out: &mut String) {
-        let rule = |out: &mut String, chain: &str, rule: &str| {
-            let _ = writeln!(out, "add rule {TABLE} {chain} {rule}");
-        };
-        for (name, kind, _, _) in BASE_CHAINS {
-            match (kind, name) {
-                ("filter", _) => rule(out, name, "ct state new jump endpoints-check"),
-                (_, "nat-postrouting") => rule(out, name, "jump masquerading"),
-                _ => rule(out, name, "jump services"),
-            }
-        }
         let np = self.nodeport_daddr();
         let dispatch = "ip daddr . meta l4proto . th dport";
-        match self.cluster_cidr {
-            Some(cluster) => {
-                rule(out, "services", &format!("ip saddr != {cluster} {dispatch} @service-ips jump mark-for-masquerade"))
-            }
-            None => rule(out, "services", &format!("{dispatch} @service-ips jump mark-for-masquerade")),
-        }
-        rule(out, "services", &format!("{dispatch} vmap @service-ips"));
-        rule(out, "services", &format!("{np} meta l4proto . th dport @service-nodeports jump mark-for-masquerade"));
-        rule(out, "services", &format!("{np} meta l4proto . th dport vmap @service-nodeports"));
-        rule(out, "services", "jump hostports");
-        rule(out, "endpoints-check", &format!("{dispatch} vmap @no-endpoint-services"));
-        rule(out, "endpoints-check", &format!("{np} meta l4proto . th dport vmap @no-endpoint-nodeports"));
-        rule(out, "reject-chain", "meta l4proto tcp reject with tcp reset");
-        rule(out, "reject-chain", "reject");
-        rule(out, "mark-for-masquerade", &format!("meta mark set meta mark or {MASQ_MARK:#x}"));
-        rule(
-            out,
+        rs.rule(
+            "services",
+            match self.cluster_cidr {
+                Some(cluster) => format!("ip saddr != {cluster} {dispatch} @service-ips jump mark-for-masquerade"),
+                None => format!("{dispatch} @service-ips jump mark-for-masquerade"),
+            },
+        );
+        rs.rule("services", format!("{dispatch} vmap @service-ips"));
+        rs.rule("services", format!("{np} meta l4proto . th dport @service-nodeports jump mark-for-masquerade"));
+        rs.rule("services", format!("{np} meta l4proto . th dport vmap @service-nodeports"));
+        rs.rule("services", "jump hostports".to_string());
+        rs.rule("endpoints-check", format!("{dispatch} vmap @no-endpoint-services"));
+        rs.rule("endpoints-check", format!("{np} meta l4proto . th dport vmap @no-endpoint-nodeports"));
+        rs.rule("reject-chain", "meta l4proto tcp reject with tcp reset".to_string());
+        rs.rule("reject-chain", "reject".to_string());
+        rs.rule("mark-for-masquerade", format!("meta mark set meta mark or {MASQ_MARK:#x}"));
+        rs.rule(
             "masquerading",
-            &format!(
+            format!(
                 "meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark and {:#x} masquerade fully-random",
                 !MASQ_MARK
             ),
         );
         if let Some(pods) = self.pod_cidr {
-            rule(out, "masquerading", &format!("ct status dnat ip saddr {pods} ip daddr {pods} masquerade fully-random"));
+            rs.rule("masquerading", format!("ct status dnat ip saddr {pods} ip daddr {pods} masquerade fully-random"));
             if let Some(cluster) = self.cluster_cidr {
-                rule(out, "masquerading", &format!("ip saddr {pods} ip daddr != {cluster} masquerade fully-random"));
+                rs.rule("masquerading", format!("ip saddr {pods} ip daddr != {cluster} masquerade fully-random"));
             }
         }
     }
 
-    fn elements(&self, out: &mut String, ports: &[PortRules]) {
-        // Keyed maps: a key claimed twice (two Services on one IP and port,
-        // which validation should prevent) keeps the first, in sorted order.
-        let mut service_ips = BTreeMap::new();
-        let mut nodeports = BTreeMap::new();
-        let mut no_ep_services = BTreeMap::new();
-        let mut no_ep_nodeports = BTreeMap::new();
-        for port in ports {
-            let proto = port.protocol.lower();
-            for ip in &port.cluster_ips {
-                let key = (*ip, port.protocol, port.port);
-                if port.has_endpoints() {
-                    service_ips.entry(key).or_insert_with(|| format!("{ip} . {proto} . {} : goto {}", port.port, port.chain));
-                } else {
-                    no_ep_services.entry(key).or_insert_with(|| format!("{ip} . {proto} . {} : goto reject-chain", port.port));
-                }
-            }
-            if let Some(np) = port.node_port {
-                let key = (port.protocol, np);
-                if port.has_endpoints() {
-                    nodeports.entry(key).or_insert_with(|| format!("{proto} . {np} : goto {}", port.chain));
-                } else {
-                    no_ep_nodeports.entry(key).or_insert_with(|| format!("{proto} . {np} : goto reject-chain"));
-                }
-            }
-        }
-        elements(out, "service-ips", service_ips.values());
-        elements(out, "service-nodeports", nodeports.values());
-        elements(out, "no-endpoint-services", no_ep_services.values());
-        elements(out, "no-endpoint-nodeports", no_ep_nodeports.values());
-        let ips: Vec<String> = self.node_ips.iter().map(Ipv4Addr::to_string).collect();
-        elements(out, "nodeport-ips", ips.iter());
-    }
-
-    fn port_rules(&self, out: &mut String, port: &PortRules) {
-        let n = port.endpoints.len();
+    /// One Service port: its map elements, and its chain when it has
+    /// endpoints.
+    fn port(&self, rs: &mut Ruleset, port: &PortRules) {
         let proto = port.protocol.lower();
         let chain = &port.chain;
-        if port.affinity.is_some() {
+        let ready = port.has_endpoints();
+        for ip in &port.cluster_ips {
+            let key = format!("{ip} . {proto} . {}", port.port);
+            match ready {
+                true => rs.element("service-ips", key, format!("goto {chain}")),
+                false => rs.element("no-endpoint-services", key, "goto reject-chain".to_string()),
+            }
+        }
+        if let Some(np) = port.node_port {
+            match ready {
+                true => rs.element("service-nodeports", format!("{proto} . {np}"), format!("goto {chain}")),
+                false => rs.element("no-endpoint-nodeports", format!("{proto} . {np}"), "goto reject-chain".to_string()),
+            }
+        }
+        if !ready {
+            return;
+        }
+        rs.chain(chain, None);
+        let n = port.endpoints.len();
+        if let Some(seconds) = port.affinity {
             for ep in &port.endpoints {
-                let _ = writeln!(out, "add rule {TABLE} {chain} ip saddr @{} goto {}", ep.affinity_set, ep.chain);
+                rs.rule(chain, format!("ip saddr @{} goto {}", ep.affinity_set, ep.chain));
+            }
+            for ep in &port.endpoints {
+                let spec = format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}");
+                rs.collection("set", &ep.affinity_set, spec, false);
+                rs.chain(&ep.chain, None);
+                rs.rule(&ep.chain, format!("update @{} {{ ip saddr }}", ep.affinity_set));
+                rs.rule(&ep.chain, format!("meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port));
             }
         }
         for (i, ep) in port.endpoints.iter().enumerate() {
             // Endpoint i of the n is taken with probability 1/(n-i) of
             // those left: each one 1/n overall.
             let pick = if i + 1 < n { format!("numgen random mod {} == 0 ", n - i) } else { String::new() };
-            if port.affinity.is_some() {
-                let _ = writeln!(out, "add rule {TABLE} {chain} {pick}goto {}", ep.chain);
-                let _ = writeln!(out, "add rule {TABLE} {} update @{} {{ ip saddr }}", ep.chain, ep.affinity_set);
-                let _ = writeln!(out, "add rule {TABLE} {} meta l4proto {proto} dnat ip to {}:{}", ep.chain, ep.ip, ep.port);
-            } else {
-                let _ = writeln!(out, "add rule {TABLE} {chain} {pick}meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port);
+            match port.affinity {
+                Some(_) => rs.rule(chain, format!("{pick}goto {}", ep.chain)),
+                None => rs.rule(chain, format!("{pick}meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port)),
             }
         }
     }
 
-    fn host_port_rules(&self, out: &mut String, host_ports: &[&HostPort]) {
+    fn host_ports(&self, rs: &mut Ruleset, host_ports: &[&HostPort]) {
         for hp in host_ports {
             let IpAddr::V4(pod_ip) = hp.pod_ip else { continue };
             let daddr = match hp.host_ip {
-                None => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
                 Some(IpAddr::V4(ip)) if !ip.is_unspecified() => format!("ip daddr {ip}"),
-                Some(IpAddr::V4(_)) => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
+                None | Some(IpAddr::V4(_)) => "fib daddr type local ip daddr != 127.0.0.0/8".to_string(),
                 Some(IpAddr::V6(_)) => continue,
             };
             if hp.host_port == 0 || hp.container_port == 0 {
                 continue;
             }
-            let _ = writeln!(
-                out,
-                "add rule {TABLE} hostports {daddr} {} dport {} dnat ip to {pod_ip}:{}",
-                hp.protocol.lower(),
-                hp.host_port,
-                hp.container_port
+            let proto = hp.protocol.lower();
+            rs.rule(
+                "hostports",
+                format!("{daddr} {proto} dport {} dnat ip to {pod_ip}:{}", hp.host_port, hp.container_port),
             );
         }
     }
@@ -324,21 +418,6 @@ const MAPS: [(&str, &str); 4] = [
     ("no-endpoint-services", "ipv4_addr . inet_proto . inet_service"),
     ("no-endpoint-nodeports", "inet_proto . inet_service"),
 ];
-
-fn elements<'a>(out: &mut String, map: &str, items: impl Iterator<Item = &'a String>) {
-    let mut items = items.peekable();
-    if items.peek().is_none() {
-        return;
-    }
-    let _ = write!(out, "add element {TABLE} {map} {{ ");
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.push_str(item);
-    }
-    out.push_str(" }\n");
-}
 
 /// One Service port as the rules see it.
 struct PortRules {
@@ -454,171 +533,6 @@ fn object_name(parts: &[&str]) -> String {
 /// FNV-1a, 32 bits: a stable short hash for object names.
 fn fnv1a(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
-}
-
-/// What went wrong running `nft`.
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("the nft command is not installed (install the nftables package)")]
-    NotInstalled(#[source] std::io::Error),
-    #[error("running nft")]
-    Spawn(#[source] std::io::Error),
-    #[error("nft {what} failed ({status}): {stderr}")]
-    Failed { what: &'static str, status: ExitStatus, stderr: String },
-    #[error("nftables cannot carry kedge's table here (no nf_tables, inet NAT or reject in the kernel, or no CAP_NET_ADMIN): {stderr}")]
-    Unavailable { stderr: String },
-    #[error("reading nft's listing of table {TABLE}")]
-    Listing(#[source] serde_json::Error),
-}
-
-/// Where `nft` may be when `PATH` (a service's environment) lacks sbin.
-const NFT_PATHS: [&str; 3] = ["nft", "/usr/sbin/nft", "/sbin/nft"];
-
-/// Runs `nft ARGS`, feeding `stdin`; its standard output. Blocking.
-fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<Vec<u8>, NftError> {
-    let mut last = None;
-    for bin in NFT_PATHS {
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                last = Some(e);
-                continue;
-            }
-            Err(e) => return Err(NftError::Spawn(e)),
-        };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // nft reads the whole script before it answers, so writing
-            // first cannot deadlock on its output; a write error shows up
-            // as nft's own failure below.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(NftError::Spawn)?;
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let stderr = stderr.trim();
-            // nft quotes the offending line; keep the message readable.
-            let stderr = match stderr.char_indices().nth(4000) {
-                Some((i, _)) => format!("{}…", &stderr[..i]),
-                None => stderr.to_string(),
-            };
-            return Err(NftError::Failed { what, status: out.status, stderr });
-        }
-        return Ok(out.stdout);
-    }
-    Err(NftError::NotInstalled(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))))
-}
-
-/// Loads `script` (from [`render`]) in one transaction, then deletes the
-/// chains and affinity sets it no longer declares. Blocking: run it in
-/// `spawn_blocking`.
-///
-/// If the script does not apply over the table as it is, the table is
-/// rebuilt (deleted and re-created in the same transaction; affinity
-/// entries are lost then). If that fails too, the old rules stay as they
-/// were and the error says why.
-pub fn apply(script: &str) -> Result<(), NftError> {
-    match nft(&["-f", "-"], Some(script), "-f (apply)") {
-        Ok(_) => {}
-        Err(first @ NftError::Failed { .. }) => {
-            tracing::warn!(error = %first, "nftables: applying over table inet kedge failed; rebuilding it");
-        let rebuild = format!("add table {TABLE}\ndelete table {TABLE}\n{script}");
-            nft(&["-f", "-"], Some(&rebuild), "-f (rebuild)")?;
-            return Ok(());
-        }
-        Err(e) => return Err(e),
-    }
-    if let Err(e) = sweep(script) {
-        // Left-overs are empty and unreferenced: harmless; the next apply
-        // tries again (kernels before 6.2 free a chain a little after the
-        // map element that pointed at it).
-        tracing::debug!(error = %e, "nftables: stale chains or sets of table inet kedge stay until the next apply");
-    }
-    Ok(())
-}
-
-/// Deletes the chains and sets of `inet kedge` that `script` does not declare.
-fn sweep(script: &str) -> Result<(), NftError> {
-    let declared = declared(script);
-    let mut stale = String::new();
-    for (kind, listing) in [("set", "sets"), ("chain", "chains")] {
-        let out = nft(&["-j", "list", listing, "inet"], None, "list")?;
-        for name in listed(&out, kind)? {
-            if !declared.contains(&(kind, name.as_str())) {
-                let _ = writeln!(stale, "delete {kind} {TABLE} {name}");
-            }
-        }
-    }
-    if stale.is_empty() {
-        return Ok(());
-    }
-    nft(&["-f", "-"], Some(&stale), "-f (delete stale)").map(|_| ())
-}
-
-/// The (kind, name) of every chain and set `script` adds.
-fn declared(script: &str) -> BTreeSet<(&'static str, &str)> {
-    let mut names = BTreeSet::new();
-    for line in script.lines() {
-        for kind in ["chain", "set"] {
-            let Some(rest) = line.strip_prefix("add ").and_then(|l| l.strip_prefix(kind)) else { continue };
-            if let Some(rest) = rest.strip_prefix(' ').and_then(|l| l.strip_prefix(TABLE)).and_then(|l| l.strip_prefix(' ')) {
-                if let Some(name) = rest.split_whitespace().next() {
-                    names.insert((kind, name));
-                }
-            }
-        }
-    }
-    names
-}
-
-/// The names of the `kind` objects of table kedge in `nft -j list` output.
-fn listed(json: &[u8], kind: &str) -> Result<Vec<String>, NftError> {
-    #[derive(serde::Deserialize)]
-    struct Listing {
-        nftables: Vec<serde_json::Map<String, serde_json::Value>>,
-    }
-    let listing: Listing = serde_json::from_slice(json).map_err(NftError::Listing)?;
-    Ok(listing
-        .nftables
-        .iter()
-        .filter_map(|item| item.get(kind))
-        .filter(|o| o.get("table").and_then(|t| t.as_str()) == Some("kedge"))
-        .filter_map(|o| o.get("name").and_then(|n| n.as_str()).map(str::to_string))
-        .collect())
-}
-
-/// Deletes table `inet kedge` and everything in it, and nothing else; no
-/// error when there is none (`kedge-agent network cleanup`). Blocking.
-pub fn remove() -> Result<(), NftError> {
-    nft(&["-f", "-"], Some(&format!("add table {TABLE}\ndelete table {TABLE}\n")), "-f (remove)").map(|_| ())
-}
-
-/// Whether `nft` is installed and the kernel takes what kedge's table
-/// needs (an inet NAT chain, reject, numgen, verdict maps, timeout sets,
-/// fib): `nft --check` of a probe, which the kernel validates and then
-/// discards. Changes nothing. Blocking.
-pub fn available() -> Result<(), NftError> {
-    const PROBE: &str = "add table inet kedge\n\
-        add chain inet kedge probe-nat { type nat hook prerouting priority -100; }\n\
-        add chain inet kedge probe-filter { type filter hook forward priority -110; }\n\
-        add chain inet kedge probe-target\n\
-        add map inet kedge probe-map { type ipv4_addr . inet_proto . inet_service : verdict; }\n\
-        add set inet kedge probe-set { type ipv4_addr; flags dynamic,timeout; timeout 10s; }\n\
-        add rule inet kedge probe-nat ip daddr . meta l4proto . th dport vmap @probe-map\n\
-        add rule inet kedge probe-nat fib daddr type local numgen random mod 2 vmap { 0 : goto probe-target, 1 : goto probe-target }\n\
-        add rule inet kedge probe-target update @probe-set { ip saddr } meta l4proto tcp dnat ip to 127.0.0.1:1\n\
-        add rule inet kedge probe-filter meta l4proto tcp reject with tcp reset\n\
-        add rule inet kedge probe-filter reject\n";
-    match nft(&["--check", "-f", "-"], Some(PROBE), "--check") {
-        Ok(_) => Ok(()),
-        Err(NftError::Failed { stderr, .. }) => Err(NftError::Unavailable { stderr }),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use kedge_common::network::{EndpointNet, EndpointPortNet, ServicePortNet, SubsetNet};
 
+use super::apply::{delta, listed};
 use super::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -56,6 +57,11 @@ fn table(services: Vec<ServiceNet>) -> ClusterNetwork {
     ClusterNetwork { generation: 1, services, ..ClusterNetwork::default() }
 }
 
+/// The whole script of what `render` makes of it.
+fn script(table: &ClusterNetwork, node: &NodeNetwork, host_ports: &[HostPort]) -> String {
+    render(table, node, host_ports).to_string()
+}
+
 fn lines(script: &str) -> Vec<&str> {
     script.lines().collect()
 }
@@ -71,7 +77,7 @@ fn assert_has(script: &str, line: &str) {
 
 #[test]
 fn cluster_ip_dnats_to_ready_endpoints_at_random() {
-    let s = render(&table(vec![web()]), &node(), &[]);
+    let s = script(&table(vec![web()]), &node(), &[]);
     assert_has(&s, "add element inet kedge service-ips { 10.43.0.10 . tcp . 80 : goto svc-default/web/tcp/80 }");
     assert_has(&s, "add rule inet kedge services ip daddr . meta l4proto . th dport vmap @service-ips");
     // Each endpoint 1/2 of the time: the first with 1/2, else the second.
@@ -90,7 +96,7 @@ fn cluster_ip_dnats_to_ready_endpoints_at_random() {
 fn the_random_choice_is_uniform_over_the_endpoints() {
     let eps = ["10.42.1.2", "10.42.1.3", "10.42.1.4", "10.42.1.5"];
     let svc = service("web", "10.43.0.10", vec![port("", Protocol::TCP, 80)], vec![subset(&eps, &[("", Protocol::TCP, 80)])]);
-    let s = render(&table(vec![svc]), &node(), &[]);
+    let s = script(&table(vec![svc]), &node(), &[]);
     let mods: Vec<u32> = s
         .lines()
         .filter(|l| l.starts_with("add rule inet kedge svc-default/web/tcp/80 "))
@@ -108,7 +114,7 @@ fn the_random_choice_is_uniform_over_the_endpoints() {
 
 #[test]
 fn masquerade_for_outside_clients_node_ports_hairpin_and_egress() {
-    let s = render(&table(vec![web()]), &node(), &[]);
+    let s = script(&table(vec![web()]), &node(), &[]);
     // A ClusterIP reached from outside the cluster range (the node itself).
     assert_has(
         &s,
@@ -127,7 +133,7 @@ fn masquerade_for_outside_clients_node_ports_hairpin_and_egress() {
 
 #[test]
 fn the_table_is_replaced_in_one_script_without_touching_others() {
-    let s = render(&table(vec![web()]), &node(), &[]);
+    let s = script(&table(vec![web()]), &node(), &[]);
     let l = lines(&s);
     let first_command = l.iter().position(|l| !l.starts_with('#')).expect("commands");
     assert_eq!(&l[first_command..first_command + 2], ["add table inet kedge", "flush table inet kedge"]);
@@ -153,12 +159,12 @@ fn rendering_is_deterministic_whatever_the_input_order() {
             subset(&["10.42.2.2"], &[("a", Protocol::TCP, 5353), ("b", Protocol::UDP, 5353)]),
         ],
     );
-    let a = render(&table(vec![web(), other.clone()]), &node(), &[]);
-    assert_eq!(a, render(&table(vec![web(), other.clone()]), &node(), &[]));
+    let a = script(&table(vec![web(), other.clone()]), &node(), &[]);
+    assert_eq!(a, script(&table(vec![web(), other.clone()]), &node(), &[]));
     other.ports.reverse();
     other.subsets.reverse();
     other.subsets[0].ready.reverse();
-    let b = render(&table(vec![other, web()]), &node(), &[]);
+    let b = script(&table(vec![other, web()]), &node(), &[]);
     assert_eq!(a, b, "the same Services in another order render the same script");
 }
 
@@ -173,7 +179,7 @@ fn udp_and_several_ports_each_get_their_own_chain() {
             &[("dns", Protocol::UDP, 1053), ("dns-tcp", Protocol::TCP, 1053), ("metrics", Protocol::TCP, 9153)],
         )],
     );
-    let s = render(&table(vec![dns]), &node(), &[]);
+    let s = script(&table(vec![dns]), &node(), &[]);
     assert_has(
         &s,
         "add element inet kedge service-ips { 10.43.0.53 . tcp . 53 : goto svc-default/dns/tcp/53, 10.43.0.53 . tcp . 9153 : goto svc-default/dns/tcp/9153, 10.43.0.53 . udp . 53 : goto svc-default/dns/udp/53 }",
@@ -195,7 +201,7 @@ fn a_named_target_port_resolves_per_subset() {
             subset(&["10.42.1.6"], &[("http", Protocol::TCP, 8081)]),
         ],
     );
-    let s = render(&table(vec![svc]), &node(), &[]);
+    let s = script(&table(vec![svc]), &node(), &[]);
     assert_has(&s, "add rule inet kedge svc-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.42.1.5:8080");
     assert_has(&s, "add rule inet kedge svc-default/web/tcp/80 meta l4proto tcp dnat ip to 10.42.1.6:8081");
     // Port "admin" exists only in the first subset.
@@ -208,7 +214,7 @@ fn a_port_without_ready_endpoints_is_rejected_at_once() {
     let mut svc = web();
     svc.subsets[0].not_ready = std::mem::take(&mut svc.subsets[0].ready);
     let empty = service("empty", "10.43.0.11", vec![port("", Protocol::TCP, 80)], vec![]);
-    let s = render(&table(vec![svc, empty]), &node(), &[]);
+    let s = script(&table(vec![svc, empty]), &node(), &[]);
     assert_has(
         &s,
         "add element inet kedge no-endpoint-services { 10.43.0.10 . tcp . 80 : goto reject-chain, 10.43.0.11 . tcp . 80 : goto reject-chain }",
@@ -229,7 +235,7 @@ fn a_port_without_ready_endpoints_is_rejected_at_once() {
 fn client_ip_affinity_keeps_a_set_per_endpoint() {
     let mut svc = web();
     svc.affinity_seconds = Some(600);
-    let s = render(&table(vec![svc]), &node(), &[]);
+    let s = script(&table(vec![svc]), &node(), &[]);
     let set = "aff-default/web/tcp/80__10.42.1.5/8080/600s";
     let ep = "ep-default/web/tcp/80__10.42.1.5/8080";
     assert_has(&s, &format!("add set inet kedge {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 600s; }}"));
@@ -249,7 +255,7 @@ fn client_ip_affinity_keeps_a_set_per_endpoint() {
     );
     // Sets are never flushed: their entries survive an apply.
     assert!(!s.contains("flush set inet kedge aff-"), "{s}");
-    let plain = render(&table(vec![web()]), &node(), &[]);
+    let plain = script(&table(vec![web()]), &node(), &[]);
     assert!(!plain.contains("aff-") && !plain.contains("ep-"), "no affinity, no sets or endpoint chains: {plain}");
 }
 
@@ -267,9 +273,9 @@ fn headless_and_external_name_services_get_no_rules() {
         ports: vec![port("", Protocol::TCP, 443)],
         ..ServiceNet::default()
     };
-    let s = render(&table(vec![headless, external]), &node(), &[]);
+    let s = script(&table(vec![headless, external]), &node(), &[]);
     assert!(!s.contains("default/db") && !s.contains("default/ext"), "{s}");
-    assert_eq!(s, render(&table(vec![]), &node(), &[]), "the same script as no Services at all");
+    assert_eq!(s, script(&table(vec![]), &node(), &[]), "the same script as no Services at all");
 }
 
 #[test]
@@ -283,7 +289,7 @@ fn node_ports_answer_on_the_node_addresses_and_are_masqueraded() {
     // A ClusterIP Service's node_port (should not happen) opens nothing.
     let mut plain = service("plain", "10.43.0.13", vec![port("", Protocol::TCP, 80)], vec![]);
     plain.ports[0].node_port = Some(30600);
-    let s = render(&table(vec![svc, lb, plain]), &node(), &[]);
+    let s = script(&table(vec![svc, lb, plain]), &node(), &[]);
     assert_has(&s, "add element inet kedge nodeport-ips { 192.168.1.10 }");
     assert_has(&s, "add rule inet kedge services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports");
     assert_has(&s, "add element inet kedge service-nodeports { tcp . 30080 : goto svc-default/web/tcp/80 }");
@@ -299,7 +305,7 @@ fn node_ports_answer_on_the_node_addresses_and_are_masqueraded() {
     // No IPv4 node address known: every local address, as kube-proxy.
     let mut n = node();
     n.node_ips = vec![ip("fd00::1")];
-    let s = render(&table(vec![]), &n, &[]);
+    let s = script(&table(vec![]), &n, &[]);
     assert_has(
         &s,
         "add rule inet kedge services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
@@ -316,7 +322,7 @@ fn host_ports_dnat_to_their_pod() {
         container_port: 80,
     };
     let ports = [hp(Some("192.168.1.10"), 8443, "10.42.1.9"), hp(None, 8080, "10.42.1.7"), hp(None, 8081, "fd00::7")];
-    let s = render(&table(vec![]), &node(), &ports);
+    let s = script(&table(vec![]), &node(), &ports);
     let any = "fib daddr type local ip daddr != 127.0.0.0/8 tcp dport 8080";
     assert_has(&s, &format!("add rule inet kedge hostports {any} dnat ip to 10.42.1.7:80"));
     assert_has(&s, "add rule inet kedge hostports ip daddr 192.168.1.10 tcp dport 8443 dnat ip to 10.42.1.9:80");
@@ -333,7 +339,7 @@ fn ipv6_addresses_are_skipped_not_rendered() {
         vec![subset(&["fd00:42::5", "10.42.1.5"], &[("", Protocol::TCP, 8080)])],
     );
     svc.cluster_ips.push(ip("10.43.0.30"));
-    let s = render(&table(vec![svc]), &node(), &[]);
+    let s = script(&table(vec![svc]), &node(), &[]);
     assert!(!s.contains("fd00"), "{s}");
     assert_has(&s, "add element inet kedge service-ips { 10.43.0.30 . tcp . 80 : goto svc-default/dual/tcp/80 }");
     assert_has(&s, "add rule inet kedge svc-default/dual/tcp/80 meta l4proto tcp dnat ip to 10.42.1.5:8080");
@@ -351,63 +357,108 @@ fn odd_names_are_made_safe_and_stay_distinct() {
 }
 
 #[test]
-fn apply_knows_which_chains_and_sets_a_script_declares() {
-    let mut svc = web();
-    svc.affinity_seconds = Some(60);
-    let s = render(&table(vec![svc]), &node(), &[]);
-    let d = declared(&s);
-    assert!(d.contains(&("chain", "svc-default/web/tcp/80")));
-    assert!(d.contains(&("chain", "ep-default/web/tcp/80__10.42.2.7/8080")));
-    assert!(d.contains(&("chain", "masquerading")));
-    assert!(d.contains(&("chain", "nat-prerouting")));
-    assert!(d.contains(&("set", "aff-default/web/tcp/80__10.42.1.5/8080/60s")));
-    assert!(d.contains(&("set", "nodeport-ips")));
-    assert!(!d.iter().any(|(_, n)| n.starts_with("service-ips")), "maps are fixed, not swept: {d:?}");
-
+fn the_sweep_reads_only_kedges_objects_from_a_listing() {
     let json = br#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
         {"chain": {"family": "inet", "table": "kedge", "name": "svc-old", "handle": 3}},
+        {"chain": {"family": "ip", "table": "kedge", "name": "other-family", "handle": 3}},
         {"chain": {"family": "inet", "table": "filter", "name": "input", "handle": 1}}]}"#;
-    assert_eq!(listed(json, "chain").expect("listing"), vec!["svc-old".to_string()]);
+    assert_eq!(listed(json, "chain").expect("listing").into_iter().collect::<Vec<_>>(), ["svc-old"]);
+    assert!(listed(b"not json", "chain").is_err());
 }
 
-/// By hand: `cargo test -p kedge-agent --release --lib nft::tests::render_time -- --ignored --nocapture`.
+fn delta_lines(prev: &ClusterNetwork, next: &ClusterNetwork) -> (Vec<String>, Vec<String>) {
+    let d = delta(&render(prev, &node(), &[]), &render(next, &node(), &[])).expect("expressible as changes");
+    (d.script.lines().map(str::to_string).collect(), d.stale_chains)
+}
+
 #[test]
-#[ignore]
-fn render_time() {
-    let t = big_table(1000, 4);
-    let start = std::time::Instant::now();
-    let s = render(&t, &node(), &[]);
-    eprintln!("render 1,000 Services x 4 endpoints: {:?}, {} bytes, {} lines", start.elapsed(), s.len(), s.lines().count());
+fn a_changed_endpoint_rewrites_only_its_service_chain() {
+    let mut other = web();
+    other.name = "other".into();
+    other.cluster_ips = vec![ip("10.43.0.20")];
+    let before = table(vec![web(), other.clone()]);
+    let mut moved = web();
+    moved.subsets[0].ready[1].ip = ip("10.42.2.8");
+    let (lines, stale) = delta_lines(&before, &table(vec![moved, other]));
+    assert_eq!(
+        lines,
+        [
+            "add table inet kedge",
+            "flush chain inet kedge svc-default/web/tcp/80",
+            "add rule inet kedge svc-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.42.1.5:8080",
+            "add rule inet kedge svc-default/web/tcp/80 meta l4proto tcp dnat ip to 10.42.2.8:8080",
+        ]
+    );
+    assert!(stale.is_empty());
 }
 
-/// 1,000 Services × 4 ready endpoints spread over 50 nodes' pod CIDRs
-/// (as common's size test), for timing.
-pub(crate) fn big_table(services: usize, endpoints: usize) -> ClusterNetwork {
-    let services = (0..services)
-        .map(|i| {
-            let ready: Vec<String> = (0..endpoints).map(|e| format!("10.42.{}.{}", (i + e) % 50, i % 250 + 2)).collect();
-            let ready: Vec<&str> = ready.iter().map(String::as_str).collect();
-            service(
-                &format!("service-{i}"),
-                &format!("10.43.{}.{}", i / 256, i % 256),
-                vec![port("http", Protocol::TCP, 80)],
-                vec![subset(&ready, &[("http", Protocol::TCP, 8080)])],
-            )
-        })
-        .collect();
-    table(services)
-}
-
-/// By hand: writes sample scripts to /tmp for loading with `nft -c -f`.
 #[test]
-#[ignore]
-fn write_samples() {
-    let mut svc = web();
-    svc.affinity_seconds = Some(600);
-    svc.kind = ServiceKind::NodePort;
-    svc.ports[0].node_port = Some(30080);
-    let empty = service("empty", "10.43.0.11", vec![port("", Protocol::UDP, 53)], vec![]);
-    let hp = HostPort { protocol: Protocol::TCP, host_ip: None, host_port: 8080, pod_ip: ip("10.42.1.7"), container_port: 80 };
-    std::fs::write("/tmp/nft-sample.nft", render(&table(vec![svc, empty]), &node(), &[hp])).expect("write");
-    std::fs::write("/tmp/nft-big.nft", render(&big_table(1000, 4), &node(), &[])).expect("write");
+fn a_service_going_away_or_losing_its_endpoints_changes_elements_and_empties_its_chain() {
+    let mut other = web();
+    other.name = "other".into();
+    other.cluster_ips = vec![ip("10.43.0.20")];
+    let before = table(vec![web(), other.clone()]);
+
+    let (lines, stale) = delta_lines(&before, &table(vec![web()]));
+    assert_eq!(
+        lines,
+        [
+            "add table inet kedge",
+            "delete element inet kedge service-ips { 10.43.0.20 . tcp . 80 }",
+            "flush chain inet kedge svc-default/other/tcp/80",
+        ]
+    );
+    assert_eq!(stale, ["svc-default/other/tcp/80"]);
+
+    other.subsets.clear();
+    let (lines, stale) = delta_lines(&before, &table(vec![web(), other]));
+    assert_eq!(
+        lines,
+        [
+            "add table inet kedge",
+            "delete element inet kedge service-ips { 10.43.0.20 . tcp . 80 }",
+            "flush chain inet kedge svc-default/other/tcp/80",
+            "add element inet kedge no-endpoint-services { 10.43.0.20 . tcp . 80 : goto reject-chain }",
+        ]
+    );
+    assert_eq!(stale, ["svc-default/other/tcp/80"]);
+}
+
+#[test]
+fn new_services_and_affinity_changes_add_and_delete_their_objects() {
+    let mut sticky = web();
+    sticky.affinity_seconds = Some(60);
+    let (lines, stale) = delta_lines(&table(vec![]), &table(vec![sticky.clone()]));
+    let set = "aff-default/web/tcp/80__10.42.1.5/8080/60s";
+    for want in [
+        "add chain inet kedge svc-default/web/tcp/80".to_string(),
+        "add chain inet kedge ep-default/web/tcp/80__10.42.1.5/8080".to_string(),
+        format!("add set inet kedge {set} {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}"),
+        format!("add rule inet kedge ep-default/web/tcp/80__10.42.1.5/8080 update @{set} {{ ip saddr }}"),
+        "add element inet kedge service-ips { 10.43.0.10 . tcp . 80 : goto svc-default/web/tcp/80 }".to_string(),
+    ] {
+        assert!(lines.contains(&want), "{want} missing from {lines:#?}");
+    }
+    assert!(stale.is_empty());
+    // Chains and sets come before the rules and elements that use them.
+    let pos = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).expect(prefix);
+    assert!(pos("add chain") < pos("add rule") && pos("add set") < pos("add rule") && pos("add rule") < pos("add element"));
+
+    // Affinity off: the sets and endpoint chains go, after the rules using them.
+    let (lines, stale) = delta_lines(&table(vec![sticky]), &table(vec![web()]));
+    let delete_set = lines.iter().position(|l| l == &format!("delete set inet kedge {set}")).expect("set deleted");
+    let flush = lines.iter().position(|l| l == "flush chain inet kedge svc-default/web/tcp/80").expect("flushed");
+    assert!(flush < delete_set, "{lines:#?}");
+    assert_eq!(stale, ["ep-default/web/tcp/80__10.42.1.5/8080", "ep-default/web/tcp/80__10.42.2.7/8080"]);
+}
+
+#[test]
+fn a_chain_defined_differently_needs_the_whole_script() {
+    let prev = render(&table(vec![web()]), &node(), &[]);
+    let mut next = prev.clone();
+    if let Some(chain) = next.chains.get_mut("nat-prerouting") {
+        chain.spec = Some("{ type nat hook prerouting priority -99; }".into());
+    }
+    assert!(delta(&prev, &next).is_none());
+    assert!(delta(&prev, &prev).is_some_and(|d| d.script == "add table inet kedge\n" && d.stale_chains.is_empty()));
 }

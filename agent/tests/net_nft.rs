@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use kedge_agent::net::nft::{self, Ruleset};
 use kedge_agent::net::{ClusterNetwork, HostPort, NodeNetwork};
-use kedge_common::network::{EndpointNet, EndpointPortNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet};
+use kedge_common::network::{
+    EndpointNet, EndpointPortNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet,
+};
 
 /// A connect that is not refused in this long has hung: far above what a
 /// reject takes, so a "refused" cannot pass by timing out.
@@ -346,8 +348,12 @@ fn a_service_without_ready_endpoints_refuses_at_once() {
 
     // From a pod (forward), from the node itself (output), and a NodePort
     // from the LAN (input): refused, not left to time out.
-    for (from, to) in [(&b, "10.96.0.10:80"), (&b, "10.96.0.11:80"), (&lab.node(), "10.96.0.11:80"), (&lab.lan(), "192.168.77.1:30080")]
-    {
+    for (from, to) in [
+        (&b, "10.96.0.10:80"),
+        (&b, "10.96.0.11:80"),
+        (&lab.node(), "10.96.0.11:80"),
+        (&lab.lan(), "192.168.77.1:30080"),
+    ] {
         let started = Instant::now();
         let err = fetch(from, to).expect_err("no ready endpoint: the connection must fail");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{from} -> {to}: {err}");
@@ -405,8 +411,13 @@ fn node_ports_and_host_ports_answer_from_the_lan() {
     let mut web = service("web", "10.96.0.10", Protocol::TCP, 80, 8080, &["10.244.1.10"]);
     web.kind = ServiceKind::NodePort;
     web.ports[0].node_port = Some(30080);
-    let host_port =
-        HostPort { protocol: Protocol::TCP, host_ip: None, host_port: 8088, pod_ip: ip("10.244.1.12"), container_port: 80 };
+    let host_port = HostPort {
+        protocol: Protocol::TCP,
+        host_ip: None,
+        host_port: 8088,
+        pod_ip: ip("10.244.1.12"),
+        container_port: 80,
+    };
     lab.apply(render(vec![web], &[host_port]));
 
     let lan = lab.lan();
@@ -520,9 +531,17 @@ fn apply_time_for_a_thousand_services() {
         (0..1000)
             .map(|i| {
                 let shift = if i == moved { generation } else { 0 };
-                let eps: Vec<String> = (0..4).map(|e| format!("10.244.{}.{}", (i + e + shift) % 50, i % 250 + 2)).collect();
+                let eps: Vec<String> =
+                    (0..4).map(|e| format!("10.244.{}.{}", (i + e + shift) % 50, i % 250 + 2)).collect();
                 let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
-                service(&format!("service-{i}"), &format!("10.96.{}.{}", i / 256, i % 256), Protocol::TCP, 80, 8080, &eps)
+                service(
+                    &format!("service-{i}"),
+                    &format!("10.96.{}.{}", i / 256, i % 256),
+                    Protocol::TCP,
+                    80,
+                    8080,
+                    &eps,
+                )
             })
             .collect()
     };

@@ -129,8 +129,7 @@ impl Ruleset {
     }
 
     fn collection(&mut self, kind: &'static str, name: &str, spec: String, refilled: bool) {
-        self.collections
-            .insert(name.to_string(), Collection { kind, spec, refilled, elements: BTreeMap::new() });
+        self.collections.insert(name.to_string(), Collection { kind, spec, refilled, elements: BTreeMap::new() });
     }
 
     /// Adds an element; a key claimed twice (two Services on one IP and
@@ -349,7 +348,9 @@ impl Context {
         if let Some(np) = port.node_port {
             match ready {
                 true => rs.element("service-nodeports", format!("{proto} . {np}"), format!("goto {chain}")),
-                false => rs.element("no-endpoint-nodeports", format!("{proto} . {np}"), "goto reject-chain".to_string()),
+                false => {
+                    rs.element("no-endpoint-nodeports", format!("{proto} . {np}"), "goto reject-chain".to_string())
+                }
             }
         }
         if !ready {
@@ -357,25 +358,34 @@ impl Context {
         }
         rs.chain(chain, None);
         let n = port.endpoints.len();
-        if let Some(seconds) = port.affinity {
-            for ep in &port.endpoints {
-                rs.rule(chain, format!("ip saddr @{} goto {}", ep.affinity_set, ep.chain));
-            }
-            for ep in &port.endpoints {
-                let spec = format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}");
-                rs.collection("set", &ep.affinity_set, spec, false);
-                rs.chain(&ep.chain, None);
-                rs.rule(&ep.chain, format!("update @{} {{ ip saddr }}", ep.affinity_set));
-                rs.rule(&ep.chain, format!("meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port));
-            }
-        }
-        for (i, ep) in port.endpoints.iter().enumerate() {
+        // With ClientIP affinity, each endpoint has a chain that records
+        // the client in the endpoint's set, and a known client goes
+        // straight back to its endpoint.
+        let sticky: Vec<String> = match port.affinity {
+            None => vec![],
+            Some(seconds) => port
+                .endpoints
+                .iter()
+                .map(|(ip, p)| {
+                    let ep_chain = format!("ep-{}__{ip}/{p}", port.base);
+                    let set = format!("aff-{}__{ip}/{p}/{seconds}s", port.base);
+                    let spec = format!("{{ type ipv4_addr; flags dynamic,timeout; timeout {seconds}s; }}");
+                    rs.collection("set", &set, spec, false);
+                    rs.chain(&ep_chain, None);
+                    rs.rule(&ep_chain, format!("update @{set} {{ ip saddr }}"));
+                    rs.rule(&ep_chain, format!("meta l4proto {proto} dnat ip to {ip}:{p}"));
+                    rs.rule(chain, format!("ip saddr @{set} goto {ep_chain}"));
+                    ep_chain
+                })
+                .collect(),
+        };
+        for (i, (ip, p)) in port.endpoints.iter().enumerate() {
             // Endpoint i of the n is taken with probability 1/(n-i) of
             // those left: each one 1/n overall.
             let pick = if i + 1 < n { format!("numgen random mod {} == 0 ", n - i) } else { String::new() };
-            match port.affinity {
-                Some(_) => rs.rule(chain, format!("{pick}goto {}", ep.chain)),
-                None => rs.rule(chain, format!("{pick}meta l4proto {proto} dnat ip to {}:{}", ep.ip, ep.port)),
+            match sticky.get(i) {
+                Some(ep_chain) => rs.rule(chain, format!("{pick}goto {ep_chain}")),
+                None => rs.rule(chain, format!("{pick}meta l4proto {proto} dnat ip to {ip}:{p}")),
             }
         }
     }
@@ -426,18 +436,11 @@ struct PortRules {
     node_port: Option<u16>,
     affinity: Option<u32>,
     cluster_ips: Vec<Ipv4Addr>,
-    /// Ready endpoints, sorted, deduplicated.
-    endpoints: Vec<Endpoint>,
+    /// Ready endpoints (address, port), sorted, deduplicated.
+    endpoints: Vec<(Ipv4Addr, u16)>,
+    /// `NS/NAME/PROTO/PORT`, made safe: the rest of its objects' names.
+    base: String,
     chain: String,
-}
-
-struct Endpoint {
-    ip: Ipv4Addr,
-    port: u16,
-    /// With ClientIP affinity: the endpoint's chain, and the set of the
-    /// clients it has.
-    chain: String,
-    affinity_set: String,
 }
 
 impl PortRules {
@@ -482,23 +485,15 @@ impl PortRules {
                     .collect();
                 eps.sort();
                 eps.dedup();
-                let endpoints = eps
-                    .into_iter()
-                    .map(|(ip, port)| Endpoint {
-                        ip,
-                        port,
-                        chain: format!("ep-{base}__{ip}/{port}"),
-                        affinity_set: format!("aff-{base}__{ip}/{port}/{}s", affinity.unwrap_or_default()),
-                    })
-                    .collect();
                 PortRules {
                     protocol: p.protocol,
                     port: p.port,
                     node_port: p.node_port.filter(|np| node_ports && *np != 0),
                     affinity,
                     cluster_ips: cluster_ips.clone(),
-                    endpoints,
+                    endpoints: eps,
                     chain: format!("svc-{base}"),
+                    base,
                 }
             })
             // A port with no cluster IP and no NodePort has nothing to route.
@@ -522,10 +517,8 @@ fn object_name(parts: &[&str]) -> String {
         return joined;
     }
     let hash = fnv1a(joined.as_bytes());
-    let mut safe: String = joined
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '/' { c } else { '_' })
-        .collect();
+    let mut safe: String =
+        joined.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '/' { c } else { '_' }).collect();
     safe.truncate(NAME_MAX - 9);
     format!("{hash:08x}-{safe}")
 }

@@ -173,7 +173,9 @@ impl Applier {
             if let Some(applied) = &self.applied {
                 match sweep(applied) {
                     Ok(()) => self.sweep = false,
-                    Err(e) => tracing::debug!(error = %e, "nftables: stale objects of table inet kedge stay until the next apply"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "nftables: stale objects of table inet kedge stay until the next apply")
+                    }
                 }
             }
         }

@@ -29,7 +29,10 @@ fn subset(ready: &[&str], ports: &[(&str, Protocol, u16)]) -> SubsetNet {
     SubsetNet {
         ready: ready.iter().map(|a| EndpointNet { ip: ip(a), hostname: None }).collect(),
         not_ready: vec![],
-        ports: ports.iter().map(|(n, p, port)| EndpointPortNet { name: (*n).into(), protocol: *p, port: *port }).collect(),
+        ports: ports
+            .iter()
+            .map(|(n, p, port)| EndpointPortNet { name: (*n).into(), protocol: *p, port: *port })
+            .collect(),
     }
 }
 
@@ -89,18 +92,26 @@ fn cluster_ip_dnats_to_ready_endpoints_at_random() {
             "add rule inet kedge svc-default/web/tcp/80 meta l4proto tcp dnat ip to 10.42.2.7:8080",
         ]
     );
-    assert!(!s.contains("add element inet kedge no-endpoint-services"), "a Service with endpoints is not rejected: {s}");
+    assert!(
+        !s.contains("add element inet kedge no-endpoint-services"),
+        "a Service with endpoints is not rejected: {s}"
+    );
 }
 
 #[test]
 fn the_random_choice_is_uniform_over_the_endpoints() {
     let eps = ["10.42.1.2", "10.42.1.3", "10.42.1.4", "10.42.1.5"];
-    let svc = service("web", "10.43.0.10", vec![port("", Protocol::TCP, 80)], vec![subset(&eps, &[("", Protocol::TCP, 80)])]);
+    let svc =
+        service("web", "10.43.0.10", vec![port("", Protocol::TCP, 80)], vec![subset(&eps, &[("", Protocol::TCP, 80)])]);
     let s = script(&table(vec![svc]), &node(), &[]);
     let mods: Vec<u32> = s
         .lines()
         .filter(|l| l.starts_with("add rule inet kedge svc-default/web/tcp/80 "))
-        .map(|l| l.split("numgen random mod ").nth(1).map_or(1, |r| r.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)))
+        .map(|l| {
+            l.split("numgen random mod ")
+                .nth(1)
+                .map_or(1, |r| r.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0))
+        })
         .collect();
     assert_eq!(mods, [4, 3, 2, 1], "rule i of n fires with 1/(n-i), the last always: {s}");
     // P(endpoint i) = 1/(n-i) * prod_{j<i} (1 - 1/(n-j)) = 1/n.
@@ -126,9 +137,15 @@ fn masquerade_for_outside_clients_node_ports_hairpin_and_egress() {
         "add rule inet kedge masquerading meta mark & 0x4000 == 0x4000 meta mark set meta mark and 0xffffbfff masquerade fully-random",
     );
     // Hairpin and same-node pods, after DNAT.
-    assert_has(&s, "add rule inet kedge masquerading ct status dnat ip saddr 10.42.1.0/24 ip daddr 10.42.1.0/24 masquerade fully-random");
+    assert_has(
+        &s,
+        "add rule inet kedge masquerading ct status dnat ip saddr 10.42.1.0/24 ip daddr 10.42.1.0/24 masquerade fully-random",
+    );
     // Leaving the cluster, but not between pod CIDRs.
-    assert_has(&s, "add rule inet kedge masquerading ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16 masquerade fully-random");
+    assert_has(
+        &s,
+        "add rule inet kedge masquerading ip saddr 10.42.1.0/24 ip daddr != 10.42.0.0/16 masquerade fully-random",
+    );
 }
 
 #[test]
@@ -202,7 +219,10 @@ fn a_named_target_port_resolves_per_subset() {
         ],
     );
     let s = script(&table(vec![svc]), &node(), &[]);
-    assert_has(&s, "add rule inet kedge svc-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.42.1.5:8080");
+    assert_has(
+        &s,
+        "add rule inet kedge svc-default/web/tcp/80 numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.42.1.5:8080",
+    );
     assert_has(&s, "add rule inet kedge svc-default/web/tcp/80 meta l4proto tcp dnat ip to 10.42.1.6:8081");
     // Port "admin" exists only in the first subset.
     assert_has(&s, "add rule inet kedge svc-default/web/tcp/81 meta l4proto tcp dnat ip to 10.42.1.5:9000");
@@ -291,7 +311,10 @@ fn node_ports_answer_on_the_node_addresses_and_are_masqueraded() {
     plain.ports[0].node_port = Some(30600);
     let s = script(&table(vec![svc, lb, plain]), &node(), &[]);
     assert_has(&s, "add element inet kedge nodeport-ips { 192.168.1.10 }");
-    assert_has(&s, "add rule inet kedge services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports");
+    assert_has(
+        &s,
+        "add rule inet kedge services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+    );
     assert_has(&s, "add element inet kedge service-nodeports { tcp . 30080 : goto svc-default/web/tcp/80 }");
     assert_has(
         &s,
@@ -299,7 +322,10 @@ fn node_ports_answer_on_the_node_addresses_and_are_masqueraded() {
     );
     // A LoadBalancer is a NodePort; without endpoints it is rejected too.
     assert_has(&s, "add element inet kedge no-endpoint-nodeports { udp . 30500 : goto reject-chain }");
-    assert_has(&s, "add rule inet kedge endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports");
+    assert_has(
+        &s,
+        "add rule inet kedge endpoints-check ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+    );
     assert!(!s.contains("30600"), "{s}");
 
     // No IPv4 node address known: every local address, as kube-proxy.
@@ -442,7 +468,9 @@ fn new_services_and_affinity_changes_add_and_delete_their_objects() {
     assert!(stale.is_empty());
     // Chains and sets come before the rules and elements that use them.
     let pos = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).expect(prefix);
-    assert!(pos("add chain") < pos("add rule") && pos("add set") < pos("add rule") && pos("add rule") < pos("add element"));
+    assert!(
+        pos("add chain") < pos("add rule") && pos("add set") < pos("add rule") && pos("add rule") < pos("add element")
+    );
 
     // Affinity off: the sets and endpoint chains go, after the rules using them.
     let (lines, stale) = delta_lines(&table(vec![sticky]), &table(vec![web()]));

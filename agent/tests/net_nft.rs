@@ -354,10 +354,8 @@ fn a_service_without_ready_endpoints_refuses_at_once() {
         (&lab.node(), "10.96.0.11:80"),
         (&lab.lan(), "192.168.77.1:30080"),
     ] {
-        let started = Instant::now();
         let err = fetch(from, to).expect_err("no ready endpoint: the connection must fail");
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{from} -> {to}: {err}");
-        assert!(started.elapsed() < CONNECT, "{from} -> {to} was refused, not timed out");
     }
     // UDP is refused with ICMP port unreachable.
     let udp = service("dns", "10.96.0.53", Protocol::UDP, 53, 5353, &[]);
@@ -463,11 +461,22 @@ fn client_ip_affinity_holds_across_connections_and_applies() {
     for _ in 0..20 {
         assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "ClientIP affinity sends a client back to its endpoint");
     }
-    // Another Service changes: the table is re-applied, the affinity stays.
+    // Another Service changes (sent as changes), and then the whole table
+    // is loaded again (an agent restart): the affinity entries stay.
     let other = service("other", "10.96.0.20", Protocol::TCP, 80, 8080, &["10.244.1.12"]);
-    lab.apply(render(vec![web, other], &[]));
+    // Listed as `elements = { 10.244.1.11 expires 9m59s… }`.
+    let remembered = |lab: &Lab| lab.nft(&["list", "table", "inet", "kedge"]).contains("{ 10.244.1.11 expires ");
+    assert!(remembered(&lab), "the client is in its endpoint's affinity set");
+    lab.apply(render(vec![web.clone(), other.clone()], &[]));
+    assert!(remembered(&lab), "still there after a change");
     for _ in 0..20 {
-        assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "affinity entries survive an apply");
+        assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "affinity entries survive a change");
+    }
+    lab.applier = Some(nft::Applier::new());
+    lab.apply(render(vec![web, other], &[]));
+    assert!(remembered(&lab), "still there after a whole-table load");
+    for _ in 0..20 {
+        assert_eq!(name(fetch(&b, "10.96.0.10:80")), first, "affinity entries survive a whole-table load");
     }
 }
 

@@ -54,13 +54,19 @@ fn nft(args: &[&str], stdin: Option<&str>, what: &'static str) -> Result<Vec<u8>
             }
             Err(e) => return Err(NftError::Spawn(e)),
         };
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            // nft reads the whole script before it answers, so writing
-            // first cannot deadlock on its output; a short write shows up
-            // as nft's own failure below.
-            let _ = pipe.write_all(text.as_bytes());
-        }
-        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        let pipe = child.stdin.take();
+        let out = std::thread::scope(|scope| {
+            // Written from another thread, so a large script cannot
+            // deadlock against nft's output; a short write (nft gave up)
+            // shows up as nft's own failure.
+            if let (Some(text), Some(mut pipe)) = (stdin, pipe) {
+                scope.spawn(move || {
+                    let _ = pipe.write_all(text.as_bytes());
+                });
+            }
+            child.wait_with_output()
+        })
+        .map_err(NftError::Spawn)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let stderr = stderr.trim();

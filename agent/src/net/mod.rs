@@ -6,6 +6,8 @@
 //! The parts take [`NodeNetwork`] (what this node is on the network) and a
 //! table that already has this node's own endpoints' health applied.
 
+pub mod nft;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;

@@ -6,6 +6,7 @@
 //! The parts take [`NodeNetwork`] (what this node is on the network) and a
 //! table that already has this node's own endpoints' health applied.
 
+pub mod dns;
 pub mod hosts;
 pub mod resolv;
 

@@ -208,7 +208,7 @@ enum Step {
     Reply(Vec<u8>),
     Ignore,
     /// Needs the upstream resolvers.
-    Upstream(Pending),
+    Upstream(Box<Pending>),
 }
 
 struct Pending {
@@ -326,15 +326,17 @@ fn prepare(shared: &Shared, packet: &[u8], transport: Transport) -> Step {
         return Step::Reply(error(&request.metadata, ResponseCode::Refused));
     }
     match lookup {
-        Lookup::Forward => Step::Upstream(Pending { request, chase: None }),
-        Lookup::Chase { answer, target } => Step::Upstream(Pending { request, chase: Some((answer, target)) }),
+        Lookup::Forward => Step::Upstream(Box::new(Pending { request, chase: None })),
+        Lookup::Chase { answer, target } => {
+            Step::Upstream(Box::new(Pending { request, chase: Some((answer, target)) }))
+        }
         Lookup::Answer(answer) => Step::Reply(encode(reply(&request, answer, true), limit(&request, transport))),
     }
 }
 
 /// The part of answering that asks the upstream resolvers.
-async fn finish(shared: &Shared, pending: Pending, transport: Transport) -> Vec<u8> {
-    let Pending { request, chase } = pending;
+async fn finish(shared: &Shared, pending: Box<Pending>, transport: Transport) -> Vec<u8> {
+    let Pending { request, chase } = *pending;
     let Some(question) = request.queries.first().cloned() else {
         return error(&request.metadata, ResponseCode::FormErr);
     };

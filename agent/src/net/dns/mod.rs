@@ -430,8 +430,9 @@ fn encode(m: Message, limit: usize) -> Vec<u8> {
     match m.to_vec() {
         Ok(bytes) if bytes.len() <= limit => bytes,
         Ok(_) => m.truncate().to_vec().unwrap_or_default(),
-        Err(e) => {
-            tracing::debug!(error = %e, "dns: answer does not encode");
+        Err(_) => {
+            // Not formatted: hickory-proto's error text would link its IDNA tables.
+            tracing::debug!("dns: answer does not encode");
             error(&m.metadata, ResponseCode::ServFail)
         }
     }

@@ -56,23 +56,26 @@ pub struct Zone {
     soa_rname: Name,
 }
 
+/// The domain is checked here rather than by hickory-proto: formatting its
+/// errors would link its IDNA tables (about 100 KB) into the agent.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid cluster domain {domain:?}")]
+#[error("invalid cluster domain {domain:?}: must be DNS labels (a-z, 0-9, '-') joined by dots")]
 pub struct ZoneError {
     domain: String,
-    #[source]
-    source: hickory_proto::ProtoError,
 }
 
 impl Zone {
     pub fn new(domain: &str) -> Result<Self, ZoneError> {
-        let err = |source| ZoneError { domain: domain.to_string(), source };
-        let mut origin = Name::from_ascii(domain).map_err(err)?.to_lowercase();
-        origin.set_fqdn(true);
-        let labels: Vec<Vec<u8>> = origin.iter().map(<[u8]>::to_vec).collect();
+        let err = || ZoneError { domain: domain.to_string() };
+        let lower = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
+        if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(kedge_common::pod::is_dns_label) {
+            return Err(err());
+        }
+        let labels: Vec<Vec<u8>> = lower.split('.').map(|l| l.as_bytes().to_vec()).collect();
         let under = |first: &[&[u8]]| {
-            Name::from_labels(first.iter().copied().chain(labels.iter().map(Vec::as_slice))).map_err(err)
+            Name::from_labels(first.iter().copied().chain(labels.iter().map(Vec::as_slice))).map_err(|_| err())
         };
+        let origin = under(&[])?;
         let soa_mname = under(&[b"ns", b"dns"])?;
         let soa_rname = under(&[b"hostmaster"])?;
         Ok(Zone { origin, labels, soa_mname, soa_rname })

@@ -30,6 +30,8 @@ use tokio::time::timeout;
 
 use self::forward::Upstreams;
 use self::zone::{Answer, Lookup, Zone};
+/// The node's upstream resolvers, for [`serve`].
+pub use crate::net::resolv::upstreams_from_host;
 
 /// The EDNS payload size this server advertises and asks upstreams for
 /// (the DNS Flag Day 2020 value: no fragmentation on common paths).

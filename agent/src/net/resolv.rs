@@ -140,8 +140,7 @@ pub fn upstreams_of(conf: &ResolvConf, own: &[SocketAddr]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = Vec::new();
     for ip in conf.nameserver_ips() {
         let addr = SocketAddr::new(ip, 53);
-        let ours = own.iter().any(|o| o.port() == 53 && (o.ip() == ip || catches(o.ip(), ip)));
-        if ip == SYSTEMD_RESOLVED_STUB || ip.is_unspecified() || ours || out.contains(&addr) {
+        if ip == SYSTEMD_RESOLVED_STUB || ip.is_unspecified() || is_own(addr, own) || out.contains(&addr) {
             continue;
         }
         out.push(addr);
@@ -149,11 +148,17 @@ pub fn upstreams_of(conf: &ResolvConf, own: &[SocketAddr]) -> Vec<SocketAddr> {
     out
 }
 
-/// Whether a server bound to `bound` (the unspecified address) receives
-/// what is sent to `ip`: loopback at least (the node's other addresses are
-/// not known here); `[::]` takes IPv4 too, `0.0.0.0` only IPv4.
-fn catches(bound: IpAddr, ip: IpAddr) -> bool {
-    bound.is_unspecified() && ip.is_loopback() && (bound.is_ipv6() || ip.is_ipv4())
+/// Whether what is sent to `upstream` would reach a server bound to one of
+/// `own`: the same address, or loopback when bound to the unspecified
+/// address (the node's other addresses are not known here; `[::]` takes
+/// IPv4 too, `0.0.0.0` only IPv4).
+pub fn is_own(upstream: SocketAddr, own: &[SocketAddr]) -> bool {
+    let (ip, port) = (upstream.ip(), upstream.port());
+    own.iter().any(|o| {
+        let bound = o.ip();
+        let catches = bound.is_unspecified() && ip.is_loopback() && (bound.is_ipv6() || ip.is_ipv4());
+        o.port() == port && (bound == ip || catches)
+    })
 }
 
 /// What the node tells pods about cluster DNS: the kubelet's

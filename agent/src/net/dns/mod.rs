@@ -137,27 +137,31 @@ pub async fn serve_with(
     }
     let zone = Zone::new(&settings.domain)?;
     let mut sockets = Vec::new();
+    let mut local = Vec::new();
     for addr in addrs {
-        sockets.push(bind(*addr).await?);
+        let (udp, tcp) = bind(*addr).await?;
+        local.push(udp.local_addr().map_err(|source| DnsError::Bind { addr: *addr, transport: "udp", source })?);
+        sockets.push((udp, tcp));
     }
+    // Never forward to ourselves: a loop that would hold every forward until its deadline.
+    let upstreams: Vec<SocketAddr> =
+        settings.upstreams.iter().copied().filter(|u| !crate::net::resolv::is_own(*u, &local)).collect();
     let mut tasks = Vec::new();
     let (sorted, table) = sorted_table(table);
     tasks.push(sorted);
     let shared = Arc::new(Shared {
         zone,
-        upstreams: Upstreams::new(settings.upstreams.clone(), settings.upstream_attempt, settings.upstream_deadline),
+        upstreams: Upstreams::new(upstreams.clone(), settings.upstream_attempt, settings.upstream_deadline),
         forwards: Arc::new(Semaphore::new(settings.max_forwards)),
         tcp_idle: settings.tcp_idle,
         table,
     });
     let connections = Arc::new(Semaphore::new(settings.max_tcp_connections));
-    let mut local = Vec::new();
     for (udp, tcp) in sockets {
-        local.push(udp.local_addr().map_err(|source| DnsError::Bind { addr: addrs[0], transport: "udp", source })?);
         tasks.push(tokio::spawn(serve_udp(Arc::new(udp), shared.clone())));
         tasks.push(tokio::spawn(serve_tcp(tcp, shared.clone(), connections.clone())));
     }
-    tracing::info!(addrs = ?local, domain = %shared.zone.origin(), upstreams = ?settings.upstreams, "cluster DNS served");
+    tracing::info!(addrs = ?local, domain = %shared.zone.origin().to_ascii(), upstreams = ?upstreams, "cluster DNS served");
     Ok(DnsServer { addrs: local, tasks })
 }
 

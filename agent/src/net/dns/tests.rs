@@ -278,6 +278,20 @@ async fn an_upstream_that_does_not_answer_gives_servfail_and_the_next_one_is_tri
 }
 
 #[tokio::test]
+async fn the_server_never_forwards_to_itself() {
+    // A port free a moment ago, for the server and as its own "upstream".
+    let addr = UdpSocket::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let (tx, rx) = watch::channel(Arc::new(fixture()));
+    let settings = Settings { max_forwards: 4, ..settings(vec![addr]) };
+    let server = serve_with(&[addr], settings, rx).await.expect("serving");
+    assert_eq!(server.local_addrs(), [addr]);
+    // Forwarding to itself would come back REFUSED once the loop used up the forwards.
+    let m = ask_udp(addr, "example.com.", RecordType::A).await;
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "{m:?}");
+    drop(tx);
+}
+
+#[tokio::test]
 async fn too_many_forwarded_questions_are_refused_at_once() {
     let upstream = FakeUpstream::start().await;
     let (_server, _tx, addr) = start_with(Settings { max_forwards: 1, ..settings(vec![upstream.addr]) }).await;

@@ -12,7 +12,8 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   fusefat mounts it where the kernel has no vfat
 #   nftables, iproute2: the agent's Service rules are loaded with nft; agent/tests/net_nft.rs
 #   builds network namespaces, bridges and veths with ip
-TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables iproute2)
+#   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables iproute2 dnsutils)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)

@@ -7,6 +7,9 @@
 //! table that already has this node's own endpoints' health applied.
 
 pub mod nft;
+pub mod dns;
+pub mod hosts;
+pub mod resolv;
 
 use std::net::IpAddr;
 

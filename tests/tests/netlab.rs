@@ -52,7 +52,13 @@ fn machines_talk_over_the_lan_and_through_a_router_and_leave_nothing() -> Result
     if !require(is_root(), "root (network namespaces)") {
         return Ok(());
     }
+    // A lab left behind by a test process that died (no pid can be above
+    // pid_max): the next lab sweeps it away.
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")?.trim().parse()?;
+    let stale = format!("kedge-lab-{}-0-a", pid_max + 1);
+    kedge_tests::run_ok(Command::new("ip").args(["netns", "add", &stale]))?;
     let mut lab = Lab::new()?;
+    ensure!(!lab_namespaces()?.contains(&stale), "a dead test's namespace is swept");
     let (stem, tag) = (lab.stem().to_owned(), lab.tag().to_owned());
     let a = lab.machine("a")?;
     let b = lab.machine("b")?;
@@ -91,9 +97,9 @@ struct Cluster {
     // Dropped in this order: agents (they remove their pods), the
     // controller, then the lab with its namespaces.
     agents: Vec<Agent>,
-    ctl: Controller,
+    _ctl: Controller,
     k: Kubectl,
-    lab: Lab,
+    _lab: Lab,
     _tmp: tempfile::TempDir,
 }
 
@@ -126,7 +132,7 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
     ensure!(broker == format!("mqtt://{}:1883", server.ip()), "the broker is on the LAN: {broker}");
-    let mut c = Cluster { agents: Vec::new(), ctl, k, lab, _tmp: tmp };
+    let mut c = Cluster { agents: Vec::new(), _ctl: ctl, k, _lab: lab, _tmp: tmp };
     for m in &nodes {
         let dir = c._tmp.path().join(m.name());
         let mut a = Agent::new(&dir, &["--broker", &broker, "--node-name", m.name(), "--backoff-base", "1s"])?;

@@ -24,6 +24,9 @@ const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_pods
 /// Small facts: the generation of the accepted controller snapshot.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "controller_generation";
+/// The last accepted cluster network table (its CBOR envelope, as received).
+const NETWORK: TableDefinition<&str, &[u8]> = TableDefinition::new("network");
+const NETWORK_KEY: &str = "cluster";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -46,6 +49,10 @@ macro_rules! from_redb {
 }
 from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
+/// The database is opened per operation; users in this process take turns
+/// instead of retrying on "already open".
+static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cache {
     path: PathBuf,
 }
@@ -53,12 +60,34 @@ pub struct Cache {
 impl Cache {
     pub fn open(path: &Path) -> Result<Cache, CacheError> {
         let cache = Cache { path: path.to_path_buf() };
-        let db = cache.db()?;
-        let txn = db.begin_write()?;
-        txn.open_table(DESIRED)?;
-        txn.open_table(META)?;
-        txn.commit()?;
+        cache.write(|txn| {
+            txn.open_table(DESIRED)?;
+            txn.open_table(META)?;
+            txn.open_table(NETWORK)?;
+            txn.open_table(crate::net::ipam::ADDRESSES)?;
+            Ok(())
+        })?;
         Ok(cache)
+    }
+
+    /// Runs `f` in one write transaction, committed if it succeeds.
+    pub fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T, CacheError>) -> Result<T, CacheError> {
+        let _one_at_a_time = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let _no_fork_meanwhile = crate::forklock::writing();
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one read transaction.
+    pub fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, CacheError>) -> Result<T, CacheError> {
+        let _one_at_a_time = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let _no_fork_meanwhile = crate::forklock::writing();
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        f(&txn)
     }
 
     /// Opens the database, waiting a moment if a dying process still holds it.
@@ -77,37 +106,43 @@ impl Cache {
 
     /// Every stored desired pod, by source. Unreadable entries are skipped with a log line.
     pub fn desired(&self) -> Result<BTreeMap<String, DesiredPod>, CacheError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(DESIRED)?;
-        let mut out = BTreeMap::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            match serde_json::from_slice::<DesiredPod>(v.value()) {
-                Ok(d) => {
-                    out.insert(k.value().to_string(), d);
+        self.read(|txn| {
+            let table = txn.open_table(DESIRED)?;
+            let mut out = BTreeMap::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                match serde_json::from_slice::<DesiredPod>(v.value()) {
+                    Ok(d) => {
+                        out.insert(k.value().to_string(), d);
+                    }
+                    Err(e) => tracing::warn!(source = k.value(), error = %e, "unreadable cached pod skipped"),
                 }
-                Err(e) => tracing::warn!(source = k.value(), error = %e, "unreadable cached pod skipped"),
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// Replaces the stored set for every source starting with `prefix`.
     pub fn replace(&self, prefix: &str, pods: &BTreeMap<String, DesiredPod>) -> Result<(), CacheError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        replace_in(&txn, prefix, pods)?;
-        txn.commit()?;
-        Ok(())
+        self.write(|txn| replace_in(txn, prefix, pods))
     }
 
     /// The generation of the last accepted controller snapshot (0: none).
     pub fn generation(&self) -> Result<u64, CacheError> {
-        let db = self.db()?;
-        let txn = db.begin_read()?;
-        let table = txn.open_table(META)?;
-        Ok(table.get(GENERATION)?.map_or(0, |v| v.value()))
+        self.read(|txn| Ok(txn.open_table(META)?.get(GENERATION)?.map_or(0, |v| v.value())))
+    }
+
+    /// The last accepted network table, as received (a CBOR envelope).
+    pub fn network(&self) -> Result<Option<Vec<u8>>, CacheError> {
+        self.read(|txn| Ok(txn.open_table(NETWORK)?.get(NETWORK_KEY)?.map(|v| v.value().to_vec())))
+    }
+
+    /// Stores an accepted network table before it is applied.
+    pub fn store_network(&self, payload: &[u8]) -> Result<(), CacheError> {
+        self.write(|txn| {
+            txn.open_table(NETWORK)?.insert(NETWORK_KEY, payload)?;
+            Ok(())
+        })
     }
 
     /// Stores an accepted controller snapshot: its pods (replacing every
@@ -118,12 +153,11 @@ impl Cache {
         generation: u64,
         pods: &BTreeMap<String, DesiredPod>,
     ) -> Result<(), CacheError> {
-        let db = self.db()?;
-        let txn = db.begin_write()?;
-        replace_in(&txn, prefix, pods)?;
-        txn.open_table(META)?.insert(GENERATION, generation)?;
-        txn.commit()?;
-        Ok(())
+        self.write(|txn| {
+            replace_in(txn, prefix, pods)?;
+            txn.open_table(META)?.insert(GENERATION, generation)?;
+            Ok(())
+        })
     }
 }
 

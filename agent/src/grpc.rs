@@ -1,6 +1,7 @@
 //! The CRI over gRPC on a unix socket: a thin adapter from the generated
-//! `k8s-cri` services to the in-process [`Runtime`], so crictl or any CRI
-//! client drives exactly what the pod workers use.
+//! `k8s-cri` services to the in-process runtime (any [`CriRuntime`]: the
+//! libcontainer one in the agent), so crictl or any CRI client drives exactly
+//! what the pod workers use.
 
 use std::path::Path;
 use std::pin::Pin;
@@ -14,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::images::ImageError;
 use crate::images::registry::Credentials;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{CriRuntime, RuntimeError};
 
 type R<T> = Result<Response<T>, Status>;
 
@@ -37,12 +38,12 @@ fn unimplemented(what: &str) -> Status {
 }
 
 #[derive(Clone)]
-pub struct CriService {
-    rt: Runtime,
+pub struct CriService<Rt> {
+    rt: Rt,
 }
 
 /// Binds `socket` (replacing a stale one) and serves the CRI on it.
-pub fn serve(rt: Runtime, socket: &Path) -> std::io::Result<()> {
+pub fn serve<Rt: CriRuntime>(rt: Rt, socket: &Path) -> std::io::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -62,7 +63,7 @@ pub fn serve(rt: Runtime, socket: &Path) -> std::io::Result<()> {
 }
 
 #[tonic::async_trait]
-impl RuntimeService for CriService {
+impl<Rt: CriRuntime> RuntimeService for CriService<Rt> {
     async fn version(&self, _: Request<cri::VersionRequest>) -> R<cri::VersionResponse> {
         Ok(Response::new(self.rt.version()))
     }
@@ -248,7 +249,7 @@ impl RuntimeService for CriService {
 }
 
 #[tonic::async_trait]
-impl ImageService for CriService {
+impl<Rt: CriRuntime> ImageService for CriService<Rt> {
     async fn list_images(&self, _: Request<cri::ListImagesRequest>) -> R<cri::ListImagesResponse> {
         Ok(Response::new(cri::ListImagesResponse { images: self.rt.list_images().map_err(status)? }))
     }
@@ -278,5 +279,39 @@ impl ImageService for CriService {
 
     async fn image_fs_info(&self, _: Request<cri::ImageFsInfoRequest>) -> R<cri::ImageFsInfoResponse> {
         Ok(Response::new(self.rt.image_fs_info()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kedge_tests::cri::CriClient;
+
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+
+    /// The server is generic over the seam: the recording fake behind the
+    /// same socket answers a CRI client's whole pod cycle.
+    #[tokio::test(flavor = "current_thread")]
+    async fn serves_any_runtime_behind_the_seam() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let socket = tmp.path().join("cri.sock");
+        let fake = FakeRuntime::new();
+        fake.add_image("busybox");
+        serve(fake.clone(), &socket)?;
+        let mut cri = CriClient::connect(&socket).await?;
+
+        let (sandbox, id) = cri.run_pod("fake", "busybox", &["sleep", "1"], false).await?;
+        let listed = cri.runtime.list_containers(cri::ListContainersRequest::default()).await?.into_inner();
+        assert_eq!(listed.containers.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+        assert_eq!(listed.containers[0].state, cri::ContainerState::ContainerRunning as i32);
+        let stats = cri.runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await?.into_inner();
+        assert_eq!(stats.stats.len(), 1);
+
+        cri.remove_pod(&sandbox).await?;
+        assert!(fake.sandbox_records().is_empty(), "RemovePodSandbox reached the fake");
+        let missing =
+            cri.runtime.container_status(cri::ContainerStatusRequest { container_id: id, verbose: false }).await;
+        assert_eq!(missing.map(|_| ()).map_err(|s| s.code()), Err(tonic::Code::NotFound));
+        Ok(())
     }
 }

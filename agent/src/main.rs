@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use kedge_agent::link::LinkConfig;
+use kedge_agent::net::manager::{NetworkConfig, NetworkManager};
 use kedge_agent::node::{self, NodeConfig};
 use kedge_agent::pods::backoff::BackoffPolicy;
 use kedge_agent::pods::status;
@@ -54,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// The pod network on this node.
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
     /// Print the version.
     Version,
     /// Internal: the single-threaded helper the agent runs for libcontainer
@@ -91,6 +97,18 @@ enum LcCall {
         timeout_ms: u64,
         #[arg(last = true, required = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Remove everything kedge made on this node's network — the bridge,
+    /// pod veths, routes to other nodes' pods, the VXLAN device and the
+    /// kedge nftables table — and nothing else. Pods lose their network.
+    Cleanup {
+        /// The pod bridge (`run --pod-bridge`).
+        #[arg(long, default_value = "kedge0")]
+        pod_bridge: String,
     },
 }
 
@@ -162,6 +180,22 @@ struct RunArgs {
     /// route to the broker leaves from).
     #[arg(long)]
     node_ip: Option<String>,
+    /// The bridge pods hang on; its address is the first of the pod CIDR.
+    #[arg(long, default_value = "kedge0")]
+    pod_bridge: String,
+    /// Pod CIDR of a node without a controller (as the kubelet's standalone
+    /// --pod-cidr); a node in a cluster gets its own from the controller.
+    /// Without either, pods have only `lo`.
+    #[arg(long)]
+    pod_cidr: Option<ipnet::IpNet>,
+    /// Leave the host's network alone: no bridge, routes or Service rules;
+    /// pods get only `lo` (hostNetwork pods are unaffected).
+    #[arg(long)]
+    no_pod_network: bool,
+    /// How pods reach other nodes' pods: `auto` (direct routes to nodes on a
+    /// shared network, VXLAN to the rest), `host-gw` or `vxlan`.
+    #[arg(long, default_value = "auto")]
+    overlay: kedge_agent::net::routes::Overlay,
     /// MQTT keepalive: the broker publishes our Last Will after 1.5× this
     /// without a packet.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -266,6 +300,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image { command } => image(&paths, command),
+        Command::Network { command: NetworkCommand::Cleanup { pod_bridge } } => {
+            kedge_agent::net::cleanup(&pod_bridge)?;
+            println!("removed kedge's pod network ({pod_bridge}, pod veths, routes, VXLAN device, nftables table)");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -429,8 +468,32 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
             _ = tokio::signal::ctrl_c() => {}
         }
     };
+    let network = if args.no_pod_network {
+        tracing::info!("--no-pod-network: pods get no network beyond lo");
+        None
+    } else if cfg.link.is_some() || args.pod_cidr.is_some() {
+        let path = data_dir.join("agent.redb");
+        let cache = tokio::task::spawn_blocking(move || kedge_agent::cache::Cache::open(&path)).await??;
+        let pod_net = std::sync::Arc::new(kedge_agent::net::pod::PodNet::new(std::sync::Arc::new(cache)));
+        rt.set_network(pod_net.clone()).await?;
+        let node_ip = cfg.node_ip.as_deref().and_then(|ip| ip.parse().ok()).or_else(|| {
+            let broker = cfg.link.as_ref()?;
+            kedge_agent::report::route_source_ip(&broker.broker.host, broker.broker.port)?.parse().ok()
+        });
+        let net_cfg = NetworkConfig {
+            node: cfg.node.clone(),
+            bridge: args.pod_bridge.clone(),
+            pod_cidr: args.pod_cidr,
+            node_ip,
+            overlay: args.overlay,
+        };
+        Some(NetworkManager::new(net_cfg, pod_net))
+    } else {
+        tracing::info!("no broker and no --pod-cidr: pods get no network beyond lo");
+        None
+    };
     let paths = rt.paths().clone();
-    node::run(cfg, rt, paths, stop).await?;
+    node::run(cfg, rt, paths, network, stop).await?;
     // Pods are not stopped: a restarted agent adopts them.
     tracing::info!("kedge-agent stopped; containers keep running");
     Ok(())

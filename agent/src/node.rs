@@ -13,11 +13,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kedge_common::wire::{Event, NodeReport};
+use kedge_common::network::ClusterNetwork;
+use kedge_common::wire::{Event, NetworkStatus, NodeReport};
 
 use crate::cache::{Cache, CacheError};
 use crate::fleet::{self, Accepted, CONTROLLER_PREFIX, ControllerSource};
 use crate::link::{self, LinkConfig, LinkHandle};
+use crate::net::HostPort;
+use crate::net::manager::{LocalPods, NetworkManager};
 use crate::pods::backoff::BackoffPolicy;
 use crate::pods::manifests::{SOURCE_PREFIX, StaticSource};
 use crate::pods::{DesiredPod, PodManager, WorkerContext, status};
@@ -65,6 +68,36 @@ async fn cached<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&cache)).await.map_err(NodeError::CacheTask)?.map_err(NodeError::from)
 }
 
+/// This node's pods as the network sees them: each address with whether
+/// the pod is ready, and the host ports of pods that have an address.
+fn local_pods(desired: &[DesiredPod], views: &[status::PodView]) -> LocalPods {
+    let mut local = LocalPods::default();
+    for v in views {
+        let Some(ip) = v.pod_ip.as_deref().and_then(|ip| ip.parse().ok()) else { continue };
+        let ready = v.phase == kedge_common::wire::PodPhase::Running
+            && !v.containers.is_empty()
+            && v.containers.iter().all(|c| c.ready);
+        local.endpoints.insert(ip, ready);
+        let Some(d) = desired.iter().find(|d| d.uid == v.uid) else { continue };
+        for c in &d.pod.spec.containers {
+            for p in &c.ports {
+                let (Some(host_port), Ok(container_port)) = (p.host_port, u16::try_from(p.container_port)) else {
+                    continue;
+                };
+                let Ok(host_port) = u16::try_from(host_port) else { continue };
+                let protocol = match p.protocol.as_deref() {
+                    Some("UDP") => kedge_common::network::Protocol::UDP,
+                    Some("SCTP") => kedge_common::network::Protocol::SCTP,
+                    _ => kedge_common::network::Protocol::TCP,
+                };
+                local.host_ports.push(HostPort { protocol, host_ip: None, host_port, pod_ip: ip, container_port });
+            }
+        }
+    }
+    local.host_ports.sort();
+    local
+}
+
 /// The fleet link as the node loop holds it.
 struct Link {
     handle: LinkHandle,
@@ -78,6 +111,7 @@ struct Node<R> {
     boot_id: String,
     manager: PodManager<R>,
     cache: Arc<Cache>,
+    network: Option<NetworkManager>,
     source: StaticSource,
     static_pods: Vec<DesiredPod>,
     controller: ControllerSource,
@@ -85,11 +119,13 @@ struct Node<R> {
 }
 
 /// Runs the node until `stop` resolves. Pods are not stopped when it ends: a
-/// restarted agent adopts them.
+/// restarted agent adopts them. `network`: the pod network to keep in step
+/// (None: pods get no network beyond `lo`, as with the fake runtime).
 pub async fn run<R: CriRuntime>(
     cfg: NodeConfig,
     runtime: R,
     paths: Paths,
+    network: Option<NetworkManager>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     if cfg.link.is_some() && !kedge_common::topics::valid_node_name(&cfg.node) {
@@ -103,7 +139,28 @@ pub async fn run<R: CriRuntime>(
     // The controller's last accepted pods start at once, broker or not.
     let controller = cached(&cache, ControllerSource::from_cache).await?;
     let boot_id = crate::runtime::records::boot_id();
-    let mut node = Node { cfg, boot_id, manager, cache, source, static_pods: Vec::new(), controller, link: None };
+    // The last accepted network table: Services, DNS and routes work at once, controller or not.
+    let cached_table = match cached(&cache, |c| c.network()).await? {
+        Some(payload) => kedge_common::envelope::decode::<ClusterNetwork>(&payload, usize::MAX)
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "cached network table unreadable; waiting for the controller's"),
+            )
+            .ok(),
+        None => None,
+    };
+    let mut node =
+        Node { cfg, boot_id, manager, cache, network, source, static_pods: Vec::new(), controller, link: None };
+    let network_generation = cached_table.as_ref().map_or(0, |t| t.generation);
+    if let Some(n) = node.network.as_mut() {
+        if let Some(t) = &cached_table {
+            tracing::info!(
+                generation = t.generation,
+                services = t.services.len(),
+                "network table from the local cache"
+            );
+        }
+        n.set_table(cached_table.unwrap_or_default()).await;
+    }
     let static_pods = node.source.scan().unwrap_or_default();
     node.store_static(static_pods).await;
     node.manager.set_desired(node.all_pods());
@@ -119,7 +176,7 @@ pub async fn run<R: CriRuntime>(
             node.cfg.node_ip.clone().or_else(|| report::route_source_ip(&link_cfg.broker.host, link_cfg.broker.port));
         let machine = report::Machine::detect(&node.cfg.node, node_ip);
         let broker = link_cfg.broker.clone();
-        let handle = link::start(link_cfg, node.controller.generation);
+        let handle = link::start(link_cfg, node.controller.generation, network_generation);
         tracing::info!(%broker, "fleet link started");
         node.link = Some(Link { handle, machine, last: None });
     }
@@ -159,9 +216,14 @@ impl<R: CriRuntime> Node<R> {
         tokio::pin!(stop);
         loop {
             let linked = self.link.is_some();
-            let snapshot = async {
+            let networked = self.network.is_some();
+            // What the link handed on: a snapshot, or a network table.
+            let from_link = async {
                 match self.link.as_mut() {
-                    Some(l) => l.handle.snapshots.changed().await.is_ok(),
+                    Some(l) => tokio::select! {
+                        ok = l.handle.snapshots.changed() => (ok.is_ok(), false),
+                        ok = l.handle.networks.changed(), if networked => (ok.is_ok(), true),
+                    },
                     None => std::future::pending().await,
                 }
             };
@@ -173,19 +235,25 @@ impl<R: CriRuntime> Node<R> {
                         }
                     }
                     self.send_report();
+                    self.update_network().await;
                 }
-                _ = changed.notified(), if linked => {
+                _ = changed.notified(), if linked || networked => {
                     // Let a burst of worker passes settle into one report.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     self.send_report();
+                    self.update_network().await;
                 }
-                ok = snapshot => {
+                (ok, network) = from_link => {
                     if !ok {
                         tracing::error!("the fleet link stopped; running on without it");
                         self.link = None;
                         continue;
                     }
-                    self.take_snapshot().await;
+                    if network {
+                        self.take_network().await;
+                    } else {
+                        self.take_snapshot().await;
+                    }
                 }
                 _ = gc.tick() => {
                     let wanted: Vec<String> = self
@@ -236,15 +304,54 @@ impl<R: CriRuntime> Node<R> {
         self.send_report();
     }
 
+    /// Takes the newest network table the link handed on: stored, then applied.
+    async fn take_network(&mut self) {
+        let Some(l) = self.link.as_mut() else { return };
+        let Some((table, payload)) = l.handle.networks.borrow_and_update().clone() else { return };
+        let generation = table.generation;
+        if let Err(e) = cached(&self.cache, move |c| c.store_network(&payload)).await {
+            tracing::error!(generation, error = %e, "cannot store the network table; not acting on it");
+            return;
+        }
+        tracing::info!(
+            generation,
+            services = table.services.len(),
+            nodes = table.nodes.len(),
+            "accepted the network table"
+        );
+        if let Some(n) = self.network.as_mut() {
+            n.set_table(*table).await;
+        }
+    }
+
+    /// Hands this node's pods (addresses, readiness, host ports) to the
+    /// network, which re-applies only if they changed.
+    async fn update_network(&mut self) {
+        if self.network.is_none() {
+            return;
+        }
+        let rt = self.manager.runtime();
+        let views = status::views(&rt.sandbox_records(), &rt.container_records(), &self.manager.statuses(), false);
+        let local = local_pods(&self.all_pods(), &views);
+        if let Some(n) = self.network.as_mut() {
+            n.set_local(local).await;
+        }
+    }
+
     /// Builds the node report from the runtime's and the workers' memory and
     /// hands it to the link (which publishes it if it changed); events come
     /// from the difference with the last one.
     fn send_report(&mut self) {
+        let network = match self.network.as_ref().map(NetworkManager::node) {
+            None => NetworkStatus::None,
+            Some(Ok(_)) => NetworkStatus::Ready,
+            Some(Err(reason)) => NetworkStatus::Unavailable { reason },
+        };
         let Some(l) = self.link.as_mut() else { return };
         let rt = self.manager.runtime();
         let views = status::views(&rt.sandbox_records(), &rt.container_records(), &self.manager.statuses(), false);
         let pods: Vec<_> = self.controller.pods.iter().map(|d| d.pod.clone()).collect();
-        let r = report::build(
+        let mut r = report::build(
             &l.machine,
             &self.cfg.node,
             &self.boot_id,
@@ -253,6 +360,7 @@ impl<R: CriRuntime> Node<R> {
             &pods,
             &views,
         );
+        r.network = network;
         for ev in fleet::events_between(l.last.as_ref(), &r) {
             l.handle.push_event(ev);
         }

@@ -201,7 +201,7 @@ pub fn pod_report(pod: &Pod, view: Option<&PodView>, host_ip: Option<&str>) -> P
         name: meta.name.clone(),
         phase,
         ready,
-        pod_ip: if pod.spec.host_network { host_ip.map(str::to_string) } else { None },
+        pod_ip: if pod.spec.host_network { host_ip.map(str::to_string) } else { view.and_then(|v| v.pod_ip.clone()) },
         start_time: view.map(|v| v.created_at).filter(|t| *t > 0),
         containers,
     }
@@ -245,6 +245,7 @@ pub fn build(
             .map(|p| pod_report(p, p.metadata.uid.as_deref().and_then(|u| by_uid.get(u).copied()), host_ip))
             .collect(),
         events_dropped: 0,
+        network: Default::default(),
     }
 }
 

@@ -166,7 +166,10 @@ mod tests {
                 ports: vec![ServicePortNet { name: "http".into(), protocol: Protocol::TCP, port: 80, node_port: None }],
                 subsets: vec![SubsetNet {
                     ready: (0..endpoints)
-                        .map(|e| EndpointNet { ip: IpAddr::from([10, 42, e as u8, (i % 250) as u8 + 2]), hostname: None })
+                        .map(|e| EndpointNet {
+                            ip: IpAddr::from([10, 42, e as u8, (i % 250) as u8 + 2]),
+                            hostname: None,
+                        })
                         .collect(),
                     not_ready: vec![],
                     ports: vec![EndpointPortNet { name: "http".into(), protocol: Protocol::TCP, port: 8080 }],

@@ -45,6 +45,21 @@ pub struct NodeReport {
     /// Events dropped from the bounded offline queue since the last report.
     #[serde(default)]
     pub events_dropped: u64,
+    /// The pod network, shown as the node's `NetworkUnavailable` condition.
+    #[serde(default)]
+    pub network: NetworkStatus,
+}
+
+/// Whether the node's pods can have addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NetworkStatus {
+    /// The agent runs without a pod network (`--no-pod-network`, or an
+    /// agent too old to say).
+    #[default]
+    None,
+    Ready,
+    /// Pods wait as ContainerCreating; the reason names the problem.
+    Unavailable { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

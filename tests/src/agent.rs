@@ -61,6 +61,12 @@ impl Agent {
         if !has("--image-gc-high-threshold") {
             cmd.args(["--image-gc-high-threshold", "100"]);
         }
+        // Agents share this machine's network namespace here: only a test
+        // that gives its agent a pod network (naming the bridge, as the
+        // network lab does per node namespace) gets one.
+        if !has("--pod-bridge") && !has("--no-pod-network") {
+            cmd.arg("--no-pod-network");
+        }
         cmd.args(&self.extra).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().context("starting kedge-agent")?);
         Ok(())

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use kedge_common::network::ClusterNetwork;
 use kedge_common::topics::{self, BrokerUrl, NodeTopic};
 use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
@@ -59,6 +60,9 @@ pub struct LinkConfig {
 pub struct LinkHandle {
     /// Newest snapshot received and not yet taken.
     pub snapshots: watch::Receiver<Option<NodeDesired>>,
+    /// Newest network table received and not yet taken, with its payload
+    /// (the envelope as received, for the cache).
+    pub networks: watch::Receiver<Option<NetworkDelivery>>,
     /// Set the newest report here; the link publishes it when it should.
     pub reports: watch::Sender<Option<NodeReport>>,
     /// Whether the broker connection is up.
@@ -90,9 +94,14 @@ impl LinkHandle {
     }
 }
 
-/// Starts the link task. `accepted`: the generation the node already has.
-pub fn start(cfg: LinkConfig, accepted: u64) -> LinkHandle {
+/// A network table handed on, with the bytes it came in.
+pub type NetworkDelivery = (Box<ClusterNetwork>, Vec<u8>);
+
+/// Starts the link task. `accepted`, `network_accepted`: the snapshot and
+/// network table generations the node already has.
+pub fn start(cfg: LinkConfig, accepted: u64, network_accepted: u64) -> LinkHandle {
     let (snap_tx, snap_rx) = watch::channel(None);
+    let (net_tx, net_rx) = watch::channel(None);
     let (report_tx, report_rx) = watch::channel(None);
     let (conn_tx, conn_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -100,14 +109,16 @@ pub fn start(cfg: LinkConfig, accepted: u64) -> LinkHandle {
     let events_lost = Arc::new(AtomicU64::new(0));
     let ends = Ends {
         snapshots: snap_tx,
+        networks: net_tx,
         reports: report_rx,
         connected: conn_tx,
         events: events_rx,
         lost: events_lost.clone(),
     };
-    let task = tokio::spawn(run(cfg, accepted, ends, stop_rx));
+    let task = tokio::spawn(run(cfg, (accepted, network_accepted), ends, stop_rx));
     LinkHandle {
         snapshots: snap_rx,
+        networks: net_rx,
         reports: report_tx,
         connected: conn_rx,
         events: events_tx,
@@ -142,6 +153,7 @@ fn options(cfg: &LinkConfig) -> MqttOptions {
 /// The link task's ends of the channels to the node loop.
 struct Ends {
     snapshots: watch::Sender<Option<NodeDesired>>,
+    networks: watch::Sender<Option<NetworkDelivery>>,
     reports: watch::Receiver<Option<NodeReport>>,
     connected: watch::Sender<bool>,
     events: mpsc::Receiver<Event>,
@@ -168,6 +180,10 @@ fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Ve
                 ends.snapshots.send_replace(Some(d.clone()));
                 false
             }
+            Action::DeliverNetwork { table, payload } => {
+                ends.networks.send_replace(Some((table.clone(), payload.clone())));
+                false
+            }
             Action::Disconnect => client.try_disconnect().is_err(),
         };
         if refused {
@@ -176,7 +192,7 @@ fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Ve
     }
 }
 
-async fn run(cfg: LinkConfig, accepted: u64, mut ends: Ends, mut stop: oneshot::Receiver<()>) {
+async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: oneshot::Receiver<()>) {
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg), 64);
     let settings = Settings {
         node: cfg.node.clone(),
@@ -185,7 +201,7 @@ async fn run(cfg: LinkConfig, accepted: u64, mut ends: Ends, mut stop: oneshot::
         max_payload: cfg.max_payload,
         report_refresh: cfg.report_refresh,
     };
-    let mut state = LinkState::new(settings, accepted);
+    let mut state = LinkState::new(settings, accepted.0, accepted.1);
     let mut backoff = Duration::from_millis(200);
     // While set, the connection is not polled: we wait before the next attempt.
     let mut retry_at: Option<Instant> = None;

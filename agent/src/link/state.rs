@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use kedge_common::envelope;
+use kedge_common::network::ClusterNetwork;
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
 use tokio::time::Instant;
@@ -57,6 +58,12 @@ pub enum Action {
     Publish(Publish),
     /// A snapshot to act on (after storing it).
     Deliver(NodeDesired),
+    /// A newer cluster network table to act on (after storing `payload`,
+    /// the envelope as received).
+    DeliverNetwork {
+        table: Box<ClusterNetwork>,
+        payload: Vec<u8>,
+    },
     /// Close the session cleanly (after the publishes before it).
     Disconnect,
 }
@@ -97,6 +104,7 @@ pub struct Settings {
 pub struct LinkState {
     settings: Settings,
     desired_topic: String,
+    network_topic: String,
     connected: bool,
     /// A subscription or presence the client refused; retried at the tick.
     subscribe_pending: bool,
@@ -110,6 +118,8 @@ pub struct LinkState {
     dropped: u64,
     /// The newest generation handed on.
     delivered: u64,
+    /// The newest network table generation handed on.
+    network_delivered: u64,
 }
 
 /// A report without what changes on its own (time, usage) or travels beside
@@ -123,11 +133,13 @@ fn comparable(r: &NodeReport) -> NodeReport {
 }
 
 impl LinkState {
-    /// `accepted`: the generation the node already has (from its cache):
-    /// snapshots not newer are not handed on.
-    pub fn new(settings: Settings, accepted: u64) -> LinkState {
+    /// `accepted`, `network_accepted`: the snapshot and network table
+    /// generations the node already has (from its cache): ones not newer
+    /// are not handed on.
+    pub fn new(settings: Settings, accepted: u64, network_accepted: u64) -> LinkState {
         LinkState {
             desired_topic: topics::node_topic(&settings.prefix, &settings.node, NodeTopic::Desired),
+            network_topic: topics::cluster_network_topic(&settings.prefix),
             settings,
             connected: false,
             subscribe_pending: false,
@@ -137,6 +149,7 @@ impl LinkState {
             events: heapless::Deque::new(),
             dropped: 0,
             delivered: accepted,
+            network_delivered: network_accepted,
         }
     }
 
@@ -160,6 +173,7 @@ impl LinkState {
                 self.connected = true;
                 out.push(Action::Connected(true));
                 out.push(Action::Subscribe { topic: self.desired_topic.clone() });
+                out.push(Action::Subscribe { topic: self.network_topic.clone() });
                 out.push(self.presence(true));
                 // Whatever the broker had of us may be gone: report again.
                 self.published = None;
@@ -186,6 +200,7 @@ impl LinkState {
                     if self.subscribe_pending {
                         self.subscribe_pending = false;
                         out.push(Action::Subscribe { topic: self.desired_topic.clone() });
+                        out.push(Action::Subscribe { topic: self.network_topic.clone() });
                     }
                     if self.presence_pending {
                         self.presence_pending = false;
@@ -226,7 +241,7 @@ impl LinkState {
                     }
                 }
             },
-            Action::Connected(_) | Action::Deliver(_) | Action::Disconnect => {}
+            Action::Connected(_) | Action::Deliver(_) | Action::DeliverNetwork { .. } | Action::Disconnect => {}
         }
     }
 
@@ -296,6 +311,9 @@ impl LinkState {
     }
 
     fn message(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if topic == self.network_topic {
+            return self.network(payload, now, out);
+        }
         if topic != self.desired_topic {
             tracing::debug!(%topic, "message on a topic we did not ask for; ignored");
             return;
@@ -314,16 +332,47 @@ impl LinkState {
             }
             Err(e) => {
                 tracing::warn!(%topic, bytes = payload.len(), error = %e, "desired snapshot rejected; keeping the last accepted one");
-                self.push_event(Event {
-                    time: jiff::Timestamp::now().as_second(),
-                    normal: false,
-                    reason: "SnapshotRejected".into(),
-                    message: format!("desired snapshot of {} bytes rejected: {e}", payload.len()),
-                    pod: None,
-                });
+                self.reject("SnapshotRejected", format!("desired snapshot of {} bytes rejected: {e}", payload.len()));
                 self.flush(now, out);
             }
         }
+    }
+
+    /// The cluster network table: the same rules as a snapshot (decodes,
+    /// within the cap, newer), without a node name.
+    fn network(&mut self, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if payload.is_empty() {
+            tracing::info!("the network table was cleared on the broker; keeping the last accepted one");
+            return;
+        }
+        match envelope::decode::<ClusterNetwork>(payload, self.settings.max_payload) {
+            Ok(t) if t.generation <= self.network_delivered => {
+                tracing::debug!(
+                    generation = t.generation,
+                    have = self.network_delivered,
+                    "network table not newer; ignored"
+                );
+            }
+            Ok(t) => {
+                self.network_delivered = t.generation;
+                out.push(Action::DeliverNetwork { table: Box::new(t), payload: payload.to_vec() });
+            }
+            Err(e) => {
+                tracing::warn!(bytes = payload.len(), error = %e, "network table rejected; keeping the last accepted one");
+                self.reject("NetworkTableRejected", format!("network table of {} bytes rejected: {e}", payload.len()));
+                self.flush(now, out);
+            }
+        }
+    }
+
+    fn reject(&mut self, reason: &str, message: String) {
+        self.push_event(Event {
+            time: jiff::Timestamp::now().as_second(),
+            normal: false,
+            reason: reason.into(),
+            message,
+            pod: None,
+        });
     }
 }
 

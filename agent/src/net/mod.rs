@@ -38,3 +38,24 @@ pub struct HostPort {
     pub pod_ip: IpAddr,
     pub container_port: u16,
 }
+pub mod ipam;
+pub mod manager;
+pub mod netlink;
+pub mod pod;
+pub mod routes;
+
+/// Removes what kedge made on this node's network (`kedge-agent network
+/// cleanup`): routes to other nodes' pods, the VXLAN device, the pod veths
+/// on `bridge`, the bridge, and kedge's nftables table. Nothing else.
+pub fn cleanup(bridge: &str) -> Result<(), netlink::NetlinkError> {
+    routes::remove_all()?;
+    let mut nl = netlink::Netlink::open()?;
+    let links = nl.links()?;
+    if let Some(br) = links.iter().find(|l| l.name == bridge) {
+        for veth in links.iter().filter(|l| l.master == Some(br.index) && l.name.starts_with("kv")) {
+            nl.delete_link(veth.index)?;
+        }
+        nl.delete_link(br.index)?;
+    }
+    Ok(())
+}

@@ -103,6 +103,9 @@ pub struct PodView {
     pub phase: PodPhase,
     pub source: String,
     pub created_at: i64,
+    /// The address of the pod's ready sandbox (none for host-network pods:
+    /// their address is the node's).
+    pub pod_ip: Option<String>,
     pub containers: Vec<ContainerView>,
 }
 
@@ -192,6 +195,10 @@ pub fn views(
             phase: status.phase,
             source: status.source.clone(),
             created_at: newest.map(|s| s.created_at / 1_000_000_000).unwrap_or(0),
+            pod_ip: newest
+                .filter(|s| s.state == records::SandboxState::Ready && !s.host_network())
+                .map(|s| s.ip.clone())
+                .filter(|ip| !ip.is_empty()),
             containers: views,
         });
     }

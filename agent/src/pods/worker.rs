@@ -19,6 +19,7 @@ use super::backoff::{Backoff, BackoffPolicy};
 use super::probe::{self, Outcome};
 use super::status::{PodStatusFile, Waiting, write_status};
 use super::translate;
+use crate::net::pod::NetError;
 use crate::runtime::{ContainerRecord, ContainerState, CriRuntime, Paths, RuntimeError, SandboxRecord, SandboxState};
 
 /// A pod as a source (manifest file, controller snapshot) wants it run.
@@ -196,13 +197,20 @@ impl<R: CriRuntime> Worker<R> {
                     return None;
                 }
                 Err(e) => {
+                    // No pod network yet: the pod waits as ContainerCreating
+                    // (the kubelet's NetworkNotReady) and looks again soon.
+                    let (reason, retry) = match &e {
+                        RuntimeError::Network(NetError::Unavailable(_)) => {
+                            (WaitingReason::ContainerCreating, Duration::from_secs(2))
+                        }
+                        _ => (WaitingReason::CreatePodSandboxError, self.ctx.backoff.base),
+                    };
                     tracing::warn!(error = %e, "cannot create the pod sandbox");
                     for c in &pod.spec.containers {
-                        self.waiting
-                            .insert(c.name.clone(), waiting(WaitingReason::CreatePodSandboxError, e.to_string()));
+                        self.waiting.insert(c.name.clone(), waiting(reason, e.to_string()));
                     }
                     self.write_status(d, &[]);
-                    return Some(Instant::now() + self.ctx.backoff.base);
+                    return Some(Instant::now() + retry);
                 }
             },
         };

@@ -85,6 +85,19 @@ pub trait CriRuntime: Clone + Send + Sync + 'static {
         high_percent: u8,
         wanted: &[String],
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    // ---- stats (kubectl top, the kubelet's summary) -------------------------
+
+    fn container_stats(&self, id: &str) -> impl Future<Output = Result<cri::ContainerStats>> + Send;
+    fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> impl Future<Output = Result<Vec<cri::ContainerStats>>> + Send;
+    fn pod_sandbox_stats(&self, id: &str) -> impl Future<Output = Result<cri::PodSandboxStats>> + Send;
+    fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> impl Future<Output = Result<Vec<cri::PodSandboxStats>>> + Send;
 }
 
 /// The libcontainer runtime behind the seam: each verb is the inherent
@@ -176,5 +189,23 @@ impl CriRuntime for super::Runtime {
         wanted: &[String],
     ) -> impl Future<Output = Result<Vec<String>>> + Send {
         super::Runtime::collect_images_if_full(self, high_percent, wanted)
+    }
+    fn container_stats(&self, id: &str) -> impl Future<Output = Result<cri::ContainerStats>> + Send {
+        super::Runtime::container_stats(self, id)
+    }
+    fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> impl Future<Output = Result<Vec<cri::ContainerStats>>> + Send {
+        super::Runtime::list_container_stats(self, filter)
+    }
+    fn pod_sandbox_stats(&self, id: &str) -> impl Future<Output = Result<cri::PodSandboxStats>> + Send {
+        super::Runtime::pod_sandbox_stats(self, id)
+    }
+    fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> impl Future<Output = Result<Vec<cri::PodSandboxStats>>> + Send {
+        super::Runtime::list_pod_sandbox_stats(self, filter)
     }
 }

@@ -440,6 +440,65 @@ impl CriRuntime for FakeRuntime {
     async fn collect_images_if_full(&self, _high_percent: u8, _wanted: &[String]) -> Result<Vec<String>> {
         Ok(Vec::new())
     }
+
+    // The fake runs nothing, so it measures nothing: stats name the object
+    // and carry no usage.
+    async fn container_stats(&self, id: &str) -> Result<cri::ContainerStats> {
+        Ok(container_stats(&self.container(id)?))
+    }
+
+    async fn list_container_stats(
+        &self,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Result<Vec<cri::ContainerStats>> {
+        let f = filter.unwrap_or_default();
+        Ok(self
+            .container_records()
+            .iter()
+            .filter(|c| c.state != ContainerState::Exited)
+            .filter(|c| f.id.is_empty() || c.id.starts_with(&f.id))
+            .filter(|c| f.pod_sandbox_id.is_empty() || c.sandbox_id.starts_with(&f.pod_sandbox_id))
+            .map(container_stats)
+            .collect())
+    }
+
+    async fn pod_sandbox_stats(&self, id: &str) -> Result<cri::PodSandboxStats> {
+        Ok(sandbox_stats(&self.sandbox(id)?))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Result<Vec<cri::PodSandboxStats>> {
+        let f = filter.unwrap_or_default();
+        Ok(self
+            .sandbox_records()
+            .iter()
+            .filter(|s| s.state == SandboxState::Ready)
+            .filter(|s| f.id.is_empty() || s.id.starts_with(&f.id))
+            .map(sandbox_stats)
+            .collect())
+    }
+}
+
+fn container_stats(c: &ContainerRecord) -> cri::ContainerStats {
+    let attributes = cri::ContainerAttributes {
+        id: c.id.clone(),
+        metadata: c.config.metadata.clone(),
+        labels: c.config.labels.clone(),
+        annotations: c.config.annotations.clone(),
+    };
+    cri::ContainerStats { attributes: Some(attributes), ..Default::default() }
+}
+
+fn sandbox_stats(s: &SandboxRecord) -> cri::PodSandboxStats {
+    let attributes = cri::PodSandboxAttributes {
+        id: s.id.clone(),
+        metadata: s.config.metadata.clone(),
+        labels: s.config.labels.clone(),
+        annotations: s.config.annotations.clone(),
+    };
+    cri::PodSandboxStats { attributes: Some(attributes), ..Default::default() }
 }
 
 fn image(name: &str) -> cri::Image {

@@ -62,6 +62,8 @@ pub enum RuntimeError {
     Io { path: PathBuf, source: io::Error },
     #[error("{what}: {source}")]
     Sys { what: String, source: nix::Error },
+    #[error(transparent)]
+    Network(#[from] crate::net::pod::NetError),
 }
 
 impl RuntimeError {
@@ -158,6 +160,10 @@ struct Inner {
     changed: watch::Sender<u64>,
     /// The last CPU reading of each object, for the stats' nanocores.
     cpu_rates: stats::CpuRates,
+    /// The pod network, once the node loop has one: sandboxes that are not
+    /// host-network get an address on it. Without it (a standalone agent
+    /// with no pod CIDR) they have only `lo`.
+    network: std::sync::OnceLock<Arc<crate::net::pod::PodNet>>,
 }
 
 #[derive(Clone)]
@@ -201,6 +207,7 @@ impl Runtime {
                 changed,
                 paths,
                 cpu_rates: Default::default(),
+                network: std::sync::OnceLock::new(),
             }),
         };
         rt.recover();
@@ -384,6 +391,20 @@ impl Runtime {
 
     // ---- sandboxes ---------------------------------------------------------
 
+    /// Gives non-host-network sandboxes an address on `net` from now on, and
+    /// releases the addresses of sandboxes that are no longer ready (gone in
+    /// a reboot, or an agent crash mid-way).
+    pub async fn set_network(&self, net: Arc<crate::net::pod::PodNet>) -> Result<()> {
+        let _ = self.inner.network.set(net.clone());
+        let live: std::collections::BTreeSet<String> =
+            self.state().sandboxes.values().filter(|s| s.state == SandboxState::Ready).map(|s| s.id.clone()).collect();
+        let released = blocking(move || Ok(net.release_all_but(&live)?)).await?;
+        if released > 0 {
+            tracing::info!(released, "released the addresses of sandboxes that are gone");
+        }
+        Ok(())
+    }
+
     pub async fn run_pod_sandbox(&self, config: cri::PodSandboxConfig, runtime_handler: String) -> Result<String> {
         let meta = config
             .metadata
@@ -437,6 +458,20 @@ impl Runtime {
         rec.utsns = ns.uts;
         if host_network {
             rec.ip = host_ip().unwrap_or_default();
+        } else if let (Some(net), Some(netns)) = (self.inner.network.get().cloned(), rec.netns.clone()) {
+            let sandbox_id = id.clone();
+            match blocking(move || Ok(net.attach(&sandbox_id, &netns)?)).await {
+                Ok(ip) => rec.ip = ip.to_string(),
+                Err(e) => {
+                    sandbox::release_namespaces(&sandbox::Namespaces {
+                        net: rec.netns.clone(),
+                        ipc: rec.ipcns.clone(),
+                        uts: rec.utsns.clone(),
+                    });
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
         }
         self.save_sandbox(&rec);
         tracing::info!(sandbox = %id, pod = %rec.name(), "sandbox ready");
@@ -459,6 +494,15 @@ impl Runtime {
         let Ok(rec) = self.sandbox(id) else { return Ok(()) };
         for c in self.containers_of(id) {
             self.stop_container(&c.id, 0).await?;
+        }
+        // The CRI's StopPodSandbox reclaims the network (CNI DEL), once.
+        if let (Some(net), SandboxState::Ready, false) =
+            (self.inner.network.get().cloned(), rec.state, rec.host_network())
+        {
+            let sandbox_id = id.to_string();
+            if let Err(e) = blocking(move || Ok(net.detach(&sandbox_id)?)).await {
+                tracing::warn!(sandbox = %id, error = %e, "cannot release the pod's network");
+            }
         }
         sandbox::release_namespaces(&sandbox::Namespaces {
             net: rec.netns.clone(),

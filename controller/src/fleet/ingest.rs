@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kedge_common::topics::{self, NodeTopic};
-use kedge_common::wire::{self, NodeReport, Presence};
+use kedge_common::wire::{self, NetworkStatus, NodeReport, Presence};
 
 use super::{FleetOptions, FleetState, dashboard};
 use crate::client::Client;
@@ -98,7 +98,7 @@ fn node_condition(type_: &str, on: bool, reason_on: &str, reason_off: &str, mess
 fn node_status(r: &NodeReport, old: Option<&NodeStatus>) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let p = r.pressure;
-    let conds = vec![
+    let mut conds = vec![
         node_condition("Ready", true, "KubeletReady", "", "kedge agent is posting ready status"),
         node_condition(
             "MemoryPressure",
@@ -122,6 +122,16 @@ fn node_status(r: &NodeReport, old: Option<&NodeStatus>) -> NodeStatus {
             if p.pid { "node has PID pressure" } else { "node has sufficient PID available" },
         ),
     ];
+    match &r.network {
+        NetworkStatus::None => {}
+        NetworkStatus::Ready => conds.insert(
+            0,
+            node_condition("NetworkUnavailable", false, "", "KedgeNetworkReady", "kedge pod network is set up"),
+        ),
+        NetworkStatus::Unavailable { reason } => {
+            conds.insert(0, node_condition("NetworkUnavailable", true, "NoPodNetwork", "", reason))
+        }
+    }
     let kubelet = format!("v1.32.0+kedge-{}", r.agent_version);
     NodeStatus {
         capacity: Some(resources(&r.capacity)),

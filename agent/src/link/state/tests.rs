@@ -12,6 +12,7 @@ const DESIRED: &str = "kedge/v1/nodes/n1/desired";
 const STATUS: &str = "kedge/v1/nodes/n1/status";
 const PRESENCE: &str = "kedge/v1/nodes/n1/presence";
 const EVENTS: &str = "kedge/v1/nodes/n1/events";
+const NETWORK: &str = "kedge/v1/cluster/network";
 
 fn state(accepted: u64) -> LinkState {
     LinkState::new(
@@ -23,6 +24,7 @@ fn state(accepted: u64) -> LinkState {
             report_refresh: Duration::from_secs(600),
         },
         accepted,
+        5,
     )
 }
 
@@ -87,6 +89,7 @@ fn a_connect_subscribes_says_online_and_reports_at_once() {
     let actions = s.handle(Input::Connected, now);
     assert_eq!(actions[0], Action::Connected(true));
     assert_eq!(actions[1], Action::Subscribe { topic: DESIRED.into() });
+    assert_eq!(actions[2], Action::Subscribe { topic: NETWORK.into() });
     let (topic, payload) = publishes(&actions)[0];
     assert_eq!(topic, PRESENCE);
     let presence = Presence::from_json(payload).expect("presence JSON");
@@ -129,6 +132,43 @@ fn only_newer_valid_snapshots_for_this_node_are_handed_on() {
     }
     // And the newest accepted generation still rules.
     assert_eq!(delivered(&s.handle(message(snapshot("n1", 6)), now)), vec![6]);
+}
+
+fn network(generation: u64) -> Input {
+    let table = kedge_common::network::ClusterNetwork { generation, ..Default::default() };
+    Input::Message { topic: NETWORK.into(), payload: kedge_common::envelope::encode(&table).expect("encode") }
+}
+
+fn networks(actions: &[Action]) -> Vec<u64> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeliverNetwork { table, payload } => {
+                let back: kedge_common::network::ClusterNetwork =
+                    kedge_common::envelope::decode(payload, DEFAULT_MAX_PAYLOAD).expect("the payload is kept");
+                assert_eq!(&back, table.as_ref());
+                Some(table.generation)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_newer_valid_network_tables_are_handed_on() {
+    let now = Instant::now();
+    let mut s = state(0); // the cache holds network generation 5
+    s.handle(Input::Connected, now);
+    assert!(networks(&s.handle(network(5), now)).is_empty(), "the cached generation is not newer");
+    assert_eq!(networks(&s.handle(network(6), now)), vec![6]);
+    assert!(networks(&s.handle(network(6), now)).is_empty(), "a retained re-delivery");
+    let cleared = Input::Message { topic: NETWORK.into(), payload: Vec::new() };
+    assert!(s.handle(cleared, now).is_empty(), "a cleared retained table changes nothing");
+    let garbage = Input::Message { topic: NETWORK.into(), payload: b"\xff\x00garbage".to_vec() };
+    let actions = s.handle(garbage, now);
+    assert!(networks(&actions).is_empty());
+    assert_eq!(events(&actions).iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), ["NetworkTableRejected"]);
+    assert_eq!(networks(&s.handle(network(7), now)), vec![7], "the newest accepted generation still rules");
 }
 
 #[test]

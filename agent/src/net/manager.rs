@@ -1,0 +1,258 @@
+//! The node's network, kept in step with two inputs: the cluster's network
+//! table (from the controller, or the cache) and this node's own pods (their
+//! addresses, readiness and host ports, from the runtime and the pod
+//! workers). Local health is applied locally: an endpoint of this node that
+//! dies or turns unready leaves the Service rules at once, online or offline,
+//! and comes back when it recovers; the controller's view of every other
+//! node's endpoints is taken as it is.
+//!
+//! On every change it works out the bridge (pod CIDR), the routes to the
+//! other nodes' pods and the Service table, and applies only what changed.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use kedge_common::network::{ClusterNetwork, NodeNet};
+use tokio::sync::watch;
+
+use super::pod::PodNet;
+use super::routes::{self, Overlay};
+use super::{HostPort, NodeNetwork};
+
+/// How the node's network is set up (the agent's flags).
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub node: String,
+    /// `--pod-bridge`.
+    pub bridge: String,
+    /// `--pod-cidr`: the pod CIDR of a standalone node (no controller); a
+    /// node in a cluster takes its own from the network table.
+    pub pod_cidr: Option<IpNet>,
+    /// `--node-ip`, or the address the route to the broker leaves from.
+    pub node_ip: Option<IpAddr>,
+    /// `--overlay`.
+    pub overlay: Overlay,
+}
+
+/// This node's pods as the network sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPods {
+    /// Pod address → ready (every container running and ready).
+    pub endpoints: BTreeMap<IpAddr, bool>,
+    pub host_ports: Vec<HostPort>,
+}
+
+pub struct NetworkManager {
+    cfg: NetworkConfig,
+    pod_net: Arc<PodNet>,
+    table: Arc<ClusterNetwork>,
+    local: LocalPods,
+    /// The node as configured last (None: not yet / unavailable).
+    node: Option<NodeNetwork>,
+    /// The Service script applied last (identical input: nothing to do).
+    applied: Option<String>,
+    routes: routes::Applied,
+    /// The table with this node's health applied: what DNS answers from.
+    effective: watch::Sender<Arc<ClusterNetwork>>,
+}
+
+impl NetworkManager {
+    pub fn new(cfg: NetworkConfig, pod_net: Arc<PodNet>) -> NetworkManager {
+        NetworkManager {
+            cfg,
+            pod_net,
+            table: Arc::default(),
+            local: LocalPods::default(),
+            node: None,
+            applied: None,
+            routes: routes::Applied::default(),
+            effective: watch::channel(Arc::default()).0,
+        }
+    }
+
+    /// The effective table, for the DNS server.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterNetwork>> {
+        self.effective.subscribe()
+    }
+
+    /// The node as configured, or why it is not.
+    pub fn node(&self) -> Result<NodeNetwork, String> {
+        self.pod_net.node()
+    }
+
+    /// A new table (from the controller, or the cache at start).
+    pub async fn set_table(&mut self, table: ClusterNetwork) {
+        self.table = Arc::new(table);
+        self.sync().await;
+    }
+
+    /// This node's pods changed (or maybe did: unchanged input does nothing).
+    pub async fn set_local(&mut self, local: LocalPods) {
+        if local != self.local {
+            self.local = local;
+            self.sync().await;
+        }
+    }
+
+    /// What this node is on the network, from the table and the flags.
+    fn wanted_node(&self) -> Result<NodeNetwork, String> {
+        let own = self.table.node(&self.cfg.node);
+        let pod_cidr = match (own, self.cfg.pod_cidr) {
+            (Some(n), _) => n.pod_cidr,
+            (None, Some(c)) => c,
+            (None, None) => return Err("the node has no pod CIDR yet".into()),
+        };
+        let gateway = match pod_cidr {
+            IpNet::V4(v4) => v4.hosts().next().map(IpAddr::V4),
+            IpNet::V6(_) => None,
+        }
+        .ok_or_else(|| format!("pod CIDR {pod_cidr} is not an IPv4 network with room for pods"))?;
+        let mut node_ips: Vec<IpAddr> = own.map(|n| n.addresses.clone()).unwrap_or_default();
+        if let Some(ip) = self.cfg.node_ip {
+            if !node_ips.contains(&ip) {
+                node_ips.insert(0, ip);
+            }
+        }
+        Ok(NodeNetwork {
+            node: self.cfg.node.clone(),
+            node_ips,
+            pod_cidr,
+            cluster_cidr: self.table.cluster_cidr.unwrap_or(pod_cidr),
+            bridge: self.cfg.bridge.clone(),
+            gateway,
+        })
+    }
+
+    async fn sync(&mut self) {
+        let wanted = self.wanted_node();
+        match wanted {
+            Err(reason) => {
+                if self.node.take().is_some() || self.pod_net.node().is_ok() {
+                    tracing::warn!(%reason, "pod network unavailable");
+                }
+                self.pod_net.set_unavailable(reason);
+            }
+            Ok(node) if self.node.as_ref() != Some(&node) => {
+                let pod_net = self.pod_net.clone();
+                let n = node.clone();
+                match tokio::task::spawn_blocking(move || pod_net.configure(n)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(pod_cidr = %node.pod_cidr, bridge = %node.bridge, gateway = %node.gateway, "pod network ready");
+                        self.node = Some(node);
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "pod network unavailable");
+                        self.node = None;
+                    }
+                    Err(e) => tracing::error!(error = %e, "pod network task failed"),
+                }
+            }
+            Ok(_) => {}
+        }
+        let Some(node) = self.node.clone() else { return };
+        let effective = Arc::new(apply_local_health(&self.table, node.pod_cidr, &self.local));
+        self.effective.send_replace(effective.clone());
+        self.sync_routes(&node).await;
+        self.sync_services(&node, &effective).await;
+    }
+
+    async fn sync_routes(&mut self, node: &NodeNetwork) {
+        let others: Vec<NodeNet> = self.table.nodes.iter().filter(|n| n.name != node.node).cloned().collect();
+        let wanted = routes::Wanted { node: node.clone(), others, overlay: self.cfg.overlay };
+        if self.routes.matches(&wanted) {
+            return;
+        }
+        let applied = std::mem::take(&mut self.routes);
+        match tokio::task::spawn_blocking(move || routes::apply(&wanted, applied)).await {
+            Ok(applied) => self.routes = applied,
+            Err(e) => tracing::error!(error = %e, "routes task failed"),
+        }
+    }
+
+    async fn sync_services(&mut self, _node: &NodeNetwork, _effective: &ClusterNetwork) {
+        // The Service table (nftables) is applied here.
+        let _ = &self.applied;
+    }
+}
+
+/// The table with this node's own endpoints' health put over the
+/// controller's view: an endpoint address inside this node's pod CIDR is
+/// ready exactly when the local pod with that address is ready, and dropped
+/// when no local pod has it (any more).
+pub fn apply_local_health(table: &ClusterNetwork, pod_cidr: IpNet, local: &LocalPods) -> ClusterNetwork {
+    let mut out = table.clone();
+    for svc in &mut out.services {
+        for subset in &mut svc.subsets {
+            let all: Vec<_> = subset
+                .ready
+                .drain(..)
+                .map(|e| (e, true))
+                .chain(subset.not_ready.drain(..).map(|e| (e, false)))
+                .collect();
+            for (ep, was_ready) in all {
+                let ready = if pod_cidr.contains(&ep.ip) {
+                    match local.endpoints.get(&ep.ip) {
+                        Some(r) => *r,
+                        None => continue,
+                    }
+                } else {
+                    was_ready
+                };
+                if ready { subset.ready.push(ep) } else { subset.not_ready.push(ep) }
+            }
+            subset.ready.sort_by_key(|e| e.ip);
+            subset.not_ready.sort_by_key(|e| e.ip);
+        }
+    }
+    out
+}
+
+/// The first IPv4 host of `cidr` (the bridge's gateway address).
+pub fn gateway_of(cidr: IpNet) -> Option<Ipv4Addr> {
+    match cidr {
+        IpNet::V4(v4) => v4.hosts().next(),
+        IpNet::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kedge_common::network::{EndpointNet, ServiceNet, SubsetNet};
+
+    use super::*;
+
+    fn ep(ip: [u8; 4]) -> EndpointNet {
+        EndpointNet { ip: IpAddr::from(ip), hostname: None }
+    }
+
+    #[test]
+    fn own_endpoints_follow_local_health_and_others_the_controller() {
+        let table = ClusterNetwork {
+            services: vec![ServiceNet {
+                name: "web".into(),
+                subsets: vec![SubsetNet {
+                    // Ours: .2 ready per the controller, .3 not ready, .4 gone here.
+                    ready: vec![ep([10, 42, 1, 2]), ep([10, 42, 1, 4]), ep([10, 42, 2, 7])],
+                    not_ready: vec![ep([10, 42, 1, 3]), ep([10, 42, 2, 8])],
+                    ports: vec![],
+                }],
+                ..ServiceNet::default()
+            }],
+            ..ClusterNetwork::default()
+        };
+        let local = LocalPods {
+            endpoints: [(IpAddr::from([10, 42, 1, 2]), false), (IpAddr::from([10, 42, 1, 3]), true)].into(),
+            host_ports: vec![],
+        };
+        let out = apply_local_health(&table, "10.42.1.0/24".parse().expect("cidr"), &local);
+        let s = &out.services[0].subsets[0];
+        assert_eq!(
+            s.ready,
+            vec![ep([10, 42, 1, 3]), ep([10, 42, 2, 7])],
+            "local .3 recovered; the other node's as told"
+        );
+        assert_eq!(s.not_ready, vec![ep([10, 42, 1, 2]), ep([10, 42, 2, 8])], "local .2 turned unready");
+    }
+}

@@ -1,0 +1,191 @@
+//! Routes to the other nodes' pod CIDRs (design.md §6): straight to the
+//! node (host-gw) when it sits on one of this node's own networks, through a
+//! kernel VXLAN device otherwise (`--overlay auto|host-gw|vxlan`).
+//!
+//! VXLAN without a control protocol: every node's VTEP address and MAC are
+//! derived from its pod CIDR (address: the CIDR's network address; MAC:
+//! `0e:6b` + those four bytes), so a node writes a permanent neighbour entry
+//! and an FDB entry per peer from the network table alone, with no flooding
+//! or learning — the flannel "vxlan" backend's shape, without its annotations.
+//! Every route is marked with kedge's route protocol; stale ones (a node
+//! gone, moved, or switched mode) are removed by that mark.
+//!
+//! Blocking (netlink): run it on a blocking thread.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use kedge_common::network::NodeNet;
+
+use super::NodeNetwork;
+use super::netlink::{Netlink, NetlinkError, ROUTE_PROTOCOL};
+
+/// The VXLAN device.
+pub const VXLAN_DEVICE: &str = "kedge.vxlan";
+/// VNI and UDP port (flannel's defaults: Linux's own VXLAN port).
+const VNI: u32 = 1;
+const VXLAN_PORT: u16 = 8472;
+/// Room for VXLAN's 50 bytes of headers on a 1500-byte underlay.
+const VXLAN_MTU: u32 = 1450;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overlay {
+    /// host-gw to nodes on a shared network, VXLAN to the rest.
+    #[default]
+    Auto,
+    HostGw,
+    Vxlan,
+}
+
+impl std::str::FromStr for Overlay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Overlay, String> {
+        match s {
+            "auto" => Ok(Overlay::Auto),
+            "host-gw" => Ok(Overlay::HostGw),
+            "vxlan" => Ok(Overlay::Vxlan),
+            _ => Err(format!("{s:?} is not an overlay (auto, host-gw or vxlan)")),
+        }
+    }
+}
+
+/// What the routes should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub node: NodeNetwork,
+    pub others: Vec<NodeNet>,
+    pub overlay: Overlay,
+}
+
+/// What was applied last: nothing is redone while the wish is the same.
+#[derive(Debug, Default)]
+pub struct Applied {
+    wanted: Option<Wanted>,
+}
+
+impl Applied {
+    pub fn matches(&self, w: &Wanted) -> bool {
+        self.wanted.as_ref() == Some(w)
+    }
+}
+
+/// The VTEP address of the node with `cidr`.
+fn vtep(cidr: IpNet) -> Option<Ipv4Addr> {
+    match cidr {
+        IpNet::V4(v4) => Some(v4.network()),
+        IpNet::V6(_) => None,
+    }
+}
+
+/// The VTEP MAC of the node with `cidr`: locally administered, unicast.
+pub fn vtep_mac(cidr: IpNet) -> Option<[u8; 6]> {
+    let [a, b, c, d] = vtep(cidr)?.octets();
+    Some([0x0e, 0x6b, a, b, c, d])
+}
+
+fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
+    addrs.iter().find_map(|a| match a {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
+/// Applies `w`; on failure logs it and returns an `Applied` that does not
+/// match, so the next change tries again.
+pub fn apply(w: &Wanted, _previous: Applied) -> Applied {
+    match try_apply(w) {
+        Ok(()) => Applied { wanted: Some(w.clone()) },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set the routes to the other nodes' pods");
+            Applied::default()
+        }
+    }
+}
+
+fn try_apply(w: &Wanted) -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    let links = nl.links()?;
+    let own: BTreeSet<u32> =
+        links.iter().filter(|l| l.name == w.node.bridge || l.name == VXLAN_DEVICE).map(|l| l.index).collect();
+    let connected: Vec<IpNet> = nl
+        .addresses()?
+        .into_iter()
+        .filter(|(index, ip, _)| ip.is_ipv4() && !ip.is_loopback() && !own.contains(index))
+        .filter_map(|(_, ip, prefix)| IpNet::new(ip, prefix).ok())
+        .map(|n| n.trunc())
+        .collect();
+    let mut wanted_dsts = BTreeSet::new();
+    let mut vxlan_peers = Vec::new();
+    for other in &w.others {
+        let Some(addr) = first_v4(&other.addresses) else {
+            tracing::warn!(node = %other.name, "node has no IPv4 address; no route to its pods");
+            continue;
+        };
+        let direct = match w.overlay {
+            Overlay::HostGw => true,
+            Overlay::Vxlan => false,
+            Overlay::Auto => connected.iter().any(|n| n.contains(&IpAddr::V4(addr))),
+        };
+        if direct {
+            nl.replace_route(other.pod_cidr, Some(IpAddr::V4(addr)), None, false)?;
+        } else {
+            vxlan_peers.push((other, addr));
+        }
+        wanted_dsts.insert(other.pod_cidr.trunc());
+    }
+    if vxlan_peers.is_empty() {
+        if let Some(dev) = links.iter().find(|l| l.name == VXLAN_DEVICE) {
+            nl.delete_link(dev.index)?;
+        }
+    } else {
+        let local = first_v4(&w.node.node_ips).ok_or_else(|| NetlinkError::Kernel {
+            op: "create vxlan (this node has no IPv4 address to send from; set --node-ip)",
+            source: std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+        })?;
+        let (Some(own_vtep), Some(own_mac)) = (vtep(w.node.pod_cidr), vtep_mac(w.node.pod_cidr)) else {
+            return Ok(());
+        };
+        let dev = nl.ensure_vxlan(VXLAN_DEVICE, VNI, local, VXLAN_PORT, own_mac)?;
+        nl.set_mtu(dev, VXLAN_MTU)?;
+        nl.add_address(dev, IpAddr::V4(own_vtep), 32)?;
+        nl.set_up(dev, None)?;
+        for (other, addr) in vxlan_peers {
+            let (Some(peer_vtep), Some(peer_mac)) = (vtep(other.pod_cidr), vtep_mac(other.pod_cidr)) else { continue };
+            nl.replace_neighbour(dev, peer_vtep, peer_mac)?;
+            nl.replace_fdb(dev, peer_mac, addr)?;
+            nl.replace_route(other.pod_cidr, Some(IpAddr::V4(peer_vtep)), Some(dev), true)?;
+        }
+    }
+    for stale in nl.routes()?.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL && !wanted_dsts.contains(&r.dst)) {
+        tracing::info!(dst = %stale.dst, "removing a stale route to pods");
+        nl.delete_route(&stale)?;
+    }
+    Ok(())
+}
+
+/// Removes kedge's routes and VXLAN device (`network cleanup`).
+pub fn remove_all() -> Result<(), NetlinkError> {
+    let mut nl = Netlink::open()?;
+    for r in nl.routes()?.into_iter().filter(|r| r.protocol == ROUTE_PROTOCOL) {
+        nl.delete_route(&r)?;
+    }
+    if let Some(dev) = nl.link(VXLAN_DEVICE)? {
+        nl.delete_link(dev.index)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vteps_come_from_the_pod_cidr() {
+        let cidr: IpNet = "10.42.7.0/24".parse().expect("cidr");
+        assert_eq!(vtep(cidr), Some(Ipv4Addr::new(10, 42, 7, 0)));
+        assert_eq!(vtep_mac(cidr), Some([0x0e, 0x6b, 10, 42, 7, 0]));
+        assert_eq!("host-gw".parse::<Overlay>(), Ok(Overlay::HostGw));
+        assert!("wireguard".parse::<Overlay>().is_err());
+    }
+}

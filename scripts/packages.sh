@@ -11,7 +11,7 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   fdisk, dosfstools, mtools: the flashing test builds a disk image with a FAT boot partition;
 #   fusefat mounts it where the kernel has no vfat
 #   nftables, iproute2: the agent's Service rules are loaded with nft; agent/tests/net_nft.rs
-#   builds network namespaces, bridges and veths with ip
+#   and the network lab (tests/src/netlab.rs) build namespaces, bridges and veths with ip
 #   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
 TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables iproute2 dnsutils)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and

@@ -16,6 +16,8 @@ pub struct Agent {
     pub manifests: PathBuf,
     pub socket: PathBuf,
     extra: Vec<String>,
+    /// The network namespace it runs in (a lab machine), if not this one.
+    netns: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -28,6 +30,7 @@ impl Agent {
             manifests: dir.join("manifests"),
             socket: dir.join("cri.sock"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: None,
             child: None,
         };
         std::fs::create_dir_all(&agent.manifests)?;
@@ -38,7 +41,7 @@ impl Agent {
 
     pub fn start(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
-        let mut cmd = Command::new(binary("kedge-agent")?);
+        let mut cmd = crate::command_in(self.netns.as_deref(), binary("kedge-agent")?);
         cmd.arg("--data-dir").arg(&self.data).arg("--cri-socket").arg(&self.socket).arg("run");
         cmd.arg("--manifests").arg(&self.manifests);
         // The host's /etc/kedge/agent.yaml and boot partition are not this test's.
@@ -69,6 +72,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Runs the agent (from its next start on) in the network namespace at
+    /// `netns`: a lab machine's ([`crate::netlab::Machine::netns_path`]).
+    pub fn set_netns(&mut self, netns: &Path) {
+        self.netns = Some(netns.to_path_buf());
+    }
+
     /// Replaces the extra `run` flags for the next start.
     pub fn set_extra(&mut self, extra: &[&str]) {
         self.extra = extra.iter().map(|s| s.to_string()).collect();
@@ -94,9 +103,14 @@ impl Agent {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
 
-    /// Runs a `kedge-agent` subcommand against this data dir; stdout on success.
+    /// Runs a `kedge-agent` subcommand against this data dir (in the agent's
+    /// network namespace); stdout on success.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(binary("kedge-agent")?).arg("--data-dir").arg(&self.data).args(args).output()?;
+        let out = crate::command_in(self.netns.as_deref(), binary("kedge-agent")?)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .output()?;
         if !out.status.success() {
             bail!("kedge-agent {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod agent;
 pub mod cri;
+pub mod netlab;
 
 use anyhow::{Context, Result, bail};
 
@@ -58,6 +59,21 @@ pub fn run_ok(cmd: &mut Command) -> Result<String> {
 /// The repository's root folder (scripts, images, deploy).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A command for `program` that runs in the network namespace at `netns`
+/// (`nsenter --net`: only the network namespace changes, so mounts a
+/// process makes are seen from everywhere, as on a real machine), or a plain
+/// one without.
+pub fn command_in(netns: Option<&Path>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("--").arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// Builds (once per test process) and returns the path of a workspace binary,
@@ -143,10 +159,16 @@ impl Controller {
 
     /// Starts with extra command-line flags.
     pub fn start_with(data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_in(None, data_dir, listen, extra)
+    }
+
+    /// Starts inside the network namespace at `netns` (a lab machine, see
+    /// [`netlab`]), or in this process's one.
+    pub fn start_in(netns: Option<&Path>, data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
         let bin = binary("kedge-controller")?;
         // Tests run side by side: the embedded broker takes any free port.
         let own_broker = !extra.iter().any(|a| ["--broker", "--mqtt-listen", "--no-fleet"].contains(a));
-        let mut child = Command::new(bin)
+        let mut child = command_in(netns, &bin)
             .args(if own_broker { &["--mqtt-listen", "127.0.0.1:0"][..] } else { &[] })
             .args(extra)
             .args(["--data-dir", &data_dir.to_string_lossy(), "--listen", listen])

@@ -495,6 +495,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
             pod_cidr: args.pod_cidr,
             node_ip,
             overlay: args.overlay,
+            cluster_domain: args.cluster_domain.clone(),
         };
         Some(NetworkManager::new(net_cfg, pod_net))
     } else {

@@ -140,6 +140,10 @@ pub async fn run<R: CriRuntime>(
     let mut workers = WorkerContext::new(runtime.clone(), paths, cfg.backoff);
     workers.dns.servers = cfg.cluster_dns.into_iter().collect();
     workers.dns.domain = cfg.cluster_domain.clone();
+    let mut network = network;
+    if let Some(n) = network.as_mut() {
+        n.share_dns_gateway(workers.dns_gateway.clone());
+    }
     let manager = PodManager::new(workers);
     let path = cfg.data_dir.join("agent.redb");
     let cache = Arc::new(tokio::task::spawn_blocking(move || Cache::open(&path)).await.map_err(NodeError::CacheTask)??);
@@ -265,6 +269,9 @@ impl<R: CriRuntime> Node<R> {
                     }
                 }
                 _ = gc.tick() => {
+                    if let Some(n) = self.network.as_mut() {
+                        n.resync().await;
+                    }
                     let wanted: Vec<String> = self
                         .all_pods()
                         .iter()
@@ -351,7 +358,7 @@ impl<R: CriRuntime> Node<R> {
     /// hands it to the link (which publishes it if it changed); events come
     /// from the difference with the last one.
     fn send_report(&mut self) {
-        let network = match self.network.as_ref().map(NetworkManager::node) {
+        let network = match self.network.as_ref().map(NetworkManager::status) {
             None => NetworkStatus::None,
             Some(Ok(_)) => NetworkStatus::Ready,
             Some(Err(reason)) => NetworkStatus::Unavailable { reason },

@@ -59,7 +59,9 @@ pub enum NetworkStatus {
     None,
     Ready,
     /// Pods wait as ContainerCreating; the reason names the problem.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

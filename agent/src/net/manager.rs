@@ -17,6 +17,8 @@ use ipnet::IpNet;
 use kedge_common::network::{ClusterNetwork, NodeNet};
 use tokio::sync::watch;
 
+use super::dns::{self, DnsServer};
+use super::nft::{self, Applier};
 use super::pod::PodNet;
 use super::routes::{self, Overlay};
 use super::{HostPort, NodeNetwork};
@@ -34,6 +36,8 @@ pub struct NetworkConfig {
     pub node_ip: Option<IpAddr>,
     /// `--overlay`.
     pub overlay: Overlay,
+    /// `--cluster-domain`: the zone the DNS server on the gateway answers.
+    pub cluster_domain: String,
 }
 
 /// This node's pods as the network sees them.
@@ -51,9 +55,15 @@ pub struct NetworkManager {
     local: LocalPods,
     /// The node as configured last (None: not yet / unavailable).
     node: Option<NodeNetwork>,
-    /// The Service script applied last (identical input: nothing to do).
-    applied: Option<String>,
+    /// Loads the Service table (None only while it works on a blocking thread).
+    applier: Option<Applier>,
+    /// Why the Service table could not be applied last time.
+    services_error: Option<String>,
     routes: routes::Applied,
+    /// Cluster DNS on the gateway, once the bridge has that address.
+    dns: Option<(IpAddr, DnsServer)>,
+    /// Where the pod workers read the gateway (their cluster DNS server).
+    dns_gateway: Arc<std::sync::RwLock<Option<IpAddr>>>,
     /// The table with this node's health applied: what DNS answers from.
     effective: watch::Sender<Arc<ClusterNetwork>>,
 }
@@ -66,8 +76,11 @@ impl NetworkManager {
             table: Arc::default(),
             local: LocalPods::default(),
             node: None,
-            applied: None,
+            applier: Some(Applier::new()),
+            services_error: None,
             routes: routes::Applied::default(),
+            dns: None,
+            dns_gateway: Arc::default(),
             effective: watch::channel(Arc::default()).0,
         }
     }
@@ -77,9 +90,30 @@ impl NetworkManager {
         self.effective.subscribe()
     }
 
-    /// The node as configured, or why it is not.
-    pub fn node(&self) -> Result<NodeNetwork, String> {
-        self.pod_net.node()
+    /// Whether pods have a working network, or why not (the node's
+    /// `NetworkUnavailable` condition).
+    pub fn status(&self) -> Result<(), String> {
+        self.pod_net.node()?;
+        match &self.services_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the pod workers should read the gateway from (their cluster
+    /// DNS server when `--cluster-dns` is not set).
+    pub fn share_dns_gateway(&mut self, cell: Arc<std::sync::RwLock<Option<IpAddr>>>) {
+        self.dns_gateway = cell;
+    }
+
+    /// Reloads the whole Service table at the next sync (repairs a table
+    /// someone else changed or deleted) and syncs.
+    pub async fn resync(&mut self) {
+        if let Some(a) = self.applier.as_mut() {
+            a.forget();
+        }
+        self.routes = routes::Applied::default();
+        self.sync().await;
     }
 
     /// A new table (from the controller, or the cache at start).
@@ -156,6 +190,26 @@ impl NetworkManager {
         self.effective.send_replace(effective.clone());
         self.sync_routes(&node).await;
         self.sync_services(&node, &effective).await;
+        self.sync_dns(&node).await;
+    }
+
+    async fn sync_dns(&mut self, node: &NodeNetwork) {
+        if self.dns.as_ref().is_some_and(|(gw, _)| *gw == node.gateway) {
+            return;
+        }
+        self.dns = None;
+        let addr = std::net::SocketAddr::new(node.gateway, 53);
+        let upstreams = dns::upstreams_from_host(&[addr]);
+        match dns::serve(&[addr], self.cfg.cluster_domain.clone(), upstreams, self.effective.subscribe()).await {
+            Ok(server) => {
+                tracing::info!(%addr, domain = %self.cfg.cluster_domain, "cluster DNS serving the pods");
+                self.dns = Some((node.gateway, server));
+                *self.dns_gateway.write().unwrap_or_else(|p| p.into_inner()) = Some(node.gateway);
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot serve cluster DNS; pods fall back to the node's resolvers")
+            }
+        }
     }
 
     async fn sync_routes(&mut self, node: &NodeNetwork) {
@@ -171,9 +225,34 @@ impl NetworkManager {
         }
     }
 
-    async fn sync_services(&mut self, _node: &NodeNetwork, _effective: &ClusterNetwork) {
-        // The Service table (nftables) is applied here.
-        let _ = &self.applied;
+    async fn sync_services(&mut self, node: &NodeNetwork, effective: &ClusterNetwork) {
+        let ruleset = nft::render(effective, node, &self.local.host_ports);
+        let mut applier = self.applier.take().unwrap_or_default();
+        let done = tokio::task::spawn_blocking(move || {
+            let r = applier.apply(ruleset);
+            (applier, r)
+        })
+        .await;
+        let result = match done {
+            Ok((applier, r)) => {
+                self.applier = Some(applier);
+                r.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(format!("the nftables task failed: {e}")),
+        };
+        match result {
+            Ok(()) => {
+                if self.services_error.take().is_some() {
+                    tracing::info!("Service rules applied again");
+                }
+            }
+            Err(e) => {
+                if self.services_error.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "cannot apply the Service rules (nftables)");
+                }
+                self.services_error = Some(format!("Service rules: {e}"));
+            }
+        }
     }
 }
 

@@ -5,11 +5,20 @@
 //!
 //! The parts take [`NodeNetwork`] (what this node is on the network) and a
 //! table that already has this node's own endpoints' health applied.
+//! `manager.rs` keeps them all in step; `pod.rs` (with `ipam.rs` and
+//! `netlink.rs`) gives sandboxes addresses, `routes.rs` reaches the other
+//! nodes, `nft.rs` holds the Services, `dns/` answers cluster names and
+//! `resolv.rs`/`hosts.rs` write each pod's resolver files.
 
-pub mod nft;
 pub mod dns;
 pub mod hosts;
+pub mod ipam;
+pub mod manager;
+pub mod netlink;
+pub mod nft;
+pub mod pod;
 pub mod resolv;
+pub mod routes;
 
 use std::net::IpAddr;
 
@@ -43,16 +52,20 @@ pub struct HostPort {
     pub pod_ip: IpAddr,
     pub container_port: u16,
 }
-pub mod ipam;
-pub mod manager;
-pub mod netlink;
-pub mod pod;
-pub mod routes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Netlink(#[from] netlink::NetlinkError),
+    #[error(transparent)]
+    Nft(#[from] nft::NftError),
+}
 
 /// Removes what kedge made on this node's network (`kedge-agent network
 /// cleanup`): routes to other nodes' pods, the VXLAN device, the pod veths
 /// on `bridge`, the bridge, and kedge's nftables table. Nothing else.
-pub fn cleanup(bridge: &str) -> Result<(), netlink::NetlinkError> {
+pub fn cleanup(bridge: &str) -> Result<(), CleanupError> {
+    nft::remove()?;
     routes::remove_all()?;
     let mut nl = netlink::Netlink::open()?;
     let links = nl.links()?;

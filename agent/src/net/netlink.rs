@@ -19,8 +19,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    BridgeStpState, InfoBridge, InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    BridgeStpState, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, InfoVxlan,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -241,6 +241,19 @@ impl Netlink {
             msg.attributes.push(LinkAttribute::Controller(m));
         }
         self.request("set link up", RouteNetlinkMessage::SetLink(msg), 0).map(drop)
+    }
+
+    /// Hairpin mode on a bridge port: frames may leave by the port they came
+    /// in on (a pod reaching itself through a Service when br_netfilter
+    /// hands bridged traffic to the DNAT rules).
+    pub fn set_hairpin(&mut self, index: u32) -> Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(true)])),
+        ]));
+        self.request("set hairpin", RouteNetlinkMessage::NewLink(msg), 0).map(drop)
     }
 
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {

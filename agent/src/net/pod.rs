@@ -158,6 +158,7 @@ fn plug(node: &NodeNetwork, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(
     }
     let index = nl.add_veth(&host, "eth0", ns.as_raw_fd())?;
     nl.set_up(index, Some(bridge.index))?;
+    nl.set_hairpin(index)?;
     let gateway = node.gateway;
     // Inside the pod's namespace, on a thread of its own that ends there.
     std::thread::scope(|s| {

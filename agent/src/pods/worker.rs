@@ -47,6 +47,10 @@ pub struct WorkerContext<R> {
     /// `--cluster-dns`, `--cluster-domain` and the node's resolv.conf: each
     /// sandbox's DNS config and hosts file come from them.
     pub dns: ClusterDns,
+    /// The pod network's gateway, which serves cluster DNS: the pods'
+    /// nameserver when `--cluster-dns` is not given. Set by the network
+    /// once the node has a pod CIDR.
+    pub dns_gateway: Arc<std::sync::RwLock<Option<std::net::IpAddr>>>,
 }
 
 impl<R: CriRuntime> WorkerContext<R> {
@@ -58,6 +62,7 @@ impl<R: CriRuntime> WorkerContext<R> {
             changed: Arc::new(tokio::sync::Notify::new()),
             statuses: Mutex::new(BTreeMap::new()),
             dns: ClusterDns::default(),
+            dns_gateway: Arc::default(),
         }
     }
 
@@ -378,7 +383,14 @@ impl<R: CriRuntime> Worker<R> {
             self.rt().remove_pod_sandbox(&s.id).await?;
         }
         let log_dir = translate::log_directory(&self.ctx.paths.logs(), &d.pod, &self.uid);
-        let config = translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source, &self.ctx.dns);
+        let gateway = *self.ctx.dns_gateway.read().unwrap_or_else(|p| p.into_inner());
+        let config = match gateway {
+            Some(gw) if self.ctx.dns.servers.is_empty() => {
+                let dns = ClusterDns { servers: vec![gw], ..self.ctx.dns.clone() };
+                translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source, &dns)
+            }
+            _ => translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source, &self.ctx.dns),
+        };
         let id = self.rt().run_pod_sandbox(config, String::new()).await?;
         Ok(self.rt().sandbox_records().into_iter().find(|s| s.id == id))
     }

@@ -442,9 +442,10 @@ impl Runtime {
         let hosts = crate::net::hosts::PodHosts::from_sandbox(&rec.config, &hostname);
         let setup_dir = dir.clone();
         let setup_id = id.clone();
+        let hosts_again = hosts.clone();
         let ns = blocking(move || {
             sandbox::write_pod_files(&setup_dir, &hostname, dns.as_ref())?;
-            // The pod IP goes here once the sandbox has one (it may be rewritten later).
+            // Rewritten with the pod IP below once the sandbox has one.
             sandbox::write_hosts_file(&setup_dir, &hosts, host_network, None)?;
             sandbox::create_namespaces(&pin_dir, &setup_id, !host_network, !host_ipc, &hostname)
         })
@@ -463,7 +464,13 @@ impl Runtime {
             rec.ip = host_ip().unwrap_or_default();
         } else if let (Some(net), Some(netns)) = (self.inner.network.get().cloned(), rec.netns.clone()) {
             let sandbox_id = id.clone();
-            match blocking(move || Ok(net.attach(&sandbox_id, &netns)?)).await {
+            let pod_dir = dir.clone();
+            let attached = blocking(move || {
+                let ip = net.attach(&sandbox_id, &netns)?;
+                sandbox::write_hosts_file(&pod_dir, &hosts_again, false, Some(ip))?;
+                Ok(ip)
+            });
+            match attached.await {
                 Ok(ip) => rec.ip = ip.to_string(),
                 Err(e) => {
                     sandbox::release_namespaces(&sandbox::Namespaces {

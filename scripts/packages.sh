@@ -10,8 +10,10 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   mosquitto_sub/mosquitto_pub to read the dashboard topics and publish garbage
 #   fdisk, dosfstools, mtools: the flashing test builds a disk image with a FAT boot partition;
 #   fusefat mounts it where the kernel has no vfat
-#   iproute2: the network lab (tests/src/netlab.rs) builds its namespaces, bridges and veths with `ip`
-TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat iproute2)
+#   nftables, iproute2: the agent's Service rules are loaded with nft; agent/tests/net_nft.rs
+#   and the network lab (tests/src/netlab.rs) build namespaces, bridges and veths with ip
+#   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables iproute2 dnsutils)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)

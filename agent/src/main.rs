@@ -212,6 +212,13 @@ struct RunArgs {
     /// MQTT password for the broker (better kept in --config than on the command line).
     #[arg(long, requires = "broker_username")]
     broker_password: Option<String>,
+    /// Nameserver of the pods' resolv.conf (`dnsPolicy: ClusterFirst`), as
+    /// the kubelet's flag. Without it such pods get the node's resolv.conf.
+    #[arg(long)]
+    cluster_dns: Option<std::net::IpAddr>,
+    /// The cluster's DNS domain: Services are `NAME.NAMESPACE.svc.DOMAIN`.
+    #[arg(long, default_value = kedge_agent::net::resolv::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
     /// Config file: `run` flags by name (`broker: mqtt://…`, `node-name: …`).
     /// Command-line flags win. A missing file is no config.
     #[arg(long, default_value = "/etc/kedge/agent.yaml")]
@@ -460,6 +467,8 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         link,
         node_ip: args.node_ip.clone(),
         tick: Duration::from_secs(1),
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain.clone(),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

@@ -9,6 +9,7 @@
 //! the fleet simulator on the fake.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,11 @@ pub struct NodeConfig {
     pub node_ip: Option<String>,
     /// How often static manifests are rescanned and the report rebuilt.
     pub tick: Duration,
+    /// `--cluster-dns`: the nameserver of `ClusterFirst` pods (the
+    /// kubelet's flag). None: they get the node's resolv.conf, as with the kubelet.
+    pub cluster_dns: Option<IpAddr>,
+    /// `--cluster-domain` (default `cluster.local`).
+    pub cluster_domain: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +137,10 @@ pub async fn run<R: CriRuntime>(
     if cfg.link.is_some() && !kedge_common::topics::valid_node_name(&cfg.node) {
         return Err(NodeError::NodeName(cfg.node.clone()));
     }
-    let manager = PodManager::new(WorkerContext::new(runtime.clone(), paths, cfg.backoff));
+    let mut workers = WorkerContext::new(runtime.clone(), paths, cfg.backoff);
+    workers.dns.servers = cfg.cluster_dns.into_iter().collect();
+    workers.dns.domain = cfg.cluster_domain.clone();
+    let manager = PodManager::new(workers);
     let path = cfg.data_dir.join("agent.redb");
     let cache = Arc::new(tokio::task::spawn_blocking(move || Cache::open(&path)).await.map_err(NodeError::CacheTask)??);
     let cached_pods = cached(&cache, |c| c.desired()).await?;

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::bytes::Bytes;
 use crate::quantity;
 
+mod dns;
+pub use dns::{
+    DnsPolicy, HostAlias, MAX_DNS_NAMESERVERS, MAX_DNS_SEARCH_CHARS, MAX_DNS_SEARCHES, PodDnsConfig, PodDnsConfigOption,
+};
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Pod {
@@ -75,6 +80,18 @@ pub struct PodSpec {
     pub host_ipc: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// With `hostname`, the pod's FQDN is `HOSTNAME.SUBDOMAIN.NS.svc.DOMAIN`
+    /// (in its `/etc/hosts`; cluster DNS answers it when a headless Service
+    /// named SUBDOMAIN selects the pod).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdomain: Option<String>,
+    #[serde(default, skip_serializing_if = "DnsPolicy::is_default")]
+    pub dns_policy: DnsPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_config: Option<PodDnsConfig>,
+    /// Extra `/etc/hosts` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_aliases: Vec<HostAlias>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -516,6 +533,7 @@ impl Pod {
                 s.check(&format!("{at}.secret"))?;
             }
         }
+        self.validate_dns()?;
         let mut names = std::collections::BTreeSet::new();
         for (i, c) in spec.containers.iter().enumerate() {
             let at = format!("spec.containers[{i}]");

@@ -398,3 +398,81 @@ fn probes_restart_and_gate_readiness() -> Result<()> {
     assert_eq!(web, Some(Value::from(0)), "a passing startup probe restarts nothing");
     Ok(())
 }
+
+const DNS_PODS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: db
+spec:
+  terminationGracePeriodSeconds: 1
+  hostname: db-0
+  subdomain: db
+  dnsConfig:
+    options: [{name: edns0}]
+  hostAliases:
+  - ip: 10.1.2.3
+    hostnames: [foo.local, bar.local]
+  containers:
+  - name: show
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /etc/resolv.conf /etc/hosts; echo END; sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: own
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [192.0.2.53]
+    searches: [corp.example]
+    options: [{name: ndots, value: "2"}]
+  containers:
+  - name: show
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: ["sh", "-c", "cat /etc/resolv.conf; echo END; sleep 3600"]
+"#;
+
+/// What a container sees in /etc/resolv.conf and /etc/hosts, per its
+/// `dnsPolicy`, with the kubelet's `--cluster-dns` and `--cluster-domain`.
+#[test]
+fn pods_get_resolv_conf_per_dns_policy_and_a_managed_hosts_file() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut agent = Agent::new(dir.path(), FAST)?;
+    let mut extra: Vec<&str> = FAST.to_vec();
+    extra.extend(["--cluster-dns", "10.42.0.1", "--cluster-domain", "kedge.test"]);
+    agent.set_extra(&extra);
+    agent.start()?;
+    let (a, b) = DNS_PODS.split_once("---").expect("two manifests");
+    agent.write_manifest("db.yaml", a)?;
+    agent.write_manifest("own.yaml", b)?;
+    let output = |pod: &'static str| {
+        agent.wait_for(&format!("{pod}'s files in its log"), Duration::from_secs(30), || {
+            let out = agent.cli(&["logs", pod, "show"]).unwrap_or_default();
+            Ok(out.contains("END").then_some(out))
+        })
+    };
+    let db = output("db")?;
+    let lines: Vec<&str> = db.lines().collect();
+    assert!(lines.contains(&"nameserver 10.42.0.1"), "{db}");
+    let search = lines.iter().find(|l| l.starts_with("search ")).expect("a search line");
+    assert!(search.starts_with("search default.svc.kedge.test svc.kedge.test kedge.test"), "{search}");
+    assert!(lines.contains(&"options ndots:5 edns0"), "{db}");
+    assert!(lines.contains(&"127.0.0.1\tlocalhost"), "{db}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("\tdb-0.db.default.svc.kedge.test\tdb-0")),
+        "the pod's FQDN from its subdomain: {db}"
+    );
+    assert!(lines.contains(&"10.1.2.3\tfoo.local") && lines.contains(&"10.1.2.3\tbar.local"), "{db}");
+
+    let own = output("own")?;
+    assert_eq!(own, "search corp.example\nnameserver 192.0.2.53\noptions ndots:2\nEND\n");
+    Ok(())
+}

@@ -6,6 +6,11 @@
 //! The parts take [`NodeNetwork`] (what this node is on the network) and a
 //! table that already has this node's own endpoints' health applied.
 
+pub mod nft;
+pub mod dns;
+pub mod hosts;
+pub mod resolv;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 use kedge_common::pod::{Container, Pod};
 
+use crate::net::hosts::PodHosts;
+use crate::net::resolv::{self, ClusterDns};
+
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
 pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
@@ -42,11 +45,27 @@ pub fn log_directory(logs_root: &Path, pod: &Pod, uid: &str) -> PathBuf {
     logs_root.join(format!("{}_{}_{}", pod.namespace(), pod.metadata.name, uid))
 }
 
-pub fn sandbox_config(pod: &Pod, uid: &str, attempt: u32, log_dir: &Path, source: &str) -> cri::PodSandboxConfig {
+/// The sandbox config, with the pod's DNS config per its `dnsPolicy` (read
+/// against the node's resolv.conf now, as the kubelet does per sandbox) and
+/// what its `/etc/hosts` needs beyond the hostname.
+pub fn sandbox_config(
+    pod: &Pod,
+    uid: &str,
+    attempt: u32,
+    log_dir: &Path,
+    source: &str,
+    dns: &ClusterDns,
+) -> cri::PodSandboxConfig {
     let mode = |host: bool| if host { cri::NamespaceMode::Node } else { cri::NamespaceMode::Pod } as i32;
     let mut annotations: HashMap<String, String> =
         pod.metadata.annotations.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     annotations.insert(ANNOTATION_SOURCE.into(), source.into());
+    let hosts = PodHosts::for_pod(pod, &dns.domain);
+    annotations.extend(hosts.annotations());
+    let pod_dns = resolv::pod_dns_config(pod, dns, &dns.host.read());
+    for warning in &pod_dns.warnings {
+        tracing::warn!(pod = %pod.metadata.name, namespace = pod.namespace(), "{warning}");
+    }
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: pod.metadata.name.clone(),
@@ -54,8 +73,9 @@ pub fn sandbox_config(pod: &Pod, uid: &str, attempt: u32, log_dir: &Path, source
             namespace: pod.namespace().into(),
             attempt,
         }),
-        hostname: pod.spec.hostname.clone().unwrap_or_else(|| pod.metadata.name.chars().take(63).collect()),
+        hostname: hosts.hostname,
         log_directory: log_dir.display().to_string(),
+        dns_config: Some(pod_dns.config),
         labels: pod_labels(pod, uid),
         annotations,
         linux: Some(cri::LinuxPodSandboxConfig {
@@ -266,6 +286,30 @@ mod tests {
         let cfg = paths.get("cfg").expect("cfg volume");
         assert_eq!(fs::read(cfg.join("app.conf")).expect("conf"), b"port = 80\n");
         assert_eq!(fs::read(cfg.join("logo.bin")).expect("logo"), [0x89, 0x50, 0xff, 0x00]);
+    }
+
+    #[test]
+    fn the_sandbox_carries_the_pod_dns_config_and_what_its_hosts_file_needs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("resolv.conf");
+        fs::write(&etc, "nameserver 192.168.1.1\nsearch lan\n").expect("write");
+        let dns = ClusterDns {
+            servers: vec!["10.42.0.1".parse().expect("ip")],
+            domain: "cluster.local".into(),
+            host: resolv::HostResolv { etc, systemd_resolved: dir.path().join("none") },
+        };
+        let mut pod = Pod::default();
+        pod.metadata.name = "db-0".into();
+        pod.metadata.namespace = Some("shop".into());
+        pod.spec.subdomain = Some("db".into());
+        let config = sandbox_config(&pod, "uid-1", 0, Path::new("/logs"), "file:/m/db.yaml", &dns);
+        let got = config.dns_config.clone().expect("dns config");
+        assert_eq!(got.servers, ["10.42.0.1"]);
+        assert_eq!(got.searches, ["shop.svc.cluster.local", "svc.cluster.local", "cluster.local", "lan"]);
+        assert_eq!(got.options, ["ndots:5"]);
+        assert_eq!(config.hostname, "db-0");
+        let hosts = PodHosts::from_sandbox(&config, &config.hostname);
+        assert_eq!(hosts.domain.as_deref(), Some("db.shop.svc.cluster.local"));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::probe::{self, Outcome};
 use super::status::{PodStatusFile, Waiting, write_status};
 use super::translate;
 use crate::net::pod::NetError;
+use crate::net::resolv::ClusterDns;
 use crate::runtime::{ContainerRecord, ContainerState, CriRuntime, Paths, RuntimeError, SandboxRecord, SandboxState};
 
 /// A pod as a source (manifest file, controller snapshot) wants it run.
@@ -43,6 +44,9 @@ pub struct WorkerContext<R> {
     /// Each worker's view of its pod, by pod uid: what the report is built
     /// from (the files under `status/` hold the same for `ps`).
     pub statuses: Mutex<BTreeMap<String, PodStatusFile>>,
+    /// `--cluster-dns`, `--cluster-domain` and the node's resolv.conf: each
+    /// sandbox's DNS config and hosts file come from them.
+    pub dns: ClusterDns,
 }
 
 impl<R: CriRuntime> WorkerContext<R> {
@@ -53,6 +57,7 @@ impl<R: CriRuntime> WorkerContext<R> {
             backoff,
             changed: Arc::new(tokio::sync::Notify::new()),
             statuses: Mutex::new(BTreeMap::new()),
+            dns: ClusterDns::default(),
         }
     }
 
@@ -373,7 +378,7 @@ impl<R: CriRuntime> Worker<R> {
             self.rt().remove_pod_sandbox(&s.id).await?;
         }
         let log_dir = translate::log_directory(&self.ctx.paths.logs(), &d.pod, &self.uid);
-        let config = translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source);
+        let config = translate::sandbox_config(&d.pod, &self.uid, attempt, &log_dir, &d.source, &self.ctx.dns);
         let id = self.rt().run_pod_sandbox(config, String::new()).await?;
         Ok(self.rt().sandbox_records().into_iter().find(|s| s.id == id))
     }

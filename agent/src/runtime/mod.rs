@@ -439,10 +439,13 @@ impl Runtime {
         let host_ipc = rec.host_ipc();
         let pin_dir = self.inner.paths.ns();
         let dns = rec.config.dns_config.clone();
+        let hosts = crate::net::hosts::PodHosts::from_sandbox(&rec.config, &hostname);
         let setup_dir = dir.clone();
         let setup_id = id.clone();
         let ns = blocking(move || {
-            sandbox::write_pod_files(&setup_dir, &hostname, host_network, dns.as_ref())?;
+            sandbox::write_pod_files(&setup_dir, &hostname, dns.as_ref())?;
+            // The pod IP goes here once the sandbox has one (it may be rewritten later).
+            sandbox::write_hosts_file(&setup_dir, &hosts, host_network, None)?;
             sandbox::create_namespaces(&pin_dir, &setup_id, !host_network, !host_ipc, &hostname)
         })
         .await;

@@ -104,42 +104,38 @@ pub fn namespaces_alive(ns: &Namespaces) -> bool {
     [&ns.net, &ns.ipc, &ns.uts].into_iter().flatten().all(|p| crate::fsutil::is_mount_point(p))
 }
 
-/// Writes the pod's hosts, resolv.conf and hostname files into `dir`.
-pub fn write_pod_files(
-    dir: &Path,
-    hostname: &str,
-    host_network: bool,
-    dns: Option<&k8s_cri::v1::DnsConfig>,
-) -> Result<(), RuntimeError> {
+/// Writes the pod's resolv.conf (from the sandbox's CRI DNS config; the
+/// node's config without one, systemd-resolved's stub replaced by its
+/// upstreams) and hostname files into `dir`.
+pub fn write_pod_files(dir: &Path, hostname: &str, dns: Option<&k8s_cri::v1::DnsConfig>) -> Result<(), RuntimeError> {
     fs::create_dir_all(dir).map_err(RuntimeError::io(dir))?;
-    let hosts = if host_network {
-        fs::read_to_string("/etc/hosts").unwrap_or_default()
-    } else {
-        format!(
-            "# Kubernetes-managed hosts file (kedge).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        )
-    };
     let resolv = match dns {
-        Some(d) if !d.servers.is_empty() || !d.searches.is_empty() => {
-            let mut s = String::new();
-            if !d.searches.is_empty() {
-                s.push_str(&format!("search {}\n", d.searches.join(" ")));
-            }
-            for server in &d.servers {
-                s.push_str(&format!("nameserver {server}\n"));
-            }
-            if !d.options.is_empty() {
-                s.push_str(&format!("options {}\n", d.options.join(" ")));
-            }
-            s
+        Some(d) if !d.servers.is_empty() || !d.searches.is_empty() => crate::net::resolv::render(d),
+        _ => {
+            let host = crate::net::resolv::HostResolv::default().read();
+            let (servers, searches, options) = (host.nameservers, host.searches, host.options);
+            crate::net::resolv::render(&k8s_cri::v1::DnsConfig { servers, searches, options })
         }
-        _ => fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
-    for (name, content) in [("hosts", hosts), ("resolv.conf", resolv), ("hostname", format!("{hostname}\n"))] {
+    for (name, content) in [("resolv.conf", resolv), ("hostname", format!("{hostname}\n"))] {
         let p = dir.join(name);
         fs::write(&p, content).map_err(RuntimeError::io(&p))?;
     }
     Ok(())
+}
+
+/// Writes (or rewrites: containers see the same file) the pod's hosts file
+/// into `dir`: see [`crate::net::hosts`]. `pod_ip`: `None` until the pod
+/// has an address; `hostNetwork` pods get the node's file.
+pub fn write_hosts_file(
+    dir: &Path,
+    hosts: &crate::net::hosts::PodHosts,
+    host_network: bool,
+    pod_ip: Option<std::net::IpAddr>,
+) -> Result<(), RuntimeError> {
+    let node = host_network.then(|| fs::read_to_string("/etc/hosts").unwrap_or_default());
+    let p = dir.join("hosts");
+    fs::write(&p, hosts.render(pod_ip, node.as_deref())).map_err(RuntimeError::io(&p))
 }
 
 /// Removes a pod cgroup (and anything left under it) from every hierarchy.

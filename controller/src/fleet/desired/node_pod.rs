@@ -87,6 +87,13 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
         Some("Never") => wire::RestartPolicy::Never,
         Some(other) => return Err(unsupported("spec.restartPolicy", other)),
     };
+    let dns_policy = match spec.dns_policy.as_deref() {
+        None | Some("ClusterFirst") => wire::DnsPolicy::ClusterFirst,
+        Some("ClusterFirstWithHostNet") => wire::DnsPolicy::ClusterFirstWithHostNet,
+        Some("Default") => wire::DnsPolicy::Default,
+        Some("None") => wire::DnsPolicy::None,
+        Some(other) => return Err(unsupported("spec.dnsPolicy", other)),
+    };
     Ok(wire::Pod {
         api_version: None,
         kind: None,
@@ -105,6 +112,21 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
             host_network: spec.host_network.unwrap_or(false),
             host_ipc: spec.host_ipc.unwrap_or(false),
             hostname: spec.hostname.clone(),
+            subdomain: spec.subdomain.clone(),
+            dns_policy,
+            dns_config: spec.dns_config.as_ref().map(|c| wire::PodDnsConfig {
+                nameservers: c.nameservers.clone().unwrap_or_default(),
+                searches: c.searches.clone().unwrap_or_default(),
+                options: (c.options.iter().flatten())
+                    .map(|o| wire::PodDnsConfigOption {
+                        name: o.name.clone().unwrap_or_default(),
+                        value: o.value.clone(),
+                    })
+                    .collect(),
+            }),
+            host_aliases: (spec.host_aliases.iter().flatten())
+                .map(|a| wire::HostAlias { ip: a.ip.clone(), hostnames: a.hostnames.clone().unwrap_or_default() })
+                .collect(),
             volumes: spec.volumes.iter().flatten().map(|v| volume(v, &ns, refs)).collect::<Result<_, _>>()?,
             termination_grace_period_seconds: spec.termination_grace_period_seconds,
             security_context: spec

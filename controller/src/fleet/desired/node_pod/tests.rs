@@ -160,6 +160,11 @@ fn every_field_the_node_uses_is_carried() {
         "hostNetwork": true,
         "hostIPC": true,
         "hostname": "h",
+        "subdomain": "sub",
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "dnsConfig": {"nameservers": ["1.1.1.1"], "searches": ["corp.example"],
+                      "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]},
+        "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["foo.local", "bar.local"]}],
         "terminationGracePeriodSeconds": 7,
         "securityContext": {"runAsUser": 1000, "runAsGroup": 1001, "fsGroup": 5},
         "initContainers": [{"name": "init", "image": "busybox:1.36", "command": ["true"]}],
@@ -200,4 +205,13 @@ fn every_field_the_node_uses_is_carried() {
     let got = node_pod(&api_pod, "n1", &Refs::default()).expect("translated");
     assert_eq!(got, expected);
     assert!(expected.spec.containers[0].liveness_probe.is_some() && expected.spec.volumes.len() == 2);
+    assert!(expected.spec.dns_config.is_some() && expected.spec.host_aliases.len() == 1);
+}
+
+#[test]
+fn dns_policy_defaults_to_cluster_first_and_an_unknown_one_is_refused() {
+    let w = node_pod(&pod(json!({"containers": [{"name": "c", "image": "i"}]})), "n1", &refs()).expect("translated");
+    assert_eq!(w.spec.dns_policy, wire::DnsPolicy::ClusterFirst);
+    let bad = pod(json!({"containers": [{"name": "c", "image": "i"}], "dnsPolicy": "Sometimes"}));
+    assert!(node_pod(&bad, "n1", &refs()).is_err());
 }

@@ -6,6 +6,7 @@
 //! failure under CI=true).
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,7 +41,14 @@ fn listening(proc_net_tcp: &str, port: u16) -> bool {
     })
 }
 
-fn ping(from: &kedge_tests::netlab::Machine, to: std::net::Ipv4Addr) -> bool {
+fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else { return false };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else { return false };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+fn ping(from: &kedge_tests::netlab::Machine, to: Ipv4Addr) -> bool {
     from.command("busybox")
         .args(["ping", "-c", "1", "-W", "2", &to.to_string()])
         .output()
@@ -135,7 +143,9 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     let mut c = Cluster { agents: Vec::new(), _ctl: ctl, k, _lab: lab, _tmp: tmp };
     for m in &nodes {
         let dir = c._tmp.path().join(m.name());
-        let mut a = Agent::new(&dir, &["--broker", &broker, "--node-name", m.name(), "--backoff-base", "1s"])?;
+        // Each node has a namespace of its own: it gets a pod network.
+        let args = ["--broker", &broker, "--node-name", m.name(), "--backoff-base", "1s", "--pod-bridge", "kedge0"];
+        let mut a = Agent::new(&dir, &args)?;
         a.set_netns(&m.netns_path());
         a.start()?;
         c.agents.push(a);
@@ -190,6 +200,29 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     placed.sort();
     let want: Vec<(String, String)> = nodes.iter().map(|m| (m.name().to_owned(), m.ip().to_string())).collect();
     ensure!(placed == want, "pods on each node, with that node's address: {placed:?}");
+    // Pod addresses come from each node's pod CIDR, and a pod on node-a
+    // reaches the one on node-b across the LAN.
+    let mut pod_ips = Vec::new();
+    for p in &pods {
+        let node = c.k.json(&["get", "node", p["spec"]["nodeName"].as_str().unwrap_or_default()])?;
+        let cidr = node["spec"]["podCIDR"].as_str().context("podCIDR")?.to_owned();
+        let ip: Ipv4Addr = p["status"]["podIP"].as_str().with_context(|| format!("podIP of {p}"))?.parse()?;
+        ensure!(in_cidr(ip, &cidr), "{ip} is in its node's pod CIDR {cidr}");
+        pod_ips.push((
+            p["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+            p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned(),
+            ip,
+        ));
+    }
+    let (from_pod, from_node, _) = &pod_ips[0];
+    let (_, _, to) = &pod_ips[1];
+    let agent = &c.agents[nodes.iter().position(|m| m.name() == from_node).context("agent")?];
+    let pid =
+        agent.container(from_pod, "main")?.and_then(|c| c["pid"].as_i64()).context("pid of the pod's container")?;
+    let out = Command::new("nsenter")
+        .args([&format!("--net=/proc/{pid}/ns/net"), "--", "busybox", "ping", "-c", "1", "-W", "2", &to.to_string()])
+        .output()?;
+    ensure!(out.status.success(), "{from_pod} on {from_node} pings {to}: {}", String::from_utf8_lossy(&out.stdout));
     c.k.ok(&["delete", "daemonset", "probe"])?;
 
     drop(c);

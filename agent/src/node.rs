@@ -91,11 +91,8 @@ fn local_pods(desired: &[DesiredPod], views: &[status::PodView]) -> LocalPods {
                     continue;
                 };
                 let Ok(host_port) = u16::try_from(host_port) else { continue };
-                let protocol = match p.protocol.as_deref() {
-                    Some("UDP") => kedge_common::network::Protocol::UDP,
-                    Some("SCTP") => kedge_common::network::Protocol::SCTP,
-                    _ => kedge_common::network::Protocol::TCP,
-                };
+                let protocol = kedge_common::network::Protocol::from_k8s(p.protocol.as_deref())
+                    .unwrap_or(kedge_common::network::Protocol::TCP);
                 local.host_ports.push(HostPort { protocol, host_ip: None, host_port, pod_ip: ip, container_port });
             }
         }

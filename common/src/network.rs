@@ -87,6 +87,16 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Kubernetes' spelling (`TCP`, `UDP`, `SCTP`); unset is TCP, as the API defaults it.
+    pub fn from_k8s(p: Option<&str>) -> Option<Protocol> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::TCP),
+            "UDP" => Some(Protocol::UDP),
+            "SCTP" => Some(Protocol::SCTP),
+            _ => None,
+        }
+    }
+
     /// nftables' and `/etc/services`' spelling.
     pub fn lower(self) -> &'static str {
         match self {

@@ -138,11 +138,9 @@ impl NetworkManager {
             (None, Some(c)) => c,
             (None, None) => return Err("the node has no pod CIDR yet".into()),
         };
-        let gateway = match pod_cidr {
-            IpNet::V4(v4) => v4.hosts().next().map(IpAddr::V4),
-            IpNet::V6(_) => None,
-        }
-        .ok_or_else(|| format!("pod CIDR {pod_cidr} is not an IPv4 network with room for pods"))?;
+        let gateway = gateway_of(pod_cidr)
+            .map(IpAddr::V4)
+            .ok_or_else(|| format!("pod CIDR {pod_cidr} is not an IPv4 network with room for pods"))?;
         let mut node_ips: Vec<IpAddr> = own.map(|n| n.addresses.clone()).unwrap_or_default();
         if let Some(ip) = self.cfg.node_ip {
             if !node_ips.contains(&ip) {
@@ -218,10 +216,12 @@ impl NetworkManager {
         if self.routes.matches(&wanted) {
             return;
         }
-        let applied = std::mem::take(&mut self.routes);
-        match tokio::task::spawn_blocking(move || routes::apply(&wanted, applied)).await {
+        match tokio::task::spawn_blocking(move || routes::apply(&wanted)).await {
             Ok(applied) => self.routes = applied,
-            Err(e) => tracing::error!(error = %e, "routes task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "routes task failed");
+                self.routes = routes::Applied::default();
+            }
         }
     }
 
@@ -289,7 +289,7 @@ pub fn apply_local_health(table: &ClusterNetwork, pod_cidr: IpNet, local: &Local
 }
 
 /// The first IPv4 host of `cidr` (the bridge's gateway address).
-pub fn gateway_of(cidr: IpNet) -> Option<Ipv4Addr> {
+fn gateway_of(cidr: IpNet) -> Option<Ipv4Addr> {
     match cidr {
         IpNet::V4(v4) => v4.hosts().next(),
         IpNet::V6(_) => None,

@@ -93,7 +93,7 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
 
 /// Applies `w`; on failure logs it and returns an `Applied` that does not
 /// match, so the next change tries again.
-pub fn apply(w: &Wanted, _previous: Applied) -> Applied {
+pub fn apply(w: &Wanted) -> Applied {
     match try_apply(w) {
         Ok(()) => Applied { wanted: Some(w.clone()) },
         Err(e) => {

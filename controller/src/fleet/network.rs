@@ -79,15 +79,6 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], nodes: &[Node], cidr
     ClusterNetwork { generation: 0, cluster_cidr: cidrs.cluster, service_cidr: cidrs.service, nodes, services }
 }
 
-fn protocol(p: Option<&str>) -> Option<Protocol> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Some(Protocol::TCP),
-        "UDP" => Some(Protocol::UDP),
-        "SCTP" => Some(Protocol::SCTP),
-        _ => None,
-    }
-}
-
 fn ip(s: &str) -> Option<IpAddr> {
     s.parse().ok()
 }
@@ -134,7 +125,7 @@ fn service_net(svc: &Service, ep: Option<&Endpoints>) -> ServiceNet {
 fn service_port(p: &ServicePort, node_ports: bool) -> Option<ServicePortNet> {
     Some(ServicePortNet {
         name: p.name.clone().unwrap_or_default(),
-        protocol: protocol(p.protocol.as_deref())?,
+        protocol: Protocol::from_k8s(p.protocol.as_deref())?,
         port: u16::try_from(p.port).ok().filter(|p| *p > 0)?,
         node_port: p.node_port.filter(|_| node_ports).and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0),
     })
@@ -163,7 +154,7 @@ fn subset_net(s: &EndpointSubset) -> Option<SubsetNet> {
         .filter_map(|p| {
             Some(EndpointPortNet {
                 name: p.name.clone().unwrap_or_default(),
-                protocol: protocol(p.protocol.as_deref())?,
+                protocol: Protocol::from_k8s(p.protocol.as_deref())?,
                 port: u16::try_from(p.port).ok().filter(|p| *p > 0)?,
             })
         })

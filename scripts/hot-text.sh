@@ -36,6 +36,8 @@ work=$(mktemp -d /tmp/kedge-hot.XXXXXX)
 ctl=
 cleanup() {
     if [ -n "$ctl" ]; then kill "$ctl" 2>/dev/null; wait "$ctl" 2>/dev/null || true; fi
+    # The agents set up the pod network (bridge, nftables table, routes): take it down.
+    "$bin/kedge-agent" network cleanup --pod-bridge kedge0 >/dev/null 2>&1 || true
     grep -o " $work[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
     # KEDGE_HOT_KEEP=1 keeps the callgrind files and logs.
     if [ -n "${KEDGE_HOT_KEEP:-}" ]; then echo "kept $work" >&2; else rm -rf "$work"; fi

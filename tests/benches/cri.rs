@@ -9,7 +9,11 @@
 //!    the agent does), `runc run` and `crun run`. crun refuses this host's
 //!    hybrid cgroups, so the whole benchmark runs in a private mount
 //!    namespace with /sys/fs/cgroup/unified unmounted (the host is untouched).
-//! 3. kedge-agent RSS idle and with 30 running pods.
+//! 3. kedge-agent RSS idle and with 30 running pods, with the pod network on
+//!    (in the benchmark's own network namespace).
+//! 4. RunPodSandbox alone of a pod with its own network namespace, against
+//!    an agent with the pod network and one without (`--no-pod-network`):
+//!    what the veth, the address and the routes cost.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,9 +43,11 @@ fn summary(name: &str, mut v: Vec<Duration>) -> String {
 }
 
 /// Re-runs this binary in a private mount namespace without the cgroup v2
-/// mount of a hybrid host (crun's requirement); returns false in the child.
+/// mount of a hybrid host (crun's requirement), and a network namespace of
+/// its own (the agent's pod network: bridge, nftables, DNS on the gateway,
+/// off the host's); returns false in the child.
 fn reexec_in_private_mount_ns() -> Result<bool> {
-    if std::env::var_os("KEDGE_BENCH_NS").is_some() || !Path::new("/sys/fs/cgroup/unified").exists() {
+    if std::env::var_os("KEDGE_BENCH_NS").is_some() {
         return Ok(false);
     }
     let exe = std::env::current_exe()?;
@@ -50,9 +56,10 @@ fn reexec_in_private_mount_ns() -> Result<bool> {
             "-m",
             "--propagation",
             "private",
+            "-n",
             "sh",
             "-c",
-            "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$0\" \"$@\"",
+            "umount /sys/fs/cgroup/unified 2>/dev/null; ip link set lo up; exec \"$0\" \"$@\"",
         ])
         .arg(exe)
         .args(std::env::args().skip(1))
@@ -60,6 +67,29 @@ fn reexec_in_private_mount_ns() -> Result<bool> {
         .status()?;
     ensure!(status.success(), "benchmark failed");
     Ok(true)
+}
+
+/// The agent's flags for a pod network inside the benchmark's own network
+/// namespace.
+const POD_NETWORK: [&str; 4] = ["--pod-bridge", "kedge0", "--pod-cidr", "10.88.0.0/24"];
+
+/// RunPodSandbox alone of a pod with its own network namespace, `PODS`
+/// times after 3 warm-ups; the sandboxes are removed afterwards.
+async fn sandbox_latency(socket: &Path, label: &str) -> Result<Vec<Duration>> {
+    let mut client = CriClient::connect(socket).await?;
+    let mut times = Vec::new();
+    let mut sandboxes = Vec::new();
+    for i in 0..PODS + 3 {
+        let start = Instant::now();
+        sandboxes.push(client.run_sandbox(&format!("{label}-sb-{i}"), false).await?);
+        if i >= 3 {
+            times.push(start.elapsed());
+        }
+    }
+    for sb in sandboxes {
+        client.remove_pod(&sb).await?;
+    }
+    Ok(times)
 }
 
 async fn cri_latency(client: &mut CriClient, image: &str, label: &str) -> Result<Vec<Duration>> {
@@ -232,7 +262,9 @@ fn main() -> Result<()> {
     let only_true = std::env::args().skip(1).any(|a| a == "true");
 
     // --- agent RSS idle, then the CRI latency against kedge-agent ---------------
-    let mut agent = Agent::new(&tmp.path().join("agent"), &[])?;
+    // The pod network on, as an agent runs by default (pods get a veth and an
+    // address; the table, the DNS server and nftables are set up).
+    let mut agent = Agent::new(&tmp.path().join("agent"), &POD_NETWORK)?;
     agent.start()?;
     let pid = agent.pid().context("agent pid")?;
     let socket = agent.socket.clone();
@@ -271,6 +303,17 @@ fn main() -> Result<()> {
         report
             .push(format!("kedge-agent RSS with {RSS_PODS} running pods            {:.1} MiB", rss30 as f64 / 1024.0));
         report.push(summary("kedge-agent: RunPodSandbox+Create+Start", kedge));
+
+        // --- what the pod network adds to RunPodSandbox ------------------------------
+        let with = rt.block_on(sandbox_latency(&socket, "net"))?;
+        let mut bare = Agent::new(&tmp.path().join("bare"), &["--no-pod-network"])?;
+        bare.start()?;
+        let bare_socket = bare.socket.clone();
+        bare.wait_for("the CRI socket", Duration::from_secs(30), || Ok(bare_socket.exists().then_some(())))?;
+        let without = rt.block_on(sandbox_latency(&bare_socket, "bare"))?;
+        drop(bare);
+        report.push(summary("RunPodSandbox, pod network (veth, address)", with));
+        report.push(summary("RunPodSandbox, network namespace only", without));
 
         // --- the same client against containerd + runc -------------------------------
         let script = root.join("scripts/containerd-baseline.sh");

@@ -38,15 +38,7 @@ impl CriClient {
         host_network: bool,
     ) -> Result<(String, String)> {
         let sandbox = sandbox_config(name, host_network);
-        let sb = self
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(sandbox.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
+        let sb = self.run_sandbox(name, host_network).await?;
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: "c".into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
@@ -66,6 +58,13 @@ impl CriClient {
             .container_id;
         self.runtime.start_container(cri::StartContainerRequest { container_id: id.clone() }).await?;
         Ok((sb, id))
+    }
+
+    /// RunPodSandbox alone; returns the sandbox id.
+    pub async fn run_sandbox(&mut self, name: &str, host_network: bool) -> Result<String> {
+        let config = Some(sandbox_config(name, host_network));
+        let request = cri::RunPodSandboxRequest { config, runtime_handler: String::new() };
+        Ok(self.runtime.run_pod_sandbox(request).await?.into_inner().pod_sandbox_id)
     }
 
     /// StopPodSandbox + RemovePodSandbox (which removes its containers).

@@ -4,7 +4,8 @@
 //! and the pods' own busybox as the client. A web Deployment spread over both
 //! nodes behind a ClusterIP Service is reached by name from a client pod on
 //! each node (same-node and cross-node), through a NodePort from a third
-//! machine, stops being routed to a
+//! machine, refuses at once when scaled to zero and reaches both new
+//! backends when scaled back, stops being routed to a
 //! dead backend within two seconds with the controller gone, and keeps
 //! working from the cache after an agent restart with no controller. A
 //! foreign nftables table is untouched throughout, and `network cleanup`
@@ -256,11 +257,35 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
         ensure!(names.contains(&page), "{url} answered {page:?}");
     }
 
-    // (Scaled to zero, the ClusterIP refusing at once, is proven against
-    // the kernel in agent/tests/net_nft.rs; here a scale back to 2 did not
-    // reliably reach both backends again within 30 s — under investigation.)
+    // Scaled to zero, the ClusterIP refuses at once (not a timeout); scaled
+    // back to two, both new backends answer again from both nodes.
     let cluster_ip = c.k.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
     let by_ip = format!("http://{}/", cluster_ip.trim());
+    c.k.ok(&["scale", "deployment", "web", "--replicas=0"])?;
+    for i in 0..2 {
+        let mut last = String::new();
+        wait_for("the ClusterIP of a Service with no endpoints refuses at once", Duration::from_secs(30), || {
+            let asked = Instant::now();
+            let answer = c.fetch(i, &by_ip)?;
+            let took = asked.elapsed();
+            last = format!("{answer:?} after {took:?}");
+            Ok(matches!(&answer, Err(e) if took < Duration::from_secs(2) && e.contains("refused")).then_some(()))
+        })
+        .with_context(|| format!("from node {i}, last: {last}\n{}", c.nft_tables()))?;
+    }
+    c.k.ok(&["scale", "deployment", "web", "--replicas=2"])?;
+    let web = wait_for("two new web pods ready, one per node", Duration::from_secs(90), || {
+        let pods = c.web_pods()?;
+        let nodes: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+        Ok((pods.len() == 2 && nodes.len() == 2 && pods.iter().all(|p| !names.contains(&p.0))).then_some(pods))
+    })?;
+    let names: BTreeSet<String> = web.iter().map(|p| p.0.clone()).collect();
+    for i in 0..2 {
+        wait_for("a client reaches both new backends", Duration::from_secs(30), || {
+            Ok((c.backends(i, &by_ip, 12)? == names).then_some(()))
+        })
+        .with_context(|| format!("{}\n{}", c.k.ok(&["get", "endpoints", "web", "-o", "yaml"]).unwrap_or_default(), c.nft_tables()))?;
+    }
 
     // The controller gone: a backend killed on node-a leaves node-a's rules
     // within 2 s (its restart is unready for 4 s more), by local health alone.
@@ -321,6 +346,15 @@ impl Cluster {
         let path = self._tmp.path().join(format!("{name}.yaml"));
         std::fs::write(&path, yaml)?;
         self.k.ok(&["apply", "-f", &path.display().to_string()]).map(drop)
+    }
+
+    /// Both nodes' table `inet kedge`, for failure messages.
+    fn nft_tables(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|m| format!("{}:\n{}", m.name(), nft_list(m, &["list", "table", "inet", "kedge"]).unwrap_or_else(|e| e.to_string())))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn log_has(&self, i: usize, what: &str) -> bool {

@@ -212,7 +212,8 @@ impl NetworkManager {
 
     async fn sync_routes(&mut self, node: &NodeNetwork) {
         let others: Vec<NodeNet> = self.table.nodes.iter().filter(|n| n.name != node.node).cloned().collect();
-        let wanted = routes::Wanted { node: node.clone(), others, overlay: self.cfg.overlay };
+        let wanted =
+            routes::Wanted { node: node.clone(), others, overlay: self.cfg.overlay, service_cidr: self.table.service_cidr };
         if self.routes.matches(&wanted) {
             return;
         }

@@ -56,6 +56,8 @@ pub struct Wanted {
     pub node: NodeNetwork,
     pub others: Vec<NodeNet>,
     pub overlay: Overlay,
+    /// The cluster's Service range: routed onto the bridge (see [`apply`]).
+    pub service_cidr: Option<IpNet>,
 }
 
 /// What was applied last: nothing is redone while the wish is the same.
@@ -93,6 +95,15 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
 
 /// Applies `w`; on failure logs it and returns an `Applied` that does not
 /// match, so the next change tries again.
+///
+/// Besides the routes to the other nodes' pods, the Service range gets a
+/// route onto the bridge. The Service rules DNAT a ClusterIP before the
+/// kernel routes it, but a connection the rules do not rewrite (a Service
+/// with no endpoint, which the forward filter must reject) and the node's
+/// own connections (routed before the output hook) need some route to the
+/// address first. A node without a default route — an edge box whose
+/// uplink is down — would otherwise leave those SYNs unanswered instead of
+/// refused, and could not reach a ClusterIP itself.
 pub fn apply(w: &Wanted) -> Applied {
     match try_apply(w) {
         Ok(()) => Applied { wanted: Some(w.clone()) },
@@ -133,6 +144,15 @@ fn try_apply(w: &Wanted) -> Result<(), NetlinkError> {
             vxlan_peers.push((other, addr));
         }
         wanted_dsts.insert(other.pod_cidr.trunc());
+    }
+    if let Some(services) = w.service_cidr.filter(|n| matches!(n, IpNet::V4(_))) {
+        match links.iter().find(|l| l.name == w.node.bridge) {
+            Some(bridge) => {
+                nl.replace_route(services, None, Some(bridge.index), false)?;
+                wanted_dsts.insert(services.trunc());
+            }
+            None => tracing::warn!(bridge = %w.node.bridge, "no bridge yet; no route for the Service range"),
+        }
     }
     if vxlan_peers.is_empty() {
         if let Some(dev) = links.iter().find(|l| l.name == VXLAN_DEVICE) {

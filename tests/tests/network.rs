@@ -284,7 +284,9 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
         wait_for("a client reaches both new backends", Duration::from_secs(30), || {
             Ok((c.backends(i, &by_ip, 12)? == names).then_some(()))
         })
-        .with_context(|| format!("{}\n{}", c.k.ok(&["get", "endpoints", "web", "-o", "yaml"]).unwrap_or_default(), c.nft_tables()))?;
+        .with_context(|| {
+            format!("{}\n{}", c.k.ok(&["get", "endpoints", "web", "-o", "yaml"]).unwrap_or_default(), c.nft_tables())
+        })?;
     }
 
     // The controller gone: a backend killed on node-a leaves node-a's rules
@@ -352,7 +354,13 @@ impl Cluster {
     fn nft_tables(&self) -> String {
         self.nodes
             .iter()
-            .map(|m| format!("{}:\n{}", m.name(), nft_list(m, &["list", "table", "inet", "kedge"]).unwrap_or_else(|e| e.to_string())))
+            .map(|m| {
+                format!(
+                    "{}:\n{}",
+                    m.name(),
+                    nft_list(m, &["list", "table", "inet", "kedge"]).unwrap_or_else(|e| e.to_string())
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }

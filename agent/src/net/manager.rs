@@ -212,8 +212,12 @@ impl NetworkManager {
 
     async fn sync_routes(&mut self, node: &NodeNetwork) {
         let others: Vec<NodeNet> = self.table.nodes.iter().filter(|n| n.name != node.node).cloned().collect();
-        let wanted =
-            routes::Wanted { node: node.clone(), others, overlay: self.cfg.overlay, service_cidr: self.table.service_cidr };
+        let wanted = routes::Wanted {
+            node: node.clone(),
+            others,
+            overlay: self.cfg.overlay,
+            service_cidr: self.table.service_cidr,
+        };
         if self.routes.matches(&wanted) {
             return;
         }

@@ -56,9 +56,9 @@ pub struct FleetOptions {
     /// while its presence says online.
     pub report_timeout: Duration,
     pub keepalive: Duration,
-    /// How long a burst of Service/Endpoints/Node changes gathers before the
-    /// network table is rebuilt.
-    pub network_debounce: Duration,
+    /// The least time between two builds of the network table (a burst of
+    /// Service/Endpoints/Node changes gathers for this long).
+    pub network_min_interval: Duration,
 }
 
 impl Default for FleetOptions {
@@ -71,7 +71,7 @@ impl Default for FleetOptions {
             max_payload: kedge_common::envelope::DEFAULT_MAX_PAYLOAD,
             report_timeout: Duration::from_secs(30 * 60),
             keepalive: Duration::from_secs(30),
-            network_debounce: network::DEFAULT_DEBOUNCE,
+            network_min_interval: network::DEFAULT_MIN_INTERVAL,
         }
     }
 }
@@ -273,7 +273,7 @@ pub async fn start(
         opts.max_payload,
         state.clone(),
         cidrs,
-        opts.network_debounce,
+        opts.network_min_interval,
     )?;
     tasks.spawn(runner::run_with_resync(network, store, stop.clone(), state.resync_desired.subscribe()));
     let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())?;

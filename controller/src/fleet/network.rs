@@ -15,8 +15,10 @@
 //!
 //! [`NetworkPublisher`] is a control loop with one key: a change to a
 //! Service, an Endpoints, or a node's pod CIDR or addresses marks the table
-//! dirty, and it is rebuilt `debounce` after the first change of a burst, so
-//! a burst makes one publish. It publishes again after every (re)connect to
+//! dirty. It is rebuilt at once when the last build is at least
+//! `min_interval` old, and otherwise when it gets that old, so the first
+//! change after a quiet spell goes out without delay and a burst makes at
+//! most one publish per interval (kube-proxy's bounded-frequency sync). It publishes again after every (re)connect to
 //! the broker. A table over the payload cap is refused (log line, a Warning
 //! Event, a counter on the dashboard summary); the last one stays retained.
 
@@ -47,8 +49,9 @@ use crate::store::{EventType, Key, WatchEvent};
 const RECORD: &str = "fleet/cluster-network";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (Kubernetes' default).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
-/// How long a burst of changes may gather before the table is rebuilt.
-pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(150);
+/// The least time between two builds of the table: the rest of a burst
+/// gathers for this long after the build its first change triggered.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(150);
 
 /// The cluster-wide ranges the table carries (`--cluster-cidr`, `--service-cidr`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -250,15 +253,17 @@ pub struct NetworkPublisher {
     max_payload: usize,
     state: Arc<FleetState>,
     cidrs: Cidrs,
-    debounce: Duration,
+    min_interval: Duration,
     ids: (&'static str, &'static str, &'static str),
     tracker: Tracker,
     /// The current table's envelope.
     bytes: Option<Vec<u8>>,
     /// The broker connection the current table was last published on.
     published_epoch: Option<u64>,
-    /// When the first change of the burst being gathered arrived.
-    dirty_since: Option<Instant>,
+    /// Changes wait for the next build.
+    dirty: bool,
+    /// When the table was last built.
+    last_build: Option<Instant>,
     /// The last refused table (generation 0), so it is reported once.
     refused: Option<ClusterNetwork>,
 }
@@ -273,7 +278,7 @@ impl NetworkPublisher {
         max_payload: usize,
         state: Arc<FleetState>,
         cidrs: Cidrs,
-        debounce: Duration,
+        min_interval: Duration,
     ) -> Result<Self, ControllerError> {
         let stored = client.store().record(RECORD)?;
         let (current, bytes) = match stored {
@@ -294,11 +299,12 @@ impl NetworkPublisher {
             max_payload,
             state,
             cidrs,
-            debounce,
+            min_interval,
             tracker: Tracker::new(current),
             bytes,
             published_epoch: None,
-            dirty_since: None,
+            dirty: false,
+            last_build: None,
             refused: None,
         })
     }
@@ -397,7 +403,7 @@ impl Reconcile for NetworkPublisher {
             false
         };
         if relevant {
-            self.dirty_since.get_or_insert_with(Instant::now);
+            self.dirty = true;
             out.push(Self::key());
         }
     }
@@ -407,14 +413,15 @@ impl Reconcile for NetworkPublisher {
     }
 
     fn reconcile(&mut self, _key: &Key) -> Result<Action, ControllerError> {
-        if let Some(since) = self.dirty_since {
-            let due = since + self.debounce;
-            let now = Instant::now();
+        let now = Instant::now();
+        if let (true, Some(last)) = (self.dirty, self.last_build) {
+            let due = last + self.min_interval;
             if now < due {
                 return Ok(Action::RequeueAfter(due - now));
             }
         }
-        self.dirty_since = None;
+        self.dirty = false;
+        self.last_build = Some(now);
         self.publish().map(|()| Action::Done)
     }
 }

@@ -18,12 +18,18 @@ pkg=$1 arch=$2 bin=$3 out=${4:-$repo/target/debian}
 
 case $pkg in
     kedge-agent)      role=agent config=agent.yaml
+                      # nft loads the Service rules; the pod network needs it.
+                      depends="libc6 (>= 2.34), nftables"
+                      # After the service stopped: the bridge, veths, routes, VXLAN
+                      # device and the kedge nftables table go (nothing else).
+                      cleanup="/usr/bin/kedge-agent network cleanup || true"
                       summary="kedge node agent: pods on libcontainer, fleet link over MQTT"
                       long=" Runs the pods a kedge controller assigns to this node (over MQTT) and
  static pods from /etc/kedge/manifests, directly through youki's libcontainer,
  and keeps running them while the controller is unreachable, even after a
  reboot. Configure the broker and node name in /etc/kedge/agent.yaml." ;;
     kedge-controller) role=controller config=controller.env
+                      depends="libc6 (>= 2.34)" cleanup=":"
                       summary="kedge controller: Kubernetes API, control loops, MQTT broker"
                       long=" The control plane of a kedge cluster: a Kubernetes-compatible API server
  for kubectl, a redb store, the scheduler and controllers, and an embedded
@@ -70,7 +76,7 @@ Maintainer: kedge developers <kedge@example.invalid>
 Section: admin
 Priority: optional
 Installed-Size: $size
-Depends: libc6 (>= 2.34)
+Depends: $depends
 Homepage: https://example.invalid/kedge
 Description: $summary
 $long
@@ -92,6 +98,9 @@ set -e
 if [ "\$1" = remove ] && [ -d /run/systemd/system ]; then
     systemctl stop $pkg.service || true
     systemctl disable $pkg.service >/dev/null || true
+fi
+if [ "\$1" = remove ]; then
+    $cleanup
 fi
 PRERM
 cat > "$root/DEBIAN/postrm" <<POSTRM

@@ -41,6 +41,10 @@ stop() {
   fi
   stop_pid "$AGENT_PIDFILE" kedge-agent
   stop_pid "$PIDFILE" kedge-controller
+  # The pod network: bridge kedge0, veths, routes and the kedge nftables table.
+  if [ "$(id -u)" -eq 0 ] && [ -x "${AGENT[0]}" ]; then
+    "${AGENT[@]}" network cleanup >/dev/null || echo "quickstart: kedge-agent network cleanup failed" >&2
+  fi
   # The agent keeps its namespace-pin mount (DATA/ns) across restarts; with
   # its pods gone it can go too.
   if [ "$(id -u)" -eq 0 ] && mountpoint -q "$DATA/agent/ns" 2>/dev/null; then
@@ -67,8 +71,9 @@ done
 kubectl apply -f examples/hello.yaml
 
 if [ "$(id -u)" -eq 0 ]; then
-  # mosquitto_sub, for the dashboard hint printed at the end.
-  ensure_packages mosquitto-clients
+  # mosquitto_sub, for the dashboard hint printed at the end; nft, for the
+  # agent's Service rules (pod network).
+  ensure_packages mosquitto-clients nftables
   images/busybox/build.sh >/dev/null
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"

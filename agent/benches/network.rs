@@ -130,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         cluster_cidr: "10.42.0.0/16".parse()?,
         bridge: "kedge0".into(),
         gateway: IpAddr::from([10, 42, 0, 1]),
+        overlay_headroom: false,
     };
     let dir = tempfile::tempdir()?;
     let cache = Cache::open(&dir.path().join("cache.redb"))?;

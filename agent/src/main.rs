@@ -235,7 +235,22 @@ enum SnapshotterArg {
     Copy,
 }
 
+/// glibc gives each thread that allocates an arena of its own (up to 8 per
+/// core), and each keeps what it touched: the blocking threads that load
+/// nftables and netlink left ~150 KiB apiece resident. The agent does its
+/// work on one thread; one arena serves it (BENCHMARKS.md, idle RSS).
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable; called first thing in main,
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    one_malloc_arena();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let mut cli = Cli::parse_from(&argv);
     if let Command::Run(run) = &cli.command {

@@ -169,6 +169,7 @@ fn node_network() -> NodeNetwork {
         cluster_cidr: "10.244.0.0/16".parse().expect("cidr"),
         bridge: "kedgetest0".into(),
         gateway: GATEWAY.parse().expect("ip"),
+        overlay_headroom: false,
     }
 }
 

@@ -99,6 +99,7 @@ async fn body() {
         cluster_cidr: "10.77.0.0/16".parse().expect("cidr"),
         bridge: "kedge0".into(),
         gateway: "10.77.3.1".parse().expect("ip"),
+        overlay_headroom: false,
     };
     net.configure(node.clone()).expect("bridge comes up");
     rt.set_network(net.clone()).await.expect("network set");

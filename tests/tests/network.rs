@@ -7,7 +7,8 @@
 //! machine, refuses at once when scaled to zero and reaches both new
 //! backends when scaled back, stops being routed to a
 //! dead backend within two seconds with the controller gone, and keeps
-//! working from the cache after an agent restart with no controller. A
+//! working from the cache after an agent `kill -9` and restart with no
+//! controller (pods keep their addresses; 20 more get distinct ones). A
 //! foreign nftables table is untouched throughout, and `network cleanup`
 //! leaves nothing of kedge behind. Needs root and kubectl (skips loudly
 //! without them; a failure under CI=true).
@@ -179,48 +180,119 @@ fn pods_reach_services_by_name_across_nodes_online_and_offline() -> Result<()> {
         ensure!(f.wait()?.success(), "the foreign table loads");
     }
     let foreign_before = nft_list(&nodes[0], &["list", "table", "inet", "filter"])?;
-    let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &[])? else { return Ok(()) };
-    let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
-    let mut c = Cluster { agents: Vec::new(), ctl: Some(ctl), k, nodes, lan_client, lab, _tmp: tmp };
-    for m in &c.nodes {
-        let dir = c._tmp.path().join(m.name());
-        let ip = m.ip().to_string();
-        let args = ["--broker", &broker, "--node-name", m.name(), "--node-ip", &ip, "--pod-bridge", "kedge0"];
-        let mut a = Agent::new(&dir, &args)?;
-        a.set_netns(&m.netns_path());
-        a.start()?;
-        c.agents.push(a);
-    }
+    let Some(mut c) = Cluster::start(tmp, lab, &server, nodes, lan_client)? else { return Ok(()) };
     let result = scenario(&mut c, &foreign_before);
     result.with_context(|| c.logs())
 }
 
-fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
-    // Both nodes Ready with a pod network.
-    wait_for("both nodes Ready with their pod network", Duration::from_secs(60), || {
-        let list = c.k.json(&["get", "nodes"])?;
-        let ok = list["items"].as_array().into_iter().flatten().filter(|n| ready(n)).filter(|n| {
-            n["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False")
-        });
-        Ok((ok.count() == 2).then_some(()))
-    })?;
-    c.apply("web", WORKLOAD)?;
-    for i in 0..c.nodes.len() {
-        let name = c.nodes[i].name().to_owned();
-        c.apply(&format!("client-{name}"), &client(&name))?;
+/// The VXLAN overlay: the two nodes on different subnets joined by a
+/// router, so `--overlay auto` picks VXLAN; pods on each reach the other's
+/// by name, and their MTU leaves room for VXLAN's headers.
+#[test]
+fn pods_reach_each_other_over_vxlan_across_subnets() -> Result<()> {
+    if !require(is_root(), "root (network namespaces, containers, nftables)") {
+        return Ok(());
     }
-    let web = wait_for("both web pods ready, one per node", Duration::from_secs(90), || {
-        let pods = c.web_pods()?;
-        let nodes: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
-        Ok((pods.len() == 2 && nodes.len() == 2).then_some(pods))
-    })?;
-    wait_for("the clients running", Duration::from_secs(60), || {
-        Ok((0..2).all(|i| c.pid(i, &format!("client-{}", c.nodes[i].name())).ok().flatten().is_some()).then_some(()))
-    })?;
+    let tmp = tempfile::tempdir()?;
+    let mut lab = Lab::new()?;
+    let far = lab.add_lan("192.168.78.0/24")?;
+    let server = lab.machine("server")?;
+    let nodes = vec![lab.machine("node-a")?, lab.machine_on("node-b", &[far])?];
+    let lan_client = lab.machine("lan")?;
+    let first = lab.lan();
+    lab.router("router", &[first, far])?;
+    let Some(mut c) = Cluster::start(tmp, lab, &server, nodes, lan_client)? else { return Ok(()) };
+    let result = vxlan_scenario(&mut c);
+    result.with_context(|| c.logs())
+}
+
+fn vxlan_scenario(c: &mut Cluster) -> Result<()> {
+    let (web, names) = c.deploy()?;
+    for (i, m) in c.nodes.iter().enumerate() {
+        let link = m.run("ip", &["-d", "link", "show", "kedge.vxlan"])?;
+        ensure!(link.contains("vxlan id 1") && link.contains("mtu 1450"), "{}: {link}", m.name());
+        let (_, other, _) = web.iter().find(|p| p.1 != m.name()).context("a web pod on the other node")?;
+        let cidr = c.k.ok(&["get", "node", other, "-o", "jsonpath={.spec.podCIDR}"])?;
+        let route = m.run("ip", &["route", "show", cidr.trim()])?;
+        ensure!(route.contains("dev kedge.vxlan"), "{}: route to {other}'s pods: {route}", m.name());
+        let eth0 = c.exec(i, &format!("client-{}", m.name()), &["ip", "-o", "link", "show", "eth0"])?.1;
+        ensure!(eth0.contains("mtu 1450"), "the client's eth0 on {}: {eth0}", m.name());
+    }
+    let url = "http://web.default.svc.cluster.local";
+    for i in 0..2 {
+        wait_for("a client reaches both backends over VXLAN", Duration::from_secs(60), || {
+            Ok((c.backends(i, url, 12)? == names).then_some(()))
+        })?;
+    }
+    // A reply bigger than one packet crosses the overlay whole.
+    let (_, _, far_ip) = web.iter().find(|p| p.1 != c.nodes[0].name()).context("a web pod on node-b")?;
+    let (ok, out) = c.exec(0, "client-node-a", &["ping", "-c", "1", "-W", "5", "-s", "1400", far_ip])?;
+    ensure!(ok, "a 1400-byte ping to node-b's pod: {out}");
+    Ok(())
+}
+
+impl Cluster {
+    /// A controller on `server` and an agent with its pod network on each of
+    /// `nodes`; None when kubectl is missing (skipped loudly).
+    fn start(
+        tmp: tempfile::TempDir,
+        lab: Lab,
+        server: &Machine,
+        nodes: Vec<Machine>,
+        lan_client: Machine,
+    ) -> Result<Option<Cluster>> {
+        let Some((ctl, k)) = lab.controller(server, &tmp.path().join("server"), &[])? else { return Ok(None) };
+        let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+        let mut c = Cluster { agents: Vec::new(), ctl: Some(ctl), k, nodes, lan_client, lab, _tmp: tmp };
+        for m in &c.nodes {
+            let dir = c._tmp.path().join(m.name());
+            let ip = m.ip().to_string();
+            let args = ["--broker", &broker, "--node-name", m.name(), "--node-ip", &ip, "--pod-bridge", "kedge0"];
+            let mut a = Agent::new(&dir, &args)?;
+            a.set_netns(&m.netns_path());
+            a.start()?;
+            c.agents.push(a);
+        }
+        Ok(Some(c))
+    }
+
+    /// Both nodes Ready with a pod network, the web Deployment (one pod per
+    /// node) and a client pod on each: the ready web pods (name, node, IP)
+    /// and their names.
+    fn deploy(&self) -> Result<(Vec<(String, String, String)>, BTreeSet<String>)> {
+        let c = self;
+        wait_for("both nodes Ready with their pod network", Duration::from_secs(60), || {
+            let list = c.k.json(&["get", "nodes"])?;
+            let ok = list["items"].as_array().into_iter().flatten().filter(|n| ready(n)).filter(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False")
+            });
+            Ok((ok.count() == 2).then_some(()))
+        })?;
+        c.apply("web", WORKLOAD)?;
+        for i in 0..c.nodes.len() {
+            let name = c.nodes[i].name().to_owned();
+            c.apply(&format!("client-{name}"), &client(&name))?;
+        }
+        let web = wait_for("both web pods ready, one per node", Duration::from_secs(90), || {
+            let pods = c.web_pods()?;
+            let nodes: BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+            Ok((pods.len() == 2 && nodes.len() == 2).then_some(pods))
+        })?;
+        wait_for("the clients running", Duration::from_secs(60), || {
+            let running = |i: usize| c.pid(i, &format!("client-{}", c.nodes[i].name())).ok().flatten().is_some();
+            Ok((0..2).all(running).then_some(()))
+        })?;
+        let names = web.iter().map(|p| p.0.clone()).collect();
+        Ok((web, names))
+    }
+}
+
+fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
+    let (web, names) = c.deploy()?;
 
     // Addresses from each node's pod CIDR; the Endpoints list both.
     for (name, node, ip) in &web {
@@ -237,7 +309,6 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
     })?;
 
     // By name, from a client on each node: both backends answer.
-    let names: BTreeSet<String> = web.iter().map(|p| p.0.clone()).collect();
     let url = "http://web.default.svc.cluster.local";
     for i in 0..2 {
         let seen = wait_for("a client reaches both backends by name", Duration::from_secs(60), || {
@@ -317,6 +388,30 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
     wait_for("names and ClusterIPs work from the cache", Duration::from_secs(30), || {
         Ok((!c.backends(0, url, 6)?.is_empty()).then_some(()))
     })?;
+
+    // 20 more pods after the kill -9, started offline from static
+    // manifests: each gets an address of its own, none a running pod holds.
+    for i in 0..20 {
+        let manifest = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: more-{i}}}\nspec:\n  containers:\n  - name: sh\n    \
+             image: kedge.local/busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [sleep, '3600']\n"
+        );
+        std::fs::write(c.agents[0].manifests.join(format!("more-{i}.yaml")), manifest)?;
+    }
+    let addresses = wait_for("20 more pods running, with addresses", Duration::from_secs(120), || {
+        let ps: Value = serde_json::from_str(&c.agents[0].cli(&["ps", "-o", "json"])?)?;
+        let pods: Vec<(String, String)> = ps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["pod_ip"].as_str()?.to_owned())))
+            .collect();
+        let more = pods.iter().filter(|(name, _)| name.starts_with("more-")).count();
+        Ok((more == 20).then_some(pods))
+    })?;
+    let distinct: BTreeSet<&str> = addresses.iter().map(|(_, ip)| ip.as_str()).collect();
+    ensure!(distinct.len() == addresses.len(), "addresses handed out twice: {addresses:?}");
+    ensure!(addresses.iter().any(|(name, _)| name == "client-node-a"), "the client is among them: {addresses:?}");
 
     // The foreign table was never touched.
     ensure!(nft_list(&c.nodes[0], &["list", "table", "inet", "filter"])? == foreign_before, "foreign table changed");

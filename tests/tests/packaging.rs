@@ -59,6 +59,11 @@ fn packages_hold_binary_unit_and_config_for_their_architecture() -> Result<()> {
     }
     // The agent's config may hold a password: not world-readable.
     let deb = dir.path().join(format!("kedge-agent_{}_{arch}.deb", env!("CARGO_PKG_VERSION")));
+    // Its Service rules need nft; removing it takes the pod network down.
+    let info = run(Command::new("dpkg-deb").arg("-I").arg(&deb))?;
+    assert!(info.lines().any(|l| l.starts_with(" Depends:") && l.contains("nftables")), "{info}");
+    let prerm = run(Command::new("dpkg-deb").arg("-I").arg(&deb).arg("prerm"))?;
+    assert!(prerm.contains("kedge-agent network cleanup"), "{prerm}");
     let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb))?;
     assert!(
         contents.lines().any(|l| l.starts_with("-rw------- root/root") && l.ends_with("./etc/kedge/agent.yaml")),

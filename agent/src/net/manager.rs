@@ -154,6 +154,7 @@ impl NetworkManager {
             cluster_cidr: self.table.cluster_cidr.unwrap_or(pod_cidr),
             bridge: self.cfg.bridge.clone(),
             gateway,
+            overlay_headroom: self.cfg.overlay != Overlay::HostGw,
         })
     }
 

@@ -40,6 +40,9 @@ pub struct NodeNetwork {
     /// The bridge's address: the first of the pod CIDR, the pods' gateway
     /// and their DNS server.
     pub gateway: IpAddr,
+    /// Pod traffic may leave through the VXLAN overlay (`--overlay` auto or
+    /// vxlan): pods get an MTU with room for its headers.
+    pub overlay_headroom: bool,
 }
 
 /// A `hostPort` of a running pod on this node.

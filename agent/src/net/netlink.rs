@@ -70,6 +70,7 @@ pub struct Link {
     pub up: bool,
     /// The bridge it is enslaved to, if any.
     pub master: Option<u32>,
+    pub mtu: Option<u32>,
 }
 
 /// A route of the main table.
@@ -410,12 +411,18 @@ fn route_message(dst: IpNet) -> RouteMessage {
 }
 
 fn link_of(l: &LinkMessage) -> Link {
-    let mut link =
-        Link { index: l.header.index, name: String::new(), up: l.header.flags.contains(LinkFlags::Up), master: None };
+    let mut link = Link {
+        index: l.header.index,
+        name: String::new(),
+        up: l.header.flags.contains(LinkFlags::Up),
+        master: None,
+        mtu: None,
+    };
     for a in &l.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Controller(m) => link.master = Some(*m),
+            LinkAttribute::Mtu(m) => link.mtu = Some(*m),
             _ => {}
         }
     }

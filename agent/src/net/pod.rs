@@ -156,7 +156,14 @@ fn plug(node: &NodeNetwork, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(
     if let Some(stale) = nl.link(&host)? {
         nl.delete_link(stale.index)?;
     }
+    let mtu = match node.overlay_headroom {
+        true => Some(super::routes::overlay_mtu(&mut nl, &node.node_ips)?),
+        false => None,
+    };
     let index = nl.add_veth(&host, "eth0", ns.as_raw_fd())?;
+    if let Some(mtu) = mtu {
+        nl.set_mtu(index, mtu)?;
+    }
     nl.set_up(index, Some(bridge.index))?;
     nl.set_hairpin(index)?;
     let gateway = node.gateway;
@@ -168,6 +175,9 @@ fn plug(node: &NodeNetwork, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(
             let mut nl = Netlink::open()?;
             let eth0 =
                 nl.link("eth0")?.ok_or_else(|| NetError::Unavailable("eth0 did not appear in the pod".into()))?;
+            if let Some(mtu) = mtu {
+                nl.set_mtu(eth0.index, mtu)?;
+            }
             nl.add_address(eth0.index, ip, if ip.is_ipv4() { 32 } else { 128 })?;
             nl.set_up(eth0.index, None)?;
             let prefix = if gateway.is_ipv4() { 32 } else { 128 };

@@ -26,8 +26,27 @@ pub const VXLAN_DEVICE: &str = "kedge.vxlan";
 /// VNI and UDP port (flannel's defaults: Linux's own VXLAN port).
 const VNI: u32 = 1;
 const VXLAN_PORT: u16 = 8472;
-/// Room for VXLAN's 50 bytes of headers on a 1500-byte underlay.
-const VXLAN_MTU: u32 = 1450;
+/// VXLAN's headers over IPv4: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14.
+pub const VXLAN_OVERHEAD: u32 = 50;
+/// The underlay MTU when the node's interface cannot be found.
+const DEFAULT_MTU: u32 = 1500;
+
+/// The MTU of what rides the overlay: that of the interface holding the
+/// node's first IPv4 address (the VXLAN packets' source), less VXLAN's
+/// headers. The VXLAN device and the pods' interfaces both get it, so a pod
+/// never sends a packet the overlay must fragment or drop (as flannel sets
+/// its pods' MTU). On a 1500-byte LAN: 1450.
+pub fn overlay_mtu(nl: &mut Netlink, node_ips: &[IpAddr]) -> Result<u32, NetlinkError> {
+    let underlay = match first_v4(node_ips) {
+        Some(ip) => {
+            let index = nl.addresses()?.into_iter().find(|(_, a, _)| *a == IpAddr::V4(ip)).map(|(i, _, _)| i);
+            let links = nl.links()?;
+            index.and_then(|i| links.iter().find(|l| l.index == i)).and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU)
+        }
+        None => DEFAULT_MTU,
+    };
+    Ok(underlay.saturating_sub(VXLAN_OVERHEAD).max(576))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overlay {
@@ -167,7 +186,8 @@ fn try_apply(w: &Wanted) -> Result<(), NetlinkError> {
             return Ok(());
         };
         let dev = nl.ensure_vxlan(VXLAN_DEVICE, VNI, local, VXLAN_PORT, own_mac)?;
-        nl.set_mtu(dev, VXLAN_MTU)?;
+        let mtu = overlay_mtu(&mut nl, &w.node.node_ips)?;
+        nl.set_mtu(dev, mtu)?;
         nl.add_address(dev, IpAddr::V4(own_vtep), 32)?;
         nl.set_up(dev, None)?;
         for (other, addr) in vxlan_peers {

@@ -18,6 +18,7 @@ fn node() -> NodeNetwork {
         cluster_cidr: "10.42.0.0/16".parse().expect("cidr"),
         bridge: "kedge0".into(),
         gateway: ip("10.42.1.1"),
+        overlay_headroom: false,
     }
 }
 

@@ -29,6 +29,7 @@ use kedge_common::envelope;
 use kedge_common::network::{
     EndpointNet, EndpointPortNet, NodeNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet,
 };
+use kedge_tests::percentile;
 
 const SERVICES: usize = 1000;
 const ENDPOINTS: usize = 4;
@@ -91,11 +92,6 @@ fn local_pods(t: &ClusterNetwork) -> LocalPods {
         }
     }
     local
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 fn line(name: &str, mut v: Vec<Duration>) {

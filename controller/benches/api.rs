@@ -17,6 +17,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kedge_tests::percentile;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -103,10 +104,6 @@ async fn creates(addr: &str, clients: usize, prefix: &str) -> f64 {
         t.await.expect("client");
     }
     (per * clients) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 async fn watch_latency(addr: &str) -> Vec<Duration> {

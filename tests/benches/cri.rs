@@ -22,14 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use kedge_tests::agent::Agent;
 use kedge_tests::cri::CriClient;
+use kedge_tests::percentile;
 
 const PODS: usize = 50;
 const RSS_PODS: usize = 30;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
 
 fn summary(name: &str, mut v: Vec<Duration>) -> String {
     v.sort();

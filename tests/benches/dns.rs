@@ -21,7 +21,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use kedge_tests::agent::Agent;
 use kedge_tests::netlab::Lab;
-use kedge_tests::wait_for;
+use kedge_tests::{percentile, wait_for};
 
 const QUERIES: usize = 2000;
 const WARMUP: usize = 100;
@@ -71,11 +71,6 @@ fn ask(sock: &UdpSocket, id: u16) -> Result<(Vec<IpAddr>, Duration)> {
         })
         .collect();
     Ok((ips, took))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
 }
 
 fn main() -> Result<()> {

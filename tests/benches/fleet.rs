@@ -29,15 +29,10 @@ use anyhow::{Context, Result, bail};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{NodeDesired, NodeReport};
 use kedge_tests::agent::Agent;
-use kedge_tests::{Controller, http};
+use kedge_tests::{Controller, http, percentile};
 
 const PODS: usize = 50;
 const NODES: usize = 3;
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
 
 fn pod_json(name: &str, node_selector: Option<&str>) -> String {
     let selector =

@@ -123,6 +123,13 @@ pub fn kubectl_path() -> Option<PathBuf> {
         .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("kubectl")).find(|p| p.exists()))
 }
 
+/// The `p` quantile (0.0–1.0) of `sorted` by nearest rank; zero when empty.
+/// For the benchmarks' p50 / p99.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
 /// Polls `check` every 100 ms until it returns Some, or fails after `limit`
 /// naming `what` and the last error `check` gave.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {

@@ -80,6 +80,9 @@ spec:
     )
 }
 
+/// A ready web pod: name, node, IP.
+type WebPod = (String, String, String);
+
 struct Cluster {
     // Dropped in this order: agents, the controller, the lab.
     agents: Vec<Agent>,
@@ -138,7 +141,7 @@ impl Cluster {
         Ok(seen)
     }
 
-    fn web_pods(&self) -> Result<Vec<(String, String, String)>> {
+    fn web_pods(&self) -> Result<Vec<WebPod>> {
         let list = self.k.json(&["get", "pods", "-l", "app=web"])?;
         Ok(list["items"]
             .as_array()
@@ -259,7 +262,7 @@ impl Cluster {
     /// Both nodes Ready with a pod network, the web Deployment (one pod per
     /// node) and a client pod on each: the ready web pods (name, node, IP)
     /// and their names.
-    fn deploy(&self) -> Result<(Vec<(String, String, String)>, BTreeSet<String>)> {
+    fn deploy(&self) -> Result<(Vec<WebPod>, BTreeSet<String>)> {
         let c = self;
         wait_for("both nodes Ready with their pod network", Duration::from_secs(60), || {
             let list = c.k.json(&["get", "nodes"])?;

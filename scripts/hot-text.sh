@@ -8,8 +8,14 @@
 # Method: valgrind's callgrind records every function that runs, in a
 # bench-profile build (release code, symbols kept), in two scenarios of
 # $KEDGE_HOT_SECONDS (default 20) seconds each:
-#   1. standalone: an empty manifest folder, the CRI socket served;
-#   2. connected: the controller's embedded broker on loopback, no pods.
+#   1. standalone: an empty manifest folder, the CRI socket served, no pod
+#      network;
+#   2. networked: the same with the pod network of a standalone node
+#      (--pod-cidr: bridge, nftables table, DNS server);
+#   3. connected: the controller's embedded broker on loopback, no pods (the
+#      pod network from the controller's table).
+# The file lists each scenario's functions after those of the ones before,
+# so an agent touches the fewest pages in the first scenarios.
 # Each function becomes a section pattern without what differs between builds
 # and targets (legacy-mangling hashes; in std's v0 names, crate disambiguators,
 # back-references and the instantiating crate; LTO suffixes), so one file
@@ -54,9 +60,11 @@ record() { # NAME AGENT-ARGS...
         --manifests "$work/$name/m" --config "$work/$name/a.yaml" --boot-config "$work/$name/b.yaml" \
         "$@" >"$work/$name.log" 2>&1 || true
     [ -s "$work/$name.cg" ] || { cat "$work/$name.log" >&2; echo "hot-text.sh: no callgrind output for $name" >&2; exit 1; }
+    "$bin/kedge-agent" network cleanup --pod-bridge kedge0 >/dev/null 2>&1 || true
 }
 
-record standalone --node-name hot-standalone
+record standalone --node-name hot-standalone --no-pod-network
+record networked --node-name hot-networked --pod-cidr 10.213.0.0/24
 
 "$bin/kedge-controller" --mqtt-listen 127.0.0.1:0 --data-dir "$work/ctl" --listen 127.0.0.1:0 >"$work/ctl.out" 2>"$work/ctl.err" &
 ctl=$!
@@ -111,9 +119,10 @@ patterns() { # CALLGRIND-FILE
     }' "$work/symbols" "$1" | LC_ALL=C sort -u
 }
 # Standalone first, so that an agent without a broker touches the fewest pages;
-# then what only the connected agent adds.
+# then what the pod network adds; then what only the connected agent adds.
 standalone=$(patterns "$work/standalone.cg")
-connected=$(patterns "$work/connected.cg" | LC_ALL=C comm -13 <(echo "$standalone") -)
+networked=$(patterns "$work/networked.cg" | LC_ALL=C comm -13 <(echo "$standalone") -)
+connected=$(patterns "$work/connected.cg" | LC_ALL=C comm -13 <(printf '%s\n%s\n' "$standalone" "$networked" | LC_ALL=C sort -u) -)
 
 {
     cat <<'EOF'
@@ -128,6 +137,8 @@ SECTIONS
   {
 EOF
     echo "$standalone"
+    echo "    /* with the pod network */"
+    echo "$networked"
     echo "    /* connected to a broker */"
     echo "$connected"
     cat <<'EOF'
@@ -136,4 +147,4 @@ EOF
 INSERT BEFORE .text;
 EOF
 } >agent/hot-text.ld
-echo "agent/hot-text.ld: $(echo "$standalone" | wc -l) functions standalone, $(echo "$connected" | wc -l) more connected"
+echo "agent/hot-text.ld: $(echo "$standalone" | wc -l) functions standalone, $(echo "$networked" | wc -l) more with the pod network, $(echo "$connected" | wc -l) more connected"

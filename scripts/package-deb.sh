@@ -18,8 +18,9 @@ pkg=$1 arch=$2 bin=$3 out=${4:-$repo/target/debian}
 
 case $pkg in
     kedge-agent)      role=agent config=agent.yaml
-                      # nft loads the Service rules; the pod network needs it.
-                      depends="libc6 (>= 2.34), nftables"
+                      # nft loads the Service rules; conntrack clears UDP flows
+                      # to endpoints that went away.
+                      depends="libc6 (>= 2.34), nftables, conntrack"
                       # After the service stopped: the bridge, veths, routes, VXLAN
                       # device and the kedge nftables table go (nothing else).
                       cleanup="/usr/bin/kedge-agent network cleanup || true"

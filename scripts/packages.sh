@@ -13,7 +13,7 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   nftables, iproute2: the agent's Service rules are loaded with nft; agent/tests/net_nft.rs
 #   and the network lab (tests/src/netlab.rs) build namespaces, bridges and veths with ip
 #   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
-TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables iproute2 dnsutils)
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables conntrack iproute2 dnsutils)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)

@@ -71,9 +71,9 @@ done
 kubectl apply -f examples/hello.yaml
 
 if [ "$(id -u)" -eq 0 ]; then
-  # mosquitto_sub, for the dashboard hint printed at the end; nft, for the
-  # agent's Service rules (pod network).
-  ensure_packages mosquitto-clients nftables
+  # mosquitto_sub, for the dashboard hint printed at the end; nft and
+  # conntrack, for the agent's Service rules (pod network).
+  ensure_packages mosquitto-clients nftables conntrack
   images/busybox/build.sh >/dev/null
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"

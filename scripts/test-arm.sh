@@ -47,7 +47,11 @@ images/busybox/build.sh --multiarch > target/images/busybox-multiarch.digests
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     a=${deb_arch[$t]}
     echo "==== $t ($a)"
-    scripts/cross.sh "$t" build --release --locked -p kedge-agent -p kedge-controller
+    # Each binary built alone, as build-packages.sh builds what ships: built
+    # together, cargo unifies their dependencies' features and the controller's
+    # (tokio, hyper, serde) make the agent 330 KB bigger.
+    scripts/cross.sh "$t" build --release --locked -p kedge-agent
+    scripts/cross.sh "$t" build --release --locked -p kedge-controller
     for b in kedge-agent kedge-controller; do
         bin=$out/$t/release/$b
         v=$(${qemu[$t]} "$bin" --version) || fail "$bin --version under qemu"

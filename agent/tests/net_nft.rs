@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kedge_agent::net::conntrack;
 use kedge_agent::net::nft::{self, Ruleset};
 use kedge_agent::net::{ClusterNetwork, HostPort, NodeNetwork};
 use kedge_common::network::{
@@ -526,60 +527,53 @@ fn only_the_kedge_table_is_touched_and_removed() {
     assert_eq!(name(fetch(&b, "10.96.0.12:80")), "pod-a");
 }
 
-/// By hand, for the report and BENCHMARKS.md: render and apply 1,000
-/// Services × 4 endpoints in a fresh namespace, the whole table and one
-/// Service's change.
-/// `cargo test -p kedge-agent --release --test net_nft -- --ignored --nocapture`
+/// A UDP flow keeps its conntrack entry, so it would keep reaching an
+/// endpoint the rules dropped; deleting the entries of the flows that went
+/// (as the manager does after each apply) moves it to the new endpoint.
 #[test]
-#[ignore]
-fn apply_time_for_a_thousand_services() {
-    if !ready() {
+fn udp_flows_to_a_removed_endpoint_move_once_their_entries_are_cleared() {
+    if !ready()
+        || !kedge_tests::require(
+            Command::new("conntrack").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "conntrack (apt-get install conntrack)",
+        )
+    {
         return;
     }
     let mut lab = Lab::new();
-    let services = |moved: usize, generation: usize| -> Vec<ServiceNet> {
-        (0..1000)
-            .map(|i| {
-                let shift = if i == moved { generation } else { 0 };
-                let eps: Vec<String> =
-                    (0..4).map(|e| format!("10.244.{}.{}", (i + e + shift) % 50, i % 250 + 2)).collect();
-                let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
-                service(
-                    &format!("service-{i}"),
-                    &format!("10.96.{}.{}", i / 256, i % 256),
-                    Protocol::TCP,
-                    80,
-                    8080,
-                    &eps,
-                )
-            })
-            .collect()
+    let a = lab.pod("a", "10.244.1.10");
+    let b = lab.pod("b", "10.244.1.11");
+    let client = lab.pod("client", "10.244.1.12");
+    let _a = Server::udp(&a, "10.244.1.10:5353", "pod-a");
+    let _b = Server::udp(&b, "10.244.1.11:5353", "pod-b");
+    let table = |ready: &str| ClusterNetwork {
+        generation: 1,
+        services: vec![service("dns", "10.96.0.53", Protocol::UDP, 53, 5353, &[ready])],
+        ..ClusterNetwork::default()
     };
-    let p50 = |mut v: Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
-    let (mut renders, mut fulls, mut changes) = (vec![], vec![], vec![]);
-    for generation in 1..=11 {
-        let started = Instant::now();
-        let ruleset = render(services(usize::MAX, 0), &[]);
-        renders.push(started.elapsed());
-        if generation == 1 {
-            let script = ruleset.to_string();
-            eprintln!("script: {} bytes, {} lines", script.len(), script.lines().count());
+    let (before, after) = (table("10.244.1.10"), table("10.244.1.11"));
+    lab.apply(nft::render(&before, &node_network(), &[]));
+
+    // One socket: one flow, the same source port throughout.
+    let socket = in_ns(&client, || UdpSocket::bind("0.0.0.0:0")).expect("bind");
+    socket.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    socket.connect("10.96.0.53:53").expect("connect");
+    let ask = || -> String {
+        let mut buf = [0u8; 512];
+        for _ in 0..10 {
+            socket.send(b"who").expect("send");
+            if let Ok(n) = socket.recv(&mut buf) {
+                return answer(&String::from_utf8_lossy(&buf[..n])).0;
+            }
         }
-        // The whole table (an agent's first apply).
-        lab.applier.as_mut().expect("applier").forget();
-        let started = Instant::now();
-        lab.apply(ruleset);
-        fulls.push(started.elapsed());
-        // One Service's endpoints change: sent as changes.
-        let ruleset = render(services(generation * 7, generation), &[]);
-        let started = Instant::now();
-        lab.apply(ruleset);
-        changes.push(started.elapsed());
-    }
-    eprintln!("render: p50 {:?}", p50(renders));
-    eprintln!("apply, whole table: p50 {:?}", p50(fulls));
-    eprintln!("apply, one Service changed: p50 {:?}", p50(changes));
+        panic!("no answer through the Service");
+    };
+    assert_eq!(ask(), "pod-a");
+    lab.apply(nft::render(&after, &node_network(), &[]));
+    assert_eq!(ask(), "pod-a", "the flow's conntrack entry still leads to the removed endpoint");
+
+    let gone = conntrack::gone(&nft::udp_flows(&before), &nft::udp_flows(&after));
+    assert_eq!(gone.len(), 1);
+    in_ns(&lab.node(), move || conntrack::clear(&gone)).expect("conntrack -D");
+    assert_eq!(ask(), "pod-b", "the same flow, now through the rules");
 }

@@ -9,7 +9,7 @@
 //! On every change it works out the bridge (pod CIDR), the routes to the
 //! other nodes' pods and the Service table, and applies only what changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use kedge_common::network::{ClusterNetwork, NodeNet};
 use tokio::sync::watch;
 
+use super::conntrack::{self, ConntrackError};
 use super::dns::{self, DnsServer};
 use super::nft::{self, Applier};
 use super::pod::PodNet;
@@ -59,6 +60,11 @@ pub struct NetworkManager {
     applier: Option<Applier>,
     /// Why the Service table could not be applied last time.
     services_error: Option<String>,
+    /// The UDP flows the applied rules lead to each endpoint: when one
+    /// goes, its conntrack entries are deleted (conntrack.rs).
+    udp_flows: BTreeSet<(nft::UdpDst, Ipv4Addr)>,
+    /// `conntrack` was found missing (said once).
+    conntrack_missing: bool,
     routes: routes::Applied,
     /// Cluster DNS on the gateway, once the bridge has that address.
     dns: Option<(IpAddr, DnsServer)>,
@@ -78,6 +84,8 @@ impl NetworkManager {
             node: None,
             applier: Some(Applier::new()),
             services_error: None,
+            udp_flows: BTreeSet::new(),
+            conntrack_missing: false,
             routes: routes::Applied::default(),
             dns: None,
             dns_gateway: Arc::default(),
@@ -251,6 +259,7 @@ impl NetworkManager {
                 if self.services_error.take().is_some() {
                     tracing::info!("Service rules applied again");
                 }
+                self.clear_gone_udp_flows(effective).await;
             }
             Err(e) => {
                 if self.services_error.as_deref() != Some(e.as_str()) {
@@ -258,6 +267,28 @@ impl NetworkManager {
                 }
                 self.services_error = Some(format!("Service rules: {e}"));
             }
+        }
+    }
+}
+
+impl NetworkManager {
+    /// Deletes the conntrack entries of UDP flows to endpoints the rules
+    /// just stopped leading to.
+    async fn clear_gone_udp_flows(&mut self, effective: &ClusterNetwork) {
+        let now = nft::udp_flows(effective);
+        let gone = conntrack::gone(&self.udp_flows, &now);
+        self.udp_flows = now;
+        if gone.is_empty() || self.conntrack_missing {
+            return;
+        }
+        match tokio::task::spawn_blocking(move || conntrack::clear(&gone)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e @ ConntrackError::NotInstalled)) => {
+                tracing::warn!(error = %e, "UDP flows to removed endpoints stay until they idle out");
+                self.conntrack_missing = true;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete UDP flows to removed endpoints"),
+            Err(e) => tracing::error!(error = %e, "conntrack task failed"),
         }
     }
 }

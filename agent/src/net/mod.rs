@@ -10,6 +10,7 @@
 //! nodes, `nft.rs` holds the Services, `dns/` answers cluster names and
 //! `resolv.rs`/`hosts.rs` write each pod's resolver files.
 
+pub mod conntrack;
 pub mod dns;
 pub mod hosts;
 pub mod ipam;

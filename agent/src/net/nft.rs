@@ -62,9 +62,10 @@
 //! their entries across applies. Chains a ruleset no longer has are
 //! emptied in the transaction and deleted right after it.
 //!
-//! Not done here: conntrack entries of UDP flows to an endpoint that went
-//! away outlive it (kube-proxy deletes them); new TCP connections follow
-//! the rules at once.
+//! Conntrack entries of UDP flows to an endpoint that went away would
+//! outlive it (the rules only see a flow's first datagram): the manager
+//! deletes them after each apply ([`udp_flows`], `conntrack.rs`). New TCP
+//! connections follow the rules at once.
 //!
 //! Bridged pods: where br_netfilter is loaded (Docker and k3s load it), the
 //! bridge hands bridged IPv4 to these hooks and a connection DNATed back to
@@ -413,6 +414,32 @@ impl Context {
             );
         }
     }
+}
+
+/// Where a UDP datagram was sent before the rules rewrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UdpDst {
+    ClusterIp(Ipv4Addr, u16),
+    NodePort(u16),
+}
+
+/// The UDP destinations the rules rendered from `table` send to each ready
+/// endpoint address: what a conntrack entry of a live UDP flow can point
+/// at. An entry in the previous set and not in the next is a flow to an
+/// endpoint that left ([`super::conntrack`]).
+pub fn udp_flows(table: &ClusterNetwork) -> std::collections::BTreeSet<(UdpDst, Ipv4Addr)> {
+    let mut flows = std::collections::BTreeSet::new();
+    for port in table.services.iter().flat_map(PortRules::of).filter(|p| p.protocol == Protocol::UDP) {
+        for (endpoint, _) in &port.endpoints {
+            for ip in &port.cluster_ips {
+                flows.insert((UdpDst::ClusterIp(*ip, port.port), *endpoint));
+            }
+            if let Some(np) = port.node_port {
+                flows.insert((UdpDst::NodePort(np), *endpoint));
+            }
+        }
+    }
+    flows
 }
 
 /// Base chains: name, type, hook, priority. The filter chains run before

@@ -48,11 +48,9 @@ images/busybox/build.sh --multiarch > target/images/busybox-multiarch.digests
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     a=${deb_arch[$t]}
     echo "==== $t ($a)"
-    # Each binary built alone, as build-packages.sh builds what ships: built
-    # together, cargo unifies their dependencies' features and the controller's
-    # (tokio, hyper, serde) make the agent 330 KB bigger.
-    # The controller only where it ships (arm64; no armhf package): each build
-    # is minutes on the CI's two cores.
+    # Each binary built alone, as build-packages.sh builds what ships (built
+    # together, cargo unifies their dependencies' features and the agent grows
+    # by 330 KB), and the controller only where it ships: arm64.
     bins=(kedge-agent); [ "$a" = arm64 ] && bins+=(kedge-controller)
     for b in "${bins[@]}"; do
         scripts/cross.sh "$t" build --release --locked -p "$b"

@@ -47,7 +47,15 @@ pub enum NetError {
 pub struct PodNet {
     cache: Arc<Cache>,
     /// `Err(reason)` until the node has a usable pod CIDR.
-    node: RwLock<Result<NodeNetwork, String>>,
+    node: RwLock<Result<Configured, String>>,
+}
+
+/// The node as configured, and the MTU its pods get (`None`: the kernel's
+/// default), worked out once here rather than for every sandbox.
+#[derive(Clone)]
+struct Configured {
+    node: NodeNetwork,
+    pod_mtu: Option<u32>,
 }
 
 /// The veth's host end for a sandbox: `kv` + 12 characters of its id (an
@@ -64,6 +72,10 @@ impl PodNet {
 
     /// What this node is on the network, once configured.
     pub fn node(&self) -> Result<NodeNetwork, String> {
+        self.configured().map(|c| c.node)
+    }
+
+    fn configured(&self) -> Result<Configured, String> {
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -78,17 +90,17 @@ impl PodNet {
     pub fn configure(&self, node: NodeNetwork) -> Result<(), NetError> {
         let result = configure_host(&node);
         *self.node.write().unwrap_or_else(|p| p.into_inner()) = match &result {
-            Ok(()) => Ok(node),
+            Ok(pod_mtu) => Ok(Configured { node, pod_mtu: *pod_mtu }),
             Err(e) => Err(e.to_string()),
         };
-        result
+        result.map(drop)
     }
 
     /// Gives the sandbox an address and plugs its namespace into the bridge.
     pub fn attach(&self, sandbox: &str, netns: &Path) -> Result<IpAddr, NetError> {
-        let node = self.node().map_err(NetError::Unavailable)?;
+        let Configured { node, pod_mtu } = self.configured().map_err(NetError::Unavailable)?;
         let ip = ipam::allocate(&self.cache, node.pod_cidr, sandbox)?;
-        if let Err(e) = plug(&node, sandbox, netns, ip) {
+        if let Err(e) = plug(&node, pod_mtu, sandbox, netns, ip) {
             let _ = unplug(sandbox);
             let _ = ipam::release(&self.cache, sandbox);
             return Err(e);
@@ -109,7 +121,8 @@ impl PodNet {
     }
 }
 
-fn configure_host(node: &NodeNetwork) -> Result<(), NetError> {
+/// Sets the host side up; returns the pods' MTU.
+fn configure_host(node: &NodeNetwork) -> Result<Option<u32>, NetError> {
     let IpNet::V4(cidr) = node.pod_cidr else {
         return Err(NetError::Unavailable(format!("pod CIDR {} is not IPv4", node.pod_cidr)));
     };
@@ -136,7 +149,10 @@ fn configure_host(node: &NodeNetwork) -> Result<(), NetError> {
     // Pods on this bridge route through the host: no redirects telling them
     // to go to each other directly.
     sysctl(&format!("net/ipv4/conf/{}/send_redirects", node.bridge), "0")?;
-    Ok(())
+    match node.overlay_headroom {
+        true => Ok(Some(super::routes::overlay_mtu(&mut nl, &node.node_ips)?)),
+        false => Ok(None),
+    }
 }
 
 fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
@@ -147,7 +163,7 @@ fn sysctl(key: &str, value: &str) -> Result<(), NetError> {
     fs::write(&path, value).map_err(|source| NetError::Io { what: path.display().to_string(), source })
 }
 
-fn plug(node: &NodeNetwork, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(), NetError> {
+fn plug(node: &NodeNetwork, mtu: Option<u32>, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(), NetError> {
     let ns = fs::File::open(netns).map_err(|source| NetError::Io { what: netns.display().to_string(), source })?;
     let mut nl = Netlink::open()?;
     let bridge =
@@ -156,10 +172,6 @@ fn plug(node: &NodeNetwork, sandbox: &str, netns: &Path, ip: IpAddr) -> Result<(
     if let Some(stale) = nl.link(&host)? {
         nl.delete_link(stale.index)?;
     }
-    let mtu = match node.overlay_headroom {
-        true => Some(super::routes::overlay_mtu(&mut nl, &node.node_ips)?),
-        false => None,
-    };
     let index = nl.add_veth(&host, "eth0", ns.as_raw_fd())?;
     if let Some(mtu) = mtu {
         nl.set_mtu(index, mtu)?;

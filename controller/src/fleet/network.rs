@@ -18,9 +18,10 @@
 //! dirty. It is rebuilt at once when the last build is at least
 //! `min_interval` old, and otherwise when it gets that old, so the first
 //! change after a quiet spell goes out without delay and a burst makes at
-//! most one publish per interval (kube-proxy's bounded-frequency sync). It publishes again after every (re)connect to
-//! the broker. A table over the payload cap is refused (log line, a Warning
-//! Event, a counter on the dashboard summary); the last one stays retained.
+//! most one publish per interval (kube-proxy's bounded-frequency sync). It
+//! publishes again after every (re)connect to the broker. A table over the
+//! payload cap is refused (log line, a Warning Event, a counter on the
+//! dashboard summary); the last one stays retained.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

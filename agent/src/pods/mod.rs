@@ -74,13 +74,16 @@ impl<R: CriRuntime> PodManager<R> {
                 None => self.spawn(uid, Some(Arc::new(d))),
             }
         }
-        // Orphans: sandboxes of pods no source wants and no worker owns.
+        // Orphans: sandboxes and status files of pods no source wants and
+        // no worker owns (a pod that never got its sandbox, say for want of
+        // a network, leaves only its status file and volumes behind).
         let orphans: BTreeSet<String> = self
             .ctx
             .runtime
             .sandbox_records()
             .iter()
             .filter_map(|s| s.config.metadata.as_ref().map(|m| m.uid.clone()))
+            .chain(status::uids_on_disk(&self.ctx.paths))
             .filter(|uid| !wanted.contains(uid) && !self.workers.contains_key(uid))
             .collect();
         for uid in orphans {

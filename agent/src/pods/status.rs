@@ -46,6 +46,15 @@ pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
     paths.root.join("status").join(format!("{uid}.json"))
 }
 
+/// The pod uids that have a status file.
+pub fn uids_on_disk(paths: &Paths) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(paths.root.join("status")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+        .collect()
+}
+
 pub fn write_status(paths: &Paths, status: &PodStatusFile) -> std::io::Result<()> {
     let path = status_path(paths, &status.uid);
     if let Some(dir) = path.parent() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kedge_common::pod::Pod;
 use kedge_common::wire::{PodPhase, WaitingReason};
 
-use super::super::PodManager;
+use super::super::{PodManager, status};
 use super::*;
 use crate::runtime::fake::{Call, FakeRuntime, Script};
 
@@ -277,4 +277,24 @@ async fn a_removed_pod_is_stopped_with_its_grace_period_and_torn_down() {
     assert_eq!(h.times(|c| matches!(c, Call::RemovePodSandbox { .. })), vec![3]);
     assert!(h.rt.sandbox_records().is_empty() && h.rt.container_records().is_empty());
     assert!(h.manager.statuses().is_empty(), "nothing is reported for it any more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_left_with_only_its_status_file_is_forgotten_after_a_restart() {
+    // A pod that never got a sandbox (its network was unavailable, say)
+    // leaves only its status file; the restarted agent's sources no longer
+    // name it, so `ps` must stop listing it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths { root: dir.path().to_path_buf() };
+    let left =
+        PodStatusFile { uid: "u9".into(), name: "boxed".into(), namespace: "default".into(), ..Default::default() };
+    status::write_status(&paths, &left).expect("status written");
+    std::fs::create_dir_all(paths.root.join("volumes/u9")).expect("volumes");
+    assert_eq!(status::read_pods(&paths).len(), 1, "ps lists it before");
+    let mut manager = PodManager::new(WorkerContext::new(FakeRuntime::new(), paths.clone(), BackoffPolicy::default()));
+    manager.set_desired(Vec::new());
+    advance(1).await;
+    assert!(manager.idle());
+    assert!(status::read_pods(&paths).is_empty(), "ps lists nothing after");
+    assert!(!paths.root.join("volumes/u9").exists(), "its volumes went too");
 }

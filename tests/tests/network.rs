@@ -10,8 +10,10 @@
 //! working from the cache after an agent `kill -9` and restart with no
 //! controller (pods keep their addresses; 20 more get distinct ones). A
 //! foreign nftables table is untouched throughout, and `network cleanup`
-//! leaves nothing of kedge behind. Needs root and kubectl (skips loudly
-//! without them; a failure under CI=true).
+//! leaves nothing of kedge behind. Two more: the same over VXLAN between
+//! two subnets, and a pod CIDR overlapping the node's network reported as
+//! `NetworkUnavailable` while hostNetwork pods run. Needs root and kubectl
+//! (skips loudly without them; a failure under CI=true).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -466,4 +468,82 @@ impl Cluster {
     fn log_has(&self, i: usize, what: &str) -> bool {
         self.agents[i].log().matches(what).count() >= 1
     }
+}
+
+/// Bad input the node cannot use: a pod CIDR that overlaps its own network.
+/// The node says why in its `NetworkUnavailable` condition, a pod that needs
+/// the network waits `ContainerCreating` with that reason, and a
+/// `hostNetwork` pod runs all the same.
+#[test]
+fn an_overlapping_pod_cidr_is_reported_and_host_network_pods_still_run() -> Result<()> {
+    if !require(is_root(), "root (network namespaces, containers, nftables)") {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let mut lab = Lab::new()?;
+    let server = lab.machine("server")?;
+    let node = lab.machine("node-a")?;
+    // The only /24 of this cluster range is the LAN the node sits on.
+    let overlapping = kedge_tests::netlab::DEFAULT_LAN;
+    let extra = ["--cluster-cidr", overlapping];
+    let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &extra)? else { return Ok(()) };
+    let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+    let ip = node.ip().to_string();
+    let args = ["--broker", &broker, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
+    let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;
+    agent.set_netns(&node.netns_path());
+    agent.start()?;
+    let result = (|| -> Result<()> {
+        let pods = tmp.path().join("pods.yaml");
+        std::fs::write(
+            &pods,
+            "apiVersion: v1
+kind: Pod
+metadata: {name: boxed}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: sh, image: kedge.local/busybox:latest, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: on-host}
+spec:
+  nodeName: node-a
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: sh, image: kedge.local/busybox:latest, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}
+",
+        )?;
+        k.ok(&["apply", "-f", &pods.display().to_string()])?;
+        let message = wait_for("node-a reports NetworkUnavailable", Duration::from_secs(60), || {
+            let node = k.json(&["get", "node", "node-a"])?;
+            Ok(node["status"]["conditions"].as_array().into_iter().flatten().find_map(|c| {
+                (c["type"] == "NetworkUnavailable" && c["status"] == "True")
+                    .then(|| c["message"].as_str().unwrap_or_default().to_owned())
+            }))
+        })?;
+        ensure!(message.contains("overlaps"), "the condition names the problem: {message:?}");
+        wait_for("the hostNetwork pod running", Duration::from_secs(60), || {
+            let phase = k.ok(&["get", "pod", "on-host", "-o", "jsonpath={.status.phase}"])?;
+            Ok((phase == "Running").then_some(()))
+        })?;
+        let waiting = wait_for("the other pod waiting with the reason", Duration::from_secs(30), || {
+            let pod = k.json(&["get", "pod", "boxed"])?;
+            let w = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            Ok((w["reason"] == "ContainerCreating").then(|| w["message"].as_str().unwrap_or_default().to_owned()))
+        })?;
+        ensure!(waiting.contains("overlaps"), "boxed waits with the reason: {waiting:?}");
+        ensure!(
+            k.ok(&["get", "pod", "boxed", "-o", "jsonpath={.status.phase}"])? == "Pending",
+            "boxed stays Pending"
+        );
+        Ok(())
+    })();
+    let log = agent.log();
+    drop(agent);
+    drop(ctl);
+    result.with_context(|| log)
 }

@@ -18,6 +18,8 @@ pub struct Agent {
     extra: Vec<String>,
     /// The network namespace it runs in (a lab machine), if not this one.
     netns: Option<PathBuf>,
+    /// Directories the agent finds empty (a machine without those packages).
+    hidden: Vec<String>,
     child: Option<Child>,
 }
 
@@ -31,6 +33,7 @@ impl Agent {
             socket: dir.join("cri.sock"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns: None,
+            hidden: Vec::new(),
             child: None,
         };
         std::fs::create_dir_all(&agent.manifests)?;
@@ -41,7 +44,18 @@ impl Agent {
 
     pub fn start(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log"))?;
-        let mut cmd = crate::command_in(self.netns.as_deref(), binary("kedge-agent")?);
+        let bin = binary("kedge-agent")?;
+        let mut cmd = match self.hidden.is_empty() {
+            true => crate::command_in(self.netns.as_deref(), bin),
+            false => {
+                // Its own mount namespace, with an empty tmpfs over each.
+                let mut c = crate::command_in(self.netns.as_deref(), "unshare");
+                let mounts: String = self.hidden.iter().map(|d| format!("mount -t tmpfs hidden {d} && ")).collect();
+                c.args(["--mount", "--propagation", "private", "sh", "-c"]);
+                c.arg(format!("{mounts}exec \"$0\" \"$@\"")).arg(bin);
+                c
+            }
+        };
         cmd.arg("--data-dir").arg(&self.data).arg("--cri-socket").arg(&self.socket).arg("run");
         cmd.arg("--manifests").arg(&self.manifests);
         // The host's /etc/kedge/agent.yaml and boot partition are not this test's.
@@ -76,6 +90,12 @@ impl Agent {
     /// `netns`: a lab machine's ([`crate::netlab::Machine::netns_path`]).
     pub fn set_netns(&mut self, netns: &Path) {
         self.netns = Some(netns.to_path_buf());
+    }
+
+    /// Runs the agent (from its next start on) with `dirs` empty, as on a
+    /// machine without what they hold (`/usr/sbin`: no nft, no conntrack).
+    pub fn hide(&mut self, dirs: &[&str]) {
+        self.hidden = dirs.iter().map(|d| d.to_string()).collect();
     }
 
     /// Replaces the extra `run` flags for the next start.

@@ -60,6 +60,9 @@ pub struct NetworkManager {
     applier: Option<Applier>,
     /// Why the Service table could not be applied last time.
     services_error: Option<String>,
+    /// Why the routes to the other nodes' pods are not set (also part of
+    /// `NetworkUnavailable`).
+    routes_error: Option<String>,
     /// The UDP flows the applied rules lead to each endpoint: when one
     /// goes, its conntrack entries are deleted (conntrack.rs).
     udp_flows: BTreeSet<(nft::UdpDst, Ipv4Addr)>,
@@ -84,6 +87,7 @@ impl NetworkManager {
             node: None,
             applier: Some(Applier::new()),
             services_error: None,
+            routes_error: None,
             udp_flows: BTreeSet::new(),
             conntrack_missing: false,
             routes: routes::Applied::default(),
@@ -102,7 +106,7 @@ impl NetworkManager {
     /// `NetworkUnavailable` condition).
     pub fn status(&self) -> Result<(), String> {
         self.pod_net.node()?;
-        match &self.services_error {
+        match self.routes_error.as_ref().or(self.services_error.as_ref()) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -178,13 +182,17 @@ impl NetworkManager {
             Ok(node) if self.node.as_ref() != Some(&node) => {
                 let pod_net = self.pod_net.clone();
                 let n = node.clone();
+                let before = self.pod_net.node().err();
                 match tokio::task::spawn_blocking(move || pod_net.configure(n)).await {
                     Ok(Ok(())) => {
                         tracing::info!(pod_cidr = %node.pod_cidr, bridge = %node.bridge, gateway = %node.gateway, "pod network ready");
                         self.node = Some(node);
                     }
                     Ok(Err(e)) => {
-                        tracing::error!(error = %e, "pod network unavailable");
+                        // Tried again at every change: said once per reason.
+                        if self.pod_net.node().err() != before {
+                            tracing::error!(error = %e, "pod network unavailable");
+                        }
                         self.node = None;
                     }
                     Err(e) => tracing::error!(error = %e, "pod network task failed"),
@@ -230,13 +238,20 @@ impl NetworkManager {
         if self.routes.matches(&wanted) {
             return;
         }
-        match tokio::task::spawn_blocking(move || routes::apply(&wanted)).await {
-            Ok(applied) => self.routes = applied,
-            Err(e) => {
-                tracing::error!(error = %e, "routes task failed");
-                self.routes = routes::Applied::default();
-            }
+        let result = tokio::task::spawn_blocking(move || routes::apply(&wanted)).await;
+        let (applied, problem, blocks) = match result {
+            Ok(Ok(applied)) => (applied, None, false),
+            Ok(Err(e)) => (routes::Applied::default(), Some(e.to_string()), e.blocks_pods()),
+            Err(e) => (routes::Applied::default(), Some(format!("the routes task failed: {e}")), false),
+        };
+        self.routes = applied;
+        if problem.is_some() && problem != self.routes_error {
+            tracing::error!(error = problem.as_deref().unwrap_or_default(), "pod routes");
+        } else if problem.is_none() && self.routes_error.is_some() {
+            tracing::info!("routes to the other nodes' pods set again");
         }
+        self.pod_net.block(problem.clone().filter(|_| blocks));
+        self.routes_error = problem;
     }
 
     async fn sync_services(&mut self, node: &NodeNetwork, effective: &ClusterNetwork) {

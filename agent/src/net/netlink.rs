@@ -58,6 +58,12 @@ impl NetlinkError {
             _ => None,
         }
     }
+
+    /// The kernel does not know the kind of link asked for (its module is
+    /// missing: it answers "Unknown device type").
+    pub fn kernel_lacks_kind(&self) -> bool {
+        matches!(self.errno(), Some(libc::EOPNOTSUPP | libc::EAFNOSUPPORT))
+    }
 }
 
 type Result<T> = std::result::Result<T, NetlinkError>;

@@ -48,6 +48,9 @@ pub struct PodNet {
     cache: Arc<Cache>,
     /// `Err(reason)` until the node has a usable pod CIDR.
     node: RwLock<Result<Configured, String>>,
+    /// Set while a part the pods need beyond the bridge is missing (the
+    /// kernel cannot make the VXLAN device): new sandboxes wait with it.
+    blocked: RwLock<Option<String>>,
 }
 
 /// The node as configured, and the MTU its pods get (`None`: the kernel's
@@ -67,7 +70,7 @@ pub fn host_veth(sandbox: &str) -> String {
 
 impl PodNet {
     pub fn new(cache: Arc<Cache>) -> PodNet {
-        PodNet { cache, node: RwLock::new(Err("the node has no pod CIDR yet".into())) }
+        PodNet { cache, node: RwLock::new(Err("the node has no pod CIDR yet".into())), blocked: RwLock::new(None) }
     }
 
     /// What this node is on the network, once configured.
@@ -76,7 +79,15 @@ impl PodNet {
     }
 
     fn configured(&self) -> Result<Configured, String> {
+        if let Some(reason) = self.blocked.read().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(reason);
+        }
         self.node.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Holds new sandboxes back with `reason` (`None`: lets them go again).
+    pub fn block(&self, reason: Option<String>) {
+        *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = reason;
     }
 
     /// Marks the network unusable, with the reason pods and the node show.
@@ -126,6 +137,9 @@ fn configure_host(node: &NodeNetwork) -> Result<Option<u32>, NetError> {
     let IpNet::V4(cidr) = node.pod_cidr else {
         return Err(NetError::Unavailable(format!("pod CIDR {} is not IPv4", node.pod_cidr)));
     };
+    // Without nftables pods would have no egress, Services or hostPorts:
+    // say so before building anything.
+    super::nft::available().map_err(|e| NetError::Unavailable(e.to_string()))?;
     let mut nl = Netlink::open()?;
     let own = nl.link(&node.bridge)?.map(|l| l.index);
     let overlap = nl
@@ -138,8 +152,11 @@ fn configure_host(node: &NodeNetwork) -> Result<Option<u32>, NetError> {
         return Err(NetError::Unavailable(format!("pod CIDR {} overlaps the host's network {net}", node.pod_cidr)));
     }
     let bridge = match nl.ensure_bridge(&node.bridge) {
-        Err(e) if e.errno() == Some(libc::EOPNOTSUPP) || e.errno() == Some(libc::EAFNOSUPPORT) => {
-            return Err(NetError::Unavailable(format!("the kernel cannot make bridge {}: {e}", node.bridge)));
+        Err(e) if e.kernel_lacks_kind() => {
+            return Err(NetError::Unavailable(format!(
+                "the kernel cannot make bridge {} (no bridge module?): {e}",
+                node.bridge
+            )));
         }
         other => other?,
     };

@@ -112,8 +112,29 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
     })
 }
 
-/// Applies `w`; on failure logs it and returns an `Applied` that does not
-/// match, so the next change tries again.
+/// Why the routes to the other nodes' pods could not be set.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "the kernel cannot make the VXLAN device {VXLAN_DEVICE} for nodes on other networks (no vxlan module? \
+         --overlay host-gw avoids it when all nodes share one network): {0}"
+    )]
+    NoVxlan(#[source] NetlinkError),
+    #[error("cannot set the routes to the other nodes' pods: {0}")]
+    Netlink(#[from] NetlinkError),
+}
+
+impl RouteError {
+    /// Whether new pods must wait for it: a node that can never reach the
+    /// pods behind the overlay is not one to start pods on (the issue's
+    /// "missing parts" rule); any other failure is retried at the next
+    /// change and leaves the pods be.
+    pub fn blocks_pods(&self) -> bool {
+        matches!(self, RouteError::NoVxlan(_))
+    }
+}
+
+/// Applies `w`. On failure nothing matches, so the next change tries again.
 ///
 /// Besides the routes to the other nodes' pods, the Service range gets a
 /// route onto the bridge. The Service rules DNAT a ClusterIP before the
@@ -123,17 +144,12 @@ fn first_v4(addrs: &[IpAddr]) -> Option<Ipv4Addr> {
 /// address first. A node without a default route — an edge box whose
 /// uplink is down — would otherwise leave those SYNs unanswered instead of
 /// refused, and could not reach a ClusterIP itself.
-pub fn apply(w: &Wanted) -> Applied {
-    match try_apply(w) {
-        Ok(()) => Applied { wanted: Some(w.clone()) },
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set the routes to the other nodes' pods");
-            Applied::default()
-        }
-    }
+pub fn apply(w: &Wanted) -> Result<Applied, RouteError> {
+    try_apply(w)?;
+    Ok(Applied { wanted: Some(w.clone()) })
 }
 
-fn try_apply(w: &Wanted) -> Result<(), NetlinkError> {
+fn try_apply(w: &Wanted) -> Result<(), RouteError> {
     let mut nl = Netlink::open()?;
     let links = nl.links()?;
     let own: BTreeSet<u32> =
@@ -185,7 +201,10 @@ fn try_apply(w: &Wanted) -> Result<(), NetlinkError> {
         let (Some(own_vtep), Some(own_mac)) = (vtep(w.node.pod_cidr), vtep_mac(w.node.pod_cidr)) else {
             return Ok(());
         };
-        let dev = nl.ensure_vxlan(VXLAN_DEVICE, VNI, local, VXLAN_PORT, own_mac)?;
+        let dev = nl.ensure_vxlan(VXLAN_DEVICE, VNI, local, VXLAN_PORT, own_mac).map_err(|e| match e {
+            e if e.kernel_lacks_kind() => RouteError::NoVxlan(e),
+            e => RouteError::Netlink(e),
+        })?;
         let mtu = overlay_mtu(&mut nl, &w.node.node_ips)?;
         nl.set_mtu(dev, mtu)?;
         nl.add_address(dev, IpAddr::V4(own_vtep), 32)?;
@@ -227,5 +246,24 @@ mod tests {
         assert_eq!(vtep_mac(cidr), Some([0x0e, 0x6b, 10, 42, 7, 0]));
         assert_eq!("host-gw".parse::<Overlay>(), Ok(Overlay::HostGw));
         assert!("wireguard".parse::<Overlay>().is_err());
+    }
+
+    #[test]
+    fn a_kernel_without_vxlan_holds_new_pods_back_and_says_why() {
+        // What the kernel answers RTM_NEWLINK for a kind whose module it
+        // cannot load ("Unknown device type").
+        let kernel =
+            |errno| NetlinkError::Kernel { op: "create vxlan", source: std::io::Error::from_raw_os_error(errno) };
+        let missing = RouteError::NoVxlan(kernel(libc::EOPNOTSUPP));
+        assert!(kernel(libc::EOPNOTSUPP).kernel_lacks_kind());
+        assert!(missing.blocks_pods());
+        let said = missing.to_string();
+        assert!(
+            said.contains("kedge.vxlan") && said.contains("vxlan module") && said.contains("--overlay host-gw"),
+            "{said}"
+        );
+        // Anything else is retried at the next change and leaves pods be.
+        assert!(!kernel(libc::EEXIST).kernel_lacks_kind());
+        assert!(!RouteError::from(kernel(libc::ENETUNREACH)).blocks_pods());
     }
 }

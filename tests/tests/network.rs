@@ -478,7 +478,20 @@ impl Cluster {
 fn an_overlapping_pod_cidr_is_reported_and_host_network_pods_still_run() -> Result<()> {
     // The only /24 of this cluster range is the LAN the node sits on.
     let overlapping = kedge_tests::netlab::DEFAULT_LAN;
-    unusable_network(&["--cluster-cidr", overlapping], &[], "overlaps", |_, _, _| Ok(()))
+    unusable_network(&["--cluster-cidr", overlapping], None, &[], "overlaps", |_, _, _| Ok(()))
+}
+
+/// A node the controller has no pod CIDR for: the cluster range holds one
+/// /24 and another Node took it first. The controller says so in an Event
+/// on the node, the node in its condition.
+#[test]
+fn a_node_without_a_pod_cidr_is_reported_and_host_network_pods_still_run() -> Result<()> {
+    let first = "apiVersion: v1\nkind: Node\nmetadata: {name: first}\n";
+    unusable_network(&["--cluster-cidr", "10.77.0.0/24"], Some(first), &[], "no pod CIDR", |_, k, _| {
+        let events = k.ok(&["get", "events", "-A", "--field-selector", "involvedObject.name=node-a"])?;
+        ensure!(events.contains("CIDRNotAvailable"), "the controller's event on the node: {events}");
+        Ok(())
+    })
 }
 
 /// A missing part: a machine without the nftables package (nor conntrack:
@@ -487,7 +500,7 @@ fn an_overlapping_pod_cidr_is_reported_and_host_network_pods_still_run() -> Resu
 /// without the mask) the waiting pod starts.
 #[test]
 fn a_node_without_nftables_says_so_and_recovers_when_it_is_installed() -> Result<()> {
-    unusable_network(&[], &["/usr/sbin"], "nftables package", |agent, k, node| {
+    unusable_network(&[], None, &["/usr/sbin"], "nftables package", |agent, k, node| {
         ensure!(agent.log().contains("install the nftables package"), "the agent's log says what to install");
         ensure!(node.run("ip", &["link", "show", "kedge0"]).is_err(), "no bridge was built");
         agent.kill();
@@ -510,12 +523,14 @@ fn a_node_without_nftables_says_so_and_recovers_when_it_is_installed() -> Result
 }
 
 /// One node whose pod network cannot work (controller flags `ctl_extra`,
-/// agent directories `hide` masked): its `NetworkUnavailable` condition
+/// `first` applied before the agent starts, agent directories `hide`
+/// masked): its `NetworkUnavailable` condition
 /// and a networked pod's waiting message both name `problem`, a
 /// `hostNetwork` pod runs; then `more` runs against the agent, kubectl and
 /// the node.
 fn unusable_network(
     ctl_extra: &[&str],
+    first: Option<&str>,
     hide: &[&str],
     problem: &str,
     more: impl FnOnce(&mut Agent, &Kubectl, &Machine) -> Result<()>,
@@ -529,6 +544,11 @@ fn unusable_network(
     let node = lab.machine("node-a")?;
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), ctl_extra)? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+    if let Some(yaml) = first {
+        let file = tmp.path().join("first.yaml");
+        std::fs::write(&file, yaml)?;
+        k.ok(&["apply", "-f", &file.display().to_string()])?;
+    }
     let ip = node.ip().to_string();
     let args = ["--broker", &broker, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
     let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;

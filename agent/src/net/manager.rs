@@ -148,7 +148,7 @@ impl NetworkManager {
         let pod_cidr = match (own, self.cfg.pod_cidr) {
             (Some(n), _) => n.pod_cidr,
             (None, Some(c)) => c,
-            (None, None) => return Err("the node has no pod CIDR yet".into()),
+            (None, None) => return Err(NO_POD_CIDR.into()),
         };
         let gateway = gateway_of(pod_cidr)
             .map(IpAddr::V4)
@@ -307,6 +307,9 @@ impl NetworkManager {
         }
     }
 }
+
+/// Why pods wait before the controller has given the node its pod CIDR.
+pub const NO_POD_CIDR: &str = "the node has no pod CIDR yet (the controller gives each node a /24 of its --cluster-cidr; a full range shows as a CIDRNotAvailable event on the node)";
 
 /// The table with this node's own endpoints' health put over the
 /// controller's view: an endpoint address inside this node's pod CIDR is

@@ -70,7 +70,7 @@ pub fn host_veth(sandbox: &str) -> String {
 
 impl PodNet {
     pub fn new(cache: Arc<Cache>) -> PodNet {
-        PodNet { cache, node: RwLock::new(Err("the node has no pod CIDR yet".into())), blocked: RwLock::new(None) }
+        PodNet { cache, node: RwLock::new(Err(super::manager::NO_POD_CIDR.into())), blocked: RwLock::new(None) }
     }
 
     /// What this node is on the network, once configured.

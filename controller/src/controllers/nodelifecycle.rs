@@ -79,6 +79,8 @@ pub struct NodeLifecycle {
     pod_id: &'static str,
     /// Nodes carrying a NoExecute taint of ours: their pods' changes matter.
     tainted: HashSet<String>,
+    /// Nodes told (by an Event) that no pod CIDR is left for them.
+    cidr_warned: HashSet<String>,
     /// In-memory liveness from the fleet link (presence, report age).
     liveness: Option<Arc<dyn Liveness>>,
     /// When this controller started (unix seconds): like Kubernetes' node
@@ -112,6 +114,7 @@ impl NodeLifecycle {
             node_id: Node::rt()?.id,
             pod_id: Pod::rt()?.id,
             tainted: HashSet::new(),
+            cidr_warned: HashSet::new(),
             liveness,
             started,
         })
@@ -329,14 +332,35 @@ impl Reconcile for NodeLifecycle {
             return Ok(Action::Done);
         };
         if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_none_or(str::is_empty) {
-            let cidr = self.allocate_cidr(&self.client.list::<Node>(None)?)?;
-            let mut n = node.clone();
-            let spec = n.spec.get_or_insert_with(Default::default);
-            spec.pod_cidr = Some(cidr.clone());
-            spec.pod_cidrs = Some(vec![cidr.clone()]);
-            n.metadata.resource_version = None;
-            node = self.client.replace(&n)?;
-            tracing::info!(node = %key.name, %cidr, "assigned pod CIDR");
+            match self.allocate_cidr(&self.client.list::<Node>(None)?) {
+                Ok(cidr) => {
+                    let mut n = node.clone();
+                    let spec = n.spec.get_or_insert_with(Default::default);
+                    spec.pod_cidr = Some(cidr.clone());
+                    spec.pod_cidrs = Some(vec![cidr.clone()]);
+                    n.metadata.resource_version = None;
+                    node = self.client.replace(&n)?;
+                    self.cidr_warned.remove(&key.name);
+                    tracing::info!(node = %key.name, %cidr, "assigned pod CIDR");
+                }
+                // The rest of the node's lifecycle goes on; its agent reports
+                // NetworkUnavailable. Tried again at the node's next change
+                // (a node deleted frees its /24).
+                Err(e @ ControllerError::NoPodCidr) if self.cidr_warned.insert(key.name.clone()) => {
+                    tracing::warn!(node = %key.name, error = %e, "no pod CIDR for the node");
+                    let message = format!("Node {} status is now: CIDRNotAvailable ({e})", key.name);
+                    events::record(
+                        &self.client,
+                        "cidrAllocator",
+                        ("v1", "Node", &node.metadata),
+                        true,
+                        "CIDRNotAvailable",
+                        &message,
+                    );
+                }
+                Err(ControllerError::NoPodCidr) => {}
+                Err(e) => return Err(e),
+            }
         }
         let ready = ready_condition(&node);
         let stored = ready

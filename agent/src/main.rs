@@ -251,6 +251,7 @@ fn one_malloc_arena() {
 
 fn main() -> ExitCode {
     one_malloc_arena();
+    kedge_agent::relocs::release();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let mut cli = Cli::parse_from(&argv);
     if let Command::Run(run) = &cli.command {

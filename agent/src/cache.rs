@@ -67,6 +67,11 @@ impl Cache {
             txn.open_table(crate::net::ipam::ADDRESSES)?;
             Ok(())
         })?;
+        // It holds the node's snapshot, Secrets included: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make the cache readable by root alone");
+        }
         Ok(cache)
     }
 

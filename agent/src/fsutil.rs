@@ -19,6 +19,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     })
 }
 
+/// Writes `bytes` to `path`, readable and writable by its owner alone
+/// (whatever the umask, and also when the file was there before).
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)
+}
+
 /// A number unique within this process (for temporary names).
 pub fn unique() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(0);

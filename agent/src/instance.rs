@@ -4,6 +4,7 @@
 //! container is forked from the agent and would inherit the lock until it
 //! execs.)
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::runtime::records::{alive, process_start};
@@ -16,10 +17,15 @@ pub enum InstanceError {
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Claims `data_dir` for this process, or names the agent that has it.
+/// Claims `data_dir` for this process (making it 0700), or names the agent
+/// that has it.
 pub fn claim(data_dir: &Path) -> Result<(), InstanceError> {
     let path = data_dir.join("agent.pid");
     std::fs::create_dir_all(data_dir).map_err(|source| InstanceError::Io { path: data_dir.to_path_buf(), source })?;
+    // Secret volumes, the cache and the containers' specs live below: for
+    // root alone, whoever made the directory and whatever the umask.
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| InstanceError::Io { path: data_dir.to_path_buf(), source })?;
     let me = std::process::id() as i32;
     if let Ok(text) = std::fs::read_to_string(&path) {
         let mut fields = text.split_whitespace().map(|f| f.parse::<i64>().ok());

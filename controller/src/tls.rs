@@ -90,32 +90,99 @@ pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, 
 
     // Same subject and key as the stored CA certificate, so what it signs
     // verifies against that certificate.
-    let issuer = Issuer::new(ca_params()?, ca_key);
-    let mut sp = CertificateParams::new(names.to_vec())?;
-    sp.distinguished_name.push(DnType::CommonName, "kedge-controller");
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    let server_key = KeyPair::generate()?;
-    let server_cert = sp.signed_by(&server_key, &issuer)?;
-
+    let serving = Arc::new(Serving {
+        issuer: Issuer::new(ca_params()?, ca_key),
+        names: names.to_vec(),
+        current: std::sync::Mutex::new(None),
+    });
+    serving.current()?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(server_cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )?;
+        .with_cert_resolver(serving);
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsMaterial { ca_pem, token, server_config: Arc::new(cfg) })
+}
+
+/// How long a serving certificate is valid, and how long before its end a
+/// new one is signed (K3s: one year, renewed within 90 days of expiry).
+const SERVING_DAYS: i32 = 365;
+const RENEW_DAYS_BEFORE: i64 = 90;
+
+/// The serving certificate: signed at start, and again by the handshake
+/// that finds it within [`RENEW_DAYS_BEFORE`] of its end, so a controller
+/// that runs for years never serves an expired one.
+struct Serving {
+    issuer: Issuer<'static, KeyPair>,
+    names: Vec<String>,
+    /// The certificate and the Unix time after which it is renewed.
+    current: std::sync::Mutex<Option<(Arc<rustls::sign::CertifiedKey>, i64)>>,
+}
+
+impl std::fmt::Debug for Serving {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serving").field("names", &self.names).finish_non_exhaustive()
+    }
+}
+
+impl Serving {
+    /// The certificate to serve, signing a new one when it is due.
+    fn current(&self) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+        let now = jiff::Timestamp::now().as_second();
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, _)) = cur.as_ref().filter(|(_, renew_at)| now < *renew_at) {
+            return Ok(key.clone());
+        }
+        let (key, renew_at) = self.sign()?;
+        *cur = Some((key.clone(), renew_at));
+        Ok(key)
+    }
+
+    fn sign(&self) -> Result<(Arc<rustls::sign::CertifiedKey>, i64), TlsError> {
+        let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+        let day = |d: jiff::civil::Date| rcgen::date_time_ymd(i32::from(d.year()), d.month() as u8, d.day() as u8);
+        let span = |days: i32| jiff::Span::new().days(days);
+        let (from, until) =
+            (today.checked_sub(span(1)).unwrap_or(today), today.checked_add(span(SERVING_DAYS)).unwrap_or(today));
+        let mut sp = CertificateParams::new(self.names.clone())?;
+        sp.distinguished_name.push(DnType::CommonName, "kedge-controller");
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        // A day of slack before today for clocks a little behind.
+        sp.not_before = day(from);
+        sp.not_after = day(until);
+        let server_key = KeyPair::generate()?;
+        let server_cert = sp.signed_by(&server_key, &self.issuer)?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&der)?;
+        let key = rustls::sign::CertifiedKey::new(vec![CertificateDer::from(server_cert.der().to_vec())], signer);
+        let renew_at = jiff::Timestamp::now().as_second() + (i64::from(SERVING_DAYS) - RENEW_DAYS_BEFORE) * 86_400;
+        tracing::info!(until = %until, names = ?self.names, "signed a serving certificate");
+        Ok((Arc::new(key), renew_at))
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Serving {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match self.current() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot renew the serving certificate");
+                self.current.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(k, _)| k.clone())
+            }
+        }
+    }
 }
 
 /// The names a serving certificate covers: loopback, the listen address,
 /// this host's name, and any extra `--tls-san`.
 pub fn serving_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if !listen.is_unspecified() {
-        names.push(listen.to_string());
+    match listen.is_unspecified() {
+        // Every address clients may use: those of this host's interfaces.
+        true => names.extend(host_addresses().iter().map(IpAddr::to_string)),
+        false => names.push(listen.to_string()),
     }
     if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
         let h = h.trim();
@@ -127,4 +194,42 @@ pub fn serving_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// The addresses of this host's interfaces (IPv6 link-local ones left out:
+/// they need a zone, which a certificate cannot name).
+#[allow(unsafe_code)]
+fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that stays valid until
+    // freeifaddrs; each ifa_addr is null or points to a sockaddr of the
+    // family it names, read as that family's struct.
+    unsafe {
+        if libc::getifaddrs(&mut head) != 0 {
+            return out;
+        }
+        let mut cur = head;
+        while let Some(ifa) = cur.as_ref() {
+            if let Some(sa) = ifa.ifa_addr.as_ref() {
+                match i32::from(sa.sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                        if ip.segments()[0] & 0xffc0 != 0xfe80 {
+                            out.push(IpAddr::V6(ip));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            cur = ifa.ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out
 }

@@ -78,6 +78,17 @@ fn static_pod_runs_logs_limits_and_is_removed_without_leftovers() -> Result<()> 
     let table = agent.cli(&["ps"])?;
     assert!(table.contains("default/web-n1") && table.contains("sleeper") && table.contains("Running"), "{table}");
 
+    // What the agent keeps (the cache, the containers' specs with their
+    // environment, Secret volumes) is root's alone, whatever the umask and
+    // whoever made the data dir (here `image import`, before `run`).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode(&agent.data)?, 0o700, "the data dir");
+    assert_eq!(mode(&agent.data.join("agent.redb"))?, 0o600, "the cache");
+    for c in std::fs::read_dir(agent.data.join("containers"))?.flatten() {
+        assert_eq!(mode(&c.path().join("config.json"))?, 0o600, "{}", c.path().display());
+    }
+
     let logs = agent.wait_for("two lines of output", Duration::from_secs(15), || {
         let out = agent.cli(&["logs", "web", "talker"])?;
         Ok(out.contains("line 1").then_some(out))

@@ -55,3 +55,39 @@ fn tls_and_token_guard_the_api() -> Result<()> {
     assert!(again.ok(&["get", "ns"])?.contains("default"));
     Ok(())
 }
+
+/// The serving certificate as `openssl` sees it: on a wildcard listen it
+/// names the host's real addresses (here a lab machine's LAN address), and
+/// it is valid for a year from about now — not from 1975 to 4096.
+#[test]
+fn the_serving_certificate_names_the_host_addresses_and_lasts_a_year() -> Result<()> {
+    if !require(kedge_tests::is_root(), "root (a network namespace for the controller)") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut lab = kedge_tests::netlab::Lab::new()?;
+    let server = lab.machine("server")?;
+    let _ctl = Controller::start_in(Some(&server.netns_path()), &dir.path().join("data"), "0.0.0.0:6443", &[])?;
+    let shown = kedge_tests::wait_for("the certificate", std::time::Duration::from_secs(20), || {
+        let out = server.run(
+            "sh",
+            &["-c", "openssl s_client -connect 127.0.0.1:6443 </dev/null 2>/dev/null | openssl x509 -noout -dates -ext subjectAltName"],
+        );
+        Ok(out.ok().filter(|o| o.contains("notAfter")))
+    })?;
+    let lan = server.ip().to_string();
+    anyhow::ensure!(shown.contains(&format!("IP Address:{lan}")), "the LAN address {lan} is named: {shown}");
+    anyhow::ensure!(shown.contains("IP Address:127.0.0.1") && shown.contains("DNS:localhost"), "{shown}");
+    let date = |key: &str| -> Result<jiff::Timestamp> {
+        let line = shown.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_default();
+        // openssl: "Dec  6 00:00:00 2027 GMT"
+        let parsed = jiff::fmt::strtime::parse("%b %e %H:%M:%S %Y GMT", line.trim())?;
+        Ok(parsed.to_datetime()?.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp())
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let (from, until) = (date("notBefore=")?.as_second(), date("notAfter=")?.as_second());
+    anyhow::ensure!(now - from <= 2 * 86_400 && from <= now, "valid from about now: {shown}");
+    let days = (until - now) / 86_400;
+    anyhow::ensure!((364..=366).contains(&days), "valid for a year ({days} days): {shown}");
+    Ok(())
+}

@@ -324,7 +324,12 @@ impl LinkState {
         }
         match kedge_common::wire::decode_for::<NodeDesired>(payload, &self.settings.node, self.settings.max_payload) {
             Ok(d) if d.generation <= self.delivered => {
-                tracing::debug!(generation = d.generation, have = self.delivered, "snapshot not newer; ignored");
+                // Also what a replayed old snapshot meets: said, not acted on.
+                tracing::info!(
+                    generation = d.generation,
+                    have = self.delivered,
+                    "desired snapshot not newer than the one applied; ignored"
+                );
             }
             Ok(d) => {
                 self.delivered = d.generation;
@@ -347,10 +352,10 @@ impl LinkState {
         }
         match envelope::decode::<ClusterNetwork>(payload, self.settings.max_payload) {
             Ok(t) if t.generation <= self.network_delivered => {
-                tracing::debug!(
+                tracing::info!(
                     generation = t.generation,
                     have = self.network_delivered,
-                    "network table not newer; ignored"
+                    "network table not newer than the one applied; ignored"
                 );
             }
             Ok(t) => {

@@ -621,7 +621,8 @@ impl Runtime {
             let config_path = dir.join("config.json");
             let bytes = serde_json::to_vec_pretty(&spec)
                 .map_err(|e| RuntimeError::Io { path: config_path.clone(), source: e.into() })?;
-            fs::write(&config_path, bytes).map_err(RuntimeError::io(&config_path))?;
+            // The spec carries the container's environment (Secret values).
+            crate::fsutil::write_private(&config_path, &bytes).map_err(RuntimeError::io(&config_path))?;
             for f in ["stdout", "stderr"] {
                 let p = dir.join(f);
                 nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))

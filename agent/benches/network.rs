@@ -7,7 +7,8 @@
 //! `nft` binary. For each measured change one Service's endpoints move, and
 //! the agent's own path is timed, as the node loop runs it:
 //!
-//! 1. decode the CBOR envelope (as the link does),
+//! 1. check the controller's signature and decode the CBOR envelope (as
+//!    the link does; the controller's signing of it is timed on its own),
 //! 2. store it in the agent's redb cache (a fresh one in a temporary folder),
 //! 3. apply this node's local health and render the ruleset,
 //! 4. load it with the same `Applier` the agent keeps: only the changes.
@@ -29,6 +30,7 @@ use kedge_common::envelope;
 use kedge_common::network::{
     EndpointNet, EndpointPortNet, NodeNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet,
 };
+use kedge_common::sign::{Purpose, SigningKey};
 use kedge_tests::percentile;
 
 const SERVICES: usize = 1000;
@@ -132,7 +134,9 @@ fn main() -> anyhow::Result<()> {
     let cache = Cache::open(&dir.path().join("cache.redb"))?;
 
     let first = table(1, usize::MAX, 0);
-    let payload = envelope::encode(&first)?;
+    let (key, _) = SigningKey::generate()?;
+    let public = key.public();
+    let payload = envelope::encode_signed(&first, Purpose::Network, &key)?;
     let ruleset = nft::render(&apply_local_health(&first, node.pod_cidr, &local_pods(&first)), &node, &[]);
     let script = ruleset.to_string();
     println!(
@@ -155,14 +159,22 @@ fn main() -> anyhow::Result<()> {
     let mut applier = Applier::new();
     applier.apply(ruleset)?;
     let (mut total, mut decode, mut store, mut render, mut apply) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut signs, mut verifies) = (vec![], vec![]);
     for i in 0..WARMUP + CHANGES {
         let moved = (i * 37) % SERVICES;
         let next = table(i as u64 + 2, moved, i + 1);
         let local = local_pods(&next);
-        let next = envelope::encode(&next)?;
+        let signing = Instant::now();
+        let next = envelope::encode_signed(&next, Purpose::Network, &key)?;
+        let signed = signing.elapsed();
+        // The same decode without the signature check, for what the check costs.
+        let unchecked = Instant::now();
+        let _: ClusterNetwork = envelope::decode(&next, envelope::DEFAULT_MAX_PAYLOAD)?;
+        let unchecked = unchecked.elapsed();
 
         let t0 = Instant::now();
-        let got: ClusterNetwork = envelope::decode(&next, envelope::DEFAULT_MAX_PAYLOAD)?;
+        let got: ClusterNetwork =
+            envelope::decode_verified(&next, envelope::DEFAULT_MAX_PAYLOAD, Purpose::Network, &public)?;
         let t1 = Instant::now();
         cache.store_network(&next)?;
         let t2 = Instant::now();
@@ -176,14 +188,18 @@ fn main() -> anyhow::Result<()> {
             render.push(t3 - t2);
             apply.push(t4 - t3);
             total.push(t4 - t0);
+            signs.push(signed);
+            verifies.push(unchecked);
         }
     }
 
     line("Service change -> rules live (the agent's whole path)", total);
-    line("  decode the table (CBOR)", decode);
+    line("  check the signature and decode the table (CBOR)", decode);
+    line("  the same decode without the signature check", verifies);
     line("  store it in the cache (redb)", store);
     line("  local health + render", render);
     line("  nft: load the changes", apply);
     line("whole table loaded from scratch (first apply)", fulls);
+    line("controller: encode and sign the table", signs);
     Ok(())
 }

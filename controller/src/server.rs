@@ -158,11 +158,20 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     );
     let mut loops = JoinSet::new();
     let broker = match &opts.fleet {
-        Some(f) => Some(
-            crate::fleet::start(client.clone(), f.clone(), cidrs(&opts), fleet_state.clone(), &mut loops, rx.clone())
-                .await?
-                .broker,
-        ),
+        Some(f) => {
+            let key = Arc::new(tls::signing_key(&opts.data_dir)?);
+            let fleet = crate::fleet::start(
+                client.clone(),
+                f.clone(),
+                key,
+                cidrs(&opts),
+                fleet_state.clone(),
+                &mut loops,
+                rx.clone(),
+            )
+            .await?;
+            Some(fleet.broker)
+        }
         None => None,
     };
     // With the fleet link, the node lifecycle also looks at every node when

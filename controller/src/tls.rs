@@ -22,6 +22,8 @@ pub enum TlsError {
     Cert(#[from] rcgen::Error),
     #[error("tls configuration failed: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("the fleet signing key {path}: {reason}")]
+    Signing { path: PathBuf, reason: kedge_common::sign::SignError },
 }
 
 /// What a TLS listener and its kubeconfig need.
@@ -173,6 +175,31 @@ impl rustls::server::ResolvesServerCert for Serving {
             }
         }
     }
+}
+
+/// The controller's fleet signing key (design.md §3a), made on first start
+/// and kept beside the CA (`DATA/tls/signing.key`, PKCS#8, 0600); its public
+/// half goes to `DATA/tls/signing.pub` for tokens and operators to pin.
+pub fn signing_key(data_dir: &Path) -> Result<kedge_common::sign::SigningKey, TlsError> {
+    use kedge_common::sign::SigningKey;
+    let dir = data_dir.join("tls");
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let (path, public) = (dir.join("signing.key"), dir.join("signing.pub"));
+    let key = match std::fs::read(&path) {
+        Ok(der) => SigningKey::from_pkcs8(&der).map_err(|e| TlsError::Signing { path: path.clone(), reason: e })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (key, der) = SigningKey::generate().map_err(|e| TlsError::Signing { path: path.clone(), reason: e })?;
+            write_private(&path, &der)?;
+            tracing::info!(path = %path.display(), public = %key.public(), "generated the fleet signing key");
+            key
+        }
+        Err(e) => return Err(TlsError::Io { path, source: e }),
+    };
+    let text = format!("{}\n", key.public());
+    if std::fs::read_to_string(&public).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(&public, text).map_err(io(&public))?;
+    }
+    Ok(key)
 }
 
 /// The names a serving certificate covers: loopback, the listen address,

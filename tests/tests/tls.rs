@@ -22,6 +22,14 @@ fn tls_and_token_guard_the_api() -> Result<()> {
     let k = Kubectl { bin: bin.clone(), kubeconfig: ctl.kubeconfig(), cache: dir.path().join("cache") };
     assert!(k.ok(&["get", "ns"])?.contains("kube-system"));
 
+    // The fleet signing key sits beside the CA, root's alone; its public
+    // half is there to pin.
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(data.join("tls/signing.key"))?;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    let public = std::fs::read_to_string(data.join("tls/signing.pub"))?;
+    assert!(public.trim().parse::<kedge_common::sign::PublicKey>().is_ok(), "{public:?}");
+
     // A wrong token: 401.
     let no_token: String = kubeconfig
         .lines()

@@ -18,6 +18,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kedge_common::sign::{Purpose, SigningKey};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::NodeDesired;
 use rumqttc::{AsyncClient, QoS};
@@ -32,6 +33,8 @@ use crate::controllers::runner::{Action, Reconcile};
 use crate::store::{Key, WatchEvent};
 
 pub struct DesiredPublisher {
+    /// The controller's fleet signing key.
+    key: Arc<SigningKey>,
     client: Client,
     mqtt: AsyncClient,
     prefix: String,
@@ -59,8 +62,10 @@ impl DesiredPublisher {
         prefix: String,
         max_payload: usize,
         state: Arc<FleetState>,
+        key: Arc<SigningKey>,
     ) -> Result<Self, ControllerError> {
         Ok(DesiredPublisher {
+            key,
             client,
             mqtt,
             prefix,
@@ -149,7 +154,7 @@ impl DesiredPublisher {
                 _ => revision,
             };
             let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire };
-            let bytes = kedge_common::envelope::encode(&snapshot)
+            let bytes = kedge_common::envelope::encode_signed(&snapshot, Purpose::Desired, &self.key)
                 .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             if bytes.len() > self.max_payload {
                 tracing::error!(%node, bytes = bytes.len(), cap = self.max_payload, "snapshot over the payload cap; not published");

@@ -232,11 +232,12 @@ pub struct Fleet {
 }
 
 /// Starts the broker (unless external), the controller's MQTT session, the
-/// snapshot publisher and the network table publisher (with `cidrs`), as
-/// tasks of `tasks`. Everything stops when `stop` flips.
+/// snapshot publisher and the network table publisher (with `cidrs`; both
+/// sign with `key`), as tasks of `tasks`. Everything stops when `stop` flips.
 pub async fn start(
     client: Client,
     opts: FleetOptions,
+    key: Arc<kedge_common::sign::SigningKey>,
     cidrs: network::Cidrs,
     state: Arc<FleetState>,
     tasks: &mut JoinSet<()>,
@@ -263,18 +264,11 @@ pub async fn start(
         opts.prefix.clone(),
         opts.max_payload,
         state.clone(),
+        key.clone(),
     )?;
     let store = client.store().clone();
     tasks.spawn(runner::run_with_resync(publisher, store.clone(), stop.clone(), state.resync_desired.subscribe()));
-    let network = network::NetworkPublisher::new(
-        client.clone(),
-        mqtt.clone(),
-        &opts.prefix,
-        opts.max_payload,
-        state.clone(),
-        cidrs,
-        opts.network_min_interval,
-    )?;
+    let network = network::NetworkPublisher::new(client.clone(), mqtt.clone(), &opts, state.clone(), cidrs, key)?;
     tasks.spawn(runner::run_with_resync(network, store, stop.clone(), state.resync_desired.subscribe()));
     let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())?;
     tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));

@@ -35,6 +35,7 @@ use kedge_common::envelope;
 use kedge_common::network::{
     ClusterNetwork, EndpointNet, EndpointPortNet, NodeNet, Protocol, ServiceKind, ServiceNet, ServicePortNet, SubsetNet,
 };
+use kedge_common::sign::{Purpose, SigningKey};
 use kedge_common::topics;
 use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
@@ -248,6 +249,8 @@ pub struct NetworkSummary {
 }
 
 pub struct NetworkPublisher {
+    /// The controller's fleet signing key.
+    key: Arc<SigningKey>,
     client: Client,
     mqtt: AsyncClient,
     topic: String,
@@ -272,19 +275,26 @@ pub struct NetworkPublisher {
 impl NetworkPublisher {
     /// Picks up the stored table, if any: it is what the first publish
     /// sends when nothing changed while the controller was down.
+    /// From `opts`: the topic prefix, the payload cap and the least time
+    /// between two builds.
     pub fn new(
         client: Client,
         mqtt: AsyncClient,
-        prefix: &str,
-        max_payload: usize,
+        opts: &super::FleetOptions,
         state: Arc<FleetState>,
         cidrs: Cidrs,
-        min_interval: Duration,
+        key: Arc<SigningKey>,
     ) -> Result<Self, ControllerError> {
+        let (prefix, max_payload, min_interval) = (&opts.prefix, opts.max_payload, opts.network_min_interval);
         let stored = client.store().record(RECORD)?;
         let (current, bytes) = match stored {
+            // Signed again: it may come from a build before signatures.
             Some(b) => match envelope::decode::<ClusterNetwork>(&b, usize::MAX) {
-                Ok(t) => (Some(t), Some(b)),
+                Ok(t) => {
+                    let bytes = envelope::encode_signed(&t, Purpose::Network, &key)
+                        .map_err(|source| ControllerError::NetworkTable { source })?;
+                    (Some(t), Some(bytes))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "the stored network table does not decode; starting a new one");
                     (None, None)
@@ -293,6 +303,7 @@ impl NetworkPublisher {
             None => (None, None),
         };
         Ok(NetworkPublisher {
+            key,
             topic: topics::cluster_network_topic(prefix),
             ids: (Service::rt()?.id, Endpoints::rt()?.id, Node::rt()?.id),
             client,
@@ -325,7 +336,8 @@ impl NetworkPublisher {
         let revision = self.client.store().revision();
         let (table, new) = self.tracker.stamp(self.build()?, revision);
         if new {
-            let bytes = envelope::encode(&table).map_err(|source| ControllerError::NetworkTable { source })?;
+            let bytes = envelope::encode_signed(&table, Purpose::Network, &self.key)
+                .map_err(|source| ControllerError::NetworkTable { source })?;
             if bytes.len() > self.max_payload {
                 // The current table (if any) still goes out below.
                 self.refuse(&table, &bytes);

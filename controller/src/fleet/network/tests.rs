@@ -154,6 +154,8 @@ struct Fixture {
     tx: flume::Sender<Request>,
     rx: flume::Receiver<Request>,
     events: broadcast::Receiver<Arc<WatchEvent>>,
+    /// The controller's signing key: what it publishes must verify with it.
+    key: Arc<SigningKey>,
     _dir: tempfile::TempDir,
 }
 
@@ -166,22 +168,21 @@ fn fixture() -> Fixture {
     let state = FleetState::new(Duration::from_secs(60));
     state.set_connected(true);
     let (tx, rx) = flume::unbounded();
-    Fixture { client: Client::new(writer), state, tx, rx, events, _dir: dir }
+    let key = Arc::new(SigningKey::generate().expect("key").0);
+    Fixture { client: Client::new(writer), state, tx, rx, events, key, _dir: dir }
 }
 
 impl Fixture {
     fn publisher(&self, max_payload: usize) -> NetworkPublisher {
         let mqtt = AsyncClient::from_senders(self.tx.clone());
-        NetworkPublisher::new(
-            self.client.clone(),
-            mqtt,
-            "kedge",
+        let opts = super::super::FleetOptions {
+            prefix: "kedge".into(),
             max_payload,
-            self.state.clone(),
-            cidrs(),
-            DEFAULT_MIN_INTERVAL,
-        )
-        .expect("publisher")
+            network_min_interval: DEFAULT_MIN_INTERVAL,
+            ..Default::default()
+        };
+        NetworkPublisher::new(self.client.clone(), mqtt, &opts, self.state.clone(), cidrs(), self.key.clone())
+            .expect("publisher")
     }
 
     fn service(&self, name: &str) {
@@ -220,7 +221,10 @@ impl Fixture {
                         (p.topic.as_str(), p.retain, p.qos),
                         ("kedge/v1/cluster/network", true, QoS::AtLeastOnce)
                     );
-                    let t = envelope::decode(&p.payload, envelope::DEFAULT_MAX_PAYLOAD).expect("a valid envelope");
+                    let public = self.key.public();
+                    let t =
+                        envelope::decode_verified(&p.payload, envelope::DEFAULT_MAX_PAYLOAD, Purpose::Network, &public)
+                            .expect("a valid envelope, signed by the controller");
                     Some((t, p.payload.to_vec()))
                 }
                 _ => None,

@@ -1,0 +1,166 @@
+//! Signatures on the fleet link (design.md §3a: the broker is hostile).
+//!
+//! Ed25519 from `ring` (already in both binaries through rustls). What is
+//! signed is the exact CBOR bytes of a message's body, prefixed with what
+//! the message is for, so a signature made for one purpose (a node's
+//! snapshot) can never pass for another (the network table):
+//! `"kedge signed " PURPOSE "\n" BODY`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignError {
+    #[error("cannot generate a key pair")]
+    Generate,
+    #[error("not an Ed25519 PKCS#8 private key")]
+    BadPrivateKey,
+    #[error("{0:?} is not a kedge public key (43 characters of base64url)")]
+    BadPublicKey(String),
+    #[error("the signature does not verify with the pinned key")]
+    Mismatch,
+}
+
+/// What a signed message is for (part of what is signed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A node's desired snapshot (`kedge/v1/nodes/{node}/desired`).
+    Desired,
+    /// The cluster network table (`kedge/v1/cluster/network`).
+    Network,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Desired => "desired",
+            Purpose::Network => "network",
+        }
+    }
+}
+
+fn message(purpose: Purpose, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(body.len() + 24);
+    m.extend_from_slice(b"kedge signed ");
+    m.extend_from_slice(purpose.as_str().as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(body);
+    m
+}
+
+/// A private signing key (the controller's, or a node's).
+pub struct SigningKey(Ed25519KeyPair);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.public())
+    }
+}
+
+impl SigningKey {
+    /// A new key, and its PKCS#8 document to keep (0600) for the next start.
+    pub fn generate() -> Result<(SigningKey, Vec<u8>), SignError> {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| SignError::Generate)?;
+        let der = doc.as_ref().to_vec();
+        Ok((SigningKey::from_pkcs8(&der)?, der))
+    }
+
+    pub fn from_pkcs8(der: &[u8]) -> Result<SigningKey, SignError> {
+        Ed25519KeyPair::from_pkcs8(der).map(SigningKey).map_err(|_| SignError::BadPrivateKey)
+    }
+
+    pub fn public(&self) -> PublicKey {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.0.public_key().as_ref());
+        PublicKey(k)
+    }
+
+    /// The signature of `body` for `purpose`.
+    pub fn sign(&self, purpose: Purpose, body: &[u8]) -> Vec<u8> {
+        self.0.sign(&message(purpose, body)).as_ref().to_vec()
+    }
+}
+
+/// A public key, as pinned by the other side. Its text form is 43
+/// characters of unpadded base64url.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; 32]);
+
+impl PublicKey {
+    /// Whether `sig` is this key's signature of `body` for `purpose`.
+    pub fn verify(&self, purpose: Purpose, body: &[u8], sig: &[u8]) -> Result<(), SignError> {
+        UnparsedPublicKey::new(&ED25519, &self.0).verify(&message(purpose, body), sig).map_err(|_| SignError::Mismatch)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for PublicKey {
+    fn from(k: [u8; 32]) -> Self {
+        PublicKey(k)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = SignError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = URL_SAFE_NO_PAD.decode(s.trim()).map_err(|_| SignError::BadPublicKey(s.to_owned()))?;
+        let k: [u8; 32] = bytes.try_into().map_err(|_| SignError::BadPublicKey(s.to_owned()))?;
+        Ok(PublicKey(k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_verify_only_with_their_key_body_and_purpose() {
+        let (key, der) = SigningKey::generate().expect("key");
+        let again = SigningKey::from_pkcs8(&der).expect("the kept document loads");
+        assert_eq!(key.public(), again.public());
+        let public = key.public();
+        let sig = key.sign(Purpose::Desired, b"body");
+        assert_eq!(sig.len(), SIGNATURE_LEN);
+        assert_eq!(public.verify(Purpose::Desired, b"body", &sig), Ok(()));
+        assert_eq!(public.verify(Purpose::Desired, b"bodY", &sig), Err(SignError::Mismatch), "another body");
+        assert_eq!(public.verify(Purpose::Network, b"body", &sig), Err(SignError::Mismatch), "another purpose");
+        let (other, _) = SigningKey::generate().expect("key");
+        assert_eq!(other.public().verify(Purpose::Desired, b"body", &sig), Err(SignError::Mismatch), "another key");
+        assert_eq!(public.verify(Purpose::Desired, b"body", &sig[..63]), Err(SignError::Mismatch), "short");
+    }
+
+    #[test]
+    fn public_keys_read_back_from_their_text_and_garbage_is_refused() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let text = key.public().to_string();
+        assert_eq!(text.len(), 43);
+        assert_eq!(text.parse::<PublicKey>(), Ok(key.public()));
+        assert!(matches!("not-a-key".parse::<PublicKey>(), Err(SignError::BadPublicKey(_))));
+        assert!(matches!(format!("{text}AA").parse::<PublicKey>(), Err(SignError::BadPublicKey(_))));
+        assert_eq!(SigningKey::from_pkcs8(b"garbage").err(), Some(SignError::BadPrivateKey));
+    }
+}

@@ -34,8 +34,53 @@ pub struct Ingest {
 
 /// Unknown nodes whose newest report is kept while they wait to be registered.
 const MAX_PENDING: usize = 1024;
-/// The only labels a node's report may set on its Node.
-const NODE_LABELS: [&str; 3] = ["kubernetes.io/arch", "kubernetes.io/os", "kubernetes.io/hostname"];
+/// The `kubernetes.io`/`k8s.io` labels a node may set on its own Node, as
+/// Kubernetes' NodeRestriction admission allows a kubelet
+/// (`kubeletapis.IsKubeletLabel`).
+const NODE_LABELS: [&str; 11] = [
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/zone",
+    "failure-domain.beta.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+];
+/// Label namespaces a node may use freely (and their subdomains).
+const NODE_LABEL_NAMESPACES: [&str; 2] = ["kubelet.kubernetes.io", "node.kubernetes.io"];
+
+/// Whether a node may set label `key` on its own Node (at registration and
+/// after): NodeRestriction's rule. Labels outside the `kubernetes.io` and
+/// `k8s.io` namespaces are the node's to set; inside them only the list
+/// above and the kubelet's own namespaces — so no node makes itself
+/// `node-role.kubernetes.io/control-plane` or sets the
+/// `node-restriction.kubernetes.io/` labels that pods may select on to stay
+/// off untrusted nodes.
+fn node_may_set(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else { return true };
+    let within = |ns: &str| prefix == ns || prefix.ends_with(&format!(".{ns}"));
+    if within("node-restriction.kubernetes.io") {
+        return false;
+    }
+    if !within("kubernetes.io") && !within("k8s.io") {
+        return true;
+    }
+    NODE_LABELS.contains(&key) || NODE_LABEL_NAMESPACES.iter().any(|ns| within(ns))
+}
+
+/// The labels of `reported` that `node` may set; the others are logged.
+fn allowed_labels(node: &str, reported: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let (allowed, refused): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        reported.iter().map(|(k, v)| (k.clone(), v.clone())).partition(|(k, _)| node_may_set(k));
+    if !refused.is_empty() {
+        tracing::warn!(%node, labels = ?refused.keys().collect::<Vec<_>>(), "node tried to set labels nodes may not set; ignored");
+    }
+    allowed
+}
 
 fn time(secs: i64) -> Option<Time> {
     jiff::Timestamp::from_second(secs).ok().filter(|_| secs > 0).map(Time)
@@ -346,7 +391,7 @@ impl Ingest {
                 let fresh = Node {
                     metadata: ObjectMeta {
                         name: Some(node.to_string()),
-                        labels: Some(r.labels.clone()),
+                        labels: Some(allowed_labels(node, &r.labels)),
                         ..Default::default()
                     },
                     ..Default::default()
@@ -355,12 +400,10 @@ impl Ingest {
             }
         };
         // Labels the node reports (arch, os, hostname) are kept current; a
-        // node cannot set any other label (node roles, selectors' labels).
+        // node cannot set the labels NodeRestriction keeps from kubelets.
         let labels = n.metadata.labels.get_or_insert_with(BTreeMap::new);
         let before = labels.clone();
-        labels.extend(
-            r.labels.iter().filter(|(k, _)| NODE_LABELS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())),
-        );
+        labels.extend(allowed_labels(node, &r.labels));
         if *labels != before {
             n.metadata.resource_version = None;
             n = self.client.replace(&n)?;
@@ -422,6 +465,57 @@ mod tests {
         assert_eq!(cpu_quantity(4000).0, "4");
         assert_eq!(cpu_quantity(1500).0, "1500m");
         assert_eq!(bytes_quantity(2 * 1024 * 1024).0, "2048Ki");
+    }
+
+    #[test]
+    fn nodes_set_only_the_labels_node_restriction_allows() {
+        for key in [
+            "kubernetes.io/arch",
+            "topology.kubernetes.io/zone",
+            "node.kubernetes.io/instance-type",
+            "sub.kubelet.kubernetes.io/x",
+            "example.com/rack",
+            "plain",
+        ] {
+            assert!(node_may_set(key), "{key}");
+        }
+        for key in [
+            "node-role.kubernetes.io/control-plane",
+            "node-restriction.kubernetes.io/trusted",
+            "x.node-restriction.kubernetes.io/y",
+            "kubernetes.io/role",
+            "k8s.io/anything",
+            "sub.k8s.io/x",
+        ] {
+            assert!(!node_may_set(key), "{key}");
+        }
+    }
+
+    /// A report (anyone may publish one on a hostile broker) that asks for
+    /// the control-plane role: not at registration, not after.
+    #[test]
+    fn a_report_cannot_give_its_node_a_role() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb"), 100).expect("store"));
+        let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
+        writer.system_namespaces().expect("namespaces");
+        let client = Client::new(writer);
+        let mut ingest =
+            Ingest::new(client.clone(), FleetOptions::default(), FleetState::new(std::time::Duration::from_secs(60)))
+                .expect("ingest");
+        let labels = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
+            let mut l = BTreeMap::from([("kubernetes.io/arch".to_owned(), "arm64".to_owned())]);
+            l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            l
+        };
+        let first = labels(&[("node-role.kubernetes.io/control-plane", ""), ("example.com/rack", "r1")]);
+        ingest.report("n1", NodeReport { node: "n1".into(), labels: first, ..Default::default() }).expect("report");
+        let later =
+            labels(&[("node-restriction.kubernetes.io/trusted", "yes"), ("node-role.kubernetes.io/master", "")]);
+        ingest.report("n1", NodeReport { node: "n1".into(), labels: later, ..Default::default() }).expect("report");
+        let node = client.get::<Node>("", "n1").expect("get").expect("registered");
+        let keys: Vec<String> = node.metadata.labels.unwrap_or_default().into_keys().collect();
+        assert_eq!(keys, ["example.com/rack", "kubernetes.io/arch"]);
     }
 
     #[test]

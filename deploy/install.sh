@@ -3,9 +3,12 @@
 # device. Idempotent: running it again with the same arguments changes nothing;
 # with new ones it updates the config and restarts the agent.
 #
-#   sudo ./install.sh --broker mqtt://controller.lan:1883 [--node-name pi-7] \
+#   sudo ./install.sh --broker mqtt://controller.lan:1883 [--token-file F] [--node-name pi-7] \
 #        [--deb kedge-agent_0.1.0_arm64.deb] [--username U --password-file F]
 #
+#   --token-file F    the join token (or $KEDGE_TOKEN; `kedge-controller token
+#                     create` prints one); needed once, the agent keeps the
+#                     controller key it pins
 #   --deb FILE        install or upgrade this package (default: the
 #                     kedge-agent_*_ARCH.deb next to this script, if any;
 #                     otherwise kedge-agent must already be installed)
@@ -16,8 +19,8 @@
 # Sets broker, node-name and the credentials in /etc/kedge/agent.yaml (other
 # settings there are kept), then enables and (re)starts kedge-agent.service.
 set -eu
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-broker= node= deb= user= passfile= root=
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+broker= node= deb= user= passfile= root= tokenfile=
 while [ $# -gt 0 ]; do
     case $1 in
         --broker) broker=${2:?}; shift 2 ;;
@@ -25,6 +28,7 @@ while [ $# -gt 0 ]; do
         --deb) deb=${2:?}; shift 2 ;;
         --username) user=${2:?}; shift 2 ;;
         --password-file) passfile=${2:?}; shift 2 ;;
+        --token-file) tokenfile=${2:?}; shift 2 ;;
         --root) root=${2:?}; shift 2 ;;
         -h|--help) usage ;;
         *) echo "install.sh: unknown argument $1" >&2; usage ;;
@@ -39,6 +43,10 @@ printf '%s' "$node" | grep -Eq '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$' \
 password=${KEDGE_BROKER_PASSWORD:-}
 [ -z "$passfile" ] || password=$(cat "$passfile")
 [ -z "$password" ] || [ -n "$user" ] || fail "a password needs --username"
+token=${KEDGE_TOKEN:-}
+[ -z "$tokenfile" ] || token=$(tr -d '[:space:]' < "$tokenfile")
+[ -z "$token" ] || printf '%s' "$token" | grep -Eq '^kedge1\.[A-Za-z0-9_-]{43}\.[a-z0-9]{6}\.[a-z0-9]{16}$' \
+    || fail "the join token is not one kedge-controller token create prints (kedge1.KEY.ID.SECRET)"
 [ -n "$root" ] || [ "$(id -u)" -eq 0 ] || fail "run as root (sudo)"
 
 # The package: given, or the one for this architecture next to the script.
@@ -86,6 +94,7 @@ set_key broker "$broker"
 set_key node-name "$node"
 [ -z "$user" ] || set_key broker-username "$user"
 [ -z "$password" ] || set_key broker-password "$password"
+[ -z "$token" ] || set_key token "$token"
 changed=yes; [ "$(cksum < "$config")" != "$before" ] || changed=no
 
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then

@@ -3,10 +3,11 @@
 # Raspberry Pi OS (or any MBR/GPT) disk image file, before it is flashed.
 # No mounting and no root needed: sfdisk finds the partition, mtools writes it.
 #
-#   images/provision.sh IMAGE --node-name NAME --broker mqtt://HOST:PORT \
+#   images/provision.sh IMAGE --node-name NAME --broker mqtt://HOST:PORT --token-file FILE \
 #       [--username USER] [--password-file FILE] [--set KEY=VALUE]... [--deb FILE.deb]
 #
 #   IMAGE            the .img file (uncompressed), e.g. 2025-05-13-raspios-bookworm-arm64-lite.img
+#   --token-file     the join token (or $KEDGE_TOKEN): `kedge-controller token create` prints one
 #   --password-file  the broker password (or $KEDGE_BROKER_PASSWORD); never on the command line
 #   --set KEY=VALUE  any other `kedge-agent run` flag, e.g. --set node-ip=192.168.1.27
 #   --deb FILE       also put the agent package on the boot partition with a
@@ -22,7 +23,7 @@ set -euo pipefail
 usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 image=$1; shift
-node= broker= user= passfile= deb=
+node= broker= user= passfile= deb= tokenfile=
 sets=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -30,6 +31,7 @@ while [ $# -gt 0 ]; do
         --broker) broker=${2:?}; shift 2 ;;
         --username) user=${2:?}; shift 2 ;;
         --password-file) passfile=${2:?}; shift 2 ;;
+        --token-file) tokenfile=${2:?}; shift 2 ;;
         --set) sets+=("${2:?}"); shift 2 ;;
         --deb) deb=${2:?}; shift 2 ;;
         -h|--help) usage ;;
@@ -47,6 +49,11 @@ done
 password=${KEDGE_BROKER_PASSWORD:-}
 if [ -n "$passfile" ]; then password=$(cat "$passfile"); fi
 if [ -n "$password" ] && [ -z "$user" ]; then echo "error: a password needs --username" >&2; exit 2; fi
+token=${KEDGE_TOKEN:-}
+if [ -n "$tokenfile" ]; then token=$(tr -d '[:space:]' < "$tokenfile"); fi
+[ -n "$token" ] || { echo "error: a join token is required (--token-file or \$KEDGE_TOKEN; make one with kedge-controller token create)" >&2; exit 2; }
+[[ $token =~ ^kedge1\.[A-Za-z0-9_-]{43}\.[a-z0-9]{6}\.[a-z0-9]{16}$ ]] \
+    || { echo "error: the join token is not one kedge-controller token create prints (kedge1.KEY.ID.SECRET)" >&2; exit 2; }
 
 # The boot partition: the first FAT one (MBR types 0x0b/0x0c/0x0e/0x06/0xef,
 # or GPT's basic-data/EFI types), as byte offset for mtools' IMAGE@@OFFSET.
@@ -70,6 +77,7 @@ trap 'rm -rf "$tmp"' EXIT
     echo "# Moved to /etc/kedge/agent.yaml by the agent on its first start."
     echo "node-name: $(q "$node")"
     echo "broker: $(q "$broker")"
+    echo "token: $(q "$token")"
     [ -n "$user" ] && echo "broker-username: $(q "$user")"
     [ -n "$password" ] && echo "broker-password: $(q "$password")"
     for kv in "${sets[@]}"; do

@@ -75,7 +75,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ -n "$broker" ] || { cat "$work/ctl.err" >&2; echo "hot-text.sh: the controller's broker did not come up" >&2; exit 1; }
-record connected --node-name hot-connected --broker "$broker"
+token=$("$bin/kedge-controller" --data-dir "$work/ctl" token create)
+record connected --node-name hot-connected --broker "$broker" --token "$token"
 connected=$(cat "$work/connected.log")
 case $connected in *"connected to the broker"*) ;; *)
     echo "$connected" >&2; echo "hot-text.sh: the agent did not reach the broker" >&2; exit 1 ;;

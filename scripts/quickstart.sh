@@ -78,10 +78,12 @@ if [ "$(id -u)" -eq 0 ]; then
   "${AGENT[@]}" image import target/images/busybox.tar
   mkdir -p "$DATA/manifests"
   cp examples/static-pod.yaml "$DATA/manifests/"
+  # The node joins with a token the controller makes, as a real node does.
+  TOKEN=$(./target/release/kedge-controller --data-dir "$DATA/controller" token create)
   # Its own config paths: this demo leaves /etc/kedge and the boot partition alone.
   "${AGENT[@]}" run --manifests "$DATA/manifests" --cri-socket "$DATA/cri.sock" \
     --config "$DATA/agent.yaml" --boot-config "$DATA/boot-config.yaml" \
-    --broker "mqtt://$MQTT" --node-name "$NODE" >"$DATA/agent.log" 2>&1 &
+    --broker "mqtt://$MQTT" --token "$TOKEN" --node-name "$NODE" >"$DATA/agent.log" 2>&1 &
   echo $! >"$AGENT_PIDFILE"
   for _ in $(seq 1 300); do
     [ "$(kubectl get pods -n hello --no-headers 2>/dev/null | grep -c ' Running ')" -ge 2 ] && break

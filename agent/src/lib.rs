@@ -20,6 +20,7 @@ pub mod link;
 pub mod logs_cli;
 pub mod net;
 pub mod node;
+pub mod pin;
 pub mod pods;
 pub mod relocs;
 pub mod report;

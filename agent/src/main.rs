@@ -212,6 +212,11 @@ struct RunArgs {
     /// MQTT password for the broker (better kept in --config than on the command line).
     #[arg(long, requires = "broker_username")]
     broker_password: Option<String>,
+    /// Join token from `kedge-controller token create`: pins the
+    /// controller's key (kept in the data dir after the first use). Without
+    /// one ever given, nothing from the controller is taken.
+    #[arg(long)]
+    token: Option<kedge_common::sign::Token>,
     /// Nameserver of the pods' resolv.conf (`dnsPolicy: ClusterFirst`), as
     /// the kubelet's flag. Without it such pods get the node's resolv.conf.
     #[arg(long)]
@@ -464,7 +469,17 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
     }
     #[cfg(not(feature = "cri-grpc"))]
     let _ = (&cri_socket, args.no_cri_socket);
+    let controller_key = match &args.broker {
+        Some(_) => kedge_agent::pin::controller_key(&data_dir, args.token.as_ref())?,
+        None => None,
+    };
+    if args.broker.is_some() && controller_key.is_none() {
+        tracing::error!(
+            "no join token: this node takes nothing from the controller until it gets one (--token, agent.yaml `token:` or the first-boot file)"
+        );
+    }
     let link = args.broker.clone().map(|broker| LinkConfig {
+        controller_key,
         broker,
         node: node.clone(),
         prefix: args.topic_prefix.clone(),

@@ -133,6 +133,75 @@ impl FromStr for PublicKey {
     }
 }
 
+/// A join token, as `kedge-controller token create` prints it:
+/// `kedge1.KEY.ID.SECRET` — the controller's public key (which the agent
+/// pins, as a K3s token pins its CA), then the token's id and secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    pub key: PublicKey,
+    /// 6 characters of `[a-z0-9]`, as a Kubernetes bootstrap token's id.
+    pub id: String,
+    /// 16 characters of `[a-z0-9]`.
+    pub secret: String,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token(kedge1.{}.{}.…)", self.key, self.id)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kedge1.{}.{}.{}", self.key, self.id, self.secret)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a kedge join token (kedge1.KEY.ID.SECRET, as `kedge-controller token create` prints it)")]
+pub struct BadToken;
+
+impl FromStr for Token {
+    type Err = BadToken;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.trim().split('.');
+        let (Some("kedge1"), Some(key), Some(id), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(BadToken);
+        };
+        let plain = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !plain(id, 6) || !plain(secret, 16) {
+            return Err(BadToken);
+        }
+        Ok(Token { key: key.parse().map_err(|_| BadToken)?, id: id.to_owned(), secret: secret.to_owned() })
+    }
+}
+
+impl Token {
+    /// A new token for `key` with a random id and secret.
+    pub fn generate(key: PublicKey) -> Result<Token, SignError> {
+        use ring::rand::SecureRandom;
+        const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut raw = [0u8; 22];
+        SystemRandom::new().fill(&mut raw).map_err(|_| SignError::Generate)?;
+        // 252 = 7 × 36: bytes at or over it are drawn again, so every
+        // character is equally likely.
+        let mut chars = String::with_capacity(22);
+        let rng = SystemRandom::new();
+        for mut b in raw {
+            while b >= 252 {
+                let mut one = [0u8; 1];
+                rng.fill(&mut one).map_err(|_| SignError::Generate)?;
+                b = one[0];
+            }
+            chars.push(char::from(ALPHABET[usize::from(b % 36)]));
+        }
+        Ok(Token { key, id: chars[..6].to_owned(), secret: chars[6..].to_owned() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +231,27 @@ mod tests {
         assert!(matches!("not-a-key".parse::<PublicKey>(), Err(SignError::BadPublicKey(_))));
         assert!(matches!(format!("{text}AA").parse::<PublicKey>(), Err(SignError::BadPublicKey(_))));
         assert_eq!(SigningKey::from_pkcs8(b"garbage").err(), Some(SignError::BadPrivateKey));
+    }
+
+    #[test]
+    fn tokens_read_back_and_malformed_ones_are_refused() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let token = Token::generate(key.public()).expect("token");
+        let text = token.to_string();
+        assert_eq!(text.parse::<Token>(), Ok(token.clone()));
+        assert_eq!(token.key, key.public());
+        assert!(!format!("{token:?}").contains(&token.secret), "Debug hides the secret");
+        let k = key.public().to_string();
+        for bad in [
+            String::new(),
+            "kedge1".into(),
+            format!("kedge2.{k}.abcdef.0123456789abcdef"),
+            format!("kedge1.{k}.abcde.0123456789abcdef"),
+            format!("kedge1.{k}.abcdef.0123456789ABCDEF"),
+            format!("kedge1.{k}.abcdef.0123456789abcdef.x"),
+            "kedge1.nokey.abcdef.0123456789abcdef".into(),
+        ] {
+            assert_eq!(bad.parse::<Token>(), Err(BadToken), "{bad:?}");
+        }
     }
 }

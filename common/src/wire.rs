@@ -299,6 +299,22 @@ pub fn decode_for<T: NodeMessage>(payload: &[u8], node: &str, cap: usize) -> Res
     Ok(m)
 }
 
+/// [`decode_for`] of a message that must carry `key`'s signature for
+/// `purpose` (what the controller sends).
+pub fn decode_verified_for<T: NodeMessage>(
+    payload: &[u8],
+    node: &str,
+    cap: usize,
+    purpose: crate::sign::Purpose,
+    key: &crate::sign::PublicKey,
+) -> Result<T, WireError> {
+    let m: T = crate::envelope::decode_verified(payload, cap, purpose, key)?;
+    if m.node() != node {
+        return Err(WireError::WrongNode { got: m.node().to_string(), want: node.into() });
+    }
+    Ok(m)
+}
+
 impl Presence {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()

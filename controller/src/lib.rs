@@ -17,5 +17,6 @@ pub mod selector;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod validate;
 pub mod write;

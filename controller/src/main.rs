@@ -71,6 +71,31 @@ struct Cli {
     /// Largest fleet-link payload, in bytes.
     #[arg(long, default_value_t = kedge_common::envelope::DEFAULT_MAX_PAYLOAD)]
     max_payload: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Join tokens for agents.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Prints a new join token (it pins this controller's signing key; give
+    /// it to an agent with --token, agent.yaml or the first-boot file).
+    Create {
+        /// How long it may be used to join (`24h`, `0`: forever).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many nodes may join with it (default: any number).
+        #[arg(long)]
+        uses: Option<u32>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +105,13 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Token { command: TokenCommand::Create { ttl, uses } }) = &cli.command {
+        let ttl = (!ttl.is_zero()).then_some(*ttl);
+        let token = kedge_controller::tokens::create(&cli.data_dir, ttl, *uses)
+            .with_context(|| format!("creating a token in {}", cli.data_dir.display()))?;
+        println!("{token}");
+        return Ok(());
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(run(cli))
 }

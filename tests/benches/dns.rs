@@ -85,10 +85,12 @@ fn main() -> Result<()> {
     let mut lab = Lab::new()?;
     let server = lab.machine("server")?;
     let node = lab.machine("node-a")?;
-    let (_ctl, k) = lab.controller(&server, &tmp.path().join("server"), &[])?.context("kubectl is not installed")?;
+    let (ctl, k) = lab.controller(&server, &tmp.path().join("server"), &[])?.context("kubectl is not installed")?;
     let broker = format!("{}:1883", server.ip());
     let ip = node.ip().to_string();
-    let args = ["--broker", &broker, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
+    let token = ctl.token()?;
+    let args =
+        ["--broker", &broker, "--token", &token, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
     let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;
     agent.set_netns(&node.netns_path());
     agent.start()?;

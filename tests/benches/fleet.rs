@@ -67,8 +67,8 @@ fn wait(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Res
     bail!("timed out waiting for {what}")
 }
 
-fn agent(dir: &std::path::Path, node: &str, broker: &str) -> Result<Agent> {
-    let mut a = Agent::new(&dir.join(node), &["--broker", broker, "--node-name", node])?;
+fn agent(dir: &std::path::Path, node: &str, broker: &str, token: &str) -> Result<Agent> {
+    let mut a = Agent::new(&dir.join(node), &["--broker", broker, "--token", token, "--node-name", node])?;
     a.start()?;
     Ok(a)
 }
@@ -163,7 +163,8 @@ fn main() -> Result<()> {
     // --- 1. apply → Running, one node -------------------------------------------------
     let (relay_port, bytes) = counting_relay(broker_addr.clone())?;
     let relayed = format!("mqtt://127.0.0.1:{relay_port}");
-    let n0 = agent(tmp.path(), "n0", &relayed)?;
+    let token = ctl.token()?;
+    let n0 = agent(tmp.path(), "n0", &relayed, &token)?;
     wait("node n0", Duration::from_secs(30), || {
         let (code, body) = http(&ctl.addr, "GET", "/api/v1/nodes/n0", "application/json", "")?;
         Ok(code == 200 && body.contains("KubeletReady"))
@@ -240,7 +241,7 @@ fn main() -> Result<()> {
     let mut names = Vec::new();
     for i in 1..=NODES {
         let name = format!("n{i}");
-        agents.push(agent(tmp.path(), &name, &broker)?);
+        agents.push(agent(tmp.path(), &name, &broker, &token)?);
         names.push(name);
     }
     for n in &names {

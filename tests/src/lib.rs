@@ -209,6 +209,18 @@ impl Controller {
         self.data_dir.join("kubeconfig.yaml")
     }
 
+    /// A fresh join token from `kedge-controller token create`, as an
+    /// operator makes one for a node.
+    pub fn token(&self) -> Result<String> {
+        let out = Command::new(binary("kedge-controller")?)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["token", "create"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -41,9 +41,11 @@ impl Cluster {
         let extra: Vec<&str> = external.map(|b| vec!["--broker", b]).unwrap_or_default();
         let Some((ctl, k)) = controller_and_kubectl(&dir, &extra)? else { return Ok(None) };
         let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+        let token = ctl.token()?;
         let mut agents = Vec::new();
         for n in nodes {
-            let mut args = vec!["--broker", broker.as_str(), "--node-name", n, "--backoff-base", "1s"];
+            let mut args =
+                vec!["--broker", broker.as_str(), "--token", token.as_str(), "--node-name", n, "--backoff-base", "1s"];
             args.extend_from_slice(agent_extra);
             let mut a = Agent::new(&dir.join(n), &args)?;
             a.start()?;
@@ -273,6 +275,99 @@ fn garbage_is_dropped(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// The broker is hostile (design.md §3a): a client with no keys publishes,
+/// retained, what would own node n1 as root — valid CBOR, a far higher
+/// generation, a privileged pod mounting the host's `/` — and a network
+/// table; then replays n1's own old signed snapshot. The agent takes none
+/// of it, says why, and its pods run on.
+fn forgeries_are_refused(c: &Cluster) -> Result<()> {
+    use kedge_common::envelope;
+    use kedge_common::wire::NodeDesired;
+    let (host, port) = c.broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+    let topic = "kedge/v1/nodes/n1/desired";
+    // n1's genuine snapshot as the broker holds it (signed by the controller).
+    let genuine = Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-t", topic, "-C", "1", "-N", "-W", "5"])
+        .output()?;
+    ensure!(!genuine.stdout.is_empty(), "n1's retained snapshot: {genuine:?}");
+    let old: NodeDesired = envelope::decode(&genuine.stdout, usize::MAX)?;
+    // n1's pods and their processes, as its agent shows them.
+    let running = || -> Result<Vec<(String, i64)>> {
+        let mut v: Vec<(String, i64)> = c
+            .agent("n1")
+            .ps()?
+            .iter()
+            .flat_map(|p| {
+                let pod = p["name"].as_str().unwrap_or_default().to_owned();
+                let pids: Vec<i64> =
+                    p["containers"].as_array().into_iter().flatten().map(|c| c["pid"].as_i64().unwrap_or(0)).collect();
+                pids.into_iter().map(move |pid| (pod.clone(), pid))
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    // Once n1 runs exactly what the API has for it (the scale-down before
+    // has settled).
+    let before = wait_for("n1 to run what the API has for it", Duration::from_secs(30), || {
+        let listed = c.k.json(&["get", "pods", "--field-selector", "spec.nodeName=n1"])?;
+        let mut want: Vec<String> = listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        want.sort();
+        let now = running()?;
+        let mut have: Vec<String> = now.iter().map(|(pod, _)| pod.clone()).collect();
+        have.dedup();
+        Ok((!want.is_empty() && have == want).then_some(now))
+    })?;
+    let evil_pod: kedge_common::pod::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "evil", "namespace": "default", "uid": "evil-uid"},
+        "spec": {"hostPID": true, "containers": [{"name": "root", "image": "kedge.local/busybox:latest",
+            "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"],
+            "securityContext": {"privileged": true}, "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
+            "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}
+    }))?;
+    let forged = NodeDesired { node: "n1".into(), generation: old.generation + 1_000_000, pods: vec![evil_pod] };
+    let table = kedge_common::network::ClusterNetwork { generation: u64::MAX / 2, ..Default::default() };
+    let dir = tempfile::tempdir()?;
+    let publish = |topic: &str, payload: &[u8]| -> Result<()> {
+        let file = dir.path().join("payload");
+        std::fs::write(&file, payload)?;
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", port, "-t", topic, "-r", "-q", "1", "-f"])
+            .arg(&file)
+            .status()?;
+        ensure!(st.success(), "mosquitto_pub to {topic}");
+        Ok(())
+    };
+    publish(topic, &envelope::encode(&forged)?)?;
+    publish("kedge/v1/cluster/network", &envelope::encode(&table)?)?;
+    c.agent("n1").wait_for("the forged snapshot and table refused", Duration::from_secs(15), || {
+        let log = c.agent("n1").log();
+        Ok((log.contains("unsigned desired message") && log.contains("unsigned network message")).then_some(()))
+    })?;
+    // The genuine old snapshot again: not newer than what n1 applied.
+    let ignored = |log: &str| log.matches("desired snapshot not newer than the one applied").count();
+    let seen = ignored(&c.agent("n1").log());
+    publish(topic, &genuine.stdout)?;
+    c.agent("n1").wait_for("the replayed snapshot ignored", Duration::from_secs(15), || {
+        Ok((ignored(&c.agent("n1").log()) > seen).then_some(()))
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pods = c.agent("n1").ps()?;
+    ensure!(pods.iter().all(|p| p["name"] != "evil"), "no forged pod on n1: {pods:?}");
+    let after = running()?;
+    ensure!(after == before, "n1's pods run on untouched: {before:?} → {after:?}");
+    wait_for("a SnapshotRejected event", Duration::from_secs(15), || {
+        let ev = c.k.json(&["get", "events", "--field-selector", "reason=SnapshotRejected"])?;
+        Ok(ev["items"].as_array().is_some_and(|i| !i.is_empty()).then_some(()))
+    })?;
+    Ok(())
+}
+
 #[test]
 fn two_agents_on_the_embedded_broker() -> Result<()> {
     if !prerequisites() {
@@ -282,6 +377,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     workloads_on_two_agents(&c)?;
     dashboard_is_plain_json(&c)?;
     garbage_is_dropped(&c)?;
+    forgeries_are_refused(&c)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     Ok(())
 }
@@ -448,7 +544,8 @@ fn require_known_nodes_waits_for_the_node_object() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let Some((ctl, k)) = controller_and_kubectl(tmp.path(), &["--require-known-nodes"])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("fleet broker")?;
-    let mut agent = Agent::new(&tmp.path().join("n1"), &["--broker", &broker, "--node-name", "n1"])?;
+    let token = ctl.token()?;
+    let mut agent = Agent::new(&tmp.path().join("n1"), &["--broker", &broker, "--token", &token, "--node-name", "n1"])?;
     agent.start()?;
     wait_for("the agent to connect", Duration::from_secs(20), || {
         Ok(agent.log().contains("connected to the broker").then_some(()))

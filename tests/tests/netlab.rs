@@ -140,11 +140,23 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
     ensure!(broker == format!("mqtt://{}:1883", server.ip()), "the broker is on the LAN: {broker}");
+    let token = ctl.token()?;
     let mut c = Cluster { agents: Vec::new(), _ctl: ctl, k, _lab: lab, _tmp: tmp };
     for m in &nodes {
         let dir = c._tmp.path().join(m.name());
         // Each node has a namespace of its own: it gets a pod network.
-        let args = ["--broker", &broker, "--node-name", m.name(), "--backoff-base", "1s", "--pod-bridge", "kedge0"];
+        let args = [
+            "--broker",
+            &broker,
+            "--token",
+            &token,
+            "--node-name",
+            m.name(),
+            "--backoff-base",
+            "1s",
+            "--pod-bridge",
+            "kedge0",
+        ];
         let mut a = Agent::new(&dir, &args)?;
         a.set_netns(&m.netns_path());
         a.start()?;

@@ -248,11 +248,23 @@ impl Cluster {
     ) -> Result<Option<Cluster>> {
         let Some((ctl, k)) = lab.controller(server, &tmp.path().join("server"), &[])? else { return Ok(None) };
         let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+        let token = ctl.token()?;
         let mut c = Cluster { agents: Vec::new(), ctl: Some(ctl), k, nodes, lan_client, lab, _tmp: tmp };
         for m in &c.nodes {
             let dir = c._tmp.path().join(m.name());
             let ip = m.ip().to_string();
-            let args = ["--broker", &broker, "--node-name", m.name(), "--node-ip", &ip, "--pod-bridge", "kedge0"];
+            let args = [
+                "--broker",
+                &broker,
+                "--token",
+                &token,
+                "--node-name",
+                m.name(),
+                "--node-ip",
+                &ip,
+                "--pod-bridge",
+                "kedge0",
+            ];
             let mut a = Agent::new(&dir, &args)?;
             a.set_netns(&m.netns_path());
             a.start()?;
@@ -550,7 +562,9 @@ fn unusable_network(
         k.ok(&["apply", "-f", &file.display().to_string()])?;
     }
     let ip = node.ip().to_string();
-    let args = ["--broker", &broker, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
+    let token = ctl.token()?;
+    let args =
+        ["--broker", &broker, "--token", &token, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
     let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;
     agent.set_netns(&node.netns_path());
     agent.hide(hide);

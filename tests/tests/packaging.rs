@@ -91,6 +91,9 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
     let root = dir.path().join("root");
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "pa'ss\n")?;
+    let token = format!("kedge1.{}.abcdef.0123456789abcdef", "A".repeat(43));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
     let install = |broker: &str| -> Result<String> {
         run(Command::new("sh")
             .arg(workspace_root().join("deploy/install.sh"))
@@ -99,14 +102,21 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
             .args(["--deb"])
             .arg(&deb)
             .args(["--broker", broker, "--node-name", "pi-3", "--username", "pi-3", "--password-file"])
-            .arg(&pw))
+            .arg(&pw)
+            .arg("--token-file")
+            .arg(&token_file))
     };
     install("mqtt://10.0.0.9:1883")?;
     let config = root.join("etc/kedge/agent.yaml");
     let first = std::fs::read_to_string(&config)?;
-    for line in
-        ["broker: 'mqtt://10.0.0.9:1883'", "node-name: 'pi-3'", "broker-username: 'pi-3'", "broker-password: 'pa''ss'"]
-    {
+    let token_line = format!("token: '{token}'");
+    for line in [
+        "broker: 'mqtt://10.0.0.9:1883'",
+        "node-name: 'pi-3'",
+        "broker-username: 'pi-3'",
+        "broker-password: 'pa''ss'",
+        token_line.as_str(),
+    ] {
         assert_eq!(first.lines().filter(|l| *l == line).count(), 1, "{line} once in:\n{first}");
     }
     use std::os::unix::fs::PermissionsExt;

@@ -94,7 +94,20 @@ fn provision_rejects_bad_input_and_images_without_a_boot_partition() -> Result<(
         writeln!(sfdisk.stdin.take().context("stdin")?, "label: dos\nstart=2048, type=83")?;
     }
     ensure!(sfdisk.wait()?.success());
-    let out = provision(&linux_only, &["--node-name", "pi-7", "--broker", "mqtt://10.0.0.1:1883"]);
+    let token = format!("kedge1.{}.abcdef.0123456789abcdef", "A".repeat(43));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &token)?;
+    let with_token = ["--node-name", "pi-7", "--broker", "mqtt://10.0.0.1:1883", "--token-file"];
+    let out = provision(&image, &with_token[..4]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a join token is required"), "{out:?}");
+    std::fs::write(dir.path().join("bad-token"), "K10abc::server:secret")?;
+    let bad = dir.path().join("bad-token").to_string_lossy().to_string();
+    let out = provision(&image, &[&with_token[..], &[bad.as_str()]].concat());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not one kedge-controller token create prints"), "{out:?}");
+    let listing = run(Command::new("mdir").arg("-i").arg(fat(&image)).arg("::/"))?;
+    assert!(!listing.contains("kedge-agent.yaml"), "nothing written without a good token:\n{listing}");
+    let good = token_file.to_string_lossy().to_string();
+    let out = provision(&linux_only, &[&with_token[..], &[good.as_str()]].concat());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no FAT boot partition"), "{out:?}");
     Ok(())
 }
@@ -167,11 +180,16 @@ fn first_boot_reads_the_provisioned_config_from_the_image() -> Result<()> {
     let pw = dir.path().join("password");
     std::fs::write(&pw, "s3cr'et\n")?;
     let pw_path = pw.to_string_lossy().to_string();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", ctl.token()?))?;
+    let token_path = token_file.to_string_lossy().to_string();
     let args = [
         "--node-name",
         "pi-flashed",
         "--broker",
         &broker,
+        "--token-file",
+        &token_path,
         "--username",
         "pi-flashed",
         "--password-file",
@@ -188,6 +206,7 @@ fn first_boot_reads_the_provisioned_config_from_the_image() -> Result<()> {
         "{written}"
     );
     assert!(written.contains("broker-password: 's3cr''et'"), "the password is quoted for YAML: {written}");
+    assert!(written.contains("token: 'kedge1."), "the join token is there: {written}");
     // Idempotent: a second run leaves one file with the same content.
     assert!(provision(&image, &args).status.success());
     assert_eq!(run(Command::new("mtype").arg("-i").arg(fat(&image)).arg("::/kedge-agent.yaml"))?, written);

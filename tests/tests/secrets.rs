@@ -55,7 +55,8 @@ fn binary_secret_and_config_map_reach_the_container_byte_for_byte() -> Result<()
     let dir = tmp.path();
     let Some((mut ctl, k)) = controller_and_kubectl(dir, &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
-    let mut agent = Agent::new(&dir.join("n1"), &["--broker", &broker, "--node-name", "n1"])?;
+    let token = ctl.token()?;
+    let mut agent = Agent::new(&dir.join("n1"), &["--broker", &broker, "--token", &token, "--node-name", "n1"])?;
     agent.start()?;
 
     let key = dir.join("key.der");

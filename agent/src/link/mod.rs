@@ -54,6 +54,8 @@ pub struct LinkConfig {
     pub boot_id: String,
     /// MQTT user name and password, when the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// The pinned controller key ([`crate::pin`]); `None` takes nothing.
+    pub controller_key: Option<kedge_common::sign::PublicKey>,
 }
 
 /// What the node loop holds of the link.
@@ -200,6 +202,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
         boot_id: cfg.boot_id.clone(),
         max_payload: cfg.max_payload,
         report_refresh: cfg.report_refresh,
+        controller_key: cfg.controller_key,
     };
     let mut state = LinkState::new(settings, accepted.0, accepted.1);
     let mut backoff = Duration::from_millis(200);

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use kedge_common::envelope;
 use kedge_common::network::ClusterNetwork;
+use kedge_common::sign::{PublicKey, Purpose};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
 use tokio::time::Instant;
@@ -99,7 +100,13 @@ pub struct Settings {
     pub max_payload: usize,
     /// A report is republished this often even when nothing changed.
     pub report_refresh: Duration,
+    /// The controller's key, pinned from the join token: what it sends
+    /// must carry its signature. `None` (not joined): nothing is taken.
+    pub controller_key: Option<PublicKey>,
 }
+
+/// Why nothing from the controller is taken before the node has a key.
+const NOT_JOINED: &str = "no controller key pinned: this node has not joined (give it a token from `kedge-controller token create` with --token, agent.yaml or the first-boot file)";
 
 pub struct LinkState {
     settings: Settings,
@@ -322,7 +329,18 @@ impl LinkState {
             tracing::info!("the desired snapshot was cleared on the broker; keeping the last accepted one");
             return;
         }
-        match kedge_common::wire::decode_for::<NodeDesired>(payload, &self.settings.node, self.settings.max_payload) {
+        let decoded = match &self.settings.controller_key {
+            Some(key) => kedge_common::wire::decode_verified_for::<NodeDesired>(
+                payload,
+                &self.settings.node,
+                self.settings.max_payload,
+                Purpose::Desired,
+                key,
+            )
+            .map_err(|e| e.to_string()),
+            None => Err(NOT_JOINED.to_owned()),
+        };
+        match decoded {
             Ok(d) if d.generation <= self.delivered => {
                 // Also what a replayed old snapshot meets: said, not acted on.
                 tracing::info!(
@@ -350,7 +368,14 @@ impl LinkState {
             tracing::info!("the network table was cleared on the broker; keeping the last accepted one");
             return;
         }
-        match envelope::decode::<ClusterNetwork>(payload, self.settings.max_payload) {
+        let decoded = match &self.settings.controller_key {
+            Some(key) => {
+                envelope::decode_verified::<ClusterNetwork>(payload, self.settings.max_payload, Purpose::Network, key)
+                    .map_err(|e| e.to_string())
+            }
+            None => Err(NOT_JOINED.to_owned()),
+        };
+        match decoded {
             Ok(t) if t.generation <= self.network_delivered => {
                 tracing::info!(
                     generation = t.generation,

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use kedge_common::envelope::{self, DEFAULT_MAX_PAYLOAD};
+use kedge_common::sign::SigningKey;
 use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence, Usage};
 use tokio::time::Instant;
 
@@ -22,6 +23,7 @@ fn state(accepted: u64) -> LinkState {
             boot_id: "boot-1".into(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             report_refresh: Duration::from_secs(600),
+            controller_key: Some(controller().public()),
         },
         accepted,
         5,
@@ -36,8 +38,19 @@ fn event(time: i64) -> Event {
     Event { time, normal: true, reason: "Started".into(), message: format!("event {time}"), pod: None }
 }
 
+/// The controller's signing key in these tests (the node has pinned it).
+fn controller() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("key").0)
+}
+
 fn snapshot(node: &str, generation: u64) -> Vec<u8> {
-    envelope::encode(&NodeDesired { node: node.into(), generation, pods: Vec::new() }).expect("encode")
+    signed_by(controller(), node, generation)
+}
+
+fn signed_by(key: &SigningKey, node: &str, generation: u64) -> Vec<u8> {
+    let d = NodeDesired { node: node.into(), generation, pods: Vec::new() };
+    envelope::encode_signed(&d, Purpose::Desired, key).expect("encode")
 }
 
 fn message(payload: Vec<u8>) -> Input {
@@ -136,7 +149,8 @@ fn only_newer_valid_snapshots_for_this_node_are_handed_on() {
 
 fn network(generation: u64) -> Input {
     let table = kedge_common::network::ClusterNetwork { generation, ..Default::default() };
-    Input::Message { topic: NETWORK.into(), payload: kedge_common::envelope::encode(&table).expect("encode") }
+    let payload = envelope::encode_signed(&table, Purpose::Network, controller()).expect("encode");
+    Input::Message { topic: NETWORK.into(), payload }
 }
 
 fn networks(actions: &[Action]) -> Vec<u64> {
@@ -250,4 +264,47 @@ fn stopping_says_offline_and_disconnects_cleanly() {
     assert!(!Presence::from_json(payload).expect("presence").online);
     assert_eq!(actions.last(), Some(&Action::Disconnect));
     assert!(s.handle(Input::Report(Box::new(report(9))), now).is_empty(), "a stopped link publishes nothing");
+}
+
+/// The broker is hostile: anyone may publish a retained snapshot or table
+/// with a higher generation. Unsigned, signed by another key, or signed
+/// for the other purpose: refused and told as an event; the node keeps
+/// what it has, and a genuine newer one still goes through.
+#[test]
+fn forged_snapshots_and_tables_are_refused() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.handle(Input::Connected, now);
+    let (stranger, _) = SigningKey::generate().expect("key");
+    let unsigned =
+        envelope::encode(&NodeDesired { node: "n1".into(), generation: 99, pods: Vec::new() }).expect("encode");
+    let as_network = {
+        let t = kedge_common::network::ClusterNetwork { generation: 99, ..Default::default() };
+        envelope::encode_signed(&t, Purpose::Desired, controller()).expect("encode")
+    };
+    for (what, input) in [
+        ("unsigned snapshot", message(unsigned)),
+        ("snapshot signed by another key", message(signed_by(&stranger, "n1", 99))),
+        ("table signed as a snapshot", Input::Message { topic: NETWORK.into(), payload: as_network }),
+    ] {
+        let actions = s.handle(input, now);
+        assert!(delivered(&actions).is_empty() && networks(&actions).is_empty(), "{what} taken");
+        let ev = events(&actions);
+        assert_eq!(ev.len(), 1, "{what}: one event");
+        assert!(ev[0].reason.ends_with("Rejected") && !ev[0].normal, "{what}: {ev:?}");
+    }
+    assert_eq!(delivered(&s.handle(message(snapshot("n1", 1)), now)), vec![1], "the genuine one still goes");
+}
+
+/// A node that never got a token takes nothing, and says why.
+#[test]
+fn a_node_without_a_pinned_key_takes_nothing() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.settings.controller_key = None;
+    s.handle(Input::Connected, now);
+    let actions = s.handle(message(snapshot("n1", 1)), now);
+    assert!(delivered(&actions).is_empty());
+    assert!(events(&actions)[0].message.contains("has not joined"), "{:?}", events(&actions));
+    assert!(networks(&s.handle(network(9), now)).is_empty());
 }

@@ -46,13 +46,22 @@ pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
     paths.root.join("status").join(format!("{uid}.json"))
 }
 
-/// The pod uids that have a status file.
+/// The pod uids that have a status file. Temporary files of writes a
+/// killed agent left half done (`UID.tmpN`) are removed on the way.
 pub fn uids_on_disk(paths: &Paths) -> Vec<String> {
     let Ok(entries) = fs::read_dir(paths.root.join("status")) else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
-        .collect()
+    let mut uids = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        match name.strip_suffix(".json") {
+            Some(uid) => uids.push(uid.to_owned()),
+            None if name.contains(".tmp") => {
+                let _ = fs::remove_file(e.path());
+            }
+            None => {}
+        }
+    }
+    uids
 }
 
 pub fn write_status(paths: &Paths, status: &PodStatusFile) -> std::io::Result<()> {
@@ -138,7 +147,8 @@ pub fn read_pods(paths: &Paths) -> Vec<PodView> {
     let containers: Vec<ContainerRecord> = records::load_all(&paths.containers());
     let mut statuses: BTreeMap<String, PodStatusFile> = BTreeMap::new();
     if let Ok(entries) = fs::read_dir(paths.root.join("status")) {
-        for e in entries.flatten() {
+        // `UID.json` only: a `UID.tmpN` is a write a killed agent left half done.
+        for e in entries.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")) {
             if let Ok(s) = fs::read(e.path())
                 .map_err(|_| ())
                 .and_then(|b| serde_json::from_slice::<PodStatusFile>(&b).map_err(|_| ()))

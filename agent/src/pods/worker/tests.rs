@@ -290,11 +290,16 @@ async fn a_pod_left_with_only_its_status_file_is_forgotten_after_a_restart() {
         PodStatusFile { uid: "u9".into(), name: "boxed".into(), namespace: "default".into(), ..Default::default() };
     status::write_status(&paths, &left).expect("status written");
     std::fs::create_dir_all(paths.root.join("volumes/u9")).expect("volumes");
-    assert_eq!(status::read_pods(&paths).len(), 1, "ps lists it before");
+    // And a write a `kill -9` cut short: ps never shows it.
+    let half = paths.root.join("status/u8.tmp12345");
+    let ghost = PodStatusFile { uid: "u8".into(), name: "ghost".into(), ..Default::default() };
+    std::fs::write(&half, serde_json::to_vec(&ghost).expect("json")).expect("tmp");
+    assert_eq!(status::read_pods(&paths).len(), 1, "ps lists the pod with a status file, not the half write");
     let mut manager = PodManager::new(WorkerContext::new(FakeRuntime::new(), paths.clone(), BackoffPolicy::default()));
     manager.set_desired(Vec::new());
     advance(1).await;
     assert!(manager.idle());
     assert!(status::read_pods(&paths).is_empty(), "ps lists nothing after");
+    assert!(!half.exists(), "the half write is removed");
     assert!(!paths.root.join("volumes/u9").exists(), "its volumes went too");
 }

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use kedge_tests::agent::Agent;
 use kedge_tests::netlab::Lab;
 use kedge_tests::{percentile, wait_for};
 
@@ -86,13 +85,8 @@ fn main() -> Result<()> {
     let server = lab.machine("server")?;
     let node = lab.machine("node-a")?;
     let (ctl, k) = lab.controller(&server, &tmp.path().join("server"), &[])?.context("kubectl is not installed")?;
-    let broker = format!("{}:1883", server.ip());
     let ip = node.ip().to_string();
-    let token = ctl.token()?;
-    let args =
-        ["--broker", &broker, "--token", &token, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
-    let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;
-    agent.set_netns(&node.netns_path());
+    let mut agent = lab.agent(&ctl, &node, &tmp.path().join("node-a"), &["--node-ip", &ip])?;
     agent.start()?;
     let objects = tmp.path().join("objects.yaml");
     std::fs::write(&objects, OBJECTS)?;

@@ -335,6 +335,26 @@ impl Lab {
     /// non-loopback address), its embedded broker on port 1883 there, data
     /// in `dir`. The kubectl it returns runs on that machine too (a wrapper
     /// script in `dir`), so nothing has to reach the lab from outside.
+    /// An agent for `machine` (not started), in its namespace under `dir`,
+    /// joined to `ctl` with a fresh token, named after the machine and with
+    /// a pod network on `kedge0`; `extra` are more `run` flags.
+    pub fn agent(
+        &self,
+        ctl: &Controller,
+        machine: &Machine,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<crate::agent::Agent> {
+        let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
+        let token = ctl.token()?;
+        let mut args =
+            vec!["--broker", &broker, "--token", &token, "--node-name", machine.name(), "--pod-bridge", "kedge0"];
+        args.extend_from_slice(extra);
+        let mut agent = crate::agent::Agent::new(dir, &args)?;
+        agent.set_netns(&machine.netns_path());
+        Ok(agent)
+    }
+
     pub fn controller(&self, machine: &Machine, dir: &Path, extra: &[&str]) -> Result<Option<(Controller, Kubectl)>> {
         let Some(bin) = crate::kubectl_path() else {
             crate::require(false, "kubectl is not installed");

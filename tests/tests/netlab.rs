@@ -140,28 +140,14 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
     ensure!(broker == format!("mqtt://{}:1883", server.ip()), "the broker is on the LAN: {broker}");
-    let token = ctl.token()?;
-    let mut c = Cluster { agents: Vec::new(), _ctl: ctl, k, _lab: lab, _tmp: tmp };
+    let mut agents = Vec::new();
     for m in &nodes {
-        let dir = c._tmp.path().join(m.name());
         // Each node has a namespace of its own: it gets a pod network.
-        let args = [
-            "--broker",
-            &broker,
-            "--token",
-            &token,
-            "--node-name",
-            m.name(),
-            "--backoff-base",
-            "1s",
-            "--pod-bridge",
-            "kedge0",
-        ];
-        let mut a = Agent::new(&dir, &args)?;
-        a.set_netns(&m.netns_path());
+        let mut a = lab.agent(&ctl, m, &tmp.path().join(m.name()), &["--backoff-base", "1s"])?;
         a.start()?;
-        c.agents.push(a);
+        agents.push(a);
     }
+    let c = Cluster { agents, _ctl: ctl, k, _lab: lab, _tmp: tmp };
     let logs = |c: &Cluster| c.agents.iter().map(|a| a.log()).collect::<Vec<_>>().join("\n----\n");
 
     // Both nodes Ready, each with its own machine's address.

@@ -247,30 +247,14 @@ impl Cluster {
         lan_client: Machine,
     ) -> Result<Option<Cluster>> {
         let Some((ctl, k)) = lab.controller(server, &tmp.path().join("server"), &[])? else { return Ok(None) };
-        let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
-        let token = ctl.token()?;
-        let mut c = Cluster { agents: Vec::new(), ctl: Some(ctl), k, nodes, lan_client, lab, _tmp: tmp };
-        for m in &c.nodes {
-            let dir = c._tmp.path().join(m.name());
+        let mut agents = Vec::new();
+        for m in &nodes {
             let ip = m.ip().to_string();
-            let args = [
-                "--broker",
-                &broker,
-                "--token",
-                &token,
-                "--node-name",
-                m.name(),
-                "--node-ip",
-                &ip,
-                "--pod-bridge",
-                "kedge0",
-            ];
-            let mut a = Agent::new(&dir, &args)?;
-            a.set_netns(&m.netns_path());
+            let mut a = lab.agent(&ctl, m, &tmp.path().join(m.name()), &["--node-ip", &ip])?;
             a.start()?;
-            c.agents.push(a);
+            agents.push(a);
         }
-        Ok(Some(c))
+        Ok(Some(Cluster { agents, ctl: Some(ctl), k, nodes, lan_client, lab, _tmp: tmp }))
     }
 
     /// Both nodes Ready with a pod network, the web Deployment (one pod per
@@ -555,18 +539,13 @@ fn unusable_network(
     let server = lab.machine("server")?;
     let node = lab.machine("node-a")?;
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), ctl_extra)? else { return Ok(()) };
-    let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
     if let Some(yaml) = first {
         let file = tmp.path().join("first.yaml");
         std::fs::write(&file, yaml)?;
         k.ok(&["apply", "-f", &file.display().to_string()])?;
     }
     let ip = node.ip().to_string();
-    let token = ctl.token()?;
-    let args =
-        ["--broker", &broker, "--token", &token, "--node-name", "node-a", "--node-ip", &ip, "--pod-bridge", "kedge0"];
-    let mut agent = Agent::new(&tmp.path().join("node-a"), &args)?;
-    agent.set_netns(&node.netns_path());
+    let mut agent = lab.agent(&ctl, &node, &tmp.path().join("node-a"), &["--node-ip", &ip])?;
     agent.hide(hide);
     agent.start()?;
     let result = (|| -> Result<()> {

@@ -104,6 +104,7 @@ fn event(reason: &str, message: String, pod: (&str, &str, &str), normal: bool) -
         reason: reason.into(),
         message,
         pod: Some((pod.0.to_string(), pod.1.to_string(), pod.2.to_string())),
+        seq: 0,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod forklock;
 pub mod fsutil;
 #[cfg(feature = "cri-grpc")]
 pub mod grpc;
+pub mod identity;
 pub mod images;
 pub mod instance;
 pub mod libm_shim;

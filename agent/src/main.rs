@@ -478,8 +478,13 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
             "no join token: this node takes nothing from the controller until it gets one (--token, agent.yaml `token:` or the first-boot file)"
         );
     }
+    let identity = match &args.broker {
+        Some(_) => kedge_agent::identity::load(&data_dir, args.token.as_ref())?,
+        None => None,
+    };
     let link = args.broker.clone().map(|broker| LinkConfig {
         controller_key,
+        identity,
         broker,
         node: node.clone(),
         prefix: args.topic_prefix.clone(),

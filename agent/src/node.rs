@@ -309,6 +309,7 @@ impl<R: CriRuntime> Node<R> {
                     reason: "PodRejected".into(),
                     message: s,
                     pod: None,
+                    seq: 0,
                 });
             }
         }

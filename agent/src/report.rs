@@ -246,6 +246,8 @@ pub fn build(
             .collect(),
         events_dropped: 0,
         network: Default::default(),
+        rejected: 0,
+        seq: 0,
     }
 }
 

@@ -36,6 +36,17 @@ pub enum Purpose {
     Desired,
     /// The cluster network table (`kedge/v1/cluster/network`).
     Network,
+    /// A node's join request, signed with the key it asks to be known by
+    /// (proof that it holds it).
+    Join,
+    /// The controller's answer to a join request.
+    JoinAnswer,
+    /// A node's report (`kedge/v1/nodes/{node}/status`).
+    Report,
+    /// A node's event (`kedge/v1/nodes/{node}/events`).
+    Event,
+    /// A node's presence (`kedge/v1/nodes/{node}/presence`, also its Last Will).
+    Presence,
 }
 
 impl Purpose {
@@ -43,6 +54,11 @@ impl Purpose {
         match self {
             Purpose::Desired => "desired",
             Purpose::Network => "network",
+            Purpose::Join => "join",
+            Purpose::JoinAnswer => "join answer",
+            Purpose::Report => "report",
+            Purpose::Event => "event",
+            Purpose::Presence => "presence",
         }
     }
 }
@@ -103,6 +119,44 @@ impl PublicKey {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+}
+
+/// What a join request proves knowledge of the token's secret over: the
+/// node name, the token id and the key the node asks to be known by, so a
+/// captured proof serves no other name or key.
+fn join_message(node: &str, token_id: &str, key: &PublicKey) -> Vec<u8> {
+    format!("kedge join\n{node}\n{token_id}\n{key}").into_bytes()
+}
+
+/// HMAC-SHA256, keyed with the token's secret, of the join message (the
+/// secret itself never travels).
+pub fn join_proof(secret: &str, node: &str, token_id: &str, key: &PublicKey) -> Vec<u8> {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::sign(&k, &join_message(node, token_id, key)).as_ref().to_vec()
+}
+
+/// Whether `proof` is [`join_proof`] of these (compared in constant time).
+pub fn verify_join_proof(secret: &str, node: &str, token_id: &str, key: &PublicKey, proof: &[u8]) -> bool {
+    let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    ring::hmac::verify(&k, &join_message(node, token_id, key), proof).is_ok()
+}
+
+/// `n` random bytes, base64url (nonces).
+pub fn random_text(n: usize) -> Result<String, SignError> {
+    use ring::rand::SecureRandom;
+    let mut raw = vec![0u8; n];
+    SystemRandom::new().fill(&mut raw).map_err(|_| SignError::Generate)?;
+    Ok(URL_SAFE_NO_PAD.encode(raw))
+}
+
+/// A signature as text (base64url), for JSON messages (presence).
+pub fn signature_text(sig: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(sig)
+}
+
+/// The bytes of a signature given as text; `None` if it is not base64url.
+pub fn signature_from_text(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).ok()
 }
 
 impl From<[u8; 32]> for PublicKey {
@@ -220,6 +274,20 @@ mod tests {
         let (other, _) = SigningKey::generate().expect("key");
         assert_eq!(other.public().verify(Purpose::Desired, b"body", &sig), Err(SignError::Mismatch), "another key");
         assert_eq!(public.verify(Purpose::Desired, b"body", &sig[..63]), Err(SignError::Mismatch), "short");
+    }
+
+    #[test]
+    fn a_join_proof_binds_secret_node_token_and_key() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let (other, _) = SigningKey::generate().expect("key");
+        let k = key.public();
+        let proof = join_proof("0123456789abcdef", "n1", "abcdef", &k);
+        assert!(verify_join_proof("0123456789abcdef", "n1", "abcdef", &k, &proof));
+        assert!(!verify_join_proof("0123456789abcdeX", "n1", "abcdef", &k, &proof), "another secret");
+        assert!(!verify_join_proof("0123456789abcdef", "n2", "abcdef", &k, &proof), "another node");
+        assert!(!verify_join_proof("0123456789abcdef", "n1", "abcdeX", &k, &proof), "another token");
+        assert!(!verify_join_proof("0123456789abcdef", "n1", "abcdef", &other.public(), &proof), "another key");
+        assert!(!verify_join_proof("0123456789abcdef", "n1", "abcdef", &k, &proof[..31]), "short");
     }
 
     #[test]

@@ -51,6 +51,27 @@ pub fn cluster_network_topic(prefix: &str) -> String {
     format!("{prefix}/{TOPIC_VERSION}/cluster/network")
 }
 
+/// `{prefix}/v1/join/{node}`: a node's join request.
+pub fn join_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/join/{node}")
+}
+
+/// `{prefix}/v1/join/+`: every node's join request (not the answers).
+pub fn join_filter(prefix: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/join/+")
+}
+
+/// `{prefix}/v1/join/{node}/answer`: the controller's signed answer.
+pub fn join_answer_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/join/{node}/answer")
+}
+
+/// The node name of a join request's topic; `None` for anything else.
+pub fn parse_join_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
+    let node = topic.strip_prefix(prefix)?.strip_prefix('/')?.strip_prefix(TOPIC_VERSION)?.strip_prefix("/join/")?;
+    valid_node_name(node).then_some(node)
+}
+
 /// Whether `name` can be a node's part of a topic (and its MQTT client id):
 /// a non-empty DNS subdomain-ish name without MQTT separators or wildcards.
 pub fn valid_node_name(name: &str) -> bool {
@@ -131,6 +152,9 @@ mod tests {
         assert_eq!(node_topic("kedge", "n1", NodeTopic::Desired), "kedge/v1/nodes/n1/desired");
         assert_eq!(all_nodes_filter("kedge", NodeTopic::Status), "kedge/v1/nodes/+/status");
         assert_eq!(fleet_node_topic("kedge", "n1"), "kedge/v1/fleet/nodes/n1");
+        assert_eq!(parse_join_topic("kedge", &join_topic("kedge", "pi-7")), Some("pi-7"));
+        assert_eq!(parse_join_topic("kedge", &join_answer_topic("kedge", "pi-7")), None);
+        assert_eq!(parse_join_topic("kedge", "kedge/v1/join/+"), None);
         assert!(
             valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name("")
         );

@@ -48,6 +48,14 @@ pub struct NodeReport {
     /// The pod network, shown as the node's `NetworkUnavailable` condition.
     #[serde(default)]
     pub network: NetworkStatus,
+    /// Messages from the controller this node refused since it started
+    /// (unsigned, mis-signed, malformed): a forger's attempts, counted.
+    #[serde(default)]
+    pub rejected: u64,
+    /// The node's message counter ([`Seq`]): the controller takes a report
+    /// only if it is newer than the newest it took (no replays).
+    #[serde(default)]
+    pub seq: u64,
 }
 
 /// Whether the node's pods can have addresses.
@@ -249,15 +257,76 @@ pub struct Event {
     /// The pod it is about, if any: namespace, name, uid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<(String, String, String)>,
+    /// The node's message counter ([`Seq`]); a replayed event is dropped.
+    #[serde(default)]
+    pub seq: u64,
 }
 
-/// `{prefix}/v1/nodes/{node}/presence`, plain JSON (also the Last Will).
+/// `{prefix}/v1/nodes/{node}/presence`, plain JSON (also the Last Will),
+/// signed with the node's key: `sig` covers [`Presence::signed_body`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Presence {
     pub online: bool,
     /// RFC 3339.
     pub since: String,
     pub boot_id: String,
+    /// The node's message counter ([`Seq`]).
+    #[serde(default)]
+    pub seq: u64,
+    /// The node's signature (base64url).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sig: String,
+}
+
+/// A node's message counter: the high 32 bits count the agent's starts
+/// (kept in its data dir, one write per start), the low 32 bits its
+/// messages since. Strictly increasing over a node's life without a write
+/// per message (flash wear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    pub fn start(epoch: u32) -> Seq {
+        Seq(u64::from(epoch) << 32)
+    }
+
+    pub fn epoch(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The next value (what a message carries).
+    pub fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+/// A node's request to join, published on `{prefix}/v1/join/{node}` in an
+/// envelope signed ([`crate::sign::Purpose::Join`]) with the key it names.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node: String,
+    /// The node's public key, as text.
+    pub key: String,
+    /// The id of the join token.
+    pub token_id: String,
+    /// [`crate::sign::join_proof`] keyed with the token's secret, base64url.
+    pub proof: String,
+    /// Random; the answer echoes it, so an old answer replayed matches nothing.
+    pub nonce: String,
+}
+
+/// The controller's answer on `{prefix}/v1/join/{node}/answer`, signed
+/// ([`crate::sign::Purpose::JoinAnswer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    pub node: String,
+    /// The key the request named.
+    pub key: String,
+    pub nonce: String,
+    pub accepted: bool,
+    /// Why not, when refused.
+    pub reason: String,
 }
 
 /// Why a received message was dropped.
@@ -318,6 +387,26 @@ pub fn decode_verified_for<T: NodeMessage>(
 impl Presence {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// What the signature covers: the CBOR of the node name and every field
+    /// but `sig`.
+    pub fn signed_body(&self, node: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Plain strings, bools and integers: encoding cannot fail.
+        let _ = ciborium::into_writer(&(node, self.online, &self.since, &self.boot_id, self.seq), &mut out);
+        out
+    }
+
+    /// Signs it as `node`'s presence.
+    pub fn sign(&mut self, node: &str, key: &crate::sign::SigningKey) {
+        self.sig = crate::sign::signature_text(&key.sign(crate::sign::Purpose::Presence, &self.signed_body(node)));
+    }
+
+    /// Whether it carries `key`'s signature as `node`'s presence.
+    pub fn verify(&self, node: &str, key: &crate::sign::PublicKey) -> Result<(), crate::sign::SignError> {
+        let sig = crate::sign::signature_from_text(&self.sig).ok_or(crate::sign::SignError::Mismatch)?;
+        key.verify(crate::sign::Purpose::Presence, &self.signed_body(node), &sig)
     }
 
     pub fn from_json(payload: &[u8]) -> Result<Presence, WireError> {
@@ -386,8 +475,27 @@ mod tests {
         let r = report();
         let bytes = encode(&r).expect("encode");
         assert_eq!(decode_for::<NodeReport>(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), r);
-        let p = Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into() };
+        let p = Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into(), ..Default::default() };
         assert_eq!(Presence::from_json(&p.to_json()).expect("presence"), p);
+    }
+
+    /// Presence is plain JSON (dashboards read it) and signed all the same:
+    /// any field changed, another node's name or another key fails.
+    #[test]
+    fn presence_is_signed_json() {
+        let (key, _) = crate::sign::SigningKey::generate().expect("key");
+        let (other, _) = crate::sign::SigningKey::generate().expect("key");
+        let mut p = Presence { online: false, since: String::new(), boot_id: "b".into(), seq: 7, sig: String::new() };
+        assert!(p.verify("n1", &key.public()).is_err(), "unsigned");
+        p.sign("n1", &key);
+        let back = Presence::from_json(&p.to_json()).expect("json");
+        assert_eq!(back.verify("n1", &key.public()), Ok(()));
+        assert!(back.verify("n2", &key.public()).is_err(), "another node's name");
+        assert!(back.verify("n1", &other.public()).is_err(), "another key");
+        let flipped = Presence { online: true, ..back.clone() };
+        assert!(flipped.verify("n1", &key.public()).is_err(), "online flipped");
+        let replayed = Presence { seq: 8, ..back };
+        assert!(replayed.verify("n1", &key.public()).is_err(), "renumbered");
     }
 
     #[test]

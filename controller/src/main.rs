@@ -58,9 +58,6 @@ struct Cli {
     /// Topic prefix of the fleet.
     #[arg(long, default_value = kedge_common::topics::DEFAULT_PREFIX)]
     topic_prefix: String,
-    /// Refuse reports from nodes without a Node object (default: register them).
-    #[arg(long)]
-    require_known_nodes: bool,
     /// Run the API server and control loops without the fleet link.
     #[arg(long)]
     no_fleet: bool,
@@ -117,6 +114,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tokens_dir = cli.data_dir.join("tokens");
     let running = server::start(Options {
         data_dir: cli.data_dir,
         listen: cli.listen,
@@ -134,7 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mqtt_listen: cli.mqtt_listen,
             broker: cli.broker,
             prefix: cli.topic_prefix,
-            require_known_nodes: cli.require_known_nodes,
+            tokens_dir,
             max_payload: cli.max_payload,
             report_timeout: cli.node_report_timeout,
             ..FleetOptions::default()

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kedge_common::network::ClusterNetwork;
-use kedge_common::topics::{self, BrokerUrl, NodeTopic};
-use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
+use kedge_common::topics::BrokerUrl;
+use kedge_common::wire::{Event, NodeDesired, NodeReport};
 use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -56,6 +56,8 @@ pub struct LinkConfig {
     pub credentials: Option<(String, String)>,
     /// The pinned controller key ([`crate::pin`]); `None` takes nothing.
     pub controller_key: Option<kedge_common::sign::PublicKey>,
+    /// This node's key and join state; `None`: no token was ever given.
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// What the node loop holds of the link.
@@ -130,7 +132,7 @@ pub fn start(cfg: LinkConfig, accepted: u64, network_accepted: u64) -> LinkHandl
     }
 }
 
-fn options(cfg: &LinkConfig) -> MqttOptions {
+fn options(cfg: &LinkConfig, will: (String, Vec<u8>)) -> MqttOptions {
     let mut o = MqttOptions::new(cfg.node.clone(), cfg.broker.host.clone(), cfg.broker.port);
     o.set_keep_alive(cfg.keepalive);
     if let Some((user, password)) = &cfg.credentials {
@@ -142,13 +144,7 @@ fn options(cfg: &LinkConfig) -> MqttOptions {
     // our cap so an oversize snapshot is dropped by `decode`, with a reason.
     o.set_max_packet_size(cfg.max_payload.saturating_mul(4).max(64 * 1024), cfg.max_payload + 64 * 1024);
     o.set_request_channel_capacity(64);
-    let will = Presence { online: false, since: String::new(), boot_id: cfg.boot_id.clone() };
-    o.set_last_will(LastWill::new(
-        topics::node_topic(&cfg.prefix, &cfg.node, NodeTopic::Presence),
-        will.to_json(),
-        QoS::AtLeastOnce,
-        true,
-    ));
+    o.set_last_will(LastWill::new(will.0, will.1, QoS::AtLeastOnce, true));
     o
 }
 
@@ -163,7 +159,7 @@ struct Ends {
 }
 
 /// Carries out the state's actions; what the client refuses goes back.
-fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Vec<Action>) {
+fn perform(client: &AsyncClient, ends: &Ends, identity: Option<&crate::identity::Identity>, state: &mut LinkState, actions: Vec<Action>) {
     for action in actions {
         let refused = match &action {
             Action::Connected(up) => {
@@ -187,6 +183,13 @@ fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Ve
                 false
             }
             Action::Disconnect => client.try_disconnect().is_err(),
+            Action::Joined => {
+                if let Some(Err(e)) = identity.map(crate::identity::Identity::mark_joined) {
+                    // The key was accepted; a restart asks again (and is answered again).
+                    tracing::error!(error = %e, "cannot record that this node joined");
+                }
+                false
+            }
         };
         if refused {
             state.refused(action);
@@ -195,7 +198,6 @@ fn perform(client: &AsyncClient, ends: &Ends, state: &mut LinkState, actions: Ve
 }
 
 async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: oneshot::Receiver<()>) {
-    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg), 64);
     let settings = Settings {
         node: cfg.node.clone(),
         prefix: cfg.prefix.clone(),
@@ -203,8 +205,11 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
         max_payload: cfg.max_payload,
         report_refresh: cfg.report_refresh,
         controller_key: cfg.controller_key,
+        identity: cfg.identity.clone(),
     };
     let mut state = LinkState::new(settings, accepted.0, accepted.1);
+    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg, state.will()), 64);
+    let identity = cfg.identity.as_ref();
     let mut backoff = Duration::from_millis(200);
     // While set, the connection is not polled: we wait before the next attempt.
     let mut retry_at: Option<Instant> = None;
@@ -229,6 +234,9 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                     }
                     retry_at = Some(Instant::now() + jitter(backoff));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    // The next connection's will, numbered for it.
+                    let (topic, payload) = state.will();
+                    eventloop.mqtt_options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
                     Input::Disconnected
                 }
             },
@@ -257,7 +265,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
             _ = &mut stop => {
                 let actions = state.handle(Input::Stop, Instant::now());
                 let saying_goodbye = actions.contains(&Action::Disconnect);
-                perform(&client, &ends, &mut state, actions);
+                perform(&client, &ends, identity, &mut state, actions);
                 if saying_goodbye {
                     // Drive the connection until the goodbye is out (the
                     // broker then closes it) or the grace is over.
@@ -271,6 +279,6 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
             }
         };
         let actions = state.handle(input, Instant::now());
-        perform(&client, &ends, &mut state, actions);
+        perform(&client, &ends, identity, &mut state, actions);
     }
 }

@@ -13,7 +13,14 @@
 //!   it differs from the last one published (time, usage and the drop count
 //!   aside), at once after every (re)connect, and at the refresh interval;
 //! - events wait in a fixed-size queue while offline; when it is full the
-//!   oldest goes, and the count of dropped events rides on the next report.
+//!   oldest goes, and the count of dropped events rides on the next report;
+//! - until the controller has accepted this node's key, the only thing sent
+//!   is the join request (retried with backoff), and nothing is taken but
+//!   the controller's signed answer to it;
+//! - everything sent is signed with the node's key and numbered
+//!   ([`Seq`]); the Last Will is numbered above the online presence that
+//!   follows the connect it belongs to, so the controller takes it when it
+//!   fires and refuses it replayed later.
 
 use std::time::Duration;
 
@@ -21,7 +28,9 @@ use kedge_common::envelope;
 use kedge_common::network::ClusterNetwork;
 use kedge_common::sign::{PublicKey, Purpose};
 use kedge_common::topics::{self, NodeTopic};
-use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence};
+use kedge_common::wire::{Event, JoinAnswer, JoinRequest, NodeDesired, NodeReport, Presence, Seq};
+
+use crate::identity::Identity;
 use tokio::time::Instant;
 
 /// Events kept while offline; the oldest goes first when it is full.
@@ -67,6 +76,8 @@ pub enum Action {
     },
     /// Close the session cleanly (after the publishes before it).
     Disconnect,
+    /// The controller accepted this node's key: record it.
+    Joined,
 }
 
 /// One message to publish at QoS 1.
@@ -83,12 +94,14 @@ pub struct Publish {
 pub enum Outgoing {
     Presence {
         online: bool,
+        seq: u64,
     },
     /// The node report, carrying this many dropped events.
     Report {
         events_dropped: u64,
     },
     Event(Event),
+    Join,
 }
 
 /// Static facts of the session.
@@ -103,7 +116,14 @@ pub struct Settings {
     /// The controller's key, pinned from the join token: what it sends
     /// must carry its signature. `None` (not joined): nothing is taken.
     pub controller_key: Option<PublicKey>,
+    /// This node's key and join state ([`crate::identity`]); `None`: it was
+    /// never given a token and cannot join.
+    pub identity: Option<Identity>,
 }
+
+/// First wait before a join request is asked again; it doubles up to [`JOIN_BACKOFF_MAX`].
+pub const JOIN_BACKOFF: Duration = Duration::from_secs(2);
+pub const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Why nothing from the controller is taken before the node has a key.
 const NOT_JOINED: &str = "no controller key pinned: this node has not joined (give it a token from `kedge-controller token create` with --token, agent.yaml or the first-boot file)";
@@ -127,6 +147,20 @@ pub struct LinkState {
     delivered: u64,
     /// The newest network table generation handed on.
     network_delivered: u64,
+    /// Whether the controller accepted this node's key.
+    joined: bool,
+    answer_topic: String,
+    /// Echoed by the controller's answer (one per start).
+    join_nonce: String,
+    /// When the join request is asked again, and the wait after that.
+    join_retry: Option<(Instant, Duration)>,
+    /// This node's message counter.
+    seq: Seq,
+    /// The number the next online presence carries: taken with the Last
+    /// Will's, below it ([`LinkState::will`]).
+    online_seq: Option<u64>,
+    /// Messages from the controller refused since the start.
+    rejected: u64,
 }
 
 /// A report without what changes on its own (time, usage) or travels beside
@@ -144,9 +178,17 @@ impl LinkState {
     /// generations the node already has (from its cache): ones not newer
     /// are not handed on.
     pub fn new(settings: Settings, accepted: u64, network_accepted: u64) -> LinkState {
+        let joined = settings.identity.as_ref().is_some_and(Identity::joined);
         LinkState {
             desired_topic: topics::node_topic(&settings.prefix, &settings.node, NodeTopic::Desired),
             network_topic: topics::cluster_network_topic(&settings.prefix),
+            answer_topic: topics::join_answer_topic(&settings.prefix, &settings.node),
+            joined,
+            join_nonce: kedge_common::sign::random_text(16).unwrap_or_default(),
+            join_retry: None,
+            seq: Seq::start(settings.identity.as_ref().map_or(0, |i| i.epoch)),
+            online_seq: None,
+            rejected: 0,
             settings,
             connected: false,
             subscribe_pending: false,
@@ -164,6 +206,24 @@ impl LinkState {
         self.connected
     }
 
+    pub fn is_joined(&self) -> bool {
+        self.joined
+    }
+
+    /// The Last Will for the next connection: an offline presence numbered
+    /// above the online one sent once it is up (both numbers taken now), so
+    /// the will is newer than what precedes it and older than anything
+    /// after the next connect.
+    pub fn will(&mut self) -> (String, Vec<u8>) {
+        let online = self.seq.next();
+        self.online_seq = Some(online);
+        let mut p = Presence { online: false, since: String::new(), boot_id: self.settings.boot_id.clone(), seq: self.seq.next(), sig: String::new() };
+        if let Some(id) = &self.settings.identity {
+            p.sign(&self.settings.node, &id.key);
+        }
+        (self.topic(NodeTopic::Presence), p.to_json())
+    }
+
     /// Events waiting to be published.
     pub fn queued_events(&self) -> usize {
         self.events.len()
@@ -179,12 +239,13 @@ impl LinkState {
             Input::Connected => {
                 self.connected = true;
                 out.push(Action::Connected(true));
-                out.push(Action::Subscribe { topic: self.desired_topic.clone() });
-                out.push(Action::Subscribe { topic: self.network_topic.clone() });
-                out.push(self.presence(true));
-                // Whatever the broker had of us may be gone: report again.
-                self.published = None;
-                self.flush(now, &mut out);
+                if self.joined {
+                    self.session(now, &mut out);
+                } else {
+                    out.push(Action::Subscribe { topic: self.answer_topic.clone() });
+                    self.join_retry = None;
+                    self.join(now, &mut out);
+                }
             }
             Input::Disconnected => {
                 if self.connected {
@@ -203,7 +264,16 @@ impl LinkState {
             }
             Input::EventsLost(n) => self.dropped += n,
             Input::Tick => {
-                if self.connected {
+                if self.connected && !self.joined {
+                    if self.subscribe_pending {
+                        self.subscribe_pending = false;
+                        out.push(Action::Subscribe { topic: self.answer_topic.clone() });
+                    }
+                    if self.join_retry.is_some_and(|(at, _)| now >= at) {
+                        self.join(now, &mut out);
+                    }
+                }
+                if self.connected && self.joined {
                     if self.subscribe_pending {
                         self.subscribe_pending = false;
                         out.push(Action::Subscribe { topic: self.desired_topic.clone() });
@@ -217,7 +287,7 @@ impl LinkState {
                 self.flush(now, &mut out);
             }
             Input::Stop => {
-                if self.connected {
+                if self.connected && self.joined {
                     // A clean DISCONNECT does not fire the Last Will: say it ourselves.
                     out.push(self.presence(false));
                     out.push(Action::Disconnect);
@@ -235,8 +305,12 @@ impl LinkState {
         match action {
             Action::Subscribe { .. } => self.subscribe_pending = true,
             Action::Publish(p) => match p.what {
-                Outgoing::Presence { online: true } => self.presence_pending = true,
-                Outgoing::Presence { online: false } => {}
+                Outgoing::Presence { online: true, seq } => {
+                    // The same number again: it must stay below the will's.
+                    self.presence_pending = true;
+                    self.online_seq = Some(seq);
+                }
+                Outgoing::Presence { online: false, .. } => {}
                 Outgoing::Report { events_dropped } => {
                     // Not published after all: the drop count goes with the next one.
                     self.dropped += events_dropped;
@@ -247,19 +321,108 @@ impl LinkState {
                         self.dropped += 1;
                     }
                 }
+                // Asked again at the retry already set.
+                Outgoing::Join => {}
             },
-            Action::Connected(_) | Action::Deliver(_) | Action::DeliverNetwork { .. } | Action::Disconnect => {}
+            Action::Connected(_)
+            | Action::Deliver(_)
+            | Action::DeliverNetwork { .. }
+            | Action::Disconnect
+            | Action::Joined => {}
         }
     }
 
-    fn presence(&self, online: bool) -> Action {
+    /// The joined session on a fresh connection: the controller's topics,
+    /// presence, and the report again (whatever the broker had of us may
+    /// be gone).
+    fn session(&mut self, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::Subscribe { topic: self.desired_topic.clone() });
+        out.push(Action::Subscribe { topic: self.network_topic.clone() });
+        out.push(self.presence(true));
+        self.published = None;
+        self.flush(now, out);
+    }
+
+    /// Sends the join request (and sets when it is asked again).
+    fn join(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (Some(id), Some(token)) = (&self.settings.identity, self.settings.identity.as_ref().and_then(|i| i.join_token.as_ref())) else {
+            if self.join_retry.is_none() {
+                tracing::error!("{NOT_JOINED}");
+                self.join_retry = Some((now + JOIN_BACKOFF_MAX, JOIN_BACKOFF_MAX));
+            }
+            return;
+        };
+        let key = id.key.public();
+        let request = JoinRequest {
+            node: self.settings.node.clone(),
+            key: key.to_string(),
+            token_id: token.id.clone(),
+            proof: kedge_common::sign::signature_text(&kedge_common::sign::join_proof(&token.secret, &self.settings.node, &token.id, &key)),
+            nonce: self.join_nonce.clone(),
+        };
+        let wait = self.join_retry.map_or(JOIN_BACKOFF, |(_, w)| (w * 2).min(JOIN_BACKOFF_MAX));
+        self.join_retry = Some((now + wait, wait));
+        match envelope::encode_signed(&request, Purpose::Join, &id.key) {
+            Ok(payload) => {
+                tracing::info!(token = %token.id, key = %key, "asking the controller to join");
+                out.push(Action::Publish(Publish {
+                    topic: topics::join_topic(&self.settings.prefix, &self.settings.node),
+                    payload,
+                    retain: false,
+                    what: Outgoing::Join,
+                }));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the join request"),
+        }
+    }
+
+    /// The controller's answer to our join request.
+    fn answer(&mut self, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if self.joined || payload.is_empty() {
+            return;
+        }
+        let (Some(ckey), Some(id)) = (&self.settings.controller_key, &self.settings.identity) else { return };
+        let answer = match envelope::decode_verified::<JoinAnswer>(payload, self.settings.max_payload, Purpose::JoinAnswer, ckey) {
+            Ok(a) => a,
+            Err(e) => {
+                self.rejected += 1;
+                tracing::warn!(bytes = payload.len(), error = %e, "join answer refused");
+                return;
+            }
+        };
+        if answer.node != self.settings.node || answer.key != id.key.public().to_string() || answer.nonce != self.join_nonce {
+            tracing::info!("a join answer for another request; ignored");
+            return;
+        }
+        if !answer.accepted {
+            let wait = self.join_retry.map_or(JOIN_BACKOFF, |(_, w)| w);
+            tracing::warn!(reason = %answer.reason, retry_in = ?wait, "the controller refused to join this node");
+            return;
+        }
+        tracing::info!(key = %id.key.public(), "joined: the controller accepted this node's key");
+        self.joined = true;
+        self.join_retry = None;
+        out.push(Action::Joined);
+        if self.connected {
+            self.session(now, out);
+        }
+    }
+
+    fn presence(&mut self, online: bool) -> Action {
         let since = if online { jiff::Timestamp::now().to_string() } else { String::new() };
-        let p = Presence { online, since, boot_id: self.settings.boot_id.clone() };
+        let seq = match self.online_seq.take() {
+            Some(s) if online => s,
+            _ => self.seq.next(),
+        };
+        let mut p = Presence { online, since, boot_id: self.settings.boot_id.clone(), seq, sig: String::new() };
+        if let Some(id) = &self.settings.identity {
+            p.sign(&self.settings.node, &id.key);
+        }
         Action::Publish(Publish {
             topic: self.topic(NodeTopic::Presence),
             payload: p.to_json(),
             retain: true,
-            what: Outgoing::Presence { online },
+            what: Outgoing::Presence { online, seq },
         })
     }
 
@@ -275,9 +438,9 @@ impl LinkState {
     /// While connected: the report if it changed or is due, then every
     /// queued event.
     fn flush(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if !self.connected {
+        let Some(id) = self.settings.identity.as_ref().filter(|_| self.connected && self.joined) else {
             return;
-        }
+        };
         if let Some(r) = &self.report {
             let cmp = comparable(r);
             let due = match &self.published {
@@ -287,7 +450,9 @@ impl LinkState {
             if due {
                 let mut r = r.clone();
                 r.events_dropped = std::mem::take(&mut self.dropped);
-                match envelope::encode(&r) {
+                r.rejected = self.rejected;
+                r.seq = self.seq.next();
+                match envelope::encode_signed(&r, Purpose::Report, &id.key) {
                     Ok(payload) => {
                         self.published = Some((cmp, now));
                         out.push(Action::Publish(Publish {
@@ -304,8 +469,9 @@ impl LinkState {
                 }
             }
         }
-        while let Some(ev) = self.events.pop_front() {
-            match envelope::encode(&ev) {
+        while let Some(mut ev) = self.events.pop_front() {
+            ev.seq = self.seq.next();
+            match envelope::encode_signed(&ev, Purpose::Event, &id.key) {
                 Ok(payload) => out.push(Action::Publish(Publish {
                     topic: self.topic(NodeTopic::Events),
                     payload,
@@ -318,6 +484,9 @@ impl LinkState {
     }
 
     fn message(&mut self, topic: &str, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if topic == self.answer_topic {
+            return self.answer(payload, now, out);
+        }
         if topic == self.network_topic {
             return self.network(payload, now, out);
         }
@@ -396,12 +565,14 @@ impl LinkState {
     }
 
     fn reject(&mut self, reason: &str, message: String) {
+        self.rejected += 1;
         self.push_event(Event {
             time: jiff::Timestamp::now().as_second(),
             normal: false,
             reason: reason.into(),
             message,
             pod: None,
+            seq: 0,
         });
     }
 }

@@ -37,8 +37,6 @@ pub enum ControllerError {
     NetworkTable { source: kedge_common::envelope::EnvelopeError },
     #[error("queueing the cluster network table: {source}")]
     PublishNetwork { source: rumqttc::ClientError },
-    #[error("node {node} is not registered and --require-known-nodes is set; its report waits for a Node object")]
-    UnknownNode { node: String },
     /// A batch written (or published) together failed: every key of it
     /// carries the one failure.
     #[error("batch failed: {0}")]

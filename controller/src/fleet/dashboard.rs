@@ -28,6 +28,8 @@ pub struct ReportSummary {
     pub memory_bytes: i64,
     pub memory_used_bytes: i64,
     pub report_time: i64,
+    /// Messages from the controller the node refused (forgeries, as it says).
+    pub rejected: u64,
 }
 
 /// Waiting reasons and exits that mean a pod is in trouble.
@@ -64,6 +66,7 @@ impl ReportSummary {
             memory_bytes: r.capacity.memory_bytes,
             memory_used_bytes: r.usage.memory_bytes,
             report_time: r.time,
+            rejected: r.rejected,
         }
     }
 }
@@ -89,6 +92,10 @@ struct NodeJson {
     agent_version: String,
     desired_generation: u64,
     observed_generation: u64,
+    /// Messages refused for want of a valid signature, counter or rate:
+    /// `by_node` those the node refused (sent to it in the controller's
+    /// name), `by_controller` those sent in the node's name.
+    rejected: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -123,6 +130,7 @@ fn node_json(name: &str, live: &NodeLive, node: Option<&Node>) -> NodeJson {
         agent_version: r.agent_version,
         desired_generation: live.desired.map_or(0, |d| d.0),
         observed_generation: r.observed_generation,
+        rejected: serde_json::json!({"by_node": r.rejected, "by_controller": live.rejected}),
     }
 }
 
@@ -205,6 +213,7 @@ mod tests {
             report_at: 1_700_000_010,
             report: Some(ReportSummary { arch: "arm64".into(), pods: 3, running: 2, failing: 1, ..Default::default() }),
             desired: Some((42, 0, 3)),
+            rejected: 7,
         };
         let j = serde_json::to_value(node_json("pi-1", &live, None)).expect("json");
         assert_eq!(j["node"], "pi-1");
@@ -213,5 +222,6 @@ mod tests {
         assert_eq!(j["pods"], serde_json::json!({"desired": 3, "running": 2, "failing": 1}));
         assert_eq!(j["last_seen"], "2023-11-14T22:13:30Z");
         assert_eq!(j["desired_generation"], 42);
+        assert_eq!(j["rejected"], serde_json::json!({"by_node": 0, "by_controller": 7}));
     }
 }

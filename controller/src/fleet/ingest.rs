@@ -1,9 +1,14 @@
-//! What nodes send: reports become Pod and Node status (written only when
-//! something other than a heartbeat time changed), presence feeds liveness,
-//! events become Kubernetes Events. Anything malformed — garbage, truncated
+//! What nodes send: join requests ([`super::join`]), reports that become
+//! Pod and Node status (written only when something other than a heartbeat
+//! time changed), presence that feeds liveness, events that become
+//! Kubernetes Events. A node's message is taken only if it carries the
+//! signature of the key recorded for that node and a counter above the
+//! newest taken ([`super::trust`]). Anything else — garbage, truncated
 //! CBOR, an unknown protocol version, another node's message, an oversize
-//! payload — is dropped with a log line and a Warning event on the node;
-//! nothing stored is touched.
+//! payload, a forgery, a replay, a message over the node's rate — is
+//! dropped with a log line and counted, before it touches the API: the
+//! broker is hostile, so what arrives unverified writes nothing, Events
+//! included.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,9 +19,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kedge_common::sign::Purpose;
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{self, NetworkStatus, NodeReport, Presence};
 
+use super::join::Joins;
+use super::trust::{Kind, Trust, Untrusted};
 use super::{FleetOptions, FleetState, dashboard};
 use crate::client::Client;
 use crate::controllers::ControllerError;
@@ -26,14 +34,12 @@ pub struct Ingest {
     client: Client,
     opts: FleetOptions,
     state: Arc<FleetState>,
-    /// With `--require-known-nodes`: the newest report of each node that has
-    /// no Node object yet (at most [`MAX_PENDING`] nodes), taken in as soon
-    /// as its Node is created.
-    pending: BTreeMap<String, NodeReport>,
+    trust: Trust,
+    joins: Joins,
+    /// Messages dropped, by why (for the log, which says each reason at
+    /// powers of two rather than a line per message of a flood).
+    dropped: BTreeMap<&'static str, u64>,
 }
-
-/// Unknown nodes whose newest report is kept while they wait to be registered.
-const MAX_PENDING: usize = 1024;
 /// The `kubernetes.io`/`k8s.io` labels a node may set on its own Node, as
 /// Kubernetes' NodeRestriction admission allows a kubelet
 /// (`kubeletapis.IsKubeletLabel`).
@@ -294,8 +300,8 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
 }
 
 impl Ingest {
-    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>) -> Result<Self, ControllerError> {
-        Ok(Ingest { client, opts, state, pending: BTreeMap::new() })
+    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>, joins: Joins) -> Ingest {
+        Ingest { client, opts, state, trust: Trust::default(), joins, dropped: BTreeMap::new() }
     }
 
     pub fn client(&self) -> &Client {
@@ -304,58 +310,80 @@ impl Ingest {
 
     /// Takes one message from the broker.
     pub fn handle(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(node) = topics::parse_join_topic(&self.opts.prefix, topic) {
+            return self.joins.handle(node, payload, &mut self.trust);
+        }
         let Some((node, which)) = topics::parse_node_topic(&self.opts.prefix, topic) else {
             tracing::debug!(%topic, "message on a topic outside the fleet tree; ignored");
             return;
         };
         if !topics::valid_node_name(node) {
-            tracing::warn!(%topic, "message from an invalid node name; dropped");
+            self.drop("invalid node name", node, which, payload.len(), "not a node name");
             return;
         }
-        if payload.is_empty() {
-            // A cleared retained message: nothing to take in.
+        if payload.is_empty() || which == NodeTopic::Desired {
+            // A cleared retained message, or our own snapshot.
             return;
         }
         let node = node.to_string();
-        let result = match which {
-            NodeTopic::Status => wire::decode_for::<NodeReport>(payload, &node, self.opts.max_payload)
-                .map_err(|e| e.to_string())
-                .and_then(|r| self.report(&node, r).map_err(|e| e.to_string())),
-            NodeTopic::Presence => Presence::from_json(payload).map_err(|e| e.to_string()).map(|p| {
-                tracing::info!(%node, online = p.online, "presence");
-                self.state.set_presence(&node, p.online);
-            }),
-            NodeTopic::Events => kedge_common::envelope::decode::<wire::Event>(payload, self.opts.max_payload)
-                .map_err(|e| e.to_string())
-                .map(|ev| self.event(&node, ev)),
-            NodeTopic::Desired => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(%topic, bytes = payload.len(), error = %e, "message from a node dropped");
-            if let Ok(Some(n)) = self.client.get::<Node>("", &node) {
-                events::record(
-                    &self.client,
-                    "kedge-fleet",
-                    ("v1", "Node", &n.metadata),
-                    true,
-                    "MessageRejected",
-                    &format!("{which:?} message of {} bytes rejected: {e}", payload.len()),
-                );
+        if let Err((why, e)) = self.take(&node, which, payload) {
+            self.drop(why, &node, which, payload.len(), &e);
+            if why != "not joined" {
+                self.state.count_rejected(&node);
             }
         }
     }
 
-    /// Takes in the waiting reports of nodes that have been registered since.
-    pub fn retry_pending(&mut self) {
-        let ready: Vec<String> =
-            self.pending.keys().filter(|n| matches!(self.client.get::<Node>("", n), Ok(Some(_)))).cloned().collect();
-        for node in ready {
-            if let Some(r) = self.pending.remove(&node) {
-                tracing::info!(%node, "node registered: taking in its report");
-                if let Err(e) = self.report(&node, r) {
-                    tracing::warn!(%node, error = %e, "report of a newly registered node dropped");
-                }
+    /// Logs a dropped message: the first of each reason and then at powers
+    /// of two, so a flood costs a counter, not a log line each.
+    fn drop(&mut self, why: &'static str, node: &str, which: NodeTopic, bytes: usize, error: &str) {
+        let n = self.dropped.entry(why).or_default();
+        *n += 1;
+        if n.is_power_of_two() {
+            tracing::warn!(%node, kind = ?which, bytes, error, dropped = *n, "message from a node dropped ({why})");
+        }
+    }
+
+    /// Verifies and takes one message of a node.
+    fn take(&mut self, node: &str, which: NodeTopic, payload: &[u8]) -> Result<(), (&'static str, String)> {
+        let untrusted = |e: Untrusted| match e {
+            Untrusted::NotJoined(_) => ("not joined", e.to_string()),
+            Untrusted::Replay { .. } => ("replay", e.to_string()),
+            Untrusted::RateLimited => ("rate limited", e.to_string()),
+        };
+        let cap = self.opts.max_payload;
+        match which {
+            NodeTopic::Status => {
+                let n = self.client.get::<Node>("", node).map_err(|e| ("store", e.to_string()))?;
+                let key = self.trust.key(&self.client, node, n.as_ref()).map_err(untrusted)?;
+                let r = wire::decode_verified_for::<NodeReport>(payload, node, cap, Purpose::Report, &key)
+                    .map_err(|e| ("unverified", e.to_string()))?;
+                self.trust.admit(&self.client, node, Kind::Report, r.seq).map_err(untrusted)?;
+                let Some(n) = n else { return Ok(()) };
+                self.report(node, n, r).map_err(|e| ("store", e.to_string()))
             }
+            NodeTopic::Presence => {
+                let n = self.client.get::<Node>("", node).map_err(|e| ("store", e.to_string()))?;
+                let key = self.trust.key(&self.client, node, n.as_ref()).map_err(untrusted)?;
+                if payload.len() > cap {
+                    return Err(("malformed", format!("presence of {} bytes over the cap", payload.len())));
+                }
+                let p = Presence::from_json(payload).map_err(|e| ("malformed", e.to_string()))?;
+                p.verify(node, &key).map_err(|e| ("unverified", format!("presence: {e}")))?;
+                self.trust.admit(&self.client, node, Kind::Presence, p.seq).map_err(untrusted)?;
+                tracing::info!(%node, online = p.online, "presence");
+                self.state.set_presence(node, p.online);
+                Ok(())
+            }
+            NodeTopic::Events => {
+                let key = self.trust.key(&self.client, node, None).map_err(untrusted)?;
+                let ev = kedge_common::envelope::decode_verified::<wire::Event>(payload, cap, Purpose::Event, &key)
+                    .map_err(|e| ("unverified", e.to_string()))?;
+                self.trust.admit(&self.client, node, Kind::Event, ev.seq).map_err(untrusted)?;
+                self.event(node, ev);
+                Ok(())
+            }
+            NodeTopic::Desired => Ok(()),
         }
     }
 
@@ -376,29 +404,8 @@ impl Ingest {
         events::record(&self.client, &component, ("v1", kind, &meta), !ev.normal, &ev.reason, &ev.message);
     }
 
-    fn report(&mut self, node: &str, r: NodeReport) -> Result<(), ControllerError> {
-        let existing = self.client.get::<Node>("", node)?;
-        let mut n = match existing {
-            Some(n) => n,
-            None if self.opts.require_known_nodes => {
-                if self.pending.len() < MAX_PENDING || self.pending.contains_key(node) {
-                    self.pending.insert(node.to_string(), r);
-                }
-                return Err(ControllerError::UnknownNode { node: node.to_string() });
-            }
-            None => {
-                tracing::info!(%node, arch = %r.info.architecture, "registering a new node");
-                let fresh = Node {
-                    metadata: ObjectMeta {
-                        name: Some(node.to_string()),
-                        labels: Some(allowed_labels(node, &r.labels)),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                self.client.create(&fresh)?
-            }
-        };
+    /// A verified report of a joined node (its Node as just read).
+    fn report(&mut self, node: &str, mut n: Node, r: NodeReport) -> Result<(), ControllerError> {
         // Labels the node reports (arch, os, hostname) are kept current; a
         // node cannot set the labels NodeRestriction keeps from kubelets.
         let labels = n.metadata.labels.get_or_insert_with(BTreeMap::new);
@@ -500,21 +507,30 @@ mod tests {
         let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
         writer.system_namespaces().expect("namespaces");
         let client = Client::new(writer);
-        let mut ingest =
-            Ingest::new(client.clone(), FleetOptions::default(), FleetState::new(std::time::Duration::from_secs(60)))
-                .expect("ingest");
+        let (mqtt, _eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
+        let key = Arc::new(kedge_common::sign::SigningKey::generate().expect("key").0);
+        let joins = Joins::new(client.clone(), dir.path().join("tokens"), key, mqtt, "kedge".into(), 1 << 20);
+        let mut ingest = Ingest::new(
+            client.clone(),
+            FleetOptions::default(),
+            FleetState::new(std::time::Duration::from_secs(60)),
+            joins,
+        );
         let labels = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
             let mut l = BTreeMap::from([("kubernetes.io/arch".to_owned(), "arm64".to_owned())]);
             l.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             l
         };
+        let node = || client.get::<Node>("", "n1").expect("get").expect("joined");
+        client
+            .create(&Node { metadata: ObjectMeta { name: Some("n1".into()), ..Default::default() }, ..Default::default() })
+            .expect("joined");
         let first = labels(&[("node-role.kubernetes.io/control-plane", ""), ("example.com/rack", "r1")]);
-        ingest.report("n1", NodeReport { node: "n1".into(), labels: first, ..Default::default() }).expect("report");
+        ingest.report("n1", node(), NodeReport { node: "n1".into(), labels: first, ..Default::default() }).expect("report");
         let later =
             labels(&[("node-restriction.kubernetes.io/trusted", "yes"), ("node-role.kubernetes.io/master", "")]);
-        ingest.report("n1", NodeReport { node: "n1".into(), labels: later, ..Default::default() }).expect("report");
-        let node = client.get::<Node>("", "n1").expect("get").expect("registered");
-        let keys: Vec<String> = node.metadata.labels.unwrap_or_default().into_keys().collect();
+        ingest.report("n1", node(), NodeReport { node: "n1".into(), labels: later, ..Default::default() }).expect("report");
+        let keys: Vec<String> = node().metadata.labels.unwrap_or_default().into_keys().collect();
         assert_eq!(keys, ["example.com/rack", "kubernetes.io/arch"]);
     }
 

@@ -17,7 +17,9 @@ pub mod broker;
 pub mod dashboard;
 pub mod desired;
 pub mod ingest;
+pub mod join;
 pub mod network;
+pub mod trust;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,8 +51,8 @@ pub struct FleetOptions {
     /// An external broker instead of the embedded one (`--broker`).
     pub broker: Option<BrokerUrl>,
     pub prefix: String,
-    /// Refuse reports from nodes that have no Node object.
-    pub require_known_nodes: bool,
+    /// Where join tokens are kept (`DATA/tokens`, [`crate::tokens`]).
+    pub tokens_dir: std::path::PathBuf,
     pub max_payload: usize,
     /// A node whose newest report is older than this counts as silent even
     /// while its presence says online.
@@ -67,7 +69,7 @@ impl Default for FleetOptions {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             broker: None,
             prefix: topics::DEFAULT_PREFIX.into(),
-            require_known_nodes: false,
+            tokens_dir: std::path::PathBuf::from("tokens"),
             max_payload: kedge_common::envelope::DEFAULT_MAX_PAYLOAD,
             report_timeout: Duration::from_secs(30 * 60),
             keepalive: Duration::from_secs(30),
@@ -89,6 +91,9 @@ pub struct NodeLive {
     pub report: Option<dashboard::ReportSummary>,
     /// The newest snapshot published: generation, content hash, pod count.
     pub desired: Option<(u64, u64, usize)>,
+    /// Messages under its name dropped while it is joined: forged,
+    /// replayed, malformed or over its rate.
+    pub rejected: u64,
 }
 
 /// Shared between the link task, the snapshot publisher and the node lifecycle.
@@ -185,6 +190,16 @@ impl FleetState {
         }
     }
 
+    fn count_rejected(&self, node: &str) {
+        // Only joined nodes have an entry to count on: a flood of made-up
+        // names leaves nothing behind.
+        self.with(|m| {
+            if let Some(n) = m.get_mut(node) {
+                n.rejected += 1;
+            }
+        });
+    }
+
     fn set_report(&self, node: &str, summary: dashboard::ReportSummary) {
         self.with(|m| {
             let n = m.entry(node.to_string()).or_default();
@@ -268,9 +283,17 @@ pub async fn start(
     )?;
     let store = client.store().clone();
     tasks.spawn(runner::run_with_resync(publisher, store.clone(), stop.clone(), state.resync_desired.subscribe()));
-    let network = network::NetworkPublisher::new(client.clone(), mqtt.clone(), &opts, state.clone(), cidrs, key)?;
+    let network = network::NetworkPublisher::new(client.clone(), mqtt.clone(), &opts, state.clone(), cidrs, key.clone())?;
     tasks.spawn(runner::run_with_resync(network, store, stop.clone(), state.resync_desired.subscribe()));
-    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone())?;
+    let joins = join::Joins::new(
+        client.clone(),
+        opts.tokens_dir.clone(),
+        key.clone(),
+        mqtt.clone(),
+        opts.prefix.clone(),
+        opts.max_payload,
+    );
+    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone(), joins);
     tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
     Ok(Fleet { state, broker })
 }
@@ -296,7 +319,6 @@ async fn link(
                 return;
             }
             _ = tick.tick() => {
-                ingest.retry_pending();
                 if state.connected() {
                     dash.flush(&mqtt, &state, ingest.client());
                 }
@@ -305,8 +327,10 @@ async fn link(
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(%broker, "fleet link connected to the broker");
                     backoff = Duration::from_millis(100);
-                    for which in [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events] {
-                        if let Err(e) = mqtt.try_subscribe(topics::all_nodes_filter(&opts.prefix, which), QoS::AtLeastOnce) {
+                    let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events]
+                        .map(|which| topics::all_nodes_filter(&opts.prefix, which));
+                    for filter in filters.into_iter().chain([topics::join_filter(&opts.prefix)]) {
+                        if let Err(e) = mqtt.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use kedge_common::envelope::{self, DEFAULT_MAX_PAYLOAD};
-use kedge_common::sign::SigningKey;
-use kedge_common::wire::{Event, NodeDesired, NodeReport, Presence, Usage};
+use kedge_common::sign::{SigningKey, Token};
+use kedge_common::wire::{Event, JoinAnswer, JoinRequest, NodeDesired, NodeReport, Presence, Usage};
 use tokio::time::Instant;
 
 use super::*;
@@ -14,8 +14,21 @@ const STATUS: &str = "kedge/v1/nodes/n1/status";
 const PRESENCE: &str = "kedge/v1/nodes/n1/presence";
 const EVENTS: &str = "kedge/v1/nodes/n1/events";
 const NETWORK: &str = "kedge/v1/cluster/network";
+const JOIN: &str = "kedge/v1/join/n1";
+const ANSWER: &str = "kedge/v1/join/n1/answer";
 
+/// This node's key in these tests.
+fn node_key() -> &'static std::sync::Arc<SigningKey> {
+    static KEY: std::sync::OnceLock<std::sync::Arc<SigningKey>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| std::sync::Arc::new(SigningKey::generate().expect("key").0))
+}
+
+/// A joined node's link.
 fn state(accepted: u64) -> LinkState {
+    with_identity(accepted, Identity::in_memory(node_key().clone(), None, 3))
+}
+
+fn with_identity(accepted: u64, identity: Identity) -> LinkState {
     LinkState::new(
         Settings {
             node: "n1".into(),
@@ -24,6 +37,7 @@ fn state(accepted: u64) -> LinkState {
             max_payload: DEFAULT_MAX_PAYLOAD,
             report_refresh: Duration::from_secs(600),
             controller_key: Some(controller().public()),
+            identity: Some(identity),
         },
         accepted,
         5,
@@ -35,7 +49,7 @@ fn report(generation: u64) -> NodeReport {
 }
 
 fn event(time: i64) -> Event {
-    Event { time, normal: true, reason: "Started".into(), message: format!("event {time}"), pod: None }
+    Event { time, normal: true, reason: "Started".into(), message: format!("event {time}"), pod: None, seq: 0 }
 }
 
 /// The controller's signing key in these tests (the node has pinned it).
@@ -68,11 +82,35 @@ fn publishes(actions: &[Action]) -> Vec<(&str, &[u8])> {
         .collect()
 }
 
+/// The reports published, checked to carry the node's signature, with
+/// their counters taken out (see [`counters`]).
 fn reports(actions: &[Action]) -> Vec<NodeReport> {
     publishes(actions)
         .into_iter()
         .filter(|(t, _)| *t == STATUS)
-        .map(|(_, b)| envelope::decode(b, DEFAULT_MAX_PAYLOAD).expect("a report"))
+        .map(|(_, b)| {
+            let mut r: NodeReport =
+                envelope::decode_verified(b, DEFAULT_MAX_PAYLOAD, Purpose::Report, &node_key().public())
+                    .expect("a report signed by the node");
+            r.seq = 0;
+            r
+        })
+        .collect()
+}
+
+/// The counters of everything published, in order: (topic, seq).
+fn counters(actions: &[Action]) -> Vec<(&str, u64)> {
+    publishes(actions)
+        .into_iter()
+        .map(|(t, b)| {
+            let seq = match t {
+                STATUS => envelope::decode::<NodeReport>(b, DEFAULT_MAX_PAYLOAD).expect("report").seq,
+                EVENTS => envelope::decode::<Event>(b, DEFAULT_MAX_PAYLOAD).expect("event").seq,
+                PRESENCE => Presence::from_json(b).expect("presence").seq,
+                _ => 0,
+            };
+            (t, seq)
+        })
         .collect()
 }
 
@@ -80,7 +118,13 @@ fn events(actions: &[Action]) -> Vec<Event> {
     publishes(actions)
         .into_iter()
         .filter(|(t, _)| *t == EVENTS)
-        .map(|(_, b)| envelope::decode(b, DEFAULT_MAX_PAYLOAD).expect("an event"))
+        .map(|(_, b)| {
+            let mut ev: Event =
+                envelope::decode_verified(b, DEFAULT_MAX_PAYLOAD, Purpose::Event, &node_key().public())
+                    .expect("an event signed by the node");
+            ev.seq = 0;
+            ev
+        })
         .collect()
 }
 
@@ -107,6 +151,7 @@ fn a_connect_subscribes_says_online_and_reports_at_once() {
     assert_eq!(topic, PRESENCE);
     let presence = Presence::from_json(payload).expect("presence JSON");
     assert!(presence.online && presence.boot_id == "boot-1");
+    presence.verify("n1", &node_key().public()).expect("presence signed by the node");
     assert_eq!(reports(&actions), vec![report(0)]);
     // Every reconnect reports again, even unchanged: the broker may have lost it.
     s.handle(Input::Disconnected, now);
@@ -307,4 +352,114 @@ fn a_node_without_a_pinned_key_takes_nothing() {
     assert!(delivered(&actions).is_empty());
     assert!(events(&actions)[0].message.contains("has not joined"), "{:?}", events(&actions));
     assert!(networks(&s.handle(network(9), now)).is_empty());
+}
+
+/// Everything the node sends is numbered, strictly upwards, from this
+/// start's count; the Last Will is numbered above the online presence of
+/// the connection it belongs to and below everything after the next one.
+#[test]
+fn messages_are_numbered_and_the_will_sits_between_connections() {
+    let now = Instant::now();
+    let mut s = state(0);
+    let (_, will) = s.will();
+    let will = Presence::from_json(&will).expect("will");
+    assert!(!will.online);
+    will.verify("n1", &node_key().public()).expect("the will is signed");
+    s.handle(Input::Report(Box::new(report(0))), now);
+    let first = s.handle(Input::Connected, now);
+    let c = counters(&first);
+    let online = c.iter().find(|(t, _)| *t == PRESENCE).expect("online").1;
+    assert!(online < will.seq, "the will fires after this online presence: taken as newer");
+    assert_eq!(online >> 32, 3, "this start's count");
+    s.handle(Input::Event(event(1)), now);
+    let mut all: Vec<u64> = c.iter().map(|(_, n)| *n).collect();
+    all.extend(counters(&s.handle(Input::Event(event(2)), now)).iter().map(|(_, n)| *n));
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "strictly upwards: {all:?}");
+    s.handle(Input::Disconnected, now);
+    let (_, next_will) = s.will();
+    let reconnect = s.handle(Input::Connected, now);
+    let next = counters(&reconnect);
+    let next_online = next.iter().find(|(t, _)| *t == PRESENCE).expect("online").1;
+    assert!(next_online > will.seq, "the old will replayed later is older than the new presence");
+    assert!(Presence::from_json(&next_will).expect("will").seq > next_online);
+}
+
+fn joining() -> LinkState {
+    let token = Token::generate(controller().public()).expect("token");
+    with_identity(0, Identity::in_memory(node_key().clone(), Some(token), 1))
+}
+
+fn answer(s: &LinkState, accepted: bool, key: &SigningKey) -> Input {
+    let a = JoinAnswer {
+        node: "n1".into(),
+        key: node_key().public().to_string(),
+        nonce: s.join_nonce.clone(),
+        accepted,
+        reason: if accepted { String::new() } else { "token expired".into() },
+    };
+    Input::Message { topic: ANSWER.into(), payload: envelope::encode_signed(&a, Purpose::JoinAnswer, key).expect("encode") }
+}
+
+/// Until the controller accepts its key a node sends its join request and
+/// nothing else — no presence, no report — asking again with backoff.
+#[test]
+fn a_node_joins_before_it_says_anything_else() {
+    let now = Instant::now();
+    let mut s = joining();
+    s.handle(Input::Report(Box::new(report(0))), now);
+    let actions = s.handle(Input::Connected, now);
+    assert!(actions.contains(&Action::Subscribe { topic: ANSWER.into() }));
+    assert!(!actions.contains(&Action::Subscribe { topic: DESIRED.into() }), "no snapshot before joining");
+    let p = publishes(&actions);
+    assert_eq!(p.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [JOIN], "the join request alone");
+    let req: JoinRequest = envelope::decode_verified(p[0].1, DEFAULT_MAX_PAYLOAD, Purpose::Join, &node_key().public())
+        .expect("signed with the key it names");
+    assert_eq!(req.key, node_key().public().to_string());
+    let token = s.settings.identity.as_ref().and_then(|i| i.join_token.clone()).expect("token");
+    let proof = kedge_common::sign::signature_from_text(&req.proof).expect("proof");
+    assert!(kedge_common::sign::verify_join_proof(&token.secret, "n1", &token.id, &node_key().public(), &proof));
+    assert!(!String::from_utf8_lossy(p[0].1).contains(&token.secret), "the secret never travels");
+    assert!(publishes(&s.handle(Input::Event(event(1)), now)).is_empty(), "no events before joining");
+    // Asked again after the backoff, and not before.
+    assert!(publishes(&s.handle(Input::Tick, now + Duration::from_secs(1))).is_empty());
+    assert_eq!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF)).len(), 1);
+    assert!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF * 2)).is_empty(), "the wait doubles");
+    assert_eq!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF * 3)).len(), 1);
+}
+
+/// An answer is taken only if the controller signed it for this request;
+/// a refusal leaves the node asking; the acceptance opens the session.
+#[test]
+fn only_the_controllers_answer_to_this_request_joins() {
+    let now = Instant::now();
+    let mut s = joining();
+    s.handle(Input::Report(Box::new(report(0))), now);
+    s.handle(Input::Connected, now);
+    let (stranger, _) = SigningKey::generate().expect("key");
+    let forged = answer(&s, true, &stranger);
+    assert!(s.handle(forged, now).is_empty() && !s.is_joined(), "signed by another key");
+    let mut old = answer(&s, true, controller());
+    s.join_nonce = "another-start".into();
+    assert!(s.handle(std::mem::replace(&mut old, Input::Tick), now).is_empty() && !s.is_joined(), "an old answer");
+    let refused = answer(&s, false, controller());
+    assert!(s.handle(refused, now).is_empty() && !s.is_joined(), "refused: still asking");
+    let actions = s.handle(answer(&s, true, controller()), now);
+    assert!(s.is_joined());
+    assert_eq!(actions[0], Action::Joined, "recorded first");
+    assert!(actions.contains(&Action::Subscribe { topic: DESIRED.into() }));
+    assert!(publishes(&actions).iter().any(|(t, _)| *t == PRESENCE));
+    assert_eq!(reports(&actions).len(), 1, "the waiting report goes out");
+    assert!(s.handle(answer(&s, true, controller()), now).is_empty(), "joined once");
+}
+
+/// A node never given a token sends nothing at all.
+#[test]
+fn a_node_without_a_token_sends_nothing() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.settings.identity = None;
+    s.joined = false;
+    s.handle(Input::Report(Box::new(report(0))), now);
+    assert!(publishes(&s.handle(Input::Connected, now)).is_empty());
+    assert!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF_MAX * 2)).is_empty());
 }

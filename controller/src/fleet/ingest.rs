@@ -534,6 +534,83 @@ mod tests {
         assert_eq!(keys, ["example.com/rack", "kubernetes.io/arch"]);
     }
 
+    /// The broker is hostile: a report, presence or event under n1's name is
+    /// taken only signed with n1's recorded key and newer than the last.
+    #[test]
+    fn only_the_joined_key_speaks_for_a_node_and_only_once() {
+        use kedge_common::envelope::{encode, encode_signed};
+        use kedge_common::sign::SigningKey;
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb"), 100).expect("store"));
+        let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
+        writer.system_namespaces().expect("namespaces");
+        let client = Client::new(writer);
+        let (mqtt, _eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
+        let ckey = Arc::new(SigningKey::generate().expect("key").0);
+        let joins = Joins::new(client.clone(), dir.path().join("tokens"), ckey, mqtt, "kedge".into(), 1 << 20);
+        let state = FleetState::new(std::time::Duration::from_secs(60));
+        let mut ingest = Ingest::new(client.clone(), FleetOptions::default(), state.clone(), joins);
+        let (k1, _) = SigningKey::generate().expect("key");
+        let (k2, _) = SigningKey::generate().expect("key");
+        for (name, key) in [("n1", &k1), ("n2", &k2)] {
+            let annotations = BTreeMap::from([(super::super::trust::NODE_KEY_ANNOTATION.to_owned(), key.public().to_string())]);
+            let meta = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
+            client.create(&Node { metadata: meta, ..Default::default() }).expect("joined");
+        }
+        let seq = |n: u64| kedge_common::wire::Seq::start(2).0 + n;
+        let report = |key: &SigningKey, n: u64, arch: &str| {
+            let mut r = NodeReport { node: "n1".into(), seq: seq(n), ..Default::default() };
+            r.info.architecture = arch.into();
+            encode_signed(&r, Purpose::Report, key).expect("encode")
+        };
+        let arch = || -> String {
+            let n = client.get::<Node>("", "n1").expect("get").expect("n1");
+            n.status.and_then(|s| s.node_info).map(|i| i.architecture).unwrap_or_default()
+        };
+        let status = "kedge/v1/nodes/n1/status";
+        ingest.handle(status, &report(&k1, 5, "arm64"));
+        assert_eq!(arch(), "arm64", "n1's own report is taken");
+        ingest.handle(status, &report(&k2, 6, "evil"));
+        assert_eq!(arch(), "arm64", "signed by n2's key: dropped");
+        let mut unsigned = NodeReport { node: "n1".into(), seq: seq(7), ..Default::default() };
+        unsigned.info.architecture = "unsigned".into();
+        ingest.handle(status, &encode(&unsigned).expect("encode"));
+        assert_eq!(arch(), "arm64", "unsigned: dropped");
+        ingest.handle(status, &report(&k1, 4, "older"));
+        assert_eq!(arch(), "arm64", "an older report (a replay): dropped");
+        ingest.handle(status, &report(&k1, 8, "riscv64"));
+        assert_eq!(arch(), "riscv64", "a newer one is taken");
+        assert_eq!(state.node("n1").map(|n| n.rejected), Some(3), "the three counted");
+        // Presence: a forged offline does not turn n1 silent; its own does.
+        let mut p = Presence { online: true, seq: seq(1), ..Default::default() };
+        p.sign("n1", &k1);
+        ingest.handle("kedge/v1/nodes/n1/presence", &p.to_json());
+        assert_eq!(state.node("n1").and_then(|n| n.online), Some(true));
+        let mut forged = Presence { online: false, seq: seq(9), ..Default::default() };
+        forged.sign("n1", &k2);
+        ingest.handle("kedge/v1/nodes/n1/presence", &forged.to_json());
+        ingest.handle("kedge/v1/nodes/n1/presence", br#"{"online":false,"since":"","boot_id":""}"#);
+        ingest.handle("kedge/v1/nodes/n1/presence", &p.to_json());
+        assert_eq!(state.node("n1").and_then(|n| n.online), Some(true), "forged, unsigned, replayed");
+        // Events: a forged one writes nothing.
+        let ev = wire::Event { reason: "Forged".into(), message: "x".into(), seq: seq(10), ..Default::default() };
+        ingest.handle("kedge/v1/nodes/n1/events", &encode_signed(&ev, Purpose::Event, &k2).expect("encode"));
+        ingest.handle("kedge/v1/nodes/n1/events", &encode(&ev).expect("encode"));
+        let events = client.list::<k8s_openapi::api::core::v1::Event>(None).expect("list");
+        assert!(events.is_empty(), "no Event from a forgery: {events:?}");
+        let genuine = wire::Event { reason: "Started".into(), ..ev };
+        ingest.handle("kedge/v1/nodes/n1/events", &encode_signed(&genuine, Purpose::Event, &k1).expect("encode"));
+        ingest.handle("kedge/v1/nodes/n1/events", &encode_signed(&genuine, Purpose::Event, &k1).expect("encode"));
+        let events = client.list::<k8s_openapi::api::core::v1::Event>(None).expect("list");
+        assert_eq!(events.len(), 1, "the genuine event once, its replay dropped: {events:?}");
+        // A node that never joined: nothing registers.
+        let (k3, _) = SigningKey::generate().expect("key");
+        let r3 = NodeReport { node: "n3".into(), seq: seq(1), ..Default::default() };
+        ingest.handle("kedge/v1/nodes/n3/status", &encode_signed(&r3, Purpose::Report, &k3).expect("encode"));
+        assert!(client.get::<Node>("", "n3").expect("get").is_none(), "no Node from a report");
+        assert!(state.node("n3").is_none(), "and no state kept for it");
+    }
+
     #[test]
     fn a_heartbeat_alone_is_no_change() {
         let r = NodeReport { node: "n1".into(), ..Default::default() };

@@ -137,23 +137,31 @@ impl Joins {
         let key: PublicKey = req.key.parse().map_err(|e: sign::SignError| e.to_string())?;
         let proof = sign::signature_from_text(&req.proof).unwrap_or_default();
         let now = jiff::Timestamp::now().as_second();
-        let record = tokens::check(
+        let checked = tokens::check(
             &self.tokens_dir,
             &req.token_id,
             |secret| sign::verify_join_proof(secret, node, &req.token_id, &key, &proof),
             now,
-        )
-        .map_err(|e| e.to_string())?;
+        );
         let existing = self.client.get::<Node>("", node).map_err(|e| e.to_string())?;
         match existing.as_ref().and_then(trust::node_key) {
-            Some(k) if k == key => return Ok(()), // asked again: the answer was lost
+            // Asked again (the answer was lost): the join it repeats may
+            // have spent the token's last use, or it has expired since.
+            Some(k) if k == key => {
+                return match checked {
+                    Ok(_) | Err(tokens::Refusal::UsedUp(_) | tokens::Refusal::Expired { .. }) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
             Some(_) => {
+                checked.map_err(|e| e.to_string())?;
                 return Err(format!(
                     "node {node} is joined with another key; delete the Node (kubectl delete node {node}) or revoke it (kedge-controller node revoke {node}) to let a new one join"
                 ));
             }
             None => {}
         }
+        let record = checked.map_err(|e| e.to_string())?;
         let store = self.client.store();
         if store.record(&joined_record(&key)).map_err(|e| e.to_string())?.is_some() {
             return Err("this key joined before and was revoked; a new token gives the node a new key".into());
@@ -179,5 +187,152 @@ impl Joins {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::Request;
+    use std::time::Duration;
+
+    struct Fixture {
+        client: Client,
+        joins: Joins,
+        trust: Trust,
+        rx: flume::Receiver<Request>,
+        controller: Arc<SigningKey>,
+        dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb"), 100).expect("store"));
+        let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
+        writer.system_namespaces().expect("namespaces");
+        let client = Client::new(writer);
+        let (tx, rx) = flume::unbounded();
+        let controller = Arc::new(crate::tls::signing_key(dir.path()).expect("key"));
+        let joins = Joins::new(
+            client.clone(),
+            dir.path().join("tokens"),
+            controller.clone(),
+            AsyncClient::from_senders(tx),
+            "kedge".into(),
+            1 << 20,
+        );
+        Fixture { client, joins, trust: Trust::default(), rx, controller, dir }
+    }
+
+    fn request(node: &str, key: &SigningKey, token: &sign::Token) -> Vec<u8> {
+        let k = key.public();
+        let req = JoinRequest {
+            node: node.into(),
+            key: k.to_string(),
+            token_id: token.id.clone(),
+            proof: sign::signature_text(&sign::join_proof(&token.secret, node, &token.id, &k)),
+            nonce: "n".into(),
+        };
+        envelope::encode_signed(&req, Purpose::Join, key).expect("encode")
+    }
+
+    impl Fixture {
+        fn token(&self, ttl: Option<Duration>, uses: Option<u32>) -> sign::Token {
+            tokens::create(self.dir.path(), ttl, uses).expect("token")
+        }
+
+        /// Sends a request and returns the answer (None: unanswered).
+        fn join(&mut self, node: &str, payload: &[u8]) -> Option<JoinAnswer> {
+            self.joins.handle(node, payload, &mut self.trust);
+            let answers: Vec<JoinAnswer> = self
+                .rx
+                .try_iter()
+                .filter_map(|r| match r {
+                    Request::Publish(p) => {
+                        assert_eq!(p.topic, format!("kedge/v1/join/{node}/answer"));
+                        Some(
+                            envelope::decode_verified(&p.payload, 1 << 20, Purpose::JoinAnswer, &self.controller.public())
+                                .expect("an answer signed by the controller"),
+                        )
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert!(answers.len() <= 1);
+            answers.into_iter().next()
+        }
+
+        fn node_key(&self, node: &str) -> Option<PublicKey> {
+            self.client.get::<Node>("", node).expect("get").as_ref().and_then(trust::node_key)
+        }
+
+        fn nodes(&self) -> usize {
+            self.client.list::<Node>(None).expect("list").len()
+        }
+    }
+
+    fn refused(a: Option<JoinAnswer>, why: &str) {
+        let a = a.expect("answered");
+        assert!(!a.accepted && a.reason.contains(why), "{why}: {a:?}");
+    }
+
+    #[test]
+    fn only_a_valid_token_joins_and_a_refusal_creates_nothing() {
+        let mut f = fixture();
+        let (key, _) = SigningKey::generate().expect("key");
+        let good = f.token(None, None);
+        let wrong = sign::Token { secret: "0000000000000000".into(), ..good.clone() };
+        refused(f.join("n1", &request("n1", &key, &wrong)), "wrong secret");
+        let unknown = sign::Token { id: "zzzzzz".into(), ..good.clone() };
+        refused(f.join("n1", &request("n1", &key, &unknown)), "unknown token");
+        let expired = f.token(Some(Duration::from_secs(1)), None);
+        let path = f.dir.path().join("tokens").join(format!("{}.json", expired.id));
+        let mut record: tokens::TokenRecord =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("record");
+        record.expires = Some(record.created - 10);
+        std::fs::write(&path, serde_json::to_vec(&record).expect("json")).expect("write");
+        refused(f.join("n1", &request("n1", &key, &expired)), "expired");
+        let once = f.token(None, Some(1));
+        let (other, _) = SigningKey::generate().expect("key");
+        assert!(f.join("n9", &request("n9", &other, &once)).expect("answer").accepted);
+        refused(f.join("n1", &request("n1", &key, &once)), "used up");
+        assert_eq!(f.node_key("n1"), None, "no Node for a refused join");
+        assert_eq!(f.nodes(), 1, "only n9's");
+        // A request signed by a key other than the one it names, or for
+        // another node's topic: dropped unanswered.
+        let (thief, _) = SigningKey::generate().expect("key");
+        let mut stolen: JoinRequest = envelope::decode(&request("n1", &key, &good), 1 << 20).expect("decode");
+        stolen.nonce = "x".into();
+        assert!(f.join("n1", &envelope::encode_signed(&stolen, Purpose::Join, &thief).expect("encode")).is_none());
+        assert!(f.join("n2", &request("n1", &key, &good)).is_none());
+        assert!(f.join("n1", b"\x01garbage").is_none());
+        assert_eq!(f.nodes(), 1);
+        // The good one: the Node, with the key recorded on it.
+        let a = f.join("n1", &request("n1", &key, &good)).expect("answer");
+        assert!(a.accepted && a.nonce == "n" && a.key == key.public().to_string(), "{a:?}");
+        assert_eq!(f.node_key("n1"), Some(key.public()));
+    }
+
+    #[test]
+    fn a_name_keeps_its_key_until_revoked_and_a_revoked_key_never_returns() {
+        let mut f = fixture();
+        let (first, _) = SigningKey::generate().expect("key");
+        let once = f.token(None, Some(1));
+        let first_request = request("n1", &first, &once);
+        assert!(f.join("n1", &first_request).expect("answer").accepted);
+        // The same request again (its answer was lost): answered, no use spent.
+        assert!(f.join("n1", &first_request).expect("answer").accepted);
+        // Another key under the same name: refused while n1 has its key.
+        let good = f.token(None, None);
+        let (second, _) = SigningKey::generate().expect("key");
+        refused(f.join("n1", &request("n1", &second, &good)), "joined with another key");
+        assert_eq!(f.node_key("n1"), Some(first.public()));
+        // Deleted: the old request replayed does not bring the key back.
+        f.client.delete::<Node>("", "n1", None).expect("delete");
+        refused(f.join("n1", &request("n1", &first, &good)), "joined before and was revoked");
+        assert_eq!(f.nodes(), 0);
+        // The node comes back with a new token, hence a new key.
+        assert!(f.join("n1", &request("n1", &second, &good)).expect("answer").accepted);
+        assert_eq!(f.node_key("n1"), Some(second.public()));
     }
 }

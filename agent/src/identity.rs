@@ -117,7 +117,10 @@ impl Identity {
     /// Records that the controller accepted the key.
     pub fn mark_joined(&self) -> Result<(), IdentityError> {
         let token_id = self.join_token.as_ref().map(|t| t.id.clone()).unwrap_or_default();
-        write(&self.record_path, &serde_json::to_vec(&Record { token_id, joined: true, epoch: self.epoch }).unwrap_or_default())
+        write(
+            &self.record_path,
+            &serde_json::to_vec(&Record { token_id, joined: true, epoch: self.epoch }).unwrap_or_default(),
+        )
     }
 }
 

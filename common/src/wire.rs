@@ -475,7 +475,8 @@ mod tests {
         let r = report();
         let bytes = encode(&r).expect("encode");
         assert_eq!(decode_for::<NodeReport>(&bytes, "n1", DEFAULT_MAX_PAYLOAD).expect("decode"), r);
-        let p = Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into(), ..Default::default() };
+        let p =
+            Presence { online: true, since: "2026-11-29T00:00:00Z".into(), boot_id: "b".into(), ..Default::default() };
         assert_eq!(Presence::from_json(&p.to_json()).expect("presence"), p);
     }
 

@@ -86,12 +86,7 @@ pub enum Refusal {
 
 /// Checks a join's token (in `dir`, `DATA/tokens`) at unix time `now`:
 /// known, the proof made with its secret, not expired, not used up.
-pub fn check(
-    dir: &Path,
-    id: &str,
-    proof_ok: impl FnOnce(&str) -> bool,
-    now: i64,
-) -> Result<TokenRecord, Refusal> {
+pub fn check(dir: &Path, id: &str, proof_ok: impl FnOnce(&str) -> bool, now: i64) -> Result<TokenRecord, Refusal> {
     let path = record_path(dir, id).ok_or_else(|| Refusal::Unknown(id.to_owned()))?;
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
@@ -116,12 +111,11 @@ pub fn check(
 /// Spends one use of a checked token (nothing for an unlimited one).
 pub fn spend(dir: &Path, id: &str, mut record: TokenRecord) -> Result<(), TokenError> {
     let Some(left) = record.uses_left else { return Ok(()) };
-    let path = record_path(dir, id).ok_or_else(|| TokenError::Io {
-        path: dir.to_path_buf(),
-        source: std::io::Error::other("not a token id"),
-    })?;
+    let path = record_path(dir, id)
+        .ok_or_else(|| TokenError::Io { path: dir.to_path_buf(), source: std::io::Error::other("not a token id") })?;
     record.uses_left = Some(left.saturating_sub(1));
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| TokenError::Io { path: path.clone(), source: e.into() })?;
+    let json =
+        serde_json::to_vec_pretty(&record).map_err(|e| TokenError::Io { path: path.clone(), source: e.into() })?;
     tls::write_private(&path, &json)?;
     Ok(())
 }

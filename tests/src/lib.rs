@@ -212,10 +212,16 @@ impl Controller {
     /// A fresh join token from `kedge-controller token create`, as an
     /// operator makes one for a node.
     pub fn token(&self) -> Result<String> {
+        self.token_with(&[])
+    }
+
+    /// A token made with extra flags (`--ttl 1s`, `--uses 1`).
+    pub fn token_with(&self, extra: &[&str]) -> Result<String> {
         let out = Command::new(binary("kedge-controller")?)
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["token", "create"])
+            .args(extra)
             .output()?;
         anyhow::ensure!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

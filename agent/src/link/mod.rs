@@ -159,7 +159,13 @@ struct Ends {
 }
 
 /// Carries out the state's actions; what the client refuses goes back.
-fn perform(client: &AsyncClient, ends: &Ends, identity: Option<&crate::identity::Identity>, state: &mut LinkState, actions: Vec<Action>) {
+fn perform(
+    client: &AsyncClient,
+    ends: &Ends,
+    identity: Option<&crate::identity::Identity>,
+    state: &mut LinkState,
+    actions: Vec<Action>,
+) {
     for action in actions {
         let refused = match &action {
             Action::Connected(up) => {

@@ -217,7 +217,13 @@ impl LinkState {
     pub fn will(&mut self) -> (String, Vec<u8>) {
         let online = self.seq.next();
         self.online_seq = Some(online);
-        let mut p = Presence { online: false, since: String::new(), boot_id: self.settings.boot_id.clone(), seq: self.seq.next(), sig: String::new() };
+        let mut p = Presence {
+            online: false,
+            since: String::new(),
+            boot_id: self.settings.boot_id.clone(),
+            seq: self.seq.next(),
+            sig: String::new(),
+        };
         if let Some(id) = &self.settings.identity {
             p.sign(&self.settings.node, &id.key);
         }
@@ -345,7 +351,9 @@ impl LinkState {
 
     /// Sends the join request (and sets when it is asked again).
     fn join(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let (Some(id), Some(token)) = (&self.settings.identity, self.settings.identity.as_ref().and_then(|i| i.join_token.as_ref())) else {
+        let (Some(id), Some(token)) =
+            (&self.settings.identity, self.settings.identity.as_ref().and_then(|i| i.join_token.as_ref()))
+        else {
             if self.join_retry.is_none() {
                 tracing::error!("{NOT_JOINED}");
                 self.join_retry = Some((now + JOIN_BACKOFF_MAX, JOIN_BACKOFF_MAX));
@@ -357,7 +365,12 @@ impl LinkState {
             node: self.settings.node.clone(),
             key: key.to_string(),
             token_id: token.id.clone(),
-            proof: kedge_common::sign::signature_text(&kedge_common::sign::join_proof(&token.secret, &self.settings.node, &token.id, &key)),
+            proof: kedge_common::sign::signature_text(&kedge_common::sign::join_proof(
+                &token.secret,
+                &self.settings.node,
+                &token.id,
+                &key,
+            )),
             nonce: self.join_nonce.clone(),
         };
         let wait = self.join_retry.map_or(JOIN_BACKOFF, |(_, w)| (w * 2).min(JOIN_BACKOFF_MAX));
@@ -382,7 +395,12 @@ impl LinkState {
             return;
         }
         let (Some(ckey), Some(id)) = (&self.settings.controller_key, &self.settings.identity) else { return };
-        let answer = match envelope::decode_verified::<JoinAnswer>(payload, self.settings.max_payload, Purpose::JoinAnswer, ckey) {
+        let answer = match envelope::decode_verified::<JoinAnswer>(
+            payload,
+            self.settings.max_payload,
+            Purpose::JoinAnswer,
+            ckey,
+        ) {
             Ok(a) => a,
             Err(e) => {
                 self.rejected += 1;
@@ -390,7 +408,10 @@ impl LinkState {
                 return;
             }
         };
-        if answer.node != self.settings.node || answer.key != id.key.public().to_string() || answer.nonce != self.join_nonce {
+        if answer.node != self.settings.node
+            || answer.key != id.key.public().to_string()
+            || answer.nonce != self.join_nonce
+        {
             tracing::info!("a join answer for another request; ignored");
             return;
         }

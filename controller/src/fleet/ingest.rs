@@ -523,13 +523,20 @@ mod tests {
         };
         let node = || client.get::<Node>("", "n1").expect("get").expect("joined");
         client
-            .create(&Node { metadata: ObjectMeta { name: Some("n1".into()), ..Default::default() }, ..Default::default() })
+            .create(&Node {
+                metadata: ObjectMeta { name: Some("n1".into()), ..Default::default() },
+                ..Default::default()
+            })
             .expect("joined");
         let first = labels(&[("node-role.kubernetes.io/control-plane", ""), ("example.com/rack", "r1")]);
-        ingest.report("n1", node(), NodeReport { node: "n1".into(), labels: first, ..Default::default() }).expect("report");
+        ingest
+            .report("n1", node(), NodeReport { node: "n1".into(), labels: first, ..Default::default() })
+            .expect("report");
         let later =
             labels(&[("node-restriction.kubernetes.io/trusted", "yes"), ("node-role.kubernetes.io/master", "")]);
-        ingest.report("n1", node(), NodeReport { node: "n1".into(), labels: later, ..Default::default() }).expect("report");
+        ingest
+            .report("n1", node(), NodeReport { node: "n1".into(), labels: later, ..Default::default() })
+            .expect("report");
         let keys: Vec<String> = node().metadata.labels.unwrap_or_default().into_keys().collect();
         assert_eq!(keys, ["example.com/rack", "kubernetes.io/arch"]);
     }
@@ -553,7 +560,8 @@ mod tests {
         let (k1, _) = SigningKey::generate().expect("key");
         let (k2, _) = SigningKey::generate().expect("key");
         for (name, key) in [("n1", &k1), ("n2", &k2)] {
-            let annotations = BTreeMap::from([(super::super::trust::NODE_KEY_ANNOTATION.to_owned(), key.public().to_string())]);
+            let annotations =
+                BTreeMap::from([(super::super::trust::NODE_KEY_ANNOTATION.to_owned(), key.public().to_string())]);
             let meta = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
             client.create(&Node { metadata: meta, ..Default::default() }).expect("joined");
         }

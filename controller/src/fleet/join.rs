@@ -251,8 +251,13 @@ mod tests {
                     Request::Publish(p) => {
                         assert_eq!(p.topic, format!("kedge/v1/join/{node}/answer"));
                         Some(
-                            envelope::decode_verified(&p.payload, 1 << 20, Purpose::JoinAnswer, &self.controller.public())
-                                .expect("an answer signed by the controller"),
+                            envelope::decode_verified(
+                                &p.payload,
+                                1 << 20,
+                                Purpose::JoinAnswer,
+                                &self.controller.public(),
+                            )
+                            .expect("an answer signed by the controller"),
                         )
                     }
                     _ => None,

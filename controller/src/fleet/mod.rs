@@ -283,7 +283,8 @@ pub async fn start(
     )?;
     let store = client.store().clone();
     tasks.spawn(runner::run_with_resync(publisher, store.clone(), stop.clone(), state.resync_desired.subscribe()));
-    let network = network::NetworkPublisher::new(client.clone(), mqtt.clone(), &opts, state.clone(), cidrs, key.clone())?;
+    let network =
+        network::NetworkPublisher::new(client.clone(), mqtt.clone(), &opts, state.clone(), cidrs, key.clone())?;
     tasks.spawn(runner::run_with_resync(network, store, stop.clone(), state.resync_desired.subscribe()));
     let joins = join::Joins::new(
         client.clone(),

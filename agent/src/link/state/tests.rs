@@ -119,9 +119,8 @@ fn events(actions: &[Action]) -> Vec<Event> {
         .into_iter()
         .filter(|(t, _)| *t == EVENTS)
         .map(|(_, b)| {
-            let mut ev: Event =
-                envelope::decode_verified(b, DEFAULT_MAX_PAYLOAD, Purpose::Event, &node_key().public())
-                    .expect("an event signed by the node");
+            let mut ev: Event = envelope::decode_verified(b, DEFAULT_MAX_PAYLOAD, Purpose::Event, &node_key().public())
+                .expect("an event signed by the node");
             ev.seq = 0;
             ev
         })
@@ -397,7 +396,10 @@ fn answer(s: &LinkState, accepted: bool, key: &SigningKey) -> Input {
         accepted,
         reason: if accepted { String::new() } else { "token expired".into() },
     };
-    Input::Message { topic: ANSWER.into(), payload: envelope::encode_signed(&a, Purpose::JoinAnswer, key).expect("encode") }
+    Input::Message {
+        topic: ANSWER.into(),
+        payload: envelope::encode_signed(&a, Purpose::JoinAnswer, key).expect("encode"),
+    }
 }
 
 /// Until the controller accepts its key a node sends its join request and

@@ -295,7 +295,7 @@ impl Seq {
     }
 
     /// The next value (what a message carries).
-    pub fn next(&mut self) -> u64 {
+    pub fn take(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }

@@ -215,13 +215,13 @@ impl LinkState {
     /// the will is newer than what precedes it and older than anything
     /// after the next connect.
     pub fn will(&mut self) -> (String, Vec<u8>) {
-        let online = self.seq.next();
+        let online = self.seq.take();
         self.online_seq = Some(online);
         let mut p = Presence {
             online: false,
             since: String::new(),
             boot_id: self.settings.boot_id.clone(),
-            seq: self.seq.next(),
+            seq: self.seq.take(),
             sig: String::new(),
         };
         if let Some(id) = &self.settings.identity {
@@ -433,7 +433,7 @@ impl LinkState {
         let since = if online { jiff::Timestamp::now().to_string() } else { String::new() };
         let seq = match self.online_seq.take() {
             Some(s) if online => s,
-            _ => self.seq.next(),
+            _ => self.seq.take(),
         };
         let mut p = Presence { online, since, boot_id: self.settings.boot_id.clone(), seq, sig: String::new() };
         if let Some(id) = &self.settings.identity {
@@ -472,7 +472,7 @@ impl LinkState {
                 let mut r = r.clone();
                 r.events_dropped = std::mem::take(&mut self.dropped);
                 r.rejected = self.rejected;
-                r.seq = self.seq.next();
+                r.seq = self.seq.take();
                 match envelope::encode_signed(&r, Purpose::Report, &id.key) {
                     Ok(payload) => {
                         self.published = Some((cmp, now));
@@ -491,7 +491,7 @@ impl LinkState {
             }
         }
         while let Some(mut ev) = self.events.pop_front() {
-            ev.seq = self.seq.next();
+            ev.seq = self.seq.take();
             match envelope::encode_signed(&ev, Purpose::Event, &id.key) {
                 Ok(payload) => out.push(Action::Publish(Publish {
                     topic: self.topic(NodeTopic::Events),

@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kedge_common::seal::SealSecret;
 use kedge_common::sign::{SigningKey, Token};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,9 @@ struct Record {
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub key: Arc<SigningKey>,
+    /// What the controller seals this node's snapshots to (`DATA/node.seal`,
+    /// 0600, made with the signing key).
+    pub seal: SealSecret,
     /// The token to join with; `None` once the controller accepted the key.
     pub join_token: Option<Token>,
     /// This start's number (the high half of the message counter).
@@ -48,6 +52,10 @@ pub struct Identity {
 
 fn key_path(data_dir: &Path) -> PathBuf {
     data_dir.join("node.key")
+}
+
+fn seal_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.seal")
 }
 
 fn record_path(data_dir: &Path) -> PathBuf {
@@ -84,10 +92,25 @@ pub fn load(data_dir: &Path, token: Option<&Token>) -> Result<Option<Identity>, 
         (_, old, Some(t)) => {
             let (key, der) = SigningKey::generate().map_err(|_| IdentityError::Generate)?;
             write(&kpath, &der)?;
+            let seal = SealSecret::generate().map_err(|_| IdentityError::Generate)?;
+            write(&seal_path(data_dir), &seal.to_bytes())?;
             tracing::info!(key = %key.public(), token = %t.id, "made this node's key pair for joining with a new token");
             (key, Record { token_id: t.id.clone(), joined: false, epoch: old.map_or(0, |r| r.epoch) })
         }
         (_, _, None) => return Ok(None),
+    };
+    let spath = seal_path(data_dir);
+    let seal = match read(&spath)? {
+        Some(b) => SealSecret::from_bytes(
+            b.try_into().map_err(|_| IdentityError::Unreadable { path: spath.clone(), reason: "not 32 bytes".into() })?,
+        ),
+        None => {
+            // Joined by a build before sealing: the controller seals to
+            // nothing it does not know, so this key serves the next join.
+            let seal = SealSecret::generate().map_err(|_| IdentityError::Generate)?;
+            write(&spath, &seal.to_bytes())?;
+            seal
+        }
     };
     record.epoch = record.epoch.wrapping_add(1);
     write(&rpath, &serde_json::to_vec(&record).unwrap_or_default())?;
@@ -100,13 +123,13 @@ pub fn load(data_dir: &Path, token: Option<&Token>) -> Result<Option<Identity>, 
             "this node's key was never accepted and no token is given: it cannot join (give it a token with --token, agent.yaml or the first-boot file)"
         );
     }
-    Ok(Some(Identity { key: Arc::new(key), join_token, epoch: record.epoch, record_path: rpath }))
+    Ok(Some(Identity { key: Arc::new(key), seal, join_token, epoch: record.epoch, record_path: rpath }))
 }
 
 impl Identity {
     /// An identity held in memory only (tests of the link protocol).
-    pub fn in_memory(key: Arc<SigningKey>, join_token: Option<Token>, epoch: u32) -> Identity {
-        Identity { key, join_token, epoch, record_path: PathBuf::new() }
+    pub fn in_memory(key: Arc<SigningKey>, seal: SealSecret, join_token: Option<Token>, epoch: u32) -> Identity {
+        Identity { key, seal, join_token, epoch, record_path: PathBuf::new() }
     }
 
     /// Whether the controller accepted this node's key.
@@ -142,6 +165,7 @@ mod tests {
         // A restart before the answer: the same key, the join asked again.
         let again = load(dir.path(), Some(&token)).expect("load").expect("identity");
         assert_eq!(again.key.public(), first.key.public());
+        assert_eq!(again.seal.public(), first.seal.public());
         assert!(again.epoch > first.epoch, "every start counts");
         again.mark_joined().expect("joined");
         let joined = load(dir.path(), Some(&token)).expect("load").expect("identity");
@@ -154,6 +178,7 @@ mod tests {
         let rejoin = load(dir.path(), Some(&fresh)).expect("load").expect("identity");
         assert!(!rejoin.joined());
         assert_ne!(rejoin.key.public(), first.key.public());
+        assert_ne!(rejoin.seal.public(), first.seal.public(), "a new sealing key too");
         assert!(rejoin.epoch > joined.epoch, "the counter never goes back");
     }
 }

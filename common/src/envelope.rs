@@ -6,10 +6,15 @@
 //! that were sent (no re-encoding to check it). Version 1 carried the body
 //! inline and no signature; it is still read where no signature is asked
 //! for (an agent's cache written by an older build), never produced.
+//!
+//! A sealed envelope (`sealed: true`, a node's snapshot) carries as its body
+//! the CBOR of a [`crate::seal`] box of the message, signed as it travels:
+//! the signature is checked before anything is opened.
 
 use ciborium::Value;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::seal::{SealError, SealPublic, SealSecret};
 use crate::sign::{PublicKey, Purpose, SignError, SigningKey};
 
 /// Major protocol version this build writes.
@@ -33,6 +38,10 @@ pub enum EnvelopeError {
     Unsigned(Purpose),
     #[error("{} message: {source}", .purpose.as_str())]
     Signature { purpose: Purpose, source: SignError },
+    #[error("sealed message, and no key to open it")]
+    Sealed,
+    #[error("sealed message: {0}")]
+    Open(#[from] SealError),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,6 +51,9 @@ struct Envelope {
     body: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sig: Option<Value>,
+    /// The body is a sealed box of the message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sealed: bool,
 }
 
 #[derive(Deserialize)]
@@ -55,20 +67,33 @@ fn cbor<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EnvelopeError> {
     Ok(out)
 }
 
-fn wrap(body: Vec<u8>, sig: Option<Vec<u8>>) -> Result<Vec<u8>, EnvelopeError> {
-    cbor(&Envelope { v: PROTOCOL_VERSION, body: Value::Bytes(body), sig: sig.map(Value::Bytes) })
+fn wrap(body: Vec<u8>, sig: Option<Vec<u8>>, sealed: bool) -> Result<Vec<u8>, EnvelopeError> {
+    cbor(&Envelope { v: PROTOCOL_VERSION, body: Value::Bytes(body), sig: sig.map(Value::Bytes), sealed })
 }
 
 /// Encodes `body` into an unsigned envelope.
 pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, EnvelopeError> {
-    wrap(cbor(body)?, None)
+    wrap(cbor(body)?, None, false)
 }
 
 /// Encodes `body` into an envelope signed by `key` for `purpose`.
 pub fn encode_signed<T: Serialize>(body: &T, purpose: Purpose, key: &SigningKey) -> Result<Vec<u8>, EnvelopeError> {
     let bytes = cbor(body)?;
     let sig = key.sign(purpose, &bytes);
-    wrap(bytes, Some(sig))
+    wrap(bytes, Some(sig), false)
+}
+
+/// [`encode_signed`], the message sealed to `recipient` first (when given).
+pub fn encode_sealed<T: Serialize>(
+    body: &T,
+    purpose: Purpose,
+    key: &SigningKey,
+    recipient: Option<&SealPublic>,
+) -> Result<Vec<u8>, EnvelopeError> {
+    let Some(recipient) = recipient else { return encode_signed(body, purpose, key) };
+    let sealed = crate::seal::seal(recipient, &cbor(body)?)?;
+    let sig = key.sign(purpose, &sealed);
+    wrap(sealed, Some(sig), true)
 }
 
 /// The envelope of a payload within `cap` and of a version this build reads.
@@ -84,6 +109,9 @@ fn open(payload: &[u8], cap: usize) -> Result<Envelope, EnvelopeError> {
 }
 
 fn body<T: DeserializeOwned>(env: Envelope) -> Result<T, EnvelopeError> {
+    if env.sealed {
+        return Err(EnvelopeError::Sealed);
+    }
     match (env.v, env.body) {
         (PROTOCOL_VERSION, Value::Bytes(b)) => {
             ciborium::from_reader(b.as_slice()).map_err(|e| EnvelopeError::Decode(e.to_string()))
@@ -109,12 +137,29 @@ pub fn decode_verified<T: DeserializeOwned>(
     purpose: Purpose,
     key: &PublicKey,
 ) -> Result<T, EnvelopeError> {
+    decode_opened(payload, cap, purpose, key, None)
+}
+
+/// [`decode_verified`] of a message that may be sealed to `opener`'s
+/// public key: the signature is checked first, then the box opened.
+pub fn decode_opened<T: DeserializeOwned>(
+    payload: &[u8],
+    cap: usize,
+    purpose: Purpose,
+    key: &PublicKey,
+    opener: Option<&SealSecret>,
+) -> Result<T, EnvelopeError> {
     let env = open(payload, cap)?;
     let (Value::Bytes(bytes), Some(Value::Bytes(sig))) = (&env.body, &env.sig) else {
         return Err(EnvelopeError::Unsigned(purpose));
     };
     key.verify(purpose, bytes, sig).map_err(|source| EnvelopeError::Signature { purpose, source })?;
-    body(env)
+    if !env.sealed {
+        return body(env);
+    }
+    let opener = opener.ok_or(EnvelopeError::Sealed)?;
+    let plain = crate::seal::open(opener, bytes)?;
+    ciborium::from_reader(plain.as_slice()).map_err(|e| EnvelopeError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
@@ -144,10 +189,10 @@ mod tests {
         assert!(matches!(decode::<Sample>(b"\xff\x00garbage", 1024), Err(EnvelopeError::Decode(_))));
         assert!(matches!(decode::<Sample>(&bytes[..bytes.len() - 2], 1024), Err(EnvelopeError::Decode(_))));
         assert!(matches!(decode::<Sample>(&bytes, 4), Err(EnvelopeError::TooLarge { .. })));
-        let v3 = cbor(&Envelope { v: 3, body: Value::Bytes(cbor(&sample()).expect("cbor")), sig: None }).expect("v3");
+        let v3 = cbor(&Envelope { v: 3, body: Value::Bytes(cbor(&sample()).expect("cbor")), sig: None, sealed: false }).expect("v3");
         assert!(matches!(decode::<Sample>(&v3, 1024), Err(EnvelopeError::UnknownVersion(3))));
         let v2_inline =
-            cbor(&Envelope { v: 2, body: Value::serialized(&sample()).expect("value"), sig: None }).expect("encode");
+            cbor(&Envelope { v: 2, body: Value::serialized(&sample()).expect("value"), sig: None, sealed: false }).expect("encode");
         assert!(matches!(decode::<Sample>(&v2_inline, 1024), Err(EnvelopeError::Decode(_))));
     }
 
@@ -164,6 +209,30 @@ mod tests {
         let (key, _) = SigningKey::generate().expect("key");
         let refused = decode_verified::<Sample>(&old, 1024, Purpose::Desired, &key.public());
         assert!(matches!(refused, Err(EnvelopeError::Unsigned(Purpose::Desired))));
+    }
+
+    #[test]
+    fn sealed_payloads_open_only_for_their_node_after_the_signature() {
+        let (key, _) = SigningKey::generate().expect("key");
+        let node = SealSecret::generate().expect("seal key");
+        let other = SealSecret::generate().expect("seal key");
+        let bytes = encode_sealed(&sample(), Purpose::Desired, &key, Some(&node.public())).expect("encode");
+        let back: Sample = decode_opened(&bytes, 1024, Purpose::Desired, &key.public(), Some(&node)).expect("open");
+        assert_eq!(back, sample());
+        assert!(matches!(
+            decode_opened::<Sample>(&bytes, 1024, Purpose::Desired, &key.public(), Some(&other)),
+            Err(EnvelopeError::Open(SealError::Open))
+        ));
+        assert!(matches!(decode_verified::<Sample>(&bytes, 1024, Purpose::Desired, &key.public()), Err(EnvelopeError::Sealed)));
+        assert!(matches!(decode::<Sample>(&bytes, 1024), Err(EnvelopeError::Sealed)));
+        // Unsealed still reads where a key is held (a node joined before sealing).
+        let plain = encode_sealed(&sample(), Purpose::Desired, &key, None).expect("encode");
+        assert_eq!(decode_opened::<Sample>(&plain, 1024, Purpose::Desired, &key.public(), Some(&node)).expect("plain"), sample());
+        // The flag is outside the signature; flipping it only breaks decoding.
+        let mut env: Envelope = ciborium::from_reader(bytes.as_slice()).expect("envelope");
+        env.sealed = false;
+        let flipped = cbor(&env).expect("encode");
+        assert!(decode_opened::<Sample>(&flipped, 1024, Purpose::Desired, &key.public(), Some(&node)).is_err());
     }
 
     #[test]

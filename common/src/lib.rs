@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod network;
 pub mod pod;
 pub mod quantity;
+pub mod seal;
 pub mod sign;
 pub mod topics;
 pub mod wire;

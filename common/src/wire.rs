@@ -314,6 +314,10 @@ pub struct JoinRequest {
     pub proof: String,
     /// Random; the answer echoes it, so an old answer replayed matches nothing.
     pub nonce: String,
+    /// The node's public sealing key ([`crate::seal`]): its snapshots are
+    /// sealed to it.
+    #[serde(default)]
+    pub seal_key: String,
 }
 
 /// The controller's answer on `{prefix}/v1/join/{node}/answer`, signed
@@ -377,7 +381,20 @@ pub fn decode_verified_for<T: NodeMessage>(
     purpose: crate::sign::Purpose,
     key: &crate::sign::PublicKey,
 ) -> Result<T, WireError> {
-    let m: T = crate::envelope::decode_verified(payload, cap, purpose, key)?;
+    decode_opened_for(payload, node, cap, purpose, key, None)
+}
+
+/// [`decode_verified_for`] of a message that may be sealed to this node
+/// ([`crate::seal`]; `opener` is the node's sealing key).
+pub fn decode_opened_for<T: NodeMessage>(
+    payload: &[u8],
+    node: &str,
+    cap: usize,
+    purpose: crate::sign::Purpose,
+    key: &crate::sign::PublicKey,
+    opener: Option<&crate::seal::SealSecret>,
+) -> Result<T, WireError> {
+    let m: T = crate::envelope::decode_opened(payload, cap, purpose, key, opener)?;
     if m.node() != node {
         return Err(WireError::WrongNode { got: m.node().to_string(), want: node.into() });
     }

@@ -122,3 +122,79 @@ fn volume_file(data: &Path, rel: &str) -> Result<PathBuf> {
     }
     anyhow::bail!("no {rel} under {}", data.join("volumes").display())
 }
+
+/// The broker is hostile (design.md §3a): a subscriber to everything
+/// (`mosquitto_sub -t 'kedge/v1/#'`, payloads as hex) captures every payload
+/// while a pod with a Secret volume and a Secret env var starts. The
+/// Secret's value is in none of them — not as bytes, not as base64 — for
+/// the node's snapshot is sealed to that node; the pod sees the right value.
+#[test]
+fn a_secret_crosses_the_broker_sealed() -> Result<()> {
+    if !require(is_root(), "root (the agent runs containers)")
+        || !require(Command::new("mosquitto_sub").arg("--help").output().is_ok(), "mosquitto_sub (mosquitto-clients)")
+    {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let Some((_ctl, k)) = controller_and_kubectl(dir, &[])? else { return Ok(()) };
+    let broker = _ctl.broker.clone().context("the controller runs no fleet link")?;
+    let (host, port) = broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+    let capture = dir.join("capture.txt");
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", host, "-p", port, "-t", "kedge/v1/#", "-F", "%t %x"])
+        .stdout(std::fs::File::create(&capture)?)
+        .spawn()?;
+    let token = _ctl.token()?;
+    let mut agent = Agent::new(&dir.join("n1"), &["--broker", &broker, "--token", &token, "--node-name", "n1"])?;
+    agent.start()?;
+    let value = format!("sealed-{}", hex(&random_binary(12)?));
+    k.ok(&["create", "secret", "generic", "db", &format!("--from-literal=password={value}")])?;
+    let manifest = dir.join("pod.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1
+kind: Pod
+metadata: {name: secret-reader}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'echo \"env=$PASSWORD\"; echo \"file=$(cat /secret/password)\"; exec sleep 3600']
+    env:
+    - name: PASSWORD
+      valueFrom: {secretKeyRef: {name: db, key: password}}
+    volumeMounts:
+    - {name: secret, mountPath: /secret, readOnly: true}
+  volumes:
+  - {name: secret, secret: {secretName: db}}
+",
+    )?;
+    k.ok(&["apply", "-f", &manifest.to_string_lossy()])?;
+    let log = agent.wait_for("the pod to print its secret", Duration::from_secs(60), || {
+        let log = agent.cli(&["logs", "secret-reader", "main"]).unwrap_or_default();
+        Ok((log.lines().count() >= 2).then_some(log))
+    })?;
+    ensure!(log.contains(&format!("env={value}")) && log.contains(&format!("file={value}")), "the pod sees it: {log}");
+    std::thread::sleep(Duration::from_secs(1));
+    let _ = sub.kill();
+    let _ = sub.wait();
+    let captured = std::fs::read_to_string(&capture)?;
+    ensure!(captured.lines().any(|l| l.starts_with("kedge/v1/nodes/n1/desired ")), "n1's snapshot was captured");
+    ensure!(captured.lines().count() >= 5, "a capture of the whole exchange: {captured}");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
+    for needle in [hex(value.as_bytes()), hex(b64.as_bytes())] {
+        let found: Vec<&str> =
+            captured.lines().filter(|l| l.contains(&needle)).map(|l| l.split(' ').next().unwrap_or("")).collect();
+        ensure!(found.is_empty(), "the Secret's value crossed the broker in clear on {found:?}");
+    }
+    drop(agent);
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -372,6 +372,7 @@ impl LinkState {
                 &key,
             )),
             nonce: self.join_nonce.clone(),
+            seal_key: id.seal.public().to_string(),
         };
         let wait = self.join_retry.map_or(JOIN_BACKOFF, |(_, w)| (w * 2).min(JOIN_BACKOFF_MAX));
         self.join_retry = Some((now + wait, wait));
@@ -520,12 +521,13 @@ impl LinkState {
             return;
         }
         let decoded = match &self.settings.controller_key {
-            Some(key) => kedge_common::wire::decode_verified_for::<NodeDesired>(
+            Some(key) => kedge_common::wire::decode_opened_for::<NodeDesired>(
                 payload,
                 &self.settings.node,
                 self.settings.max_payload,
                 Purpose::Desired,
                 key,
+                self.settings.identity.as_ref().map(|i| &i.seal),
             )
             .map_err(|e| e.to_string()),
             None => Err(NOT_JOINED.to_owned()),

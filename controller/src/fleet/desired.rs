@@ -113,6 +113,8 @@ impl DesiredPublisher {
         }
         let epoch = self.state.epoch();
         for (node, pods) in by_node {
+            // What the node's snapshot is sealed to (recorded when it joined).
+            let seal = self.client.get::<Node>("", node)?.as_ref().and_then(super::trust::seal_key);
             let mut wire = Vec::with_capacity(pods.len());
             for p in pods {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -143,6 +145,7 @@ impl DesiredPublisher {
             let content = kedge_common::envelope::encode(&wire)
                 .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             content.hash(&mut h);
+            seal.hash(&mut h);
             let hash = h.finish();
             if self.published.get(node) == Some(&(hash, epoch)) {
                 continue;
@@ -154,7 +157,7 @@ impl DesiredPublisher {
                 _ => revision,
             };
             let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire };
-            let bytes = kedge_common::envelope::encode_signed(&snapshot, Purpose::Desired, &self.key)
+            let bytes = kedge_common::envelope::encode_sealed(&snapshot, Purpose::Desired, &self.key, seal.as_ref())
                 .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             if bytes.len() > self.max_payload {
                 tracing::error!(%node, bytes = bytes.len(), cap = self.max_payload, "snapshot over the payload cap; not published");

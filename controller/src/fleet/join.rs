@@ -27,7 +27,7 @@ use kedge_common::topics;
 use kedge_common::wire::{JoinAnswer, JoinRequest};
 use rumqttc::{AsyncClient, QoS};
 
-use super::trust::{self, Bucket, NODE_KEY_ANNOTATION, Trust};
+use super::trust::{self, Bucket, NODE_KEY_ANNOTATION, SEAL_KEY_ANNOTATION, Trust};
 use crate::client::Client;
 use crate::tokens;
 
@@ -135,6 +135,10 @@ impl Joins {
     /// key, the key remembered, a use of the token spent).
     fn decide(&self, node: &str, req: &JoinRequest) -> Result<(), String> {
         let key: PublicKey = req.key.parse().map_err(|e: sign::SignError| e.to_string())?;
+        let seal = match req.seal_key.as_str() {
+            "" => None,
+            text => Some(text.parse::<kedge_common::seal::SealPublic>().map_err(|e| e.to_string())?),
+        };
         let proof = sign::signature_from_text(&req.proof).unwrap_or_default();
         let now = jiff::Timestamp::now().as_second();
         let checked = tokens::check(
@@ -169,7 +173,12 @@ impl Joins {
         store.put_record(&joined_record(&key), node.as_bytes()).map_err(|e| e.to_string())?;
         tokens::spend(&self.tokens_dir, &req.token_id, record).map_err(|e| e.to_string())?;
         let annotate = |meta: &mut ObjectMeta| {
-            meta.annotations.get_or_insert_with(BTreeMap::new).insert(NODE_KEY_ANNOTATION.into(), key.to_string());
+            let a = meta.annotations.get_or_insert_with(BTreeMap::new);
+            a.insert(NODE_KEY_ANNOTATION.into(), key.to_string());
+            match seal {
+                Some(s) => a.insert(SEAL_KEY_ANNOTATION.into(), s.to_string()),
+                None => a.remove(SEAL_KEY_ANNOTATION),
+            };
         };
         match existing {
             Some(mut n) => {
@@ -232,6 +241,7 @@ mod tests {
             token_id: token.id.clone(),
             proof: sign::signature_text(&sign::join_proof(&token.secret, node, &token.id, &k)),
             nonce: "n".into(),
+            seal_key: kedge_common::seal::SealSecret::generate().expect("key").public().to_string(),
         };
         envelope::encode_signed(&req, Purpose::Join, key).expect("encode")
     }
@@ -316,6 +326,8 @@ mod tests {
         let a = f.join("n1", &request("n1", &key, &good)).expect("answer");
         assert!(a.accepted && a.nonce == "n" && a.key == key.public().to_string(), "{a:?}");
         assert_eq!(f.node_key("n1"), Some(key.public()));
+        let n1 = f.client.get::<Node>("", "n1").expect("get").expect("n1");
+        assert!(trust::seal_key(&n1).is_some(), "the sealing key recorded too");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::client::Client;
 
 /// The annotation holding a joined node's public key.
 pub const NODE_KEY_ANNOTATION: &str = "kedge.io/node-key";
+/// The annotation holding the key a node's snapshots are sealed to.
+pub const SEAL_KEY_ANNOTATION: &str = "kedge.io/node-seal-key";
 /// How long a node's key is taken from the cache for events (reports and
 /// presence read the Node every time): a revocation holds for events
 /// within this long.
@@ -35,6 +37,11 @@ pub const REPORT_BURST: f64 = 20.0;
 /// The key recorded for a node, if it joined.
 pub fn node_key(node: &Node) -> Option<PublicKey> {
     node.metadata.annotations.as_ref()?.get(NODE_KEY_ANNOTATION)?.parse().ok()
+}
+
+/// The key a node's snapshots are sealed to, if it gave one when joining.
+pub fn seal_key(node: &Node) -> Option<kedge_common::seal::SealPublic> {
+    node.metadata.annotations.as_ref()?.get(SEAL_KEY_ANNOTATION)?.parse().ok()
 }
 
 /// A kind of message a node numbers on its own track.

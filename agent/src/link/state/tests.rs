@@ -23,9 +23,15 @@ fn node_key() -> &'static std::sync::Arc<SigningKey> {
     KEY.get_or_init(|| std::sync::Arc::new(SigningKey::generate().expect("key").0))
 }
 
+/// This node's sealing key in these tests.
+fn seal_key() -> &'static kedge_common::seal::SealSecret {
+    static KEY: std::sync::OnceLock<kedge_common::seal::SealSecret> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| kedge_common::seal::SealSecret::generate().expect("key"))
+}
+
 /// A joined node's link.
 fn state(accepted: u64) -> LinkState {
-    with_identity(accepted, Identity::in_memory(node_key().clone(), None, 3))
+    with_identity(accepted, Identity::in_memory(node_key().clone(), seal_key().clone(), None, 3))
 }
 
 fn with_identity(accepted: u64, identity: Identity) -> LinkState {
@@ -385,7 +391,7 @@ fn messages_are_numbered_and_the_will_sits_between_connections() {
 
 fn joining() -> LinkState {
     let token = Token::generate(controller().public()).expect("token");
-    with_identity(0, Identity::in_memory(node_key().clone(), Some(token), 1))
+    with_identity(0, Identity::in_memory(node_key().clone(), seal_key().clone(), Some(token), 1))
 }
 
 fn answer(s: &LinkState, accepted: bool, key: &SigningKey) -> Input {
@@ -464,4 +470,22 @@ fn a_node_without_a_token_sends_nothing() {
     s.handle(Input::Report(Box::new(report(0))), now);
     assert!(publishes(&s.handle(Input::Connected, now)).is_empty());
     assert!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF_MAX * 2)).is_empty());
+}
+
+/// A snapshot sealed to this node opens; one sealed to another node's key
+/// (a node cannot read, nor be fed, another's) is refused and told.
+#[test]
+fn snapshots_sealed_to_this_node_open_and_others_do_not() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.handle(Input::Connected, now);
+    let sealed_to = |key: &kedge_common::seal::SealPublic, generation: u64| {
+        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new() };
+        message(envelope::encode_sealed(&d, Purpose::Desired, controller(), Some(key)).expect("seal"))
+    };
+    assert_eq!(delivered(&s.handle(sealed_to(&seal_key().public(), 2), now)), vec![2]);
+    let other = kedge_common::seal::SealSecret::generate().expect("key");
+    let actions = s.handle(sealed_to(&other.public(), 3), now);
+    assert!(delivered(&actions).is_empty());
+    assert_eq!(events(&actions)[0].reason, "SnapshotRejected");
 }

@@ -102,7 +102,8 @@ pub fn load(data_dir: &Path, token: Option<&Token>) -> Result<Option<Identity>, 
     let spath = seal_path(data_dir);
     let seal = match read(&spath)? {
         Some(b) => SealSecret::from_bytes(
-            b.try_into().map_err(|_| IdentityError::Unreadable { path: spath.clone(), reason: "not 32 bytes".into() })?,
+            b.try_into()
+                .map_err(|_| IdentityError::Unreadable { path: spath.clone(), reason: "not 32 bytes".into() })?,
         ),
         None => {
             // Joined by a build before sealing: the controller seals to

@@ -189,10 +189,12 @@ mod tests {
         assert!(matches!(decode::<Sample>(b"\xff\x00garbage", 1024), Err(EnvelopeError::Decode(_))));
         assert!(matches!(decode::<Sample>(&bytes[..bytes.len() - 2], 1024), Err(EnvelopeError::Decode(_))));
         assert!(matches!(decode::<Sample>(&bytes, 4), Err(EnvelopeError::TooLarge { .. })));
-        let v3 = cbor(&Envelope { v: 3, body: Value::Bytes(cbor(&sample()).expect("cbor")), sig: None, sealed: false }).expect("v3");
+        let v3 = cbor(&Envelope { v: 3, body: Value::Bytes(cbor(&sample()).expect("cbor")), sig: None, sealed: false })
+            .expect("v3");
         assert!(matches!(decode::<Sample>(&v3, 1024), Err(EnvelopeError::UnknownVersion(3))));
         let v2_inline =
-            cbor(&Envelope { v: 2, body: Value::serialized(&sample()).expect("value"), sig: None, sealed: false }).expect("encode");
+            cbor(&Envelope { v: 2, body: Value::serialized(&sample()).expect("value"), sig: None, sealed: false })
+                .expect("encode");
         assert!(matches!(decode::<Sample>(&v2_inline, 1024), Err(EnvelopeError::Decode(_))));
     }
 
@@ -223,11 +225,17 @@ mod tests {
             decode_opened::<Sample>(&bytes, 1024, Purpose::Desired, &key.public(), Some(&other)),
             Err(EnvelopeError::Open(SealError::Open))
         ));
-        assert!(matches!(decode_verified::<Sample>(&bytes, 1024, Purpose::Desired, &key.public()), Err(EnvelopeError::Sealed)));
+        assert!(matches!(
+            decode_verified::<Sample>(&bytes, 1024, Purpose::Desired, &key.public()),
+            Err(EnvelopeError::Sealed)
+        ));
         assert!(matches!(decode::<Sample>(&bytes, 1024), Err(EnvelopeError::Sealed)));
         // Unsealed still reads where a key is held (a node joined before sealing).
         let plain = encode_sealed(&sample(), Purpose::Desired, &key, None).expect("encode");
-        assert_eq!(decode_opened::<Sample>(&plain, 1024, Purpose::Desired, &key.public(), Some(&node)).expect("plain"), sample());
+        assert_eq!(
+            decode_opened::<Sample>(&plain, 1024, Purpose::Desired, &key.public(), Some(&node)).expect("plain"),
+            sample()
+        );
         // The flag is outside the signature; flipping it only breaks decoding.
         let mut env: Envelope = ciborium::from_reader(bytes.as_slice()).expect("envelope");
         env.sealed = false;

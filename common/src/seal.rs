@@ -123,7 +123,8 @@ pub fn seal(recipient: &SealPublic, plaintext: &[u8]) -> Result<Vec<u8>, SealErr
     key.seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut ct)
         .map_err(|_| SealError::Generate)?;
     let mut out = Vec::with_capacity(ct.len() + 48);
-    ciborium::into_writer(&SealedBox { epk: Bytes(epk.to_vec()), ct: Bytes(ct) }, &mut out).map_err(|_| SealError::Malformed)?;
+    ciborium::into_writer(&SealedBox { epk: Bytes(epk.to_vec()), ct: Bytes(ct) }, &mut out)
+        .map_err(|_| SealError::Malformed)?;
     Ok(out)
 }
 
@@ -134,7 +135,8 @@ pub fn open(secret: &SealSecret, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
     let shared = x25519_dalek::x25519(secret.0, epk);
     let key = aead_key(&shared, &epk, &secret.public())?;
     let mut ct = b.ct.0;
-    let plain = key.open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut ct).map_err(|_| SealError::Open)?;
+    let plain =
+        key.open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut ct).map_err(|_| SealError::Open)?;
     Ok(plain.to_vec())
 }
 

@@ -21,14 +21,16 @@ struct Cli {
     /// Where the store and the generated kubeconfig live.
     #[arg(long, default_value = server::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
-    /// API address. Plain HTTP is only served on loopback addresses; any
-    /// other address gets HTTPS with a generated CA and bearer token (both in
-    /// the written kubeconfig).
+    /// API address. Served over HTTPS with a generated CA and a bearer
+    /// token (both in the written kubeconfig, 0600) on every address,
+    /// loopback included: any local user can reach loopback.
     #[arg(long, default_value = server::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// Serve HTTPS with token authentication on loopback too.
+    /// Serve plain HTTP without authentication instead — only on a loopback
+    /// address, and only where every local user may administer the cluster
+    /// (a throwaway development machine).
     #[arg(long)]
-    tls: bool,
+    insecure_http: bool,
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_san: Vec<String>,
@@ -119,7 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         listen: cli.listen,
         watch_history: cli.watch_history,
-        tls: cli.tls,
+        tls: !cli.insecure_http,
         tls_sans: cli.tls_san,
         nodes: NodeLifecycleConfig {
             grace: cli.node_monitor_grace_period,

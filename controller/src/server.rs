@@ -52,8 +52,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub watch_history: usize,
-    /// Serve HTTPS with token authentication even on loopback. Always on for
-    /// any other address: plain HTTP is only ever served on loopback.
+    /// Serve HTTPS with token authentication (the binary's default, on
+    /// every address). Off, plain HTTP is served on loopback only (in-process
+    /// tests, `--insecure-http`); any other address gets HTTPS regardless.
     pub tls: bool,
     /// Extra names (DNS or IP) for the serving certificate.
     pub tls_sans: Vec<String>,
@@ -119,6 +120,9 @@ impl Running {
 
 pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let use_tls = opts.tls || !opts.listen.ip().is_loopback();
+    if !use_tls {
+        tracing::warn!(listen = %opts.listen, "serving plain HTTP without authentication: every local user can administer this cluster");
+    }
     std::fs::create_dir_all(&opts.data_dir)
         .and_then(|()| {
             // The store holds Secrets and the token: owner only.

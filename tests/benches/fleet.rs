@@ -18,6 +18,10 @@
 //! 4. controller + embedded broker RSS, idle with the three nodes connected;
 //!    agent RSS of a fresh agent of part 3 (connected, one pod) and of the
 //!    agent of part 2 once its 53 latency pods are gone.
+//! 5. an event flood: 10,000 events a second for 10 s under the first node
+//!    of part 3's name, signed with its own key (`kedge_tests::flood`); the
+//!    controller's RSS sampled every 100 ms (the highest kept) and a
+//!    `GET /api/v1/pods` timed back to back, against 20 quiet ones before.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -29,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{NodeDesired, NodeReport};
 use kedge_tests::agent::Agent;
-use kedge_tests::{Controller, http, percentile};
+use kedge_tests::{Api, Controller, percentile};
 
 const PODS: usize = 50;
 const NODES: usize = 3;
@@ -42,8 +46,9 @@ fn pod_json(name: &str, node_selector: Option<&str>) -> String {
     )
 }
 
-fn running(addr: &str, name: &str) -> Result<bool> {
-    let (code, body) = http(addr, "GET", &format!("/api/v1/namespaces/default/pods/{name}"), "application/json", "")?;
+fn running(api: &Api, name: &str) -> Result<bool> {
+    let (code, body) =
+        api.request("GET", &format!("/api/v1/namespaces/default/pods/{name}"), "application/json", "")?;
     if code != 200 {
         return Ok(false);
     }
@@ -157,6 +162,8 @@ fn main() -> Result<()> {
     let mut report = vec![format!("kedge fleet benchmark, {}", jiff::Timestamp::now())];
     let data = tmp.path().join("controller");
     let mut ctl = Controller::start_with(&data, "127.0.0.1:0", &[])?;
+    // One client, its TLS connection kept alive (as kubectl's is).
+    let mut api = ctl.api()?;
     let broker = ctl.broker.clone().context("no fleet broker")?;
     let broker_addr = broker.trim_start_matches("mqtt://").to_string();
 
@@ -166,7 +173,7 @@ fn main() -> Result<()> {
     let token = ctl.token()?;
     let n0 = agent(tmp.path(), "n0", &relayed, &token)?;
     wait("node n0", Duration::from_secs(30), || {
-        let (code, body) = http(&ctl.addr, "GET", "/api/v1/nodes/n0", "application/json", "")?;
+        let (code, body) = api.request("GET", "/api/v1/nodes/n0", "application/json", "")?;
         Ok(code == 200 && body.contains("KubeletReady"))
     })?;
     let mut times = Vec::new();
@@ -174,12 +181,12 @@ fn main() -> Result<()> {
         let name = format!("lat-{i}");
         let t = Instant::now();
         let (code, body) =
-            http(&ctl.addr, "POST", "/api/v1/namespaces/default/pods", "application/json", &pod_json(&name, None))?;
+            api.request("POST", "/api/v1/namespaces/default/pods", "application/json", &pod_json(&name, None))?;
         if code != 201 {
             bail!("creating {name}: {code} {body}");
         }
         loop {
-            if running(&ctl.addr, &name)? {
+            if running(&api, &name)? {
                 break;
             }
             if t.elapsed() > Duration::from_secs(30) {
@@ -199,7 +206,7 @@ fn main() -> Result<()> {
         ms(percentile(&times, 0.99))
     ));
     for i in 0..PODS + 3 {
-        http(&ctl.addr, "DELETE", &format!("/api/v1/namespaces/default/pods/lat-{i}"), "application/json", "")?;
+        api.request("DELETE", &format!("/api/v1/namespaces/default/pods/lat-{i}"), "application/json", "")?;
     }
     wait("the latency pods to go", Duration::from_secs(120), || Ok(n0.ps()?.is_empty()))?;
 
@@ -245,8 +252,7 @@ fn main() -> Result<()> {
         names.push(name);
     }
     for n in &names {
-        let (code, body) = http(
-            &ctl.addr,
+        let (code, body) = api.request(
             "POST",
             "/api/v1/namespaces/default/pods",
             "application/json",
@@ -257,7 +263,7 @@ fn main() -> Result<()> {
         }
     }
     for n in &names {
-        wait(&format!("on-{n} Running"), Duration::from_secs(60), || running(&ctl.addr, &format!("on-{n}")))?;
+        wait(&format!("on-{n} Running"), Duration::from_secs(60), || running(&api, &format!("on-{n}")))?;
     }
     std::thread::sleep(Duration::from_secs(3));
     let fresh = agents[0].pid().map_or(0, kedge_tests::rss_kib);
@@ -276,17 +282,56 @@ fn main() -> Result<()> {
         t0 = Instant::now();
         c
     };
+    api = ctl.api()?;
     let done = all_observed(&broker, &names, Duration::from_secs(120))?;
     report.push(format!(
         "broker restart → all {NODES} nodes reported their observed generation: {:.2} s",
         done.duration_since(t0).as_secs_f64()
     ));
     for n in &names {
-        http(&ctl.addr, "DELETE", &format!("/api/v1/namespaces/default/pods/on-{n}"), "application/json", "")?;
+        api.request("DELETE", &format!("/api/v1/namespaces/default/pods/on-{n}"), "application/json", "")?;
     }
     for a in &agents {
         wait("pods to go", Duration::from_secs(60), || Ok(a.ps()?.is_empty()))?;
     }
+
+    // --- 5. an event flood from one node ------------------------------------------------
+    let list = || -> Result<Duration> {
+        let t = Instant::now();
+        let (code, _) = api.request("GET", "/api/v1/pods", "application/json", "")?;
+        if code != 200 {
+            bail!("GET /api/v1/pods: {code}");
+        }
+        Ok(t.elapsed())
+    };
+    let mut quiet: Vec<Duration> = (0..20).map(|_| list()).collect::<Result<_>>()?;
+    quiet.sort();
+    let rss_before = kedge_tests::rss_kib(ctl.child.id());
+    let key = kedge_common::sign::SigningKey::from_pkcs8(&std::fs::read(agents[0].data.join("node.key"))?)?;
+    let (host, port) = broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+    let flood = kedge_tests::flood::events(host, port.parse()?, &names[0], &key, 10_000, Duration::from_secs(10));
+    let (mut busy, rss_max, sent) = std::thread::scope(|s| -> Result<(Vec<Duration>, u64, u64)> {
+        let publisher = s.spawn(flood);
+        let (mut busy, mut rss_max) = (Vec::new(), 0);
+        while !publisher.is_finished() {
+            busy.push(list()?);
+            rss_max = rss_max.max(kedge_tests::rss_kib(ctl.child.id()));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let sent = publisher.join().map_err(|_| anyhow::anyhow!("the publisher panicked"))??;
+        Ok((busy, rss_max, sent))
+    })?;
+    busy.sort();
+    report.push(format!(
+        "event flood, {sent} signed events in 10 s from one node: controller RSS {:.1} MiB before, {:.1} MiB at most during; GET /api/v1/pods p50 / p99 {:.1} / {:.1} ms quiet, {:.1} / {:.1} ms during ({} requests)",
+        rss_before as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        percentile(&quiet, 50.0).as_secs_f64() * 1e3,
+        percentile(&quiet, 99.0).as_secs_f64() * 1e3,
+        percentile(&busy, 50.0).as_secs_f64() * 1e3,
+        percentile(&busy, 99.0).as_secs_f64() * 1e3,
+        busy.len()
+    ));
     drop(agents);
     let text = report.join("\n");
     println!("{text}");

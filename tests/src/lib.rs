@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub mod agent;
 pub mod cri;
+pub mod flood;
 pub mod netlab;
 
 use anyhow::{Context, Result, bail};
@@ -153,6 +154,8 @@ pub struct Controller {
     pub data_dir: PathBuf,
     /// The fleet broker (`mqtt://host:port`) it uses, when the fleet link runs.
     pub broker: Option<String>,
+    /// Whether it serves HTTPS (the default) rather than `--insecure-http`.
+    pub tls: bool,
 }
 
 impl Controller {
@@ -202,7 +205,27 @@ impl Controller {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Ok(Controller { child, addr, data_dir: data_dir.to_path_buf(), broker })
+        let tls = first.contains("https://");
+        Ok(Controller { child, addr, data_dir: data_dir.to_path_buf(), broker, tls })
+    }
+
+    /// Its API, with the credentials from its data dir.
+    pub fn api(&self) -> Result<Api> {
+        let builder = ureq::Agent::config_builder().http_status_as_error(false);
+        if !self.tls {
+            return Ok(Api { base: format!("http://{}", self.addr), agent: builder.build().into(), token: None });
+        }
+        let ca = std::fs::read(self.data_dir.join("tls/ca.crt")).context("the controller's CA")?;
+        let ca = ureq::tls::Certificate::from_pem(&ca)?.to_owned();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(vec![ca])))
+            .build();
+        let token = std::fs::read_to_string(self.data_dir.join("token")).context("the controller's token")?;
+        Ok(Api {
+            base: format!("https://{}", self.addr),
+            agent: builder.tls_config(tls).build().into(),
+            token: Some(token.trim().to_owned()),
+        })
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -305,33 +328,42 @@ impl Kubectl {
     }
 }
 
-/// A minimal blocking HTTP/1.1 request to a plain-HTTP controller, for the
-/// things kubectl has no verb for (a node's heartbeat, a pod's readiness:
-/// what the agents write). Returns the status code and the body.
-pub fn http(addr: &str, method: &str, path: &str, content_type: &str, body: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status line")?;
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+/// A controller's API for the things kubectl has no verb for (a node's
+/// heartbeat, a pod's readiness: what the agents write), reached as any
+/// client must: HTTPS with the cluster CA and the bearer token the
+/// kubeconfig carries (read from the controller's data dir), or plain HTTP
+/// where the controller was started with `--insecure-http`.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    agent: ureq::Agent,
+    token: Option<String>,
+}
+
+impl Api {
+    /// One request; returns the status code and the body.
+    pub fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url).header("Content-Type", content_type);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp =
+            if body.is_empty() { self.agent.run(req.body(())?) } else { self.agent.run(req.body(body.to_owned())?) }
+                .with_context(|| format!("{method} {url}"))?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.body_mut().read_to_string()?))
+    }
 }
 
 /// Marks a node Ready with a fresh heartbeat, as its agent would.
-pub fn heartbeat(addr: &str, node: &str) -> Result<()> {
+pub fn heartbeat(api: &Api, node: &str) -> Result<()> {
     let now = jiff_now();
     let body = format!(
         r#"{{"status":{{"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{now}","lastTransitionTime":"{now}"}}]}}}}"#
     );
     let (code, text) =
-        http(addr, "PATCH", &format!("/api/v1/nodes/{node}/status"), "application/merge-patch+json", &body)?;
+        api.request("PATCH", &format!("/api/v1/nodes/{node}/status"), "application/merge-patch+json", &body)?;
     if code != 200 {
         bail!("heartbeat for {node}: {code} {text}");
     }
@@ -339,10 +371,9 @@ pub fn heartbeat(addr: &str, node: &str) -> Result<()> {
 }
 
 /// Marks a pod Running and Ready, as its node's agent would.
-pub fn pod_ready(addr: &str, ns: &str, pod: &str) -> Result<()> {
+pub fn pod_ready(api: &Api, ns: &str, pod: &str) -> Result<()> {
     let body = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True","lastTransitionTime":"2020-01-01T00:00:00Z"}]}}"#;
-    let (code, text) = http(
-        addr,
+    let (code, text) = api.request(
         "PATCH",
         &format!("/api/v1/namespaces/{ns}/pods/{pod}/status"),
         "application/merge-patch+json",

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use kedge_common::envelope;
 use kedge_common::network::{ClusterNetwork, Protocol, ServiceKind};
-use kedge_tests::{Controller, Kubectl, controller_and_kubectl, http, jiff_now, require, wait_for};
+use kedge_tests::{Controller, Kubectl, controller_and_kubectl, jiff_now, require, wait_for};
 
 fn has(bin: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
@@ -95,10 +95,9 @@ fn the_network_table_follows_the_api_and_survives_a_restart() -> Result<()> {
         r#"{{"status":{{"addresses":[{{"type":"InternalIP","address":"192.168.77.11"}},{{"type":"Hostname","address":"n1"}}],"conditions":[{{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":"{now}","lastTransitionTime":"{now}"}}]}}}}"#
     );
     let (code, body) =
-        http(&ctl.addr, "PATCH", "/api/v1/nodes/n1/status", "application/merge-patch+json", &node_status)?;
+        ctl.api()?.request("PATCH", "/api/v1/nodes/n1/status", "application/merge-patch+json", &node_status)?;
     ensure!(code == 200, "node status: {code} {body}");
-    let (code, body) = http(
-        &ctl.addr,
+    let (code, body) = ctl.api()?.request(
         "PATCH",
         "/api/v1/namespaces/default/pods/web-1/status",
         "application/merge-patch+json",

@@ -1,5 +1,6 @@
-//! Off loopback the API is HTTPS with a bearer token; the kubeconfig the
-//! controller writes carries both, and they survive a restart.
+//! The API is HTTPS with a bearer token on every address, loopback
+//! included; the kubeconfig the controller writes carries both (0600), and
+//! they survive a restart.
 
 use anyhow::Result;
 use kedge_tests::{Controller, Kubectl, kubectl_path, require};
@@ -51,14 +52,14 @@ fn tls_and_token_guard_the_api() -> Result<()> {
     let err = untrusted.fails(&["get", "ns"])?;
     assert!(err.contains("certificate"), "{err}");
 
-    // Restart on the same port and data dir, forced TLS on loopback: the old
-    // kubeconfig (same CA, same token) keeps working.
+    // Restart on the same port and data dir, on loopback (HTTPS there too,
+    // by default): the old kubeconfig (same CA, same token) keeps working.
     let saved = dir.path().join("saved.yaml");
     std::fs::copy(ctl.kubeconfig(), &saved)?;
     let port = ctl.addr.rsplit(':').next().unwrap_or_default().to_owned();
     ctl.terminate()?;
     drop(ctl);
-    let _ctl = Controller::start_with(&data, &format!("127.0.0.1:{port}"), &["--tls"])?;
+    let _ctl = Controller::start_with(&data, &format!("127.0.0.1:{port}"), &[])?;
     let again = Kubectl { bin, kubeconfig: saved, cache: dir.path().join("cache4") };
     assert!(again.ok(&["get", "ns"])?.contains("default"));
     Ok(())
@@ -97,5 +98,92 @@ fn the_serving_certificate_names_the_host_addresses_and_lasts_a_year() -> Result
     anyhow::ensure!(now - from <= 2 * 86_400 && from <= now, "valid from about now: {shown}");
     let days = (until - now) / 86_400;
     anyhow::ensure!((364..=366).contains(&days), "valid for a year ({days} days): {shown}");
+    Ok(())
+}
+
+/// Loopback is not a trust boundary: any local user reaches it. As
+/// `nobody`, with the real kubectl and curl: the kubeconfig cannot be read,
+/// and the API refuses to create a pod (the hostPath one that would own the
+/// host) without its credentials — and the pod does not exist after.
+#[test]
+fn a_local_user_without_the_kubeconfig_can_do_nothing() -> Result<()> {
+    let Some(bin) = kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return Ok(());
+    };
+    if !require(kedge_tests::is_root(), "root (to run clients as nobody)") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let ctl = Controller::start_on(&data, "127.0.0.1:0")?;
+    assert!(ctl.tls, "HTTPS on loopback by default");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(ctl.kubeconfig())?.permissions().mode() & 0o777, 0o600);
+    // A world-readable place for the manifest and nobody's kubectl cache.
+    let public = tempfile::Builder::new().prefix("kedge-nobody").tempdir_in("/tmp")?;
+    std::fs::set_permissions(public.path(), std::fs::Permissions::from_mode(0o777))?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let pod = public.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: owned, namespace: default}\nspec:\n  containers: [{name: c, image: busybox, volumeMounts: [{name: host, mountPath: /host}]}]\n  volumes: [{name: host, hostPath: {path: /}}]\n",
+    )?;
+    std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o644))?;
+    let as_nobody = |program: &std::path::Path, args: &[&str]| -> Result<std::process::Output> {
+        Ok(std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(program)
+            .args(args)
+            .env("HOME", public.path())
+            .output()?)
+    };
+    let read = as_nobody(std::path::Path::new("/bin/cat"), &[&ctl.kubeconfig().to_string_lossy()])?;
+    assert!(!read.status.success(), "nobody reads the kubeconfig: {read:?}");
+    let server = format!("https://{}", ctl.addr);
+    let cache = public.path().join("cache");
+    let out = as_nobody(
+        &bin,
+        &[
+            "--server",
+            &server,
+            "--insecure-skip-tls-verify",
+            "--cache-dir",
+            &cache.to_string_lossy(),
+            "create",
+            "-f",
+            &pod.to_string_lossy(),
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && (err.contains("Unauthorized") || err.contains("provide credentials")),
+        "kubectl as nobody: {out:?}"
+    );
+    let curl = as_nobody(
+        std::path::Path::new("/usr/bin/curl"),
+        &[
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/yaml",
+            "--data-binary",
+            &format!("@{}", pod.display()),
+            &format!("{server}/api/v1/namespaces/default/pods"),
+        ],
+    )?;
+    assert_eq!(String::from_utf8_lossy(&curl.stdout), "401", "curl as nobody: {curl:?}");
+    let plain = as_nobody(
+        std::path::Path::new("/usr/bin/curl"),
+        &["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}/api/v1/pods", ctl.addr)],
+    )?;
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200", "no plain HTTP answers: {plain:?}");
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.path().join("cache") };
+    assert!(k.fails(&["get", "pod", "owned"])?.contains("NotFound"), "nothing was created");
     Ok(())
 }

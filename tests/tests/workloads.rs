@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use kedge_tests::{Kubectl, controller_and_kubectl, heartbeat, http, jiff_now, pod_ready};
+use kedge_tests::{Api, Kubectl, controller_and_kubectl, heartbeat, jiff_now, pod_ready};
 use serde_json::{Value, json};
 
 fn node(name: &str, cpu: &str, mem: &str, labels: Value, taints: Value) -> Value {
@@ -26,22 +26,22 @@ struct FakeAgents {
 }
 
 impl FakeAgents {
-    fn start(addr: String, nodes: Arc<std::sync::Mutex<Vec<String>>>) -> Self {
+    fn start(api: Api, nodes: Arc<std::sync::Mutex<Vec<String>>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let alive: Vec<String> = nodes.lock().map(|n| n.clone()).unwrap_or_default();
                 for n in &alive {
-                    let _ = heartbeat(&addr, n);
+                    let _ = heartbeat(&api, n);
                 }
-                if let Ok((200, body)) = http(&addr, "GET", "/api/v1/pods", "application/json", "") {
+                if let Ok((200, body)) = api.request("GET", "/api/v1/pods", "application/json", "") {
                     let list: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                     for p in list["items"].as_array().into_iter().flatten() {
                         let on = p["spec"]["nodeName"].as_str().unwrap_or_default();
                         if alive.iter().any(|n| n == on) && p["status"]["phase"] != "Running" {
                             let _ = pod_ready(
-                                &addr,
+                                &api,
                                 p["metadata"]["namespace"].as_str().unwrap_or(""),
                                 p["metadata"]["name"].as_str().unwrap_or(""),
                             );
@@ -96,7 +96,7 @@ fn schedule_roll_out_and_undo() -> Result<()> {
         let name = n["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         apply_json(&k, dir.path(), &name, &n)?;
     }
-    let _agents = FakeAgents::start(ctl.addr.clone(), alive.clone());
+    let _agents = FakeAgents::start(ctl.api()?, alive.clone());
     let nodes = k.ok(&["get", "nodes"])?;
     assert_eq!(nodes.lines().filter(|l| l.contains(" Ready ")).count(), 4, "{nodes}");
 
@@ -169,7 +169,7 @@ fn daemonsets_and_node_loss() -> Result<()> {
     }
     apply_json(&k, dir.path(), "other", &node("other", "2", "2Gi", json!({}), json!([])))?;
     alive.lock().map_err(|_| anyhow::anyhow!("lock"))?.push("other".into());
-    let _agents = FakeAgents::start(ctl.addr.clone(), alive.clone());
+    let _agents = FakeAgents::start(ctl.api()?, alive.clone());
 
     let ds = json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "logger", "namespace": "default"},
         "spec": {"selector": {"matchLabels": {"app": "logger"}}, "template": {"metadata": {"labels": {"app": "logger"}},

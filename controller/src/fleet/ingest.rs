@@ -39,6 +39,9 @@ pub struct Ingest {
     /// Messages dropped, by why (for the log, which says each reason at
     /// powers of two rather than a line per message of a flood).
     dropped: BTreeMap<&'static str, u64>,
+    /// The newest verified report of each node over its report rate, taken
+    /// in at the next tick its rate allows (a newer one replaces it).
+    waiting: BTreeMap<String, NodeReport>,
 }
 /// The `kubernetes.io`/`k8s.io` labels a node may set on its own Node, as
 /// Kubernetes' NodeRestriction admission allows a kubelet
@@ -301,7 +304,15 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
 
 impl Ingest {
     pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>, joins: Joins) -> Ingest {
-        Ingest { client, opts, state, trust: Trust::default(), joins, dropped: BTreeMap::new() }
+        Ingest {
+            client,
+            opts,
+            state,
+            trust: Trust::default(),
+            joins,
+            dropped: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -334,6 +345,26 @@ impl Ingest {
         }
     }
 
+    /// Takes in the reports that waited for their node's rate, as far as it
+    /// allows now (called every second).
+    pub fn tick(&mut self) {
+        let nodes: Vec<String> = self.waiting.keys().cloned().collect();
+        for node in nodes {
+            if !self.trust.report_allowed(&node) {
+                continue;
+            }
+            let Some(r) = self.waiting.remove(&node) else { continue };
+            // Revoked meanwhile: not taken.
+            let n = match self.client.get::<Node>("", &node) {
+                Ok(Some(n)) if self.trust.key(&self.client, &node, Some(&n)).is_ok() => n,
+                _ => continue,
+            };
+            if let Err(e) = self.report(&node, n, r) {
+                tracing::warn!(%node, error = %e, "a report that waited for its rate not written");
+            }
+        }
+    }
+
     /// Logs a dropped message: the first of each reason and then at powers
     /// of two, so a flood costs a counter, not a log line each.
     fn drop(&mut self, why: &'static str, node: &str, which: NodeTopic, bytes: usize, error: &str) {
@@ -360,6 +391,13 @@ impl Ingest {
                     .map_err(|e| ("unverified", e.to_string()))?;
                 self.trust.admit(&self.client, node, Kind::Report, r.seq).map_err(untrusted)?;
                 let Some(n) = n else { return Ok(()) };
+                if !self.trust.report_allowed(node) {
+                    if self.waiting.insert(node.to_owned(), r).is_some() {
+                        return Err(("rate limited", "a newer report came before this one was written".into()));
+                    }
+                    return Ok(());
+                }
+                self.waiting.remove(node);
                 self.report(node, n, r).map_err(|e| ("store", e.to_string()))
             }
             NodeTopic::Presence => {
@@ -547,24 +585,7 @@ mod tests {
     fn only_the_joined_key_speaks_for_a_node_and_only_once() {
         use kedge_common::envelope::{encode, encode_signed};
         use kedge_common::sign::SigningKey;
-        let dir = tempfile::tempdir().expect("tmp");
-        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb"), 100).expect("store"));
-        let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
-        writer.system_namespaces().expect("namespaces");
-        let client = Client::new(writer);
-        let (mqtt, _eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
-        let ckey = Arc::new(SigningKey::generate().expect("key").0);
-        let joins = Joins::new(client.clone(), dir.path().join("tokens"), ckey, mqtt, "kedge".into(), 1 << 20);
-        let state = FleetState::new(std::time::Duration::from_secs(60));
-        let mut ingest = Ingest::new(client.clone(), FleetOptions::default(), state.clone(), joins);
-        let (k1, _) = SigningKey::generate().expect("key");
-        let (k2, _) = SigningKey::generate().expect("key");
-        for (name, key) in [("n1", &k1), ("n2", &k2)] {
-            let annotations =
-                BTreeMap::from([(super::super::trust::NODE_KEY_ANNOTATION.to_owned(), key.public().to_string())]);
-            let meta = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
-            client.create(&Node { metadata: meta, ..Default::default() }).expect("joined");
-        }
+        let (_dir, client, state, mut ingest, k1, k2) = joined();
         let seq = |n: u64| kedge_common::wire::Seq::start(2).0 + n;
         let report = |key: &SigningKey, n: u64, arch: &str| {
             let mut r = NodeReport { node: "n1".into(), seq: seq(n), ..Default::default() };
@@ -617,6 +638,62 @@ mod tests {
         ingest.handle("kedge/v1/nodes/n3/status", &encode_signed(&r3, Purpose::Report, &k3).expect("encode"));
         assert!(client.get::<Node>("", "n3").expect("get").is_none(), "no Node from a report");
         assert!(state.node("n3").is_none(), "and no state kept for it");
+    }
+
+    type Joined = (
+        tempfile::TempDir,
+        Client,
+        Arc<FleetState>,
+        Ingest,
+        kedge_common::sign::SigningKey,
+        kedge_common::sign::SigningKey,
+    );
+
+    /// An ingest with two joined nodes, n1 and n2, and their keys.
+    fn joined() -> Joined {
+        use kedge_common::sign::SigningKey;
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Arc::new(crate::store::Store::open(&dir.path().join("s.redb"), 100).expect("store"));
+        let writer = crate::write::Writer::new(store, crate::write::DEFAULT_SERVICE_CIDR);
+        writer.system_namespaces().expect("namespaces");
+        let client = Client::new(writer);
+        let (mqtt, _eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 10);
+        let ckey = Arc::new(SigningKey::generate().expect("key").0);
+        let joins = Joins::new(client.clone(), dir.path().join("tokens"), ckey, mqtt, "kedge".into(), 1 << 20);
+        let state = FleetState::new(std::time::Duration::from_secs(60));
+        let ingest = Ingest::new(client.clone(), FleetOptions::default(), state.clone(), joins);
+        let (k1, _) = SigningKey::generate().expect("key");
+        let (k2, _) = SigningKey::generate().expect("key");
+        for (name, key) in [("n1", &k1), ("n2", &k2)] {
+            let annotations =
+                BTreeMap::from([(super::super::trust::NODE_KEY_ANNOTATION.to_owned(), key.public().to_string())]);
+            let meta = ObjectMeta { name: Some(name.into()), annotations: Some(annotations), ..Default::default() };
+            client.create(&Node { metadata: meta, ..Default::default() }).expect("joined");
+        }
+        (dir, client, state, ingest, k1, k2)
+    }
+
+    /// Reports are state: one over the node's rate is not lost but waits
+    /// (the newest only) for the rate to allow it.
+    #[test]
+    fn a_report_over_the_rate_waits_and_the_newest_is_taken() {
+        let (_dir, client, _state, mut ingest, k1, _) = joined();
+        let arch = || -> String {
+            let n = client.get::<Node>("", "n1").expect("get").expect("n1");
+            n.status.and_then(|s| s.node_info).map(|i| i.architecture).unwrap_or_default()
+        };
+        let burst = super::super::trust::REPORT_BURST as u64;
+        for i in 1..=burst + 3 {
+            let mut r = NodeReport { node: "n1".into(), seq: i, ..Default::default() };
+            r.info.architecture = format!("r{i}");
+            let payload = kedge_common::envelope::encode_signed(&r, Purpose::Report, &k1).expect("encode");
+            ingest.handle("kedge/v1/nodes/n1/status", &payload);
+        }
+        assert_eq!(arch(), format!("r{burst}"), "the burst is written");
+        ingest.tick();
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        ingest.tick();
+        assert_eq!(arch(), format!("r{}", burst + 3), "the newest waiting one, once the rate allows");
     }
 
     #[test]

@@ -320,6 +320,7 @@ async fn link(
                 return;
             }
             _ = tick.tick() => {
+                ingest.tick();
                 if state.connected() {
                     dash.flush(&mqtt, &state, ingest.client());
                 }

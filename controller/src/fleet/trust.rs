@@ -172,13 +172,9 @@ impl Trust {
         if !fresh {
             return Err(Untrusted::Replay { got: seq, newest: newest.max(Seq::start(p.floor).0) });
         }
-        let now = Instant::now();
-        let allowed = match kind {
-            Kind::Event => p.events.take(now),
-            Kind::Report => p.reports.take(now),
-            Kind::Presence => true,
-        };
-        if !allowed {
+        // Reports are state, not news: one over the rate waits (the newest
+        // only) rather than being lost — see `report_allowed`.
+        if kind == Kind::Event && !p.events.take(Instant::now()) {
             return Err(Untrusted::RateLimited);
         }
         p.last[kind as usize] = seq;
@@ -190,6 +186,11 @@ impl Trust {
             }
         }
         Ok(())
+    }
+
+    /// Whether a report of the node may be written now (its report rate).
+    pub fn report_allowed(&mut self, name: &str) -> bool {
+        self.peers.get_mut(name).is_some_and(|p| p.reports.take(Instant::now()))
     }
 
     /// Forgets what is known of a node (it joined anew).

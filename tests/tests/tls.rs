@@ -148,6 +148,9 @@ fn a_local_user_without_the_kubeconfig_can_do_nothing() -> Result<()> {
             "--server",
             &server,
             "--insecure-skip-tls-verify",
+            // A guessed token (with none at all, kubectl asks for a user name).
+            "--token",
+            "guessed",
             "--cache-dir",
             &cache.to_string_lossy(),
             "create",

@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod meta;
 pub mod patch;
 pub mod resources;
+pub mod revoke;
 pub mod scheduler;
 pub mod selector;
 pub mod server;

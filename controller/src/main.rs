@@ -81,6 +81,19 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Joined nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum NodeCommand {
+    /// Revokes a node's key at once (through the running controller's API):
+    /// nothing under its name is taken from then on, and it joins again only
+    /// with a new token. `kubectl delete node NAME` revokes too.
+    Revoke { name: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -104,6 +117,11 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Node { command: NodeCommand::Revoke { name } }) = &cli.command {
+        kedge_controller::revoke::revoke(&cli.data_dir, name).with_context(|| format!("revoking node {name}"))?;
+        println!("node {name} revoked: nothing under its name is taken; it joins again only with a new token");
+        return Ok(());
+    }
     if let Some(Command::Token { command: TokenCommand::Create { ttl, uses } }) = &cli.command {
         let ttl = (!ttl.is_zero()).then_some(*ttl);
         let token = kedge_controller::tokens::create(&cli.data_dir, ttl, *uses)

@@ -313,14 +313,17 @@ async fn link(
     let mut backoff = Duration::from_millis(100);
     let mut dash = dashboard::Dashboard::new(opts.prefix.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Reports that waited for their node's rate go in at most this late.
+    let mut waiting = tokio::time::interval(Duration::from_millis(100));
+    waiting.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => {
                 let _ = mqtt.try_disconnect();
                 return;
             }
+            _ = waiting.tick() => ingest.tick(),
             _ = tick.tick() => {
-                ingest.tick();
                 if state.connected() {
                     dash.flush(&mqtt, &state, ingest.client());
                 }

@@ -29,10 +29,12 @@ const KEY_TTL: Duration = Duration::from_secs(1);
 /// `--event-qps` and `--event-burst` defaults).
 pub const EVENT_RATE: f64 = 50.0;
 pub const EVENT_BURST: f64 = 100.0;
-/// Reports a node may send per second, and in a burst (an agent sends one
-/// when something changes, coalesced).
-pub const REPORT_RATE: f64 = 5.0;
-pub const REPORT_BURST: f64 = 20.0;
+/// Reports of a node written per second, and in a burst: the kubelet's
+/// `--kube-api-qps` and `--kube-api-burst` defaults (an agent sends a
+/// report when a pod changes; starting 50 pods is a few reports a pod).
+/// One over the rate waits, the newest only, rather than being lost.
+pub const REPORT_RATE: f64 = 50.0;
+pub const REPORT_BURST: f64 = 100.0;
 
 /// The key recorded for a node, if it joined.
 pub fn node_key(node: &Node) -> Option<PublicKey> {

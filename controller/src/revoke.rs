@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
-use crate::fleet::trust::{NODE_KEY_ANNOTATION, SEAL_KEY_ANNOTATION};
+use crate::fleet::trust::{NODE_KEY_ANNOTATION, REVOKED, SEAL_KEY_ANNOTATION};
 
 /// The `server:` of the kubeconfig the controller wrote.
 fn server(kubeconfig: &str) -> Option<&str> {
@@ -36,7 +36,7 @@ pub fn revoke(data_dir: &Path, name: &str) -> Result<()> {
     }
     let agent: ureq::Agent = config.build().into();
     let patch =
-        serde_json::json!({"metadata": {"annotations": {NODE_KEY_ANNOTATION: null, SEAL_KEY_ANNOTATION: null}}});
+        serde_json::json!({"metadata": {"annotations": {NODE_KEY_ANNOTATION: REVOKED, SEAL_KEY_ANNOTATION: null}}});
     let url = format!("{server}/api/v1/nodes/{name}");
     let mut req = agent.patch(&url).header("Content-Type", "application/merge-patch+json");
     if let Some(t) = &token {

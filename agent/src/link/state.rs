@@ -344,6 +344,9 @@ impl LinkState {
     fn session(&mut self, now: Instant, out: &mut Vec<Action>) {
         out.push(Action::Subscribe { topic: self.desired_topic.clone() });
         out.push(Action::Subscribe { topic: self.network_topic.clone() });
+        // This connection's presence: one refused on an earlier one is not
+        // sent again above this connection's will.
+        self.presence_pending = false;
         out.push(self.presence(true));
         self.published = None;
         self.flush(now, out);

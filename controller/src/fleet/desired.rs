@@ -114,7 +114,18 @@ impl DesiredPublisher {
         let epoch = self.state.epoch();
         for (node, pods) in by_node {
             // What the node's snapshot is sealed to (recorded when it joined).
-            let seal = self.client.get::<Node>("", node)?.as_ref().and_then(super::trust::seal_key);
+            let Some(seal) = self.client.get::<Node>("", node)?.as_ref().and_then(super::trust::seal_key) else {
+                // Not joined, revoked or deleted: nothing of its pods goes
+                // out (unsealed, anyone on the broker would read their
+                // Secrets), and what was retained for it is cleared.
+                if self.published.remove(node).is_some() && self.state.connected() {
+                    let topic = topics::node_topic(&self.prefix, node, NodeTopic::Desired);
+                    if let Err(e) = self.mqtt.try_publish(topic, QoS::AtLeastOnce, true, Vec::new()) {
+                        tracing::warn!(%node, error = %e, "cannot clear the snapshot of a node without a key");
+                    }
+                }
+                continue;
+            };
             let mut wire = Vec::with_capacity(pods.len());
             for p in pods {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
@@ -157,8 +168,15 @@ impl DesiredPublisher {
                 _ => revision,
             };
             let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire };
-            let bytes = kedge_common::envelope::encode_sealed(&snapshot, Purpose::Desired, &self.key, seal.as_ref())
-                .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
+            let bytes = match kedge_common::envelope::encode_sealed(&snapshot, Purpose::Desired, &self.key, Some(&seal))
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    // This node's alone: the others of the batch go on.
+                    tracing::error!(%node, error = %e, "cannot seal the node's snapshot; not published");
+                    continue;
+                }
+            };
             if bytes.len() > self.max_payload {
                 tracing::error!(%node, bytes = bytes.len(), cap = self.max_payload, "snapshot over the payload cap; not published");
                 continue;

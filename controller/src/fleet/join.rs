@@ -95,10 +95,12 @@ impl Joins {
         };
         let outcome = self.decide(node, &req);
         match &outcome {
-            Ok(()) => {
+            Ok(true) => {
                 tracing::info!(%node, key = %req.key, token = %req.token_id, "node joined");
                 trust.forget(node);
             }
+            // Asked again: what is known of the node (its counters) stays.
+            Ok(false) => tracing::info!(%node, "join asked again by the joined key; answered again"),
             Err(reason) => tracing::warn!(%node, token = %req.token_id, %reason, "join refused"),
         }
         let answer = JoinAnswer {
@@ -132,13 +134,15 @@ impl Joins {
     }
 
     /// Whether the join is allowed; if so, it is carried out (Node with the
-    /// key, the key remembered, a use of the token spent).
-    fn decide(&self, node: &str, req: &JoinRequest) -> Result<(), String> {
+    /// key, a use of the token spent, the key remembered). `Ok(false)`: the
+    /// joined key asking again.
+    fn decide(&self, node: &str, req: &JoinRequest) -> Result<bool, String> {
         let key: PublicKey = req.key.parse().map_err(|e: sign::SignError| e.to_string())?;
-        let seal = match req.seal_key.as_str() {
-            "" => None,
-            text => Some(text.parse::<kedge_common::seal::SealPublic>().map_err(|e| e.to_string())?),
-        };
+        // Every snapshot is sealed to this key: a node without one, or with
+        // one nothing can be sealed to (a small-order point), cannot join.
+        let seal = req.seal_key.parse::<kedge_common::seal::SealPublic>().map_err(|e| e.to_string())?;
+        kedge_common::seal::seal(&seal, b"").map_err(|_| "the sealing key is not usable".to_owned())?;
+        let seal = Some(seal);
         let proof = sign::signature_from_text(&req.proof).unwrap_or_default();
         let now = jiff::Timestamp::now().as_second();
         let checked = tokens::check(
@@ -153,7 +157,7 @@ impl Joins {
             // have spent the token's last use, or it has expired since.
             Some(k) if k == key => {
                 return match checked {
-                    Ok(_) | Err(tokens::Refusal::UsedUp(_) | tokens::Refusal::Expired { .. }) => Ok(()),
+                    Ok(_) | Err(tokens::Refusal::UsedUp(_) | tokens::Refusal::Expired { .. }) => Ok(false),
                     Err(e) => Err(e.to_string()),
                 };
             }
@@ -163,6 +167,12 @@ impl Joins {
                     "node {node} is joined with another key; delete the Node (kubectl delete node {node}) or revoke it (kedge-controller node revoke {node}) to let a new one join"
                 ));
             }
+            None if existing.as_ref().is_some_and(trust::revoked) => {
+                checked.map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "node {node} was revoked; delete the Node (kubectl delete node {node}) to let it join anew"
+                ));
+            }
             None => {}
         }
         let record = checked.map_err(|e| e.to_string())?;
@@ -170,7 +180,6 @@ impl Joins {
         if store.record(&joined_record(&key)).map_err(|e| e.to_string())?.is_some() {
             return Err("this key joined before and was revoked; a new token gives the node a new key".into());
         }
-        store.put_record(&joined_record(&key), node.as_bytes()).map_err(|e| e.to_string())?;
         tokens::spend(&self.tokens_dir, &req.token_id, record).map_err(|e| e.to_string())?;
         let annotate = |meta: &mut ObjectMeta| {
             let a = meta.annotations.get_or_insert_with(BTreeMap::new);
@@ -195,7 +204,10 @@ impl Joins {
                 self.client.create(&n).map_err(|e| e.to_string())?;
             }
         }
-        Ok(())
+        // Last: a join that failed above does not burn the key (the agent
+        // asks again with it).
+        store.put_record(&joined_record(&key), node.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(true)
     }
 }
 
@@ -351,5 +363,23 @@ mod tests {
         // The node comes back with a new token, hence a new key.
         assert!(f.join("n1", &request("n1", &second, &good)).expect("answer").accepted);
         assert_eq!(f.node_key("n1"), Some(second.public()));
+        // Revoked (`node revoke`): the Node stays, and no key joins under
+        // its name — not even with a valid token — until it is deleted.
+        let mut n1 = f.client.get::<Node>("", "n1").expect("get").expect("n1");
+        n1.metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(NODE_KEY_ANNOTATION.into(), trust::REVOKED.into());
+        n1.metadata.resource_version = None;
+        f.client.replace(&n1).expect("revoke");
+        let (third, _) = SigningKey::generate().expect("key");
+        refused(f.join("n1", &request("n1", &third, &good)), "was revoked");
+        // A sealing key nothing can be sealed to (all zero, a small-order
+        // point): refused.
+        let (fourth, _) = SigningKey::generate().expect("key");
+        let mut bad: JoinRequest = envelope::decode(&request("n4", &fourth, &good), 1 << 20).expect("decode");
+        bad.seal_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into();
+        let bad = envelope::encode_signed(&bad, Purpose::Join, &fourth).expect("encode");
+        refused(f.join("n4", &bad), "sealing key");
     }
 }

@@ -41,6 +41,15 @@ pub fn node_key(node: &Node) -> Option<PublicKey> {
     node.metadata.annotations.as_ref()?.get(NODE_KEY_ANNOTATION)?.parse().ok()
 }
 
+/// What `node revoke` leaves in [`NODE_KEY_ANNOTATION`]: no key, and no
+/// join under the name until the Node is deleted.
+pub const REVOKED: &str = "revoked";
+
+/// Whether the node was revoked (and not deleted since).
+pub fn revoked(node: &Node) -> bool {
+    node.metadata.annotations.as_ref().and_then(|a| a.get(NODE_KEY_ANNOTATION)).is_some_and(|v| v == REVOKED)
+}
+
 /// The key a node's snapshots are sealed to, if it gave one when joining.
 pub fn seal_key(node: &Node) -> Option<kedge_common::seal::SealPublic> {
     node.metadata.annotations.as_ref()?.get(SEAL_KEY_ANNOTATION)?.parse().ok()

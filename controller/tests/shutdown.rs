@@ -47,7 +47,9 @@ async fn shutdown_waits_for_every_loop_and_closes_the_store() {
 #[test]
 fn sigterm_stops_the_controller_cleanly() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut ctl = kedge_tests::Controller::start(dir.path())?;
+    // Plain HTTP (the test's client is a bare HTTP/1.1 one): what is tested
+    // is the shutdown, not the authentication.
+    let mut ctl = kedge_tests::Controller::start_with(dir.path(), "127.0.0.1:0", &["--insecure-http"])?;
     let addr = ctl.addr.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(busy(addr.parse()?));

@@ -132,7 +132,7 @@ enum ImageCommand {
     Ls,
     /// Remove an image by reference or ID.
     Rm { name: String },
-    /// Remove every image no container uses.
+    /// Remove every image no container uses, imported (pinned) ones too.
     Prune,
 }
 
@@ -364,7 +364,7 @@ fn image(paths: &runtime::Paths, command: ImageCommand) -> Result<ExitCode> {
             println!("removed {name}");
         }
         ImageCommand::Prune => {
-            for id in store.prune(&in_use(paths))? {
+            for id in store.prune(&in_use(paths), false)? {
                 println!("removed {id}");
             }
         }

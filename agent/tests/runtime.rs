@@ -292,6 +292,8 @@ async fn disk_pressure_removes_only_unused_images() {
     let (rt, _ns) = runtime(tmp.path(), None).await;
     let sb = rt.run_pod_sandbox(sandbox_config("gc", &tmp.path().join("logs")), String::new()).await.expect("sandbox");
     let _created = rt.create_container(&sb, container_config("c", &["sleep", "1000"], 0), None).await.expect("create");
+    // As a pulled image is: not pinned (an imported one is, below).
+    rt.images().set_pinned("kedge.local/busybox:latest", false).expect("unpin");
     // Any file system is more than 1 % full: that is "pressure" here.
     assert!(rt.collect_images_if_full(1, &[]).await.expect("gc").is_empty(), "an image in use stays");
     assert_eq!(rt.list_images().expect("list").len(), 1);
@@ -310,6 +312,11 @@ async fn disk_pressure_removes_only_unused_images() {
     rt.images().import(&archive).expect("import again");
     assert!(rt.collect_images_if_full(100, &[]).await.expect("gc").is_empty(), "no pressure, nothing removed");
     assert_eq!(rt.list_images().expect("list").len(), 1);
+    // Imported (air-gapped: nothing could pull it again): pinned, kept
+    // under pressure, and the CRI says so.
+    assert!(rt.collect_images_if_full(1, &[]).await.expect("gc").is_empty(), "a pinned image stays");
+    let images = rt.list_images().expect("list");
+    assert!(images.len() == 1 && images[0].pinned, "{images:?}");
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -160,10 +160,11 @@ fn import_oci(
             // An unnamed image is still usable by ID, as `ctr import` allows.
             refs.push(format!("import-{}", &config_digest.trim_start_matches("sha256:")[..12]));
         }
-        for r in refs {
-            store.tag(&r, &manifest_digest)?;
-            names.push(normalize(&r));
+        for r in &refs {
+            store.tag(r, &manifest_digest)?;
+            names.push(normalize(r));
         }
+        store.set_pinned(&refs[0], true)?;
     }
     if names.is_empty() {
         let platform = variant.map(|v| format!("linux/{arch}/{v}")).unwrap_or(format!("linux/{arch}"));

@@ -65,6 +65,10 @@ pub struct Image {
     pub size: u64,
     pub config: ImageConfiguration,
     pub layers: Vec<Descriptor>,
+    /// Imported from an archive (air-gapped): the disk-pressure image GC
+    /// leaves it, as K3s pins the images it imports, for nothing could pull
+    /// it again. An explicit `image rm` or `image prune` still removes it.
+    pub pinned: bool,
 }
 
 impl Image {
@@ -88,6 +92,9 @@ impl Image {
 struct Refs {
     /// Normalised reference → manifest digest.
     refs: BTreeMap<String, String>,
+    /// Manifest digests of pinned images ([`Image::pinned`]).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pinned: BTreeSet<String>,
 }
 
 pub struct ImageStore {
@@ -183,7 +190,9 @@ impl ImageStore {
         }
     }
 
-    fn write_refs(&self, refs: &Refs) -> Result<()> {
+    fn write_refs(&self, refs: &mut Refs) -> Result<()> {
+        let Refs { refs: named, pinned } = refs;
+        pinned.retain(|m| named.values().any(|n| n == m));
         let path = self.root.join("refs.json");
         let bytes = serde_json::to_vec_pretty(refs).map_err(|e| ImageError::Json { what: "refs".into(), source: e })?;
         crate::fsutil::write_atomic(&path, &bytes).map_err(io_err(&path))
@@ -194,10 +203,23 @@ impl ImageStore {
         let _lock = self.lock()?;
         let mut refs = self.read_refs()?;
         refs.refs.insert(normalize(reference), manifest_digest.to_string());
-        self.write_refs(&refs)
+        self.write_refs(&mut refs)
     }
 
-    fn load(&self, manifest_digest: &str, refs: Vec<String>) -> Result<Image> {
+    /// Pins (or unpins) the image `name` resolves to ([`Image::pinned`]).
+    pub fn set_pinned(&self, name: &str, pinned: bool) -> Result<()> {
+        let image = self.resolve(name)?;
+        let _lock = self.lock()?;
+        let mut refs = self.read_refs()?;
+        if pinned {
+            refs.pinned.insert(image.manifest_digest);
+        } else {
+            refs.pinned.remove(&image.manifest_digest);
+        }
+        self.write_refs(&mut refs)
+    }
+
+    fn load(&self, manifest_digest: &str, refs: Vec<String>, pinned: bool) -> Result<Image> {
         let manifest: ImageManifest = self.read_blob_json(manifest_digest)?;
         let config_digest = manifest.config().digest().to_string();
         let config: ImageConfiguration = self.read_blob_json(&config_digest)?;
@@ -209,6 +231,7 @@ impl ImageStore {
             size,
             config,
             layers: manifest.layers().clone(),
+            pinned,
         })
     }
 
@@ -221,7 +244,7 @@ impl ImageStore {
         }
         let mut out = Vec::new();
         for (m, names) in by_manifest {
-            match self.load(m, names) {
+            match self.load(m, names, refs.pinned.contains(m)) {
                 Ok(img) => out.push(img),
                 Err(e) => tracing::warn!(manifest = m, error = %e, "image store entry is unreadable; skipped"),
             }
@@ -260,20 +283,22 @@ impl ImageStore {
             let mut refs = self.read_refs()?;
             let wanted = normalize(name);
             refs.refs.retain(|r, m| if by_ref { *r != wanted } else { *m != image.manifest_digest });
-            self.write_refs(&refs)?;
+            self.write_refs(&mut refs)?;
         }
         self.collect_garbage()
     }
 
-    /// Removes every image no container uses; returns the removed IDs.
-    pub fn prune(&self, in_use: &BTreeSet<String>) -> Result<Vec<String>> {
+    /// Removes every image no container uses (pinned ones too unless
+    /// `keep_pinned`); returns the removed IDs.
+    pub fn prune(&self, in_use: &BTreeSet<String>, keep_pinned: bool) -> Result<Vec<String>> {
         let removed: Vec<String> = {
             let _lock = self.lock()?;
             let images = self.list()?;
             let mut refs = self.read_refs()?;
-            let unused: Vec<&Image> = images.iter().filter(|i| !in_use.contains(&i.id)).collect();
+            let unused: Vec<&Image> =
+                images.iter().filter(|i| !in_use.contains(&i.id) && !(keep_pinned && i.pinned)).collect();
             refs.refs.retain(|_, m| !unused.iter().any(|i| i.manifest_digest == *m));
-            self.write_refs(&refs)?;
+            self.write_refs(&mut refs)?;
             unused.iter().map(|i| i.id.clone()).collect()
         };
         self.collect_garbage()?;

@@ -127,6 +127,6 @@ pub fn image(img: &Image) -> cri::Image {
         uid,
         username,
         spec: None,
-        pinned: false,
+        pinned: img.pinned,
     }
 }

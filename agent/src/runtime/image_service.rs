@@ -51,7 +51,7 @@ impl Runtime {
     /// Under disk pressure (the data dir's file system fuller than
     /// `high_percent`), removes every image no container uses and no desired
     /// pod names (`wanted`: image references), as the kubelet's image GC
-    /// does. Returns the removed image IDs.
+    /// does; pinned (imported) images stay. Returns the removed image IDs.
     pub async fn collect_images_if_full(&self, high_percent: u8, wanted: &[String]) -> Result<Vec<String>> {
         let root = self.inner.paths.root.clone();
         let used = blocking(move || {
@@ -67,7 +67,7 @@ impl Runtime {
         // A pod about to start has no container yet: its image is kept too.
         in_use.extend(wanted.iter().filter_map(|r| self.inner.images.resolve(r).ok()).map(|img| img.id));
         let inner = self.inner.clone();
-        let removed = blocking(move || Ok(inner.images.prune(&in_use)?)).await?;
+        let removed = blocking(move || Ok(inner.images.prune(&in_use, true)?)).await?;
         tracing::warn!(
             used_percent = format!("{used:.0}"),
             removed = removed.len(),

@@ -295,8 +295,8 @@ impl ImageStore {
             let _lock = self.lock()?;
             let images = self.list()?;
             let mut refs = self.read_refs()?;
-            let unused: Vec<&Image> =
-                images.iter().filter(|i| !in_use.contains(&i.id) && !(keep_pinned && i.pinned)).collect();
+            let kept = |i: &Image| in_use.contains(&i.id) || (keep_pinned && i.pinned);
+            let unused: Vec<&Image> = images.iter().filter(|i| !kept(i)).collect();
             refs.refs.retain(|_, m| !unused.iter().any(|i| i.manifest_digest == *m));
             self.write_refs(&mut refs)?;
             unused.iter().map(|i| i.id.clone()).collect()

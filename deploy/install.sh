@@ -3,8 +3,8 @@
 # device. Idempotent: running it again with the same arguments changes nothing;
 # with new ones it updates the config and restarts the agent.
 #
-#   sudo ./install.sh --broker mqtt://controller.lan:1883 [--token-file F] [--node-name pi-7] \
-#        [--deb kedge-agent_0.1.0_arm64.deb] [--username U --password-file F]
+#   sudo ./install.sh --broker mqtts://controller.lan:8883 --broker-ca ca.crt [--token-file F] \
+#        [--node-name pi-7] [--deb kedge-agent_0.1.0_arm64.deb] [--username U --password-file F]
 #
 #   --token-file F    the join token (or $KEDGE_TOKEN; `kedge-controller token
 #                     create` prints one); needed once, the agent keeps the
@@ -13,17 +13,21 @@
 #                     kedge-agent_*_ARCH.deb next to this script, if any;
 #                     otherwise kedge-agent must already be installed)
 #   --node-name NAME  default: this machine's host name
+#   --broker-ca FILE  the CA of an mqtts:// broker (the controller's
+#                     DATA/tls/ca.crt for its embedded one), copied to
+#                     /etc/kedge/broker-ca.crt; default: the system's roots
 #   --password-file   broker password (or $KEDGE_BROKER_PASSWORD)
 #   --root DIR        install into DIR instead of / (image building, tests):
 #                     unpacks the package there, no systemd
 # Sets broker, node-name and the credentials in /etc/kedge/agent.yaml (other
 # settings there are kept), then enables and (re)starts kedge-agent.service.
 set -eu
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-broker= node= deb= user= passfile= root= tokenfile=
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+broker= node= deb= user= passfile= root= tokenfile= ca=
 while [ $# -gt 0 ]; do
     case $1 in
         --broker) broker=${2:?}; shift 2 ;;
+        --broker-ca) ca=${2:?}; shift 2 ;;
         --node-name) node=${2:?}; shift 2 ;;
         --deb) deb=${2:?}; shift 2 ;;
         --username) user=${2:?}; shift 2 ;;
@@ -35,7 +39,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 fail() { echo "install.sh: $*" >&2; exit 1; }
-case $broker in mqtt://?*) ;; *) fail "--broker mqtt://HOST[:PORT] is required" ;; esac
+case $broker in mqtt://?*|mqtts://?*) ;; *) fail "--broker mqtt://HOST[:PORT] or mqtts://HOST[:PORT] is required" ;; esac
+case $broker in mqtts://*) ;; *) [ -z "$ca" ] || fail "--broker-ca is for TLS: use an mqtts:// broker" ;; esac
+[ -z "$ca" ] || grep -q 'BEGIN CERTIFICATE' "$ca" 2>/dev/null || fail "--broker-ca $ca holds no PEM certificate"
 [ -n "$node" ] || node=$(cat "${root}/etc/hostname" 2>/dev/null || hostname)
 node=$(printf '%s' "$node" | tr -d '[:space:]')
 printf '%s' "$node" | grep -Eq '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$' \
@@ -95,7 +101,15 @@ set_key node-name "$node"
 [ -z "$user" ] || set_key broker-username "$user"
 [ -z "$password" ] || set_key broker-password "$password"
 [ -z "$token" ] || set_key token "$token"
-changed=yes; [ "$(cksum < "$config")" != "$before" ] || changed=no
+ca_changed=no
+if [ -n "$ca" ]; then
+    if ! cmp -s "$ca" "$root/etc/kedge/broker-ca.crt"; then
+        install -m 0644 "$ca" "$root/etc/kedge/broker-ca.crt"
+        ca_changed=yes
+    fi
+    set_key broker-ca /etc/kedge/broker-ca.crt
+fi
+changed=yes; [ "$(cksum < "$config")" != "$before" ] || [ "$ca_changed" = yes ] || changed=no
 
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload

@@ -3,11 +3,13 @@
 # Raspberry Pi OS (or any MBR/GPT) disk image file, before it is flashed.
 # No mounting and no root needed: sfdisk finds the partition, mtools writes it.
 #
-#   images/provision.sh IMAGE --node-name NAME --broker mqtt://HOST:PORT --token-file FILE \
-#       [--username USER] [--password-file FILE] [--set KEY=VALUE]... [--deb FILE.deb]
+#   images/provision.sh IMAGE --node-name NAME --broker mqtts://HOST:PORT --broker-ca FILE \
+#       --token-file FILE [--username USER] [--password-file FILE] [--set KEY=VALUE]... [--deb FILE.deb]
 #
 #   IMAGE            the .img file (uncompressed), e.g. 2025-05-13-raspios-bookworm-arm64-lite.img
 #   --token-file     the join token (or $KEDGE_TOKEN): `kedge-controller token create` prints one
+#   --broker-ca      the CA of an mqtts:// broker (the controller's DATA/tls/ca.crt for
+#                    its embedded one): put on the boot partition as kedge-broker-ca.crt
 #   --password-file  the broker password (or $KEDGE_BROKER_PASSWORD); never on the command line
 #   --set KEY=VALUE  any other `kedge-agent run` flag, e.g. --set node-ip=192.168.1.27
 #   --deb FILE       also put the agent package on the boot partition with a
@@ -20,15 +22,16 @@
 # partition, which anyone holding the SD card can read. Running this again
 # replaces the file: it is idempotent.
 set -euo pipefail
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [ $# -ge 1 ] || usage
 image=$1; shift
-node= broker= user= passfile= deb= tokenfile=
+node= broker= user= passfile= deb= tokenfile= ca=
 sets=()
 while [ $# -gt 0 ]; do
     case $1 in
         --node-name) node=${2:?}; shift 2 ;;
         --broker) broker=${2:?}; shift 2 ;;
+        --broker-ca) ca=${2:?}; shift 2 ;;
         --username) user=${2:?}; shift 2 ;;
         --password-file) passfile=${2:?}; shift 2 ;;
         --token-file) tokenfile=${2:?}; shift 2 ;;
@@ -42,7 +45,11 @@ done
 [ -n "$node" ] || { echo "error: --node-name is required" >&2; exit 2; }
 [[ $node =~ ^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$ ]] \
     || { echo "error: node name '$node' is not a DNS label (lower case letters, digits, '-')" >&2; exit 2; }
-[[ $broker =~ ^mqtt://[^/[:space:]]+$ ]] || { echo "error: --broker must be mqtt://HOST[:PORT], got '$broker'" >&2; exit 2; }
+[[ $broker =~ ^mqtts?://[^/[:space:]]+$ ]] || { echo "error: --broker must be mqtt://HOST[:PORT] or mqtts://HOST[:PORT], got '$broker'" >&2; exit 2; }
+if [ -n "$ca" ]; then
+    [[ $broker == mqtts://* ]] || { echo "error: --broker-ca is for TLS: use an mqtts:// broker" >&2; exit 2; }
+    grep -q 'BEGIN CERTIFICATE' "$ca" 2>/dev/null || { echo "error: --broker-ca $ca holds no PEM certificate" >&2; exit 2; }
+fi
 for t in sfdisk mcopy mtype; do
     command -v "$t" >/dev/null || { echo "error: $t is missing (apt-get install fdisk mtools)" >&2; exit 1; }
 done
@@ -78,6 +85,7 @@ trap 'rm -rf "$tmp"' EXIT
     echo "node-name: $(q "$node")"
     echo "broker: $(q "$broker")"
     echo "token: $(q "$token")"
+    [ -n "$ca" ] && echo "broker-ca: '/boot/firmware/kedge-broker-ca.crt'"
     [ -n "$user" ] && echo "broker-username: $(q "$user")"
     [ -n "$password" ] && echo "broker-password: $(q "$password")"
     for kv in "${sets[@]}"; do
@@ -86,6 +94,8 @@ trap 'rm -rf "$tmp"' EXIT
     done
 } > "$tmp/kedge-agent.yaml"
 mcopy -o -i "$img" "$tmp/kedge-agent.yaml" ::/kedge-agent.yaml
+# The CA is public; it stays on the boot partition, where the config names it.
+[ -z "$ca" ] || mcopy -o -i "$img" "$ca" ::/kedge-broker-ca.crt
 cmp -s <(mtype -i "$img" ::/kedge-agent.yaml) "$tmp/kedge-agent.yaml" \
     || { echo "error: reading kedge-agent.yaml back from $image gave different bytes" >&2; exit 1; }
 echo "wrote kedge-agent.yaml (node $node, broker $broker) to the boot partition of $image"

@@ -169,10 +169,21 @@ struct RunArgs {
     /// Disk usage (percent of the data dir's file system) above which unused images are removed.
     #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
     image_gc_high_threshold: u8,
-    /// MQTT broker of the fleet (mqtt://HOST:PORT). Without it the agent
-    /// runs static pods only.
+    /// MQTT broker of the fleet (mqtt://HOST:PORT, or mqtts://HOST:PORT
+    /// for TLS). Without it the agent runs static pods only.
     #[arg(long)]
     broker: Option<BrokerUrl>,
+    /// CA certificate (PEM) the mqtts:// broker's certificate is checked
+    /// against: the controller's `DATA/tls/ca.crt` for its embedded broker.
+    /// Without it, the system's root certificates.
+    #[arg(long)]
+    broker_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to show an mqtts:// broker that asks for one.
+    #[arg(long, requires = "broker_key")]
+    broker_cert: Option<PathBuf>,
+    /// Private key (PEM) of --broker-cert.
+    #[arg(long, requires = "broker_cert")]
+    broker_key: Option<PathBuf>,
     /// Topic prefix of the fleet.
     #[arg(long, default_value = kedge_common::topics::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -482,7 +493,21 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         Some(_) => kedge_agent::identity::load(&data_dir, args.token.as_ref())?,
         None => None,
     };
+    let tls = match &args.broker {
+        Some(b) if b.tls => Some(
+            kedge_common::broker_tls::client_config(
+                args.broker_ca.as_deref(),
+                args.broker_cert.as_deref().zip(args.broker_key.as_deref()),
+            )
+            .context("TLS to the broker")?,
+        ),
+        Some(b) if args.broker_ca.is_some() || args.broker_cert.is_some() => {
+            bail!("--broker-ca and --broker-cert are for TLS: use mqtts:// (not {b})")
+        }
+        _ => None,
+    };
     let link = args.broker.clone().map(|broker| LinkConfig {
+        tls,
         controller_key,
         identity,
         broker,

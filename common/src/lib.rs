@@ -7,6 +7,7 @@
 //! (`wire`) and the cluster's network table every node serves Services,
 //! DNS and routes from (`network`); `duration` parses the durations both command lines take.
 
+pub mod broker_tls;
 pub mod bytes;
 pub mod duration;
 pub mod envelope;

@@ -47,6 +47,9 @@ pub enum Purpose {
     Event,
     /// A node's presence (`kedge/v1/nodes/{node}/presence`, also its Last Will).
     Presence,
+    /// Never sent: the secret a node's MQTT client id is derived from
+    /// ([`SigningKey::client_id`]).
+    ClientId,
 }
 
 impl Purpose {
@@ -58,6 +61,7 @@ impl Purpose {
             Purpose::JoinAnswer => "join answer",
             Purpose::Report => "report",
             Purpose::Event => "event",
+            Purpose::ClientId => "client id",
             Purpose::Presence => "presence",
         }
     }
@@ -102,6 +106,19 @@ impl SigningKey {
     /// The signature of `body` for `purpose`.
     pub fn sign(&self, purpose: Purpose, body: &[u8]) -> Vec<u8> {
         self.0.sign(&message(purpose, body)).as_ref().to_vec()
+    }
+
+    /// The MQTT client id of node `node` holding this key: the name and 128
+    /// bits derived from the key (Ed25519 signatures are deterministic), so
+    /// the same on every start and unknown to anyone without the key. A
+    /// client id is the one thing that lets a client knock another off a
+    /// broker (a newer connection with the same id replaces the older): a
+    /// guessable one — the bare node name — would let anyone do that to any
+    /// node on the embedded broker.
+    pub fn client_id(&self, node: &str) -> String {
+        let secret = ring::digest::digest(&ring::digest::SHA256, &self.sign(Purpose::ClientId, node.as_bytes()));
+        let hex: String = secret.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{node}-{hex}")
     }
 }
 
@@ -259,6 +276,19 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_id_is_stable_per_key_and_unguessable_without_it() {
+        let (key, der) = SigningKey::generate().expect("key");
+        let again = SigningKey::from_pkcs8(&der).expect("the kept document loads");
+        let id = key.client_id("n1");
+        assert_eq!(id, again.client_id("n1"), "the same on every start");
+        assert!(id.starts_with("n1-") && id.len() == 3 + 32, "{id}");
+        assert_ne!(id, key.client_id("n2"));
+        let (other, _) = SigningKey::generate().expect("key");
+        assert_ne!(id, other.client_id("n1"), "another key: another id");
+        assert!(!"+#/$".chars().any(|c| id.contains(c)), "a valid MQTT client id: {id}");
+    }
 
     #[test]
     fn signatures_verify_only_with_their_key_body_and_purpose() {

@@ -80,43 +80,49 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
-/// `mqtt://HOST[:PORT]`.
+/// `mqtt://HOST[:PORT]` (port 1883) or `mqtts://HOST[:PORT]` (TLS, port
+/// 8883); `tcp://` and `ssl://` are read as their aliases, as Paho does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
     pub host: String,
     pub port: u16,
+    pub tls: bool,
 }
 
 impl std::str::FromStr for BrokerUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = match s.split_once("://") {
-            Some(("mqtt" | "tcp", rest)) => rest,
-            Some(("mqtts" | "ssl", _)) => {
-                return Err(format!("{s}: TLS to the broker (mqtts://) is not supported yet"));
+        let (tls, rest) = match s.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (false, rest),
+            Some(("mqtts" | "ssl", rest)) => (true, rest),
+            Some((scheme, _)) => {
+                return Err(format!("{s}: unknown scheme {scheme:?} (use mqtt://HOST:PORT or mqtts://HOST:PORT)"));
             }
-            Some((scheme, _)) => return Err(format!("{s}: unknown scheme {scheme:?} (use mqtt://HOST:PORT)")),
-            None => s,
+            None => (false, s),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse::<u16>().map_err(|_| format!("{s}: {p:?} is not a port number"))?)
             }
-            _ => (rest, 1883),
+            _ => (rest, if tls { 8883 } else { 1883 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(format!("{s}: no host (use mqtt://HOST:PORT)"));
         }
-        Ok(BrokerUrl { host: host.to_string(), port })
+        Ok(BrokerUrl { host: host.to_string(), port, tls })
     }
 }
 
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        match self.host.contains(':') {
+            true => write!(f, "{scheme}://[{}]:{}", self.host, self.port),
+            false => write!(f, "{scheme}://{}:{}", self.host, self.port),
+        }
     }
 }
 
@@ -163,10 +169,14 @@ mod tests {
     #[test]
     fn broker_urls() {
         let u: BrokerUrl = "mqtt://127.0.0.1:1884".parse().expect("url");
-        assert_eq!(u, BrokerUrl { host: "127.0.0.1".into(), port: 1884 });
+        assert_eq!(u, BrokerUrl { host: "127.0.0.1".into(), port: 1884, tls: false });
         let u: BrokerUrl = "mqtt://broker.lan".parse().expect("url");
         assert_eq!(u.port, 1883);
-        assert!("mqtts://x:8883".parse::<BrokerUrl>().expect_err("mqtts").contains("not supported"));
+        let u: BrokerUrl = "mqtts://broker.lan".parse().expect("url");
+        assert_eq!((u.port, u.tls), (8883, true));
+        assert_eq!(u.to_string(), "mqtts://broker.lan:8883");
+        let u: BrokerUrl = "ssl://[::1]:9883".parse().expect("url");
+        assert_eq!((u.host.as_str(), u.port, u.tls, u.to_string().as_str()), ("::1", 9883, true, "mqtts://[::1]:9883"));
         assert!("http://x".parse::<BrokerUrl>().is_err());
         assert!("mqtt://x:99999".parse::<BrokerUrl>().is_err());
         assert!("mqtt://:1883".parse::<BrokerUrl>().is_err());

@@ -51,12 +51,35 @@ struct Cli {
     /// points get 410 Gone and clients re-list.
     #[arg(long, default_value_t = server::DEFAULT_WATCH_HISTORY)]
     watch_history: usize,
-    /// Where the embedded MQTT broker listens (port 0: any free port).
+    /// Where the embedded MQTT broker listens for plain MQTT: loopback only
+    /// (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt_listen: SocketAddr,
-    /// Use this MQTT broker (mqtt://HOST:PORT) instead of the embedded one.
+    /// Where the embedded broker listens for MQTT over TLS, for agents on
+    /// other machines (`0.0.0.0:8883`); its certificate is the cluster CA's
+    /// (`DATA/tls/ca.crt`), for this host's addresses and every --tls-san.
+    #[arg(long)]
+    mqtts_listen: Option<SocketAddr>,
+    /// Use this MQTT broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead
+    /// of the embedded one.
     #[arg(long)]
     broker: Option<BrokerUrl>,
+    /// CA certificate (PEM) of the --broker mqtts:// broker (default: the
+    /// system's roots).
+    #[arg(long, requires = "broker")]
+    broker_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a --broker that asks for one.
+    #[arg(long, requires = "broker_key")]
+    broker_cert: Option<PathBuf>,
+    /// Private key (PEM) of --broker-cert.
+    #[arg(long, requires = "broker_cert")]
+    broker_key: Option<PathBuf>,
+    /// MQTT user name for --broker.
+    #[arg(long, requires = "broker")]
+    broker_username: Option<String>,
+    /// File holding the MQTT password of --broker-username.
+    #[arg(long, requires = "broker_username")]
+    broker_password_file: Option<PathBuf>,
     /// Topic prefix of the fleet.
     #[arg(long, default_value = kedge_common::topics::DEFAULT_PREFIX)]
     topic_prefix: String,
@@ -80,6 +103,13 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Prints a Mosquitto ACL file confining each node to its own topics
+    /// (nodes log in as their node name; see the file's header).
+    BrokerAcl {
+        /// The controller's user name on the broker (--broker-username).
+        #[arg(long, default_value = "kedge-controller")]
+        controller_user: String,
     },
     /// Joined nodes.
     Node {
@@ -122,6 +152,10 @@ fn main() -> anyhow::Result<()> {
         println!("node {name} revoked: nothing under its name is taken; it joins again only with a new token");
         return Ok(());
     }
+    if let Some(Command::BrokerAcl { controller_user }) = &cli.command {
+        print!("{}", kedge_controller::broker_acl::mosquitto_acl(&cli.topic_prefix, controller_user));
+        return Ok(());
+    }
     if let Some(Command::Token { command: TokenCommand::Create { ttl, uses } }) = &cli.command {
         let ttl = (!ttl.is_zero()).then_some(*ttl);
         let token = kedge_controller::tokens::create(&cli.data_dir, ttl, *uses)
@@ -135,6 +169,28 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let tokens_dir = cli.data_dir.join("tokens");
+    let broker_tls = match &cli.broker {
+        Some(b) if b.tls => Some(
+            kedge_common::broker_tls::client_config(
+                cli.broker_ca.as_deref(),
+                cli.broker_cert.as_deref().zip(cli.broker_key.as_deref()),
+            )
+            .context("TLS to the broker")?,
+        ),
+        Some(b) if cli.broker_ca.is_some() || cli.broker_cert.is_some() => {
+            anyhow::bail!("--broker-ca and --broker-cert are for TLS: use mqtts:// (not {b})")
+        }
+        _ => None,
+    };
+    let credentials = match (&cli.broker_username, &cli.broker_password_file) {
+        (Some(user), Some(file)) => {
+            let password = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the broker password from {}", file.display()))?;
+            Some((user.clone(), password.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        (Some(user), None) => Some((user.clone(), String::new())),
+        _ => None,
+    };
     let running = server::start(Options {
         data_dir: cli.data_dir,
         listen: cli.listen,
@@ -150,7 +206,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         event_ttl: cli.event_ttl,
         fleet: (!cli.no_fleet).then(|| FleetOptions {
             mqtt_listen: cli.mqtt_listen,
+            mqtts_listen: cli.mqtts_listen,
             broker: cli.broker,
+            broker_tls,
+            credentials,
             prefix: cli.topic_prefix,
             tokens_dir,
             max_payload: cli.max_payload,
@@ -161,9 +220,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .await?;
     println!("kedge-controller listening on {}://{}", if running.tls { "https" } else { "http" }, running.addr);
     println!("export KUBECONFIG={}", running.kubeconfig.display());
-    match &running.broker {
-        Some(b) => println!("fleet broker {b}"),
-        None => println!("fleet link off"),
+    // Agents on other machines use the TLS listener when there is one.
+    match (&running.broker_tls, &running.broker) {
+        (Some(b), _) | (None, Some(b)) => println!("fleet broker {b}"),
+        (None, None) => println!("fleet link off"),
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

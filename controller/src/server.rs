@@ -93,6 +93,8 @@ pub struct Running {
     pub store: Arc<Store>,
     /// The broker the fleet link uses, when it runs.
     pub broker: Option<kedge_common::topics::BrokerUrl>,
+    /// The embedded broker's TLS listener, when it has one.
+    pub broker_tls: Option<kedge_common::topics::BrokerUrl>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     /// The control loops and the fleet link's tasks.
@@ -164,9 +166,18 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let broker = match &opts.fleet {
         Some(f) => {
             let key = Arc::new(tls::signing_key(&opts.data_dir)?);
+            // The broker's TLS listener shows a certificate of the cluster CA
+            // for its own address (all of this host's with a wildcard).
+            let serving = match (f.broker.is_none(), f.mqtts_listen) {
+                (true, Some(a)) => {
+                    Some(tls::serving_config(&opts.data_dir, &tls::serving_names(a.ip(), &opts.tls_sans), &[])?.0)
+                }
+                _ => None,
+            };
             let fleet = crate::fleet::start(
                 client.clone(),
                 f.clone(),
+                serving,
                 key,
                 cidrs(&opts),
                 fleet_state.clone(),
@@ -174,10 +185,11 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
                 rx.clone(),
             )
             .await?;
-            Some(fleet.broker)
+            Some((fleet.broker, fleet.broker_tls))
         }
         None => None,
     };
+    let (broker, broker_tls) = broker.map_or((None, None), |(b, t)| (Some(b), t));
     // With the fleet link, the node lifecycle also looks at every node when
     // presence changes somewhere.
     let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());
@@ -195,7 +207,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         }),
     };
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
-    Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, shutdown: tx, task, loops })
+    Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, broker_tls, shutdown: tx, task, loops })
 }
 
 /// The cluster and service CIDRs as the network table carries them.

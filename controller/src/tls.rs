@@ -66,9 +66,31 @@ fn random_token() -> String {
 /// Loads (or creates) the CA and token under `data_dir` and signs a serving
 /// certificate for `names` (DNS names or IP addresses).
 pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, TlsError> {
+    let token_path = data_dir.join("token");
+    let (server_config, ca_pem) = serving_config(data_dir, names, &[b"http/1.1"])?;
+    let token = match std::fs::read_to_string(&token_path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+        _ => {
+            let t = random_token();
+            write_private(&token_path, t.as_bytes())?;
+            t
+        }
+    };
+    Ok(TlsMaterial { ca_pem, token, server_config })
+}
+
+/// A server configuration whose certificate, signed by the cluster CA
+/// (loaded or created under `data_dir`), covers `names` and is renewed
+/// before it ends; `alpn`: the protocols it offers. Returns it with the CA
+/// certificate (PEM).
+pub fn serving_config(
+    data_dir: &Path,
+    names: &[String],
+    alpn: &[&[u8]],
+) -> Result<(Arc<rustls::ServerConfig>, String), TlsError> {
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    let (key_path, crt_path, token_path) = (dir.join("ca.key"), dir.join("ca.crt"), data_dir.join("token"));
+    let (key_path, crt_path) = (dir.join("ca.key"), dir.join("ca.crt"));
 
     let (ca_key, ca_pem) = match (std::fs::read_to_string(&key_path), std::fs::read_to_string(&crt_path)) {
         (Ok(k), Ok(c)) => (KeyPair::from_pem(&k)?, c),
@@ -81,15 +103,6 @@ pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, 
             (key, cert.pem())
         }
     };
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
-        _ => {
-            let t = random_token();
-            write_private(&token_path, t.as_bytes())?;
-            t
-        }
-    };
-
     // Same subject and key as the stored CA certificate, so what it signs
     // verifies against that certificate.
     let serving = Arc::new(Serving {
@@ -103,8 +116,8 @@ pub fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, 
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(serving);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsMaterial { ca_pem, token, server_config: Arc::new(cfg) })
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok((Arc::new(cfg), ca_pem))
 }
 
 /// How long a serving certificate is valid, and how long before its end a

@@ -332,7 +332,7 @@ impl Lab {
 
     /// Starts `kedge-controller` on `machine`: its API on the machine's
     /// address port 6443 (HTTPS with the generated CA and token, as on any
-    /// non-loopback address), its embedded broker on port 1883 there, data
+    /// non-loopback address), its embedded broker over TLS on port 8883 there, data
     /// in `dir`. The kubectl it returns runs on that machine too (a wrapper
     /// script in `dir`), so nothing has to reach the lab from outside.
     /// An agent for `machine` (not started), in its namespace under `dir`,
@@ -347,8 +347,21 @@ impl Lab {
     ) -> Result<crate::agent::Agent> {
         let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
         let token = ctl.token()?;
-        let mut args =
-            vec!["--broker", &broker, "--token", &token, "--node-name", machine.name(), "--pod-bridge", "kedge0"];
+        // Over TLS, trusting the cluster CA (the controller's listener on
+        // its machine's address).
+        let ca = ctl.data_dir.join("tls/ca.crt").display().to_string();
+        let mut args = vec![
+            "--broker",
+            &broker,
+            "--broker-ca",
+            &ca,
+            "--token",
+            &token,
+            "--node-name",
+            machine.name(),
+            "--pod-bridge",
+            "kedge0",
+        ];
         args.extend_from_slice(extra);
         let mut agent = crate::agent::Agent::new(dir, &args)?;
         agent.set_netns(&machine.netns_path());
@@ -362,8 +375,9 @@ impl Lab {
         };
         std::fs::create_dir_all(dir)?;
         let listen = format!("{}:6443", machine.ip());
-        let mqtt = format!("{}:1883", machine.ip());
-        let mut args = vec!["--mqtt-listen", mqtt.as_str()];
+        // Other machines reach the broker over TLS only.
+        let mqtt = format!("{}:8883", machine.ip());
+        let mut args = vec!["--mqtts-listen", mqtt.as_str()];
         args.extend_from_slice(extra);
         let ctl = Controller::start_in(Some(&machine.netns_path()), &dir.join("data"), &listen, &args)?;
         let wrapper = dir.join(format!("kubectl-{}", machine.name));

@@ -20,6 +20,9 @@ struct Cluster {
     // Dropped last: agents tear their pods down first.
     ctl: Controller,
     broker: String,
+    /// `mosquitto_sub`/`mosquitto_pub` arguments that reach the broker as a
+    /// client without a login (host, port and, over TLS, the CA).
+    mqtt_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -33,25 +36,37 @@ fn which(bin: &str) -> bool {
 }
 
 impl Cluster {
-    /// A controller and one agent per node name; `external` is a broker URL
-    /// both use instead of the embedded broker.
-    fn start(nodes: &[&str], external: Option<&str>, agent_extra: &[&str]) -> Result<Option<Cluster>> {
+    /// A controller and one agent per node name; `external` is a broker
+    /// both use instead of the embedded broker, each with its own login.
+    fn start(nodes: &[&str], external: Option<&Mosquitto>, agent_extra: &[&str]) -> Result<Option<Cluster>> {
         let tmp = tempfile::tempdir()?;
         let dir = tmp.path().to_path_buf();
-        let extra: Vec<&str> = external.map(|b| vec!["--broker", b]).unwrap_or_default();
+        let extra: Vec<String> = external.map(|b| b.login(CONTROLLER_USER)).transpose()?.unwrap_or_default();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let Some((ctl, k)) = controller_and_kubectl(&dir, &extra)? else { return Ok(None) };
         let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
         let token = ctl.token()?;
         let mut agents = Vec::new();
         for n in nodes {
-            let mut args =
-                vec!["--broker", broker.as_str(), "--token", token.as_str(), "--node-name", n, "--backoff-base", "1s"];
+            let login = match external {
+                Some(b) => b.login(n)?,
+                None => vec!["--broker".to_owned(), broker.clone()],
+            };
+            let mut args: Vec<&str> = login.iter().map(String::as_str).collect();
+            args.extend_from_slice(&["--token", token.as_str(), "--node-name", n, "--backoff-base", "1s"]);
             args.extend_from_slice(agent_extra);
             let mut a = Agent::new(&dir.join(n), &args)?;
             a.start()?;
             agents.push((n.to_string(), a));
         }
-        let c = Cluster { dir, k, agents, ctl, broker, _tmp: tmp };
+        let mqtt_args = match external {
+            Some(b) => b.anonymous(),
+            None => {
+                let (host, port) = broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+                vec!["-h".to_owned(), host.to_owned(), "-p".to_owned(), port.to_owned()]
+            }
+        };
+        let c = Cluster { dir, k, agents, ctl, broker, mqtt_args, _tmp: tmp };
         for n in nodes {
             c.wait_node_ready(n)?;
         }
@@ -235,10 +250,10 @@ fn workloads_on_two_agents(c: &Cluster) -> Result<()> {
 
 /// `mosquitto_sub -t 'kedge/v1/fleet/#' -v` shows readable JSON per node.
 fn dashboard_is_plain_json(c: &Cluster) -> Result<()> {
-    let (host, port) = c.broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
     wait_for("dashboard JSON of both nodes", Duration::from_secs(20), || {
         let out = Command::new("mosquitto_sub")
-            .args(["-h", host, "-p", port, "-t", "kedge/v1/fleet/#", "-v", "-W", "2"])
+            .args(&c.mqtt_args)
+            .args(["-t", "kedge/v1/fleet/#", "-v", "-W", "2"])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut seen = Vec::new();
@@ -255,6 +270,30 @@ fn dashboard_is_plain_json(c: &Cluster) -> Result<()> {
         seen.sort();
         Ok((seen == ["n1", "n2"]).then_some(()))
     })
+}
+
+/// A client connecting with each node's name as its MQTT client id — what
+/// the id used to be — knocks no node off the broker: a node's client id
+/// is derived from its key.
+fn no_client_takes_over_a_node(c: &Cluster) -> Result<()> {
+    let lost = |n: &str| c.agent(n).log().matches("lost the broker").count();
+    let before = (lost("n1"), lost("n2"));
+    for id in ["n1", "n2"] {
+        let out = Command::new("mosquitto_sub")
+            .args(&c.mqtt_args)
+            .args(["-i", id, "-t", "kedge/v1/fleet/summary", "-C", "1", "-W", "5"])
+            .output()?;
+        ensure!(out.status.success() && !out.stdout.is_empty(), "a client with id {id} connected: {out:?}");
+    }
+    // Nothing to wait for if it holds: a window for a reconnect to show.
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        (lost("n1"), lost("n2")) == before,
+        "both nodes stayed connected:\n{}\n{}",
+        tail(&c.agent("n1").log()),
+        tail(&c.agent("n2").log())
+    );
+    Ok(())
 }
 
 /// Garbage on both node topics: both sides keep running and say why.
@@ -284,9 +323,7 @@ fn garbage_is_dropped(c: &Cluster) -> Result<()> {
 
 /// The retained dashboard JSON on `topic`, as `mosquitto_sub` shows it.
 fn dashboard(c: &Cluster, topic: &str) -> Result<Value> {
-    let (host, port) = c.broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
-    let out =
-        Command::new("mosquitto_sub").args(["-h", host, "-p", port, "-t", topic, "-C", "1", "-W", "5"]).output()?;
+    let out = Command::new("mosquitto_sub").args(&c.mqtt_args).args(["-t", topic, "-C", "1", "-W", "5"]).output()?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -448,6 +485,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     let Some(c) = Cluster::start(&["n1", "n2"], None, &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
     dashboard_is_plain_json(&c)?;
+    no_client_takes_over_a_node(&c)?;
     garbage_is_dropped(&c)?;
     forgeries_are_refused(&c)?;
     reports_under_another_name_are_dropped(&c)?;
@@ -455,30 +493,174 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     Ok(())
 }
 
-/// Mosquitto from Debian's packages on a free loopback port.
+/// The controller's user name on the external broker.
+const CONTROLLER_USER: &str = "kedge-controller";
+
+/// Mosquitto from Debian's packages, as a careful customer runs it: TLS
+/// with their own CA on two loopback ports — one where clients log in with
+/// a password (or not at all, as dashboards), one where they show a client
+/// certificate — the ACL from `kedge-controller broker-acl`, and client ids
+/// forced to the user name.
 struct Mosquitto {
     child: Child,
+    dir: PathBuf,
+    /// The password listener.
     url: String,
+    /// The client-certificate listener.
+    cert_url: String,
+    /// Users who log in with a client certificate.
+    cert_users: Vec<String>,
+    /// Users who log in with a password, and their passwords.
+    passwords: Vec<(String, String)>,
 }
 
 impl Mosquitto {
-    fn start(dir: &Path) -> Result<Mosquitto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.join("mosquitto.conf");
+    fn start(dir: &Path, password_users: &[&str], cert_users: &[&str]) -> Result<Mosquitto> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))?;
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting mosquitto")?;
-        wait_for("mosquitto to listen", Duration::from_secs(10), || {
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok().then_some(()))
-        })?;
-        Ok(Mosquitto { child, url: format!("mqtt://127.0.0.1:{port}") })
+        let free = || -> Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let (port, cert_port) = (free()?, free()?);
+        // The customer's CA, the broker's certificate, and a client
+        // certificate per certificate user (CN: the node's name).
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "customer CA");
+        let ca_cert = ca.self_signed(&ca_key)?;
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
+        let issue = |name: &str, cn: &str| -> Result<()> {
+            let key = rcgen::KeyPair::generate()?;
+            let mut p = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            std::fs::write(dir.join(format!("{name}.pem")), p.signed_by(&key, &issuer)?.pem())?;
+            std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+            Ok(())
+        };
+        issue("server", "localhost")?;
+        for u in cert_users {
+            issue(u, u)?;
+        }
+        let passwd = dir.join("passwd");
+        std::fs::write(&passwd, "")?;
+        let mut passwords = Vec::new();
+        for user in password_users {
+            let password = format!("pw-{user}-{}", std::process::id());
+            let st =
+                Command::new("mosquitto_passwd").arg("-b").arg(&passwd).args([user, &password.as_str()]).status()?;
+            ensure!(st.success(), "mosquitto_passwd {user}");
+            passwords.push((user.to_string(), password));
+        }
+        let acl = Command::new(kedge_tests::binary("kedge-controller")?)
+            .args(["broker-acl", "--controller-user", CONTROLLER_USER])
+            .output()?;
+        ensure!(acl.status.success(), "broker-acl: {}", String::from_utf8_lossy(&acl.stderr));
+        std::fs::write(dir.join("acl"), &acl.stdout)?;
+        let d = dir.display();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\npersistence false\nper_listener_settings false\nallow_anonymous true\n\
+                 password_file {d}/passwd\nacl_file {d}/acl\n\
+                 listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+                 use_username_as_clientid true\n\
+                 listener {cert_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+                 require_certificate true\nuse_identity_as_username true\nuse_username_as_clientid true\n"
+            ),
+        )?;
+        Ok(Mosquitto {
+            child: spawn_mosquitto(&conf, &[port, cert_port])?,
+            dir: dir.to_path_buf(),
+            url: format!("mqtts://127.0.0.1:{port}"),
+            cert_url: format!("mqtts://127.0.0.1:{cert_port}"),
+            cert_users: cert_users.iter().map(|u| u.to_string()).collect(),
+            passwords,
+        })
     }
+
+    /// The flags that make `user` (a node, or the controller) log in.
+    fn login(&self, user: &str) -> Result<Vec<String>> {
+        let d = self.dir.display();
+        let ca = format!("{d}/ca.pem");
+        if self.cert_users.iter().any(|u| u == user) {
+            return Ok([
+                "--broker",
+                &self.cert_url,
+                "--broker-ca",
+                &ca,
+                "--broker-cert",
+                &format!("{d}/{user}.pem"),
+                "--broker-key",
+                &format!("{d}/{user}.key"),
+            ]
+            .map(str::to_owned)
+            .to_vec());
+        }
+        let password = self.passwords.iter().find(|(u, _)| u == user).map(|(_, p)| p.clone());
+        let password = password.with_context(|| format!("{user} has no login on this broker"))?;
+        if user == CONTROLLER_USER {
+            let file = self.dir.join("controller.pass");
+            std::fs::write(&file, &password)?;
+            return Ok([
+                "--broker",
+                &self.url,
+                "--broker-ca",
+                &ca,
+                "--broker-username",
+                user,
+                "--broker-password-file",
+                &file.display().to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec());
+        }
+        Ok(["--broker", &self.url, "--broker-ca", &ca, "--broker-username", user, "--broker-password", &password]
+            .map(str::to_owned)
+            .to_vec())
+    }
+
+    /// `mosquitto_sub` arguments of a client without a login.
+    fn anonymous(&self) -> Vec<String> {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        ["-h", "127.0.0.1", "-p", port, "--cafile", &format!("{}/ca.pem", self.dir.display())]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    /// `mosquitto_sub` arguments of certificate user `user`.
+    fn as_cert_user(&self, user: &str) -> Vec<String> {
+        let port = self.cert_url.rsplit(':').next().unwrap_or_default();
+        let d = self.dir.display();
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            port,
+            "--cafile",
+            &format!("{d}/ca.pem"),
+            "--cert",
+            &format!("{d}/{user}.pem"),
+            "--key",
+            &format!("{d}/{user}.key"),
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
+fn spawn_mosquitto(conf: &Path, ports: &[u16]) -> Result<Child> {
+    let log = std::fs::File::create(conf.with_extension("log"))?;
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting mosquitto")?;
+    wait_for("mosquitto to listen", Duration::from_secs(10), || {
+        Ok(ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok()).then_some(()))
+    })?;
+    Ok(child)
 }
 
 impl Drop for Mosquitto {
@@ -488,16 +670,47 @@ impl Drop for Mosquitto {
     }
 }
 
+/// The broker's ACL from `broker-acl` holds: plain MQTT gets nowhere, a
+/// client without a login reads no node's snapshot, n2's certificate
+/// reads its own snapshot but not n1's, and a client showing n2's
+/// certificate with n1's client id does not knock n1 off.
+fn the_acl_confines_each_node(c: &Cluster, broker: &Mosquitto) -> Result<()> {
+    let sub = |args: &[String], extra: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new("mosquitto_sub").args(args).args(extra).args(["-C", "1", "-W", "4"]).output()?)
+    };
+    let port = broker.url.rsplit(':').next().context("port")?;
+    let plain = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", port, "-t", "#", "-C", "1", "-W", "4"])
+        .output()?;
+    ensure!(!plain.status.success() && plain.stdout.is_empty(), "plain MQTT on the TLS port: {plain:?}");
+    let anon = sub(&broker.anonymous(), &["-t", "kedge/v1/nodes/+/desired"])?;
+    ensure!(anon.stdout.is_empty(), "a client without a login reads no snapshot: {anon:?}");
+    let n2 = broker.as_cert_user("n2");
+    let other = sub(&n2, &["-t", "kedge/v1/nodes/n1/desired"])?;
+    ensure!(other.stdout.is_empty(), "n2's login reads nothing of n1's: {other:?}");
+    let lost = |c: &Cluster| c.agent("n1").log().matches("lost the broker").count();
+    let losses = lost(c);
+    let own = sub(&n2, &["-i", "n1", "-t", "kedge/v1/nodes/n2/desired"])?;
+    ensure!(own.status.success() && !own.stdout.is_empty(), "n2's login reads its own snapshot: {own:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(lost(c) == losses, "n1 stayed connected while a client used its client id:\n{}", c.agent("n1").log());
+    c.wait_node_ready("n1")?;
+    c.wait_node_ready("n2")?;
+    Ok(())
+}
+
 #[test]
 fn two_agents_through_mosquitto() -> Result<()> {
     if !prerequisites() || !require(which("mosquitto"), "mosquitto (the external broker)") {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let broker = Mosquitto::start(dir.path())?;
-    let Some(c) = Cluster::start(&["n1", "n2"], Some(&broker.url), &[])? else { return Ok(()) };
+    // n1 logs in with a password, n2 with a client certificate.
+    let broker = Mosquitto::start(dir.path(), &[CONTROLLER_USER, "n1"], &["n2"])?;
+    let Some(c) = Cluster::start(&["n1", "n2"], Some(&broker), &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
     dashboard_is_plain_json(&c)?;
+    the_acl_confines_each_node(&c, &broker)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     drop(c);
     Ok(())

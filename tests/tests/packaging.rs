@@ -94,7 +94,7 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
     let token = format!("kedge1.{}.abcdef.0123456789abcdef", "A".repeat(43));
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{token}\n"))?;
-    let install = |broker: &str| -> Result<String> {
+    let install = |broker: &str, extra: &[&str]| -> Result<String> {
         run(Command::new("sh")
             .arg(workspace_root().join("deploy/install.sh"))
             .args(["--root"])
@@ -104,9 +104,10 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
             .args(["--broker", broker, "--node-name", "pi-3", "--username", "pi-3", "--password-file"])
             .arg(&pw)
             .arg("--token-file")
-            .arg(&token_file))
+            .arg(&token_file)
+            .args(extra))
     };
-    install("mqtt://10.0.0.9:1883")?;
+    install("mqtt://10.0.0.9:1883", &[])?;
     let config = root.join("etc/kedge/agent.yaml");
     let first = std::fs::read_to_string(&config)?;
     let token_line = format!("token: '{token}'");
@@ -126,15 +127,36 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
     assert!(version.starts_with("kedge-agent "), "{version}");
 
     // Again with the same arguments: nothing changes.
-    install("mqtt://10.0.0.9:1883")?;
+    install("mqtt://10.0.0.9:1883", &[])?;
     assert_eq!(std::fs::read_to_string(&config)?, first);
 
     // A setting added by hand survives a new broker.
     std::fs::write(&config, format!("{first}pids-limit: 512\n"))?;
-    install("mqtt://10.0.0.10:1883")?;
+    install("mqtt://10.0.0.10:1883", &[])?;
     let third = std::fs::read_to_string(&config)?;
     assert!(third.contains("pids-limit: 512") && third.contains("broker: 'mqtt://10.0.0.10:1883'"), "{third}");
     assert!(!third.contains("10.0.0.9"), "{third}");
+
+    // Over TLS: the broker's CA lands beside the config, which names it.
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n")?;
+    let ca_arg = ca.display().to_string();
+    install("mqtts://10.0.0.10:8883", &["--broker-ca", &ca_arg])?;
+    let fourth = std::fs::read_to_string(&config)?;
+    assert!(
+        fourth.contains("broker: 'mqtts://10.0.0.10:8883'") && fourth.contains("broker-ca: '/etc/kedge/broker-ca.crt'"),
+        "{fourth}"
+    );
+    assert_eq!(std::fs::read(root.join("etc/kedge/broker-ca.crt"))?, std::fs::read(&ca)?);
+    let out = Command::new("sh")
+        .arg(workspace_root().join("deploy/install.sh"))
+        .args(["--root"])
+        .arg(&root)
+        .args(["--broker", "mqtt://10.0.0.10:1883", "--node-name", "pi-3", "--broker-ca", &ca_arg])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--broker-ca is for TLS"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&config)?, fourth);
+    let third = fourth;
 
     // Bad input is refused before anything is touched.
     let out = Command::new("sh")
@@ -143,7 +165,10 @@ fn install_script_is_idempotent_and_keeps_other_settings() -> Result<()> {
         .arg(&root)
         .args(["--broker", "10.0.0.9", "--node-name", "pi-3"])
         .output()?;
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--broker mqtt://HOST[:PORT] is required"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--broker mqtt://HOST[:PORT] or mqtts://HOST[:PORT] is required"),
+        "{out:?}"
+    );
     assert_eq!(std::fs::read_to_string(&config)?, third);
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct LinkConfig {
     pub boot_id: String,
     /// MQTT user name and password, when the broker wants them.
     pub credentials: Option<(String, String)>,
+    /// TLS to an `mqtts://` broker ([`kedge_common::broker_tls`]).
+    pub tls: Option<Arc<kedge_common::broker_tls::ClientConfig>>,
     /// The pinned controller key ([`crate::pin`]); `None` takes nothing.
     pub controller_key: Option<kedge_common::sign::PublicKey>,
     /// This node's key and join state; `None`: no token was ever given.
@@ -133,10 +135,17 @@ pub fn start(cfg: LinkConfig, accepted: u64, network_accepted: u64) -> LinkHandl
 }
 
 fn options(cfg: &LinkConfig, will: (String, Vec<u8>)) -> MqttOptions {
-    let mut o = MqttOptions::new(cfg.node.clone(), cfg.broker.host.clone(), cfg.broker.port);
+    // A client id only this node knows ([`kedge_common::sign::SigningKey::client_id`]): no one
+    // else can take it over and knock the node off the broker. (A node that
+    // has no key, having never had a token, takes nothing anyway.)
+    let id = cfg.identity.as_ref().map_or_else(|| cfg.node.clone(), |i| i.key.client_id(&cfg.node));
+    let mut o = MqttOptions::new(id, cfg.broker.host.clone(), cfg.broker.port);
     o.set_keep_alive(cfg.keepalive);
     if let Some((user, password)) = &cfg.credentials {
         o.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
     }
     // The broker keeps our subscription and QoS 1 messages across short drops.
     o.set_clean_session(false);

@@ -1,15 +1,26 @@
-//! The embedded MQTT broker (rumqttd, MQTT 3.1.1 on one TCP listener). It
-//! keeps retained messages and sessions in memory only: the controller
-//! republishes every snapshot when it (re)connects, and agents republish
-//! their presence and report (design.md §3).
+//! The embedded MQTT broker (rumqttd, MQTT 3.1.1). It keeps retained
+//! messages and sessions in memory only: the controller republishes every
+//! snapshot when it (re)connects, and agents republish their presence and
+//! report (design.md §3).
 //!
-//! rumqttd's router runs on its own OS thread; the listener runs as a task
-//! on the controller's runtime.
+//! rumqttd listens for plain MQTT on loopback only (`--mqtt-listen`): the
+//! controller's own session, and agents on this machine. Other machines
+//! reach it over TLS (`--mqtts-listen`): each connection's handshake runs in
+//! its own task, with a time limit, and the connection is then piped to the
+//! plain listener. (rumqttd's own TLS listener does handshakes one after
+//! another in its accept loop, without a limit: one client that connects and
+//! says nothing would stop every other from connecting.)
+//!
+//! rumqttd's router runs on its own OS thread; the listeners run as tasks on
+//! the controller's runtime.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -17,22 +28,72 @@ use tokio::task::JoinSet;
 pub enum BrokerError {
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "plain MQTT listens on loopback only, not {addr}: other machines connect over TLS (--mqtts-listen {}:8883, agents with --broker mqtts://… --broker-ca DATA/tls/ca.crt)",
+        addr.ip()
+    )]
+    PlainOffLoopback { addr: SocketAddr },
 }
 
-/// Starts the broker on `listen` (port 0: a free port) and returns the
-/// address. The address is bound here first, so a port already in use is an
-/// error at start-up, not a log line later. The listener is a task of
-/// `tasks` and stops accepting when `stop` flips (the router thread lives on
-/// until the process exits).
+/// Where the broker listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// Plain MQTT, on loopback.
+    pub plain: SocketAddr,
+    /// MQTT over TLS, when asked for.
+    pub tls: Option<SocketAddr>,
+}
+
+/// How long a TLS client may take to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS connections at most (rumqttd's own limit is a little above).
+const MAX_TLS_CONNECTIONS: usize = 10_000;
+/// Per direction and connection: MQTT packets of the link are small, and a
+/// large one just takes more rounds.
+const PIPE_BUFFER: usize = 4096;
+
+/// Starts the broker on `listen` (loopback; port 0: a free port) and, with
+/// `tls`, its TLS listener; returns the addresses. Addresses are bound here
+/// first, so a port already in use is an error at start-up, not a log line
+/// later. The listeners are tasks of `tasks` and stop accepting when `stop`
+/// flips (the router thread lives on until the process exits).
 pub async fn start(
+    listen: SocketAddr,
+    tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+    max_payload: usize,
+    tasks: &mut JoinSet<()>,
+    stop: watch::Receiver<bool>,
+) -> Result<Listening, BrokerError> {
+    if !listen.ip().is_loopback() {
+        return Err(BrokerError::PlainOffLoopback { addr: listen });
+    }
+    let tls = match tls {
+        Some((addr, cfg)) => {
+            let l = TcpListener::bind(addr).await.map_err(|source| BrokerError::Listen { addr, source })?;
+            Some((l, cfg))
+        }
+        None => None,
+    };
+    let plain = start_plain(listen, max_payload, tasks, stop.clone()).await?;
+    let tls = match tls {
+        Some((l, cfg)) => {
+            let addr = l.local_addr().map_err(|source| BrokerError::Listen { addr: listen, source })?;
+            tasks.spawn(serve_tls(l, cfg, plain, stop));
+            Some(addr)
+        }
+        None => None,
+    };
+    Ok(Listening { plain, tls })
+}
+
+async fn start_plain(
     listen: SocketAddr,
     max_payload: usize,
     tasks: &mut JoinSet<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, BrokerError> {
     // rumqttd binds the address itself; check it is free so the error is ours.
-    let probe =
-        tokio::net::TcpListener::bind(listen).await.map_err(|source| BrokerError::Listen { addr: listen, source })?;
+    let probe = TcpListener::bind(listen).await.map_err(|source| BrokerError::Listen { addr: listen, source })?;
     let listen = probe.local_addr().map_err(|source| BrokerError::Listen { addr: listen, source })?;
     drop(probe);
     let router = Router::new(
@@ -75,4 +136,63 @@ pub async fn start(
         }
     });
     Ok(listen)
+}
+
+/// Accepts TLS connections on `listener` and pipes each, once its handshake
+/// is done, to the plain listener at `plain`.
+async fn serve_tls(
+    listener: TcpListener,
+    cfg: Arc<rustls::ServerConfig>,
+    plain: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|v| *v) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT over TLS: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_TLS_CONNECTIONS, "MQTT over TLS: too many connections; refused");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "MQTT over TLS: handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "MQTT over TLS: handshake timed out");
+                    return;
+                }
+            };
+            let mut inner = match TcpStream::connect(plain).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "MQTT over TLS: the broker does not answer");
+                    return;
+                }
+            };
+            let _ = inner.set_nodelay(true);
+            if let Err(e) =
+                tokio::io::copy_bidirectional_with_sizes(&mut tls, &mut inner, PIPE_BUFFER, PIPE_BUFFER).await
+            {
+                tracing::debug!(%peer, error = %e, "MQTT over TLS: connection ended");
+            }
+        });
+    }
 }

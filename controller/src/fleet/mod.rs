@@ -46,10 +46,17 @@ pub enum FleetError {
 
 #[derive(Debug, Clone)]
 pub struct FleetOptions {
-    /// Where the embedded broker listens (`--mqtt-listen`); ignored with `broker`.
+    /// Where the embedded broker listens for plain MQTT (`--mqtt-listen`,
+    /// loopback only); ignored with `broker`.
     pub mqtt_listen: SocketAddr,
+    /// Where it listens for MQTT over TLS (`--mqtts-listen`), if anywhere.
+    pub mqtts_listen: Option<SocketAddr>,
     /// An external broker instead of the embedded one (`--broker`).
     pub broker: Option<BrokerUrl>,
+    /// TLS to an external `mqtts://` broker (`--broker-ca`, `--broker-cert`).
+    pub broker_tls: Option<Arc<kedge_common::broker_tls::ClientConfig>>,
+    /// MQTT user name and password for an external broker.
+    pub credentials: Option<(String, String)>,
     pub prefix: String,
     /// Where join tokens are kept (`DATA/tokens`, [`crate::tokens`]).
     pub tokens_dir: std::path::PathBuf,
@@ -67,7 +74,10 @@ impl Default for FleetOptions {
     fn default() -> Self {
         FleetOptions {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtts_listen: None,
             broker: None,
+            broker_tls: None,
+            credentials: None,
             prefix: topics::DEFAULT_PREFIX.into(),
             tokens_dir: std::path::PathBuf::from("tokens"),
             max_payload: kedge_common::envelope::DEFAULT_MAX_PAYLOAD,
@@ -244,30 +254,51 @@ pub struct Fleet {
     pub state: Arc<FleetState>,
     /// The broker this controller talks to.
     pub broker: BrokerUrl,
+    /// The embedded broker's TLS listener, for agents on other machines.
+    pub broker_tls: Option<BrokerUrl>,
 }
 
 /// Starts the broker (unless external), the controller's MQTT session, the
 /// snapshot publisher and the network table publisher (with `cidrs`; both
-/// sign with `key`), as tasks of `tasks`. Everything stops when `stop` flips.
+/// sign with `key`), as tasks of `tasks`. The embedded broker serves TLS
+/// with `serving` on `opts.mqtts_listen`. Everything stops when `stop` flips.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     client: Client,
     opts: FleetOptions,
+    serving: Option<Arc<rustls::ServerConfig>>,
     key: Arc<kedge_common::sign::SigningKey>,
     cidrs: network::Cidrs,
     state: Arc<FleetState>,
     tasks: &mut JoinSet<()>,
     stop: watch::Receiver<bool>,
 ) -> Result<Fleet, FleetError> {
-    let broker = match &opts.broker {
-        Some(b) => b.clone(),
+    let (broker, broker_tls) = match &opts.broker {
+        Some(b) => (b.clone(), None),
         None => {
-            let listen = broker::start(opts.mqtt_listen, opts.max_payload, tasks, stop.clone()).await?;
-            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
-            tracing::info!(%listen, "embedded MQTT broker listening");
-            BrokerUrl { host, port: listen.port() }
+            let tls = opts.mqtts_listen.zip(serving);
+            let l = broker::start(opts.mqtt_listen, tls, opts.max_payload, tasks, stop.clone()).await?;
+            tracing::info!(plain = %l.plain, tls = ?l.tls, "embedded MQTT broker listening");
+            // Clients on this machine reach a wildcard listener through loopback.
+            let url = |a: SocketAddr, tls: bool| BrokerUrl {
+                host: if a.ip().is_unspecified() { "127.0.0.1".to_string() } else { a.ip().to_string() },
+                port: a.port(),
+                tls,
+            };
+            (url(l.plain, false), l.tls.map(|a| url(a, true)))
         }
     };
-    let mut mo = MqttOptions::new(format!("kedge-controller-{}", std::process::id()), broker.host.clone(), broker.port);
+    // A client id no one can guess, so no one can knock this session off
+    // the broker by connecting with it (a clean session: nothing is kept
+    // under it).
+    let id = format!("kedge-controller-{}", uuid::Uuid::new_v4().simple());
+    let mut mo = MqttOptions::new(id, broker.host.clone(), broker.port);
+    if let Some((user, password)) = &opts.credentials {
+        mo.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(tls) = opts.broker_tls.clone().filter(|_| broker.tls) {
+        mo.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+    }
     mo.set_keep_alive(opts.keepalive);
     mo.set_clean_session(true);
     mo.set_max_packet_size(opts.max_payload.saturating_mul(4).max(64 * 1024), opts.max_payload + 64 * 1024);
@@ -296,7 +327,7 @@ pub async fn start(
     );
     let ingest = ingest::Ingest::new(client, opts.clone(), state.clone(), joins);
     tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
-    Ok(Fleet { state, broker })
+    Ok(Fleet { state, broker, broker_tls })
 }
 
 /// Polls the session: (re)subscribes on every connect, feeds incoming

@@ -1,10 +1,12 @@
 //! `kedge-controller broker-acl`: a Mosquitto ACL file that confines each
 //! node to its own topics, for a broker where every node logs in as its
 //! node name (a password file entry, or a client certificate whose CN is
-//! the name with `use_identity_as_username true`) and
-//! `use_username_as_clientid true` is set (so no client can take another's
-//! client id and knock it off). The controller logs in as `controller`;
-//! clients without a login (dashboards) read the fleet's JSON only.
+//! the name with `use_identity_as_username true`). The controller logs in as
+//! `controller`; clients without a login (dashboards) read the fleet's JSON
+//! only. (No client can knock a node off by taking its client id: that id
+//! is derived from the node's key, see `SigningKey::client_id`. Mosquitto's
+//! `use_username_as_clientid` would make it guessable again, and refuses
+//! clients without a login.)
 //!
 //! The ACL is defence in depth (design.md §3a): what a node runs is trusted
 //! for the controller's signature, what it says for its own, whatever the
@@ -20,9 +22,9 @@ pub fn mosquitto_acl(prefix: &str, controller: &str) -> String {
     let v = topics::TOPIC_VERSION;
     format!(
         "# Mosquitto ACL for the kedge fleet (kedge-controller broker-acl).\n\
-         # Needs, in mosquitto.conf: acl_file, a login per node named as the node\n\
-         # (password_file, or client certificates with use_identity_as_username true)\n\
-         # and use_username_as_clientid true.\n\
+         # Needs, in mosquitto.conf: acl_file, and a login per node named as the node\n\
+         # (password_file, or client certificates with use_identity_as_username true).\n\
+         # Mosquitto warns that the network table's pattern has no %u: every node reads it.\n\
          \n\
          # Clients without a login (dashboards): the fleet's JSON, read only.\n\
          topic read {prefix}/{v}/fleet/#\n\
@@ -38,8 +40,7 @@ pub fn mosquitto_acl(prefix: &str, controller: &str) -> String {
          pattern write {events}\n\
          pattern readwrite {prefix}/{v}/nodes/%u/rpc/#\n\
          pattern write {join}\n\
-         pattern read {answer}\n\
-         pattern read {prefix}/{v}/fleet/#\n",
+         pattern read {answer}\n",
         desired = node(NodeTopic::Desired),
         network = topics::cluster_network_topic(prefix),
         status = node(NodeTopic::Status),

@@ -190,3 +190,61 @@ fn a_local_user_without_the_kubeconfig_can_do_nothing() -> Result<()> {
     assert!(k.fails(&["get", "pod", "owned"])?.contains("NotFound"), "nothing was created");
     Ok(())
 }
+
+/// The embedded broker off loopback speaks TLS only: plain MQTT on a
+/// non-loopback address is refused at start, naming the way; the TLS
+/// listener shows a certificate of the cluster CA (`DATA/tls/ca.crt`) that
+/// `mosquitto_sub` checks, turns away plain MQTT and a client that trusts
+/// another CA, and a client that connects and says nothing holds up no one.
+#[test]
+fn the_broker_off_loopback_speaks_tls_only() -> Result<()> {
+    use std::process::Command;
+    use std::time::Duration;
+    if !require(
+        Command::new("sh").args(["-c", "command -v mosquitto_sub"]).output().is_ok_and(|o| o.status.success()),
+        "mosquitto_sub (Debian's mosquitto-clients)",
+    ) {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let refused = Command::new(kedge_tests::binary("kedge-controller")?)
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--listen", "127.0.0.1:0", "--mqtt-listen", "0.0.0.0:0"])
+        .output()?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    anyhow::ensure!(
+        !refused.status.success() && err.contains("loopback only") && err.contains("--mqtts-listen"),
+        "plain MQTT off loopback is refused, naming the way: {refused:?}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tls = format!("127.0.0.1:{port}");
+    let ctl = Controller::start_with(&dir.path().join("data"), "127.0.0.1:0", &["--mqtts-listen", &tls])?;
+    anyhow::ensure!(
+        ctl.broker.as_deref() == Some(format!("mqtts://{tls}").as_str()),
+        "agents are told: {:?}",
+        ctl.broker
+    );
+    let ca = ctl.data_dir.join("tls/ca.crt").display().to_string();
+    // Holds a connection open without a word, for the whole test.
+    let _silent = std::net::TcpStream::connect(&tls)?;
+    let p = port.to_string();
+    let sub = |extra: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &p, "-t", "kedge/v1/cluster/network", "-C", "1", "-W", "5"])
+            .args(extra)
+            .output()?)
+    };
+    let read = kedge_tests::wait_for("the network table over TLS", Duration::from_secs(20), || {
+        let out = sub(&["--cafile", &ca])?;
+        Ok((out.status.success() && !out.stdout.is_empty()).then_some(out))
+    })?;
+    anyhow::ensure!(!read.stdout.is_empty());
+    let plain = sub(&[])?;
+    anyhow::ensure!(!plain.status.success() && plain.stdout.is_empty(), "plain MQTT on the TLS port: {plain:?}");
+    // Another CA: the system's roots.
+    let other = sub(&["--capath", "/etc/ssl/certs"])?;
+    anyhow::ensure!(!other.status.success() && other.stdout.is_empty(), "a client trusting another CA: {other:?}");
+    Ok(())
+}

@@ -47,6 +47,11 @@ pub enum Purpose {
     Event,
     /// A node's presence (`kedge/v1/nodes/{node}/presence`, also its Last Will).
     Presence,
+    /// A joined node's request for a new key (`kedge/v1/nodes/{node}/rotate`),
+    /// signed with its current key.
+    Rotate,
+    /// The same request signed with the new key (proof that it holds it).
+    RotateProof,
     /// Never sent: the secret a node's MQTT client id is derived from
     /// ([`SigningKey::client_id`]).
     ClientId,
@@ -62,6 +67,8 @@ impl Purpose {
             Purpose::Report => "report",
             Purpose::Event => "event",
             Purpose::ClientId => "client id",
+            Purpose::Rotate => "rotate",
+            Purpose::RotateProof => "rotate proof",
             Purpose::Presence => "presence",
         }
     }

@@ -12,6 +12,8 @@ pub enum NodeTopic {
     Status,
     Presence,
     Events,
+    /// A joined node's key rotation request ([`crate::wire::RotateRequest`]).
+    Rotate,
 }
 
 impl NodeTopic {
@@ -21,6 +23,7 @@ impl NodeTopic {
             NodeTopic::Status => "status",
             NodeTopic::Presence => "presence",
             NodeTopic::Events => "events",
+            NodeTopic::Rotate => "rotate",
         }
     }
 }
@@ -140,6 +143,7 @@ pub fn parse_node_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, No
         "status" => NodeTopic::Status,
         "presence" => NodeTopic::Presence,
         "events" => NodeTopic::Events,
+        "rotate" => NodeTopic::Rotate,
         _ => return None,
     };
     Some((node, which))
@@ -151,7 +155,9 @@ mod tests {
 
     #[test]
     fn node_topics_round_trip() {
-        for which in [NodeTopic::Desired, NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events] {
+        for which in
+            [NodeTopic::Desired, NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
+        {
             let t = node_topic("kedge", "pi-7", which);
             assert_eq!(parse_node_topic("kedge", &t), Some(("pi-7", which)));
         }

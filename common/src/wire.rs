@@ -333,6 +333,54 @@ pub struct JoinAnswer {
     pub reason: String,
 }
 
+/// A joined node's request to be known by a new key (`kedge-agent
+/// rotate-key`), published on `{prefix}/v1/nodes/{node}/rotate` in an
+/// envelope signed ([`crate::sign::Purpose::Rotate`]) with its current key;
+/// `proof` shows it holds the new one. The controller answers with a
+/// [`JoinAnswer`] for the new key and this nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RotateRequest {
+    pub node: String,
+    /// The new public key, as text.
+    pub key: String,
+    /// The new public sealing key.
+    pub seal_key: String,
+    /// Random, echoed by the answer.
+    pub nonce: String,
+    /// The new key's signature ([`crate::sign::Purpose::RotateProof`]) of
+    /// [`RotateRequest::proof_body`], base64url.
+    pub proof: String,
+}
+
+impl RotateRequest {
+    /// What the new key signs: everything the request asks for.
+    pub fn proof_body(&self) -> Vec<u8> {
+        format!("{}\n{}\n{}\n{}", self.node, self.key, self.seal_key, self.nonce).into_bytes()
+    }
+
+    /// A request from `node` for `new` (and `seal`), with its proof.
+    pub fn new(node: &str, new: &crate::sign::SigningKey, seal: &crate::seal::SealPublic, nonce: &str) -> RotateRequest {
+        let mut r = RotateRequest {
+            node: node.to_owned(),
+            key: new.public().to_string(),
+            seal_key: seal.to_string(),
+            nonce: nonce.to_owned(),
+            proof: String::new(),
+        };
+        r.proof = crate::sign::signature_text(&new.sign(crate::sign::Purpose::RotateProof, &r.proof_body()));
+        r
+    }
+
+    /// The new key, if the proof is its signature.
+    pub fn proven_key(&self) -> Result<crate::sign::PublicKey, String> {
+        let key: crate::sign::PublicKey = self.key.parse().map_err(|e: crate::sign::SignError| e.to_string())?;
+        let sig = crate::sign::signature_from_text(&self.proof).ok_or("the proof is not base64url")?;
+        key.verify(crate::sign::Purpose::RotateProof, &self.proof_body(), &sig)
+            .map_err(|e| format!("the proof is not the new key's: {e}"))?;
+        Ok(key)
+    }
+}
+
 /// Why a received message was dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -499,6 +547,20 @@ mod tests {
 
     /// Presence is plain JSON (dashboards read it) and signed all the same:
     /// any field changed, another node's name or another key fails.
+    #[test]
+    fn a_rotation_proves_the_new_key() {
+        let (new, _) = crate::sign::SigningKey::generate().expect("key");
+        let seal = crate::seal::SealSecret::generate().expect("seal").public();
+        let r = RotateRequest::new("n1", &new, &seal, "nonce");
+        assert_eq!(r.proven_key().expect("proven"), new.public());
+        let other = crate::seal::SealSecret::generate().expect("seal").public();
+        let tampered = RotateRequest { seal_key: other.to_string(), ..r.clone() };
+        assert!(tampered.proven_key().is_err(), "another sealing key than the new key signed");
+        let (someone, _) = crate::sign::SigningKey::generate().expect("key");
+        let claimed = RotateRequest { key: someone.public().to_string(), ..r };
+        assert!(claimed.proven_key().is_err(), "a key whose holder did not sign");
+    }
+
     #[test]
     fn presence_is_signed_json() {
         let (key, _) = crate::sign::SigningKey::generate().expect("key");

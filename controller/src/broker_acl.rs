@@ -38,6 +38,7 @@ pub fn mosquitto_acl(prefix: &str, controller: &str) -> String {
          pattern write {status}\n\
          pattern write {presence}\n\
          pattern write {events}\n\
+         pattern write {rotate}\n\
          pattern readwrite {prefix}/{v}/nodes/%u/rpc/#\n\
          pattern write {join}\n\
          pattern read {answer}\n",
@@ -46,6 +47,7 @@ pub fn mosquitto_acl(prefix: &str, controller: &str) -> String {
         status = node(NodeTopic::Status),
         presence = node(NodeTopic::Presence),
         events = node(NodeTopic::Events),
+        rotate = node(NodeTopic::Rotate),
         join = topics::join_topic(prefix, "%u"),
         answer = topics::join_answer_topic(prefix, "%u"),
     )

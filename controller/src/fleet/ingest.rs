@@ -336,6 +336,9 @@ impl Ingest {
             // A cleared retained message, or our own snapshot.
             return;
         }
+        if which == NodeTopic::Rotate {
+            return self.joins.rotate(node, payload, &mut self.trust);
+        }
         let node = node.to_string();
         if let Err((why, e)) = self.take(&node, which, payload) {
             self.drop(why, &node, which, payload.len(), &e);
@@ -421,7 +424,7 @@ impl Ingest {
                 self.event(node, ev);
                 Ok(())
             }
-            NodeTopic::Desired => Ok(()),
+            NodeTopic::Desired | NodeTopic::Rotate => Ok(()),
         }
     }
 

@@ -13,6 +13,13 @@
 //! does not bring the revoked key back. A node re-joins with a new token,
 //! for which the agent makes a new key. A request repeated while the key
 //! is the Node's (the answer was lost) is answered again and spends nothing.
+//!
+//! A joined node rotates its key (`kedge-agent rotate-key`) with a
+//! [`RotateRequest`] on `{prefix}/v1/nodes/{node}/rotate`, signed with its
+//! current key and carrying the new key's signature: the Node is given the
+//! new key (and sealing key), which is remembered like a joined one, and the
+//! old key speaks for nothing from then on. A request whose new key is
+//! already the Node's (the answer was lost) is answered again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,7 +31,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kedge_common::envelope;
 use kedge_common::sign::{self, PublicKey, Purpose, SigningKey};
 use kedge_common::topics;
-use kedge_common::wire::{JoinAnswer, JoinRequest};
+use kedge_common::wire::{JoinAnswer, JoinRequest, RotateRequest};
 use rumqttc::{AsyncClient, QoS};
 
 use super::trust::{self, Bucket, NODE_KEY_ANNOTATION, SEAL_KEY_ANNOTATION, Trust};
@@ -103,16 +110,104 @@ impl Joins {
             Ok(false) => tracing::info!(%node, "join asked again by the joined key; answered again"),
             Err(reason) => tracing::warn!(%node, token = %req.token_id, %reason, "join refused"),
         }
-        let answer = JoinAnswer {
+        self.answer(JoinAnswer {
             node: node.to_owned(),
             key: req.key,
             nonce: req.nonce,
             accepted: outcome.is_ok(),
             reason: outcome.err().unwrap_or_default(),
+        });
+    }
+
+    /// One key rotation request, on `node`'s rotate topic.
+    pub fn rotate(&mut self, node: &str, payload: &[u8], trust: &mut Trust) {
+        if payload.is_empty() {
+            return;
+        }
+        if !self.bucket.take(Instant::now()) {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::warn!(dropped = self.dropped, "join and rotation requests over the rate limit; dropped");
+            }
+            return;
+        }
+        let (req, new) = match self.rotation(node, payload) {
+            Ok(r) => r,
+            Err(e) => {
+                // Not the node's: nothing to answer to.
+                tracing::warn!(%node, bytes = payload.len(), error = %e, "key rotation request dropped");
+                return;
+            }
         };
+        let outcome = self.rotate_to(node, &req, new);
+        match &outcome {
+            Ok(true) => {
+                tracing::info!(%node, key = %new, "node rotated its key");
+                trust.forget(node);
+            }
+            Ok(false) => tracing::info!(%node, "key rotation asked again by the new key; answered again"),
+            Err(reason) => tracing::warn!(%node, %reason, "key rotation refused"),
+        }
+        self.answer(JoinAnswer {
+            node: node.to_owned(),
+            key: req.key,
+            nonce: req.nonce,
+            accepted: outcome.is_ok(),
+            reason: outcome.err().unwrap_or_default(),
+        });
+    }
+
+    /// The request and its new key, if it is for this topic's node, proves
+    /// the new key, and is signed by the node's current key — or the new
+    /// key already is the node's (asked again: the proof is enough).
+    fn rotation(&self, node: &str, payload: &[u8]) -> Result<(RotateRequest, PublicKey), String> {
+        let req: RotateRequest = envelope::decode(payload, self.max_payload).map_err(|e| e.to_string())?;
+        if req.node != node {
+            return Err(format!("request names node {:?}", req.node));
+        }
+        let new = req.proven_key()?;
+        let current = self.client.get::<Node>("", node).map_err(|e| e.to_string())?.as_ref().and_then(trust::node_key);
+        match current {
+            Some(k) if k == new => Ok((req, new)),
+            Some(k) => {
+                envelope::decode_verified::<RotateRequest>(payload, self.max_payload, Purpose::Rotate, &k)
+                    .map_err(|e| format!("not signed by the node's key: {e}"))?;
+                Ok((req, new))
+            }
+            None => Err(format!("node {node} has not joined (or was revoked)")),
+        }
+    }
+
+    /// Gives the Node the new key, unless it joined before. `Ok(false)`:
+    /// it already has it.
+    fn rotate_to(&self, node: &str, req: &RotateRequest, new: PublicKey) -> Result<bool, String> {
+        let Some(mut n) = self.client.get::<Node>("", node).map_err(|e| e.to_string())? else {
+            return Err(format!("node {node} is gone"));
+        };
+        if trust::node_key(&n) == Some(new) {
+            return Ok(false);
+        }
+        let seal = req.seal_key.parse::<kedge_common::seal::SealPublic>().map_err(|e| e.to_string())?;
+        kedge_common::seal::seal(&seal, b"").map_err(|_| "the sealing key is not usable".to_owned())?;
+        let store = self.client.store();
+        if store.record(&joined_record(&new)).map_err(|e| e.to_string())?.is_some() {
+            return Err("this key was used before; rotate to a fresh one".into());
+        }
+        let a = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        a.insert(NODE_KEY_ANNOTATION.into(), new.to_string());
+        a.insert(SEAL_KEY_ANNOTATION.into(), seal.to_string());
+        n.metadata.resource_version = None;
+        self.client.replace(&n).map_err(|e| e.to_string())?;
+        store.put_record(&joined_record(&new), node.as_bytes()).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Publishes a signed answer on the node's join answer topic.
+    fn answer(&self, answer: JoinAnswer) {
+        let node = answer.node.clone();
         match envelope::encode_signed(&answer, Purpose::JoinAnswer, &self.key) {
             Ok(bytes) => {
-                let topic = topics::join_answer_topic(&self.prefix, node);
+                let topic = topics::join_answer_topic(&self.prefix, &node);
                 if let Err(e) = self.mqtt.try_publish(topic, QoS::AtLeastOnce, false, bytes) {
                     tracing::warn!(%node, error = %e, "join answer not queued; the agent asks again");
                 }
@@ -266,6 +361,16 @@ mod tests {
         /// Sends a request and returns the answer (None: unanswered).
         fn join(&mut self, node: &str, payload: &[u8]) -> Option<JoinAnswer> {
             self.joins.handle(node, payload, &mut self.trust);
+            self.answer(node)
+        }
+
+        /// Sends a key rotation request and returns the answer.
+        fn rotate(&mut self, node: &str, payload: &[u8]) -> Option<JoinAnswer> {
+            self.joins.rotate(node, payload, &mut self.trust);
+            self.answer(node)
+        }
+
+        fn answer(&mut self, node: &str) -> Option<JoinAnswer> {
             let answers: Vec<JoinAnswer> = self
                 .rx
                 .try_iter()
@@ -340,6 +445,49 @@ mod tests {
         assert_eq!(f.node_key("n1"), Some(key.public()));
         let n1 = f.client.get::<Node>("", "n1").expect("get").expect("n1");
         assert!(trust::seal_key(&n1).is_some(), "the sealing key recorded too");
+    }
+
+    /// A request for `new` from `node`, signed with `signer`.
+    fn rotation(node: &str, new: &SigningKey, signer: &SigningKey, nonce: &str) -> Vec<u8> {
+        let seal = kedge_common::seal::SealSecret::generate().expect("seal").public();
+        envelope::encode_signed(&RotateRequest::new(node, new, &seal, nonce), Purpose::Rotate, signer).expect("encode")
+    }
+
+    #[test]
+    fn a_joined_node_rotates_to_a_fresh_key_signed_with_its_own() {
+        let mut f = fixture();
+        let good = f.token(None, None);
+        let (old, _) = SigningKey::generate().expect("key");
+        let (n2, _) = SigningKey::generate().expect("key");
+        assert!(f.join("n1", &request("n1", &old, &good)).expect("answer").accepted);
+        assert!(f.join("n2", &request("n2", &n2, &good)).expect("answer").accepted);
+        let seal_before = f.client.get::<Node>("", "n1").expect("get").as_ref().and_then(trust::seal_key);
+        let (new, _) = SigningKey::generate().expect("key");
+        // Forged: signed by another joined node, or by nobody's key, or for
+        // a node that never joined: unanswered, nothing changes.
+        assert!(f.rotate("n1", &rotation("n1", &new, &n2, "a")).is_none());
+        assert!(f.rotate("n1", &rotation("n1", &new, &new, "a")).is_none());
+        assert!(f.rotate("n7", &rotation("n7", &new, &new, "a")).is_none());
+        assert!(f.rotate("n1", b"\x01garbage").is_none());
+        assert_eq!(f.node_key("n1"), Some(old.public()));
+        // To a key that joined before (n2's): refused.
+        refused(f.rotate("n1", &rotation("n1", &n2, &old, "b")), "used before");
+        // Signed with its key: the Node gets the new key and sealing key.
+        let asked = rotation("n1", &new, &old, "c");
+        let a = f.rotate("n1", &asked).expect("answer");
+        assert!(a.accepted && a.nonce == "c" && a.key == new.public().to_string(), "{a:?}");
+        assert_eq!(f.node_key("n1"), Some(new.public()));
+        let seal_after = f.client.get::<Node>("", "n1").expect("get").as_ref().and_then(trust::seal_key);
+        assert!(seal_after.is_some() && seal_after != seal_before, "the new sealing key recorded");
+        // Asked again (the answer was lost): answered, nothing changes.
+        assert!(f.rotate("n1", &asked).expect("answer").accepted);
+        assert_eq!(f.node_key("n1"), Some(new.public()));
+        // The old key speaks for nothing now, rotations included.
+        let (third, _) = SigningKey::generate().expect("key");
+        assert!(f.rotate("n1", &rotation("n1", &third, &old, "d")).is_none());
+        assert_eq!(f.node_key("n1"), Some(new.public()));
+        // Nor does it join again: it is remembered.
+        refused(f.join("n1", &request("n1", &old, &good)), "joined with another key");
     }
 
     #[test]

@@ -363,7 +363,7 @@ async fn link(
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
                     tracing::info!(%broker, "fleet link connected to the broker");
                     backoff = Duration::from_millis(100);
-                    let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events]
+                    let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
                         .map(|which| topics::all_nodes_filter(&opts.prefix, which));
                     for filter in filters.into_iter().chain([topics::join_filter(&opts.prefix)]) {
                         if let Err(e) = mqtt.try_subscribe(filter, QoS::AtLeastOnce) {

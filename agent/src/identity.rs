@@ -8,6 +8,13 @@
 //! how a revoked node (its Node deleted, its key refused for good) comes
 //! back — with a new token, as a new key. Restarting with the same token
 //! keeps the key, so a join whose answer was lost is simply asked again.
+//!
+//! A joined node rotates its key (`kedge-agent rotate-key`): the next pair
+//! waits in `DATA/node.key.next` and `DATA/node.seal.next` until the
+//! controller accepts it over the signed link, then takes the place of the
+//! current one (key first: a `node.seal.next` without a `node.key.next` is
+//! a rotation whose key was already put in place, finished at start — or,
+//! beside `rotate.refused`, one the controller refused, dropped).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +31,15 @@ pub enum IdentityError {
     Unreadable { path: PathBuf, reason: String },
     #[error("cannot make a key pair")]
     Generate,
+    #[error("this node has not joined yet: there is no key to rotate (it joins with its token first)")]
+    NotJoined,
+}
+
+/// A key pair made for rotation, waiting for the controller to accept it.
+#[derive(Debug, Clone)]
+pub struct NextKey {
+    pub key: Arc<SigningKey>,
+    pub seal: SealSecret,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -62,6 +78,86 @@ fn record_path(data_dir: &Path) -> PathBuf {
     data_dir.join("identity.json")
 }
 
+fn next_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.key.next")
+}
+
+fn next_seal_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("node.seal.next")
+}
+
+/// Where the controller's reason for refusing a rotation is left for
+/// `kedge-agent rotate-key` to show.
+pub fn refused_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("rotate.refused")
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), IdentityError> {
+    std::fs::rename(from, to).map_err(|source| IdentityError::Io { path: to.to_path_buf(), source })?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| IdentityError::Io { path: dir.to_path_buf(), source })?;
+    }
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<(), IdentityError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(IdentityError::Io { path: path.to_path_buf(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn load_key(path: &Path) -> Result<Option<SigningKey>, IdentityError> {
+    read(path)?
+        .map(|der| SigningKey::from_pkcs8(&der))
+        .transpose()
+        .map_err(|e| IdentityError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+fn load_seal(path: &Path) -> Result<Option<SealSecret>, IdentityError> {
+    read(path)?
+        .map(|b| {
+            b.try_into()
+                .map(SealSecret::from_bytes)
+                .map_err(|_| IdentityError::Unreadable { path: path.to_path_buf(), reason: "not 32 bytes".into() })
+        })
+        .transpose()
+}
+
+/// `kedge-agent rotate-key`: makes the next key pair of this joined node
+/// (or keeps the one already waiting) and returns its public key. The
+/// running agent, or the next start, asks the controller to take it.
+pub fn prepare_rotation(data_dir: &Path) -> Result<kedge_common::sign::PublicKey, IdentityError> {
+    let rpath = record_path(data_dir);
+    let record: Option<Record> = read(&rpath)?.and_then(|b| serde_json::from_slice(&b).ok());
+    if !record.is_some_and(|r| r.joined) {
+        return Err(IdentityError::NotJoined);
+    }
+    if let Some(next) = pending(data_dir)? {
+        return Ok(next.key.public());
+    }
+    remove(&refused_path(data_dir))?;
+    let (key, der) = SigningKey::generate().map_err(|_| IdentityError::Generate)?;
+    let seal = SealSecret::generate().map_err(|_| IdentityError::Generate)?;
+    // The sealing key first: the key's file says a rotation waits.
+    write(&next_seal_path(data_dir), &seal.to_bytes())?;
+    write(&next_key_path(data_dir), &der)?;
+    Ok(key.public())
+}
+
+/// The key pair waiting to replace this node's, if any.
+pub fn pending(data_dir: &Path) -> Result<Option<NextKey>, IdentityError> {
+    let Some(key) = load_key(&next_key_path(data_dir))? else { return Ok(None) };
+    let spath = next_seal_path(data_dir);
+    let seal = load_seal(&spath)?
+        .ok_or_else(|| IdentityError::Unreadable { path: spath, reason: "missing beside node.key.next".into() })?;
+    Ok(Some(NextKey { key: Arc::new(key), seal }))
+}
+
 fn write(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     crate::fsutil::write_private(path, bytes).map_err(|source| IdentityError::Io { path: path.to_path_buf(), source })
 }
@@ -83,10 +179,15 @@ pub fn load(data_dir: &Path, token: Option<&Token>) -> Result<Option<Identity>, 
         .map(|b| serde_json::from_slice(&b))
         .transpose()
         .map_err(|e| IdentityError::Unreadable { path: rpath.clone(), reason: e.to_string() })?;
-    let key = read(&kpath)?
-        .map(|der| SigningKey::from_pkcs8(&der))
-        .transpose()
-        .map_err(|e| IdentityError::Unreadable { path: kpath.clone(), reason: e.to_string() })?;
+    // A sealing key waiting without its key: a rotation whose key was put
+    // in place (its sealing key follows), or one refused (dropped).
+    if !next_key_path(data_dir).exists() && next_seal_path(data_dir).exists() {
+        match refused_path(data_dir).exists() {
+            true => remove(&next_seal_path(data_dir))?,
+            false => rename(&next_seal_path(data_dir), &seal_path(data_dir))?,
+        }
+    }
+    let key = load_key(&kpath)?;
     let (key, mut record) = match (key, record, token) {
         (Some(key), Some(r), t) if t.is_none_or(|t| t.id == r.token_id) => (key, r),
         (_, old, Some(t)) => {
@@ -94,17 +195,17 @@ pub fn load(data_dir: &Path, token: Option<&Token>) -> Result<Option<Identity>, 
             write(&kpath, &der)?;
             let seal = SealSecret::generate().map_err(|_| IdentityError::Generate)?;
             write(&seal_path(data_dir), &seal.to_bytes())?;
+            // A rotation of the old key has nothing left to rotate.
+            remove(&next_key_path(data_dir))?;
+            remove(&next_seal_path(data_dir))?;
             tracing::info!(key = %key.public(), token = %t.id, "made this node's key pair for joining with a new token");
             (key, Record { token_id: t.id.clone(), joined: false, epoch: old.map_or(0, |r| r.epoch) })
         }
         (_, _, None) => return Ok(None),
     };
     let spath = seal_path(data_dir);
-    let seal = match read(&spath)? {
-        Some(b) => SealSecret::from_bytes(
-            b.try_into()
-                .map_err(|_| IdentityError::Unreadable { path: spath.clone(), reason: "not 32 bytes".into() })?,
-        ),
+    let seal = match load_seal(&spath)? {
+        Some(s) => s,
         None => {
             // Joined by a build before sealing: the controller seals to
             // nothing it does not know, so this key serves the next join.
@@ -136,6 +237,30 @@ impl Identity {
     /// Whether the controller accepted this node's key.
     pub fn joined(&self) -> bool {
         self.join_token.is_none()
+    }
+
+    /// The key pair waiting to replace this one (`kedge-agent rotate-key`).
+    pub fn pending_rotation(&self) -> Result<Option<NextKey>, IdentityError> {
+        match self.record_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => pending(dir),
+            None => Ok(None),
+        }
+    }
+
+    /// The controller took the waiting key pair: it replaces this one on disk.
+    pub fn commit_rotation(&self) -> Result<(), IdentityError> {
+        let Some(dir) = self.record_path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+        rename(&next_key_path(dir), &key_path(dir))?;
+        rename(&next_seal_path(dir), &seal_path(dir))
+    }
+
+    /// The controller refused the waiting key pair: it is dropped, and why
+    /// is left for `kedge-agent rotate-key`.
+    pub fn refuse_rotation(&self, reason: &str) -> Result<(), IdentityError> {
+        let Some(dir) = self.record_path.parent().filter(|d| !d.as_os_str().is_empty()) else { return Ok(()) };
+        write(&refused_path(dir), reason.as_bytes())?;
+        remove(&next_key_path(dir))?;
+        remove(&next_seal_path(dir))
     }
 
     /// Records that the controller accepted the key.
@@ -181,5 +306,49 @@ mod tests {
         assert_ne!(rejoin.key.public(), first.key.public());
         assert_ne!(rejoin.seal.public(), first.seal.public(), "a new sealing key too");
         assert!(rejoin.epoch > joined.epoch, "the counter never goes back");
+    }
+
+    #[test]
+    fn a_rotation_waits_beside_the_key_and_takes_its_place_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let (controller, _) = SigningKey::generate().expect("key");
+        let token = Token::generate(controller.public()).expect("token");
+        let first = load(d, Some(&token)).expect("load").expect("identity");
+        assert!(matches!(prepare_rotation(d), Err(IdentityError::NotJoined)), "nothing to rotate before joining");
+        first.mark_joined().expect("joined");
+        let new = prepare_rotation(d).expect("prepared");
+        assert_eq!(prepare_rotation(d).expect("again"), new, "the waiting pair is kept");
+        let next = first.pending_rotation().expect("read").expect("waiting");
+        assert_eq!(next.key.public(), new);
+        // Taken: both in place.
+        first.commit_rotation().expect("commit");
+        let after = load(d, None).expect("load").expect("identity");
+        assert_eq!((after.key.public(), after.seal.public()), (new, next.seal.public()));
+        assert!(after.pending_rotation().expect("read").is_none());
+        // A stop between the key and its sealing key: finished at start.
+        let newer = prepare_rotation(d).expect("prepared");
+        let waiting = pending(d).expect("read").expect("waiting");
+        std::fs::rename(next_key_path(d), key_path(d)).expect("key in place");
+        let resumed = load(d, None).expect("load").expect("identity");
+        assert_eq!((resumed.key.public(), resumed.seal.public()), (newer, waiting.seal.public()));
+        // Refused: dropped, the reason left, the key unchanged even after a
+        // stop between the two removals.
+        prepare_rotation(d).expect("prepared");
+        write(&refused_path(d), b"used before").expect("reason");
+        std::fs::remove_file(next_key_path(d)).expect("half refused");
+        let kept = load(d, None).expect("load").expect("identity");
+        assert_eq!((kept.key.public(), kept.seal.public()), (newer, waiting.seal.public()));
+        assert!(!next_seal_path(d).exists());
+        prepare_rotation(d).expect("prepared");
+        assert!(!refused_path(d).exists(), "a new rotation forgets the old refusal");
+        kept.refuse_rotation("used before").expect("refuse");
+        assert!(pending(d).expect("read").is_none());
+        assert_eq!(std::fs::read_to_string(refused_path(d)).expect("reason"), "used before");
+        // A new token (a revoked node coming back): no rotation left.
+        prepare_rotation(d).expect("prepared");
+        let fresh = Token::generate(controller.public()).expect("token");
+        load(d, Some(&fresh)).expect("load").expect("identity");
+        assert!(pending(d).expect("read").is_none());
     }
 }

@@ -60,6 +60,15 @@ enum Command {
         #[command(subcommand)]
         command: NetworkCommand,
     },
+    /// Rotate this node's key over the signed link: makes a new key pair,
+    /// which the running agent (or its next start) asks the controller to
+    /// take, signed with the current key. Waits for the answer.
+    RotateKey {
+        /// How long to wait for the controller's answer (`0`: do not wait);
+        /// the rotation stays under way after it.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        wait: Duration,
+    },
     /// Print the version.
     Version,
     /// Internal: the single-threaded helper the agent runs for libcontainer
@@ -339,6 +348,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image { command } => image(&paths, command),
+        Command::RotateKey { wait } => rotate_key(&cli.data_dir, wait),
         Command::Network { command: NetworkCommand::Cleanup { pod_bridge } } => {
             kedge_agent::net::cleanup(&pod_bridge)?;
             println!("removed kedge's pod network ({pod_bridge}, pod veths, routes, VXLAN device, nftables table)");
@@ -381,6 +391,36 @@ fn image(paths: &runtime::Paths, command: ImageCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kedge-agent rotate-key`: the next key pair, then the wait for the
+/// running agent to have it taken (its files put in place) or refused.
+fn rotate_key(data_dir: &std::path::Path, wait: Duration) -> Result<ExitCode> {
+    use kedge_agent::identity;
+    let new =
+        identity::prepare_rotation(data_dir).with_context(|| format!("rotating the key in {}", data_dir.display()))?;
+    println!("new key {new}: asking the controller to take it");
+    let current = || -> Option<String> {
+        let der = std::fs::read(data_dir.join("node.key")).ok()?;
+        Some(kedge_common::sign::SigningKey::from_pkcs8(&der).ok()?.public().to_string())
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if current().as_deref() == Some(new.to_string().as_str()) {
+            println!("rotated: the controller took key {new}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Ok(reason) = std::fs::read_to_string(identity::refused_path(data_dir)) {
+            bail!("the controller refused the new key: {reason}");
+        }
+        if std::time::Instant::now() >= deadline {
+            println!(
+                "not answered yet: the running agent asks the controller until it answers (or the next start does); run rotate-key again to wait more"
+            );
+            return Ok(ExitCode::from(2));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Images some container record (running or not) still names.

@@ -155,8 +155,7 @@ mod tests {
 
     #[test]
     fn node_topics_round_trip() {
-        for which in
-            [NodeTopic::Desired, NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
+        for which in [NodeTopic::Desired, NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
         {
             let t = node_topic("kedge", "pi-7", which);
             assert_eq!(parse_node_topic("kedge", &t), Some(("pi-7", which)));

@@ -359,7 +359,12 @@ impl RotateRequest {
     }
 
     /// A request from `node` for `new` (and `seal`), with its proof.
-    pub fn new(node: &str, new: &crate::sign::SigningKey, seal: &crate::seal::SealPublic, nonce: &str) -> RotateRequest {
+    pub fn new(
+        node: &str,
+        new: &crate::sign::SigningKey,
+        seal: &crate::seal::SealPublic,
+        nonce: &str,
+    ) -> RotateRequest {
         let mut r = RotateRequest {
             node: node.to_owned(),
             key: new.public().to_string(),

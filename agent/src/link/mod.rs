@@ -205,6 +205,23 @@ fn perform(
                 }
                 false
             }
+            Action::Rotated => {
+                if let Some(Err(e)) = identity.map(crate::identity::Identity::commit_rotation) {
+                    // The next start signs with the old key, asks again and
+                    // is answered again (the new key proves itself).
+                    tracing::error!(error = %e, "cannot put the new key in place");
+                }
+                // The Last Will and client id of this connection are the
+                // old key's: connect again with the new one's.
+                let _ = client.try_disconnect();
+                false
+            }
+            Action::RotationRefused(reason) => {
+                if let Some(Err(e)) = identity.map(|i| i.refuse_rotation(reason)) {
+                    tracing::error!(error = %e, "cannot drop the refused key");
+                }
+                false
+            }
         };
         if refused {
             state.refused(action);
@@ -229,6 +246,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     // While set, the connection is not polled: we wait before the next attempt.
     let mut retry_at: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rotation_error_told = false;
     loop {
         let input = tokio::select! {
             ev = eventloop.poll(), if retry_at.is_none() => match ev {
@@ -252,6 +270,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                     // The next connection's will, numbered for it.
                     let (topic, payload) = state.will();
                     eventloop.mqtt_options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
+                    eventloop.mqtt_options.set_client_id(state.client_id());
                     Input::Disconnected
                 }
             },
@@ -274,6 +293,20 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                 let lost = ends.lost.swap(0, Ordering::Relaxed);
                 if lost > 0 {
                     state.handle(Input::EventsLost(lost), Instant::now());
+                }
+                // A key pair `kedge-agent rotate-key` left waiting.
+                if state.wants_rotation() {
+                    match identity.map(crate::identity::Identity::pending_rotation) {
+                        Some(Ok(Some(next))) => {
+                            let actions = state.handle(Input::Rotate(next), Instant::now());
+                            perform(&client, &ends, identity, &mut state, actions);
+                        }
+                        Some(Err(e)) if !rotation_error_told => {
+                            rotation_error_told = true;
+                            tracing::error!(error = %e, "the key waiting for rotation cannot be read");
+                        }
+                        _ => {}
+                    }
                 }
                 Input::Tick
             }

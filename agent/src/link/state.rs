@@ -30,7 +30,7 @@ use kedge_common::sign::{PublicKey, Purpose};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::{Event, JoinAnswer, JoinRequest, NodeDesired, NodeReport, Presence, Seq};
 
-use crate::identity::Identity;
+use crate::identity::{Identity, NextKey};
 use tokio::time::Instant;
 
 /// Events kept while offline; the oldest goes first when it is full.
@@ -55,6 +55,9 @@ pub enum Input {
     Tick,
     /// The agent is stopping: say goodbye.
     Stop,
+    /// A key pair waits to replace this node's (`kedge-agent rotate-key`):
+    /// ask the controller to take it.
+    Rotate(NextKey),
 }
 
 /// What the driver must do.
@@ -78,6 +81,11 @@ pub enum Action {
     Disconnect,
     /// The controller accepted this node's key: record it.
     Joined,
+    /// The controller took the waiting key pair, which the link now signs
+    /// and opens with: put it in place on disk.
+    Rotated,
+    /// The controller refused the waiting key pair, for this reason.
+    RotationRefused(String),
 }
 
 /// One message to publish at QoS 1.
@@ -102,6 +110,7 @@ pub enum Outgoing {
     },
     Event(Event),
     Join,
+    Rotate,
 }
 
 /// Static facts of the session.
@@ -161,6 +170,20 @@ pub struct LinkState {
     online_seq: Option<u64>,
     /// Messages from the controller refused since the start.
     rejected: u64,
+    /// A key rotation asked of the controller, not yet answered.
+    rotation: Option<Rotation>,
+    /// The sealing key before a rotation: a snapshot sealed to it may still
+    /// be on its way.
+    previous_seal: Option<kedge_common::seal::SealSecret>,
+}
+
+/// A key rotation under way.
+struct Rotation {
+    next: NextKey,
+    /// Echoed by the controller's answer.
+    nonce: String,
+    /// When it is asked again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
 }
 
 /// A report without what changes on its own (time, usage) or travels beside
@@ -189,6 +212,8 @@ impl LinkState {
             seq: Seq::start(settings.identity.as_ref().map_or(0, |i| i.epoch)),
             online_seq: None,
             rejected: 0,
+            rotation: None,
+            previous_seal: None,
             settings,
             connected: false,
             subscribe_pending: false,
@@ -208,6 +233,19 @@ impl LinkState {
 
     pub fn is_joined(&self) -> bool {
         self.joined
+    }
+
+    /// This node's MQTT client id: derived from its current key
+    /// ([`kedge_common::sign::SigningKey::client_id`]); the bare name for a
+    /// node without a key (it takes nothing anyway).
+    pub fn client_id(&self) -> String {
+        let node = &self.settings.node;
+        self.settings.identity.as_ref().map_or_else(|| node.clone(), |i| i.key.client_id(node))
+    }
+
+    /// Whether a waiting key pair would be taken up now ([`Input::Rotate`]).
+    pub fn wants_rotation(&self) -> bool {
+        self.joined && self.rotation.is_none()
     }
 
     /// The Last Will for the next connection: an offline presence numbered
@@ -247,6 +285,10 @@ impl LinkState {
                 out.push(Action::Connected(true));
                 if self.joined {
                     self.session(now, &mut out);
+                    if let Some(r) = self.rotation.as_mut() {
+                        r.retry = None;
+                        self.rotate(now, &mut out);
+                    }
                 } else {
                     out.push(Action::Subscribe { topic: self.answer_topic.clone() });
                     self.join_retry = None;
@@ -289,8 +331,21 @@ impl LinkState {
                         self.presence_pending = false;
                         out.push(self.presence(true));
                     }
+                    if self.rotation.as_ref().is_some_and(|r| r.retry.is_none_or(|(at, _)| now >= at)) {
+                        self.rotate(now, &mut out);
+                    }
                 }
                 self.flush(now, &mut out);
+            }
+            Input::Rotate(next) => {
+                if self.wants_rotation() {
+                    let nonce = kedge_common::sign::random_text(16).unwrap_or_default();
+                    tracing::info!(key = %next.key.public(), "asking the controller to take this node's new key");
+                    self.rotation = Some(Rotation { next, nonce, retry: None });
+                    if self.connected {
+                        self.rotate(now, &mut out);
+                    }
+                }
             }
             Input::Stop => {
                 if self.connected && self.joined {
@@ -328,13 +383,15 @@ impl LinkState {
                     }
                 }
                 // Asked again at the retry already set.
-                Outgoing::Join => {}
+                Outgoing::Join | Outgoing::Rotate => {}
             },
             Action::Connected(_)
             | Action::Deliver(_)
             | Action::DeliverNetwork { .. }
             | Action::Disconnect
-            | Action::Joined => {}
+            | Action::Joined
+            | Action::Rotated
+            | Action::RotationRefused(_) => {}
         }
     }
 
@@ -393,10 +450,71 @@ impl LinkState {
         }
     }
 
-    /// The controller's answer to our join request.
-    fn answer(&mut self, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
-        if self.joined || payload.is_empty() {
+    /// Asks the controller to take the waiting key pair: signed with the
+    /// current key, proven with the new one (and sets when it is asked again).
+    fn rotate(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (Some(r), Some(id)) = (self.rotation.as_mut(), self.settings.identity.as_ref()) else { return };
+        let req =
+            kedge_common::wire::RotateRequest::new(&self.settings.node, &r.next.key, &r.next.seal.public(), &r.nonce);
+        let wait = r.retry.map_or(JOIN_BACKOFF, |(_, w)| (w * 2).min(JOIN_BACKOFF_MAX));
+        r.retry = Some((now + wait, wait));
+        match envelope::encode_signed(&req, Purpose::Rotate, &id.key) {
+            Ok(payload) => {
+                // The answer comes where join answers do.
+                out.push(Action::Subscribe { topic: self.answer_topic.clone() });
+                out.push(Action::Publish(Publish {
+                    topic: self.topic(NodeTopic::Rotate),
+                    payload,
+                    retain: false,
+                    what: Outgoing::Rotate,
+                }));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode the key rotation request"),
+        }
+    }
+
+    /// The controller's answer to our key rotation request.
+    fn rotation_answer(&mut self, payload: &[u8], out: &mut Vec<Action>) {
+        let (Some(ckey), Some(r)) = (&self.settings.controller_key, &self.rotation) else { return };
+        let answer = match envelope::decode_verified::<JoinAnswer>(
+            payload,
+            self.settings.max_payload,
+            Purpose::JoinAnswer,
+            ckey,
+        ) {
+            Ok(a) => a,
+            Err(e) => {
+                self.rejected += 1;
+                tracing::warn!(bytes = payload.len(), error = %e, "key rotation answer refused");
+                return;
+            }
+        };
+        if answer.node != self.settings.node || answer.key != r.next.key.public().to_string() || answer.nonce != r.nonce
+        {
+            tracing::info!("an answer for another request; ignored");
             return;
+        }
+        let Some(r) = self.rotation.take() else { return };
+        if !answer.accepted {
+            tracing::error!(reason = %answer.reason, "the controller refused this node's new key; the current one stays");
+            out.push(Action::RotationRefused(answer.reason));
+            return;
+        }
+        if let Some(id) = self.settings.identity.as_mut() {
+            tracing::info!(old = %id.key.public(), new = %r.next.key.public(), "the controller took this node's new key");
+            self.previous_seal = Some(std::mem::replace(&mut id.seal, r.next.seal));
+            id.key = r.next.key;
+        }
+        out.push(Action::Rotated);
+    }
+
+    /// The controller's answer to our join request (or key rotation).
+    fn answer(&mut self, payload: &[u8], now: Instant, out: &mut Vec<Action>) {
+        if payload.is_empty() {
+            return;
+        }
+        if self.joined {
+            return self.rotation_answer(payload, out);
         }
         let (Some(ckey), Some(id)) = (&self.settings.controller_key, &self.settings.identity) else { return };
         let answer = match envelope::decode_verified::<JoinAnswer>(
@@ -523,16 +641,25 @@ impl LinkState {
             tracing::info!("the desired snapshot was cleared on the broker; keeping the last accepted one");
             return;
         }
-        let decoded = match &self.settings.controller_key {
-            Some(key) => kedge_common::wire::decode_opened_for::<NodeDesired>(
+        let open = |key: &PublicKey, seal: Option<&kedge_common::seal::SealSecret>| {
+            kedge_common::wire::decode_opened_for::<NodeDesired>(
                 payload,
                 &self.settings.node,
                 self.settings.max_payload,
                 Purpose::Desired,
                 key,
-                self.settings.identity.as_ref().map(|i| &i.seal),
+                seal,
             )
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+        };
+        let decoded = match &self.settings.controller_key {
+            Some(key) => open(key, self.settings.identity.as_ref().map(|i| &i.seal)).or_else(|e| {
+                // Sealed before a key rotation reached the controller.
+                match &self.previous_seal {
+                    Some(previous) => open(key, Some(previous)).map_err(|_| e),
+                    None => Err(e),
+                }
+            }),
             None => Err(NOT_JOINED.to_owned()),
         };
         match decoded {

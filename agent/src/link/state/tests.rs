@@ -489,3 +489,83 @@ fn snapshots_sealed_to_this_node_open_and_others_do_not() {
     assert!(delivered(&actions).is_empty());
     assert_eq!(events(&actions)[0].reason, "SnapshotRejected");
 }
+
+const ROTATE: &str = "kedge/v1/nodes/n1/rotate";
+
+/// A waiting key pair is asked for signed with the current key and proven
+/// with the new one, again with backoff; only the controller's answer to
+/// this request switches the link over: then it signs with the new key and
+/// opens snapshots sealed to either sealing key (one may be on its way).
+#[test]
+fn a_key_rotation_switches_over_only_on_the_controllers_answer() {
+    let now = Instant::now();
+    let mut s = state(0);
+    s.handle(Input::Connected, now);
+    let (new, _) = SigningKey::generate().expect("key");
+    let new = std::sync::Arc::new(new);
+    let next_seal = kedge_common::seal::SealSecret::generate().expect("seal");
+    let next = crate::identity::NextKey { key: new.clone(), seal: next_seal.clone() };
+    assert!(s.wants_rotation());
+    let actions = s.handle(Input::Rotate(next.clone()), now);
+    assert!(actions.contains(&Action::Subscribe { topic: ANSWER.into() }), "the answer comes where join answers do");
+    let p = publishes(&actions);
+    assert_eq!(p.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [ROTATE]);
+    let req: kedge_common::wire::RotateRequest =
+        envelope::decode_verified(p[0].1, DEFAULT_MAX_PAYLOAD, Purpose::Rotate, &node_key().public())
+            .expect("signed with the current key");
+    assert_eq!(req.proven_key().expect("proven by the new key"), new.public());
+    assert!(!s.wants_rotation(), "one at a time");
+    assert!(s.handle(Input::Rotate(next), now).is_empty());
+    // Asked again after the backoff.
+    assert!(publishes(&s.handle(Input::Tick, now + Duration::from_secs(1))).iter().all(|(t, _)| *t != ROTATE));
+    assert!(publishes(&s.handle(Input::Tick, now + JOIN_BACKOFF)).iter().any(|(t, _)| *t == ROTATE));
+    let reply = |s: &LinkState, accepted: bool, key: &SigningKey, nonce: Option<&str>| {
+        let nonce = nonce.map_or_else(|| s.rotation.as_ref().expect("under way").nonce.clone(), str::to_owned);
+        let a = JoinAnswer {
+            node: "n1".into(),
+            key: new.public().to_string(),
+            nonce,
+            accepted,
+            reason: if accepted { String::new() } else { "this key was used before".into() },
+        };
+        Input::Message {
+            topic: ANSWER.into(),
+            payload: envelope::encode_signed(&a, Purpose::JoinAnswer, key).expect("encode"),
+        }
+    };
+    let (stranger, _) = SigningKey::generate().expect("key");
+    assert!(s.handle(reply(&s, true, &stranger, None), now).is_empty(), "signed by another key");
+    assert!(s.handle(reply(&s, true, controller(), Some("old")), now).is_empty(), "for another request");
+    assert_eq!(s.client_id(), node_key().client_id("n1"));
+    // Accepted: recorded, and from now on the new key speaks.
+    let sealed_to = |key: &kedge_common::seal::SealPublic, generation: u64| {
+        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new() };
+        message(envelope::encode_sealed(&d, Purpose::Desired, controller(), Some(key)).expect("seal"))
+    };
+    assert_eq!(s.handle(reply(&s, true, controller(), None), now), vec![Action::Rotated]);
+    assert_eq!(s.client_id(), new.client_id("n1"), "the next connection's client id");
+    let ticked = s.handle(Input::Report(Box::new(report(7))), now);
+    let p = publishes(&ticked);
+    let (_, body) = p.iter().find(|(t, _)| *t == STATUS).expect("a report");
+    assert!(envelope::decode_verified::<NodeReport>(body, DEFAULT_MAX_PAYLOAD, Purpose::Report, &new.public()).is_ok());
+    assert_eq!(delivered(&s.handle(sealed_to(&seal_key().public(), 2), now)), vec![2], "sealed before the switch");
+    assert_eq!(delivered(&s.handle(sealed_to(&next_seal.public(), 3), now)), vec![3]);
+    assert!(s.wants_rotation(), "done: another may follow");
+    // A refusal drops the waiting pair, and the key stays.
+    let (third, _) = SigningKey::generate().expect("key");
+    let third = crate::identity::NextKey { key: std::sync::Arc::new(third), seal: next_seal };
+    s.handle(Input::Rotate(third), now);
+    let a = JoinAnswer {
+        node: "n1".into(),
+        key: s.rotation.as_ref().expect("under way").next.key.public().to_string(),
+        nonce: s.rotation.as_ref().expect("under way").nonce.clone(),
+        accepted: false,
+        reason: "this key was used before".into(),
+    };
+    let refused = Input::Message {
+        topic: ANSWER.into(),
+        payload: envelope::encode_signed(&a, Purpose::JoinAnswer, controller()).expect("encode"),
+    };
+    assert_eq!(s.handle(refused, now), vec![Action::RotationRefused("this key was used before".into())]);
+    assert_eq!(s.client_id(), new.client_id("n1"));
+}

@@ -938,6 +938,69 @@ fn a_deleted_node_is_revoked_and_rejoins_with_a_new_token() -> Result<()> {
     Ok(())
 }
 
+/// `kedge-agent rotate-key` on a running node: the controller records the
+/// new key; pods still reach the node (sealed to its new sealing key) and
+/// its reports are taken (signed with the new key); what the old key signs
+/// — a report, a rotation to yet another key — is dropped.
+#[test]
+fn a_node_rotates_its_key_and_the_old_one_speaks_for_nothing() -> Result<()> {
+    use kedge_common::envelope;
+    use kedge_common::sign::{Purpose, SigningKey};
+    use kedge_common::wire::{NodeReport, RotateRequest};
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    let node_key = |c: &Cluster| -> Result<Value> {
+        Ok(c.k.json(&["get", "node", "n1"])?["metadata"]["annotations"]["kedge.io/node-key"].clone())
+    };
+    let before = node_key(&c)?;
+    let old = SigningKey::from_pkcs8(&std::fs::read(c.agent("n1").data.join("node.key"))?)?;
+    ensure!(before == old.public().to_string(), "the Node has the agent's key: {before}");
+    let genuine = Command::new("mosquitto_sub")
+        .args(&c.mqtt_args)
+        .args(["-t", "kedge/v1/nodes/n1/status", "-C", "1", "-N", "-W", "5"])
+        .output()?;
+    let old_report: NodeReport = envelope::decode(&genuine.stdout, usize::MAX)?;
+
+    let out = c.agent("n1").cli(&["rotate-key", "--wait", "60s"])?;
+    ensure!(out.contains("rotated"), "rotate-key: {out}");
+    let new = SigningKey::from_pkcs8(&std::fs::read(c.agent("n1").data.join("node.key"))?)?;
+    ensure!(new.public() != old.public(), "a new key in place");
+    ensure!(node_key(&c)? == new.public().to_string(), "the Node has the new key");
+    ensure!(!c.agent("n1").data.join("node.key.next").exists(), "nothing left waiting");
+
+    // The node works on: a pod reaches it and runs, its status comes back.
+    c.apply("web", &deployment("web", 1, ""))?;
+    c.wait_running("app=web", 1, Duration::from_secs(60))?;
+    c.wait_node_ready("n1")?;
+
+    // The old key speaks for nothing.
+    let rejected = c.dashboard_rejected("n1")?;
+    let dir = tempfile::tempdir()?;
+    let publish = |topic: &str, payload: &[u8]| -> Result<()> {
+        let file = dir.path().join("payload");
+        std::fs::write(&file, payload)?;
+        let st =
+            Command::new("mosquitto_pub").args(&c.mqtt_args).args(["-t", topic, "-q", "1", "-f"]).arg(&file).status()?;
+        ensure!(st.success(), "mosquitto_pub to {topic}");
+        Ok(())
+    };
+    let forged = NodeReport { pods: Vec::new(), seq: old_report.seq + (1 << 40), ..old_report };
+    publish("kedge/v1/nodes/n1/status", &envelope::encode_signed(&forged, Purpose::Report, &old)?)?;
+    let (fresh, _) = SigningKey::generate()?;
+    let seal = kedge_common::seal::SealSecret::generate()?.public();
+    let rotation = RotateRequest::new("n1", &fresh, &seal, "stolen");
+    publish("kedge/v1/nodes/n1/rotate", &envelope::encode_signed(&rotation, Purpose::Rotate, &old)?)?;
+    wait_for("the old key's report counted as rejected", Duration::from_secs(15), || {
+        Ok((c.dashboard_rejected("n1")? > rejected).then_some(()))
+    })?;
+    ensure!(node_key(&c)? == new.public().to_string(), "the old key rotated nothing");
+    c.wait_running("app=web", 1, Duration::from_secs(10))?;
+    c.k.ok(&["delete", "deployment/web"])?;
+    Ok(())
+}
+
 /// A misbehaving node cannot hurt the controller: 10,000 events a second
 /// for 10 s under n1's name, signed with n1's own key (a stolen key, the
 /// worst case: forgeries cost even less). Events are created at no more

@@ -981,8 +981,11 @@ fn a_node_rotates_its_key_and_the_old_one_speaks_for_nothing() -> Result<()> {
     let publish = |topic: &str, payload: &[u8]| -> Result<()> {
         let file = dir.path().join("payload");
         std::fs::write(&file, payload)?;
-        let st =
-            Command::new("mosquitto_pub").args(&c.mqtt_args).args(["-t", topic, "-q", "1", "-f"]).arg(&file).status()?;
+        let st = Command::new("mosquitto_pub")
+            .args(&c.mqtt_args)
+            .args(["-t", topic, "-q", "1", "-f"])
+            .arg(&file)
+            .status()?;
         ensure!(st.success(), "mosquitto_pub to {topic}");
         Ok(())
     };

@@ -330,6 +330,9 @@ pub async fn start(
     Ok(Fleet { state, broker, broker_tls })
 }
 
+/// How often the nodes' message counters are written to the store.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
 /// Polls the session: (re)subscribes on every connect, feeds incoming
 /// messages to `ingest`, and flushes the dashboard topics.
 async fn link(
@@ -347,13 +350,19 @@ async fn link(
     // Reports that waited for their node's rate go in at most this late.
     let mut waiting = tokio::time::interval(Duration::from_millis(100));
     waiting.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The nodes' message counters go to the store this often (and at stop):
+    // one write however many nodes spoke.
+    let mut keep = tokio::time::interval(COUNTERS_EVERY);
+    keep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => {
+                ingest.persist();
                 let _ = mqtt.try_disconnect();
                 return;
             }
             _ = waiting.tick() => ingest.tick(),
+            _ = keep.tick() => ingest.persist(),
             _ = tick.tick() => {
                 if state.connected() {
                     dash.flush(&mqtt, &state, ingest.client());
@@ -384,7 +393,7 @@ async fn link(
                     state.set_connected(false);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => return,
+                        _ = stop.changed() => { ingest.persist(); return; }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }

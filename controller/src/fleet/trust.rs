@@ -100,6 +100,8 @@ struct Peer {
     /// The newest start count seen (also kept in the store, so a controller
     /// restart does not make an older start's messages new again).
     floor: u32,
+    /// `last` moved on since it was last kept in the store.
+    dirty: bool,
     events: Bucket,
     reports: Bucket,
 }
@@ -122,6 +124,28 @@ pub struct Trust {
 
 fn floor_record(key: &PublicKey) -> String {
     format!("seq/{key}")
+}
+
+/// The stored counters of a key: the start count, then the newest counter
+/// taken of each [`Kind`] (4 + 3 × 8 bytes, big-endian; older records hold
+/// the start count alone).
+fn encode_counters(floor: u32, last: &[u64; 3]) -> Vec<u8> {
+    let mut b = floor.to_be_bytes().to_vec();
+    for l in last {
+        b.extend_from_slice(&l.to_be_bytes());
+    }
+    b
+}
+
+fn decode_counters(b: &[u8]) -> (u32, [u64; 3]) {
+    let floor = b.get(..4).and_then(|f| <[u8; 4]>::try_from(f).ok()).map_or(0, u32::from_be_bytes);
+    let mut last = [0u64; 3];
+    for (i, l) in last.iter_mut().enumerate() {
+        if let Some(x) = b.get(4 + i * 8..12 + i * 8).and_then(|x| <[u8; 8]>::try_from(x).ok()) {
+            *l = u64::from_be_bytes(x);
+        }
+    }
+    (floor, last)
 }
 
 impl Trust {
@@ -147,20 +171,20 @@ impl Trust {
         match self.peers.get_mut(name) {
             Some(p) if p.key == key => p.checked = now,
             _ => {
-                let floor = client
+                let (floor, last) = client
                     .store()
                     .record(&floor_record(&key))
                     .ok()
                     .flatten()
-                    .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
-                    .map_or(0, u32::from_be_bytes);
+                    .map_or((0, [0; 3]), |b| decode_counters(&b));
                 self.peers.insert(
                     name.to_owned(),
                     Peer {
                         key,
                         checked: now,
-                        last: [0; 3],
+                        last,
                         floor,
+                        dirty: false,
                         events: Bucket::new(EVENT_RATE, EVENT_BURST, now),
                         reports: Bucket::new(REPORT_RATE, REPORT_BURST, now),
                     },
@@ -189,14 +213,39 @@ impl Trust {
             return Err(Untrusted::RateLimited);
         }
         p.last[kind as usize] = seq;
+        p.dirty = true;
         let epoch = Seq(seq).epoch();
         if epoch > p.floor {
+            // A new start: kept at once (once per start of the node).
             p.floor = epoch;
-            if let Err(e) = client.store().put_record(&floor_record(&p.key), &epoch.to_be_bytes()) {
+            p.dirty = false;
+            if let Err(e) = client.store().put_record(&floor_record(&p.key), &encode_counters(epoch, &p.last)) {
                 tracing::warn!(node = %name, error = %e, "cannot keep the node's message counter");
             }
         }
         Ok(())
+    }
+
+    /// Keeps the counters that moved on since the last call in the store,
+    /// in one write: called every few seconds and at shutdown, so that
+    /// after a restart a message already taken is not taken again (nor,
+    /// after a crash, one older than the last call).
+    pub fn persist(&mut self, client: &Client) {
+        let records: Vec<(String, Vec<u8>)> = self
+            .peers
+            .values_mut()
+            .filter(|p| p.dirty)
+            .map(|p| {
+                p.dirty = false;
+                (floor_record(&p.key), encode_counters(p.floor, &p.last))
+            })
+            .collect();
+        if records.is_empty() {
+            return;
+        }
+        if let Err(e) = client.store().put_records(&records) {
+            tracing::warn!(nodes = records.len(), error = %e, "cannot keep the nodes' message counters");
+        }
     }
 
     /// Whether a report of the node may be written now (its report rate).

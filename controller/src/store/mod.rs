@@ -260,10 +260,17 @@ impl Store {
 
     /// Writes a record durably (one transaction; no revision, no watch event).
     pub fn put_record(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_records(&[(name.to_owned(), bytes.to_vec())])
+    }
+
+    /// Writes records durably, all in one transaction.
+    pub fn put_records(&self, records: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(RECORDS)?;
-            table.insert(name, bytes)?;
+            for (name, bytes) in records {
+                table.insert(name.as_str(), bytes.as_slice())?;
+            }
         }
         txn.commit()?;
         Ok(())

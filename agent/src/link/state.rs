@@ -473,22 +473,27 @@ impl LinkState {
         }
     }
 
-    /// The controller's answer to our key rotation request.
-    fn rotation_answer(&mut self, payload: &[u8], out: &mut Vec<Action>) {
-        let (Some(ckey), Some(r)) = (&self.settings.controller_key, &self.rotation) else { return };
-        let answer = match envelope::decode_verified::<JoinAnswer>(
-            payload,
-            self.settings.max_payload,
-            Purpose::JoinAnswer,
-            ckey,
-        ) {
-            Ok(a) => a,
+    /// An answer signed by the controller (to a `what` request); one that is
+    /// not is counted and told.
+    fn signed_answer(&mut self, payload: &[u8], what: &str) -> Option<JoinAnswer> {
+        let ckey = self.settings.controller_key.as_ref()?;
+        match envelope::decode_verified::<JoinAnswer>(payload, self.settings.max_payload, Purpose::JoinAnswer, ckey) {
+            Ok(a) => Some(a),
             Err(e) => {
                 self.rejected += 1;
-                tracing::warn!(bytes = payload.len(), error = %e, "key rotation answer refused");
-                return;
+                tracing::warn!(bytes = payload.len(), error = %e, "{what} answer refused");
+                None
             }
-        };
+        }
+    }
+
+    /// The controller's answer to our key rotation request.
+    fn rotation_answer(&mut self, payload: &[u8], out: &mut Vec<Action>) {
+        if self.rotation.is_none() {
+            return;
+        }
+        let Some(answer) = self.signed_answer(payload, "key rotation") else { return };
+        let Some(r) = &self.rotation else { return };
         if answer.node != self.settings.node || answer.key != r.next.key.public().to_string() || answer.nonce != r.nonce
         {
             tracing::info!("an answer for another request; ignored");
@@ -516,20 +521,8 @@ impl LinkState {
         if self.joined {
             return self.rotation_answer(payload, out);
         }
-        let (Some(ckey), Some(id)) = (&self.settings.controller_key, &self.settings.identity) else { return };
-        let answer = match envelope::decode_verified::<JoinAnswer>(
-            payload,
-            self.settings.max_payload,
-            Purpose::JoinAnswer,
-            ckey,
-        ) {
-            Ok(a) => a,
-            Err(e) => {
-                self.rejected += 1;
-                tracing::warn!(bytes = payload.len(), error = %e, "join answer refused");
-                return;
-            }
-        };
+        let Some(answer) = self.signed_answer(payload, "join") else { return };
+        let Some(id) = &self.settings.identity else { return };
         if answer.node != self.settings.node
             || answer.key != id.key.public().to_string()
             || answer.nonce != self.join_nonce

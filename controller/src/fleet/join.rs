@@ -80,16 +80,25 @@ impl Joins {
         }
     }
 
-    /// One join request, on `node`'s join topic.
-    pub fn handle(&mut self, node: &str, payload: &[u8], trust: &mut Trust) {
+    /// Whether a request is looked at: not empty, and within the rate
+    /// join and rotation requests share.
+    fn admitted(&mut self, payload: &[u8]) -> bool {
         if payload.is_empty() {
-            return;
+            return false;
         }
         if !self.bucket.take(Instant::now()) {
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
-                tracing::warn!(dropped = self.dropped, "join requests over the rate limit; dropped");
+                tracing::warn!(dropped = self.dropped, "join and rotation requests over the rate limit; dropped");
             }
+            return false;
+        }
+        true
+    }
+
+    /// One join request, on `node`'s join topic.
+    pub fn handle(&mut self, node: &str, payload: &[u8], trust: &mut Trust) {
+        if !self.admitted(payload) {
             return;
         }
         let req = match self.verified(node, payload) {
@@ -121,14 +130,7 @@ impl Joins {
 
     /// One key rotation request, on `node`'s rotate topic.
     pub fn rotate(&mut self, node: &str, payload: &[u8], trust: &mut Trust) {
-        if payload.is_empty() {
-            return;
-        }
-        if !self.bucket.take(Instant::now()) {
-            self.dropped += 1;
-            if self.dropped.is_power_of_two() {
-                tracing::warn!(dropped = self.dropped, "join and rotation requests over the rate limit; dropped");
-            }
+        if !self.admitted(payload) {
             return;
         }
         let (req, new) = match self.rotation(node, payload) {

@@ -139,7 +139,7 @@ fn a_controller_and_two_agents_on_separate_machines() -> Result<()> {
     let nodes = [lab.machine("node-a")?, lab.machine("node-b")?];
     let Some((ctl, k)) = lab.controller(&server, &tmp.path().join("server"), &[])? else { return Ok(()) };
     let broker = ctl.broker.clone().context("the controller runs no fleet link")?;
-    ensure!(broker == format!("mqtt://{}:1883", server.ip()), "the broker is on the LAN: {broker}");
+    ensure!(broker == format!("mqtts://{}:8883", server.ip()), "the broker is on the LAN, over TLS: {broker}");
     let mut agents = Vec::new();
     for m in &nodes {
         // Each node has a namespace of its own: it gets a pod network.

@@ -24,6 +24,9 @@ const DESIRED: TableDefinition<&str, &[u8]> = TableDefinition::new("desired_pods
 /// Small facts: the generation of the accepted controller snapshot.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "controller_generation";
+/// The highest session open counter taken ([`kedge_common::session`]): a
+/// replayed open is refused across restarts too.
+const SESSION_FLOOR: &str = "session_floor";
 /// The last accepted cluster network table (its CBOR envelope, as received).
 const NETWORK: TableDefinition<&str, &[u8]> = TableDefinition::new("network");
 const NETWORK_KEY: &str = "cluster";
@@ -135,6 +138,23 @@ impl Cache {
     /// The generation of the last accepted controller snapshot (0: none).
     pub fn generation(&self) -> Result<u64, CacheError> {
         self.read(|txn| Ok(txn.open_table(META)?.get(GENERATION)?.map_or(0, |v| v.value())))
+    }
+
+    /// The highest session open counter taken (0: none yet).
+    pub fn session_floor(&self) -> Result<u64, CacheError> {
+        self.read(|txn| Ok(txn.open_table(META)?.get(SESSION_FLOOR)?.map_or(0, |v| v.value())))
+    }
+
+    /// Raises the session open floor to `counter` (never lowers it).
+    pub fn raise_session_floor(&self, counter: u64) -> Result<(), CacheError> {
+        self.write(|txn| {
+            let mut t = txn.open_table(META)?;
+            let have = t.get(SESSION_FLOOR)?.map_or(0, |v| v.value());
+            if counter > have {
+                t.insert(SESSION_FLOOR, counter)?;
+            }
+            Ok(())
+        })
     }
 
     /// The last accepted network table, as received (a CBOR envelope).

@@ -26,3 +26,4 @@ pub mod pods;
 pub mod relocs;
 pub mod report;
 pub mod runtime;
+pub mod sessions;

@@ -558,6 +558,8 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         max_payload: args.max_payload,
         boot_id: kedge_agent::runtime::records::boot_id(),
         credentials: args.broker_username.clone().map(|u| (u, args.broker_password.clone().unwrap_or_default())),
+        // Set by the node, which holds the runtime's paths and the cache.
+        sessions: None,
     });
     let cfg = NodeConfig {
         node,

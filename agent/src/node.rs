@@ -134,6 +134,7 @@ pub async fn run<R: CriRuntime>(
     if cfg.link.is_some() && !kedge_common::topics::valid_node_name(&cfg.node) {
         return Err(NodeError::NodeName(cfg.node.clone()));
     }
+    let session_paths = paths.clone();
     let mut workers = WorkerContext::new(runtime.clone(), paths, cfg.backoff);
     workers.dns.servers = cfg.cluster_dns.into_iter().collect();
     workers.dns.domain = cfg.cluster_domain.clone();
@@ -181,7 +182,8 @@ pub async fn run<R: CriRuntime>(
             "started the controller's pods from the local cache"
         );
     }
-    if let Some(link_cfg) = node.cfg.link.clone() {
+    if let Some(mut link_cfg) = node.cfg.link.clone() {
+        link_cfg.sessions = Some(crate::sessions::SessionEnv { paths: session_paths, cache: node.cache.clone() });
         let node_ip =
             node.cfg.node_ip.clone().or_else(|| report::route_source_ip(&link_cfg.broker.host, link_cfg.broker.port));
         let machine = report::Machine::detect(&node.cfg.node, node_ip);

@@ -15,6 +15,7 @@ pub mod network;
 pub mod pod;
 pub mod quantity;
 pub mod seal;
+pub mod session;
 pub mod sign;
 pub mod topics;
 pub mod wire;

@@ -52,6 +52,9 @@ pub enum Purpose {
     Rotate,
     /// The same request signed with the new key (proof that it holds it).
     RotateProof,
+    /// The controller's request to open a session on a node
+    /// (`kedge/v1/nodes/{node}/rpc/open`, [`crate::session`]).
+    SessionOpen,
     /// Never sent: the secret a node's MQTT client id is derived from
     /// ([`SigningKey::client_id`]).
     ClientId,
@@ -70,6 +73,7 @@ impl Purpose {
             Purpose::Rotate => "rotate",
             Purpose::RotateProof => "rotate proof",
             Purpose::Presence => "presence",
+            Purpose::SessionOpen => "session open",
         }
     }
 }

@@ -75,6 +75,46 @@ pub fn parse_join_topic<'a>(prefix: &str, topic: &'a str) -> Option<&'a str> {
     valid_node_name(node).then_some(node)
 }
 
+/// `{prefix}/v1/nodes/{node}/rpc/open`: the controller's session opens
+/// for one node ([`crate::session`]).
+pub fn session_open_topic(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/nodes/{node}/rpc/open")
+}
+
+/// `{prefix}/v1/nodes/{node}/rpc/{sid}/in` (to the node) or `…/out` (from it).
+pub fn session_topic(prefix: &str, node: &str, sid: &str, dir: crate::session::Dir) -> String {
+    let leaf = match dir {
+        crate::session::Dir::ToNode => "in",
+        crate::session::Dir::ToController => "out",
+    };
+    format!("{prefix}/{TOPIC_VERSION}/nodes/{node}/rpc/{sid}/{leaf}")
+}
+
+/// `{prefix}/v1/nodes/{node}/rpc/+/in`: every session's frames to one node.
+pub fn session_in_filter(prefix: &str, node: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/nodes/{node}/rpc/+/in")
+}
+
+/// `{prefix}/v1/nodes/+/rpc/+/out`: every node's session frames.
+pub fn session_out_filter(prefix: &str) -> String {
+    format!("{prefix}/{TOPIC_VERSION}/nodes/+/rpc/+/out")
+}
+
+/// The node, session id and direction of a session frame's topic; `None`
+/// for anything else.
+pub fn parse_session_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, &'a str, crate::session::Dir)> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?.strip_prefix(TOPIC_VERSION)?.strip_prefix("/nodes/")?;
+    let mut parts = rest.split('/');
+    let (node, rpc, sid, leaf) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let dir = match leaf {
+        "in" => crate::session::Dir::ToNode,
+        "out" => crate::session::Dir::ToController,
+        _ => return None,
+    };
+    (parts.next().is_none() && rpc == "rpc" && valid_node_name(node) && crate::session::valid_sid(sid))
+        .then_some((node, sid, dir))
+}
+
 /// Whether `name` can be a node's part of a topic (and its MQTT client id):
 /// a non-empty DNS subdomain-ish name without MQTT separators or wildcards.
 pub fn valid_node_name(name: &str) -> bool {
@@ -166,6 +206,16 @@ mod tests {
         assert_eq!(parse_join_topic("kedge", &join_topic("kedge", "pi-7")), Some("pi-7"));
         assert_eq!(parse_join_topic("kedge", &join_answer_topic("kedge", "pi-7")), None);
         assert_eq!(parse_join_topic("kedge", "kedge/v1/join/+"), None);
+        use crate::session::Dir;
+        let t = session_topic("kedge", "pi-7", "s-1_x", Dir::ToController);
+        assert_eq!(t, "kedge/v1/nodes/pi-7/rpc/s-1_x/out");
+        assert_eq!(parse_session_topic("kedge", &t), Some(("pi-7", "s-1_x", Dir::ToController)));
+        let t = session_topic("kedge", "pi-7", "s", Dir::ToNode);
+        assert_eq!(parse_session_topic("kedge", &t), Some(("pi-7", "s", Dir::ToNode)));
+        assert_eq!(parse_session_topic("kedge", &session_open_topic("kedge", "pi-7")), None);
+        assert_eq!(parse_session_topic("kedge", "kedge/v1/nodes/pi-7/rpc/s/out/x"), None);
+        assert_eq!(parse_session_topic("kedge", "kedge/v1/nodes/+/rpc/s/out"), None);
+        assert_eq!(parse_node_topic("kedge", &session_open_topic("kedge", "pi-7")), None);
         assert!(
             valid_node_name("pi-7.lab") && !valid_node_name("a/b") && !valid_node_name("+") && !valid_node_name("")
         );

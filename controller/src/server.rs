@@ -155,10 +155,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     tls::write_private(&kubeconfig, text.as_bytes())
         .map_err(|source| ServerError::Kubeconfig { path: kubeconfig.clone(), source })?;
     let (tx, rx) = watch::channel(false);
-    let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
-    let state = Arc::new(ApiState { store: store.clone(), writer: writer.clone(), config, shutdown: rx.clone() });
-    let app = api::router(state);
-    let client = Client::new(writer);
+    let client = Client::new(writer.clone());
     let fleet_state = crate::fleet::FleetState::new(
         opts.fleet.as_ref().map_or(std::time::Duration::from_secs(1800), |f| f.report_timeout),
     );
@@ -185,11 +182,14 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
                 rx.clone(),
             )
             .await?;
-            Some((fleet.broker, fleet.broker_tls))
+            Some((fleet.broker, fleet.broker_tls, fleet.relay))
         }
         None => None,
     };
-    let (broker, broker_tls) = broker.map_or((None, None), |(b, t)| (Some(b), t));
+    let (broker, broker_tls, relay) = broker.map_or((None, None, None), |(b, t, r)| (Some(b), t, Some(r)));
+    let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
+    let state = Arc::new(ApiState { store: store.clone(), writer, config, shutdown: rx.clone(), relay });
+    let app = api::router(state);
     // With the fleet link, the node lifecycle also looks at every node when
     // presence changes somewhere.
     let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());

@@ -236,15 +236,121 @@ fn workloads_on_two_agents(c: &Cluster) -> Result<()> {
         ensure!(n["status"]["capacity"]["cpu"].as_str().is_some_and(|c| !c.is_empty()), "capacity of {n}");
     }
     // The DaemonSet's env came from each pod's own field: its node's name,
-    // in the log its node keeps (read with the agent's `logs`; kubectl has
-    // no log subresource here yet).
+    // in the log its node keeps, which `kubectl logs` reads through the
+    // broker.
     for p in &ds {
         let (pod, node) = (name(p), node_of(p));
-        let want = format!("started on {node}");
-        c.agent(&node).wait_for(&format!("{want:?} in the log of {pod}"), Duration::from_secs(20), || {
-            Ok(c.agent(&node).cli(&["logs", &pod, "main"])?.contains(&want).then_some(()))
-        })?;
+        let want = format!("started on {node}\n");
+        wait_for(&format!("{want:?} from kubectl logs {pod}"), Duration::from_secs(20), || {
+            Ok((c.k.ok(&["logs", &pod])? == want).then_some(()))
+        })
+        .with_context(|| tail(&c.agent(&node).log()))?;
     }
+    Ok(())
+}
+
+const CHATTY: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: chatty}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: chatty}}
+  template:
+    metadata: {labels: {app: chatty}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: count
+        image: kedge.local/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, 'for i in $(seq 1 20); do echo count $i; done; exec sleep 3600']
+      - name: tick
+        image: kedge.local/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, 'while true; do echo tick; sleep 0.3; done']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher, labels: {app: crasher}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'echo run $(cat /proc/sys/kernel/random/uuid); sleep 1; exit 1']
+";
+
+/// `kubectl logs` as users type it, answered by the nodes through the
+/// broker: `--tail`, `--since`, `--limit-bytes`, `--timestamps`, `-f`,
+/// `--previous`, `-l` with `--all-containers`, and the errors.
+fn logs_through_the_link(c: &Cluster) -> Result<()> {
+    c.apply("chatty", CHATTY)?;
+    let pods = c.wait_running("app=chatty", 2, Duration::from_secs(60))?;
+    let count: String = (1..=20).map(|i| format!("count {i}\n")).collect();
+    wait_for("count's 20 lines", Duration::from_secs(20), || {
+        Ok((c.k.ok(&["logs", "deploy/chatty", "-c", "count"])? == count).then_some(()))
+    })?;
+    ensure!(c.k.ok(&["logs", "deploy/chatty", "-c", "count", "--tail", "5"])? == count[count.len() - 45..]);
+    ensure!(c.k.ok(&["logs", "deploy/chatty", "-c", "count", "--tail", "0"])?.is_empty());
+    ensure!(c.k.ok(&["logs", "deploy/chatty", "-c", "count", "--limit-bytes", "10"])? == count[..10]);
+    std::thread::sleep(Duration::from_secs(2));
+    ensure!(
+        c.k.ok(&["logs", "deploy/chatty", "-c", "count", "--since", "1s"])?.is_empty(),
+        "count wrote nothing lately"
+    );
+    let stamped = c.k.ok(&["logs", "deploy/chatty", "-c", "count", "--timestamps", "--tail", "1"])?;
+    let (when, text) = stamped.trim_end().split_once(' ').context("a time, then the line")?;
+    ensure!(text == "count 20" && when.parse::<jiff::Timestamp>().is_ok(), "{stamped:?}");
+
+    // Both pods, every container: their lines, prefixed as asked.
+    let all = c.k.ok(&["logs", "-l", "app=chatty", "--all-containers", "--prefix", "--tail", "3"])?;
+    for p in &pods {
+        for container in ["count", "tick"] {
+            let prefix = format!("[pod/{}/{container}]", name(p));
+            ensure!(all.lines().filter(|l| l.starts_with(&prefix)).count() == 3, "3 lines of {prefix} in\n{all}");
+        }
+    }
+
+    // -f: each line arrives within a second of its being written (the
+    // time the node wrote it down is on it).
+    let mut follow =
+        c.k.command(&["logs", "-f", "--timestamps", "--tail", "1", &format!("pod/{}", name(&pods[0])), "-c", "tick"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+    let out = follow.stdout.take().context("kubectl's stdout")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    let mut lags = Vec::new();
+    for _ in 0..6 {
+        let line = lines.next().context("kubectl logs -f ended")??;
+        let got = jiff::Timestamp::now();
+        let (when, text) = line.split_once(' ').context("a time, then the line")?;
+        ensure!(text == "tick", "{line}");
+        lags.push(got.duration_since(when.parse::<jiff::Timestamp>()?).as_secs_f64());
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // The first is the --tail line, written up to a tick before.
+    ensure!(lags[1..].iter().all(|l| *l < 1.0), "-f lags {lags:?} s");
+    eprintln!("kubectl logs -f: new lines after {:?} s", &lags[1..]);
+
+    // --previous: what the crashed attempt wrote, not what the current one did.
+    let (previous, current) = wait_for("crasher restarted", Duration::from_secs(60), || {
+        let Ok(previous) = c.k.ok(&["logs", "crasher", "--previous"]) else { return Ok(None) };
+        Ok(Some((previous, c.k.ok(&["logs", "crasher"])?)))
+    })?;
+    ensure!(
+        previous.starts_with("run ") && current.starts_with("run ") && previous != current,
+        "{previous:?} {current:?}"
+    );
+
+    // Errors name the problem.
+    let e = c.k.fails(&["logs", "deploy/chatty", "-c", "nope"])?;
+    ensure!(e.contains("container nope is not valid for pod"), "{e}");
+    let e = c.k.fails(&["logs", "nothing-here"])?;
+    ensure!(e.contains("not found"), "{e}");
+    c.k.ok(&["delete", "deployment/chatty", "pod/crasher"])?;
     Ok(())
 }
 
@@ -484,6 +590,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     }
     let Some(c) = Cluster::start(&["n1", "n2"], None, &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
+    logs_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     no_client_takes_over_a_node(&c)?;
     garbage_is_dropped(&c)?;
@@ -722,6 +829,12 @@ fn scale_down_while_a_node_is_offline() -> Result<()> {
     c.apply("web", &deployment("web", 4, pinned))?;
     c.wait_running("app=web", 4, Duration::from_secs(60))?;
     c.agent_mut("n2").kill();
+    // kubectl logs of a pod there: an answer in seconds, naming the node.
+    let on_n2 = c.pods("app=web")?.into_iter().find(|p| node_of(p) == "n2").context("a pod on n2")?;
+    let t = Instant::now();
+    let e = c.k.fails(&["logs", &name(&on_n2)])?;
+    ensure!(t.elapsed() < Duration::from_secs(6), "answered after {:?}: {e}", t.elapsed());
+    ensure!(e.contains("node \"n2\"") && (e.contains("offline") || e.contains("did not answer")), "{e}");
     c.k.ok(&["scale", "deployment/web", "--replicas=1"])?;
     let left = wait_for("the API to keep one pod", Duration::from_secs(30), || {
         let pods = c.pods("app=web")?;

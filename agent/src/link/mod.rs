@@ -60,6 +60,9 @@ pub struct LinkConfig {
     pub controller_key: Option<kedge_common::sign::PublicKey>,
     /// This node's key and join state; `None`: no token was ever given.
     pub identity: Option<crate::identity::Identity>,
+    /// What sessions (`kubectl logs`) read on the node; `None`: every
+    /// session is answered with an error.
+    pub sessions: Option<crate::sessions::SessionEnv>,
 }
 
 /// What the node loop holds of the link.
@@ -236,11 +239,14 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
         boot_id: cfg.boot_id.clone(),
         max_payload: cfg.max_payload,
         report_refresh: cfg.report_refresh,
+        extra_topics: crate::sessions::Sessions::topics(&cfg.prefix, &cfg.node).to_vec(),
         controller_key: cfg.controller_key,
         identity: cfg.identity.clone(),
     };
     let mut state = LinkState::new(settings, accepted.0, accepted.1);
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg, state.will()), 64);
+    let mut sessions =
+        crate::sessions::Sessions::new(cfg.sessions.clone(), client.clone(), &cfg.prefix, &cfg.node, cfg.max_payload);
     let identity = cfg.identity.as_ref();
     let mut backoff = Duration::from_millis(200);
     // While set, the connection is not polled: we wait before the next attempt.
@@ -256,7 +262,13 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                     Input::Connected
                 }
                 Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
-                    Input::Message { topic: p.topic, payload: p.payload.to_vec() }
+                    match sessions.handle(&p.topic, &p.payload, state.controller_key(), state.seal()) {
+                        crate::sessions::Incoming::NotOurs => {
+                            Input::Message { topic: p.topic, payload: p.payload.to_vec() }
+                        }
+                        crate::sessions::Incoming::Taken => continue,
+                        crate::sessions::Incoming::Refused(why) => Input::SessionRefused(why),
+                    }
                 }
                 Ok(_) => continue,
                 Err(e) => {
@@ -290,6 +302,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
             }
             Some(ev) = ends.events.recv() => Input::Event(ev),
             _ = tick.tick() => {
+                sessions.reap();
                 let lost = ends.lost.swap(0, Ordering::Relaxed);
                 if lost > 0 {
                     state.handle(Input::EventsLost(lost), Instant::now());

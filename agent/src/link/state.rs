@@ -58,6 +58,9 @@ pub enum Input {
     /// A key pair waits to replace this node's (`kedge-agent rotate-key`):
     /// ask the controller to take it.
     Rotate(NextKey),
+    /// Something on a session topic was refused ([`crate::sessions`]):
+    /// counted and told, as a refused snapshot is.
+    SessionRefused(String),
 }
 
 /// What the driver must do.
@@ -122,6 +125,9 @@ pub struct Settings {
     pub max_payload: usize,
     /// A report is republished this often even when nothing changed.
     pub report_refresh: Duration,
+    /// Topics to subscribe to once joined besides the snapshot and the
+    /// network table (the session topics).
+    pub extra_topics: Vec<String>,
     /// The controller's key, pinned from the join token: what it sends
     /// must carry its signature. `None` (not joined): nothing is taken.
     pub controller_key: Option<PublicKey>,
@@ -324,8 +330,7 @@ impl LinkState {
                 if self.connected && self.joined {
                     if self.subscribe_pending {
                         self.subscribe_pending = false;
-                        out.push(Action::Subscribe { topic: self.desired_topic.clone() });
-                        out.push(Action::Subscribe { topic: self.network_topic.clone() });
+                        self.subscribe_joined(&mut out);
                     }
                     if self.presence_pending {
                         self.presence_pending = false;
@@ -346,6 +351,11 @@ impl LinkState {
                         self.rotate(now, &mut out);
                     }
                 }
+            }
+            Input::SessionRefused(message) => {
+                tracing::warn!(%message, "session message refused");
+                self.reject("SessionRefused", message);
+                self.flush(now, &mut out);
             }
             Input::Stop => {
                 if self.connected && self.joined {
@@ -399,14 +409,29 @@ impl LinkState {
     /// presence, and the report again (whatever the broker had of us may
     /// be gone).
     fn session(&mut self, now: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Subscribe { topic: self.desired_topic.clone() });
-        out.push(Action::Subscribe { topic: self.network_topic.clone() });
+        self.subscribe_joined(out);
         // This connection's presence: one refused on an earlier one is not
         // sent again above this connection's will.
         self.presence_pending = false;
         out.push(self.presence(true));
         self.published = None;
         self.flush(now, out);
+    }
+
+    /// The controller's topics of a joined node.
+    fn subscribe_joined(&self, out: &mut Vec<Action>) {
+        let topics = [&self.desired_topic, &self.network_topic].into_iter().chain(&self.settings.extra_topics);
+        out.extend(topics.map(|t| Action::Subscribe { topic: t.clone() }));
+    }
+
+    /// The pinned controller key, if joined.
+    pub fn controller_key(&self) -> Option<&PublicKey> {
+        self.settings.controller_key.as_ref()
+    }
+
+    /// This node's current sealing key.
+    pub fn seal(&self) -> Option<&kedge_common::seal::SealSecret> {
+        self.settings.identity.as_ref().map(|i| &i.seal)
     }
 
     /// Sends the join request (and sets when it is asked again).

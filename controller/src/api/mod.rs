@@ -3,6 +3,7 @@
 
 mod discovery;
 pub mod error;
+mod logs;
 mod objects;
 mod proto;
 #[rustfmt::skip]
@@ -52,6 +53,9 @@ pub struct ApiState {
     pub config: ApiConfig,
     /// Flips to `true` on shutdown so open watch streams end.
     pub shutdown: signal::Receiver<bool>,
+    /// Sessions to nodes through the fleet link (`pods/log`); `None`
+    /// without one.
+    pub relay: Option<Arc<crate::fleet::relay::Relay>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -198,7 +202,9 @@ async fn resource(
         return Err(ApiError::no_route(path));
     }
     if let Some(s) = sub.as_deref() {
-        let known = (s == "status" && rt.status) || (s == "scale" && rt.scale) || (s == "binding" && rt.kind == "Pod");
+        let known = (s == "status" && rt.status)
+            || (s == "scale" && rt.scale)
+            || (matches!(s, "binding" | "log") && rt.kind == "Pod" && rt.group.is_empty());
         if !known {
             return Err(ApiError::no_route(path));
         }
@@ -210,6 +216,13 @@ async fn resource(
         (&Method::GET, false) => objects::list(st, &t, &r),
         (&Method::POST, false) => objects::create(st, &t, r).await,
         (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
+        (&Method::GET, true) if t.sub.as_deref() == Some("log") => {
+            // The request's body is not held across the wait for the node.
+            let (node, request) = logs::prepare(st, &t, &r)?;
+            drop(r);
+            logs::serve(st, node, request).await
+        }
+        (_, true) if t.sub.as_deref() == Some("log") => Err(ApiError::method_not_allowed(m.as_str(), path)),
         (&Method::GET, true) => objects::get(st, &t, &r),
         (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
         (&Method::PUT, true) => objects::replace(st, &t, r).await,

@@ -19,6 +19,7 @@ pub mod desired;
 pub mod ingest;
 pub mod join;
 pub mod network;
+pub mod relay;
 pub mod trust;
 
 use std::collections::HashMap;
@@ -256,6 +257,8 @@ pub struct Fleet {
     pub broker: BrokerUrl,
     /// The embedded broker's TLS listener, for agents on other machines.
     pub broker_tls: Option<BrokerUrl>,
+    /// Sessions to nodes (`kubectl logs`).
+    pub relay: Arc<relay::Relay>,
 }
 
 /// Starts the broker (unless external), the controller's MQTT session, the
@@ -325,9 +328,11 @@ pub async fn start(
         opts.prefix.clone(),
         opts.max_payload,
     );
+    let relay =
+        relay::Relay::new(mqtt.clone(), opts.prefix.clone(), key, state.clone(), client.clone(), opts.max_payload);
     let ingest = ingest::Ingest::new(client, opts.clone(), state.clone(), joins);
-    tasks.spawn(link(eventloop, mqtt, ingest, opts, state.clone(), broker.clone(), stop));
-    Ok(Fleet { state, broker, broker_tls })
+    tasks.spawn(link(eventloop, mqtt, ingest, relay.clone(), opts, state.clone(), broker.clone(), stop));
+    Ok(Fleet { state, broker, broker_tls, relay })
 }
 
 /// How often the nodes' message counters are written to the store.
@@ -335,10 +340,12 @@ const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
 /// Polls the session: (re)subscribes on every connect, feeds incoming
 /// messages to `ingest`, and flushes the dashboard topics.
+#[allow(clippy::too_many_arguments)]
 async fn link(
     mut eventloop: rumqttc::EventLoop,
     mqtt: AsyncClient,
     mut ingest: ingest::Ingest,
+    relay: Arc<relay::Relay>,
     opts: FleetOptions,
     state: Arc<FleetState>,
     broker: BrokerUrl,
@@ -374,7 +381,7 @@ async fn link(
                     backoff = Duration::from_millis(100);
                     let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
                         .map(|which| topics::all_nodes_filter(&opts.prefix, which));
-                    for filter in filters.into_iter().chain([topics::join_filter(&opts.prefix)]) {
+                    for filter in filters.into_iter().chain([topics::join_filter(&opts.prefix), relay.filter()]) {
                         if let Err(e) = mqtt.try_subscribe(filter, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
@@ -382,7 +389,11 @@ async fn link(
                     dash.forget();
                     state.set_connected(true);
                 }
-                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => ingest.handle(&p.topic, &p.payload),
+                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                    if !relay.incoming(&p.topic, &p.payload) {
+                        ingest.handle(&p.topic, &p.payload);
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     if state.connected() {

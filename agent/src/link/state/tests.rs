@@ -42,6 +42,7 @@ fn with_identity(accepted: u64, identity: Identity) -> LinkState {
             boot_id: "boot-1".into(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             report_refresh: Duration::from_secs(600),
+            extra_topics: Vec::new(),
             controller_key: Some(controller().public()),
             identity: Some(identity),
         },

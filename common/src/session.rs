@@ -1,0 +1,371 @@
+//! Sessions over the fleet link (design.md §3, `nodes/{node}/rpc/…`): what
+//! `kubectl logs` (and exec, attach, port-forward) asks of the node that
+//! runs the pod, relayed by the controller through the broker, so it
+//! reaches any node that reaches the broker, behind any NAT.
+//!
+//! Opening. The controller publishes a [`SessionOpen`] on
+//! `nodes/{node}/rpc/open`: signed with its key ([`Purpose::SessionOpen`])
+//! and sealed to the node ([`crate::seal`]), so only that node reads it. It
+//! carries a fresh session key and a counter above every earlier open's
+//! (the node keeps the highest it took across restarts): a replayed open is
+//! refused, so a recorded `exec` cannot be run again.
+//!
+//! Frames. Then both ends exchange [`Frame`]s on `rpc/{sid}/in` (to the
+//! node) and `rpc/{sid}/out` (from it), each sealed with ChaCha20-Poly1305
+//! (ring) under the session key; the nonce is the direction and the
+//! frame's number, the session id is the associated data. Only the two
+//! ends know the key: a frame that opens came from the other end — no
+//! per-frame signature is needed — and one taken twice or out of order is
+//! refused by its number. Nothing of a session is readable on the broker.
+//!
+//! Flow control. Whoever sends data may send [`SessionOpen::window`] bytes
+//! before the first [`Frame::Credit`], then only as much as it was granted:
+//! a fast producer cannot flood the broker or a slow reader. An end that
+//! hears nothing for [`SILENT_LIMIT`] ends the session; [`Frame::Ping`]
+//! keeps a quiet one (a `logs -f` of a silent container) alive.
+
+use std::time::Duration;
+
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::Bytes;
+
+/// Largest data carried by one frame.
+pub const MAX_FRAME_DATA: usize = 32 * 1024;
+/// Bytes of data a sender may have in flight before its first credit.
+pub const DEFAULT_WINDOW: u32 = 256 * 1024;
+/// A session end that sent nothing for this long sends a [`Frame::Ping`].
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// A session end that heard nothing for this long ends the session.
+pub const SILENT_LIMIT: Duration = Duration::from_secs(45);
+/// Sessions a node serves at once; more are refused.
+pub const MAX_SESSIONS: usize = 32;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("cannot generate a session key")]
+    Generate,
+    #[error("a session key is 32 bytes")]
+    BadKey,
+    #[error("frame of {0} bytes is too short")]
+    Short(usize),
+    #[error("frame of {size} bytes is over the {cap} byte cap")]
+    TooLarge { size: usize, cap: usize },
+    #[error("frame does not open with the session key")]
+    Open,
+    #[error("frame {got} is not newer than frame {last}")]
+    Replayed { got: u64, last: u64 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// The controller's request to open a session on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionOpen {
+    pub node: String,
+    /// The session's id: its part of the frame topics (base64url).
+    pub sid: String,
+    /// Above every earlier open's (the node refuses one that is not).
+    pub counter: u64,
+    /// The session key (32 bytes).
+    pub key: Bytes,
+    /// Data the node may send before the first credit.
+    pub window: u32,
+    pub request: Request,
+}
+
+impl crate::wire::NodeMessage for SessionOpen {
+    fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// What a session is for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Logs(LogsRequest),
+}
+
+/// `GET pods/{name}/log`'s options (Kubernetes' `PodLogOptions`), for one
+/// container of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LogsRequest {
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's uid: a pod of the same name created since is not this one.
+    pub uid: String,
+    pub container: String,
+    #[serde(default)]
+    pub follow: bool,
+    #[serde(default)]
+    pub previous: bool,
+    #[serde(default)]
+    pub timestamps: bool,
+    #[serde(default)]
+    pub tail_lines: Option<u64>,
+    /// Lines written at most this long ago (taken on the node's clock).
+    #[serde(default)]
+    pub since_seconds: Option<u64>,
+    /// Lines written at or after this time (RFC 3339).
+    #[serde(default)]
+    pub since_time: Option<String>,
+    #[serde(default)]
+    pub limit_bytes: Option<u64>,
+}
+
+/// One message of an open session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frame {
+    /// The node took the session (its first frame, unless [`Frame::Error`]).
+    Started,
+    /// Output (stream 1 stdout, 2 stderr; a log is stream 1) or input (0).
+    Data { stream: u8, data: Bytes },
+    /// The receiver of data may be sent this many more bytes.
+    Credit(u32),
+    /// The stream ended as it should (a log read to its end).
+    End,
+    /// The session failed; `code` as HTTP status codes go (400: the request
+    /// does not fit the pod, 404: no such pod or container on the node,
+    /// 500: the node failed).
+    Error { code: u16, message: String },
+    /// The controller's client went away: stop.
+    Cancel,
+    /// Nothing else to say; the session is alive.
+    Ping,
+}
+
+impl Frame {
+    /// The data bytes it carries (what credit is counted in).
+    pub fn data_len(&self) -> usize {
+        match self {
+            Frame::Data { data, .. } => data.0.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether it ends the session.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Frame::End | Frame::Error { .. } | Frame::Cancel)
+    }
+}
+
+/// Which way a frame travels (part of its nonce: a frame cannot be
+/// reflected back to its sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// Controller → node (`rpc/{sid}/in`).
+    ToNode = 0,
+    /// Node → controller (`rpc/{sid}/out`).
+    ToController = 1,
+}
+
+/// A fresh session key.
+pub fn new_key() -> Result<[u8; 32], SessionError> {
+    let mut k = [0u8; 32];
+    SystemRandom::new().fill(&mut k).map_err(|_| SessionError::Generate)?;
+    Ok(k)
+}
+
+/// A fresh session id (base64url: safe in a topic).
+pub fn new_sid() -> Result<String, SessionError> {
+    crate::sign::random_text(12).map_err(|_| SessionError::Generate)
+}
+
+/// Whether `sid` can be a session id in a topic.
+pub fn valid_sid(sid: &str) -> bool {
+    (1..=64).contains(&sid.len()) && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn aead(key: &[u8]) -> Result<LessSafeKey, SessionError> {
+    let k = UnboundKey::new(&CHACHA20_POLY1305, key).map_err(|_| SessionError::BadKey)?;
+    Ok(LessSafeKey::new(k))
+}
+
+fn nonce(dir: Dir, seq: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[0] = dir as u8;
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Seals the frames one end sends.
+pub struct Sealer {
+    key: LessSafeKey,
+    dir: Dir,
+    sid: String,
+    next: u64,
+}
+
+impl Sealer {
+    pub fn new(key: &[u8], dir: Dir, sid: &str) -> Result<Sealer, SessionError> {
+        Ok(Sealer { key: aead(key)?, dir, sid: sid.to_owned(), next: 0 })
+    }
+
+    /// The payload of `frame`: its number (8 bytes) and the sealed CBOR.
+    pub fn seal(&mut self, frame: &Frame) -> Result<Vec<u8>, SessionError> {
+        let seq = self.next;
+        self.next += 1;
+        let mut body = Vec::with_capacity(frame.data_len() + 32);
+        ciborium::into_writer(frame, &mut body).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        self.key
+            .seal_in_place_append_tag(nonce(self.dir, seq), Aad::from(self.sid.as_bytes()), &mut body)
+            .map_err(|_| SessionError::Generate)?;
+        let mut out = Vec::with_capacity(body.len() + 8);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+}
+
+/// Opens the frames one end receives, each once and in order.
+pub struct Opener {
+    key: LessSafeKey,
+    dir: Dir,
+    sid: String,
+    last: Option<u64>,
+    cap: usize,
+}
+
+impl Opener {
+    /// `cap`: the largest payload taken.
+    pub fn new(key: &[u8], dir: Dir, sid: &str, cap: usize) -> Result<Opener, SessionError> {
+        Ok(Opener { key: aead(key)?, dir, sid: sid.to_owned(), last: None, cap })
+    }
+
+    pub fn open(&mut self, payload: &[u8]) -> Result<Frame, SessionError> {
+        if payload.len() > self.cap {
+            return Err(SessionError::TooLarge { size: payload.len(), cap: self.cap });
+        }
+        if payload.len() < 8 + 16 {
+            return Err(SessionError::Short(payload.len()));
+        }
+        let (head, sealed) = payload.split_at(8);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(head);
+        let seq = u64::from_be_bytes(seq);
+        if let Some(last) = self.last.filter(|l| seq <= *l) {
+            return Err(SessionError::Replayed { got: seq, last });
+        }
+        let mut body = sealed.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce(self.dir, seq), Aad::from(self.sid.as_bytes()), &mut body)
+            .map_err(|_| SessionError::Open)?;
+        let frame = ciborium::from_reader(&plain[..]).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        self.last = Some(seq);
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: Dir) -> (Sealer, Opener) {
+        let key = new_key().expect("key");
+        (Sealer::new(&key, dir, "s1").expect("sealer"), Opener::new(&key, dir, "s1", 64 * 1024).expect("opener"))
+    }
+
+    #[test]
+    fn frames_open_once_in_order_with_their_key_only() {
+        let (mut s, mut o) = pair(Dir::ToController);
+        let secret = b"password=hunter2".to_vec();
+        let a = s.seal(&Frame::Data { stream: 1, data: Bytes(secret.clone()) }).expect("seal");
+        assert!(!a.windows(secret.len()).any(|w| w == secret), "nothing readable on the broker");
+        let b = s.seal(&Frame::End).expect("seal");
+        assert_eq!(o.open(&a).expect("open"), Frame::Data { stream: 1, data: Bytes(secret) });
+        assert_eq!(o.open(&a), Err(SessionError::Replayed { got: 0, last: 0 }), "taken twice");
+        assert_eq!(o.open(&b).expect("open"), Frame::End);
+
+        // Another session's key, the other direction, another session id,
+        // tampering and garbage: refused.
+        let (mut other, _) = pair(Dir::ToController);
+        let (mut o2, mut fresh) = {
+            let key = new_key().expect("key");
+            (
+                Opener::new(&key, Dir::ToController, "s1", 1024).expect("o"),
+                Opener::new(&key, Dir::ToController, "s2", 1024).expect("o"),
+            )
+        };
+        let forged = other.seal(&Frame::Cancel).expect("seal");
+        assert_eq!(o2.open(&forged), Err(SessionError::Open));
+        let key = new_key().expect("key");
+        let mut to_node = Sealer::new(&key, Dir::ToNode, "s1").expect("s");
+        let mut back = Opener::new(&key, Dir::ToController, "s1", 1024).expect("o");
+        assert_eq!(back.open(&to_node.seal(&Frame::Ping).expect("seal")), Err(SessionError::Open), "reflected");
+        let mut same = Sealer::new(&key, Dir::ToController, "s1").expect("s");
+        let mut elsewhere = Opener::new(&key, Dir::ToController, "s2", 1024).expect("o");
+        assert_eq!(elsewhere.open(&same.seal(&Frame::Ping).expect("seal")), Err(SessionError::Open), "spliced");
+        let mut t = same.seal(&Frame::Ping).expect("seal");
+        let last = t.len() - 1;
+        t[last] ^= 1;
+        assert_eq!(back.open(&t), Err(SessionError::Open));
+        assert_eq!(fresh.open(b"short"), Err(SessionError::Short(5)));
+        assert!(matches!(fresh.open(&[0u8; 2048]), Err(SessionError::TooLarge { size: 2048, .. })));
+    }
+
+    #[test]
+    fn session_ids_are_topic_safe() {
+        let sid = new_sid().expect("sid");
+        assert!(valid_sid(&sid), "{sid}");
+        assert_ne!(sid, new_sid().expect("sid"));
+        for bad in ["", "a/b", "+", "#", "a b"] {
+            assert!(!valid_sid(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_open_is_signed_and_sealed_to_its_node() {
+        let (key, _) = crate::sign::SigningKey::generate().expect("key");
+        let node = crate::seal::SealSecret::generate().expect("seal");
+        let other = crate::seal::SealSecret::generate().expect("seal");
+        let open = SessionOpen {
+            node: "n1".into(),
+            sid: "s1".into(),
+            counter: 7,
+            key: Bytes(vec![9; 32]),
+            window: DEFAULT_WINDOW,
+            request: Request::Logs(LogsRequest { pod: "web".into(), container: "main".into(), ..Default::default() }),
+        };
+        let payload =
+            crate::envelope::encode_sealed(&open, crate::sign::Purpose::SessionOpen, &key, Some(&node.public()))
+                .expect("encode");
+        assert!(!payload.windows(3).any(|w| w == b"web"), "the request is not readable on the broker");
+        let got: SessionOpen = crate::wire::decode_opened_for(
+            &payload,
+            "n1",
+            1 << 20,
+            crate::sign::Purpose::SessionOpen,
+            &key.public(),
+            Some(&node),
+        )
+        .expect("opens");
+        assert_eq!(got, open);
+        let on_other = crate::wire::decode_opened_for::<SessionOpen>(
+            &payload,
+            "n1",
+            1 << 20,
+            crate::sign::Purpose::SessionOpen,
+            &key.public(),
+            Some(&other),
+        );
+        assert!(on_other.is_err(), "another node cannot open it");
+        let (forger, _) = crate::sign::SigningKey::generate().expect("key");
+        let forged =
+            crate::envelope::encode_sealed(&open, crate::sign::Purpose::SessionOpen, &forger, Some(&node.public()))
+                .expect("encode");
+        let refused = crate::wire::decode_opened_for::<SessionOpen>(
+            &forged,
+            "n1",
+            1 << 20,
+            crate::sign::Purpose::SessionOpen,
+            &key.public(),
+            Some(&node),
+        );
+        assert!(refused.is_err(), "signed by another key");
+    }
+}

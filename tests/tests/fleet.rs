@@ -583,6 +583,87 @@ fn forgeries_are_refused(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// Sessions on the broker: a log read through it is not readable there; a
+/// recorded session open replayed, and one signed by another key, are
+/// refused by the node (logged, an Event) and serve nothing.
+fn sessions_refuse_forgeries_and_replays(c: &Cluster) -> Result<()> {
+    let (host, port) = c.broker.trim_start_matches("mqtt://").rsplit_once(':').context("broker url")?;
+    let pod = c.pods("app=agent-ds")?.into_iter().find(|p| node_of(p) == "n1").context("the DaemonSet pod on n1")?;
+    let sub = |topic: &str, count: &str, wait: &str| -> Result<Child> {
+        Ok(Command::new("mosquitto_sub")
+            .args(["-h", host, "-p", port, "-t", topic, "-C", count, "-N", "-W", wait])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?)
+    };
+    // Everything of n1's sessions, and the open alone, while kubectl reads the log.
+    let everything = sub("kedge/v1/nodes/n1/rpc/#", "1000", "8")?;
+    let open = sub("kedge/v1/nodes/n1/rpc/open", "1", "8")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let log = c.k.ok(&["logs", &name(&pod)])?;
+    ensure!(log == "started on n1\n", "{log:?}");
+    let open = open.wait_with_output()?.stdout;
+    let everything = everything.wait_with_output()?.stdout;
+    ensure!(!open.is_empty() && everything.len() > open.len(), "the session's messages were seen on the broker");
+    ensure!(!everything.windows(10).any(|w| w == b"started on"), "the log is not readable on the broker");
+
+    let refused = |log: &str| log.matches("session message refused").count();
+    let publish = |topic: &str, payload: &[u8]| -> Result<()> {
+        let file = c.dir.join("session-payload");
+        std::fs::write(&file, payload)?;
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", host, "-p", port, "-t", topic, "-q", "1", "-f"])
+            .arg(&file)
+            .status()?;
+        ensure!(st.success(), "mosquitto_pub to {topic}");
+        Ok(())
+    };
+    // A forged open: sealed to n1 (its sealing key is on its Node), signed
+    // by a key that is not the controller's.
+    let node = c.k.json(&["get", "node", "n1"])?;
+    let seal: kedge_common::seal::SealPublic = node["metadata"]["annotations"]["kedge.io/node-seal-key"]
+        .as_str()
+        .context("n1's sealing key")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (forger, _) = kedge_common::sign::SigningKey::generate()?;
+    let forged = kedge_common::session::SessionOpen {
+        node: "n1".into(),
+        sid: "forged".into(),
+        counter: u64::MAX,
+        key: vec![7; 32].into(),
+        window: 1 << 20,
+        request: kedge_common::session::Request::Logs(kedge_common::session::LogsRequest {
+            namespace: "default".into(),
+            pod: name(&pod),
+            container: "main".into(),
+            ..Default::default()
+        }),
+    };
+    let forged =
+        kedge_common::envelope::encode_sealed(&forged, kedge_common::sign::Purpose::SessionOpen, &forger, Some(&seal))?;
+    for (what, payload) in [("the replayed open", open.as_slice()), ("the forged open", forged.as_slice())] {
+        let answers = sub("kedge/v1/nodes/n1/rpc/+/out", "1", "4")?;
+        std::thread::sleep(Duration::from_millis(300));
+        let seen = refused(&c.agent("n1").log());
+        publish("kedge/v1/nodes/n1/rpc/open", payload)?;
+        c.agent("n1").wait_for(&format!("{what} refused"), Duration::from_secs(10), || {
+            Ok((refused(&c.agent("n1").log()) > seen).then_some(()))
+        })?;
+        let answered = answers.wait_with_output()?.stdout;
+        ensure!(answered.is_empty(), "{what}: the node served nothing ({} bytes went out)", answered.len());
+    }
+    let log = c.agent("n1").log();
+    ensure!(log.contains("refused as a replay") && log.contains("does not verify"), "the reasons are logged");
+    wait_for("SessionRefused events", Duration::from_secs(15), || {
+        let ev = c.k.json(&["get", "events", "--field-selector", "reason=SessionRefused"])?;
+        Ok(ev["items"].as_array().is_some_and(|i| !i.is_empty()).then_some(()))
+    })?;
+    // The genuine path still works.
+    ensure!(c.k.ok(&["logs", &name(&pod)])? == "started on n1\n");
+    Ok(())
+}
+
 #[test]
 fn two_agents_on_the_embedded_broker() -> Result<()> {
     if !prerequisites() {
@@ -595,6 +676,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     no_client_takes_over_a_node(&c)?;
     garbage_is_dropped(&c)?;
     forgeries_are_refused(&c)?;
+    sessions_refuse_forgeries_and_replays(&c)?;
     reports_under_another_name_are_dropped(&c)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     Ok(())
@@ -812,6 +894,7 @@ fn two_agents_through_mosquitto() -> Result<()> {
     let broker = Mosquitto::start(dir.path(), &[CONTROLLER_USER, "n1"], &["n2"])?;
     let Some(c) = Cluster::start(&["n1", "n2"], Some(&broker), &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
+    logs_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     the_acl_confines_each_node(&c, &broker)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;

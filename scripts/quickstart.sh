@@ -92,7 +92,8 @@ if [ "$(id -u)" -eq 0 ]; then
   kubectl get nodes
   kubectl get pods -n hello -o wide
   "${AGENT[@]}" ps
-  AGENT_MSG="kedge-agent (node $NODE, pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log) runs the Deployment's pods and the static pod examples/static-pod.yaml:
+  AGENT_MSG="  kubectl logs -n hello deploy/hello -f        # read on the node, through the broker
+kedge-agent (node $NODE, pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log) runs the Deployment's pods and the static pod examples/static-pod.yaml:
   ${AGENT[*]} ps
   ${AGENT[*]} logs hello greeter -f
 Watch the fleet as a dashboard would: mosquitto_sub -h ${MQTT%:*} -p ${MQTT##*:} -t 'kedge/v1/fleet/#' -v"

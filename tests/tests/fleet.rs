@@ -331,6 +331,13 @@ fn logs_through_the_link(c: &Cluster) -> Result<()> {
     }
     let _ = follow.kill();
     let _ = follow.wait();
+    // The client gone, every session ends on its node too.
+    for (n, a) in &c.agents {
+        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
+            let log = a.log();
+            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
+        })?;
+    }
     // The first is the --tail line, written up to a tick before.
     ensure!(lags[1..].iter().all(|l| *l < 1.0), "-f lags {lags:?} s");
     eprintln!("kubectl logs -f: new lines after {:?} s", &lags[1..]);

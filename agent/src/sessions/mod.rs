@@ -189,22 +189,37 @@ impl Sessions {
         let env = self.env.clone();
         tracing::info!(sid = %open.sid, request = ?open.request, "session opened by the controller");
         let SessionOpen { sid, window, request, .. } = open;
+        let name = sid.clone();
         let task = tokio::spawn(async move {
-            let mut s = Session { out, from_link, heard: Instant::now(), credit: i64::from(window) };
-            if busy {
-                s.fail(503, format!("the node serves {MAX_SESSIONS} sessions already; try again later")).await;
-                return;
-            }
-            let Some(env) = env else {
-                s.fail(500, "this agent runs no pods".into()).await;
-                return;
-            };
-            match request {
-                Request::Logs(r) => s.logs(&env.paths, r).await,
-            }
+            Session::run(out, from_link, window, busy, env, request).await;
+            tracing::info!(sid = %name, "session ended");
         });
         self.live.insert(sid, Live { opener, to_task, task });
         Ok(())
+    }
+}
+
+impl Session {
+    async fn run(
+        out: Out,
+        from_link: mpsc::Receiver<Frame>,
+        window: u32,
+        busy: bool,
+        env: Option<SessionEnv>,
+        request: Request,
+    ) {
+        let mut s = Session { out, from_link, heard: Instant::now(), credit: i64::from(window) };
+        if busy {
+            s.fail(503, format!("the node serves {MAX_SESSIONS} sessions already; try again later")).await;
+            return;
+        }
+        let Some(env) = env else {
+            s.fail(500, "this agent runs no pods".into()).await;
+            return;
+        };
+        match request {
+            Request::Logs(r) => s.logs(&env.paths, r).await,
+        }
     }
 }
 

@@ -1,14 +1,15 @@
 //! `kedge-agent logs POD [CONTAINER] [-f] [-p]`: reads the CRI log files on
-//! the node, with or without a running agent.
+//! the node, with or without a running agent, as `kubectl logs` reads them
+//! through the controller ([`crate::sessions::logs`]).
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
 use std::time::Duration;
 
+use kedge_common::session::LogsRequest;
+
 use crate::runtime::Paths;
-use crate::runtime::logs::{parse_record, rotated};
-use crate::runtime::records::{self, ContainerRecord, ContainerState, SandboxRecord};
+use crate::runtime::records::{self, ContainerRecord, SandboxRecord};
+use crate::sessions::logs::{LogError, LogReader, attempt, exited};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogsError {
@@ -18,12 +19,8 @@ pub enum LogsError {
     WhichContainer { pod: String, names: String },
     #[error("pod {pod} has no container {container:?}")]
     NoContainer { pod: String, container: String },
-    #[error("container {0} has no previous attempt")]
-    NoPrevious(String),
-    #[error("container {0} has no log file")]
-    NoLog(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// The pod's sandboxes: by exact name, by `namespace/name`, or by the
@@ -49,61 +46,20 @@ fn pick(paths: &Paths, pod: &str, container: Option<&str>, previous: bool) -> Re
     if sandboxes.is_empty() {
         return Err(LogsError::NoPod(pod.into()));
     }
-    let ids: Vec<&str> = sandboxes.iter().map(|s| s.id.as_str()).collect();
-    let mut containers: Vec<ContainerRecord> = records::load_all::<ContainerRecord>(&paths.containers())
+    let mut names: Vec<String> = records::load_all::<ContainerRecord>(&paths.containers())
         .into_iter()
-        .filter(|c| ids.contains(&c.sandbox_id.as_str()))
+        .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id))
+        .map(|c| c.name().to_string())
         .collect();
-    containers.sort_by_key(|c| (c.created_at, c.attempt()));
-    let mut names: Vec<String> = containers.iter().map(|c| c.name().to_string()).collect();
-    names.dedup();
     names.sort();
     names.dedup();
-    let name = match container {
-        Some(c) => c.to_string(),
-        None if names.len() == 1 => names[0].clone(),
-        None => return Err(LogsError::WhichContainer { pod: pod.into(), names: names.join(", ") }),
+    let name = match (container, names.as_slice()) {
+        (Some(c), _) if names.iter().any(|n| n == c) => c.to_string(),
+        (Some(c), _) => return Err(LogsError::NoContainer { pod: pod.into(), container: c.into() }),
+        (None, [one]) => one.clone(),
+        (None, _) => return Err(LogsError::WhichContainer { pod: pod.into(), names: names.join(", ") }),
     };
-    let mut attempts: Vec<ContainerRecord> = containers.into_iter().filter(|c| c.name() == name).collect();
-    if attempts.is_empty() {
-        return Err(LogsError::NoContainer { pod: pod.into(), container: name });
-    }
-    if previous {
-        attempts.pop();
-        return attempts.pop().ok_or(LogsError::NoPrevious(name));
-    }
-    attempts.pop().ok_or(LogsError::NoContainer { pod: pod.into(), container: name })
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogsError + '_ {
-    move |source| LogsError::Io { path: path.to_path_buf(), source }
-}
-
-/// Prints a log's lines (the text of each record, partial records joined);
-/// returns how far it read.
-fn print_from(path: &Path, offset: u64, out: &mut impl Write) -> Result<u64, LogsError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
-    let mut reader = BufReader::new(file);
-    let mut pos = offset;
-    let mut line = String::new();
-    let mut partial = String::new();
-    loop {
-        line.clear();
-        let n = reader.read_line(&mut line).map_err(io_err(path))?;
-        if n == 0 || !line.ends_with('\n') {
-            break; // a record still being written is read next time
-        }
-        pos += n as u64;
-        if let Some(rec) = parse_record(line.trim_end_matches('\n')) {
-            partial.push_str(rec.text);
-            if !rec.partial {
-                let _ = writeln!(out, "{partial}");
-                partial.clear();
-            }
-        }
-    }
-    Ok(pos)
+    Ok(attempt(paths, &sandboxes, pod, &name, previous)?)
 }
 
 pub fn print_logs(
@@ -113,44 +69,24 @@ pub fn print_logs(
     follow: bool,
     previous: bool,
 ) -> Result<(), LogsError> {
-    let mut c = pick(paths, pod, container, previous)?;
-    if c.log_path.as_os_str().is_empty() {
-        return Err(LogsError::NoLog(c.name().into()));
-    }
+    let c = pick(paths, pod, container, previous)?;
+    let mut reader = LogReader::new(&c, &LogsRequest { follow, previous, ..Default::default() })?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    // Rotated files first, oldest first.
-    let mut rotated_files: Vec<PathBuf> = (1..10).map(|i| rotated(&c.log_path, i)).filter(|p| p.exists()).collect();
-    rotated_files.reverse();
-    for p in rotated_files {
-        print_from(&p, 0, &mut out)?;
-    }
-    let mut offset = if c.log_path.exists() { print_from(&c.log_path, 0, &mut out)? } else { 0 };
-    let _ = out.flush();
-    if !follow {
-        return Ok(());
-    }
     loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let len = std::fs::metadata(&c.log_path).map(|m| m.len()).unwrap_or(0);
-        if len < offset {
-            offset = 0; // rotated: the live file starts over
-        }
-        if len > offset {
-            offset = print_from(&c.log_path, offset, &mut out)?;
-            let _ = out.flush();
-        }
-        let current = records::load_all::<ContainerRecord>(&paths.containers()).into_iter().find(|r| r.id == c.id);
-        match current {
-            Some(r) if r.state != ContainerState::Exited => c = r,
-            _ => {
-                // Exited (or removed): print what is left and stop, like `kubectl logs -f`.
-                if c.log_path.exists() {
-                    print_from(&c.log_path, offset, &mut out)?;
-                }
-                let _ = out.flush();
-                return Ok(());
+        // Looked at before reading: an exited container's last lines are in
+        // what is read next.
+        let done = !follow || exited(paths, &c.id);
+        let chunk = reader.read_chunk(64 * 1024)?;
+        if !chunk.is_empty() {
+            if out.write_all(&chunk).and_then(|()| out.flush()).is_err() {
+                return Ok(()); // the reader went away (a closed pipe)
             }
+            continue;
         }
+        if done {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -62,18 +62,30 @@ pub fn pick(paths: &Paths, req: &LogsRequest) -> Result<ContainerRecord, LogErro
     if sandboxes.is_empty() {
         return Err(LogError::NoPod(pod));
     }
+    attempt(paths, &sandboxes, &pod, &req.container, req.previous)
+}
+
+/// The newest attempt of `container` in these sandboxes of `pod`, or
+/// (`previous`) the one before it.
+pub fn attempt(
+    paths: &Paths,
+    sandboxes: &[SandboxRecord],
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<ContainerRecord, LogError> {
     let mut attempts: Vec<ContainerRecord> = records::load_all::<ContainerRecord>(&paths.containers())
         .into_iter()
-        .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id) && c.name() == req.container)
+        .filter(|c| sandboxes.iter().any(|s| s.id == c.sandbox_id) && c.name() == container)
         .collect();
     attempts.sort_by_key(|c| (c.created_at, c.attempt()));
     let newest = attempts.pop();
-    let (pick, previous) = if req.previous { (attempts.pop(), true) } else { (newest, false) };
-    match pick {
-        Some(c) if c.log_path.as_os_str().is_empty() => Err(LogError::NoLog { pod, container: req.container.clone() }),
+    let (pod, container) = (pod.to_owned(), container.to_owned());
+    match if previous { attempts.pop() } else { newest } {
+        Some(c) if c.log_path.as_os_str().is_empty() => Err(LogError::NoLog { pod, container }),
         Some(c) => Ok(c),
-        None if previous => Err(LogError::NoPrevious { pod, container: req.container.clone() }),
-        None => Err(LogError::Waiting { pod, container: req.container.clone() }),
+        None if previous => Err(LogError::NoPrevious { pod, container }),
+        None => Err(LogError::Waiting { pod, container }),
     }
 }
 

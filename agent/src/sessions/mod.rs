@@ -99,12 +99,6 @@ impl Sessions {
         [topics::session_open_topic(prefix, node), topics::session_in_filter(prefix, node)]
     }
 
-    /// Sessions open now.
-    pub fn open_count(&mut self) -> usize {
-        self.reap();
-        self.live.len()
-    }
-
     /// Forgets sessions whose task ended.
     pub fn reap(&mut self) {
         self.live.retain(|_, l| !l.task.is_finished());
@@ -268,56 +262,47 @@ struct Session {
     credit: i64,
 }
 
-/// What a session waiting for time or credit learnt.
-enum Wake {
-    Time,
-    Stop,
-}
-
 impl Session {
     async fn fail(&mut self, code: u16, message: String) {
         tracing::info!(code, %message, "session refused");
         self.out.send(&Frame::Error { code, message }).await;
     }
 
-    /// Takes a frame from the controller; `Stop` when it ends the session.
-    fn take(&mut self, frame: Frame) -> Option<Wake> {
+    /// Takes a frame from the controller; true when it ends the session.
+    fn take(&mut self, frame: Frame) -> bool {
         self.heard = Instant::now();
         match frame {
             Frame::Credit(n) => self.credit += i64::from(n),
-            Frame::Cancel => return Some(Wake::Stop),
+            Frame::Cancel => return true,
             _ => {}
         }
-        None
+        false
     }
 
     /// Waits up to `d` for the controller (pinging it if we were quiet);
-    /// `Stop` when it went away or ended the session.
-    async fn wait(&mut self, d: Duration) -> Wake {
+    /// true when it went away or ended the session.
+    async fn wait(&mut self, d: Duration) -> bool {
         if self.out.sent.elapsed() >= PING_EVERY && !self.out.send(&Frame::Ping).await {
-            return Wake::Stop;
+            return true;
         }
         if self.heard.elapsed() >= SILENT_LIMIT {
             tracing::info!("the controller went silent; session ended");
-            return Wake::Stop;
+            return true;
         }
         tokio::select! {
-            f = self.from_link.recv() => match f {
-                Some(f) => self.take(f).unwrap_or(Wake::Time),
-                None => Wake::Stop,
-            },
-            _ = tokio::time::sleep(d) => Wake::Time,
+            f = self.from_link.recv() => f.is_none_or(|f| self.take(f)),
+            _ = tokio::time::sleep(d) => false,
         }
     }
 
-    /// Frames that arrived meanwhile; `Stop` if one ends the session.
-    fn drain(&mut self) -> Option<Wake> {
+    /// Takes the frames that arrived meanwhile; true if one ends the session.
+    fn drain(&mut self) -> bool {
         while let Ok(f) = self.from_link.try_recv() {
-            if let Some(w) = self.take(f) {
-                return Some(w);
+            if self.take(f) {
+                return true;
             }
         }
-        None
+        false
     }
 
     async fn logs(&mut self, paths: &Paths, req: LogsRequest) {
@@ -329,14 +314,14 @@ impl Session {
         if !self.out.send(&Frame::Started).await {
             return;
         }
+        // Set once a followed container has exited: one more read takes
+        // what it wrote last, then the stream ends.
+        let mut ending = false;
         loop {
-            if let Some(Wake::Stop) = self.drain() {
+            if self.drain() {
                 return;
             }
             if self.credit > 0 {
-                // Looked at before reading: an exited container's last
-                // lines are in what is read next.
-                let exited = req.follow && logs::exited(paths, &container.id);
                 let max = MAX_FRAME_DATA.min(usize::try_from(self.credit).unwrap_or(MAX_FRAME_DATA));
                 let chunk = match reader.read_chunk(max) {
                     Ok(c) => c,
@@ -350,13 +335,17 @@ impl Session {
                     continue;
                 }
                 // At the end of what is there: done, unless following a
-                // container that still runs.
-                if reader.exhausted() || !req.follow || exited {
+                // container that still runs (looked at only once caught up).
+                if reader.exhausted() || !req.follow || ending {
                     self.out.send(&Frame::End).await;
                     return;
                 }
+                ending = logs::exited(paths, &container.id);
+                if ending {
+                    continue;
+                }
             }
-            if let Wake::Stop = self.wait(FOLLOW_POLL).await {
+            if self.wait(FOLLOW_POLL).await {
                 return;
             }
         }

@@ -171,6 +171,11 @@ impl FleetState {
         v
     }
 
+    /// Whether the node's presence says online now.
+    pub fn online(&self, node: &str) -> bool {
+        self.with(|m| m.get(node).and_then(|n| n.online) == Some(true))
+    }
+
     pub fn desired_generation(&self, node: &str) -> Option<(u64, u64)> {
         self.with(|m| m.get(node).and_then(|n| n.desired.map(|(g, h, _)| (g, h))))
     }

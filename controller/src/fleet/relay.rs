@@ -69,7 +69,7 @@ pub struct Relay {
     sessions: Mutex<HashMap<(String, String), Slot>>,
 }
 
-/// "2026-12-06T10:00:00Z (3m ago)", or "never" — when a node was last heard.
+/// "2026-12-06T10:00:00Z, 3m ago", or "never, …" — when a node was last heard.
 fn last_seen(at: i64) -> String {
     if at <= 0 {
         return "never, since this controller started".into();
@@ -110,11 +110,6 @@ impl Relay {
         f(&mut self.sessions.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Sessions open now.
-    pub fn open_sessions(&self) -> usize {
-        self.with(|m| m.len())
-    }
-
     /// The filter of every node's session frames.
     pub fn filter(&self) -> String {
         topics::session_out_filter(&self.prefix)
@@ -139,7 +134,7 @@ impl Relay {
         if !self.state.connected() {
             return Err(RelayError::NoBroker);
         }
-        if self.state.node(node).and_then(|n| n.online) != Some(true) {
+        if !self.state.online(node) {
             return Err(RelayError::Offline { node: node.into(), last_seen: self.last_seen(node) });
         }
         let n = self.client.get::<Node>("", node).map_err(|e| RelayError::Internal(e.to_string()))?;
@@ -239,7 +234,7 @@ impl Session {
             if self.sent.elapsed() >= PING_EVERY {
                 self.send(&Frame::Ping).await;
             }
-            let gone = self.relay.state.node(&self.node).and_then(|n| n.online) != Some(true);
+            let gone = !self.relay.state.online(&self.node);
             if gone || self.heard.elapsed() >= SILENT_LIMIT {
                 self.ended = true;
                 let message = format!(

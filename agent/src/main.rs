@@ -107,6 +107,21 @@ enum LcCall {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+    /// Run a process in a container on the helper's stdin, stdout and
+    /// stderr (or a terminal sent to `--console-socket`); writes `exit N` or
+    /// `error MESSAGE` to `--status`.
+    ExecStream {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        status: PathBuf,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +321,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("kedge-agent {}", kedge_common::VERSION);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Libcontainer { call: LcCall::ExecStream { id, root, status, console_socket, args } } => {
+            // Its stdout and stderr are the user's: no logging there (the
+            // status file tells what went wrong).
+            kedge_agent::runtime::container::helper_exec_stream(&id, &root, &status, console_socket.as_deref(), args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Libcontainer { call } => {
             use kedge_agent::runtime::container;
             // A container init's failure is only told through tracing: to
@@ -324,6 +345,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         None => println!("timeout"),
                     }
                 }
+                LcCall::ExecStream { .. } => unreachable!("taken above"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -135,6 +135,7 @@ pub async fn run<R: CriRuntime>(
         return Err(NodeError::NodeName(cfg.node.clone()));
     }
     let session_paths = paths.clone();
+    let exec_helper = runtime.exec_helper();
     let mut workers = WorkerContext::new(runtime.clone(), paths, cfg.backoff);
     workers.dns.servers = cfg.cluster_dns.into_iter().collect();
     workers.dns.domain = cfg.cluster_domain.clone();
@@ -183,7 +184,11 @@ pub async fn run<R: CriRuntime>(
         );
     }
     if let Some(mut link_cfg) = node.cfg.link.clone() {
-        link_cfg.sessions = Some(crate::sessions::SessionEnv { paths: session_paths, cache: node.cache.clone() });
+        link_cfg.sessions = Some(crate::sessions::SessionEnv {
+            paths: session_paths,
+            cache: node.cache.clone(),
+            exec_helper,
+        });
         let node_ip =
             node.cfg.node_ip.clone().or_else(|| report::route_source_ip(&link_cfg.broker.host, link_cfg.broker.port));
         let machine = report::Machine::detect(&node.cfg.node, node_ip);

@@ -87,6 +87,25 @@ impl crate::wire::NodeMessage for SessionOpen {
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     Logs(LogsRequest),
+    Exec(ExecRequest),
+}
+
+/// `pods/{name}/exec` and `pods/{name}/attach` (Kubernetes'
+/// `PodExecOptions`, `PodAttachOptions`), for one container of one pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub namespace: String,
+    pub pod: String,
+    /// The pod's uid: a pod of the same name created since is not this one.
+    pub uid: String,
+    pub container: String,
+    /// The command to run; empty for attach (to the container's own process).
+    pub command: Vec<String>,
+    pub stdin: bool,
+    pub stdout: bool,
+    /// Ignored with `tty` (a terminal has one output), as the kubelet does.
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 /// `GET pods/{name}/log`'s options (Kubernetes' `PodLogOptions`), for one
@@ -136,6 +155,13 @@ pub enum Frame {
     Cancel,
     /// Nothing else to say; the session is alive.
     Ping,
+    /// The input stream (0, stdin) ends: the process reads end of file.
+    Close { stream: u8 },
+    /// The terminal's new size (exec with a TTY).
+    Resize { width: u16, height: u16 },
+    /// The process exited with this code (128 + signal when killed): the
+    /// last frame of an exec.
+    Exit(i32),
 }
 
 impl Frame {
@@ -149,7 +175,7 @@ impl Frame {
 
     /// Whether it ends the session.
     pub fn is_last(&self) -> bool {
-        matches!(self, Frame::End | Frame::Error { .. } | Frame::Cancel)
+        matches!(self, Frame::End | Frame::Error { .. } | Frame::Cancel | Frame::Exit(_))
     }
 }
 

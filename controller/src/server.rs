@@ -259,7 +259,9 @@ fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> S
 }
 
 /// Serves HTTPS: each connection's handshake and requests run in their own
-/// task, so a slow client cannot hold up the others.
+/// task, so a slow client cannot hold up the others. Connections may be
+/// upgraded (exec's WebSocket); on `stop` each finishes the request it
+/// serves and closes, and this returns once all have.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     app: axum::Router,
@@ -268,8 +270,9 @@ async fn serve_tls(
 ) -> std::io::Result<()> {
     use hyper_util::rt::TokioIo;
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|v| *v) => break,
@@ -284,8 +287,8 @@ async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let mut stop = stop.clone();
+        conns.spawn(async move {
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -297,13 +300,24 @@ async fn serve_tls(
                     return;
                 }
             };
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
+            tokio::pin!(conn);
+            let stopping = async move {
+                let _ = stop.wait_for(|v| *v).await;
+            };
+            let served = tokio::select! {
+                r = conn.as_mut() => r,
+                () = stopping => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! from Debian's packages. Needs root (containers) and kubectl; skips loudly
 //! without them (a failure under CI=true).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -361,6 +362,141 @@ fn logs_through_the_link(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+const SHELL: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    workingDir: /tmp
+    env: [{name: GREETING, value: hello from the pod}]
+    command: [sleep, '3600']
+";
+
+/// Drives `kubectl exec -it` through a pseudo-terminal of 24x80, as a user's
+/// terminal would: a command typed is answered, `stty size` follows a
+/// resize to 30x100, and `exit 7` is kubectl's exit code. Prints the code.
+const TTY_DRIVER: &str = r#"
+import fcntl, os, select, struct, subprocess, sys, termios, time
+m, s = os.openpty()
+fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 80, 0, 0))
+p = subprocess.Popen(sys.argv[1:], stdin=s, stdout=s, stderr=s, start_new_session=True,
+                     preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+os.close(s)
+buf = b''
+def expect(pat, timeout=20):
+    global buf
+    end = time.time() + timeout
+    while pat not in buf:
+        left = end - time.time()
+        if left <= 0:
+            return False
+        r, _, _ = select.select([m], [], [], left)
+        if r:
+            try:
+                d = os.read(m, 4096)
+            except OSError:
+                d = b''
+            if not d:
+                sys.exit('the terminal closed waiting for %r; got %r' % (pat, buf))
+            buf += d
+    buf = buf[buf.index(pat) + len(pat):]
+    return True
+def need(pat):
+    if not expect(pat):
+        sys.exit('timed out waiting for %r; got %r' % (pat, buf))
+os.write(m, b'echo $((6*7))\n'); need(b'42')
+os.write(m, b'stty size\n'); need(b'24 80')
+fcntl.ioctl(m, termios.TIOCSWINSZ, struct.pack('HHHH', 30, 100, 0, 0))
+for _ in range(20):
+    os.write(m, b'stty size\n')
+    if expect(b'30 100', 0.5):
+        break
+else:
+    sys.exit('the size did not follow the resize: %r' % buf)
+os.write(m, b'exit 7\n')
+print(p.wait(timeout=20))
+"#;
+
+/// `kubectl exec` and `kubectl cp` through the broker: output and exit
+/// codes, stdin to its end, a terminal, files both ways, and errors that
+/// name the problem.
+fn exec_through_the_link(c: &Cluster) -> Result<()> {
+    c.apply("shell", SHELL)?;
+    wait_for("pod shell running", Duration::from_secs(60), || {
+        Ok(c.k.ok(&["get", "pod", "shell", "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
+    })?;
+    // The command runs as the container's process would: its working
+    // directory and environment.
+    let out = c.k.ok(&["exec", "shell", "--", "sh", "-c", "pwd; echo $GREETING"])?;
+    ensure!(out == "/tmp\nhello from the pod\n", "{out:?}");
+    // stdout and stderr apart, and the exit code is kubectl's.
+    let o = c.k.run(&["exec", "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    ensure!(o.status.code() == Some(3) && stdout == "out\n" && stderr.starts_with("err\n"), "{o:?}");
+    // stdin to its end: cat ends when kubectl's input does.
+    let mut cat = c.k.command(&["exec", "-i", "shell", "--", "sh", "-c", "cat; echo done"]);
+    let mut cat = cat.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    cat.stdin.take().context("stdin")?.write_all(b"line one\nline two\n")?;
+    let o = cat.wait_with_output()?;
+    ensure!(o.status.success() && o.stdout == b"line one\nline two\ndone\n", "{o:?}");
+
+    // kubectl cp of 5 MB both ways keeps every byte.
+    let dir = tempfile::tempdir()?;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let data: Vec<u8> = (0..5 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let (local, back) = (dir.path().join("big.bin"), dir.path().join("back.bin"));
+    std::fs::write(&local, &data)?;
+    c.k.ok(&["cp", &local.display().to_string(), "shell:/tmp/big.bin"])?;
+    let size = c.k.ok(&["exec", "shell", "--", "wc", "-c", "/tmp/big.bin"])?;
+    ensure!(size.split_whitespace().next() == Some("5242880"), "{size}");
+    c.k.ok(&["cp", "shell:/tmp/big.bin", &back.display().to_string()])?;
+    ensure!(std::fs::read(&back)? == data, "the file came back changed");
+
+    // A terminal: typed commands answered, resizes followed, exit code kept.
+    let k = c.k.command(&["exec", "-it", "shell", "--", "sh"]);
+    let mut py = Command::new("python3");
+    py.arg("-c").arg(TTY_DRIVER).arg(k.get_program()).args(k.get_args());
+    for (key, v) in k.get_envs() {
+        match v {
+            Some(v) => py.env(key, v),
+            None => py.env_remove(key),
+        };
+    }
+    let o = py.output()?;
+    ensure!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "7",
+        "kubectl exec -it: {o:?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // Errors name the problem.
+    let e = c.k.fails(&["exec", "shell", "-c", "nope", "--", "true"])?;
+    ensure!(e.contains("container nope is not valid for pod shell"), "{e}");
+    let e = c.k.fails(&["exec", "nothing-here", "--", "true"])?;
+    ensure!(e.contains("not found"), "{e}");
+    let o = c.k.run(&["exec", "shell", "--", "/no/such/program"])?;
+    ensure!(!o.status.success(), "{o:?}");
+    for (n, a) in &c.agents {
+        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
+            let log = a.log();
+            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
+        })?;
+    }
+    c.k.ok(&["delete", "pod/shell"])?;
+    Ok(())
+}
+
 /// `mosquitto_sub -t 'kedge/v1/fleet/#' -v` shows readable JSON per node.
 fn dashboard_is_plain_json(c: &Cluster) -> Result<()> {
     wait_for("dashboard JSON of both nodes", Duration::from_secs(20), || {
@@ -679,6 +815,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     let Some(c) = Cluster::start(&["n1", "n2"], None, &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
     logs_through_the_link(&c)?;
+    exec_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     no_client_takes_over_a_node(&c)?;
     garbage_is_dropped(&c)?;
@@ -902,11 +1039,21 @@ fn two_agents_through_mosquitto() -> Result<()> {
     let Some(c) = Cluster::start(&["n1", "n2"], Some(&broker), &[])? else { return Ok(()) };
     workloads_on_two_agents(&c)?;
     logs_through_the_link(&c)?;
+    exec_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     the_acl_confines_each_node(&c, &broker)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     drop(c);
     Ok(())
+}
+
+#[test]
+fn exec_only_tmp() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    exec_through_the_link(&c)
 }
 
 #[test]

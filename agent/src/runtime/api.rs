@@ -35,6 +35,11 @@ pub trait CriRuntime: Clone + Send + Sync + 'static {
     fn now_ns(&self) -> i64 {
         super::records::now_ns()
     }
+    /// The helper binary that runs streaming execs in containers
+    /// (`kubectl exec`); `None` when this runtime has none.
+    fn exec_helper(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 
     // ---- RuntimeService ----------------------------------------------------
 
@@ -111,6 +116,9 @@ impl CriRuntime for super::Runtime {
     }
     fn container_records(&self) -> Vec<ContainerRecord> {
         super::Runtime::container_records(self)
+    }
+    fn exec_helper(&self) -> Option<std::path::PathBuf> {
+        Some(self.inner.opts.helper.clone())
     }
     fn version(&self) -> cri::VersionResponse {
         super::Runtime::version(self)

@@ -230,6 +230,98 @@ pub fn helper_exec(
     }
 }
 
+/// Where a streaming exec's helper writes how it ended: `exit N`, or
+/// `error MESSAGE` when the process could not start.
+pub fn exec_status(text: &str) -> Result<i32, String> {
+    match text.trim().split_once(' ') {
+        Some(("exit", n)) => n.trim().parse().map_err(|_| format!("the exec helper answered {text:?}")),
+        Some(("error", m)) => Err(m.to_owned()),
+        _ if text.trim().is_empty() => Err("the exec helper ended without telling how the process ended".into()),
+        _ => Err(format!("the exec helper answered {text:?}")),
+    }
+}
+
+/// The process a streaming exec runs: the container's own (its user,
+/// working directory, environment and capabilities, as `kubectl exec`
+/// gets on Kubernetes) with `args`, and a terminal when `tty` (TERM set to
+/// `xterm` unless the container sets it, as containerd does).
+fn exec_process(config: &serde_json::Value, args: &[String], tty: bool) -> serde_json::Value {
+    let mut p = config.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+    p["args"] = serde_json::json!(args);
+    p["terminal"] = serde_json::Value::Bool(tty);
+    if let Some(o) = p.as_object_mut() {
+        o.remove("consoleSize");
+    }
+    if p.get("cwd").and_then(|c| c.as_str()).is_none_or(str::is_empty) {
+        p["cwd"] = "/".into();
+    }
+    if tty {
+        let env = p["env"].as_array().cloned().unwrap_or_default();
+        if !env.iter().any(|e| e.as_str().is_some_and(|e| e.starts_with("TERM="))) {
+            let mut env = env;
+            env.push("TERM=xterm".into());
+            p["env"] = serde_json::Value::Array(env);
+        }
+    }
+    p
+}
+
+/// The helper side of a streaming exec (`kubectl exec`): runs `args` in the
+/// container with the helper's own stdin, stdout and stderr (or, with
+/// `console_socket`, a terminal whose master goes to that socket), waits
+/// for it and writes how it ended to `status` (see [`exec_status`]).
+pub fn helper_exec_stream(
+    id: &str,
+    state_root: &Path,
+    status: &Path,
+    console_socket: Option<&Path>,
+    args: Vec<String>,
+) -> Result<(), RuntimeError> {
+    let ended = match exec_stream(id, state_root, console_socket, &args) {
+        Ok(code) => format!("exit {code}"),
+        Err(e) => format!("error {e}"),
+    };
+    fs::write(status, ended).map_err(RuntimeError::io(status))
+}
+
+fn exec_stream(id: &str, state_root: &Path, console_socket: Option<&Path>, args: &[String]) -> Result<i32, RuntimeError> {
+    use std::os::fd::OwnedFd;
+    let dir = state_root.join(id);
+    let container = Container::load(dir.clone()).map_err(lc(id))?;
+    let config_path = container.bundle().join("config.json");
+    let config: serde_json::Value = fs::read(&config_path)
+        .map_err(RuntimeError::io(&config_path))
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| other(id, format!("{}: {e}", config_path.display()))))?;
+    let process_path = dir.join(format!("exec-{}.json", crate::fsutil::unique()));
+    let process = exec_process(&config, args, console_socket.is_some());
+    fs::write(&process_path, process.to_string()).map_err(RuntimeError::io(&process_path))?;
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| -> Result<OwnedFd, RuntimeError> {
+        fd.try_clone_to_owned().map_err(RuntimeError::io(Path::new("/dev/stdin")))
+    };
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(lc(id))?
+        .with_console_socket(console_socket);
+    if console_socket.is_none() {
+        use std::os::fd::AsFd;
+        builder = builder
+            .with_stdin(dup(std::io::stdin().as_fd())?)
+            .with_stdout(dup(std::io::stdout().as_fd())?)
+            .with_stderr(dup(std::io::stderr().as_fd())?);
+    }
+    let built = builder.as_tenant().with_process(Some(&process_path)).with_detach(true).build();
+    let _ = fs::remove_file(&process_path);
+    let pid = built.map_err(lc(id))?;
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(RuntimeError::sys("waitpid")(e)),
+        }
+    }
+}
+
 /// Sends `signal` to a container's init (which takes its pid namespace with it on SIGKILL).
 pub fn signal(pid: i32, signal: Signal) -> Result<(), RuntimeError> {
     match kill(Pid::from_raw(pid), signal) {
@@ -255,4 +347,37 @@ pub fn oom_killed(cgroup_path: &str) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_runs_the_containers_process_with_new_args() {
+        let config = serde_json::json!({"process": {
+            "args": ["nginx"], "cwd": "/srv", "user": {"uid": 1000, "gid": 1000},
+            "env": ["PATH=/bin"], "terminal": false, "consoleSize": {"height": 1, "width": 1}
+        }});
+        let p = exec_process(&config, &["sh".into(), "-c".into(), "id".into()], false);
+        assert_eq!(p["args"], serde_json::json!(["sh", "-c", "id"]));
+        assert_eq!((p["cwd"].as_str(), p["user"]["uid"].as_u64()), (Some("/srv"), Some(1000)), "{p}");
+        assert_eq!(p["env"], serde_json::json!(["PATH=/bin"]));
+        assert!(p.get("consoleSize").is_none());
+        let t = exec_process(&config, &["sh".into()], true);
+        assert_eq!(t["terminal"], serde_json::Value::Bool(true));
+        assert_eq!(t["env"], serde_json::json!(["PATH=/bin", "TERM=xterm"]));
+        let own = serde_json::json!({"process": {"env": ["TERM=vt100"]}});
+        assert_eq!(exec_process(&own, &["sh".into()], true)["env"], serde_json::json!(["TERM=vt100"]));
+        assert_eq!(exec_process(&serde_json::json!({}), &["sh".into()], false)["cwd"], "/");
+    }
+
+    #[test]
+    fn exec_status_tells_the_exit_code_or_why_it_did_not_start() {
+        assert_eq!(exec_status("exit 3"), Ok(3));
+        assert_eq!(exec_status("exit 0\n"), Ok(0));
+        assert_eq!(exec_status("error no such file: nope"), Err("no such file: nope".into()));
+        assert!(exec_status("").is_err_and(|e| e.contains("without telling")));
+        assert!(exec_status("garbage").is_err());
+    }
 }

@@ -16,6 +16,7 @@ mod image_service;
 pub mod logs;
 mod netdev;
 mod pidfd;
+pub mod pty;
 pub mod records;
 mod sandbox;
 mod seccomp;

@@ -1,5 +1,5 @@
 //! Sessions the controller opens on this node through the broker
-//! ([`kedge_common::session`]): today `kubectl logs`.
+//! ([`kedge_common::session`]): `kubectl logs` and `kubectl exec`.
 //!
 //! [`Sessions`] lives in the link task: it takes the opens (signed by the
 //! pinned controller key, sealed to this node, counter above the highest
@@ -10,6 +10,7 @@
 //! counts it in the report and raises an Event. Nothing runs and nothing is
 //! published while no session is open.
 
+mod exec;
 pub mod logs;
 
 use std::collections::HashMap;
@@ -38,6 +39,9 @@ pub struct SessionEnv {
     pub paths: Paths,
     /// Where the session open floor is kept.
     pub cache: Arc<Cache>,
+    /// The helper that runs `kubectl exec` in containers (`None`: this
+    /// runtime cannot).
+    pub exec_helper: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SessionEnv {
@@ -213,6 +217,7 @@ impl Session {
         };
         match request {
             Request::Logs(r) => s.logs(&env.paths, r).await,
+            Request::Exec(r) => s.exec(&env, r).await,
         }
     }
 }

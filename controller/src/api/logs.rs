@@ -27,16 +27,12 @@ fn number(r: &Req, name: &str, least: i64) -> Result<Option<u64>, ApiError> {
     Ok(u64::try_from(n).ok())
 }
 
-fn flag(r: &Req, name: &str) -> bool {
-    matches!(r.param(name), Some("true" | "1"))
-}
-
 fn names(list: &Value) -> Vec<String> {
     list.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).map(str::to_owned).collect()
 }
 
 /// The container the request names, or the pod's only one.
-fn container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
+pub(super) fn container(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, ApiError> {
     let spec = &pod["spec"];
     let containers = names(&spec["containers"]);
     let all: Vec<String> = [&spec["initContainers"], &spec["ephemeralContainers"]]
@@ -100,9 +96,9 @@ pub fn prepare(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<(String, LogsR
         pod: name.to_owned(),
         uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
         container,
-        follow: flag(r, "follow"),
-        previous: flag(r, "previous"),
-        timestamps: flag(r, "timestamps"),
+        follow: r.flag("follow"),
+        previous: r.flag("previous"),
+        timestamps: r.flag("timestamps"),
         tail_lines,
         since_seconds,
         since_time,

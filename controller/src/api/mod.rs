@@ -3,6 +3,7 @@
 
 mod discovery;
 pub mod error;
+mod exec;
 mod logs;
 mod objects;
 mod proto;
@@ -78,13 +79,28 @@ async fn dispatch(State(st): State<Arc<ApiState>>, req: Request) -> Response {
 pub(crate) struct Req {
     pub method: Method,
     pub query: HashMap<String, String>,
+    /// The query as sent (for parameters given more than once).
+    pub raw_query: String,
     pub headers: HeaderMap,
+    /// The connection's upgrade, for the streaming subresources.
+    pub extensions: axum::http::Extensions,
     pub body: Body,
 }
 
 impl Req {
     pub fn param(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
+    }
+
+    /// A boolean parameter as Kubernetes reads one: absent, `0` or `false`
+    /// (any case) is false, anything else true (Python's client sends `True`).
+    pub fn flag(&self, k: &str) -> bool {
+        self.param(k).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+    }
+
+    /// Every value of a parameter, in order (`command=sh&command=-c`).
+    pub fn params(&self, k: &str) -> Vec<String> {
+        form_urlencoded::parse(self.raw_query.as_bytes()).filter(|(n, _)| n == k).map(|(_, v)| v.into_owned()).collect()
     }
 
     pub fn wants_table(&self) -> bool {
@@ -143,7 +159,8 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     let path = parts.uri.path().trim_end_matches('/').to_owned();
     let query: HashMap<String, String> =
         axum::extract::Query::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
-    let r = Req { method: parts.method, query, headers: parts.headers, body };
+    let raw_query = parts.uri.query().unwrap_or_default().to_owned();
+    let r = Req { method: parts.method, query, raw_query, headers: parts.headers, extensions: parts.extensions, body };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = r.method == Method::GET;
     match segs.as_slice() {
@@ -204,7 +221,7 @@ async fn resource(
     if let Some(s) = sub.as_deref() {
         let known = (s == "status" && rt.status)
             || (s == "scale" && rt.scale)
-            || (matches!(s, "binding" | "log") && rt.kind == "Pod" && rt.group.is_empty());
+            || (matches!(s, "binding" | "log" | "exec" | "attach") && rt.kind == "Pod" && rt.group.is_empty());
         if !known {
             return Err(ApiError::no_route(path));
         }
@@ -212,7 +229,7 @@ async fn resource(
     let t = Target { rt, namespace, name, sub };
     let m = r.method.clone();
     match (&m, t.name.is_some()) {
-        (&Method::GET, false) if matches!(r.param("watch"), Some("true" | "1")) => watch::serve(st, &t, &r),
+        (&Method::GET, false) if r.flag("watch") => watch::serve(st, &t, &r),
         (&Method::GET, false) => objects::list(st, &t, &r),
         (&Method::POST, false) => objects::create(st, &t, r).await,
         (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
@@ -223,6 +240,12 @@ async fn resource(
             logs::serve(st, node, request).await
         }
         (_, true) if t.sub.as_deref() == Some("log") => Err(ApiError::method_not_allowed(m.as_str(), path)),
+        (&Method::GET | &Method::POST, true) if matches!(t.sub.as_deref(), Some("exec" | "attach")) => {
+            exec::serve(st, &t, r).await
+        }
+        (_, true) if matches!(t.sub.as_deref(), Some("exec" | "attach")) => {
+            Err(ApiError::method_not_allowed(m.as_str(), path))
+        }
         (&Method::GET, true) => objects::get(st, &t, &r),
         (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
         (&Method::PUT, true) => objects::replace(st, &t, r).await,

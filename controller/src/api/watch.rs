@@ -96,7 +96,7 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
     let (labels, fields) = selectors(t.rt, r)?;
     let filter = Filter { resource: t.rt.id, namespace: t.namespace.clone(), labels, fields };
     let enc = Encoder { rt: t.rt, as_table: r.wants_table(), include: r.param("includeObject").map(str::to_owned) };
-    let bookmarks = r.param("allowWatchBookmarks") == Some("true");
+    let bookmarks = r.flag("allowWatchBookmarks");
     let timeout = r.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
     let from = match r.param("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {
         Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {v:?}")))?),
@@ -106,7 +106,7 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
     // `sendInitialEvents=true` (client-go's watch-list): the current state as
     // ADDED events, then a bookmark marking their end, whatever the
     // resourceVersion says.
-    let initial_events = r.param("sendInitialEvents") == Some("true");
+    let initial_events = r.flag("sendInitialEvents");
     let mut initial: Vec<Bytes> = Vec::new();
     let mut last = from.unwrap_or(0);
     // Listing and subscribing happen without an await in between, so no

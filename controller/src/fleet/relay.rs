@@ -165,6 +165,7 @@ impl Relay {
             heard: Instant::now(),
             sent: Instant::now(),
             taken: 0,
+            credit: i64::from(DEFAULT_WINDOW),
             ended: false,
         };
         self.mqtt
@@ -220,6 +221,8 @@ pub struct Session {
     sent: Instant,
     /// Data bytes taken since the last credit.
     taken: u64,
+    /// Data bytes the node still takes (stdin of an exec).
+    credit: i64,
     ended: bool,
 }
 
@@ -253,8 +256,13 @@ impl Session {
                 }
                 Ok(Some(f)) => {
                     self.heard = Instant::now();
-                    if f == Frame::Ping {
-                        continue;
+                    match f {
+                        Frame::Ping => continue,
+                        Frame::Credit(n) => {
+                            self.credit += i64::from(n);
+                            continue;
+                        }
+                        _ => {}
                     }
                     self.ended |= f.is_last();
                     return Some(f);
@@ -268,6 +276,23 @@ impl Session {
         let Ok(payload) = self.sealer.seal(frame) else { return false };
         self.sent = Instant::now();
         self.relay.mqtt.publish(self.topic.clone(), QoS::AtLeastOnce, false, payload).await.is_ok()
+    }
+
+    /// Whether the node takes more data now (its credit is not spent).
+    pub fn can_send_data(&self) -> bool {
+        self.credit > 0
+    }
+
+    /// Sends data (input) to the node, within its credit: call only while
+    /// [`Session::can_send_data`]; larger data goes in several frames.
+    pub async fn send_data(&mut self, stream: u8, data: &[u8]) -> bool {
+        for chunk in data.chunks(session::MAX_FRAME_DATA) {
+            self.credit -= chunk.len() as i64;
+            if !self.send(&Frame::Data { stream, data: chunk.to_vec().into() }).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Notes that `n` data bytes were passed on to the client; grants the

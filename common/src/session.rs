@@ -20,7 +20,9 @@
 //!
 //! Flow control. Whoever sends data may send [`SessionOpen::window`] bytes
 //! before the first [`Frame::Credit`], then only as much as it was granted:
-//! a fast producer cannot flood the broker or a slow reader. An end that
+//! a fast producer cannot flood the broker or a slow reader. Each data
+//! frame costs at least [`MIN_FRAME_COST`], so a window also bounds the
+//! frames in flight, and a receiver's queue of [`QUEUE`] never overflows. An end that
 //! hears nothing for [`SILENT_LIMIT`] ends the session; [`Frame::Ping`]
 //! keeps a quiet one (a `logs -f` of a silent container) alive.
 
@@ -42,6 +44,20 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const SILENT_LIMIT: Duration = Duration::from_secs(45);
 /// Sessions a node serves at once; more are refused.
 pub const MAX_SESSIONS: usize = 32;
+/// What a data frame costs of the window at least: small frames (a
+/// terminal's keystrokes) count as this much, so a window holds at most
+/// [`MAX_DATA_FRAMES`] frames and a receiver's queue of that many (plus
+/// room for control frames) never overflows.
+pub const MIN_FRAME_COST: usize = 4 * 1024;
+/// Data frames a full window holds at most.
+pub const MAX_DATA_FRAMES: usize = DEFAULT_WINDOW as usize / MIN_FRAME_COST;
+/// A receiving end's queue: a window of data frames and control frames.
+pub const QUEUE: usize = MAX_DATA_FRAMES + 32;
+
+/// What `len` bytes of data cost of the window (see [`MIN_FRAME_COST`]).
+pub fn cost(len: usize) -> i64 {
+    len.max(MIN_FRAME_COST) as i64
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SessionError {

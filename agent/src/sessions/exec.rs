@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use kedge_common::bytes::Bytes;
-use kedge_common::session::{DEFAULT_WINDOW, ExecRequest, Frame, LogsRequest, MAX_FRAME_DATA, PING_EVERY};
+use kedge_common::session::{self, DEFAULT_WINDOW, ExecRequest, Frame, LogsRequest, MAX_FRAME_DATA, PING_EVERY};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Duration, Instant};
 
@@ -141,11 +141,12 @@ impl Session {
             return;
         }
         tracing::info!(pod = %req.pod, container = %req.container, command = ?req.command, tty = req.tty, "exec started");
-        // Input taken from the controller and not yet written.
-        let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+        // Input taken from the controller and not yet written, with what
+        // each frame cost of the window (credited back once written).
+        let mut pending: VecDeque<(Vec<u8>, i64)> = VecDeque::new();
         let mut close_input = false;
-        // Input written since it was last credited back.
-        let mut written: u32 = 0;
+        // Cost of the input written since it was last credited back.
+        let mut written: i64 = 0;
         let mut exit: Option<Result<i32, String>> = None;
         let mut drain_until: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -162,12 +163,13 @@ impl Session {
             }
             let room = usize::try_from(self.credit.max(0)).unwrap_or(0);
             let can_read = room > 0;
-            let front_len = pending.front().map_or(0, Vec::len);
+            let front_len = pending.front().map_or(0, |(b, _)| b.len());
             tokio::select! {
                 f = self.from_link.recv() => {
                     let Some(f) = f else { break };
                     self.heard = Instant::now();
-                    match self.take_exec(f, &mut pending, &mut close_input, terminal.as_ref()) {
+                    let taking = input.is_some() && !close_input;
+                    match self.take_exec(f, taking, &mut pending, &mut written, &mut close_input, terminal.as_ref()) {
                         Asked::Stop => break,
                         Asked::Nothing => {}
                     }
@@ -184,21 +186,22 @@ impl Session {
                 }
                 w = async {
                     match (input.as_mut(), pending.front()) {
-                        (Some(i), Some(b)) => i.write(b).await,
+                        (Some(i), Some((b, _))) => i.write(b).await,
                         _ => std::future::pending().await,
                     }
                 }, if front_len > 0 && input.is_some() => {
                     match w {
                         Ok(n) => {
-                            if let Some(front) = pending.front_mut() {
+                            if let Some((front, cost)) = pending.front_mut() {
                                 front.drain(..n.min(front.len()));
                                 if front.is_empty() {
+                                    written += *cost;
                                     pending.pop_front();
                                 }
                             }
-                            written = written.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-                            if written >= DEFAULT_WINDOW / 4 {
-                                if !self.out.send(&Frame::Credit(written)).await {
+                            if written >= i64::from(DEFAULT_WINDOW / 4) {
+                                let grant = u32::try_from(written).unwrap_or(u32::MAX);
+                                if !self.out.send(&Frame::Credit(grant)).await {
                                     break;
                                 }
                                 written = 0;
@@ -207,7 +210,7 @@ impl Session {
                         Err(_) => {
                             // The process closed its input: what comes is dropped.
                             input = None;
-                            pending.clear();
+                            written += pending.drain(..).map(|(_, c)| c).sum::<i64>();
                         }
                     }
                 }
@@ -251,7 +254,7 @@ impl Session {
     async fn forward(&mut self, r: Option<(u8, Vec<u8>)>, out: &mut Option<Output>) -> bool {
         match r {
             Some((stream, data)) if !data.is_empty() => {
-                self.credit -= data.len() as i64;
+                self.credit -= session::cost(data.len());
                 self.out.send(&Frame::Data { stream, data: Bytes(data) }).await
             }
             _ => {
@@ -264,12 +267,22 @@ impl Session {
     fn take_exec(
         &mut self,
         f: Frame,
-        pending: &mut VecDeque<Vec<u8>>,
+        taking: bool,
+        pending: &mut VecDeque<(Vec<u8>, i64)>,
+        dropped: &mut i64,
         close_input: &mut bool,
         terminal: Option<&std::os::fd::OwnedFd>,
     ) -> Asked {
         match f {
-            Frame::Data { stream: 0, data } if !*close_input => pending.push_back(data.0),
+            Frame::Data { stream: 0, data } => {
+                let cost = session::cost(data.0.len());
+                if taking {
+                    pending.push_back((data.0, cost));
+                } else {
+                    // Nobody reads it; its window comes back all the same.
+                    *dropped += cost;
+                }
+            }
             Frame::Close { stream: 0 } => *close_input = true,
             Frame::Resize { width, height } => {
                 if let Some(t) = terminal

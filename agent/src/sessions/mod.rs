@@ -183,7 +183,7 @@ impl Sessions {
             sent: Instant::now(),
         };
         let busy = self.live.len() >= MAX_SESSIONS;
-        let (to_task, from_link) = mpsc::channel(16);
+        let (to_task, from_link) = mpsc::channel(session::QUEUE);
         let env = self.env.clone();
         tracing::info!(sid = %open.sid, request = ?open.request, "session opened by the controller");
         let SessionOpen { sid, window, request, .. } = open;
@@ -333,7 +333,7 @@ impl Session {
                     Err(e) => return self.fail(e.code(), e.to_string()).await,
                 };
                 if !chunk.is_empty() {
-                    self.credit -= chunk.len() as i64;
+                    self.credit -= session::cost(chunk.len());
                     if !self.out.send(&Frame::Data { stream: 1, data: Bytes(chunk) }).await {
                         return;
                     }

@@ -32,8 +32,6 @@ use crate::client::Client;
 
 /// How long a node has to answer a session open.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames waiting for their session's handler (credit keeps data within the window).
-const QUEUE: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -152,7 +150,7 @@ impl Relay {
         };
         let payload = kedge_common::envelope::encode_sealed(&open, Purpose::SessionOpen, &self.key, Some(&seal))
             .map_err(|e| RelayError::Internal(e.to_string()))?;
-        let (to_handler, from_relay) = mpsc::channel(QUEUE);
+        let (to_handler, from_relay) = mpsc::channel(session::QUEUE);
         let opener = Opener::new(&key, Dir::ToController, &sid, self.max_payload).map_err(internal)?;
         self.with(|m| m.insert((node.to_owned(), sid.clone()), Slot { opener, to_handler }));
         let mut s = Session {
@@ -228,7 +226,8 @@ pub struct Session {
 
 impl Session {
     /// The next frame from the node; `None` once the session is over. A
-    /// node that goes offline or silent ends it with an error.
+    /// node that goes offline or silent ends it with an error. A credit is
+    /// counted (for [`Session::send_data`]) and returned too.
     pub async fn recv(&mut self) -> Option<Frame> {
         if self.ended {
             return None;
@@ -258,10 +257,8 @@ impl Session {
                     self.heard = Instant::now();
                     match f {
                         Frame::Ping => continue,
-                        Frame::Credit(n) => {
-                            self.credit += i64::from(n);
-                            continue;
-                        }
+                        // Returned, so a caller waiting for credit looks again.
+                        Frame::Credit(n) => self.credit += i64::from(n),
                         _ => {}
                     }
                     self.ended |= f.is_last();
@@ -287,7 +284,7 @@ impl Session {
     /// [`Session::can_send_data`]; larger data goes in several frames.
     pub async fn send_data(&mut self, stream: u8, data: &[u8]) -> bool {
         for chunk in data.chunks(session::MAX_FRAME_DATA) {
-            self.credit -= chunk.len() as i64;
+            self.credit -= session::cost(chunk.len());
             if !self.send(&Frame::Data { stream, data: chunk.to_vec().into() }).await {
                 return false;
             }
@@ -298,7 +295,7 @@ impl Session {
     /// Notes that `n` data bytes were passed on to the client; grants the
     /// node more once half its window is used.
     pub async fn consumed(&mut self, n: usize) {
-        self.taken += n as u64;
+        self.taken += session::cost(n).unsigned_abs();
         if self.taken >= u64::from(DEFAULT_WINDOW / 2) {
             let grant = u32::try_from(self.taken).unwrap_or(u32::MAX);
             self.taken = 0;

@@ -184,11 +184,8 @@ pub async fn run<R: CriRuntime>(
         );
     }
     if let Some(mut link_cfg) = node.cfg.link.clone() {
-        link_cfg.sessions = Some(crate::sessions::SessionEnv {
-            paths: session_paths,
-            cache: node.cache.clone(),
-            exec_helper,
-        });
+        link_cfg.sessions =
+            Some(crate::sessions::SessionEnv { paths: session_paths, cache: node.cache.clone(), exec_helper });
         let node_ip =
             node.cfg.node_ip.clone().or_else(|| report::route_source_ip(&link_cfg.broker.host, link_cfg.broker.port));
         let machine = report::Machine::detect(&node.cfg.node, node_ip);

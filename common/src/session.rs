@@ -104,6 +104,17 @@ impl crate::wire::NodeMessage for SessionOpen {
 pub enum Request {
     Logs(LogsRequest),
     Exec(ExecRequest),
+    PortForward(PortForwardRequest),
+}
+
+/// One connection of `kubectl port-forward`: TCP to `port` on the pod's
+/// loopback, inside its network namespace (data stream 0 in, 1 out).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PortForwardRequest {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub port: u16,
 }
 
 /// `pods/{name}/exec` and `pods/{name}/attach` (Kubernetes'

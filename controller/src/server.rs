@@ -300,7 +300,8 @@ async fn serve_tls(
                     return;
                 }
             };
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
             tokio::pin!(conn);
             let stopping = async move {
                 let _ = stop.wait_for(|v| *v).await;

@@ -497,6 +497,78 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+const PF: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: pf}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'mkdir -p /www && echo hello through the broker > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www']
+";
+
+/// Starts `kubectl port-forward` to `target` on a free local port; returns
+/// it once kubectl listens, with the port.
+fn port_forward(c: &Cluster, target: &str, websockets: bool) -> Result<(Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut pf = c.k.command(&["port-forward", "pod/pf", &format!("{port}:{target}")]);
+    pf.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if websockets { "true" } else { "false" });
+    let mut pf = pf.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let out = pf.stdout.take().context("kubectl's stdout")?;
+    let line = std::io::BufRead::lines(std::io::BufReader::new(out)).next().context("kubectl printed nothing")??;
+    ensure!(line.starts_with(&format!("Forwarding from 127.0.0.1:{port}")), "{line}");
+    Ok((pf, port))
+}
+
+/// `kubectl port-forward` through the broker, tunnelled in a WebSocket
+/// (kubectl 1.31+) and as direct SPDY (up to 1.30): the pod's page, which
+/// it serves on its own loopback only, to 20 curls at once.
+fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
+    c.apply("pf", PF)?;
+    wait_for("pod pf running", Duration::from_secs(60), || {
+        Ok(c.k.ok(&["get", "pod", "pf", "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
+    })?;
+    for websockets in [true, false] {
+        let (mut pf, port) = port_forward(c, "8080", websockets)?;
+        let url = format!("http://127.0.0.1:{port}/");
+        let curls: Vec<Child> = (0..20)
+            .map(|_| {
+                Command::new("curl")
+                    .args(["-sS", "--max-time", "30", &url])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+            })
+            .collect::<Result<_, _>>()?;
+        for curl in curls {
+            let o = curl.wait_with_output()?;
+            ensure!(
+                o.status.success() && o.stdout == b"hello through the broker\n",
+                "curl through port-forward (websockets={websockets}): {o:?}"
+            );
+        }
+        let _ = pf.kill();
+        let _ = pf.wait();
+    }
+    // A port nothing listens on: kubectl says so.
+    let (pf, port) = port_forward(c, "9999", true)?;
+    let o = Command::new("curl").args(["-sS", "--max-time", "20", &format!("http://127.0.0.1:{port}/")]).output()?;
+    ensure!(!o.status.success(), "{o:?}");
+    let out = pf.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(stderr.contains("connection refused"), "kubectl port-forward to a closed port: {stderr}");
+    for (n, a) in &c.agents {
+        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
+            let log = a.log();
+            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
+        })?;
+    }
+    c.k.ok(&["delete", "pod/pf"])?;
+    Ok(())
+}
+
 /// `mosquitto_sub -t 'kedge/v1/fleet/#' -v` shows readable JSON per node.
 fn dashboard_is_plain_json(c: &Cluster) -> Result<()> {
     wait_for("dashboard JSON of both nodes", Duration::from_secs(20), || {
@@ -1053,6 +1125,7 @@ fn exec_only_tmp() -> Result<()> {
         return Ok(());
     }
     let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    port_forward_through_the_link(&c)?;
     exec_through_the_link(&c)
 }
 

@@ -284,7 +284,12 @@ pub fn helper_exec_stream(
     fs::write(status, ended).map_err(RuntimeError::io(status))
 }
 
-fn exec_stream(id: &str, state_root: &Path, console_socket: Option<&Path>, args: &[String]) -> Result<i32, RuntimeError> {
+fn exec_stream(
+    id: &str,
+    state_root: &Path,
+    console_socket: Option<&Path>,
+    args: &[String],
+) -> Result<i32, RuntimeError> {
     use std::os::fd::OwnedFd;
     let dir = state_root.join(id);
     let container = Container::load(dir.clone()).map_err(lc(id))?;

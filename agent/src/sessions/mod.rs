@@ -12,6 +12,8 @@
 
 mod exec;
 pub mod logs;
+mod pipes;
+mod portforward;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -218,6 +220,7 @@ impl Session {
         match request {
             Request::Logs(r) => s.logs(&env.paths, r).await,
             Request::Exec(r) => s.exec(&env, r).await,
+            Request::PortForward(r) => s.port_forward(&env, r).await,
         }
     }
 }

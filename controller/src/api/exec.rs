@@ -200,7 +200,12 @@ fn parse(data: &[u8], v5: bool) -> FromClient {
 /// Relays between the client's WebSocket and the node's session until the
 /// command exits (its status, then a normal close), either end goes away,
 /// or the controller stops.
-async fn bridge(mut socket: WebSocket, mut session: Session, v5: bool, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+async fn bridge(
+    mut socket: WebSocket,
+    mut session: Session,
+    v5: bool,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let last = loop {
         tokio::select! {
             f = session.recv() => match f {

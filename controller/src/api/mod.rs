@@ -6,10 +6,12 @@ pub mod error;
 mod exec;
 mod logs;
 mod objects;
+mod portforward;
 mod proto;
 #[rustfmt::skip]
 mod proto_schema;
 mod openapi;
+mod spdy;
 mod table;
 mod watch;
 
@@ -221,7 +223,9 @@ async fn resource(
     if let Some(s) = sub.as_deref() {
         let known = (s == "status" && rt.status)
             || (s == "scale" && rt.scale)
-            || (matches!(s, "binding" | "log" | "exec" | "attach") && rt.kind == "Pod" && rt.group.is_empty());
+            || (matches!(s, "binding" | "log" | "exec" | "attach" | "portforward")
+                && rt.kind == "Pod"
+                && rt.group.is_empty());
         if !known {
             return Err(ApiError::no_route(path));
         }
@@ -243,7 +247,10 @@ async fn resource(
         (&Method::GET | &Method::POST, true) if matches!(t.sub.as_deref(), Some("exec" | "attach")) => {
             exec::serve(st, &t, r).await
         }
-        (_, true) if matches!(t.sub.as_deref(), Some("exec" | "attach")) => {
+        (&Method::GET | &Method::POST, true) if t.sub.as_deref() == Some("portforward") => {
+            portforward::serve(st, &t, r).await
+        }
+        (_, true) if matches!(t.sub.as_deref(), Some("exec" | "attach" | "portforward")) => {
             Err(ApiError::method_not_allowed(m.as_str(), path))
         }
         (&Method::GET, true) => objects::get(st, &t, &r),

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -517,8 +517,11 @@ fn port_forward(c: &Cluster, target: &str, websockets: bool) -> Result<(Child, u
     pf.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if websockets { "true" } else { "false" });
     let mut pf = pf.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let out = pf.stdout.take().context("kubectl's stdout")?;
-    let line = std::io::BufRead::lines(std::io::BufReader::new(out)).next().context("kubectl printed nothing")??;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    let line = lines.next().context("kubectl printed nothing")??;
     ensure!(line.starts_with(&format!("Forwarding from 127.0.0.1:{port}")), "{line}");
+    // kubectl prints a line per connection: keep reading them.
+    std::thread::spawn(move || lines.for_each(drop));
     Ok((pf, port))
 }
 
@@ -529,6 +532,9 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
     c.apply("pf", PF)?;
     wait_for("pod pf running", Duration::from_secs(60), || {
         Ok(c.k.ok(&["get", "pod", "pf", "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
+    })?;
+    wait_for("httpd to serve in pod pf", Duration::from_secs(20), || {
+        Ok(c.k.run(&["exec", "pf", "--", "wget", "-qO-", "http://127.0.0.1:8080/"])?.status.success().then_some(()))
     })?;
     for websockets in [true, false] {
         let (mut pf, port) = port_forward(c, "8080", websockets)?;
@@ -542,15 +548,16 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
                     .spawn()
             })
             .collect::<Result<_, _>>()?;
-        for curl in curls {
-            let o = curl.wait_with_output()?;
+        let outs: Vec<Output> = curls.into_iter().map(Child::wait_with_output).collect::<Result<_, _>>()?;
+        let _ = pf.kill();
+        let kubectl = pf.wait_with_output()?;
+        for o in outs {
             ensure!(
                 o.status.success() && o.stdout == b"hello through the broker\n",
-                "curl through port-forward (websockets={websockets}): {o:?}"
+                "curl through port-forward (websockets={websockets}): {o:?}\nkubectl: {}",
+                String::from_utf8_lossy(&kubectl.stderr)
             );
         }
-        let _ = pf.kill();
-        let _ = pf.wait();
     }
     // A port nothing listens on: kubectl says so.
     let (pf, port) = port_forward(c, "9999", true)?;
@@ -1116,6 +1123,15 @@ fn two_agents_through_mosquitto() -> Result<()> {
     the_acl_confines_each_node(&c, &broker)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     drop(c);
+    Ok(())
+}
+
+#[test]
+fn debug_cluster_tmp() -> Result<()> {
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    c.apply("pf", PF)?;
+    eprintln!("KUBECONFIG={} KUBECTL={}", c.k.kubeconfig.display(), c.k.bin.display());
+    std::thread::sleep(Duration::from_secs(900));
     Ok(())
 }
 

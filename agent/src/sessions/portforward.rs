@@ -52,9 +52,13 @@ impl Session {
         let stream = match dial(netns, req.port).await.and_then(tokio::net::TcpStream::from_std) {
             Ok(s) => s,
             Err(e) => {
-                // The kubelet's words, which kubectl prints.
+                // The kubelet's words (Go's), which kubectl prints.
+                let why = match e.raw_os_error() {
+                    Some(n) => format!("connect: {}", nix::errno::Errno::from_raw(n).desc().to_lowercase()),
+                    None => e.to_string(),
+                };
                 let m = format!(
-                    "error forwarding port {} to pod {}, uid {}: dial tcp4 127.0.0.1:{}: {e}",
+                    "error forwarding port {} to pod {}, uid {}: dial tcp4 127.0.0.1:{}: {why}",
                     req.port, req.pod, req.uid, req.port
                 );
                 return self.fail(500, m).await;

@@ -234,10 +234,11 @@ async fn relay_ports<T: Transport>(
                         send_pending(pair).await;
                     }
                     Err(e) => {
-                        let text = format!(
-                            "error forwarding port {} to pod {}, uid {}: {e}",
-                            pair.port, target.pod, target.uid
-                        );
+                        let text = match e {
+                            // The node's own words name the port and the pod.
+                            RelayError::Node { message, .. } => message,
+                            e => format!("error forwarding port {} to pod {}, uid {}: {e}", pair.port, target.pod, target.uid),
+                        };
                         fail(&mut conn, pair, &text);
                         if let Some(p) = pairs.remove(&rid) { forget(&mut stream_of, &p) }
                     }

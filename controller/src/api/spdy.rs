@@ -8,8 +8,9 @@
 //!
 //! Header blocks are zlib-compressed with the SPDY/3 dictionary, one zlib
 //! stream per direction for the whole connection. Ours need no
-//! compression: after a zlib header each block is one stored deflate block,
-//! which any inflater reads. Research: docs/research/kubectl-streaming.md §2.
+//! compression: after a zlib header each block is one stored deflate block
+//! and a sync flush (as Go's inflater needs to hand the block out), which
+//! any inflater reads. Research: docs/research/kubectl-streaming.md §2.
 
 use std::collections::HashMap;
 use std::io;
@@ -263,6 +264,10 @@ impl<T: Transport> Conn<T> {
         z.extend(len.to_le_bytes());
         z.extend((!len).to_le_bytes());
         z.extend(&plain[..usize::from(len)]);
+        // A sync flush (an empty stored block): Go's inflater hands out a
+        // stored block's bytes only when it reaches the next block, so a
+        // block without one would be read only with the next frame's.
+        z.extend([0x00, 0x00, 0x00, 0xff, 0xff]);
         z
     }
 }
@@ -435,9 +440,17 @@ mod tests {
         c.flush().await.expect("flush");
         let w = &c.t.written;
         assert_eq!(w[0], [0x80, 3, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1], "the ping echoed");
-        // The first reply as Go's reader takes it (checked against Python's zlib).
-        assert_eq!(w[1], [0x80, 3, 0, 2, 0, 0, 0, 15, 0, 0, 0, 1, 0x78, 1, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0]);
-        assert_eq!(w[2], [0x80, 3, 0, 2, 0, 0, 0, 13, 0, 0, 0, 3, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0]);
+        // The replies as kubectl 1.32 reads them: a stored block, then a
+        // sync flush (without it Go's inflater holds the block back).
+        let flush = [0, 0, 0, 0xff, 0xff];
+        assert_eq!(
+            w[1],
+            [&[0x80, 3, 0, 2, 0, 0, 0, 20, 0, 0, 0, 1, 0x78, 1, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0][..], &flush].concat()
+        );
+        assert_eq!(
+            w[2],
+            [&[0x80, 3, 0, 2, 0, 0, 0, 18, 0, 0, 0, 3, 0, 4, 0, 0xfb, 0xff, 0, 0, 0, 0][..], &flush].concat()
+        );
         assert_eq!(&w[3][..8], &[0, 0, 0, 3, 1, 0, 0, 17]);
         assert_eq!(w[4], [0x80, 3, 0, 7, 0, 0, 0, 8, 0, 0, 0, 3, 0, 0, 0, 0]);
         // Our header blocks inflate with any zlib reader.

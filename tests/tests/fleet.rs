@@ -444,6 +444,29 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
     let o = cat.wait_with_output()?;
     ensure!(o.status.success() && o.stdout == b"line one\nline two\ndone\n", "{o:?}");
 
+    // kubectl from 1.27 (SPDY) to 1.33 (WebSocket), and 1.32 told to use
+    // SPDY: stdin to its end, stdout and stderr apart, the exit code.
+    let versions = ["1.27", "1.29", "1.30", "1.32", "1.33"];
+    for (v, spdy) in versions.iter().map(|v| (*v, false)).chain([("1.32", true)]) {
+        let bin = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.{v}"));
+        if !require(bin.exists(), &format!("kubectl {v} at {}", bin.display())) {
+            continue;
+        }
+        let k = Kubectl { bin, kubeconfig: c.k.kubeconfig.clone(), cache: c.k.cache.clone() };
+        let mut cmd = k.command(&["exec", "-i", "shell", "--", "sh", "-c", "cat; echo err >&2; exit 5"]);
+        if spdy {
+            cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+        }
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        child.stdin.take().context("stdin")?.write_all(format!("kubectl {v}\n").as_bytes())?;
+        let o = child.wait_with_output()?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        ensure!(
+            o.status.code() == Some(5) && stdout == format!("kubectl {v}\n") && stderr.starts_with("err\n"),
+            "kubectl {v} exec (spdy: {spdy}): {o:?}"
+        );
+    }
+
     // kubectl cp of 5 MB both ways keeps every byte.
     let dir = tempfile::tempdir()?;
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;

@@ -6,22 +6,25 @@
 //! client: a WebSocket with the `v5.channel.k8s.io` or `v4.channel.k8s.io`
 //! subprotocol, each message a channel byte (0 stdin, 1 stdout, 2 stderr,
 //! 3 status, 4 terminal size, 255 close — v5) and its data; the exit code
-//! goes as a `Status` on channel 3, then a normal close. The request is
+//! goes as a `Status` on channel 3, then a normal close. kubectl up to 1.29
+//! speaks SPDY/3.1 instead ([`super::spdy`]), with a stream per channel and
+//! the same `Status` on the error stream. The request is
 //! checked and the node's session opened before the upgrade, so a missing
 //! pod or a stopped container is an HTTP error with a `Status`, as
 //! kubectl expects. Research: docs/research/kubectl-streaming.md.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::header;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kedge_common::session::{ExecRequest, Frame, Request};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{ApiState, Req, Target};
+use super::{ApiState, Req, Target, spdy};
 use crate::fleet::relay::Session;
 use crate::store::Key;
 
@@ -84,19 +87,45 @@ fn upgrades_to(r: &Req, proto: &str) -> bool {
 
 pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (node, request) = prepare(st, t, &r)?;
-    if upgrades_to(&r, "SPDY/3.1") {
-        return Err(ApiError::bad_request(
-            "this server streams exec over WebSocket only (kubectl 1.30 or newer; or set \
-             KUBECTL_REMOTE_COMMAND_WEBSOCKETS=true on kubectl 1.29)",
-        ));
-    }
-    if !upgrades_to(&r, "websocket") {
+    let relay = st.relay.clone().ok_or_else(|| {
+        ApiError::unavailable("this controller runs no fleet link: exec reaches the nodes through it")
+    })?;
+    let what = format!("{}/{} {:?}", request.namespace, request.pod, request.command);
+    let shutdown = st.shutdown.clone();
+    let streams = Streams { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
+    let spdy = upgrades_to(&r, "SPDY/3.1");
+    if !spdy && !upgrades_to(&r, "websocket") {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     let mut head = axum::http::Request::new(());
     *head.method_mut() = axum::http::Method::GET;
     *head.headers_mut() = r.headers;
     *head.extensions_mut() = r.extensions;
+    if spdy {
+        // kubectl up to 1.29 (or with KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false).
+        let offered = head.headers().get_all("x-stream-protocol-version").iter().any(|v| v.as_bytes() == V4.as_bytes());
+        if !offered {
+            return Err(ApiError::forbidden(format!("exec over SPDY speaks the {V4} stream protocol only")));
+        }
+        let on_upgrade = hyper::upgrade::on(&mut head);
+        let session = relay.open(&node, Request::Exec(request)).await?;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(io) => {
+                    tracing::debug!(%what, "exec streaming over SPDY");
+                    let conn = spdy::Conn::new(spdy::Upgraded(hyper_util::rt::TokioIo::new(io)));
+                    bridge_spdy(conn, session, streams, shutdown).await;
+                }
+                Err(e) => tracing::info!(error = %e, "exec: the SPDY upgrade failed"),
+            }
+        });
+        let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        h.insert("x-stream-protocol-version", HeaderValue::from_static(V4));
+        return Ok(resp);
+    }
     let (mut parts, ()) = head.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
@@ -112,12 +141,7 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
             )));
         }
     };
-    let relay = st.relay.as_ref().ok_or_else(|| {
-        ApiError::unavailable("this controller runs no fleet link: exec reaches the nodes through it")
-    })?;
-    let what = format!("{}/{} {:?}", request.namespace, request.pod, request.command);
     let session = relay.open(&node, Request::Exec(request)).await?;
-    let shutdown = st.shutdown.clone();
     Ok(upgrade
         .on_failed_upgrade(|e| tracing::info!(error = %e, "exec: the WebSocket upgrade failed"))
         .on_upgrade(move |socket| async move {
@@ -125,6 +149,108 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
             bridge(socket, session, v5, shutdown).await;
         })
         .into_response())
+}
+
+/// Which streams an exec has (a SPDY client opens one per stream).
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    tty: bool,
+}
+
+impl Streams {
+    /// How many streams the client opens: error, then the asked ones, and
+    /// resize with a terminal.
+    fn count(self) -> usize {
+        1 + usize::from(self.stdin) + usize::from(self.stdout) + usize::from(self.stderr) + usize::from(self.tty)
+    }
+}
+
+/// Relays between a SPDY client (kubectl up to 1.29) and the node's
+/// session: the client opens a stream per channel (`streamtype`: error,
+/// stdin, stdout, stderr, resize); output waits until all are open. The
+/// end: the status on the error stream, every stream finished, GOAWAY.
+async fn bridge_spdy<T: spdy::Transport>(
+    mut conn: spdy::Conn<T>,
+    mut session: Session,
+    streams: Streams,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use spdy::Event;
+    let mut ids: HashMap<String, u32> = HashMap::new();
+    let mut resize_buf = Vec::new();
+    let last = loop {
+        if conn.flush().await.is_err() {
+            return;
+        }
+        let ready = ids.len() >= streams.count();
+        tokio::select! {
+            ev = conn.next(), if session.can_send_data() => match ev {
+                None | Some(Err(_)) | Some(Ok(Event::GoAway)) => return,
+                Some(Ok(Event::Handled | Event::Reset { .. })) => {}
+                Some(Ok(Event::Stream { id, headers })) => {
+                    conn.reply(id);
+                    if let Some(kind) = headers.get("streamtype") {
+                        ids.insert(kind.clone(), id);
+                    }
+                }
+                Some(Ok(Event::Data { id, data, fin })) => {
+                    let kind = ids.iter().find(|(_, v)| **v == id).map(|(k, _)| k.as_str());
+                    let ok = match kind {
+                        Some("stdin") => {
+                            let mut ok = data.is_empty() || session.send_data(STDIN, &data).await;
+                            if fin {
+                                ok &= session.send(&Frame::Close { stream: STDIN }).await;
+                            }
+                            ok
+                        }
+                        Some("resize") => {
+                            resize_buf.extend_from_slice(&data);
+                            let mut ok = true;
+                            let mut sizes = serde_json::Deserializer::from_slice(&resize_buf).into_iter::<Value>();
+                            let mut used = 0;
+                            while let Some(Ok(v)) = sizes.next() {
+                                used = sizes.byte_offset();
+                                let dim = |k: &str| v[k].as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
+                                ok &= session.send(&Frame::Resize { width: dim("Width"), height: dim("Height") }).await;
+                            }
+                            resize_buf.drain(..used);
+                            ok
+                        }
+                        _ => true,
+                    };
+                    if !ok {
+                        break Some(Frame::Error { code: 503, message: "the fleet link refused a frame".into() });
+                    }
+                }
+            },
+            f = session.recv(), if ready => match f {
+                Some(Frame::Data { stream, data }) => {
+                    let kind = if stream == 2 { "stderr" } else { "stdout" };
+                    if let Some(id) = ids.get(kind) {
+                        conn.data(*id, &data.0, false);
+                    }
+                    session.consumed(data.0.len()).await;
+                }
+                Some(f) if f.is_last() => break Some(f),
+                Some(_) => {}
+                None => break None,
+            },
+            () = stopping(&mut shutdown) => break None,
+        }
+    };
+    for kind in ["stdout", "stderr"] {
+        if let Some(id) = ids.get(kind) {
+            conn.data(*id, &[], true);
+        }
+    }
+    if let Some(id) = ids.get("error") {
+        conn.data(*id, status(last.as_ref()).to_string().as_bytes(), true);
+    }
+    conn.goaway();
+    let _ = conn.flush().await;
 }
 
 /// The `Status` kubectl reads on channel 3: `Success`, the exit code, or

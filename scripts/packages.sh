@@ -22,7 +22,7 @@ CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)
 # socket with Python's grpcio, a client nobody here wrote, and makes its stubs with grpcio-tools.
 # `ensure_python_packages` installs them into target/python (the test adds it to PYTHONPATH),
 # apart from the system's Python packages.
-PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2)
+PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 kubernetes==32.0.1)
 PYTHON_TARGET=target/python
 
 ensure_packages() {

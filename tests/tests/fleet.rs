@@ -373,7 +373,7 @@ spec:
     imagePullPolicy: IfNotPresent
     workingDir: /tmp
     env: [{name: GREETING, value: hello from the pod}]
-    command: [sleep, '3600']
+    command: [sh, -c, 'echo shell is up; exec sleep 3600']
 ";
 
 /// Drives `kubectl exec -it` through a pseudo-terminal of 24x80, as a user's
@@ -421,6 +421,26 @@ os.write(m, b'exit 7\n')
 print(p.wait(timeout=20))
 "#;
 
+/// Runs tests/python/k8s_client.py (the official Python client) for
+/// `what` on `pod`; `None` (skipped, loudly) without the `kubernetes`
+/// package, which scripts/packages.sh installs into target/python.
+fn python_client(c: &Cluster, what: &str, pod: &str) -> Result<Option<String>> {
+    let root = kedge_tests::workspace_root();
+    let path = root.join("target/python");
+    let has = Command::new("python3").args(["-c", "import kubernetes"]).env("PYTHONPATH", &path).output();
+    if !require(has.is_ok_and(|o| o.status.success()), "the Python kubernetes client (scripts/packages.sh)") {
+        return Ok(None);
+    }
+    let o = Command::new("python3")
+        .arg(root.join("tests/python/k8s_client.py"))
+        .arg(&c.k.kubeconfig)
+        .args([what, pod])
+        .env("PYTHONPATH", &path)
+        .output()?;
+    ensure!(o.status.success(), "python client {what}: {}", String::from_utf8_lossy(&o.stderr));
+    Ok(Some(String::from_utf8_lossy(&o.stdout).into_owned()))
+}
+
 /// `kubectl exec` and `kubectl cp` through the broker: output and exit
 /// codes, stdin to its end, a terminal, files both ways, and errors that
 /// name the problem.
@@ -443,6 +463,14 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
     cat.stdin.take().context("stdin")?.write_all(b"line one\nline two\n")?;
     let o = cat.wait_with_output()?;
     ensure!(o.status.success() && o.stdout == b"line one\nline two\ndone\n", "{o:?}");
+
+    // The Python client: the log, and exec over v4.channel.k8s.io with its
+    // exit code.
+    if let Some(log) = python_client(c, "logs", "shell")? {
+        ensure!(log == "shell is up\n", "{log:?}");
+        let got: Value = serde_json::from_str(&python_client(c, "exec", "shell")?.unwrap_or_default())?;
+        ensure!(got == serde_json::json!({"stdout": "got hello\n", "stderr": "oops\n", "code": 4}), "{got}");
+    }
 
     // kubectl from 1.27 (SPDY) to 1.33 (WebSocket), and 1.32 told to use
     // SPDY: stdin to its end, stdout and stderr apart, the exit code.
@@ -581,6 +609,10 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
                 String::from_utf8_lossy(&kubectl.stderr)
             );
         }
+    }
+    // The Python client's port-forward (the kubelet's older WebSocket protocol).
+    if let Some(page) = python_client(c, "portforward", "pf")? {
+        ensure!(page == "hello through the broker\n", "{page:?}");
     }
     // A port nothing listens on: kubectl says so.
     let (pf, port) = port_forward(c, "9999", true)?;

@@ -5,7 +5,9 @@
 //! (error, data) per local connection, tagged with the port and a request
 //! id; each pair becomes one session on the pod's node, which dials the
 //! port on the pod's loopback. Many connections share the SPDY connection
-//! at once; each has its own session, credit and end.
+//! at once; each has its own session, credit and end. The Python client
+//! speaks the kubelet's older WebSocket protocol (`v4.channel.k8s.io`, a
+//! channel pair per port of the query), served by [`relay_legacy`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,6 +29,9 @@ use crate::store::Key;
 const TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 /// The stream protocol of direct SPDY.
 const PROTOCOL: &str = "portforward.k8s.io";
+/// The WebSocket protocol of the kubelet's older port-forward, which the
+/// Python client speaks: a channel pair per port named in the query.
+const LEGACY: &str = "v4.channel.k8s.io";
 /// Client data held for sessions that take no more yet; past this the
 /// connection is not read until they do.
 const MAX_PENDING: usize = 1 << 20;
@@ -68,6 +73,7 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     };
     let shutdown = st.shutdown.clone();
     let (websocket, spdy) = (upgrades_to(&r, "websocket"), upgrades_to(&r, "SPDY/3.1"));
+    let params = r.params("ports");
     let offered = r.headers.get_all("x-stream-protocol-version").iter().any(|v| v.as_bytes() == PROTOCOL.as_bytes());
     let mut head = axum::http::Request::new(());
     *head.headers_mut() = r.headers;
@@ -78,15 +84,27 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
             .await
             .map_err(|e| ApiError::bad_request(format!("cannot upgrade to a WebSocket: {}", e.body_text())))?
-            .protocols([TUNNEL]);
-        if upgrade.selected_protocol().is_none() {
-            return Err(ApiError::bad_request(format!(
-                "none of the offered WebSocket subprotocols is served for port-forward; offer {TUNNEL}"
-            )));
+            .protocols([TUNNEL, LEGACY]);
+        match upgrade.selected_protocol().and_then(|p| p.to_str().ok()) {
+            Some(TUNNEL) => {
+                return Ok(upgrade
+                    .on_upgrade(
+                        move |ws| async move { relay_ports(Conn::new(spdy::Tunnel(ws)), target, shutdown).await },
+                    )
+                    .into_response());
+            }
+            Some(_) => {
+                let ports = legacy_ports(&params)?;
+                return Ok(upgrade
+                    .on_upgrade(move |ws| async move { relay_legacy(ws, target, ports, shutdown).await })
+                    .into_response());
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "none of the offered WebSocket subprotocols is served for port-forward; offer {TUNNEL} or {LEGACY}"
+                )));
+            }
         }
-        return Ok(upgrade
-            .on_upgrade(move |ws| async move { relay_ports(Conn::new(spdy::Tunnel(ws)), target, shutdown).await })
-            .into_response());
     }
     if !spdy {
         return Err(ApiError::bad_request("Upgrade request required"));
@@ -314,4 +332,123 @@ async fn send_pending(pair: &mut Pair) {
 
 async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await;
+}
+
+/// The ports of a legacy WebSocket port-forward: `ports=8080,9090` or the
+/// parameter repeated, as the API server reads it.
+fn legacy_ports(params: &[String]) -> Result<Vec<u16>, ApiError> {
+    let mut ports = Vec::new();
+    for p in params.iter().flat_map(|p| p.split(',')).map(str::trim).filter(|p| !p.is_empty()) {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => ports.push(n),
+            _ => return Err(ApiError::bad_request(format!("ports: invalid port {p:?}"))),
+        }
+    }
+    if ports.is_empty() {
+        return Err(ApiError::bad_request("port-forward over a WebSocket needs the ports parameter"));
+    }
+    if ports.len() > 100 {
+        return Err(ApiError::bad_request("at most 100 ports may be forwarded at once"));
+    }
+    Ok(ports)
+}
+
+/// The kubelet's older port-forward over a WebSocket (the Python client's):
+/// for the i-th port, channel 2i carries data both ways and 2i+1 errors;
+/// each starts with a message of the port (u16, little end first). One
+/// connection per port, dialled at once; the WebSocket closes when all end.
+async fn relay_legacy(
+    mut ws: axum::extract::ws::WebSocket,
+    target: Forward,
+    ports: Vec<u16>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use axum::extract::ws::Message;
+    for (i, port) in ports.iter().enumerate() {
+        for ch in [2 * i, 2 * i + 1] {
+            let mut m = vec![ch as u8];
+            m.extend(port.to_le_bytes());
+            if ws.send(Message::Binary(m.into())).await.is_err() {
+                return;
+            }
+        }
+    }
+    let opens = ports.iter().map(|port| {
+        let req = PortForwardRequest {
+            namespace: target.namespace.clone(),
+            pod: target.pod.clone(),
+            uid: target.uid.clone(),
+            port: *port,
+        };
+        target.relay.open(&target.node, Request::PortForward(req))
+    });
+    let mut live: HashMap<String, Pair> = HashMap::new();
+    for (i, opened) in futures_util::future::join_all(opens).await.into_iter().enumerate() {
+        match opened {
+            Ok(s) => {
+                live.insert(i.to_string(), Pair { port: ports[i], session: Some(s), ..Pair::default() });
+            }
+            Err(e) => {
+                let text = match e {
+                    RelayError::Node { message, .. } => message,
+                    e => format!("error forwarding port {} to pod {}: {e}", ports[i], target.pod),
+                };
+                let mut m = vec![(2 * i + 1) as u8];
+                m.extend(text.as_bytes());
+                let _ = ws.send(Message::Binary(m.into())).await;
+            }
+        }
+    }
+    while !live.is_empty() {
+        let taking = live.values().filter_map(|p| p.session.as_ref()).all(Session::can_send_data);
+        tokio::select! {
+            m = ws.recv(), if taking => {
+                let data = match m {
+                    Some(Ok(Message::Binary(b))) => b.to_vec(),
+                    Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                };
+                let Some((&ch, rest)) = data.split_first() else { continue };
+                let i = usize::from(ch / 2);
+                if ch % 2 == 0
+                    && !rest.is_empty()
+                    && let Some(s) = live.get_mut(&i.to_string()).and_then(|p| p.session.as_mut())
+                {
+                    s.send_data(0, rest).await;
+                }
+            }
+            (key, frame) = next_frame(&mut live) => {
+                let i: usize = key.parse().unwrap_or_default();
+                match frame {
+                    Some(Frame::Data { data, .. }) => {
+                        let mut m = vec![(2 * i) as u8];
+                        m.extend_from_slice(&data.0);
+                        if ws.send(Message::Binary(m.into())).await.is_err() {
+                            return;
+                        }
+                        if let Some(s) = live.get_mut(&key).and_then(|p| p.session.as_mut()) {
+                            s.consumed(data.0.len()).await;
+                        }
+                    }
+                    Some(Frame::End) => {
+                        live.remove(&key);
+                    }
+                    Some(Frame::Error { message, .. }) => {
+                        let mut m = vec![(2 * i + 1) as u8];
+                        m.extend(message.as_bytes());
+                        let _ = ws.send(Message::Binary(m.into())).await;
+                        live.remove(&key);
+                    }
+                    None => {
+                        live.remove(&key);
+                    }
+                    Some(_) => {}
+                }
+            }
+            () = stopping(&mut shutdown) => break,
+        }
+    }
+    let close = axum::extract::ws::CloseFrame { code: axum::extract::ws::close_code::NORMAL, reason: "".into() };
+    let _ = ws.send(Message::Close(Some(close))).await;
 }

@@ -105,6 +105,51 @@ pub enum Request {
     Logs(LogsRequest),
     Exec(ExecRequest),
     PortForward(PortForwardRequest),
+    /// The node's and its pods' CPU and memory now (`kubectl top`): the
+    /// node answers a [`Usage`], CBOR in data frames, then ends.
+    Usage,
+}
+
+/// CPU and memory in use, as `metrics.k8s.io` gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Sample {
+    /// CPU over the window, in billionths of a core.
+    pub cpu_nanocores: u64,
+    /// Memory working set (in use minus inactive file cache), in bytes.
+    pub memory_bytes: u64,
+}
+
+/// What a node answers to [`Request::Usage`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// When the figures were taken (RFC 3339) and over how long the CPU
+    /// rates were measured.
+    pub timestamp: String,
+    pub window_ms: u64,
+    pub node: Sample,
+    pub pods: Vec<PodUsage>,
+}
+
+impl Usage {
+    /// The bytes a node sends (CBOR).
+    pub fn to_cbor(&self) -> Result<Vec<u8>, SessionError> {
+        let mut b = Vec::new();
+        ciborium::into_writer(self, &mut b).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        Ok(b)
+    }
+
+    pub fn from_cbor(b: &[u8]) -> Result<Usage, SessionError> {
+        ciborium::from_reader(b).map_err(|e| SessionError::Malformed(e.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PodUsage {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Running containers by name.
+    pub containers: Vec<(String, Sample)>,
 }
 
 /// One connection of `kubectl port-forward`: TCP to `port` on the pod's

@@ -631,6 +631,99 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+const BURNER: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: burner, labels: {app: burner}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'x=$(head -c 30000000 /dev/zero | tr \"\\\\0\" a); while :; do :; done']
+";
+
+/// The cgroup's own counters of process `pid`: CPU used so far (ns) and
+/// memory working set (bytes), cgroup v1 or v2.
+fn cgroup_counters(pid: i64) -> Result<(u64, u64)> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let path = |controller: &str| {
+        cgroups.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, list, path) = (f.next()?, f.next()?, f.next()?);
+            list.split(',').any(|c| c == controller).then(|| path.to_owned())
+        })
+    };
+    let stat = |text: &str, key: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok()).unwrap_or(0)
+    };
+    let read = |p: String| std::fs::read_to_string(&p).with_context(|| p.clone());
+    match (path("cpuacct"), path("memory")) {
+        (Some(cpu), Some(mem)) => {
+            let cpu_ns: u64 = read(format!("/sys/fs/cgroup/cpu,cpuacct{cpu}/cpuacct.usage"))?.trim().parse()?;
+            let m = format!("/sys/fs/cgroup/memory{mem}");
+            let usage: u64 = read(format!("{m}/memory.usage_in_bytes"))?.trim().parse()?;
+            let inactive = stat(&read(format!("{m}/memory.stat"))?, "total_inactive_file ");
+            Ok((cpu_ns, usage.saturating_sub(inactive)))
+        }
+        _ => {
+            let unified = cgroups.lines().find_map(|l| l.strip_prefix("0::")).context("no cgroup of the process")?;
+            let d = format!("/sys/fs/cgroup{unified}");
+            let cpu_ns = stat(&read(format!("{d}/cpu.stat"))?, "usage_usec ") * 1000;
+            let current: u64 = read(format!("{d}/memory.current"))?.trim().parse()?;
+            let inactive = stat(&read(format!("{d}/memory.stat"))?, "inactive_file ");
+            Ok((cpu_ns, current.saturating_sub(inactive)))
+        }
+    }
+}
+
+/// A `metrics.k8s.io` quantity ("123456n", "2048Ki") in nanocores or bytes.
+fn quantity(q: &str) -> Result<f64> {
+    let (n, mult) = match q {
+        q if q.ends_with('n') => (&q[..q.len() - 1], 1.0),
+        q if q.ends_with("Ki") => (&q[..q.len() - 2], 1024.0),
+        q if q.ends_with("Mi") => (&q[..q.len() - 2], 1024.0 * 1024.0),
+        q => (q, 1.0),
+    };
+    Ok(n.parse::<f64>()? * mult)
+}
+
+/// `kubectl top` through the broker: a pod burning a core and holding
+/// 30 MB shows what its cgroup counts, within 10 %; the nodes show theirs.
+fn top_through_the_link(c: &Cluster) -> Result<()> {
+    c.apply("burner", BURNER)?;
+    let pod = c.wait_running("app=burner", 1, Duration::from_secs(60))?.remove(0);
+    let agent = c.agent(&node_of(&pod));
+    let pid = wait_for("burner's process", Duration::from_secs(20), || {
+        Ok(agent.container("burner", "main")?.and_then(|c| c["pid"].as_i64()))
+    })?;
+    // Let it fill its memory, then measure a window of its own counters
+    // around the node's.
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu0, _) = cgroup_counters(pid)?;
+    let t0 = Instant::now();
+    let raw = c.k.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (cpu1, mem) = cgroup_counters(pid)?;
+    let own_cores = (cpu1 - cpu0) as f64 / t0.elapsed().as_nanos() as f64;
+    let m: Value = serde_json::from_str(&raw)?;
+    ensure!(m["kind"] == "PodMetrics" && m["containers"][0]["name"] == "main", "{m}");
+    let cores = quantity(m["containers"][0]["usage"]["cpu"].as_str().unwrap_or_default())? / 1e9;
+    let bytes = quantity(m["containers"][0]["usage"]["memory"].as_str().unwrap_or_default())?;
+    ensure!((cores - own_cores).abs() <= 0.1 * own_cores, "top says {cores} cores, the cgroup {own_cores}");
+    ensure!((bytes - mem as f64).abs() <= 0.1 * mem as f64, "top says {bytes} B, the cgroup {mem} B");
+    eprintln!("top: burner {cores:.3} cores (cgroup {own_cores:.3}), {bytes} B (cgroup {mem} B)");
+    // kubectl top as users type it.
+    let pods = c.k.ok(&["top", "pods", "-l", "app=burner"])?;
+    ensure!(pods.lines().nth(1).is_some_and(|l| l.starts_with("burner ") && l.contains("Mi")), "{pods}");
+    let nodes = c.k.ok(&["top", "nodes"])?;
+    for (n, _) in &c.agents {
+        ensure!(nodes.lines().any(|l| l.starts_with(&format!("{n} "))), "{nodes}");
+    }
+    c.k.ok(&["delete", "pod/burner"])?;
+    Ok(())
+}
+
 /// `mosquitto_sub -t 'kedge/v1/fleet/#' -v` shows readable JSON per node.
 fn dashboard_is_plain_json(c: &Cluster) -> Result<()> {
     wait_for("dashboard JSON of both nodes", Duration::from_secs(20), || {
@@ -951,6 +1044,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     logs_through_the_link(&c)?;
     exec_through_the_link(&c)?;
     port_forward_through_the_link(&c)?;
+    top_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     no_client_takes_over_a_node(&c)?;
     garbage_is_dropped(&c)?;
@@ -1176,11 +1270,21 @@ fn two_agents_through_mosquitto() -> Result<()> {
     logs_through_the_link(&c)?;
     exec_through_the_link(&c)?;
     port_forward_through_the_link(&c)?;
+    top_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;
     the_acl_confines_each_node(&c, &broker)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     drop(c);
     Ok(())
+}
+
+#[test]
+fn top_only_tmp() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    top_through_the_link(&c)
 }
 
 #[test]

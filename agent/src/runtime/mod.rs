@@ -22,7 +22,7 @@ mod sandbox;
 mod seccomp;
 mod snapshot;
 mod spec;
-mod stats;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -179,6 +179,13 @@ fn usage(h: &Hierarchies, rel: &str) -> Usage {
     Usage { cpu_ns, memory, processes }
 }
 
+/// A cgroup's CPU used so far (nanoseconds) and memory working set
+/// (bytes) — the counters ContainerStats reports — on either cgroup version.
+pub fn cgroup_usage(cgroup_path: &str) -> (Option<u64>, Option<u64>) {
+    let u = usage(&Hierarchies::read(), cgroup_path);
+    (u.cpu_ns, u.memory.map(|m| m.working_set))
+}
+
 /// The previous CPU reading of each container and sandbox, for the rate.
 #[derive(Default)]
 pub(super) struct CpuRates(Mutex<BTreeMap<String, (i64, u64)>>);

@@ -14,6 +14,7 @@ mod exec;
 pub mod logs;
 mod pipes;
 mod portforward;
+mod usage;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -221,6 +222,7 @@ impl Session {
             Request::Logs(r) => s.logs(&env.paths, r).await,
             Request::Exec(r) => s.exec(&env, r).await,
             Request::PortForward(r) => s.port_forward(&env, r).await,
+            Request::Usage => s.usage(&env).await,
         }
     }
 }

@@ -36,8 +36,18 @@ fn group_doc(name: &str, version: &str) -> Value {
 }
 
 pub fn api_groups() -> Value {
-    let groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect();
+    let mut groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect();
+    // What kubectl top looks for (served from the nodes through the fleet link).
+    groups.push(group_doc(super::metrics::GROUP, super::metrics::VERSION));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The `APIGroup` document of a group served outside the object store.
+pub fn group_of(name: &str, version: &str) -> Value {
+    let mut d = group_doc(name, version);
+    d["kind"] = json!("APIGroup");
+    d["apiVersion"] = json!("v1");
+    d
 }
 
 pub fn group(name: &str) -> Option<Value> {

@@ -5,6 +5,7 @@ mod discovery;
 pub mod error;
 mod exec;
 mod logs;
+mod metrics;
 mod objects;
 mod portforward;
 mod proto;
@@ -174,6 +175,13 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
             Ok(json(StatusCode::OK, &discovery::group(g).unwrap_or(Value::Null)))
         }
         ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list("", "v1"))),
+        ["apis", metrics::GROUP] if get => {
+            Ok(json(StatusCode::OK, &discovery::group_of(metrics::GROUP, metrics::VERSION)))
+        }
+        ["apis", metrics::GROUP, metrics::VERSION] if get => Ok(json(StatusCode::OK, &metrics::resource_list())),
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] => {
+            metrics::serve(st, &r.method, r.param("labelSelector"), rest, &path).await
+        }
         ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
             Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kedge_common::session::{
-    self, DEFAULT_WINDOW, Dir, Frame, Opener, PING_EVERY, Request, SILENT_LIMIT, Sealer, SessionOpen,
+    self, DEFAULT_WINDOW, Dir, Frame, Opener, PING_EVERY, Request, SILENT_LIMIT, Sealer, SessionOpen, Usage,
 };
 use kedge_common::sign::{Purpose, SigningKey};
 use kedge_common::topics;
@@ -65,7 +65,13 @@ pub struct Relay {
     /// The last open counter used.
     counter: AtomicU64,
     sessions: Mutex<HashMap<(String, String), Slot>>,
+    /// Each node's last usage answer (`kubectl top`), kept briefly.
+    usage: Mutex<HashMap<String, (Instant, Arc<Usage>)>>,
 }
+
+/// How long a node's usage answer serves `kubectl top` (metrics-server
+/// scrapes every 15 s).
+pub const USAGE_FRESH: Duration = Duration::from_secs(10);
 
 /// "2026-12-06T10:00:00Z, 3m ago", or "never, …" — when a node was last heard.
 fn last_seen(at: i64) -> String {
@@ -101,6 +107,7 @@ impl Relay {
             max_payload,
             counter: AtomicU64::new(0),
             sessions: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
         })
     }
 
@@ -180,6 +187,38 @@ impl Relay {
             Ok(Some(other)) => Err(RelayError::Internal(format!("node {node:?} began the session with {other:?}"))),
             Ok(None) | Err(_) => Err(RelayError::NoAnswer { node: node.into(), last_seen: self.last_seen(node) }),
         }
+    }
+
+    /// The node's CPU and memory and its pods' (asked through a session,
+    /// unless asked less than [`USAGE_FRESH`] ago).
+    pub async fn usage(self: &Arc<Self>, node: &str) -> Result<Arc<Usage>, RelayError> {
+        let cached = self.usage.lock().unwrap_or_else(PoisonError::into_inner).get(node).cloned();
+        if let Some((_, u)) = cached.filter(|(at, _)| at.elapsed() < USAGE_FRESH) {
+            return Ok(u);
+        }
+        let mut s = self.open(node, Request::Usage).await?;
+        let mut body = Vec::new();
+        loop {
+            match s.recv().await {
+                Some(Frame::Data { data, .. }) => {
+                    s.consumed(data.0.len()).await;
+                    body.extend_from_slice(&data.0);
+                    if body.len() > self.max_payload.saturating_mul(64) {
+                        return Err(RelayError::Internal(format!("node {node:?} sent an oversized usage answer")));
+                    }
+                }
+                Some(Frame::End) => break,
+                Some(Frame::Error { code, message }) => return Err(RelayError::Node { code, message }),
+                Some(_) => {}
+                None => return Err(RelayError::NoAnswer { node: node.into(), last_seen: self.last_seen(node) }),
+            }
+        }
+        let usage = Arc::new(Usage::from_cbor(&body).map_err(|e| RelayError::Internal(format!("node {node:?}: {e}")))?);
+        self.usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.to_owned(), (Instant::now(), usage.clone()));
+        Ok(usage)
     }
 
     /// Takes a message if it is a session frame from a node (true), passing

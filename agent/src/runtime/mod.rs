@@ -15,7 +15,7 @@ pub mod fake;
 mod image_service;
 pub mod logs;
 mod netdev;
-mod pidfd;
+pub(crate) mod pidfd;
 pub mod pty;
 pub mod records;
 mod sandbox;

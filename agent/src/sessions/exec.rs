@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use kedge_common::session::{ExecRequest, Frame, LogsRequest};
+use tokio::net::unix::pipe;
 use tokio::time::Duration;
 
 use super::pipes::{Output, Pipes, Pumped, Writer};
@@ -58,7 +59,7 @@ impl Session {
         } else {
             None
         };
-        let mut cmd = tokio::process::Command::new(&helper);
+        let mut cmd = std::process::Command::new(&helper);
         cmd.arg("__libcontainer").arg("exec-stream").arg("--id").arg(&container.id);
         cmd.arg("--root").arg(env.paths.state()).arg("--status").arg(&status);
         if let Some(c) = &console {
@@ -66,21 +67,21 @@ impl Session {
         }
         cmd.arg("--").args(&req.command);
         let piped = |on: bool| if on && !req.tty { Stdio::piped() } else { Stdio::null() };
-        cmd.stdin(piped(req.stdin)).stdout(piped(req.stdout)).stderr(piped(req.stderr)).kill_on_drop(false);
+        cmd.stdin(piped(req.stdin)).stdout(piped(req.stdout)).stderr(piped(req.stderr));
         let spawned = {
             // The helper's fork must not carry a file the agent is writing.
             let _spawning = crate::forklock::forking();
             cmd.spawn()
         };
         let mut child = match spawned {
-            Ok(c) => c,
+            Ok(c) => Helper(c),
             Err(e) => return self.fail(500, format!("cannot run the exec helper {}: {e}", helper.display())).await,
         };
         let (out, err, input, terminal): (Option<Output>, Option<Output>, Option<Writer>, _) = match &console {
             Some(c) => {
                 let master = tokio::select! {
                     m = tokio::time::timeout(CONSOLE_TIMEOUT, c.master()) => m,
-                    _ = child.wait() => Ok(Err(std::io::Error::other("the process ended before its terminal came"))),
+                    () = child.exited() => Ok(Err(std::io::Error::other("the process ended before its terminal came"))),
                 };
                 match master.map_err(|_| std::io::Error::other("timed out")).and_then(|m| m).and_then(pty::split) {
                     Ok((r, w)) => {
@@ -96,9 +97,9 @@ impl Session {
                 }
             }
             None => (
-                child.stdout.take().map(|r| Output::new(1, Box::new(r))),
-                child.stderr.take().map(|r| Output::new(2, Box::new(r))),
-                child.stdin.take().map(|w| Box::new(w) as Writer),
+                child.0.stdout.take().and_then(|r| output(1, r.into())),
+                child.0.stderr.take().and_then(|r| output(2, r.into())),
+                child.0.stdin.take().and_then(|w| pipe::Sender::from_owned_fd(w.into()).ok()).map(|w| Box::new(w) as Writer),
                 None,
             ),
         };
@@ -115,7 +116,7 @@ impl Session {
                 tracing::debug!(error = %e, "cannot resize the terminal");
             }
         };
-        let exit = match self.pump(&mut pipes, child.wait(), false, resize).await {
+        let exit = match self.pump(&mut pipes, child.exited(), false, resize).await {
             Pumped::Until(_) => exec_status(&std::fs::read_to_string(&status).unwrap_or_default()),
             Pumped::OutputsDone | Pumped::Stopped => {
                 // The controller went away first: the process loses its
@@ -145,7 +146,41 @@ impl Session {
 }
 
 /// How the helper said the process ended, once it exited.
-async fn ended(child: &mut tokio::process::Child, status: &Path) -> Result<i32, String> {
-    let _ = child.wait().await;
+async fn ended(child: &mut Helper, status: &Path) -> Result<i32, String> {
+    child.exited().await;
     exec_status(&std::fs::read_to_string(status).unwrap_or_default())
+}
+
+/// A pipe from the helper as an output of the session.
+fn output(stream: u8, fd: std::os::fd::OwnedFd) -> Option<Output> {
+    pipe::Receiver::from_owned_fd(fd).ok().map(|r| Output::new(stream, Box::new(r)))
+}
+
+/// The helper process, waited for through a pidfd (no SIGCHLD handling in
+/// the agent) and reaped once it exits, also when the session ends first.
+struct Helper(std::process::Child);
+
+impl Helper {
+    async fn exited(&mut self) {
+        let pid = i32::try_from(self.0.id()).unwrap_or(0);
+        if crate::runtime::pidfd::exited(pid).await.is_err() {
+            while matches!(self.0.try_wait(), Ok(None)) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        let pid = self.0.id();
+        // Still running (its client went away): reaped when it ends.
+        tokio::spawn(async move {
+            let _ = crate::runtime::pidfd::exited(i32::try_from(pid).unwrap_or(0)).await;
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)), None);
+        });
+    }
 }

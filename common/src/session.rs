@@ -207,9 +207,11 @@ pub struct LogsRequest {
     pub limit_bytes: Option<u64>,
 }
 
-/// One message of an open session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// One message of an open session. On the wire (inside the seal): a type
+/// byte, then the fields big-endian, a byte string last (see
+/// [`Frame::encode`]) — written by hand, not CBOR: frames are the hot path
+/// and serde's enum machinery cost the agent binary ~30 KB.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// The node took the session (its first frame, unless [`Frame::Error`]).
     Started,
@@ -237,6 +239,74 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The frame's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(8 + self.data_len());
+        match self {
+            Frame::Started => b.push(0),
+            Frame::Data { stream, data } => {
+                b.extend([1, *stream]);
+                b.extend_from_slice(&data.0);
+            }
+            Frame::Credit(n) => {
+                b.push(2);
+                b.extend(n.to_be_bytes());
+            }
+            Frame::End => b.push(3),
+            Frame::Error { code, message } => {
+                b.push(4);
+                b.extend(code.to_be_bytes());
+                b.extend_from_slice(message.as_bytes());
+            }
+            Frame::Cancel => b.push(5),
+            Frame::Ping => b.push(6),
+            Frame::Close { stream } => b.extend([7, *stream]),
+            Frame::Resize { width, height } => {
+                b.push(8);
+                b.extend(width.to_be_bytes());
+                b.extend(height.to_be_bytes());
+            }
+            Frame::Exit(code) => {
+                b.push(9);
+                b.extend(code.to_be_bytes());
+            }
+        }
+        b
+    }
+
+    /// Reads what [`Frame::encode`] wrote.
+    pub fn decode(b: &[u8]) -> Result<Frame, SessionError> {
+        let bad = || SessionError::Malformed(format!("a frame of {} bytes does not parse", b.len()));
+        let (&kind, rest) = b.split_first().ok_or_else(bad)?;
+        let exact = |n: usize| if rest.len() == n { Ok(rest) } else { Err(bad()) };
+        let frame = match kind {
+            0 => exact(0).map(|_| Frame::Started)?,
+            1 => {
+                let (&stream, data) = rest.split_first().ok_or_else(bad)?;
+                Frame::Data { stream, data: Bytes(data.to_vec()) }
+            }
+            2 => exact(4).map(|r| Frame::Credit(u32::from_be_bytes([r[0], r[1], r[2], r[3]])))?,
+            3 => exact(0).map(|_| Frame::End)?,
+            4 => {
+                if rest.len() < 2 {
+                    return Err(bad());
+                }
+                let message = String::from_utf8_lossy(&rest[2..]).into_owned();
+                Frame::Error { code: u16::from_be_bytes([rest[0], rest[1]]), message }
+            }
+            5 => exact(0).map(|_| Frame::Cancel)?,
+            6 => exact(0).map(|_| Frame::Ping)?,
+            7 => exact(1).map(|r| Frame::Close { stream: r[0] })?,
+            8 => exact(4).map(|r| Frame::Resize {
+                width: u16::from_be_bytes([r[0], r[1]]),
+                height: u16::from_be_bytes([r[2], r[3]]),
+            })?,
+            9 => exact(4).map(|r| Frame::Exit(i32::from_be_bytes([r[0], r[1], r[2], r[3]])))?,
+            k => return Err(SessionError::Malformed(format!("unknown frame type {k}"))),
+        };
+        Ok(frame)
+    }
+
     /// The data bytes it carries (what credit is counted in).
     pub fn data_len(&self) -> usize {
         match self {
@@ -303,12 +373,12 @@ impl Sealer {
         Ok(Sealer { key: aead(key)?, dir, sid: sid.to_owned(), next: 0 })
     }
 
-    /// The payload of `frame`: its number (8 bytes) and the sealed CBOR.
+    /// The payload of `frame`: its number (8 bytes) and the sealed frame.
     pub fn seal(&mut self, frame: &Frame) -> Result<Vec<u8>, SessionError> {
         let seq = self.next;
         self.next += 1;
-        let mut body = Vec::with_capacity(frame.data_len() + 32);
-        ciborium::into_writer(frame, &mut body).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        let mut body = frame.encode();
+        body.reserve(16);
         self.key
             .seal_in_place_append_tag(nonce(self.dir, seq), Aad::from(self.sid.as_bytes()), &mut body)
             .map_err(|_| SessionError::Generate)?;
@@ -353,7 +423,7 @@ impl Opener {
             .key
             .open_in_place(nonce(self.dir, seq), Aad::from(self.sid.as_bytes()), &mut body)
             .map_err(|_| SessionError::Open)?;
-        let frame = ciborium::from_reader(&plain[..]).map_err(|e| SessionError::Malformed(e.to_string()))?;
+        let frame = Frame::decode(plain)?;
         self.last = Some(seq);
         Ok(frame)
     }
@@ -404,6 +474,30 @@ mod tests {
         assert_eq!(back.open(&t), Err(SessionError::Open));
         assert_eq!(fresh.open(b"short"), Err(SessionError::Short(5)));
         assert!(matches!(fresh.open(&[0u8; 2048]), Err(SessionError::TooLarge { size: 2048, .. })));
+    }
+
+    #[test]
+    fn frames_read_back_as_written_and_garbage_is_refused() {
+        let frames = [
+            Frame::Started,
+            Frame::Data { stream: 2, data: Bytes(b"err\n".to_vec()) },
+            Frame::Data { stream: 0, data: Bytes(Vec::new()) },
+            Frame::Credit(131_072),
+            Frame::End,
+            Frame::Error { code: 404, message: "pod \"web\" is not running on this node".into() },
+            Frame::Cancel,
+            Frame::Ping,
+            Frame::Close { stream: 0 },
+            Frame::Resize { width: 100, height: 30 },
+            Frame::Exit(-1),
+            Frame::Exit(137),
+        ];
+        for f in frames {
+            assert_eq!(Frame::decode(&f.encode()), Ok(f.clone()), "{f:?}");
+        }
+        for bad in [&b""[..], &[2, 0, 0], &[3, 1], &[8, 0, 1, 0], &[9, 0, 0, 0, 0, 0], &[4, 1], &[77]] {
+            assert!(matches!(Frame::decode(bad), Err(SessionError::Malformed(_))), "{bad:?}");
+        }
     }
 
     #[test]

@@ -156,7 +156,7 @@ fn main() -> Result<()> {
     let Some((ctl, k)) = kedge_tests::controller_and_kubectl(tmp.path(), &[])? else {
         bail!("the sessions benchmark needs kubectl");
     };
-    let mut api = ctl.api()?;
+    let api = ctl.api()?;
     let broker = ctl.broker.clone().context("no fleet broker")?;
     let token = ctl.token()?;
     let mut agent = Agent::new(&tmp.path().join("n0"), &["--broker", &broker, "--token", &token, "--node-name", "n0"])?;

@@ -99,7 +99,12 @@ impl Session {
             None => (
                 child.0.stdout.take().and_then(|r| output(1, r.into())),
                 child.0.stderr.take().and_then(|r| output(2, r.into())),
-                child.0.stdin.take().and_then(|w| pipe::Sender::from_owned_fd(w.into()).ok()).map(|w| Box::new(w) as Writer),
+                child
+                    .0
+                    .stdin
+                    .take()
+                    .and_then(|w| pipe::Sender::from_owned_fd(w.into()).ok())
+                    .map(|w| Box::new(w) as Writer),
                 None,
             ),
         };
@@ -109,15 +114,16 @@ impl Session {
         }
         tracing::info!(pod = %req.pod, container = %req.container, command = ?req.command, tty = req.tty, "exec started");
         let mut pipes = Pipes::new(out, err, input);
-        let resize = |f: Frame| {
+        let mut resize = |f: Frame| {
             if let (Frame::Resize { width, height }, Some(t)) = (f, terminal.as_ref())
                 && let Err(e) = pty::resize(t, width, height)
             {
                 tracing::debug!(error = %e, "cannot resize the terminal");
             }
         };
-        let exit = match self.pump(&mut pipes, child.exited(), false, resize).await {
-            Pumped::Until(_) => exec_status(&std::fs::read_to_string(&status).unwrap_or_default()),
+        let exited = std::pin::pin!(child.exited());
+        let exit = match self.pump(&mut pipes, exited, false, &mut resize).await {
+            Pumped::Until => exec_status(&std::fs::read_to_string(&status).unwrap_or_default()),
             Pumped::OutputsDone | Pumped::Stopped => {
                 // The controller went away first: the process loses its
                 // input and output (a shell reads end of file, a terminal
@@ -132,7 +138,8 @@ impl Session {
         // What the process wrote last (a background child may hold its
         // output open: not waited for past DRAIN).
         pipes.drop_input();
-        if let Pumped::Stopped = self.pump(&mut pipes, tokio::time::sleep(DRAIN), true, |_| {}).await {
+        let drained = std::pin::pin!(tokio::time::sleep(DRAIN));
+        if let Pumped::Stopped = self.pump(&mut pipes, drained, true, &mut |_| {}).await {
             return;
         }
         match exit {

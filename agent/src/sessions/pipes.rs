@@ -5,6 +5,7 @@
 //! end floods the broker or holds more than a window.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 
 use kedge_common::bytes::Bytes;
 use kedge_common::session::{self, DEFAULT_WINDOW, Frame, MAX_FRAME_DATA, PING_EVERY, SILENT_LIMIT};
@@ -54,9 +55,9 @@ pub struct Pipes {
 }
 
 /// Why [`Session::pump`] returned.
-pub enum Pumped<T> {
+pub enum Pumped {
     /// The future it was given resolved.
-    Until(T),
+    Until,
     /// Every output ended (when asked to stop then).
     OutputsDone,
     /// The controller cancelled, went silent, or the link is gone.
@@ -111,14 +112,16 @@ impl Session {
     /// Moves bytes both ways until `until` resolves, the outputs end (if
     /// `end_with_outputs`), or the session stops. Frames it does not take
     /// itself (a terminal's resize) go to `other`.
-    pub(super) async fn pump<T>(
+    ///
+    /// Not generic, on purpose: one copy of this state machine serves exec
+    /// and port-forward (each generic copy cost the agent binary ~10 KB).
+    pub(super) async fn pump(
         &mut self,
         p: &mut Pipes,
-        until: impl Future<Output = T>,
+        mut until: Pin<&mut (dyn Future<Output = ()> + Send)>,
         end_with_outputs: bool,
-        mut other: impl FnMut(Frame),
-    ) -> Pumped<T> {
-        tokio::pin!(until);
+        other: &mut (dyn FnMut(Frame) + Send),
+    ) -> Pumped {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             if end_with_outputs && p.out.is_none() && p.err.is_none() {
@@ -140,7 +143,7 @@ impl Session {
             let room = usize::try_from(self.credit.max(0)).unwrap_or(0);
             let writing = p.input.is_some() && !p.pending.is_empty();
             tokio::select! {
-                t = &mut until => return Pumped::Until(t),
+                () = &mut until => return Pumped::Until,
                 f = self.from_link.recv() => {
                     let Some(f) = f else { return Pumped::Stopped };
                     self.heard = Instant::now();

@@ -70,12 +70,13 @@ impl Session {
         tracing::debug!(%pod, port = req.port, "port-forward connected");
         let (r, w) = stream.into_split();
         let mut pipes = Pipes::new(Some(Output::new(1, Box::new(r))), None, Some(Box::new(w)));
-        match self.pump(&mut pipes, std::future::pending::<()>(), true, |_| {}).await {
+        let forever = std::pin::pin!(std::future::pending::<()>());
+        match self.pump(&mut pipes, forever, true, &mut |_| {}).await {
             // The pod closed the connection: everything it sent went.
             Pumped::OutputsDone => {
                 self.out.send(&Frame::End).await;
             }
-            Pumped::Until(()) | Pumped::Stopped => {}
+            Pumped::Until | Pumped::Stopped => {}
         }
     }
 }

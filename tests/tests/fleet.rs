@@ -421,6 +421,17 @@ os.write(m, b'exit 7\n')
 print(p.wait(timeout=20))
 "#;
 
+/// Deletes pod `name` and waits until no agent runs it any more.
+fn delete_pod(c: &Cluster, name: &str) -> Result<()> {
+    c.k.ok(&["delete", &format!("pod/{name}")])?;
+    for (n, a) in &c.agents {
+        a.wait_for(&format!("pod {name} to leave {n}"), Duration::from_secs(60), || {
+            Ok(a.ps()?.iter().all(|p| p["name"] != name).then_some(()))
+        })?;
+    }
+    Ok(())
+}
+
 /// Runs tests/python/k8s_client.py (the official Python client) for
 /// `what` on `pod`; `None` (skipped, loudly) without the `kubernetes`
 /// package, which scripts/packages.sh installs into target/python.
@@ -544,7 +555,7 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
             Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
         })?;
     }
-    c.k.ok(&["delete", "pod/shell"])?;
+    delete_pod(c, "shell")?;
     Ok(())
 }
 
@@ -627,7 +638,7 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
             Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
         })?;
     }
-    c.k.ok(&["delete", "pod/pf"])?;
+    delete_pod(c, "pf")?;
     Ok(())
 }
 
@@ -721,7 +732,7 @@ fn top_through_the_link(c: &Cluster) -> Result<()> {
     for (n, _) in &c.agents {
         ensure!(nodes.lines().any(|l| l.starts_with(&format!("{n} "))), "{nodes}");
     }
-    c.k.ok(&["delete", "pod/burner"])?;
+    delete_pod(c, "burner")?;
     Ok(())
 }
 

@@ -211,23 +211,31 @@ pub fn helper_exec(
         .as_tenant()
         .with_container_args(args)
         .with_detach(true)
-        .build()
-        .map_err(lc(id))?;
+        .build();
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            reap_children();
+            return Err(lc(id)(e));
+        }
+    };
     let started = Instant::now();
-    loop {
+    let ended = loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+            Ok(WaitStatus::Exited(_, code)) => break Ok(Some(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(Some(128 + sig as i32)),
             Ok(_) => {}
-            Err(e) => return Err(RuntimeError::sys("waitpid")(e)),
+            Err(e) => break Err(RuntimeError::sys("waitpid")(e)),
         }
         if timeout.is_some_and(|t| started.elapsed() > t) {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            return Ok(None);
+            break Ok(None);
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
+    };
+    reap_children();
+    ended
 }
 
 /// Where a streaming exec's helper writes how it ended: `exit N`, or
@@ -316,13 +324,35 @@ fn exec_stream(
     }
     let built = builder.as_tenant().with_process(Some(&process_path)).with_detach(true).build();
     let _ = fs::remove_file(&process_path);
-    let pid = built.map_err(lc(id))?;
-    loop {
+    let pid = match built {
+        Ok(pid) => pid,
+        Err(e) => {
+            reap_children();
+            return Err(lc(id)(e));
+        }
+    };
+    let code = loop {
         match waitpid(pid, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(WaitStatus::Exited(_, code)) => break Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break Ok(128 + sig as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(RuntimeError::sys("waitpid")(e)),
+            Err(e) => break Err(RuntimeError::sys("waitpid")(e)),
+        }
+    };
+    reap_children();
+    code
+}
+
+/// Waits for every child the helper still has. A process that failed to
+/// exec in the container (`/no/such/program`) is one: left behind, it
+/// would be handed to the agent (the subreaper) as a zombie nobody reaps,
+/// and the container's pid namespace could never finish dying — its init
+/// would survive SIGKILL.
+fn reap_children() {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
         }
     }
 }

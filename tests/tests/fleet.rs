@@ -709,15 +709,20 @@ fn top_through_the_link(c: &Cluster) -> Result<()> {
     let pid = wait_for("burner's process", Duration::from_secs(20), || {
         Ok(agent.container("burner", "main")?.and_then(|c| c["pid"].as_i64()))
     })?;
-    // Let it fill its memory, then measure a window of its own counters
-    // around the node's.
-    std::thread::sleep(Duration::from_secs(3));
+    // The node measures CPU between one ask and the next (asks within 10 s
+    // get the controller's last answer): the first ask starts its window,
+    // the cgroup is read right after it and right before the second ask,
+    // which ends the window; both windows are the same 11 s, give or take
+    // a request's time.
+    let path = "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner";
+    std::thread::sleep(Duration::from_secs(2));
+    c.k.ok(&["get", "--raw", path])?;
     let (cpu0, _) = cgroup_counters(pid)?;
     let t0 = Instant::now();
-    let raw = c.k.ok(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner"])?;
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(11));
     let (cpu1, mem) = cgroup_counters(pid)?;
     let own_cores = (cpu1 - cpu0) as f64 / t0.elapsed().as_nanos() as f64;
+    let raw = c.k.ok(&["get", "--raw", path])?;
     let m: Value = serde_json::from_str(&raw)?;
     ensure!(m["kind"] == "PodMetrics" && m["containers"][0]["name"] == "main", "{m}");
     let cores = quantity(m["containers"][0]["usage"]["cpu"].as_str().unwrap_or_default())? / 1e9;

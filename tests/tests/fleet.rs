@@ -333,12 +333,7 @@ fn logs_through_the_link(c: &Cluster) -> Result<()> {
     let _ = follow.kill();
     let _ = follow.wait();
     // The client gone, every session ends on its node too.
-    for (n, a) in &c.agents {
-        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
-            let log = a.log();
-            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
-        })?;
-    }
+    sessions_ended(c)?;
     // The first is the --tail line, written up to a tick before.
     ensure!(lags[1..].iter().all(|l| *l < 1.0), "-f lags {lags:?} s");
     eprintln!("kubectl logs -f: new lines after {:?} s", &lags[1..]);
@@ -421,6 +416,24 @@ os.write(m, b'exit 7\n')
 print(p.wait(timeout=20))
 "#;
 
+/// Every session a node opened has ended (its client gone or done).
+fn sessions_ended(c: &Cluster) -> Result<()> {
+    for (n, a) in &c.agents {
+        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
+            let log = a.log();
+            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
+        })?;
+    }
+    Ok(())
+}
+
+/// Waits for pod `name` to be Running.
+fn wait_pod_running(c: &Cluster, name: &str) -> Result<()> {
+    wait_for(&format!("pod {name} running"), Duration::from_secs(60), || {
+        Ok(c.k.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
+    })
+}
+
 /// Deletes pod `name` and waits until no agent runs it any more.
 fn delete_pod(c: &Cluster, name: &str) -> Result<()> {
     c.k.ok(&["delete", &format!("pod/{name}")])?;
@@ -457,9 +470,7 @@ fn python_client(c: &Cluster, what: &str, pod: &str) -> Result<Option<String>> {
 /// name the problem.
 fn exec_through_the_link(c: &Cluster) -> Result<()> {
     c.apply("shell", SHELL)?;
-    wait_for("pod shell running", Duration::from_secs(60), || {
-        Ok(c.k.ok(&["get", "pod", "shell", "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
-    })?;
+    wait_pod_running(c, "shell")?;
     // The command runs as the container's process would: its working
     // directory and environment.
     let out = c.k.ok(&["exec", "shell", "--", "sh", "-c", "pwd; echo $GREETING"])?;
@@ -549,12 +560,7 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
     ensure!(e.contains("not found"), "{e}");
     let o = c.k.run(&["exec", "shell", "--", "/no/such/program"])?;
     ensure!(!o.status.success(), "{o:?}");
-    for (n, a) in &c.agents {
-        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
-            let log = a.log();
-            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
-        })?;
-    }
+    sessions_ended(c)?;
     delete_pod(c, "shell")?;
     Ok(())
 }
@@ -592,9 +598,7 @@ fn port_forward(c: &Cluster, target: &str, websockets: bool) -> Result<(Child, u
 /// it serves on its own loopback only, to 20 curls at once.
 fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
     c.apply("pf", PF)?;
-    wait_for("pod pf running", Duration::from_secs(60), || {
-        Ok(c.k.ok(&["get", "pod", "pf", "-o", "jsonpath={.status.phase}"])?.eq("Running").then_some(()))
-    })?;
+    wait_pod_running(c, "pf")?;
     wait_for("httpd to serve in pod pf", Duration::from_secs(20), || {
         Ok(c.k.run(&["exec", "pf", "--", "wget", "-qO-", "http://127.0.0.1:8080/"])?.status.success().then_some(()))
     })?;
@@ -632,12 +636,7 @@ fn port_forward_through_the_link(c: &Cluster) -> Result<()> {
     let out = pf.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(stderr.contains("connection refused"), "kubectl port-forward to a closed port: {stderr}");
-    for (n, a) in &c.agents {
-        a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
-            let log = a.log();
-            Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
-        })?;
-    }
+    sessions_ended(c)?;
     delete_pod(c, "pf")?;
     Ok(())
 }

@@ -13,13 +13,15 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   nftables, iproute2: the agent's Service rules are loaded with nft; agent/tests/net_nft.rs
 #   and the network lab (tests/src/netlab.rs) build namespaces, bridges and veths with ip
 #   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
-TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables conntrack iproute2 dnsutils)
+#   curl: fetches a pod's page through kubectl port-forward in the fleet tests
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables conntrack iproute2 dnsutils curl)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)
 
 # PyPI packages, pinned: the CRI interop test (tests/tests/cri_python.rs) drives the agent's CRI
-# socket with Python's grpcio, a client nobody here wrote, and makes its stubs with grpcio-tools.
+# socket with Python's grpcio, a client nobody here wrote, and makes its stubs with grpcio-tools;
+# the fleet tests drive logs, exec and port-forward with the official `kubernetes` client.
 # `ensure_python_packages` installs them into target/python (the test adds it to PYTHONPATH),
 # apart from the system's Python packages.
 PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 kubernetes==32.0.1)

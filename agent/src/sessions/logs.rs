@@ -52,17 +52,27 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LogError + '_ {
 /// pod (by uid, else by namespace and name), or the one before it.
 pub fn pick(paths: &Paths, req: &LogsRequest) -> Result<ContainerRecord, LogError> {
     let pod = format!("{}/{}", req.namespace, req.pod);
-    let sandboxes: Vec<SandboxRecord> = records::load_all::<SandboxRecord>(&paths.pods())
-        .into_iter()
-        .filter(|s| {
-            let m = s.config.metadata.clone().unwrap_or_default();
-            if req.uid.is_empty() { m.namespace == req.namespace && m.name == req.pod } else { m.uid == req.uid }
-        })
-        .collect();
+    let sandboxes = sandboxes_of(paths, &req.namespace, &req.pod, &req.uid);
     if sandboxes.is_empty() {
         return Err(LogError::NoPod(pod));
     }
     attempt(paths, &sandboxes, &pod, &req.container, req.previous)
+}
+
+/// The sandboxes of a pod: by uid, or by namespace and name without one
+/// (a pod of the same name created since is not the one asked for).
+pub fn sandboxes_of(paths: &Paths, namespace: &str, pod: &str, uid: &str) -> Vec<SandboxRecord> {
+    records::load_all::<SandboxRecord>(&paths.pods())
+        .into_iter()
+        .filter(|s| {
+            let m = s.config.metadata.as_ref();
+            match m {
+                Some(m) if uid.is_empty() => m.namespace == namespace && m.name == pod,
+                Some(m) => m.uid == uid,
+                None => false,
+            }
+        })
+        .collect()
 }
 
 /// The newest attempt of `container` in these sandboxes of `pod`, or

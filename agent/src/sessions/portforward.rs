@@ -13,7 +13,7 @@ use tokio::time::Duration;
 
 use super::pipes::{Output, Pipes, Pumped};
 use super::{Session, SessionEnv};
-use crate::runtime::records::{self, SandboxRecord, SandboxState};
+use crate::runtime::records::SandboxState;
 
 /// How long the pod has to accept the connection.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,11 +41,8 @@ async fn dial(netns: Option<PathBuf>, port: u16) -> std::io::Result<TcpStream> {
 impl Session {
     pub(super) async fn port_forward(&mut self, env: &SessionEnv, req: PortForwardRequest) {
         let pod = format!("{}/{}", req.namespace, req.pod);
-        let sandbox = records::load_all::<SandboxRecord>(&env.paths.pods()).into_iter().find(|s| {
-            let m = s.config.metadata.clone().unwrap_or_default();
-            if req.uid.is_empty() { m.namespace == req.namespace && m.name == req.pod } else { m.uid == req.uid }
-        });
-        let Some(sandbox) = sandbox.filter(|s| s.state == SandboxState::Ready) else {
+        let sandboxes = super::logs::sandboxes_of(&env.paths, &req.namespace, &req.pod, &req.uid);
+        let Some(sandbox) = sandboxes.into_iter().find(|s| s.state == SandboxState::Ready) else {
             return self.fail(404, format!("pod {pod:?} is not running on this node")).await;
         };
         let netns = if sandbox.host_network() { None } else { sandbox.netns.clone() };

@@ -18,13 +18,12 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kedge_common::session::{ExecRequest, Frame, Request};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::{ApiState, Req, Target, spdy};
+use super::{ApiState, Req, Target, spdy, stopping};
 use crate::fleet::relay::Session;
 use crate::store::Key;
 
@@ -80,11 +79,6 @@ fn prepare(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<(String, ExecReque
     Ok((node.to_owned(), request))
 }
 
-/// Whether the request asks to upgrade to `proto` (`websocket`, `SPDY/3.1`).
-fn upgrades_to(r: &Req, proto: &str) -> bool {
-    r.headers.get_all(header::UPGRADE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.eq_ignore_ascii_case(proto))
-}
-
 pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let (node, request) = prepare(st, t, &r)?;
     let relay = st.relay.clone().ok_or_else(|| {
@@ -93,8 +87,8 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     let what = format!("{}/{} {:?}", request.namespace, request.pod, request.command);
     let shutdown = st.shutdown.clone();
     let streams = Streams { stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, tty: request.tty };
-    let spdy = upgrades_to(&r, "SPDY/3.1");
-    if !spdy && !upgrades_to(&r, "websocket") {
+    let spdy = r.upgrades_to("SPDY/3.1");
+    if !spdy && !r.upgrades_to("websocket") {
         return Err(ApiError::bad_request("Upgrade request required"));
     }
     let mut head = axum::http::Request::new(());
@@ -119,12 +113,7 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
                 Err(e) => tracing::info!(error = %e, "exec: the SPDY upgrade failed"),
             }
         });
-        let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-        let h = resp.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-        h.insert("x-stream-protocol-version", HeaderValue::from_static(V4));
-        return Ok(resp);
+        return Ok(spdy::switching_protocols(V4));
     }
     let (mut parts, ()) = head.into_parts();
     let upgrade = WebSocketUpgrade::from_request_parts(&mut parts, &())
@@ -398,10 +387,6 @@ async fn bridge(
         })
         .await;
     }
-}
-
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|v| *v).await;
 }
 
 fn close(code: u16, reason: String) -> Message {

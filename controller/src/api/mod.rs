@@ -101,6 +101,15 @@ impl Req {
         self.param(k).is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
     }
 
+    /// Whether the request asks to upgrade to `proto` (`websocket`, `SPDY/3.1`).
+    pub fn upgrades_to(&self, proto: &str) -> bool {
+        self.headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.eq_ignore_ascii_case(proto))
+    }
+
     /// Every value of a parameter, in order (`command=sh&command=-c`).
     pub fn params(&self, k: &str) -> Vec<String> {
         form_urlencoded::parse(self.raw_query.as_bytes()).filter(|(n, _)| n == k).map(|(_, v)| v.into_owned()).collect()
@@ -272,6 +281,11 @@ async fn resource(
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Resolves once the server is stopping (ends streaming subresources).
+pub(crate) async fn stopping(shutdown: &mut signal::Receiver<bool>) {
+    let _ = shutdown.wait_for(|v| *v).await;
 }
 
 /// A JSON response.

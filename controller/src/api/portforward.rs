@@ -14,14 +14,13 @@ use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use kedge_common::session::{Frame, PortForwardRequest, Request};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::spdy::{self, Conn, Event, Transport};
-use super::{ApiState, Req, Target};
+use super::{ApiState, Req, Target, stopping};
 use crate::fleet::relay::{Relay, RelayError, Session};
 use crate::store::Key;
 
@@ -35,11 +34,6 @@ const LEGACY: &str = "v4.channel.k8s.io";
 /// Client data held for sessions that take no more yet; past this the
 /// connection is not read until they do.
 const MAX_PENDING: usize = 1 << 20;
-
-/// Whether the request asks to upgrade to `proto`.
-fn upgrades_to(r: &Req, proto: &str) -> bool {
-    r.headers.get_all(header::UPGRADE).iter().filter_map(|v| v.to_str().ok()).any(|v| v.eq_ignore_ascii_case(proto))
-}
 
 /// What every connection of this port-forward shares.
 #[derive(Clone)]
@@ -72,7 +66,7 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
     };
     let shutdown = st.shutdown.clone();
-    let (websocket, spdy) = (upgrades_to(&r, "websocket"), upgrades_to(&r, "SPDY/3.1"));
+    let (websocket, spdy) = (r.upgrades_to("websocket"), r.upgrades_to("SPDY/3.1"));
     let params = r.params("ports");
     let offered = r.headers.get_all("x-stream-protocol-version").iter().any(|v| v.as_bytes() == PROTOCOL.as_bytes());
     let mut head = axum::http::Request::new(());
@@ -122,12 +116,7 @@ pub async fn serve(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
             Err(e) => tracing::info!(error = %e, "port-forward: the SPDY upgrade failed"),
         }
     });
-    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert("x-stream-protocol-version", HeaderValue::from_static(PROTOCOL));
-    Ok(resp)
+    Ok(spdy::switching_protocols(PROTOCOL))
 }
 
 /// One forwarded connection: its two streams and its session on the node.
@@ -328,10 +317,6 @@ async fn send_pending(pair: &mut Pair) {
         pair.closing = false;
         s.send(&Frame::Close { stream: 0 }).await;
     }
-}
-
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|v| *v).await;
 }
 
 /// The ports of a legacy WebSocket port-forward: `ports=8080,9090` or the

@@ -44,6 +44,19 @@ pub trait Transport: Send {
     fn write(&mut self, data: Vec<u8>) -> impl Future<Output = io::Result<()>> + Send;
 }
 
+/// The answer that switches an HTTP connection to SPDY/3.1 with the
+/// stream protocol `version` (client-go requires the header).
+pub fn switching_protocols(version: &'static str) -> axum::response::Response {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert("x-stream-protocol-version", HeaderValue::from_static(version));
+    resp
+}
+
 /// What the client did.
 #[derive(Debug, PartialEq)]
 pub enum Event {

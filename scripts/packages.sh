@@ -24,7 +24,7 @@ CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)
 # the fleet tests drive logs, exec and port-forward with the official `kubernetes` client.
 # `ensure_python_packages` installs them into target/python (the test adds it to PYTHONPATH),
 # apart from the system's Python packages.
-PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 kubernetes==32.0.1)
+PYTHON_PACKAGES=(grpcio==1.85.1 grpcio-tools==1.85.1 protobuf==7.36.2 kubernetes==32.0.1 prometheus-client==0.26.0)
 PYTHON_TARGET=target/python
 
 ensure_packages() {

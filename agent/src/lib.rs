@@ -19,6 +19,7 @@ pub mod instance;
 pub mod libm_shim;
 pub mod link;
 pub mod logs_cli;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod pin;

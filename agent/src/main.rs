@@ -259,6 +259,14 @@ struct RunArgs {
     /// The cluster's DNS domain: Services are `NAME.NAMESPACE.svc.DOMAIN`.
     #[arg(long, default_value = kedge_agent::net::resolv::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:10249)
+    /// to scrapers that present --metrics-token-file's token.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// The scrape token (bearer): the file's first line; made, random and
+    /// owner-only, when missing. Default: DATA_DIR/metrics.token.
+    #[arg(long)]
+    metrics_token_file: Option<PathBuf>,
     /// Config file: `run` flags by name (`broker: mqtt://…`, `node-name: …`).
     /// Command-line flags win. A missing file is no config.
     #[arg(long, default_value = "/etc/kedge/agent.yaml")]
@@ -627,9 +635,30 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         tracing::info!("no broker and no --pod-cidr: pods get no network beyond lo");
         None
     };
+    let _metrics = match args.metrics_listen {
+        Some(addr) => {
+            let file = args.metrics_token_file.clone().unwrap_or_else(|| data_dir.join("metrics.token"));
+            let token =
+                kedge_agent::metrics::token(&file).with_context(|| format!("the metrics token {}", file.display()))?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+            tracing::info!(%addr, token = %file.display(), "serving metrics");
+            Some(AbortOnDrop(tokio::spawn(kedge_agent::metrics::serve(listener, token, rt.clone()))))
+        }
+        None => None,
+    };
     let paths = rt.paths().clone();
     node::run(cfg, rt, paths, network, stop).await?;
     // Pods are not stopped: a restarted agent adopts them.
     tracing::info!("kedge-agent stopped; containers keep running");
     Ok(())
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -17,7 +17,8 @@ pub enum NodeTopic {
 }
 
 impl NodeTopic {
-    fn leaf(self) -> &'static str {
+    /// The topic's last level (`status`, `presence`…).
+    pub fn leaf(self) -> &'static str {
         match self {
             NodeTopic::Desired => "desired",
             NodeTopic::Status => "status",

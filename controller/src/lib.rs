@@ -18,6 +18,7 @@ pub mod scheduler;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 pub mod validate;

@@ -188,7 +188,9 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     };
     let (broker, broker_tls, relay) = broker.map_or((None, None, None), |(b, t, r)| (Some(b), t, Some(r)));
     let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
-    let state = Arc::new(ApiState { store: store.clone(), writer, config, shutdown: rx.clone(), relay });
+    let telemetry =
+        Arc::new(crate::telemetry::Telemetry::new(store.clone(), relay.clone().map(|r| (fleet_state.clone(), r))));
+    let state = Arc::new(ApiState { store: store.clone(), writer, config, shutdown: rx.clone(), relay, telemetry });
     let app = api::router(state);
     // With the fleet link, the node lifecycle also looks at every node when
     // presence changes somewhere.

@@ -442,3 +442,53 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// One sample of a scrape: name, labels, value.
+pub type Sample = (String, serde_json::Map<String, serde_json::Value>, f64);
+
+/// Parses an exposition with the Prometheus project's Python parser
+/// (`prometheus` text or `openmetrics`); `None` (skipped, loudly) without
+/// the `prometheus_client` package (scripts/packages.sh).
+pub fn parse_metrics(text: &str, format: &str) -> Result<Option<Vec<Sample>>> {
+    let root = workspace_root();
+    let path = root.join("target/python");
+    let has = Command::new("python3").args(["-c", "import prometheus_client"]).env("PYTHONPATH", &path).output();
+    if !require(has.is_ok_and(|o| o.status.success()), "the Python prometheus_client (scripts/packages.sh)") {
+        return Ok(None);
+    }
+    let mut child = Command::new("python3")
+        .arg(root.join("tests/python/prom_parse.py"))
+        .arg(format)
+        .env("PYTHONPATH", &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(&mut child.stdin.take().context("stdin")?, text.as_bytes())?;
+    let o = child.wait_with_output()?;
+    anyhow::ensure!(
+        o.status.success(),
+        "the {format} parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout)?;
+    Ok(Some(
+        v.into_iter()
+            .map(|s| {
+                let labels = s["labels"].as_object().cloned().unwrap_or_default();
+                (s["name"].as_str().unwrap_or_default().to_owned(), labels, s["value"].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect(),
+    ))
+}
+
+/// The sum of the samples named `name` whose labels include `labels`.
+pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name && labels.iter().all(|(k, v)| l.get(*k).and_then(serde_json::Value::as_str) == Some(*v))
+        })
+        .map(|(.., v)| v)
+        .sum()
+}

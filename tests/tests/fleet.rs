@@ -11,13 +11,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use kedge_tests::agent::Agent;
-use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, require, wait_for};
+use kedge_tests::{
+    Controller, Kubectl, Sample, controller_and_kubectl, is_root, metric, parse_metrics, require, wait_for,
+};
 use serde_json::Value;
 
 struct Cluster {
     dir: PathBuf,
     k: Kubectl,
-    agents: Vec<(String, Agent)>,
+    /// Each node's agent and the port of its `/metrics`.
+    agents: Vec<(String, Agent, u16)>,
     // Dropped last: agents tear their pods down first.
     ctl: Controller,
     broker: String,
@@ -55,10 +58,13 @@ impl Cluster {
             };
             let mut args: Vec<&str> = login.iter().map(String::as_str).collect();
             args.extend_from_slice(&["--token", token.as_str(), "--node-name", n, "--backoff-base", "1s"]);
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let metrics = format!("127.0.0.1:{port}");
+            args.extend_from_slice(&["--metrics-listen", &metrics]);
             args.extend_from_slice(agent_extra);
             let mut a = Agent::new(&dir.join(n), &args)?;
             a.start()?;
-            agents.push((n.to_string(), a));
+            agents.push((n.to_string(), a, port));
         }
         let mqtt_args = match external {
             Some(b) => b.anonymous(),
@@ -80,11 +86,11 @@ impl Cluster {
     }
 
     fn agent(&self, node: &str) -> &Agent {
-        &self.agents.iter().find(|(n, _)| n == node).expect("an agent of that name").1
+        &self.agents.iter().find(|(n, ..)| n == node).expect("an agent of that name").1
     }
 
     fn agent_mut(&mut self, node: &str) -> &mut Agent {
-        &mut self.agents.iter_mut().find(|(n, _)| n == node).expect("an agent of that name").1
+        &mut self.agents.iter_mut().find(|(n, ..)| n == node).expect("an agent of that name").1
     }
 
     fn wait_node_ready(&self, node: &str) -> Result<()> {
@@ -114,7 +120,8 @@ impl Cluster {
             Ok(ok.then_some(pods))
         })
         .with_context(|| {
-            let logs: Vec<String> = self.agents.iter().map(|(n, a)| format!("--- {n}:\n{}", tail(&a.log()))).collect();
+            let logs: Vec<String> =
+                self.agents.iter().map(|(n, a, _)| format!("--- {n}:\n{}", tail(&a.log()))).collect();
             format!("{}\n{}", self.k.ok(&["get", "pods", "-o", "wide"]).unwrap_or_default(), logs.join("\n"))
         })
     }
@@ -418,7 +425,7 @@ print(p.wait(timeout=20))
 
 /// Every session a node opened has ended (its client gone or done).
 fn sessions_ended(c: &Cluster) -> Result<()> {
-    for (n, a) in &c.agents {
+    for (n, a, _) in &c.agents {
         a.wait_for(&format!("every session on {n} ended"), Duration::from_secs(10), || {
             let log = a.log();
             Ok((log.matches("session opened").count() == log.matches("session ended").count()).then_some(()))
@@ -437,7 +444,7 @@ fn wait_pod_running(c: &Cluster, name: &str) -> Result<()> {
 /// Deletes pod `name` and waits until no agent runs it any more.
 fn delete_pod(c: &Cluster, name: &str) -> Result<()> {
     c.k.ok(&["delete", &format!("pod/{name}")])?;
-    for (n, a) in &c.agents {
+    for (n, a, _) in &c.agents {
         a.wait_for(&format!("pod {name} to leave {n}"), Duration::from_secs(60), || {
             Ok(a.ps()?.iter().all(|p| p["name"] != name).then_some(()))
         })?;
@@ -733,10 +740,130 @@ fn top_through_the_link(c: &Cluster) -> Result<()> {
     let pods = c.k.ok(&["top", "pods", "-l", "app=burner"])?;
     ensure!(pods.lines().nth(1).is_some_and(|l| l.starts_with("burner ") && l.contains("Mi")), "{pods}");
     let nodes = c.k.ok(&["top", "nodes"])?;
-    for (n, _) in &c.agents {
+    for (n, ..) in &c.agents {
         ensure!(nodes.lines().any(|l| l.starts_with(&format!("{n} "))), "{nodes}");
     }
     delete_pod(c, "burner")?;
+    Ok(())
+}
+
+/// The controller's `/metrics` as `kubectl get --raw` fetches it.
+fn controller_metrics(c: &Cluster) -> Result<Option<Vec<Sample>>> {
+    parse_metrics(&c.k.ok(&["get", "--raw", "/metrics"])?, "prometheus")
+}
+
+/// `curl` of an agent's `/metrics`: (HTTP code, body).
+fn curl_agent(c: &Cluster, node: &str, token: Option<&str>, openmetrics: bool) -> Result<(String, String)> {
+    let port = c.agents.iter().find(|(n, ..)| n == node).context("no such agent")?.2;
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}/metrics")]);
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if openmetrics {
+        cmd.args(["-H", "Accept: application/openmetrics-text; version=1.0.0"]);
+    }
+    let o = cmd.output()?;
+    ensure!(o.status.success(), "curl: {}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let (body, code) = out.rsplit_once('\n').context("curl output")?;
+    Ok((code.to_owned(), body.to_owned()))
+}
+
+fn agent_metrics(c: &Cluster, node: &str) -> Result<Option<Vec<Sample>>> {
+    let token = std::fs::read_to_string(c.agent(node).data.join("metrics.token"))?;
+    let (code, body) = curl_agent(c, node, Some(token.trim()), false)?;
+    ensure!(code == "200", "{code}: {body}");
+    parse_metrics(&body, "prometheus")
+}
+
+const RESTARTER: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: restarter}
+spec:
+  nodeName: n1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'exec sleep 3600']
+  - name: blip
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'sleep 1; exit 1']
+";
+
+/// `/metrics` of the controller (through kubectl, behind its token) and of
+/// an agent (`--metrics-listen`, behind its token file) parse with the
+/// Prometheus project's own parsers, and the figures move with the cluster:
+/// a pod created, run, exec'd into and restarting; a watch opened and closed.
+fn metrics_of_both_binaries(c: &Cluster) -> Result<()> {
+    // Without the tokens: refused.
+    let o = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{}/metrics", c.ctl.addr))
+        .output()?;
+    ensure!(String::from_utf8_lossy(&o.stdout) == "401", "controller /metrics without a token: {o:?}");
+    for token in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let (code, body) = curl_agent(c, "n1", token, false)?;
+        ensure!(code == "401", "agent /metrics with token {token:?}: {code} {body}");
+    }
+    let Some(ctl0) = controller_metrics(c)? else { return Ok(()) };
+    let Some(n1_0) = agent_metrics(c, "n1")? else { return Ok(()) };
+    for state in ["joined", "online", "ready"] {
+        ensure!(metric(&ctl0, "kedge_nodes", &[("state", state)]) == 2.0, "two nodes {state}: {ctl0:?}");
+    }
+    ensure!(metric(&ctl0, "kedge_fleet_connected", &[]) == 1.0, "connected");
+    // Forgeries and garbage were published before this: counted.
+    ensure!(metric(&ctl0, "kedge_fleet_rejected_messages_total", &[]) > 0.0, "no rejected messages counted");
+    ensure!(metric(&ctl0, "kedge_store_size_bytes", &[]) > 0.0, "store size");
+    ensure!(metric(&n1_0, "kedge_agent_link_up", &[]) == 1.0, "n1's link up");
+    ensure!(metric(&n1_0, "kedge_agent_link_connects_total", &[]) >= 1.0, "n1 connected once at least");
+
+    // A pod on n1 with a container that keeps exiting; an exec into it.
+    let path = c.dir.join("restarter.yaml");
+    std::fs::write(&path, RESTARTER)?;
+    c.k.ok(&["create", "-f", &path.to_string_lossy()])?;
+    wait_pod_running(c, "restarter")?;
+    c.k.ok(&["exec", "restarter", "-c", "main", "--", "true"])?;
+    let mut watch = c.k.command(&["get", "pods", "--watch"]).stdout(Stdio::null()).spawn()?;
+    let watches0 = metric(&ctl0, "kedge_api_watches_open", &[]);
+    let moved = wait_for("the controller's and n1's counters to move", Duration::from_secs(60), || {
+        let (Some(ctl), Some(n1)) = (controller_metrics(c)?, agent_metrics(c, "n1")?) else { return Ok(None) };
+        let more = |s: &[Sample], s0: &[Sample], name: &str, labels: &[(&str, &str)]| {
+            metric(s, name, labels) > metric(s0, name, labels)
+        };
+        let api =
+            more(&ctl, &ctl0, "kedge_api_requests_total", &[("verb", "POST"), ("resource", "pods"), ("code", "201")]);
+        let exec = more(&ctl, &ctl0, "kedge_relay_sessions_total", &[("kind", "exec"), ("result", "started")]);
+        let observed = more(&ctl, &ctl0, "kedge_fleet_snapshot_observed_seconds_count", &[]);
+        let published = more(&ctl, &ctl0, "kedge_fleet_snapshots_published_total", &[]);
+        let commits = more(&ctl, &ctl0, "kedge_store_commit_duration_seconds_count", &[]);
+        let watching = metric(&ctl, "kedge_api_watches_open", &[]) > watches0;
+        let pods = more(&n1, &n1_0, "kedge_agent_running_pods", &[]);
+        let running = more(&n1, &n1_0, "kedge_agent_containers", &[("state", "running")]);
+        let restarts = more(&n1, &n1_0, "kedge_agent_container_restarts_total", &[]);
+        let all = [api, exec, observed, published, commits, watching, pods, running, restarts];
+        eprintln!("metrics moved: {all:?}");
+        Ok(all.iter().all(|m| *m).then_some(ctl))
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let ctl1 = moved?;
+    let latency = metric(&ctl1, "kedge_api_request_duration_seconds_count", &[("verb", "POST"), ("resource", "pods")]);
+    ensure!(latency >= 1.0, "POST pods timed: {latency}");
+    // The watch's end is counted too.
+    wait_for("the watch to be counted closed", Duration::from_secs(20), || {
+        let Some(ctl) = controller_metrics(c)? else { return Ok(Some(())) };
+        Ok((metric(&ctl, "kedge_api_watches_open", &[]) == watches0).then_some(()))
+    })?;
+    // OpenMetrics when asked for, as Prometheus asks: the stricter parser takes it.
+    let token = std::fs::read_to_string(c.agent("n1").data.join("metrics.token"))?;
+    let (code, body) = curl_agent(c, "n1", Some(token.trim()), true)?;
+    ensure!(code == "200" && body.ends_with("# EOF\n"), "{code}: {body}");
+    parse_metrics(&body, "openmetrics")?;
+    delete_pod(c, "restarter")?;
     Ok(())
 }
 
@@ -1067,6 +1194,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     forgeries_are_refused(&c)?;
     sessions_refuse_forgeries_and_replays(&c)?;
     reports_under_another_name_are_dropped(&c)?;
+    metrics_of_both_binaries(&c)?;
     c.k.ok(&["delete", "deployment/web", "daemonset/agent-ds"])?;
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use kedge_tests::agent::Agent;
 use kedge_tests::netlab::{Lab, Machine};
-use kedge_tests::{Controller, Kubectl, is_root, require, wait_for};
+use kedge_tests::{Controller, Kubectl, is_root, metric, parse_metrics, require, wait_for};
 use serde_json::Value;
 
 const WORKLOAD: &str = "apiVersion: apps/v1
@@ -250,7 +250,9 @@ impl Cluster {
         let mut agents = Vec::new();
         for m in &nodes {
             let ip = m.ip().to_string();
-            let mut a = lab.agent(&ctl, m, &tmp.path().join(m.name()), &["--node-ip", &ip])?;
+            // Each machine is its own network namespace: one port serves all.
+            let args = ["--node-ip", &ip, "--metrics-listen", "127.0.0.1:10249"];
+            let mut a = lab.agent(&ctl, m, &tmp.path().join(m.name()), &args)?;
             a.start()?;
             agents.push(a);
         }
@@ -317,6 +319,15 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
             Ok((seen == names).then_some(seen))
         })?;
         ensure!(seen == names, "client on {} saw {seen:?}", c.nodes[i].name());
+    }
+
+    // The Service rules' loads show in the node's /metrics.
+    let token = std::fs::read_to_string(c.agents[0].data.join("metrics.token"))?;
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let text = c.nodes[0].run("curl", &["-sSf", "-H", &auth, "http://127.0.0.1:10249/metrics"])?;
+    if let Some(m) = parse_metrics(&text, "prometheus")? {
+        let loads = metric(&m, "kedge_agent_rule_sync_duration_seconds_count", &[]);
+        ensure!(loads >= 1.0, "{} loaded its Service rules {loads} times:\n{text}", c.nodes[0].name());
     }
 
     // NodePort from a third machine, on both nodes' addresses.

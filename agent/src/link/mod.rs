@@ -182,6 +182,11 @@ fn perform(
         let refused = match &action {
             Action::Connected(up) => {
                 ends.connected.send_replace(*up);
+                let m = crate::metrics::counters();
+                m.link_up.set(i64::from(*up));
+                if *up {
+                    m.link_connects.inc();
+                }
                 false
             }
             Action::Subscribe { topic } => client
@@ -245,6 +250,11 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     };
     let mut state = LinkState::new(settings, accepted.0, accepted.1);
     let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(options(&cfg, state.will()), 64);
+    // Session frames (exec keystrokes) are small and answered: unbatched,
+    // or each waits out the peer's delayed ACK (40 ms, BENCHMARKS.md).
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let mut sessions =
         crate::sessions::Sessions::new(cfg.sessions.clone(), client.clone(), &cfg.prefix, &cfg.node, cfg.max_payload);
     let identity = cfg.identity.as_ref();

@@ -316,7 +316,10 @@ impl LinkState {
                 self.push_event(ev);
                 self.flush(now, &mut out);
             }
-            Input::EventsLost(n) => self.dropped += n,
+            Input::EventsLost(n) => {
+                self.dropped += n;
+                crate::metrics::counters().outbox_dropped.inc_by(n);
+            }
             Input::Tick => {
                 if self.connected && !self.joined {
                     if self.subscribe_pending {
@@ -390,6 +393,7 @@ impl LinkState {
                 Outgoing::Event(ev) => {
                     if self.events.push_front(ev).is_err() {
                         self.dropped += 1;
+                        crate::metrics::counters().outbox_dropped.inc();
                     }
                 }
                 // Asked again at the retry already set.
@@ -591,6 +595,7 @@ impl LinkState {
         if self.events.is_full() {
             self.events.pop_front();
             self.dropped += 1;
+            crate::metrics::counters().outbox_dropped.inc();
         }
         // Cannot fail: there is room now.
         let _ = self.events.push_back(ev);

@@ -258,7 +258,9 @@ impl NetworkManager {
         let ruleset = nft::render(effective, node, &self.local.host_ports);
         let mut applier = self.applier.take().unwrap_or_default();
         let done = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let r = applier.apply(ruleset);
+            crate::metrics::counters().rule_sync.observe(started.elapsed().as_secs_f64());
             (applier, r)
         })
         .await;

@@ -269,6 +269,7 @@ impl<R: CriRuntime> Worker<R> {
                         wake(at);
                     } else {
                         self.restarts.entry(c.name.clone()).or_default().restarted(&self.ctx.backoff, ran);
+                        crate::metrics::counters().restarts.inc();
                         // The kubelet keeps the last dead container for lastState; older ones go.
                         for id in older {
                             if let Err(e) = self.rt().remove_container(&id).await {

@@ -17,12 +17,14 @@ impl Runtime {
     pub async fn pull_image(&self, name: &str, creds: Option<crate::images::registry::Credentials>) -> Result<String> {
         let inner = self.inner.clone();
         let name = name.to_string();
-        blocking(move || {
+        let pulled = blocking(move || {
             let mut puller =
                 crate::images::registry::Puller::new(&inner.images, inner.opts.insecure_registries.clone(), creds);
             Ok(puller.pull(&name)?)
         })
-        .await
+        .await;
+        crate::metrics::image_pulled(pulled.is_ok());
+        pulled
     }
 
     pub fn list_images(&self) -> Result<Vec<cri::Image>> {

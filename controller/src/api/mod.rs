@@ -60,6 +60,8 @@ pub struct ApiState {
     /// Sessions to nodes through the fleet link (`pods/log`); `None`
     /// without one.
     pub relay: Option<Arc<crate::fleet::relay::Relay>>,
+    /// `/metrics`, and the API's own counters.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -70,12 +72,77 @@ async fn dispatch(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let verb = verb(&method, req.headers(), req.uri().query().unwrap_or_default());
     let resp = match route(&st, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
-    tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+    let elapsed = started.elapsed();
+    let code = resp.status().as_u16();
+    st.telemetry.api.request(labels(verb, &path, code), elapsed);
+    tracing::debug!(%method, %path, status = code, elapsed_us = elapsed.as_micros() as u64, "request");
     resp
+}
+
+/// The request's verb as the API server's metrics name it.
+fn verb(method: &Method, headers: &HeaderMap, query: &str) -> &'static str {
+    let apply =
+        || headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("apply-patch"));
+    let watch = || {
+        form_urlencoded::parse(query.as_bytes())
+            .any(|(k, v)| k == "watch" && v != "0" && !v.eq_ignore_ascii_case("false"))
+    };
+    match *method {
+        Method::GET if watch() => "WATCH",
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH if apply() => "APPLY",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Labels for the request counters: the resource the path names, if any,
+/// and the verb refined by it (a GET of a collection is a LIST, exec and
+/// port-forward are CONNECT). Paths naming no known resource get empty
+/// labels, so made-up paths cannot grow the metrics.
+fn labels(verb: &'static str, path: &str, code: u16) -> crate::telemetry::RequestLabels {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => ("", "", &[][..]),
+    };
+    let rest = match rest {
+        ["namespaces", _, r @ ..] if !r.is_empty() => r,
+        r => r,
+    };
+    let found = rest.first().and_then(|p| resources::find(group, version, p));
+    let (resource, named, sub) = match (found, rest) {
+        (Some(rt), [_, _, s]) => (rt.plural, true, *s),
+        (Some(rt), [_, _]) => (rt.plural, true, ""),
+        (Some(rt), _) => (rt.plural, false, ""),
+        // `namespaces/NAME` itself.
+        (None, _) if segs.get(2) == Some(&"namespaces") || segs.get(3) == Some(&"namespaces") => ("", true, ""),
+        (None, _) => ("", false, ""),
+    };
+    let verb = match (verb, named, sub) {
+        ("GET", false, _) if !resource.is_empty() => "LIST",
+        ("DELETE", false, _) if !resource.is_empty() => "DELETECOLLECTION",
+        (_, _, "exec" | "attach" | "portforward") => "CONNECT",
+        (v, _, _) => v,
+    };
+    let known = !resource.is_empty();
+    crate::telemetry::RequestLabels {
+        verb,
+        group: if known { group.to_owned() } else { String::new() },
+        version: if known { version.to_owned() } else { String::new() },
+        resource: resource.to_owned(),
+        subresource: if known { sub.to_owned() } else { String::new() },
+        code,
+    }
 }
 
 /// The request as the object handlers see it.
@@ -178,6 +245,7 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     match segs.as_slice() {
         ["version"] if get => Ok(json(StatusCode::OK, &discovery::version())),
         ["healthz" | "livez" | "readyz"] if get => Ok((StatusCode::OK, "ok").into_response()),
+        ["metrics"] if get => metrics_text(st, &r.headers),
         ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
         ["apis", g] if get && discovery::group(g).is_some() => {
@@ -277,6 +345,19 @@ async fn resource(
         (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,
         _ => Err(ApiError::method_not_allowed(m.as_str(), path)),
     }
+}
+
+/// `/metrics`: OpenMetrics for a scraper that asks for it, else the
+/// Prometheus text format.
+fn metrics_text(st: &ApiState, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (ctype, body) =
+        st.telemetry.render(openmetrics).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+    Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -147,7 +147,9 @@ pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErr
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let mut shutdown = st.shutdown.clone();
+    let open = st.telemetry.api.watch_opened();
     tokio::spawn(async move {
+        let _open = open;
         for line in initial {
             if tx.send(line).await.is_err() {
                 return;

@@ -214,6 +214,7 @@ mod tests {
             report: Some(ReportSummary { arch: "arm64".into(), pods: 3, running: 2, failing: 1, ..Default::default() }),
             desired: Some((42, 0, 3)),
             rejected: 7,
+            unobserved: None,
         };
         let j = serde_json::to_value(node_json("pi-1", &live, None)).expect("json");
         assert_eq!(j["node"], "pi-1");

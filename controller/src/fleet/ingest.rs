@@ -330,6 +330,7 @@ impl Ingest {
         };
         if !topics::valid_node_name(node) {
             self.drop("invalid node name", node, which, payload.len(), "not a node name");
+            self.state.count_rejected(node, which.leaf(), "invalid node name");
             return;
         }
         if payload.is_empty() || which == NodeTopic::Desired {
@@ -342,9 +343,7 @@ impl Ingest {
         let node = node.to_string();
         if let Err((why, e)) = self.take(&node, which, payload) {
             self.drop(why, &node, which, payload.len(), &e);
-            if why != "not joined" {
-                self.state.count_rejected(&node);
-            }
+            self.state.count_rejected(&node, which.leaf(), why);
         }
     }
 

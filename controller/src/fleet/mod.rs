@@ -105,6 +105,8 @@ pub struct NodeLive {
     /// Messages under its name dropped while it is joined: forged,
     /// replayed, malformed or over its rate.
     pub rejected: u64,
+    /// A snapshot generation published and when, until a report has seen it.
+    pub unobserved: Option<(u64, std::time::Instant)>,
 }
 
 /// Shared between the link task, the snapshot publisher and the node lifecycle.
@@ -121,6 +123,8 @@ pub struct FleetState {
     resync_nodes: watch::Sender<u64>,
     /// The cluster network table as last published, for the dashboard.
     network: Mutex<network::NetworkSummary>,
+    /// Counters for `/metrics`.
+    metrics: crate::telemetry::FleetMetrics,
 }
 
 fn now() -> i64 {
@@ -137,7 +141,12 @@ impl FleetState {
             resync_desired: watch::channel(0).0,
             resync_nodes: watch::channel(0).0,
             network: Mutex::new(network::NetworkSummary::default()),
+            metrics: crate::telemetry::FleetMetrics::default(),
         })
+    }
+
+    pub fn metrics(&self) -> &crate::telemetry::FleetMetrics {
+        &self.metrics
     }
 
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, NodeLive>) -> R) -> R {
@@ -181,7 +190,16 @@ impl FleetState {
     }
 
     pub fn set_desired(&self, node: &str, generation: u64, hash: u64, pods: usize) {
-        self.with(|m| m.entry(node.to_string()).or_default().desired = Some((generation, hash, pods)));
+        self.metrics.snapshots.inc();
+        self.with(|m| {
+            let n = m.entry(node.to_string()).or_default();
+            // A republish of the same generation (after a reconnect) keeps
+            // the time of its first publication.
+            if n.desired.map(|d| d.0) != Some(generation) {
+                n.unobserved = Some((generation, std::time::Instant::now()));
+            }
+            n.desired = Some((generation, hash, pods));
+        });
     }
 
     pub fn network(&self) -> network::NetworkSummary {
@@ -206,7 +224,13 @@ impl FleetState {
         }
     }
 
-    fn count_rejected(&self, node: &str) {
+    /// Counts a dropped message for `/metrics` (any node, joined or not)
+    /// and, for a joined `node`, on its own counter (the dashboard's).
+    fn count_rejected(&self, node: &str, topic: &'static str, reason: &'static str) {
+        self.metrics.rejected.get_or_create(&crate::telemetry::RejectLabels { topic, reason }).inc();
+        if reason == "not joined" {
+            return;
+        }
         // Only joined nodes have an entry to count on: a flood of made-up
         // names leaves nothing behind.
         self.with(|m| {
@@ -219,6 +243,12 @@ impl FleetState {
     fn set_report(&self, node: &str, summary: dashboard::ReportSummary) {
         self.with(|m| {
             let n = m.entry(node.to_string()).or_default();
+            if let Some((generation, at)) = n.unobserved
+                && summary.observed_generation >= generation
+            {
+                self.metrics.snapshot_observed.observe(at.elapsed().as_secs_f64());
+                n.unobserved = None;
+            }
             n.report_at = now();
             n.report = Some(summary);
         });
@@ -311,7 +341,11 @@ pub async fn start(
     mo.set_clean_session(true);
     mo.set_max_packet_size(opts.max_payload.saturating_mul(4).max(64 * 1024), opts.max_payload + 64 * 1024);
     mo.set_request_channel_capacity(4096);
-    let (mqtt, eventloop) = AsyncClient::new(mo, 4096);
+    let (mqtt, mut eventloop) = AsyncClient::new(mo, 4096);
+    // Small frames unbatched (exec keystrokes; the agent does the same).
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
     let publisher = desired::DesiredPublisher::new(
         client.clone(),
         mqtt.clone(),

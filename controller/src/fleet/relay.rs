@@ -134,8 +134,32 @@ impl Relay {
         last_seen(live)
     }
 
+    /// Sessions open now.
+    pub fn open_sessions(&self) -> usize {
+        self.with(|m| m.len())
+    }
+
     /// Opens a session on `node`; the node has answered when this returns.
     pub async fn open(self: &Arc<Self>, node: &str, request: Request) -> Result<Session, RelayError> {
+        let kind = match &request {
+            Request::Logs(_) => "log",
+            Request::Exec(_) => "exec",
+            Request::PortForward(_) => "portforward",
+            Request::Usage => "usage",
+        };
+        let opened = self.open_inner(node, request).await;
+        let result = match &opened {
+            Ok(_) => "started",
+            Err(RelayError::Offline { .. } | RelayError::NoBroker) => "offline",
+            Err(RelayError::NoAnswer { .. }) => "no answer",
+            Err(RelayError::Node { .. }) => "refused",
+            Err(_) => "error",
+        };
+        self.state.metrics().sessions.get_or_create(&crate::telemetry::SessionLabels { kind, result }).inc();
+        opened
+    }
+
+    async fn open_inner(self: &Arc<Self>, node: &str, request: Request) -> Result<Session, RelayError> {
         if !self.state.connected() {
             return Err(RelayError::NoBroker);
         }
@@ -238,7 +262,7 @@ impl Relay {
             Some(Ok(false)) => tracing::debug!(%node, %sid, "session handler gone or full; frame dropped"),
             Some(Err(e)) => {
                 tracing::warn!(%node, %sid, bytes = payload.len(), error = %e, "session frame refused");
-                self.state.count_rejected(node);
+                self.state.count_rejected(node, "session", "refused");
             }
         }
         true

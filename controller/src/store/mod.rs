@@ -92,8 +92,11 @@ pub struct Outcome {
 
 pub struct Store {
     db: Database,
+    path: std::path::PathBuf,
     revision: AtomicU64,
     hub: WatchHub,
+    /// Each write transaction's commit, in seconds (`/metrics`).
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Store {
@@ -109,7 +112,31 @@ impl Store {
             meta.get(REVISION_KEY)?.map(|g| g.value()).unwrap_or(0)
         };
         txn.commit()?;
-        Ok(Store { db, revision: AtomicU64::new(revision), hub: WatchHub::new(history, revision) })
+        Ok(Store {
+            db,
+            path: path.to_owned(),
+            revision: AtomicU64::new(revision),
+            hub: WatchHub::new(history, revision),
+            commits: crate::telemetry::latency_histogram(),
+        })
+    }
+
+    /// The database file's size in bytes.
+    pub fn size(&self) -> std::io::Result<u64> {
+        std::fs::metadata(&self.path).map(|m| m.len())
+    }
+
+    /// How long write transactions take to commit.
+    pub fn commit_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.commits
+    }
+
+    /// Commits `txn`, timing it.
+    fn commit(&self, txn: redb::WriteTransaction) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        txn.commit()?;
+        self.commits.observe(started.elapsed().as_secs_f64());
+        Ok(())
     }
 
     /// The revision of the last committed write.
@@ -241,7 +268,7 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(StoreError::from)?;
             meta.insert(REVISION_KEY, rev).map_err(StoreError::from)?;
         }
-        txn.commit().map_err(StoreError::from)?;
+        self.commit(txn)?;
         if let Some(last) = events.last() {
             self.revision.store(last.rev, Ordering::SeqCst);
         }
@@ -272,7 +299,7 @@ impl Store {
                 table.insert(name.as_str(), bytes.as_slice())?;
             }
         }
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! mostly code pages, and the kernel maps up to 64 KiB around every code fault: with
 //! the idle code spread over the binary, most of `.text` ends up resident. All
 //! builds route `pow` and `log2` to the agent's own (`src/libm_shim.rs`). aarch64
-//! release builds align segments for 16 KiB pages (below).
+//! release builds align segments for 16 KiB pages and drop the unwind tables (below).
 fn main() {
     println!("cargo:rerun-if-changed=hot-text.ld");
     println!("cargo:rerun-if-env-changed=KEDGE_NO_HOT_TEXT");
@@ -24,5 +24,10 @@ fn main() {
     // A kernel with 64 KiB pages cannot map it.
     if release && std::env::var("CARGO_CFG_TARGET_ARCH").is_ok_and(|a| a == "aarch64") {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,max-page-size=16384");
+        // No unwind tables (no-unwind.ld): with panic = "abort" nothing
+        // unwinds, and they were 1.2 MB of the 8 MiB budget (design.md §8).
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+        println!("cargo:rerun-if-changed=no-unwind.ld");
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{dir}/no-unwind.ld,--no-eh-frame-hdr");
     }
 }

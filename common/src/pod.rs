@@ -147,6 +147,15 @@ pub struct Container {
     pub readiness_probe: Option<Probe>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Probe>,
+    /// Keep a stdin open for `kubectl attach -i`; with `stdin_once`, it
+    /// closes (end of file) when the first attach ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
+    /// Run the process on a terminal (`kubectl run -it`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
 }
 
 /// A container port by number or by the name of one of its `ports`.

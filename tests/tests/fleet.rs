@@ -378,6 +378,93 @@ spec:
     command: [sh, -c, 'echo shell is up; exec sleep 3600']
 ";
 
+/// Runs kubectl with `args` on a pseudo-terminal driven by [`TTY_DRIVER`].
+fn on_a_terminal(c: &Cluster, args: &[&str]) -> Result<Output> {
+    let k = c.k.command(args);
+    let mut py = Command::new("python3");
+    py.arg("-c").arg(TTY_DRIVER).arg(k.get_program()).args(k.get_args());
+    for (key, v) in k.get_envs() {
+        match v {
+            Some(v) => py.env(key, v),
+            None => py.env_remove(key),
+        };
+    }
+    Ok(py.output()?)
+}
+
+const TALKER: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: talker}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    stdin: true
+    command: [sh, -c, 'echo ready; while read l; do echo \"got $l\"; echo \"also $l\" >&2; done']
+";
+
+/// `kubectl attach` and `kubectl run -i/-it` through the broker: the
+/// container's own process, its output live (stdout and stderr apart), its
+/// stdin (to its end with `stdinOnce`, as `kubectl run -i` sets), and a
+/// terminal with resizes and the exit code.
+fn attach_through_the_link(c: &Cluster) -> Result<()> {
+    let run = ["--image=kedge.local/busybox:latest", "--image-pull-policy=IfNotPresent", "--restart=Never"];
+    // `kubectl run -i --rm`: stdin to its end reaches cat, whose output
+    // comes back; the pod is gone afterwards.
+    let mut args = vec!["run", "-i", "--rm", "cat-once"];
+    args.extend_from_slice(&run);
+    args.extend_from_slice(&["--", "cat"]);
+    let mut child = c.k.command(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().context("stdin")?.write_all(b"hello through stdin\n")?;
+    let o = child.wait_with_output()?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    ensure!(o.status.success() && out.contains("hello through stdin"), "kubectl run -i: {o:?}");
+    ensure!(c.k.run(&["get", "pod", "cat-once"])?.status.code() == Some(1), "kubectl run --rm left the pod");
+
+    // `kubectl attach -i` to a running pod: a line in, its answers out,
+    // stdout and stderr apart. (Its stdin is not `stdinOnce`: the process
+    // never sees an end, so kubectl is stopped after a while.)
+    c.apply("talker", TALKER)?;
+    wait_pod_running(c, "talker")?;
+    let cmd = format!("echo hi | timeout 8 {} attach -i talker", shell_words(&c.k.command(&[])));
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .envs(c.k.command(&[]).get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()?;
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    ensure!(out.contains("got hi") && !out.contains("also hi") && err.contains("also hi"), "kubectl attach -i: {o:?}");
+    // A container without `stdin: true` has none to attach to.
+    let o = c.k.run(&["attach", "-i", "shell"])?;
+    ensure!(!o.status.success(), "kubectl attach -i to a pod without stdin: {o:?}");
+    delete_pod(c, "talker")?;
+
+    // `kubectl run -it`: a terminal, resized, and the shell's exit code is
+    // kubectl's once the pod has terminated.
+    let mut args = vec!["run", "-it", "--rm", "tty-sh"];
+    args.extend_from_slice(&run);
+    args.extend_from_slice(&["--", "sh"]);
+    let o = on_a_terminal(c, &args)?;
+    ensure!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "7",
+        "kubectl run -it: {o:?}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    sessions_ended(c)?;
+    Ok(())
+}
+
+/// The program and arguments of `cmd` as one line for `sh -c`.
+fn shell_words(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Drives `kubectl exec -it` through a pseudo-terminal of 24x80, as a user's
 /// terminal would: a command typed is answered, `stty size` follows a
 /// resize to 30x100, and `exit 7` is kubectl's exit code. Prints the code.
@@ -544,16 +631,7 @@ fn exec_through_the_link(c: &Cluster) -> Result<()> {
     ensure!(std::fs::read(&back)? == data, "the file came back changed");
 
     // A terminal: typed commands answered, resizes followed, exit code kept.
-    let k = c.k.command(&["exec", "-it", "shell", "--", "sh"]);
-    let mut py = Command::new("python3");
-    py.arg("-c").arg(TTY_DRIVER).arg(k.get_program()).args(k.get_args());
-    for (key, v) in k.get_envs() {
-        match v {
-            Some(v) => py.env(key, v),
-            None => py.env_remove(key),
-        };
-    }
-    let o = py.output()?;
+    let o = on_a_terminal(c, &["exec", "-it", "shell", "--", "sh"])?;
     ensure!(
         o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "7",
         "kubectl exec -it: {o:?}\n{}",
@@ -1186,6 +1264,7 @@ fn two_agents_on_the_embedded_broker() -> Result<()> {
     workloads_on_two_agents(&c)?;
     logs_through_the_link(&c)?;
     exec_through_the_link(&c)?;
+    attach_through_the_link(&c)?;
     port_forward_through_the_link(&c)?;
     top_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;

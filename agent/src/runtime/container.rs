@@ -93,17 +93,32 @@ fn run_helper(helper: &Path, id: &str, args: &[&str]) -> Result<String, RuntimeE
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// In a bundle: the container's stdin is `stdinOnce` (see [`super::stdio`]).
+pub const STDIN_ONCE: &str = "stdin-once";
+
 /// The helper side of `create` (in `kedge-agent __libcontainer create`).
+/// A `stdin` FIFO in the bundle is the container's stdin (read-only with
+/// [`STDIN_ONCE`], so it can end; read-write, never ending, without); a
+/// `console.sock` there gets the master of the container's terminal.
 pub fn helper_create(id: &str, bundle: &Path, state_root: &Path) -> Result<i32, RuntimeError> {
     let stdout = open_fifo_rw(&bundle.join("stdout"))?;
     let stderr = open_fifo_rw(&bundle.join("stderr"))?;
-    let container = ContainerBuilder::new(id.to_string(), SyscallType::default())
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(lc(id))?
         .validate_id()
         .map_err(lc(id))?
         .with_stdout(stdout)
-        .with_stderr(stderr)
+        .with_stderr(stderr);
+    let stdin = bundle.join("stdin");
+    if stdin.exists() {
+        let once = bundle.join(STDIN_ONCE).exists();
+        let f = OpenOptions::new().read(true).write(!once).open(&stdin).map_err(RuntimeError::io(&stdin))?;
+        builder = builder.with_stdin(f);
+    }
+    let console = bundle.join("console.sock");
+    let container = builder
+        .with_console_socket(console.exists().then_some(console))
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)

@@ -87,14 +87,27 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 
 /// Copies one pipe into the log until every writer has closed it (the
 /// container has exited); lines are split at `\n`, long ones at MAX_LINE.
-pub async fn pump(fifo: PathBuf, stream: &'static str, writer: Option<Arc<Mutex<LogWriter>>>) {
-    let mut rx = match pipe::OpenOptions::new().open_receiver(&fifo) {
-        Ok(rx) => rx,
-        Err(e) => {
-            tracing::warn!(fifo = %fifo.display(), error = %e, "cannot read container output");
-            return;
-        }
-    };
+pub async fn pump(fifo: PathBuf, stream: &'static str, writer: Option<Arc<Mutex<LogWriter>>>, tap: Tap) {
+    match pipe::OpenOptions::new().open_receiver(&fifo) {
+        Ok(rx) => pump_from(rx, &fifo, stream, writer, tap).await,
+        Err(e) => tracing::warn!(fifo = %fifo.display(), error = %e, "cannot read container output"),
+    }
+}
+
+/// Where a pump also sends what it reads, as it reads it (attaches), and
+/// under which stream number (1 stdout, 2 stderr).
+pub type Tap = Option<(tokio::sync::broadcast::Sender<super::stdio::Chunk>, u8)>;
+
+/// Copies `rx` (a container's output pipe, or its terminal) into the log
+/// as `stream` until it ends. A terminal ends with EIO once the process
+/// has closed its side.
+pub async fn pump_from(
+    mut rx: impl tokio::io::AsyncRead + Unpin,
+    fifo: &Path,
+    stream: &'static str,
+    writer: Option<Arc<Mutex<LogWriter>>>,
+    tap: Tap,
+) {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 8192];
     let emit = |line: &[u8], partial: bool| {
@@ -111,11 +124,17 @@ pub async fn pump(fifo: PathBuf, stream: &'static str, writer: Option<Arc<Mutex<
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
             Err(e) => {
                 tracing::warn!(fifo = %fifo.display(), error = %e, "reading container output failed");
                 break;
             }
         };
+        if let Some((t, s)) = &tap
+            && t.receiver_count() > 0
+        {
+            let _ = t.send((*s, Arc::from(&buf[..n])));
+        }
         pending.extend_from_slice(&buf[..n]);
         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
             emit(&pending[..i], false);

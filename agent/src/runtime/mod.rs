@@ -23,6 +23,7 @@ mod seccomp;
 mod snapshot;
 mod spec;
 pub mod stats;
+pub mod stdio;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -44,6 +45,9 @@ pub use records::{ContainerRecord, ContainerState, SandboxRecord, SandboxState, 
 
 /// Exit code recorded when the real one could not be observed (containerd's value).
 pub const UNKNOWN_EXIT_CODE: i32 = 255;
+
+/// How long a `tty: true` container has to send its terminal at create.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -340,8 +344,20 @@ impl Runtime {
                 }
             }
         };
-        tokio::spawn(logs::pump(dir.join("stdout"), "stdout", writer.clone()));
-        tokio::spawn(logs::pump(dir.join("stderr"), "stderr", writer));
+        // A terminal's output is the log's stdout (the master, held from
+        // create; an adopted container's terminal was lost with the agent).
+        let terminal = stdio::terminal(&c.id).and_then(|m| m.try_clone().ok()).and_then(|m| pty::split(m).ok());
+        let tap = stdio::tap(&c.id);
+        match terminal {
+            Some((r, _)) => {
+                let console = dir.join("console");
+                tokio::spawn(async move { logs::pump_from(r, &console, "stdout", writer, Some((tap, 1))).await });
+            }
+            None => {
+                tokio::spawn(logs::pump(dir.join("stdout"), "stdout", writer.clone(), Some((tap.clone(), 1))));
+                tokio::spawn(logs::pump(dir.join("stderr"), "stderr", writer, Some((tap, 2))));
+            }
+        }
         if let Some(pid) = c.pid {
             let rt = self.clone();
             let id = c.id.clone();
@@ -604,9 +620,18 @@ impl Runtime {
             snapshotter: self.inner.snapshotter,
             boot_id: self.inner.boot_id.clone(),
         };
+        // A terminal: the container sends its master to this socket at create.
+        let console = if rec.config.tty {
+            fs::create_dir_all(&dir).map_err(RuntimeError::io(&dir))?;
+            Some(pty::ConsoleSocket::bind(&dir, "console.sock").map_err(RuntimeError::io(&dir))?)
+        } else {
+            None
+        };
         let inner = self.inner.clone();
         let setup = rec.clone();
+        let bundle = dir.clone();
         let result = blocking(move || {
+            let dir = bundle;
             let layers = inner.images.unpack(&image)?;
             inner.images.hold_layers(&layers, &setup.id)?;
             let rootfs = snapshot::prepare(setup.snapshotter, &layers, &dir)?;
@@ -624,18 +649,44 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Io { path: config_path.clone(), source: e.into() })?;
             // The spec carries the container's environment (Secret values).
             crate::fsutil::write_private(&config_path, &bytes).map_err(RuntimeError::io(&config_path))?;
-            for f in ["stdout", "stderr"] {
+            let stdin = setup.config.stdin.then_some("stdin");
+            for f in ["stdout", "stderr"].into_iter().chain(stdin) {
                 let p = dir.join(f);
                 nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
                     .map_err(RuntimeError::sys(&p))?;
             }
-            container::create(&inner.opts.helper, &setup.id, &dir, &inner.paths.state())
+            // stdinOnce: the agent's writer, opened first (the container's
+            // read-only open would wait for one).
+            let keeper = if setup.config.stdin && setup.config.stdin_once {
+                let marker = dir.join(container::STDIN_ONCE);
+                fs::write(&marker, b"").map_err(RuntimeError::io(&marker))?;
+                let p = dir.join("stdin");
+                Some(fs::OpenOptions::new().read(true).write(true).open(&p).map_err(RuntimeError::io(&p))?)
+            } else {
+                None
+            };
+            let pid = container::create(&inner.opts.helper, &setup.id, &dir, &inner.paths.state())?;
+            Ok((pid, keeper))
         })
         .await;
+        let result = match (result, console) {
+            (Ok(created), Some(console)) => match tokio::time::timeout(CONSOLE_TIMEOUT, console.master()).await {
+                Ok(Ok(master)) => {
+                    stdio::set_terminal(&id, Arc::new(master));
+                    Ok(created)
+                }
+                Ok(Err(e)) => Err(RuntimeError::io(&dir)(e)),
+                Err(_) => Err(RuntimeError::io(&dir)(io::Error::other("the container sent no terminal"))),
+            },
+            (r, _) => r,
+        };
         match result {
-            Ok(pid) => {
+            Ok((pid, keeper)) => {
                 rec.pid = Some(pid);
                 rec.pid_start = records::process_start(pid);
+                if let Some(k) = keeper {
+                    stdio::keep_stdin(&id, k.into());
+                }
             }
             Err(e) => {
                 let inner = self.inner.clone();
@@ -742,6 +793,7 @@ impl Runtime {
         })
         .await?;
         self.state().containers.remove(id);
+        stdio::forget(id);
         tracing::info!(container = %id, "container removed");
         self.notify();
         Ok(())

@@ -150,6 +150,10 @@ fn env(input: &SpecInput) -> Vec<String> {
     for kv in &input.config.envs {
         set(&kv.key, &kv.value);
     }
+    // On a terminal, TERM unless the container sets it (as containerd).
+    if input.config.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     env
 }
 
@@ -366,7 +370,7 @@ pub fn build(input: &SpecInput) -> Result<Value, RuntimeError> {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": config.tty,
             "user": {"uid": uid, "gid": gid, "additionalGids": additional_gids},
             "args": args,
             "env": env(input),

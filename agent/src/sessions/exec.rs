@@ -27,12 +27,6 @@ const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Session {
     pub(super) async fn exec(&mut self, env: &SessionEnv, req: ExecRequest) {
-        let Some(helper) = env.exec_helper.clone() else {
-            return self.fail(501, "this node's runtime cannot run commands in containers".into()).await;
-        };
-        if req.command.is_empty() {
-            return self.fail(501, "attach is not served by this node yet; use exec".into()).await;
-        }
         let wanted = LogsRequest {
             namespace: req.namespace.clone(),
             pod: req.pod.clone(),
@@ -48,6 +42,12 @@ impl Session {
             let m = format!("container {:?} in pod {:?} is not running", req.container, req.pod);
             return self.fail(400, m).await;
         }
+        if req.command.is_empty() {
+            return self.attach(env, req, container).await;
+        }
+        let Some(helper) = env.exec_helper.clone() else {
+            return self.fail(501, "this node's runtime cannot run commands in containers".into()).await;
+        };
         let scratch = env.paths.container(&container.id);
         let tag = crate::fsutil::unique();
         let status = scratch.join(format!("exec-{tag}.status"));

@@ -10,6 +10,7 @@
 //! counts it in the report and raises an Event. Nothing runs and nothing is
 //! published while no session is open.
 
+mod attach;
 mod exec;
 pub mod logs;
 mod pipes;

@@ -291,6 +291,9 @@ fn container(c: &api::Container, cx: &EnvContext<'_>) -> Result<wire::Container,
         args: c.args.clone().unwrap_or_default(),
         env: env(c, cx)?,
         working_dir: c.working_dir.clone(),
+        stdin: c.stdin.unwrap_or(false),
+        stdin_once: c.stdin_once.unwrap_or(false),
+        tty: c.tty.unwrap_or(false),
         ports: c
             .ports
             .iter()

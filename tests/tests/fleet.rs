@@ -1492,6 +1492,7 @@ fn two_agents_through_mosquitto() -> Result<()> {
     workloads_on_two_agents(&c)?;
     logs_through_the_link(&c)?;
     exec_through_the_link(&c)?;
+    attach_through_the_link(&c)?;
     port_forward_through_the_link(&c)?;
     top_through_the_link(&c)?;
     dashboard_is_plain_json(&c)?;

@@ -144,10 +144,8 @@ pub fn token(path: &Path) -> std::io::Result<String> {
             Ok(t)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 24];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            let t = kedge_common::sign::random_text(24)
                 .map_err(|_| std::io::Error::other("no randomness for the metrics token"))?;
-            let t: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -210,7 +208,7 @@ fn answer<B>(req: &hyper::Request<B>, token: &str, rt: &Runtime) -> hyper::Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+    if !kedge_common::sign::same_secret(presented.as_bytes(), token.as_bytes()) {
         let mut r =
             reply(401, "text/plain", "Unauthorized: a bearer token (--metrics-token-file) is required\n".into());
         r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
@@ -232,8 +230,4 @@ fn answer<B>(req: &hyper::Request<B>, token: &str, rt: &Runtime) -> hyper::Respo
         Ok((ctype, body)) => reply(200, ctype, body),
         Err(e) => reply(500, "text/plain", format!("encoding the metrics: {e}\n")),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -169,6 +169,12 @@ pub fn verify_join_proof(secret: &str, node: &str, token_id: &str, key: &PublicK
     ring::hmac::verify(&k, &join_message(node, token_id, key), proof).is_ok()
 }
 
+/// Whether a presented secret (a bearer token) is the expected one, in
+/// time that does not depend on where they differ.
+pub fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// `n` random bytes, base64url (nonces).
 pub fn random_text(n: usize) -> Result<String, SignError> {
     use ring::rand::SecureRandom;

@@ -124,8 +124,6 @@ fn labels(verb: &'static str, path: &str, code: u16) -> crate::telemetry::Reques
         (Some(rt), [_, _, s]) => (rt.plural, true, *s),
         (Some(rt), [_, _]) => (rt.plural, true, ""),
         (Some(rt), _) => (rt.plural, false, ""),
-        // `namespaces/NAME` itself.
-        (None, _) if segs.get(2) == Some(&"namespaces") || segs.get(3) == Some(&"namespaces") => ("", true, ""),
         (None, _) => ("", false, ""),
     };
     let verb = match (verb, named, sub) {
@@ -229,7 +227,7 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+            .is_some_and(|t| kedge_common::sign::same_secret(t.as_bytes(), token.as_bytes()));
         if !ok {
             return Err(ApiError::unauthorized());
         }
@@ -360,10 +358,6 @@ fn metrics_text(st: &ApiState, headers: &HeaderMap) -> Result<Response, ApiError
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Resolves once the server is stopping (ends streaming subresources).
 pub(crate) async fn stopping(shutdown: &mut signal::Receiver<bool>) {
     let _ = shutdown.wait_for(|v| *v).await;
@@ -385,4 +379,46 @@ pub(crate) fn json_warn(code: StatusCode, v: &Value, warnings: &[String]) -> Res
         }
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(method: Method, content_type: Option<&str>, path_and_query: &str, code: u16) -> (String, String, String) {
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let mut h = HeaderMap::new();
+        if let Some(ct) = content_type {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).expect("header"));
+        }
+        let x = labels(verb(&method, &h, query), path, code);
+        (x.verb.to_owned(), format!("{}/{}/{}", x.group, x.version, x.resource), x.subresource)
+    }
+
+    #[test]
+    fn requests_are_labelled_as_the_api_server_labels_them() {
+        let s = |v: &str, r: &str, sub: &str| (v.to_owned(), r.to_owned(), sub.to_owned());
+        assert_eq!(l(Method::GET, None, "/api/v1/namespaces/default/pods", 200), s("LIST", "/v1/pods", ""));
+        assert_eq!(l(Method::GET, None, "/api/v1/pods?watch=true", 200), s("WATCH", "/v1/pods", ""));
+        assert_eq!(l(Method::GET, None, "/api/v1/pods?watch=false", 200), s("LIST", "/v1/pods", ""));
+        assert_eq!(l(Method::GET, None, "/api/v1/namespaces/default/pods/web", 200), s("GET", "/v1/pods", ""));
+        assert_eq!(l(Method::GET, None, "/api/v1/namespaces/default/pods/web/log", 200), s("GET", "/v1/pods", "log"));
+        assert_eq!(
+            l(Method::POST, None, "/api/v1/namespaces/default/pods/web/exec", 101),
+            s("CONNECT", "/v1/pods", "exec")
+        );
+        assert_eq!(
+            l(Method::PATCH, Some("application/apply-patch+yaml"), "/apis/apps/v1/namespaces/x/deployments/d", 200),
+            s("APPLY", "apps/v1/deployments", "")
+        );
+        assert_eq!(
+            l(Method::DELETE, None, "/api/v1/namespaces/x/configmaps", 200),
+            s("DELETECOLLECTION", "/v1/configmaps", "")
+        );
+        assert_eq!(l(Method::GET, None, "/api/v1/namespaces/kube-system", 200), s("GET", "/v1/namespaces", ""));
+        assert_eq!(l(Method::GET, None, "/api/v1/nodes", 200), s("LIST", "/v1/nodes", ""));
+        // Paths naming no resource cannot grow the label sets.
+        assert_eq!(l(Method::GET, None, "/apis/made.up/v1/things/x", 404), s("GET", "//", ""));
+        assert_eq!(l(Method::GET, None, "/openapi/v3", 200), s("GET", "//", ""));
+    }
 }

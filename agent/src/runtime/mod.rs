@@ -353,6 +353,10 @@ impl Runtime {
                 let console = dir.join("console");
                 tokio::spawn(async move { logs::pump_from(r, &console, "stdout", writer, Some((tap, 1))).await });
             }
+            // On a terminal the process never writes the pipes (an adopted
+            // one's output is lost with the old agent's master): nothing to
+            // pump, and a pipe no writer ever opens would be waited on forever.
+            None if c.config.tty => {}
             None => {
                 tokio::spawn(logs::pump(dir.join("stdout"), "stdout", writer.clone(), Some((tap.clone(), 1))));
                 tokio::spawn(logs::pump(dir.join("stderr"), "stderr", writer, Some((tap, 2))));
@@ -649,7 +653,9 @@ impl Runtime {
                 .map_err(|e| RuntimeError::Io { path: config_path.clone(), source: e.into() })?;
             // The spec carries the container's environment (Secret values).
             crate::fsutil::write_private(&config_path, &bytes).map_err(RuntimeError::io(&config_path))?;
-            let stdin = setup.config.stdin.then_some("stdin");
+            // On a terminal, the terminal is the stdin.
+            let piped_stdin = setup.config.stdin && !setup.config.tty;
+            let stdin = piped_stdin.then_some("stdin");
             for f in ["stdout", "stderr"].into_iter().chain(stdin) {
                 let p = dir.join(f);
                 nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -657,7 +663,7 @@ impl Runtime {
             }
             // stdinOnce: the agent's writer, opened first (the container's
             // read-only open would wait for one).
-            let keeper = if setup.config.stdin && setup.config.stdin_once {
+            let keeper = if piped_stdin && setup.config.stdin_once {
                 let marker = dir.join(container::STDIN_ONCE);
                 fs::write(&marker, b"").map_err(RuntimeError::io(&marker))?;
                 let p = dir.join("stdin");

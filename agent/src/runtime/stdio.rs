@@ -34,7 +34,8 @@ struct Held {
     /// The agent's writer of a `stdinOnce` stdin.
     keeper: Option<OwnedFd>,
     terminal: Option<Arc<OwnedFd>>,
-    tap: Option<broadcast::Sender<Chunk>>,
+    /// The output pumps hold the senders: the channel closes when they end.
+    tap: Option<broadcast::WeakSender<Chunk>>,
 }
 
 static HELD: Mutex<Option<HashMap<String, Held>>> = Mutex::new(None);
@@ -61,14 +62,26 @@ pub fn stdin_once_open(id: &str) -> bool {
     with(|m| m.get(id).is_some_and(|h| h.keeper.is_some()))
 }
 
-/// Where container `id`'s output pumps tap what they read.
+/// Where container `id`'s output pumps tap what they read (the pumps hold
+/// it: once they have ended, attaches see the channel closed).
 pub fn tap(id: &str) -> broadcast::Sender<Chunk> {
-    with(|m| m.entry(id.to_owned()).or_default().tap.get_or_insert_with(|| broadcast::channel(TAP_CHUNKS).0).clone())
+    with(|m| {
+        let held = m.entry(id.to_owned()).or_default();
+        if let Some(s) = held.tap.as_ref().and_then(broadcast::WeakSender::upgrade) {
+            return s;
+        }
+        let s = broadcast::channel(TAP_CHUNKS).0;
+        held.tap = Some(s.downgrade());
+        s
+    })
 }
 
-/// Container `id`'s output from now on.
+/// Container `id`'s output from now on; closed at once when no pump runs.
 pub fn watch(id: &str) -> broadcast::Receiver<Chunk> {
-    tap(id).subscribe()
+    match with(|m| m.get(id).and_then(|h| h.tap.as_ref()?.upgrade())) {
+        Some(s) => s.subscribe(),
+        None => broadcast::channel(1).1,
+    }
 }
 
 pub fn set_terminal(id: &str, master: Arc<OwnedFd>) {

@@ -16,13 +16,14 @@ use tokio::time::Duration;
 
 use super::pipes::{Output, Pipes, Pumped, Writer};
 use super::{Session, SessionEnv, logs};
-use crate::runtime::records::ContainerRecord;
+use crate::runtime::UNKNOWN_EXIT_CODE;
+use crate::runtime::records::{ContainerRecord, ContainerState};
 use crate::runtime::{pty, stdio};
 
 /// How often a quiet attach looks whether the container has exited.
 const EXIT_POLL: Duration = Duration::from_millis(250);
-/// How long output read after the container's exit is still taken.
-const DRAIN: Duration = Duration::from_millis(200);
+/// How long after the container's exit its output pumps have to end.
+const DRAIN: Duration = Duration::from_secs(2);
 /// Output an attach buffers towards the controller.
 const BUFFER: usize = 64 * 1024;
 
@@ -71,35 +72,42 @@ impl Session {
         let err = (req.stderr && !cfg.tty).then(|| Output::new(2, Box::new(err_r)));
         let (paths, id) = (env.paths.clone(), container.id.clone());
         let (want_out, want_err) = (wanted(1), wanted(2));
+        let notices = if req.stderr && !cfg.tty { 2 } else { 1 };
         let copier = tokio::spawn(async move {
             let mut w = [(out_w, want_out), (err_w, want_err)];
+            // Set once the container has exited: the pumps should end
+            // (closing the tap) by then; past it, the attach ends anyway.
+            let mut deadline: Option<tokio::time::Instant> = None;
             loop {
+                let wake = deadline.unwrap_or_else(|| tokio::time::Instant::now() + EXIT_POLL);
                 let chunk = tokio::select! {
                     c = watch.recv() => c,
-                    () = tokio::time::sleep(EXIT_POLL) => {
-                        if !logs::exited(&paths, &id) {
-                            continue;
+                    () = tokio::time::sleep_until(wake) => {
+                        if deadline.is_some() {
+                            break;
                         }
-                        // What the pumps still read after the exit was seen.
-                        tokio::time::sleep(DRAIN).await;
-                        while let Ok(chunk) = watch.try_recv() {
-                            if !put(&mut w, chunk).await {
-                                break;
-                            }
+                        if logs::exited(&paths, &id) {
+                            deadline = Some(tokio::time::Instant::now() + DRAIN);
                         }
-                        break;
-                    }
-                };
-                let chunk = match chunk {
-                    Ok(c) => c,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(chunks = n, "attach fell behind the container's output");
                         continue;
                     }
-                    Err(RecvError::Closed) => break,
                 };
-                if !put(&mut w, chunk).await {
-                    break;
+                match chunk {
+                    Ok(c) => {
+                        if !put(&mut w, c).await {
+                            break;
+                        }
+                    }
+                    // Output the client was too slow to take (the container
+                    // is not held up for an attach): said, not silent.
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::info!(chunks = n, "attach fell behind the container's output; chunks lost");
+                        let notice = format!("[kedge: {n} pieces of output lost: this attach fell behind]\n");
+                        if !put(&mut w, (notices, notice.into_bytes().into())).await {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
                 }
             }
             // The end of output (a simplex pipe's reader sees it only then).
@@ -135,8 +143,21 @@ impl Session {
         match self.pump(&mut pipes, until, true, &mut resize).await {
             Pumped::Stopped => tracing::info!(pod = %req.pod, "attach client went away"),
             Pumped::OutputsDone | Pumped::Until => {
-                let code = logs::pick(&env.paths, &logs_request(&req)).map_or(0, |c| c.exit_code);
-                tracing::info!(pod = %req.pod, code, "attached container exited");
+                // This attempt's exit code (a restart may already run the
+                // next); its output can end a moment before its exit is saved.
+                let mut code = None;
+                for _ in 0..20 {
+                    code = logs::record(&env.paths, &container.id).map_or(Some(UNKNOWN_EXIT_CODE), |r| {
+                        (r.state == ContainerState::Exited).then_some(r.exit_code)
+                    });
+                    if code.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Output ended while the process runs on: a clean end.
+                let code = code.unwrap_or(0);
+                tracing::info!(pod = %req.pod, code, "attach ended");
                 self.out.send(&Frame::Exit(code)).await;
             }
         }
@@ -151,16 +172,6 @@ async fn put(
 ) -> bool {
     let (pipe, on) = &mut w[usize::from(stream == 2)];
     !*on || pipe.write_all(&bytes).await.is_ok()
-}
-
-fn logs_request(req: &ExecRequest) -> kedge_common::session::LogsRequest {
-    kedge_common::session::LogsRequest {
-        namespace: req.namespace.clone(),
-        pod: req.pod.clone(),
-        uid: req.uid.clone(),
-        container: req.container.clone(),
-        ..Default::default()
-    }
 }
 
 /// Stops a task when dropped.

@@ -292,11 +292,13 @@ impl LogReader {
 /// Whether the container has exited (or is gone): a follow ends once its
 /// log is read to the end.
 pub fn exited(paths: &Paths, id: &str) -> bool {
+    record(paths, id).is_none_or(|r| r.state == ContainerState::Exited)
+}
+
+/// Container `id`'s record as the runtime last saved it.
+pub fn record(paths: &Paths, id: &str) -> Option<ContainerRecord> {
     let path = paths.container(id).join("record.json");
-    match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok()) {
-        Some(r) => r.state == ContainerState::Exited,
-        None => true,
-    }
+    std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok())
 }
 
 #[cfg(test)]

@@ -121,7 +121,11 @@ fn labels(verb: &'static str, path: &str, code: u16) -> crate::telemetry::Reques
     };
     let found = rest.first().and_then(|p| resources::find(group, version, p));
     let (resource, named, sub) = match (found, rest) {
-        (Some(rt), [_, _, s]) => (rt.plural, true, *s),
+        // Only the subresources served: a made-up one cannot grow the metrics.
+        (Some(rt), [_, _, s]) => {
+            let known = ["status", "scale", "binding", "log", "exec", "attach", "portforward"];
+            (rt.plural, true, known.iter().find(|k| *k == s).copied().unwrap_or(""))
+        }
         (Some(rt), [_, _]) => (rt.plural, true, ""),
         (Some(rt), _) => (rt.plural, false, ""),
         (None, _) => ("", false, ""),
@@ -417,7 +421,8 @@ mod tests {
         );
         assert_eq!(l(Method::GET, None, "/api/v1/namespaces/kube-system", 200), s("GET", "/v1/namespaces", ""));
         assert_eq!(l(Method::GET, None, "/api/v1/nodes", 200), s("LIST", "/v1/nodes", ""));
-        // Paths naming no resource cannot grow the label sets.
+        // Paths naming no resource, or no subresource served, cannot grow the label sets.
+        assert_eq!(l(Method::GET, None, "/api/v1/namespaces/a/pods/b/x8f3k", 401), s("GET", "/v1/pods", ""));
         assert_eq!(l(Method::GET, None, "/apis/made.up/v1/things/x", 404), s("GET", "//", ""));
         assert_eq!(l(Method::GET, None, "/openapi/v3", 200), s("GET", "//", ""));
     }

@@ -193,9 +193,11 @@ impl FleetState {
         self.metrics.snapshots.inc();
         self.with(|m| {
             let n = m.entry(node.to_string()).or_default();
-            // A republish of the same generation (after a reconnect) keeps
-            // the time of its first publication.
-            if n.desired.map(|d| d.0) != Some(generation) {
+            // Timed from the oldest publication no report has seen yet: a
+            // node that lags behind a stream of changes is measured too, and
+            // a republish of the same generation (after a reconnect) keeps
+            // its first time.
+            if n.unobserved.is_none() && n.desired.map(|d| d.0) != Some(generation) {
                 n.unobserved = Some((generation, std::time::Instant::now()));
             }
             n.desired = Some((generation, hash, pods));

@@ -635,30 +635,18 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         tracing::info!("no broker and no --pod-cidr: pods get no network beyond lo");
         None
     };
-    let _metrics = match args.metrics_listen {
-        Some(addr) => {
-            let file = args.metrics_token_file.clone().unwrap_or_else(|| data_dir.join("metrics.token"));
-            let token =
-                kedge_agent::metrics::token(&file).with_context(|| format!("the metrics token {}", file.display()))?;
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
-            tracing::info!(%addr, token = %file.display(), "serving metrics");
-            Some(AbortOnDrop(tokio::spawn(kedge_agent::metrics::serve(listener, token, rt.clone()))))
-        }
-        None => None,
-    };
+    // Runs until the runtime stops at the end of `run`.
+    if let Some(addr) = args.metrics_listen {
+        let file = args.metrics_token_file.clone().unwrap_or_else(|| data_dir.join("metrics.token"));
+        let token =
+            kedge_agent::metrics::token(&file).with_context(|| format!("the metrics token {}", file.display()))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-listen {addr}"))?;
+        tracing::info!(%addr, token = %file.display(), "serving metrics");
+        tokio::spawn(kedge_agent::metrics::serve(listener, token, rt.clone()));
+    }
     let paths = rt.paths().clone();
     node::run(cfg, rt, paths, network, stop).await?;
     // Pods are not stopped: a restarted agent adopts them.
     tracing::info!("kedge-agent stopped; containers keep running");
     Ok(())
-}
-
-/// Stops a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -61,8 +61,12 @@ pub fn image_pulled(ok: bool) {
     counters().image_pulls.get_or_create(&[("result", if ok { "ok" } else { "error" })]).inc();
 }
 
-/// The exposition (Prometheus text format 0.0.4; OpenMetrics when asked).
-pub fn render(rt: &Runtime, openmetrics: bool) -> Result<(&'static str, String), std::fmt::Error> {
+/// The exposition for a request with these `Accept` headers
+/// ([`kedge_common::exposition::render`]).
+pub fn render<'a>(
+    rt: &Runtime,
+    accept: impl Iterator<Item = &'a str>,
+) -> Result<(&'static str, String), std::fmt::Error> {
     let c = counters();
     let mut r = Registry::with_prefix("kedge_agent");
     r.register("image_pulls", "Image pulls by result", c.image_pulls.clone());
@@ -85,14 +89,7 @@ pub fn render(rt: &Runtime, openmetrics: bool) -> Result<(&'static str, String),
         c.rule_sync.clone(),
     );
     r.register_collector(Box::new(Now(rt.clone())));
-    let mut out = String::with_capacity(4096);
-    if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, &r)?;
-        Ok(("application/openmetrics-text; version=1.0.0; charset=utf-8", out))
-    } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &r)?;
-        Ok((prometheus_client::encoding::prometheus_text::CONTENT_TYPE, out))
-    }
+    kedge_common::exposition::render(&r, accept)
 }
 
 /// Pods and containers as the runtime's records have them now.
@@ -220,13 +217,8 @@ fn answer<B>(req: &hyper::Request<B>, token: &str, rt: &Runtime) -> hyper::Respo
     if req.method() != hyper::Method::GET {
         return reply(405, "text/plain", "only GET\n".into());
     }
-    let openmetrics = req
-        .headers()
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    match render(rt, openmetrics) {
+    let accept = req.headers().get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
+    match render(rt, accept) {
         Ok((ctype, body)) => reply(200, ctype, body),
         Err(e) => reply(500, "text/plain", format!("encoding the metrics: {e}\n")),
     }

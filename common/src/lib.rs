@@ -11,6 +11,7 @@ pub mod broker_tls;
 pub mod bytes;
 pub mod duration;
 pub mod envelope;
+pub mod exposition;
 pub mod network;
 pub mod pod;
 pub mod quantity;

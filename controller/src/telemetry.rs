@@ -200,17 +200,10 @@ impl Telemetry {
         Telemetry { api, registry: r }
     }
 
-    /// The exposition: OpenMetrics when the scraper asks for it (Prometheus
-    /// does), else the Prometheus text format 0.0.4 (curl, older scrapers).
-    pub fn render(&self, openmetrics: bool) -> Result<(&'static str, String), std::fmt::Error> {
-        let mut out = String::with_capacity(16 * 1024);
-        if openmetrics {
-            prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
-            Ok(("application/openmetrics-text; version=1.0.0; charset=utf-8", out))
-        } else {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
-            Ok((prometheus_client::encoding::prometheus_text::CONTENT_TYPE, out))
-        }
+    /// The exposition for a request with these `Accept` headers
+    /// ([`kedge_common::exposition::render`]).
+    pub fn render<'a>(&self, accept: impl Iterator<Item = &'a str>) -> Result<(&'static str, String), std::fmt::Error> {
+        kedge_common::exposition::render(&self.registry, accept)
     }
 }
 

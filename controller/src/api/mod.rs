@@ -352,13 +352,9 @@ async fn resource(
 /// `/metrics`: OpenMetrics for a scraper that asks for it, else the
 /// Prometheus text format.
 fn metrics_text(st: &ApiState, headers: &HeaderMap) -> Result<Response, ApiError> {
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
+    let accept = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok());
     let (ctype, body) =
-        st.telemetry.render(openmetrics).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
+        st.telemetry.render(accept).map_err(|e| ApiError::internal(format!("encoding metrics: {e}")))?;
     Ok((StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response())
 }
 

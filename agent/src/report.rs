@@ -204,6 +204,7 @@ pub fn pod_report(pod: &Pod, view: Option<&PodView>, host_ip: Option<&str>) -> P
         pod_ip: if pod.spec.host_network { host_ip.map(str::to_string) } else { view.and_then(|v| v.pod_ip.clone()) },
         start_time: view.map(|v| v.created_at).filter(|t| *t > 0),
         containers,
+        terminated: view.is_some_and(|v| v.terminated),
     }
 }
 

@@ -42,6 +42,11 @@ pub struct ObjectMeta {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Set when the pod is being deleted: the node stops it within this
+    /// many seconds (preStop hooks, SIGTERM, then SIGKILL), reports it
+    /// stopped, and the controller then removes the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_grace_period_seconds: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -156,6 +161,35 @@ pub struct Container {
     /// Run the process on a terminal (`kubectl run -it`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// `lifecycle`: the hook run before the container is stopped (`postStart`
+/// is not run by this agent).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<LifecycleHandler>,
+}
+
+/// One hook: a command in the container, an HTTP GET, or a pause.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleHandler {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepAction>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SleepAction {
+    pub seconds: i64,
 }
 
 /// A container port by number or by the name of one of its `ports`.
@@ -280,6 +314,33 @@ impl Probe {
             if h.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("http")) {
                 return Err(field_error(format!("{at}.httpGet.scheme"), "only HTTP is supported by this agent"));
             }
+        }
+        Ok(())
+    }
+}
+
+impl LifecycleHandler {
+    fn check(&self, at: &str, c: &Container) -> Result<(), FieldError> {
+        let handlers = [self.exec.is_some(), self.http_get.is_some(), self.sleep.is_some()];
+        if handlers.iter().filter(|h| **h).count() != 1 {
+            return Err(field_error(at, "exactly one of exec, httpGet, sleep must be set"));
+        }
+        if self.exec.as_ref().is_some_and(|e| e.command.is_empty()) {
+            return Err(field_error(format!("{at}.exec.command"), "Required value"));
+        }
+        if let Some(h) = &self.http_get {
+            if h.port.resolve(c).is_none() {
+                return Err(field_error(
+                    format!("{at}.httpGet.port"),
+                    format!("{:?} is not a port of this container", h.port),
+                ));
+            }
+            if h.scheme.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("http")) {
+                return Err(field_error(format!("{at}.httpGet.scheme"), "only HTTP is supported by this agent"));
+            }
+        }
+        if self.sleep.as_ref().is_some_and(|s| s.seconds < 0) {
+            return Err(field_error(format!("{at}.sleep.seconds"), "must be non-negative"));
         }
         Ok(())
     }
@@ -563,6 +624,9 @@ impl Pod {
                 if let Some(p) = p {
                     p.check(&format!("{at}.{kind}"), c)?;
                 }
+            }
+            if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+                h.check(&format!("{at}.lifecycle.preStop"), c)?;
             }
             for key in ["memory", "cpu"] {
                 for (what, map) in [("limits", &c.resources.limits), ("requests", &c.resources.requests)] {

@@ -120,6 +120,10 @@ pub struct PodReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<i64>,
     pub containers: Vec<ContainerReport>,
+    /// The pod is being deleted and the node has stopped all its
+    /// containers: the controller may remove the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

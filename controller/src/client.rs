@@ -111,6 +111,15 @@ impl Client {
         self.delete_raw(K::rt()?, ns, name, uid, Propagation::Background)
     }
 
+    /// Removes an object now, whatever grace period its deletion had (the
+    /// kubelet's last delete of a pod its node has stopped); finalizers
+    /// still hold it.
+    pub fn delete_now<K: Kind>(&self, ns: &str, name: &str, uid: Option<&str>) -> Result<(), ControllerError> {
+        let opts = DeleteOpts { uid: uid.map(str::to_owned), grace_period: Some(0), ..DeleteOpts::default() };
+        self.writer.delete(K::rt()?, ns, name, &opts)?;
+        Ok(())
+    }
+
     /// An object of any served kind, as stored.
     pub fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Option<Value>, ControllerError> {
         Ok(self.store().get(&Key::new(rt.id, ns, name))?)

@@ -33,8 +33,13 @@ pub fn remove(obj: &mut Value, field: &str) {
 
 /// RFC 3339 with whole seconds, as Kubernetes timestamps are.
 pub fn now() -> String {
-    let secs = jiff::Timestamp::now().as_second();
-    jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
+    seconds_from_now(0)
+}
+
+/// RFC 3339 time `secs` seconds from now, to the second.
+pub fn seconds_from_now(secs: i64) -> String {
+    let at = jiff::Timestamp::now().as_second().saturating_add(secs);
+    jiff::Timestamp::from_second(at).map(|t| t.to_string()).unwrap_or_default()
 }
 
 pub fn new_uid() -> String {

@@ -69,6 +69,7 @@ fn report() -> NodeReport {
                 state: ContainerState::Running { started_at: 1_700_000_001 },
                 last_state: None,
             }],
+            terminated: false,
         })
         .collect();
     NodeReport { node: "pi-1".into(), observed_generation: 42, time: 1_700_000_100, seq: 7, pods, ..Default::default() }

@@ -39,12 +39,18 @@ impl FakeAgents {
                     let list: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
                     for p in list["items"].as_array().into_iter().flatten() {
                         let on = p["spec"]["nodeName"].as_str().unwrap_or_default();
-                        if alive.iter().any(|n| n == on) && p["status"]["phase"] != "Running" {
-                            let _ = pod_ready(
-                                &api,
-                                p["metadata"]["namespace"].as_str().unwrap_or(""),
-                                p["metadata"]["name"].as_str().unwrap_or(""),
-                            );
+                        let (ns, name) = (
+                            p["metadata"]["namespace"].as_str().unwrap_or(""),
+                            p["metadata"]["name"].as_str().unwrap_or(""),
+                        );
+                        if alive.iter().any(|n| n == on) && p["metadata"].get("deletionTimestamp").is_some() {
+                            // As a kubelet that has stopped the pod: the last delete, grace 0, this uid.
+                            let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                                "preconditions": {"uid": p["metadata"]["uid"]}});
+                            let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+                            let _ = api.request("DELETE", &path, "application/json", &body.to_string());
+                        } else if alive.iter().any(|n| n == on) && p["status"]["phase"] != "Running" {
+                            let _ = pod_ready(&api, ns, name);
                         }
                     }
                 }

@@ -40,6 +40,8 @@ pub fn parse(path: &Path, bytes: &[u8], node: &str) -> Result<DesiredPod, Manife
     let h = crate::images::hex(digest.as_ref());
     let uid = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
     pod.metadata.uid = Some(uid.clone());
+    // A file is deleted by removing it: a deletion grace written in one is not a deletion.
+    pod.metadata.deletion_grace_period_seconds = None;
     Ok(DesiredPod { uid, pod, source: format!("{SOURCE_PREFIX}{}", path.display()) })
 }
 

@@ -40,6 +40,10 @@ pub struct PodStatusFile {
     /// Whether the startup probe passed, for the containers that have one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub started: BTreeMap<String, bool>,
+    /// The pod is being deleted and every container has stopped: the
+    /// controller may remove the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub terminated: bool,
 }
 
 pub fn status_path(paths: &Paths, uid: &str) -> std::path::PathBuf {
@@ -125,6 +129,8 @@ pub struct PodView {
     /// their address is the node's).
     pub pod_ip: Option<String>,
     pub containers: Vec<ContainerView>,
+    /// Stopped for its deletion (`PodStatusFile::terminated`).
+    pub terminated: bool,
 }
 
 /// The state a record claims; with `check_alive` (records read from files,
@@ -219,6 +225,7 @@ pub fn views(
                 .map(|s| s.ip.clone())
                 .filter(|ip| !ip.is_empty()),
             containers: views,
+            terminated: status.terminated,
         });
     }
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));

@@ -85,7 +85,17 @@ struct Worker<R> {
     written: Option<PodStatusFile>,
     /// Container name → its probes' state (for the running attempt).
     probes: HashMap<String, ProbeTrack>,
+    /// The pod is being deleted: when its grace period ends.
+    deadline: Option<Instant>,
+    /// Containers (by id) whose preStop hook has run: it runs once.
+    pre_stopped: std::collections::HashSet<String>,
+    /// Every container has stopped for the pod's deletion.
+    terminated: bool,
 }
+
+/// What the kubelet gives a container after its preStop hook used up the
+/// grace period (`minimumGracePeriodInSeconds`).
+const MINIMUM_GRACE: Duration = Duration::from_secs(2);
 
 const STARTUP: usize = 0;
 const LIVENESS: usize = 1;
@@ -120,6 +130,33 @@ fn waiting(reason: WaitingReason, message: impl Into<String>) -> Waiting {
     Waiting { reason, message: message.into() }
 }
 
+/// Runs a container's preStop hook: a command through ExecSync, an HTTP
+/// GET from the pod's network (as a probe), or a pause. A failure is
+/// logged; the stop goes on (the kubelet records `FailedPreStopHook`).
+async fn pre_stop<R: CriRuntime>(
+    rt: &R,
+    id: &str,
+    netns: Option<PathBuf>,
+    c: &Container,
+    h: &kedge_common::pod::LifecycleHandler,
+) {
+    if let Some(s) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(s.seconds.max(0).unsigned_abs())).await;
+        return;
+    }
+    // As a probe whose timeout is the whole grace period (the caller's).
+    let as_probe = Probe {
+        exec: h.exec.clone(),
+        http_get: h.http_get.clone(),
+        timeout_seconds: Some(i32::MAX),
+        ..Default::default()
+    };
+    match probe::run(rt, id, netns, c, &as_probe).await {
+        Outcome::Success => tracing::info!(container = %c.name, "preStop hook ran"),
+        Outcome::Failure(msg) => tracing::warn!(container = %c.name, "preStop hook failed: {msg}"),
+    }
+}
+
 /// Runs until the pod is gone from `desired` and torn down.
 pub async fn run<R: CriRuntime>(
     ctx: Arc<WorkerContext<R>>,
@@ -137,6 +174,9 @@ pub async fn run<R: CriRuntime>(
         waiting: BTreeMap::new(),
         written: None,
         probes: HashMap::new(),
+        deadline: None,
+        pre_stopped: Default::default(),
+        terminated: false,
     };
     async move {
         let mut changes = w.ctx.runtime.subscribe();
@@ -149,6 +189,26 @@ pub async fn run<R: CriRuntime>(
                 return;
             };
             last = Some(d.clone());
+            if let Some(grace) = d.pod.metadata.deletion_grace_period_seconds {
+                // Being deleted: stop it (a shorter grace arriving meanwhile
+                // starts the stop again with the earlier deadline), report it
+                // stopped, and wait for the snapshot without it.
+                let at = Instant::now() + Duration::from_secs(grace.max(0).unsigned_abs());
+                w.deadline = Some(w.deadline.map_or(at, |d| d.min(at)));
+                if !w.terminated {
+                    tokio::select! {
+                        () = w.terminate(&d) => {}
+                        r = desired.changed() => if r.is_err() {
+                            return;
+                        },
+                    }
+                    continue;
+                }
+                if desired.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let next = w.sync(&d).await;
             tokio::select! {
                 // The manager went away (the agent is stopping): pods keep running.
@@ -482,7 +542,15 @@ impl<R: CriRuntime> Worker<R> {
         let states: Vec<Option<&ContainerRecord>> = d.pod.spec.containers.iter().map(|c| latest(&c.name)).collect();
         let policy = d.pod.spec.restart_policy;
         let exited_for_good = |r: &ContainerRecord| r.state == ContainerState::Exited && !policy.restarts(r.exit_code);
-        let phase = if states.iter().all(|s| s.is_some_and(exited_for_good)) {
+        let phase = if self.terminated {
+            // Stopped for its deletion: a terminal phase, as the kubelet
+            // gives a pod it has killed.
+            if states.iter().all(|s| s.is_some_and(|r| r.state == ContainerState::Exited && r.exit_code == 0)) {
+                PodPhase::Succeeded
+            } else {
+                PodPhase::Failed
+            }
+        } else if states.iter().all(|s| s.is_some_and(exited_for_good)) {
             if states.iter().all(|s| s.is_some_and(|r| r.exit_code == 0)) {
                 PodPhase::Succeeded
             } else {
@@ -512,6 +580,7 @@ impl<R: CriRuntime> Worker<R> {
                 |t| t.started && t.ready,
             ),
             started: self.probed(d, &latest, |c| c.startup_probe.is_some(), |t| t.started),
+            terminated: self.terminated,
         };
         if self.written.as_ref() != Some(&status) {
             if let Err(e) = write_status(&self.ctx.paths, &status) {
@@ -543,6 +612,58 @@ impl<R: CriRuntime> Worker<R> {
                 (c.name.clone(), on)
             })
             .collect()
+    }
+
+    /// Stops the pod for its deletion, as the kubelet's killPod: each
+    /// running container's preStop hook (once), then SIGTERM, and SIGKILL
+    /// when the grace period is over (at least [`MINIMUM_GRACE`] after the
+    /// hook). Then the status says `terminated`, and the report tells the
+    /// controller the object may go.
+    async fn terminate(&mut self, d: &DesiredPod) {
+        let deadline = self.deadline.unwrap_or_else(Instant::now);
+        let mut stops = tokio::task::JoinSet::new();
+        for s in self.sandboxes() {
+            for rec in self.containers_in(&s.id) {
+                if rec.state == ContainerState::Exited {
+                    continue;
+                }
+                let rt = self.rt().clone();
+                let hook = (rec.state == ContainerState::Running && !self.pre_stopped.contains(&rec.id))
+                    .then(|| {
+                        let c = d.pod.spec.containers.iter().find(|c| c.name == rec.name())?;
+                        Some((c.clone(), c.lifecycle.as_ref()?.pre_stop.clone()?))
+                    })
+                    .flatten();
+                if hook.is_some() {
+                    self.pre_stopped.insert(rec.id.clone());
+                }
+                let netns = s.netns.clone();
+                stops.spawn(async move {
+                    if let Some((c, h)) = hook {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if tokio::time::timeout(left, pre_stop(&rt, &rec.id, netns, &c, &h)).await.is_err() {
+                            tracing::info!(
+                                container = rec.name(),
+                                "preStop hook still running at the end of the grace period"
+                            );
+                        }
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now()).max(MINIMUM_GRACE);
+                    let secs = i64::try_from(left.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
+                    rt.stop_container(&rec.id, secs).await
+                });
+            }
+        }
+        while let Some(r) = stops.join_next().await {
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "stopping a container failed");
+            }
+        }
+        tracing::info!("pod stopped for its deletion");
+        self.terminated = true;
+        let records: Vec<ContainerRecord> = self.sandboxes().iter().flat_map(|s| self.containers_in(&s.id)).collect();
+        self.waiting.clear();
+        self.write_status(d, &records);
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes

@@ -294,13 +294,37 @@ pub async fn bind(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, Ap
     ))
 }
 
-/// `DeleteOptions` from the body or the query.
-fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>) -> Result<DeleteOpts, ApiError> {
+/// `DeleteOptions` from the body (JSON, or protobuf as typed clients such
+/// as `kubectl drain` send it) or the query.
+pub(super) fn delete_opts(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    r_query: &std::collections::HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let v: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+        let (v, _) = object_body(headers, body).map_err(|e| match e.code {
+            StatusCode::BAD_REQUEST => ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)),
+            _ => e,
+        })?;
+        if v.get("kind").and_then(Value::as_str).is_some_and(|k| k != "DeleteOptions") {
+            return Err(ApiError::bad_request("invalid DeleteOptions: the body is not a DeleteOptions"));
+        }
+        v
     };
+    let grace_period =
+        match v.get("gracePeriodSeconds") {
+            Some(Value::Null) | None => match r_query.get("gracePeriodSeconds") {
+                None => None,
+                Some(g) => Some(g.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}: not a whole number"))
+                })?),
+            },
+            Some(g) => Some(g.as_i64().ok_or_else(|| {
+                ApiError::bad_request(format!("invalid DeleteOptions: gracePeriodSeconds {g} is not a whole number"))
+            })?),
+        };
     let propagation = match v
         .get("propagationPolicy")
         .and_then(Value::as_str)
@@ -320,6 +344,7 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
         }
     };
     Ok(DeleteOpts {
+        grace_period,
         propagation,
         dry_run: dry_body || dry_query,
         uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned),
@@ -328,8 +353,8 @@ fn delete_opts(body: &[u8], r_query: &std::collections::HashMap<String, String>)
 }
 
 pub async fn delete(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let (bytes, _, query) = r.bytes(st.config.max_body).await?;
-    let opts = delete_opts(&bytes, &query)?;
+    let (bytes, headers, query) = r.bytes(st.config.max_body).await?;
+    let opts = delete_opts(&headers, &bytes, &query)?;
     let obj = st.writer.delete(t.rt, ns_of(t), name_of(t), &opts)?;
     Ok(super::json(StatusCode::OK, &obj))
 }

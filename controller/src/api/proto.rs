@@ -1,7 +1,8 @@
 //! Decoding Kubernetes' protobuf request bodies into the JSON form the rest
 //! of the server works on. Typed clients send them: kubectl's `create
 //! deployment|configmap|secret|namespace|service …` subcommands post
-//! `application/vnd.kubernetes.protobuf`.
+//! `application/vnd.kubernetes.protobuf`, and client-go's deletes and
+//! evictions (`kubectl drain`) send their `DeleteOptions` so.
 //!
 //! The wire is `k8s\0` + a `runtime.Unknown` message (type meta + the object
 //! bytes). Objects are decoded field by field from the tables in
@@ -199,8 +200,13 @@ fn keep(f: &Fld, v: &Value) -> bool {
 }
 
 /// Go writes every non-pointer scalar to protobuf, zero or not, where its
-/// JSON omits the zero. Zero scalars are read as "not set" — except for the
-/// pointer fields whose zero means something.
+/// JSON omits the zero; a pointer scalar only when set. Kubernetes' protos
+/// are proto2 with every field `optional`, so the wire (and the k8s-pb
+/// tables) cannot tell the two apart: zero scalars are read as "not set" —
+/// except for the pointer fields, listed by JSON name, whose zero means
+/// something. A name shared with a non-pointer field elsewhere costs that
+/// field a redundant zero in the JSON (PersistentVolumeSpec's
+/// `storageClassName: ""`, the replica counts in status), never a meaning.
 fn unset(field: &str, v: &Value) -> bool {
     const ZERO_MEANS_SOMETHING: &[&str] = &[
         "replicas",
@@ -218,6 +224,25 @@ fn unset(field: &str, v: &Value) -> bool {
         "automountServiceAccountToken",
         "allowPrivilegeEscalation",
         "hostUsers",
+        // DeleteOptions (also inside Eviction): 0 is "delete now".
+        "gracePeriodSeconds",
+        "orphanDependents",
+        // Job and CronJob.
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "backoffLimitPerIndex",
+        "maxFailedIndexes",
+        "ttlSecondsAfterFinished",
+        "suspend",
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+        // PersistentVolumeClaimSpec: "" is "no class", unset the default class.
+        "storageClassName",
+        // Lease.
+        "leaseDurationSeconds",
+        "leaseTransitions",
     ];
     let zero = match v {
         Value::String(s) => s.is_empty(),
@@ -263,6 +288,19 @@ fn special(name: &str, obj: Map<String, Value>) -> Value {
     }
 }
 
+/// The protobuf message of an envelope's type meta. A group's proto package
+/// is its first label (`coordination.k8s.io/v1` is `k8s.io.api.coordination.v1`);
+/// the core group's is `core`. `DeleteOptions` travels under the request's
+/// group version (`v1`, `policy/v1`, …) but is always the meta/v1 message.
+fn message_name(api_version: &str, kind: &str) -> String {
+    if kind == "DeleteOptions" {
+        return "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions".to_owned();
+    }
+    let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version));
+    let package = group.split('.').next().unwrap_or(group);
+    format!("k8s.io.api.{package}.{version}.{kind}")
+}
+
 /// Decodes a whole request body into the object's JSON, with `apiVersion`
 /// and `kind` from the envelope.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
@@ -286,8 +324,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
             _ => skip(&mut buf, wt)?,
         }
     }
-    let (group, version) = api_version.split_once('/').unwrap_or(("core", api_version.as_str()));
-    let name = format!("k8s.io.api.{group}.{version}.{kind}");
+    let name = message_name(&api_version, &kind);
     let idx = MESSAGES
         .iter()
         .position(|m| m.name == name)
@@ -334,11 +371,90 @@ mod tests {
         assert_eq!(v, json!({"maxUnavailable": 0, "maxSurge": 1}));
     }
 
+    fn envelope(api_version: &[u8], kind: &[u8], object: &[u8]) -> Vec<u8> {
+        let type_meta = [field(1, 2, api_version), field(2, 2, kind)].concat();
+        [MAGIC.to_vec(), field(1, 2, &type_meta), field(2, 2, object)].concat()
+    }
+
+    #[test]
+    fn decodes_delete_options_under_any_group_version() {
+        // gracePeriodSeconds (1) = 0, preconditions (2) = {uid (1)}, propagationPolicy (4).
+        let preconditions = field(1, 2, b"6a1f0c1e-uid");
+        let opts = [field(1, 0, &[0]), field(2, 2, &preconditions), field(4, 2, b"Background")].concat();
+        for api_version in ["v1", "policy/v1", "apps/v1"] {
+            let v = decode(&envelope(api_version.as_bytes(), b"DeleteOptions", &opts)).expect("decode");
+            assert_eq!(
+                v,
+                json!({
+                    "apiVersion": api_version,
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "propagationPolicy": "Background",
+                    "preconditions": {"uid": "6a1f0c1e-uid"},
+                })
+            );
+        }
+        // Unset pointers are not on the wire and stay out of the JSON.
+        let v = decode(&envelope(b"v1", b"DeleteOptions", &[])).expect("decode");
+        assert_eq!(v, json!({"apiVersion": "v1", "kind": "DeleteOptions"}));
+    }
+
+    #[test]
+    fn decodes_an_eviction() {
+        // metadata (1) = {name (1), namespace (3)}; deleteOptions (2) = {gracePeriodSeconds (1) = 0, dryRun (5)}.
+        let meta = [field(1, 2, b"web-0"), field(3, 2, b"default")].concat();
+        let opts = [field(1, 0, &[0]), field(5, 2, b"All")].concat();
+        let eviction = [field(1, 2, &meta), field(2, 2, &opts)].concat();
+        let v = decode(&envelope(b"policy/v1", b"Eviction", &eviction)).expect("decode");
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "policy/v1",
+                "kind": "Eviction",
+                "metadata": {"name": "web-0", "namespace": "default"},
+                "deleteOptions": {"gracePeriodSeconds": 0, "dryRun": ["All"]},
+            })
+        );
+    }
+
+    #[test]
+    fn a_group_maps_to_its_proto_package() {
+        for (api_version, kind, name) in [
+            ("v1", "PersistentVolumeClaim", "k8s.io.api.core.v1.PersistentVolumeClaim"),
+            ("v1", "PersistentVolume", "k8s.io.api.core.v1.PersistentVolume"),
+            ("apps/v1", "StatefulSet", "k8s.io.api.apps.v1.StatefulSet"),
+            ("apps/v1", "ControllerRevision", "k8s.io.api.apps.v1.ControllerRevision"),
+            ("batch/v1", "Job", "k8s.io.api.batch.v1.Job"),
+            ("batch/v1", "CronJob", "k8s.io.api.batch.v1.CronJob"),
+            ("policy/v1", "PodDisruptionBudget", "k8s.io.api.policy.v1.PodDisruptionBudget"),
+            ("policy/v1", "Eviction", "k8s.io.api.policy.v1.Eviction"),
+            ("storage.k8s.io/v1", "StorageClass", "k8s.io.api.storage.v1.StorageClass"),
+            ("coordination.k8s.io/v1", "Lease", "k8s.io.api.coordination.v1.Lease"),
+            ("policy/v1", "DeleteOptions", "k8s.io.apimachinery.pkg.apis.meta.v1.DeleteOptions"),
+        ] {
+            assert_eq!(message_name(api_version, kind), name);
+            assert!(MESSAGES.iter().any(|m| m.name == name), "{name} is not in the schema");
+        }
+        // spec (2) = {holderIdentity (1), leaseDurationSeconds (2) = 15, leaseTransitions (5) = 0}.
+        let spec = [field(1, 2, b"kedge-1"), field(2, 0, &[15]), field(5, 0, &[0])].concat();
+        let lease = [field(1, 2, &field(1, 2, b"l")), field(2, 2, &spec)].concat();
+        let v = decode(&envelope(b"coordination.k8s.io/v1", b"Lease", &lease)).expect("decode");
+        assert_eq!(
+            v,
+            json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": "l"},
+                "spec": {"holderIdentity": "kedge-1", "leaseDurationSeconds": 15, "leaseTransitions": 0},
+            })
+        );
+    }
+
     #[test]
     fn refuses_garbage_and_unknown_kinds() {
         assert!(matches!(decode(b"{\"json\":1}"), Err(ProtoError::Magic)));
         assert!(matches!(decode(&[MAGIC, &[0x0a, 0x50]].concat()), Err(ProtoError::Wire(_))));
-        let type_meta = [field(1, 2, b"batch/v1"), field(2, 2, b"Job")].concat();
+        let type_meta = [field(1, 2, b"networking.k8s.io/v1"), field(2, 2, b"Ingress")].concat();
         let body = [MAGIC.to_vec(), field(1, 2, &type_meta)].concat();
         assert!(matches!(decode(&body), Err(ProtoError::Kind(_))));
     }

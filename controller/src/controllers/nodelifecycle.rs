@@ -318,8 +318,9 @@ impl Reconcile for NodeLifecycle {
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let Some(mut node) = self.client.get::<Node>("", &key.name)? else {
-            // The node was deleted: its pods will never run again (Kubernetes'
-            // pod GC); their controllers replace them elsewhere.
+            // The node was deleted: its pods will never run again, and no
+            // node will report them stopped, so they go at once (Kubernetes'
+            // pod GC force-deletes them); their controllers replace them elsewhere.
             self.tainted.remove(&key.name);
             for p in self.pods_on(&key.name)? {
                 let (ns, name) = (
@@ -327,7 +328,7 @@ impl Reconcile for NodeLifecycle {
                     p.metadata.name.as_deref().unwrap_or_default(),
                 );
                 tracing::info!(pod = %format!("{ns}/{name}"), node = %key.name, "node deleted: deleting its pod");
-                super::ignore_not_found(self.client.delete::<Pod>(ns, name, p.metadata.uid.as_deref()))?;
+                super::ignore_not_found(self.client.delete_now::<Pod>(ns, name, p.metadata.uid.as_deref()))?;
             }
             return Ok(Action::Done);
         };

@@ -503,6 +503,17 @@ impl Ingest {
                 pod.metadata.resource_version = None;
                 ignore_not_found(self.client.replace_status(&pod))?;
             }
+            // Being deleted and stopped on its node: the object goes now (the
+            // kubelet's final delete with grace 0, for this uid only).
+            if pr.terminated && pod.metadata.deletion_timestamp.is_some() {
+                match self.client.delete_now::<Pod>(&pr.namespace, &pr.name, Some(&pr.uid)) {
+                    Ok(()) => {
+                        tracing::info!(%node, pod = %format!("{}/{}", pr.namespace, pr.name), "pod stopped on its node; removed");
+                    }
+                    Err(ControllerError::NotFound(_) | ControllerError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(())
     }

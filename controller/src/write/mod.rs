@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use serde_json::{Value, json};
 
 pub use binding::Binding;
-pub use delete::{DeleteOpts, FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, SYSTEM_NAMESPACES, deletion};
+pub use delete::{DeleteOpts, FOREGROUND_FINALIZER, ORPHAN_FINALIZER, Propagation, SYSTEM_NAMESPACES};
 pub use error::WriteError;
 
 use crate::meta;
@@ -210,7 +210,11 @@ impl Writer {
             let finalizers_empty = meta::get(&obj, "finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty);
             // (A namespace's own finalizer lives in `spec.finalizers`; only the
             // namespace controller removes a namespace.)
-            if meta::get(&obj, "deletionTimestamp").is_some() && finalizers_empty && rt.kind != "Namespace" {
+            if meta::get(&obj, "deletionTimestamp").is_some()
+                && finalizers_empty
+                && delete::grace_over(&obj)
+                && rt.kind != "Namespace"
+            {
                 return Ok(Mutation::Delete);
             }
             Ok(Mutation::Put(obj))

@@ -279,6 +279,63 @@ async fn a_removed_pod_is_stopped_with_its_grace_period_and_torn_down() {
     assert!(h.manager.statuses().is_empty(), "nothing is reported for it any more");
 }
 
+/// A pod being deleted (its snapshot carries `deletionGracePeriodSeconds`):
+/// the preStop hook runs first, the container is stopped with what is left
+/// of the grace period, it is not restarted, and the status says
+/// `terminated` (the report tells the controller) while the sandbox stays
+/// until the pod leaves the desired set.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pod_runs_its_pre_stop_hook_then_stops_within_its_grace() {
+    let rt = FakeRuntime::new();
+    let hook = serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}});
+    let spec = serde_json::json!({"terminationGracePeriodSeconds": 30, "containers": [container("c", hook)]});
+    let mut h = start(rt, pod(spec));
+    advance(3).await;
+    assert_eq!(h.status().phase, PodPhase::Running);
+    let mut deleting = pod(serde_json::json!({"terminationGracePeriodSeconds": 30,
+        "containers": [container("c", serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}}))]}));
+    deleting.pod.metadata.deletion_grace_period_seconds = Some(5);
+    h.manager.set_desired(vec![deleting.clone()]);
+    advance(1).await;
+    assert_eq!(h.execs("drain"), vec![3], "the hook ran once, first");
+    assert_eq!(
+        h.times(|c| matches!(c, Call::StopContainer { timeout: 5, .. })),
+        vec![3],
+        "then the stop, with the grace left"
+    );
+    let status = h.status();
+    assert!(status.terminated, "reported stopped");
+    assert_eq!(status.phase, PodPhase::Failed, "killed (137): a terminal phase");
+    advance(60).await;
+    assert_eq!(h.starts(), vec![0], "a pod being deleted is not restarted");
+    assert_eq!(h.execs("drain"), vec![3]);
+    assert!(!h.rt.sandbox_records().is_empty(), "the sandbox stays until the pod leaves the snapshot");
+    h.manager.set_desired(Vec::new());
+    advance(1).await;
+    assert!(h.manager.idle() && h.rt.sandbox_records().is_empty());
+}
+
+/// A pod whose deletion arrives with a hook that outlasts the grace period:
+/// the container still gets the kubelet's minimum 2 s after it.
+#[tokio::test(start_paused = true)]
+async fn a_pre_stop_hook_cannot_use_up_the_whole_grace() {
+    let rt = FakeRuntime::new();
+    let hook = serde_json::json!({"lifecycle": {"preStop": {"sleep": {"seconds": 60}}}});
+    let mut d = pod(serde_json::json!({"containers": [container("c", hook)]}));
+    let h = start(rt, d.clone());
+    advance(2).await;
+    d.pod.metadata.deletion_grace_period_seconds = Some(3);
+    let mut h = h;
+    h.manager.set_desired(vec![d]);
+    advance(10).await;
+    assert_eq!(
+        h.times(|c| matches!(c, Call::StopContainer { timeout: 2, .. })),
+        vec![5],
+        "3 s of hook, then the minimum"
+    );
+    assert!(h.status().terminated);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pod_left_with_only_its_status_file_is_forgotten_after_a_restart() {
     // A pod that never got a sandbox (its network was unavailable, say)

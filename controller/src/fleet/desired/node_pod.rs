@@ -104,6 +104,12 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             // What the agent does not use stays off the wire.
             annotations: BTreeMap::new(),
+            // Being deleted: the node stops the pod within this grace.
+            deletion_grace_period_seconds: pod
+                .metadata
+                .deletion_timestamp
+                .as_ref()
+                .map(|_| pod.metadata.deletion_grace_period_seconds.unwrap_or(0).max(0)),
         },
         spec: wire::PodSpec {
             containers: containers(&spec.containers)?,
@@ -335,6 +341,13 @@ fn container(c: &api::Container, cx: &EnvContext<'_>) -> Result<wire::Container,
         liveness_probe: c.liveness_probe.as_ref().map(probe),
         readiness_probe: c.readiness_probe.as_ref().map(probe),
         startup_probe: c.startup_probe.as_ref().map(probe),
+        lifecycle: c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()).map(|h| wire::Lifecycle {
+            pre_stop: Some(wire::LifecycleHandler {
+                exec: h.exec.as_ref().map(|e| wire::ExecAction { command: e.command.clone().unwrap_or_default() }),
+                http_get: h.http_get.as_ref().map(http_get),
+                sleep: h.sleep.as_ref().map(|s| wire::SleepAction { seconds: s.seconds }),
+            }),
+        }),
     })
 }
 
@@ -345,23 +358,27 @@ fn port(p: &IntOrString) -> wire::PortRef {
     }
 }
 
+fn http_get(h: &api::HTTPGetAction) -> wire::HttpGetAction {
+    wire::HttpGetAction {
+        path: h.path.clone(),
+        port: port(&h.port),
+        host: h.host.clone(),
+        scheme: h.scheme.clone(),
+        http_headers: h
+            .http_headers
+            .iter()
+            .flatten()
+            .map(|h| wire::EnvVar { name: h.name.clone(), value: h.value.clone() })
+            .collect(),
+    }
+}
+
 /// The handlers the node runs (exec, httpGet, tcpSocket); a probe with
 /// another (grpc) arrives without one, and the node refuses the pod naming it.
 fn probe(p: &api::Probe) -> wire::Probe {
     wire::Probe {
         exec: p.exec.as_ref().map(|e| wire::ExecAction { command: e.command.clone().unwrap_or_default() }),
-        http_get: p.http_get.as_ref().map(|h| wire::HttpGetAction {
-            path: h.path.clone(),
-            port: port(&h.port),
-            host: h.host.clone(),
-            scheme: h.scheme.clone(),
-            http_headers: h
-                .http_headers
-                .iter()
-                .flatten()
-                .map(|h| wire::EnvVar { name: h.name.clone(), value: h.value.clone() })
-                .collect(),
-        }),
+        http_get: p.http_get.as_ref().map(http_get),
         tcp_socket: p.tcp_socket.as_ref().map(|t| wire::TcpSocketAction { port: port(&t.port), host: t.host.clone() }),
         initial_delay_seconds: p.initial_delay_seconds,
         timeout_seconds: p.timeout_seconds,

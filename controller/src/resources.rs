@@ -108,10 +108,12 @@ pub static RESOURCES: &[ResourceType] = &[
     res!("apps", "Deployment", "deployments", "deployment", ["deploy"], ns=true, status=true, scale=true, gen=true, all=true, fields=&[]),
     res!("apps", "ReplicaSet", "replicasets", "replicaset", ["rs"], ns=true, status=true, scale=true, gen=true, all=true, fields=&["status.replicas"]),
     res!("apps", "DaemonSet", "daemonsets", "daemonset", ["ds"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
+    res!("batch", "Job", "jobs", "job", [], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
+    res!("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], ns=true, status=true, scale=false, gen=true, all=false, fields=&[]),
 ];
 
 /// The API groups served, with their one version each.
-pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1")];
+pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("policy", "v1")];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -243,6 +243,12 @@ fn start_controllers(
     };
     loops.spawn(runner::run(DaemonSetController::new(client.clone())?, store.clone(), stop.clone()));
     loops.spawn(runner::run(EndpointsController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(crate::controllers::job::JobController::new(client.clone())?, store.clone(), stop.clone()));
+    loops.spawn(runner::run(
+        crate::controllers::disruption::DisruptionController::new(client.clone())?,
+        store.clone(),
+        stop.clone(),
+    ));
     loops.spawn(runner::run(EventTtl::new(client.clone(), opts.event_ttl)?, store.clone(), stop.clone()));
     loops.spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())

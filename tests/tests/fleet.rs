@@ -465,7 +465,7 @@ spec:
   - name: main
     image: kedge.local/busybox:latest
     imagePullPolicy: IfNotPresent
-    command: [sh, -c, 'trap \"echo got SIGTERM; exit 0\" TERM; echo ready; while true; do sleep 1 & wait $!; done']
+    command: [sh, -c, 'trap \"echo got SIGTERM; sleep 3; exit 0\" TERM; echo ready; while true; do sleep 1 & wait $!; done']
     lifecycle:
       preStop:
         exec: {command: [sh, -c, 'echo preStop ran > /proc/1/fd/1']}
@@ -499,10 +499,11 @@ fn graceful_termination(c: &Cluster) -> Result<()> {
     })?;
     let t = Instant::now();
     c.k.ok(&["delete", "pod", "trapper", "--wait=false"])?;
-    let shown = c.k.ok(&["get", "pod", "trapper", "--no-headers"])?;
-    ensure!(shown.contains("Terminating"), "kubectl get right after the delete: {shown}");
+    // (Its SIGTERM handler takes 3 s: time to look.)
     let pod = c.k.json(&["get", "pod", "trapper"])?;
     ensure!(pod["metadata"]["deletionGracePeriodSeconds"] == 20, "{}", pod["metadata"]);
+    let shown = c.k.ok(&["get", "pod", "trapper", "--no-headers"])?;
+    ensure!(shown.contains("Terminating"), "kubectl get right after the delete: {shown}");
     wait_for("the trapper object to go", Duration::from_secs(30), || {
         Ok((c.k.run(&["get", "pod", "trapper"])?.status.code() == Some(1)).then_some(()))
     })?;
@@ -1624,6 +1625,173 @@ fn scale_down_while_a_node_is_offline() -> Result<()> {
     // Stopped there, the three are removed from the API too.
     c.wait_running("app=web", 1, Duration::from_secs(30))?;
     c.k.ok(&["delete", "deployment/web"])?;
+    Ok(())
+}
+
+const HELD_BUDGET: &str = "apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: held}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: held}}
+";
+
+/// `kubectl drain NODE --ignore-daemonsets` on real agents: the node is
+/// cordoned, its pods are evicted (so replaced on the other node) except
+/// DaemonSet pods, and a PodDisruptionBudget with `minAvailable: 2` over
+/// two replicas holds the drain (kubectl retries the 429) until a third
+/// replica lets one go.
+#[test]
+fn drain_is_held_by_a_disruption_budget() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1", "n2"], None, &[])? else { return Ok(()) };
+    c.apply("agent-ds", DAEMONSET)?;
+    // Both replicas on n2: n1 is cordoned while they are placed.
+    c.k.ok(&["cordon", "n1"])?;
+    c.apply("held", &deployment("held", 2, ""))?;
+    c.wait_running("app=held", 2, Duration::from_secs(90))?;
+    c.k.ok(&["uncordon", "n1"])?;
+    c.wait_running("app=agent-ds", 2, Duration::from_secs(60))?;
+    c.apply("held-budget", HELD_BUDGET)?;
+    wait_for("the budget to be computed", Duration::from_secs(20), || {
+        let b = c.k.json(&["get", "pdb", "held"])?;
+        Ok((b["status"]["currentHealthy"] == 2 && b["status"]["observedGeneration"] == 1).then_some(()))
+    })?;
+    let shown = c.k.ok(&["get", "pdb", "held", "--no-headers"])?;
+    ensure!(shown.split_whitespace().collect::<Vec<_>>()[..4] == ["held", "2", "N/A", "0"], "kubectl get pdb: {shown}");
+    let on_n2 = |c: &Cluster| -> Result<Vec<String>> {
+        Ok(c.pods("app=held")?.iter().filter(|p| node_of(p) == "n2").map(name).collect())
+    };
+    ensure!(on_n2(&c)?.len() == 2, "both held pods on n2");
+
+    let drain =
+        c.k.command(&["drain", "n2", "--ignore-daemonsets", "--timeout=120s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+    std::thread::sleep(Duration::from_secs(8));
+    let node = c.k.json(&["get", "node", "n2"])?;
+    ensure!(node["spec"]["unschedulable"] == true, "cordoned: {}", node["spec"]);
+    ensure!(on_n2(&c)?.len() == 2, "the budget holds both pods on n2");
+    let events = c.k.ok(&["get", "pdb", "held", "-o", "jsonpath={.status.disruptionsAllowed}"])?;
+    ensure!(events == "0", "no disruption allowed: {events}");
+
+    // A third replica (on n1: n2 is cordoned) lets the drain go on.
+    c.k.ok(&["scale", "deployment/held", "--replicas=3"])?;
+    let o = drain.wait_with_output()?;
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    ensure!(o.status.success(), "kubectl drain: {out}\n{err}");
+    ensure!(err.contains("disruption budget"), "kubectl saw the budget hold it: {err}");
+    ensure!(out.contains("drained"), "{out}");
+    let left: Vec<Value> = c.k.json(&["get", "pods", "--field-selector", "spec.nodeName=n2"])?["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        left.iter().all(|p| p["metadata"]["labels"]["app"] == "agent-ds"),
+        "only the DaemonSet pod stays on n2: {:?}",
+        left.iter().map(name).collect::<Vec<_>>()
+    );
+    c.wait_running("app=held", 3, Duration::from_secs(60))?;
+    ensure!(c.pods("app=held")?.iter().all(|p| node_of(p) == "n1"), "all held pods moved to n1");
+    c.agent("n2").wait_for("n2 to stop the evicted pods", Duration::from_secs(30), || {
+        Ok(c.agent("n2").ps()?.iter().all(|p| !p["name"].as_str().unwrap_or("").starts_with("held-")).then_some(()))
+    })?;
+    c.k.ok(&["uncordon", "n2"])?;
+    Ok(())
+}
+
+fn job(name: &str, extra_spec: &str, command: &str) -> String {
+    format!(
+        "apiVersion: batch/v1
+kind: Job
+metadata: {{name: {name}}}
+spec:
+{extra_spec}  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: kedge.local/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, '{command}']
+"
+    )
+}
+
+/// Jobs on a real agent: `completions: 3, parallelism: 2` runs at most two
+/// pods at a time until three have succeeded, and `kubectl wait
+/// --for=condition=complete` returns; an Indexed Job gives each pod its
+/// index; a failing Job stops at its `backoffLimit` (after the pod failure
+/// backoff) with reason `BackoffLimitExceeded`.
+#[test]
+fn jobs_run_to_completion_or_to_their_backoff_limit() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    c.apply("count", &job("count", "  completions: 3\n  parallelism: 2\n", "echo working; sleep 2"))?;
+    c.apply(
+        "indexed",
+        &job(
+            "indexed",
+            "  completions: 3\n  parallelism: 3\n  completionMode: Indexed\n",
+            "echo index $JOB_COMPLETION_INDEX",
+        ),
+    )?;
+    c.apply("fails", &job("fails", "  backoffLimit: 1\n", "echo failing; exit 3"))?;
+    let mut most = 0;
+    wait_for("job count to complete", Duration::from_secs(120), || {
+        let j = c.k.json(&["get", "job", "count"])?;
+        most = most.max(j["status"]["active"].as_i64().unwrap_or(0));
+        Ok((j["status"]["succeeded"] == 3).then_some(()))
+    })?;
+    let o = c.k.ok(&["wait", "--for=condition=complete", "job/count", "--timeout=60s"])?;
+    ensure!(o.contains("condition met"), "kubectl wait: {o}");
+    ensure!(most <= 2, "at most parallelism pods at once: saw {most}");
+    let row = c.k.ok(&["get", "job", "count", "--no-headers"])?;
+    ensure!(
+        row.split_whitespace().take(3).collect::<Vec<_>>() == ["count", "Complete", "3/3"],
+        "kubectl get job: {row}"
+    );
+    let pods = c.pods("job-name=count")?;
+    ensure!(pods.len() == 3 && pods.iter().all(|p| p["status"]["phase"] == "Succeeded"), "three pods succeeded");
+
+    c.k.ok(&["wait", "--for=condition=complete", "job/indexed", "--timeout=120s"])?;
+    let j = c.k.json(&["get", "job", "indexed"])?;
+    ensure!(j["status"]["completedIndexes"] == "0-2", "{}", j["status"]);
+    let mut said: Vec<String> = c
+        .pods("job-name=indexed")?
+        .iter()
+        .map(|p| c.k.ok(&["logs", &name(p)]).map(|l| l.trim().to_owned()))
+        .collect::<Result<_>>()?;
+    said.sort();
+    ensure!(said == ["index 0", "index 1", "index 2"], "each pod its index: {said:?}");
+
+    let o = c.k.ok(&["wait", "--for=condition=failed", "job/fails", "--timeout=120s"])?;
+    ensure!(o.contains("condition met"), "kubectl wait: {o}");
+    let j = c.k.json(&["get", "job", "fails"])?;
+    let failed = j["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Failed");
+    ensure!(failed.is_some_and(|c| c["reason"] == "BackoffLimitExceeded"), "{}", j["status"]);
+    ensure!(j["status"]["failed"] == 2, "backoffLimit 1: two failures, {}", j["status"]);
+    // The replacement waited out the pod failure backoff (10 s).
+    let mut started: Vec<i64> = c
+        .pods("job-name=fails")?
+        .iter()
+        .filter_map(|p| p["status"]["startTime"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+        .collect();
+    started.sort();
+    ensure!(started.len() == 2 && started[1] - started[0] >= 9, "the second try after the backoff: {started:?}");
+
+    // Deleting a Job takes its pods (their tracking finalizers released).
+    c.k.ok(&["delete", "job", "count", "indexed", "fails"])?;
+    wait_for("the jobs' pods to go", Duration::from_secs(60), || {
+        Ok(c.k.json(&["get", "pods"])?["items"].as_array().is_some_and(Vec::is_empty).then_some(()))
+    })?;
     Ok(())
 }
 

@@ -246,6 +246,94 @@ fn create_subcommands_send_protobuf_and_work() -> Result<()> {
     Ok(())
 }
 
+/// `kubectl create job` and `kubectl create poddisruptionbudget` (typed
+/// clients: protobuf bodies) and what the server makes of them: a Job with
+/// Kubernetes' defaults and a selector generated from its uid, shown by
+/// `kubectl get job`; a budget whose status the disruption controller
+/// keeps, and an eviction it refuses with 429 while no disruption is allowed.
+#[test]
+fn jobs_budgets_and_evictions_through_kubectl() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &[])? else { return Ok(()) };
+    let out = k.ok(&["create", "job", "once", "--image=kedge.local/busybox:1", "--", "echo", "hi"])?;
+    assert!(out.contains("job.batch/once created"), "{out}");
+    let j = k.json(&["get", "job", "once"])?;
+    let uid = j["metadata"]["uid"].as_str().context("uid")?;
+    assert_eq!(j["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"], uid);
+    assert_eq!(j["spec"]["template"]["metadata"]["labels"]["job-name"], "once");
+    assert_eq!((j["spec"]["completions"].clone(), j["spec"]["parallelism"].clone()), (1.into(), 1.into()));
+    assert_eq!(j["spec"]["backoffLimit"], 6);
+    assert_eq!(j["spec"]["template"]["spec"]["restartPolicy"], "Never", "kubectl create job sets Never");
+    // No node: its one pod waits, owned by the Job, with the tracking finalizer.
+    let pods = wait_json(&k, &["get", "pods", "-l", "job-name=once"], |l| {
+        l["items"].as_array().is_some_and(|i| i.len() == 1)
+    })?;
+    let pod = &pods["items"][0];
+    assert_eq!(pod["metadata"]["ownerReferences"][0]["kind"], "Job");
+    assert_eq!(pod["metadata"]["finalizers"][0], "batch.kubernetes.io/job-tracking");
+    let row = k.ok(&["get", "job", "once", "--no-headers"])?;
+    assert_eq!(row.split_whitespace().take(3).collect::<Vec<_>>(), ["once", "Running", "0/1"], "{row}");
+    // A pod template that would restart forever is not a Job's.
+    let bad = r#"{"apiVersion":"batch/v1","kind":"Job","metadata":{"name":"bad"},"spec":{"template":{"spec":{"restartPolicy":"Always","containers":[{"name":"c","image":"x"}]}}}}"#;
+    let api = ctl.api()?;
+    let (code, body) = api.request("POST", "/apis/batch/v1/namespaces/default/jobs", "application/json", bad)?;
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("spec.template.spec.restartPolicy"), "{body}");
+    // Deleting the Job deletes its pod (the finalizer is released).
+    k.ok(&["delete", "job", "once"])?;
+    wait_json(&k, &["get", "pods"], |l| l["items"].as_array().is_some_and(Vec::is_empty))?;
+
+    let out = k.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=1"])?;
+    assert!(out.contains("poddisruptionbudget.policy/web created"), "{out}");
+    let b = wait_json(&k, &["get", "pdb", "web"], |b| b["status"]["observedGeneration"] == 1)?;
+    assert_eq!(b["status"]["disruptionsAllowed"], 0);
+    assert_eq!(b["status"]["conditions"][0]["reason"], "InsufficientPods");
+    // A running, ready pod the budget covers (bound and marked by hand: no agent here).
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-1","labels":{"app":"web"}},"spec":{"nodeName":"nowhere","containers":[{"name":"c","image":"x"}]}}"#;
+    assert_eq!(api.request("POST", "/api/v1/namespaces/default/pods", "application/json", pod)?.0, 201);
+    let status = r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#;
+    let (code, body) =
+        api.request("PATCH", "/api/v1/namespaces/default/pods/web-1/status", "application/merge-patch+json", status)?;
+    assert_eq!(code, 200, "{body}");
+    wait_json(&k, &["get", "pdb", "web"], |b| b["status"]["currentHealthy"] == 1)?;
+    let eviction = r#"{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"web-1","namespace":"default"}}"#;
+    let path = "/api/v1/namespaces/default/pods/web-1/eviction";
+    let (code, body) = api.request("POST", path, "application/json", eviction)?;
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("Cannot evict pod as it would violate the pod's disruption budget"), "{body}");
+    assert!(body.contains("needs 1 healthy pods and has 1 currently"), "{body}");
+    // With maxUnavailable instead, over a pod no controller owns: nothing can be allowed.
+    k.ok(&["patch", "pdb", "web", "--type=merge", "-p", r#"{"spec":{"minAvailable":null,"maxUnavailable":1}}"#])?;
+    let b = wait_json(&k, &["get", "pdb", "web"], |b| b["status"]["observedGeneration"] == 2)?;
+    assert_eq!(b["status"]["conditions"][0]["reason"], "SyncFailed", "{}", b["status"]);
+    // minAvailable 0 lets it go: evicted, so marked for deletion on its node.
+    k.ok(&["patch", "pdb", "web", "--type=merge", "-p", r#"{"spec":{"minAvailable":0,"maxUnavailable":null}}"#])?;
+    wait_json(&k, &["get", "pdb", "web"], |b| b["status"]["disruptionsAllowed"] == 1)?;
+    let (code, body) = api.request("POST", path, "application/json", eviction)?;
+    assert_eq!(code, 201, "{body}");
+    let p = k.json(&["get", "pod", "web-1"])?;
+    assert!(p["metadata"]["deletionTimestamp"].is_string(), "graceful: Terminating until its node stops it");
+    let b = k.json(&["get", "pdb", "web"])?;
+    assert!(b["status"]["disruptedPods"]["web-1"].is_string(), "{}", b["status"]);
+    // Its node never reports; the force delete kubectl offers removes it.
+    k.ok(&["delete", "pod", "web-1", "--grace-period=0", "--force"])?;
+    assert!(k.run(&["get", "pod", "web-1"])?.status.code() == Some(1));
+    Ok(())
+}
+
+/// Polls `kubectl get … -o json` until `ok` holds (10 s at most).
+fn wait_json(k: &Kubectl, args: &[&str], ok: impl Fn(&Value) -> bool) -> Result<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = k.json(args)?;
+        if ok(&v) {
+            return Ok(v);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out waiting on {args:?}: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn kill_dash_nine_loses_nothing() -> Result<()> {
     let dir = tempfile::tempdir()?;

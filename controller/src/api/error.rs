@@ -19,7 +19,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         ApiError { code, reason, message: message.into(), details: None }
     }
 

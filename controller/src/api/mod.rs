@@ -3,6 +3,7 @@
 
 mod discovery;
 pub mod error;
+mod eviction;
 mod exec;
 mod logs;
 mod metrics;
@@ -123,7 +124,7 @@ fn labels(verb: &'static str, path: &str, code: u16) -> crate::telemetry::Reques
     let (resource, named, sub) = match (found, rest) {
         // Only the subresources served: a made-up one cannot grow the metrics.
         (Some(rt), [_, _, s]) => {
-            let known = ["status", "scale", "binding", "log", "exec", "attach", "portforward"];
+            let known = ["status", "scale", "binding", "eviction", "log", "exec", "attach", "portforward"];
             (rt.plural, true, known.iter().find(|k| *k == s).copied().unwrap_or(""))
         }
         (Some(rt), [_, _]) => (rt.plural, true, ""),
@@ -310,7 +311,7 @@ async fn resource(
     if let Some(s) = sub.as_deref() {
         let known = (s == "status" && rt.status)
             || (s == "scale" && rt.scale)
-            || (matches!(s, "binding" | "log" | "exec" | "attach" | "portforward")
+            || (matches!(s, "binding" | "eviction" | "log" | "exec" | "attach" | "portforward")
                 && rt.kind == "Pod"
                 && rt.group.is_empty());
         if !known {
@@ -342,6 +343,7 @@ async fn resource(
         }
         (&Method::GET, true) => objects::get(st, &t, &r),
         (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
+        (&Method::POST, true) if t.sub.as_deref() == Some("eviction") => eviction::evict(st, &t, r).await,
         (&Method::PUT, true) => objects::replace(st, &t, r).await,
         (&Method::PATCH, true) => objects::patch(st, &t, r).await,
         (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,

@@ -47,7 +47,7 @@ fn parse_body(bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
 
 /// An object body in JSON, or in Kubernetes protobuf (what typed clients
 /// such as `kubectl create deployment` send), as JSON.
-fn object_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
+pub(super) fn object_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
     match ct.split(';').next().unwrap_or_default().trim() {
         "application/json" | "" => parse_body(bytes),
@@ -313,6 +313,14 @@ pub(super) fn delete_opts(
         }
         v
     };
+    delete_opts_of(&v, r_query)
+}
+
+/// `DeleteOptions` from its JSON (`Null` for none) and the query.
+pub(super) fn delete_opts_of(
+    v: &Value,
+    r_query: &std::collections::HashMap<String, String>,
+) -> Result<DeleteOpts, ApiError> {
     let grace_period =
         match v.get("gracePeriodSeconds") {
             Some(Value::Null) | None => match r_query.get("gracePeriodSeconds") {

@@ -140,6 +140,8 @@ macro_rules! for_each_kind {
         $m!("apps", k8s_openapi::api::apps::v1::Deployment);
         $m!("apps", k8s_openapi::api::apps::v1::ReplicaSet);
         $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);
+        $m!("batch", k8s_openapi::api::batch::v1::Job);
+        $m!("policy", k8s_openapi::api::policy::v1::PodDisruptionBudget);
     };
 }
 
@@ -212,7 +214,11 @@ mod tests {
         assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
         let apps = document("apis/apps/v1").expect("apps document");
         assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
-        assert!(document("apis/batch/v1").is_none());
+        assert!(
+            document("apis/batch/v1")
+                .is_some_and(|d| d["components"]["schemas"]["io.k8s.api.batch.v1.Job"].is_object())
+        );
+        assert!(document("apis/storage.k8s.io/v1").is_none(), "a group not served");
         let root = root();
         assert!(
             root["paths"]["api/v1"]["serverRelativeURL"]

@@ -61,6 +61,23 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Images", "string", true),
             c("Selector", "string", true),
         ],
+        "Job" => vec![
+            c("Name", "string", false),
+            c("Status", "string", false),
+            c("Completions", "string", false),
+            c("Duration", "string", false),
+            c("Age", "string", false),
+            c("Containers", "string", true),
+            c("Images", "string", true),
+            c("Selector", "string", true),
+        ],
+        "PodDisruptionBudget" => vec![
+            c("Name", "string", false),
+            c("Min Available", "string", false),
+            c("Max Unavailable", "string", false),
+            c("Allowed Disruptions", "integer", false),
+            c("Age", "string", false),
+        ],
         "DaemonSet" => vec![
             c("Name", "string", false),
             c("Desired", "integer", false),
@@ -299,6 +316,61 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(cn),
                 json!(im),
                 json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        "Job" => {
+            let (cn, im) = containers_images(o, "/spec/template/spec/containers");
+            let cond = |t: &str| arr(o, "/status/conditions").iter().any(|c| c["type"] == t && c["status"] == "True");
+            let status = if cond("Failed") {
+                "Failed"
+            } else if cond("Complete") {
+                "Complete"
+            } else if cond("Suspended") {
+                "Suspended"
+            } else if cond("FailureTarget") {
+                "FailureTarget"
+            } else if n(o, "/status/terminating") > 0 {
+                "Terminating"
+            } else {
+                "Running"
+            };
+            let done = n(o, "/status/succeeded");
+            let completions = match o.pointer("/spec/completions").and_then(Value::as_i64) {
+                Some(c) => format!("{done}/{c}"),
+                None => match n(o, "/spec/parallelism") {
+                    p if p > 1 => format!("{done}/1 of {p}"),
+                    _ => format!("{done}/1"),
+                },
+            };
+            let ts = |p: &str| s(o, p).and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
+            let duration = match (ts("/status/startTime"), ts("/status/completionTime")) {
+                (Some(a), Some(b)) => human_duration(b - a),
+                (Some(a), None) => human_duration(jiff::Timestamp::now().as_second() - a),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                age,
+                json!(cn),
+                json!(im),
+                json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        "PodDisruptionBudget" => {
+            let bound = |ptr: &str| match o.pointer(ptr) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => "N/A".into(),
+            };
+            vec![
+                name,
+                json!(bound("/spec/minAvailable")),
+                json!(bound("/spec/maxUnavailable")),
+                json!(n(o, "/status/disruptionsAllowed")),
+                age,
             ]
         }
         "Service" => {

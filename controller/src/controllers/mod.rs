@@ -3,11 +3,13 @@
 
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 mod error;
 pub mod events;
 pub mod eventttl;
 pub mod gc;
+pub mod job;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podutil;

@@ -489,6 +489,107 @@ pub fn daemon_set(d: &mut DaemonSet, old: Option<&DaemonSet>, errs: &mut Errs) {
     selector_immutable(errs, &spec.selector, old.and_then(|o| o.spec.as_ref()).map(|s| &s.selector));
 }
 
+// ------------------------------------------------------------------ jobs
+
+/// A Job: Kubernetes' defaults, a generated selector on the Job's uid
+/// (unless `manualSelector`), and its rules (restartPolicy Never or
+/// OnFailure, Indexed needs completions, spec mostly immutable).
+pub fn job(j: &mut k8s_openapi::api::batch::v1::Job, old: Option<&k8s_openapi::api::batch::v1::Job>, errs: &mut Errs) {
+    use crate::controllers::job::{CONTROLLER_UID, JOB_NAME};
+    let name = j.metadata.name.clone().unwrap_or_default();
+    let uid = j.metadata.uid.clone().unwrap_or_default();
+    let spec = j.spec.get_or_insert_with(Default::default);
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+    }
+    spec.parallelism.get_or_insert(1);
+    spec.backoff_limit.get_or_insert(6);
+    spec.completion_mode.get_or_insert_with(|| "NonIndexed".to_owned());
+    spec.suspend.get_or_insert(false);
+    spec.manual_selector.get_or_insert(false);
+    spec.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".to_owned());
+    one_of(errs, "spec.completionMode", spec.completion_mode.as_deref(), &["NonIndexed", "Indexed"]);
+    if spec.completion_mode.as_deref() == Some("Indexed") && spec.completions.is_none() {
+        errs.push(FieldError::required("spec.completions"));
+    }
+    for (path, v) in [
+        ("spec.parallelism", spec.parallelism.map(i64::from)),
+        ("spec.completions", spec.completions.map(i64::from)),
+        ("spec.backoffLimit", spec.backoff_limit.map(i64::from)),
+        ("spec.ttlSecondsAfterFinished", spec.ttl_seconds_after_finished.map(i64::from)),
+    ] {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(FieldError::invalid(path, v, "must be greater than or equal to 0"));
+        }
+    }
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        errs.push(FieldError::invalid("spec.activeDeadlineSeconds", d, "must be greater than 0"));
+    }
+    if spec.manual_selector != Some(true) {
+        // The selector Kubernetes generates: the Job's own uid, on the
+        // selector and on the template (kept from the stored Job on update).
+        let uid = old.and_then(|o| o.metadata.uid.clone()).filter(|u| !u.is_empty()).unwrap_or(uid);
+        let tmeta = spec.template.metadata.get_or_insert_with(Default::default);
+        let labels = tmeta.labels.get_or_insert_with(BTreeMap::new);
+        labels.insert(CONTROLLER_UID.to_owned(), uid.clone());
+        labels.insert(JOB_NAME.to_owned(), name.clone());
+        labels.insert("controller-uid".to_owned(), uid.clone());
+        labels.insert("job-name".to_owned(), name);
+        if old.is_none() || spec.selector.is_none() {
+            spec.selector = Some(LabelSelector {
+                match_labels: Some([(CONTROLLER_UID.to_owned(), uid)].into_iter().collect()),
+                match_expressions: None,
+            });
+        }
+    }
+    let sel = spec.selector.clone().unwrap_or_default();
+    template(errs, &sel, &mut spec.template, false);
+    let rp = spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref());
+    if !matches!(rp, Some("Never" | "OnFailure")) {
+        // (defaulting made it Always when it was unset)
+        errs.push(FieldError::not_supported(
+            "spec.template.spec.restartPolicy",
+            rp.unwrap_or_default(),
+            &["OnFailure", "Never"],
+        ));
+    }
+    if let Some(o) = old.and_then(|o| o.spec.as_ref()) {
+        if o.template != spec.template && o.suspend != Some(true) {
+            errs.push(FieldError::invalid("spec.template", "{...}", "field is immutable"));
+        }
+        if o.completions != spec.completions {
+            errs.push(FieldError::invalid("spec.completions", "{...}", "field is immutable"));
+        }
+        if o.completion_mode != spec.completion_mode {
+            errs.push(FieldError::invalid("spec.completionMode", "{...}", "field is immutable"));
+        }
+        selector_immutable(errs, &sel, o.selector.as_ref());
+    }
+}
+
+// ------------------------------------------------------ disruption budgets
+
+pub fn pod_disruption_budget(
+    b: &mut k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    _old: Option<&k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    errs: &mut Errs,
+) {
+    let spec = b.spec.get_or_insert_with(Default::default);
+    if spec.min_available.is_some() && spec.max_unavailable.is_some() {
+        errs.push(FieldError::invalid("spec", "{...}", "minAvailable and maxUnavailable cannot be both set"));
+    }
+    int_or_percent(errs, "spec.minAvailable", spec.min_available.as_ref());
+    int_or_percent(errs, "spec.maxUnavailable", spec.max_unavailable.as_ref());
+    if let Some(p) = spec.unhealthy_pod_eviction_policy.as_deref() {
+        one_of(errs, "spec.unhealthyPodEvictionPolicy", Some(p), &["IfHealthyBudget", "AlwaysAllow"]);
+    }
+    if let Some(s) = &spec.selector {
+        if let Err(e) = crate::selector::LabelSelector::from_k8s(s) {
+            errs.push(FieldError::invalid("spec.selector", "{...}", &e));
+        }
+    }
+}
+
 // ------------------------------------------------------------- services
 
 pub fn service(s: &mut Service, old: Option<&Service>, errs: &mut Errs) {

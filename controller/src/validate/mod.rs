@@ -96,6 +96,10 @@ pub fn admit(
         ("apps", "Deployment") => run::<Deployment>(input, kinds::deployment),
         ("apps", "ReplicaSet") => run::<ReplicaSet>(input, kinds::replica_set),
         ("apps", "DaemonSet") => run::<DaemonSet>(input, kinds::daemon_set),
+        ("batch", "Job") => run::<k8s_openapi::api::batch::v1::Job>(input, kinds::job),
+        ("policy", "PodDisruptionBudget") => {
+            run::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(input, kinds::pod_disruption_budget)
+        }
         _ => Err(AdmissionError::NoAdmission { kind: rt.kind }),
     }
 }

@@ -147,9 +147,10 @@ impl Writer {
             }
         }
         self.ensure_namespace(rt, ns)?;
+        // The uid first: admission may use it (a Job's generated selector).
+        meta::set(&mut body, "uid", json!(meta::new_uid()));
         let admitted = validate::admit(rt, body, dups, w.mode, None)?;
         let mut obj = admitted.object;
-        meta::set(&mut obj, "uid", json!(meta::new_uid()));
         meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
         if rt.generation {
             meta::set(&mut obj, "generation", json!(1));

@@ -313,8 +313,10 @@ fn jobs_budgets_and_evictions_through_kubectl() -> Result<()> {
     assert_eq!(code, 201, "{body}");
     let p = k.json(&["get", "pod", "web-1"])?;
     assert!(p["metadata"]["deletionTimestamp"].is_string(), "graceful: Terminating until its node stops it");
-    let b = k.json(&["get", "pdb", "web"])?;
-    assert!(b["status"]["disruptedPods"]["web-1"].is_string(), "{}", b["status"]);
+    // Terminating, it no longer counts as healthy (nor as disrupted: it is going).
+    wait_json(&k, &["get", "pdb", "web"], |b| {
+        b["status"]["currentHealthy"] == 0 && b["status"]["disruptionsAllowed"] == 0
+    })?;
     // Its node never reports; the force delete kubectl offers removes it.
     k.ok(&["delete", "pod", "web-1", "--grace-period=0", "--force"])?;
     assert!(k.run(&["get", "pod", "web-1"])?.status.code() == Some(1));

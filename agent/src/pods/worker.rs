@@ -667,9 +667,16 @@ impl<R: CriRuntime> Worker<R> {
     }
 
     /// Stops every container (SIGTERM, grace period, SIGKILL) and removes
-    /// the pod's sandboxes, volumes, logs and status.
+    /// the pod's sandboxes, volumes, logs and status. A controller's pod
+    /// that leaves the snapshot has stopped already (an ordinary deletion
+    /// arrives first as a grace period) or was force-deleted, which the
+    /// kubelet answers with a 1 s grace; a static pod whose file went gets
+    /// its own grace period.
     async fn teardown(&mut self, last: Option<&DesiredPod>) {
-        let grace = last.and_then(|d| d.pod.spec.termination_grace_period_seconds).unwrap_or(30);
+        let grace = match last {
+            Some(d) if d.source.starts_with(crate::fleet::CONTROLLER_PREFIX) => 1,
+            _ => last.and_then(|d| d.pod.spec.termination_grace_period_seconds).unwrap_or(30),
+        };
         let sandboxes = self.sandboxes();
         let mut stops = tokio::task::JoinSet::new();
         for s in &sandboxes {

@@ -87,10 +87,22 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 
 /// Copies one pipe into the log until every writer has closed it (the
 /// container has exited); lines are split at `\n`, long ones at MAX_LINE.
-pub async fn pump(fifo: PathBuf, stream: &'static str, writer: Option<Arc<Mutex<LogWriter>>>, tap: Tap) {
+/// The pipe is opened here, at once, and only the copying is left to the
+/// returned future: a process that writes and exits before the future first
+/// runs would otherwise take its output with it (a pipe's buffer goes with
+/// its last open end).
+pub fn pump(
+    fifo: PathBuf,
+    stream: &'static str,
+    writer: Option<Arc<Mutex<LogWriter>>>,
+    tap: Tap,
+) -> Option<impl std::future::Future<Output = ()>> {
     match pipe::OpenOptions::new().open_receiver(&fifo) {
-        Ok(rx) => pump_from(rx, &fifo, stream, writer, tap).await,
-        Err(e) => tracing::warn!(fifo = %fifo.display(), error = %e, "cannot read container output"),
+        Ok(rx) => Some(async move { pump_from(rx, &fifo, stream, writer, tap).await }),
+        Err(e) => {
+            tracing::warn!(fifo = %fifo.display(), error = %e, "cannot read container output");
+            None
+        }
     }
 }
 

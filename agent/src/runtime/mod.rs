@@ -358,8 +358,13 @@ impl Runtime {
             // pump, and a pipe no writer ever opens would be waited on forever.
             None if c.config.tty => {}
             None => {
-                tokio::spawn(logs::pump(dir.join("stdout"), "stdout", writer.clone(), Some((tap.clone(), 1))));
-                tokio::spawn(logs::pump(dir.join("stderr"), "stderr", writer, Some((tap, 2))));
+                let pumps = [
+                    logs::pump(dir.join("stdout"), "stdout", writer.clone(), Some((tap.clone(), 1))),
+                    logs::pump(dir.join("stderr"), "stderr", writer, Some((tap, 2))),
+                ];
+                for p in pumps.into_iter().flatten() {
+                    tokio::spawn(p);
+                }
             }
         }
         if let Some(pid) = c.pid {

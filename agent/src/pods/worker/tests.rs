@@ -336,6 +336,23 @@ async fn a_pre_stop_hook_cannot_use_up_the_whole_grace() {
     assert!(h.status().terminated);
 }
 
+/// A controller's pod that leaves the snapshot without having been
+/// deleted gracefully first was force-deleted: 1 s, as the kubelet.
+#[tokio::test(start_paused = true)]
+async fn a_force_deleted_pod_is_killed_at_once() {
+    let rt = FakeRuntime::new();
+    let mut d = pod(
+        serde_json::json!({"terminationGracePeriodSeconds": 300, "containers": [container("c", serde_json::json!({}))]}),
+    );
+    d.source = format!("{}default/p", crate::fleet::CONTROLLER_PREFIX);
+    let mut h = start(rt, d);
+    advance(2).await;
+    h.manager.set_desired(Vec::new());
+    advance(1).await;
+    assert!(h.manager.idle());
+    assert_eq!(h.times(|c| matches!(c, Call::StopContainer { timeout: 1, .. })), vec![2]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pod_left_with_only_its_status_file_is_forgotten_after_a_restart() {
     // A pod that never got a sandbox (its network was unavailable, say)

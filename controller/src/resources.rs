@@ -109,6 +109,7 @@ pub static RESOURCES: &[ResourceType] = &[
     res!("apps", "ReplicaSet", "replicasets", "replicaset", ["rs"], ns=true, status=true, scale=true, gen=true, all=true, fields=&["status.replicas"]),
     res!("apps", "DaemonSet", "daemonsets", "daemonset", ["ds"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("batch", "Job", "jobs", "job", [], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
+    res!("batch", "CronJob", "cronjobs", "cronjob", ["cj"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], ns=true, status=true, scale=false, gen=true, all=false, fields=&[]),
 ];
 

@@ -245,6 +245,11 @@ fn start_controllers(
     loops.spawn(runner::run(EndpointsController::new(client.clone())?, store.clone(), stop.clone()));
     loops.spawn(runner::run(crate::controllers::job::JobController::new(client.clone())?, store.clone(), stop.clone()));
     loops.spawn(runner::run(
+        crate::controllers::cronjob::CronJobController::new(client.clone())?,
+        store.clone(),
+        stop.clone(),
+    ));
+    loops.spawn(runner::run(
         crate::controllers::disruption::DisruptionController::new(client.clone())?,
         store.clone(),
         stop.clone(),

@@ -1795,6 +1795,81 @@ fn jobs_run_to_completion_or_to_their_backoff_limit() -> Result<()> {
     Ok(())
 }
 
+fn cron_job(name: &str, extra_spec: &str, command: &str) -> String {
+    format!(
+        "apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: '*/1 * * * *'
+{extra_spec}  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: main
+            image: kedge.local/busybox:latest
+            imagePullPolicy: IfNotPresent
+            command: [sh, -c, '{command}']
+"
+    )
+}
+
+/// CronJobs on a real agent: `*/1 * * * *` runs twice in about two minutes
+/// and keeps `successfulJobsHistoryLimit: 1` Job; beside it, one with
+/// `concurrencyPolicy: Forbid` whose run outlasts a minute gets no second
+/// Job while the first is active.
+#[test]
+fn cron_jobs_run_on_schedule() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    c.apply("tick", &cron_job("tick", "  successfulJobsHistoryLimit: 1\n", "echo tick"))?;
+    c.apply("slow", &cron_job("slow", "  concurrencyPolicy: Forbid\n", "sleep 100"))?;
+    let row = c.k.ok(&["get", "cronjob", "tick", "--no-headers"])?;
+    ensure!(row.split_whitespace().take(2).collect::<Vec<_>>() == ["tick", "*/1"], "kubectl get cronjob: {row}");
+    let created = |cj: &str| -> Result<usize> {
+        let ev = c.k.json(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={cj},reason=SuccessfulCreate"),
+        ])?;
+        Ok(ev["items"].as_array().map_or(0, |i| i.iter().map(|e| e["count"].as_u64().unwrap_or(1) as usize).sum()))
+    };
+    wait_for("two runs of tick", Duration::from_secs(150), || Ok((created("tick")? >= 2).then_some(())))?;
+    wait_for("the second run to finish and the first to leave the history", Duration::from_secs(60), || {
+        let jobs = c.k.json(&["get", "jobs"])?;
+        let ticks: Vec<&Value> = jobs["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == "tick")
+            .collect();
+        let done = ticks.iter().all(|j| j["status"]["succeeded"] == 1);
+        Ok((ticks.len() == 1 && done).then_some(()))
+    })?;
+    let cj = c.k.json(&["get", "cronjob", "tick"])?;
+    ensure!(cj["status"]["lastSuccessfulTime"].is_string(), "{}", cj["status"]);
+    // slow's first Job is still running (100 s) a minute or more after it started: no second one.
+    let slow: Vec<Value> = c.k.json(&["get", "jobs"])?["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["metadata"]["ownerReferences"][0]["name"] == "slow")
+        .cloned()
+        .collect();
+    ensure!(slow.len() == 1, "Forbid: one slow Job at a time, saw {}", slow.len());
+    ensure!(created("slow")? == 1, "Forbid: created once");
+    let cj = c.k.json(&["get", "cronjob", "slow"])?;
+    ensure!(cj["status"]["active"].as_array().is_some_and(|a| a.len() == 1), "{}", cj["status"]);
+    c.k.ok(&["delete", "cronjob", "tick", "slow"])?;
+    Ok(())
+}
+
 #[test]
 fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
     if !prerequisites() {

@@ -283,6 +283,33 @@ fn jobs_budgets_and_evictions_through_kubectl() -> Result<()> {
     k.ok(&["delete", "job", "once"])?;
     wait_json(&k, &["get", "pods"], |l| l["items"].as_array().is_some_and(Vec::is_empty))?;
 
+    // CronJobs: kubectl create cronjob (protobuf), a bad schedule refused
+    // naming the field, and a Job made from one by hand.
+    let out = k.ok(&[
+        "create",
+        "cronjob",
+        "every",
+        "--image=kedge.local/busybox:1",
+        "--schedule=*/5 * * * *",
+        "--",
+        "echo",
+        "hi",
+    ])?;
+    assert!(out.contains("cronjob.batch/every created"), "{out}");
+    let row = k.ok(&["get", "cronjob", "every", "--no-headers"])?;
+    assert!(row.starts_with("every") && row.contains("*/5 * * * *") && row.contains("false"), "{row}");
+    let err = k.fails(&["create", "cronjob", "bad", "--image=x", "--schedule=0 0 L * *"])?;
+    assert!(err.contains("spec.schedule") && err.contains("not standard cron"), "{err}");
+    let err = k.fails(&["create", "cronjob", "bad", "--image=x", "--schedule=61 * * * *"])?;
+    assert!(err.contains("spec.schedule"), "{err}");
+    let out = k.ok(&["create", "job", "by-hand", "--from=cronjob/every"])?;
+    assert!(out.contains("job.batch/by-hand created"), "{out}");
+    let j = k.json(&["get", "job", "by-hand"])?;
+    assert_eq!(j["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    assert_eq!(j["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+    k.ok(&["delete", "cronjob", "every"])?;
+    wait_json(&k, &["get", "jobs"], |l| l["items"].as_array().is_some_and(Vec::is_empty))?;
+
     let out = k.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=1"])?;
     assert!(out.contains("poddisruptionbudget.policy/web created"), "{out}");
     let b = wait_json(&k, &["get", "pdb", "web"], |b| b["status"]["observedGeneration"] == 1)?;

@@ -141,6 +141,7 @@ macro_rules! for_each_kind {
         $m!("apps", k8s_openapi::api::apps::v1::ReplicaSet);
         $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);
         $m!("batch", k8s_openapi::api::batch::v1::Job);
+        $m!("batch", k8s_openapi::api::batch::v1::CronJob);
         $m!("policy", k8s_openapi::api::policy::v1::PodDisruptionBudget);
     };
 }

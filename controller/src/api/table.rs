@@ -71,6 +71,18 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Images", "string", true),
             c("Selector", "string", true),
         ],
+        "CronJob" => vec![
+            c("Name", "string", false),
+            c("Schedule", "string", false),
+            c("Timezone", "string", false),
+            c("Suspend", "boolean", false),
+            c("Active", "integer", false),
+            c("Last Schedule", "string", false),
+            c("Age", "string", false),
+            c("Containers", "string", true),
+            c("Images", "string", true),
+            c("Selector", "string", true),
+        ],
         "PodDisruptionBudget" => vec![
             c("Name", "string", false),
             c("Min Available", "string", false),
@@ -357,6 +369,25 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(cn),
                 json!(im),
                 json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        "CronJob" => {
+            let (cn, im) = containers_images(o, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = match s(o, "/status/lastScheduleTime") {
+                Some(t) => age_of(Some(t)),
+                None => "<none>".into(),
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/schedule").unwrap_or_default()),
+                json!(none(s(o, "/spec/timeZone").map(str::to_owned))),
+                json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+                json!(arr(o, "/status/active").len()),
+                json!(last),
+                age,
+                json!(cn),
+                json!(im),
+                json!(selector_string(o, "/spec/jobTemplate/spec/selector")),
             ]
         }
         "PodDisruptionBudget" => {

@@ -567,6 +567,59 @@ pub fn job(j: &mut k8s_openapi::api::batch::v1::Job, old: Option<&k8s_openapi::a
     }
 }
 
+/// A CronJob: Kubernetes' defaults, a schedule and time zone that parse,
+/// and the Job template's own rules.
+pub fn cron_job(
+    c: &mut k8s_openapi::api::batch::v1::CronJob,
+    _old: Option<&k8s_openapi::api::batch::v1::CronJob>,
+    errs: &mut Errs,
+) {
+    let spec = c.spec.get_or_insert_with(Default::default);
+    spec.concurrency_policy.get_or_insert_with(|| "Allow".to_owned());
+    spec.suspend.get_or_insert(false);
+    spec.successful_jobs_history_limit.get_or_insert(3);
+    spec.failed_jobs_history_limit.get_or_insert(1);
+    one_of(errs, "spec.concurrencyPolicy", spec.concurrency_policy.as_deref(), &["Allow", "Forbid", "Replace"]);
+    if spec.schedule.trim().is_empty() {
+        errs.push(FieldError::required("spec.schedule"));
+    } else if let Err(e) = crate::controllers::cronjob::parse(&spec.schedule, None) {
+        errs.push(FieldError::invalid("spec.schedule", &spec.schedule, &e));
+    }
+    if let Some(tz) = spec.time_zone.as_deref() {
+        if jiff::tz::TimeZone::get(tz).is_err() {
+            errs.push(FieldError::invalid("spec.timeZone", tz, &format!("unknown time zone {tz}")));
+        }
+    }
+    for (path, v) in [
+        ("spec.startingDeadlineSeconds", spec.starting_deadline_seconds),
+        ("spec.successfulJobsHistoryLimit", spec.successful_jobs_history_limit.map(i64::from)),
+        ("spec.failedJobsHistoryLimit", spec.failed_jobs_history_limit.map(i64::from)),
+    ] {
+        if let Some(v) = v.filter(|v| *v < 0) {
+            errs.push(FieldError::invalid(path, v, "must be greater than or equal to 0"));
+        }
+    }
+    let jt = spec.job_template.spec.get_or_insert_with(Default::default);
+    jt.backoff_limit.get_or_insert(6);
+    jt.completion_mode.get_or_insert_with(|| "NonIndexed".to_owned());
+    jt.suspend.get_or_insert(false);
+    if jt.completions.is_none() && jt.parallelism.is_none() {
+        jt.completions = Some(1);
+    }
+    jt.parallelism.get_or_insert(1);
+    let tspec = jt.template.spec.get_or_insert_with(Default::default);
+    default_pod_spec(tspec);
+    validate_pod_spec(errs, "spec.jobTemplate.spec.template.spec", tspec);
+    let rp = tspec.restart_policy.as_deref();
+    if !matches!(rp, Some("Never" | "OnFailure")) {
+        errs.push(FieldError::not_supported(
+            "spec.jobTemplate.spec.template.spec.restartPolicy",
+            rp.unwrap_or_default(),
+            &["OnFailure", "Never"],
+        ));
+    }
+}
+
 // ------------------------------------------------------ disruption budgets
 
 pub fn pod_disruption_budget(

@@ -110,11 +110,13 @@ pub static RESOURCES: &[ResourceType] = &[
     res!("apps", "DaemonSet", "daemonsets", "daemonset", ["ds"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("batch", "Job", "jobs", "job", [], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("batch", "CronJob", "cronjobs", "cronjob", ["cj"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
+    res!("coordination.k8s.io", "Lease", "leases", "lease", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], ns=true, status=true, scale=false, gen=true, all=false, fields=&[]),
 ];
 
 /// The API groups served, with their one version each.
-pub const GROUPS: &[(&str, &str)] = &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("policy", "v1")];
+pub const GROUPS: &[(&str, &str)] =
+    &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1"), ("policy", "v1")];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -190,12 +190,20 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let config = ApiConfig { token: tls.as_ref().map(|m| m.token.clone()), ..ApiConfig::default() };
     let telemetry =
         Arc::new(crate::telemetry::Telemetry::new(store.clone(), relay.clone().map(|r| (fleet_state.clone(), r))));
-    let state = Arc::new(ApiState { store: store.clone(), writer, config, shutdown: rx.clone(), relay, telemetry });
+    let liveness = opts.fleet.as_ref().map(|_| fleet_state.clone() as Arc<dyn Liveness>);
+    let state = Arc::new(ApiState {
+        store: store.clone(),
+        writer,
+        config,
+        shutdown: rx.clone(),
+        relay,
+        telemetry,
+        liveness: liveness.clone(),
+    });
     let app = api::router(state);
     // With the fleet link, the node lifecycle also looks at every node when
     // presence changes somewhere.
     let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());
-    let liveness = opts.fleet.as_ref().map(|_| fleet_state as Arc<dyn Liveness>);
     start_controllers(&mut loops, client, &opts, liveness, presence, rx.clone())?;
     let mut stop = rx;
     let task = match tls {

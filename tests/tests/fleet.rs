@@ -1867,6 +1867,25 @@ fn cron_jobs_run_on_schedule() -> Result<()> {
     let cj = c.k.json(&["get", "cronjob", "slow"])?;
     ensure!(cj["status"]["active"].as_array().is_some_and(|a| a.len() == 1), "{}", cj["status"]);
     c.k.ok(&["delete", "cronjob", "tick", "slow"])?;
+
+    // The node's Lease, as kubectl describe node shows it: renewed from the
+    // fleet's liveness in memory, never rewritten in the store.
+    let d = c.k.ok(&["describe", "node", "n1"])?;
+    let lease: String = d.lines().skip_while(|l| !l.starts_with("Lease:")).take(4).collect::<Vec<_>>().join("\n");
+    ensure!(
+        lease.contains("HolderIdentity:  n1")
+            && lease.contains("RenewTime:")
+            && !lease.contains("RenewTime:       <unset>"),
+        "kubectl describe node: {lease}"
+    );
+    let l1 = c.k.json(&["get", "lease", "n1", "-n", "kube-node-lease"])?;
+    let renewed: jiff::Timestamp = l1["spec"]["renewTime"].as_str().context("renewTime")?.parse()?;
+    let age = jiff::Timestamp::now().as_second() - renewed.as_second();
+    ensure!((0..=90).contains(&age), "renewed {age} s ago");
+    ensure!(l1["metadata"]["ownerReferences"][0]["kind"] == "Node", "{}", l1["metadata"]);
+    std::thread::sleep(Duration::from_secs(5));
+    let l2 = c.k.json(&["get", "lease", "n1", "-n", "kube-node-lease"])?;
+    ensure!(l1["metadata"]["resourceVersion"] == l2["metadata"]["resourceVersion"], "the Lease is not rewritten");
     Ok(())
 }
 

@@ -63,6 +63,9 @@ pub struct ApiState {
     pub relay: Option<Arc<crate::fleet::relay::Relay>>,
     /// `/metrics`, and the API's own counters.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// The fleet's liveness, in memory: the `renewTime` of the nodes'
+    /// Leases is read from it (`None` without a fleet link).
+    pub liveness: Option<Arc<dyn crate::controllers::nodelifecycle::Liveness>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {

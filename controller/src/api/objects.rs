@@ -59,8 +59,23 @@ pub(super) fn object_body(headers: &axum::http::HeaderMap, bytes: &[u8]) -> Resu
     }
 }
 
+/// A node's Lease as it is now: `renewTime` is the node's last sign of life
+/// from the fleet (kept in memory, not written per heartbeat).
+fn renewed(st: &ApiState, rt: &ResourceType, mut obj: Value) -> Value {
+    let node_lease = rt.kind == "Lease"
+        && meta::get_str(&obj, "namespace") == Some(crate::controllers::nodelifecycle::NODE_LEASE_NAMESPACE);
+    if let (true, Some(l)) = (node_lease, &st.liveness) {
+        let node = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
+        if let Some(t) = l.heartbeat(&node).and_then(|s| jiff::Timestamp::from_second(s).ok()) {
+            obj["spec"]["renewTime"] = json!(t.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string());
+        }
+    }
+    obj
+}
+
 pub fn get(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let obj = st.store.get(&key(t))?.ok_or_else(|| ApiError::not_found(&t.rt.qualified(), name_of(t)))?;
+    let obj = renewed(st, t.rt, obj);
     let body = match t.sub.as_deref() {
         Some("scale") => scale_of(t.rt, &obj),
         _ if r.wants_table() => {
@@ -120,7 +135,7 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
             }
             break;
         }
-        selected.push(item);
+        selected.push(renewed(st, t.rt, item));
     }
     let rv = rev.to_string();
     let body = if r.wants_table() {

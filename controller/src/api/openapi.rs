@@ -142,6 +142,7 @@ macro_rules! for_each_kind {
         $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);
         $m!("batch", k8s_openapi::api::batch::v1::Job);
         $m!("batch", k8s_openapi::api::batch::v1::CronJob);
+        $m!("coordination.k8s.io", k8s_openapi::api::coordination::v1::Lease);
         $m!("policy", k8s_openapi::api::policy::v1::PodDisruptionBudget);
     };
 }

@@ -83,6 +83,7 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Images", "string", true),
             c("Selector", "string", true),
         ],
+        "Lease" => vec![c("Name", "string", false), c("Holder", "string", false), c("Age", "string", false)],
         "PodDisruptionBudget" => vec![
             c("Name", "string", false),
             c("Min Available", "string", false),
@@ -390,6 +391,7 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(selector_string(o, "/spec/jobTemplate/spec/selector")),
             ]
         }
+        "Lease" => vec![name, json!(s(o, "/spec/holderIdentity").unwrap_or_default()), age],
         "PodDisruptionBudget" => {
             let bound = |ptr: &str| match o.pointer(ptr) {
                 Some(Value::String(s)) => s.clone(),

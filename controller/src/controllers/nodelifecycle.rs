@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, PodCondition, Taint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::events;
 use super::runner::{Action, Reconcile};
@@ -295,6 +295,47 @@ impl NodeLifecycle {
     }
 }
 
+/// The namespace of the nodes' Leases.
+pub const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
+
+impl NodeLifecycle {
+    /// Each Node has its Lease in `kube-node-lease` (owned by the Node, so
+    /// it goes with it), written once: its `renewTime` is read from the
+    /// fleet's liveness when a client asks (`api/objects.rs`), never written
+    /// per heartbeat (design.md §3).
+    fn ensure_lease(&self, node: &Node) -> Result<(), ControllerError> {
+        use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if self.client.get::<Lease>(NODE_LEASE_NAMESPACE, &name)?.is_some() {
+            return Ok(());
+        }
+        let mut owner = super::podutil::owner_ref("v1", "Node", &node.metadata);
+        owner.controller = None;
+        owner.block_owner_deletion = None;
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            jiff::Timestamp::from_second(self.cfg.clock.now()).unwrap_or_default(),
+        );
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(NODE_LEASE_NAMESPACE.into()),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(name),
+                lease_duration_seconds: i32::try_from(self.cfg.grace.as_secs()).ok(),
+                renew_time: Some(now),
+                ..Default::default()
+            }),
+        };
+        match self.client.create(&lease) {
+            Ok(_) | Err(ControllerError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Reconcile for NodeLifecycle {
     fn name(&self) -> &'static str {
         "node-lifecycle"
@@ -332,6 +373,7 @@ impl Reconcile for NodeLifecycle {
             }
             return Ok(Action::Done);
         };
+        self.ensure_lease(&node)?;
         if node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()).is_none_or(str::is_empty) {
             match self.allocate_cidr(&self.client.list::<Node>(None)?) {
                 Ok(cidr) => {

@@ -620,6 +620,20 @@ pub fn cron_job(
     }
 }
 
+pub fn lease(
+    l: &mut k8s_openapi::api::coordination::v1::Lease,
+    _old: Option<&k8s_openapi::api::coordination::v1::Lease>,
+    errs: &mut Errs,
+) {
+    let spec = l.spec.get_or_insert_with(Default::default);
+    if let Some(d) = spec.lease_duration_seconds.filter(|d| *d <= 0) {
+        errs.push(FieldError::invalid("spec.leaseDurationSeconds", d, "must be greater than 0"));
+    }
+    if let Some(t) = spec.lease_transitions.filter(|t| *t < 0) {
+        errs.push(FieldError::invalid("spec.leaseTransitions", t, "must be greater than or equal to 0"));
+    }
+}
+
 // ------------------------------------------------------ disruption budgets
 
 pub fn pod_disruption_budget(

@@ -97,6 +97,7 @@ pub fn admit(
         ("apps", "ReplicaSet") => run::<ReplicaSet>(input, kinds::replica_set),
         ("apps", "DaemonSet") => run::<DaemonSet>(input, kinds::daemon_set),
         ("batch", "Job") => run::<k8s_openapi::api::batch::v1::Job>(input, kinds::job),
+        ("coordination.k8s.io", "Lease") => run::<k8s_openapi::api::coordination::v1::Lease>(input, kinds::lease),
         ("batch", "CronJob") => run::<k8s_openapi::api::batch::v1::CronJob>(input, kinds::cron_job),
         ("policy", "PodDisruptionBudget") => {
             run::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(input, kinds::pod_disruption_budget)

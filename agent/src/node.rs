@@ -368,7 +368,10 @@ impl<R: CriRuntime> Node<R> {
         let Some(l) = self.link.as_mut() else { return };
         let rt = self.manager.runtime();
         let views = status::views(&rt.sandbox_records(), &rt.container_records(), &self.manager.statuses(), false);
-        let pods: Vec<_> = self.controller.pods.iter().map(|d| d.pod.clone()).collect();
+        // The static pods' status goes with the controller's pods' (the
+        // controller shows them as mirror pods), their spec beside it.
+        let statics: Vec<_> = self.static_pods.iter().map(|d| d.pod.clone()).collect();
+        let pods: Vec<_> = self.controller.pods.iter().map(|d| d.pod.clone()).chain(statics.iter().cloned()).collect();
         let mut r = report::build(
             &l.machine,
             &self.cfg.node,
@@ -379,6 +382,7 @@ impl<R: CriRuntime> Node<R> {
             &views,
         );
         r.network = network;
+        r.static_pods = statics.into_iter().map(report::without_secrets).collect();
         for ev in fleet::events_between(l.last.as_ref(), &r) {
             l.handle.push_event(ev);
         }

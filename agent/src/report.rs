@@ -181,6 +181,25 @@ fn container_report(c: &ContainerView) -> ContainerReport {
     }
 }
 
+/// A static pod as its mirror pod shows it: the report is signed but not
+/// sealed (anyone on the broker may read it), so the values of `env`
+/// literals and the contents of inline volume files stay on the node;
+/// names, images, commands and the rest go.
+pub fn without_secrets(mut pod: Pod) -> Pod {
+    for c in pod.spec.containers.iter_mut().chain(pod.spec.init_containers.iter_mut()) {
+        for e in &mut c.env {
+            e.value.clear();
+        }
+    }
+    for v in &mut pod.spec.volumes {
+        for d in [v.config_map.as_mut(), v.secret.as_mut()].into_iter().flatten() {
+            d.data.clear();
+            d.binary_data.clear();
+        }
+    }
+    pod
+}
+
 /// One pod's report: from its view when the node has started on it, else Pending.
 pub fn pod_report(pod: &Pod, view: Option<&PodView>, host_ip: Option<&str>) -> PodReport {
     let meta = &pod.metadata;
@@ -249,6 +268,7 @@ pub fn build(
         network: Default::default(),
         rejected: 0,
         seq: 0,
+        static_pods: Vec::new(),
     }
 }
 

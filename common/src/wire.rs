@@ -56,6 +56,10 @@ pub struct NodeReport {
     /// only if it is newer than the newest it took (no replays).
     #[serde(default)]
     pub seq: u64,
+    /// The static pods this node runs from its manifest folder, shown in the
+    /// API as mirror pods (their status is in `pods`, under the same uid).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub static_pods: Vec<Pod>,
 }
 
 /// Whether the node's pods can have addresses.

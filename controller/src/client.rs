@@ -120,6 +120,18 @@ impl Client {
         Ok(())
     }
 
+    /// Creates an object of any served kind from its JSON, with `opts`'
+    /// field validation.
+    pub fn create_raw(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        body: Value,
+        opts: WriteOpts,
+    ) -> Result<Value, ControllerError> {
+        Ok(self.writer.create(rt, ns, body, &[], opts)?.0)
+    }
+
     /// An object of any served kind, as stored.
     pub fn get_raw(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Option<Value>, ControllerError> {
         Ok(self.store().get(&Key::new(rt.id, ns, name))?)

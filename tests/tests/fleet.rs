@@ -1827,6 +1827,7 @@ fn cron_jobs_run_on_schedule() -> Result<()> {
         return Ok(());
     }
     let Some(c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    c.agent("n1").write_manifest("static-web.yaml", STATIC_WEB)?;
     c.apply("tick", &cron_job("tick", "  successfulJobsHistoryLimit: 1\n", "echo tick"))?;
     c.apply("slow", &cron_job("slow", "  concurrencyPolicy: Forbid\n", "sleep 100"))?;
     let row = c.k.ok(&["get", "cronjob", "tick", "--no-headers"])?;
@@ -1886,6 +1887,56 @@ fn cron_jobs_run_on_schedule() -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     let l2 = c.k.json(&["get", "lease", "n1", "-n", "kube-node-lease"])?;
     ensure!(l1["metadata"]["resourceVersion"] == l2["metadata"]["resourceVersion"], "the Lease is not rewritten");
+    mirror_pods(&c)
+}
+
+const STATIC_WEB: &str = "apiVersion: v1
+kind: Pod
+metadata: {name: static-web, labels: {app: static-web}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: kedge.local/busybox:latest
+    imagePullPolicy: IfNotPresent
+    command: [sleep, '3600']
+    env: [{name: PASSWORD, value: hunter2}]
+";
+
+/// A static pod shows in the API as its mirror pod `NAME-NODE`, with its
+/// status, owned by its Node; the mirror is read-only, deleting it does not
+/// stop the static pod (the mirror comes back), and it goes with the file.
+/// What stays on the node: env values (reports cross the broker unsealed).
+fn mirror_pods(c: &Cluster) -> Result<()> {
+    let p = wait_for("the mirror pod static-web-n1 Running", Duration::from_secs(60), || {
+        let o = c.k.run(&["get", "pod", "static-web-n1", "-o", "json"])?;
+        let p: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        Ok((p["status"]["phase"] == "Running").then_some(p))
+    })?;
+    ensure!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string(), "{}", p["metadata"]);
+    ensure!(p["metadata"]["ownerReferences"][0]["kind"] == "Node", "{}", p["metadata"]);
+    ensure!(p["spec"]["nodeName"] == "n1" && p["metadata"]["labels"]["app"] == "static-web", "{p}");
+    ensure!(
+        p["spec"]["containers"][0]["env"][0]["value"].as_str().unwrap_or("") != "hunter2",
+        "env values stay on the node"
+    );
+    let pid = |c: &Cluster| -> Result<i64> { Ok(c.on_node("n1", "static-web-n1")?.first().map_or(0, |x| x.2)) };
+    let before = pid(c)?;
+    ensure!(before > 0, "the static pod runs");
+    let e = c.k.fails(&["annotate", "pod", "static-web-n1", "kubernetes.io/config.mirror-"])?;
+    ensure!(e.contains("mirror"), "removing the mirror annotation is refused: {e}");
+    let uid = p["metadata"]["uid"].clone();
+    c.k.ok(&["delete", "pod", "static-web-n1"])?;
+    wait_for("the mirror pod back", Duration::from_secs(20), || {
+        let o = c.k.run(&["get", "pod", "static-web-n1", "-o", "json"])?;
+        let p: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        Ok((p["metadata"]["uid"].is_string() && p["metadata"]["uid"] != uid).then_some(()))
+    })?;
+    ensure!(pid(c)? == before, "the static pod did not stop");
+    std::fs::remove_file(c.agent("n1").manifests.join("static-web.yaml"))?;
+    wait_for("the mirror pod to go with the file", Duration::from_secs(60), || {
+        Ok((c.k.run(&["get", "pod", "static-web-n1"])?.status.code() == Some(1)).then_some(()))
+    })?;
     Ok(())
 }
 

@@ -95,6 +95,10 @@ impl DesiredPublisher {
         let mut namespaces = HashSet::new();
         for p in &pods {
             let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+            // A mirror pod shows what the node runs already (a static pod).
+            if p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(super::mirror::MIRROR)) {
+                continue;
+            }
             if wanted.contains(n) {
                 if let Some(list) = by_node.get_mut(n) {
                     list.push(p);

@@ -42,6 +42,8 @@ pub struct Ingest {
     /// The newest verified report of each node over its report rate, taken
     /// in at the next tick its rate allows (a newer one replaces it).
     waiting: BTreeMap<String, NodeReport>,
+    /// Each node's static pods, as mirror pods.
+    mirrors: Arc<super::mirror::Mirrors>,
 }
 /// The `kubernetes.io`/`k8s.io` labels a node may set on its own Node, as
 /// Kubernetes' NodeRestriction admission allows a kubelet
@@ -303,7 +305,13 @@ fn pod_status(r: &wire::PodReport, host_ip: Option<&str>, old: Option<&PodStatus
 }
 
 impl Ingest {
-    pub fn new(client: Client, opts: FleetOptions, state: Arc<FleetState>, joins: Joins) -> Ingest {
+    pub fn new(
+        client: Client,
+        opts: FleetOptions,
+        state: Arc<FleetState>,
+        joins: Joins,
+        mirrors: Arc<super::mirror::Mirrors>,
+    ) -> Ingest {
         Ingest {
             client,
             opts,
@@ -312,6 +320,7 @@ impl Ingest {
             joins,
             dropped: BTreeMap::new(),
             waiting: BTreeMap::new(),
+            mirrors,
         }
     }
 
@@ -469,6 +478,9 @@ impl Ingest {
         // The node is alive whatever becomes of its pods' status below.
         self.state.set_report(node, dashboard::ReportSummary::of(&r));
         let host_ip = r.addresses.iter().find(|(t, _)| t == "InternalIP").map(|(_, a)| a.as_str());
+        if let Err(e) = self.mirrors.report(&self.client, &n, r.static_pods.clone()) {
+            tracing::warn!(%node, error = %e, "mirror pods not brought in step");
+        }
         for pr in &r.pods {
             if let Err(e) = self.pod_report(node, pr, host_ip) {
                 tracing::warn!(%node, pod = %format!("{}/{}", pr.namespace, pr.name), error = %e, "pod status from the report not written");
@@ -482,7 +494,10 @@ impl Ingest {
     fn pod_report(&self, node: &str, pr: &wire::PodReport, host_ip: Option<&str>) -> Result<(), ControllerError> {
         {
             let Some(mut pod) = self.client.get::<Pod>(&pr.namespace, &pr.name)? else { return Ok(()) };
-            if pod.metadata.uid.as_deref() != Some(pr.uid.as_str())
+            // A mirror pod's status is its static pod's (the node's uid for it).
+            let mirrored =
+                pod.metadata.annotations.as_ref().and_then(|a| a.get(super::mirror::MIRROR)) == Some(&pr.uid);
+            if (pod.metadata.uid.as_deref() != Some(pr.uid.as_str()) && !mirrored)
                 || pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(node)
             {
                 return Ok(()); // a report about an older pod of that name
@@ -571,6 +586,7 @@ mod tests {
             FleetOptions::default(),
             FleetState::new(std::time::Duration::from_secs(60)),
             joins,
+            Default::default(),
         );
         let labels = |extra: &[(&str, &str)]| -> BTreeMap<String, String> {
             let mut l = BTreeMap::from([("kubernetes.io/arch".to_owned(), "arm64".to_owned())]);
@@ -689,7 +705,7 @@ mod tests {
         let ckey = Arc::new(kedge_common::sign::SigningKey::generate().expect("key").0);
         let joins = Joins::new(client.clone(), dir.path().join("tokens"), ckey, mqtt, "kedge".into(), 1 << 20);
         let state = FleetState::new(std::time::Duration::from_secs(60));
-        let mut again = Ingest::new(client.clone(), FleetOptions::default(), state, joins);
+        let mut again = Ingest::new(client.clone(), FleetOptions::default(), state, joins, Default::default());
         again.handle("kedge/v1/nodes/n1/events", &ev(4));
         again.handle("kedge/v1/nodes/n1/events", &ev(3));
         assert_eq!(events(), 2, "taken before the restart: dropped");
@@ -708,7 +724,7 @@ mod tests {
         let ckey = Arc::new(SigningKey::generate().expect("key").0);
         let joins = Joins::new(client.clone(), dir.path().join("tokens"), ckey, mqtt, "kedge".into(), 1 << 20);
         let state = FleetState::new(std::time::Duration::from_secs(60));
-        let ingest = Ingest::new(client.clone(), FleetOptions::default(), state.clone(), joins);
+        let ingest = Ingest::new(client.clone(), FleetOptions::default(), state.clone(), joins, Default::default());
         let (k1, _) = SigningKey::generate().expect("key");
         let (k2, _) = SigningKey::generate().expect("key");
         for (name, key) in [("n1", &k1), ("n2", &k2)] {

@@ -18,6 +18,7 @@ pub mod dashboard;
 pub mod desired;
 pub mod ingest;
 pub mod join;
+pub mod mirror;
 pub mod network;
 pub mod relay;
 pub mod trust;
@@ -371,7 +372,13 @@ pub async fn start(
     );
     let relay =
         relay::Relay::new(mqtt.clone(), opts.prefix.clone(), key, state.clone(), client.clone(), opts.max_payload);
-    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone(), joins);
+    let mirrors = Arc::new(mirror::Mirrors::default());
+    tasks.spawn(runner::run(
+        mirror::MirrorController::new(client.clone(), mirrors.clone())?,
+        client.store().clone(),
+        stop.clone(),
+    ));
+    let ingest = ingest::Ingest::new(client, opts.clone(), state.clone(), joins, mirrors);
     tasks.spawn(link(eventloop, mqtt, ingest, relay.clone(), opts, state.clone(), broker.clone(), stop));
     Ok(Fleet { state, broker, broker_tls, relay })
 }

@@ -310,6 +310,8 @@ fn qos_class(s: &PodSpec) -> &'static str {
     }
 }
 
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
     let spec = p.spec.get_or_insert_with(Default::default);
     default_pod_spec(spec);
@@ -321,6 +323,17 @@ pub fn pod(p: &mut Pod, old: Option<&Pod>, errs: &mut Errs) {
             status.qos_class.get_or_insert_with(|| qos_class(spec).to_owned());
         }
         Some(old) => {
+            // A mirror pod stays what its node made (Kubernetes: the mirror
+            // annotation may not change, nor, then, the spec).
+            let mirror = |p: &Pod| p.metadata.annotations.as_ref().and_then(|a| a.get(MIRROR_ANNOTATION)).cloned();
+            if mirror(old) != mirror(p) {
+                errs.push(FieldError::forbidden(
+                    format!("metadata.annotations[{MIRROR_ANNOTATION}]"),
+                    "may not add, remove or change the mirror pod annotation",
+                ));
+            } else if mirror(old).is_some() && old.spec != p.spec {
+                errs.push(FieldError::forbidden("spec", "a mirror pod is read-only: edit its static pod on its node"));
+            }
             // Kubernetes lets an update change only images, activeDeadlineSeconds,
             // tolerations (additions) and an unset nodeName (binding).
             let strip = |s: &PodSpec| {

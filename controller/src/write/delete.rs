@@ -65,7 +65,9 @@ pub fn grace_period(obj: &Value, requested: Option<i64>) -> i64 {
     }
     let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     let finished = matches!(obj.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed"));
-    if !bound || finished {
+    // A mirror pod has nothing to stop (its static pod runs on).
+    let mirror = obj.pointer("/metadata/annotations/kubernetes.io~1config.mirror").is_some();
+    if !bound || finished || mirror {
         return 0;
     }
     let grace =

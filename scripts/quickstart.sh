@@ -93,7 +93,8 @@ if [ "$(id -u)" -eq 0 ]; then
   kubectl get pods -n hello -o wide
   "${AGENT[@]}" ps
   AGENT_MSG="  kubectl logs -n hello deploy/hello -f        # read on the node, through the broker
-kedge-agent (node $NODE, pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log) runs the Deployment's pods and the static pod examples/static-pod.yaml:
+kedge-agent (node $NODE, pid $(cat "$AGENT_PIDFILE"), log $DATA/agent.log) runs the Deployment's pods and the static pod
+examples/static-pod.yaml (its mirror pod: kubectl get pod hello-$NODE):
   ${AGENT[*]} ps
   ${AGENT[*]} logs hello greeter -f
 Watch the fleet as a dashboard would: mosquitto_sub -h ${MQTT%:*} -p ${MQTT##*:} -t 'kedge/v1/fleet/#' -v"

@@ -46,6 +46,8 @@ pub struct Scheduler {
     placed: HashMap<Key, (String, PodNeeds)>,
     /// Pods that fit nowhere, waiting for a change.
     waiting: HashSet<Key>,
+    /// Placed pods with required pod anti-affinity (which may refuse others).
+    anti: HashSet<Key>,
 }
 
 fn wants_scheduling(pod: &Value) -> bool {
@@ -78,10 +80,12 @@ impl Scheduler {
             nodes: BTreeMap::new(),
             placed: HashMap::new(),
             waiting: HashSet::new(),
+            anti: HashSet::new(),
         })
     }
 
     fn unplace(&mut self, key: &Key) -> bool {
+        self.anti.remove(key);
         if let Some((node, needs)) = self.placed.remove(key) {
             if let Some(e) = self.nodes.get_mut(&node) {
                 e.usage.remove(&needs);
@@ -98,6 +102,9 @@ impl Scheduler {
             .or_insert_with(|| NodeEntry { info: None, usage: NodeUsage::default() })
             .usage
             .add(&needs);
+        if needs.terms.as_ref().is_some_and(|t| !t.anti_affinity.is_empty()) {
+            self.anti.insert(key.clone());
+        }
         self.placed.insert(key, (node.to_owned(), needs));
     }
 
@@ -195,6 +202,7 @@ impl Reconcile for Scheduler {
     fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         self.nodes.clear();
         self.placed.clear();
+        self.anti.clear();
         let (nodes, _) = self.client.store().list(self.node_id, None, None)?;
         for n in &nodes {
             let name = n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -272,6 +280,31 @@ impl Reconcile for Scheduler {
 }
 
 impl Scheduler {
+    /// What the placed pods mean for `needs` (`model::interpod`).
+    fn verdicts(&self, needs: &PodNeeds) -> Result<model::interpod::Verdicts, ControllerError> {
+        use model::interpod::{NamespaceLabels, Placed, Verdicts};
+        fn placed_of<'a>(
+            nodes: &'a BTreeMap<String, NodeEntry>,
+            (node, pod): &'a (String, PodNeeds),
+        ) -> Option<Placed<'a>> {
+            let info = nodes.get(node)?.info.as_ref()?;
+            Some(Placed { node: node.as_str(), node_labels: &info.labels, pod })
+        }
+        let nodes_map = &self.nodes;
+        let holders = || self.anti.iter().filter_map(|k| self.placed.get(k)).filter_map(|p| placed_of(nodes_map, p));
+        let wants_ns = needs.terms.as_ref().is_some_and(|t| t.uses_namespace_selector())
+            || holders().any(|p| p.pod.terms.as_ref().is_some_and(|t| t.uses_namespace_selector()));
+        let mut ns_labels = NamespaceLabels::new();
+        if wants_ns {
+            for ns in self.client.list::<k8s_openapi::api::core::v1::Namespace>(None)? {
+                ns_labels.insert(ns.metadata.name.unwrap_or_default(), ns.metadata.labels.unwrap_or_default());
+            }
+        }
+        let nodes: Vec<&NodeInfo> = self.nodes.values().filter_map(|e| e.info.as_ref()).collect();
+        let placed = self.placed.values().filter_map(|p| placed_of(nodes_map, p));
+        Ok(Verdicts::new(needs, &nodes, placed, holders(), &ns_labels))
+    }
+
     /// Picks a node for the pod at `key` and holds its resources there in the
     /// cache (`Some(node)`), or records why it fits nowhere (`None`).
     fn decide(&mut self, key: &Key) -> Result<Option<String>, ControllerError> {
@@ -283,24 +316,36 @@ impl Scheduler {
         };
         let pod: Pod = serde_json::from_value(raw).map_err(|source| ControllerError::Decode { kind: "Pod", source })?;
         let needs = PodNeeds::from_pod(&pod);
+        // Inter-pod affinity and topology spread: worked out once, only when
+        // the pod has such terms or a placed pod's anti-affinity may refuse it.
+        let verdicts = (needs.terms.is_some() || !self.anti.is_empty()).then(|| self.verdicts(&needs)).transpose()?;
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut feasible: Vec<(&NodeInfo, &NodeUsage)> = Vec::new();
         let mut known = 0;
         for e in self.nodes.values() {
             let Some(info) = &e.info else { continue };
             known += 1;
-            match model::filter(info, &e.usage, &needs) {
+            let passed = model::filter(info, &e.usage, &needs).and_then(|()| {
+                verdicts.as_ref().map_or(Ok(()), |v| v.filter(info, &needs).map_err(|r| vec![r.to_owned()]))
+            });
+            match passed {
                 Ok(()) => feasible.push((info, &e.usage)),
                 Err(rs) => rs.into_iter().for_each(|r| *reasons.entry(r).or_insert(0) += 1),
             }
         }
-        let max_same =
-            needs.owner.as_ref().map(|o| feasible.iter().map(|(_, u)| u.of_owner(*o)).max().unwrap_or(0)).unwrap_or(0);
+        // Explicit spread constraints replace the default spreading of an owner's replicas.
+        let explicit_spread = needs.terms.as_ref().is_some_and(|t| !t.spread.is_empty());
+        let max_same = match needs.owner.as_ref() {
+            Some(o) if !explicit_spread => feasible.iter().map(|(_, u)| u.of_owner(*o)).max().unwrap_or(0) + 1,
+            _ => 0,
+        };
+        let extra = model::weighted_scores(&feasible, &needs, verdicts.as_ref());
         // Ties go to the node holding fewer pods, then by name.
         let best = feasible
             .iter()
-            .map(|(n, u)| {
-                (model::score(n, u, &needs, max_same + 1), -u.requested.pods, std::cmp::Reverse(n.name.as_str()))
+            .zip(extra)
+            .map(|((n, u), x)| {
+                (model::score(n, u, &needs, max_same) + x, -u.requested.pods, std::cmp::Reverse(n.name.as_str()))
             })
             .max()
             .map(|(_, _, std::cmp::Reverse(name))| name.to_owned());

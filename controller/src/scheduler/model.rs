@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, Taint, Toleration,
+};
 
 use kedge_common::quantity;
 
@@ -67,6 +69,12 @@ pub struct PodNeeds {
     pub tolerations: Vec<Toleration>,
     /// The controller owner (a hash of its uid), to spread replicas.
     pub owner: Option<u64>,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// `preferredDuringSchedulingIgnoredDuringExecution` node affinity.
+    pub preferred: Vec<(i32, NodeSelectorTerm)>,
+    /// Inter-pod (anti-)affinity and topology spread, when it has any.
+    pub terms: Option<Box<interpod::PodTerms>>,
 }
 
 const DEFAULT_CPU_MILLI: i128 = 100;
@@ -109,6 +117,15 @@ impl PodNeeds {
                 .and_then(|n| n.required_during_scheduling_ignored_during_execution.clone()),
             tolerations: spec.tolerations.clone().unwrap_or_default(),
             owner: crate::controllers::podutil::controller_ref(&p.metadata).map(|r| owner_key(&r.uid)),
+            namespace: p.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            preferred: (spec.affinity.as_ref().and_then(|a| a.node_affinity.as_ref()))
+                .and_then(|n| n.preferred_during_scheduling_ignored_during_execution.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| (t.weight, t.preference))
+                .collect(),
+            terms: interpod::of_pod(p, p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
         }
     }
 }
@@ -215,16 +232,24 @@ fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool
     }
 }
 
+fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or_default();
+    let fields = term.match_fields.as_deref().unwrap_or_default();
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    exprs.iter().all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
+        && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
+}
+
 fn affinity_matches(sel: &NodeSelector, node: &NodeInfo) -> bool {
-    sel.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or_default();
-        let fields = term.match_fields.as_deref().unwrap_or_default();
-        if exprs.is_empty() && fields.is_empty() {
-            return false;
-        }
-        exprs.iter().all(|r| requirement_matches(r, node.labels.get(&r.key).map(String::as_str)))
-            && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
-    })
+    sel.node_selector_terms.iter().any(|term| term_matches(term, node))
+}
+
+/// kube-scheduler's `NodeAffinity` score before normalising: the weights of
+/// the preferred terms the node matches.
+pub fn preferred_node_affinity(node: &NodeInfo, pod: &PodNeeds) -> i64 {
+    pod.preferred.iter().filter(|(_, t)| term_matches(t, node)).map(|(w, _)| i64::from(*w)).sum()
 }
 
 /// The taint a node carries while its Ready condition is not True.
@@ -289,6 +314,43 @@ pub fn unschedulable_message(total: usize, reasons: &BTreeMap<String, usize>) ->
     format!("0/{total} nodes are available: {}.", parts.join(", "))
 }
 
+/// The scores of kube-scheduler's `NodeAffinity` (preferred terms),
+/// `InterPodAffinity` (preferred terms) and `PodTopologySpread` (soft
+/// constraints) plugins for each of `feasible`, each normalised to 0–100
+/// over the feasible nodes as kube-scheduler normalises it, weighted 2 as
+/// in its default profile (least-allocated weighs 1: a preferred node
+/// affinity outweighs it).
+pub fn weighted_scores(
+    feasible: &[(&NodeInfo, &NodeUsage)],
+    pod: &PodNeeds,
+    v: Option<&interpod::Verdicts>,
+) -> Vec<i64> {
+    const WEIGHT: i64 = 2;
+    let mut out = vec![0i64; feasible.len()];
+    if !pod.preferred.is_empty() {
+        let raw: Vec<i64> = feasible.iter().map(|(n, _)| preferred_node_affinity(n, pod)).collect();
+        let max = raw.iter().copied().max().unwrap_or(0);
+        if max > 0 {
+            out.iter_mut().zip(&raw).for_each(|(o, r)| *o += WEIGHT * r * 100 / max);
+        }
+    }
+    if let Some(v) = v {
+        let raw: Vec<(i64, Option<i64>)> = feasible.iter().map(|(n, _)| v.raw_scores(n, pod)).collect();
+        let (min, max) = raw.iter().fold((i64::MAX, i64::MIN), |(a, b), (p, _)| (a.min(*p), b.max(*p)));
+        if max > min {
+            out.iter_mut().zip(&raw).for_each(|(o, (p, _))| *o += WEIGHT * (p - min) * 100 / (max - min));
+        }
+        let counts: Vec<i64> = raw.iter().filter_map(|(_, s)| *s).collect();
+        if counts.len() == raw.len() && !counts.is_empty() {
+            let (min, max) = counts.iter().fold((i64::MAX, i64::MIN), |(a, b), c| (a.min(*c), b.max(*c)));
+            for (o, c) in out.iter_mut().zip(&counts) {
+                *o += WEIGHT * if max > min { (max - c) * 100 / (max - min) } else { 100 };
+            }
+        }
+    }
+    out
+}
+
 /// Higher is better: least-allocated CPU and memory (0–100 each, averaged)
 /// plus spreading the replicas of one owner (0–100).
 pub fn score(node: &NodeInfo, usage: &NodeUsage, pod: &PodNeeds, max_same_owner: u32) -> i64 {
@@ -307,6 +369,8 @@ pub fn score(node: &NodeInfo, usage: &NodeUsage, pod: &PodNeeds, max_same_owner:
     let spread = (100 * (max_same_owner - same.min(max_same_owner))).checked_div(max_same_owner).map_or(100, i64::from);
     least + spread
 }
+
+pub mod interpod;
 
 #[cfg(test)]
 mod tests;

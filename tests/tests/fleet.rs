@@ -1940,6 +1940,69 @@ fn mirror_pods(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// The scheduler's inter-pod and spread plugins on three real agents (zones:
+/// n1 and n2 in a, n3 in b): required anti-affinity on the hostname puts
+/// three replicas on three nodes and leaves a fourth Pending with
+/// kube-scheduler's message; a zone spread with maxSkew 1 places four pods
+/// 2/2 over the zones; a preferred node affinity wins over least-allocated.
+#[test]
+fn affinity_and_spread_place_replicas() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(c) = Cluster::start(&["n1", "n2", "n3"], None, &[])? else { return Ok(()) };
+    for (n, z) in [("n1", "a"), ("n2", "a"), ("n3", "b")] {
+        c.k.ok(&["label", "node", n, &format!("topology.kubernetes.io/zone={z}")])?;
+    }
+    let apart = "      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector: {matchLabels: {app: apart}}
+            topologyKey: kubernetes.io/hostname
+";
+    c.apply("apart", &deployment("apart", 3, apart))?;
+    let pods = c.wait_running("app=apart", 3, Duration::from_secs(90))?;
+    let mut nodes: Vec<String> = pods.iter().map(node_of).collect();
+    nodes.sort();
+    ensure!(nodes == ["n1", "n2", "n3"], "one replica per node: {nodes:?}");
+    c.k.ok(&["scale", "deployment/apart", "--replicas=4"])?;
+    let pending = wait_for("the fourth replica to be refused", Duration::from_secs(30), || {
+        Ok(c.pods("app=apart")?.into_iter().find(|p| {
+            p["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["reason"] == "Unschedulable")
+        }))
+    })?;
+    let cond =
+        pending["status"]["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "PodScheduled").cloned();
+    let msg = cond.as_ref().and_then(|c| c["message"].as_str()).unwrap_or_default().to_owned();
+    ensure!(msg == "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.", "message: {msg}");
+    ensure!(pending["status"]["phase"] == "Pending" && node_of(&pending).is_empty(), "{}", pending["status"]);
+    c.k.ok(&["delete", "deployment/apart"])?;
+
+    let spread = "      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: topology.kubernetes.io/zone
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector: {matchLabels: {app: spread}}
+";
+    c.apply("spread", &deployment("spread", 4, spread))?;
+    let pods = c.wait_running("app=spread", 4, Duration::from_secs(90))?;
+    let in_b = pods.iter().filter(|p| node_of(p) == "n3").count();
+    ensure!(in_b == 2, "zone b (n3 alone) holds half: {in_b} of 4");
+
+    // n3 is now the busiest node; a preferred node affinity still picks it.
+    let prefer = "      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 10
+            preference: {matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [n3]}]}
+";
+    c.apply("prefer", &deployment("prefer", 1, prefer))?;
+    let pods = c.wait_running("app=prefer", 1, Duration::from_secs(60))?;
+    ensure!(node_of(&pods[0]) == "n3", "the preferred node, busiest as it is: {}", node_of(&pods[0]));
+    c.k.ok(&["delete", "deployment/spread", "deployment/prefer"])?;
+    Ok(())
+}
+
 #[test]
 fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
     if !prerequisites() {

@@ -29,10 +29,14 @@ pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Pods decided and bound per transaction.
 const BATCH: usize = 256;
 
+#[derive(Default)]
 struct NodeEntry {
     /// `None` while no Node object of that name exists.
     info: Option<NodeInfo>,
     usage: NodeUsage,
+    /// The pods placed here (grouped by node, so the inter-pod plugins
+    /// walk them with their node's labels at hand).
+    pods: HashMap<Key, PodNeeds>,
 }
 
 pub struct Scheduler {
@@ -42,8 +46,8 @@ pub struct Scheduler {
     /// Every node with what is committed on it (usage is kept for a node
     /// name even before its Node object exists, so it is right when it does).
     nodes: BTreeMap<String, NodeEntry>,
-    /// Bound, active pods and what they hold on their node.
-    placed: HashMap<Key, (String, PodNeeds)>,
+    /// Bound, active pods: their node (what they hold is in its entry).
+    placed: HashMap<Key, String>,
     /// Pods that fit nowhere, waiting for a change.
     waiting: HashSet<Key>,
     /// Placed pods with required pod anti-affinity (which may refuse others).
@@ -86,9 +90,11 @@ impl Scheduler {
 
     fn unplace(&mut self, key: &Key) -> bool {
         self.anti.remove(key);
-        if let Some((node, needs)) = self.placed.remove(key) {
+        if let Some(node) = self.placed.remove(key) {
             if let Some(e) = self.nodes.get_mut(&node) {
-                e.usage.remove(&needs);
+                if let Some(needs) = e.pods.remove(key) {
+                    e.usage.remove(&needs);
+                }
             }
             return true;
         }
@@ -97,15 +103,13 @@ impl Scheduler {
 
     fn place(&mut self, key: Key, node: &str, needs: PodNeeds) {
         self.unplace(&key);
-        self.nodes
-            .entry(node.to_owned())
-            .or_insert_with(|| NodeEntry { info: None, usage: NodeUsage::default() })
-            .usage
-            .add(&needs);
+        let e = self.nodes.entry(node.to_owned()).or_default();
+        e.usage.add(&needs);
         if needs.terms.as_ref().is_some_and(|t| !t.anti_affinity.is_empty()) {
             self.anti.insert(key.clone());
         }
-        self.placed.insert(key, (node.to_owned(), needs));
+        e.pods.insert(key.clone(), needs);
+        self.placed.insert(key, node.to_owned());
     }
 
     /// Brings the usage cache in line with one pod's stored state.
@@ -123,10 +127,7 @@ impl Scheduler {
     fn observe_node(&mut self, name: &str, node: Option<&Value>) {
         match node.and_then(|n| serde_json::from_value::<Node>(n.clone()).ok()) {
             Some(n) => {
-                self.nodes
-                    .entry(name.to_owned())
-                    .or_insert_with(|| NodeEntry { info: None, usage: NodeUsage::default() })
-                    .info = Some(NodeInfo::from_node(&n));
+                self.nodes.entry(name.to_owned()).or_default().info = Some(NodeInfo::from_node(&n));
             }
             None => {
                 if let Some(e) = self.nodes.get_mut(name) {
@@ -281,17 +282,15 @@ impl Reconcile for Scheduler {
 
 impl Scheduler {
     /// What the placed pods mean for `needs` (`model::interpod`).
-    fn verdicts(&self, needs: &PodNeeds) -> Result<model::interpod::Verdicts, ControllerError> {
+    fn verdicts<'a>(&'a self, needs: &'a PodNeeds) -> Result<model::interpod::Verdicts<'a>, ControllerError> {
         use model::interpod::{NamespaceLabels, Placed, Verdicts};
-        fn placed_of<'a>(
-            nodes: &'a BTreeMap<String, NodeEntry>,
-            (node, pod): &'a (String, PodNeeds),
-        ) -> Option<Placed<'a>> {
-            let info = nodes.get(node)?.info.as_ref()?;
-            Some(Placed { node: node.as_str(), node_labels: &info.labels, pod })
-        }
-        let nodes_map = &self.nodes;
-        let holders = || self.anti.iter().filter_map(|k| self.placed.get(k)).filter_map(|p| placed_of(nodes_map, p));
+        let holders = || {
+            self.anti.iter().filter_map(|k| {
+                let e = self.nodes.get(self.placed.get(k)?)?;
+                let info = e.info.as_ref()?;
+                Some(Placed { node: info.name.as_str(), node_labels: &info.labels, pod: e.pods.get(k)? })
+            })
+        };
         let wants_ns = needs.terms.as_ref().is_some_and(|t| t.uses_namespace_selector())
             || holders().any(|p| p.pod.terms.as_ref().is_some_and(|t| t.uses_namespace_selector()));
         let mut ns_labels = NamespaceLabels::new();
@@ -301,7 +300,9 @@ impl Scheduler {
             }
         }
         let nodes: Vec<&NodeInfo> = self.nodes.values().filter_map(|e| e.info.as_ref()).collect();
-        let placed = self.placed.values().filter_map(|p| placed_of(nodes_map, p));
+        let placed = self.nodes.values().filter_map(|e| Some((e.info.as_ref()?, &e.pods))).flat_map(|(info, pods)| {
+            pods.values().map(move |pod| Placed { node: info.name.as_str(), node_labels: &info.labels, pod })
+        });
         Ok(Verdicts::new(needs, &nodes, placed, holders(), &ns_labels))
     }
 

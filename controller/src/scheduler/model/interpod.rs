@@ -199,22 +199,24 @@ pub struct Placed<'a> {
 
 /// What the placed pods mean for one incoming pod, worked out once per
 /// decision and then asked per node.
+/// (Domain values are borrowed from the nodes' labels: nothing is copied
+/// per placed pod.)
 #[derive(Default)]
-pub struct Verdicts {
+pub struct Verdicts<'a> {
     /// Per required affinity term: the domains (topology value) holding a
     /// selected pod; `None` for a term no pod matches anywhere while the pod
     /// matches it itself (the first of a group may go anywhere).
-    affinity: Vec<Option<std::collections::HashSet<String>>>,
+    affinity: Vec<Option<std::collections::HashSet<&'a str>>>,
     /// Per required anti-affinity term: the domains holding a selected pod.
-    anti: Vec<std::collections::HashSet<String>>,
+    anti: Vec<std::collections::HashSet<&'a str>>,
     /// (topology key, value) pairs where a placed pod's required
     /// anti-affinity refuses the incoming pod.
-    existing_anti: Vec<(String, String)>,
+    existing_anti: Vec<(&'a str, &'a str)>,
     /// Per spread constraint: matching pods per domain, and the smallest
     /// count over the eligible domains (0 when fewer than minDomains).
-    spread: Vec<(HashMap<String, i64>, i64)>,
+    spread: Vec<(HashMap<&'a str, i64>, i64)>,
     /// Preferred (anti-)affinity: weight per (key, value) domain.
-    preferred: Vec<(String, HashMap<String, i64>)>,
+    preferred: Vec<(&'a str, HashMap<&'a str, i64>)>,
 }
 
 /// Eligible nodes for a spread constraint (kube-scheduler's
@@ -241,32 +243,32 @@ fn eligible(node: &NodeInfo, c: &Spread, pod: &PodNeeds) -> bool {
     true
 }
 
-impl Verdicts {
+impl<'a> Verdicts<'a> {
     /// `placed`: every placed pod (only walked when the pod has terms);
     /// `anti_holders`: the placed pods with required anti-affinity terms.
-    pub fn new<'a>(
-        pod: &PodNeeds,
-        nodes: &[&NodeInfo],
+    pub fn new(
+        pod: &'a PodNeeds,
+        nodes: &[&'a NodeInfo],
         placed: impl Iterator<Item = Placed<'a>> + Clone,
         anti_holders: impl Iterator<Item = Placed<'a>>,
         ns_labels: &NamespaceLabels,
-    ) -> Verdicts {
+    ) -> Verdicts<'a> {
         let mut v = Verdicts::default();
         for e in anti_holders {
             for t in e.pod.terms.iter().flat_map(|t| &t.anti_affinity) {
                 if let Some(val) = e.node_labels.get(&t.topology_key) {
                     if t.selects(pod, ns_labels) {
-                        v.existing_anti.push((t.topology_key.clone(), val.clone()));
+                        v.existing_anti.push((t.topology_key.as_str(), val.as_str()));
                     }
                 }
             }
         }
         let Some(terms) = pod.terms.as_deref() else { return v };
-        let domains_of = |t: &Term| -> std::collections::HashSet<String> {
+        let domains_of = |t: &Term| -> std::collections::HashSet<&'a str> {
             placed
                 .clone()
                 .filter(|p| t.selects(p.pod, ns_labels))
-                .filter_map(|p| p.node_labels.get(&t.topology_key).cloned())
+                .filter_map(|p| p.node_labels.get(&t.topology_key).map(String::as_str))
                 .collect()
         };
         for t in &terms.affinity {
@@ -276,11 +278,11 @@ impl Verdicts {
         }
         v.anti = terms.anti_affinity.iter().map(domains_of).collect();
         for c in &terms.spread {
-            let mut counts: HashMap<String, i64> = HashMap::new();
+            let mut counts: HashMap<&'a str, i64> = HashMap::new();
             let eligible_nodes: Vec<&&NodeInfo> = nodes.iter().filter(|n| eligible(n, c, pod)).collect();
             for n in &eligible_nodes {
                 if let Some(val) = n.labels.get(&c.topology_key) {
-                    counts.entry(val.clone()).or_insert(0);
+                    counts.entry(val.as_str()).or_insert(0);
                 }
             }
             let eligible_names: std::collections::HashSet<&str> =
@@ -291,7 +293,7 @@ impl Verdicts {
                     && c.selector.matches_labels(&p.pod.labels)
                     && eligible_names.contains(p.node)
                 {
-                    *counts.entry(val.clone()).or_insert(0) += 1;
+                    *counts.entry(val.as_str()).or_insert(0) += 1;
                 }
             }
             let fewer_domains = c.min_domains.is_some_and(|m| (counts.len() as i64) < i64::from(m));
@@ -300,13 +302,13 @@ impl Verdicts {
         }
         for (sign, list) in [(1i64, &terms.preferred_affinity), (-1, &terms.preferred_anti_affinity)] {
             for (w, t) in list {
-                let mut by: HashMap<String, i64> = HashMap::new();
+                let mut by: HashMap<&'a str, i64> = HashMap::new();
                 for p in placed.clone().filter(|p| t.selects(p.pod, ns_labels)) {
                     if let Some(val) = p.node_labels.get(&t.topology_key) {
-                        *by.entry(val.clone()).or_insert(0) += sign * i64::from(*w);
+                        *by.entry(val.as_str()).or_insert(0) += sign * i64::from(*w);
                     }
                 }
-                v.preferred.push((t.topology_key.clone(), by));
+                v.preferred.push((t.topology_key.as_str(), by));
             }
         }
         v
@@ -321,24 +323,24 @@ impl Verdicts {
                     continue;
                 }
                 let Some(val) = node.labels.get(&c.topology_key) else { return Err(SPREAD_LABEL) };
-                let here = counts.get(val).copied().unwrap_or(0) + self_match(c);
+                let here = counts.get(val.as_str()).copied().unwrap_or(0) + self_match(c);
                 if here - min > i64::from(c.max_skew) {
                     return Err(SPREAD);
                 }
             }
             for (t, domains) in terms.affinity.iter().zip(&self.affinity) {
                 let Some(domains) = domains else { continue };
-                if node.labels.get(&t.topology_key).is_none_or(|v| !domains.contains(v)) {
+                if node.labels.get(&t.topology_key).is_none_or(|v| !domains.contains(v.as_str())) {
                     return Err(AFFINITY);
                 }
             }
             for (t, domains) in terms.anti_affinity.iter().zip(&self.anti) {
-                if node.labels.get(&t.topology_key).is_some_and(|v| domains.contains(v)) {
+                if node.labels.get(&t.topology_key).is_some_and(|v| domains.contains(v.as_str())) {
                     return Err(ANTI_AFFINITY);
                 }
             }
         }
-        if self.existing_anti.iter().any(|(k, v)| node.labels.get(k) == Some(v)) {
+        if self.existing_anti.iter().any(|(k, v)| node.labels.get(*k).map(String::as_str) == Some(*v)) {
             return Err(EXISTING_ANTI_AFFINITY);
         }
         Ok(())
@@ -347,14 +349,19 @@ impl Verdicts {
     /// Raw scores before normalising: (inter-pod preference, soft spread
     /// count — lower is better, `None` without soft constraints).
     pub fn raw_scores(&self, node: &NodeInfo, pod: &PodNeeds) -> (i64, Option<i64>) {
-        let pref =
-            self.preferred.iter().map(|(k, by)| node.labels.get(k).and_then(|v| by.get(v)).copied().unwrap_or(0)).sum();
+        let pref = self
+            .preferred
+            .iter()
+            .map(|(k, by)| node.labels.get(*k).and_then(|v| by.get(v.as_str())).copied().unwrap_or(0))
+            .sum();
         let soft: Vec<i64> = pod
             .terms
             .iter()
             .flat_map(|t| t.spread.iter().zip(&self.spread))
             .filter(|(c, _)| !c.hard)
-            .map(|(c, (counts, _))| node.labels.get(&c.topology_key).and_then(|v| counts.get(v)).copied().unwrap_or(0))
+            .map(|(c, (counts, _))| {
+                node.labels.get(&c.topology_key).and_then(|v| counts.get(v.as_str())).copied().unwrap_or(0)
+            })
             .collect();
         (pref, (!soft.is_empty()).then(|| soft.iter().sum()))
     }

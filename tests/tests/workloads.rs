@@ -163,6 +163,57 @@ fn schedule_roll_out_and_undo() -> Result<()> {
     Ok(())
 }
 
+/// Scaling a Deployment in the middle of a rolling update spreads the
+/// change over its ReplicaSets in proportion to their sizes, as Kubernetes
+/// does: the rollout is held (the new pods fit no node), 10 old and 3 new
+/// (maxSurge 3) become 18 and 5 at 20 replicas — not 10 and 13.
+#[test]
+fn scaling_mid_rollout_is_proportional() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &[])? else { return Ok(()) };
+    let alive = Arc::new(std::sync::Mutex::new(vec!["n1".to_owned(), "n2".to_owned()]));
+    for name in ["n1", "n2"] {
+        apply_json(&k, dir.path(), name, &node(name, "4", "8Gi", json!({}), json!([])))?;
+    }
+    let _agents = FakeAgents::start(ctl.api()?, alive);
+    let deploy = |cpu: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "prop", "namespace": "default"},
+            "spec": {"replicas": 10, "selector": {"matchLabels": {"app": "prop"}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 3, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": {"app": "prop"}},
+                    "spec": {"containers": [{"name": "c", "image": "kedge.local/busybox:1", "resources": {"requests": {"cpu": cpu}}}]}}}})
+    };
+    apply_json(&k, dir.path(), "prop", &deploy("10m"))?;
+    let out = k.ok(&["rollout", "status", "deployment/prop", "--timeout=60s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    // A template whose pods fit nowhere: the new ReplicaSet stops at the surge.
+    apply_json(&k, dir.path(), "prop", &deploy("100"))?;
+    let sizes = |k: &Kubectl| -> Result<Vec<i64>> {
+        let l = k.json(&["get", "rs", "-l", "app=prop"])?;
+        let mut by_age: Vec<(String, i64)> = l["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|rs| {
+                let created = rs["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_owned();
+                let rev = rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_owned();
+                (format!("{rev:0>4}{created}"), rs["spec"]["replicas"].as_i64().unwrap_or(0))
+            })
+            .collect();
+        by_age.sort();
+        Ok(by_age.into_iter().map(|(_, n)| n).collect())
+    };
+    wait_for("old 10, new 3", 20, || Ok(sizes(&k)? == [10, 3]))?;
+    k.ok(&["scale", "deployment/prop", "--replicas=20"])?;
+    wait_for("old 18, new 5", 20, || Ok(sizes(&k)? == [18, 5]))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sizes(&k)?, [18, 5], "and it stays so while the new pods cannot run");
+    Ok(())
+}
+
 #[test]
 fn daemonsets_and_node_loss() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -205,6 +256,35 @@ fn daemonsets_and_node_loss() -> Result<()> {
     let out = k.ok(&["rollout", "status", "daemonset/logger", "--timeout=30s"])?;
     assert!(out.contains("successfully rolled out"), "{out}");
 
+    // A surge update (maxSurge 1, maxUnavailable 0): each node gets its new
+    // pod beside the old one, which goes only once the new is available, so
+    // no node is ever without a logger.
+    let patch = r#"{"spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "template": {"spec": {"containers": [{"name": "c", "image": "kedge.local/busybox:2"}]}}}}"#;
+    k.ok(&["patch", "daemonset", "logger", "--type=strategic", "-p", patch])?;
+    let images = |k: &Kubectl| -> Result<Vec<(String, String)>> {
+        let l = k.json(&["get", "pods", "-l", "app=logger"])?;
+        Ok(l["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_none())
+            .map(|p| {
+                let node = p["spec"]["nodeName"].as_str().unwrap_or_default().to_owned();
+                (node, p["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect())
+    };
+    wait_for("every logger on the new image", 30, || {
+        let now = images(&k)?;
+        for n in ["n1", "n2", "n3"] {
+            assert!(now.iter().any(|(node, _)| node == n), "{n} without a logger mid-rollout: {now:?}");
+        }
+        Ok(now.len() == 3 && now.iter().all(|(_, i)| i == "kedge.local/busybox:2"))
+    })?;
+    let out = k.ok(&["rollout", "status", "daemonset/logger", "--timeout=30s"])?;
+    assert!(out.contains("successfully rolled out"), "{out}");
+
     // n1 stops reporting: NotReady with the taint after the grace period;
     // the pod tolerating `unreachable` for 3 s moves, the others stay.
     let app = |name: &str, tolerations: Value| {
@@ -233,9 +313,15 @@ fn daemonsets_and_node_loss() -> Result<()> {
     wait_for("n1 NotReady", 15, || Ok(k.ok(&["get", "node", "n1"])?.contains("NotReady")))?;
     let taints = k.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.taints[*].key}"])?;
     assert!(taints.contains("node.kubernetes.io/unreachable"), "{taints}");
+    // Replaced elsewhere; the evicted one waits as Terminating for its node
+    // (nothing is force-removed from a node that may come back).
     wait_for("mover replaced off n1", 20, || {
         let l = k.json(&["get", "pods", "-l", "app=mover"])?;
-        Ok(l["items"].as_array().is_some_and(|i| i.len() == 1 && i[0]["spec"]["nodeName"] != "n1"))
+        let items = l["items"].as_array().cloned().unwrap_or_default();
+        let live: Vec<&Value> = items.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).collect();
+        let evicted =
+            items.iter().any(|p| p["metadata"]["deletionTimestamp"].is_string() && p["spec"]["nodeName"] == "n1");
+        Ok(live.len() == 1 && live[0]["spec"]["nodeName"] != "n1" && evicted)
     })?;
     let stayer = k.ok(&["get", "pods", "-l", "app=stayer", "-o", "jsonpath={.items[*].spec.nodeName}"])?;
     assert_eq!(stayer, "n1", "no toleration, no eviction");

@@ -1,7 +1,10 @@
 //! The DaemonSet controller: one pod on each eligible node (node selector,
 //! required node affinity, taints against the pod's tolerations), including
 //! nodes that appear later; surplus and misplaced pods removed; rolling
-//! updates bounded by `maxUnavailable`. DaemonSet pods tolerate
+//! updates bounded by `maxUnavailable`, or with `maxSurge` the new pod
+//! started beside the old one, which goes once the new is available (at
+//! most `maxSurge` nodes at a time; an unavailable old pod is replaced at
+//! once), as Kubernetes' surge update. DaemonSet pods tolerate
 //! `not-ready`/`unreachable` forever, as in Kubernetes, so they are never
 //! evicted from a node that drops off.
 
@@ -158,6 +161,18 @@ impl Reconcile for DaemonSetController {
                 p.metadata.uid.as_deref(),
             ))
         };
+        let strategy = spec.update_strategy.clone().unwrap_or_default();
+        let rolling = strategy.type_.as_deref() != Some("OnDelete");
+        let desired_count = i64::try_from(wanted.len()).unwrap_or(i64::MAX);
+        // `maxSurge` (a count, or a percentage of the desired pods rounded up).
+        let surge = match strategy.rolling_update.as_ref().and_then(|r| r.max_surge.clone()).filter(|_| rolling) {
+            Some(IntOrString::Int(i)) => i64::from(i.max(0)),
+            Some(IntOrString::String(s)) => {
+                (s.trim_end_matches('%').parse::<i64>().unwrap_or(0) * desired_count + 99) / 100
+            }
+            None => 0,
+        };
+        let is_current = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_HASH_LABEL)) == Some(&hash);
         // Pods on nodes that no longer want one, failed pods, and duplicates go.
         let mut misscheduled = 0;
         for (node, pods) in by_node.iter_mut() {
@@ -181,12 +196,41 @@ impl Reconcile for DaemonSetController {
             }
             let mut keep = keep;
             keep.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()));
-            for extra in keep.iter().skip(1) {
-                delete(extra)?;
+            // One pod per node; while surging, one of the old template and
+            // one of the new.
+            let mut kept: Vec<Pod> = Vec::new();
+            for p in keep {
+                let new = is_current(&p);
+                let room = if surge > 0 { !kept.iter().any(|k| is_current(k) == new) } else { kept.is_empty() };
+                if room {
+                    kept.push(p);
+                } else {
+                    delete(&p)?;
+                }
             }
-            keep.truncate(1);
-            *pods = keep;
+            *pods = kept;
         }
+        let make = |node: &str| -> Result<Pod, ControllerError> {
+            let mut t = template.clone();
+            let tmeta = t.metadata.take().unwrap_or_default();
+            let mut labels = tmeta.labels.unwrap_or_default();
+            labels.insert(REVISION_HASH_LABEL.into(), hash.clone());
+            let mut pspec = t.spec.take().unwrap_or_default();
+            pspec.node_name = Some(node.to_owned());
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}-", key.name)),
+                    namespace: Some(key.namespace.clone()),
+                    labels: Some(labels),
+                    annotations: tmeta.annotations,
+                    owner_references: Some(vec![podutil::owner_ref("apps/v1", "DaemonSet", &ds.metadata)]),
+                    ..Default::default()
+                },
+                spec: Some(pspec),
+                status: None,
+            };
+            self.client.create(&pod)
+        };
         // Nodes without a pod get one, bound directly to the node.
         let mut created = 0;
         let mut backing_off: Option<std::time::Duration> = None;
@@ -201,25 +245,7 @@ impl Reconcile for DaemonSetController {
                     continue;
                 }
             }
-            let mut t = template.clone();
-            let tmeta = t.metadata.take().unwrap_or_default();
-            let mut labels = tmeta.labels.unwrap_or_default();
-            labels.insert(REVISION_HASH_LABEL.into(), hash.clone());
-            let mut pspec = t.spec.take().unwrap_or_default();
-            pspec.node_name = Some(n.name.clone());
-            let pod = Pod {
-                metadata: ObjectMeta {
-                    generate_name: Some(format!("{}-", key.name)),
-                    namespace: Some(key.namespace.clone()),
-                    labels: Some(labels),
-                    annotations: tmeta.annotations,
-                    owner_references: Some(vec![podutil::owner_ref("apps/v1", "DaemonSet", &ds.metadata)]),
-                    ..Default::default()
-                },
-                spec: Some(pspec),
-                status: None,
-            };
-            let p = self.client.create(&pod)?;
+            let p = make(&n.name)?;
             by_node.entry(n.name.clone()).or_default().push(p);
             created += 1;
         }
@@ -237,11 +263,42 @@ impl Reconcile for DaemonSetController {
         // Rolling update: replace old-template pods, at most maxUnavailable
         // unavailable at a time.
         let desired = i32::try_from(wanted.len()).unwrap_or(i32::MAX);
-        let current: Vec<&Pod> = by_node.values().flatten().collect();
-        let is_new = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(REVISION_HASH_LABEL)) == Some(&hash);
+        let is_new = is_current;
         let available = |p: &Pod| podutil::is_available(p, min_ready, now);
-        let strategy = spec.update_strategy.clone().unwrap_or_default();
-        if strategy.type_.as_deref() != Some("OnDelete") {
+        if rolling && surge > 0 {
+            // Surge: a new pod beside each old one (unavailable old ones at
+            // once, available ones up to maxSurge nodes at a time), the old
+            // one deleted when the new is available.
+            let mut surging = 0i64;
+            let mut start_on: Vec<String> = Vec::new();
+            let mut old_only: Vec<(String, bool)> = Vec::new();
+            for (node, pods) in &by_node {
+                let new = pods.iter().find(|p| is_new(p));
+                let old = pods.iter().find(|p| !is_new(p));
+                match (new, old) {
+                    (Some(n), Some(o)) if available(n) => delete(o)?,
+                    (Some(_), Some(_)) => surging += 1,
+                    (None, Some(o)) => old_only.push((node.clone(), available(o))),
+                    _ => {}
+                }
+            }
+            // Unavailable old pods first: they cost no surge.
+            old_only.sort_by_key(|(_, avail)| *avail);
+            for (node, avail) in old_only {
+                if avail {
+                    if surging >= surge {
+                        break;
+                    }
+                    surging += 1;
+                }
+                start_on.push(node);
+            }
+            for node in start_on {
+                let p = make(&node)?;
+                by_node.entry(node).or_default().push(p);
+            }
+        } else if rolling {
+            let current: Vec<&Pod> = by_node.values().flatten().collect();
             let max_unavailable = match strategy.rolling_update.and_then(|r| r.max_unavailable) {
                 Some(IntOrString::Int(i)) => i,
                 Some(IntOrString::String(s)) => {
@@ -268,7 +325,10 @@ impl Reconcile for DaemonSetController {
                 delete(p)?;
             }
         }
-        let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(current.iter().filter(|p| f(p)).count()).unwrap_or(0);
+        // Counted by node (a surging node holds two pods), as Kubernetes counts.
+        let count = |f: &dyn Fn(&Pod) -> bool| {
+            i32::try_from(by_node.values().filter(|ps| ps.iter().any(f)).count()).unwrap_or(0)
+        };
         let status = DaemonSetStatus {
             desired_number_scheduled: desired,
             current_number_scheduled: count(&|_| true),
@@ -287,8 +347,12 @@ impl Reconcile for DaemonSetController {
             d.metadata.resource_version = None;
             self.client.replace_status(&d)?;
         }
-        let waiting: BTreeMap<i64, ()> =
-            current.iter().filter_map(|p| podutil::until_available(p, min_ready, now)).map(|s| (s, ())).collect();
+        let waiting: BTreeMap<i64, ()> = by_node
+            .values()
+            .flatten()
+            .filter_map(|p| podutil::until_available(p, min_ready, now))
+            .map(|s| (s, ()))
+            .collect();
         let next = waiting.keys().next().map(|s| std::time::Duration::from_secs(s.unsigned_abs()));
         Ok(match (next, backing_off) {
             (Some(a), Some(b)) => Action::RequeueAfter(a.min(b)),

@@ -24,6 +24,7 @@ use crate::store::{Key, WatchEvent};
 pub const HASH_LABEL: &str = "pod-template-hash";
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const DESIRED: &str = "deployment.kubernetes.io/desired-replicas";
+const MAX_REPLICAS: &str = "deployment.kubernetes.io/max-replicas";
 const CHANGE_CAUSE: &str = "kubernetes.io/change-cause";
 
 pub struct DeploymentController {
@@ -83,6 +84,41 @@ fn replicas_of(rs: &ReplicaSet) -> i32 {
 
 fn available_of(rs: &ReplicaSet) -> i32 {
     rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+}
+
+/// The `maxSurge` of a rolling Deployment, in pods (0 for Recreate).
+fn max_surge(d: &Deployment) -> i32 {
+    let spec = d.spec.as_ref();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
+    let strategy = spec.and_then(|s| s.strategy.as_ref());
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return 0;
+    }
+    let ru = strategy.and_then(|s| s.rolling_update.as_ref());
+    scaled(ru.and_then(|r| r.max_surge.as_ref()), desired, true)
+}
+
+/// Kubernetes' `getReplicaSetFraction`: the replicas `rs` gains (or loses)
+/// when the Deployment's size changes, in proportion to its share of the
+/// size it was last scaled for (its `max-replicas` annotation).
+fn fraction(rs: &ReplicaSet, d: &Deployment) -> i32 {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    if desired == 0 {
+        return -replicas_of(rs);
+    }
+    let total = desired + max_surge(d);
+    let annotated = rs
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MAX_REPLICAS))
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or_else(|| d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0));
+    if annotated <= 0 {
+        return 0;
+    }
+    let size = f64::from(replicas_of(rs)) * f64::from(total) / f64::from(annotated);
+    size.round() as i32 - replicas_of(rs)
 }
 
 fn revision_of(meta: &ObjectMeta) -> i64 {
@@ -214,6 +250,11 @@ impl Reconcile for DeploymentController {
         };
         let olds = owned;
 
+        let mut olds = olds;
+        if self.scale_proportionally(&d, new_rs.as_mut(), &mut olds, desired)? {
+            self.cleanup(&d, new_rs.as_ref(), &olds, spec.revision_history_limit.unwrap_or(10))?;
+            return self.sync_status(&d, new_rs.as_ref(), &olds, desired);
+        }
         if let Some(new) = new_rs.as_mut() {
             if !paused {
                 let strategy = spec.strategy.clone().unwrap_or_default();
@@ -299,20 +340,81 @@ impl DeploymentController {
         Ok(created)
     }
 
+    /// Sizes `rs` (and notes the Deployment size it was sized for).
     fn scale(&self, d: &Deployment, rs: &mut ReplicaSet, to: i32) -> Result<(), ControllerError> {
         let from = replicas_of(rs);
-        if from == to {
-            return Ok(());
-        }
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let mut updated = rs.clone();
         updated.spec.get_or_insert_with(Default::default).replicas = Some(to);
         let a = updated.metadata.annotations.get_or_insert_with(BTreeMap::new);
-        a.insert(DESIRED.into(), d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).to_string());
+        a.insert(DESIRED.into(), desired.to_string());
+        a.insert(MAX_REPLICAS.into(), (desired + max_surge(d)).to_string());
+        if from == to && updated.metadata.annotations == rs.metadata.annotations {
+            return Ok(());
+        }
         *rs = self.client.replace(&updated)?;
+        if from == to {
+            return Ok(());
+        }
         let name = rs.metadata.name.clone().unwrap_or_default();
         let verb = if to > from { "up" } else { "down" };
         self.scaling_event(d, &format!("Scaled {verb} replica set {name} from {from} to {to}"));
         Ok(())
+    }
+
+    /// A change of `replicas` in the middle of a rolling update (Kubernetes'
+    /// scaling event: an active ReplicaSet was sized for another count) is
+    /// spread over the active ReplicaSets in proportion to their sizes, the
+    /// rest to the largest, as Kubernetes' `scale` does — rather than all on
+    /// the new one. Returns whether it did so (the rollout goes on next time).
+    fn scale_proportionally(
+        &self,
+        d: &Deployment,
+        new: Option<&mut ReplicaSet>,
+        olds: &mut [ReplicaSet],
+        desired: i32,
+    ) -> Result<bool, ControllerError> {
+        let recreate =
+            d.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate");
+        let desired_of = |rs: &ReplicaSet| {
+            rs.metadata.annotations.as_ref().and_then(|a| a.get(DESIRED)).and_then(|v| v.parse::<i32>().ok())
+        };
+        let mut active: Vec<&mut ReplicaSet> =
+            new.into_iter().chain(olds.iter_mut()).filter(|rs| replicas_of(rs) > 0).collect();
+        // One active ReplicaSet (or none) takes the new size in the rollout itself.
+        let scaling = active.iter().any(|rs| desired_of(rs).is_some_and(|v| v != desired));
+        if recreate || active.len() < 2 || !scaling {
+            return Ok(false);
+        }
+        let total: i32 = active.iter().map(|rs| replicas_of(rs)).sum();
+        let allowed = if desired > 0 { desired + max_surge(d) } else { 0 };
+        let to_add = allowed - total;
+        // Larger first; among equals, newer first when growing, older first when shrinking.
+        active.sort_by(|a, b| {
+            replicas_of(b)
+                .cmp(&replicas_of(a))
+                .then_with(|| if to_add > 0 { created(b).cmp(&created(a)) } else { created(a).cmp(&created(b)) })
+        });
+        let mut added = 0;
+        let mut sizes: Vec<i32> = Vec::with_capacity(active.len());
+        for rs in &active {
+            let share = if to_add == 0 || to_add == added {
+                0
+            } else {
+                let f = fraction(rs, d);
+                let left = to_add - added;
+                if to_add > 0 { f.min(left) } else { f.max(left) }
+            };
+            sizes.push(replicas_of(rs) + share);
+            added += share;
+        }
+        if let Some(first) = sizes.first_mut() {
+            *first = (*first + to_add - added).max(0);
+        }
+        for (rs, to) in active.into_iter().zip(sizes) {
+            self.scale(d, rs, to)?;
+        }
+        Ok(true)
     }
 
     fn scaling_event(&self, d: &Deployment, msg: &str) {

@@ -1703,22 +1703,26 @@ fn drain_is_held_by_a_disruption_budget() -> Result<()> {
     Ok(())
 }
 
+/// A run-once pod template running `command`, indented by `indent` spaces.
+fn run_once_template(command: &str, indent: usize) -> String {
+    let lines = [
+        "template:".to_owned(),
+        "  spec:".to_owned(),
+        "    restartPolicy: Never".to_owned(),
+        "    terminationGracePeriodSeconds: 1".to_owned(),
+        "    containers:".to_owned(),
+        "    - name: main".to_owned(),
+        "      image: kedge.local/busybox:latest".to_owned(),
+        "      imagePullPolicy: IfNotPresent".to_owned(),
+        format!("      command: [sh, -c, '{command}']"),
+    ];
+    lines.iter().map(|l| format!("{}{l}\n", " ".repeat(indent))).collect()
+}
+
 fn job(name: &str, extra_spec: &str, command: &str) -> String {
     format!(
-        "apiVersion: batch/v1
-kind: Job
-metadata: {{name: {name}}}
-spec:
-{extra_spec}  template:
-    spec:
-      restartPolicy: Never
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: main
-        image: kedge.local/busybox:latest
-        imagePullPolicy: IfNotPresent
-        command: [sh, -c, '{command}']
-"
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra_spec}{}",
+        run_once_template(command, 2)
     )
 }
 
@@ -1797,23 +1801,8 @@ fn jobs_run_to_completion_or_to_their_backoff_limit() -> Result<()> {
 
 fn cron_job(name: &str, extra_spec: &str, command: &str) -> String {
     format!(
-        "apiVersion: batch/v1
-kind: CronJob
-metadata: {{name: {name}}}
-spec:
-  schedule: '*/1 * * * *'
-{extra_spec}  jobTemplate:
-    spec:
-      template:
-        spec:
-          restartPolicy: Never
-          terminationGracePeriodSeconds: 1
-          containers:
-          - name: main
-            image: kedge.local/busybox:latest
-            imagePullPolicy: IfNotPresent
-            command: [sh, -c, '{command}']
-"
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n  schedule: '*/1 * * * *'\n{extra_spec}  jobTemplate:\n    spec:\n{}",
+        run_once_template(command, 6)
     )
 }
 

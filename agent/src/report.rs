@@ -190,6 +190,12 @@ pub fn without_secrets(mut pod: Pod) -> Pod {
         for e in &mut c.env {
             e.value.clear();
         }
+        // HTTP headers of probes and hooks (an Authorization, say).
+        let hook = c.lifecycle.as_mut().and_then(|l| l.pre_stop.as_mut()).and_then(|h| h.http_get.as_mut());
+        let probes = [c.liveness_probe.as_mut(), c.readiness_probe.as_mut(), c.startup_probe.as_mut()];
+        for h in probes.into_iter().flatten().filter_map(|p| p.http_get.as_mut()).chain(hook) {
+            h.http_headers.iter_mut().for_each(|e| e.value.clear());
+        }
     }
     for v in &mut pod.spec.volumes {
         for d in [v.config_map.as_mut(), v.secret.as_mut()].into_iter().flatten() {

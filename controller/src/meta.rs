@@ -39,7 +39,10 @@ pub fn now() -> String {
 /// RFC 3339 time `secs` seconds from now, to the second.
 pub fn seconds_from_now(secs: i64) -> String {
     let at = jiff::Timestamp::now().as_second().saturating_add(secs);
-    jiff::Timestamp::from_second(at).map(|t| t.to_string()).unwrap_or_default()
+    // Past jiff's range (a grace period of millennia): its last second.
+    let max = jiff::Timestamp::MAX.as_second();
+    let min = jiff::Timestamp::MIN.as_second();
+    jiff::Timestamp::from_second(at.clamp(min, max)).map(|t| t.to_string()).unwrap_or_default()
 }
 
 pub fn new_uid() -> String {

@@ -245,7 +245,10 @@ impl Reconcile for CronJobController {
         let earliest =
             status.last_schedule_time.as_ref().or(cj.metadata.creation_timestamp.as_ref()).map_or(now, |t| t.0);
         let earliest = match spec.starting_deadline_seconds {
-            Some(d) => earliest.max(now - jiff::SignedDuration::from_secs(d)),
+            // (A deadline reaching before jiff's earliest time is no deadline.)
+            Some(d) => {
+                earliest.max(now.checked_sub(jiff::SignedDuration::from_secs(d)).unwrap_or(jiff::Timestamp::MIN))
+            }
             None => earliest,
         };
         let (due, missed) = schedule.most_recent(earliest, now);

@@ -142,10 +142,17 @@ impl Reconcile for DaemonSetController {
         let needs = PodNeeds::from_pod(&probe);
         let nodes: Vec<NodeInfo> = self.client.list::<Node>(None)?.iter().map(NodeInfo::from_node).collect();
         let mut by_node: HashMap<String, Vec<Pod>> = HashMap::new();
+        // Nodes where a pod of ours is still stopping: no new one before it
+        // has gone (a hostPort or hostNetwork daemon could not start beside it).
+        let mut stopping: std::collections::HashSet<String> = std::collections::HashSet::new();
         for p in self.client.list::<Pod>(Some(&key.namespace))? {
-            if controller_ref(&p.metadata).is_some_and(|r| r.uid == uid) && p.metadata.deletion_timestamp.is_none() {
+            if controller_ref(&p.metadata).is_some_and(|r| r.uid == uid) {
                 let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
-                by_node.entry(node).or_default().push(p);
+                if p.metadata.deletion_timestamp.is_none() {
+                    by_node.entry(node).or_default().push(p);
+                } else {
+                    stopping.insert(node);
+                }
             }
         }
         let wanted: Vec<&NodeInfo> =
@@ -235,7 +242,7 @@ impl Reconcile for DaemonSetController {
         let mut created = 0;
         let mut backing_off: Option<std::time::Duration> = None;
         for n in &wanted {
-            if by_node.get(&n.name).is_some_and(|p| !p.is_empty()) {
+            if by_node.get(&n.name).is_some_and(|p| !p.is_empty()) || stopping.contains(&n.name) {
                 continue;
             }
             if let Some((until, _)) = self.backoff.get(&(uid.clone(), n.name.clone())) {

@@ -244,7 +244,9 @@ impl Reconcile for DisruptionController {
         };
         if pdb.status.as_ref() != Some(&status) {
             pdb.status = Some(status);
-            pdb.metadata.resource_version = None;
+            // The resourceVersion read stays: an eviction that spent a
+            // disruption meanwhile makes this a conflict (then a fresh look),
+            // never an overwrite of what it spent.
             self.client.replace_status(&pdb)?;
         }
         Ok(next.map_or(Action::Done, |s| Action::RequeueAfter(std::time::Duration::from_secs(s.unsigned_abs() + 1))))

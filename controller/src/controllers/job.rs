@@ -195,7 +195,12 @@ impl JobController {
         }
     }
 
+    /// Deletes pods the controller no longer wants (suspended, finished, over
+    /// the deadline): their tracking finalizer goes first, so they are not
+    /// counted as failures, as Kubernetes' `deleteJobPods` does.
     fn delete_pods(&self, pods: &[&Pod]) -> Result<(), ControllerError> {
+        let owned: Vec<Pod> = pods.iter().map(|p| (*p).clone()).collect();
+        self.release(&owned)?;
         for p in pods {
             let (ns, name) =
                 (p.metadata.namespace.as_deref().unwrap_or_default(), p.metadata.name.as_deref().unwrap_or_default());
@@ -369,7 +374,7 @@ impl Reconcile for JobController {
                 // A work queue: done when one has succeeded and none runs.
                 (_, None) => succeeded > 0 && active.is_empty(),
             };
-            let deadline = spec.active_deadline_seconds.map(|d| secs(&start) + d);
+            let deadline = spec.active_deadline_seconds.map(|d| secs(&start).saturating_add(d));
             let failure = if failed > backoff_limit {
                 Some(("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
             } else if !complete && deadline.is_some_and(|d| d <= now_s) {

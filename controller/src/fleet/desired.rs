@@ -138,6 +138,19 @@ impl DesiredPublisher {
                         self.failing.remove(&uid);
                         wire.push(w);
                     }
+                    // Being deleted and not sendable (what it refers to is gone):
+                    // its node drops it, so the deletion ends here.
+                    Err(_) if p.metadata.deletion_timestamp.is_some() => {
+                        let (ns, name) = (
+                            p.metadata.namespace.as_deref().unwrap_or_default(),
+                            p.metadata.name.as_deref().unwrap_or_default(),
+                        );
+                        if let Err(e) =
+                            crate::controllers::ignore_not_found(self.client.delete_now::<Pod>(ns, name, Some(&uid)))
+                        {
+                            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "a deleted pod its node cannot run is not removed");
+                        }
+                    }
                     Err(e) => {
                         let msg = e.to_string();
                         if self.failing.get(&uid) != Some(&msg) {

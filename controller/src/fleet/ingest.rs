@@ -44,6 +44,8 @@ pub struct Ingest {
     waiting: BTreeMap<String, NodeReport>,
     /// Each node's static pods, as mirror pods.
     mirrors: Arc<super::mirror::Mirrors>,
+    /// The snapshot generation each node last reported acting on.
+    observed: BTreeMap<String, u64>,
 }
 /// The `kubernetes.io`/`k8s.io` labels a node may set on its own Node, as
 /// Kubernetes' NodeRestriction admission allows a kubelet
@@ -321,6 +323,7 @@ impl Ingest {
             dropped: BTreeMap::new(),
             waiting: BTreeMap::new(),
             mirrors,
+            observed: BTreeMap::new(),
         }
     }
 
@@ -484,6 +487,32 @@ impl Ingest {
         for pr in &r.pods {
             if let Err(e) = self.pod_report(node, pr, host_ip) {
                 tracing::warn!(%node, pod = %format!("{}/{}", pr.namespace, pr.name), error = %e, "pod status from the report not written");
+            }
+        }
+        if self.observed.get(node) != Some(&r.observed_generation) {
+            self.observed.insert(node.to_owned(), r.observed_generation);
+            self.not_on_node(node, &r)?;
+        }
+        Ok(())
+    }
+
+    /// Pods being deleted that the node does not run although it acts on a
+    /// snapshot made after their deletion began (it refused them, say): it
+    /// will never report them stopped, so they go now — the kubelet
+    /// finishes the deletion of a pod it is not running at once.
+    fn not_on_node(&self, node: &str, r: &NodeReport) -> Result<(), ControllerError> {
+        for p in self.client.list::<Pod>(None)? {
+            let here = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node);
+            let rv = p.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+            let reported = r.pods.iter().any(|pr| Some(pr.uid.as_str()) == p.metadata.uid.as_deref());
+            let mirror = p.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(super::mirror::MIRROR));
+            if here && !reported && !mirror && p.metadata.deletion_timestamp.is_some() && rv <= r.observed_generation {
+                let (ns, name) = (
+                    p.metadata.namespace.as_deref().unwrap_or_default(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                );
+                tracing::info!(%node, pod = %format!("{ns}/{name}"), "pod being deleted is not on its node; removed");
+                ignore_not_found(self.client.delete_now::<Pod>(ns, name, p.metadata.uid.as_deref()))?;
             }
         }
         Ok(())

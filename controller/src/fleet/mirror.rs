@@ -162,8 +162,15 @@ pub fn sync(
     let name = node.metadata.name.clone().unwrap_or_default();
     let rt = Pod::rt()?;
     let mut uids = BTreeSet::new();
+    let mut seen = BTreeSet::new();
     for s in statics {
         let (ns, pod_name) = (s.namespace().to_owned(), s.metadata.name.clone());
+        // Two static pods of one name (two files, or a node that says so):
+        // the first is mirrored, or they would replace each other forever.
+        if !seen.insert((ns.clone(), pod_name.clone())) {
+            tracing::warn!(node = %name, pod = %format!("{ns}/{pod_name}"), "two static pods of one name: the second is not mirrored");
+            continue;
+        }
         let uid = s.metadata.uid.clone().unwrap_or_default();
         if !pod_name.ends_with(&format!("-{name}")) || uid.is_empty() {
             tracing::warn!(node = %name, pod = %format!("{ns}/{pod_name}"), "static pod not mirrored: its name must end with -{name}");

@@ -204,9 +204,11 @@ pub struct Placed<'a> {
 #[derive(Default)]
 pub struct Verdicts<'a> {
     /// Per required affinity term: the domains (topology value) holding a
-    /// selected pod; `None` for a term no pod matches anywhere while the pod
-    /// matches it itself (the first of a group may go anywhere).
-    affinity: Vec<Option<std::collections::HashSet<&'a str>>>,
+    /// placed pod that matches every required affinity term.
+    affinity: Vec<std::collections::HashSet<&'a str>>,
+    /// No placed pod matches all the terms and the pod matches them itself:
+    /// the first of a group may go to any node that has the topology labels.
+    affinity_first: bool,
     /// Per required anti-affinity term: the domains holding a selected pod.
     anti: Vec<std::collections::HashSet<&'a str>>,
     /// (topology key, value) pairs where a placed pod's required
@@ -271,10 +273,16 @@ impl<'a> Verdicts<'a> {
                 .filter_map(|p| p.node_labels.get(&t.topology_key).map(String::as_str))
                 .collect()
         };
-        for t in &terms.affinity {
-            let d = domains_of(t);
-            let anywhere = placed.clone().any(|p| t.selects(p.pod, ns_labels));
-            v.affinity.push(if !anywhere && t.selects(pod, ns_labels) { None } else { Some(d) });
+        // As kube-scheduler counts them: placed pods matching all the terms.
+        if !terms.affinity.is_empty() {
+            let all = |p: &PodNeeds| terms.affinity.iter().all(|t| t.selects(p, ns_labels));
+            let mut group = placed.clone().filter(|p| all(p.pod)).peekable();
+            v.affinity_first = group.peek().is_none() && all(pod);
+            v.affinity = terms
+                .affinity
+                .iter()
+                .map(|t| group.clone().filter_map(|p| p.node_labels.get(&t.topology_key).map(String::as_str)).collect())
+                .collect();
         }
         v.anti = terms.anti_affinity.iter().map(domains_of).collect();
         for c in &terms.spread {
@@ -328,11 +336,16 @@ impl<'a> Verdicts<'a> {
                     return Err(SPREAD);
                 }
             }
+            let mut pods_exist = true;
             for (t, domains) in terms.affinity.iter().zip(&self.affinity) {
-                let Some(domains) = domains else { continue };
-                if node.labels.get(&t.topology_key).is_none_or(|v| !domains.contains(v.as_str())) {
-                    return Err(AFFINITY);
+                match node.labels.get(&t.topology_key) {
+                    // Every term's topology label must be on the node.
+                    None => return Err(AFFINITY),
+                    Some(v) => pods_exist &= domains.contains(v.as_str()),
                 }
+            }
+            if !pods_exist && !self.affinity_first {
+                return Err(AFFINITY);
             }
             for (t, domains) in terms.anti_affinity.iter().zip(&self.anti) {
                 if node.labels.get(&t.topology_key).is_some_and(|v| domains.contains(v.as_str())) {

@@ -99,14 +99,21 @@ async fn replicaset_keeps_its_count_adopts_and_releases() {
     // Scale down to 1 and up to 2.
     patch(a, &format!("{RSS}/web/scale"), "application/merge-patch+json", r#"{"spec":{"replicas":1}}"#).await;
     eventually("scaled to 1", || async {
-        (items(&get(a, &format!("{PODS}?labelSelector=app%3Dweb")).await.json()).len() == 1).then_some(())
+        (live(items(&get(a, &format!("{PODS}?labelSelector=app%3Dweb")).await.json())).len() == 1).then_some(())
     })
     .await;
     srv.shutdown().await.expect("shutdown");
 }
 
+/// The pods of `app` not being deleted: with no node agent here, a deleted
+/// pod bound to a node stays Terminating (its node would stop it), as
+/// `kubectl get pods` would show it.
 async fn pods_of(a: std::net::SocketAddr, app: &str) -> Vec<Value> {
-    items(&get(a, &format!("{PODS}?labelSelector=app%3D{app}")).await.json())
+    live(items(&get(a, &format!("{PODS}?labelSelector=app%3D{app}")).await.json()))
+}
+
+fn live(pods: Vec<Value>) -> Vec<Value> {
+    pods.into_iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).collect()
 }
 
 #[tokio::test]
@@ -527,9 +534,10 @@ async fn daemonset_one_pod_per_eligible_node() {
     // A node that appears later gets one.
     post(a, NODES, &node("e3", "2", "2Gi", json!({"role": "edge"}), json!([]))).await;
     eventually("e1 and e3", || async { (on(&pods_of(a, "agent").await) == ["e1", "e3"]).then_some(()) }).await;
-    // A deleted pod is recreated.
+    // A deleted pod is recreated once it is gone (no node agent here to stop
+    // it: forced, so it goes at once; until then its node holds it).
     let victim = pods_of(a, "agent").await[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    call(a, "DELETE", &format!("{PODS}/{victim}"), "application/json", b"").await;
+    call(a, "DELETE", &format!("{PODS}/{victim}?gracePeriodSeconds=0"), "application/json", b"").await;
     eventually("recreated", || async {
         let p = pods_of(a, "agent").await;
         (on(&p) == ["e1", "e3"] && p.iter().all(|x| x["metadata"]["name"] != victim.as_str())).then_some(())
@@ -553,6 +561,13 @@ async fn daemonset_one_pod_per_eligible_node() {
             return Ok(());
         }
         make_ready(a, "agent").await;
+        // As the nodes' agents would: pods being deleted stop, and go.
+        for p in items(&get(a, &format!("{PODS}?labelSelector=app%3Dagent")).await.json()) {
+            if p["metadata"].get("deletionTimestamp").is_some() {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default();
+                call(a, "DELETE", &format!("{PODS}/{name}?gracePeriodSeconds=0"), "application/json", b"").await;
+            }
+        }
         let images: Vec<&Value> = live.iter().map(|p| &p["spec"]["containers"][0]["image"]).collect();
         Err(format!("live pods' images {images:?}"))
     })

@@ -259,6 +259,10 @@ struct RunArgs {
     /// The cluster's DNS domain: Services are `NAME.NAMESPACE.svc.DOMAIN`.
     #[arg(long, default_value = kedge_agent::net::resolv::DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
+    /// Where node-local persistent volumes (StorageClass `local-path`) keep
+    /// their data, one directory per volume [default: DATA_DIR/storage].
+    #[arg(long)]
+    storage_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:10249)
     /// to scrapers that present --metrics-token-file's token.
     #[arg(long)]
@@ -602,6 +606,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         tick: Duration::from_secs(1),
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain.clone(),
+        storage_dir: args.storage_dir.clone().unwrap_or_else(|| data_dir.join("storage")),
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

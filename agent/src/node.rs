@@ -52,6 +52,8 @@ pub struct NodeConfig {
     pub cluster_dns: Option<IpAddr>,
     /// `--cluster-domain` (default `cluster.local`).
     pub cluster_domain: String,
+    /// `--storage-dir`: node-local persistent volumes (default `DATA/storage`).
+    pub storage_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +141,7 @@ pub async fn run<R: CriRuntime>(
     let mut workers = WorkerContext::new(runtime.clone(), paths, cfg.backoff);
     workers.dns.servers = cfg.cluster_dns.into_iter().collect();
     workers.dns.domain = cfg.cluster_domain.clone();
+    workers.storage = cfg.storage_dir.clone();
     let mut network = network;
     if let Some(n) = network.as_mut() {
         n.share_dns_gateway(workers.dns_gateway.clone());
@@ -293,6 +296,7 @@ impl<R: CriRuntime> Node<R> {
         let Some(l) = self.link.as_mut() else { return };
         let Some(snap) = l.handle.snapshots.borrow_and_update().clone() else { return };
         let generation = snap.generation;
+        let keep_volumes = snap.volumes.clone();
         let Some(prepared) = self.controller.prepare(snap) else {
             tracing::debug!(generation, have = self.controller.generation, "snapshot not newer; ignored");
             return;
@@ -318,6 +322,25 @@ impl<R: CriRuntime> Node<R> {
             }
         }
         self.manager.set_desired(self.all_pods());
+        if let Some(keep) = keep_volumes {
+            // Volumes the controller no longer has (their claims went, reclaim
+            // policy Delete): their data goes too, unless a pod still uses it.
+            let mut keep: std::collections::BTreeSet<String> = keep.into_iter().collect();
+            keep.extend(
+                self.all_pods()
+                    .iter()
+                    .flat_map(|d| d.pod.spec.volumes.iter())
+                    .filter_map(|v| v.local_path.as_ref().map(|l| l.volume.clone())),
+            );
+            let dir = self.cfg.storage_dir.clone();
+            let removed = tokio::task::spawn_blocking(move || crate::pods::storage::prune(&dir, &keep)).await;
+            for (handle, result) in removed.unwrap_or_default() {
+                match result {
+                    Ok(()) => tracing::info!(volume = %handle, "deleted volume's data removed"),
+                    Err(e) => tracing::warn!(volume = %handle, error = %e, "cannot remove a deleted volume's data"),
+                }
+            }
+        }
         // The new observed generation goes out at once.
         self.send_report();
     }

@@ -469,6 +469,24 @@ pub struct Volume {
     pub config_map: Option<DataVolume>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<DataVolume>,
+    /// A node-local persistent volume (a claim bound to a `local-path`
+    /// volume): a directory of the node's storage dir that outlives the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_path: Option<LocalPath>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalPath {
+    /// The volume's handle (its PersistentVolume's name): one path component.
+    pub volume: String,
+}
+
+impl LocalPath {
+    /// A handle names one directory of the storage dir, nothing outside it.
+    pub fn is_valid_handle(h: &str) -> bool {
+        !h.is_empty() && h.len() <= 253 && h != "." && h != ".." && !h.contains(['/', '\0'])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -584,12 +602,26 @@ impl Pod {
             if !volumes.insert(v.name.as_str()) {
                 return Err(field_error(format!("{at}.name"), format!("Duplicate value: {:?}", v.name)));
             }
-            let sources = [v.empty_dir.is_some(), v.host_path.is_some(), v.config_map.is_some(), v.secret.is_some()];
+            let sources = [
+                v.empty_dir.is_some(),
+                v.host_path.is_some(),
+                v.config_map.is_some(),
+                v.secret.is_some(),
+                v.local_path.is_some(),
+            ];
             if sources.iter().filter(|s| **s).count() != 1 {
                 return Err(field_error(
                     at,
-                    "exactly one of emptyDir, hostPath, configMap, secret must be set (the only types this agent supports)",
+                    "exactly one of emptyDir, hostPath, configMap, secret, localPath must be set (the only types this agent supports)",
                 ));
+            }
+            if let Some(l) = &v.local_path {
+                if !LocalPath::is_valid_handle(&l.volume) {
+                    return Err(field_error(
+                        format!("{at}.localPath.volume"),
+                        format!("invalid volume handle {:?}", l.volume),
+                    ));
+                }
             }
             if let Some(h) = &v.host_path {
                 if !h.path.starts_with('/') {

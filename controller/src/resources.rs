@@ -104,19 +104,30 @@ pub static RESOURCES: &[ResourceType] = &[
     res!("", "Endpoints", "endpoints", "endpoints", ["ep"], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("", "ConfigMap", "configmaps", "configmap", ["cm"], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("", "Secret", "secrets", "secret", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&["type"]),
+    res!("", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", ["pvc"], ns=true, status=true, scale=false, gen=false, all=false, fields=&[]),
+    res!("", "PersistentVolume", "persistentvolumes", "persistentvolume", ["pv"], ns=false, status=true, scale=false, gen=false, all=false, fields=&[]),
     res!("", "Event", "events", "event", ["ev"], ns=true, status=false, scale=false, gen=false, all=false, fields=EVENT_FIELDS),
     res!("apps", "Deployment", "deployments", "deployment", ["deploy"], ns=true, status=true, scale=true, gen=true, all=true, fields=&[]),
     res!("apps", "ReplicaSet", "replicasets", "replicaset", ["rs"], ns=true, status=true, scale=true, gen=true, all=true, fields=&["status.replicas"]),
     res!("apps", "DaemonSet", "daemonsets", "daemonset", ["ds"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
+    res!("apps", "StatefulSet", "statefulsets", "statefulset", ["sts"], ns=true, status=true, scale=true, gen=true, all=true, fields=&[]),
+    res!("apps", "ControllerRevision", "controllerrevisions", "controllerrevision", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("batch", "Job", "jobs", "job", [], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("batch", "CronJob", "cronjobs", "cronjob", ["cj"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("coordination.k8s.io", "Lease", "leases", "lease", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], ns=true, status=true, scale=false, gen=true, all=false, fields=&[]),
+    res!("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", ["sc"], ns=false, status=false, scale=false, gen=false, all=false, fields=&[]),
 ];
 
 /// The API groups served, with their one version each.
-pub const GROUPS: &[(&str, &str)] =
-    &[("", "v1"), ("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1"), ("policy", "v1")];
+pub const GROUPS: &[(&str, &str)] = &[
+    ("", "v1"),
+    ("apps", "v1"),
+    ("batch", "v1"),
+    ("coordination.k8s.io", "v1"),
+    ("policy", "v1"),
+    ("storage.k8s.io", "v1"),
+];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)

@@ -262,6 +262,11 @@ fn start_controllers(
         store.clone(),
         stop.clone(),
     ));
+    loops.spawn(runner::run(
+        crate::controllers::volume::VolumeController::new(client.clone())?,
+        store.clone(),
+        stop.clone(),
+    ));
     loops.spawn(runner::run(EventTtl::new(client.clone(), opts.event_ttl)?, store.clone(), stop.clone()));
     loops.spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())

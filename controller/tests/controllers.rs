@@ -747,3 +747,149 @@ async fn a_failing_daemon_pod_is_recreated_with_backoff() {
     );
     srv.shutdown().await.expect("shutdown");
 }
+
+const PVCS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
+const PVS: &str = "/api/v1/persistentvolumes";
+
+fn claim(name: &str, class: Option<&str>, size: &str) -> Value {
+    let mut c = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}});
+    if let Some(class) = class {
+        c["spec"]["storageClassName"] = json!(class);
+    }
+    c
+}
+
+fn pod_with_claim(name: &str, claim: &str, node_selector: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeSelector": node_selector, "containers": [{"name": "c", "image": "busybox:1",
+            "volumeMounts": [{"name": "d", "mountPath": "/data"}]}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}})
+}
+
+async fn node_of_pod(a: std::net::SocketAddr, name: &str) -> String {
+    eventually(&format!("{name} bound"), || async {
+        get(a, &format!("{PODS}/{name}")).await.json()["spec"]["nodeName"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+async fn finish(a: std::net::SocketAddr, pod: &str) {
+    let body = r#"{"status":{"phase":"Succeeded"}}"#;
+    assert_eq!(patch(a, &format!("{PODS}/{pod}/status"), "application/merge-patch+json", body).await.status, 200);
+}
+
+/// Claims and volumes through the API: the default `local-path` class, a
+/// volume provisioned on the node the claim's first pod was scheduled to
+/// (and every later pod of the claim sent there), kube-scheduler's message
+/// for a missing claim, protection while a pod runs, `Delete` and `Retain`.
+#[tokio::test]
+async fn claims_bind_provision_pin_and_release() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    for (n, cpu) in [("n1", "16"), ("n2", "1")] {
+        let body = node(n, cpu, "8Gi", json!({"kubernetes.io/hostname": n}), json!([]));
+        assert_eq!(post(a, NODES, &body).await.status, 201);
+    }
+    let sc = get(a, "/apis/storage.k8s.io/v1/storageclasses/local-path").await.json();
+    assert_eq!(sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"], "true", "{sc}");
+    assert_eq!(sc["volumeBindingMode"], "WaitForFirstConsumer");
+    assert_eq!(sc["reclaimPolicy"], "Delete");
+
+    assert_eq!(post(a, PVCS, &claim("data", None, "64Mi")).await.status, 201);
+    let c = eventually("the default class and protection", || async {
+        let c = get(a, &format!("{PVCS}/data")).await.json();
+        (c["spec"]["storageClassName"] == "local-path" && c["status"]["phase"] == "Pending").then_some(c)
+    })
+    .await;
+    assert_eq!(c["metadata"]["finalizers"], json!(["kubernetes.io/pvc-protection"]));
+    assert!(c["spec"].get("volumeName").is_none(), "waits for its first consumer: {c}");
+
+    // The first pod lands on n2 (by its selector): the volume is made there.
+    post(a, PODS, &pod_with_claim("first", "data", json!({"kubernetes.io/hostname": "n2"}))).await;
+    assert_eq!(node_of_pod(a, "first").await, "n2");
+    let c = eventually("the claim bound", || async {
+        let c = get(a, &format!("{PVCS}/data")).await.json();
+        (c["status"]["phase"] == "Bound").then_some(c)
+    })
+    .await;
+    let pv_name = c["spec"]["volumeName"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(pv_name, format!("pvc-{}", c["metadata"]["uid"].as_str().unwrap_or_default()));
+    assert_eq!(c["status"]["capacity"]["storage"], "64Mi");
+    let pv = eventually("the volume Bound", || async {
+        let v = get(a, &format!("{PVS}/{pv_name}")).await.json();
+        (v["status"]["phase"] == "Bound").then_some(v)
+    })
+    .await;
+    assert_eq!(pv["spec"]["csi"]["driver"], "kedge.io/local-path");
+    assert_eq!(pv["spec"]["claimRef"]["name"], "data");
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete");
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"],
+        json!(["n2"])
+    );
+
+    // A second pod of the claim goes to n2 too, though n1 has far more room.
+    post(a, PODS, &pod_with_claim("second", "data", json!({}))).await;
+    assert_eq!(node_of_pod(a, "second").await, "n2", "the volume's node");
+    // And one that cannot go there waits, with kube-scheduler's reason.
+    post(a, PODS, &pod_with_claim("elsewhere", "data", json!({"kubernetes.io/hostname": "n1"}))).await;
+    let msg = eventually("elsewhere unschedulable", || async {
+        let p = get(a, &format!("{PODS}/elsewhere")).await.json();
+        let conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        conds.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False").map(|c| c["message"].clone())
+    })
+    .await;
+    assert_eq!(
+        msg,
+        "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had volume node affinity conflict."
+    );
+    call(a, "DELETE", &format!("{PODS}/elsewhere"), "application/json", b"").await;
+
+    // A pod whose claim does not exist yet waits, and goes once it does.
+    post(a, PODS, &pod_with_claim("later", "later", json!({}))).await;
+    let msg = eventually("later unschedulable", || async {
+        let p = get(a, &format!("{PODS}/later")).await.json();
+        let conds = p["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        conds.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False").map(|c| c["message"].clone())
+    })
+    .await;
+    assert_eq!(msg, "0/2 nodes are available: persistentvolumeclaim \"later\" not found.");
+    post(a, PVCS, &claim("later", None, "1Mi")).await;
+    node_of_pod(a, "later").await;
+
+    // Deleting the claim waits for its pods (protection), then its volume goes.
+    assert_eq!(call(a, "DELETE", &format!("{PVCS}/data"), "application/json", b"").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = get(a, &format!("{PVCS}/data")).await.json();
+    assert!(c["metadata"]["deletionTimestamp"].is_string(), "protected while used: {c}");
+    finish(a, "first").await;
+    finish(a, "second").await;
+    eventually("the claim and its volume gone", || async {
+        let gone = get(a, &format!("{PVCS}/data")).await.status == 404
+            && get(a, &format!("{PVS}/{pv_name}")).await.status == 404;
+        gone.then_some(())
+    })
+    .await;
+
+    // A volume made by hand binds to a claim of its class that fits, and
+    // (Retain) stays Released when the claim goes.
+    let manual = json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "manual-1"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+            "hostPath": {"path": "/srv/manual-1"}}});
+    assert_eq!(post(a, PVS, &manual).await.status, 201);
+    assert_eq!(post(a, PVCS, &claim("too-big", Some("manual"), "2Gi")).await.status, 201);
+    assert_eq!(post(a, PVCS, &claim("fits", Some("manual"), "500Mi")).await.status, 201);
+    eventually("fits bound to manual-1", || async {
+        let c = get(a, &format!("{PVCS}/fits")).await.json();
+        (c["spec"]["volumeName"] == "manual-1" && c["status"]["phase"] == "Bound").then_some(())
+    })
+    .await;
+    assert_eq!(get(a, &format!("{PVCS}/too-big")).await.json()["status"]["phase"], "Pending");
+    call(a, "DELETE", &format!("{PVCS}/fits"), "application/json", b"").await;
+    eventually("manual-1 Released", || async {
+        (get(a, &format!("{PVS}/manual-1")).await.json()["status"]["phase"] == "Released").then_some(())
+    })
+    .await;
+    srv.shutdown().await.expect("shutdown");
+}

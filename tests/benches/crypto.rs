@@ -45,7 +45,7 @@ fn snapshot() -> NodeDesired {
             .expect("pod")
         })
         .collect();
-    NodeDesired { node: "pi-1".into(), generation: 42, pods }
+    NodeDesired { node: "pi-1".into(), generation: 42, pods, volumes: None }
 }
 
 fn report() -> NodeReport {

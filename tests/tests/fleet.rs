@@ -1216,7 +1216,7 @@ fn forgeries_are_refused(c: &Cluster) -> Result<()> {
             "securityContext": {"privileged": true}, "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
             "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}
     }))?;
-    let forged = NodeDesired { node: "n1".into(), generation: u64::MAX / 4, pods: vec![evil_pod] };
+    let forged = NodeDesired { node: "n1".into(), generation: u64::MAX / 4, pods: vec![evil_pod], volumes: None };
     let table = kedge_common::network::ClusterNetwork { generation: u64::MAX / 2, ..Default::default() };
     let dir = tempfile::tempdir()?;
     let publish = |topic: &str, payload: &[u8]| -> Result<()> {
@@ -2300,5 +2300,140 @@ fn an_event_flood_from_a_node_is_rate_limited() -> Result<()> {
     // the 100,000 never reach it, which is the broker protecting it too).
     let counted = c.dashboard_rejected("n1")?;
     ensure!(counted >= 1_000, "the excess is counted: {counted} (created {created})");
+    Ok(())
+}
+
+const STATEFUL_WEB: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: None
+  selector: {app: sts-web}
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  selector: {matchLabels: {app: sts-web}}
+  template:
+    metadata: {labels: {app: sts-web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: kedge.local/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, 'hostname >> /data/starts; exec sleep 3600']
+        readinessProbe:
+          exec: {command: [test, -s, /data/starts]}
+          periodSeconds: 1
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 16Mi}}
+";
+
+/// A StatefulSet with a `volumeClaimTemplate` on two real agents: `web-0`
+/// then `web-1` (once `web-0` is Ready), each on its own `local-path`
+/// volume made on the node it landed on; the data `web-0` wrote is there
+/// after the pod is deleted and made again (back on its volume's node), and
+/// after its agent restarts; deleting the claim removes the volume and the
+/// node removes its data.
+#[test]
+fn a_stateful_set_keeps_its_data_on_node_local_volumes() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(mut c) = Cluster::start(&["n1", "n2"], None, &[])? else { return Ok(()) };
+    let sc = c.k.ok(&["get", "storageclass", "--no-headers"])?;
+    ensure!(
+        sc.split_whitespace().take(5).collect::<Vec<_>>()
+            == ["local-path", "(default)", "kedge.io/local-path", "Delete", "WaitForFirstConsumer"],
+        "kubectl get storageclass: {sc}"
+    );
+    c.apply("web", STATEFUL_WEB)?;
+    let pods = c.wait_running("app=sts-web", 2, Duration::from_secs(120))?;
+    let by_name = |n: &str| pods.iter().find(|p| name(p) == n).cloned().context(n.to_owned());
+    let (web0, web1) = (by_name("web-0")?, by_name("web-1")?);
+    // In order: web-1 was made once web-0 was Ready.
+    let ready_at = web0["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .context("web-0 Ready")?
+        .parse::<jiff::Timestamp>()?;
+    let made = web1["metadata"]["creationTimestamp"].as_str().context("created")?.parse::<jiff::Timestamp>()?;
+    ensure!(made >= ready_at, "web-1 made at {made}, before web-0 was Ready at {ready_at}");
+    ensure!(web0["spec"]["hostname"] == "web-0" && web0["spec"]["subdomain"] == "web", "{}", web0["spec"]);
+    let o = c.k.ok(&["rollout", "status", "statefulset/web", "--timeout=30s"])?;
+    ensure!(o.contains("complete"), "kubectl rollout status: {o}");
+
+    let pvcs = c.k.ok(&["get", "pvc", "--no-headers"])?;
+    for claim in ["data-web-0", "data-web-1"] {
+        let row = pvcs.lines().find(|l| l.starts_with(claim)).with_context(|| format!("{claim} in {pvcs}"))?;
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        ensure!(cols[1] == "Bound" && cols[3] == "16Mi" && cols[4] == "RWO" && cols[5] == "local-path", "{row}");
+    }
+    let volume_of = |c: &Cluster, claim: &str| -> Result<(String, String)> {
+        let pv_name = c.k.ok(&["get", "pvc", claim, "-o", "jsonpath={.spec.volumeName}"])?;
+        let pv = c.k.json(&["get", "pv", &pv_name])?;
+        let node = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok((pv_name, node))
+    };
+    let (pv0, node0) = volume_of(&c, "data-web-0")?;
+    ensure!(node0 == node_of(&web0), "web-0's volume is on its node {}, not {node0}", node_of(&web0));
+    ensure!(volume_of(&c, "data-web-1")?.1 == node_of(&web1), "web-1's volume on its node");
+    let starts = |c: &Cluster| -> Result<Vec<String>> {
+        Ok(c.k.ok(&["exec", "web-0", "--", "cat", "/data/starts"])?.lines().map(str::to_owned).collect())
+    };
+    ensure!(starts(&c)? == ["web-0"], "first start");
+
+    let recreated = |c: &Cluster, old_uid: &Value| -> Result<Value> {
+        wait_for("web-0 made again and Ready", Duration::from_secs(90), || {
+            let o = c.k.run(&["get", "pod", "web-0", "-o", "json"])?;
+            let p: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            Ok((p["metadata"]["uid"] != *old_uid && p["status"]["phase"] == "Running" && ready(&p)).then_some(p))
+        })
+    };
+    c.k.ok(&["delete", "pod", "web-0"])?;
+    let again = recreated(&c, &web0["metadata"]["uid"])?;
+    ensure!(node_of(&again) == node0, "web-0 back on its volume's node {node0}, not {}", node_of(&again));
+    ensure!(starts(&c)? == ["web-0", "web-0"], "the data outlived the pod: {:?}", starts(&c)?);
+
+    // The agent restarts: the volume's data is still there for the next pod.
+    let data = c.agent(&node0).data.join("storage").join(&pv0);
+    ensure!(data.join("starts").exists(), "the data lives in {}", data.display());
+    c.agent_mut(&node0).kill();
+    c.agent_mut(&node0).start()?;
+    c.wait_node_ready(&node0)?;
+    c.k.ok(&["delete", "pod", "web-0"])?;
+    recreated(&c, &again["metadata"]["uid"])?;
+    ensure!(starts(&c)? == ["web-0", "web-0", "web-0"], "the data outlived the agent: {:?}", starts(&c)?);
+
+    // Claims are kept when the set goes (retention Retain); deleting one
+    // deletes its volume (reclaim policy Delete), and the node its data.
+    c.k.ok(&["delete", "statefulset", "web"])?;
+    wait_for("the set's pods to go", Duration::from_secs(60), || Ok(c.pods("app=sts-web")?.is_empty().then_some(())))?;
+    ensure!(
+        c.k.ok(&["get", "pvc", "data-web-0", "-o", "name"])?.trim() == "persistentvolumeclaim/data-web-0",
+        "claim kept"
+    );
+    c.k.ok(&["delete", "pvc", "data-web-0", "--timeout=60s"])?;
+    wait_for("the volume to go", Duration::from_secs(30), || {
+        Ok((c.k.run(&["get", "pv", &pv0])?.status.code() == Some(1)).then_some(()))
+    })?;
+    c.agent(&node0).wait_for("the node to remove the volume's data", Duration::from_secs(30), || {
+        Ok((!data.exists()).then_some(()))
+    })?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod manifests;
 pub mod probe;
 pub mod status;
+pub mod storage;
 pub mod translate;
 pub mod worker;
 

@@ -95,8 +95,13 @@ pub fn sandbox_config(
 }
 
 /// Creates each volume's directory under `volumes_root/<uid>/` (hostPath:
-/// the host path) and returns volume name → host path.
-pub fn prepare_volumes(pod: &Pod, volumes_root: &Path) -> Result<HashMap<String, PathBuf>, TranslateError> {
+/// the host path; a node-local persistent volume: its directory under
+/// `storage`) and returns volume name → host path.
+pub fn prepare_volumes(
+    pod: &Pod,
+    volumes_root: &Path,
+    storage: &Path,
+) -> Result<HashMap<String, PathBuf>, TranslateError> {
     let mut out = HashMap::new();
     for v in &pod.spec.volumes {
         let err = |path: &Path| {
@@ -104,7 +109,9 @@ pub fn prepare_volumes(pod: &Pod, volumes_root: &Path) -> Result<HashMap<String,
             let path = path.to_path_buf();
             move |source| TranslateError::Volume { volume, path, source }
         };
-        let path = if let Some(h) = &v.host_path {
+        let path = if let Some(l) = &v.local_path {
+            super::storage::volume_dir(storage, &l.volume).map_err(err(&storage.join(&l.volume)))?
+        } else if let Some(h) = &v.host_path {
             let p = PathBuf::from(&h.path);
             match h.kind.as_deref().unwrap_or("") {
                 "DirectoryOrCreate" => fs::create_dir_all(&p).map_err(err(&p))?,
@@ -281,7 +288,7 @@ mod tests {
             },
         ];
         let root = tempfile::tempdir().expect("tempdir");
-        let paths = prepare_volumes(&pod, root.path()).expect("prepared");
+        let paths = prepare_volumes(&pod, root.path(), &root.path().join("storage")).expect("prepared");
         let tls = paths.get("tls").expect("tls volume");
         assert_eq!(fs::read(tls.join("key.der")).expect("key"), der);
         let mode = fs::metadata(tls.join("key.der")).expect("stat").permissions().mode() & 0o777;
@@ -327,7 +334,7 @@ mod tests {
             ..Default::default()
         }];
         let root = tempfile::tempdir().expect("tempdir");
-        let err = prepare_volumes(&pod, root.path()).expect_err("refused");
+        let err = prepare_volumes(&pod, root.path(), &root.path().join("storage")).expect_err("refused");
         assert!(matches!(err, TranslateError::Invalid { .. }) && err.to_string().contains("invalid key"), "{err}");
     }
 }

@@ -51,12 +51,16 @@ pub struct WorkerContext<R> {
     /// nameserver when `--cluster-dns` is not given. Set by the network
     /// once the node has a pod CIDR.
     pub dns_gateway: Arc<std::sync::RwLock<Option<std::net::IpAddr>>>,
+    /// Where node-local persistent volumes live (`--storage-dir`), one
+    /// directory per volume handle; they outlive their pods.
+    pub storage: PathBuf,
 }
 
 impl<R: CriRuntime> WorkerContext<R> {
     pub fn new(runtime: R, paths: Paths, backoff: BackoffPolicy) -> Self {
         WorkerContext {
             runtime,
+            storage: paths.root.join("storage"),
             paths,
             backoff,
             changed: Arc::new(tokio::sync::Notify::new()),
@@ -506,7 +510,7 @@ impl<R: CriRuntime> Worker<R> {
             self.waiting.insert(c.name.clone(), w);
             return Some(at.unwrap_or_else(|| Instant::now() + self.ctx.backoff.base));
         }
-        let volumes = match translate::prepare_volumes(&d.pod, &self.ctx.volumes_dir(&self.uid)) {
+        let volumes = match translate::prepare_volumes(&d.pod, &self.ctx.volumes_dir(&self.uid), &self.ctx.storage) {
             Ok(v) => v,
             Err(e) => {
                 self.waiting.insert(c.name.clone(), waiting(WaitingReason::CreateContainerConfigError, e.to_string()));

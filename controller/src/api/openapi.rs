@@ -137,13 +137,18 @@ macro_rules! for_each_kind {
         $m!("", k8s_openapi::api::core::v1::ConfigMap);
         $m!("", k8s_openapi::api::core::v1::Secret);
         $m!("", k8s_openapi::api::core::v1::Event);
+        $m!("", k8s_openapi::api::core::v1::PersistentVolumeClaim);
+        $m!("", k8s_openapi::api::core::v1::PersistentVolume);
         $m!("apps", k8s_openapi::api::apps::v1::Deployment);
         $m!("apps", k8s_openapi::api::apps::v1::ReplicaSet);
         $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);
+        $m!("apps", k8s_openapi::api::apps::v1::StatefulSet);
+        $m!("apps", k8s_openapi::api::apps::v1::ControllerRevision);
         $m!("batch", k8s_openapi::api::batch::v1::Job);
         $m!("batch", k8s_openapi::api::batch::v1::CronJob);
         $m!("coordination.k8s.io", k8s_openapi::api::coordination::v1::Lease);
         $m!("policy", k8s_openapi::api::policy::v1::PodDisruptionBudget);
+        $m!("storage.k8s.io", k8s_openapi::api::storage::v1::StorageClass);
     };
 }
 

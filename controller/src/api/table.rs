@@ -71,6 +71,51 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Images", "string", true),
             c("Selector", "string", true),
         ],
+        "StatefulSet" => vec![
+            c("Name", "string", false),
+            c("Ready", "string", false),
+            c("Age", "string", false),
+            c("Containers", "string", true),
+            c("Images", "string", true),
+        ],
+        "ControllerRevision" => vec![
+            c("Name", "string", false),
+            c("Controller", "string", false),
+            c("Revision", "integer", false),
+            c("Age", "string", false),
+        ],
+        "PersistentVolumeClaim" => vec![
+            c("Name", "string", false),
+            c("Status", "string", false),
+            c("Volume", "string", false),
+            c("Capacity", "string", false),
+            c("Access Modes", "string", false),
+            c("StorageClass", "string", false),
+            c("VolumeAttributesClass", "string", false),
+            c("Age", "string", false),
+            c("VolumeMode", "string", true),
+        ],
+        "PersistentVolume" => vec![
+            c("Name", "string", false),
+            c("Capacity", "string", false),
+            c("Access Modes", "string", false),
+            c("Reclaim Policy", "string", false),
+            c("Status", "string", false),
+            c("Claim", "string", false),
+            c("StorageClass", "string", false),
+            c("VolumeAttributesClass", "string", false),
+            c("Reason", "string", false),
+            c("Age", "string", false),
+            c("VolumeMode", "string", true),
+        ],
+        "StorageClass" => vec![
+            c("Name", "string", false),
+            c("Provisioner", "string", false),
+            c("ReclaimPolicy", "string", false),
+            c("VolumeBindingMode", "string", false),
+            c("AllowVolumeExpansion", "string", false),
+            c("Age", "string", false),
+        ],
         "CronJob" => vec![
             c("Name", "string", false),
             c("Schedule", "string", false),
@@ -191,6 +236,22 @@ fn containers_images(v: &Value, ptr: &str) -> (String, String) {
     let names: Vec<&str> = cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect();
     let images: Vec<&str> = cs.iter().filter_map(|c| c.get("image").and_then(Value::as_str)).collect();
     (names.join(","), images.join(","))
+}
+
+/// kubectl's short access modes (`RWO,ROX`).
+fn access_modes(modes: &[Value]) -> String {
+    let short: Vec<&str> = modes
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|m| match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect();
+    short.join(",")
 }
 
 fn selector_string(v: &Value, ptr: &str) -> String {
@@ -370,6 +431,76 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(cn),
                 json!(im),
                 json!(selector_string(o, "/spec/selector")),
+            ]
+        }
+        "StatefulSet" => {
+            let (cn, im) = containers_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+                age,
+                json!(cn),
+                json!(im),
+            ]
+        }
+        "ControllerRevision" => {
+            let owner = arr(o, "/metadata/ownerReferences").iter().find(|r| r["controller"] == true).map(|r| {
+                let group = r["apiVersion"].as_str().unwrap_or_default().split('/').rev().nth(1).unwrap_or_default();
+                let kind = r["kind"].as_str().unwrap_or_default().to_lowercase();
+                let kind = if group.is_empty() { kind } else { format!("{kind}.{group}") };
+                format!("{kind}/{}", r["name"].as_str().unwrap_or_default())
+            });
+            vec![name, json!(none(owner)), json!(n(o, "/revision")), age]
+        }
+        "PersistentVolumeClaim" => vec![
+            name,
+            json!(s(o, "/status/phase").unwrap_or_default()),
+            json!(s(o, "/spec/volumeName").unwrap_or_default()),
+            json!(s(o, "/status/capacity/storage").unwrap_or_default()),
+            json!(access_modes(arr(o, "/status/accessModes"))),
+            json!(s(o, "/spec/storageClassName").unwrap_or_default()),
+            json!(none(s(o, "/spec/volumeAttributesClassName").map(str::to_owned))),
+            age,
+            json!(s(o, "/spec/volumeMode").unwrap_or("Filesystem")),
+        ],
+        "PersistentVolume" => {
+            let claim = o.pointer("/spec/claimRef").map(|r| {
+                format!("{}/{}", r["namespace"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default())
+            });
+            vec![
+                name,
+                json!(s(o, "/spec/capacity/storage").unwrap_or_default()),
+                json!(access_modes(arr(o, "/spec/accessModes"))),
+                json!(s(o, "/spec/persistentVolumeReclaimPolicy").unwrap_or_default()),
+                json!(s(o, "/status/phase").unwrap_or_default()),
+                json!(claim.unwrap_or_default()),
+                json!(s(o, "/spec/storageClassName").unwrap_or_default()),
+                json!(none(s(o, "/spec/volumeAttributesClassName").map(str::to_owned))),
+                json!(s(o, "/status/reason").unwrap_or_default()),
+                age,
+                json!(s(o, "/spec/volumeMode").unwrap_or("Filesystem")),
+            ]
+        }
+        "StorageClass" => {
+            let default =
+                ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
+                    .iter()
+                    .any(|a| {
+                        o.pointer("/metadata/annotations").and_then(|m| m.get(a)).and_then(Value::as_str)
+                            == Some("true")
+                    });
+            let shown = if default {
+                format!("{} (default)", name.as_str().unwrap_or_default())
+            } else {
+                name.as_str().unwrap_or_default().to_owned()
+            };
+            vec![
+                json!(shown),
+                json!(s(o, "/provisioner").unwrap_or_default()),
+                json!(s(o, "/reclaimPolicy").unwrap_or("Delete")),
+                json!(s(o, "/volumeBindingMode").unwrap_or("Immediate")),
+                json!(o.pointer("/allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                age,
             ]
         }
         "CronJob" => {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kedge_common::sign::{Purpose, SigningKey};
 use kedge_common::topics::{self, NodeTopic};
 use kedge_common::wire::NodeDesired;
@@ -44,6 +44,8 @@ pub struct DesiredPublisher {
     pod_id: &'static str,
     cm_id: &'static str,
     secret_id: &'static str,
+    pvc_id: &'static str,
+    pv_id: &'static str,
     /// Node → (content hash, connection epoch) of the last publish.
     published: HashMap<String, (u64, u64)>,
     /// Pods already reported as not translatable (uid → message), so a
@@ -75,6 +77,8 @@ impl DesiredPublisher {
             pod_id: Pod::rt()?.id,
             cm_id: ConfigMap::rt()?.id,
             secret_id: Secret::rt()?.id,
+            pvc_id: PersistentVolumeClaim::rt()?.id,
+            pv_id: PersistentVolume::rt()?.id,
             published: HashMap::new(),
             failing: HashMap::new(),
         })
@@ -114,6 +118,21 @@ impl DesiredPublisher {
             for s in self.client.list::<Secret>(Some(ns))? {
                 refs.secrets.insert((ns.clone(), s.metadata.name.clone().unwrap_or_default()), s);
             }
+            for c in self.client.list::<PersistentVolumeClaim>(Some(ns))? {
+                refs.claims.insert((ns.clone(), c.metadata.name.clone().unwrap_or_default()), c);
+            }
+        }
+        // Every node-local volume, by its node (what each node keeps).
+        let mut local: HashMap<String, Vec<String>> = HashMap::new();
+        for pv in self.client.list::<PersistentVolume>(None)? {
+            if let (Some(node), Some(handle)) =
+                (crate::controllers::volume::pinned_node(&pv), crate::controllers::volume::local_path_handle(&pv))
+            {
+                if wanted.contains(node) {
+                    local.entry(node.to_owned()).or_default().push(handle.to_owned());
+                }
+            }
+            refs.volumes.insert(pv.metadata.name.clone().unwrap_or_default(), pv);
         }
         let epoch = self.state.epoch();
         for (node, pods) in by_node {
@@ -151,6 +170,8 @@ impl DesiredPublisher {
                             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "a deleted pod its node cannot run is not removed");
                         }
                     }
+                    // Its claim is being bound (just scheduled): sent once bound.
+                    Err(node_pod::NodePodError::ClaimUnbound { .. }) => {}
                     Err(e) => {
                         let msg = e.to_string();
                         if self.failing.get(&uid) != Some(&msg) {
@@ -169,10 +190,13 @@ impl DesiredPublisher {
                 }
             }
             let count = wire.len();
+            let mut volumes = local.remove(node).unwrap_or_default();
+            volumes.sort_unstable();
             let mut h = std::collections::hash_map::DefaultHasher::new();
             let content = kedge_common::envelope::encode(&wire)
                 .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             content.hash(&mut h);
+            volumes.hash(&mut h);
             seal.hash(&mut h);
             let hash = h.finish();
             if self.published.get(node) == Some(&(hash, epoch)) {
@@ -184,7 +208,7 @@ impl DesiredPublisher {
                 Some((g, old_hash)) if old_hash == hash => g,
                 _ => revision,
             };
-            let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire };
+            let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire, volumes: Some(volumes) };
             let bytes = match kedge_common::envelope::encode_sealed(&snapshot, Purpose::Desired, &self.key, Some(&seal))
             {
                 Ok(b) => b,
@@ -228,7 +252,16 @@ impl Reconcile for DesiredPublisher {
             }
         } else if ev.resource == self.node_id {
             out.push(node_key(&ev.name));
-        } else if ev.resource == self.cm_id || ev.resource == self.secret_id {
+        } else if ev.resource == self.pv_id {
+            // The node keeps (or drops) its data; pods of a claim bound to it follow the claim's event.
+            for v in [Some(&ev.object), ev.prev.as_ref()].into_iter().flatten() {
+                if let Ok(pv) = serde_json::from_value::<PersistentVolume>(v.clone()) {
+                    if let Some(n) = crate::controllers::volume::pinned_node(&pv) {
+                        out.push(node_key(n));
+                    }
+                }
+            }
+        } else if ev.resource == self.cm_id || ev.resource == self.secret_id || ev.resource == self.pvc_id {
             match self.nodes_with_pods_in(&ev.namespace) {
                 Ok(nodes) => out.extend(nodes.iter().map(|n| node_key(n))),
                 Err(e) => tracing::warn!(error = %e, "cannot list the pods a changed ConfigMap/Secret may feed"),

@@ -13,7 +13,7 @@ pub mod model;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Node, NodeSelector, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::Value;
 
@@ -43,6 +43,7 @@ pub struct Scheduler {
     client: Client,
     pod_id: &'static str,
     node_id: &'static str,
+    pvc_id: &'static str,
     /// Every node with what is committed on it (usage is kept for a node
     /// name even before its Node object exists, so it is right when it does).
     nodes: BTreeMap<String, NodeEntry>,
@@ -81,6 +82,7 @@ impl Scheduler {
             client,
             pod_id: Pod::rt()?.id,
             node_id: Node::rt()?.id,
+            pvc_id: PersistentVolumeClaim::rt()?.id,
             nodes: BTreeMap::new(),
             placed: HashMap::new(),
             waiting: HashSet::new(),
@@ -196,6 +198,9 @@ impl Reconcile for Scheduler {
         } else if ev.resource == self.node_id {
             let now = (ev.kind != EventType::Deleted).then_some(&ev.object);
             self.observe_node(&ev.name, now);
+            out.extend(self.waiting.iter().cloned());
+        } else if ev.resource == self.pvc_id {
+            // A claim made or bound may let a waiting pod in.
             out.extend(self.waiting.iter().cloned());
         }
     }
@@ -317,18 +322,32 @@ impl Scheduler {
         };
         let pod: Pod = serde_json::from_value(raw).map_err(|source| ControllerError::Decode { kind: "Pod", source })?;
         let needs = PodNeeds::from_pod(&pod);
+        let known = self.nodes.values().filter(|e| e.info.is_some()).count();
+        let volumes = match self.volume_affinity(&pod)? {
+            Ok(v) => v,
+            Err(why) => {
+                self.unschedulable(key, &pod, &format!("0/{known} nodes are available: {why}."))?;
+                return Ok(None);
+            }
+        };
         // Inter-pod affinity and topology spread: worked out once, only when
         // the pod has such terms or a placed pod's anti-affinity may refuse it.
         let verdicts = (needs.terms.is_some() || !self.anti.is_empty()).then(|| self.verdicts(&needs)).transpose()?;
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         let mut feasible: Vec<(&NodeInfo, &NodeUsage)> = Vec::new();
-        let mut known = 0;
         for e in self.nodes.values() {
             let Some(info) = &e.info else { continue };
-            known += 1;
-            let passed = model::filter(info, &e.usage, &needs).and_then(|()| {
-                verdicts.as_ref().map_or(Ok(()), |v| v.filter(info, &needs).map_err(|r| vec![r.to_owned()]))
-            });
+            let passed = model::filter(info, &e.usage, &needs)
+                .and_then(|()| {
+                    if volumes.iter().all(|sel| model::affinity_matches(sel, info)) {
+                        Ok(())
+                    } else {
+                        Err(vec!["node(s) had volume node affinity conflict".to_owned()])
+                    }
+                })
+                .and_then(|()| {
+                    verdicts.as_ref().map_or(Ok(()), |v| v.filter(info, &needs).map_err(|r| vec![r.to_owned()]))
+                });
             match passed {
                 Ok(()) => feasible.push((info, &e.usage)),
                 Err(rs) => rs.into_iter().for_each(|r| *reasons.entry(r).or_insert(0) += 1),
@@ -352,21 +371,60 @@ impl Scheduler {
             .map(|(_, _, std::cmp::Reverse(name))| name.to_owned());
         let Some(node) = best else {
             let msg = model::unschedulable_message(known, &reasons);
-            if self.set_condition(&pod, "False", Some("Unschedulable"), Some(&msg))? {
-                tracing::info!(pod = %format!("{}/{}", key.namespace, key.name), reason = %msg, "unschedulable");
-                events::record(
-                    &self.client,
-                    SCHEDULER_NAME,
-                    ("v1", "Pod", &pod.metadata),
-                    true,
-                    "FailedScheduling",
-                    &msg,
-                );
-            }
-            self.waiting.insert(key.clone());
+            self.unschedulable(key, &pod, &msg)?;
             return Ok(None);
         };
         self.place(key.clone(), &node, needs);
         Ok(Some(node))
+    }
+
+    /// `PodScheduled=False` with kube-scheduler's message (and an event when
+    /// it is new); the pod waits for a change.
+    fn unschedulable(&mut self, key: &Key, pod: &Pod, msg: &str) -> Result<(), ControllerError> {
+        if self.set_condition(pod, "False", Some("Unschedulable"), Some(msg))? {
+            tracing::info!(pod = %format!("{}/{}", key.namespace, key.name), reason = %msg, "unschedulable");
+            events::record(&self.client, SCHEDULER_NAME, ("v1", "Pod", &pod.metadata), true, "FailedScheduling", msg);
+        }
+        self.waiting.insert(key.clone());
+        Ok(())
+    }
+
+    /// kube-scheduler's `VolumeBinding`: the required node affinity of every
+    /// volume the pod's claims are bound to (a node must match them all),
+    /// or why no node can take the pod. An unbound claim whose class waits
+    /// for its first consumer fits anywhere: it is provisioned where the pod lands.
+    fn volume_affinity(&self, pod: &Pod) -> Result<Result<Vec<NodeSelector>, String>, ControllerError> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut out = Vec::new();
+        for name in crate::controllers::volume::claims_of(pod) {
+            let Some(claim) = self.client.get::<PersistentVolumeClaim>(ns, name)? else {
+                return Ok(Err(format!("persistentvolumeclaim \"{name}\" not found")));
+            };
+            if claim.metadata.deletion_timestamp.is_some() {
+                return Ok(Err(format!("persistentvolumeclaim \"{name}\" is being deleted")));
+            }
+            let spec = claim.spec.unwrap_or_default();
+            match spec.volume_name.as_deref().filter(|v| !v.is_empty()) {
+                Some(pv_name) => {
+                    let Some(pv) = self.client.get::<PersistentVolume>("", pv_name)? else {
+                        return Ok(Err(format!("persistentvolume \"{pv_name}\" not found")));
+                    };
+                    if let Some(req) = pv.spec.and_then(|s| s.node_affinity).and_then(|a| a.required) {
+                        out.push(req);
+                    }
+                }
+                None => {
+                    let class = match spec.storage_class_name.as_deref().filter(|c| !c.is_empty()) {
+                        Some(c) => self.client.get::<k8s_openapi::api::storage::v1::StorageClass>("", c)?,
+                        None => None,
+                    };
+                    let waits = class.and_then(|c| c.volume_binding_mode).as_deref() == Some("WaitForFirstConsumer");
+                    if !waits {
+                        return Ok(Err("pod has unbound immediate PersistentVolumeClaims".to_owned()));
+                    }
+                }
+            }
+        }
+        Ok(Ok(out))
     }
 }

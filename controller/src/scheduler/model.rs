@@ -242,7 +242,7 @@ fn term_matches(term: &NodeSelectorTerm, node: &NodeInfo) -> bool {
         && fields.iter().all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&node.name)))
 }
 
-fn affinity_matches(sel: &NodeSelector, node: &NodeInfo) -> bool {
+pub fn affinity_matches(sel: &NodeSelector, node: &NodeInfo) -> bool {
     sel.node_selector_terms.iter().any(|term| term_matches(term, node))
 }
 

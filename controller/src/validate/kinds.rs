@@ -867,3 +867,273 @@ pub fn event(e: &mut Event, _old: Option<&Event>, errs: &mut Errs) {
     }
     one_of(errs, "type", e.type_.as_deref(), &["Normal", "Warning"]);
 }
+
+// ------------------------------------------------------------ stateful sets
+
+/// A StatefulSet: Kubernetes' defaults (OrderedReady, RollingUpdate with
+/// partition 0, claims retained), its template and claim templates, and
+/// the rule that only replicas, ordinals, template, updateStrategy,
+/// persistentVolumeClaimRetentionPolicy and minReadySeconds may change.
+pub fn stateful_set(
+    s: &mut k8s_openapi::api::apps::v1::StatefulSet,
+    old: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+    errs: &mut Errs,
+) {
+    use k8s_openapi::api::apps::v1::{
+        RollingUpdateStatefulSetStrategy, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
+    };
+    let spec = s.spec.get_or_insert_with(Default::default);
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.pod_management_policy.get_or_insert_with(|| "OrderedReady".to_owned());
+    let us = spec.update_strategy.get_or_insert_with(StatefulSetUpdateStrategy::default);
+    us.type_.get_or_insert_with(|| "RollingUpdate".to_owned());
+    if us.type_.as_deref() == Some("RollingUpdate") {
+        us.rolling_update.get_or_insert_with(RollingUpdateStatefulSetStrategy::default).partition.get_or_insert(0);
+    }
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+    retention.when_deleted.get_or_insert_with(|| "Retain".to_owned());
+    retention.when_scaled.get_or_insert_with(|| "Retain".to_owned());
+    one_of(errs, "spec.podManagementPolicy", spec.pod_management_policy.as_deref(), &["OrderedReady", "Parallel"]);
+    one_of(errs, "spec.updateStrategy.type", us.type_.as_deref(), &["OnDelete", "RollingUpdate"]);
+    if us.type_.as_deref() == Some("OnDelete") && us.rolling_update.is_some() {
+        errs.push(FieldError::invalid(
+            "spec.updateStrategy.rollingUpdate",
+            "{...}",
+            "only allowed for updateStrategy 'RollingUpdate'",
+        ));
+    }
+    if let Some(p) = us.rolling_update.as_ref().and_then(|r| r.partition).filter(|p| *p < 0) {
+        errs.push(FieldError::invalid(
+            "spec.updateStrategy.rollingUpdate.partition",
+            p,
+            "must be greater than or equal to 0",
+        ));
+    }
+    for (path, v) in [
+        ("spec.persistentVolumeClaimRetentionPolicy.whenDeleted", retention.when_deleted.as_deref()),
+        ("spec.persistentVolumeClaimRetentionPolicy.whenScaled", retention.when_scaled.as_deref()),
+    ] {
+        one_of(errs, path, v, &["Retain", "Delete"]);
+    }
+    if let Some(m) = spec.min_ready_seconds.filter(|m| *m < 0) {
+        errs.push(FieldError::invalid("spec.minReadySeconds", m, "must be greater than or equal to 0"));
+    }
+    if let Some(start) = spec.ordinals.as_ref().and_then(|o| o.start).filter(|s| *s < 0) {
+        errs.push(FieldError::invalid("spec.ordinals.start", start, "must be greater than or equal to 0"));
+    }
+    replicas(errs, spec.replicas);
+    template(errs, &spec.selector, &mut spec.template, true);
+    let mut claim_names = BTreeSet::new();
+    for (i, t) in spec.volume_claim_templates.iter_mut().flatten().enumerate() {
+        let at = format!("spec.volumeClaimTemplates[{i}]");
+        let name = t.metadata.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            errs.push(FieldError::required(format!("{at}.metadata.name")));
+        } else if let Some(why) = names::dns1123_label(&name) {
+            errs.push(FieldError::invalid(format!("{at}.metadata.name"), &name, &why));
+        } else if !claim_names.insert(name.clone()) {
+            errs.push(FieldError::duplicate(format!("{at}.metadata.name"), &name));
+        }
+        claim_spec(errs, &format!("{at}.spec"), t.spec.get_or_insert_with(Default::default));
+    }
+    if let (Some(old), Some(new)) = (old.and_then(|o| o.spec.as_ref()), s.spec.as_ref()) {
+        // Everything but the mutable fields must match the stored spec.
+        let frozen = |sp: &k8s_openapi::api::apps::v1::StatefulSetSpec| {
+            let mut sp = sp.clone();
+            sp.replicas = None;
+            sp.ordinals = None;
+            sp.template = Default::default();
+            sp.update_strategy = None;
+            sp.persistent_volume_claim_retention_policy = None;
+            sp.min_ready_seconds = None;
+            sp.revision_history_limit = None;
+            serde_json::to_value(sp).unwrap_or_default()
+        };
+        if frozen(old) != frozen(new) {
+            errs.push(FieldError::forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+            ));
+        }
+    }
+}
+
+/// A ControllerRevision: its revision number is not negative, and its data
+/// never changes.
+pub fn controller_revision(
+    r: &mut k8s_openapi::api::apps::v1::ControllerRevision,
+    old: Option<&k8s_openapi::api::apps::v1::ControllerRevision>,
+    errs: &mut Errs,
+) {
+    if r.revision < 0 {
+        errs.push(FieldError::invalid("revision", r.revision, "must be greater than or equal to 0"));
+    }
+    if let Some(old) = old {
+        if old.data != r.data {
+            errs.push(FieldError::invalid("data", "{...}", "field is immutable"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- storage
+
+const ACCESS_MODES: &[&str] = &["ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod"];
+
+fn access_modes(errs: &mut Errs, path: &str, modes: Option<&Vec<String>>) {
+    match modes {
+        None => errs.push(FieldError::required(path).with_detail("at least 1 access mode is required")),
+        Some(m) if m.is_empty() => {
+            errs.push(FieldError::required(path).with_detail("at least 1 access mode is required"))
+        }
+        Some(m) => m.iter().for_each(|a| one_of(errs, path, Some(a), ACCESS_MODES)),
+    }
+}
+
+fn storage_size(errs: &mut Errs, path: &str, q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) {
+    match q {
+        None => errs.push(FieldError::required(path)),
+        Some(q) => match quantity::parse_milli(&q.0) {
+            Ok(v) if v > 0 => {}
+            Ok(_) => errs.push(FieldError::invalid(path, &q.0, "must be greater than zero")),
+            Err(e) => errs.push(FieldError::invalid(path, &q.0, &e.to_string())),
+        },
+    }
+}
+
+fn claim_spec(errs: &mut Errs, path: &str, spec: &mut k8s_openapi::api::core::v1::PersistentVolumeClaimSpec) {
+    spec.volume_mode.get_or_insert_with(|| "Filesystem".to_owned());
+    one_of(errs, &format!("{path}.volumeMode"), spec.volume_mode.as_deref(), &["Block", "Filesystem"]);
+    access_modes(errs, &format!("{path}.accessModes"), spec.access_modes.as_ref());
+    let size = spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage"));
+    storage_size(errs, &format!("{path}.resources[storage]"), size);
+    if let Some(sel) = &spec.selector {
+        if let Err(e) = crate::selector::LabelSelector::from_k8s(sel) {
+            errs.push(FieldError::invalid(format!("{path}.selector"), "{...}", &e));
+        }
+    }
+}
+
+/// A PersistentVolumeClaim: access modes and a storage request; the spec is
+/// immutable once created, except the requested size, and the class and
+/// volume name the volume controller fills in (an unset class gets the
+/// default one; binding sets `volumeName`).
+pub fn persistent_volume_claim(
+    c: &mut k8s_openapi::api::core::v1::PersistentVolumeClaim,
+    old: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaim>,
+    errs: &mut Errs,
+) {
+    let spec = c.spec.get_or_insert_with(Default::default);
+    claim_spec(errs, "spec", spec);
+    if let Some(old) = old.and_then(|o| o.spec.as_ref()) {
+        let mut was = old.clone();
+        let mut now = spec.clone();
+        for s in [&mut was, &mut now] {
+            s.resources = None;
+            s.volume_attributes_class_name = None;
+        }
+        // Filled in once: an unset class or volume may be set.
+        if was.storage_class_name.is_none() {
+            was.storage_class_name = now.storage_class_name.clone();
+        }
+        if was.volume_name.as_deref().unwrap_or_default().is_empty() {
+            was.volume_name = now.volume_name.clone();
+        }
+        if was != now {
+            errs.push(FieldError::forbidden(
+                "spec",
+                "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+            ));
+        }
+    }
+}
+
+/// A PersistentVolume: capacity, access modes and exactly one source;
+/// statically made volumes are retained by default.
+pub fn persistent_volume(
+    v: &mut k8s_openapi::api::core::v1::PersistentVolume,
+    _old: Option<&k8s_openapi::api::core::v1::PersistentVolume>,
+    errs: &mut Errs,
+) {
+    let spec = v.spec.get_or_insert_with(Default::default);
+    spec.persistent_volume_reclaim_policy.get_or_insert_with(|| "Retain".to_owned());
+    spec.volume_mode.get_or_insert_with(|| "Filesystem".to_owned());
+    one_of(
+        errs,
+        "spec.persistentVolumeReclaimPolicy",
+        spec.persistent_volume_reclaim_policy.as_deref(),
+        &["Delete", "Recycle", "Retain"],
+    );
+    one_of(errs, "spec.volumeMode", spec.volume_mode.as_deref(), &["Block", "Filesystem"]);
+    access_modes(errs, "spec.accessModes", spec.access_modes.as_ref());
+    storage_size(errs, "spec.capacity", spec.capacity.as_ref().and_then(|c| c.get("storage")));
+    let sources = serde_json::to_value(&*spec)
+        .ok()
+        .and_then(|j| {
+            j.as_object().map(|o| {
+                o.keys()
+                    .filter(|k| {
+                        !matches!(
+                            k.as_str(),
+                            "accessModes"
+                                | "capacity"
+                                | "claimRef"
+                                | "mountOptions"
+                                | "nodeAffinity"
+                                | "persistentVolumeReclaimPolicy"
+                                | "storageClassName"
+                                | "volumeAttributesClassName"
+                                | "volumeMode"
+                        )
+                    })
+                    .count()
+            })
+        })
+        .unwrap_or(0);
+    if sources == 0 {
+        errs.push(FieldError::required("spec").with_detail("must specify a volume type"));
+    } else if sources > 1 {
+        errs.push(FieldError::forbidden("spec", "may not specify more than 1 volume type"));
+    }
+    for (path, p) in [
+        ("spec.hostPath.path", spec.host_path.as_ref().map(|h| h.path.as_str())),
+        ("spec.local.path", spec.local.as_ref().map(|l| l.path.as_str())),
+    ] {
+        if let Some(p) = p.filter(|p| !p.starts_with('/')) {
+            errs.push(FieldError::invalid(path, p, "must be an absolute path"));
+        }
+    }
+    if spec.local.is_some() && spec.node_affinity.as_ref().and_then(|a| a.required.as_ref()).is_none() {
+        errs.push(FieldError::required("spec.nodeAffinity").with_detail("Local volume requires node affinity"));
+    }
+}
+
+/// A StorageClass: a provisioner, `Delete` and `Immediate` by default, and
+/// nothing but its labels and annotations changes afterwards.
+pub fn storage_class(
+    c: &mut k8s_openapi::api::storage::v1::StorageClass,
+    old: Option<&k8s_openapi::api::storage::v1::StorageClass>,
+    errs: &mut Errs,
+) {
+    c.reclaim_policy.get_or_insert_with(|| "Delete".to_owned());
+    c.volume_binding_mode.get_or_insert_with(|| "Immediate".to_owned());
+    if c.provisioner.is_empty() {
+        errs.push(FieldError::required("provisioner"));
+    }
+    one_of(errs, "reclaimPolicy", c.reclaim_policy.as_deref(), &["Delete", "Retain"]);
+    one_of(errs, "volumeBindingMode", c.volume_binding_mode.as_deref(), &["Immediate", "WaitForFirstConsumer"]);
+    if let Some(old) = old {
+        for (path, changed) in [
+            ("parameters", old.parameters != c.parameters),
+            ("provisioner", old.provisioner != c.provisioner),
+            ("reclaimPolicy", old.reclaim_policy != c.reclaim_policy),
+            ("volumeBindingMode", old.volume_binding_mode != c.volume_binding_mode),
+        ] {
+            if changed {
+                errs.push(FieldError::forbidden(path, "updates to this field are forbidden"));
+            }
+        }
+    }
+}

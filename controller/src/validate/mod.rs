@@ -102,6 +102,19 @@ pub fn admit(
         ("policy", "PodDisruptionBudget") => {
             run::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(input, kinds::pod_disruption_budget)
         }
+        ("apps", "StatefulSet") => run::<k8s_openapi::api::apps::v1::StatefulSet>(input, kinds::stateful_set),
+        ("apps", "ControllerRevision") => {
+            run::<k8s_openapi::api::apps::v1::ControllerRevision>(input, kinds::controller_revision)
+        }
+        ("", "PersistentVolumeClaim") => {
+            run::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(input, kinds::persistent_volume_claim)
+        }
+        ("", "PersistentVolume") => {
+            run::<k8s_openapi::api::core::v1::PersistentVolume>(input, kinds::persistent_volume)
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            run::<k8s_openapi::api::storage::v1::StorageClass>(input, kinds::storage_class)
+        }
         _ => Err(AdmissionError::NoAdmission { kind: rt.kind }),
     }
 }

@@ -22,11 +22,14 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kedge_common::bytes::Bytes;
 use kedge_common::pod as wire;
 
-/// The ConfigMaps and Secrets of the namespaces in play, by (namespace, name).
+/// The ConfigMaps, Secrets and claims of the namespaces in play, by
+/// (namespace, name), and the persistent volumes by name.
 #[derive(Default)]
 pub struct Refs {
     pub config_maps: HashMap<(String, String), api::ConfigMap>,
     pub secrets: HashMap<(String, String), api::Secret>,
+    pub claims: HashMap<(String, String), api::PersistentVolumeClaim>,
+    pub volumes: HashMap<String, api::PersistentVolume>,
 }
 
 impl Refs {
@@ -68,6 +71,16 @@ pub enum NodePodError {
     VolumeKey { kind: RefKind, ns: String, name: String, key: String },
     #[error("{field}: unsupported value {value:?}")]
     Unsupported { field: String, value: String },
+    #[error("persistentvolumeclaim {ns}/{name} not found")]
+    ClaimMissing { ns: String, name: String },
+    #[error("persistentvolumeclaim {ns}/{name} is not bound yet")]
+    ClaimUnbound { ns: String, name: String },
+    #[error("persistentvolume {name} (of claim {ns}/{claim}) not found")]
+    VolumeMissing { ns: String, claim: String, name: String },
+    #[error("persistentvolume {name} is pinned to node {pinned}, not to this node")]
+    VolumeElsewhere { name: String, pinned: String },
+    #[error("persistentvolume {name}: only hostPath, local and {driver} volumes can be mounted on a node", driver = crate::controllers::volume::LOCAL_PATH_DRIVER)]
+    VolumeKind { name: String },
 }
 
 fn unsupported(field: impl Into<String>, value: impl fmt::Display) -> NodePodError {
@@ -133,7 +146,7 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
             host_aliases: (spec.host_aliases.iter().flatten())
                 .map(|a| wire::HostAlias { ip: a.ip.clone(), hostnames: a.hostnames.clone().unwrap_or_default() })
                 .collect(),
-            volumes: spec.volumes.iter().flatten().map(|v| volume(v, &ns, refs)).collect::<Result<_, _>>()?,
+            volumes: spec.volumes.iter().flatten().map(|v| volume(v, &ns, node, refs)).collect::<Result<_, _>>()?,
             termination_grace_period_seconds: spec.termination_grace_period_seconds,
             security_context: spec
                 .security_context
@@ -172,7 +185,47 @@ impl<'a> Source<'a> {
     }
 }
 
-fn volume(v: &api::Volume, ns: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
+/// A claim's volume as the node mounts it: a `local-path` volume by its
+/// handle, a static `hostPath` or `local` volume by its path.
+fn claimed(claim: &str, ns: &str, node: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
+    let c = refs
+        .claims
+        .get(&(ns.to_owned(), claim.to_owned()))
+        .ok_or_else(|| NodePodError::ClaimMissing { ns: ns.into(), name: claim.into() })?;
+    let pv_name = c.spec.as_ref().and_then(|s| s.volume_name.clone()).unwrap_or_default();
+    if pv_name.is_empty() {
+        return Err(NodePodError::ClaimUnbound { ns: ns.into(), name: claim.into() });
+    }
+    let pv = refs.volumes.get(&pv_name).ok_or_else(|| NodePodError::VolumeMissing {
+        ns: ns.into(),
+        claim: claim.into(),
+        name: pv_name.clone(),
+    })?;
+    if let Some(pinned) = crate::controllers::volume::pinned_node(pv).filter(|p| *p != node) {
+        return Err(NodePodError::VolumeElsewhere { name: pv_name, pinned: pinned.into() });
+    }
+    let spec = pv.spec.as_ref();
+    if let Some(handle) = crate::controllers::volume::local_path_handle(pv) {
+        return Ok(wire::Volume {
+            local_path: Some(wire::LocalPath { volume: handle.to_owned() }),
+            ..Default::default()
+        });
+    }
+    if let Some(h) = spec.and_then(|s| s.host_path.as_ref()) {
+        let host_path = wire::HostPath { path: h.path.clone(), kind: h.type_.clone() };
+        return Ok(wire::Volume { host_path: Some(host_path), ..Default::default() });
+    }
+    if let Some(l) = spec.and_then(|s| s.local.as_ref()) {
+        let host_path = wire::HostPath { path: l.path.clone(), kind: Some("Directory".into()) };
+        return Ok(wire::Volume { host_path: Some(host_path), ..Default::default() });
+    }
+    Err(NodePodError::VolumeKind { name: pv_name })
+}
+
+fn volume(v: &api::Volume, ns: &str, node: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
+    if let Some(c) = &v.persistent_volume_claim {
+        return Ok(wire::Volume { name: v.name.clone(), ..claimed(&c.claim_name, ns, node, refs)? });
+    }
     let config_map = match &v.config_map {
         Some(c) => {
             let source =
@@ -200,6 +253,7 @@ fn volume(v: &api::Volume, ns: &str, refs: &Refs) -> Result<wire::Volume, NodePo
         host_path: v.host_path.as_ref().map(|h| wire::HostPath { path: h.path.clone(), kind: h.type_.clone() }),
         config_map,
         secret,
+        local_path: None,
     })
 }
 

@@ -28,6 +28,7 @@ fn refs() -> Refs {
     Refs {
         config_maps: HashMap::from([(("default".into(), "cfg".into()), cm)]),
         secrets: HashMap::from([(("default".into(), "pw".into()), secret), (("default".into(), "tls".into()), tls)]),
+        ..Refs::default()
     }
 }
 
@@ -214,4 +215,46 @@ fn dns_policy_defaults_to_cluster_first_and_an_unknown_one_is_refused() {
     assert_eq!(w.spec.dns_policy, wire::DnsPolicy::ClusterFirst);
     let bad = pod(json!({"containers": [{"name": "c", "image": "i"}], "dnsPolicy": "Sometimes"}));
     assert!(node_pod(&bad, "n1", &refs()).is_err());
+}
+
+#[test]
+fn a_claim_becomes_its_volume_on_its_node() {
+    let mut refs = Refs::default();
+    let claim = |volume: Option<&str>| -> api::PersistentVolumeClaim {
+        serde_json::from_value(json!({"metadata": {"name": "data", "namespace": "default"},
+            "spec": {"volumeName": volume}}))
+        .expect("claim")
+    };
+    let pv: api::PersistentVolume = serde_json::from_value(json!({"metadata": {"name": "pvc-1"}, "spec": {
+        "csi": {"driver": "kedge.io/local-path", "volumeHandle": "pvc-1"},
+        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n1"]}]}]}}}}))
+    .expect("pv");
+    let manual: api::PersistentVolume = serde_json::from_value(
+        json!({"metadata": {"name": "manual"}, "spec": {"hostPath": {"path": "/srv/m", "type": "Directory"}}}),
+    )
+    .expect("pv");
+    refs.volumes.insert("pvc-1".into(), pv);
+    refs.volumes.insert("manual".into(), manual);
+    let p = pod(json!({"containers": [{"name": "c", "image": "busybox"}],
+        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}));
+
+    assert_eq!(
+        node_pod(&p, "n1", &refs).expect_err("no claim"),
+        NodePodError::ClaimMissing { ns: "default".into(), name: "data".into() }
+    );
+    refs.claims.insert(("default".into(), "data".into()), claim(None));
+    assert!(matches!(node_pod(&p, "n1", &refs), Err(NodePodError::ClaimUnbound { .. })));
+    refs.claims.insert(("default".into(), "data".into()), claim(Some("pvc-1")));
+    let w = node_pod(&p, "n1", &refs).expect("bound");
+    assert_eq!(w.spec.volumes[0].name, "d");
+    assert_eq!(w.spec.volumes[0].local_path, Some(wire::LocalPath { volume: "pvc-1".into() }));
+    assert!(w.validate().is_ok(), "the node takes it");
+    assert_eq!(
+        node_pod(&p, "n2", &refs).expect_err("elsewhere"),
+        NodePodError::VolumeElsewhere { name: "pvc-1".into(), pinned: "n1".into() }
+    );
+    refs.claims.insert(("default".into(), "data".into()), claim(Some("manual")));
+    let w = node_pod(&p, "n2", &refs).expect("a static volume");
+    assert_eq!(w.spec.volumes[0].host_path.as_ref().map(|h| h.path.as_str()), Some("/srv/m"));
 }

@@ -225,7 +225,11 @@ mod tests {
             document("apis/batch/v1")
                 .is_some_and(|d| d["components"]["schemas"]["io.k8s.api.batch.v1.Job"].is_object())
         );
-        assert!(document("apis/storage.k8s.io/v1").is_none(), "a group not served");
+        assert!(
+            document("apis/storage.k8s.io/v1")
+                .is_some_and(|d| d["components"]["schemas"]["io.k8s.api.storage.v1.StorageClass"].is_object())
+        );
+        assert!(document("apis/networking.k8s.io/v1").is_none(), "a group not served");
         let root = root();
         assert!(
             root["paths"]["api/v1"]["serverRelativeURL"]

@@ -2420,6 +2420,36 @@ fn a_stateful_set_keeps_its_data_on_node_local_volumes() -> Result<()> {
     recreated(&c, &again["metadata"]["uid"])?;
     ensure!(starts(&c)? == ["web-0", "web-0", "web-0"], "the data outlived the agent: {:?}", starts(&c)?);
 
+    // A rolling update held at partition 1 renews web-1 only; undone, web-1
+    // is back on the first revision (kubectl's rollout history and undo
+    // read and apply the set's ControllerRevisions).
+    c.k.ok(&["patch", "statefulset", "web", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":1}}}}"#])?;
+    c.k.ok(&["rollout", "restart", "statefulset/web"])?;
+    let o = c.k.ok(&["rollout", "status", "statefulset/web", "--timeout=90s"])?;
+    ensure!(o.contains("partitioned roll out complete: 1 new pods have been updated"), "kubectl rollout status: {o}");
+    let sts = c.k.json(&["get", "statefulset", "web"])?;
+    let (current, update) = (sts["status"]["currentRevision"].clone(), sts["status"]["updateRevision"].clone());
+    ensure!(current != update && update.is_string(), "{}", sts["status"]);
+    let revision_of = |c: &Cluster, pod: &str| -> Result<Value> {
+        Ok(c.k.json(&["get", "pod", pod])?["metadata"]["labels"]["controller-revision-hash"].clone())
+    };
+    ensure!(revision_of(&c, "web-1")? == update && revision_of(&c, "web-0")? == current, "only web-1 renewed");
+    let history = c.k.ok(&["rollout", "history", "statefulset/web"])?;
+    let revisions: Vec<&str> =
+        history.lines().filter_map(|l| l.split_whitespace().next()).filter(|w| w.parse::<u32>().is_ok()).collect();
+    ensure!(revisions == ["1", "2"], "kubectl rollout history: {history}");
+    let o = c.k.ok(&["rollout", "undo", "statefulset/web"])?;
+    ensure!(o.contains("rolled back"), "kubectl rollout undo: {o}");
+    wait_for("web-1 back on the first revision", Duration::from_secs(90), || {
+        let p = c.k.json(&["get", "pod", "web-1"])?;
+        let back = p["metadata"]["labels"]["controller-revision-hash"] == current
+            && p["status"]["phase"] == "Running"
+            && ready(&p);
+        Ok(back.then_some(()))
+    })?;
+    let o = c.k.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"])?;
+    ensure!(o.contains("complete"), "kubectl rollout status: {o}");
+
     // Claims are kept when the set goes (retention Retain); deleting one
     // deletes its volume (reclaim policy Delete), and the node its data.
     c.k.ok(&["delete", "statefulset", "web"])?;

@@ -263,6 +263,11 @@ fn start_controllers(
         stop.clone(),
     ));
     loops.spawn(runner::run(
+        crate::controllers::statefulset::StatefulSetController::new(client.clone())?,
+        store.clone(),
+        stop.clone(),
+    ));
+    loops.spawn(runner::run(
         crate::controllers::volume::VolumeController::new(client.clone())?,
         store.clone(),
         stop.clone(),

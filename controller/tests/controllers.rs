@@ -893,3 +893,97 @@ async fn claims_bind_provision_pin_and_release() {
     .await;
     srv.shutdown().await.expect("shutdown");
 }
+
+const STSS: &str = "/apis/apps/v1/namespaces/default/statefulsets";
+
+async fn sts_pods(a: std::net::SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> =
+        live(pods_of(a, "db").await).iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned)).collect();
+    names.sort();
+    names
+}
+
+/// A StatefulSet through the API, kubelets stood in for: pods made in
+/// order, each once the one before is Ready, with their claims; surplus
+/// removed from the highest ordinal; a rolling update held at a partition.
+#[tokio::test]
+async fn statefulset_makes_pods_in_order_with_their_claims() {
+    let _ = tracing_subscriber::fmt().with_env_filter("kedge_controller=warn").with_test_writer().try_init();
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"serviceName": "db", "replicas": 3, "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1",
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    let r = post(a, STSS, &sts).await;
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    eventually("db-0 alone", || async { (sts_pods(a).await == ["db-0"]).then_some(()) }).await;
+    let claim = get(a, &format!("{PVCS}/data-db-0")).await.json();
+    assert_eq!(claim["metadata"]["labels"]["app"], "db", "{claim}");
+    let p0 = get(a, &format!("{PODS}/db-0")).await.json();
+    assert_eq!(p0["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "data-db-0");
+    assert_eq!(p0["metadata"]["labels"]["apps.kubernetes.io/pod-index"], "0");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sts_pods(a).await, ["db-0"], "db-1 waits for db-0 to be Ready");
+    for want in [vec!["db-0", "db-1"], vec!["db-0", "db-1", "db-2"]] {
+        make_ready(a, "db").await;
+        eventually("the next ordinal", || async { (sts_pods(a).await == want).then_some(()) }).await;
+    }
+    make_ready(a, "db").await;
+    let st = eventually("status", || async {
+        let s = get(a, &format!("{STSS}/db")).await.json()["status"].clone();
+        (s["readyReplicas"] == 3 && s["currentRevision"] == s["updateRevision"]).then_some(s)
+    })
+    .await;
+    let first_rev = st["updateRevision"].clone();
+    let revs = items(&get(a, "/apis/apps/v1/namespaces/default/controllerrevisions").await.json());
+    assert_eq!(revs.len(), 1);
+    assert_eq!(revs[0]["revision"], 1);
+    assert_eq!(revs[0]["data"]["spec"]["template"]["$patch"], "replace");
+
+    // A new template with partition 2: only db-2 is renewed.
+    let body = json!({"spec": {"updateStrategy": {"rollingUpdate": {"partition": 2}},
+        "template": {"spec": {"containers": [{"name": "c", "image": "busybox:2"}]}}}});
+    assert_eq!(
+        patch(a, &format!("{STSS}/db"), "application/strategic-merge-patch+json", &body.to_string()).await.status,
+        200
+    );
+    let renewed = eventually("db-2 renewed", || async {
+        make_ready(a, "db").await;
+        let p = get(a, &format!("{PODS}/db-2")).await.json();
+        (p["spec"]["containers"][0]["image"] == "busybox:2" && p["status"]["phase"] == "Running").then_some(p)
+    })
+    .await;
+    let st = eventually("partitioned status", || async {
+        let s = get(a, &format!("{STSS}/db")).await.json()["status"].clone();
+        (s["updatedReplicas"] == 1 && s["readyReplicas"] == 3).then_some(s)
+    })
+    .await;
+    assert_eq!(st["currentRevision"], first_rev);
+    assert_eq!(renewed["metadata"]["labels"]["controller-revision-hash"], st["updateRevision"]);
+    for p in ["db-0", "db-1"] {
+        let pod = get(a, &format!("{PODS}/{p}")).await.json();
+        assert_eq!(pod["spec"]["containers"][0]["image"], "busybox:1", "{p} below the partition");
+    }
+
+    // Scaled to 1: db-2, then db-1 go; the claims stay.
+    assert_eq!(
+        patch(a, &format!("{STSS}/db"), "application/merge-patch+json", r#"{"spec":{"replicas":1}}"#).await.status,
+        200
+    );
+    eventually("down to db-0", || async {
+        // Stand in for the kubelet: a deleted pod's node confirms it stopped.
+        for p in pods_of(a, "db").await {
+            if p["metadata"].get("deletionTimestamp").is_some() {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                call(a, "DELETE", &format!("{PODS}/{name}?gracePeriodSeconds=0"), "application/json", b"").await;
+            }
+        }
+        (sts_pods(a).await == ["db-0"]).then_some(())
+    })
+    .await;
+    assert_eq!(get(a, &format!("{PVCS}/data-db-2")).await.status, 200, "claims are retained");
+    srv.shutdown().await.expect("shutdown");
+}

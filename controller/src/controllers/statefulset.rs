@@ -120,8 +120,9 @@ pub fn new_claims(set: &StatefulSet, ord: i32) -> Vec<PersistentVolumeClaim> {
         .into_iter()
         .flatten()
         .map(|t| {
-            let mut labels = sel_labels.clone();
-            labels.extend(t.metadata.labels.clone().unwrap_or_default());
+            // The selector's labels win, as kube's claim identity has it.
+            let mut labels = t.metadata.labels.clone().unwrap_or_default();
+            labels.extend(sel_labels.clone());
             let mut owner = podutil::owner_ref("apps/v1", "StatefulSet", &set.metadata);
             owner.controller = None;
             owner.block_owner_deletion = None;
@@ -211,7 +212,27 @@ impl StatefulSetController {
                     data: Some(RawExtension(revision_data(&template))),
                     revision: max + 1,
                 };
-                revs.push(self.client.create(&rev)?);
+                match self.client.create(&rev) {
+                    Ok(r) => revs.push(r),
+                    // Left by a set deleted with its dependents orphaned: adopted.
+                    Err(ControllerError::Conflict(e)) => {
+                        let ns = set.metadata.namespace.as_deref().unwrap_or_default();
+                        let Some(mut old) = self.client.get::<ControllerRevision>(ns, &name)? else {
+                            return Err(ControllerError::Conflict(e));
+                        };
+                        if controller_ref(&old.metadata).is_some() {
+                            return Err(ControllerError::Conflict(e));
+                        }
+                        old.metadata.owner_references.get_or_insert_with(Vec::new).push(podutil::owner_ref(
+                            "apps/v1",
+                            "StatefulSet",
+                            &set.metadata,
+                        ));
+                        old.revision = max + 1;
+                        revs.push(self.client.replace(&old)?);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok((revs, name))
@@ -444,8 +465,8 @@ impl StatefulSetController {
         let updated = count(&|p| revision_label(p) == Some(update_rev.as_str()));
         let mut current = count(&|p| revision_label(p) == Some(current_rev.as_str()));
         // A finished rolling update: the update revision becomes current.
-        let want = spec.replicas.unwrap_or(1);
-        if updated == want && replicas == want && ready == want {
+        let rolling = spec.update_strategy.as_ref().and_then(|u| u.type_.as_deref()) != Some("OnDelete");
+        if rolling && updated == replicas && ready == replicas && replicas == spec.replicas.unwrap_or(1) {
             current_rev = update_rev.clone();
             current = updated;
         }

@@ -925,7 +925,39 @@ pub fn stateful_set(
         errs.push(FieldError::invalid("spec.ordinals.start", start, "must be greater than or equal to 0"));
     }
     replicas(errs, spec.replicas);
+    // The pods mount their claims as volumes named after the templates.
+    let claimed: Vec<String> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .filter_map(|t| t.metadata.name.clone())
+        .filter(|n| {
+            !spec
+                .template
+                .spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_ref())
+                .is_some_and(|v| v.iter().any(|v| &v.name == n))
+        })
+        .collect();
+    let vols = spec.template.spec.get_or_insert_with(Default::default).volumes.get_or_insert_with(Vec::new);
+    vols.extend(claimed.iter().map(|n| k8s_openapi::api::core::v1::Volume {
+        name: n.clone(),
+        persistent_volume_claim: Some(k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource {
+            claim_name: n.clone(),
+            read_only: None,
+        }),
+        ..Default::default()
+    }));
     template(errs, &spec.selector, &mut spec.template, true);
+    if let Some(ps) = spec.template.spec.as_mut() {
+        if let Some(vols) = ps.volumes.as_mut() {
+            vols.retain(|v| !claimed.contains(&v.name));
+        }
+        if ps.volumes.as_ref().is_some_and(Vec::is_empty) {
+            ps.volumes = None;
+        }
+    }
     let mut claim_names = BTreeSet::new();
     for (i, t) in spec.volume_claim_templates.iter_mut().flatten().enumerate() {
         let at = format!("spec.volumeClaimTemplates[{i}]");

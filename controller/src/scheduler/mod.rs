@@ -27,7 +27,7 @@ use model::{NodeInfo, NodeUsage, PodNeeds};
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Pods decided and bound per transaction.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 #[derive(Default)]
 struct NodeEntry {

@@ -75,6 +75,9 @@ pub struct PodNeeds {
     pub preferred: Vec<(i32, NodeSelectorTerm)>,
     /// Inter-pod (anti-)affinity and topology spread, when it has any.
     pub terms: Option<Box<interpod::PodTerms>>,
+    /// Being deleted: still holds its resources, but no longer counts for
+    /// topology spread.
+    pub terminating: bool,
 }
 
 const DEFAULT_CPU_MILLI: i128 = 100;
@@ -126,6 +129,7 @@ impl PodNeeds {
                 .collect(),
             terms: interpod::of_pod(p, p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
             labels: p.metadata.labels.clone().unwrap_or_default(),
+            terminating: p.metadata.deletion_timestamp.is_some(),
         }
     }
 }

@@ -297,7 +297,9 @@ impl<'a> Verdicts<'a> {
                 eligible_nodes.iter().map(|n| n.name.as_str()).collect();
             for p in placed.clone() {
                 let Some(val) = p.node_labels.get(&c.topology_key) else { continue };
-                if p.pod.namespace == pod.namespace
+                // Terminating pods are not counted (kube-scheduler #87621).
+                if !p.pod.terminating
+                    && p.pod.namespace == pod.namespace
                     && c.selector.matches_labels(&p.pod.labels)
                     && eligible_names.contains(p.node)
                 {

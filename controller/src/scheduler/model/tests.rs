@@ -213,6 +213,11 @@ fn topology_spread_keeps_the_skew_and_needs_the_label() {
     // 1 and 1: either zone.
     let verdict = judge(&nodes, &[(0, web(())), (2, web(()))], &web(()));
     assert_eq!(&verdict[..3], [Ok(()), Ok(()), Ok(())]);
+    // A terminating pod in b does not count: b is still the emptier zone.
+    let mut leaving = web(());
+    leaving.terminating = true;
+    let verdict = judge(&nodes, &[(0, web(())), (2, leaving)], &web(()));
+    assert_eq!(&verdict[..3], [Err(interpod::SPREAD), Err(interpod::SPREAD), Ok(())]);
     // minDomains 3 with two zones: the minimum counts as 0, so a zone already holding one is out.
     let min3 = json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "minDomains": 3,
         "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]});

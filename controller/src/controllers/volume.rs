@@ -71,6 +71,22 @@ pub fn pinned_node(pv: &PersistentVolume) -> Option<&str> {
     })
 }
 
+/// The node affinity that pins a volume to `node`.
+fn pinned_to(node: &str) -> VolumeNodeAffinity {
+    VolumeNodeAffinity {
+        required: Some(NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: HOSTNAME.to_owned(),
+                    operator: "In".to_owned(),
+                    values: Some(vec![node.to_owned()]),
+                }]),
+                match_fields: None,
+            }],
+        }),
+    }
+}
+
 /// A volume the node-local provisioner made (its handle names the directory).
 pub fn local_path_handle(pv: &PersistentVolume) -> Option<&str> {
     let csi = pv.spec.as_ref()?.csi.as_ref()?;
@@ -328,18 +344,7 @@ impl VolumeController {
                     volume_handle: name.clone(),
                     ..Default::default()
                 }),
-                node_affinity: Some(VolumeNodeAffinity {
-                    required: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_expressions: Some(vec![NodeSelectorRequirement {
-                                key: HOSTNAME.to_owned(),
-                                operator: "In".to_owned(),
-                                values: Some(vec![node.to_owned()]),
-                            }]),
-                            match_fields: None,
-                        }],
-                    }),
-                }),
+                node_affinity: Some(pinned_to(node)),
                 persistent_volume_reclaim_policy: Some(class.reclaim_policy.clone().unwrap_or_else(|| "Delete".into())),
                 storage_class_name: class.metadata.name.clone(),
                 volume_mode: cs.volume_mode.clone(),
@@ -550,18 +555,7 @@ mod tests {
         };
         if let Some(n) = node {
             if let Some(s) = pv.spec.as_mut() {
-                s.node_affinity = Some(VolumeNodeAffinity {
-                    required: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_expressions: Some(vec![NodeSelectorRequirement {
-                                key: HOSTNAME.into(),
-                                operator: "In".into(),
-                                values: Some(vec![n.into()]),
-                            }]),
-                            match_fields: None,
-                        }],
-                    }),
-                });
+                s.node_affinity = Some(pinned_to(n));
             }
         }
         pv

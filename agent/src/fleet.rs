@@ -166,7 +166,7 @@ mod tests {
         let cache = Cache::open(&dir.path().join("agent.redb")).expect("cache");
         let mut src = ControllerSource::from_cache(&cache).expect("empty");
         assert_eq!(src.generation, 0);
-        let snap = |g, pods| NodeDesired { node: "n1".into(), generation: g, pods, volumes: None };
+        let snap = |g, pods| NodeDesired { node: "n1".into(), generation: g, pods, delete_volumes: Vec::new() };
         assert_eq!(
             src.accept(&cache, snap(3, vec![pod("a", "1")])).expect("accept"),
             Accepted::New { skipped: vec![] }

@@ -296,7 +296,7 @@ impl<R: CriRuntime> Node<R> {
         let Some(l) = self.link.as_mut() else { return };
         let Some(snap) = l.handle.snapshots.borrow_and_update().clone() else { return };
         let generation = snap.generation;
-        let keep_volumes = snap.volumes.clone();
+        let delete_volumes = snap.delete_volumes.clone();
         let Some(prepared) = self.controller.prepare(snap) else {
             tracing::debug!(generation, have = self.controller.generation, "snapshot not newer; ignored");
             return;
@@ -322,24 +322,26 @@ impl<R: CriRuntime> Node<R> {
             }
         }
         self.manager.set_desired(self.all_pods());
-        if let Some(keep) = keep_volumes {
-            // Volumes the controller no longer has (their claims went, reclaim
-            // policy Delete): their data goes too, unless a pod still uses it.
-            let mut keep: std::collections::BTreeSet<String> = keep.into_iter().collect();
-            keep.extend(
-                self.all_pods()
-                    .iter()
-                    .flat_map(|d| d.pod.spec.volumes.iter())
-                    .filter_map(|v| v.local_path.as_ref().map(|l| l.volume.clone())),
-            );
+        if !delete_volumes.is_empty() {
+            // Deleted volumes (claim gone, reclaim policy Delete): their data
+            // goes, unless a pod here still mounts one. Off the node loop:
+            // a large volume on an SD card takes a while.
+            let mounted: std::collections::BTreeSet<String> = self
+                .all_pods()
+                .iter()
+                .flat_map(|d| d.pod.spec.volumes.iter())
+                .filter_map(|v| v.local_path.as_ref().map(|l| l.volume.clone()))
+                .collect();
+            let doomed: Vec<String> = delete_volumes.into_iter().filter(|h| !mounted.contains(h)).collect();
             let dir = self.cfg.storage_dir.clone();
-            let removed = tokio::task::spawn_blocking(move || crate::pods::storage::prune(&dir, &keep)).await;
-            for (handle, result) in removed.unwrap_or_default() {
-                match result {
-                    Ok(()) => tracing::info!(volume = %handle, "deleted volume's data removed"),
-                    Err(e) => tracing::warn!(volume = %handle, error = %e, "cannot remove a deleted volume's data"),
+            tokio::task::spawn_blocking(move || {
+                for (handle, result) in crate::pods::storage::remove(&dir, &doomed) {
+                    match result {
+                        Ok(()) => tracing::info!(volume = %handle, "deleted volume's data removed"),
+                        Err(e) => tracing::warn!(volume = %handle, error = %e, "cannot remove a deleted volume's data"),
+                    }
                 }
-            }
+            });
         }
         // The new observed generation goes out at once.
         self.send_report();

@@ -20,12 +20,13 @@ pub struct NodeDesired {
     /// The node's pods, each with `metadata.uid` and `metadata.namespace`,
     /// ConfigMap/Secret data and `env` references already resolved.
     pub pods: Vec<Pod>,
-    /// The node-local persistent volumes (`localPath` handles) that exist
-    /// for this node, used by its pods or not. A directory of the node's
-    /// storage dir that is not listed (and no pod uses) belongs to a deleted
-    /// volume and is removed. `None` (an older controller): nothing removed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Vec<String>>,
+    /// Node-local persistent volumes (`localPath` handles) deleted with
+    /// their data (released, reclaim policy `Delete`): the node removes
+    /// their directories, unless a pod still mounts one. Only what is named
+    /// here is ever removed; the controller keeps the volume object until
+    /// the node has acted on a snapshot that named it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_volumes: Vec<String>,
 }
 
 /// What a node reports, published retained on `{prefix}/v1/nodes/{node}/status`
@@ -511,7 +512,7 @@ mod tests {
                 "volumes": [{"name": "cfg", "configMap": {"name": "cfg", "data": {"k": "v"}}}]}
         }))
         .expect("pod");
-        NodeDesired { node: "n1".into(), generation: 7, pods: vec![pod], volumes: None }
+        NodeDesired { node: "n1".into(), generation: 7, pods: vec![pod], delete_volumes: Vec::new() }
     }
 
     fn report() -> NodeReport {

@@ -858,6 +858,13 @@ async fn claims_bind_provision_pin_and_release() {
     post(a, PVCS, &claim("later", None, "1Mi")).await;
     node_of_pod(a, "later").await;
 
+    // Two new pods of one new claim, one of them held to n2: the other
+    // follows it, though n1 has more room (the volume will be made on n2).
+    post(a, PVCS, &claim("shared", None, "1Mi")).await;
+    post(a, PODS, &pod_with_claim("s1", "shared", json!({"kubernetes.io/hostname": "n2"}))).await;
+    post(a, PODS, &pod_with_claim("s2", "shared", json!({}))).await;
+    assert_eq!((node_of_pod(a, "s1").await, node_of_pod(a, "s2").await), ("n2".to_owned(), "n2".to_owned()));
+
     // Deleting the claim waits for its pods (protection), then its volume goes.
     assert_eq!(call(a, "DELETE", &format!("{PVCS}/data"), "application/json", b"").await.status, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -865,10 +872,18 @@ async fn claims_bind_provision_pin_and_release() {
     assert!(c["metadata"]["deletionTimestamp"].is_string(), "protected while used: {c}");
     finish(a, "first").await;
     finish(a, "second").await;
-    eventually("the claim and its volume gone", || async {
-        let gone = get(a, &format!("{PVCS}/data")).await.status == 404
-            && get(a, &format!("{PVS}/{pv_name}")).await.status == 404;
-        gone.then_some(())
+    // The volume waits for its node to remove the data (n2 has no agent here)…
+    let pv = eventually("the claim gone, its volume released and deleting", || async {
+        let v = get(a, &format!("{PVS}/{pv_name}")).await.json();
+        let waiting = v["metadata"]["deletionTimestamp"].is_string() && v["status"]["phase"] == "Released";
+        (get(a, &format!("{PVCS}/data")).await.status == 404 && waiting).then_some(v)
+    })
+    .await;
+    assert_eq!(pv["metadata"]["finalizers"], json!(["kedge.io/local-path-data"]));
+    // …and goes with the node (nothing left to remove it from).
+    call(a, "DELETE", &format!("{NODES}/n2"), "application/json", b"").await;
+    eventually("the volume gone with its node", || async {
+        (get(a, &format!("{PVS}/{pv_name}")).await.status == 404).then_some(())
     })
     .await;
 
@@ -908,7 +923,6 @@ async fn sts_pods(a: std::net::SocketAddr) -> Vec<String> {
 /// removed from the highest ordinal; a rolling update held at a partition.
 #[tokio::test]
 async fn statefulset_makes_pods_in_order_with_their_claims() {
-    let _ = tracing_subscriber::fmt().with_env_filter("kedge_controller=warn").with_test_writer().try_init();
     let (srv, _dir) = start(5000).await;
     let a = srv.addr;
     let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
@@ -985,5 +999,33 @@ async fn statefulset_makes_pods_in_order_with_their_claims() {
     })
     .await;
     assert_eq!(get(a, &format!("{PVCS}/data-db-2")).await.status, 200, "claims are retained");
+    srv.shutdown().await.expect("shutdown");
+}
+
+/// `podManagementPolicy: Parallel`: every ordinal at once, not waiting for
+/// readiness; scaled down, all surplus pods at once.
+#[tokio::test]
+async fn a_parallel_statefulset_makes_and_removes_pods_at_once() {
+    let (srv, _dir) = start(5000).await;
+    let a = srv.addr;
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+        "spec": {"podManagementPolicy": "Parallel", "replicas": 3, "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}});
+    assert_eq!(post(a, STSS, &sts).await.status, 201);
+    eventually("all three at once", || async { (sts_pods(a).await == ["db-0", "db-1", "db-2"]).then_some(()) }).await;
+    assert_eq!(
+        patch(a, &format!("{STSS}/db"), "application/merge-patch+json", r#"{"spec":{"replicas":1}}"#).await.status,
+        200
+    );
+    eventually("db-1 and db-2 deleted together", || async {
+        let deleting: Vec<String> = pods_of(a, "db")
+            .await
+            .iter()
+            .filter(|p| p["metadata"].get("deletionTimestamp").is_some() || p["metadata"]["name"] == "db-0")
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        (deleting.len() == 3 || sts_pods(a).await == ["db-0"]).then_some(())
+    })
+    .await;
     srv.shutdown().await.expect("shutdown");
 }

@@ -45,7 +45,7 @@ fn snapshot() -> NodeDesired {
             .expect("pod")
         })
         .collect();
-    NodeDesired { node: "pi-1".into(), generation: 42, pods, volumes: None }
+    NodeDesired { node: "pi-1".into(), generation: 42, pods, delete_volumes: Vec::new() }
 }
 
 fn report() -> NodeReport {

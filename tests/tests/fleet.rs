@@ -1216,7 +1216,8 @@ fn forgeries_are_refused(c: &Cluster) -> Result<()> {
             "securityContext": {"privileged": true}, "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
             "volumes": [{"name": "host", "hostPath": {"path": "/"}}]}
     }))?;
-    let forged = NodeDesired { node: "n1".into(), generation: u64::MAX / 4, pods: vec![evil_pod], volumes: None };
+    let forged =
+        NodeDesired { node: "n1".into(), generation: u64::MAX / 4, pods: vec![evil_pod], delete_volumes: Vec::new() };
     let table = kedge_common::network::ClusterNetwork { generation: u64::MAX / 2, ..Default::default() };
     let dir = tempfile::tempdir()?;
     let publish = |topic: &str, payload: &[u8]| -> Result<()> {
@@ -2393,8 +2394,12 @@ fn a_stateful_set_keeps_its_data_on_node_local_volumes() -> Result<()> {
     let (pv0, node0) = volume_of(&c, "data-web-0")?;
     ensure!(node0 == node_of(&web0), "web-0's volume is on its node {}, not {node0}", node_of(&web0));
     ensure!(volume_of(&c, "data-web-1")?.1 == node_of(&web1), "web-1's volume on its node");
+    // Through the node's link (which may still be reconnecting after a restart).
     let starts = |c: &Cluster| -> Result<Vec<String>> {
-        Ok(c.k.ok(&["exec", "web-0", "--", "cat", "/data/starts"])?.lines().map(str::to_owned).collect())
+        wait_for("web-0's /data/starts through kubectl exec", Duration::from_secs(30), || {
+            let o = c.k.run(&["exec", "web-0", "--", "cat", "/data/starts"])?;
+            Ok(o.status.success().then(|| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()))
+        })
     };
     ensure!(starts(&c)? == ["web-0"], "first start");
 

@@ -1,10 +1,11 @@
 //! Node-local persistent volumes (StorageClass `local-path`): one directory
 //! per volume handle under the storage dir, made when a pod first mounts it
 //! and kept through pod deletion, agent restarts and reboots. Only the
-//! controller's word removes one: a snapshot whose volume list no longer
-//! names it (its claim went and its reclaim policy was `Delete`).
+//! controller's word removes one: a snapshot that names it as deleted (its
+//! claim went and its reclaim policy was `Delete`). A volume the node does
+//! not hear about — a renamed node, a controller restored from an old
+//! backup — is left alone.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -31,16 +32,20 @@ pub fn volume_dir(storage: &Path, handle: &str) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Removes each volume directory not in `keep`; returns what it tried.
-pub fn prune(storage: &Path, keep: &BTreeSet<String>) -> Vec<(String, io::Result<()>)> {
-    let Ok(entries) = fs::read_dir(storage) else { return Vec::new() };
+/// Removes the directories of the deleted volumes `handles` that exist;
+/// returns what it tried. A handle that is not one of the controller's
+/// (`pvc-…`, one path component) is never touched.
+pub fn remove(storage: &Path, handles: &[String]) -> Vec<(String, io::Result<()>)> {
     let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(HANDLE_PREFIX) || keep.contains(&name) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+    for h in handles {
+        if !h.starts_with(HANDLE_PREFIX) || !LocalPath::is_valid_handle(h) {
             continue;
         }
-        out.push((name, fs::remove_dir_all(e.path())));
+        let dir = storage.join(h);
+        // Not following a link: only a real directory of the storage dir goes.
+        if fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            out.push((h.clone(), fs::remove_dir_all(&dir)));
+        }
     }
     out
 }
@@ -50,7 +55,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn data_stays_until_its_volume_is_no_longer_listed() {
+    fn only_the_named_volumes_go() {
         let root = tempfile::tempdir().expect("tmp");
         let a = volume_dir(root.path(), "pvc-a").expect("made");
         fs::write(a.join("data"), b"kept").expect("write");
@@ -59,9 +64,10 @@ mod tests {
         assert_eq!(fs::metadata(&a).expect("meta").permissions().mode() & 0o777, 0o777);
         // Made again: the data is still there.
         assert_eq!(fs::read(volume_dir(root.path(), "pvc-a").expect("again").join("data")).expect("read"), b"kept");
-        let removed = prune(root.path(), &BTreeSet::from(["pvc-a".to_owned()]));
+        let named = ["pvc-b", "pvc-gone", "lost+found", "../x"].map(str::to_owned);
+        let removed = remove(root.path(), &named);
         assert_eq!(removed.iter().map(|(h, r)| (h.as_str(), r.is_ok())).collect::<Vec<_>>(), vec![("pvc-b", true)]);
-        assert!(a.join("data").exists());
+        assert!(a.join("data").exists(), "not named: kept");
         assert!(!root.path().join("pvc-b").exists());
         assert!(root.path().join("lost+found").exists(), "not a volume: left alone");
     }

@@ -206,6 +206,8 @@ impl StatefulSetController {
                         name: Some(name.clone()),
                         namespace: set.metadata.namespace.clone(),
                         labels: Some(labels),
+                        // kubectl rollout history's CHANGE-CAUSE comes from here.
+                        annotations: set.metadata.annotations.clone(),
                         owner_references: Some(vec![podutil::owner_ref("apps/v1", "StatefulSet", &set.metadata)]),
                         ..Default::default()
                     },
@@ -429,7 +431,7 @@ impl StatefulSetController {
             return Ok(());
         }
         // Rolling update: highest ordinal down to the partition, one pod at a time.
-        for ord in (start + partition..end).rev() {
+        for ord in (start.saturating_add(partition)..end).rev() {
             let Some(p) = in_range.get(&ord) else { return Ok(()) };
             if revision_label(p) != Some(update_rev.as_str()) {
                 if !terminating(p) {

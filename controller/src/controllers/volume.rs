@@ -40,7 +40,8 @@ pub const LOCAL_PATH_CLASS: &str = "local-path";
 pub const LOCAL_PATH_DRIVER: &str = "kedge.io/local-path";
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
-pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// Holds a node-local volume's object until its node removed the data.
+pub const DATA_FINALIZER: &str = "kedge.io/local-path-data";
 const COMPONENT: &str = "persistentvolume-controller";
 const HOSTNAME: &str = "kubernetes.io/hostname";
 
@@ -59,6 +60,12 @@ pub fn default_class() -> StorageClass {
         allow_volume_expansion: Some(false),
         ..Default::default()
     }
+}
+
+/// Whether claims of `class` bind only once a pod is scheduled: the class
+/// says so, or its volumes are made node-local (they need that node).
+pub fn waits_for_consumer(class: &StorageClass) -> bool {
+    class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer") || class.provisioner == LOCAL_PATH_DRIVER
 }
 
 /// The node a volume is pinned to: the single `kubernetes.io/hostname In [n]`
@@ -135,8 +142,15 @@ fn is_running_pod(p: &Pod) -> bool {
 /// on `node` when the claim waits for its first consumer.
 fn fits(pv: &PersistentVolume, claim: &PersistentVolumeClaim, class: &str, node: Option<&str>) -> bool {
     let (Some(ps), Some(cs)) = (pv.spec.as_ref(), claim.spec.as_ref()) else { return false };
-    if ps.claim_ref.as_ref().is_some_and(|r| r.uid.as_deref() != claim.metadata.uid.as_deref() || r.uid.is_none()) {
-        return false;
+    // Claimed by another (a claim named without uid: pre-bound to that name).
+    if let Some(r) = &ps.claim_ref {
+        let ours = match &r.uid {
+            Some(uid) => claim.metadata.uid.as_ref() == Some(uid),
+            None => r.name == claim.metadata.name && r.namespace == claim.metadata.namespace,
+        };
+        if !ours {
+            return false;
+        }
     }
     if pv.metadata.deletion_timestamp.is_some()
         || pv.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p != "Available")
@@ -167,6 +181,7 @@ pub struct VolumeController {
     pvc_id: &'static str,
     pv_id: &'static str,
     pod_id: &'static str,
+    node_id: &'static str,
 }
 
 impl VolumeController {
@@ -175,6 +190,7 @@ impl VolumeController {
             pvc_id: PersistentVolumeClaim::rt()?.id,
             pv_id: PersistentVolume::rt()?.id,
             pod_id: Pod::rt()?.id,
+            node_id: k8s_openapi::api::core::v1::Node::rt()?.id,
             client,
         };
         // Shipped as K3s ships it (a deleted class comes back at the next start).
@@ -237,7 +253,7 @@ impl VolumeController {
         }
         let class_name = spec.storage_class_name.clone().unwrap_or_default();
         let class = if class_name.is_empty() { None } else { self.client.get::<StorageClass>("", &class_name)? };
-        let wait_first = class.as_ref().and_then(|c| c.volume_binding_mode.as_deref()) == Some("WaitForFirstConsumer");
+        let wait_first = class.as_ref().is_some_and(waits_for_consumer);
         // Where its first consumer was scheduled (a pod with a node, oldest first).
         let mut consumers: Vec<&Pod> = users
             .iter()
@@ -254,10 +270,17 @@ impl VolumeController {
             )?;
             return Ok(Action::Done);
         }
+        // A volume already claimed for it (bound half way before a crash or a conflict).
+        let volumes = self.client.list::<PersistentVolume>(None)?;
+        if let Some(pv) = volumes.iter().find(|v| {
+            v.metadata.deletion_timestamp.is_none()
+                && v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref())
+                    == claim.metadata.uid.as_deref()
+        }) {
+            return self.bind(claim, pv.clone());
+        }
         // An existing volume that fits, smallest first.
-        let mut candidates: Vec<PersistentVolume> = self
-            .client
-            .list::<PersistentVolume>(None)?
+        let mut candidates: Vec<PersistentVolume> = volumes
             .into_iter()
             .filter(|v| fits(v, &claim, &class_name, if wait_first { node.as_deref() } else { None }))
             .collect();
@@ -329,6 +352,7 @@ impl VolumeController {
         let pv = PersistentVolume {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
+                finalizers: Some(vec![DATA_FINALIZER.to_owned()]),
                 annotations: Some(BTreeMap::from([(
                     "pv.kubernetes.io/provisioned-by".to_owned(),
                     LOCAL_PATH_DRIVER.to_owned(),
@@ -388,7 +412,29 @@ impl VolumeController {
 
     /// A bound claim's status mirrors its volume (`Lost` when it is gone).
     fn claim_bound(&self, claim: PersistentVolumeClaim, pv_name: &str) -> Result<Action, ControllerError> {
-        let pv = self.client.get::<PersistentVolume>("", pv_name)?;
+        let mut pv = self.client.get::<PersistentVolume>("", pv_name)?;
+        let was_bound =
+            claim.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("pv.kubernetes.io/bind-completed"));
+        if let Some(v) = pv.as_mut() {
+            // A claim that names its volume: the volume is claimed for it,
+            // unless another claim has it.
+            let owner = v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.clone());
+            match owner {
+                Some(uid) if Some(&uid) != claim.metadata.uid.as_ref() => {
+                    let msg = format!("volume {pv_name:?} already bound to a different claim");
+                    self.set_claim_pending(&claim, "FailedBinding", &msg)?;
+                    return Ok(Action::Done);
+                }
+                Some(_) => {}
+                None => {
+                    v.spec.get_or_insert_with(Default::default).claim_ref = Some(claim_ref(&claim));
+                    *v = self.client.replace(&*v)?;
+                }
+            }
+        } else if !was_bound {
+            self.set_claim_pending(&claim, "FailedBinding", &format!("volume {pv_name:?} not found"))?;
+            return Ok(Action::Done);
+        }
         let want = match &pv {
             Some(v) => PersistentVolumeClaimStatus {
                 phase: Some("Bound".into()),
@@ -431,31 +477,86 @@ impl VolumeController {
 
     fn reconcile_volume(&mut self, name: &str) -> Result<Action, ControllerError> {
         let Some(pv) = self.client.get::<PersistentVolume>("", name)? else { return Ok(Action::Done) };
+        let claim = match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
+            Some(r) => self.client.get::<PersistentVolumeClaim>(
+                r.namespace.as_deref().unwrap_or_default(),
+                r.name.as_deref().unwrap_or_default(),
+            )?,
+            None => None,
+        };
+        let released = match pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) {
+            None => false,
+            // Pre-bound by name: waits for its claim.
+            Some(r) if r.uid.is_none() => false,
+            Some(r) => claim.as_ref().is_none_or(|c| c.metadata.uid != r.uid),
+        };
         if pv.metadata.deletion_timestamp.is_some() {
+            return self.volume_deleting(&pv, released);
+        }
+        if !released {
+            let bound = claim.as_ref().is_some_and(|c| {
+                c.spec.as_ref().and_then(|s| s.volume_name.as_deref()) == Some(name)
+                    && pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).and_then(|r| r.uid.as_deref())
+                        == c.metadata.uid.as_deref()
+            });
+            // Half bound (its claim not yet pointing back): the claim's pass finishes it.
+            if bound || claim.is_none() {
+                self.set_volume_phase(&pv, if bound { "Bound" } else { "Available" })?;
+            }
             return Ok(Action::Done);
         }
-        let Some(r) = pv.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
-            return self.set_volume_phase(&pv, "Available").map(|()| Action::Done);
-        };
-        let claim = self.client.get::<PersistentVolumeClaim>(
-            r.namespace.as_deref().unwrap_or_default(),
-            r.name.as_deref().unwrap_or_default(),
-        )?;
-        let same = claim.as_ref().is_some_and(|c| r.uid.is_none() || c.metadata.uid == r.uid);
-        if same {
-            // Bound (or being bound: the claim side follows from its own event).
-            return self.set_volume_phase(&pv, "Bound").map(|()| Action::Done);
-        }
-        // Its claim is gone: released.
-        match pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) {
-            Some("Delete") => {
-                ignore_not_found(self.client.delete::<PersistentVolume>("", name, pv.metadata.uid.as_deref()))?;
-                tracing::info!(volume = %name, node = pinned_node(&pv).unwrap_or("-"), "released volume deleted");
-            }
-            _ => self.set_volume_phase(&pv, "Released")?,
+        // Its claim is gone: released, then (Delete) deleted. The deletion
+        // comes after the phase, so a snapshot made after it names the data.
+        self.set_volume_phase(&pv, "Released")?;
+        if pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete") {
+            ignore_not_found(self.client.delete::<PersistentVolume>("", name, pv.metadata.uid.as_deref()))?;
+            tracing::info!(volume = %name, node = pinned_node(&pv).unwrap_or("-"), "released volume deleted");
         }
         Ok(Action::Done)
     }
+
+    /// A volume being deleted: held while its claim still uses it (as
+    /// Kubernetes' pv-protection); a node-local one with reclaim `Delete`
+    /// then waits for its node to remove the data (the fleet ingest lets it
+    /// go once the node acted on a snapshot that named it), unless the node
+    /// is gone. A retained one goes, its data left where it is.
+    fn volume_deleting(&self, pv: &PersistentVolume, released: bool) -> Result<Action, ControllerError> {
+        let holds = pv.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == DATA_FINALIZER));
+        let bound = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some() && !released;
+        if !holds || bound {
+            return Ok(Action::Done);
+        }
+        if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+            return self.set_volume_phase(pv, "Released").map(|()| Action::Done);
+        }
+        let node_gone = match pinned_node(pv) {
+            Some(n) => self.client.get::<k8s_openapi::api::core::v1::Node>("", n)?.is_none(),
+            None => true,
+        };
+        if !data_to_delete(pv) || node_gone {
+            release_data(&self.client, pv)?;
+        }
+        Ok(Action::Done)
+    }
+}
+
+/// Whether a volume's node should now remove its data: a node-local
+/// volume being deleted, released, with reclaim policy `Delete`.
+pub fn data_to_delete(pv: &PersistentVolume) -> bool {
+    local_path_handle(pv).is_some()
+        && pv.metadata.deletion_timestamp.is_some()
+        && pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
+        && pv.spec.as_ref().and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete")
+        && pv.metadata.finalizers.as_ref().is_some_and(|f| f.iter().any(|f| f == DATA_FINALIZER))
+}
+
+/// Lets a deleted volume go: its data is gone from its node (or stays).
+pub fn release_data(client: &Client, pv: &PersistentVolume) -> Result<(), ControllerError> {
+    let mut v = pv.clone();
+    if let Some(f) = v.metadata.finalizers.as_mut() {
+        f.retain(|f| f != DATA_FINALIZER);
+    }
+    ignore_not_found(client.replace(&v))
 }
 
 fn claim_ref(c: &PersistentVolumeClaim) -> ObjectReference {
@@ -489,6 +590,13 @@ impl Reconcile for VolumeController {
             if let Some(r) = ev.object.pointer("/spec/claimRef") {
                 let (ns, name) = (r["namespace"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default());
                 out.push(Key::new(self.pvc_id, ns, name));
+            }
+        } else if ev.resource == self.node_id && ev.kind == crate::store::EventType::Deleted {
+            // Volumes whose data waited for this node: nothing left to wait for.
+            for pv in self.client.list::<PersistentVolume>(None).unwrap_or_default() {
+                if pinned_node(&pv) == Some(ev.name.as_str()) && pv.metadata.deletion_timestamp.is_some() {
+                    out.push(Key::new(self.pv_id, "", pv.metadata.name.as_deref().unwrap_or_default()));
+                }
             }
         } else if ev.resource == self.pod_id {
             // A pod scheduled (provision), or finished or gone (protection).

@@ -122,14 +122,14 @@ impl DesiredPublisher {
                 refs.claims.insert((ns.clone(), c.metadata.name.clone().unwrap_or_default()), c);
             }
         }
-        // Every node-local volume, by its node (what each node keeps).
-        let mut local: HashMap<String, Vec<String>> = HashMap::new();
+        // Node-local volumes deleted with their data, by node (what each node removes).
+        let mut doomed: HashMap<String, Vec<String>> = HashMap::new();
         for pv in self.client.list::<PersistentVolume>(None)? {
             if let (Some(node), Some(handle)) =
                 (crate::controllers::volume::pinned_node(&pv), crate::controllers::volume::local_path_handle(&pv))
             {
-                if wanted.contains(node) {
-                    local.entry(node.to_owned()).or_default().push(handle.to_owned());
+                if wanted.contains(node) && crate::controllers::volume::data_to_delete(&pv) {
+                    doomed.entry(node.to_owned()).or_default().push(handle.to_owned());
                 }
             }
             refs.volumes.insert(pv.metadata.name.clone().unwrap_or_default(), pv);
@@ -190,13 +190,13 @@ impl DesiredPublisher {
                 }
             }
             let count = wire.len();
-            let mut volumes = local.remove(node).unwrap_or_default();
-            volumes.sort_unstable();
+            let mut delete_volumes = doomed.remove(node).unwrap_or_default();
+            delete_volumes.sort_unstable();
             let mut h = std::collections::hash_map::DefaultHasher::new();
             let content = kedge_common::envelope::encode(&wire)
                 .map_err(|source| ControllerError::Snapshot { node: node.to_owned(), source })?;
             content.hash(&mut h);
-            volumes.hash(&mut h);
+            delete_volumes.hash(&mut h);
             seal.hash(&mut h);
             let hash = h.finish();
             if self.published.get(node) == Some(&(hash, epoch)) {
@@ -208,7 +208,7 @@ impl DesiredPublisher {
                 Some((g, old_hash)) if old_hash == hash => g,
                 _ => revision,
             };
-            let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire, volumes: Some(volumes) };
+            let snapshot = NodeDesired { node: node.to_string(), generation, pods: wire, delete_volumes };
             let bytes = match kedge_common::envelope::encode_sealed(&snapshot, Purpose::Desired, &self.key, Some(&seal))
             {
                 Ok(b) => b,

@@ -492,6 +492,7 @@ impl Ingest {
         if self.observed.get(node) != Some(&r.observed_generation) {
             self.observed.insert(node.to_owned(), r.observed_generation);
             self.not_on_node(node, &r)?;
+            self.volumes_removed(node, r.observed_generation)?;
         }
         Ok(())
     }
@@ -513,6 +514,21 @@ impl Ingest {
                 );
                 tracing::info!(%node, pod = %format!("{ns}/{name}"), "pod being deleted is not on its node; removed");
                 ignore_not_found(self.client.delete_now::<Pod>(ns, name, p.metadata.uid.as_deref()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deleted node-local volumes whose data the node has removed: it acts
+    /// on a snapshot made after the volume was marked so, which named it
+    /// (`volume::data_to_delete`); their objects go now.
+    fn volumes_removed(&self, node: &str, observed: u64) -> Result<(), ControllerError> {
+        use crate::controllers::volume;
+        for pv in self.client.list::<k8s_openapi::api::core::v1::PersistentVolume>(None)? {
+            let rv = pv.metadata.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+            if volume::pinned_node(&pv) == Some(node) && volume::data_to_delete(&pv) && rv <= observed {
+                tracing::info!(%node, volume = pv.metadata.name.as_deref().unwrap_or_default(), "the node removed the volume's data");
+                volume::release_data(&self.client, &pv)?;
             }
         }
         Ok(())

@@ -418,9 +418,29 @@ impl Scheduler {
                         Some(c) => self.client.get::<k8s_openapi::api::storage::v1::StorageClass>("", c)?,
                         None => None,
                     };
-                    let waits = class.and_then(|c| c.volume_binding_mode).as_deref() == Some("WaitForFirstConsumer");
-                    if !waits {
+                    if !class.as_ref().is_some_and(crate::controllers::volume::waits_for_consumer) {
                         return Ok(Err("pod has unbound immediate PersistentVolumeClaims".to_owned()));
+                    }
+                    // Another pod of the claim already placed (bound, or earlier in
+                    // this batch): the volume will be made on its node, so this
+                    // pod goes there too (kube-scheduler's selected node).
+                    let placed = self.nodes.iter().find_map(|(node, e)| {
+                        e.pods
+                            .values()
+                            .any(|p| !p.terminating && p.namespace == ns && p.claims.iter().any(|c| c == name))
+                            .then_some(node)
+                    });
+                    if let Some(node) = placed {
+                        out.push(NodeSelector {
+                            node_selector_terms: vec![k8s_openapi::api::core::v1::NodeSelectorTerm {
+                                match_fields: Some(vec![k8s_openapi::api::core::v1::NodeSelectorRequirement {
+                                    key: "metadata.name".into(),
+                                    operator: "In".into(),
+                                    values: Some(vec![node.clone()]),
+                                }]),
+                                match_expressions: None,
+                            }],
+                        });
                     }
                 }
             }

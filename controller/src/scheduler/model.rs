@@ -78,6 +78,9 @@ pub struct PodNeeds {
     /// Being deleted: still holds its resources, but no longer counts for
     /// topology spread.
     pub terminating: bool,
+    /// The PersistentVolumeClaims it mounts (a claim's pods share a node
+    /// until its volume is made there).
+    pub claims: Vec<String>,
 }
 
 const DEFAULT_CPU_MILLI: i128 = 100;
@@ -130,6 +133,7 @@ impl PodNeeds {
             terms: interpod::of_pod(p, p.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())),
             labels: p.metadata.labels.clone().unwrap_or_default(),
             terminating: p.metadata.deletion_timestamp.is_some(),
+            claims: crate::controllers::volume::claims_of(p).map(str::to_owned).collect(),
         }
     }
 }

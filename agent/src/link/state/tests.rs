@@ -70,7 +70,7 @@ fn snapshot(node: &str, generation: u64) -> Vec<u8> {
 }
 
 fn signed_by(key: &SigningKey, node: &str, generation: u64) -> Vec<u8> {
-    let d = NodeDesired { node: node.into(), generation, pods: Vec::new(), volumes: None };
+    let d = NodeDesired { node: node.into(), generation, pods: Vec::new(), delete_volumes: Vec::new() };
     envelope::encode_signed(&d, Purpose::Desired, key).expect("encode")
 }
 
@@ -327,9 +327,13 @@ fn forged_snapshots_and_tables_are_refused() {
     let mut s = state(0);
     s.handle(Input::Connected, now);
     let (stranger, _) = SigningKey::generate().expect("key");
-    let unsigned =
-        envelope::encode(&NodeDesired { node: "n1".into(), generation: 99, pods: Vec::new(), volumes: None })
-            .expect("encode");
+    let unsigned = envelope::encode(&NodeDesired {
+        node: "n1".into(),
+        generation: 99,
+        pods: Vec::new(),
+        delete_volumes: Vec::new(),
+    })
+    .expect("encode");
     let as_network = {
         let t = kedge_common::network::ClusterNetwork { generation: 99, ..Default::default() };
         envelope::encode_signed(&t, Purpose::Desired, controller()).expect("encode")
@@ -482,7 +486,7 @@ fn snapshots_sealed_to_this_node_open_and_others_do_not() {
     let mut s = state(0);
     s.handle(Input::Connected, now);
     let sealed_to = |key: &kedge_common::seal::SealPublic, generation: u64| {
-        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new(), volumes: None };
+        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new(), delete_volumes: Vec::new() };
         message(envelope::encode_sealed(&d, Purpose::Desired, controller(), Some(key)).expect("seal"))
     };
     assert_eq!(delivered(&s.handle(sealed_to(&seal_key().public(), 2), now)), vec![2]);
@@ -541,7 +545,7 @@ fn a_key_rotation_switches_over_only_on_the_controllers_answer() {
     assert_eq!(s.client_id(), node_key().client_id("n1"));
     // Accepted: recorded, and from now on the new key speaks.
     let sealed_to = |key: &kedge_common::seal::SealPublic, generation: u64| {
-        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new(), volumes: None };
+        let d = NodeDesired { node: "n1".into(), generation, pods: Vec::new(), delete_volumes: Vec::new() };
         message(envelope::encode_sealed(&d, Purpose::Desired, controller(), Some(key)).expect("seal"))
     };
     assert_eq!(s.handle(reply(&s, true, controller(), None), now), vec![Action::Rotated]);

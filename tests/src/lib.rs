@@ -2,6 +2,7 @@
 //! binaries, finding the real kubectl, and skipping loudly (or failing under
 //! `CI=true`) when something a test needs is missing.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -353,6 +354,27 @@ impl Api {
                 .with_context(|| format!("{method} {url}"))?;
         let status = resp.status().as_u16();
         Ok((status, resp.body_mut().read_to_string()?))
+    }
+
+    /// A GET with extra request headers; returns the status, the response
+    /// headers (names in lower case) and the body's bytes.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<(u16, BTreeMap<String, String>, Vec<u8>)> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method("GET").uri(&url);
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = self.agent.run(req.body(())?).with_context(|| format!("GET {url}"))?;
+        let got = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = resp.body_mut().with_config().limit(64 << 20).read_to_vec()?;
+        Ok((resp.status().as_u16(), got, body))
     }
 }
 

@@ -129,9 +129,11 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
     }
 
-    /// The `Status` object sent to the client.
+    /// The `Status` object sent to the client. It always has `details`
+    /// (empty when there are none): `kubectl debug` reads them from a 404
+    /// without checking.
     pub fn status(&self) -> Value {
-        let mut v = json!({
+        json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -139,11 +141,8 @@ impl ApiError {
             "message": self.message,
             "reason": self.reason,
             "code": self.code.as_u16(),
-        });
-        if let Some(d) = &self.details {
-            v["details"] = d.clone();
-        }
-        v
+            "details": self.details.clone().unwrap_or_else(|| json!({})),
+        })
     }
 }
 

@@ -13,6 +13,7 @@ mod proto;
 #[rustfmt::skip]
 mod proto_schema;
 mod openapi;
+mod openapi_pb;
 mod spdy;
 mod table;
 mod watch;
@@ -189,13 +190,56 @@ impl Req {
     }
 
     pub fn wants_table(&self) -> bool {
-        self.headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').next().is_some_and(|first| first.contains("as=Table")))
+        self.format() == Format::Table
     }
 
+    /// The answer's form: the first media type of `Accept` this server
+    /// writes (a client asking for protobuf first also lists JSON).
+    pub fn format(&self) -> Format {
+        let accept: Vec<&str> = self.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+        accept.iter().flat_map(|v| v.split(',')).find_map(Format::of).unwrap_or(Format::Json)
+    }
+}
+
+/// What an object answer is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Json,
+    Yaml,
+    /// `as=Table` (`kubectl get`).
+    Table,
+    /// `as=PartialObjectMetadata` / `PartialObjectMetadataList`: metadata
+    /// only (client-go's metadata informers, garbage collectors).
+    Partial,
+}
+
+impl Format {
+    /// One media range of `Accept`; `None` for one not written here.
+    fn of(range: &str) -> Option<Format> {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let (mut as_, mut group) = (None, None);
+        for p in parts {
+            match p.split_once('=') {
+                Some(("as", v)) => as_ = Some(v.to_owned()),
+                Some(("g", v)) => group = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        let json = matches!(media.as_str(), "application/json" | "application/*" | "*/*");
+        match (as_.as_deref(), group.as_deref()) {
+            (None, _) if json => Some(Format::Json),
+            (None, _) if media == "application/yaml" => Some(Format::Yaml),
+            (Some("Table"), Some("meta.k8s.io")) if json => Some(Format::Table),
+            (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io")) if json => {
+                Some(Format::Partial)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Req {
     /// Reads the body, refusing more than `limit` bytes with 413.
     pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
         let declared = self
@@ -228,7 +272,8 @@ pub(crate) struct Target {
 
 async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     // Health and version stay public, as Kubernetes' public-info role.
-    let public = matches!(req.uri().path(), "/healthz" | "/livez" | "/readyz" | "/version");
+    let public = matches!(req.uri().path(), "/healthz" | "/livez" | "/readyz" | "/version")
+        || ["/healthz/", "/livez/", "/readyz/"].iter().any(|p| req.uri().path().starts_with(p));
     if let Some(token) = st.config.token.as_ref().filter(|_| !public) {
         let ok = req
             .headers()
@@ -250,7 +295,9 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     let get = r.method == Method::GET;
     match segs.as_slice() {
         ["version"] if get => Ok(json(StatusCode::OK, &discovery::version())),
-        ["healthz" | "livez" | "readyz"] if get => Ok((StatusCode::OK, "ok").into_response()),
+        [probe @ ("healthz" | "livez" | "readyz"), only @ ..] if get && only.len() <= 1 => {
+            health(st, probe, only.first().copied(), &r)
+        }
         ["metrics"] if get => metrics_text(st, &r.headers),
         ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
         ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
@@ -269,10 +316,8 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
             Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
         }
         ["openapi", "v3"] if get => Ok(json(StatusCode::OK, &openapi::root())),
-        ["openapi", "v3", rest @ ..] if get => match openapi::document(&rest.join("/")) {
-            Some(doc) => Ok(json(StatusCode::OK, &doc)),
-            None => Err(ApiError::no_route(&path)),
-        },
+        ["openapi", "v3", rest @ ..] if get => openapi_v3(&rest.join("/"), &r, &path),
+        ["openapi", "v2"] if get => Ok(openapi_v2(&r.headers)),
         ["api", "v1", rest @ ..] => resource(st, r, "", "v1", rest, &path).await,
         ["apis", g, v, rest @ ..] => resource(st, r, g, v, rest, &path).await,
         _ => Err(ApiError::no_route(&path)),
@@ -322,36 +367,216 @@ async fn resource(
         }
     }
     let t = Target { rt, namespace, name, sub };
+    let format = r.format();
+    let streams = (r.method == Method::GET && r.flag("watch"))
+        || matches!(t.sub.as_deref(), Some("log" | "exec" | "attach" | "portforward"));
+    let resp = answer(st, &t, r, path).await?;
+    match format {
+        Format::Yaml | Format::Partial if !streams && resp.status().is_success() => Ok(reformat(resp, format).await),
+        _ => Ok(resp),
+    }
+}
+
+/// A JSON object answer rewritten as YAML, or as its metadata only.
+async fn reformat(resp: Response, format: Format) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("reading an answer to reformat it").into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    if format == Format::Partial {
+        v = partial(v);
+        let body = serde_json::to_vec(&v).unwrap_or_default();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Response::from_parts(parts, Body::from(body));
+    }
+    match serde_yaml_ng::to_string(&v) {
+        Ok(yaml) => {
+            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(yaml))
+        }
+        Err(e) => ApiError::internal(format!("writing YAML: {e}")).into_response(),
+    }
+}
+
+/// An object as `PartialObjectMetadata`, a list as `PartialObjectMetadataList`.
+pub(crate) fn partial(mut v: Value) -> Value {
+    let api = "meta.k8s.io/v1";
+    match v.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => serde_json::json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": api,
+            "metadata": v.get_mut("metadata").map(Value::take).unwrap_or_else(|| serde_json::json!({})),
+            "items": items.into_iter().map(partial).collect::<Vec<_>>(),
+        }),
+        _ => serde_json::json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": api,
+            "metadata": v.get_mut("metadata").map(Value::take).unwrap_or_else(|| serde_json::json!({})),
+        }),
+    }
+}
+
+async fn answer(st: &Arc<ApiState>, t: &Target, r: Req, path: &str) -> Result<Response, ApiError> {
     let m = r.method.clone();
     match (&m, t.name.is_some()) {
-        (&Method::GET, false) if r.flag("watch") => watch::serve(st, &t, &r),
-        (&Method::GET, false) => objects::list(st, &t, &r),
-        (&Method::POST, false) => objects::create(st, &t, r).await,
-        (&Method::DELETE, false) => objects::delete_collection(st, &t, r).await,
+        (&Method::GET, false) if r.flag("watch") => watch::serve(st, t, &r),
+        (&Method::GET, false) => objects::list(st, t, &r),
+        (&Method::POST, false) => objects::create(st, t, r).await,
+        (&Method::DELETE, false) => objects::delete_collection(st, t, r).await,
         (&Method::GET, true) if t.sub.as_deref() == Some("log") => {
             // The request's body is not held across the wait for the node.
-            let (node, request) = logs::prepare(st, &t, &r)?;
+            let (node, request) = logs::prepare(st, t, &r)?;
             drop(r);
             logs::serve(st, node, request).await
         }
         (_, true) if t.sub.as_deref() == Some("log") => Err(ApiError::method_not_allowed(m.as_str(), path)),
         (&Method::GET | &Method::POST, true) if matches!(t.sub.as_deref(), Some("exec" | "attach")) => {
-            exec::serve(st, &t, r).await
+            exec::serve(st, t, r).await
         }
         (&Method::GET | &Method::POST, true) if t.sub.as_deref() == Some("portforward") => {
-            portforward::serve(st, &t, r).await
+            portforward::serve(st, t, r).await
         }
         (_, true) if matches!(t.sub.as_deref(), Some("exec" | "attach" | "portforward")) => {
             Err(ApiError::method_not_allowed(m.as_str(), path))
         }
-        (&Method::GET, true) => objects::get(st, &t, &r),
-        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, &t, r).await,
-        (&Method::POST, true) if t.sub.as_deref() == Some("eviction") => eviction::evict(st, &t, r).await,
-        (&Method::PUT, true) => objects::replace(st, &t, r).await,
-        (&Method::PATCH, true) => objects::patch(st, &t, r).await,
-        (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, &t, r).await,
+        (&Method::GET, true) => objects::get(st, t, &r),
+        (&Method::POST, true) if t.sub.as_deref() == Some("binding") => objects::bind(st, t, r).await,
+        (&Method::POST, true) if t.sub.as_deref() == Some("eviction") => eviction::evict(st, t, r).await,
+        (&Method::PUT, true) => objects::replace(st, t, r).await,
+        (&Method::PATCH, true) => objects::patch(st, t, r).await,
+        (&Method::DELETE, true) if t.sub.is_none() => objects::delete(st, t, r).await,
         _ => Err(ApiError::method_not_allowed(m.as_str(), path)),
     }
+}
+
+/// `/livez`, `/readyz`, `/healthz` and their single checks
+/// (`/readyz/etcd`), as Kubernetes answers them: `ok`, or with `?verbose`
+/// one `[+]name ok` line per check; a failed check is `[-]name failed` and
+/// 500. `?exclude=name` leaves a check out. `etcd` is the store answering
+/// a read; `shutdown` (readiness only) fails once the server is stopping.
+fn health(st: &ApiState, probe: &str, only: Option<&str>, r: &Req) -> Result<Response, ApiError> {
+    let mut checks: Vec<(&str, Result<(), String>)> = vec![
+        ("ping", Ok(())),
+        ("log", Ok(())),
+        ("etcd", st.store.record("health").map(drop).map_err(|e| e.to_string())),
+    ];
+    if probe == "readyz" {
+        let stopping = *st.shutdown.borrow();
+        checks.push(("shutdown", if stopping { Err("the server is shutting down".into()) } else { Ok(()) }));
+    }
+    if let Some(name) = only {
+        let Some((_, result)) = checks.into_iter().find(|(n, _)| *n == name) else {
+            return Err(ApiError::no_route(&format!("/{probe}/{name}")));
+        };
+        return Ok(match result {
+            Ok(()) => (StatusCode::OK, "ok").into_response(),
+            Err(why) => {
+                tracing::warn!(check = name, %why, "health check failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("internal server error: {name} failed")).into_response()
+            }
+        });
+    }
+    let excluded = r.params("exclude");
+    let mut text = String::new();
+    let mut failed = false;
+    for (name, result) in checks.iter().filter(|(n, _)| !excluded.iter().any(|e| e == n)) {
+        match result {
+            Ok(()) => text.push_str(&format!("[+]{name} ok\n")),
+            Err(why) => {
+                tracing::warn!(check = name, %why, "health check failed");
+                failed = true;
+                text.push_str(&format!("[-]{name} failed: reason withheld\n"));
+            }
+        }
+    }
+    for e in excluded.iter().filter(|e| checks.iter().any(|(n, _)| n == e)) {
+        text.push_str(&format!("[+]{e} excluded: ok\n"));
+    }
+    let verbose = r.query.contains_key("verbose");
+    let (code, body) = match (failed, verbose) {
+        (false, false) => (StatusCode::OK, "ok".to_owned()),
+        (false, true) => (StatusCode::OK, format!("{text}{probe} check passed\n")),
+        (true, _) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{text}{probe} check failed\n")),
+    };
+    Ok((code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
+}
+
+/// Whether the client already holds the document tagged `etag`.
+fn cached(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim() == etag || t.trim() == "*")
+}
+
+fn not_modified(etag: &str) -> Response {
+    let mut resp = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// `/openapi/v2`: JSON, or gnostic's protobuf for a client that asks for
+/// it (kubectl 1.27/1.28), tagged so a client revalidates with
+/// `If-None-Match` and gets 304 while the document is unchanged.
+fn openapi_v2(headers: &HeaderMap) -> Response {
+    let etag = openapi::etag("v2");
+    if cached(headers, &etag) {
+        return not_modified(&etag);
+    }
+    let proto = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("com.github.proto-openapi.spec.v2"));
+    let doc = openapi::v2();
+    let (ctype, body) = if proto {
+        (openapi_pb::CONTENT_TYPE, openapi_pb::document(&doc))
+    } else {
+        ("application/json", serde_json::to_vec(&doc).unwrap_or_default())
+    };
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static(ctype))], body).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    resp
+}
+
+/// `/openapi/v3/<gv>`: tagged like v2; asked for by the `hash` the root
+/// handed out it may be cached for good (the hash names the content), and
+/// an outdated hash is redirected to the current one, as Kubernetes does.
+fn openapi_v3(gv: &str, r: &Req, path: &str) -> Result<Response, ApiError> {
+    if !openapi::serves(gv) {
+        return Err(ApiError::no_route(path));
+    }
+    let etag = openapi::etag(gv);
+    let current = etag.trim_matches('"');
+    if let Some(h) = r.param("hash").filter(|h| *h != current) {
+        tracing::debug!(gv, stale = h, "redirecting an outdated OpenAPI hash");
+        let location = format!("/openapi/v3/{gv}?hash={current}");
+        return Ok((StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, location)]).into_response());
+    }
+    if cached(&r.headers, &etag) {
+        return Ok(not_modified(&etag));
+    }
+    let doc = openapi::document(gv).ok_or_else(|| ApiError::no_route(path))?;
+    let mut resp = json(StatusCode::OK, &doc);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    let cache = if r.param("hash").is_some() { "public, immutable" } else { "no-cache, private" };
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    Ok(resp)
 }
 
 /// `/metrics`: OpenMetrics for a scraper that asks for it, else the

@@ -117,7 +117,12 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
             return Err(ApiError::bad_request("invalid continue token: it belongs to another list"));
         }
     }
-    let (items, rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
+    let exact = list_version(r, after.is_some())?;
+    let (mut items, mut rev) = st.store.list(t.rt.id, t.namespace.as_deref(), after.as_deref())?;
+    if let Some(at) = exact {
+        items = as_of(st, t, items, rev, at)?;
+        rev = at;
+    }
     let mut selected: Vec<Value> = Vec::new();
     let mut cont = None;
     for item in items {
@@ -152,6 +157,83 @@ pub fn list(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiErro
         json!({"kind": t.rt.list_kind(), "apiVersion": t.rt.api_version(), "metadata": md, "items": selected})
     };
     Ok(super::json(StatusCode::OK, &body))
+}
+
+/// The revision a list must be answered at: `Some` for
+/// `resourceVersionMatch=Exact`, `None` for the newest (no version, or
+/// `NotOlderThan`, which the newest always is). Refuses what Kubernetes
+/// refuses.
+fn list_version(r: &Req, continues: bool) -> Result<Option<u64>, ApiError> {
+    let rv = r.param("resourceVersion").filter(|v| !v.is_empty());
+    let Some(matching) = r.param("resourceVersionMatch").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(rv) = rv else {
+        return Err(ApiError::bad_request("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+    };
+    if continues {
+        return Err(ApiError::bad_request("resourceVersionMatch is forbidden when continue is provided"));
+    }
+    let n = rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
+    match matching {
+        "NotOlderThan" => Ok(None),
+        "Exact" if n == 0 => {
+            Err(ApiError::bad_request("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""))
+        }
+        "Exact" => Ok(Some(n)),
+        other => Err(ApiError::bad_request(format!(
+            "unsupported resourceVersionMatch value \"{other}\": supported values: \"Exact\", \"NotOlderThan\""
+        ))),
+    }
+}
+
+/// `items`, listed at revision `now`, as they were at revision `at`: the
+/// changes since are undone from the watch history, newest first. A
+/// revision older than the history is 410 Gone, as after an etcd
+/// compaction; a future one is Kubernetes' "too large" timeout.
+fn as_of(st: &ApiState, t: &Target, items: Vec<Value>, now: u64, at: u64) -> Result<Vec<Value>, ApiError> {
+    if at > now {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "Timeout",
+            format!("Too large resource version: {at}, current: {now}"),
+        ));
+    }
+    let hub = st.store.hub();
+    // Every revision up to `now` is committed; its event may still be on
+    // its way into the history.
+    for _ in 0..100 {
+        if hub.published() >= now {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let undo = hub.between(at, now).map_err(|_| {
+        ApiError::gone(format!("The resourceVersion for the provided list is too old. (requested {at})"))
+    })?;
+    let name = |o: &Value| {
+        (
+            meta::get_str(o, "namespace").unwrap_or_default().to_owned(),
+            meta::get_str(o, "name").unwrap_or_default().to_owned(),
+        )
+    };
+    let mut objects: std::collections::BTreeMap<(String, String), Value> =
+        items.into_iter().map(|o| (name(&o), o)).collect();
+    for ev in undo.iter().rev() {
+        if ev.resource != t.rt.id || t.namespace.as_deref().is_some_and(|ns| ns != ev.namespace) {
+            continue;
+        }
+        let k = (ev.namespace.clone(), ev.name.clone());
+        match (&ev.kind, &ev.prev) {
+            (crate::store::EventType::Added, _) | (_, None) => {
+                objects.remove(&k);
+            }
+            (_, Some(prev)) => {
+                objects.insert(k, prev.clone());
+            }
+        }
+    }
+    Ok(objects.into_values().collect())
 }
 
 pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {

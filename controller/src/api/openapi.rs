@@ -38,87 +38,274 @@ pub fn root() -> Value {
     json!({"paths": paths})
 }
 
-fn param(name: &str) -> Value {
-    json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
+/// Whether `gv` (`api/v1`, `apis/apps/v1`) has a v3 document.
+pub fn serves(gv: &str) -> bool {
+    GROUPS.iter().any(|(g, v)| gv_path(g, v) == gv)
 }
 
-fn op(rt: &ResourceType, action: &str, id: String, body: bool, params: &[&str]) -> Value {
-    let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
-    let schema = match schema_name(rt) {
-        Some(n) => json!({"$ref": format!("#/components/schemas/{n}")}),
-        None => json!({"type": "object"}),
-    };
-    let mut o = json!({
-        "operationId": id,
-        "parameters": params.iter().map(|p| param(p)).collect::<Vec<_>>(),
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}},
-        "x-kubernetes-action": action,
-        "x-kubernetes-group-version-kind": gvk,
-    });
-    if body {
-        let types: &[&str] = if action == "patch" {
-            &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"]
+/// The entity tag of a document: its hash, quoted (`/openapi/v2` is named
+/// `v2`, the v3 documents by their group-version path).
+pub fn etag(name: &str) -> String {
+    format!("\"{}\"", hash(name))
+}
+
+/// What a body carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    None,
+    Object,
+    Patch,
+}
+
+/// One operation of a path, before it is written as v2 or v3.
+struct Operation {
+    method: &'static str,
+    action: &'static str,
+    id: String,
+    body: BodyKind,
+    params: &'static [&'static str],
+}
+
+/// A path and its operations; `path_params` are the `{…}` in it.
+struct PathOps {
+    path: String,
+    path_params: &'static [&'static str],
+    ops: Vec<Operation>,
+}
+
+const WRITE: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
+const READ: &[&str] =
+    &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "timeoutSeconds"];
+const PATCH: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"];
+const PATCH_TYPES: &[&str] =
+    &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"];
+
+/// Every path of a kind, as Kubernetes lists them.
+fn paths_of(rt: &ResourceType) -> Vec<PathOps> {
+    let gv = gv_path(rt.group, rt.version);
+    let (base, scope_params, named_params): (String, &'static [&'static str], &'static [&'static str]) =
+        if rt.namespaced {
+            (format!("/{gv}/namespaces/{{namespace}}/{}", rt.plural), &["namespace"], &["name", "namespace"])
         } else {
-            &["application/json"]
+            (format!("/{gv}/{}", rt.plural), &[], &["name"])
         };
-        let body_schema = if action == "patch" { json!({"type": "object"}) } else { schema.clone() };
-        let content: Map<String, Value> =
-            types.iter().map(|t| ((*t).to_owned(), json!({"schema": body_schema.clone()}))).collect();
-        o["requestBody"] = json!({"content": content, "required": true});
+    let id = |verb: &str| {
+        let g = if rt.group.is_empty() { "Core".to_owned() } else { camel(rt.group) };
+        let scope = if rt.namespaced { "Namespaced" } else { "" };
+        format!("{verb}{g}{}{scope}{}", capitalize(rt.version), rt.kind)
+    };
+    let o = |method, action, id: String, body, params| Operation { method, action, id, body, params };
+    let mut out = vec![
+        PathOps {
+            path: base.clone(),
+            path_params: scope_params,
+            ops: vec![
+                o("get", "list", id("list"), BodyKind::None, READ),
+                o("post", "post", id("create"), BodyKind::Object, WRITE),
+                o(
+                    "delete",
+                    "deletecollection",
+                    id("deleteCollection"),
+                    BodyKind::None,
+                    &["labelSelector", "fieldSelector"],
+                ),
+            ],
+        },
+        PathOps {
+            path: format!("{base}/{{name}}"),
+            path_params: named_params,
+            ops: vec![
+                o("get", "get", id("read"), BodyKind::None, &["pretty"]),
+                o("put", "put", id("replace"), BodyKind::Object, WRITE),
+                o("patch", "patch", id("patch"), BodyKind::Patch, PATCH),
+                o(
+                    "delete",
+                    "delete",
+                    id("delete"),
+                    BodyKind::None,
+                    &["dryRun", "gracePeriodSeconds", "propagationPolicy"],
+                ),
+            ],
+        },
+    ];
+    if rt.status {
+        out.push(PathOps {
+            path: format!("{base}/{{name}}/status"),
+            path_params: named_params,
+            ops: vec![
+                o("get", "get", id("read") + "Status", BodyKind::None, &["pretty"]),
+                o("put", "put", id("replace") + "Status", BodyKind::Object, WRITE),
+                o("patch", "patch", id("patch") + "Status", BodyKind::Patch, PATCH),
+            ],
+        });
     }
-    o
+    out
 }
 
+fn gvk(rt: &ResourceType) -> Value {
+    json!({"group": rt.group, "version": rt.version, "kind": rt.kind})
+}
+
+/// The OpenAPI v3 document of one group-version (`api/v1`, `apis/apps/v1`).
 pub fn document(gv: &str) -> Option<Value> {
     let (group, version) = GROUPS.iter().find(|(g, v)| gv_path(g, v) == gv)?;
-    let write = ["dryRun", "fieldManager", "fieldValidation", "pretty"];
-    let read = ["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "timeoutSeconds"];
     let mut paths = Map::new();
     for rt in resources::in_group(group, version) {
-        let base = if rt.namespaced {
-            format!("/{gv}/namespaces/{{namespace}}/{}", rt.plural)
-        } else {
-            format!("/{gv}/{}", rt.plural)
+        let schema = match schema_name(rt) {
+            Some(n) => json!({"$ref": format!("#/components/schemas/{n}")}),
+            None => json!({"type": "object"}),
         };
-        let id = |verb: &str| {
-            let g = if rt.group.is_empty() { "Core".to_owned() } else { capitalize(rt.group) };
-            let scope = if rt.namespaced { "Namespaced" } else { "" };
-            format!("{verb}{g}V1{scope}{}", rt.kind)
-        };
-        paths.insert(
-            base.clone(),
-            json!({
-                "get": op(rt, "list", id("list"), false, &read),
-                "post": op(rt, "post", id("create"), true, &write),
-                "delete": op(rt, "deletecollection", id("deleteCollection"), false, &["labelSelector", "fieldSelector"]),
-            }),
-        );
-        paths.insert(
-            format!("{base}/{{name}}"),
-            json!({
-                "get": op(rt, "get", id("read"), false, &["pretty"]),
-                "put": op(rt, "put", id("replace"), true, &write),
-                "patch": op(rt, "patch", id("patch"), true, &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"]),
-                "delete": op(rt, "delete", id("delete"), false, &["dryRun", "gracePeriodSeconds", "propagationPolicy"]),
-            }),
-        );
-        if rt.status {
-            paths.insert(
-                format!("{base}/{{name}}/status"),
-                json!({
-                    "get": op(rt, "get", id("read") + "Status", false, &["pretty"]),
-                    "put": op(rt, "put", id("replace") + "Status", true, &write),
-                    "patch": op(rt, "patch", id("patch") + "Status", true, &["dryRun", "fieldManager", "fieldValidation", "force"]),
-                }),
-            );
+        for p in paths_of(rt) {
+            let mut item = Map::new();
+            for op in &p.ops {
+                let mut o = json!({
+                    "operationId": op.id,
+                    "parameters": op.params.iter().map(|n| json!({"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": true}})).collect::<Vec<_>>(),
+                    "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}},
+                    "x-kubernetes-action": op.action,
+                    "x-kubernetes-group-version-kind": gvk(rt),
+                });
+                if op.body != BodyKind::None {
+                    let (types, body_schema): (&[&str], Value) = match op.body {
+                        BodyKind::Patch => (PATCH_TYPES, json!({"type": "object"})),
+                        _ => (&["application/json"], schema.clone()),
+                    };
+                    let content: Map<String, Value> =
+                        types.iter().map(|t| ((*t).to_owned(), json!({"schema": body_schema.clone()}))).collect();
+                    o["requestBody"] = json!({"content": content, "required": true});
+                }
+                item.insert(op.method.to_owned(), o);
+            }
+            item.insert("parameters".into(), json!(p.path_params.iter().map(|n| json!({"name": n, "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}})).collect::<Vec<_>>()));
+            paths.insert(p.path, Value::Object(item));
         }
     }
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": schemas(group)},
+        "components": {"schemas": schemas(group, version)},
     }))
+}
+
+/// The OpenAPI v2 (Swagger 2.0) document of everything served, as
+/// `GET /openapi/v2` answers it: what kubectl 1.27 and 1.28 validate with,
+/// and what kubectl falls back to for a kind no v3 document names.
+pub fn v2() -> Value {
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for (group, version) in GROUPS {
+        for (name, mut schema) in schemas(group, version) {
+            to_v2(&mut schema);
+            if name == "io.k8s.apimachinery.pkg.api.resource.Quantity" {
+                schema["type"] = json!("string");
+            }
+            // Shared definitions come with every group; the kind's own
+            // carries its group-version-kind, so it wins.
+            let marked = |s: &Value| s.get("x-kubernetes-group-version-kind").is_some();
+            if definitions.get(&name).is_none_or(|old| !marked(old) || marked(&schema)) {
+                definitions.insert(name, schema);
+            }
+        }
+        for rt in resources::in_group(group, version) {
+            let schema = match schema_name(rt) {
+                Some(n) => json!({"$ref": format!("#/definitions/{n}")}),
+                None => json!({"type": "object"}),
+            };
+            for p in paths_of(rt) {
+                let mut item = Map::new();
+                for op in &p.ops {
+                    let mut params: Vec<Value> = op
+                        .params
+                        .iter()
+                        .map(|n| json!({"name": n, "in": "query", "type": "string", "uniqueItems": true}))
+                        .collect();
+                    let consumes: &[&str] = match op.body {
+                        BodyKind::None => &[],
+                        BodyKind::Object => {
+                            &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]
+                        }
+                        BodyKind::Patch => PATCH_TYPES,
+                    };
+                    if op.body != BodyKind::None {
+                        let body_schema =
+                            if op.body == BodyKind::Patch { json!({"type": "object"}) } else { schema.clone() };
+                        params
+                            .insert(0, json!({"name": "body", "in": "body", "required": true, "schema": body_schema}));
+                    }
+                    let mut o = json!({
+                        "operationId": op.id,
+                        "schemes": ["https"],
+                        "produces": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                        "parameters": params,
+                        "responses": {"200": {"description": "OK", "schema": schema}, "401": {"description": "Unauthorized"}},
+                        "x-kubernetes-action": op.action,
+                        "x-kubernetes-group-version-kind": gvk(rt),
+                    });
+                    if !consumes.is_empty() {
+                        o["consumes"] = json!(consumes);
+                    }
+                    item.insert(op.method.to_owned(), o);
+                }
+                item.insert(
+                    "parameters".into(),
+                    json!(p.path_params.iter().map(|n| json!({"name": n, "in": "path", "required": true, "type": "string", "uniqueItems": true})).collect::<Vec<_>>()),
+                );
+                paths.insert(p.path, Value::Object(item));
+            }
+        }
+    }
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
+        "paths": paths,
+        "definitions": definitions,
+        "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header",
+            "description": "Bearer Token authentication"}},
+        "security": [{"BearerToken": []}],
+    })
+}
+
+/// Rewrites a v3 schema as Swagger 2.0 writes it: references point at
+/// `#/definitions/`, a described reference is a `$ref` with a description
+/// (v3 needs `allOf` for that), `nullable` goes, and int-or-string and
+/// quantity are typed strings as in Kubernetes' own v2 document.
+fn to_v2(schema: &mut Value) {
+    let Value::Object(m) = schema else {
+        if let Value::Array(a) = schema {
+            a.iter_mut().for_each(to_v2);
+        }
+        return;
+    };
+    if let Some(Value::Array(all)) = m.get("allOf")
+        && let [one] = all.as_slice()
+        && let Some(r) = one.get("$ref").cloned()
+    {
+        m.remove("allOf");
+        m.insert("$ref".into(), r);
+    }
+    if let Some(Value::String(r)) = m.get_mut("$ref")
+        && let Some(name) = r.strip_prefix("#/components/schemas/")
+    {
+        *r = format!("#/definitions/{name}");
+    }
+    m.remove("nullable");
+    if m.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) && !m.contains_key("type") {
+        m.insert("type".into(), json!("string"));
+        m.insert("format".into(), json!("int-or-string"));
+    }
+    for (k, v) in m.iter_mut() {
+        // Extensions and defaults are data, not schemas.
+        if !k.starts_with("x-") && k != "default" && k != "enum" && k != "example" {
+            to_v2(v);
+        }
+    }
+}
+
+/// `storage.k8s.io` → `Storage`, `stable.example.com` →
+/// `StableExampleCom`, as Kubernetes' operation ids spell a group.
+fn camel(s: &str) -> String {
+    s.strip_suffix(".k8s.io").unwrap_or(s).split('.').map(capitalize).collect()
 }
 
 fn capitalize(s: &str) -> String {
@@ -167,7 +354,7 @@ fn schema_name(rt: &ResourceType) -> Option<String> {
 
 /// Every schema the kinds of `group` need, each kind's own schema marked
 /// with its group-version-kind as Kubernetes marks them.
-fn schemas(group: &str) -> Map<String, Value> {
+fn schemas(group: &str, version: &str) -> Map<String, Value> {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut kinds: Vec<(&'static str, String)> = Vec::new();
     macro_rules! add {
@@ -197,7 +384,7 @@ fn schemas(group: &str) -> Map<String, Value> {
         if let Some(Value::Object(s)) = defs.get_mut(&name) {
             s.insert(
                 "x-kubernetes-group-version-kind".into(),
-                json!([{"group": group, "version": "v1", "kind": kind}]),
+                json!([{"group": group, "version": version, "kind": kind}]),
             );
         }
     }
@@ -230,11 +417,70 @@ mod tests {
                 .is_some_and(|d| d["components"]["schemas"]["io.k8s.api.storage.v1.StorageClass"].is_object())
         );
         assert!(document("apis/networking.k8s.io/v1").is_none(), "a group not served");
+        assert!(core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["parameters"][0]["in"] == "path");
+        let sc = document("apis/storage.k8s.io/v1").expect("storage document");
+        assert_eq!(
+            sc["paths"]["/apis/storage.k8s.io/v1/storageclasses"]["get"]["operationId"], "listStorageV1StorageClass",
+            "Kubernetes' operation ids"
+        );
         let root = root();
         assert!(
             root["paths"]["api/v1"]["serverRelativeURL"]
                 .as_str()
                 .is_some_and(|u| u.starts_with("/openapi/v3/api/v1?hash="))
         );
+    }
+
+    /// Every reference of a schema, and what kube-openapi's v2 parser (that
+    /// kubectl 1.27/1.28 validate with) refuses: a type list, an array
+    /// without items.
+    fn check_v2(s: &Value, defs: &Map<String, Value>, at: &str) {
+        let Some(m) = s.as_object() else { return };
+        if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+            let name = r.strip_prefix("#/definitions/").unwrap_or_else(|| panic!("{at}: reference {r}"));
+            assert!(defs.contains_key(name), "{at}: {name} is not defined");
+        }
+        assert!(!m.contains_key("allOf") && !m.contains_key("nullable"), "{at}: not Swagger 2.0: {s}");
+        assert!(!m.get("type").is_some_and(Value::is_array), "{at}: a type list");
+        if m.get("type").and_then(Value::as_str) == Some("array") {
+            assert!(m.get("items").is_some_and(Value::is_object), "{at}: an array without items");
+        }
+        for (k, sub) in m.get("properties").and_then(Value::as_object).into_iter().flatten() {
+            check_v2(sub, defs, &format!("{at}.{k}"));
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(sub) = m.get(k) {
+                check_v2(sub, defs, &format!("{at}[{k}]"));
+            }
+        }
+    }
+
+    #[test]
+    fn the_v2_document_has_every_kind_and_resolves_every_reference() {
+        let doc = v2();
+        assert_eq!(doc["swagger"], "2.0");
+        let defs = doc["definitions"].as_object().expect("definitions");
+        for (name, s) in defs {
+            check_v2(s, defs, name);
+        }
+        for (g, v) in GROUPS {
+            for rt in resources::in_group(g, v) {
+                let name = schema_name(rt).expect("every kind has a schema");
+                assert_eq!(
+                    defs[&name]["x-kubernetes-group-version-kind"][0]["kind"], rt.kind,
+                    "{name} is marked with its kind (not a group's copy without it)"
+                );
+            }
+        }
+        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        let params = patch["parameters"].as_array().expect("parameters");
+        assert!(params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
+        assert!(params.iter().any(|p| p["in"] == "body"));
+        assert_eq!(defs["io.k8s.apimachinery.pkg.util.intstr.IntOrString"]["format"], "int-or-string");
+        assert_eq!(defs["io.k8s.apimachinery.pkg.api.resource.Quantity"]["type"], "string");
+        let spec = &defs["io.k8s.api.apps.v1.Deployment"]["properties"]["spec"];
+        assert_eq!(spec["$ref"], "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
+        assert!(spec["description"].is_string(), "a described reference keeps its description");
     }
 }

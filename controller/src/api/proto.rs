@@ -185,7 +185,21 @@ fn message(idx: u16, mut buf: &[u8], depth: usize) -> Result<Value, ProtoError> 
             }
         }
     }
+    inline(&mut obj);
     Ok(special(msg.name, obj))
+}
+
+/// Go structs embedded in others: a field of their own in protobuf, their
+/// fields among the parent's in JSON (`Volume.volumeSource` holds the
+/// `hostPath`/`emptyDir`/… that JSON writes beside `name`).
+fn inline(obj: &mut Map<String, Value>) {
+    for field in ["volumeSource", "persistentVolumeSource", "ephemeralContainerCommon"] {
+        if let Some(Value::Object(inner)) = obj.remove(field) {
+            for (k, v) in inner {
+                obj.entry(k).or_insert(v);
+            }
+        }
+    }
 }
 
 /// Whether a decoded singular field goes into the JSON: nulls (Go's zero
@@ -448,6 +462,16 @@ mod tests {
                 "spec": {"holderIdentity": "kedge-1", "leaseDurationSeconds": 15, "leaseTransitions": 0},
             })
         );
+    }
+
+    #[test]
+    fn a_volume_source_is_flattened_into_the_volume() {
+        // What `kubectl debug node/…` posts: Volume { name (1), volumeSource (2) = { hostPath (1) = { path (1) } } }.
+        let idx = MESSAGES.iter().position(|m| m.name == "k8s.io.api.core.v1.Volume").expect("schema");
+        let source = field(1, 2, &field(1, 2, b"/"));
+        let body = [field(1, 2, b"host-root"), field(2, 2, &source)].concat();
+        let v = message(u16::try_from(idx).expect("index"), &body, 0).expect("decode");
+        assert_eq!(v, json!({"name": "host-root", "hostPath": {"path": "/"}}));
     }
 
     #[test]

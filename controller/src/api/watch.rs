@@ -58,6 +58,8 @@ impl Filter {
 struct Encoder {
     rt: &'static crate::resources::ResourceType,
     as_table: bool,
+    /// Metadata only (`as=PartialObjectMetadata`).
+    partial: bool,
     include: Option<String>,
 }
 
@@ -66,6 +68,8 @@ impl Encoder {
         let object = if self.as_table && ty != "ERROR" && ty != "BOOKMARK" {
             let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
             table::table(self.rt, std::slice::from_ref(object), rv, self.include.as_deref())
+        } else if self.partial && ty != "ERROR" {
+            super::partial(object.clone())
         } else {
             object.clone()
         };
@@ -95,7 +99,13 @@ impl Encoder {
 pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(t.rt, r)?;
     let filter = Filter { resource: t.rt.id, namespace: t.namespace.clone(), labels, fields };
-    let enc = Encoder { rt: t.rt, as_table: r.wants_table(), include: r.param("includeObject").map(str::to_owned) };
+    let format = r.format();
+    let enc = Encoder {
+        rt: t.rt,
+        as_table: format == super::Format::Table,
+        partial: format == super::Format::Partial,
+        include: r.param("includeObject").map(str::to_owned),
+    };
     let bookmarks = r.flag("allowWatchBookmarks");
     let timeout = r.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
     let from = match r.param("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {

@@ -34,8 +34,14 @@ impl EndpointsController {
     }
 }
 
+/// The pods a Service selects; none for one without a selector, nor for an
+/// `ExternalName` Service, which is a DNS alias with no endpoints.
 fn selector(svc: &Service) -> Option<LabelSelector> {
-    svc.spec.as_ref()?.selector.as_ref().filter(|s| !s.is_empty()).map(LabelSelector::from_map)
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    spec.selector.as_ref().filter(|s| !s.is_empty()).map(LabelSelector::from_map)
 }
 
 /// A Service port resolved on one pod: (name, container port, protocol).
@@ -167,7 +173,20 @@ impl Reconcile for EndpointsController {
             }
             return Ok(Action::Done);
         };
-        let Some(sel) = selector(&svc) else { return Ok(Action::Done) };
+        let Some(sel) = selector(&svc) else {
+            // A Service turned into an ExternalName loses the Endpoints we made.
+            let external = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName");
+            if let Some(ep) = existing
+                .filter(|ep| external && ep.metadata.labels.as_ref().is_some_and(|l| l.contains_key(MANAGED_BY)))
+            {
+                super::ignore_not_found(self.client.delete::<Endpoints>(
+                    &key.namespace,
+                    &key.name,
+                    ep.metadata.uid.as_deref(),
+                ))?;
+            }
+            return Ok(Action::Done);
+        };
         let pods: Vec<Pod> = self
             .client
             .list::<Pod>(Some(&key.namespace))?

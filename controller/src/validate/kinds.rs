@@ -673,6 +673,9 @@ pub fn pod_disruption_budget(
 // ------------------------------------------------------------- services
 
 pub fn service(s: &mut Service, old: Option<&Service>, errs: &mut Errs) {
+    // Kubernetes' status is a struct with a struct in it: `{loadBalancer: {}}`
+    // at least, never null (clients read `.status.loadBalancer.ingress`).
+    s.status.get_or_insert_with(Default::default).load_balancer.get_or_insert_with(Default::default);
     let spec = s.spec.get_or_insert_with(Default::default);
     let ty = spec.type_.get_or_insert_with(|| "ClusterIP".to_owned()).clone();
     one_of(errs, "spec.type", Some(&ty), &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]);

@@ -1,0 +1,264 @@
+//! The API machinery tools depend on, driven by clients we did not write:
+//! kubectl 1.27 to 1.33 (OpenAPI v2 in protobuf for the older ones, v3 for
+//! the newer), multi-document files with kinds the server does not serve,
+//! `kubectl debug`, and the small things clients trip on (YAML and
+//! metadata-only answers, exact-version lists, health checks).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use kedge_tests::{Kubectl, controller_and_kubectl, require, wait_for};
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).to_string_lossy().into_owned()
+}
+
+/// A versioned kubectl from the Cloud SDK, sharing `k`'s kubeconfig and
+/// a cache of its own; `None` (after a loud skip, or a failure under CI)
+/// when it is missing.
+fn kubectl(k: &Kubectl, version: &str) -> Option<Kubectl> {
+    let bin = PathBuf::from(format!("/usr/lib/google-cloud-sdk/bin/kubectl.{version}"));
+    require(bin.exists(), &format!("kubectl {version} at {}", bin.display())).then(|| Kubectl {
+        bin,
+        kubeconfig: k.kubeconfig.clone(),
+        cache: k.cache.with_extension(version),
+    })
+}
+
+/// Two served kinds around two the server does not serve: an old version
+/// of a served group's kind, and a custom kind with no definition.
+const MIXED: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: first}
+data: {a: \"1\"}
+---
+apiVersion: batch/v1beta1
+kind: CronJob
+metadata: {name: old-cron}
+spec:
+  schedule: \"* * * * *\"
+  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: c, image: busybox}]}}}}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: second}
+spec:
+  selector: {matchLabels: {app: second}}
+  template:
+    metadata: {labels: {app: second}}
+    spec: {containers: [{name: app, image: kedge.local/busybox:latest}]}
+";
+
+#[test]
+fn every_kubectl_from_1_27_creates_applies_and_explains_with_validation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    let file = dir.path().join("mixed.yaml");
+    std::fs::write(&file, MIXED)?;
+    let file = file.to_string_lossy().into_owned();
+    for version in ["1.27", "1.28", "1.32", "1.33"] {
+        let Some(kv) = kubectl(&k, version) else { continue };
+        let ns = format!("v{}", version.replace('.', ""));
+        k.ok(&["create", "namespace", &ns])?;
+        let ns_create = format!("{ns}-create");
+        k.ok(&["create", "namespace", &ns_create])?;
+
+        // create -f: the two served kinds are made, each unserved one gets
+        // kubectl's own "no matches" and nothing else is skipped.
+        let out = kv.run(&["create", "-n", &ns_create, "-f", &file])?;
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(!out.status.success(), "kubectl {version} create: the unserved kinds fail it");
+        for made in ["configmap/first created", "deployment.apps/second created"] {
+            ensure!(stdout.contains(made), "kubectl {version} create: no {made:?}:\n{stdout}\n{stderr}");
+        }
+        for missing in [
+            "no matches for kind \"CronJob\" in version \"batch/v1beta1\"",
+            "no matches for kind \"Widget\" in version \"example.com/v1\"",
+        ] {
+            ensure!(stderr.contains(missing), "kubectl {version} create: no {missing:?} in:\n{stderr}");
+        }
+        ensure!(!stderr.contains("openapi"), "kubectl {version} could not use the OpenAPI documents:\n{stderr}");
+
+        // apply -f twice: made, then unchanged.
+        let out = kv.run(&["apply", "-n", &ns, "-f", &file])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for made in ["configmap/first created", "deployment.apps/second created"] {
+            ensure!(stdout.contains(made), "kubectl {version} apply: no {made:?}:\n{stdout}");
+        }
+        let out = kv.run(&["apply", "-n", &ns, "-f", &file])?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for same in ["configmap/first unchanged", "deployment.apps/second unchanged"] {
+            ensure!(stdout.contains(same), "kubectl {version} apply again: no {same:?}:\n{stdout}");
+        }
+        ensure!(k.json(&["get", "configmap", "first", "-n", &ns])?["data"]["a"] == "1");
+
+        // Default validation reaches the server: an unknown field is refused
+        // with Kubernetes' strict-decoding message.
+        let err = kv.fails(&["apply", "-f", &fixture("unknown-field.yaml")])?;
+        ensure!(err.contains("unknown field \"spec.replicaz\""), "kubectl {version}: {err}");
+
+        let explain = kv.ok(&["explain", "deployment.spec.strategy"])?;
+        ensure!(explain.contains("FIELD: strategy") || explain.contains("FIELDS:"), "kubectl {version}: {explain}");
+        ensure!(explain.contains("rollingUpdate"), "kubectl {version} explain lists the fields: {explain}");
+    }
+    Ok(())
+}
+
+#[test]
+fn openapi_documents_are_tagged_for_caching_and_v2_speaks_protobuf() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, _k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    let api = ctl.api()?;
+    let (code, headers, body) = api.get_with("/openapi/v2", &[("Accept", "application/json")])?;
+    ensure!(code == 200, "{code}");
+    let doc: Value = serde_json::from_slice(&body)?;
+    ensure!(doc["swagger"] == "2.0" && doc["definitions"]["io.k8s.api.core.v1.Pod"].is_object());
+    let etag = headers.get("etag").context("an ETag on /openapi/v2")?.clone();
+    let (code, _, body) = api.get_with("/openapi/v2", &[("If-None-Match", &etag)])?;
+    ensure!(code == 304 && body.is_empty(), "an unchanged document is not sent again: {code}");
+
+    let pb = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let (code, headers, body) = api.get_with("/openapi/v2", &[("Accept", pb)])?;
+    ensure!(code == 200, "{code}");
+    ensure!(
+        headers.get("content-type").map(String::as_str)
+            == Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+        "{headers:?}"
+    );
+    // Document { swagger (1) = "2.0" } comes first.
+    ensure!(body.starts_with(b"\x0a\x032.0"), "{:?}", &body[..body.len().min(16)]);
+
+    let (_, _, root) = api.get_with("/openapi/v3", &[])?;
+    let root: Value = serde_json::from_slice(&root)?;
+    let url = root["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().context("apps/v1 in the v3 root")?;
+    let (code, headers, _) = api.get_with(url, &[])?;
+    ensure!(code == 200, "{code}");
+    ensure!(headers.get("cache-control").map(String::as_str) == Some("public, immutable"), "{headers:?}");
+    let etag = headers.get("etag").context("an ETag on a v3 document")?.clone();
+    let (code, _, _) = api.get_with("/openapi/v3/apis/apps/v1", &[("If-None-Match", &etag)])?;
+    ensure!(code == 304, "{code}");
+    let (code, _, _) = api.get_with("/openapi/v3/apis/made.up/v1", &[])?;
+    ensure!(code == 404, "{code}");
+    Ok(())
+}
+
+#[test]
+fn the_small_things_clients_trip_on() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A short history, so that a version can fall out of it.
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &["--watch-history", "100"])? else {
+        return Ok(());
+    };
+    let api = ctl.api()?;
+    k.ok(&["create", "configmap", "one", "--from-literal=a=1"])?;
+    k.ok(&["create", "configmap", "two", "--from-literal=b=2"])?;
+
+    // kubectl debug of a pod needs ephemeral containers: a clean refusal,
+    // not the nil-pointer panic a 404 without details gave.
+    let node = "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {kubernetes.io/hostname: n1}}\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, image: busybox}]}\n";
+    let f = dir.path().join("node.yaml");
+    std::fs::write(&f, node)?;
+    k.ok(&["apply", "-f", &f.to_string_lossy()])?;
+    let err = k.fails(&["debug", "pod/x", "--image=busybox"])?;
+    ensure!(err.contains("ephemeral containers are disabled for this cluster"), "{err}");
+    ensure!(!err.contains("panic"), "{err}");
+    // kubectl debug node/… posts its pod in protobuf, with a hostPath volume.
+    k.ok(&["debug", "node/n1", "--image=busybox"])?;
+    let pods = k.json(&["get", "pods"])?;
+    let debugger = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("node-debugger-n1-")))
+        .context("the node debugger pod")?;
+    ensure!(debugger["spec"]["nodeName"] == "n1", "{debugger}");
+    ensure!(debugger["spec"]["volumes"][0]["hostPath"]["path"] == "/", "{debugger}");
+
+    // YAML when asked for.
+    let (code, headers, body) =
+        api.get_with("/api/v1/namespaces/default/configmaps/one", &[("Accept", "application/yaml")])?;
+    let yaml = String::from_utf8_lossy(&body);
+    ensure!(code == 200 && headers.get("content-type").map(String::as_str) == Some("application/yaml"), "{headers:?}");
+    ensure!(yaml.contains("kind: ConfigMap\n") && yaml.contains("name: one\n"), "{yaml}");
+
+    // Metadata only, as client-go's metadata client asks for it.
+    let accept = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,\
+                  application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    let (_, _, body) = api.get_with("/api/v1/namespaces/default/configmaps", &[("Accept", accept)])?;
+    let list: Value = serde_json::from_slice(&body)?;
+    ensure!(list["kind"] == "PartialObjectMetadataList" && list["apiVersion"] == "meta.k8s.io/v1", "{list}");
+    let rv = list["metadata"]["resourceVersion"].as_str().context("the list's version")?.to_owned();
+    let items = list["items"].as_array().context("items")?;
+    ensure!(items.iter().all(|i| i["kind"] == "PartialObjectMetadata" && i.get("data").is_none()), "{list}");
+    ensure!(items.iter().any(|i| i["metadata"]["name"] == "one"), "{list}");
+    let (_, _, body) = api.get_with(
+        "/api/v1/namespaces/default/configmaps/one",
+        &[("Accept", "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")],
+    )?;
+    let one: Value = serde_json::from_slice(&body)?;
+    ensure!(one["kind"] == "PartialObjectMetadata" && one["metadata"]["name"] == "one", "{one}");
+
+    // A list as of an earlier version, exactly.
+    k.ok(&["create", "configmap", "three"])?;
+    k.ok(&["delete", "configmap", "one"])?;
+    k.ok(&["label", "configmap", "two", "changed=yes"])?;
+    let then: Value = serde_json::from_str(&k.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"),
+    ])?)?;
+    let mine = |v: &Value| -> Vec<Value> {
+        let items = v["items"].as_array().into_iter().flatten();
+        items.filter(|i| i["metadata"]["name"] != "kube-root-ca.crt").cloned().collect()
+    };
+    let items = mine(&then);
+    let names: Vec<&str> = items.iter().filter_map(|i| i["metadata"]["name"].as_str()).collect();
+    ensure!(names == ["one", "two"], "the list at {rv}: {names:?}");
+    ensure!(items[1]["metadata"].get("labels").is_none(), "two before its label: {then}");
+    ensure!(then["metadata"]["resourceVersion"] == rv.as_str(), "{then}");
+    // Once the history has moved past it, the version is gone (as after
+    // an etcd compaction).
+    let many: String =
+        (0..120).map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: m{i}}}\n---\n")).collect();
+    let f = dir.path().join("many.yaml");
+    std::fs::write(&f, many)?;
+    k.ok(&["apply", "-f", &f.to_string_lossy()])?;
+    let err = k.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"),
+    ])?;
+    ensure!(err.contains("Expired") && err.contains("too old"), "{err}");
+
+    // A Service's status has its load balancer, even empty; an ExternalName
+    // Service gets no Endpoints (a selector one does, meanwhile).
+    k.ok(&["create", "service", "externalname", "ext", "--external-name", "example.com"])?;
+    k.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"])?;
+    let svc = k.json(&["get", "service", "ext"])?;
+    ensure!(svc["status"] == serde_json::json!({"loadBalancer": {}}), "{svc}");
+    wait_for("the web Service's Endpoints", Duration::from_secs(10), || {
+        Ok(k.run(&["get", "endpoints", "web"])?.status.success().then_some(()))
+    })?;
+    ensure!(k.fails(&["get", "endpoints", "ext"])?.contains("NotFound"));
+
+    // Health, verbose and one check at a time.
+    let ready = k.ok(&["get", "--raw", "/readyz?verbose"])?;
+    ensure!(ready.contains("[+]etcd ok\n") && ready.ends_with("readyz check passed\n"), "{ready}");
+    ensure!(k.ok(&["get", "--raw", "/livez/etcd"])? == "ok");
+    let ready = k.ok(&["get", "--raw", "/readyz?verbose&exclude=etcd"])?;
+    ensure!(ready.contains("[+]etcd excluded: ok"), "{ready}");
+    ensure!(k.fails(&["get", "--raw", "/livez/nope"])?.contains("NotFound"));
+    Ok(())
+}

@@ -34,6 +34,16 @@ ROOTS = [
     ("api/core/v1", "PersistentVolume"),
     ("api/storage/v1", "StorageClass"),
     ("api/coordination/v1", "Lease"),
+    ("api/core/v1", "ServiceAccount"),
+    ("api/rbac/v1", "Role"),
+    ("api/rbac/v1", "ClusterRole"),
+    ("api/rbac/v1", "RoleBinding"),
+    ("api/rbac/v1", "ClusterRoleBinding"),
+    # Asked, not stored: `kubectl auth can-i`/`whoami`, `kubectl create token`.
+    ("api/authorization/v1", "SelfSubjectAccessReview"),
+    ("api/authorization/v1", "SelfSubjectRulesReview"),
+    ("api/authentication/v1", "SelfSubjectReview"),
+    ("api/authentication/v1", "TokenRequest"),
     # Request bodies rather than stored kinds: DELETE's options (and Eviction's).
     ("apimachinery/pkg/apis/meta/v1", "DeleteOptions"),
 ]

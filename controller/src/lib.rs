@@ -6,6 +6,7 @@
 //! [`controllers`] are the control loops, [`fleet`] joins the nodes over MQTT.
 
 pub mod api;
+pub mod auth;
 pub mod broker_acl;
 pub mod client;
 pub mod controllers;

@@ -116,6 +116,11 @@ pub static RESOURCES: &[ResourceType] = &[
     res!("batch", "CronJob", "cronjobs", "cronjob", ["cj"], ns=true, status=true, scale=false, gen=true, all=true, fields=&[]),
     res!("coordination.k8s.io", "Lease", "leases", "lease", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("policy", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", ["pdb"], ns=true, status=true, scale=false, gen=true, all=false, fields=&[]),
+    res!("", "ServiceAccount", "serviceaccounts", "serviceaccount", ["sa"], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
+    res!("rbac.authorization.k8s.io", "Role", "roles", "role", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
+    res!("rbac.authorization.k8s.io", "ClusterRole", "clusterroles", "clusterrole", [], ns=false, status=false, scale=false, gen=false, all=false, fields=&[]),
+    res!("rbac.authorization.k8s.io", "RoleBinding", "rolebindings", "rolebinding", [], ns=true, status=false, scale=false, gen=false, all=false, fields=&[]),
+    res!("rbac.authorization.k8s.io", "ClusterRoleBinding", "clusterrolebindings", "clusterrolebinding", [], ns=false, status=false, scale=false, gen=false, all=false, fields=&[]),
     res!("storage.k8s.io", "StorageClass", "storageclasses", "storageclass", ["sc"], ns=false, status=false, scale=false, gen=false, all=false, fields=&[]),
 ];
 
@@ -126,6 +131,7 @@ pub const GROUPS: &[(&str, &str)] = &[
     ("batch", "v1"),
     ("coordination.k8s.io", "v1"),
     ("policy", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
     ("storage.k8s.io", "v1"),
 ];
 

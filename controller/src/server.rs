@@ -45,6 +45,8 @@ pub enum ServerError {
     Kubeconfig { path: PathBuf, source: crate::tls::TlsError },
     #[error(transparent)]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error(transparent)]
+    TokenKey(#[from] crate::auth::token::KeyError),
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +193,8 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let telemetry =
         Arc::new(crate::telemetry::Telemetry::new(store.clone(), relay.clone().map(|r| (fleet_state.clone(), r))));
     let liveness = opts.fleet.as_ref().map(|_| fleet_state.clone() as Arc<dyn Liveness>);
+    let issuer = Arc::new(crate::auth::token::Issuer::load_or_create(&opts.data_dir)?);
+    crate::auth::bootstrap::ensure(&client)?;
     let state = Arc::new(ApiState {
         store: store.clone(),
         writer,
@@ -199,12 +203,14 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         relay,
         telemetry,
         liveness: liveness.clone(),
+        issuer,
     });
     let app = api::router(state);
     // With the fleet link, the node lifecycle also looks at every node when
     // presence changes somewhere.
     let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());
-    start_controllers(&mut loops, client, &opts, liveness, presence, rx.clone())?;
+    let ca = tls.as_ref().map(|m| m.ca_pem.clone());
+    start_controllers(&mut loops, client, &opts, liveness, presence, ca, rx.clone())?;
     let mut stop = rx;
     let task = match tls {
         Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
@@ -233,6 +239,7 @@ fn start_controllers(
     opts: &Options,
     liveness: Option<Arc<dyn Liveness>>,
     presence: Option<watch::Receiver<u64>>,
+    ca: Option<String>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), ControllerError> {
     use crate::controllers::{
@@ -269,6 +276,16 @@ fn start_controllers(
     ));
     loops.spawn(runner::run(
         crate::controllers::volume::VolumeController::new(client.clone())?,
+        store.clone(),
+        stop.clone(),
+    ));
+    loops.spawn(runner::run(
+        crate::controllers::serviceaccount::ServiceAccountController::new(client.clone(), ca)?,
+        store.clone(),
+        stop.clone(),
+    ));
+    loops.spawn(runner::run(
+        crate::controllers::serviceaccount::AggregationController::new(client.clone())?,
         store.clone(),
         stop.clone(),
     ));

@@ -262,3 +262,137 @@ fn the_small_things_clients_trip_on() -> Result<()> {
     ensure!(k.fails(&["get", "--raw", "/livez/nope"])?.contains("NotFound"));
     Ok(())
 }
+
+/// The official Python client, as `python3 tests/python/k8s_machinery.py
+/// KUBECONFIG ARGS…`; `None` (after a loud skip, or a failure under CI)
+/// without it.
+fn python(kubeconfig: &Path, args: &[&str]) -> Result<Option<String>> {
+    let root = kedge_tests::workspace_root();
+    let path = root.join("target/python");
+    let has = std::process::Command::new("python3").args(["-c", "import kubernetes"]).env("PYTHONPATH", &path).output();
+    if !require(has.is_ok_and(|o| o.status.success()), "the Python kubernetes client (scripts/packages.sh)") {
+        return Ok(None);
+    }
+    let o = std::process::Command::new("python3")
+        .arg(root.join("tests/python/k8s_machinery.py"))
+        .arg(kubeconfig)
+        .args(args)
+        .env("PYTHONPATH", &path)
+        .output()?;
+    ensure!(o.status.success(), "python client {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    Ok(Some(String::from_utf8_lossy(&o.stdout).into_owned()))
+}
+
+#[test]
+fn service_accounts_tokens_and_rbac() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    // Every namespace gets its default ServiceAccount and the cluster CA.
+    k.ok(&["create", "namespace", "team"])?;
+    wait_for("team's default ServiceAccount and CA", Duration::from_secs(10), || {
+        let sa = k.run(&["get", "serviceaccount", "default", "-n", "team"])?.status.success();
+        let cm = k.run(&["get", "configmap", "kube-root-ca.crt", "-n", "team"])?.status.success();
+        Ok((sa && cm).then_some(()))
+    })?;
+    let ca = k.json(&["get", "configmap", "kube-root-ca.crt", "-n", "team"])?;
+    let on_disk = std::fs::read_to_string(dir.path().join("data/tls/ca.crt"))?;
+    ensure!(ca["data"]["ca.crt"] == on_disk.as_str(), "{ca}");
+    // Deleted, they come back.
+    k.ok(&["delete", "serviceaccount", "default", "-n", "team"])?;
+    wait_for("team's default ServiceAccount again", Duration::from_secs(10), || {
+        Ok(k.run(&["get", "serviceaccount", "default", "-n", "team"])?.status.success().then_some(()))
+    })?;
+
+    // The admin is the admin.
+    let me = k.ok(&["auth", "whoami", "-o", "json"])?;
+    ensure!(me.contains("\"username\": \"system:admin\"") && me.contains("system:masters"), "{me}");
+
+    // A ServiceAccount's token: who it is, and nothing allowed until bound.
+    k.ok(&["create", "serviceaccount", "build"])?;
+    let token = k.ok(&["create", "token", "build", "--duration=1h"])?.trim().to_owned();
+    let who = k.ok(&["--token", &token, "auth", "whoami", "-o", "json"])?;
+    ensure!(who.contains("\"username\": \"system:serviceaccount:default:build\""), "{who}");
+    ensure!(who.contains("system:serviceaccounts:default"), "{who}");
+    let err = k.fails(&["--token", &token, "get", "pods"])?;
+    ensure!(
+        err.contains("pods is forbidden: User \"system:serviceaccount:default:build\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{err}"
+    );
+    let sa = "--as=system:serviceaccount:default:build";
+    ensure!(k.run(&["auth", "can-i", "list", "pods", sa])?.status.code() == Some(1), "no before the binding");
+
+    // A Role that lists pods, bound to it.
+    k.ok(&["create", "role", "pod-reader", "--verb=get,list,watch", "--resource=pods"])?;
+    k.ok(&["create", "rolebinding", "build-reads", "--role=pod-reader", "--serviceaccount=default:build"])?;
+    ensure!(k.ok(&["auth", "can-i", "list", "pods", sa])?.trim() == "yes");
+    ensure!(k.run(&["auth", "can-i", "delete", "pods", sa])?.status.code() == Some(1));
+    ensure!(k.run(&["auth", "can-i", "list", "pods", "-n", "team", sa])?.status.code() == Some(1), "other namespace");
+    let list = k.ok(&["auth", "can-i", "--list", sa])?;
+    ensure!(list.lines().any(|l| l.starts_with("pods ") && l.ends_with("[get list watch]")), "{list}");
+    k.ok(&["--token", &token, "get", "pods"])?;
+    let err = k.fails(&["--token", &token, "get", "configmaps"])?;
+    ensure!(err.contains("cannot list resource \"configmaps\""), "{err}");
+    if let Some(out) = python(&k.kubeconfig, &["rbac", &token])? {
+        let got: Value = serde_json::from_str(&out)?;
+        ensure!(got["configmaps"]["status"] == 403, "{got}");
+        ensure!(
+            got["configmaps"]["message"].as_str().is_some_and(|m| m.contains("cannot list resource \"configmaps\""))
+        );
+    }
+
+    // Granting what one does not hold is refused (Kubernetes' escalation
+    // check); granting what one holds is not.
+    k.ok(&["create", "role", "binder", "--verb=create", "--resource=roles,rolebindings"])?;
+    k.ok(&["create", "rolebinding", "build-binds", "--role=binder", "--serviceaccount=default:build"])?;
+    let err = k.fails(&[
+        "--token",
+        &token,
+        "create",
+        "rolebinding",
+        "self-admin",
+        "--clusterrole=cluster-admin",
+        "--serviceaccount=default:build",
+    ])?;
+    ensure!(err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
+    let err = k.fails(&["--token", &token, "create", "role", "sneaky", "--verb=get", "--resource=secrets"])?;
+    ensure!(err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
+    k.ok(&["--token", &token, "create", "role", "fine", "--verb=get", "--resource=pods"])?;
+
+    // Aggregation: a ClusterRole labelled for `view` extends it.
+    let agg = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
+               metadata: {name: lease-viewer, labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}}\n\
+               rules: [{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, list]}]\n";
+    let f = dir.path().join("agg.yaml");
+    std::fs::write(&f, agg)?;
+    k.ok(&["apply", "-f", &f.to_string_lossy()])?;
+    wait_for("view to gather the lease rule", Duration::from_secs(10), || {
+        let view = k.json(&["get", "clusterrole", "view"])?;
+        let rules = view["rules"].as_array().cloned().unwrap_or_default();
+        Ok(rules.iter().any(|r| r["resources"] == serde_json::json!(["leases"])).then_some(()))
+    })?;
+    let admin = k.json(&["get", "clusterrole", "admin"])?;
+    ensure!(
+        admin["rules"].as_array().is_some_and(|r| r.iter().any(|r| r["resources"] == serde_json::json!(["leases"]))),
+        "admin aggregates edit, which aggregates view: {admin}"
+    );
+
+    // A forged token — its claims changed under the same signature — and
+    // the token of a deleted ServiceAccount are refused.
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged_claims = {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = String::from_utf8(b64.decode(parts[1])?)?;
+        b64.encode(claims.replace("default:build", "kube-system:default"))
+    };
+    let forged = format!("{}.{forged_claims}.{}", parts[0], parts[2]);
+    ensure!(k.fails(&["--token", &forged, "get", "pods"])?.contains("Unauthorized"));
+    k.ok(&["delete", "serviceaccount", "build"])?;
+    ensure!(k.fails(&["--token", &token, "get", "pods"])?.contains("Unauthorized"));
+    // The admin token still works, and an unknown one does not.
+    ensure!(k.fails(&["--token", "not-a-token", "get", "pods"])?.contains("Unauthorized"));
+    drop(ctl);
+    Ok(())
+}

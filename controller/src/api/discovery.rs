@@ -39,6 +39,9 @@ pub fn api_groups() -> Value {
     let mut groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect();
     // What kubectl top looks for (served from the nodes through the fleet link).
     groups.push(group_doc(super::metrics::GROUP, super::metrics::VERSION));
+    // Asked, not stored: access reviews and who-am-I.
+    groups.push(group_doc(super::reviews::AUTHZ, "v1"));
+    groups.push(group_doc(super::reviews::AUTHN, "v1"));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -89,6 +92,10 @@ pub fn resource_list(group: &str, version: &str) -> Value {
         if rt.scale {
             list.push(json!({"name": format!("{}/scale", rt.plural), "singularName": "", "namespaced": rt.namespaced,
                 "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+        }
+        if rt.kind == "ServiceAccount" {
+            list.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true,
+                "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
         }
         if rt.kind == "Pod" {
             list.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));

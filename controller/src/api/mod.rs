@@ -10,6 +10,7 @@ mod metrics;
 mod objects;
 mod portforward;
 mod proto;
+pub mod reviews;
 #[rustfmt::skip]
 mod proto_schema;
 mod openapi;
@@ -67,6 +68,8 @@ pub struct ApiState {
     /// The fleet's liveness, in memory: the `renewTime` of the nodes'
     /// Leases is read from it (`None` without a fleet link).
     pub liveness: Option<Arc<dyn crate::controllers::nodelifecycle::Liveness>>,
+    /// Signs and checks ServiceAccount tokens.
+    pub issuer: Arc<crate::auth::token::Issuer>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -162,6 +165,8 @@ pub(crate) struct Req {
     /// The connection's upgrade, for the streaming subresources.
     pub extensions: axum::http::Extensions,
     pub body: Body,
+    /// Who asks (after impersonation).
+    pub user: crate::auth::User,
 }
 
 impl Req {
@@ -274,23 +279,40 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
     // Health and version stay public, as Kubernetes' public-info role.
     let public = matches!(req.uri().path(), "/healthz" | "/livez" | "/readyz" | "/version")
         || ["/healthz/", "/livez/", "/readyz/"].iter().any(|p| req.uri().path().starts_with(p));
-    if let Some(token) = st.config.token.as_ref().filter(|_| !public) {
-        let ok = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| kedge_common::sign::same_secret(t.as_bytes(), token.as_bytes()));
-        if !ok {
-            return Err(ApiError::unauthorized());
+    let user = if public {
+        crate::auth::User {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
         }
-    }
+    } else {
+        let user = crate::auth::authenticate(&st.store, &st.issuer, st.config.token.as_deref(), req.headers())?;
+        let user = crate::auth::impersonate(&st.store, user, req.headers())?;
+        let attrs = crate::auth::Attributes::of(
+            req.method(),
+            req.uri().path().trim_end_matches('/'),
+            req.uri().query().unwrap_or_default(),
+        );
+        if !crate::auth::rbac::allowed(&st.store, &user, &attrs)? {
+            tracing::debug!(user = %user.name, ?attrs, "forbidden");
+            return Err(attrs.forbidden(&user));
+        }
+        user
+    };
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
     let query: HashMap<String, String> =
         axum::extract::Query::try_from_uri(&parts.uri).map(|q| q.0).unwrap_or_default();
     let raw_query = parts.uri.query().unwrap_or_default().to_owned();
-    let r = Req { method: parts.method, query, raw_query, headers: parts.headers, extensions: parts.extensions, body };
+    let r = Req {
+        method: parts.method,
+        query,
+        raw_query,
+        headers: parts.headers,
+        extensions: parts.extensions,
+        body,
+        user,
+    };
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let get = r.method == Method::GET;
     match segs.as_slice() {
@@ -314,6 +336,25 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         }
         ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
             Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
+        }
+        ["apis", g @ (reviews::AUTHZ | reviews::AUTHN)] if get => {
+            Ok(json(StatusCode::OK, &discovery::group_of(g, "v1")))
+        }
+        ["apis", g @ (reviews::AUTHZ | reviews::AUTHN), "v1"] if get => {
+            Ok(json(StatusCode::OK, &reviews::resource_list(g).unwrap_or(Value::Null)))
+        }
+        ["apis", reviews::AUTHZ, "v1", "selfsubjectaccessreviews"] if r.method == Method::POST => {
+            reviews::access_review(st, r).await
+        }
+        ["apis", reviews::AUTHZ, "v1", "selfsubjectrulesreviews"] if r.method == Method::POST => {
+            reviews::rules_review(st, r).await
+        }
+        ["apis", reviews::AUTHN, "v1", "selfsubjectreviews"] if r.method == Method::POST => {
+            reviews::self_review(st, r).await
+        }
+        ["api", "v1", "namespaces", ns, "serviceaccounts", name, "token"] if r.method == Method::POST => {
+            let (ns, name) = ((*ns).to_owned(), (*name).to_owned());
+            reviews::token_request(st, &ns, &name, r).await
         }
         ["openapi", "v3"] if get => Ok(json(StatusCode::OK, &openapi::root())),
         ["openapi", "v3", rest @ ..] if get => openapi_v3(&rest.join("/"), &r, &path),

@@ -236,13 +236,23 @@ fn as_of(st: &ApiState, t: &Target, items: Vec<Value>, now: u64, at: u64) -> Res
     Ok(objects.into_values().collect())
 }
 
+/// The RBAC escalation check, for writes of roles and bindings.
+fn escalation(st: &ApiState, t: &Target, user: &crate::auth::User, obj: &Value) -> Result<(), ApiError> {
+    if t.rt.group != crate::auth::rbac::GROUP || t.sub.is_some() {
+        return Ok(());
+    }
+    crate::auth::rbac::check_escalation(&st.store, user, t.rt.kind, ns_of(t), obj)
+}
+
 pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     if t.name.is_some() {
         return Err(ApiError::method_not_allowed("POST", t.rt.plural));
     }
     let w = write_opts(&r)?;
+    let user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
+    escalation(st, t, &user, &body)?;
     let (obj, warnings) = st.writer.create(t.rt, ns_of(t), body, &dups, w)?;
     Ok(json_warn(StatusCode::CREATED, &obj, &warnings))
 }
@@ -272,17 +282,23 @@ fn part_of(t: &Target) -> Part {
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let w = write_opts(&r)?;
+    let r_user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w.dry_run, |_| Ok(body));
     }
-    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| Ok(body))?;
+    let user = r_user;
+    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| {
+        escalation(st, t, &user, &body)?;
+        Ok(body)
+    })?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let w = write_opts(&r)?;
+    let user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
@@ -299,7 +315,11 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
-    let (obj, warnings) = st.writer.update(at(t), part_of(t), w, &dups, |old| apply(old.clone()))?;
+    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |old| {
+        let v = apply(old.clone())?;
+        escalation(st, t, &user, &v)?;
+        Ok(v)
+    })?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 

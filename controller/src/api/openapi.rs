@@ -326,6 +326,11 @@ macro_rules! for_each_kind {
         $m!("", k8s_openapi::api::core::v1::Event);
         $m!("", k8s_openapi::api::core::v1::PersistentVolumeClaim);
         $m!("", k8s_openapi::api::core::v1::PersistentVolume);
+        $m!("", k8s_openapi::api::core::v1::ServiceAccount);
+        $m!("rbac.authorization.k8s.io", k8s_openapi::api::rbac::v1::Role);
+        $m!("rbac.authorization.k8s.io", k8s_openapi::api::rbac::v1::ClusterRole);
+        $m!("rbac.authorization.k8s.io", k8s_openapi::api::rbac::v1::RoleBinding);
+        $m!("rbac.authorization.k8s.io", k8s_openapi::api::rbac::v1::ClusterRoleBinding);
         $m!("apps", k8s_openapi::api::apps::v1::Deployment);
         $m!("apps", k8s_openapi::api::apps::v1::ReplicaSet);
         $m!("apps", k8s_openapi::api::apps::v1::DaemonSet);

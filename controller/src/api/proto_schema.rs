@@ -1647,4 +1647,153 @@ pub static MESSAGES: &[Msg] = &[
         Fld { tag: 6, json: "strategy", ty: Ty::Str, repeated: false },
         Fld { tag: 7, json: "preferredHolder", ty: Ty::Str, repeated: false },
     ] },
+    Msg { name: "k8s.io.api.core.v1.ServiceAccount", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "secrets", ty: Ty::Msg(169), repeated: true },
+        Fld { tag: 3, json: "imagePullSecrets", ty: Ty::Msg(41), repeated: true },
+        Fld { tag: 4, json: "automountServiceAccountToken", ty: Ty::Bool, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.Role", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "rules", ty: Ty::Msg(253), repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.PolicyRule", fields: &[
+        Fld { tag: 1, json: "verbs", ty: Ty::Str, repeated: true },
+        Fld { tag: 2, json: "apiGroups", ty: Ty::Str, repeated: true },
+        Fld { tag: 3, json: "resources", ty: Ty::Str, repeated: true },
+        Fld { tag: 4, json: "resourceNames", ty: Ty::Str, repeated: true },
+        Fld { tag: 5, json: "nonResourceURLs", ty: Ty::Str, repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.ClusterRole", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "rules", ty: Ty::Msg(253), repeated: true },
+        Fld { tag: 3, json: "aggregationRule", ty: Ty::Msg(255), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.AggregationRule", fields: &[
+        Fld { tag: 1, json: "clusterRoleSelectors", ty: Ty::Msg(67), repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.RoleBinding", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "subjects", ty: Ty::Msg(257), repeated: true },
+        Fld { tag: 3, json: "roleRef", ty: Ty::Msg(258), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.Subject", fields: &[
+        Fld { tag: 1, json: "kind", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "apiGroup", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "name", ty: Ty::Str, repeated: false },
+        Fld { tag: 4, json: "namespace", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.RoleRef", fields: &[
+        Fld { tag: 1, json: "apiGroup", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "kind", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "name", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.rbac.v1.ClusterRoleBinding", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "subjects", ty: Ty::Msg(257), repeated: true },
+        Fld { tag: 3, json: "roleRef", ty: Ty::Msg(258), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SelfSubjectAccessReview", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "spec", ty: Ty::Msg(261), repeated: false },
+        Fld { tag: 3, json: "status", ty: Ty::Msg(267), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SelfSubjectAccessReviewSpec", fields: &[
+        Fld { tag: 1, json: "resourceAttributes", ty: Ty::Msg(262), repeated: false },
+        Fld { tag: 2, json: "nonResourceAttributes", ty: Ty::Msg(266), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.ResourceAttributes", fields: &[
+        Fld { tag: 1, json: "namespace", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "verb", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "group", ty: Ty::Str, repeated: false },
+        Fld { tag: 4, json: "version", ty: Ty::Str, repeated: false },
+        Fld { tag: 5, json: "resource", ty: Ty::Str, repeated: false },
+        Fld { tag: 6, json: "subresource", ty: Ty::Str, repeated: false },
+        Fld { tag: 7, json: "name", ty: Ty::Str, repeated: false },
+        Fld { tag: 8, json: "fieldSelector", ty: Ty::Msg(263), repeated: false },
+        Fld { tag: 9, json: "labelSelector", ty: Ty::Msg(265), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.FieldSelectorAttributes", fields: &[
+        Fld { tag: 1, json: "rawSelector", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "requirements", ty: Ty::Msg(264), repeated: true },
+    ] },
+    Msg { name: "k8s.io.apimachinery.pkg.apis.meta.v1.FieldSelectorRequirement", fields: &[
+        Fld { tag: 1, json: "key", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "operator", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "values", ty: Ty::Str, repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.LabelSelectorAttributes", fields: &[
+        Fld { tag: 1, json: "rawSelector", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "requirements", ty: Ty::Msg(68), repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.NonResourceAttributes", fields: &[
+        Fld { tag: 1, json: "path", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "verb", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SubjectAccessReviewStatus", fields: &[
+        Fld { tag: 1, json: "allowed", ty: Ty::Bool, repeated: false },
+        Fld { tag: 4, json: "denied", ty: Ty::Bool, repeated: false },
+        Fld { tag: 2, json: "reason", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "evaluationError", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SelfSubjectRulesReview", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "spec", ty: Ty::Msg(269), repeated: false },
+        Fld { tag: 3, json: "status", ty: Ty::Msg(270), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SelfSubjectRulesReviewSpec", fields: &[
+        Fld { tag: 1, json: "namespace", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.SubjectRulesReviewStatus", fields: &[
+        Fld { tag: 1, json: "resourceRules", ty: Ty::Msg(271), repeated: true },
+        Fld { tag: 2, json: "nonResourceRules", ty: Ty::Msg(272), repeated: true },
+        Fld { tag: 3, json: "incomplete", ty: Ty::Bool, repeated: false },
+        Fld { tag: 4, json: "evaluationError", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.ResourceRule", fields: &[
+        Fld { tag: 1, json: "verbs", ty: Ty::Str, repeated: true },
+        Fld { tag: 2, json: "apiGroups", ty: Ty::Str, repeated: true },
+        Fld { tag: 3, json: "resources", ty: Ty::Str, repeated: true },
+        Fld { tag: 4, json: "resourceNames", ty: Ty::Str, repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.authorization.v1.NonResourceRule", fields: &[
+        Fld { tag: 1, json: "verbs", ty: Ty::Str, repeated: true },
+        Fld { tag: 2, json: "nonResourceURLs", ty: Ty::Str, repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.SelfSubjectReview", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "status", ty: Ty::Msg(274), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.SelfSubjectReviewStatus", fields: &[
+        Fld { tag: 1, json: "userInfo", ty: Ty::Msg(275), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.UserInfo", fields: &[
+        Fld { tag: 1, json: "username", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "uid", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "groups", ty: Ty::Str, repeated: true },
+        Fld { tag: 4, json: "extra", ty: Ty::MapMsg(276), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.ExtraValue", fields: &[
+        Fld { tag: 1, json: "items", ty: Ty::Str, repeated: true },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.TokenRequest", fields: &[
+        Fld { tag: 1, json: "metadata", ty: Ty::Msg(1), repeated: false },
+        Fld { tag: 2, json: "spec", ty: Ty::Msg(278), repeated: false },
+        Fld { tag: 3, json: "status", ty: Ty::Msg(280), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.TokenRequestSpec", fields: &[
+        Fld { tag: 1, json: "audiences", ty: Ty::Str, repeated: true },
+        Fld { tag: 4, json: "expirationSeconds", ty: Ty::I64, repeated: false },
+        Fld { tag: 3, json: "boundObjectRef", ty: Ty::Msg(279), repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.BoundObjectReference", fields: &[
+        Fld { tag: 1, json: "kind", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "apiVersion", ty: Ty::Str, repeated: false },
+        Fld { tag: 3, json: "name", ty: Ty::Str, repeated: false },
+        Fld { tag: 4, json: "uid", ty: Ty::Str, repeated: false },
+    ] },
+    Msg { name: "k8s.io.api.authentication.v1.TokenRequestStatus", fields: &[
+        Fld { tag: 1, json: "token", ty: Ty::Str, repeated: false },
+        Fld { tag: 2, json: "expirationTimestamp", ty: Ty::Msg(2), repeated: false },
+    ] },
 ];

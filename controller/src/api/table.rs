@@ -129,6 +129,16 @@ fn columns(kind: &str) -> Vec<Col> {
             c("Selector", "string", true),
         ],
         "Lease" => vec![c("Name", "string", false), c("Holder", "string", false), c("Age", "string", false)],
+        "ServiceAccount" => vec![c("Name", "string", false), c("Secrets", "string", false), c("Age", "string", false)],
+        "Role" | "ClusterRole" => vec![c("Name", "string", false), c("Created At", "date", false)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            c("Name", "string", false),
+            c("Role", "string", false),
+            c("Age", "string", false),
+            c("Users", "string", true),
+            c("Groups", "string", true),
+            c("ServiceAccounts", "string", true),
+        ],
         "PodDisruptionBudget" => vec![
             c("Name", "string", false),
             c("Min Available", "string", false),
@@ -523,6 +533,23 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
             ]
         }
         "Lease" => vec![name, json!(s(o, "/spec/holderIdentity").unwrap_or_default()), age],
+        "ServiceAccount" => vec![name, json!(arr(o, "/secrets").len()), age],
+        "Role" | "ClusterRole" => vec![name, json!(s(o, "/metadata/creationTimestamp").unwrap_or_default())],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let of = |kind: &str| -> String {
+                let subjects = arr(o, "/subjects").iter().filter(|x| x["kind"] == kind);
+                let names: Vec<String> = subjects
+                    .map(|x| match (kind, x["namespace"].as_str()) {
+                        ("ServiceAccount", Some(ns)) => format!("{ns}/{}", x["name"].as_str().unwrap_or_default()),
+                        _ => x["name"].as_str().unwrap_or_default().to_owned(),
+                    })
+                    .collect();
+                names.join(", ")
+            };
+            let role =
+                format!("{}/{}", s(o, "/roleRef/kind").unwrap_or_default(), s(o, "/roleRef/name").unwrap_or_default());
+            vec![name, json!(role), age, json!(of("User")), json!(of("Group")), json!(of("ServiceAccount"))]
+        }
         "PodDisruptionBudget" => {
             let bound = |ptr: &str| match o.pointer(ptr) {
                 Some(Value::String(s)) => s.clone(),

@@ -16,6 +16,7 @@ pub mod nodelifecycle;
 pub mod podutil;
 pub mod replicaset;
 pub mod runner;
+pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
 

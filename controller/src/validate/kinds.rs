@@ -33,8 +33,12 @@ pub fn metadata(rt: &ResourceType, m: &ObjectMeta, errs: &mut Errs) {
             let bad = match rt.kind {
                 "Namespace" => names::dns1123_label(n),
                 "Service" => names::dns1035_label(n),
-                "Event" => (n.contains(['/', '%']) || n == "." || n == "..")
-                    .then(|| "may not contain '/' or '%' or be '.' or '..'".to_owned()),
+                // Path segment names, as Kubernetes allows them for these
+                // (`system:discovery`).
+                "Event" | "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => {
+                    (n.contains(['/', '%']) || n == "." || n == "..")
+                        .then(|| "may not contain '/' or '%' or be '.' or '..'".to_owned())
+                }
                 _ => names::dns1123_subdomain(n),
             };
             if let Some(why) = bad {
@@ -1171,4 +1175,152 @@ pub fn storage_class(
             }
         }
     }
+}
+
+// ------------------------------------------------------------------ RBAC
+
+/// A ServiceAccount: nothing beyond its metadata to check.
+pub fn service_account(
+    _s: &mut k8s_openapi::api::core::v1::ServiceAccount,
+    _old: Option<&k8s_openapi::api::core::v1::ServiceAccount>,
+    _errs: &mut Errs,
+) {
+}
+
+/// Kubernetes' `ValidatePolicyRule`.
+fn policy_rules(errs: &mut Errs, rules: &[k8s_openapi::api::rbac::v1::PolicyRule], namespaced: bool) {
+    for (i, r) in rules.iter().enumerate() {
+        let p = format!("rules[{i}]");
+        if r.verbs.is_empty() {
+            errs.push(FieldError::required(format!("{p}.verbs")).with_detail("verbs must contain at least one value"));
+        }
+        let urls = r.non_resource_urls.as_deref().unwrap_or_default();
+        if !urls.is_empty() {
+            if namespaced {
+                errs.push(FieldError::invalid(
+                    format!("{p}.nonResourceURLs"),
+                    urls.join(","),
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            let mixed = [&r.api_groups, &r.resources, &r.resource_names]
+                .iter()
+                .any(|x| x.as_ref().is_some_and(|v| !v.is_empty()));
+            if mixed {
+                errs.push(FieldError::invalid(
+                    format!("{p}.nonResourceURLs"),
+                    urls.join(","),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if r.api_groups.as_ref().is_none_or(Vec::is_empty) {
+            errs.push(
+                FieldError::required(format!("{p}.apiGroups"))
+                    .with_detail("resource rules must supply at least one api group"),
+            );
+        }
+        if r.resources.as_ref().is_none_or(Vec::is_empty) {
+            errs.push(
+                FieldError::required(format!("{p}.resources"))
+                    .with_detail("resource rules must supply at least one resource"),
+            );
+        }
+    }
+}
+
+pub fn role(
+    r: &mut k8s_openapi::api::rbac::v1::Role,
+    _old: Option<&k8s_openapi::api::rbac::v1::Role>,
+    errs: &mut Errs,
+) {
+    policy_rules(errs, r.rules.get_or_insert_with(Vec::new), true);
+}
+
+pub fn cluster_role(
+    r: &mut k8s_openapi::api::rbac::v1::ClusterRole,
+    _old: Option<&k8s_openapi::api::rbac::v1::ClusterRole>,
+    errs: &mut Errs,
+) {
+    // An aggregated role's rules are the aggregation controller's.
+    if let Some(agg) = &r.aggregation_rule {
+        for (i, s) in agg.cluster_role_selectors.iter().flatten().enumerate() {
+            if let Err(e) = crate::selector::LabelSelector::from_k8s(s) {
+                errs.push(FieldError::invalid(format!("aggregationRule.clusterRoleSelectors[{i}]"), "{...}", &e));
+            }
+        }
+    }
+    policy_rules(errs, r.rules.get_or_insert_with(Vec::new), false);
+}
+
+/// Subjects and the role referred to; `roleRef` cannot change.
+fn binding(
+    errs: &mut Errs,
+    subjects: &mut [k8s_openapi::api::rbac::v1::Subject],
+    role_ref: &k8s_openapi::api::rbac::v1::RoleRef,
+    old_ref: Option<&k8s_openapi::api::rbac::v1::RoleRef>,
+    cluster: bool,
+) {
+    const GROUP: &str = "rbac.authorization.k8s.io";
+    if role_ref.api_group != GROUP {
+        errs.push(FieldError::not_supported("roleRef.apiGroup", &role_ref.api_group, &[GROUP]));
+    }
+    let kinds: &[&str] = if cluster { &["ClusterRole"] } else { &["ClusterRole", "Role"] };
+    if !kinds.contains(&role_ref.kind.as_str()) {
+        errs.push(FieldError::not_supported("roleRef.kind", &role_ref.kind, kinds));
+    }
+    if role_ref.name.is_empty() {
+        errs.push(FieldError::required("roleRef.name"));
+    }
+    if old_ref.is_some_and(|o| o != role_ref) {
+        errs.push(FieldError::invalid("roleRef", "{...}", "cannot change roleRef"));
+    }
+    for (i, s) in subjects.iter_mut().enumerate() {
+        let p = format!("subjects[{i}]");
+        if s.name.is_empty() {
+            errs.push(FieldError::required(format!("{p}.name")));
+        }
+        match s.kind.as_str() {
+            "ServiceAccount" => {
+                if s.api_group.as_deref().is_some_and(|g| !g.is_empty()) {
+                    errs.push(FieldError::not_supported(
+                        format!("{p}.apiGroup"),
+                        s.api_group.as_deref().unwrap_or_default(),
+                        &[""],
+                    ));
+                }
+                if cluster && s.namespace.as_deref().is_none_or(str::is_empty) {
+                    errs.push(FieldError::required(format!("{p}.namespace")));
+                }
+            }
+            "User" | "Group" => {
+                let g = s.api_group.get_or_insert_with(|| GROUP.to_owned());
+                if g != GROUP {
+                    errs.push(FieldError::not_supported(format!("{p}.apiGroup"), g, &[GROUP]));
+                }
+            }
+            other => {
+                errs.push(FieldError::not_supported(format!("{p}.kind"), other, &["ServiceAccount", "User", "Group"]))
+            }
+        }
+    }
+}
+
+pub fn role_binding(
+    b: &mut k8s_openapi::api::rbac::v1::RoleBinding,
+    old: Option<&k8s_openapi::api::rbac::v1::RoleBinding>,
+    errs: &mut Errs,
+) {
+    let subjects = b.subjects.get_or_insert_with(Vec::new);
+    binding(errs, subjects, &b.role_ref, old.map(|o| &o.role_ref), false);
+}
+
+pub fn cluster_role_binding(
+    b: &mut k8s_openapi::api::rbac::v1::ClusterRoleBinding,
+    old: Option<&k8s_openapi::api::rbac::v1::ClusterRoleBinding>,
+    errs: &mut Errs,
+) {
+    let subjects = b.subjects.get_or_insert_with(Vec::new);
+    binding(errs, subjects, &b.role_ref, old.map(|o| &o.role_ref), true);
 }

@@ -115,6 +115,17 @@ pub fn admit(
         ("storage.k8s.io", "StorageClass") => {
             run::<k8s_openapi::api::storage::v1::StorageClass>(input, kinds::storage_class)
         }
+        ("", "ServiceAccount") => run::<k8s_openapi::api::core::v1::ServiceAccount>(input, kinds::service_account),
+        ("rbac.authorization.k8s.io", "Role") => run::<k8s_openapi::api::rbac::v1::Role>(input, kinds::role),
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            run::<k8s_openapi::api::rbac::v1::ClusterRole>(input, kinds::cluster_role)
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            run::<k8s_openapi::api::rbac::v1::RoleBinding>(input, kinds::role_binding)
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            run::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(input, kinds::cluster_role_binding)
+        }
         _ => Err(AdmissionError::NoAdmission { kind: rt.kind }),
     }
 }

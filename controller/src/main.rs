@@ -34,6 +34,11 @@ struct Cli {
     /// Extra DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "tls-san", value_name = "NAME")]
     tls_san: Vec<String>,
+    /// The address pods reach the API at (the `kubernetes` Service's
+    /// endpoint); default: the --listen address, or this host's first
+    /// IPv4 address when listening on all of them.
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// How long a node may go without a heartbeat before it is NotReady
     /// (`40s`, `2m`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
@@ -197,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         watch_history: cli.watch_history,
         tls: !cli.insecure_http,
         tls_sans: cli.tls_san,
+        advertise_address: cli.advertise_address,
         nodes: NodeLifecycleConfig {
             grace: cli.node_monitor_grace_period,
             cluster_cidr: cli.cluster_cidr,

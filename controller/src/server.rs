@@ -60,6 +60,8 @@ pub struct Options {
     pub tls: bool,
     /// Extra names (DNS or IP) for the serving certificate.
     pub tls_sans: Vec<String>,
+    /// Where pods reach the API (`--advertise-address`).
+    pub advertise_address: Option<std::net::IpAddr>,
     /// Node heartbeat grace period and the pod CIDR nodes get theirs from.
     pub nodes: NodeLifecycleConfig,
     /// Service cluster-IP range.
@@ -79,6 +81,7 @@ impl Options {
             watch_history: DEFAULT_WATCH_HISTORY,
             tls: false,
             tls_sans: Vec::new(),
+            advertise_address: None,
             nodes: NodeLifecycleConfig::default(),
             service_cidr: write::DEFAULT_SERVICE_CIDR,
             event_ttl: crate::controllers::eventttl::DEFAULT_TTL,
@@ -136,6 +139,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         .map_err(|source| ServerError::DataDir { path: opts.data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&opts.data_dir.join("state.redb"), opts.watch_history)?);
     let writer = Writer::new(store.clone(), opts.service_cidr);
+    let writer = if use_tls { writer.mounting_tokens() } else { writer };
     writer.system_namespaces()?;
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
@@ -145,7 +149,13 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     // Clients on this machine reach a wildcard listener through loopback.
     let advertise = if addr.ip().is_unspecified() { SocketAddr::new([127, 0, 0, 1].into(), addr.port()) } else { addr };
     let tls = if use_tls {
-        let names = tls::serving_names(addr.ip(), &opts.tls_sans);
+        // Pods reach the API as the `kubernetes` Service, by its names and
+        // address, and at the advertised address behind it.
+        let mut sans = opts.tls_sans.clone();
+        sans.extend(crate::controllers::master::DNS_NAMES.iter().map(|n| (*n).to_owned()));
+        sans.push(crate::controllers::master::service_ip(opts.service_cidr).to_string());
+        sans.extend(opts.advertise_address.map(|a| a.to_string()));
+        let names = tls::serving_names(addr.ip(), &sans);
         Some(tls::load_or_create(&opts.data_dir, &names)?)
     } else {
         None
@@ -162,6 +172,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         opts.fleet.as_ref().map_or(std::time::Duration::from_secs(1800), |f| f.report_timeout),
     );
     let mut loops = JoinSet::new();
+    let issuer = Arc::new(crate::auth::token::Issuer::load_or_create(&opts.data_dir)?);
     let broker = match &opts.fleet {
         Some(f) => {
             let key = Arc::new(tls::signing_key(&opts.data_dir)?);
@@ -178,6 +189,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
                 f.clone(),
                 serving,
                 key,
+                issuer.clone(),
                 cidrs(&opts),
                 fleet_state.clone(),
                 &mut loops,
@@ -193,8 +205,9 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let telemetry =
         Arc::new(crate::telemetry::Telemetry::new(store.clone(), relay.clone().map(|r| (fleet_state.clone(), r))));
     let liveness = opts.fleet.as_ref().map(|_| fleet_state.clone() as Arc<dyn Liveness>);
-    let issuer = Arc::new(crate::auth::token::Issuer::load_or_create(&opts.data_dir)?);
     crate::auth::bootstrap::ensure(&client)?;
+    let api_ip = crate::controllers::master::advertise(opts.advertise_address, addr.ip());
+    crate::controllers::master::ensure(&client, opts.service_cidr, api_ip, addr.port())?;
     let state = Arc::new(ApiState {
         store: store.clone(),
         writer,

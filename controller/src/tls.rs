@@ -239,7 +239,7 @@ pub fn serving_names(listen: IpAddr, extra: &[String]) -> Vec<String> {
 /// The addresses of this host's interfaces (IPv6 link-local ones left out:
 /// they need a zone, which a certificate cannot name).
 #[allow(unsafe_code)]
-fn host_addresses() -> Vec<IpAddr> {
+pub(crate) fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list that stays valid until

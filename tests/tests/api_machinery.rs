@@ -305,6 +305,51 @@ fn service_accounts_tokens_and_rbac() -> Result<()> {
         Ok(k.run(&["get", "serviceaccount", "default", "-n", "team"])?.status.success().then_some(()))
     })?;
 
+    // Pods get their account's token mounted in every container, unless
+    // the pod or its account says no; an account that does not exist is
+    // refused.
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: mounted}\n\
+                spec: {initContainers: [{name: i, image: busybox}], containers: [{name: a, image: busybox}, {name: b, image: busybox}]}\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: unmounted}\n\
+                spec: {automountServiceAccountToken: false, containers: [{name: a, image: busybox}]}\n---\n\
+                apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: quiet}\nautomountServiceAccountToken: false\n---\n\
+                apiVersion: v1\nkind: Pod\nmetadata: {name: quiet}\n\
+                spec: {serviceAccountName: quiet, containers: [{name: a, image: busybox}]}\n";
+    let f = dir.path().join("pods.yaml");
+    std::fs::write(&f, pods)?;
+    k.ok(&["apply", "-f", &f.to_string_lossy()])?;
+    let mounted = k.json(&["get", "pod", "mounted"])?;
+    ensure!(mounted["spec"]["serviceAccountName"] == "default", "{mounted}");
+    let volume = &mounted["spec"]["volumes"][0];
+    let vname = volume["name"].as_str().unwrap_or_default();
+    ensure!(vname.starts_with("kube-api-access-"), "{mounted}");
+    let sources = volume["projected"]["sources"].as_array().context("projected sources")?;
+    ensure!(sources[0]["serviceAccountToken"]["path"] == "token", "{volume}");
+    ensure!(sources[1]["configMap"]["name"] == "kube-root-ca.crt", "{volume}");
+    ensure!(sources[2]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"] == "metadata.namespace", "{volume}");
+    for list in ["initContainers", "containers"] {
+        for c in mounted["spec"][list].as_array().into_iter().flatten() {
+            let m = &c["volumeMounts"][0];
+            ensure!(
+                m["name"] == vname
+                    && m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount"
+                    && m["readOnly"] == true,
+                "{c}"
+            );
+        }
+    }
+    for pod in ["unmounted", "quiet"] {
+        let p = k.json(&["get", "pod", pod])?;
+        ensure!(p["spec"].get("volumes").is_none_or(|v| v.as_array().is_some_and(|v| v.is_empty())), "{p}");
+    }
+    let orphan = "apiVersion: v1\nkind: Pod\nmetadata: {name: orphan}\nspec: {serviceAccountName: nobody, containers: [{name: a, image: busybox}]}\n";
+    std::fs::write(&f, orphan)?;
+    let err = k.fails(&["apply", "-f", &f.to_string_lossy()])?;
+    ensure!(
+        err.contains("error looking up service account default/nobody: serviceaccount \"nobody\" not found"),
+        "{err}"
+    );
+
     // The admin is the admin.
     let me = k.ok(&["auth", "whoami", "-o", "json"])?;
     ensure!(me.contains("\"username\": \"system:admin\"") && me.contains("system:masters"), "{me}");

@@ -294,6 +294,67 @@ impl Cluster {
     }
 }
 
+/// The in-cluster contract: a pod has its ServiceAccount's token, the
+/// cluster CA and its namespace mounted, `KUBERNETES_SERVICE_HOST` set, and
+/// reaches the API through `https://kubernetes.default.svc` with that
+/// token — refused (403) until a Role lets its account list pods, then
+/// answered.
+fn api_from_a_pod(c: &Cluster) -> Result<()> {
+    let pod = format!("client-{}", c.nodes[0].name());
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let (ok, ns) = c.exec(0, &pod, &["cat", &format!("{dir}/namespace")])?;
+    ensure!(ok && ns == "default", "the mounted namespace: {ns:?}");
+    let (ok, ca) = c.exec(0, &pod, &["cat", &format!("{dir}/ca.crt")])?;
+    let want_ca = c.k.ok(&["get", "configmap", "kube-root-ca.crt", "-o", "jsonpath={.data.ca\\.crt}"])?;
+    ensure!(ok && ca == want_ca && ca.starts_with("-----BEGIN CERTIFICATE-----"), "the mounted CA: {ca:?}");
+    let (ok, token) = c.exec(0, &pod, &["cat", &format!("{dir}/token")])?;
+    ensure!(ok && token.starts_with("eyJ"), "the mounted token: {token:?}");
+    let (_, env) = c.exec(0, &pod, &["sh", "-c", "cat /proc/1/environ | tr '\\0' '\\n' | grep ^KUBERNETES_"])?;
+    let svc_ip = c.k.ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"])?;
+    ensure!(env.contains(&format!("KUBERNETES_SERVICE_HOST={svc_ip}\n")), "{env}");
+    ensure!(env.contains("KUBERNETES_SERVICE_PORT=443\n"), "{env}");
+    // The token is the pod's: bound to it, its account's identity.
+    let who = c.k.ok(&["--token", &token, "auth", "whoami", "-o", "json"])?;
+    ensure!(who.contains("system:serviceaccount:default:default") && who.contains(&pod), "{who}");
+
+    // By name through the pod's DNS, then over TLS checked against the
+    // mounted CA, from the pod's network (busybox's wget speaks no TLS
+    // rustls accepts: host curl in the pod's network namespace does).
+    let (ok, dns) = c.exec(0, &pod, &["nslookup", "kubernetes.default.svc.cluster.local"])?;
+    ensure!(ok && dns.contains(&svc_ip), "kubernetes.default.svc resolves to {svc_ip}: {dns}");
+    let ca_file = c.k.cache.with_file_name("pod-ca.crt");
+    std::fs::write(&ca_file, &ca)?;
+    let pid = c.pid(0, &pod)?.context("the client's pid")?;
+    let curl = |path: &str| -> Result<(bool, String)> {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "--", "curl", "-sS", "--max-time", "10"])
+            .args(["--cacert", &ca_file.to_string_lossy()])
+            .args(["--resolve", &format!("kubernetes.default.svc:443:{svc_ip}")])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["-w", "\\n%{http_code}", &format!("https://kubernetes.default.svc{path}")])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.success(), text))
+    };
+    let list = "/api/v1/namespaces/default/pods";
+    let (_, out) = curl(list)?;
+    ensure!(out.ends_with("\n403"), "listing pods without a Role: {out}");
+    ensure!(
+        out.contains("pods is forbidden: User \\\"system:serviceaccount:default:default\\\" cannot list resource \\\"pods\\\" in API group \\\"\\\" in the namespace \\\"default\\\""),
+        "Kubernetes' message: {out}"
+    );
+    c.k.ok(&["create", "role", "pod-lister", "--verb=list", "--resource=pods"])?;
+    c.k.ok(&["create", "rolebinding", "default-lists", "--role=pod-lister", "--serviceaccount=default:default"])?;
+    let (ok, out) = curl(list)?;
+    ensure!(
+        ok && out.ends_with("\n200") && out.contains("\"kind\":\"PodList\"") && out.contains(&pod),
+        "with the Role: {out}"
+    );
+    c.k.ok(&["delete", "rolebinding", "default-lists"])?;
+    c.k.ok(&["delete", "role", "pod-lister"])?;
+    Ok(())
+}
+
 fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
     let (web, names) = c.deploy()?;
 
@@ -320,6 +381,8 @@ fn scenario(c: &mut Cluster, foreign_before: &str) -> Result<()> {
         })?;
         ensure!(seen == names, "client on {} saw {seen:?}", c.nodes[i].name());
     }
+
+    api_from_a_pod(c)?;
 
     // The Service rules' loads show in the node's /metrics.
     let token = std::fs::read_to_string(c.agents[0].data.join("metrics.token"))?;

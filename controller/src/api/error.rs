@@ -196,6 +196,7 @@ impl From<WriteError> for ApiError {
             WriteError::NamespaceTerminating { .. } | WriteError::SystemNamespace { .. } => {
                 ApiError::forbidden(e.to_string())
             }
+            WriteError::NoServiceAccount { .. } => ApiError::forbidden(format!("pods is forbidden: {e}")),
             WriteError::Allocated { name, cause } => ApiError::invalid("Service", "", &name, vec![cause]),
             WriteError::NoClusterIp | WriteError::NoNodePort | WriteError::NotServed { .. } => {
                 ApiError::internal(e.to_string())

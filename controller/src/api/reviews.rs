@@ -12,7 +12,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Req};
-use crate::auth::token::{BoundRef, Claims, ISSUER, KubeClaim};
+use crate::auth::token::{BoundRef, KubeClaim};
 use crate::auth::{Attributes, rbac};
 use crate::meta;
 use crate::store::Key;
@@ -200,20 +200,10 @@ pub fn mint(
             kube.secret = Some(r);
         }
     }
-    let now = jiff::Timestamp::now().as_second();
-    let exp = now + ttl;
-    let claims = Claims {
-        iss: ISSUER.to_owned(),
-        sub: format!("system:serviceaccount:{ns}:{name}"),
-        aud: if audiences.is_empty() { st.issuer.audiences().to_vec() } else { audiences },
-        exp,
-        iat: now,
-        nbf: now,
-        jti: uuid::Uuid::new_v4().to_string(),
-        kube,
-    };
-    let token = st.issuer.issue(&claims).map_err(|e| ApiError::internal(format!("signing a token: {e}")))?;
-    Ok((token, exp))
+    let KubeClaim { serviceaccount, pod, secret, .. } = kube;
+    st.issuer
+        .mint(ns, serviceaccount, pod, secret, audiences, ttl)
+        .map_err(|e| ApiError::internal(format!("signing a token: {e}")))
 }
 
 /// `POST …/serviceaccounts/NAME/token`.

@@ -117,6 +117,32 @@ impl Issuer {
         &self.audiences
     }
 
+    /// A token for ServiceAccount `account` of `ns`, bound to a pod or a
+    /// secret, for `audiences` (none: this API server), valid `ttl` seconds
+    /// from now; with its expiry.
+    pub fn mint(
+        &self,
+        ns: &str,
+        account: BoundRef,
+        pod: Option<BoundRef>,
+        secret: Option<BoundRef>,
+        audiences: Vec<String>,
+        ttl: i64,
+    ) -> Result<(String, i64), jsonwebtoken::errors::Error> {
+        let now = jiff::Timestamp::now().as_second();
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: format!("system:serviceaccount:{ns}:{}", account.name),
+            aud: if audiences.is_empty() { self.audiences.clone() } else { audiences },
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            kube: KubeClaim { namespace: ns.to_owned(), serviceaccount: account, pod, secret, node: None },
+        };
+        Ok((self.issue(&claims)?, now + ttl))
+    }
+
     /// Signs `claims`.
     pub fn issue(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         let mut header = Header::new(Algorithm::ES256);

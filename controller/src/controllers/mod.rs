@@ -11,6 +11,7 @@ pub mod events;
 pub mod eventttl;
 pub mod gc;
 pub mod job;
+pub mod master;
 pub mod namespace;
 pub mod nodelifecycle;
 pub mod podutil;

@@ -46,11 +46,17 @@ pub struct DesiredPublisher {
     secret_id: &'static str,
     pvc_id: &'static str,
     pv_id: &'static str,
+    /// ServiceAccounts: a pod's token waits for its account.
+    sa_id: &'static str,
     /// Node → (content hash, connection epoch) of the last publish.
     published: HashMap<String, (u64, u64)>,
     /// Pods already reported as not translatable (uid → message), so a
     /// rebuild does not repeat the event.
     failing: HashMap<String, String>,
+    /// Signs the projected ServiceAccount tokens.
+    issuer: Arc<crate::auth::token::Issuer>,
+    /// Tokens minted, with when to mint them again.
+    tokens: HashMap<node_pod::TokenKey, (String, i64)>,
 }
 
 fn node_of(v: &Value) -> Option<&str> {
@@ -65,6 +71,7 @@ impl DesiredPublisher {
         max_payload: usize,
         state: Arc<FleetState>,
         key: Arc<SigningKey>,
+        issuer: Arc<crate::auth::token::Issuer>,
     ) -> Result<Self, ControllerError> {
         Ok(DesiredPublisher {
             key,
@@ -79,8 +86,11 @@ impl DesiredPublisher {
             secret_id: Secret::rt()?.id,
             pvc_id: PersistentVolumeClaim::rt()?.id,
             pv_id: PersistentVolume::rt()?.id,
+            sa_id: k8s_openapi::api::core::v1::ServiceAccount::rt()?.id,
             published: HashMap::new(),
             failing: HashMap::new(),
+            issuer,
+            tokens: HashMap::new(),
         })
     }
 
@@ -91,7 +101,78 @@ impl DesiredPublisher {
         Ok(set.into_iter().collect())
     }
 
-    fn publish(&mut self, nodes: &[String]) -> Result<(), ControllerError> {
+    /// The tokens of the projected volumes of `pods`, bound to their pods:
+    /// minted once per pod, audience and lifetime and kept (the snapshot's
+    /// content, and so its generation, stays put), minted again once 80 %
+    /// of a token's life has passed, as the kubelet refreshes them. The
+    /// lifetime Kubernetes injects (3607 s) is stretched to a year, as
+    /// Kubernetes does by default (`--service-account-extend-token-expiration`):
+    /// a node offline for long still has a valid token for its pods.
+    fn mint_tokens(
+        &mut self,
+        by_node: &BTreeMap<&str, Vec<&Pod>>,
+        all_pods: &HashSet<&str>,
+        refs: &mut node_pod::Refs,
+    ) -> Result<HashMap<String, i64>, ControllerError> {
+        let now = jiff::Timestamp::now().as_second();
+        let mut refresh_at: HashMap<String, i64> = HashMap::new();
+        for (node, pods) in by_node {
+            for pod in pods {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let ns = pod.metadata.namespace.clone().unwrap_or_default();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let Some(spec) = &pod.spec else { continue };
+                let sources = spec
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.projected.as_ref())
+                    .flat_map(|p| p.sources.iter().flatten());
+                for t in sources.filter_map(|s| s.service_account_token.as_ref()) {
+                    let key = node_pod::token_key(&uid, t);
+                    if let Some((token, refresh)) = self.tokens.get(&key) {
+                        if now < *refresh {
+                            let at = refresh_at.entry((*node).to_owned()).or_insert(*refresh);
+                            *at = (*at).min(*refresh);
+                            refs.tokens.insert(key, token.clone());
+                            continue;
+                        }
+                    }
+                    let sa_name = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
+                    let Some(sa) = self.client.get::<k8s_openapi::api::core::v1::ServiceAccount>(&ns, &sa_name)? else {
+                        continue; // node_pod reports the missing account
+                    };
+                    let ttl = match key.2 {
+                        3607 => 365 * 24 * 3600,
+                        t => t.max(600),
+                    };
+                    let audiences = t.audience.clone().filter(|a| !a.is_empty()).map(|a| vec![a]).unwrap_or_default();
+                    let account =
+                        crate::auth::token::BoundRef { name: sa_name, uid: sa.metadata.uid.unwrap_or_default() };
+                    let bound = crate::auth::token::BoundRef { name: name.clone(), uid: uid.clone() };
+                    match self.issuer.mint(&ns, account, Some(bound), None, audiences, ttl) {
+                        Ok((token, _exp)) => {
+                            let refresh = now + ttl * 4 / 5;
+                            let at = refresh_at.entry((*node).to_owned()).or_insert(refresh);
+                            *at = (*at).min(refresh);
+                            self.tokens.insert(key.clone(), (token.clone(), refresh));
+                            refs.tokens.insert(key, token);
+                        }
+                        Err(e) => {
+                            tracing::error!(pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), error = %e, "cannot sign a service account token")
+                        }
+                    }
+                }
+            }
+        }
+        // Tokens of pods gone are forgotten.
+        self.tokens.retain(|k, _| all_pods.contains(k.0.as_str()));
+        Ok(refresh_at)
+    }
+
+    /// Publishes the snapshots of `nodes`; answers when each node's tokens
+    /// are due to be minted again (unix seconds), for the nodes with any.
+    fn publish(&mut self, nodes: &[String]) -> Result<HashMap<String, i64>, ControllerError> {
         let wanted: HashSet<&str> = nodes.iter().map(String::as_str).collect();
         let revision = self.client.store().revision();
         let pods = self.client.list::<Pod>(None)?;
@@ -122,6 +203,16 @@ impl DesiredPublisher {
                 refs.claims.insert((ns.clone(), c.metadata.name.clone().unwrap_or_default()), c);
             }
         }
+        refs.master = self
+            .client
+            .get::<k8s_openapi::api::core::v1::Service>(
+                crate::controllers::master::NAMESPACE,
+                crate::controllers::master::NAME,
+            )?
+            .and_then(|s| s.spec?.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None");
+        let all_pods: HashSet<&str> = pods.iter().filter_map(|p| p.metadata.uid.as_deref()).collect();
+        let refresh_at = self.mint_tokens(&by_node, &all_pods, &mut refs)?;
         // Node-local volumes deleted with their data, by node (what each node removes).
         let mut doomed: HashMap<String, Vec<String>> = HashMap::new();
         for pv in self.client.list::<PersistentVolume>(None)? {
@@ -233,7 +324,18 @@ impl DesiredPublisher {
             self.state.set_desired(node, generation, hash, count);
             self.published.insert(node.to_string(), (hash, epoch));
         }
-        Ok(())
+        Ok(refresh_at)
+    }
+}
+
+/// Done, or back when the node's tokens are due.
+fn refresh(at: &HashMap<String, i64>, node: &str) -> Action {
+    match at.get(node) {
+        Some(t) => {
+            let wait = (*t - jiff::Timestamp::now().as_second()).max(1);
+            Action::RequeueAfter(std::time::Duration::from_secs(u64::try_from(wait).unwrap_or(1)))
+        }
+        None => Action::Done,
     }
 }
 
@@ -261,7 +363,11 @@ impl Reconcile for DesiredPublisher {
                     }
                 }
             }
-        } else if ev.resource == self.cm_id || ev.resource == self.secret_id || ev.resource == self.pvc_id {
+        } else if ev.resource == self.cm_id
+            || ev.resource == self.secret_id
+            || ev.resource == self.pvc_id
+            || ev.resource == self.sa_id
+        {
             match self.nodes_with_pods_in(&ev.namespace) {
                 Ok(nodes) => out.extend(nodes.iter().map(|n| node_key(n))),
                 Err(e) => tracing::warn!(error = %e, "cannot list the pods a changed ConfigMap/Secret may feed"),
@@ -285,13 +391,13 @@ impl Reconcile for DesiredPublisher {
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
-        self.publish(std::slice::from_ref(&key.name)).map(|()| Action::Done)
+        self.publish(std::slice::from_ref(&key.name)).map(|at| refresh(&at, &key.name))
     }
 
     fn reconcile_batch(&mut self, keys: &[Key]) -> Vec<Result<Action, ControllerError>> {
         let nodes: Vec<String> = keys.iter().map(|k| k.name.clone()).collect();
         match self.publish(&nodes) {
-            Ok(()) => keys.iter().map(|_| Ok(Action::Done)).collect(),
+            Ok(at) => keys.iter().map(|k| Ok(refresh(&at, &k.name))).collect(),
             Err(e) => {
                 let e = Arc::new(e);
                 keys.iter().map(|_| Err(ControllerError::Batch(e.clone()))).collect()

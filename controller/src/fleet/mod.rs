@@ -309,6 +309,7 @@ pub async fn start(
     opts: FleetOptions,
     serving: Option<Arc<rustls::ServerConfig>>,
     key: Arc<kedge_common::sign::SigningKey>,
+    issuer: Arc<crate::auth::token::Issuer>,
     cidrs: network::Cidrs,
     state: Arc<FleetState>,
     tasks: &mut JoinSet<()>,
@@ -356,6 +357,7 @@ pub async fn start(
         opts.max_payload,
         state.clone(),
         key.clone(),
+        issuer,
     )?;
     let store = client.store().clone();
     tasks.spawn(runner::run_with_resync(publisher, store.clone(), stop.clone(), state.resync_desired.subscribe()));

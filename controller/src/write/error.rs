@@ -46,6 +46,9 @@ pub enum WriteError {
     NoNodePort,
     #[error("{plural} are not served")]
     NotServed { plural: &'static str },
+    /// A pod names a ServiceAccount its namespace does not have.
+    #[error("error looking up service account {namespace}/{name}: serviceaccount \"{name}\" not found")]
+    NoServiceAccount { namespace: String, name: String },
     #[error(transparent)]
     Admission(#[from] AdmissionError),
     #[error("store: {0}")]

@@ -7,6 +7,7 @@
 mod binding;
 mod delete;
 mod error;
+mod pod_sa;
 mod service;
 
 use std::net::Ipv4Addr;
@@ -31,6 +32,9 @@ pub struct Writer {
     store: SharedStore,
     /// Where Service cluster IPs come from.
     service_cidr: (Ipv4Addr, u8),
+    /// Whether pods get their ServiceAccount token mounted (not without
+    /// TLS: no CA to trust, and tokens would cross the wire in clear).
+    mount_tokens: bool,
 }
 
 /// The write parameters every mutating verb takes.
@@ -83,7 +87,14 @@ fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), WriteError> {
 
 impl Writer {
     pub fn new(store: SharedStore, service_cidr: (Ipv4Addr, u8)) -> Self {
-        Writer { store, service_cidr }
+        Writer { store, service_cidr, mount_tokens: false }
+    }
+
+    /// Pods created through this writer get their ServiceAccount token
+    /// mounted (the server turns it on with TLS).
+    pub fn mounting_tokens(mut self) -> Self {
+        self.mount_tokens = true;
+        self
     }
 
     /// The store, for reading.
@@ -157,6 +168,9 @@ impl Writer {
         }
         if rt.kind == "Service" {
             service::allocate(&self.store, self.service_cidr, &mut obj)?;
+        }
+        if rt.kind == "Pod" && rt.group.is_empty() {
+            pod_sa::admit(&self.store, &mut obj, self.mount_tokens)?;
         }
         let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
         let k = Key::new(rt.id, ns, &name);

@@ -30,6 +30,20 @@ pub struct Refs {
     pub secrets: HashMap<(String, String), api::Secret>,
     pub claims: HashMap<(String, String), api::PersistentVolumeClaim>,
     pub volumes: HashMap<String, api::PersistentVolume>,
+    /// The `kubernetes` Service's cluster IP: every container's
+    /// `KUBERNETES_SERVICE_HOST` and friends.
+    pub master: Option<String>,
+    /// ServiceAccount tokens minted for projected volumes, by
+    /// [`token_key`].
+    pub tokens: HashMap<TokenKey, String>,
+}
+
+/// A projected token: (pod uid, audience, lifetime asked for).
+pub type TokenKey = (String, String, i64);
+
+/// The key of a pod's projected `serviceAccountToken` source.
+pub fn token_key(pod_uid: &str, src: &api::ServiceAccountTokenProjection) -> TokenKey {
+    (pod_uid.to_owned(), src.audience.clone().unwrap_or_default(), src.expiration_seconds.unwrap_or(3600))
 }
 
 impl Refs {
@@ -81,6 +95,8 @@ pub enum NodePodError {
     VolumeElsewhere { name: String, pinned: String },
     #[error("persistentvolume {name}: only hostPath, local and {driver} volumes can be mounted on a node", driver = crate::controllers::volume::LOCAL_PATH_DRIVER)]
     VolumeKind { name: String },
+    #[error("serviceaccount {ns}/{name} not found (projected token of volume {volume})")]
+    ServiceAccount { ns: String, name: String, volume: String },
 }
 
 fn unsupported(field: impl Into<String>, value: impl fmt::Display) -> NodePodError {
@@ -146,7 +162,12 @@ pub fn node_pod(pod: &api::Pod, node: &str, refs: &Refs) -> Result<wire::Pod, No
             host_aliases: (spec.host_aliases.iter().flatten())
                 .map(|a| wire::HostAlias { ip: a.ip.clone(), hostnames: a.hostnames.clone().unwrap_or_default() })
                 .collect(),
-            volumes: spec.volumes.iter().flatten().map(|v| volume(v, &ns, node, refs)).collect::<Result<_, _>>()?,
+            volumes: spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| volume(v, pod, &ns, node, refs))
+                .collect::<Result<_, _>>()?,
             termination_grace_period_seconds: spec.termination_grace_period_seconds,
             security_context: spec
                 .security_context
@@ -222,7 +243,7 @@ fn claimed(claim: &str, ns: &str, node: &str, refs: &Refs) -> Result<wire::Volum
     Err(NodePodError::VolumeKind { name: pv_name })
 }
 
-fn volume(v: &api::Volume, ns: &str, node: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
+fn volume(v: &api::Volume, pod: &api::Pod, ns: &str, node: &str, refs: &Refs) -> Result<wire::Volume, NodePodError> {
     if let Some(c) = &v.persistent_volume_claim {
         return Ok(wire::Volume { name: v.name.clone(), ..claimed(&c.claim_name, ns, node, refs)? });
     }
@@ -244,6 +265,10 @@ fn volume(v: &api::Volume, ns: &str, node: &str, refs: &Refs) -> Result<wire::Vo
         }
         None => None,
     };
+    let secret = match (&v.projected, secret) {
+        (Some(p), None) => Some(projected(p, v, ns, node, pod, refs)?),
+        (_, s) => s,
+    };
     Ok(wire::Volume {
         name: v.name.clone(),
         empty_dir: v.empty_dir.as_ref().map(|e| wire::EmptyDir {
@@ -255,6 +280,85 @@ fn volume(v: &api::Volume, ns: &str, node: &str, refs: &Refs) -> Result<wire::Vo
         secret,
         local_path: None,
     })
+}
+
+/// A projected volume's files (its tokens, ConfigMap and Secret keys and
+/// pod fields), travelling as one secret volume: the node writes them as
+/// it writes a Secret's, tokens being secrets.
+fn projected(
+    p: &api::ProjectedVolumeSource,
+    v: &api::Volume,
+    ns: &str,
+    node: &str,
+    pod: &api::Pod,
+    refs: &Refs,
+) -> Result<wire::DataVolume, NodePodError> {
+    let field = || format!("spec.volumes[{}].projected.defaultMode", v.name);
+    let default_mode = p.default_mode.map(|m| u32::try_from(m).map_err(|_| unsupported(field(), m))).transpose()?;
+    let mut out = wire::DataVolume { name: None, default_mode, data: BTreeMap::new(), binary_data: BTreeMap::new() };
+    let mut merge = |d: wire::DataVolume| {
+        out.data.extend(d.data);
+        out.binary_data.extend(d.binary_data);
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    for src in p.sources.iter().flatten() {
+        if let Some(t) = &src.service_account_token {
+            let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+            let token = refs.tokens.get(&token_key(&uid, t)).ok_or_else(|| NodePodError::ServiceAccount {
+                ns: ns.into(),
+                name: sa,
+                volume: v.name.clone(),
+            })?;
+            let mut d = wire::DataVolume::default();
+            d.data.insert(t.path.clone(), token.clone());
+            merge(d);
+        }
+        if let Some(c) = &src.config_map {
+            let source =
+                refs.config_map(ns, &c.name).map(|m| Source { text: m.data.as_ref(), bytes: m.binary_data.as_ref() });
+            let params = DataParams { kind: RefKind::ConfigMap, ns, name: &c.name, volume: &v.name };
+            merge(data_volume(params, source, c.items.as_deref(), c.optional, None)?);
+        }
+        if let Some(sec) = &src.secret {
+            let source = refs.secret(ns, &sec.name).map(|s| Source { text: None, bytes: s.data.as_ref() });
+            let params = DataParams { kind: RefKind::Secret, ns, name: &sec.name, volume: &v.name };
+            merge(data_volume(params, source, sec.items.as_deref(), sec.optional, None)?);
+        }
+        if let Some(d) = &src.downward_api {
+            let mut files = wire::DataVolume::default();
+            for item in d.items.iter().flatten() {
+                let value = match (&item.field_ref, &item.resource_field_ref) {
+                    (Some(f), _) => downward_file(pod, ns, node, &f.field_path),
+                    (None, Some(r)) => {
+                        return Err(unsupported(
+                            format!("spec.volumes[{}].projected.downwardAPI", v.name),
+                            &r.resource,
+                        ));
+                    }
+                    (None, None) => String::new(),
+                };
+                files.data.insert(item.path.clone(), value);
+            }
+            merge(files);
+        }
+        if src.cluster_trust_bundle.is_some() {
+            return Err(unsupported(format!("spec.volumes[{}].projected.sources", v.name), "clusterTrustBundle"));
+        }
+    }
+    Ok(out)
+}
+
+/// A downward API file: a field's value, or for all labels or annotations
+/// one `key="value"` line each, as the kubelet writes them.
+fn downward_file(pod: &api::Pod, ns: &str, node: &str, path: &str) -> String {
+    let lines = |m: Option<&BTreeMap<String, String>>| -> String {
+        m.into_iter().flatten().map(|(k, v)| format!("{k}={v:?}\n")).collect()
+    };
+    match path {
+        "metadata.labels" => lines(pod.metadata.labels.as_ref()),
+        "metadata.annotations" => lines(pod.metadata.annotations.as_ref()),
+        _ => field_value(pod, ns, node, path),
+    }
 }
 
 struct DataParams<'a> {
@@ -452,6 +556,23 @@ fn secret_text(v: &k8s_openapi::ByteString) -> String {
 fn env(c: &api::Container, cx: &EnvContext<'_>) -> Result<Vec<wire::EnvVar>, NodePodError> {
     let EnvContext { pod, ns, node, refs } = *cx;
     let mut out: Vec<(String, String)> = Vec::new();
+    // The API's Service, in every container whatever `enableServiceLinks`
+    // says, as the kubelet does; the pod's own `env` may override them.
+    if let Some(ip) = &refs.master {
+        let url = format!("tcp://{ip}:443");
+        for (k, v) in [
+            ("KUBERNETES_SERVICE_HOST", ip.clone()),
+            ("KUBERNETES_SERVICE_PORT", "443".to_owned()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443".to_owned()),
+            ("KUBERNETES_PORT", url.clone()),
+            ("KUBERNETES_PORT_443_TCP", url),
+            ("KUBERNETES_PORT_443_TCP_PROTO", "tcp".to_owned()),
+            ("KUBERNETES_PORT_443_TCP_PORT", "443".to_owned()),
+            ("KUBERNETES_PORT_443_TCP_ADDR", ip.clone()),
+        ] {
+            out.push((k.to_owned(), v));
+        }
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
         let missing = |kind, name: &str| NodePodError::EnvSource { kind, ns: ns.into(), name: name.into() };

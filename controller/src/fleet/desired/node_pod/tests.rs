@@ -258,3 +258,39 @@ fn a_claim_becomes_its_volume_on_its_node() {
     let w = node_pod(&p, "n2", &refs).expect("a static volume");
     assert_eq!(w.spec.volumes[0].host_path.as_ref().map(|h| h.path.as_str()), Some("/srv/m"));
 }
+
+#[test]
+fn a_projected_volume_carries_its_token_ca_and_namespace_and_the_api_is_in_the_env() {
+    let p = pod(json!({
+        "nodeName": "n1",
+        "serviceAccountName": "default",
+        "containers": [{"name": "c", "image": "i", "env": [{"name": "KUBERNETES_SERVICE_PORT", "value": "8443"}]}],
+        "volumes": [{"name": "kube-api-access-x", "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "cfg", "items": [{"key": "greeting", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [
+                {"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}},
+                {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}
+            ]}}
+        ]}}]
+    }));
+    let mut r = refs();
+    // No token minted for it: the pod is held back, naming why.
+    let err = node_pod(&p, "n1", &r).expect_err("no token");
+    assert!(matches!(err, NodePodError::ServiceAccount { .. }), "{err}");
+    let src =
+        api::ServiceAccountTokenProjection { expiration_seconds: Some(3607), path: "token".into(), audience: None };
+    r.tokens.insert(token_key("u-1", &src), "eyJ.token".into());
+    r.master = Some("10.43.0.1".into());
+    let w = node_pod(&p, "n1", &r).expect("translated");
+    let v = w.spec.volumes[0].secret.as_ref().expect("files");
+    assert_eq!(v.default_mode, Some(420));
+    assert_eq!(v.data.get("token").map(String::as_str), Some("eyJ.token"));
+    assert_eq!(v.data.get("ca.crt").map(String::as_str), Some("hello"));
+    assert_eq!(v.data.get("namespace").map(String::as_str), Some("default"));
+    assert_eq!(v.data.get("labels").map(String::as_str), Some("app=\"web\"\n"));
+    let env = env_of(&w);
+    assert_eq!(env.get("KUBERNETES_SERVICE_HOST"), Some(&"10.43.0.1"));
+    assert_eq!(env.get("KUBERNETES_PORT_443_TCP"), Some(&"tcp://10.43.0.1:443"));
+    assert_eq!(env.get("KUBERNETES_SERVICE_PORT"), Some(&"8443"), "the pod's own env wins");
+}

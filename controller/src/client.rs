@@ -127,7 +127,7 @@ impl Client {
         rt: &'static ResourceType,
         ns: &str,
         body: Value,
-        opts: WriteOpts,
+        opts: WriteOpts<'_>,
     ) -> Result<Value, ControllerError> {
         Ok(self.writer.create(rt, ns, body, &[], opts)?.0)
     }

@@ -11,6 +11,7 @@ pub mod broker_acl;
 pub mod client;
 pub mod controllers;
 pub mod fleet;
+pub mod managed;
 pub mod meta;
 pub mod patch;
 pub mod resources;

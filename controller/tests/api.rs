@@ -336,7 +336,16 @@ async fn namespaces_terminate_then_vanish_with_their_contents() {
 async fn dry_run_checks_everything_and_stores_nothing() {
     let (srv, _dir) = start(100).await;
     let a = srv.addr;
-    let rev0 = get(a, CMS).await.json()["metadata"]["resourceVersion"].clone();
+    // The start's own writes (default ServiceAccounts, aggregated roles) first.
+    let mut rev0 = get(a, CMS).await.json()["metadata"]["resourceVersion"].clone();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = get(a, CMS).await.json()["metadata"]["resourceVersion"].clone();
+        if now == rev0 {
+            break;
+        }
+        rev0 = now;
+    }
     let created = post(a, &format!("{CMS}?dryRun=All"), &cm("dry", "1")).await;
     assert_eq!(created.status, 201);
     assert_eq!(created.json()["data"]["k"], "1");

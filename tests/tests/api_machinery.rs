@@ -441,3 +441,104 @@ fn service_accounts_tokens_and_rbac() -> Result<()> {
     drop(ctl);
     Ok(())
 }
+
+#[test]
+fn server_side_apply_with_kubectl_and_the_python_client() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    let write = |name: &str, text: &str| -> Result<String> {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text)?;
+        Ok(f.to_string_lossy().into_owned())
+    };
+    let v1 = write(
+        "v1.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s, labels: {app: a}}\ndata: {one: \"1\", two: \"2\"}\n",
+    )?;
+    // Made by the first apply; the second changes nothing at all.
+    ensure!(k.ok(&["apply", "--server-side", "-f", &v1])?.contains("configmap/s serverside-applied"));
+    let first = k.json(&["get", "configmap", "s", "--show-managed-fields"])?;
+    k.ok(&["apply", "--server-side", "-f", &v1])?;
+    let second = k.json(&["get", "configmap", "s", "--show-managed-fields"])?;
+    ensure!(first["metadata"]["resourceVersion"] == second["metadata"]["resourceVersion"], "a no-op: {second}");
+    let mf = &second["metadata"]["managedFields"];
+    ensure!(mf.as_array().map(Vec::len) == Some(1), "{mf}");
+    ensure!(
+        mf[0]["manager"] == "kubectl" && mf[0]["operation"] == "Apply" && mf[0]["fieldsType"] == "FieldsV1",
+        "{mf}"
+    );
+    ensure!(
+        mf[0]["fieldsV1"]
+            == serde_json::json!({"f:data": {"f:one": {}, "f:two": {}}, "f:metadata": {"f:labels": {"f:app": {}}}}),
+        "Kubernetes' FieldsV1: {mf}"
+    );
+
+    // Another manager changing an owned field: Kubernetes' conflict.
+    let v2 = write("v2.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s}\ndata: {one: \"changed\"}\n")?;
+    let err = k.fails(&["apply", "--server-side", "--field-manager=other", "-f", &v2])?;
+    ensure!(err.contains("Apply failed with 1 conflict: conflict with \"kubectl\": .data.one"), "{err}");
+    k.ok(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", &v2])?;
+    let taken = k.json(&["get", "configmap", "s", "--show-managed-fields"])?;
+    ensure!(taken["data"] == serde_json::json!({"one": "changed", "two": "2"}), "{taken}");
+    let by: std::collections::BTreeMap<String, Value> = taken["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["manager"].as_str().unwrap_or_default().to_owned(), e["fieldsV1"].clone()))
+        .collect();
+    ensure!(by["other"] == serde_json::json!({"f:data": {"f:one": {}}}), "{by:?}");
+    ensure!(by["kubectl"]["f:data"] == serde_json::json!({"f:two": {}}), "kubectl lost .data.one: {by:?}");
+    // Dropping a field from one's apply removes it.
+    let v3 = write("v3.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: s, labels: {app: a}}\ndata: {}\n")?;
+    k.ok(&["apply", "--server-side", "-f", &v3])?;
+    ensure!(k.json(&["get", "configmap", "s"])?["data"] == serde_json::json!({"one": "changed"}));
+    // An update by another manager takes the fields it changes.
+    k.ok(&["label", "configmap", "s", "app=b", "--overwrite"])?;
+    let labelled = k.json(&["get", "configmap", "s", "--show-managed-fields"])?;
+    let label_owner = labelled["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["manager"] == "kubectl-label")
+        .cloned()
+        .context("kubectl-label's entry")?;
+    ensure!(
+        label_owner["operation"] == "Update" && label_owner["fieldsV1"]["f:metadata"]["f:labels"]["f:app"].is_object()
+    );
+
+    // Client-side apply hands over to server-side apply and back.
+    let h1 = write("h1.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: h}\ndata: {a: \"1\", b: \"1\"}\n")?;
+    let h2 = write("h2.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: h}\ndata: {a: \"2\", b: \"1\"}\n")?;
+    let h3 = write("h3.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: h}\ndata: {a: \"3\"}\n")?;
+    k.ok(&["apply", "-f", &h1])?;
+    let csa = k.json(&["get", "configmap", "h", "--show-managed-fields"])?;
+    ensure!(csa["metadata"]["managedFields"][0]["manager"] == "kubectl-client-side-apply", "{csa}");
+    ensure!(
+        k.ok(&["apply", "--server-side", "-f", &h2])?.contains("serverside-applied"),
+        "no conflict with client-side apply"
+    );
+    ensure!(k.json(&["get", "configmap", "h"])?["data"] == serde_json::json!({"a": "2", "b": "1"}));
+    ensure!(k.ok(&["apply", "-f", &h3])?.contains("configmap/h configured"));
+    ensure!(
+        k.json(&["get", "configmap", "h"])?["data"] == serde_json::json!({"a": "3"}),
+        "client-side apply still works"
+    );
+
+    // The official Python client's dynamic server_side_apply.
+    if let Some(out) = python(&k.kubeconfig, &["ssa", "py"])? {
+        let got: Value = serde_json::from_str(&out)?;
+        ensure!(got["rv"][0] == got["rv"][1], "the second apply is a no-op: {got}");
+        ensure!(got["conflict"]["status"] == 409, "{got}");
+        ensure!(
+            got["conflict"]["message"].as_str().is_some_and(|m| m.contains("conflict with \"python\": .data.key")),
+            "{got}"
+        );
+        ensure!(
+            got["value"] == "2" && got["managers"]["other"] == serde_json::json!({"f:data": {"f:key": {}}}),
+            "{got}"
+        );
+    }
+    Ok(())
+}

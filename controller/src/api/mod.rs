@@ -13,7 +13,7 @@ mod proto;
 pub mod reviews;
 #[rustfmt::skip]
 mod proto_schema;
-mod openapi;
+pub(crate) mod openapi;
 mod openapi_pb;
 mod spdy;
 mod table;

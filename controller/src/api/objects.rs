@@ -248,7 +248,8 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     if t.name.is_some() {
         return Err(ApiError::method_not_allowed("POST", t.rt.plural));
     }
-    let w = write_opts(&r)?;
+    let manager = field_manager(&r)?;
+    let w = write_opts(&r, &manager)?;
     let user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
@@ -257,7 +258,27 @@ pub async fn create(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, 
     Ok(json_warn(StatusCode::CREATED, &obj, &warnings))
 }
 
-fn write_opts(r: &Req) -> Result<WriteOpts, ApiError> {
+/// The request's field manager: `?fieldManager=`, else its user agent up
+/// to the first `/` (`kubectl`, `OpenAPI-Generator`), as Kubernetes names it.
+fn field_manager(r: &Req) -> Result<String, ApiError> {
+    let agent = || {
+        r.headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    let m = r.param("fieldManager").filter(|m| !m.is_empty()).map_or_else(agent, str::to_owned);
+    if m.chars().count() > 128 {
+        return Err(ApiError::bad_request("fieldManager: Too long: may not be longer than 128"));
+    }
+    if m.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request("fieldManager: Invalid value: must only contain printable characters"));
+    }
+    Ok(m)
+}
+
+fn write_opts<'a>(r: &Req, manager: &'a str) -> Result<WriteOpts<'a>, ApiError> {
     let v = r.param("fieldValidation");
     let mode = FieldValidation::parse(v).ok_or_else(|| {
         ApiError::bad_request(format!(
@@ -265,7 +286,7 @@ fn write_opts(r: &Req) -> Result<WriteOpts, ApiError> {
             v.unwrap_or_default()
         ))
     })?;
-    Ok(WriteOpts { mode, dry_run: dry_run(r)? })
+    Ok(WriteOpts { mode, dry_run: dry_run(r)?, fields: crate::write::Fields::Track(manager) })
 }
 
 fn dry_run(r: &Req) -> Result<bool, ApiError> {
@@ -281,12 +302,13 @@ fn part_of(t: &Target) -> Part {
 }
 
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let w = write_opts(&r)?;
+    let manager = field_manager(&r)?;
+    let w = write_opts(&r, &manager)?;
     let r_user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
     if t.sub.as_deref() == Some("scale") {
-        return write_scale(st, t, w.dry_run, |_| Ok(body));
+        return write_scale(st, t, w, |_| Ok(body));
     }
     let user = r_user;
     let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| {
@@ -296,11 +318,117 @@ pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response,
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
+/// Server-side apply's content type.
+pub const APPLY: &str = "application/apply-patch+yaml";
+
+/// An apply: the body (YAML or JSON) is the manager's whole intent for the
+/// object, merged by [`crate::managed::apply`]; it makes the object when
+/// there is none. Conflicts are Kubernetes' 409 with one cause per field.
+async fn server_side_apply(
+    st: &Arc<ApiState>,
+    t: &Target,
+    w: WriteOpts<'_>,
+    manager: &str,
+    force: bool,
+    user: &crate::auth::User,
+    bytes: &[u8],
+) -> Result<Response, ApiError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the apply body is not UTF-8"))?;
+    let applied: Value =
+        serde_yaml_ng::from_str(text).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !applied.is_object() {
+        return Err(ApiError::bad_request("the apply body must be an object"));
+    }
+    let (kind, api_version) =
+        (applied.get("kind").and_then(Value::as_str), applied.get("apiVersion").and_then(Value::as_str));
+    match (api_version, kind) {
+        (None, _) | (Some(""), _) => return Err(ApiError::bad_request("apiVersion must be set in the apply body")),
+        (_, None) | (_, Some("")) => return Err(ApiError::bad_request("kind must be set in the apply body")),
+        (Some(v), Some(k)) if v != t.rt.api_version() || k != t.rt.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the apply body is a {v} {k}, not a {} {}",
+                t.rt.api_version(),
+                t.rt.kind
+            )));
+        }
+        _ => {}
+    }
+    let name = name_of(t);
+    match meta::get_str(&applied, "name") {
+        Some(n) if n != name => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        _ => {}
+    }
+    let status = part_of(t) == Part::Status;
+    let conflicted = |c: Vec<crate::managed::Conflict>| {
+        let mut e = ApiError::new(StatusCode::CONFLICT, "Conflict", crate::managed::conflict_message(&c));
+        let causes: Vec<Value> = c
+            .iter()
+            .map(|c| {
+                json!({"reason": "FieldManagerConflict", "message": c.with(),
+                       "field": crate::managed::fieldset::display(&c.path)})
+            })
+            .collect();
+        e.details = Some(json!({"name": name, "group": t.rt.group, "kind": t.rt.plural, "causes": causes}));
+        e
+    };
+    let w = WriteOpts { fields: crate::write::Fields::AsIs, ..w };
+    // Twice at most: made meanwhile by someone else, it is applied to.
+    for _ in 0..2 {
+        let exists = st.store.get(&key(t))?.is_some();
+        if !exists && !status {
+            let mut empty = json!({"apiVersion": t.rt.api_version(), "kind": t.rt.kind, "metadata": {"name": name}});
+            if t.rt.namespaced {
+                empty["metadata"]["namespace"] = json!(ns_of(t));
+            }
+            let obj = crate::managed::apply(t.rt, false, &empty, &applied, manager, force).map_err(conflicted)?;
+            escalation(st, t, user, &obj)?;
+            match st.writer.create(t.rt, ns_of(t), obj, &[], w) {
+                Ok((obj, warnings)) => return Ok(json_warn(StatusCode::CREATED, &obj, &warnings)),
+                Err(crate::write::WriteError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &[], |old| {
+            let v = crate::managed::apply(t.rt, status, old, &applied, manager, force).map_err(conflicted)?;
+            escalation(st, t, user, &v)?;
+            Ok(v)
+        })?;
+        return Ok(json_warn(StatusCode::OK, &obj, &warnings));
+    }
+    Err(ApiError::conflict(&t.rt.qualified(), name, "the object was made and deleted while being applied"))
+}
+
 pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
-    let w = write_opts(&r)?;
+    let manager = field_manager(&r)?;
+    let w = write_opts(&r, &manager)?;
     let user = r.user.clone();
+    let force = r.flag("force");
+    let manager_given = r.param("fieldManager").is_some_and(|m| !m.is_empty());
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if ct.split(';').next().map(str::trim) == Some(APPLY) {
+        if !manager_given {
+            return Err(ApiError::invalid(
+                "PatchOptions",
+                "meta.k8s.io",
+                "",
+                vec![FieldError::required("fieldManager").with_detail("is required for apply patch")],
+            ));
+        }
+        return server_side_apply(st, t, w, &manager, force, &user, &bytes).await;
+    }
+    if force {
+        return Err(ApiError::invalid(
+            "PatchOptions",
+            "meta.k8s.io",
+            "",
+            vec![FieldError::forbidden("force", "may not be specified for non-apply patch")],
+        ));
+    }
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
     let (patch_doc, dups) =
         strict::parse(&bytes).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
@@ -311,7 +439,7 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         Ok(doc)
     };
     if t.sub.as_deref() == Some("scale") {
-        return write_scale(st, t, w.dry_run, apply);
+        return write_scale(st, t, w, apply);
     }
     // Duplicates inside a JSON patch are op objects, not fields of the object.
     let dups = if ty == PatchType::Json { Vec::new() } else { dups };
@@ -352,11 +480,11 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
 fn write_scale(
     st: &Arc<ApiState>,
     t: &Target,
-    dry_run: bool,
+    w: WriteOpts<'_>,
     make: impl FnOnce(Value) -> Result<Value, ApiError>,
 ) -> Result<Response, ApiError> {
     let rt = t.rt;
-    let w = WriteOpts { mode: FieldValidation::Ignore, dry_run };
+    let w = WriteOpts { mode: FieldValidation::Ignore, ..w };
     let (obj, _) = st.writer.update(at(t), Part::Main, w, &[], |old| {
         let scale = make(scale_of(rt, old))?;
         let replicas = scale

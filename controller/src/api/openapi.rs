@@ -77,8 +77,12 @@ const WRITE: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "pretty"];
 const READ: &[&str] =
     &["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "timeoutSeconds"];
 const PATCH: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "force", "pretty"];
-const PATCH_TYPES: &[&str] =
-    &["application/json-patch+json", "application/merge-patch+json", "application/strategic-merge-patch+json"];
+const PATCH_TYPES: &[&str] = &[
+    "application/json-patch+json",
+    "application/merge-patch+json",
+    "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
+];
 
 /// Every path of a kind, as Kubernetes lists them.
 fn paths_of(rt: &ResourceType) -> Vec<PathOps> {
@@ -194,19 +198,14 @@ pub fn document(gv: &str) -> Option<Value> {
 pub fn v2() -> Value {
     let mut paths = Map::new();
     let mut definitions = Map::new();
-    for (group, version) in GROUPS {
-        for (name, mut schema) in schemas(group, version) {
-            to_v2(&mut schema);
-            if name == "io.k8s.apimachinery.pkg.api.resource.Quantity" {
-                schema["type"] = json!("string");
-            }
-            // Shared definitions come with every group; the kind's own
-            // carries its group-version-kind, so it wins.
-            let marked = |s: &Value| s.get("x-kubernetes-group-version-kind").is_some();
-            if definitions.get(&name).is_none_or(|old| !marked(old) || marked(&schema)) {
-                definitions.insert(name, schema);
-            }
+    for (name, mut schema) in all_schemas() {
+        to_v2(&mut schema);
+        if name == "io.k8s.apimachinery.pkg.api.resource.Quantity" {
+            schema["type"] = json!("string");
         }
+        definitions.insert(name, schema);
+    }
+    for (group, version) in GROUPS {
         for rt in resources::in_group(group, version) {
             let schema = match schema_name(rt) {
                 Some(n) => json!({"$ref": format!("#/definitions/{n}")}),
@@ -264,6 +263,22 @@ pub fn v2() -> Value {
             "description": "Bearer Token authentication"}},
         "security": [{"BearerToken": []}],
     })
+}
+
+/// The v3 schemas of every served group in one map.
+pub(crate) fn all_schemas() -> Map<String, Value> {
+    let mut all = Map::new();
+    for (group, version) in GROUPS {
+        for (name, schema) in schemas(group, version) {
+            // Shared definitions come with every group; the kind's own
+            // carries its group-version-kind, so it wins.
+            let marked = |s: &Value| s.get("x-kubernetes-group-version-kind").is_some();
+            if all.get(&name).is_none_or(|old| !marked(old) || marked(&schema)) {
+                all.insert(name, schema);
+            }
+        }
+    }
+    all
 }
 
 /// Rewrites a v3 schema as Swagger 2.0 writes it: references point at
@@ -345,7 +360,7 @@ macro_rules! for_each_kind {
 }
 
 /// The component name of a kind's schema (`io.k8s.api.core.v1.Pod`).
-fn schema_name(rt: &ResourceType) -> Option<String> {
+pub(crate) fn schema_name(rt: &ResourceType) -> Option<String> {
     macro_rules! name {
         ($g:literal, $t:ty) => {
             if rt.group == $g && rt.kind == <$t as k8s_openapi::Resource>::KIND {

@@ -195,7 +195,7 @@ pub fn sync(
             }
             None => {}
         }
-        let opts = WriteOpts { mode: FieldValidation::Ignore, dry_run: false };
+        let opts = WriteOpts { mode: FieldValidation::Ignore, dry_run: false, fields: crate::write::Fields::Internal };
         match client.create_raw(rt, &ns, mirror_pod(s, node), opts) {
             Ok(_) => tracing::info!(node = %name, pod = %format!("{ns}/{pod_name}"), "mirror pod created"),
             Err(ControllerError::Conflict(_)) => {}

@@ -39,15 +39,29 @@ pub struct Writer {
 
 /// The write parameters every mutating verb takes.
 #[derive(Debug, Clone, Copy)]
-pub struct WriteOpts {
+pub struct WriteOpts<'a> {
     pub mode: FieldValidation,
     /// `dryRun=All`: run every check and answer as if written, store nothing.
     pub dry_run: bool,
+    /// What becomes of `metadata.managedFields`.
+    pub fields: Fields<'a>,
 }
 
-impl WriteOpts {
+/// How a write treats field ownership ([`crate::managed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fields<'a> {
+    /// The control loops: ownership stays as it was.
+    Internal,
+    /// A client's create or update, by this field manager.
+    Track(&'a str),
+    /// A server-side apply: the candidate carries them, final.
+    AsIs,
+}
+
+impl WriteOpts<'_> {
     /// How the control loops write: strict, for real.
-    pub const INTERNAL: WriteOpts = WriteOpts { mode: FieldValidation::Strict, dry_run: false };
+    pub const INTERNAL: WriteOpts<'static> =
+        WriteOpts { mode: FieldValidation::Strict, dry_run: false, fields: Fields::Internal };
 }
 
 /// Which part of an object an update replaces.
@@ -123,7 +137,7 @@ impl Writer {
         ns: &str,
         mut body: Value,
         dups: &[String],
-        w: WriteOpts,
+        w: WriteOpts<'_>,
     ) -> Result<(Value, Vec<String>), WriteError> {
         check_type(rt, &mut body)?;
         if rt.namespaced {
@@ -142,15 +156,11 @@ impl Writer {
         if meta::get_str(&body, "resourceVersion").is_some() {
             return Err(WriteError::ResourceVersionOnCreate);
         }
-        for f in [
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "managedFields",
-        ] {
+        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             meta::remove(&mut body, f);
+        }
+        if w.fields != Fields::AsIs {
+            meta::remove(&mut body, "managedFields");
         }
         if rt.status && rt.kind != "Node" {
             if let Some(o) = body.as_object_mut() {
@@ -171,6 +181,9 @@ impl Writer {
         }
         if rt.kind == "Pod" && rt.group.is_empty() {
             pod_sa::admit(&self.store, &mut obj, self.mount_tokens)?;
+        }
+        if let Fields::Track(manager) = w.fields {
+            crate::managed::on_create(rt, &mut obj, manager);
         }
         let name = meta::get_str(&obj, "name").unwrap_or_default().to_owned();
         let k = Key::new(rt.id, ns, &name);
@@ -200,7 +213,7 @@ impl Writer {
         &self,
         at: At<'_>,
         part: Part,
-        w: WriteOpts,
+        w: WriteOpts<'_>,
         dups: &[String],
         make: impl FnOnce(&Value) -> Result<Value, E>,
     ) -> Result<(Value, Vec<String>), E>
@@ -245,7 +258,7 @@ impl Writer {
         &self,
         at: At<'_>,
         part: Part,
-        w: WriteOpts,
+        w: WriteOpts<'_>,
         dups: &[String],
         old: &Value,
         mut cand: Value,
@@ -274,10 +287,18 @@ impl Writer {
         }
         if rt.status {
             // The main resource keeps the stored status; `status` changes only it.
+            let applied_fields = meta::get(&cand, "managedFields").cloned();
             let (mut base, from) = match part {
                 Part::Main => (cand, old),
                 Part::Status => (old.clone(), &cand),
             };
+            // An apply to the status brings its ownership along.
+            if part == Part::Status && w.fields == Fields::AsIs {
+                match applied_fields {
+                    Some(f) => meta::set(&mut base, "managedFields", f),
+                    None => meta::remove(&mut base, "managedFields"),
+                }
+            }
             match from.get("status") {
                 Some(s) => base["status"] = s.clone(),
                 None => {
@@ -300,6 +321,11 @@ impl Writer {
         if rt.generation && obj.get("spec") != old.get("spec") {
             let g = meta::get(old, "generation").and_then(Value::as_i64).unwrap_or(0);
             meta::set(&mut obj, "generation", json!(g + 1));
+        }
+        match w.fields {
+            Fields::AsIs => {}
+            Fields::Track(m) => crate::managed::on_update(rt, part == Part::Status, old, &mut obj, Some(m)),
+            Fields::Internal => crate::managed::on_update(rt, part == Part::Status, old, &mut obj, None),
         }
         Ok((obj, admitted.warnings))
     }

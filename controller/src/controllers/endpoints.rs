@@ -161,7 +161,9 @@ impl Reconcile for EndpointsController {
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
         let existing = self.client.get::<Endpoints>(&key.namespace, &key.name)?;
-        let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
+        // Ours (and only ours) goes with its Service, or when the Service
+        // becomes an ExternalName.
+        let drop_ours = |existing: Option<Endpoints>| -> Result<Action, ControllerError> {
             if let Some(ep) =
                 existing.filter(|ep| ep.metadata.labels.as_ref().is_some_and(|l| l.contains_key(MANAGED_BY)))
             {
@@ -171,21 +173,14 @@ impl Reconcile for EndpointsController {
                     ep.metadata.uid.as_deref(),
                 ))?;
             }
-            return Ok(Action::Done);
+            Ok(Action::Done)
+        };
+        let Some(svc) = self.client.get::<Service>(&key.namespace, &key.name)? else {
+            return drop_ours(existing);
         };
         let Some(sel) = selector(&svc) else {
-            // A Service turned into an ExternalName loses the Endpoints we made.
             let external = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("ExternalName");
-            if let Some(ep) = existing
-                .filter(|ep| external && ep.metadata.labels.as_ref().is_some_and(|l| l.contains_key(MANAGED_BY)))
-            {
-                super::ignore_not_found(self.client.delete::<Endpoints>(
-                    &key.namespace,
-                    &key.name,
-                    ep.metadata.uid.as_deref(),
-                ))?;
-            }
-            return Ok(Action::Done);
+            return if external { drop_ours(existing) } else { Ok(Action::Done) };
         };
         let pods: Vec<Pod> = self
             .client

@@ -211,7 +211,10 @@ fn value_at<'a>(t: &Table, ty: &Ty, v: &'a Value, path: &[String]) -> Option<&'a
         }
         Ty::List(_, elem) => {
             let want = first.strip_prefix("v:")?;
-            (items.iter().find(|i| **i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null))?, (**elem).clone())
+            (
+                items.iter().find(|i| **i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null))?,
+                (**elem).clone(),
+            )
         }
         _ => return None,
     };
@@ -249,7 +252,10 @@ fn remove_at(t: &Table, ty: &Ty, v: &mut Value, path: &[String]) {
         }
         Ty::List(_, elem) => {
             let want = first.strip_prefix("v:").unwrap_or_default();
-            (items.iter().position(|i| *i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null)), (**elem).clone())
+            (
+                items.iter().position(|i| *i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null)),
+                (**elem).clone(),
+            )
         }
         _ => return,
     };

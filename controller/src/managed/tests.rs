@@ -42,7 +42,10 @@ fn another_manager_changing_an_owned_field_conflicts_unless_forced() {
     let live = apply(cm(), false, &base(), &mine, "kubectl", false).expect("applies");
     let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "2"}});
     let err = apply(cm(), false, &live, &theirs, "other", false).expect_err("conflicts");
-    assert_eq!(err, vec![Conflict { manager: "kubectl".into(), using: None, path: vec!["f:data".into(), "f:x".into()] }]);
+    assert_eq!(
+        err,
+        vec![Conflict { manager: "kubectl".into(), using: None, path: vec!["f:data".into(), "f:x".into()] }]
+    );
     assert_eq!(conflict_message(&err), "Apply failed with 1 conflict: conflict with \"kubectl\": .data.x");
     // The same value is no conflict: both own it.
     let same = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "1"}});
@@ -116,9 +119,13 @@ fn an_update_takes_the_fields_it_changes() {
         ]
     );
     // The apply of the same field again conflicts with that update.
-    let again = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "1", "y": "1"}});
+    let again =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "1", "y": "1"}});
     let err = apply(cm(), false, &edited, &again, "kubectl", false).expect_err("conflicts");
-    assert_eq!(conflict_message(&err), "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .data.x");
+    assert_eq!(
+        conflict_message(&err),
+        "Apply failed with 1 conflict: conflict with \"kubectl-edit\" using v1: .data.x"
+    );
     // The control loops' writes leave ownership alone.
     let mut looped = edited.clone();
     looped["data"]["y"] = json!("3");

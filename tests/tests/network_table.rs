@@ -142,8 +142,10 @@ fn the_network_table_follows_the_api_and_survives_a_restart() -> Result<()> {
 
     // A restarted controller (its embedded broker forgot everything)
     // republishes the same table, with a generation that did not go down.
+    // (On the same API address: the `kubernetes` Service's Endpoints name it.)
+    let api = ctl.addr.to_string();
     ctl.terminate()?;
-    ctl = Controller::start_with(&tmp.path().join("data"), "127.0.0.1:0", &["--mqtt-listen", &listen])?;
+    ctl = Controller::start_with(&tmp.path().join("data"), &api, &["--mqtt-listen", &listen])?;
     let again = table_where(&broker, "the table republished after the restart", |_| true)?;
     ensure!(again.generation >= second.generation, "{} after {}", again.generation, second.generation);
     ensure!(

@@ -157,7 +157,8 @@ fn strategy(kind: &str, path: &str) -> ListStrategy {
     use ListStrategy::*;
     let pod_prefix = match kind {
         "Pod" => "spec.",
-        "Deployment" | "ReplicaSet" | "DaemonSet" => "spec.template.spec.",
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => "spec.template.spec.",
+        "CronJob" => "spec.jobTemplate.spec.template.spec.",
         _ => "\u{0}",
     };
     if let Some(p) = path.strip_prefix(pod_prefix) {

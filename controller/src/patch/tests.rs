@@ -126,6 +126,10 @@ fn published_patch_tags_agree_with_the_applied_strategies() {
     let places: &[(&str, &str, &str)] = &[
         ("io.k8s.api.core.v1.PodSpec", "Pod", "spec"),
         ("io.k8s.api.core.v1.PodSpec", "Deployment", "spec.template.spec"),
+        ("io.k8s.api.core.v1.PodSpec", "StatefulSet", "spec.template.spec"),
+        ("io.k8s.api.core.v1.PodSpec", "Job", "spec.template.spec"),
+        ("io.k8s.api.core.v1.PodSpec", "CronJob", "spec.jobTemplate.spec.template.spec"),
+        ("io.k8s.api.core.v1.Container", "StatefulSet", "spec.template.spec.containers[]"),
         ("io.k8s.api.core.v1.Container", "Pod", "spec.containers[]"),
         ("io.k8s.api.core.v1.Container", "DaemonSet", "spec.template.spec.initContainers[]"),
         ("io.k8s.api.core.v1.EphemeralContainer", "Pod", "spec.ephemeralContainers[]"),

@@ -131,7 +131,7 @@ fn labels(verb: &'static str, path: &str, code: u16) -> crate::telemetry::Reques
     let (resource, named, sub) = match (found, rest) {
         // Only the subresources served: a made-up one cannot grow the metrics.
         (Some(rt), [_, _, s]) => {
-            let known = ["status", "scale", "binding", "eviction", "log", "exec", "attach", "portforward"];
+            let known = ["status", "scale", "binding", "eviction", "log", "exec", "attach", "portforward", "token"];
             (rt.plural, true, known.iter().find(|k| *k == s).copied().unwrap_or(""))
         }
         (Some(rt), [_, _]) => (rt.plural, true, ""),

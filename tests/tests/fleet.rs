@@ -2396,7 +2396,9 @@ fn a_stateful_set_keeps_its_data_on_node_local_volumes() -> Result<()> {
     ensure!(volume_of(&c, "data-web-1")?.1 == node_of(&web1), "web-1's volume on its node");
     // Through the node's link (which may still be reconnecting after a restart).
     let starts = |c: &Cluster| -> Result<Vec<String>> {
-        wait_for("web-0's /data/starts through kubectl exec", Duration::from_secs(30), || {
+        // (After an agent restart the node's session comes back with its
+        // reconnect, which a loaded machine may take a while over.)
+        wait_for("web-0's /data/starts through kubectl exec", Duration::from_secs(90), || {
             let o = c.k.run(&["exec", "web-0", "--", "cat", "/data/starts"])?;
             Ok(o.status.success().then(|| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()))
         })

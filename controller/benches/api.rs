@@ -2,7 +2,8 @@
 //!
 //! Method (also in BENCHMARKS.md):
 //! - the release `kedge-controller` binary is started as its own process on
-//!   127.0.0.1 with a fresh data dir on the local disk (redb, fsync per commit);
+//!   127.0.0.1 with a fresh data dir on the local disk (redb, fsync per commit),
+//!   over plain HTTP (`--insecure-http`: the API measured, not TLS);
 //! - **idle RSS**: `VmRSS` from `/proc/PID/status` 2 s after start-up, before
 //!   any request, and again after the create runs (thousands of objects stored);
 //! - **creates/s**: `POST` of small ConfigMaps over keep-alive HTTP/1.1
@@ -154,7 +155,9 @@ async fn watch_latency(addr: &str) -> Vec<Duration> {
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut child = Command::new(env!("CARGO_BIN_EXE_kedge-controller"))
-        .args(["--data-dir", &dir.path().to_string_lossy(), "--listen", "127.0.0.1:0"])
+        // Plain HTTP: the figures are the API's, not TLS's (the bench's
+        // client speaks HTTP/1.1 over a bare socket).
+        .args(["--data-dir", &dir.path().to_string_lossy(), "--listen", "127.0.0.1:0", "--insecure-http"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

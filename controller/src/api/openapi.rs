@@ -374,7 +374,7 @@ pub(crate) fn schema_name(rt: &ResourceType) -> Option<String> {
 
 /// Every schema the kinds of `group` need, each kind's own schema marked
 /// with its group-version-kind as Kubernetes marks them.
-fn schemas(group: &str, version: &str) -> Map<String, Value> {
+pub(crate) fn schemas(group: &str, version: &str) -> Map<String, Value> {
     let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
     let mut kinds: Vec<(&'static str, String)> = Vec::new();
     macro_rules! add {

@@ -106,12 +106,20 @@ fn convert(defs: &serde_json::Map<String, Value>, s: &Value, owner: &str, prop: 
 
 impl Table {
     fn build() -> Table {
-        let defs = crate::api::openapi::all_schemas();
         let mut structs = HashMap::new();
-        for (name, d) in &defs {
-            if let Some(props) = d.get("properties").and_then(Value::as_object) {
-                let fields = props.iter().map(|(p, s)| (p.clone(), convert(&defs, s, name, p))).collect();
-                structs.insert(name.clone(), fields);
+        // A group at a time: each group's schemas hold every definition its
+        // kinds refer to, and only one group's are in memory at once.
+        for (group, version) in crate::resources::GROUPS {
+            let defs = crate::api::openapi::schemas(group, version);
+            for (name, d) in &defs {
+                if structs.contains_key(name) {
+                    continue;
+                }
+                if let Some(props) = d.get("properties").and_then(Value::as_object) {
+                    let fields: HashMap<String, Ty> =
+                        props.iter().map(|(p, s)| (p.clone(), convert(&defs, s, name, p))).collect();
+                    structs.insert(name.clone(), fields);
+                }
             }
         }
         let roots = crate::resources::RESOURCES

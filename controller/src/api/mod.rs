@@ -204,6 +204,26 @@ impl Req {
         let accept: Vec<&str> = self.headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
         accept.iter().flat_map(|v| v.split(',')).find_map(Format::of).unwrap_or(Format::Json)
     }
+
+    /// Reads the body, refusing more than `limit` bytes with 413.
+    pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
+        let declared = self
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::too_large(limit));
+        }
+        let b = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
+            if declared.is_none() {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(format!("reading request body: {e}"))
+            }
+        })?;
+        Ok((b, self.headers, self.query))
+    }
 }
 
 /// What an object answer is written as.
@@ -241,28 +261,6 @@ impl Format {
             }
             _ => None,
         }
-    }
-}
-
-impl Req {
-    /// Reads the body, refusing more than `limit` bytes with 413.
-    pub async fn bytes(self, limit: usize) -> Result<(Bytes, HeaderMap, HashMap<String, String>), ApiError> {
-        let declared = self
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(ApiError::too_large(limit));
-        }
-        let b = axum::body::to_bytes(self.body, limit).await.map_err(|e| {
-            if declared.is_none() {
-                ApiError::too_large(limit)
-            } else {
-                ApiError::bad_request(format!("reading request body: {e}"))
-            }
-        })?;
-        Ok((b, self.headers, self.query))
     }
 }
 

@@ -199,16 +199,10 @@ fn as_of(st: &ApiState, t: &Target, items: Vec<Value>, now: u64, at: u64) -> Res
             format!("Too large resource version: {at}, current: {now}"),
         ));
     }
-    let hub = st.store.hub();
-    // Every revision up to `now` is committed; its event may still be on
-    // its way into the history.
-    for _ in 0..100 {
-        if hub.published() >= now {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let undo = hub.between(at, now).map_err(|_| {
+    // A commit and the publishing of its event happen in one call on the
+    // server's one thread, so the history already holds every revision up
+    // to `now`.
+    let undo = st.store.hub().between(at, now).map_err(|_| {
         ApiError::gone(format!("The resourceVersion for the provided list is too old. (requested {at})"))
     })?;
     let name = |o: &Value| {
@@ -304,17 +298,15 @@ fn part_of(t: &Target) -> Part {
 pub async fn replace(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, ApiError> {
     let manager = field_manager(&r)?;
     let w = write_opts(&r, &manager)?;
-    let r_user = r.user.clone();
+    let user = r.user.clone();
     let (bytes, headers, _) = r.bytes(st.config.max_body).await?;
     let (body, dups) = object_body(&headers, &bytes)?;
     if t.sub.as_deref() == Some("scale") {
         return write_scale(st, t, w, |_| Ok(body));
     }
-    let user = r_user;
-    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| {
-        escalation(st, t, &user, &body)?;
-        Ok(body)
-    })?;
+    // The body is the object as it would be stored: checked before the write.
+    escalation(st, t, &user, &body)?;
+    let (obj, warnings) = st.writer.update::<ApiError>(at(t), part_of(t), w, &dups, |_| Ok(body))?;
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 

@@ -12,10 +12,8 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiState, Req};
-use crate::auth::token::{BoundRef, KubeClaim};
+use crate::auth::token::BoundRef;
 use crate::auth::{Attributes, rbac};
-use crate::meta;
-use crate::store::Key;
 
 pub const AUTHZ: &str = "authorization.k8s.io";
 pub const AUTHN: &str = "authentication.k8s.io";
@@ -161,7 +159,7 @@ const DEFAULT_TTL: i64 = 3600;
 
 /// A token for the ServiceAccount `ns/name`, optionally bound to a Pod or
 /// Secret of its namespace: valid until it expires or what it names is gone.
-pub fn mint(
+fn mint(
     st: &ApiState,
     ns: &str,
     name: &str,
@@ -169,40 +167,26 @@ pub fn mint(
     audiences: Vec<String>,
     bound: Option<(&str, &str)>,
 ) -> Result<(String, i64), ApiError> {
-    let get = |kind: &str, n: &str| -> Result<Option<Value>, ApiError> {
-        let rt = crate::resources::by_kind("", kind).ok_or_else(|| ApiError::internal(format!("{kind} not served")))?;
-        Ok(st.store.get(&Key::new(rt.id, ns, n))?)
-    };
-    let sa = get("ServiceAccount", name)?.ok_or_else(|| ApiError::not_found("serviceaccounts", name))?;
-    let sa_uid = meta::get_str(&sa, "uid").unwrap_or_default().to_owned();
-    let mut kube = KubeClaim {
-        namespace: ns.to_owned(),
-        serviceaccount: BoundRef { name: name.to_owned(), uid: sa_uid },
-        pod: None,
-        secret: None,
-        node: None,
-    };
+    let uid_of = |kind: &str, n: &str| crate::auth::uid_of(&st.store, kind, ns, n);
+    let sa_uid = uid_of("ServiceAccount", name)?.ok_or_else(|| ApiError::not_found("serviceaccounts", name))?;
+    let account = BoundRef { name: name.to_owned(), uid: sa_uid };
+    let (mut pod, mut secret) = (None, None);
     if let Some((kind, bound_name)) = bound {
-        let obj = match kind {
-            "Pod" | "Secret" => get(kind, bound_name)?,
+        let slot = match kind {
+            "Pod" => &mut pod,
+            "Secret" => &mut secret,
             other => {
                 return Err(ApiError::bad_request(format!(
                     "cannot bind token to object of kind {other}: only Pod and Secret are supported"
                 )));
             }
         };
-        let obj = obj.ok_or_else(|| ApiError::not_found(&format!("{}s", kind.to_lowercase()), bound_name))?;
-        let r =
-            BoundRef { name: bound_name.to_owned(), uid: meta::get_str(&obj, "uid").unwrap_or_default().to_owned() };
-        if kind == "Pod" {
-            kube.pod = Some(r);
-        } else {
-            kube.secret = Some(r);
-        }
+        let uid = uid_of(kind, bound_name)?
+            .ok_or_else(|| ApiError::not_found(&format!("{}s", kind.to_lowercase()), bound_name))?;
+        *slot = Some(BoundRef { name: bound_name.to_owned(), uid });
     }
-    let KubeClaim { serviceaccount, pod, secret, .. } = kube;
     st.issuer
-        .mint(ns, serviceaccount, pod, secret, audiences, ttl)
+        .mint(ns, account, pod, secret, audiences, ttl)
         .map_err(|e| ApiError::internal(format!("signing a token: {e}")))
 }
 

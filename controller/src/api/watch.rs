@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::error::ApiError;
 use super::objects::selectors;
-use super::{ApiState, Req, Target, table};
+use super::{ApiState, Format, Req, Target, table};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{EventType, WatchEvent};
 
@@ -57,18 +57,17 @@ impl Filter {
 
 struct Encoder {
     rt: &'static crate::resources::ResourceType,
-    as_table: bool,
-    /// Metadata only (`as=PartialObjectMetadata`).
-    partial: bool,
+    /// JSON, a Table or metadata only (YAML streams as JSON).
+    format: Format,
     include: Option<String>,
 }
 
 impl Encoder {
     fn line(&self, ty: &str, object: &Value) -> Bytes {
-        let object = if self.as_table && ty != "ERROR" && ty != "BOOKMARK" {
+        let object = if self.format == Format::Table && ty != "ERROR" && ty != "BOOKMARK" {
             let rv = object.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
             table::table(self.rt, std::slice::from_ref(object), rv, self.include.as_deref())
-        } else if self.partial && ty != "ERROR" {
+        } else if self.format == Format::Partial && ty != "ERROR" {
             super::partial(object.clone())
         } else {
             object.clone()
@@ -79,8 +78,9 @@ impl Encoder {
     }
 
     fn bookmark_object(&self, rev: u64) -> Value {
-        let kind = if self.as_table { "Table".to_owned() } else { self.rt.kind.to_owned() };
-        let api = if self.as_table { "meta.k8s.io/v1".to_owned() } else { self.rt.api_version() };
+        let table = self.format == Format::Table;
+        let kind = if table { "Table".to_owned() } else { self.rt.kind.to_owned() };
+        let api = if table { "meta.k8s.io/v1".to_owned() } else { self.rt.api_version() };
         json!({"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": rev.to_string()}})
     }
 
@@ -99,13 +99,7 @@ impl Encoder {
 pub fn serve(st: &Arc<ApiState>, t: &Target, r: &Req) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(t.rt, r)?;
     let filter = Filter { resource: t.rt.id, namespace: t.namespace.clone(), labels, fields };
-    let format = r.format();
-    let enc = Encoder {
-        rt: t.rt,
-        as_table: format == super::Format::Table,
-        partial: format == super::Format::Partial,
-        include: r.param("includeObject").map(str::to_owned),
-    };
+    let enc = Encoder { rt: t.rt, format: r.format(), include: r.param("includeObject").map(str::to_owned) };
     let bookmarks = r.flag("allowWatchBookmarks");
     let timeout = r.param("timeoutSeconds").and_then(|s| s.parse::<u64>().ok()).map(Duration::from_secs);
     let from = match r.param("resourceVersion").filter(|v| !v.is_empty() && *v != "0") {

@@ -218,6 +218,13 @@ pub fn authenticate(
     }
 }
 
+/// The uid of the core object `kind` `ns/name`, if it exists.
+pub(crate) fn uid_of(store: &Store, kind: &str, ns: &str, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(rt) = crate::resources::by_kind("", kind) else { return Ok(None) };
+    let obj = store.get(&Key::new(rt.id, ns, name))?;
+    Ok(obj.and_then(|o| crate::meta::get_str(&o, "uid").map(str::to_owned)))
+}
+
 fn service_account_user(store: &Store, issuer: &token::Issuer, t: &str) -> Result<User, ApiError> {
     let refuse = |why: String| {
         tracing::debug!(%why, "refused a service account token");
@@ -225,11 +232,7 @@ fn service_account_user(store: &Store, issuer: &token::Issuer, t: &str) -> Resul
     };
     let claims = issuer.verify(t).map_err(|e| refuse(e.to_string()))?;
     let k = &claims.kube;
-    let uid_of = |kind: &str, ns: &str, name: &str| -> Result<Option<String>, ApiError> {
-        let Some(rt) = crate::resources::by_kind("", kind) else { return Ok(None) };
-        let obj = store.get(&Key::new(rt.id, ns, name))?;
-        Ok(obj.and_then(|o| crate::meta::get_str(&o, "uid").map(str::to_owned)))
-    };
+    let uid_of = |kind: &str, ns: &str, name: &str| uid_of(store, kind, ns, name);
     if uid_of("ServiceAccount", &k.namespace, &k.serviceaccount.name)?.as_deref() != Some(&k.serviceaccount.uid) {
         return Err(refuse(format!("service account {}/{} is gone", k.namespace, k.serviceaccount.name)));
     }

@@ -105,9 +105,42 @@ impl DesiredPublisher {
     /// minted once per pod, audience and lifetime and kept (the snapshot's
     /// content, and so its generation, stays put), minted again once 80 %
     /// of a token's life has passed, as the kubelet refreshes them. The
-    /// lifetime Kubernetes injects (3607 s) is stretched to a year, as
+    /// lifetime the ServiceAccount admission injects (3607 s) is stretched to a year, as
     /// Kubernetes does by default (`--service-account-extend-token-expiration`):
     /// a node offline for long still has a valid token for its pods.
+    /// A token for `pod`'s projected source `t`, with when to mint it
+    /// again; `None` while its account does not exist (the pod is then
+    /// reported by `node_pod`) or when it cannot be signed.
+    fn mint(
+        &self,
+        pod: &Pod,
+        t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+        now: i64,
+    ) -> Result<Option<(String, i64)>, ControllerError> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let sa_name =
+            pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+        let Some(sa) = self.client.get::<k8s_openapi::api::core::v1::ServiceAccount>(&ns, &sa_name)? else {
+            return Ok(None);
+        };
+        let ttl = match t.expiration_seconds.unwrap_or(3600) {
+            crate::write::INJECTED_TOKEN_SECONDS => 365 * 24 * 3600,
+            t => t.max(600),
+        };
+        let audiences = t.audience.clone().filter(|a| !a.is_empty()).map(|a| vec![a]).unwrap_or_default();
+        let account = crate::auth::token::BoundRef { name: sa_name, uid: sa.metadata.uid.unwrap_or_default() };
+        let bound =
+            crate::auth::token::BoundRef { name: name.clone(), uid: pod.metadata.uid.clone().unwrap_or_default() };
+        match self.issuer.mint(&ns, account, Some(bound), None, audiences, ttl) {
+            Ok((token, _exp)) => Ok(Some((token, now + ttl * 4 / 5))),
+            Err(e) => {
+                tracing::error!(pod = %format!("{ns}/{name}"), error = %e, "cannot sign a service account token");
+                Ok(None)
+            }
+        }
+    }
+
     fn mint_tokens(
         &mut self,
         by_node: &BTreeMap<&str, Vec<&Pod>>,
@@ -119,8 +152,6 @@ impl DesiredPublisher {
         for (node, pods) in by_node {
             for pod in pods {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                let ns = pod.metadata.namespace.clone().unwrap_or_default();
-                let name = pod.metadata.name.clone().unwrap_or_default();
                 let Some(spec) = &pod.spec else { continue };
                 let sources = spec
                     .volumes
@@ -130,38 +161,20 @@ impl DesiredPublisher {
                     .flat_map(|p| p.sources.iter().flatten());
                 for t in sources.filter_map(|s| s.service_account_token.as_ref()) {
                     let key = node_pod::token_key(&uid, t);
-                    if let Some((token, refresh)) = self.tokens.get(&key) {
-                        if now < *refresh {
-                            let at = refresh_at.entry((*node).to_owned()).or_insert(*refresh);
-                            *at = (*at).min(*refresh);
-                            refs.tokens.insert(key, token.clone());
-                            continue;
-                        }
-                    }
-                    let sa_name = spec.service_account_name.clone().unwrap_or_else(|| "default".into());
-                    let Some(sa) = self.client.get::<k8s_openapi::api::core::v1::ServiceAccount>(&ns, &sa_name)? else {
-                        continue; // node_pod reports the missing account
+                    let kept = self.tokens.get(&key).filter(|(_, refresh)| now < *refresh).cloned();
+                    let (token, refresh) = match kept {
+                        Some(kept) => kept,
+                        None => match self.mint(pod, t, now)? {
+                            Some(minted) => {
+                                self.tokens.insert(key.clone(), minted.clone());
+                                minted
+                            }
+                            None => continue,
+                        },
                     };
-                    let ttl = match key.2 {
-                        3607 => 365 * 24 * 3600,
-                        t => t.max(600),
-                    };
-                    let audiences = t.audience.clone().filter(|a| !a.is_empty()).map(|a| vec![a]).unwrap_or_default();
-                    let account =
-                        crate::auth::token::BoundRef { name: sa_name, uid: sa.metadata.uid.unwrap_or_default() };
-                    let bound = crate::auth::token::BoundRef { name: name.clone(), uid: uid.clone() };
-                    match self.issuer.mint(&ns, account, Some(bound), None, audiences, ttl) {
-                        Ok((token, _exp)) => {
-                            let refresh = now + ttl * 4 / 5;
-                            let at = refresh_at.entry((*node).to_owned()).or_insert(refresh);
-                            *at = (*at).min(refresh);
-                            self.tokens.insert(key.clone(), (token.clone(), refresh));
-                            refs.tokens.insert(key, token);
-                        }
-                        Err(e) => {
-                            tracing::error!(pod = %format!("{ns}/{}", pod.metadata.name.as_deref().unwrap_or_default()), error = %e, "cannot sign a service account token")
-                        }
-                    }
+                    let at = refresh_at.entry((*node).to_owned()).or_insert(refresh);
+                    *at = (*at).min(refresh);
+                    refs.tokens.insert(key, token);
                 }
             }
         }

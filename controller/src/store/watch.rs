@@ -109,9 +109,8 @@ impl WatchHub {
         }
     }
 
-    /// The events of revisions `from + 1 ..= to`, oldest first, once every
-    /// one of them is published; `Gone` when `from` is older than the
-    /// history. For listing as of an earlier revision
+    /// The events of revisions `from + 1 ..= to` in the history, oldest
+    /// first; `Gone` when `from` is older than the history. For listing as of an earlier revision
     /// (`resourceVersionMatch=Exact`): the caller undoes them.
     pub fn between(&self, from: u64, to: u64) -> Result<Vec<Arc<WatchEvent>>, Gone> {
         let h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
@@ -119,12 +118,6 @@ impl WatchHub {
             return Err(Gone { requested: from, oldest: h.floor + 1 });
         }
         Ok(h.events.iter().filter(|e| e.rev > from && e.rev <= to).cloned().collect())
-    }
-
-    /// The newest revision published (the history's floor when empty).
-    pub fn published(&self) -> u64 {
-        let h = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        h.events.back().map_or(h.floor, |e| e.rev)
     }
 
     /// Starts a watch that sees every event with a revision above `from`.

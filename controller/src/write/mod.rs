@@ -10,6 +10,8 @@ mod error;
 mod pod_sa;
 mod service;
 
+pub use pod_sa::INJECTED_TOKEN_SECONDS;
+
 use std::net::Ipv4Addr;
 
 use serde_json::{Value, json};

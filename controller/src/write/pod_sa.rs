@@ -14,8 +14,9 @@ use crate::meta;
 use crate::store::{Key, Store};
 
 pub const MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// What the token source asks for; the issuer stretches it to a year.
-const TOKEN_SECONDS: i64 = 3607;
+/// What the token source asks for, as Kubernetes injects it; the fleet
+/// stretches it to a year when it mints the token.
+pub const INJECTED_TOKEN_SECONDS: i64 = 3607;
 
 /// Admits `pod` (JSON, after validation); `mount`: whether tokens can be
 /// mounted at all (not without TLS, where there is no CA to trust).
@@ -67,7 +68,7 @@ pub(super) fn admit(store: &Store, pod: &mut Value, mount: bool) -> Result<(), W
         "projected": {
             "defaultMode": 0o644,
             "sources": [
-                {"serviceAccountToken": {"expirationSeconds": TOKEN_SECONDS, "path": "token"}},
+                {"serviceAccountToken": {"expirationSeconds": INJECTED_TOKEN_SECONDS, "path": "token"}},
                 {"configMap": {"name": crate::controllers::serviceaccount::ROOT_CA, "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
                 {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
             ],

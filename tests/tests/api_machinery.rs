@@ -404,6 +404,14 @@ fn service_accounts_tokens_and_rbac() -> Result<()> {
     let err = k.fails(&["--token", &token, "create", "role", "sneaky", "--verb=get", "--resource=secrets"])?;
     ensure!(err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
     k.ok(&["--token", &token, "create", "role", "fine", "--verb=get", "--resource=pods"])?;
+    // Nor may it act as someone else, or mint itself tokens.
+    let err = k.fails(&["--token", &token, "get", "pods", "--as=system:admin"])?;
+    ensure!(
+        err.contains("users \"system:admin\" is forbidden: User \"system:serviceaccount:default:build\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{err}"
+    );
+    let err = k.fails(&["--token", &token, "create", "token", "build"])?;
+    ensure!(err.contains("cannot create resource \"serviceaccounts/token\""), "{err}");
 
     // Aggregation: a ClusterRole labelled for `view` extends it.
     let agg = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\n\
@@ -445,7 +453,7 @@ fn service_accounts_tokens_and_rbac() -> Result<()> {
 #[test]
 fn server_side_apply_with_kubectl_and_the_python_client() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+    let Some((ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
         return Ok(());
     };
     let write = |name: &str, text: &str| -> Result<String> {
@@ -525,6 +533,27 @@ fn server_side_apply_with_kubectl_and_the_python_client() -> Result<()> {
         k.json(&["get", "configmap", "h"])?["data"] == serde_json::json!({"a": "3"}),
         "client-side apply still works"
     );
+
+    // Bad applies are refused, naming the problem, and change nothing.
+    let api = ctl.api()?;
+    let path = "/api/v1/namespaces/default/configmaps/s";
+    let before = k.json(&["get", "configmap", "s", "--show-managed-fields"])?;
+    let apply = "application/apply-patch+yaml";
+    let (code, body) = api.request("PATCH", &format!("{path}?fieldManager=x"), apply, "data: [unclosed")?;
+    ensure!(code == 400 && body.contains("error decoding YAML"), "{code} {body}");
+    let (code, body) = api.request("PATCH", path, apply, "apiVersion: v1\nkind: ConfigMap\ndata: {one: x}\n")?;
+    ensure!(code == 422 && body.contains("fieldManager: Required value"), "{code} {body}");
+    let (code, body) =
+        api.request("PATCH", &format!("{path}?fieldManager=x"), apply, "apiVersion: v1\nkind: Secret\n")?;
+    ensure!(code == 400 && body.contains("not a v1 ConfigMap"), "{code} {body}");
+    let bogus = "apiVersion: v1\nkind: ConfigMap\nbogus: 1\n";
+    let (code, body) = api.request("PATCH", &format!("{path}?fieldManager=x&fieldValidation=Strict"), apply, bogus)?;
+    ensure!(code == 400 && body.contains(r#"unknown field \"bogus\""#), "{code} {body}");
+    // Under the default (Warn) an unknown field is dropped: neither stored
+    // nor owned, so this apply owns nothing and changes nothing.
+    let (code, body) = api.request("PATCH", &format!("{path}?fieldManager=x"), apply, bogus)?;
+    ensure!(code == 200 && !body.contains("bogus"), "{code} {body}");
+    ensure!(k.json(&["get", "configmap", "s", "--show-managed-fields"])? == before, "nothing changed");
 
     // The official Python client's dynamic server_side_apply.
     if let Some(out) = python(&k.kubeconfig, &["ssa", "py"])? {

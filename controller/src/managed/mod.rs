@@ -167,7 +167,9 @@ fn walk(t: &Table, ty: &Ty, v: &Value, at: &mut Path, out: &mut Set) {
             if o.is_empty() {
                 out.insert(at);
             }
-            for (k, child) in o.iter().filter(|(_, c)| !c.is_null()) {
+            // A field the kind does not have is dropped by admission
+            // (or refused, under Strict): nobody owns it.
+            for (k, child) in o.iter().filter(|(k, c)| !c.is_null() && t.has_field(ty, k)) {
                 at.push(format!("f:{k}"));
                 walk(t, &t.field(ty, k), child, at, out);
                 at.pop();
@@ -205,20 +207,23 @@ fn value_at<'a>(t: &Table, ty: &Ty, v: &'a Value, path: &[String]) -> Option<&'a
         return value_at(t, &t.field(ty, f), v.get(f)?, rest);
     }
     let items = v.as_array()?;
-    let (item, elem) = match ty {
-        Ty::List(ListKind::Map(keys), elem) => {
-            (items.iter().find(|i| item_key(keys, i).as_deref() == Some(first.as_str()))?, (**elem).clone())
+    let (pos, elem) = item(ty, items, first)?;
+    value_at(t, elem, &items[pos], rest)
+}
+
+/// Where in `items`, a list of type `ty`, the item a path element
+/// (`k:{…}` or `v:…`) names is, and the items' type.
+fn item<'t>(ty: &'t Ty, items: &[Value], elem: &str) -> Option<(usize, &'t Ty)> {
+    match ty {
+        Ty::List(ListKind::Map(keys), e) => {
+            Some((items.iter().position(|i| item_key(keys, i).as_deref() == Some(elem))?, e))
         }
-        Ty::List(_, elem) => {
-            let want = first.strip_prefix("v:")?;
-            (
-                items.iter().find(|i| **i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null))?,
-                (**elem).clone(),
-            )
+        Ty::List(_, e) => {
+            let want: Value = serde_json::from_str(elem.strip_prefix("v:")?).ok()?;
+            Some((items.iter().position(|i| *i == want)?, e))
         }
-        _ => return None,
-    };
-    value_at(t, &elem, item, rest)
+        _ => None,
+    }
 }
 
 /// Whether `path` differs between `a` and `b` (an item: whether it is in
@@ -246,24 +251,11 @@ fn remove_at(t: &Table, ty: &Ty, v: &mut Value, path: &[String]) {
         return;
     }
     let Some(items) = v.as_array_mut() else { return };
-    let (pos, elem) = match ty {
-        Ty::List(ListKind::Map(keys), elem) => {
-            (items.iter().position(|i| item_key(keys, i).as_deref() == Some(first.as_str())), (**elem).clone())
-        }
-        Ty::List(_, elem) => {
-            let want = first.strip_prefix("v:").unwrap_or_default();
-            (
-                items.iter().position(|i| *i == serde_json::from_str::<Value>(want).unwrap_or(Value::Null)),
-                (**elem).clone(),
-            )
-        }
-        _ => return,
-    };
-    let Some(pos) = pos else { return };
+    let Some((pos, elem)) = item(ty, items, first) else { return };
     if rest.is_empty() {
         items.remove(pos);
-    } else if let Some(item) = items.get_mut(pos) {
-        remove_at(t, &elem, item, rest);
+    } else {
+        remove_at(t, elem, &mut items[pos], rest);
     }
 }
 
@@ -363,17 +355,22 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, manager: &str) {
 /// `status`). A request that sets `managedFields` itself (other than
 /// leaving them as they are) has them taken as the start; `[{}]` clears.
 pub fn on_update(rt: &ResourceType, status: bool, old: &Value, new: &mut Value, manager: Option<&str>) {
-    let sent = new.pointer("/metadata/managedFields").cloned();
     let kept = old.pointer("/metadata/managedFields").cloned();
-    let mut list = match (&sent, manager) {
-        (Some(s), Some(_)) if Some(s) != kept.as_ref() && !status => {
+    let Some(manager) = manager else {
+        // The control loops: ownership as it was, as it was written.
+        let m = crate::meta::meta_mut(new);
+        match kept {
+            Some(k) => m.insert("managedFields".into(), k),
+            None => m.remove("managedFields"),
+        };
+        return;
+    };
+    let sent = new.pointer("/metadata/managedFields").cloned();
+    let mut list = match &sent {
+        Some(s) if Some(s) != kept.as_ref() && !status => {
             s.as_array().map(|a| a.iter().filter_map(Entry::from_json).collect()).unwrap_or_default()
         }
         _ => entries(old),
-    };
-    let Some(manager) = manager else {
-        write_entries(new, &list);
-        return;
     };
     let t = Table::get();
     let ty = t.root(rt.group, rt.kind);

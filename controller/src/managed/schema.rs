@@ -140,6 +140,15 @@ impl Table {
         self.roots.get(&(group.to_owned(), kind.to_owned())).map_or(Ty::Any, |n| Ty::Struct(n.clone()))
     }
 
+    /// Whether `ty` may have a field `name` (a known struct only its own;
+    /// a map or an unknown shape any).
+    pub fn has_field(&self, ty: &Ty, name: &str) -> bool {
+        match ty {
+            Ty::Struct(s) => self.structs.get(s).is_none_or(|f| f.contains_key(name)),
+            _ => true,
+        }
+    }
+
     /// The type of field `name` of `ty`.
     pub fn field(&self, ty: &Ty, name: &str) -> Ty {
         match ty {

@@ -155,6 +155,23 @@ impl Client {
         Ok(stored)
     }
 
+    /// Edits the status of an object of any kind in place.
+    pub fn update_status_raw(
+        &self,
+        rt: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> Result<Value, ControllerError> {
+        let at = At { rt, ns, name };
+        let (stored, _) = self.writer.update::<WriteError>(at, Part::Status, WriteOpts::INTERNAL, &[], |old| {
+            let mut v = old.clone();
+            edit(&mut v);
+            Ok(v)
+        })?;
+        Ok(stored)
+    }
+
     /// Deletes an object of any kind if it still has `uid` (when given).
     pub fn delete_raw(
         &self,

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker_acl;
 pub mod client;
 pub mod controllers;
+pub mod crd;
 pub mod fleet;
 pub mod managed;
 pub mod meta;

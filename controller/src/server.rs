@@ -138,6 +138,8 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
         })
         .map_err(|source| ServerError::DataDir { path: opts.data_dir.clone(), source })?;
     let store = Arc::new(Store::open(&opts.data_dir.join("state.redb"), opts.watch_history)?);
+    // The custom kinds are served from the first request on.
+    crate::crd::load(&store)?;
     let writer = Writer::new(store.clone(), opts.service_cidr);
     let writer = if use_tls { writer.mounting_tokens() } else { writer };
     writer.system_namespaces()?;
@@ -302,6 +304,7 @@ fn start_controllers(
         store.clone(),
         stop.clone(),
     ));
+    loops.spawn(runner::run(crate::controllers::crd::CrdController::new(client.clone()), store.clone(), stop.clone()));
     loops.spawn(runner::run(EventTtl::new(client.clone(), opts.event_ttl)?, store.clone(), stop.clone()));
     loops.spawn(runner::run(GarbageCollector::new(client), store, stop));
     Ok(())

@@ -2400,7 +2400,8 @@ fn a_stateful_set_keeps_its_data_on_node_local_volumes() -> Result<()> {
         // reconnect, which a loaded machine may take a while over.)
         wait_for("web-0's /data/starts through kubectl exec", Duration::from_secs(90), || {
             let o = c.k.run(&["exec", "web-0", "--", "cat", "/data/starts"])?;
-            Ok(o.status.success().then(|| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()))
+            ensure!(o.status.success(), "kubectl exec: {}", String::from_utf8_lossy(&o.stderr).trim());
+            Ok(Some(String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect()))
         })
     };
     ensure!(starts(&c)? == ["web-0"], "first start");

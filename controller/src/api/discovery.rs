@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::resources::{self, GROUPS};
+use crate::resources::Registry;
 
 /// The Kubernetes API version this server mirrors.
 pub const KUBE_MINOR: &str = "33";
@@ -30,42 +30,44 @@ pub fn api_versions() -> Value {
     })
 }
 
-fn group_doc(name: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{name}/{version}"), "version": version});
-    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_doc(name: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> =
+        versions.iter().map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v})).collect();
+    json!({"name": name, "preferredVersion": gvs.first().cloned().unwrap_or(Value::Null), "versions": gvs})
 }
 
-pub fn api_groups() -> Value {
-    let mut groups: Vec<Value> = GROUPS.iter().filter(|(g, _)| !g.is_empty()).map(|(g, v)| group_doc(g, v)).collect();
+pub fn api_groups(kinds: &Registry) -> Value {
+    let mut groups: Vec<Value> =
+        kinds.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_doc(g, vs)).collect();
     // What kubectl top looks for (served from the nodes through the fleet link).
-    groups.push(group_doc(super::metrics::GROUP, super::metrics::VERSION));
+    groups.push(group_doc(super::metrics::GROUP, &[super::metrics::VERSION]));
     // Asked, not stored: access reviews and who-am-I.
-    groups.push(group_doc(super::reviews::AUTHZ, "v1"));
-    groups.push(group_doc(super::reviews::AUTHN, "v1"));
+    groups.push(group_doc(super::reviews::AUTHZ, &["v1"]));
+    groups.push(group_doc(super::reviews::AUTHN, &["v1"]));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// The `APIGroup` document of a group served outside the object store.
 pub fn group_of(name: &str, version: &str) -> Value {
-    let mut d = group_doc(name, version);
+    let mut d = group_doc(name, &[version]);
     d["kind"] = json!("APIGroup");
     d["apiVersion"] = json!("v1");
     d
 }
 
-pub fn group(name: &str) -> Option<Value> {
-    GROUPS.iter().find(|(g, _)| !g.is_empty() && *g == name).map(|(g, v)| {
-        let mut d = group_doc(g, v);
+pub fn group(kinds: &Registry, name: &str) -> Option<Value> {
+    kinds.groups().iter().find(|(g, _)| !g.is_empty() && *g == name).map(|(g, vs)| {
+        let mut d = group_doc(g, vs);
         d["kind"] = json!("APIGroup");
         d["apiVersion"] = json!("v1");
         d
     })
 }
 
-pub fn resource_list(group: &str, version: &str) -> Value {
+pub fn resource_list(kinds: &Registry, group: &str, version: &str) -> Value {
     let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     let mut list = Vec::new();
-    for rt in resources::in_group(group, version) {
+    for rt in kinds.in_group(group, version) {
         let verbs: &[&str] = if rt.kind == "Namespace" {
             &["create", "delete", "get", "list", "patch", "update", "watch"]
         } else {
@@ -81,8 +83,11 @@ pub fn resource_list(group: &str, version: &str) -> Value {
         if !rt.short_names.is_empty() {
             r["shortNames"] = json!(rt.short_names);
         }
-        if rt.in_all {
-            r["categories"] = json!(["all"]);
+        match &rt.custom {
+            Some(c) if !c.categories.is_empty() => r["categories"] = json!(c.categories),
+            Some(_) => {}
+            None if rt.in_all => r["categories"] = json!(["all"]),
+            None => {}
         }
         list.push(r);
         if rt.status {

@@ -79,8 +79,13 @@ impl ApiError {
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message.split_once(": ").map_or(e.message.as_str(), |(_, m)| m), "field": e.field}))
             .collect();
-        let mut err =
-            Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("{kind} \"{name}\" is invalid: {summary}"));
+        // (Kubernetes names the kind with its group: `Deployment.apps "web"`.)
+        let qualified = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{qualified} \"{name}\" is invalid: {summary}"),
+        );
         err.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
         err
     }
@@ -201,6 +206,7 @@ impl From<WriteError> for ApiError {
             WriteError::NoClusterIp | WriteError::NoNodePort | WriteError::NotServed { .. } => {
                 ApiError::internal(e.to_string())
             }
+            WriteError::CrdTerminating => Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", e.to_string()),
             WriteError::Admission(a) => a.into(),
             WriteError::Store(s) => s.into(),
         }

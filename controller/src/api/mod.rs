@@ -320,11 +320,11 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         }
         ["metrics"] if get => metrics_text(st, &r.headers),
         ["api"] if get => Ok(json(StatusCode::OK, &discovery::api_versions())),
-        ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups())),
-        ["apis", g] if get && discovery::group(g).is_some() => {
-            Ok(json(StatusCode::OK, &discovery::group(g).unwrap_or(Value::Null)))
+        ["apis"] if get => Ok(json(StatusCode::OK, &discovery::api_groups(st.store.kinds()))),
+        ["apis", g] if get && discovery::group(st.store.kinds(), g).is_some() => {
+            Ok(json(StatusCode::OK, &discovery::group(st.store.kinds(), g).unwrap_or(Value::Null)))
         }
-        ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list("", "v1"))),
+        ["api", "v1"] if get => Ok(json(StatusCode::OK, &discovery::resource_list(st.store.kinds(), "", "v1"))),
         ["apis", metrics::GROUP] if get => {
             Ok(json(StatusCode::OK, &discovery::group_of(metrics::GROUP, metrics::VERSION)))
         }
@@ -332,8 +332,8 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] => {
             metrics::serve(st, &r.method, r.param("labelSelector"), rest, &path).await
         }
-        ["apis", g, v] if get && resources::GROUPS.contains(&(*g, *v)) => {
-            Ok(json(StatusCode::OK, &discovery::resource_list(g, v)))
+        ["apis", g, v] if get && st.store.kinds().serves(g, v) => {
+            Ok(json(StatusCode::OK, &discovery::resource_list(st.store.kinds(), g, v)))
         }
         ["apis", g @ (reviews::AUTHZ | reviews::AUTHN)] if get => {
             Ok(json(StatusCode::OK, &discovery::group_of(g, "v1")))
@@ -354,9 +354,9 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
             let (ns, name) = ((*ns).to_owned(), (*name).to_owned());
             reviews::token_request(st, &ns, &name, r).await
         }
-        ["openapi", "v3"] if get => Ok(json(StatusCode::OK, &openapi::root())),
-        ["openapi", "v3", rest @ ..] if get => openapi_v3(&rest.join("/"), &r, &path),
-        ["openapi", "v2"] if get => Ok(openapi_v2(&r.headers)),
+        ["openapi", "v3"] if get => Ok(json(StatusCode::OK, &openapi::root(st.store.kinds()))),
+        ["openapi", "v3", rest @ ..] if get => openapi_v3(st.store.kinds(), &rest.join("/"), &r, &path),
+        ["openapi", "v2"] if get => Ok(openapi_v2(st.store.kinds(), &r.headers)),
         ["api", "v1", rest @ ..] => resource(st, r, "", "v1", rest, &path).await,
         ["apis", g, v, rest @ ..] => resource(st, r, g, v, rest, &path).await,
         _ => Err(ApiError::no_route(&path)),
@@ -375,7 +375,7 @@ async fn resource(
     // is `{plural}[/{name}[/{sub}]]` (cluster-scoped, or all namespaces).
     let (namespace, rest) = match rest {
         ["namespaces", ns, plural, tail @ ..]
-            if resources::find(group, version, plural).is_some_and(|rt| rt.namespaced) =>
+            if st.store.kinds().find(group, version, plural).is_some_and(|rt| rt.namespaced) =>
         {
             (Some((*ns).to_owned()), {
                 let mut v = vec![*plural];
@@ -391,7 +391,7 @@ async fn resource(
         [p, n, s] => (*p, Some((*n).to_owned()), Some((*s).to_owned())),
         _ => return Err(ApiError::no_route(path)),
     };
-    let rt = resources::find(group, version, plural).ok_or_else(|| ApiError::no_route(path))?;
+    let rt = st.store.kinds().find(group, version, plural).ok_or_else(|| ApiError::no_route(path))?;
     if rt.namespaced && name.is_some() && namespace.is_none() {
         return Err(ApiError::no_route(path));
     }
@@ -409,11 +409,36 @@ async fn resource(
     let format = r.format();
     let streams = (r.method == Method::GET && r.flag("watch"))
         || matches!(t.sub.as_deref(), Some("log" | "exec" | "attach" | "portforward"));
-    let resp = answer(st, &t, r, path).await?;
+    let mut resp = answer(st, &t, r, path).await?;
+    if rt.custom.as_ref().is_some_and(|c| c.storage_version != rt.version) && !streams && resp.status().is_success() {
+        resp = in_version(resp, rt).await;
+    }
     match format {
         Format::Yaml | Format::Partial if !streams && resp.status().is_success() => Ok(reformat(resp, format).await),
         _ => Ok(resp),
     }
+}
+
+/// A custom resource answer (object, list or table) in the version the
+/// request named: the stored objects carry the storage version's.
+async fn in_version(resp: Response, rt: &crate::resources::ResourceType) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("reading an answer to convert it").into_response();
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    let objects: Vec<&mut Value> = match v.get("kind").and_then(Value::as_str) {
+        Some("Table") => v["rows"].as_array_mut().into_iter().flatten().map(|r| &mut r["object"]).collect(),
+        Some(k) if k.ends_with("List") => v["items"].as_array_mut().into_iter().flatten().collect(),
+        _ => vec![&mut v],
+    };
+    for o in objects.into_iter().filter(|o| o.get("kind").and_then(Value::as_str) == Some(rt.kind)) {
+        crate::crd::present(rt, o);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(serde_json::to_vec(&v).unwrap_or_default()))
 }
 
 /// A JSON object answer rewritten as YAML, or as its metadata only.
@@ -565,8 +590,8 @@ fn not_modified(etag: &str) -> Response {
 /// `/openapi/v2`: JSON, or gnostic's protobuf for a client that asks for
 /// it (kubectl 1.27/1.28), tagged so a client revalidates with
 /// `If-None-Match` and gets 304 while the document is unchanged.
-fn openapi_v2(headers: &HeaderMap) -> Response {
-    let etag = openapi::etag("v2");
+fn openapi_v2(kinds: &crate::resources::Registry, headers: &HeaderMap) -> Response {
+    let etag = openapi::etag(kinds, "v2");
     if cached(headers, &etag) {
         return not_modified(&etag);
     }
@@ -575,7 +600,7 @@ fn openapi_v2(headers: &HeaderMap) -> Response {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("com.github.proto-openapi.spec.v2"));
-    let doc = openapi::v2();
+    let doc = openapi::v2(kinds);
     let (ctype, body) = if proto {
         (openapi_pb::CONTENT_TYPE, openapi_pb::document(&doc))
     } else {
@@ -593,11 +618,11 @@ fn openapi_v2(headers: &HeaderMap) -> Response {
 /// `/openapi/v3/<gv>`: tagged like v2; asked for by the `hash` the root
 /// handed out it may be cached for good (the hash names the content), and
 /// an outdated hash is redirected to the current one, as Kubernetes does.
-fn openapi_v3(gv: &str, r: &Req, path: &str) -> Result<Response, ApiError> {
-    if !openapi::serves(gv) {
+fn openapi_v3(kinds: &crate::resources::Registry, gv: &str, r: &Req, path: &str) -> Result<Response, ApiError> {
+    if !openapi::serves(kinds, gv) {
         return Err(ApiError::no_route(path));
     }
-    let etag = openapi::etag(gv);
+    let etag = openapi::etag(kinds, gv);
     let current = etag.trim_matches('"');
     if let Some(h) = r.param("hash").filter(|h| *h != current) {
         tracing::debug!(gv, stale = h, "redirecting an outdated OpenAPI hash");
@@ -607,7 +632,7 @@ fn openapi_v3(gv: &str, r: &Req, path: &str) -> Result<Response, ApiError> {
     if cached(&r.headers, &etag) {
         return Ok(not_modified(&etag));
     }
-    let doc = openapi::document(gv).ok_or_else(|| ApiError::no_route(path))?;
+    let doc = openapi::document(kinds, gv).ok_or_else(|| ApiError::no_route(path))?;
     let mut resp = json(StatusCode::OK, &doc);
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {

@@ -422,6 +422,14 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
         ));
     }
     let ty = PatchType::from_content_type(ct).ok_or_else(|| ApiError::unsupported_media(ct))?;
+    if ty == PatchType::Strategic && t.rt.custom.is_some() {
+        // As Kubernetes: custom resources have no patch strategies.
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
     let (patch_doc, dups) =
         strict::parse(&bytes).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
     let kind = t.rt.kind;
@@ -443,14 +451,27 @@ pub async fn patch(st: &Arc<ApiState>, t: &Target, r: Req) -> Result<Response, A
     Ok(json_warn(StatusCode::OK, &obj, &warnings))
 }
 
-/// The `autoscaling/v1` Scale view of a Deployment or ReplicaSet.
+/// Where a kind keeps its replica counts and selector (a custom
+/// resource's CRD says; the built-in kinds keep them in the same places).
+fn scale_paths(rt: &ResourceType) -> (&str, &str, Option<&str>) {
+    match rt.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+        Some(p) => (&p.spec_replicas, &p.status_replicas, p.label_selector.as_deref()),
+        None => (".spec.replicas", ".status.replicas", None),
+    }
+}
+
+/// The `autoscaling/v1` Scale view of a Deployment, ReplicaSet,
+/// StatefulSet or scalable custom resource.
 fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
-        .unwrap_or_default();
-    let _ = rt;
+    let (spec_path, status_path, selector_path) = scale_paths(rt);
+    let selector = match selector_path {
+        Some(p) => crate::crd::at_path(obj, p).and_then(Value::as_str).unwrap_or_default().to_owned(),
+        None => obj
+            .pointer("/spec/selector/matchLabels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -461,9 +482,9 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
             "resourceVersion": meta::get(obj, "resourceVersion"),
             "creationTimestamp": meta::get(obj, "creationTimestamp"),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "spec": {"replicas": crate::crd::at_path(obj, spec_path).cloned().unwrap_or(json!(0))},
         "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "replicas": crate::crd::at_path(obj, status_path).cloned().unwrap_or(json!(0)),
             "selector": selector,
         },
     })
@@ -495,7 +516,7 @@ fn write_scale(
         if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             meta::set(&mut new, "resourceVersion", json!(rv));
         }
-        new["spec"]["replicas"] = json!(replicas);
+        crate::crd::set_path(&mut new, scale_paths(rt).0, json!(replicas));
         Ok(new)
     })?;
     Ok(super::json(StatusCode::OK, &scale_of(rt, &obj)))

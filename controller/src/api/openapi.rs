@@ -11,42 +11,54 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::resources::{self, GROUPS, ResourceType};
+use crate::resources::{GROUPS, Registry, ResourceType};
 
 fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
-/// The `?hash=` the root hands out: the documents are a function of the
-/// binary, so its version and the group-version name them.
-fn hash(gv: &str) -> String {
+/// The `?hash=` the root hands out: the built-in documents are a function
+/// of the binary, so its version and the group-version name them; a custom
+/// group's also of what its CRDs say of it.
+fn hash(kinds: &Registry, gv: &str) -> String {
     // FNV-1a: stable across runs and builds.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in format!("{}/{gv}", kedge_common::VERSION).bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    feed(format!("{}/{gv}", kedge_common::VERSION).as_bytes());
+    for rt in kinds.all().into_iter().filter(|r| r.custom.is_some()) {
+        if gv == "v2" || gv_path(rt.group, rt.version) == gv {
+            feed(format!("{rt:?}").as_bytes());
+        }
     }
     format!("{h:016X}")
 }
 
-pub fn root() -> Value {
+pub fn root(kinds: &Registry) -> Value {
     let mut paths = Map::new();
-    for (g, v) in GROUPS {
-        let p = gv_path(g, v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", hash(&p))}));
+    for (g, vs) in kinds.groups() {
+        for v in vs {
+            let p = gv_path(g, v);
+            let url = format!("/openapi/v3/{p}?hash={}", hash(kinds, &p));
+            paths.insert(p, json!({"serverRelativeURL": url}));
+        }
     }
     json!({"paths": paths})
 }
 
 /// Whether `gv` (`api/v1`, `apis/apps/v1`) has a v3 document.
-pub fn serves(gv: &str) -> bool {
-    GROUPS.iter().any(|(g, v)| gv_path(g, v) == gv)
+pub fn serves(kinds: &Registry, gv: &str) -> bool {
+    kinds.groups().iter().any(|(g, vs)| vs.iter().any(|v| gv_path(g, v) == gv))
 }
 
 /// The entity tag of a document: its hash, quoted (`/openapi/v2` is named
 /// `v2`, the v3 documents by their group-version path).
-pub fn etag(name: &str) -> String {
-    format!("\"{}\"", hash(name))
+pub fn etag(kinds: &Registry, name: &str) -> String {
+    format!("\"{}\"", hash(kinds, name))
 }
 
 /// What a body carries.
@@ -83,6 +95,14 @@ const PATCH_TYPES: &[&str] = &[
     "application/strategic-merge-patch+json",
     "application/apply-patch+yaml",
 ];
+/// Custom resources take no strategic merge patch (kubectl then sends a
+/// JSON merge patch).
+const CUSTOM_PATCH_TYPES: &[&str] =
+    &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"];
+
+fn patch_types(rt: &ResourceType) -> &'static [&'static str] {
+    if rt.custom.is_some() { CUSTOM_PATCH_TYPES } else { PATCH_TYPES }
+}
 
 /// Every path of a kind, as Kubernetes lists them.
 fn paths_of(rt: &ResourceType) -> Vec<PathOps> {
@@ -143,6 +163,17 @@ fn paths_of(rt: &ResourceType) -> Vec<PathOps> {
             ],
         });
     }
+    if rt.scale && rt.custom.is_some() {
+        out.push(PathOps {
+            path: format!("{base}/{{name}}/scale"),
+            path_params: named_params,
+            ops: vec![
+                o("get", "get", id("read") + "Scale", BodyKind::None, &["pretty"]),
+                o("put", "put", id("replace") + "Scale", BodyKind::Object, WRITE),
+                o("patch", "patch", id("patch") + "Scale", BodyKind::Patch, PATCH),
+            ],
+        });
+    }
     out
 }
 
@@ -151,10 +182,12 @@ fn gvk(rt: &ResourceType) -> Value {
 }
 
 /// The OpenAPI v3 document of one group-version (`api/v1`, `apis/apps/v1`).
-pub fn document(gv: &str) -> Option<Value> {
-    let (group, version) = GROUPS.iter().find(|(g, v)| gv_path(g, v) == gv)?;
+pub fn document(kinds: &Registry, gv: &str) -> Option<Value> {
+    let groups = kinds.groups();
+    let (group, version) = groups.iter().find_map(|(g, vs)| vs.iter().find(|v| gv_path(g, v) == gv).map(|v| (*g, *v)))?;
+    let builtin = GROUPS.contains(&(group, version));
     let mut paths = Map::new();
-    for rt in resources::in_group(group, version) {
+    for rt in kinds.in_group(group, version) {
         let schema = match schema_name(rt) {
             Some(n) => json!({"$ref": format!("#/components/schemas/{n}")}),
             None => json!({"type": "object"}),
@@ -171,7 +204,7 @@ pub fn document(gv: &str) -> Option<Value> {
                 });
                 if op.body != BodyKind::None {
                     let (types, body_schema): (&[&str], Value) = match op.body {
-                        BodyKind::Patch => (PATCH_TYPES, json!({"type": "object"})),
+                        BodyKind::Patch => (patch_types(rt), json!({"type": "object"})),
                         _ => (&["application/json"], schema.clone()),
                     };
                     let content: Map<String, Value> =
@@ -188,25 +221,75 @@ pub fn document(gv: &str) -> Option<Value> {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": format!("v1.{}.0", super::discovery::KUBE_MINOR)},
         "paths": paths,
-        "components": {"schemas": schemas(group, version)},
+        "components": {"schemas": if builtin { schemas(group, version) } else { custom_schemas(kinds, group, version) }},
     }))
+}
+
+/// `example.com` → `com.example`, as Kubernetes names a custom kind's schema.
+fn reversed(group: &str) -> String {
+    group.split('.').rev().collect::<Vec<_>>().join(".")
+}
+
+/// The schemas of a custom group-version: each kind's (its CRD's schema
+/// with `apiVersion`, `kind` and `metadata` added) and its list's, with
+/// the object and list metadata they refer to.
+fn custom_schemas(kinds: &Registry, group: &str, version: &str) -> Map<String, Value> {
+    let mut generator = schemars::generate::SchemaSettings::openapi3().into_generator();
+    let _ = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    let _ = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
+    let mut defs = generator.take_definitions(true);
+    let meta_ref = |name: &str, what: &str| {
+        json!({"description": what, "allOf": [{"$ref": format!("#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.{name}")}]})
+    };
+    let type_meta = |s: &mut Value| {
+        s["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
+        s["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
+    };
+    for rt in kinds.in_group(group, version) {
+        let Some(name) = schema_name(rt) else { continue };
+        let mut s = rt.custom.as_ref().and_then(|c| c.schema.clone()).unwrap_or_else(|| json!({"type": "object"}));
+        if !s["properties"].is_object() {
+            s["properties"] = json!({});
+        }
+        type_meta(&mut s);
+        s["properties"]["metadata"] = meta_ref("ObjectMeta", "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata");
+        s["x-kubernetes-group-version-kind"] = json!([gvk(rt)]);
+        let mut list = json!({
+            "type": "object",
+            "required": ["items"],
+            "description": format!("{} is a list of {}", rt.list_kind(), rt.kind),
+            "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{name}")}}},
+            "x-kubernetes-group-version-kind": [{"group": rt.group, "version": rt.version, "kind": rt.list_kind()}],
+        });
+        type_meta(&mut list);
+        list["properties"]["metadata"] = meta_ref("ListMeta", "Standard list metadata.");
+        defs.insert(format!("{name}List"), list);
+        defs.insert(name, s);
+    }
+    defs
 }
 
 /// The OpenAPI v2 (Swagger 2.0) document of everything served, as
 /// `GET /openapi/v2` answers it: what kubectl 1.27 and 1.28 validate with,
 /// and what kubectl falls back to for a kind no v3 document names.
-pub fn v2() -> Value {
+pub fn v2(kinds: &Registry) -> Value {
     let mut paths = Map::new();
     let mut definitions = Map::new();
-    for (name, mut schema) in all_schemas() {
+    let mut all = all_schemas();
+    for (g, vs) in kinds.groups() {
+        for v in vs.iter().filter(|v| !GROUPS.contains(&(g, **v))) {
+            all.extend(custom_schemas(kinds, g, v));
+        }
+    }
+    for (name, mut schema) in all {
         to_v2(&mut schema);
         if name == "io.k8s.apimachinery.pkg.api.resource.Quantity" {
             schema["type"] = json!("string");
         }
         definitions.insert(name, schema);
     }
-    for (group, version) in GROUPS {
-        for rt in resources::in_group(group, version) {
+    for (group, versions) in kinds.groups() {
+        for rt in versions.iter().flat_map(|v| kinds.in_group(group, v)) {
             let schema = match schema_name(rt) {
                 Some(n) => json!({"$ref": format!("#/definitions/{n}")}),
                 None => json!({"type": "object"}),
@@ -224,7 +307,7 @@ pub fn v2() -> Value {
                         BodyKind::Object => {
                             &["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]
                         }
-                        BodyKind::Patch => PATCH_TYPES,
+                        BodyKind::Patch => patch_types(rt),
                     };
                     if op.body != BodyKind::None {
                         let body_schema =
@@ -310,9 +393,16 @@ fn to_v2(schema: &mut Value) {
         m.insert("format".into(), json!("int-or-string"));
     }
     for (k, v) in m.iter_mut() {
-        // Extensions and defaults are data, not schemas.
-        if !k.starts_with("x-") && k != "default" && k != "enum" && k != "example" {
-            to_v2(v);
+        match k.as_str() {
+            // Named schemas: a property may be called `enum` or `default`.
+            "properties" | "definitions" | "patternProperties" => {
+                if let Value::Object(named) = v {
+                    named.values_mut().for_each(to_v2);
+                }
+            }
+            // Extensions and defaults are data, not schemas.
+            k if k.starts_with("x-") || k == "default" || k == "enum" || k == "example" => {}
+            _ => to_v2(v),
         }
     }
 }
@@ -356,11 +446,19 @@ macro_rules! for_each_kind {
         $m!("coordination.k8s.io", k8s_openapi::api::coordination::v1::Lease);
         $m!("policy", k8s_openapi::api::policy::v1::PodDisruptionBudget);
         $m!("storage.k8s.io", k8s_openapi::api::storage::v1::StorageClass);
+        $m!(
+            "apiextensions.k8s.io",
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition
+        );
     };
 }
 
-/// The component name of a kind's schema (`io.k8s.api.core.v1.Pod`).
+/// The component name of a kind's schema (`io.k8s.api.core.v1.Pod`,
+/// `com.example.v1.Widget`).
 pub(crate) fn schema_name(rt: &ResourceType) -> Option<String> {
+    if rt.custom.is_some() {
+        return Some(format!("{}.{}.{}", reversed(rt.group), rt.version, rt.kind));
+    }
     macro_rules! name {
         ($g:literal, $t:ty) => {
             if rt.group == $g && rt.kind == <$t as k8s_openapi::Resource>::KIND {
@@ -417,6 +515,8 @@ mod tests {
 
     #[test]
     fn documents_carry_kinds_schemas_and_patch_tags() {
+        let kinds = Registry::default();
+        let document = |gv| super::document(&kinds, gv);
         let core = document("api/v1").expect("core document");
         let patch = &core["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Pod");
@@ -443,7 +543,7 @@ mod tests {
             sc["paths"]["/apis/storage.k8s.io/v1/storageclasses"]["get"]["operationId"], "listStorageV1StorageClass",
             "Kubernetes' operation ids"
         );
-        let root = root();
+        let root = root(&kinds);
         assert!(
             root["paths"]["api/v1"]["serverRelativeURL"]
                 .as_str()
@@ -477,14 +577,15 @@ mod tests {
 
     #[test]
     fn the_v2_document_has_every_kind_and_resolves_every_reference() {
-        let doc = v2();
+        let kinds = Registry::default();
+        let doc = v2(&kinds);
         assert_eq!(doc["swagger"], "2.0");
         let defs = doc["definitions"].as_object().expect("definitions");
         for (name, s) in defs {
             check_v2(s, defs, name);
         }
         for (g, v) in GROUPS {
-            for rt in resources::in_group(g, v) {
+            for rt in kinds.in_group(g, v) {
                 let name = schema_name(rt).expect("every kind has a schema");
                 assert_eq!(
                     defs[&name]["x-kubernetes-group-version-kind"][0]["kind"], rt.kind,

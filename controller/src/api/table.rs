@@ -130,7 +130,9 @@ fn columns(kind: &str) -> Vec<Col> {
         ],
         "Lease" => vec![c("Name", "string", false), c("Holder", "string", false), c("Age", "string", false)],
         "ServiceAccount" => vec![c("Name", "string", false), c("Secrets", "string", false), c("Age", "string", false)],
-        "Role" | "ClusterRole" => vec![c("Name", "string", false), c("Created At", "date", false)],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![c("Name", "string", false), c("Created At", "date", false)]
+        }
         "RoleBinding" | "ClusterRoleBinding" => vec![
             c("Name", "string", false),
             c("Role", "string", false),
@@ -534,7 +536,9 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
         }
         "Lease" => vec![name, json!(s(o, "/spec/holderIdentity").unwrap_or_default()), age],
         "ServiceAccount" => vec![name, json!(arr(o, "/secrets").len()), age],
-        "Role" | "ClusterRole" => vec![name, json!(s(o, "/metadata/creationTimestamp").unwrap_or_default())],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![name, json!(s(o, "/metadata/creationTimestamp").unwrap_or_default())]
+        }
         "RoleBinding" | "ClusterRoleBinding" => {
             let of = |kind: &str| -> String {
                 let subjects = arr(o, "/subjects").iter().filter(|x| x["kind"] == kind);
@@ -638,8 +642,64 @@ fn cells(kind: &str, o: &Value) -> Vec<Value> {
     }
 }
 
+/// What Kubernetes describes the name column with.
+const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
+/// A custom resource's printer columns: its CRD's, or `Age` when it names
+/// none, as Kubernetes serves them.
+fn custom_columns(c: &crate::resources::Custom) -> Vec<Value> {
+    if c.columns.is_empty() {
+        return vec![json!({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
+            "description": "CreationTimestamp is a timestamp representing the server time when this object was created."})];
+    }
+    c.columns.clone()
+}
+
+/// A printer column's cell, as Kubernetes' table convertor makes it: the
+/// first match of its JSONPath, typed by the column (`date` as an age);
+/// nothing (`null`) when nothing matches or the type does not.
+fn custom_cell(col: &Value, o: &Value) -> Value {
+    let path = col["jsonPath"].as_str().unwrap_or_default();
+    let Ok(p) = serde_json_path::JsonPath::parse(&format!("${path}")) else { return Value::Null };
+    let Some(v) = p.query(o).all().first().copied() else { return Value::Null };
+    match col["type"].as_str().unwrap_or_default() {
+        "integer" => v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)).map_or(Value::Null, |i| json!(i)),
+        "number" => v.as_f64().map_or(Value::Null, |f| json!(f)),
+        "boolean" => v.as_bool().map_or(Value::Null, |b| json!(b)),
+        "date" => match v.as_str() {
+            Some(t) => json!(match t.parse::<jiff::Timestamp>() {
+                Ok(_) => age_of(Some(t)),
+                Err(_) => "<invalid>".to_owned(),
+            }),
+            None => Value::Null,
+        },
+        _ => match v {
+            Value::String(s) => json!(s),
+            Value::Object(_) | Value::Array(_) => json!(v.to_string()),
+            other => json!(other.to_string()),
+        },
+    }
+}
+
 /// The column definitions of `rt`'s table.
 pub fn column_definitions(rt: &ResourceType) -> Value {
+    if let Some(c) = &rt.custom {
+        let mut cols = vec![json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DESCRIPTION, "priority": 0})];
+        for col in custom_columns(c) {
+            let path = col["jsonPath"].as_str().unwrap_or_default();
+            let description = col["description"]
+                .as_str()
+                .map_or_else(|| format!("Custom resource definition column (in JSONPath format): {path}"), str::to_owned);
+            cols.push(json!({
+                "name": col["name"],
+                "type": col["type"],
+                "format": col["format"].as_str().unwrap_or_default(),
+                "description": description,
+                "priority": col["priority"].as_i64().unwrap_or(0),
+            }));
+        }
+        return Value::Array(cols);
+    }
     Value::Array(
         columns(rt.kind)
             .iter()
@@ -668,7 +728,14 @@ pub fn row(rt: &ResourceType, o: &Value, include: Option<&str>) -> Value {
             "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
         }),
     };
-    json!({"cells": cells(rt.kind, o), "object": object})
+    let cells = match &rt.custom {
+        Some(c) => {
+            let name = json!(s(o, "/metadata/name").unwrap_or_default());
+            std::iter::once(name).chain(custom_columns(c).iter().map(|col| custom_cell(col, o))).collect()
+        }
+        None => cells(rt.kind, o),
+    };
+    json!({"cells": cells, "object": object})
 }
 
 pub fn table(rt: &ResourceType, items: &[Value], rv: &str, include: Option<&str>) -> Value {

@@ -70,7 +70,11 @@ impl Encoder {
         } else if self.format == Format::Partial && ty != "ERROR" {
             super::partial(object.clone())
         } else {
-            object.clone()
+            let mut o = object.clone();
+            if ty != "ERROR" && ty != "BOOKMARK" {
+                crate::crd::present(self.rt, &mut o);
+            }
+            o
         };
         let mut v = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
         v.push(b'\n');

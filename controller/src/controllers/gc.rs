@@ -43,8 +43,8 @@ fn has_finalizer(obj: &Value, f: &str) -> bool {
     meta::get(obj, "finalizers").and_then(Value::as_array).is_some_and(|l| l.iter().any(|x| x == f))
 }
 
-fn rt_of(key: &Key) -> Option<&'static ResourceType> {
-    resources::RESOURCES.iter().find(|r| r.id == key.resource)
+fn rt_of(kinds: &resources::Registry, key: &Key) -> Option<&'static ResourceType> {
+    kinds.stored().into_iter().find(|r| r.id == key.resource)
 }
 
 impl GarbageCollector {
@@ -86,7 +86,8 @@ impl GarbageCollector {
     fn owner_exists(&self, r: &Value, ns: &str) -> Result<bool, ControllerError> {
         let api_version = r["apiVersion"].as_str().unwrap_or_default();
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
-        let Some(rt) = resources::by_kind(group, r["kind"].as_str().unwrap_or_default()) else { return Ok(true) };
+        let kind = r["kind"].as_str().unwrap_or_default();
+        let Some(rt) = self.client.store().kinds().by_kind(group, kind) else { return Ok(true) };
         // A cluster-scoped object cannot be owned by a namespaced one; such a
         // reference cannot be resolved, and is not a reason to collect it.
         if rt.namespaced && ns.is_empty() {
@@ -134,7 +135,7 @@ impl Reconcile for GarbageCollector {
         self.nodes.clear();
         self.by_uid.clear();
         let mut keys = Vec::new();
-        for rt in resources::RESOURCES {
+        for rt in self.client.store().kinds().stored() {
             let (items, _) = self.client.store().list(rt.id, None, None)?;
             for obj in items {
                 let key = Key::new(
@@ -153,14 +154,14 @@ impl Reconcile for GarbageCollector {
     }
 
     fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError> {
-        let Some(rt) = rt_of(key) else { return Ok(Action::Done) };
+        let Some(rt) = rt_of(self.client.store().kinds(), key) else { return Ok(Action::Done) };
         let Some(obj) = self.client.get_raw(rt, &key.namespace, &key.name)? else { return Ok(Action::Done) };
         let uid = meta::get_str(&obj, "uid").unwrap_or_default().to_owned();
         let deleting = meta::get(&obj, "deletionTimestamp").is_some();
 
         if deleting && has_finalizer(&obj, ORPHAN_FINALIZER) {
             for d in self.dependents_of(&uid) {
-                let Some(drt) = rt_of(&d) else { continue };
+                let Some(drt) = rt_of(self.client.store().kinds(), &d) else { continue };
                 let strip = |v: &mut Value| {
                     if let Some(refs) = v.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
                         refs.retain(|r| r["uid"].as_str() != Some(uid.as_str()));
@@ -193,7 +194,7 @@ impl Reconcile for GarbageCollector {
                 return Ok(Action::Done);
             }
             for d in &deps {
-                let Some(drt) = rt_of(d) else { continue };
+                let Some(drt) = rt_of(self.client.store().kinds(), d) else { continue };
                 // A namespaced owner only owns objects in its own namespace.
                 if !key.namespace.is_empty() && d.namespace != key.namespace {
                     continue;

@@ -1,6 +1,7 @@
 //! Control loops that run inside the controller process. Each reacts to
 //! watched state and re-checks the store; none is told what to do directly.
 
+pub mod crd;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

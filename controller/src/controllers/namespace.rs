@@ -68,14 +68,15 @@ impl Reconcile for NamespaceController {
             return Ok(Action::RequeueAfter(PURGE_DELAY - waited));
         }
         let mut keys = Vec::new();
-        for rt in resources::RESOURCES.iter().filter(|r| r.namespaced) {
+        let kinds = self.client.store().kinds().stored();
+        for rt in kinds.iter().filter(|r| r.namespaced) {
             keys.extend(self.client.keys_raw(rt, Some(ns))?);
         }
         if !keys.is_empty() {
             let n = self.client.delete_many(&keys)?;
             tracing::info!(objects = n, "deleted namespace contents");
             // Objects held by finalizers of their own stay until released.
-            let left: usize = resources::RESOURCES
+            let left: usize = kinds
                 .iter()
                 .filter(|r| r.namespaced)
                 .map(|rt| self.client.store().list(rt.id, Some(ns), None).map(|(v, _)| v.len()))

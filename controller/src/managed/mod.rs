@@ -163,7 +163,7 @@ pub fn field_set(t: &Table, ty: &Ty, v: &Value) -> Set {
 
 fn walk(t: &Table, ty: &Ty, v: &Value, at: &mut Path, out: &mut Set) {
     match (ty, v) {
-        (Ty::Struct(_) | Ty::Map(_) | Ty::Any, Value::Object(o)) => {
+        (Ty::Struct(_) | Ty::Schema(_) | Ty::Map(_) | Ty::Any, Value::Object(o)) => {
             if o.is_empty() {
                 out.insert(at);
             }
@@ -263,7 +263,7 @@ fn remove_at(t: &Table, ty: &Ty, v: &mut Value, path: &[String]) {
 /// set items added, anything else replaced; a null removes.
 fn merge(t: &Table, ty: &Ty, live: &mut Value, applied: &Value) {
     match (ty, &mut *live, applied) {
-        (Ty::Struct(_) | Ty::Map(_) | Ty::Any, Value::Object(l), Value::Object(a)) => {
+        (Ty::Struct(_) | Ty::Schema(_) | Ty::Map(_) | Ty::Any, Value::Object(l), Value::Object(a)) => {
             for (k, av) in a {
                 if av.is_null() {
                     l.remove(k);
@@ -336,9 +336,9 @@ fn now() -> String {
 }
 
 /// Gives `manager` its part of a create.
-pub fn on_create(rt: &ResourceType, obj: &mut Value, manager: &str) {
+pub fn on_create(rt: &'static ResourceType, obj: &mut Value, manager: &str) {
     let t = Table::get();
-    let ty = t.root(rt.group, rt.kind);
+    let ty = t.root(rt);
     let fields = field_set(t, &ty, &tracked(rt, false, obj));
     let e = Entry {
         manager: manager.to_owned(),
@@ -354,7 +354,7 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, manager: &str) {
 /// Tracks an update by `manager` from `old` to `new` (of the status when
 /// `status`). A request that sets `managedFields` itself (other than
 /// leaving them as they are) has them taken as the start; `[{}]` clears.
-pub fn on_update(rt: &ResourceType, status: bool, old: &Value, new: &mut Value, manager: Option<&str>) {
+pub fn on_update(rt: &'static ResourceType, status: bool, old: &Value, new: &mut Value, manager: Option<&str>) {
     let kept = old.pointer("/metadata/managedFields").cloned();
     let Some(manager) = manager else {
         // The control loops: ownership as it was, as it was written.
@@ -373,7 +373,7 @@ pub fn on_update(rt: &ResourceType, status: bool, old: &Value, new: &mut Value, 
         _ => entries(old),
     };
     let t = Table::get();
-    let ty = t.root(rt.group, rt.kind);
+    let ty = t.root(rt);
     let (o, n) = (tracked(rt, status, old), tracked(rt, status, new));
     let (old_set, new_set) = (field_set(t, &ty, &o), field_set(t, &ty, &n));
     let mut changed = Set::default();
@@ -408,7 +408,7 @@ pub fn on_update(rt: &ResourceType, status: bool, old: &Value, new: &mut Value, 
 /// Server-side apply of `applied` by `manager` onto `live` (none: the
 /// object is made): the object to store, or the conflicts that refuse it.
 pub fn apply(
-    rt: &ResourceType,
+    rt: &'static ResourceType,
     status: bool,
     live: &Value,
     applied: &Value,
@@ -416,7 +416,7 @@ pub fn apply(
     force: bool,
 ) -> Result<Value, Vec<Conflict>> {
     let t = Table::get();
-    let ty = t.root(rt.group, rt.kind);
+    let ty = t.root(rt);
     let sub = if status { "status" } else { "" };
     let applied_part = tracked(rt, status, applied);
     let applied_set = field_set(t, &ty, &applied_part);
@@ -507,14 +507,14 @@ pub fn apply(
 }
 
 /// The fields client-side apply last applied to `live`.
-fn last_applied_set(rt: &ResourceType, live: &Value) -> Set {
+fn last_applied_set(rt: &'static ResourceType, live: &Value) -> Set {
     let Some(text) = live.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).and_then(Value::as_str)
     else {
         return Set::default();
     };
     let Ok(v) = serde_json::from_str::<Value>(text) else { return Set::default() };
     let t = Table::get();
-    field_set(t, &t.root(rt.group, rt.kind), &tracked(rt, false, &v))
+    field_set(t, &t.root(rt), &tracked(rt, false, &v))
 }
 
 #[cfg(test)]

@@ -31,6 +31,38 @@ pub enum Ty {
     Leaf,
     /// Not known: objects field by field, lists whole.
     Any,
+    /// An object of a custom resource's schema, by its schema (lists of
+    /// it follow `x-kubernetes-list-type`, atomic when not given).
+    Schema(&'static Value),
+}
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// The type a custom resource's schema node stands for.
+fn from_schema(s: &'static Value) -> Ty {
+    match s.get("type").and_then(Value::as_str) {
+        Some("array") => {
+            let kind = match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                Some("map") => ListKind::Map(
+                    s.get("x-kubernetes-list-map-keys")
+                        .and_then(Value::as_array)
+                        .map(|k| k.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                        .unwrap_or_default(),
+                ),
+                Some("set") => ListKind::Set,
+                _ => ListKind::Atomic,
+            };
+            Ty::List(kind, Box::new(s.get("items").map_or(Ty::Any, from_schema)))
+        }
+        _ if s.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic") => Ty::Leaf,
+        Some("object") | None if s.get("properties").is_some() => Ty::Schema(s),
+        Some("object") => match s.get("additionalProperties") {
+            Some(ap) if ap.is_object() => Ty::Map(Box::new(from_schema(ap))),
+            _ => Ty::Any,
+        },
+        None if s.get("x-kubernetes-preserve-unknown-fields").is_some() => Ty::Any,
+        _ => Ty::Leaf,
+    }
 }
 
 /// Structs Kubernetes marks `+structType=atomic`.
@@ -136,8 +168,11 @@ impl Table {
     }
 
     /// The root type of a kind (`Any` for one not known).
-    pub fn root(&self, group: &str, kind: &str) -> Ty {
-        self.roots.get(&(group.to_owned(), kind.to_owned())).map_or(Ty::Any, |n| Ty::Struct(n.clone()))
+    pub fn root(&self, rt: &'static crate::resources::ResourceType) -> Ty {
+        if let Some(c) = &rt.custom {
+            return c.schema.as_ref().map_or(Ty::Any, from_schema);
+        }
+        self.roots.get(&(rt.group.to_owned(), rt.kind.to_owned())).map_or(Ty::Any, |n| Ty::Struct(n.clone()))
     }
 
     /// Whether `ty` may have a field `name` (a known struct only its own;
@@ -145,6 +180,11 @@ impl Table {
     pub fn has_field(&self, ty: &Ty, name: &str) -> bool {
         match ty {
             Ty::Struct(s) => self.structs.get(s).is_none_or(|f| f.contains_key(name)),
+            Ty::Schema(s) => {
+                s.pointer(&format!("/properties/{}", name.replace('~', "~0").replace('/', "~1"))).is_some()
+                    || s.get("x-kubernetes-preserve-unknown-fields").is_some_and(|p| p == true)
+                    || matches!(name, "apiVersion" | "kind" | "metadata")
+            }
             _ => true,
         }
     }
@@ -153,6 +193,12 @@ impl Table {
     pub fn field(&self, ty: &Ty, name: &str) -> Ty {
         match ty {
             Ty::Struct(s) => self.structs.get(s).and_then(|f| f.get(name)).cloned().unwrap_or(Ty::Any),
+            Ty::Schema(s) => match s.get("properties").and_then(|p| p.get(name)) {
+                Some(sub) => from_schema(sub),
+                // (A custom resource's metadata is any object's.)
+                None if name == "metadata" => Ty::Struct(OBJECT_META.to_owned()),
+                None => Ty::Any,
+            },
             Ty::Map(elem) => (**elem).clone(),
             _ => Ty::Any,
         }
@@ -166,7 +212,8 @@ mod tests {
     #[test]
     fn kinds_have_kubernetes_list_types() {
         let t = Table::get();
-        let pod = t.root("", "Pod");
+        let rt = |g, k| crate::resources::by_kind(g, k).expect("served");
+        let pod = t.root(rt("", "Pod"));
         let spec = t.field(&pod, "spec");
         let containers = t.field(&spec, "containers");
         assert!(matches!(&containers, Ty::List(ListKind::Map(k), _) if k == &["name"]), "{containers:?}");
@@ -178,8 +225,8 @@ mod tests {
         let meta = t.field(&pod, "metadata");
         assert_eq!(t.field(&meta, "labels"), Ty::Map(Box::new(Ty::Leaf)));
         assert!(matches!(t.field(&meta, "finalizers"), Ty::List(ListKind::Set, _)));
-        let deploy = t.root("apps", "Deployment");
+        let deploy = t.root(rt("apps", "Deployment"));
         assert_eq!(t.field(&t.field(&deploy, "spec"), "selector"), Ty::Leaf, "selectors are atomic");
-        assert_eq!(t.root("example.com", "Widget"), Ty::Any);
+
     }
 }

@@ -97,6 +97,9 @@ pub struct Store {
     hub: WatchHub,
     /// Each write transaction's commit, in seconds (`/metrics`).
     commits: prometheus_client::metrics::histogram::Histogram,
+    /// The kinds this store holds: the built-in ones and its CRDs' (kept
+    /// here because everything that reads or writes objects has the store).
+    kinds: crate::resources::Registry,
 }
 
 impl Store {
@@ -118,6 +121,7 @@ impl Store {
             revision: AtomicU64::new(revision),
             hub: WatchHub::new(history, revision),
             commits: crate::telemetry::latency_histogram(),
+            kinds: crate::resources::Registry::default(),
         })
     }
 
@@ -142,6 +146,11 @@ impl Store {
     /// The revision of the last committed write.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::SeqCst)
+    }
+
+    /// The kinds served, custom ones included.
+    pub fn kinds(&self) -> &crate::resources::Registry {
+        &self.kinds
     }
 
     pub fn hub(&self) -> &WatchHub {

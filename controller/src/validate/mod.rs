@@ -3,9 +3,11 @@
 //! validation with Kubernetes' own messages. A rejected object is never
 //! stored: callers run this inside the store transaction before writing.
 
+mod crd;
 mod field;
 mod kinds;
 pub mod names;
+pub mod schema;
 pub mod strict;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
@@ -84,6 +86,9 @@ pub fn admit(
     old: Option<&Value>,
 ) -> Result<Admitted, AdmissionError> {
     let input = Input { rt, body, duplicates, mode, old };
+    if let Some(c) = &rt.custom {
+        return custom(input, c.schema.as_ref());
+    }
     match (rt.group, rt.kind) {
         ("", "Pod") => run::<Pod>(input, kinds::pod),
         ("", "Service") => run::<Service>(input, kinds::service),
@@ -126,8 +131,49 @@ pub fn admit(
         ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
             run::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(input, kinds::cluster_role_binding)
         }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+            run::<CustomResourceDefinition>(input, crd::custom_resource_definition)
+        }
         _ => Err(AdmissionError::NoAdmission { kind: rt.kind }),
     }
+}
+
+/// A custom resource: its metadata as any object's, the rest pruned,
+/// defaulted and checked against its CRD's schema.
+fn custom(input: Input<'_>, schema: Option<&Value>) -> Result<Admitted, AdmissionError> {
+    let Input { rt, mut body, duplicates, mode, old: _ } = input;
+    let name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let raw_meta = body.get("metadata").cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    let decode_err = |path: String, source| AdmissionError::Decode { kind: rt.kind, version: rt.version, path, source };
+    let meta: ObjectMeta = serde_path_to_error::deserialize(raw_meta.clone()).map_err(|e| {
+        let path = format!("metadata.{}", e.path());
+        decode_err(path, e.into_inner())
+    })?;
+    let encoded = serde_json::to_value(&meta).map_err(|source| AdmissionError::Encode { kind: rt.kind, source })?;
+    let mut problems: Vec<String> = strict::unknown_fields(&raw_meta, &encoded)
+        .into_iter()
+        .map(|f| format!("unknown field \"metadata.{f}\""))
+        .collect();
+    body["metadata"] = encoded;
+    if let Some(schema) = schema {
+        problems.extend(schema::normalize(schema, &mut body).into_iter().map(|f| format!("unknown field \"{f}\"")));
+    }
+    problems.extend(duplicates.iter().map(|f| format!("duplicate field \"{f}\"")));
+    let warnings = match mode {
+        FieldValidation::Strict if !problems.is_empty() => return Err(AdmissionError::Strict { problems }),
+        FieldValidation::Ignore => Vec::new(),
+        _ => problems,
+    };
+    let mut errs = Vec::new();
+    kinds::metadata(rt, &meta, &mut errs);
+    if let Some(schema) = schema {
+        errs.extend(schema::validate(schema, &body));
+    }
+    if !errs.is_empty() {
+        return Err(AdmissionError::Invalid { kind: rt.kind, group: rt.group, name, causes: errs });
+    }
+    Ok(Admitted { object: body, warnings })
 }
 
 struct Input<'a> {

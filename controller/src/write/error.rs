@@ -44,6 +44,9 @@ pub enum WriteError {
     NoClusterIp,
     #[error("no free node port")]
     NoNodePort,
+    /// A custom resource's CRD is being deleted.
+    #[error("create not allowed while custom resource definition is terminating")]
+    CrdTerminating,
     #[error("{plural} are not served")]
     NotServed { plural: &'static str },
     /// A pod names a ServiceAccount its namespace does not have.

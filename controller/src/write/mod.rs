@@ -84,6 +84,10 @@ pub struct At<'a> {
     pub name: &'a str,
 }
 
+fn is_crd(rt: &ResourceType) -> bool {
+    rt.group == crate::crd::GROUP && rt.kind == "CustomResourceDefinition"
+}
+
 /// Checks (and fills) `apiVersion`/`kind` of a body against the URL's type.
 fn check_type(rt: &ResourceType, body: &mut Value) -> Result<(), WriteError> {
     let want_av = rt.api_version();
@@ -172,8 +176,15 @@ impl Writer {
         self.ensure_namespace(rt, ns)?;
         // The uid first: admission may use it (a Job's generated selector).
         meta::set(&mut body, "uid", json!(meta::new_uid()));
+        if rt.custom.is_some() {
+            self.custom_creatable(rt)?;
+        }
         let admitted = validate::admit(rt, body, dups, w.mode, None)?;
         let mut obj = admitted.object;
+        crate::crd::to_storage(rt, &mut obj);
+        if is_crd(rt) {
+            crate::crd::initial_status(&mut obj);
+        }
         meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
         if rt.generation {
             meta::set(&mut obj, "generation", json!(1));
@@ -205,6 +216,15 @@ impl Writer {
         Ok((out.object.unwrap_or(Value::Null), admitted.warnings))
     }
 
+    /// Custom resources are not created while their CRD is being deleted.
+    fn custom_creatable(&self, rt: &ResourceType) -> Result<(), WriteError> {
+        let crd_name = rt.custom.as_ref().map(|c| c.crd.as_str()).unwrap_or_default();
+        match self.store.get(&Key::new(crate::crd::ID, "", crd_name))? {
+            Some(crd) if meta::get(&crd, "deletionTimestamp").is_none() => Ok(()),
+            _ => Err(WriteError::CrdTerminating),
+        }
+    }
+
     /// The update path of PUT, PATCH and the subresources: `make` turns the
     /// stored object into the candidate, which is then checked (name,
     /// namespace, `resourceVersion` precondition, immutable metadata,
@@ -227,7 +247,14 @@ impl Writer {
         let mut preview = None;
         let out = self.store.mutate::<E, _>(&Key::new(rt.id, ns, name), |cur| {
             let old = cur.ok_or_else(|| WriteError::NotFound { resource: rt.qualified(), name: name.to_owned() })?;
-            let cand = make(&old)?;
+            let cand = if rt.custom.is_some() {
+                // (In the version the request names.)
+                let mut shown = old.clone();
+                crate::crd::present(rt, &mut shown);
+                make(&shown)?
+            } else {
+                make(&old)?
+            };
             let (obj, w2) = self.updated(at, part, w, dups, &old, cand)?;
             warnings = w2;
             if meta::without_rv(&obj) == meta::without_rv(&old) {
@@ -317,10 +344,27 @@ impl Writer {
         }
         let admitted = validate::admit(rt, cand, dups, w.mode, Some(old))?;
         let mut obj = admitted.object;
+        crate::crd::to_storage(rt, &mut obj);
         if rt.kind == "Service" {
             service::allocate(&self.store, self.service_cidr, &mut obj)?;
         }
-        if rt.generation && obj.get("spec") != old.get("spec") {
+        if is_crd(rt) {
+            crate::crd::record_storage_version(&mut obj);
+        }
+        // A custom resource's generation counts every change but to its
+        // metadata (and to its status, which has its own endpoint).
+        let changed = if rt.custom.is_some() {
+            let rest = |o: &'_ Value| -> Vec<(String, Value)> {
+                let own = |k: &str| k == "metadata" || (rt.status && k == "status");
+                o.as_object()
+                    .map(|m| m.iter().filter(|(k, _)| !own(k)).map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default()
+            };
+            rest(&obj) != rest(old)
+        } else {
+            obj.get("spec") != old.get("spec")
+        };
+        if rt.generation && changed {
             let g = meta::get(old, "generation").and_then(Value::as_i64).unwrap_or(0);
             meta::set(&mut obj, "generation", json!(g + 1));
         }

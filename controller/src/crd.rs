@@ -81,6 +81,36 @@ pub fn types(kinds: &Registry, crd: &Value) -> Vec<ResourceType> {
         .collect()
 }
 
+/// A CRD as admitted, tidied: the typed schema holds bounds as floats,
+/// which Kubernetes writes as the integers they were (`maximum: 10`).
+pub fn tidy(crd: &mut Value) {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    match k.as_str() {
+                        "minimum" | "maximum" | "multipleOf" if x.is_number() => {
+                            if let Some(f) = x.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
+                                *x = json!(f as i64);
+                            }
+                        }
+                        // (Data, unless a property has that name.)
+                        "default" | "enum" | "example" if !x.is_object() => {}
+                        _ => walk(x),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    for v in crd.pointer_mut("/spec/versions").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(s) = v.pointer_mut("/schema/openAPIV3Schema") {
+            walk(s);
+        }
+    }
+}
+
 /// The status a new CRD starts with, as Kubernetes writes it: no names
 /// accepted yet, the storage version recorded.
 pub fn initial_status(crd: &mut Value) {

@@ -571,3 +571,178 @@ fn server_side_apply_with_kubectl_and_the_python_client() -> Result<()> {
     }
     Ok(())
 }
+
+/// A custom resource of the widgets CRD, as YAML.
+fn widget(name: &str, spec: &str) -> String {
+    format!("apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: {name}}}\nspec: {spec}\n")
+}
+
+/// CustomResourceDefinitions as operators use them, with kubectl: the
+/// definition is established and its kind served (discovery, OpenAPI for
+/// `kubectl explain` and the old kubectl's validation); valid objects are
+/// defaulted, invalid ones refused with the schema's reasons, unknown
+/// fields refused under kubectl's strict validation; `get` prints the
+/// printer columns and `get -w` streams changes; status and scale
+/// subresources; two served versions; RBAC on the new group, forged
+/// tokens refused; the kinds are served again after a restart; deleting
+/// the definition deletes its objects.
+#[test]
+fn custom_resources_with_kubectl() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((mut ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    let write = |name: &str, text: &str| -> Result<String> {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text)?;
+        Ok(f.to_string_lossy().into_owned())
+    };
+    k.ok(&["apply", "-f", &fixture("widgets-crd.yaml")])?;
+    k.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"])?;
+    let crds = k.ok(&["get", "crd"])?;
+    ensure!(crds.lines().nth(1).is_some_and(|l| l.starts_with("widgets.example.com")), "{crds}");
+    let crd = k.json(&["get", "crd", "widgets.example.com"])?;
+    ensure!(crd["status"]["acceptedNames"]["listKind"] == "WidgetList", "{}", crd["status"]);
+    ensure!(crd["status"]["storedVersions"] == serde_json::json!(["v1"]), "{}", crd["status"]);
+    ensure!(crd["metadata"]["finalizers"][0] == "customresourcecleanup.apiextensions.k8s.io", "{}", crd["metadata"]);
+    let resources = k.ok(&["api-resources", "--api-group=example.com"])?;
+    ensure!(resources.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["widgets", "wd", "example.com/v1", "true", "Widget"]), "{resources}");
+
+    // Valid: defaulted; invalid: the schema's reasons; unknown fields refused.
+    k.ok(&["apply", "-f", &write("w1.yaml", &widget("w1", "{color: red, ports: [{name: http, port: 80}]}"))?])?;
+    ensure!(k.ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}"])? == "3", "defaulted size");
+    let err = k.fails(&["apply", "-f", &write("bad.yaml", &widget("bad", "{color: green, size: \"big\", replicas: -1}"))?])?;
+    for want in [
+        "The Widget \"bad\" is invalid",
+        "spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\"",
+        "spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\"",
+        "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0",
+    ] {
+        ensure!(err.contains(want), "{want:?} not in: {err}");
+    }
+    let err = k.fails(&["apply", "-f", &write("missing.yaml", &widget("missing", "{size: 2}"))?])?;
+    ensure!(err.contains("spec.color: Required value"), "{err}");
+    let err = k.fails(&["apply", "-f", &write("typo.yaml", &widget("typo", "{color: red, colour: red}"))?])?;
+    ensure!(err.contains("unknown field \"spec.colour\""), "{err}");
+    let err = k.fails(&["apply", "-f", &write("dup.yaml", &widget("dup", "{color: red, ports: [{name: a}, {name: a}]}"))?])?;
+    ensure!(err.contains("spec.ports[1]: Duplicate value"), "{err}");
+    ensure!(k.run(&["get", "wd", "bad"])?.status.code() == Some(1), "nothing invalid was stored");
+    // kubectl 1.27 validates with OpenAPI v2, where the kind is described.
+    if let Some(old) = kubectl(&k, "1.27") {
+        old.ok(&["apply", "-f", &write("w2.yaml", &widget("w2", "{color: blue, size: 5}"))?])?;
+        let err = old.fails(&["apply", "-f", &write("bad2.yaml", &widget("bad2", "{color: red, size: 0}"))?])?;
+        ensure!(err.contains("spec.size in body should be greater than or equal to 1"), "{err}");
+    }
+    let explain = k.ok(&["explain", "widget.spec.color"])?;
+    ensure!(explain.contains("The widget's color.") && explain.contains("ENUM:") && explain.contains("blue"), "{explain}");
+
+    // The printer columns, the wide one with -o wide, and `kubectl get all`.
+    k.ok(&["patch", "widget", "w1", "--subresource=status", "--type=merge", "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],"replicas":1}}"#])?;
+    let table = k.ok(&["get", "widgets"])?;
+    let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    ensure!(rows[0] == ["NAME", "COLOR", "SIZE", "READY", "AGE"], "{table}");
+    ensure!(rows.iter().any(|r| r[..4] == ["w1", "red", "3", "True"]), "{table}");
+    let wide = k.ok(&["get", "widget", "w1", "-o", "wide"])?;
+    ensure!(wide.lines().next().is_some_and(|h| h.contains("PORTS")) && wide.contains("http"), "{wide}");
+    ensure!(k.ok(&["get", "all"])?.contains("widget.example.com/w1"), "the all category");
+
+    // The status subresource owns the status; spec changes bump the generation.
+    let before = k.json(&["get", "widget", "w1"])?;
+    k.ok(&["patch", "widget", "w1", "--type=merge", "-p", r#"{"status":{"replicas":9}}"#])?;
+    let after = k.json(&["get", "widget", "w1"])?;
+    ensure!(after["status"]["replicas"] == 1, "the main resource ignores status: {}", after["status"]);
+    ensure!(after["metadata"]["generation"] == before["metadata"]["generation"], "status is not the spec");
+    // Scale, and a watch that sees it.
+    let watch = k
+        .command(&["get", "widgets", "-w", "--output-watch-events", "--request-timeout=10s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    k.ok(&["scale", "widget", "w1", "--replicas=4"])?;
+    k.ok(&["patch", "widget", "w1", "--type=merge", "-p", r#"{"spec":{"size":6}}"#])?;
+    let err = k.fails(&["patch", "widget", "w1", "--type=strategic", "-p", r#"{"spec":{"size":7}}"#])?;
+    ensure!(err.contains("application/strategic-merge-patch+json"), "custom resources take no strategic merge patch: {err}");
+    let w = k.json(&["get", "widget", "w1"])?;
+    ensure!(w["spec"]["replicas"] == 4 && w["spec"]["size"] == 6, "{}", w["spec"]);
+    ensure!(w["metadata"]["generation"].as_i64() > before["metadata"]["generation"].as_i64(), "{}", w["metadata"]);
+    let out = watch.wait_with_output()?;
+    let streamed = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        streamed.lines().any(|l| l.starts_with("MODIFIED") && l.split_whitespace().nth(3) == Some("6")),
+        "kubectl get -w streamed: {streamed}"
+    );
+
+    // Two served versions, one stored: an object is shown in the version asked.
+    k.ok(&["apply", "-f", &write("beta.yaml", &widget("beta", "{color: blue}").replace("example.com/v1", "example.com/v1beta1"))?])?;
+    ensure!(k.ok(&["get", "widgets.v1.example.com", "beta", "-o", "jsonpath={.apiVersion}"])? == "example.com/v1");
+    ensure!(k.ok(&["get", "widgets.v1beta1.example.com", "beta", "-o", "jsonpath={.apiVersion}"])? == "example.com/v1beta1");
+
+    // RBAC covers the new group; a forged token gets nothing.
+    k.ok(&["create", "serviceaccount", "robot"])?;
+    let token = k.ok(&["create", "token", "robot"])?.trim().to_owned();
+    let err = k.fails(&["--token", &token, "get", "widgets"])?;
+    ensure!(err.contains("widgets.example.com is forbidden"), "{err}");
+    k.ok(&["create", "role", "widget-reader", "--verb=get,list", "--resource=widgets.example.com"])?;
+    k.ok(&["create", "rolebinding", "robot-reads", "--role=widget-reader", "--serviceaccount=default:robot"])?;
+    ensure!(k.ok(&["--token", &token, "get", "widgets", "-o", "name"])?.contains("widget.example.com/w1"));
+    let err = k.fails(&["--token", &token, "delete", "widget", "w1"])?;
+    ensure!(err.contains("forbidden"), "{err}");
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let err = k.fails(&["--token", &forged, "get", "widgets"])?;
+    ensure!(err.contains("Unauthorized") || err.contains("provide credentials"), "a forged token: {err}");
+
+    // Served again after a restart, before anything else happens.
+    ctl.terminate()?;
+    let ctl = kedge_tests::Controller::start_on(&dir.path().join("data"), &ctl.addr)?;
+    ensure!(k.ok(&["get", "widget", "w1", "-o", "jsonpath={.spec.size}"])? == "6", "after a restart");
+
+    // Deleting the definition deletes its objects; a new one starts empty.
+    k.ok(&["delete", "crd", "widgets.example.com", "--timeout=30s"])?;
+    let (code, _) = ctl.api()?.request("GET", "/apis/example.com/v1/widgets", "application/json", "")?;
+    ensure!(code == 404, "the kind is no longer served: {code}");
+    k.ok(&["apply", "-f", &fixture("widgets-crd.yaml")])?;
+    k.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=20s"])?;
+    let left = k.ok(&["get", "widgets", "-A", "-o", "name"])?;
+    ensure!(left.trim().is_empty(), "the old objects went with their definition: {left}");
+
+    // A definition Kubernetes would refuse is refused, saying why.
+    let bad = "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: gizmos.example.com}\n\
+               spec:\n  group: example.com\n  scope: Namespaced\n  names: {plural: gadgets, kind: Gadget}\n  versions:\n  \
+               - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, properties: {spec: {properties: {n: {type: string, pattern: \"(\"}}}}}}}\n";
+    let err = k.fails(&["apply", "-f", &write("badcrd.yaml", bad)?])?;
+    for want in [
+        "metadata.name: Invalid value: \"gizmos.example.com\": must be spec.names.plural+\".\"+spec.group",
+        "openAPIV3Schema.properties[spec].type: Required value",
+        "pattern: Invalid value: \"(\": must be a valid regular expression",
+    ] {
+        ensure!(err.contains(want), "{want:?} not in: {err}");
+    }
+    Ok(())
+}
+
+/// The official Python client's typed apiextensions API and its custom
+/// objects API against a CRD: established, valid and invalid objects,
+/// patches of the object and its status, a watch, and deletion.
+#[test]
+fn custom_resources_with_the_python_client() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some((_ctl, k)) = controller_and_kubectl(dir.path(), &[])? else {
+        return Ok(());
+    };
+    let Some(out) = python(&k.kubeconfig, &["crd", &fixture("widgets-crd.yaml")])? else { return Ok(()) };
+    let got: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    ensure!(got["conditions"]["Established"] == "True" && got["accepted"] == "Widget", "{got}");
+    ensure!(got["invalid"]["status"] == 422, "{got}");
+    ensure!(
+        got["invalid"]["message"]
+            == "Widget.example.com \"py2\" is invalid: spec.size: Invalid value: 99: spec.size in body should be less than or equal to 10",
+        "{got}"
+    );
+    ensure!(got["events"] == serde_json::json!([["MODIFIED", 7, null], ["MODIFIED", 7, 2]]), "{got}");
+    ensure!(got["listed"] == serde_json::json!({"py1": 7}), "{got}");
+    ensure!(got["after_delete"] == 404, "{got}");
+    Ok(())
+}

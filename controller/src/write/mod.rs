@@ -183,6 +183,7 @@ impl Writer {
         let mut obj = admitted.object;
         crate::crd::to_storage(rt, &mut obj);
         if is_crd(rt) {
+            crate::crd::tidy(&mut obj);
             crate::crd::initial_status(&mut obj);
         }
         meta::set(&mut obj, "creationTimestamp", json!(meta::now()));
@@ -349,6 +350,7 @@ impl Writer {
             service::allocate(&self.store, self.service_cidr, &mut obj)?;
         }
         if is_crd(rt) {
+            crate::crd::tidy(&mut obj);
             crate::crd::record_storage_version(&mut obj);
         }
         // A custom resource's generation counts every change but to its

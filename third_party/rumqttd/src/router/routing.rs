@@ -1100,6 +1100,15 @@ impl Router {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
+        // The will stored under this client id is the live connection's
+        // while one is up: a connection that took the client id over
+        // before the old link's end reached the router. Firing it would
+        // announce a connected client gone.
+        if self.connection_map.contains_key(&client_id) {
+            info!(client_id, "a connection of this client id is up: its will is not fired");
+            return;
+        }
+
         let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
             return;
         };

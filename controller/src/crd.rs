@@ -196,3 +196,78 @@ pub fn set_path(obj: &mut Value, path: &str, v: Value) {
         cur = &mut cur[*p];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crd(schema_note: &str) -> Value {
+        json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"], "categories": ["all"]},
+                "versions": [
+                    {"name": "v1beta1", "served": true, "storage": false,
+                     "schema": {"openAPIV3Schema": {"type": "object", "description": schema_note}}},
+                    {"name": "v1", "served": true, "storage": true,
+                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}},
+                     "schema": {"openAPIV3Schema": {"type": "object", "description": schema_note}}},
+                    {"name": "v0", "served": false, "storage": false},
+                ],
+            },
+        })
+    }
+
+    #[test]
+    fn a_crd_serves_its_versions_once_per_change() {
+        let kinds = Registry::default();
+        kinds.set("widgets.example.com", types(&kinds, &crd("a")));
+        let v1 = kinds.find("example.com", "v1", "widgets").expect("v1 served");
+        assert!(v1.namespaced && v1.status && v1.scale && v1.in_all && v1.short_names == ["wd"]);
+        assert_eq!((v1.id, v1.singular), ("example.com/widgets", "widget"));
+        assert!(kinds.find("example.com", "v0", "widgets").is_none(), "not served");
+        assert_eq!(kinds.by_kind("example.com", "Widget").map(|r| r.version), Some("v1"), "the storage version");
+        assert_eq!(kinds.stored().iter().filter(|r| r.group == "example.com").count(), 1);
+        assert!(kinds.groups().contains(&("example.com", vec!["v1", "v1beta1"])), "preferred first");
+        // The same definition again (a status update) keeps the same types.
+        let changes = kinds.changes();
+        kinds.set("widgets.example.com", types(&kinds, &crd("a")));
+        assert!(std::ptr::eq(v1, kinds.find("example.com", "v1", "widgets").expect("v1")));
+        assert_eq!(kinds.changes(), changes);
+        kinds.set("widgets.example.com", types(&kinds, &crd("b")));
+        assert!(kinds.changes() > changes, "a changed schema is a change");
+        kinds.set("widgets.example.com", Vec::new());
+        assert!(kinds.find("example.com", "v1", "widgets").is_none() && !kinds.serves("example.com", "v1"));
+        assert!(kinds.find("", "v1", "pods").is_some(), "the built-in kinds stay");
+    }
+
+    #[test]
+    fn objects_are_stored_in_the_storage_version_and_shown_in_the_one_asked() {
+        let kinds = Registry::default();
+        kinds.set("widgets.example.com", types(&kinds, &crd("a")));
+        let beta = kinds.find("example.com", "v1beta1", "widgets").expect("beta");
+        let mut o = json!({"apiVersion": "example.com/v1beta1", "kind": "Widget"});
+        to_storage(beta, &mut o);
+        assert_eq!(o["apiVersion"], "example.com/v1");
+        present(beta, &mut o);
+        assert_eq!(o["apiVersion"], "example.com/v1beta1");
+    }
+
+    #[test]
+    fn paths_and_status() {
+        let mut o = json!({"spec": {}});
+        set_path(&mut o, ".spec.scale.replicas", json!(3));
+        assert_eq!(at_path(&o, ".spec.scale.replicas"), Some(&json!(3)));
+        let mut c = crd("a");
+        c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["maximum"] = json!(10.0);
+        tidy(&mut c);
+        assert_eq!(c["spec"]["versions"][1]["schema"]["openAPIV3Schema"]["maximum"].to_string(), "10");
+        initial_status(&mut c);
+        assert_eq!(c["status"], json!({"acceptedNames": {"plural": "", "kind": ""}, "storedVersions": ["v1"]}));
+        c["spec"]["versions"][0]["storage"] = json!(true);
+        c["spec"]["versions"][1]["storage"] = json!(false);
+        record_storage_version(&mut c);
+        assert_eq!(c["status"]["storedVersions"], json!(["v1", "v1beta1"]));
+    }
+}

@@ -22,7 +22,10 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 }
 
 fn strings(v: &Value, ptr: &str) -> Vec<String> {
-    v.pointer(ptr).and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 /// The served versions of `crd` as resource types (the CRD controller

@@ -231,10 +231,7 @@ impl Registry {
     /// One type per stored kind: every built-in one, and each custom kind's
     /// storage version (what namespace deletion and the collector walk).
     pub fn stored(&self) -> Vec<&'static ResourceType> {
-        RESOURCES
-            .iter()
-            .chain(self.custom().iter().copied().filter(|r| is_storage(r)))
-            .collect()
+        RESOURCES.iter().chain(self.custom().iter().copied().filter(|r| is_storage(r))).collect()
     }
 
     pub fn in_group(&self, group: &str, version: &str) -> Vec<&'static ResourceType> {
@@ -258,7 +255,7 @@ impl Registry {
         }
         custom.sort_by(|a, b| a.0.cmp(b.0));
         for (_, vs) in &mut custom {
-            vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         }
         out.extend(custom);
         out
@@ -363,7 +360,7 @@ mod tests {
     #[test]
     fn versions_order_as_kubernetes_orders_them() {
         let mut vs = vec!["v1alpha1", "foo", "v2beta1", "v1", "v11alpha2", "v2", "v1beta1", "v10beta3", "bar"];
-        vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         assert_eq!(vs, ["v2", "v1", "v10beta3", "v2beta1", "v1beta1", "v11alpha2", "v1alpha1", "bar", "foo"]);
     }
 }

@@ -606,12 +606,18 @@ fn custom_resources_with_kubectl() -> Result<()> {
     ensure!(crd["status"]["storedVersions"] == serde_json::json!(["v1"]), "{}", crd["status"]);
     ensure!(crd["metadata"]["finalizers"][0] == "customresourcecleanup.apiextensions.k8s.io", "{}", crd["metadata"]);
     let resources = k.ok(&["api-resources", "--api-group=example.com"])?;
-    ensure!(resources.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["widgets", "wd", "example.com/v1", "true", "Widget"]), "{resources}");
+    ensure!(
+        resources
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["widgets", "wd", "example.com/v1", "true", "Widget"]),
+        "{resources}"
+    );
 
     // Valid: defaulted; invalid: the schema's reasons; unknown fields refused.
     k.ok(&["apply", "-f", &write("w1.yaml", &widget("w1", "{color: red, ports: [{name: http, port: 80}]}"))?])?;
     ensure!(k.ok(&["get", "wd", "w1", "-o", "jsonpath={.spec.size}"])? == "3", "defaulted size");
-    let err = k.fails(&["apply", "-f", &write("bad.yaml", &widget("bad", "{color: green, size: \"big\", replicas: -1}"))?])?;
+    let err =
+        k.fails(&["apply", "-f", &write("bad.yaml", &widget("bad", "{color: green, size: \"big\", replicas: -1}"))?])?;
     for want in [
         "The Widget \"bad\" is invalid",
         "spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\"",
@@ -624,7 +630,8 @@ fn custom_resources_with_kubectl() -> Result<()> {
     ensure!(err.contains("spec.color: Required value"), "{err}");
     let err = k.fails(&["apply", "-f", &write("typo.yaml", &widget("typo", "{color: red, colour: red}"))?])?;
     ensure!(err.contains("unknown field \"spec.colour\""), "{err}");
-    let err = k.fails(&["apply", "-f", &write("dup.yaml", &widget("dup", "{color: red, ports: [{name: a}, {name: a}]}"))?])?;
+    let err =
+        k.fails(&["apply", "-f", &write("dup.yaml", &widget("dup", "{color: red, ports: [{name: a}, {name: a}]}"))?])?;
     ensure!(err.contains("spec.ports[1]: Duplicate value"), "{err}");
     ensure!(k.run(&["get", "wd", "bad"])?.status.code() == Some(1), "nothing invalid was stored");
     // kubectl 1.27 validates with OpenAPI v2, where the kind is described.
@@ -634,11 +641,21 @@ fn custom_resources_with_kubectl() -> Result<()> {
         ensure!(err.contains("spec.size in body should be greater than or equal to 1"), "{err}");
     }
     let explain = k.ok(&["explain", "widget.spec.color"])?;
-    ensure!(explain.contains("The widget's color.") && explain.contains("ENUM:") && explain.contains("blue"), "{explain}");
+    ensure!(
+        explain.contains("The widget's color.") && explain.contains("ENUM:") && explain.contains("blue"),
+        "{explain}"
+    );
 
     // The printer columns, the wide one with -o wide, and `kubectl get all`.
-    k.ok(&["patch", "widget", "w1", "--subresource=status", "--type=merge", "-p",
-        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],"replicas":1}}"#])?;
+    k.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True"}],"replicas":1}}"#,
+    ])?;
     let table = k.ok(&["get", "widgets"])?;
     let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     ensure!(rows[0] == ["NAME", "COLOR", "SIZE", "READY", "AGE"], "{table}");
@@ -662,7 +679,10 @@ fn custom_resources_with_kubectl() -> Result<()> {
     k.ok(&["scale", "widget", "w1", "--replicas=4"])?;
     k.ok(&["patch", "widget", "w1", "--type=merge", "-p", r#"{"spec":{"size":6}}"#])?;
     let err = k.fails(&["patch", "widget", "w1", "--type=strategic", "-p", r#"{"spec":{"size":7}}"#])?;
-    ensure!(err.contains("application/strategic-merge-patch+json"), "custom resources take no strategic merge patch: {err}");
+    ensure!(
+        err.contains("application/strategic-merge-patch+json"),
+        "custom resources take no strategic merge patch: {err}"
+    );
     let w = k.json(&["get", "widget", "w1"])?;
     ensure!(w["spec"]["replicas"] == 4 && w["spec"]["size"] == 6, "{}", w["spec"]);
     ensure!(w["metadata"]["generation"].as_i64() > before["metadata"]["generation"].as_i64(), "{}", w["metadata"]);
@@ -674,9 +694,15 @@ fn custom_resources_with_kubectl() -> Result<()> {
     );
 
     // Two served versions, one stored: an object is shown in the version asked.
-    k.ok(&["apply", "-f", &write("beta.yaml", &widget("beta", "{color: blue}").replace("example.com/v1", "example.com/v1beta1"))?])?;
+    k.ok(&[
+        "apply",
+        "-f",
+        &write("beta.yaml", &widget("beta", "{color: blue}").replace("example.com/v1", "example.com/v1beta1"))?,
+    ])?;
     ensure!(k.ok(&["get", "widgets.v1.example.com", "beta", "-o", "jsonpath={.apiVersion}"])? == "example.com/v1");
-    ensure!(k.ok(&["get", "widgets.v1beta1.example.com", "beta", "-o", "jsonpath={.apiVersion}"])? == "example.com/v1beta1");
+    ensure!(
+        k.ok(&["get", "widgets.v1beta1.example.com", "beta", "-o", "jsonpath={.apiVersion}"])? == "example.com/v1beta1"
+    );
 
     // RBAC covers the new group; a forged token gets nothing.
     k.ok(&["create", "serviceaccount", "robot"])?;

@@ -469,7 +469,9 @@ fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
         None => obj
             .pointer("/spec/selector/matchLabels")
             .and_then(Value::as_object)
-            .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+            .map(|m| {
+                m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+            })
             .unwrap_or_default(),
     };
     json!({

@@ -184,7 +184,8 @@ fn gvk(rt: &ResourceType) -> Value {
 /// The OpenAPI v3 document of one group-version (`api/v1`, `apis/apps/v1`).
 pub fn document(kinds: &Registry, gv: &str) -> Option<Value> {
     let groups = kinds.groups();
-    let (group, version) = groups.iter().find_map(|(g, vs)| vs.iter().find(|v| gv_path(g, v) == gv).map(|v| (*g, *v)))?;
+    let (group, version) =
+        groups.iter().find_map(|(g, vs)| vs.iter().find(|v| gv_path(g, v) == gv).map(|v| (*g, *v)))?;
     let builtin = GROUPS.contains(&(group, version));
     let mut paths = Map::new();
     for rt in kinds.in_group(group, version) {
@@ -238,9 +239,7 @@ fn custom_schemas(kinds: &Registry, group: &str, version: &str) -> Map<String, V
     let _ = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
     let _ = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta>();
     let mut defs = generator.take_definitions(true);
-    let meta_ref = |name: &str, what: &str| {
-        json!({"description": what, "allOf": [{"$ref": format!("#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.{name}")}]})
-    };
+    let meta_ref = |name: &str, what: &str| json!({"description": what, "allOf": [{"$ref": format!("#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.{name}")}]});
     let type_meta = |s: &mut Value| {
         s["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
         s["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
@@ -252,7 +251,10 @@ fn custom_schemas(kinds: &Registry, group: &str, version: &str) -> Map<String, V
             s["properties"] = json!({});
         }
         type_meta(&mut s);
-        s["properties"]["metadata"] = meta_ref("ObjectMeta", "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata");
+        s["properties"]["metadata"] = meta_ref(
+            "ObjectMeta",
+            "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata",
+        );
         s["x-kubernetes-group-version-kind"] = json!([gvk(rt)]);
         let mut list = json!({
             "type": "object",

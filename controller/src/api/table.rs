@@ -684,12 +684,15 @@ fn custom_cell(col: &Value, o: &Value) -> Value {
 /// The column definitions of `rt`'s table.
 pub fn column_definitions(rt: &ResourceType) -> Value {
     if let Some(c) = &rt.custom {
-        let mut cols = vec![json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DESCRIPTION, "priority": 0})];
+        let mut cols = vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": NAME_DESCRIPTION, "priority": 0}),
+        ];
         for col in custom_columns(c) {
             let path = col["jsonPath"].as_str().unwrap_or_default();
-            let description = col["description"]
-                .as_str()
-                .map_or_else(|| format!("Custom resource definition column (in JSONPath format): {path}"), str::to_owned);
+            let description = col["description"].as_str().map_or_else(
+                || format!("Custom resource definition column (in JSONPath format): {path}"),
+                str::to_owned,
+            );
             cols.push(json!({
                 "name": col["name"],
                 "type": col["type"],

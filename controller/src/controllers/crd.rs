@@ -83,7 +83,8 @@ impl CrdController {
                 Some(c) if c["status"] == *st => c["lastTransitionTime"].clone(),
                 _ => json!(meta::now()),
             };
-            let c = json!({"type": ty, "status": st, "reason": reason, "message": message, "lastTransitionTime": since});
+            let c =
+                json!({"type": ty, "status": st, "reason": reason, "message": message, "lastTransitionTime": since});
             match old {
                 Some(i) => list[i] = c,
                 None => list.push(c),

@@ -227,6 +227,5 @@ mod tests {
         assert!(matches!(t.field(&meta, "finalizers"), Ty::List(ListKind::Set, _)));
         let deploy = t.root(rt("apps", "Deployment"));
         assert_eq!(t.field(&t.field(&deploy, "spec"), "selector"), Ty::Leaf, "selectors are atomic");
-
     }
 }

@@ -66,18 +66,15 @@ pub fn custom_resource_definition(
         other => errs.push(FieldError::not_supported("spec.scope", other, &["Cluster", "Namespaced"])),
     }
     if let Some(c) = spec.conversion.as_ref().map(|c| c.strategy.as_str()).filter(|s| *s != "None") {
-        errs.push(FieldError::not_supported("spec.conversion.strategy", c, &["None"]).with_detail(
-            "conversion webhooks are not served (every version is converted by its apiVersion alone)",
-        ));
+        errs.push(
+            FieldError::not_supported("spec.conversion.strategy", c, &["None"])
+                .with_detail("conversion webhooks are not served (every version is converted by its apiVersion alone)"),
+        );
     }
     if spec.versions.is_empty() {
         errs.push(FieldError::required("spec.versions"));
     } else if spec.versions.iter().filter(|v| v.storage).count() != 1 {
-        errs.push(FieldError::invalid(
-            "spec.versions",
-            "",
-            "must have exactly one version marked as storage version",
-        ));
+        errs.push(FieldError::invalid("spec.versions", "", "must have exactly one version marked as storage version"));
     }
     for (i, v) in spec.versions.iter().enumerate() {
         let path = format!("spec.versions[{i}]");
@@ -104,11 +101,16 @@ fn version(path: &str, v: &CustomResourceDefinitionVersion, errs: &mut Errs) {
         errs.push(FieldError::invalid(format!("{path}.name"), &v.name, &why));
     }
     match v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()) {
-        None => errs.push(FieldError::required(format!("{path}.schema.openAPIV3Schema")).with_detail("schemas are required")),
+        None => errs
+            .push(FieldError::required(format!("{path}.schema.openAPIV3Schema")).with_detail("schemas are required")),
         Some(root) => {
             let at = format!("{path}.schema.openAPIV3Schema");
             if root.type_.as_deref() != Some("object") {
-                errs.push(FieldError::invalid(format!("{at}.type"), root.type_.as_deref().unwrap_or_default(), "must be object at the root"));
+                errs.push(FieldError::invalid(
+                    format!("{at}.type"),
+                    root.type_.as_deref().unwrap_or_default(),
+                    "must be object at the root",
+                ));
             }
             structural(&at, root, errs);
         }
@@ -124,7 +126,11 @@ fn version(path: &str, v: &CustomResourceDefinitionVersion, errs: &mut Errs) {
         if c.json_path.is_empty() {
             errs.push(FieldError::required(format!("{at}.jsonPath")));
         } else if let Err(e) = serde_json_path::JsonPath::parse(&format!("${}", c.json_path)) {
-            errs.push(FieldError::invalid(format!("{at}.jsonPath"), &c.json_path, &format!("must be a valid JSON path: {e}")));
+            errs.push(FieldError::invalid(
+                format!("{at}.jsonPath"),
+                &c.json_path,
+                &format!("must be a valid JSON path: {e}"),
+            ));
         }
     }
     if let Some(scale) = v.subresources.as_ref().and_then(|s| s.scale.as_ref()) {
@@ -147,9 +153,12 @@ fn version(path: &str, v: &CustomResourceDefinitionVersion, errs: &mut Errs) {
 /// node has a type, unless it preserves unknown fields or is an
 /// int-or-string; patterns compile.
 fn structural(path: &str, s: &JSONSchemaProps, errs: &mut Errs) {
-    let typeless_ok = s.x_kubernetes_int_or_string == Some(true) || s.x_kubernetes_preserve_unknown_fields == Some(true);
+    let typeless_ok =
+        s.x_kubernetes_int_or_string == Some(true) || s.x_kubernetes_preserve_unknown_fields == Some(true);
     if s.type_.as_deref().is_none_or(str::is_empty) && !typeless_ok {
-        errs.push(FieldError::required(format!("{path}.type")).with_detail("must not be empty for specified object fields"));
+        errs.push(
+            FieldError::required(format!("{path}.type")).with_detail("must not be empty for specified object fields"),
+        );
     }
     if let Some(p) = &s.pattern {
         if let Err(e) = regex::Regex::new(p) {
@@ -164,9 +173,13 @@ fn structural(path: &str, s: &JSONSchemaProps, errs: &mut Errs) {
             ));
         }
     }
-    if s.x_kubernetes_list_type.as_deref() == Some("map") && s.x_kubernetes_list_map_keys.as_ref().is_none_or(Vec::is_empty) {
-        errs.push(FieldError::required(format!("{path}.x-kubernetes-list-map-keys"))
-            .with_detail("must not be empty if x-kubernetes-list-type is map"));
+    if s.x_kubernetes_list_type.as_deref() == Some("map")
+        && s.x_kubernetes_list_map_keys.as_ref().is_none_or(Vec::is_empty)
+    {
+        errs.push(
+            FieldError::required(format!("{path}.x-kubernetes-list-map-keys"))
+                .with_detail("must not be empty if x-kubernetes-list-type is map"),
+        );
     }
     for (k, sub) in s.properties.iter().flatten() {
         structural(&format!("{path}.properties[{k}]"), sub, errs);

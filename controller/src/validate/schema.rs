@@ -299,7 +299,8 @@ fn check_array(schema: &Value, v: &Value, items: &[Value], at: &str, path: &str,
             .and_then(Value::as_array)
             .map(|k| k.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        let key_of = |item: &Value| -> Vec<Value> { keys.iter().map(|k| item.get(*k).cloned().unwrap_or_default()).collect() };
+        let key_of =
+            |item: &Value| -> Vec<Value> { keys.iter().map(|k| item.get(*k).cloned().unwrap_or_default()).collect() };
         for (i, item) in items.iter().enumerate() {
             let k = key_of(item);
             if items[..i].iter().any(|o| key_of(o) == k) {

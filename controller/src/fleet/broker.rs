@@ -196,3 +196,71 @@ async fn serve_tls(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+    use tokio::task::JoinSet;
+
+    fn client(id: &str, port: u16, will: Option<&str>) -> (AsyncClient, EventLoop) {
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(60));
+        if let Some(w) = will {
+            o.set_last_will(LastWill::new("t/will", w.as_bytes().to_vec(), QoS::AtLeastOnce, false));
+        }
+        AsyncClient::new(o, 16)
+    }
+
+    /// Polls until the connection is acknowledged.
+    async fn connected(ev: &mut EventLoop) {
+        loop {
+            if let Ok(Event::Incoming(Packet::ConnAck(_))) = ev.poll().await {
+                return;
+            }
+        }
+    }
+
+    /// An agent restarted before the broker saw its old socket close: its
+    /// new connection takes the client id over. When the old socket closes
+    /// after that, the new connection must live on (the router had given it
+    /// the old one's connection id) and its will must not fire.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_that_took_over_a_client_id_outlives_the_old_socket() {
+        let mut tasks = JoinSet::new();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let port = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain.port();
+        let (watcher, mut wev) = client("watcher", port, None);
+        connected(&mut wev).await;
+        watcher.subscribe("t/#", QoS::AtLeastOnce).await.expect("subscribe");
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        tasks.spawn(async move {
+            while let Ok(ev) = wev.poll().await {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    let _ = seen_tx.send((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
+                }
+            }
+        });
+        // The old process: connected, then gone without a word (its socket
+        // still open as far as the broker knows).
+        let (_old, mut old_ev) = client("node-1", port, Some("old"));
+        connected(&mut old_ev).await;
+        // The new process, same client id.
+        let (new, mut new_ev) = client("node-1", port, Some("new"));
+        connected(&mut new_ev).await;
+        tasks.spawn(async move { while new_ev.poll().await.is_ok() {} });
+        // Now the old socket closes.
+        drop(old_ev);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        new.publish("t/alive", QoS::AtLeastOnce, false, "still here").await.expect("publish");
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, seen.recv()).await {
+            got.push(m);
+        }
+        assert!(got.contains(&("t/alive".to_owned(), "still here".to_owned())), "the new connection lives: {got:?}");
+        assert!(!got.iter().any(|(t, p)| t == "t/will" && p == "new"), "the live connection's will fired: {got:?}");
+    }
+}

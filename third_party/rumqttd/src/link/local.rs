@@ -325,6 +325,13 @@ pub struct LinkRx {
 }
 
 impl LinkRx {
+    /// Whether the router has let go of this link (its connection was
+    /// removed: taken over by a newer connection of its client id, or
+    /// dropped by the router). Its connection id may be another's now.
+    pub(crate) fn router_gone(&self) -> bool {
+        self.router_rx.is_disconnected()
+    }
+
     pub fn new(
         connection_id: ConnectionId,
         router_tx: Sender<(ConnectionId, Event)>,

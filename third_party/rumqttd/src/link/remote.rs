@@ -61,6 +61,11 @@ pub struct RemoteLink<P> {
 }
 
 impl<P: Protocol> RemoteLink<P> {
+    /// Whether the router has already removed this link's connection.
+    pub(crate) fn dropped_by_router(&self) -> bool {
+        self.link_rx.router_gone()
+    }
+
     pub async fn new(
         router_tx: Sender<(ConnectionId, Event)>,
         tenant_id: Option<String>,

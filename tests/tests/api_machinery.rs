@@ -720,6 +720,24 @@ fn custom_resources_with_kubectl() -> Result<()> {
     let err = k.fails(&["--token", &forged, "get", "widgets"])?;
     ensure!(err.contains("Unauthorized") || err.contains("provide credentials"), "a forged token: {err}");
 
+    // What operators rely on: objects owned by a custom resource go with
+    // it, and a namespace's custom resources go with the namespace.
+    k.ok(&["create", "namespace", "team"])?;
+    k.ok(&["apply", "-n", "team", "-f", &write("t1.yaml", &widget("t1", "{color: red}"))?])?;
+    let uid = k.ok(&["get", "widget", "t1", "-n", "team", "-o", "jsonpath={.metadata.uid}"])?;
+    let owned = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned\n  namespace: team\n  \
+         ownerReferences: [{{apiVersion: example.com/v1, kind: Widget, name: t1, uid: {uid}}}]\ndata: {{a: b}}\n"
+    );
+    k.ok(&["apply", "-f", &write("owned.yaml", &owned)?])?;
+    k.ok(&["delete", "widget", "t1", "-n", "team"])?;
+    wait_for("the owned ConfigMap to go with its Widget", Duration::from_secs(20), || {
+        Ok((k.run(&["get", "configmap", "owned", "-n", "team"])?.status.code() == Some(1)).then_some(()))
+    })?;
+    k.ok(&["apply", "-n", "team", "-f", &write("t2.yaml", &widget("t2", "{color: red}"))?])?;
+    k.ok(&["delete", "namespace", "team", "--timeout=60s"])?;
+    ensure!(!k.ok(&["get", "widgets", "-A", "-o", "name"])?.contains("t2"), "the namespace's widgets went with it");
+
     // Served again after a restart, before anything else happens.
     ctl.terminate()?;
     let ctl = kedge_tests::Controller::start_on(&dir.path().join("data"), &ctl.addr)?;

@@ -146,13 +146,7 @@ impl Client {
         name: &str,
         edit: impl FnOnce(&mut Value),
     ) -> Result<Value, ControllerError> {
-        let at = At { rt, ns, name };
-        let (stored, _) = self.writer.update::<WriteError>(at, Part::Main, WriteOpts::INTERNAL, &[], |old| {
-            let mut v = old.clone();
-            edit(&mut v);
-            Ok(v)
-        })?;
-        Ok(stored)
+        self.edit_raw(At { rt, ns, name }, Part::Main, edit)
     }
 
     /// Edits the status of an object of any kind in place.
@@ -163,8 +157,11 @@ impl Client {
         name: &str,
         edit: impl FnOnce(&mut Value),
     ) -> Result<Value, ControllerError> {
-        let at = At { rt, ns, name };
-        let (stored, _) = self.writer.update::<WriteError>(at, Part::Status, WriteOpts::INTERNAL, &[], |old| {
+        self.edit_raw(At { rt, ns, name }, Part::Status, edit)
+    }
+
+    fn edit_raw(&self, at: At<'_>, part: Part, edit: impl FnOnce(&mut Value)) -> Result<Value, ControllerError> {
+        let (stored, _) = self.writer.update::<WriteError>(at, part, WriteOpts::INTERNAL, &[], |old| {
             let mut v = old.clone();
             edit(&mut v);
             Ok(v)

@@ -265,17 +265,20 @@ fn check_string(schema: &Value, v: &Value, s: &str, at: &str, errs: &mut Vec<Fie
     }
 }
 
+/// Kubernetes' `TooMany` for a list or object over the schema's `limit`.
+fn too_many(schema: &Value, limit: &str, n: u64, at: &str, errs: &mut Vec<FieldError>) {
+    if let Some(max) = schema.get(limit).and_then(Value::as_u64).filter(|max| n > *max) {
+        errs.push(FieldError {
+            reason: "FieldValueTooMany",
+            message: format!("{at}: Too many: {n}: must have at most {max} items"),
+            field: at.to_owned(),
+        });
+    }
+}
+
 fn check_array(schema: &Value, v: &Value, items: &[Value], at: &str, path: &str, errs: &mut Vec<FieldError>) {
     let n = items.len() as u64;
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-        if n > max {
-            errs.push(FieldError {
-                reason: "FieldValueTooMany",
-                message: format!("{at}: Too many: {n}: must have at most {max} items"),
-                field: at.to_owned(),
-            });
-        }
-    }
+    too_many(schema, "maxItems", n, at, errs);
     if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
         if n < min {
             errs.push(invalid(at, v, format!("{at} in body should have at least {min} items")));
@@ -329,15 +332,7 @@ fn check_object(
     errs: &mut Vec<FieldError>,
 ) {
     let n = map.len() as u64;
-    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
-        if n > max {
-            errs.push(FieldError {
-                reason: "FieldValueTooMany",
-                message: format!("{at}: Too many: {n}: must have at most {max} items"),
-                field: at.to_owned(),
-            });
-        }
-    }
+    too_many(schema, "maxProperties", n, at, errs);
     if let Some(min) = schema.get("minProperties").and_then(Value::as_u64) {
         if n < min {
             errs.push(FieldError {

@@ -325,11 +325,10 @@ pub struct LinkRx {
 }
 
 impl LinkRx {
-    /// Whether the router has let go of this link (its connection was
-    /// removed: taken over by a newer connection of its client id, or
-    /// dropped by the router). Its connection id may be another's now.
-    pub(crate) fn router_gone(&self) -> bool {
-        self.router_rx.is_disconnected()
+    /// The buffer the router fills for this link: it names the link's
+    /// connection where a connection id may have been reused.
+    pub(crate) fn buffer(&self) -> Arc<Mutex<VecDeque<Notification>>> {
+        self.send_buffer.clone()
     }
 
     pub fn new(

@@ -61,9 +61,11 @@ pub struct RemoteLink<P> {
 }
 
 impl<P: Protocol> RemoteLink<P> {
-    /// Whether the router has already removed this link's connection.
-    pub(crate) fn dropped_by_router(&self) -> bool {
-        self.link_rx.router_gone()
+    /// What names this link's connection to the router ([`Event::LinkEnded`]).
+    pub(crate) fn notification_buffer(
+        &self,
+    ) -> std::sync::Arc<parking_lot::Mutex<std::collections::VecDeque<Notification>>> {
+        self.link_rx.buffer()
     }
 
     pub async fn new(

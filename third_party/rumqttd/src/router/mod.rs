@@ -55,6 +55,11 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// The end of a remote link, naming its connection by the link's own
+    /// notification buffer: the connection id alone may have been given to
+    /// a newer connection (of the same client id, which took over) by the
+    /// time the router reads this.
+    LinkEnded(std::sync::Arc<parking_lot::Mutex<std::collections::VecDeque<Notification>>>),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

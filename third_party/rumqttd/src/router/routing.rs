@@ -245,6 +245,17 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            Event::LinkEnded(buffer) => {
+                let ours = self
+                    .obufs
+                    .get(id)
+                    .is_some_and(|o| std::sync::Arc::ptr_eq(&o.data_buffer, &buffer));
+                if ours {
+                    self.handle_disconnection(id, None);
+                } else {
+                    info!(connection_id = id, "a link ended whose connection was already replaced");
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

@@ -599,16 +599,10 @@ async fn remote<P: Protocol>(
         }
     };
 
-    // A connection the router already removed (a newer connection of the
-    // same client id took over) must not be disconnected again: the router
-    // may have given its connection id to the newer connection.
-    if send_disconnect && link.dropped_by_router() {
-        info!(connection_id, "the router already removed this connection");
-        send_disconnect = false;
-    }
-
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        // By its buffer, not only its id: a newer connection of the same
+        // client id may hold that id by now.
+        let disconnect = Event::LinkEnded(link.notification_buffer());
         let message = (connection_id, disconnect);
         router_tx.send(message).ok();
     }

@@ -408,7 +408,7 @@ impl<R: CriRuntime> Node<R> {
         );
         r.network = network;
         r.static_pods = statics.into_iter().map(report::without_secrets).collect();
-        for ev in fleet::events_between(l.last.as_ref(), &r) {
+        for ev in fleet::events_between(l.last.as_ref(), &r).into_iter().chain(self.manager.take_notices()) {
             l.handle.push_event(ev);
         }
         l.last = Some(r.clone());

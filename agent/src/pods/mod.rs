@@ -43,6 +43,11 @@ impl<R: CriRuntime> PodManager<R> {
         self.ctx.changed.clone()
     }
 
+    /// What the workers noted for the fleet's events since the last call.
+    pub fn take_notices(&self) -> Vec<kedge_common::wire::Event> {
+        std::mem::take(&mut *self.ctx.notices.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Each pod worker's view of its pod, by pod uid, from memory.
     pub fn statuses(&self) -> BTreeMap<String, PodStatusFile> {
         self.ctx.statuses.lock().unwrap_or_else(|p| p.into_inner()).clone()

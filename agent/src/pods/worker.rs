@@ -32,6 +32,9 @@ pub struct DesiredPod {
     pub source: String,
 }
 
+/// Events kept for the next fleet report at most.
+const MAX_NOTICES: usize = 64;
+
 /// What every pod worker shares.
 pub struct WorkerContext<R> {
     pub runtime: R,
@@ -54,6 +57,9 @@ pub struct WorkerContext<R> {
     /// Where node-local persistent volumes live (`--storage-dir`), one
     /// directory per volume handle; they outlive their pods.
     pub storage: PathBuf,
+    /// Events the workers noted (a pull that fell back to the cached
+    /// image), taken by the next fleet report.
+    pub notices: Mutex<Vec<kedge_common::wire::Event>>,
 }
 
 impl<R: CriRuntime> WorkerContext<R> {
@@ -67,6 +73,7 @@ impl<R: CriRuntime> WorkerContext<R> {
             statuses: Mutex::new(BTreeMap::new()),
             dns: ClusterDns::default(),
             dns_gateway: Arc::default(),
+            notices: Mutex::new(Vec::new()),
         }
     }
 
@@ -83,8 +90,9 @@ struct Worker<R> {
     ctx: Arc<WorkerContext<R>>,
     uid: String,
     restarts: HashMap<String, Backoff>,
-    /// Image → (backoff, when the next pull may happen, last error).
-    pulls: HashMap<String, (Backoff, Instant, String)>,
+    /// Image → (backoff, when the next pull may happen, last error,
+    /// whether it failed for want of the registry).
+    pulls: HashMap<String, (Backoff, Instant, String, bool)>,
     waiting: BTreeMap<String, Waiting>,
     written: Option<PodStatusFile>,
     /// Container name → its probes' state (for the running attempt).
@@ -461,7 +469,7 @@ impl<R: CriRuntime> Worker<R> {
     }
 
     /// Pulls if the policy says so; Err carries the waiting reason.
-    async fn ensure_image(&mut self, c: &Container) -> Result<(), (Waiting, Option<Instant>)> {
+    async fn ensure_image(&mut self, d: &DesiredPod, c: &Container) -> Result<(), (Waiting, Option<Instant>)> {
         let present = matches!(self.rt().image_status(&c.image), Ok(Some(_)));
         let policy = c.pull_policy();
         if present && policy != PullPolicy::Always {
@@ -471,7 +479,11 @@ impl<R: CriRuntime> Worker<R> {
             let msg = format!("container image {:?} is not present with pull policy of Never", c.image);
             return Err((waiting(WaitingReason::ErrImageNeverPull, msg), None));
         }
-        if let Some((_, not_before, err)) = self.pulls.get(&c.image) {
+        if let Some((_, not_before, err, offline)) = self.pulls.get(&c.image) {
+            if Instant::now() < *not_before && present && *offline {
+                // Still offline, as at the last try: the image here will do.
+                return Ok(());
+            }
             if Instant::now() < *not_before {
                 let msg = format!("Back-off pulling image {:?}: {err}", c.image);
                 return Err((waiting(WaitingReason::ImagePullBackOff, msg), Some(*not_before)));
@@ -483,19 +495,60 @@ impl<R: CriRuntime> Worker<R> {
                 self.pulls.remove(&c.image);
                 Ok(())
             }
+            // Offline, a node runs what it has: `Always` asks for the
+            // newest image, and there is no newer one to be had now. (A
+            // registry that answers — not found, unauthorized — still fails
+            // the pull, as in Kubernetes.)
+            Err(e) if present && e.registry_unreachable() => {
+                tracing::warn!(image = %c.image, error = %e, "registry unreachable; running the image this node has");
+                self.pull_failed(&c.image, &e, true);
+                self.notice(
+                    d,
+                    "PulledFromCache",
+                    format!("Failed to pull image {:?} ({e}); using the image already on the node", c.image),
+                );
+                Ok(())
+            }
             Err(e) => {
                 tracing::warn!(image = %c.image, error = %e, "image pull failed");
-                let entry = self
-                    .pulls
-                    .entry(c.image.clone())
-                    .or_insert_with(|| (Backoff::default(), Instant::now(), String::new()));
-                entry.0.restarted(&self.ctx.backoff, Duration::ZERO);
-                entry.1 = Instant::now() + entry.0.delay(&self.ctx.backoff, Duration::ZERO);
-                entry.2 = e.to_string();
+                let not_before = self.pull_failed(&c.image, &e, false);
                 let msg = format!("failed to pull image {:?}: {e}", c.image);
-                Err((waiting(WaitingReason::ErrImagePull, msg), Some(entry.1)))
+                Err((waiting(WaitingReason::ErrImagePull, msg), Some(not_before)))
             }
         }
+    }
+
+    /// Counts a failed pull of `image` in its backoff; returns when the
+    /// next may be tried.
+    fn pull_failed(&mut self, image: &str, e: &impl std::fmt::Display, offline: bool) -> Instant {
+        let entry = self
+            .pulls
+            .entry(image.to_owned())
+            .or_insert_with(|| (Backoff::default(), Instant::now(), String::new(), offline));
+        entry.0.restarted(&self.ctx.backoff, Duration::ZERO);
+        entry.1 = Instant::now() + entry.0.delay(&self.ctx.backoff, Duration::ZERO);
+        entry.2 = e.to_string();
+        entry.3 = offline;
+        entry.1
+    }
+
+    /// A Warning event about this pod for the fleet's next report.
+    fn notice(&self, d: &DesiredPod, reason: &str, message: String) {
+        let m = &d.pod.metadata;
+        let ev = kedge_common::wire::Event {
+            time: jiff::Timestamp::now().as_second(),
+            normal: false,
+            reason: reason.to_owned(),
+            message,
+            pod: Some((m.namespace.clone().unwrap_or_else(|| "default".to_owned()), m.name.clone(), d.uid.clone())),
+            seq: 0,
+        };
+        let mut notices = self.ctx.notices.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken with each fleet report; without a link, only the latest.
+        if notices.len() >= MAX_NOTICES {
+            notices.remove(0);
+        }
+        notices.push(ev);
     }
 
     /// Creates and starts one attempt of a container. Some(when) = retry later.
@@ -506,7 +559,7 @@ impl<R: CriRuntime> Worker<R> {
         sandbox: &SandboxRecord,
         attempt: u32,
     ) -> Option<Instant> {
-        if let Err((w, at)) = self.ensure_image(c).await {
+        if let Err((w, at)) = self.ensure_image(d, c).await {
             self.waiting.insert(c.name.clone(), w);
             return Some(at.unwrap_or_else(|| Instant::now() + self.ctx.backoff.base));
         }

@@ -25,6 +25,9 @@ use super::{
 };
 use crate::images::registry::Credentials;
 
+/// What [`FakeRuntime::unreachable_pull`] records in place of a message.
+const UNREACHABLE: &str = "\0unreachable";
+
 /// What one container does when started.
 #[derive(Debug, Clone, Default)]
 pub struct Script {
@@ -121,8 +124,14 @@ impl FakeRuntime {
     }
 
     /// Pulls of `image` fail with `message` (until [`FakeRuntime::fix_pull`]).
+    /// Pulls of `image` fail with `message` (the registry answered).
     pub fn fail_pull(&self, image: &str, message: &str) {
         self.state().pull_errors.insert(image.to_string(), message.to_string());
+    }
+
+    /// Pulls of `image` fail as when the registry cannot be reached.
+    pub fn unreachable_pull(&self, image: &str) {
+        self.state().pull_errors.insert(image.to_string(), UNREACHABLE.to_string());
     }
 
     pub fn fix_pull(&self, image: &str) {
@@ -422,6 +431,12 @@ impl CriRuntime for FakeRuntime {
         self.record(Call::PullImage { image: name.to_string() });
         let mut st = self.state();
         if let Some(e) = st.pull_errors.get(name) {
+            if e == UNREACHABLE {
+                let registry = name.split('/').next().unwrap_or_default().to_owned();
+                let message = "connection refused".to_owned();
+                let e = crate::images::registry::PullError::Unreachable { registry, message };
+                return Err(RuntimeError::Image(e.into()));
+            }
             return Err(RuntimeError::FailedPrecondition(e.clone()));
         }
         st.images.insert(name.to_string());

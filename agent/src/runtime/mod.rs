@@ -72,6 +72,13 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// A pull that never reached the registry (no route, refused, name
+    /// not resolved, timed out), as opposed to one the registry answered
+    /// (not found, unauthorized).
+    pub fn registry_unreachable(&self) -> bool {
+        matches!(self, RuntimeError::Image(ImageError::Pull(crate::images::registry::PullError::Unreachable { .. })))
+    }
+
     pub(crate) fn io(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> RuntimeError {
         let path = path.as_ref().to_path_buf();
         move |source| RuntimeError::Io { path, source }

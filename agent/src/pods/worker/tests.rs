@@ -249,6 +249,38 @@ async fn a_failed_pull_backs_off_and_the_pod_starts_once_the_image_comes() {
     assert_eq!(h.waiting("app"), None);
 }
 
+/// Offline, `imagePullPolicy: Always` (the `:latest` default) runs the
+/// image the node has, restarts after crashes included, with a Warning
+/// event; an image the node does not have still fails, and so does a pull
+/// the registry answered (not found, unauthorized), as in Kubernetes.
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_registry_falls_back_to_the_cached_image() {
+    let rt = FakeRuntime::new();
+    let uncached = "registry.local/other:latest";
+    rt.unreachable_pull(IMAGE);
+    rt.unreachable_pull(uncached);
+    script(&rt, "c", Script { exits_after: Some(Duration::from_secs(1)), exit_code: 1, ..Default::default() });
+    let always =
+        |name: &str, image: &str| serde_json::json!({"name": name, "image": image, "imagePullPolicy": "Always"});
+    let h = start(rt, pod(serde_json::json!({"containers": [always("c", IMAGE), always("d", uncached)]})));
+    advance(40).await;
+    assert!(h.starts().len() >= 3, "the cached image ran and restarted after its crashes: {:?}", h.starts());
+    assert!(matches!(h.waiting("d"), Some(WaitingReason::ErrImagePull | WaitingReason::ImagePullBackOff)));
+    let notices = h.manager.take_notices();
+    assert!(!notices.is_empty() && notices.iter().all(|e| e.reason == "PulledFromCache" && !e.normal), "{notices:?}");
+    assert!(notices[0].message.contains("using the image already on the node"), "{}", notices[0].message);
+    assert_eq!(notices[0].pod, Some(("default".into(), "p".into(), "u1".into())));
+
+    // A registry that answers refuses the pull: no fallback.
+    let rt = FakeRuntime::new();
+    rt.fail_pull(IMAGE, "manifest unknown");
+    let h = start(rt, pod(serde_json::json!({"containers": [always("c", IMAGE)]})));
+    advance(5).await;
+    assert!(h.starts().is_empty());
+    assert!(matches!(h.waiting("c"), Some(WaitingReason::ErrImagePull | WaitingReason::ImagePullBackOff)));
+    assert!(h.manager.take_notices().is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_never_pull_policy_without_the_image_waits_without_pulling() {
     let rt = FakeRuntime::new();

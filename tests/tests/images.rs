@@ -240,3 +240,53 @@ fn multiarch_busybox_imports_this_nodes_platform() -> Result<()> {
     assert_eq!(refs["refs"]["kedge.local/busybox:latest"], want.as_str(), "refs.json: {refs}");
     Ok(())
 }
+
+/// Offline, `imagePullPolicy: Always` (the default for `:latest`) runs the
+/// image the node already has: with the registry stopped, a container of a
+/// pulled `:latest` image crashes and is restarted, with a
+/// `PulledFromCache` event noted; an image the node never had still fails
+/// with `ErrImagePull`.
+#[test]
+fn an_offline_node_restarts_always_pulled_containers_from_its_cache() -> Result<()> {
+    if !ready() {
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let registry = Registry::start(tmp.path())?;
+    registry.push(&kedge_tests::busybox_image()?, "tools/busybox:latest")?;
+    let mut agent =
+        Agent::new(&tmp.path().join("agent"), &["--backoff-base", "1s", "--backoff-max", "2s", "--no-cri-socket"])?;
+    agent.start()?;
+    let addr = registry.addr.clone();
+    let image = format!("{addr}/tools/busybox:latest");
+    // Crashes every 2 s; no imagePullPolicy: `Always`, for `:latest`.
+    let crashing = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: crashing\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    command: [\"sh\", \"-c\", \"sleep 2; exit 1\"]\n"
+    );
+    agent.write_manifest("crashing.yaml", &crashing)?;
+    agent.wait_for("the pulled image to run", Duration::from_secs(30), || {
+        Ok(agent.container("crashing", "c")?.filter(|c| c["state"] == "Running").map(|_| ()))
+    })?;
+    // The registry goes away.
+    drop(registry);
+    let before = agent.container("crashing", "c")?.and_then(|c| c["restart_count"].as_u64()).unwrap_or(0);
+    agent.wait_for("restarts with the registry down", Duration::from_secs(40), || {
+        let n = agent.container("crashing", "c")?.and_then(|c| c["restart_count"].as_u64()).unwrap_or(0);
+        Ok((n >= before + 2).then_some(()))
+    })?;
+    let c = agent.container("crashing", "c")?.context("crashing container")?;
+    let (reason, message) = waiting_reason(&c);
+    ensure!(reason != "ErrImagePull" && reason != "ImagePullBackOff", "no pull error: {reason}: {message}");
+    let log = std::fs::read_to_string(tmp.path().join("agent/agent.log"))?;
+    ensure!(log.contains("registry unreachable; running the image this node has"), "the agent says so");
+
+    // An image it never had: the pull error, as before.
+    let missing = pod("missing", &format!("{addr}/tools/never:latest"));
+    agent.write_manifest("missing.yaml", &missing)?;
+    let is_pull_error = |r: &str| r == "ErrImagePull" || r == "ImagePullBackOff";
+    let (_, message) = agent.wait_for("a pull error for the uncached image", Duration::from_secs(20), || {
+        Ok(agent.container("missing", "c")?.map(|c| waiting_reason(&c)).filter(|(r, _)| is_pull_error(r)))
+    })?;
+    ensure!(message.contains("unreachable"), "{message}");
+    Ok(())
+}

@@ -209,6 +209,7 @@ mod tests {
         let live = NodeLive {
             online: Some(true),
             presence_at: 1_700_000_000,
+            presence_seq: 5,
             seen_online: true,
             report_at: 1_700_000_010,
             report: Some(ReportSummary { arch: "arm64".into(), pods: 3, running: 2, failing: 1, ..Default::default() }),

@@ -409,6 +409,7 @@ impl Ingest {
                 let r = wire::decode_verified_for::<NodeReport>(payload, node, cap, Purpose::Report, &key)
                     .map_err(|e| ("unverified", e.to_string()))?;
                 self.trust.admit(&self.client, node, Kind::Report, r.seq).map_err(untrusted)?;
+                self.state.heard_from(node, r.seq);
                 let Some(n) = n else { return Ok(()) };
                 if !self.trust.report_allowed(node) {
                     if self.waiting.insert(node.to_owned(), r).is_some() {
@@ -428,8 +429,8 @@ impl Ingest {
                 let p = Presence::from_json(payload).map_err(|e| ("malformed", e.to_string()))?;
                 p.verify(node, &key).map_err(|e| ("unverified", format!("presence: {e}")))?;
                 self.trust.admit(&self.client, node, Kind::Presence, p.seq).map_err(untrusted)?;
-                tracing::info!(%node, online = p.online, "presence");
-                self.state.set_presence(node, p.online);
+                tracing::info!(%node, online = p.online, seq = p.seq, "presence");
+                self.state.set_presence(node, p.online, p.seq);
                 Ok(())
             }
             NodeTopic::Events => {
@@ -731,6 +732,35 @@ mod tests {
     /// An ingest with two joined nodes, n1 and n2, and their keys.
     /// What a node said before a controller restart is not taken again
     /// after it: the counters were kept (every few seconds, and at stop).
+    /// A restarted node's will (offline) overtook its online presence,
+    /// numbered below it and so dropped as a replay: the node's next
+    /// report, numbered above the will, says it is online after all. A
+    /// report older than the offline changes nothing.
+    #[test]
+    fn a_report_newer_than_an_offline_presence_brings_the_node_back() {
+        use kedge_common::envelope::encode_signed;
+        let (_dir, _client, state, mut ingest, k1, _) = joined();
+        let seq = |n: u64| kedge_common::wire::Seq::start(2).0 + n;
+        let presence = |online: bool, n: u64| {
+            let mut p = Presence { online, seq: seq(n), ..Default::default() };
+            p.sign("n1", &k1);
+            p.to_json()
+        };
+        let report = |n: u64| {
+            let r = NodeReport { node: "n1".into(), seq: seq(n), ..Default::default() };
+            encode_signed(&r, Purpose::Report, &k1).expect("encode")
+        };
+        let online = |state: &FleetState| state.node("n1").and_then(|n| n.online);
+        ingest.handle("kedge/v1/nodes/n1/presence", &presence(false, 2));
+        ingest.handle("kedge/v1/nodes/n1/presence", &presence(true, 1));
+        assert_eq!(online(&state), Some(false), "the online presence, numbered below the will, is a replay");
+        ingest.handle("kedge/v1/nodes/n1/status", &report(3));
+        assert_eq!(online(&state), Some(true), "a report after the will: online");
+        ingest.handle("kedge/v1/nodes/n1/presence", &presence(false, 9));
+        ingest.handle("kedge/v1/nodes/n1/status", &report(8));
+        assert_eq!(online(&state), Some(false), "an older report does not undo a newer offline");
+    }
+
     #[test]
     fn a_restart_takes_no_message_twice() {
         use kedge_common::envelope::encode_signed;

@@ -96,6 +96,8 @@ pub struct NodeLive {
     /// Presence as last heard, and when that was (unix seconds).
     pub online: Option<bool>,
     pub presence_at: i64,
+    /// The node's counter on that presence.
+    pub presence_seq: u64,
     /// Whether this controller has seen the node online since it started.
     pub seen_online: bool,
     /// When the newest report arrived (unix seconds, 0: none yet).
@@ -213,17 +215,33 @@ impl FleetState {
         f(&mut self.network.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    fn set_presence(&self, node: &str, online: bool) {
+    fn set_presence(&self, node: &str, online: bool, seq: u64) {
         let changed = self.with(|m| {
             let n = m.entry(node.to_string()).or_default();
             let changed = n.online != Some(online);
             n.online = Some(online);
             n.presence_at = now();
+            n.presence_seq = seq;
             n.seen_online |= online;
             changed
         });
         if changed {
             self.resync_nodes.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// A verified message of the node numbered `seq` arrived: if its
+    /// presence says offline with an older number, the node is online
+    /// again — a message sent after the offline was decided proves it
+    /// (its online presence may have been overtaken by a will it numbered
+    /// below it, or lost).
+    fn heard_from(&self, node: &str, seq: u64) {
+        let offline_before = self.with(|m| {
+            m.get(node).is_some_and(|n| n.online == Some(false) && seq > n.presence_seq && n.presence_seq > 0)
+        });
+        if offline_before {
+            tracing::info!(%node, seq, "a message newer than the node's offline presence: online");
+            self.set_presence(node, true, seq);
         }
     }
 

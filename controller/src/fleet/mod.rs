@@ -6,7 +6,9 @@
 //!
 //! Liveness is kept in memory ([`FleetState`]), never written as heartbeats
 //! (flash wear): a node is alive while its presence is online and its last
-//! report is not older than the report timeout. The node lifecycle
+//! report is not older than the report timeout. A report numbered above an
+//! offline presence counts as online (a restarted agent's will can reach
+//! the controller before its online presence, which is then a replay). The node lifecycle
 //! controller reads it through [`FleetState::heartbeat`], as its
 //! [`Liveness`].
 //!

@@ -178,6 +178,10 @@ pub async fn run<R: CriRuntime>(
     }
     let static_pods = node.source.scan().unwrap_or_default();
     node.store_static(static_pods).await;
+    // With a controller that was never heard from (a first start, or a
+    // cache wiped), running pods wait for its snapshot before any is taken
+    // for an orphan.
+    node.manager.set_sources_ready(node.cfg.link.is_none() || node.controller.generation > 0);
     node.manager.set_desired(node.all_pods());
     if !node.controller.pods.is_empty() {
         tracing::info!(
@@ -321,6 +325,7 @@ impl<R: CriRuntime> Node<R> {
                 });
             }
         }
+        self.manager.set_sources_ready(true);
         self.manager.set_desired(self.all_pods());
         if !delete_volumes.is_empty() {
             // Deleted volumes (claim gone, reclaim policy Delete): their data

@@ -2072,6 +2072,35 @@ fn pods_outlive_the_controller_and_start_from_the_cache() -> Result<()> {
     Ok(())
 }
 
+/// A replaced node (issue 19): its cache wiped, its key kept, it comes back
+/// to the embedded broker, which kept its persistent session. Its pods come
+/// back with the snapshot retained on the broker, which its subscribe on
+/// connect brings again — nothing needs to change to republish it.
+#[test]
+fn a_node_whose_cache_was_wiped_gets_its_pods_back() -> Result<()> {
+    if !prerequisites() {
+        return Ok(());
+    }
+    let Some(mut c) = Cluster::start(&["n1"], None, &[])? else { return Ok(()) };
+    c.apply("web", &deployment("web", 2, ""))?;
+    let pods = c.wait_running("app=web", 2, Duration::from_secs(60))?;
+    let pids = |c: &Cluster| -> Result<Vec<i64>> { pods.iter().map(|p| Ok(c.on_node("n1", &name(p))?[0].2)).collect() };
+    let before = pids(&c)?;
+    c.agent_mut("n1").kill();
+    let cache = c.agent("n1").data.join("agent.redb");
+    ensure!(cache.exists(), "the agent's cache at {}", cache.display());
+    std::fs::remove_file(&cache)?;
+    c.agent_mut("n1").start()?;
+    c.agent("n1").wait_for("the controller's snapshot again", Duration::from_secs(30), || {
+        Ok(c.agent("n1").log().contains("accepted the controller's snapshot").then_some(()))
+    })?;
+    c.wait_running("app=web", 2, Duration::from_secs(60))?;
+    // Not taken for orphans while the controller was not heard from yet.
+    ensure!(pids(&c)? == before, "the pods kept running: {before:?} → {:?}", pids(&c)?);
+    ensure!(before.iter().all(|p| alive(*p)));
+    Ok(())
+}
+
 /// Joining (design.md §3a): no token, a wrong one, an expired one and a
 /// used-up one are refused — the agent says why, no Node appears — and a
 /// good one joins, Ready.

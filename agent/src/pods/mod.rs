@@ -27,11 +27,22 @@ type Slot = watch::Sender<Option<Arc<DesiredPod>>>;
 pub struct PodManager<R> {
     ctx: Arc<WorkerContext<R>>,
     workers: HashMap<String, (Slot, JoinHandle<()>)>,
+    /// Whether every pod source has been heard from, so that a sandbox no
+    /// source names is truly unwanted (the kubelet's `sourcesReady`).
+    sources_ready: bool,
 }
 
 impl<R: CriRuntime> PodManager<R> {
     pub fn new(ctx: WorkerContext<R>) -> Self {
-        PodManager { ctx: Arc::new(ctx), workers: HashMap::new() }
+        PodManager { ctx: Arc::new(ctx), workers: HashMap::new(), sources_ready: true }
+    }
+
+    /// Until every source has been heard from (a node whose cache was wiped
+    /// has not heard from its controller yet), pods no source names are
+    /// left running rather than taken for orphans: the controller may well
+    /// want them.
+    pub fn set_sources_ready(&mut self, ready: bool) {
+        self.sources_ready = ready;
     }
 
     pub fn runtime(&self) -> &R {
@@ -92,6 +103,15 @@ impl<R: CriRuntime> PodManager<R> {
             .chain(status::uids_on_disk(&self.ctx.paths))
             .filter(|uid| !wanted.contains(uid) && !self.workers.contains_key(uid))
             .collect();
+        if !self.sources_ready {
+            if !orphans.is_empty() {
+                tracing::info!(
+                    pods = orphans.len(),
+                    "pods no source names yet: kept until the controller is heard from"
+                );
+            }
+            return;
+        }
         for uid in orphans {
             tracing::info!(uid = %uid, "removing a pod no source wants");
             self.spawn(uid, None);

@@ -198,6 +198,13 @@ pub async fn run<R: CriRuntime>(
             let current = desired.borrow_and_update().clone();
             let Some(d) = current else {
                 w.teardown(last.as_deref()).await;
+                // Wanted again while it was torn down: it starts afresh.
+                if desired.borrow().is_some() {
+                    tracing::info!("the pod is wanted again: starting it anew");
+                    w.reset();
+                    last = None;
+                    continue;
+                }
                 return;
             };
             last = Some(d.clone());
@@ -530,6 +537,18 @@ impl<R: CriRuntime> Worker<R> {
         entry.2 = e.to_string();
         entry.3 = offline;
         entry.1
+    }
+
+    /// Forgets the last incarnation of the pod (after its teardown).
+    fn reset(&mut self) {
+        self.restarts.clear();
+        self.pulls.clear();
+        self.waiting.clear();
+        self.written = None;
+        self.probes.clear();
+        self.deadline = None;
+        self.pre_stopped = Default::default();
+        self.terminated = false;
     }
 
     /// A Warning event about this pod for the fleet's next report.

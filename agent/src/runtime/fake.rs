@@ -42,6 +42,8 @@ pub struct Script {
     /// Exit codes of successive ExecSync calls, by command (its words
     /// joined by spaces); the last one repeats. Unlisted commands succeed.
     pub exec_codes: HashMap<String, VecDeque<i32>>,
+    /// Ignores SIGTERM: a stop takes its whole timeout.
+    pub ignores_sigterm: bool,
 }
 
 /// One call into the fake, with when it happened (tokio time since the fake
@@ -368,6 +370,10 @@ impl CriRuntime for FakeRuntime {
         self.record(Call::StopContainer { name: rec.name().to_string(), timeout });
         if rec.state == ContainerState::Exited {
             return Ok(());
+        }
+        let ignores = self.state().scripts.get(rec.name()).is_some_and(|s| s.ignores_sigterm);
+        if ignores {
+            tokio::time::sleep(Duration::from_secs(timeout.max(0).unsigned_abs())).await;
         }
         let now = self.now_ns();
         if let Some(c) = self.state().containers.get_mut(id) {

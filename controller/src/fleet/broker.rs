@@ -222,6 +222,47 @@ mod tests {
         }
     }
 
+    /// A node that lost its cache keeps its key, so its client id and the
+    /// persistent session the broker kept: subscribing again must bring the
+    /// retained messages (its snapshot) again, as MQTT 3.1.1 says.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_resubscribe_on_a_kept_session_brings_the_retained_messages_again() {
+        let mut tasks = JoinSet::new();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let port = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain.port();
+        let (publisher, mut pev) = client("controller", port, None);
+        connected(&mut pev).await;
+        publisher.publish("t/snapshot", QoS::AtLeastOnce, true, "generation 7").await.expect("publish");
+        tasks.spawn(async move { while pev.poll().await.is_ok() {} });
+        // Reads what arrives on the node's connection for `secs`.
+        async fn retained(ev: &mut EventLoop, secs: u64) -> Vec<String> {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+            while let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, ev.poll()).await {
+                if let Event::Incoming(Packet::Publish(p)) = ev {
+                    got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                }
+            }
+            got
+        }
+        let node = |port| {
+            let mut o = MqttOptions::new("node-2", "127.0.0.1", port);
+            o.set_clean_session(false);
+            AsyncClient::new(o, 16)
+        };
+        let (first, mut ev) = node(port);
+        connected(&mut ev).await;
+        first.subscribe("t/snapshot", QoS::AtLeastOnce).await.expect("subscribe");
+        assert_eq!(retained(&mut ev, 2).await, ["generation 7"], "the first subscribe");
+        drop(ev);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (again, mut ev) = node(port);
+        connected(&mut ev).await;
+        again.subscribe("t/snapshot", QoS::AtLeastOnce).await.expect("subscribe");
+        assert_eq!(retained(&mut ev, 2).await, ["generation 7"], "subscribing again on the kept session");
+    }
+
     /// An agent restarted before the broker saw its old socket close: its
     /// new connection takes the client id over. When the old socket closes
     /// after that, the new connection must live on (the router had given it

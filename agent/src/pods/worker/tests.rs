@@ -311,6 +311,47 @@ async fn a_removed_pod_is_stopped_with_its_grace_period_and_torn_down() {
     assert!(h.manager.statuses().is_empty(), "nothing is reported for it any more");
 }
 
+/// A pod that leaves the desired set and comes back while it is being torn
+/// down (a node whose controller answered late) runs again once the
+/// teardown is over, instead of staying gone.
+#[tokio::test(start_paused = true)]
+async fn a_pod_wanted_again_during_its_teardown_starts_anew() {
+    let rt = FakeRuntime::new();
+    script(&rt, "c", Script { ignores_sigterm: true, ..Default::default() });
+    let spec =
+        serde_json::json!({"terminationGracePeriodSeconds": 7, "containers": [container("c", serde_json::json!({}))]});
+    let mut h = start(rt, pod(spec.clone()));
+    advance(3).await;
+    h.manager.set_desired(Vec::new());
+    advance(1).await;
+    h.manager.set_desired(vec![pod(spec)]);
+    advance(15).await;
+    assert_eq!(h.starts().len(), 2, "started again after the teardown: {:?}", h.starts());
+    assert_eq!(h.status().phase, PodPhase::Running);
+}
+
+/// With a controller not heard from yet, running pods no source names stay
+/// (the kubelet's `sourcesReady`); once it is heard from, they go.
+#[tokio::test(start_paused = true)]
+async fn unknown_pods_wait_for_every_source_before_they_are_removed() {
+    let rt = FakeRuntime::new();
+    let mut h = start(rt, pod(serde_json::json!({"containers": [container("c", serde_json::json!({}))]})));
+    advance(3).await;
+    // A new manager over the same runtime: an agent restarted with no cache.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths { root: dir.path().to_path_buf() };
+    let mut fresh = PodManager::new(WorkerContext::new(h.rt.clone(), paths, BackoffPolicy::default()));
+    fresh.set_sources_ready(false);
+    fresh.set_desired(Vec::new());
+    advance(40).await;
+    assert!(h.times(|c| matches!(c, Call::RemovePodSandbox { .. })).is_empty(), "kept");
+    fresh.set_sources_ready(true);
+    fresh.set_desired(Vec::new());
+    advance(40).await;
+    assert_eq!(h.times(|c| matches!(c, Call::RemovePodSandbox { .. })).len(), 1, "removed once the sources are heard");
+    h.manager.set_desired(Vec::new());
+}
+
 /// A pod being deleted (its snapshot carries `deletionGracePeriodSeconds`):
 /// the preStop hook runs first, the container is stopped with what is left
 /// of the grace period, it is not restarted, and the status says

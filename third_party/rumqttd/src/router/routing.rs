@@ -975,7 +975,25 @@ impl Router {
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
-        if connection.subscriptions.insert(filter_path.clone()) {
+        let existing = !connection.subscriptions.insert(filter_path.clone());
+        if existing && forward_retained {
+            // MQTT 3.1.1 §3.8.4: a SUBSCRIBE identical to an existing
+            // subscription (one restored with a persistent session) replaces
+            // it, and the retained messages matching it are sent again. The
+            // subscription's request is in its tracker, or parked with the
+            // filter's waiters once caught up.
+            let mut marked = self.scheduler.forward_retained(id, filter_path);
+            if !marked {
+                if let Some(mut request) = self.datalog.remove_waiters_for_id(id, filter_path) {
+                    request.forward_retained = true;
+                    self.scheduler.track(id, request);
+                    marked = true;
+                }
+            }
+            if marked {
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+            }
+        } else if !existing {
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,

@@ -49,6 +49,19 @@ impl Scheduler {
         tracker.register_data_request(request);
     }
 
+    /// Marks the connection's request for `filter`, if the tracker holds
+    /// it, to forward the retained messages again; whether it did.
+    pub fn forward_retained(&mut self, id: ConnectionId, filter: &Filter) -> bool {
+        let Some(tracker) = self.trackers.get_mut(id) else { return false };
+        match tracker.data_requests.iter_mut().find(|r| &r.filter == filter) {
+            Some(request) => {
+                request.forward_retained = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn untrack(&mut self, id: ConnectionId, filter: &Filter) {
         let tracker = self.trackers.get_mut(id).unwrap();
         tracker.unregister_data_request(filter.clone());

@@ -410,7 +410,7 @@ async fn resource(
     let streams = (r.method == Method::GET && r.flag("watch"))
         || matches!(t.sub.as_deref(), Some("log" | "exec" | "attach" | "portforward"));
     let mut resp = answer(st, &t, r, path).await?;
-    if rt.custom.as_ref().is_some_and(|c| c.storage_version != rt.version) && !streams && resp.status().is_success() {
+    if rt.custom.is_some() && !streams && resp.status().is_success() {
         resp = in_version(resp, rt).await;
     }
     match format {
@@ -420,7 +420,8 @@ async fn resource(
 }
 
 /// A custom resource answer (object, list or table) in the version the
-/// request named: the stored objects carry the storage version's.
+/// request named: stored objects carry the version they were stored in
+/// (the storage version then, which may have moved since).
 async fn in_version(resp: Response, rt: &crate::resources::ResourceType) -> Response {
     let (mut parts, body) = resp.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
@@ -430,12 +431,18 @@ async fn in_version(resp: Response, rt: &crate::resources::ResourceType) -> Resp
         return Response::from_parts(parts, Body::from(bytes));
     };
     let objects: Vec<&mut Value> = match v.get("kind").and_then(Value::as_str) {
-        Some("Table") => v["rows"].as_array_mut().into_iter().flatten().map(|r| &mut r["object"]).collect(),
+        Some("Table") => v["rows"].as_array_mut().into_iter().flatten().filter_map(|r| r.get_mut("object")).collect(),
         Some(k) if k.ends_with("List") => v["items"].as_array_mut().into_iter().flatten().collect(),
         _ => vec![&mut v],
     };
+    let av = rt.api_version();
+    let mut changed = false;
     for o in objects.into_iter().filter(|o| o.get("kind").and_then(Value::as_str) == Some(rt.kind)) {
+        changed |= o.get("apiVersion").and_then(Value::as_str) != Some(av.as_str());
         crate::crd::present(rt, o);
+    }
+    if !changed {
+        return Response::from_parts(parts, Body::from(bytes));
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(serde_json::to_vec(&v).unwrap_or_default()))

@@ -126,6 +126,17 @@ impl Reconcile for CrdController {
     fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
         if ev.resource == crd::ID {
             out.push(Key::new(crd::ID, "", &ev.name));
+            // A CRD refused for a name another held gets its names once that
+            // one goes or changes: the group's other CRDs look again.
+            let group = ev.name.split_once('.').map_or("", |(_, g)| g);
+            if let Ok((others, _)) = self.client.store().list(crd::ID, None, None) {
+                for o in others.iter().filter(|o| o["spec"]["group"] == group) {
+                    let name = meta::get_str(o, "name").unwrap_or_default();
+                    if name != ev.name && !crd::established(o) {
+                        out.push(Key::new(crd::ID, "", name));
+                    }
+                }
+            }
         }
     }
 

@@ -141,7 +141,9 @@ fn version(path: &str, v: &CustomResourceDefinitionVersion, errs: &mut Errs) {
             ("labelSelectorPath", scale.label_selector_path.as_ref(), ".status."),
         ] {
             let Some(p) = p else { continue };
-            if !p.starts_with(prefix) || p.ends_with('.') || p.contains("..") || p.contains('[') {
+            // (A label selector may live under the spec too.)
+            let under = p.starts_with(prefix) || (field == "labelSelectorPath" && p.starts_with(".spec."));
+            if !under || p.ends_with('.') || p.contains("..") || p.contains('[') {
                 let why = format!("should be a json path under {}", prefix.trim_end_matches('.'));
                 errs.push(FieldError::invalid(format!("{at}.{field}"), p, &why));
             }

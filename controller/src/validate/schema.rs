@@ -285,9 +285,12 @@ fn check_array(schema: &Value, v: &Value, items: &[Value], at: &str, path: &str,
         }
     }
     let list_type = schema.get("x-kubernetes-list-type").and_then(Value::as_str);
+    // (Seen sets, not pairwise comparisons: a list near the body cap must
+    // not stall the store's write transaction.)
     if flag(schema, "uniqueItems") || list_type == Some("set") {
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in items.iter().enumerate() {
-            if items[..i].contains(item) {
+            if !seen.insert(item.to_string()) {
                 errs.push(FieldError {
                     reason: "FieldValueDuplicate",
                     message: format!("{path}[{i}]: Duplicate value: {}", show(item)),
@@ -304,9 +307,10 @@ fn check_array(schema: &Value, v: &Value, items: &[Value], at: &str, path: &str,
             .unwrap_or_default();
         let key_of =
             |item: &Value| -> Vec<Value> { keys.iter().map(|k| item.get(*k).cloned().unwrap_or_default()).collect() };
+        let mut seen = std::collections::HashSet::new();
         for (i, item) in items.iter().enumerate() {
             let k = key_of(item);
-            if items[..i].iter().any(|o| key_of(o) == k) {
+            if !seen.insert(serde_json::to_string(&k).unwrap_or_default()) {
                 let shown: Vec<String> = keys.iter().zip(&k).map(|(n, v)| format!("\"{n}\":{}", show(v))).collect();
                 errs.push(FieldError {
                     reason: "FieldValueDuplicate",

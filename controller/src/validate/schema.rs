@@ -35,9 +35,9 @@ fn join(path: &str, key: &str) -> String {
     if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
 }
 
-/// The schemas `allOf`/`anyOf`/`oneOf` add to `schema` for pruning and
-/// defaulting: structural schemas repeat no types there, but may name
-/// properties Kubernetes keeps.
+/// The schema `schema` gives its property `key`, if it names one.
+/// (Properties named only inside `allOf`/`anyOf`/`oneOf` are not looked at:
+/// those are pruned as unknown unless the node preserves unknown fields.)
 fn properties_of<'a>(schema: &'a Value, key: &str) -> Option<&'a Value> {
     schema.get("properties").and_then(|p| p.get(key))
 }

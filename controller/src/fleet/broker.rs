@@ -92,10 +92,12 @@ async fn start_plain(
     tasks: &mut JoinSet<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, BrokerError> {
-    // rumqttd binds the address itself; check it is free so the error is ours.
-    let probe = TcpListener::bind(listen).await.map_err(|source| BrokerError::Listen { addr: listen, source })?;
-    let listen = probe.local_addr().map_err(|source| BrokerError::Listen { addr: listen, source })?;
-    drop(probe);
+    // Bound here and handed to rumqttd (listener.patch): the port accepts
+    // connections once this returns, before the broker's task first runs —
+    // a client told the address (an agent, `mosquitto_sub`, a test) is never
+    // refused in between.
+    let listener = TcpListener::bind(listen).await.map_err(|source| BrokerError::Listen { addr: listen, source })?;
+    let listen = listener.local_addr().map_err(|source| BrokerError::Listen { addr: listen, source })?;
     let router = Router::new(
         0,
         RouterConfig {
@@ -129,7 +131,7 @@ async fn start_plain(
     let mut server = Server::new(settings, router_tx, V4);
     tasks.spawn(async move {
         tokio::select! {
-            r = server.start(LinkType::Remote) => if let Err(e) = r {
+            r = server.start_on(listener, LinkType::Remote) => if let Err(e) = r {
                 tracing::error!(error = %e, "the embedded MQTT broker stopped");
             },
             _ = stop.wait_for(|v| *v) => {}
@@ -220,6 +222,22 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// The address the broker reports takes connections at once: the
+    /// controller prints it and goes on with its start-up before the
+    /// broker's task first runs, and a client that connects in between (a
+    /// `mosquitto_sub` that does not retry) must not be refused.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_reported_address_takes_connections_before_the_broker_task_runs() {
+        let mut tasks = JoinSet::new();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let plain = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain;
+        // Blocking, on this (the only) runtime thread: the broker's task
+        // cannot have run yet.
+        let early = std::net::TcpStream::connect(plain);
+        assert!(early.is_ok(), "connecting to {plain} right after start: {early:?}");
     }
 
     /// A node that lost its cache keeps its key, so its client id and the

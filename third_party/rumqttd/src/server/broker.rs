@@ -381,6 +381,14 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
+        self.start_on(listener, link_type).await
+    }
+
+    /// Serves connections accepted on `listener`, bound by the caller: the
+    /// address accepts connections from the moment the caller has it (with
+    /// `start`, only once this task has run), and nothing else can take
+    /// the port in between.
+    pub async fn start_on(&mut self, listener: TcpListener, link_type: LinkType) -> Result<(), Error> {
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
 
@@ -395,7 +403,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             let (stream, addr) = match listener.accept().await {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
-                    error!(error=?e, "Unable to accept socket.");
+                    // Out of file descriptors (EMFILE/ENFILE) or memory the
+                    // error comes back at once until something is freed:
+                    // retrying at once spins a core and floods the log.
+                    error!(error=?e, "Unable to accept socket; pausing accepts for 100 ms.");
+                    time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };

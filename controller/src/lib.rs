@@ -19,6 +19,7 @@ pub mod resources;
 pub mod revoke;
 pub mod scheduler;
 pub mod selector;
+pub mod serve;
 pub mod server;
 pub mod store;
 pub mod telemetry;

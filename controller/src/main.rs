@@ -52,6 +52,15 @@ struct Cli {
     /// Range Service cluster IPs come from.
     #[arg(long, default_value = "10.43.0.0/16", value_parser = parse_cidr)]
     service_cidr: (Ipv4Addr, u8),
+    /// API connections served at once (a quarter of the open-file limit,
+    /// between 64 and 8,192, when not given); half of them per client
+    /// address. At the limit the oldest idle connection makes room.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a client may take to send a request's headers, and the
+    /// longest an API connection may idle between requests (`30s`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_header_timeout: Duration,
     /// Watch events kept in memory so watches can resume; older resume
     /// points get 410 Gone and clients re-list.
     #[arg(long, default_value_t = server::DEFAULT_WATCH_HISTORY)]
@@ -196,6 +205,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(user), None) => Some((user.clone(), String::new())),
         _ => None,
     };
+    kedge_controller::serve::raise_fd_limit();
+    let mut http = match cli.max_connections {
+        Some(n) => kedge_controller::serve::Limits::with_max(n),
+        None => kedge_controller::serve::Limits::for_this_process(),
+    };
+    http.header_timeout = cli.request_header_timeout;
     let running = server::start(Options {
         data_dir: cli.data_dir,
         listen: cli.listen,
@@ -210,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         service_cidr: cli.service_cidr,
         event_ttl: cli.event_ttl,
+        http,
         fleet: (!cli.no_fleet).then(|| FleetOptions {
             mqtt_listen: cli.mqtt_listen,
             mqtts_listen: cli.mqtts_listen,

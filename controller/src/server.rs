@@ -70,6 +70,8 @@ pub struct Options {
     pub event_ttl: std::time::Duration,
     /// The fleet link over MQTT; `None` runs the API and control loops only.
     pub fleet: Option<crate::fleet::FleetOptions>,
+    /// Connection limits and timeouts of the API's listener.
+    pub http: crate::serve::Limits,
 }
 
 impl Options {
@@ -86,6 +88,7 @@ impl Options {
             service_cidr: write::DEFAULT_SERVICE_CIDR,
             event_ttl: crate::controllers::eventttl::DEFAULT_TTL,
             fleet: None,
+            http: crate::serve::Limits::for_this_process(),
         }
     }
 }
@@ -226,17 +229,7 @@ pub async fn start(opts: Options) -> Result<Running, ServerError> {
     let presence = opts.fleet.as_ref().map(|_| fleet_state.presence_changes());
     let ca = tls.as_ref().map(|m| m.ca_pem.clone());
     start_controllers(&mut loops, client, &opts, liveness, presence, ca, rx.clone())?;
-    let mut stop = rx;
-    let task = match tls {
-        Some(m) => tokio::spawn(serve_tls(listener, app, m.server_config, stop)),
-        None => tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|v| *v).await;
-                })
-                .await
-        }),
-    };
+    let task = tokio::spawn(crate::serve::serve(listener, app, tls.map(|m| m.server_config), opts.http, rx));
     tracing::info!(%addr, tls = use_tls, kubeconfig = %kubeconfig.display(), revision = store.revision(), "API server listening");
     Ok(Running { addr, tls: use_tls, kubeconfig, store, broker, broker_tls, shutdown: tx, task, loops })
 }
@@ -320,69 +313,4 @@ fn kubeconfig_yaml(server: &str, ca_pem: Option<&str>, token: Option<&str>) -> S
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n{ca}    server: {server}\n  name: kedge\ncontexts:\n- context:\n    cluster: kedge\n    user: kedge-admin\n  name: kedge\ncurrent-context: kedge\nusers:\n- name: kedge-admin\n  user:{user}"
     )
-}
-
-/// Serves HTTPS: each connection's handshake and requests run in their own
-/// task, so a slow client cannot hold up the others. Connections may be
-/// upgraded (exec's WebSocket); on `stop` each finishes the request it
-/// serves and closes, and this returns once all have.
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    cfg: Arc<rustls::ServerConfig>,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::TokioIo;
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    let mut conns = JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|v| *v) => break,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut stop = stop.clone();
-        conns.spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
-            tokio::pin!(conn);
-            let stopping = async move {
-                let _ = stop.wait_for(|v| *v).await;
-            };
-            let served = tokio::select! {
-                r = conn.as_mut() => r,
-                () = stopping => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
-    Ok(())
 }

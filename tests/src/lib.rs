@@ -177,15 +177,28 @@ impl Controller {
     /// [`netlab`]), or in this process's one.
     pub fn start_in(netns: Option<&Path>, data_dir: &Path, listen: &str, extra: &[&str]) -> Result<Self> {
         let bin = binary("kedge-controller")?;
+        Self::spawn(command_in(netns, &bin), data_dir, listen, extra, Stdio::inherit())
+    }
+
+    /// Starts under `wrapper` (`prlimit --nofile=…`), its log (stderr) in
+    /// the file `log`.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str], log: &Path) -> Result<Self> {
+        let (program, args) = wrapper.split_first().context("a wrapper command")?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).arg(binary("kedge-controller")?);
+        Self::spawn(cmd, data_dir, "127.0.0.1:0", extra, std::fs::File::create(log)?.into())
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path, listen: &str, extra: &[&str], stderr: Stdio) -> Result<Self> {
         // Tests run side by side: the embedded broker takes any free port.
         let own_broker = !extra.iter().any(|a| ["--broker", "--mqtt-listen", "--no-fleet"].contains(a));
-        let mut child = command_in(netns, &bin)
+        let mut child = cmd
             .args(if own_broker { &["--mqtt-listen", "127.0.0.1:0"][..] } else { &[] })
             .args(extra)
             .args(["--data-dir", &data_dir.to_string_lossy(), "--listen", listen])
             .env("RUST_LOG", std::env::var("KEDGE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .context("starting kedge-controller")?;
         let stdout = child.stdout.take().context("controller stdout")?;

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use kedge_tests::{Controller, Kubectl, controller_and_kubectl, require};
+use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, require, run_ok, wait_for};
 
 /// Waits up to `limit` for the server to close `s` (a read gives EOF or an
 /// error); how long that took, or `None` if it stayed open.
@@ -179,4 +179,84 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Unmounts (lazily) when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The controller's data dir on a small filesystem that fills up: writes
+/// fail with a clear error naming the problem, reads go on, `/readyz`
+/// fails (`/livez` does not: restarting would not help); once space is
+/// back the store takes writes again by itself and `/readyz` passes; after
+/// a `kill -9` everything acknowledged is still there.
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_the_store_recovers_by_itself() -> Result<()> {
+    if !require(is_root(), "root (mounts a small tmpfs for the data dir)") {
+        return Ok(());
+    }
+    let Some(bin) = kedge_tests::kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let disk = tmp.path().join("disk");
+    std::fs::create_dir(&disk)?;
+    run_ok(Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "kedge-full-disk"]).arg(&disk))?;
+    let _mounted = Mounted(disk.clone());
+    let data = disk.join("data");
+    let mut ctl = Controller::start_with(&data, "127.0.0.1:0", &["--no-fleet"])?;
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: tmp.path().join("kube-cache") };
+    k.ok(&["create", "configmap", "before", "--from-literal=a=1"])?;
+
+    // Fill the disk (dd stops at ENOSPC), then write until the store needs
+    // space it cannot get.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", disk.join("filler").display()))
+        .output()?;
+    let big = format!("--from-literal=data={}", "x".repeat(60_000));
+    let mut refused = None;
+    let mut stored = Vec::new();
+    for i in 0..100 {
+        let name = format!("fill-{i}");
+        let out = k.run(&["create", "configmap", &name, &big])?;
+        if !out.status.success() {
+            refused = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            break;
+        }
+        stored.push(name);
+    }
+    let refused = refused.context("no write failed with the disk full")?;
+    ensure!(refused.contains("No space left on device"), "the error names the problem: {refused}");
+    ensure!(k.ok(&["get", "configmap", "before", "-o", "jsonpath={.data.a}"])? == "1", "reads go on");
+    let ready = k.run(&["get", "--raw", "/readyz?verbose"])?;
+    let why = String::from_utf8_lossy(&ready.stderr);
+    ensure!(!ready.status.success(), "/readyz passes with the disk full");
+    ensure!(k.ok(&["get", "--raw", "/livez"])? == "ok", "/livez fails with the disk full");
+    // A second write fails the same way, not with a stale "previous I/O error".
+    let again = k.run(&["create", "configmap", "again", &big])?;
+    let again = String::from_utf8_lossy(&again.stderr);
+    ensure!(again.contains("No space left on device"), "the next write: {again} (readyz said: {why})");
+
+    std::fs::remove_file(disk.join("filler"))?;
+    wait_for("/readyz to pass with space back", Duration::from_secs(20), || {
+        Ok(k.run(&["get", "--raw", "/readyz"])?.status.success().then_some(()))
+    })?;
+    k.ok(&["create", "configmap", "after", "--from-literal=b=2"])?;
+
+    ctl.kill();
+    let ctl = Controller::start_with(&data, "127.0.0.1:0", &["--no-fleet"])?;
+    let k = Kubectl { kubeconfig: ctl.kubeconfig(), ..k };
+    let names = k.ok(&["get", "configmaps", "-o", "name"])?;
+    for name in ["before", "after"].iter().copied().chain(stored.iter().map(String::as_str)) {
+        ensure!(names.contains(&format!("configmap/{name}\n")), "{name} is stored after a restart: {names}");
+    }
+    ensure!(!names.contains("configmap/again"), "a refused write was stored: {names}");
+    Ok(())
 }

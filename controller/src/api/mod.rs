@@ -528,7 +528,9 @@ async fn answer(st: &Arc<ApiState>, t: &Target, r: Req, path: &str) -> Result<Re
 /// (`/readyz/etcd`), as Kubernetes answers them: `ok`, or with `?verbose`
 /// one `[+]name ok` line per check; a failed check is `[-]name failed` and
 /// 500. `?exclude=name` leaves a check out. `etcd` is the store answering
-/// a read; `shutdown` (readiness only) fails once the server is stopping.
+/// a read; `etcd-readiness` (readiness only) fails while writes fail on
+/// I/O (a full disk) until one succeeds again; `shutdown` (readiness only)
+/// fails once the server is stopping.
 fn health(st: &ApiState, probe: &str, only: Option<&str>, r: &Req) -> Result<Response, ApiError> {
     let mut checks: Vec<(&str, Result<(), String>)> = vec![
         ("ping", Ok(())),
@@ -536,6 +538,9 @@ fn health(st: &ApiState, probe: &str, only: Option<&str>, r: &Req) -> Result<Res
         ("etcd", st.store.record("health").map(drop).map_err(|e| e.to_string())),
     ];
     if probe == "readyz" {
+        // Not ready while writes fail (a full disk): reads go on, but a
+        // client sent here could not change anything.
+        checks.push(("etcd-readiness", st.store.writable()));
         let stopping = *st.shutdown.borrow();
         checks.push(("shutdown", if stopping { Err("the server is shutting down".into()) } else { Ok(()) }));
     }

@@ -26,6 +26,8 @@ impl<T> Kind for T where T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = O
 #[derive(Clone)]
 pub struct Client {
     writer: Writer,
+    /// What the event recorder remembers (shared by the clones).
+    events: std::sync::Arc<std::sync::Mutex<crate::controllers::events::Correlator>>,
 }
 
 fn decode<K: Kind>(v: Value) -> Result<K, ControllerError> {
@@ -42,7 +44,12 @@ fn name_ns(meta: &ObjectMeta) -> (String, String) {
 
 impl Client {
     pub fn new(writer: Writer) -> Self {
-        Client { writer }
+        Client { writer, events: crate::controllers::events::Correlator::shared() }
+    }
+
+    /// The event recorder's memory ([`crate::controllers::events::record`]).
+    pub fn events(&self) -> &std::sync::Arc<std::sync::Mutex<crate::controllers::events::Correlator>> {
+        &self.events
     }
 
     pub fn store(&self) -> &SharedStore {

@@ -260,3 +260,30 @@ fn a_full_disk_refuses_writes_clearly_and_the_store_recovers_by_itself() -> Resu
     ensure!(!names.contains("configmap/again"), "a refused write was stored: {names}");
     Ok(())
 }
+
+/// An Event is small: one whose message is over 4 KiB is refused with the
+/// field named (a megabyte each, events filled the store and every
+/// watcher's memory); one just under is taken.
+#[test]
+fn an_oversized_event_is_refused_by_name() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Some((_ctl, k)) = controller_and_kubectl(tmp.path(), &["--no-fleet"])? else { return Ok(()) };
+    let event = |name: &str, len: usize| -> Result<std::path::PathBuf> {
+        let path = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Event\nmetadata: {{name: {name}}}\ninvolvedObject: {{kind: Pod, name: web, namespace: default}}\nreason: Test\ntype: Normal\nmessage: {}\n",
+                "m".repeat(len)
+            ),
+        )?;
+        Ok(path)
+    };
+    let big = event("big", 4097)?;
+    let refused = k.fails(&["create", "-f", &big.to_string_lossy()])?;
+    ensure!(refused.contains("message: Too long: may not be more than 4096 bytes"), "{refused}");
+    let fits = event("fits", 4096)?;
+    k.ok(&["create", "-f", &fits.to_string_lossy()])?;
+    ensure!(k.ok(&["get", "events", "-o", "name"])?.trim() == "event/fits", "only the one that fits is stored");
+    Ok(())
+}

@@ -873,7 +873,16 @@ pub fn event(e: &mut Event, _old: Option<&Event>, errs: &mut Errs) {
         }
     }
     one_of(errs, "type", e.type_.as_deref(), &["Normal", "Warning"]);
+    // Kubernetes caps events.k8s.io's note at 1 KiB but not core/v1's
+    // message; a megabyte each, events filled the store and the memory of
+    // every watcher. 4 KiB holds any message a recorder writes.
+    if e.message.as_ref().is_some_and(|m| m.len() > MAX_EVENT_MESSAGE) {
+        errs.push(FieldError::too_long("message", MAX_EVENT_MESSAGE));
+    }
 }
+
+/// The longest Event message taken, in bytes.
+pub const MAX_EVENT_MESSAGE: usize = 4096;
 
 // ------------------------------------------------------------ stateful sets
 

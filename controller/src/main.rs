@@ -43,9 +43,13 @@ struct Cli {
     /// (`40s`, `2m`).
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     node_monitor_grace_period: Duration,
-    /// Pod network of the cluster; each node gets a /24 of it.
+    /// Pod network of the cluster; each node gets a range of it.
     #[arg(long, default_value = "10.42.0.0/16", value_parser = parse_cidr)]
     cluster_cidr: (Ipv4Addr, u8),
+    /// The prefix length of each node's range of --cluster-cidr: 24 gives
+    /// 256 nodes of /16 room for 253 pods each; 26, 1,024 nodes of 61 pods.
+    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(8..=30))]
+    node_cidr_mask_size: u8,
     /// How long events are kept (`1h`).
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: Duration,
@@ -205,6 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         (Some(user), None) => Some((user.clone(), String::new())),
         _ => None,
     };
+    if cli.node_cidr_mask_size < cli.cluster_cidr.1 {
+        anyhow::bail!(
+            "--node-cidr-mask-size {} is wider than --cluster-cidr's /{}: a node's range must fit in the cluster's",
+            cli.node_cidr_mask_size,
+            cli.cluster_cidr.1
+        );
+    }
     kedge_controller::serve::raise_fd_limit();
     let mut http = match cli.max_connections {
         Some(n) => kedge_controller::serve::Limits::with_max(n),
@@ -221,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         nodes: NodeLifecycleConfig {
             grace: cli.node_monitor_grace_period,
             cluster_cidr: cli.cluster_cidr,
+            node_cidr_mask: cli.node_cidr_mask_size,
             ..NodeLifecycleConfig::default()
         },
         service_cidr: cli.service_cidr,

@@ -287,3 +287,53 @@ fn an_oversized_event_is_refused_by_name() -> Result<()> {
     ensure!(k.ok(&["get", "events", "-o", "name"])?.trim() == "event/fits", "only the one that fits is stored");
     Ok(())
 }
+
+/// `--node-cidr-mask-size` sizes each node's range of `--cluster-cidr`, as
+/// kube-controller-manager's flag does: a /24 cluster CIDR in /26s serves
+/// four nodes; the fifth gets no range, and its Event says why and which
+/// flags to change.
+#[test]
+fn node_ranges_follow_the_mask_size_and_an_exhausted_pool_says_so() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let flags = ["--no-fleet", "--cluster-cidr", "10.77.0.0/24", "--node-cidr-mask-size", "26"];
+    let Some((_ctl, k)) = controller_and_kubectl(tmp.path(), &flags)? else { return Ok(()) };
+    let nodes = tmp.path().join("nodes.yaml");
+    let yaml: Vec<String> =
+        (1..=5).map(|i| format!("apiVersion: v1\nkind: Node\nmetadata: {{name: node-{i}}}\n")).collect();
+    std::fs::write(&nodes, yaml.join("---\n"))?;
+    k.ok(&["create", "-f", &nodes.to_string_lossy()])?;
+    let ranges = wait_for("four nodes with ranges", Duration::from_secs(20), || {
+        let out = k.ok(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.spec.podCIDR}{\"\\n\"}{end}"])?;
+        let mut got: Vec<String> = out.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        got.sort();
+        Ok((got.len() == 4).then_some(got))
+    })?;
+    ensure!(ranges == ["10.77.0.0/26", "10.77.0.128/26", "10.77.0.192/26", "10.77.0.64/26"], "{ranges:?}");
+    let event = wait_for("the CIDRNotAvailable event", Duration::from_secs(20), || {
+        let out = k.ok(&[
+            "get",
+            "events",
+            "-A",
+            "--field-selector",
+            "reason=CIDRNotAvailable",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        Ok((!out.is_empty()).then_some(out))
+    })?;
+    ensure!(
+        event.contains("10.77.0.0/24 has no free /26 left: its 4 node ranges are all taken")
+            && event.contains("--node-cidr-mask-size"),
+        "{event}"
+    );
+    let other = tmp.path().join("other");
+    let out = Command::new(kedge_tests::binary("kedge-controller")?)
+        .arg("--data-dir")
+        .arg(&other)
+        .args(["--cluster-cidr", "10.77.0.0/24", "--node-cidr-mask-size", "20"])
+        .output()?;
+    let refused = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "a node range wider than the cluster's was taken");
+    ensure!(refused.contains("--node-cidr-mask-size 20 is wider than --cluster-cidr's /24"), "{refused}");
+    Ok(())
+}

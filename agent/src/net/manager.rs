@@ -311,7 +311,7 @@ impl NetworkManager {
 }
 
 /// Why pods wait before the controller has given the node its pod CIDR.
-pub const NO_POD_CIDR: &str = "the node has no pod CIDR yet (the controller gives each node a /24 of its --cluster-cidr; a full range shows as a CIDRNotAvailable event on the node)";
+pub const NO_POD_CIDR: &str = "the node has no pod CIDR yet (the controller gives each node a range of its --cluster-cidr, --node-cidr-mask-size wide; a full range shows as a CIDRNotAvailable event on the node)";
 
 /// The table with this node's own endpoints' health put over the
 /// controller's view: an endpoint address inside this node's pod CIDR is

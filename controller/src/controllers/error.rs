@@ -27,8 +27,10 @@ pub enum ControllerError {
     Decode { kind: &'static str, source: serde_json::Error },
     #[error("{kind} does not encode: {source}")]
     Encode { kind: &'static str, source: serde_json::Error },
-    #[error("the cluster CIDR has no free /24 left")]
-    NoPodCidr,
+    #[error(
+        "the cluster CIDR {cluster} has no free /{mask} left: its {blocks} node ranges are all taken (widen --cluster-cidr, or raise --node-cidr-mask-size for smaller ranges)"
+    )]
+    NoPodCidr { cluster: String, mask: u8, blocks: u64 },
     #[error("encoding the snapshot of {node}: {source}")]
     Snapshot { node: String, source: kedge_common::envelope::EnvelopeError },
     #[error("queueing the snapshot of {node}: {source}")]

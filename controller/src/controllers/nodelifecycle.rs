@@ -57,8 +57,10 @@ impl Clock for SystemClock {
 pub struct NodeLifecycleConfig {
     /// `--node-monitor-grace-period` (default 40 s).
     pub grace: Duration,
-    /// `--cluster-cidr` (default 10.42.0.0/16); nodes get /24s from it.
+    /// `--cluster-cidr` (default 10.42.0.0/16); nodes get ranges from it.
     pub cluster_cidr: (Ipv4Addr, u8),
+    /// `--node-cidr-mask-size` (default 24): the prefix of each node's range.
+    pub node_cidr_mask: u8,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -67,9 +69,44 @@ impl Default for NodeLifecycleConfig {
         NodeLifecycleConfig {
             grace: Duration::from_secs(40),
             cluster_cidr: (Ipv4Addr::new(10, 42, 0, 0), 16),
+            node_cidr_mask: 24,
             clock: Arc::new(SystemClock),
         }
     }
+}
+
+/// The first network address, in `base/bits`, of a `/mask` range that
+/// overlaps none of `taken` (CIDRs; unparsable ones are skipped).
+fn free_range<'a>(base: Ipv4Addr, bits: u8, mask: u8, taken: impl Iterator<Item = &'a str>) -> Option<Ipv4Addr> {
+    let span = |prefix: u8| 1u64 << (32 - u32::from(prefix));
+    let mut used: Vec<(u64, u64)> = taken
+        .filter_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
+        .map(|n| (u64::from(u32::from(n.network())), u64::from(u32::from(n.network())) + span(n.prefix_len())))
+        .collect();
+    used.sort_unstable();
+    let start = u64::from(u32::from(base) & !(u32::MAX.checked_shr(u32::from(bits)).unwrap_or(0)));
+    let end = start + span(bits);
+    let step = span(mask);
+    let mut next = used.iter().peekable();
+    let mut candidate = start;
+    // Ranges ending at or before the candidate no longer matter; the first
+    // one left overlaps it or lies beyond.
+    let mut reach = 0u64;
+    while candidate + step <= end {
+        while let Some(&&(s, e)) = next.peek() {
+            if s >= candidate + step {
+                break;
+            }
+            reach = reach.max(e);
+            next.next();
+        }
+        if reach <= candidate {
+            return u32::try_from(candidate).ok().map(Ipv4Addr::from);
+        }
+        // Skip to the first aligned range past everything overlapping.
+        candidate = reach.div_ceil(step) * step;
+    }
+    None
 }
 
 pub struct NodeLifecycle {
@@ -129,16 +166,19 @@ impl NodeLifecycle {
         jiff::Timestamp::from_second(self.now()).ok().map(Time)
     }
 
-    /// The lowest free /24 of the cluster CIDR.
+    /// The lowest free node range (`--node-cidr-mask-size`) of the cluster
+    /// CIDR, not overlapping any node's (ranges given under another mask
+    /// size stay theirs).
     fn allocate_cidr(&self, nodes: &[Node]) -> Result<String, ControllerError> {
-        let used: BTreeSet<String> =
-            nodes.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.clone()).filter(|c| !c.is_empty()).collect();
         let (base, bits) = self.cfg.cluster_cidr;
-        let blocks = 1u32 << (24u8.saturating_sub(bits).min(24));
-        (0..blocks)
-            .map(|i| format!("{}/24", Ipv4Addr::from(u32::from(base) + (i << 8))))
-            .find(|c| !used.contains(c))
-            .ok_or(ControllerError::NoPodCidr)
+        let mask = self.cfg.node_cidr_mask.clamp(bits, 32);
+        free_range(base, bits, mask, nodes.iter().filter_map(|n| n.spec.as_ref()?.pod_cidr.as_deref()))
+            .map(|a| format!("{a}/{mask}"))
+            .ok_or_else(|| ControllerError::NoPodCidr {
+                cluster: format!("{base}/{bits}"),
+                mask,
+                blocks: 1u64 << (mask - bits),
+            })
     }
 
     /// Adds or removes our taints so the node carries exactly `want`.
@@ -389,7 +429,7 @@ impl Reconcile for NodeLifecycle {
                 // The rest of the node's lifecycle goes on; its agent reports
                 // NetworkUnavailable. Tried again at the node's next change
                 // (a node deleted frees its /24).
-                Err(e @ ControllerError::NoPodCidr) if self.cidr_warned.insert(key.name.clone()) => {
+                Err(e @ ControllerError::NoPodCidr { .. }) if self.cidr_warned.insert(key.name.clone()) => {
                     tracing::warn!(node = %key.name, error = %e, "no pod CIDR for the node");
                     let message = format!("Node {} status is now: CIDRNotAvailable ({e})", key.name);
                     events::record(
@@ -401,7 +441,7 @@ impl Reconcile for NodeLifecycle {
                         &message,
                     );
                 }
-                Err(ControllerError::NoPodCidr) => {}
+                Err(ControllerError::NoPodCidr { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -449,3 +489,33 @@ impl Reconcile for NodeLifecycle {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod free_range_tests {
+    use super::free_range;
+    use std::net::Ipv4Addr;
+
+    fn free(bits: u8, mask: u8, taken: &[&str]) -> Option<String> {
+        free_range(Ipv4Addr::new(10, 42, 0, 0), bits, mask, taken.iter().copied()).map(|a| a.to_string())
+    }
+
+    #[test]
+    fn the_lowest_range_overlapping_none_is_given() {
+        assert_eq!(free(16, 24, &[]).as_deref(), Some("10.42.0.0"));
+        assert_eq!(free(16, 24, &["10.42.0.0/24", "10.42.2.0/24"]).as_deref(), Some("10.42.1.0"));
+        assert_eq!(free(16, 26, &["10.42.0.0/26", "10.42.0.128/26"]).as_deref(), Some("10.42.0.64"));
+        // A /24 given before the mask size changed covers four /26s.
+        assert_eq!(free(16, 26, &["10.42.0.0/24"]).as_deref(), Some("10.42.1.0"));
+        assert_eq!(free(16, 24, &["10.42.0.64/26", "garbage"]).as_deref(), Some("10.42.1.0"));
+    }
+
+    #[test]
+    fn a_full_pool_gives_none_and_a_wide_one_serves_ten_thousand_nodes() {
+        assert_eq!(free(24, 26, &["10.42.0.0/26", "10.42.0.64/26", "10.42.0.128/26", "10.42.0.192/26"]), None);
+        // 10.32.0.0/12 holds 16,384 /26s: 10,000 nodes of 61 pods.
+        let base = u32::from(Ipv4Addr::new(10, 32, 0, 0));
+        let taken: Vec<String> = (0..10_000u32).map(|i| format!("{}/26", Ipv4Addr::from(base + i * 64))).collect();
+        let next = free_range(Ipv4Addr::from(base), 12, 26, taken.iter().map(String::as_str));
+        assert_eq!(next, Some(Ipv4Addr::from(base + 10_000 * 64)));
+    }
+}

@@ -13,7 +13,7 @@
 //! Liveness comes through the [`Liveness`] trait (the fleet link implements
 //! it) and time from a [`Clock`], so tests can drive both.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -14,16 +14,16 @@ out=${CARGO_TARGET_DIR:-$repo/target}
 # Each binary built alone: built together, cargo unifies their dependencies'
 # features, and the controller's make the agent 330 KB bigger.
 cargo build --release --locked -p kedge-agent
-cargo build --release --locked -p kedge-controller
+cargo build --profile release-controller --locked -p kedge-controller
 scripts/cross.sh aarch64-unknown-linux-gnu build --release --locked -p kedge-agent
-scripts/cross.sh aarch64-unknown-linux-gnu build --release --locked -p kedge-controller
+scripts/cross.sh aarch64-unknown-linux-gnu build --profile release-controller --locked -p kedge-controller
 scripts/cross.sh armv7-unknown-linux-gnueabihf build --release --locked -p kedge-agent
 
 for spec in "kedge-agent amd64 $out/release" \
             "kedge-agent arm64 $out/aarch64-unknown-linux-gnu/release" \
             "kedge-agent armhf $out/armv7-unknown-linux-gnueabihf/release" \
-            "kedge-controller amd64 $out/release" \
-            "kedge-controller arm64 $out/aarch64-unknown-linux-gnu/release"; do
+            "kedge-controller amd64 $out/release-controller" \
+            "kedge-controller arm64 $out/aarch64-unknown-linux-gnu/release-controller"; do
     read -r pkg arch dir <<<"$spec"
     deb=$(scripts/package-deb.sh "$pkg" "$arch" "$dir/$pkg")
     printf '%-60s binary %8d bytes\n' "$deb" "$(stat -c %s "$dir/$pkg")"

@@ -58,10 +58,11 @@ if [ "${1:-}" = "stop" ]; then stop; exit 0; fi
 command -v kubectl >/dev/null || { echo "kubectl is needed to apply the example" >&2; exit 1; }
 . scripts/packages.sh
 ensure_packages "${BUILD_PACKAGES[@]}"
-cargo build --release -p kedge-controller -p kedge-agent
+cargo build --release -p kedge-agent
+cargo build --profile release-controller -p kedge-controller
 mkdir -p "$DATA"
 stop
-./target/release/kedge-controller --data-dir "$DATA/controller" --listen "$LISTEN" --mqtt-listen "$MQTT" >"$DATA/controller.log" 2>&1 &
+./target/release-controller/kedge-controller --data-dir "$DATA/controller" --listen "$LISTEN" --mqtt-listen "$MQTT" >"$DATA/controller.log" 2>&1 &
 echo $! >"$PIDFILE"
 export KUBECONFIG="$DATA/controller/kubeconfig.yaml"
 for _ in $(seq 1 100); do
@@ -79,7 +80,7 @@ if [ "$(id -u)" -eq 0 ]; then
   mkdir -p "$DATA/manifests"
   cp examples/static-pod.yaml "$DATA/manifests/"
   # The node joins with a token the controller makes, as a real node does.
-  TOKEN=$(./target/release/kedge-controller --data-dir "$DATA/controller" token create)
+  TOKEN=$(./target/release-controller/kedge-controller --data-dir "$DATA/controller" token create)
   # Its own config paths: this demo leaves /etc/kedge and the boot partition alone.
   "${AGENT[@]}" run --manifests "$DATA/manifests" --cri-socket "$DATA/cri.sock" \
     --config "$DATA/agent.yaml" --boot-config "$DATA/boot-config.yaml" \

@@ -40,6 +40,8 @@ check_hot_text() { # BINARY
 }
 # cargo's output folder (CARGO_TARGET_DIR, when set, moves it).
 out=${CARGO_TARGET_DIR:-$repo/target}
+# The profile each binary ships in: the controller unwinds (Cargo.toml).
+profile() { if [ "$1" = kedge-controller ]; then echo release-controller; else echo release; fi; }
 
 echo "==== $(uname -m) release agent"
 cargo build --release --locked -p kedge-agent
@@ -54,10 +56,10 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     # by 330 KB), and the controller only where it ships: arm64.
     bins=(kedge-agent); [ "$a" = arm64 ] && bins+=(kedge-controller)
     for b in "${bins[@]}"; do
-        scripts/cross.sh "$t" build --release --locked -p "$b"
+        scripts/cross.sh "$t" build --profile "$(profile "$b")" --locked -p "$b"
     done
     for b in "${bins[@]}"; do
-        bin=$out/$t/release/$b
+        bin=$out/$t/$(profile "$b")/$b
         v=$(${qemu[$t]} "$bin" --version) || fail "$bin --version under qemu"
         [[ $v == "$b "* ]] || fail "$bin --version printed '$v'"
         echo "$v under ${qemu[$t]%% *}: ok"
@@ -75,7 +77,7 @@ for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     # Packages: the agent for arm64 and armhf, the controller for arm64.
     pkgs=(kedge-agent); [ "$a" = arm64 ] && pkgs+=(kedge-controller)
     for p in "${pkgs[@]}"; do
-        deb=$(scripts/package-deb.sh "$p" "$a" "$out/$t/release/$p")
+        deb=$(scripts/package-deb.sh "$p" "$a" "$out/$t/$(profile "$p")/$p")
         contents=$(dpkg-deb -c "$deb")
         for f in "./usr/bin/$p" "./lib/systemd/system/$p.service"; do
             grep -q " $f\$" <<<"$contents" || fail "$deb lacks $f"

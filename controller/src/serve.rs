@@ -293,15 +293,30 @@ async fn connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    use axum::response::IntoResponse as _;
+    use futures_util::FutureExt as _;
     use http_body_util::BodyExt as _;
     use hyper::service::Service as _;
     use hyper_util::rt::{TokioIo, TokioTimer};
     let inner = hyper_util::service::TowerToHyperService::new(app);
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let guard = Busy::enter(&busy);
-        let response = inner.call(req);
+        let inner = inner.clone();
+        let path = req.uri().path().to_owned();
+        // A bug in one handler answers that request with a 500 and leaves
+        // the connection, and every other, served (the controller unwinds:
+        // profile release-controller).
+        let response = std::panic::AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind();
         async move {
-            let response = response.await?;
+            let response = match response.await {
+                Ok(r) => r?,
+                Err(panic) => {
+                    let what = panic_message(panic.as_ref());
+                    tracing::error!(%peer, path, panic = %what, "a request handler panicked; answered with a 500");
+                    crate::api::error::ApiError::internal(format!("the server hit a bug handling this request: {what}"))
+                        .into_response()
+                }
+            };
             // Busy until the body's last byte is sent (or the body dropped).
             Ok::<_, std::convert::Infallible>(response.map(|b| {
                 axum::body::Body::new(b.map_frame(move |f| {
@@ -335,6 +350,15 @@ async fn connection<I>(
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// What a panic said (its `&str` or `String` payload).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 #[cfg(test)]

@@ -337,3 +337,50 @@ fn node_ranges_follow_the_mask_size_and_an_exhausted_pool_says_so() -> Result<()
     ensure!(refused.contains("--node-cidr-mask-size 20 is wider than --cluster-cidr's /24"), "{refused}");
     Ok(())
 }
+
+/// A bug in one request or one reconcile does not take the controller
+/// down (test hooks of debug builds inject the panics): the request gets a
+/// 500 naming the bug, kubectl goes on working, the loop whose reconcile
+/// of `boom` panics keeps reconciling every other object, and the process
+/// is still the same one.
+#[test]
+fn a_panicking_request_or_reconcile_leaves_the_controller_answering() -> Result<()> {
+    let Some(bin) = kedge_tests::kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return Ok(());
+    };
+    let tmp = tempfile::tempdir()?;
+    let log = tmp.path().join("controller.log");
+    let hooks = ["env", "KEDGE_TEST_PANIC_PATH=/apis/kedge.test/v1/panic", "KEDGE_TEST_PANIC_RECONCILE=boom"];
+    let mut ctl = Controller::start_wrapped(&hooks, &tmp.path().join("data"), &["--no-fleet"], &log)?;
+    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: tmp.path().join("kube-cache") };
+    let refused = k.fails(&["get", "--raw", "/apis/kedge.test/v1/panic"])?;
+    ensure!(refused.contains("the server hit a bug handling this request"), "{refused}");
+    ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains("namespace/default"), "kubectl after the panic");
+
+    let deployment = |name: &str| -> Result<()> {
+        let path = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec: {{containers: [{{name: main, image: busybox}}]}}\n"
+            ),
+        )?;
+        k.ok(&["apply", "-f", &path.to_string_lossy()])?;
+        Ok(())
+    };
+    deployment("boom")?;
+    deployment("fine")?;
+    let has_rs = |app: &str| -> Result<bool> {
+        Ok(!k.ok(&["get", "replicasets", "-l", &format!("app={app}"), "-o", "name"])?.trim().is_empty())
+    };
+    wait_for("fine's ReplicaSet", Duration::from_secs(20), || Ok(has_rs("fine")?.then_some(())))?;
+    ensure!(!has_rs("boom")?, "boom's reconcile panics: it has no ReplicaSet");
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(text.contains("a reconcile panicked") && text.contains("a request handler panicked"), "{}", tail(&log));
+    // The loop lives on: a Deployment made after the panics gets its set.
+    deployment("later")?;
+    wait_for("later's ReplicaSet", Duration::from_secs(20), || Ok(has_rs("later")?.then_some(())))?;
+    ensure!(ctl.child.try_wait()?.is_none(), "the controller exited");
+    Ok(())
+}

@@ -297,6 +297,12 @@ async fn route(st: &Arc<ApiState>, req: Request) -> Result<Response, ApiError> {
         }
         user
     };
+    // The test hook of issue 19: a request handler that panics, to show the
+    // panic answered with a 500 and the API answering on (debug builds only).
+    #[cfg(debug_assertions)]
+    if std::env::var_os("KEDGE_TEST_PANIC_PATH").is_some_and(|p| p == req.uri().path()) {
+        panic!("injected into {} (KEDGE_TEST_PANIC_PATH)", req.uri().path());
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
     let query: HashMap<String, String> =

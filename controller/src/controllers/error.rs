@@ -31,6 +31,8 @@ pub enum ControllerError {
         "the cluster CIDR {cluster} has no free /{mask} left: its {blocks} node ranges are all taken (widen --cluster-cidr, or raise --node-cidr-mask-size for smaller ranges)"
     )]
     NoPodCidr { cluster: String, mask: u8, blocks: u64 },
+    #[error("the reconcile panicked: {0}")]
+    Panicked(String),
     #[error("encoding the snapshot of {node}: {source}")]
     Snapshot { node: String, source: kedge_common::envelope::EnvelopeError },
     #[error("queueing the snapshot of {node}: {source}")]

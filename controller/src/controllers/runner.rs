@@ -171,7 +171,19 @@ pub async fn run_with_resync<R: Reconcile>(
             let span = tracing::debug_span!("reconcile", controller = name, keys = keys.len(), first = %keys[0].name);
             let results = {
                 let _g = span.enter();
-                r.reconcile_batch(&keys)
+                // A bug in one reconcile fails that batch (retried with
+                // backoff), not the loop: the other objects are still
+                // reconciled (the controller unwinds: release-controller).
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(debug_assertions)]
+                    injected_panic(name, &keys);
+                    r.reconcile_batch(&keys)
+                }))
+                .unwrap_or_else(|panic| {
+                    let what = crate::serve::panic_message(panic.as_ref());
+                    tracing::error!(controller = name, first = %keys[0].name, keys = keys.len(), panic = %what, "a reconcile panicked");
+                    keys.iter().map(|_| Err(ControllerError::Panicked(what.clone()))).collect()
+                })
             };
             for (key, result) in keys.into_iter().zip(results) {
                 match result {
@@ -293,5 +305,16 @@ mod tests {
         assert_eq!(q.failed(&k("x")), BACKOFF_MAX);
         q.succeeded(&k("x"));
         assert_eq!(q.failed(&k("x")), d1);
+    }
+}
+
+/// The test hook of issue 19: a reconcile of an object named by
+/// `KEDGE_TEST_PANIC_RECONCILE` panics (debug builds only).
+#[cfg(debug_assertions)]
+fn injected_panic(controller: &str, keys: &[Key]) {
+    if let Some(name) = std::env::var_os("KEDGE_TEST_PANIC_RECONCILE") {
+        if let Some(k) = keys.iter().find(|k| name == k.name.as_str()) {
+            panic!("injected into {controller}'s reconcile of {} (KEDGE_TEST_PANIC_RECONCILE)", k.name);
+        }
     }
 }

@@ -11,8 +11,9 @@
 //! descriptors until it execs, and a redb file kept open would leave its lock
 //! with a container created just before an agent crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -52,17 +53,22 @@ macro_rules! from_redb {
 }
 from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
 
-/// The database is opened per operation; users in this process take turns
-/// instead of retrying on "already open".
-static OPEN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The database is opened per operation; users of one file in this process
+/// take turns instead of retrying on "already open" (one lock per file: the
+/// fleet simulator runs thousands of nodes, each with its own, in one process).
+static OPEN: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, Arc<std::sync::Mutex<()>>>>> =
+    std::sync::LazyLock::new(Default::default);
 
 pub struct Cache {
     path: PathBuf,
+    /// Taken around each use of the file.
+    turn: Arc<std::sync::Mutex<()>>,
 }
 
 impl Cache {
     pub fn open(path: &Path) -> Result<Cache, CacheError> {
-        let cache = Cache { path: path.to_path_buf() };
+        let turn = OPEN.lock().unwrap_or_else(|p| p.into_inner()).entry(path.to_path_buf()).or_default().clone();
+        let cache = Cache { path: path.to_path_buf(), turn };
         cache.write(|txn| {
             txn.open_table(DESIRED)?;
             txn.open_table(META)?;
@@ -80,7 +86,7 @@ impl Cache {
 
     /// Runs `f` in one write transaction, committed if it succeeds.
     pub fn write<T>(&self, f: impl FnOnce(&redb::WriteTransaction) -> Result<T, CacheError>) -> Result<T, CacheError> {
-        let _one_at_a_time = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let _no_fork_meanwhile = crate::forklock::writing();
         let db = self.db()?;
         let txn = db.begin_write()?;
@@ -91,7 +97,7 @@ impl Cache {
 
     /// Runs `f` in one read transaction.
     pub fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T, CacheError>) -> Result<T, CacheError> {
-        let _one_at_a_time = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         let _no_fork_meanwhile = crate::forklock::writing();
         let db = self.db()?;
         let txn = db.begin_read()?;

@@ -607,6 +607,7 @@ async fn run(data_dir: PathBuf, cri_socket: PathBuf, args: RunArgs) -> Result<()
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain.clone(),
         storage_dir: args.storage_dir.clone().unwrap_or_else(|| data_dir.join("storage")),
+        observer: None,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = async move {

@@ -54,6 +54,30 @@ pub struct NodeConfig {
     pub cluster_domain: String,
     /// `--storage-dir`: node-local persistent volumes (default `DATA/storage`).
     pub storage_dir: PathBuf,
+    /// Told what the node does, for the fleet simulator's measurements
+    /// (`kedge-sim`); `None` in the agent.
+    pub observer: Option<Observer>,
+}
+
+/// What the node tells an [`Observer`].
+#[derive(Debug)]
+pub enum Observed<'a> {
+    /// It accepted a snapshot of the controller: its generation and the
+    /// pods it names (`namespace/name`).
+    Accepted { generation: u64, pods: &'a [String] },
+}
+
+/// What an [`Observer`] calls: the node's name and what it did.
+pub type ObserveFn = dyn Fn(&str, Observed<'_>) + Send + Sync;
+
+/// A callback told of what a node does ([`Observed`]).
+#[derive(Clone)]
+pub struct Observer(pub Arc<ObserveFn>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +336,18 @@ impl<R: CriRuntime> Node<R> {
         }
         let Accepted::New { skipped } = self.controller.adopt(prepared) else { return };
         tracing::info!(generation, pods = self.controller.pods.len(), "accepted the controller's snapshot");
+        if let Some(o) = &self.cfg.observer {
+            let names: Vec<String> = self
+                .controller
+                .pods
+                .iter()
+                .map(|d| {
+                    let m = &d.pod.metadata;
+                    format!("{}/{}", m.namespace.as_deref().unwrap_or_default(), m.name)
+                })
+                .collect();
+            (o.0)(&self.cfg.node, Observed::Accepted { generation, pods: &names });
+        }
         if let Some(l) = self.link.as_ref() {
             for s in skipped {
                 tracing::warn!(pod = %s, "pod of the snapshot not run");

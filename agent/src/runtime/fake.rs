@@ -68,6 +68,8 @@ struct State {
     pull_errors: HashMap<String, String>,
     scripts: HashMap<String, Script>,
     calls: Vec<(Duration, Call)>,
+    /// Calls are not recorded ([`FakeRuntime::quiet`]).
+    quiet: bool,
     next_id: u64,
 }
 
@@ -117,7 +119,16 @@ impl FakeRuntime {
 
     fn record(&self, call: Call) {
         let at = self.elapsed();
-        self.state().calls.push((at, call));
+        let mut st = self.state();
+        if !st.quiet {
+            st.calls.push((at, call));
+        }
+    }
+
+    /// Stops recording calls (the fleet simulator's nodes run for hours;
+    /// the record would only grow).
+    pub fn quiet(&self) {
+        self.state().quiet = true;
     }
 
     /// Makes `image` present, as an import would.

@@ -240,6 +240,17 @@ fn resync<R: Reconcile>(r: &mut R, q: &mut Queue) {
     }
 }
 
+/// The test hook of issue 19: a reconcile of an object named by
+/// `KEDGE_TEST_PANIC_RECONCILE` panics (debug builds only).
+#[cfg(debug_assertions)]
+fn injected_panic(controller: &str, keys: &[Key]) {
+    if let Some(name) = std::env::var_os("KEDGE_TEST_PANIC_RECONCILE") {
+        if let Some(k) = keys.iter().find(|k| name == k.name.as_str()) {
+            panic!("injected into {controller}'s reconcile of {} (KEDGE_TEST_PANIC_RECONCILE)", k.name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,16 +316,5 @@ mod tests {
         assert_eq!(q.failed(&k("x")), BACKOFF_MAX);
         q.succeeded(&k("x"));
         assert_eq!(q.failed(&k("x")), d1);
-    }
-}
-
-/// The test hook of issue 19: a reconcile of an object named by
-/// `KEDGE_TEST_PANIC_RECONCILE` panics (debug builds only).
-#[cfg(debug_assertions)]
-fn injected_panic(controller: &str, keys: &[Key]) {
-    if let Some(name) = std::env::var_os("KEDGE_TEST_PANIC_RECONCILE") {
-        if let Some(k) = keys.iter().find(|k| name == k.name.as_str()) {
-            panic!("injected into {controller}'s reconcile of {} (KEDGE_TEST_PANIC_RECONCILE)", k.name);
-        }
     }
 }

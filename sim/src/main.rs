@@ -378,10 +378,25 @@ fn daemonset(args: &Args, api: &Api, seen: &Seen) -> Result<()> {
     let (code, body) =
         api.request("POST", "/apis/apps/v1/namespaces/default/daemonsets", "application/json", &ds.to_string())?;
     ensure!(code == 201, "creating the DaemonSet: {code} {body}");
+    // When the controller had made and placed every pod: what comes after
+    // is the snapshots' way to the nodes.
+    let mut scheduled = None;
     wait(args, "every node to accept the DaemonSet's pod", || {
+        if scheduled.is_none() {
+            let (code, body) =
+                api.request("GET", "/apis/apps/v1/namespaces/default/daemonsets/sim-ds", "application/json", "")?;
+            let ds: serde_json::Value =
+                if code == 200 { serde_json::from_str(&body)? } else { serde_json::Value::Null };
+            if ds["status"]["currentNumberScheduled"].as_u64() >= Some(args.nodes as u64) {
+                scheduled = Some(t0.elapsed());
+            }
+        }
         let n = seen.at.lock().unwrap_or_else(|p| p.into_inner()).len();
         Ok((n >= args.nodes).then_some(()))
     })?;
+    if let Some(s) = scheduled {
+        println!("DaemonSet status: all {} pods created and placed after {:.1} s", args.nodes, s.as_secs_f64());
+    }
     let mut times: Vec<Duration> =
         seen.at.lock().unwrap_or_else(|p| p.into_inner()).values().map(|t| t.duration_since(t0)).collect();
     times.sort();

@@ -33,6 +33,12 @@ pub trait Reconcile {
     fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>);
     /// Every key worth a look at start-up, and after missing events.
     fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError>;
+    /// The keys to revisit when the resync signal of
+    /// [`run_with_resync`] fires: all of them unless the loop knows which
+    /// changed.
+    fn signalled_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
+        self.all_keys()
+    }
     /// Brings the world one step closer to what `key` asks for.
     fn reconcile(&mut self, key: &Key) -> Result<Action, ControllerError>;
     /// How many ready keys one call to [`Reconcile::reconcile_batch`] may
@@ -217,7 +223,10 @@ pub async fn run_with_resync<R: Reconcile>(
                     None => std::future::pending().await,
                 }
             } => match changed {
-                Ok(()) => resync(&mut r, &mut q),
+                Ok(()) => match r.signalled_keys() {
+                    Ok(keys) => keys.into_iter().for_each(|k| q.push(k)),
+                    Err(e) => tracing::error!(controller = name, error = %e, "cannot list the keys to revisit"),
+                },
                 // The sender is gone: only the other branches are left.
                 Err(_) => resyncs = None,
             },

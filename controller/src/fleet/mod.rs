@@ -25,7 +25,7 @@ pub mod network;
 pub mod relay;
 pub mod trust;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -126,6 +126,8 @@ pub struct FleetState {
     resync_desired: watch::Sender<u64>,
     /// Asks the node lifecycle to look at every node (presence changed).
     resync_nodes: watch::Sender<u64>,
+    /// The nodes whose presence changed since the node lifecycle last asked.
+    presence_changed: Mutex<HashSet<String>>,
     /// The cluster network table as last published, for the dashboard.
     network: Mutex<network::NetworkSummary>,
     /// Counters for `/metrics`.
@@ -145,6 +147,7 @@ impl FleetState {
             report_timeout,
             resync_desired: watch::channel(0).0,
             resync_nodes: watch::channel(0).0,
+            presence_changed: Mutex::new(HashSet::new()),
             network: Mutex::new(network::NetworkSummary::default()),
             metrics: crate::telemetry::FleetMetrics::default(),
         })
@@ -228,6 +231,7 @@ impl FleetState {
             changed
         });
         if changed {
+            self.presence_changed.lock().unwrap_or_else(PoisonError::into_inner).insert(node.to_owned());
             self.resync_nodes.send_modify(|v| *v += 1);
         }
     }
@@ -305,6 +309,14 @@ impl FleetState {
 impl Liveness for FleetState {
     fn heartbeat(&self, node: &str) -> Option<i64> {
         FleetState::heartbeat(self, node)
+    }
+
+    fn take_changed(&self) -> Option<Vec<String>> {
+        Some(
+            std::mem::take(&mut *self.presence_changed.lock().unwrap_or_else(PoisonError::into_inner))
+                .into_iter()
+                .collect(),
+        )
     }
 }
 
@@ -480,5 +492,32 @@ async fn link(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::FleetState;
+    use crate::controllers::nodelifecycle::Liveness;
+
+    /// The node lifecycle revisits the nodes whose presence changed, not
+    /// every node (quadratic with thousands joining).
+    #[test]
+    fn a_presence_change_names_its_node_once() {
+        let state = FleetState::new(Duration::from_secs(60));
+        let mut signal = state.presence_changes();
+        state.set_presence("a", true, 1);
+        state.set_presence("b", true, 1);
+        state.set_presence("a", true, 2);
+        assert!(signal.has_changed().unwrap_or(false), "the lifecycle is woken");
+        signal.mark_unchanged();
+        let mut changed = state.take_changed().expect("fleet liveness knows what changed");
+        changed.sort();
+        assert_eq!(changed, ["a", "b"], "a's second online is no change");
+        assert_eq!(state.take_changed(), Some(vec![]), "each change is named once");
+        state.set_presence("b", false, 3);
+        assert_eq!(state.take_changed(), Some(vec!["b".to_owned()]));
     }
 }

@@ -429,13 +429,22 @@ pub fn jiff_now() -> String {
 /// Starts a controller (with `extra` flags) in `dir` and a kubectl pointed at
 /// it; `None` (after a loud skip notice, or a panic under CI) without kubectl.
 pub fn controller_and_kubectl(dir: &Path, extra: &[&str]) -> Result<Option<(Controller, Kubectl)>> {
-    let Some(bin) = kubectl_path() else {
+    if kubectl_path().is_none() {
         require(false, "kubectl is not installed");
         return Ok(None);
-    };
+    }
     let ctl = Controller::start_with(&dir.join("data"), "127.0.0.1:0", extra)?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") };
-    Ok(Some((ctl, k)))
+    Ok(kubectl_for(&ctl, dir).map(|k| (ctl, k)))
+}
+
+/// The real kubectl pointed at `ctl`, its discovery cache under `dir`;
+/// `None` (after a loud skip notice, or a panic under CI) without kubectl.
+pub fn kubectl_for(ctl: &Controller, dir: &Path) -> Option<Kubectl> {
+    let Some(bin) = kubectl_path() else {
+        require(false, "kubectl is not installed");
+        return None;
+    };
+    Some(Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: dir.join("kube-cache") })
 }
 
 /// Whether this process runs as root (containers, namespaces, cgroups).

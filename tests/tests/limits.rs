@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, require, run_ok, wait_for};
+use kedge_tests::{Controller, Kubectl, controller_and_kubectl, is_root, kubectl_for, require, run_ok, wait_for};
 
 /// Waits up to `limit` for the server to close `s` (a read gives EOF or an
 /// error); how long that took, or `None` if it stayed open.
@@ -140,14 +140,10 @@ fn out_of_file_descriptors_the_controller_pauses_then_recovers() -> Result<()> {
     {
         return Ok(());
     }
-    let Some(bin) = kedge_tests::kubectl_path() else {
-        require(false, "kubectl is not installed");
-        return Ok(());
-    };
     let tmp = tempfile::tempdir()?;
     let log = tmp.path().join("controller.log");
     let ctl = Controller::start_wrapped(&["prlimit", "--nofile=200:200", "--"], &tmp.path().join("data"), &[], &log)?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: tmp.path().join("kube-cache") };
+    let Some(k) = kubectl_for(&ctl, tmp.path()) else { return Ok(()) };
     k.ok(&["get", "namespaces"])?;
     let broker = ctl.broker.clone().context("the controller runs its broker")?;
     let broker_addr = broker.trim_start_matches("mqtt://").to_owned();
@@ -206,10 +202,6 @@ fn a_full_disk_refuses_writes_clearly_and_the_store_recovers_by_itself() -> Resu
     if !require(is_root(), "root (mounts a small tmpfs for the data dir)") {
         return Ok(());
     }
-    let Some(bin) = kedge_tests::kubectl_path() else {
-        require(false, "kubectl is not installed");
-        return Ok(());
-    };
     let tmp = tempfile::tempdir()?;
     let disk = tmp.path().join("disk");
     std::fs::create_dir(&disk)?;
@@ -217,7 +209,7 @@ fn a_full_disk_refuses_writes_clearly_and_the_store_recovers_by_itself() -> Resu
     let _mounted = Mounted(disk.clone());
     let data = disk.join("data");
     let mut ctl = Controller::start_with(&data, "127.0.0.1:0", &["--no-fleet"])?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: tmp.path().join("kube-cache") };
+    let Some(k) = kubectl_for(&ctl, tmp.path()) else { return Ok(()) };
     k.ok(&["create", "configmap", "before", "--from-literal=a=1"])?;
 
     // Fill the disk (dd stops at ENOSPC), then write until the store needs
@@ -351,15 +343,11 @@ fn node_ranges_follow_the_mask_size_and_an_exhausted_pool_says_so() -> Result<()
 /// is still the same one.
 #[test]
 fn a_panicking_request_or_reconcile_leaves_the_controller_answering() -> Result<()> {
-    let Some(bin) = kedge_tests::kubectl_path() else {
-        require(false, "kubectl is not installed");
-        return Ok(());
-    };
     let tmp = tempfile::tempdir()?;
     let log = tmp.path().join("controller.log");
     let hooks = ["env", "KEDGE_TEST_PANIC_PATH=/apis/kedge.test/v1/panic", "KEDGE_TEST_PANIC_RECONCILE=boom"];
     let mut ctl = Controller::start_wrapped(&hooks, &tmp.path().join("data"), &["--no-fleet"], &log)?;
-    let k = Kubectl { bin, kubeconfig: ctl.kubeconfig(), cache: tmp.path().join("kube-cache") };
+    let Some(k) = kubectl_for(&ctl, tmp.path()) else { return Ok(()) };
     let refused = k.fails(&["get", "--raw", "/apis/kedge.test/v1/panic"])?;
     ensure!(refused.contains("the server hit a bug handling this request"), "{refused}");
     ensure!(k.ok(&["get", "namespaces", "-o", "name"])?.contains("namespace/default"), "kubectl after the panic");

@@ -18,12 +18,16 @@
 //! dirty. It is rebuilt at once when the last build is at least
 //! `min_interval` old, and otherwise when it gets that old, so the first
 //! change after a quiet spell goes out without delay and a burst makes at
-//! most one publish per interval (kube-proxy's bounded-frequency sync). It
+//! most one publish per interval (kube-proxy's bounded-frequency sync). The
+//! interval grows with the fan-out (a table's bytes times the nodes it goes
+//! to), so thousands of nodes joining do not make a whole table per node
+//! for every node. Node entries are kept from the Node watch, not listed
+//! per build. It
 //! publishes again after every (re)connect to the broker. A table over the
 //! payload cap is refused (log line, a Warning Event, a counter on the
 //! dashboard summary); the last one stays retained.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +58,13 @@ pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 /// The least time between two builds of the table: the rest of a burst
 /// gathers for this long after the build its first change triggered.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(150);
+/// What the builds are paced to: a table's bytes times the nodes it goes
+/// to, per second (see [`NetworkPublisher::interval`]). At 1,000 nodes
+/// (a 60 KB table) bursts gather for about half a second; at 5,000
+/// (300 KB) for about 12 s. A lone change still goes out at once.
+const FANOUT_BYTES_PER_SECOND: u64 = 128 * 1024 * 1024;
+/// The pacing never holds a change back longer than this.
+const MAX_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The cluster-wide ranges the table carries (`--cluster-cidr`, `--service-cidr`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -82,6 +93,17 @@ pub fn build(services: &[Service], endpoints: &[Endpoints], nodes: &[Node], cidr
     let mut nodes: Vec<NodeNet> = nodes.iter().filter_map(node_net).collect();
     nodes.sort_by(|a, b| a.name.cmp(&b.name));
     ClusterNetwork { generation: 0, cluster_cidr: cidrs.cluster, service_cidr: cidrs.service, nodes, services }
+}
+
+/// [`build`] with the nodes' entries already made (sorted by name, as a
+/// `BTreeMap` gives them).
+fn build_from_entries(
+    services: &[Service],
+    endpoints: &[Endpoints],
+    nodes: Vec<NodeNet>,
+    cidrs: Cidrs,
+) -> ClusterNetwork {
+    ClusterNetwork { nodes, ..build(services, endpoints, &[], cidrs) }
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -181,6 +203,14 @@ fn node_net(n: &Node) -> Option<NodeNet> {
     Some(NodeNet { name: n.metadata.name.clone()?, pod_cidr, addresses })
 }
 
+/// [`node_net`] of a Node as stored JSON (a watch event's object), without
+/// decoding the whole Node.
+fn node_net_json(v: &Value) -> Option<NodeNet> {
+    let name = v.pointer("/metadata/name")?.as_str()?.to_owned();
+    let (cidr, addrs) = node_part(v);
+    Some(NodeNet { name, pod_cidr: cidr?.parse().ok()?, addresses: addrs.into_iter().filter_map(ip).collect() })
+}
+
 /// What of a Node (as stored JSON) goes into the table: its pod CIDR and
 /// `InternalIP` addresses. Other node changes (conditions, capacity) leave
 /// the table alone.
@@ -270,6 +300,11 @@ pub struct NetworkPublisher {
     last_build: Option<Instant>,
     /// The last refused table (generation 0), so it is reported once.
     refused: Option<ClusterNetwork>,
+    /// Each node's entry, seeded by one list at the first build and kept
+    /// from the Node watch since: a build does not decode every Node
+    /// (thousands joining made each build, every `min_interval`, list them
+    /// all). `None` until seeded, and again after a resync.
+    nodes: Option<BTreeMap<String, NodeNet>>,
 }
 
 impl NetworkPublisher {
@@ -318,6 +353,7 @@ impl NetworkPublisher {
             dirty: false,
             last_build: None,
             refused: None,
+            nodes: None,
         })
     }
 
@@ -325,16 +361,43 @@ impl NetworkPublisher {
         Key::new("fleet/network", "", "cluster")
     }
 
-    fn build(&self) -> Result<ClusterNetwork, ControllerError> {
+    fn build(&mut self) -> Result<ClusterNetwork, ControllerError> {
         let services = self.client.list::<Service>(None)?;
         let endpoints = self.client.list::<Endpoints>(None)?;
-        let nodes = self.client.list::<Node>(None)?;
-        Ok(build(&services, &endpoints, &nodes, self.cidrs))
+        if self.nodes.is_none() {
+            let nodes = self.client.list::<Node>(None)?;
+            self.nodes = Some(nodes.iter().filter_map(node_net).map(|n| (n.name.clone(), n)).collect());
+        }
+        let nodes = self.nodes.iter().flat_map(BTreeMap::values).cloned().collect();
+        Ok(build_from_entries(&services, &endpoints, nodes, self.cidrs))
+    }
+
+    /// Keeps [`Self::nodes`] in step with a Node event that changed the
+    /// node's part of the table.
+    fn track_node(&mut self, ev: &WatchEvent) {
+        let Some(nodes) = self.nodes.as_mut() else { return };
+        match (ev.kind, node_net_json(&ev.object)) {
+            (EventType::Deleted, _) | (_, None) => nodes.remove(&ev.name),
+            (_, Some(n)) => nodes.insert(ev.name.clone(), n),
+        };
+    }
+
+    /// The least time between two builds: `min_interval`, or longer when
+    /// a table times the nodes it goes to is more than the broker can
+    /// forward in that time at [`FANOUT_BYTES_PER_SECOND`] — each new
+    /// table goes whole to every node, so with thousands of nodes joining
+    /// (each one a change) a build per change would be quadratic traffic.
+    fn interval(&self) -> Duration {
+        let nodes = self.nodes.as_ref().map_or(0, BTreeMap::len) as u64;
+        let bytes = self.bytes.as_ref().map_or(0, Vec::len) as u64;
+        let fanout = Duration::from_millis(bytes.saturating_mul(nodes).saturating_mul(1000) / FANOUT_BYTES_PER_SECOND);
+        self.min_interval.max(fanout.min(MAX_INTERVAL))
     }
 
     fn publish(&mut self) -> Result<(), ControllerError> {
         let revision = self.client.store().revision();
-        let (table, new) = self.tracker.stamp(self.build()?, revision);
+        let built = self.build()?;
+        let (table, new) = self.tracker.stamp(built, revision);
         if new {
             let bytes = envelope::encode_signed(&table, Purpose::Network, &self.key)
                 .map_err(|source| ControllerError::NetworkTable { source })?;
@@ -415,6 +478,9 @@ impl Reconcile for NetworkPublisher {
         } else {
             false
         };
+        if relevant && ev.resource == node_id {
+            self.track_node(ev);
+        }
         if relevant {
             self.dirty = true;
             out.push(Self::key());
@@ -422,13 +488,15 @@ impl Reconcile for NetworkPublisher {
     }
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
+        // A resync: watch events may have been missed.
+        self.nodes = None;
         Ok(vec![Self::key()])
     }
 
     fn reconcile(&mut self, _key: &Key) -> Result<Action, ControllerError> {
         let now = Instant::now();
         if let (true, Some(last)) = (self.dirty, self.last_build) {
-            let due = last + self.min_interval;
+            let due = last + self.interval();
             if now < due {
                 return Ok(Action::RequeueAfter(due - now));
             }

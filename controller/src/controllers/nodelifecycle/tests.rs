@@ -210,3 +210,40 @@ fn pods_of_a_deleted_node_are_deleted() {
     assert_eq!(nl.reconcile(&key("gone")).expect("reconcile"), Action::Done);
     assert!(f.client.get::<Pod>("default", "orphan").expect("get").is_none());
 }
+
+/// Pod ranges come from what the Node watch said, not a list per node: a
+/// deleted node's range is given again, and a range a node was created
+/// with is not given twice.
+#[test]
+fn pod_ranges_follow_the_node_watch() {
+    let f = fixture();
+    let store = f.client.store().clone();
+    let mut events = store.hub().subscribe(store.revision()).expect("watch").live;
+    let mut nl = f.lifecycle(None);
+    let mut feed = |nl: &mut NodeLifecycle| {
+        let mut keys = Vec::new();
+        while let Ok(ev) = events.try_recv() {
+            nl.keys_for(&ev, &mut keys);
+        }
+    };
+    let cidr = |name: &str| f.get_node(name).spec.and_then(|s| s.pod_cidr).unwrap_or_default();
+    for name in ["n1", "n2"] {
+        f.node(name, T0);
+        feed(&mut nl);
+        nl.reconcile(&key(name)).expect("reconcile");
+    }
+    assert_eq!((cidr("n1"), cidr("n2")), ("10.42.0.0/24".into(), "10.42.1.0/24".into()));
+
+    f.client.delete::<Node>("", "n1", None).expect("delete n1");
+    let given: Node =
+        serde_json::from_value(json!({"metadata": {"name": "n4"}, "spec": {"podCIDR": "10.42.2.0/24"}})).expect("node");
+    f.client.create(&given).expect("create n4");
+    feed(&mut nl);
+    for name in ["n3", "n5"] {
+        f.node(name, T0);
+        feed(&mut nl);
+        nl.reconcile(&key(name)).expect("reconcile");
+    }
+    assert_eq!(cidr("n3"), "10.42.0.0/24", "n1's range, free again");
+    assert_eq!(cidr("n5"), "10.42.3.0/24", "past n4's own range");
+}

@@ -1,5 +1,6 @@
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1::NodeAddress;
 use rumqttc::Request;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -331,4 +332,73 @@ async fn an_oversize_table_is_refused_once_with_an_event() {
     assert_eq!(refused.len(), 1, "reported once: {events:?}");
     assert!(refused[0].message.as_deref().is_some_and(|m| m.contains("payload cap")));
     assert_eq!(f.state.network().refused, 1);
+}
+
+/// The node entries kept from the watch are what a build from a fresh list
+/// of the Nodes would give: seeded by the first build, then changed by
+/// pod CIDRs, addresses and deletions.
+#[tokio::test(start_paused = true)]
+async fn node_entries_follow_the_watch() {
+    let mut f = fixture();
+    for (name, cidr) in [("n1", "10.42.1.0/24"), ("n2", "10.42.2.0/24")] {
+        f.node(name);
+        f.update_node(name, |n| n.spec.get_or_insert_default().pod_cidr = Some(cidr.into()));
+    }
+    let mut p = f.publisher(envelope::DEFAULT_MAX_PAYLOAD);
+    f.changes(&mut p);
+    p.reconcile(&NetworkPublisher::key()).expect("reconcile");
+    let fresh = |f: &Fixture| build(&[], &[], &f.client.list::<Node>(None).expect("nodes"), cidrs()).nodes;
+    assert_eq!(f.published()[0].0.nodes, fresh(&f));
+
+    let steps: [&dyn Fn(&Fixture); 3] = [
+        &|f| {
+            let mut n = f.client.get::<Node>("", "n2").expect("get").expect("n2");
+            n.status.get_or_insert_default().addresses =
+                Some(vec![NodeAddress { type_: "InternalIP".into(), address: "192.168.1.2".into() }]);
+            f.client.replace_status(&n).expect("n2's address");
+        },
+        &|f| f.client.delete::<Node>("", "n1", None).map(drop).expect("delete n1"),
+        &|f| {
+            f.node("n3");
+            f.update_node("n3", |n| n.spec.get_or_insert_default().pod_cidr = Some("10.42.3.0/24".into()));
+        },
+    ];
+    for step in steps {
+        step(&f);
+        assert!(f.changes(&mut p));
+        tokio::time::advance(MAX_INTERVAL).await;
+        p.reconcile(&NetworkPublisher::key()).expect("reconcile");
+        let table = f.published().pop().expect("a new table").0;
+        assert_eq!(table.nodes, fresh(&f));
+    }
+}
+
+/// Bursts gather longer as the fan-out (a table's bytes times its nodes)
+/// grows, up to a bound; a small cluster keeps the configured interval.
+#[tokio::test]
+async fn the_pacing_grows_with_the_fanout() {
+    let f = fixture();
+    let mut p = f.publisher(envelope::DEFAULT_MAX_PAYLOAD);
+    assert_eq!(p.interval(), DEFAULT_MIN_INTERVAL, "nothing built yet");
+    let fleet = |n: u32| -> BTreeMap<String, NodeNet> {
+        (0..n)
+            .map(|i| {
+                let cidr = IpNet::new(IpAddr::from([10, (i >> 8) as u8, i as u8, 0]), 24).expect("cidr");
+                (format!("n{i}"), NodeNet { name: format!("n{i}"), pod_cidr: cidr, addresses: vec![] })
+            })
+            .collect()
+    };
+    p.nodes = Some(fleet(3));
+    p.bytes = Some(vec![0; 2_000]);
+    assert_eq!(p.interval(), DEFAULT_MIN_INTERVAL);
+    p.nodes = Some(fleet(1_000));
+    p.bytes = Some(vec![0; 60_000]);
+    let at_1000 = p.interval();
+    assert!(at_1000 > Duration::from_millis(400) && at_1000 < Duration::from_millis(500), "{at_1000:?}");
+    p.nodes = Some(fleet(5_000));
+    p.bytes = Some(vec![0; 300_000]);
+    let at_5000 = p.interval();
+    assert!(at_5000 > Duration::from_secs(11) && at_5000 < Duration::from_secs(12), "{at_5000:?}");
+    p.bytes = Some(vec![0; 1_000_000]);
+    assert_eq!(p.interval(), MAX_INTERVAL);
 }

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod cri;
 pub mod flood;
 pub mod netlab;
+pub mod slowlink;
 
 use anyhow::{Context, Result, bail};
 

@@ -1584,6 +1584,43 @@ fn two_agents_through_mosquitto() -> Result<()> {
     Ok(())
 }
 
+/// Chaos, short form: half a second ± 200 ms each way between the broker
+/// and everyone (controller and node), through a delaying proxy (this
+/// kernel has no `netem`). Connecting over TLS takes about four of those
+/// delays, longer than the link's 1 s tick: both ends must connect anyway
+/// (rumqttc's connect is not cancel-safe, and a tick used to drop it),
+/// the node turns Ready and a Deployment converges with exactly its pods.
+#[test]
+fn a_slow_link_to_the_broker_still_connects_and_pods_converge() -> Result<()> {
+    if !prerequisites() || !require(which("mosquitto"), "mosquitto (the external broker)") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut broker = Mosquitto::start(dir.path(), &[CONTROLLER_USER, "n1"], &[])?;
+    let upstream: std::net::SocketAddr = broker.url.trim_start_matches("mqtts://").parse()?;
+    let slow =
+        kedge_tests::slowlink::SlowLink::start(upstream, Duration::from_millis(500), Duration::from_millis(200))?;
+    broker.url = format!("mqtts://{}", slow.addr());
+    let Some(c) = Cluster::start(&["n1"], Some(&broker), &[])? else { return Ok(()) };
+    c.apply("slow", &deployment("slow", 3, ""))?;
+    let pods = c.wait_running("app=slow", 3, Duration::from_secs(90))?;
+    let on_node: Vec<String> =
+        c.agent("n1").ps()?.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
+    let mut want: Vec<String> = pods.iter().map(name).collect();
+    want.sort();
+    let mut running: Vec<String> = on_node.into_iter().filter(|n| n.starts_with("slow-")).collect();
+    running.sort();
+    ensure!(running == want, "the node runs exactly the API's pods, no duplicate, none lost: {running:?} vs {want:?}");
+    c.k.ok(&["delete", "deployment/slow"])?;
+    c.agent("n1").wait_for("the node to remove the pods", Duration::from_secs(60), || {
+        let left = c.agent("n1").ps()?.iter().any(|p| p["name"].as_str().is_some_and(|n| n.starts_with("slow-")));
+        Ok((!left).then_some(()))
+    })?;
+    drop(c);
+    drop(slow);
+    Ok(())
+}
+
 #[test]
 fn scale_down_while_a_node_is_offline() -> Result<()> {
     if !prerequisites() {

@@ -35,6 +35,46 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a stopping link waits for its goodbye to reach the broker.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How the next connection attempt presents itself: client id and will,
+/// both numbered for it.
+type NextConnect = (String, LastWill);
+
+/// Owns the MQTT event loop and polls it without ever being cancelled,
+/// handing each event to the link. rumqttc's `poll` is not cancel-safe
+/// while it connects: polled inside the link's `select!`, any other branch
+/// firing first (the 1 s tick, a report) dropped the half-made connection.
+/// Every node connected two or three times at start, and a broker slower
+/// than a second to answer (thousands of nodes reconnecting) was never
+/// connected to at all. After a failed poll it waits for the link to say
+/// when, and as whom, to connect again.
+async fn drive(
+    mut eventloop: EventLoop,
+    events: mpsc::Sender<Result<rumqttc::Event, rumqttc::ConnectionError>>,
+    mut resume: mpsc::Receiver<NextConnect>,
+) {
+    loop {
+        let ev = eventloop.poll().await;
+        let failed = ev.is_err();
+        if events.send(ev).await.is_err() {
+            return;
+        }
+        if failed {
+            let Some((client_id, will)) = resume.recv().await else { return };
+            eventloop.mqtt_options.set_last_will(will);
+            eventloop.mqtt_options.set_client_id(client_id);
+        }
+    }
+}
+
+/// Aborts the event loop's task when the link ends.
+struct Driver(JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `d` ± 20 %, so a fleet that lost its broker does not come back in lockstep.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.subsec_nanos());
@@ -255,6 +295,11 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
+    let (events_tx, mut polled) = mpsc::channel(16);
+    let (resume, resume_rx) = mpsc::channel::<NextConnect>(1);
+    let _driver = Driver(tokio::spawn(drive(eventloop, events_tx, resume_rx)));
+    // Who the next attempt connects as, once its backoff is over.
+    let mut next: Option<NextConnect> = None;
     let mut sessions =
         crate::sessions::Sessions::new(cfg.sessions.clone(), client.clone(), &cfg.prefix, &cfg.node, cfg.max_payload);
     let identity = cfg.identity.as_ref();
@@ -265,7 +310,10 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     let mut rotation_error_told = false;
     loop {
         let input = tokio::select! {
-            ev = eventloop.poll(), if retry_at.is_none() => match ev {
+            ev = polled.recv(), if retry_at.is_none() => match ev {
+                // The event loop's task is gone (it only ends with us).
+                None => return,
+                Some(ev) => match ev {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(broker = %cfg.broker, session_present = ack.session_present, "connected to the broker");
                     backoff = Duration::from_millis(200);
@@ -291,13 +339,19 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     // The next connection's will, numbered for it.
                     let (topic, payload) = state.will();
-                    eventloop.mqtt_options.set_last_will(LastWill::new(topic, payload, QoS::AtLeastOnce, true));
-                    eventloop.mqtt_options.set_client_id(state.client_id());
+                    next = Some((state.client_id(), LastWill::new(topic, payload, QoS::AtLeastOnce, true)));
                     Input::Disconnected
                 }
+                },
             },
             _ = async { if let Some(at) = retry_at { tokio::time::sleep_until(at).await } }, if retry_at.is_some() => {
                 retry_at = None;
+                if let Some(n) = next.take() {
+                    // Only fails when the event loop's task is gone.
+                    if resume.send(n).await.is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
             changed = ends.reports.changed() => {
@@ -341,7 +395,7 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
                     // Drive the connection until the goodbye is out (the
                     // broker then closes it) or the grace is over.
                     let _ = tokio::time::timeout(STOP_GRACE, async {
-                        while eventloop.poll().await.is_ok() {}
+                        while let Some(Ok(_)) = polled.recv().await {}
                     })
                     .await;
                 }

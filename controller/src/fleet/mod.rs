@@ -420,11 +420,47 @@ pub async fn start(
 /// How often the nodes' message counters are written to the store.
 const COUNTERS_EVERY: Duration = Duration::from_secs(5);
 
+/// Owns the MQTT event loop and polls it without ever being cancelled,
+/// handing each event to the link, and waits out a growing backoff after a
+/// failed poll. rumqttc's `poll` is not cancel-safe while it connects:
+/// polled inside the link's `select!`, the link's timers dropped the
+/// half-made connection (three attempts at every start) and a broker slower
+/// to answer than the 100 ms tick would never have been connected to.
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    events: tokio::sync::mpsc::Sender<Result<rumqttc::Event, rumqttc::ConnectionError>>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let ev = eventloop.poll().await;
+        let failed = ev.is_err();
+        if matches!(ev, Ok(rumqttc::Event::Incoming(Packet::ConnAck(_)))) {
+            backoff = Duration::from_millis(100);
+        }
+        if events.send(ev).await.is_err() {
+            return;
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Aborts the event loop's task when the link ends.
+struct Driver(tokio::task::JoinHandle<()>);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Polls the session: (re)subscribes on every connect, feeds incoming
 /// messages to `ingest`, and flushes the dashboard topics.
 #[allow(clippy::too_many_arguments)]
 async fn link(
-    mut eventloop: rumqttc::EventLoop,
+    eventloop: rumqttc::EventLoop,
     mqtt: AsyncClient,
     mut ingest: ingest::Ingest,
     relay: Arc<relay::Relay>,
@@ -433,7 +469,8 @@ async fn link(
     broker: BrokerUrl,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let (events, mut polled) = tokio::sync::mpsc::channel(16);
+    let _driver = Driver(tokio::spawn(drive(eventloop, events)));
     let mut dash = dashboard::Dashboard::new(opts.prefix.clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Reports that waited for their node's rate go in at most this late.
@@ -457,10 +494,11 @@ async fn link(
                     dash.flush(&mqtt, &state, ingest.client());
                 }
             }
-            ev = eventloop.poll() => match ev {
-                Ok(rumqttc::Event::Incoming(Packet::ConnAck(_))) => {
+            ev = polled.recv() => match ev {
+                // The event loop's task is gone (it only ends with us).
+                None => return,
+                Some(Ok(rumqttc::Event::Incoming(Packet::ConnAck(_)))) => {
                     tracing::info!(%broker, "fleet link connected to the broker");
-                    backoff = Duration::from_millis(100);
                     let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]
                         .map(|which| topics::all_nodes_filter(&opts.prefix, which));
                     for filter in filters.into_iter().chain([topics::join_filter(&opts.prefix), relay.filter()]) {
@@ -471,24 +509,19 @@ async fn link(
                     dash.forget();
                     state.set_connected(true);
                 }
-                Ok(rumqttc::Event::Incoming(Packet::Publish(p))) => {
+                Some(Ok(rumqttc::Event::Incoming(Packet::Publish(p)))) => {
                     if !relay.incoming(&p.topic, &p.payload) {
                         ingest.handle(&p.topic, &p.payload);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     if state.connected() {
                         tracing::warn!(%broker, error = %e, "fleet link lost the broker; reconnecting");
                     } else {
                         tracing::debug!(%broker, error = %e, "broker unreachable; retrying");
                     }
                     state.set_connected(false);
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed() => { ingest.persist(); return; }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             },
         }

@@ -14,12 +14,14 @@
 //! rumqttd's router runs on its own OS thread; the listeners run as tasks on
 //! the controller's runtime.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kedge_common::topics::{self, NodeTopic};
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, SegmentConfig, Server, ServerSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -61,6 +63,7 @@ pub async fn start(
     listen: SocketAddr,
     tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     max_payload: usize,
+    prefix: &str,
     tasks: &mut JoinSet<()>,
     stop: watch::Receiver<bool>,
 ) -> Result<Listening, BrokerError> {
@@ -74,7 +77,7 @@ pub async fn start(
         }
         None => None,
     };
-    let plain = start_plain(listen, max_payload, tasks, stop.clone()).await?;
+    let plain = start_plain(listen, max_payload, prefix, tasks, stop.clone()).await?;
     let tls = match tls {
         Some((l, cfg)) => {
             let addr = l.local_addr().map_err(|source| BrokerError::Listen { addr: listen, source })?;
@@ -86,9 +89,27 @@ pub async fn start(
     Ok(Listening { plain, tls })
 }
 
+/// The in-memory history the router keeps of what every node sends to the
+/// controller (`nodes/+/status`, `events`, `presence`): a subscriber that
+/// falls further behind than this loses messages (rumqttd jumps its
+/// cursor to the head). With 5,000 nodes joining, the default 2 × 256 KiB
+/// lost first reports, and a node whose report is lost stays NotReady
+/// until its next refresh. Segments are filled as messages come, so a
+/// small fleet holds little.
+fn node_logs(prefix: &str) -> HashMap<String, SegmentConfig> {
+    [(NodeTopic::Status, 8), (NodeTopic::Events, 4), (NodeTopic::Presence, 2)]
+        .into_iter()
+        .map(|(which, mib)| {
+            let seg = SegmentConfig { max_segment_size: 1024 * 1024, max_segment_count: mib };
+            (topics::all_nodes_filter(prefix, which), seg)
+        })
+        .collect()
+}
+
 async fn start_plain(
     listen: SocketAddr,
     max_payload: usize,
+    prefix: &str,
     tasks: &mut JoinSet<()>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<SocketAddr, BrokerError> {
@@ -106,7 +127,7 @@ async fn start_plain(
             // Per-topic in-memory history; retained messages are kept apart.
             max_segment_size: 256 * 1024,
             max_segment_count: 2,
-            custom_segment: None,
+            custom_segment: Some(node_logs(prefix)),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
@@ -118,7 +139,9 @@ async fn start_plain(
         tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
-            connection_timeout_ms: 5000,
+            // For the CONNECT after the TCP handshake: 5 s timed out
+            // thousands of nodes reconnecting at once.
+            connection_timeout_ms: 15_000,
             // Room for the envelope around a payload at the cap; anything
             // larger is refused by the broker and never reaches an agent.
             max_payload_size: max_payload + 4096,
@@ -233,7 +256,7 @@ mod tests {
         let mut tasks = JoinSet::new();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let addr = "127.0.0.1:0".parse().expect("address");
-        let plain = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain;
+        let plain = super::start(addr, None, 64 * 1024, "kedge", &mut tasks, stop).await.expect("broker").plain;
         // Blocking, on this (the only) runtime thread: the broker's task
         // cannot have run yet.
         let early = std::net::TcpStream::connect(plain);
@@ -248,7 +271,7 @@ mod tests {
         let mut tasks = JoinSet::new();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let addr = "127.0.0.1:0".parse().expect("address");
-        let port = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain.port();
+        let port = super::start(addr, None, 64 * 1024, "kedge", &mut tasks, stop).await.expect("broker").plain.port();
         let (publisher, mut pev) = client("controller", port, None);
         connected(&mut pev).await;
         publisher.publish("t/snapshot", QoS::AtLeastOnce, true, "generation 7").await.expect("publish");
@@ -290,7 +313,7 @@ mod tests {
         let mut tasks = JoinSet::new();
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let addr = "127.0.0.1:0".parse().expect("address");
-        let port = super::start(addr, None, 64 * 1024, &mut tasks, stop).await.expect("broker").plain.port();
+        let port = super::start(addr, None, 64 * 1024, "kedge", &mut tasks, stop).await.expect("broker").plain.port();
         let (watcher, mut wev) = client("watcher", port, None);
         connected(&mut wev).await;
         watcher.subscribe("t/#", QoS::AtLeastOnce).await.expect("subscribe");
@@ -321,5 +344,37 @@ mod tests {
         }
         assert!(got.contains(&("t/alive".to_owned(), "still here".to_owned())), "the new connection lives: {got:?}");
         assert!(!got.iter().any(|(t, p)| t == "t/will" && p == "new"), "the live connection's will fired: {got:?}");
+    }
+
+    /// The controller may fall behind the nodes (thousands joining): what
+    /// they sent waits in the router's log for it. A 2.4 MB backlog of
+    /// reports used to be cut to the last 512 KiB.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_controller_behind_by_megabytes_of_reports_still_gets_them_all() {
+        let mut tasks = JoinSet::new();
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        let addr = "127.0.0.1:0".parse().expect("address");
+        let port = super::start(addr, None, 64 * 1024, "kedge", &mut tasks, stop).await.expect("broker").plain.port();
+        let (controller, mut cev) = client("controller", port, None);
+        connected(&mut cev).await;
+        controller.subscribe("kedge/v1/nodes/+/status", QoS::AtLeastOnce).await.expect("subscribe");
+        while !matches!(cev.poll().await, Ok(Event::Incoming(Packet::SubAck(_)))) {}
+        // The controller reads nothing while the nodes send.
+        let (node, mut nev) = client("nodes", port, None);
+        connected(&mut nev).await;
+        tasks.spawn(async move { while nev.poll().await.is_ok() {} });
+        const REPORTS: usize = 600;
+        for i in 0..REPORTS {
+            let topic = format!("kedge/v1/nodes/n{i}/status");
+            node.publish(topic, QoS::AtLeastOnce, false, vec![b'r'; 4096]).await.expect("publish");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut got = std::collections::BTreeSet::new();
+        while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(3), cev.poll()).await {
+            if let Event::Incoming(Packet::Publish(p)) = ev {
+                got.insert(p.topic);
+            }
+        }
+        assert_eq!(got.len(), REPORTS, "reports lost while the controller was behind");
     }
 }

@@ -351,7 +351,7 @@ pub async fn start(
         Some(b) => (b.clone(), None),
         None => {
             let tls = opts.mqtts_listen.zip(serving);
-            let l = broker::start(opts.mqtt_listen, tls, opts.max_payload, tasks, stop.clone()).await?;
+            let l = broker::start(opts.mqtt_listen, tls, opts.max_payload, &opts.prefix, tasks, stop.clone()).await?;
             tracing::info!(plain = %l.plain, tls = ?l.tls, "embedded MQTT broker listening");
             // Clients on this machine reach a wildcard listener through loopback.
             let url = |a: SocketAddr, tls: bool| BrokerUrl {

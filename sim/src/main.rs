@@ -190,7 +190,8 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Polls `check` every second until it answers or `--timeout` passes.
+/// Polls `check` every second per 1,000 nodes (at least every second)
+/// until it answers or `--timeout` passes.
 fn wait<T>(args: &Args, what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + args.timeout;
     loop {

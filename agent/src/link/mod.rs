@@ -294,6 +294,9 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     // or each waits out the peer's delayed ACK (40 ms, BENCHMARKS.md).
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
+    // TCP, TLS, CONNECT and CONNACK: as long as the broker waits for a
+    // CONNECT (15 s), so a loaded broker is not given up on first.
+    net.set_connection_timeout(15);
     eventloop.set_network_options(net);
     let (events_tx, mut polled) = mpsc::channel(16);
     let (resume, resume_rx) = mpsc::channel::<NextConnect>(1);
@@ -311,8 +314,12 @@ async fn run(cfg: LinkConfig, accepted: (u64, u64), mut ends: Ends, mut stop: on
     loop {
         let input = tokio::select! {
             ev = polled.recv(), if retry_at.is_none() => match ev {
-                // The event loop's task is gone (it only ends with us).
-                None => return,
+                // The event loop's task is gone: it only ends with us, or
+                // by a panic.
+                None => {
+                    tracing::error!("the fleet link's event loop task ended; the link stops");
+                    return;
+                }
                 Some(ev) => match ev {
                 Ok(rumqttc::Event::Incoming(Packet::ConnAck(ack))) => {
                     tracing::info!(broker = %cfg.broker, session_present = ack.session_present, "connected to the broker");

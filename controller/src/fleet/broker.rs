@@ -94,8 +94,8 @@ pub async fn start(
 /// falls further behind than this loses messages (rumqttd jumps its
 /// cursor to the head). With 5,000 nodes joining, the default 2 × 256 KiB
 /// lost first reports, and a node whose report is lost stays NotReady
-/// until its next refresh. Segments are filled as messages come, so a
-/// small fleet holds little.
+/// until its next refresh. Segments fill as messages come and are only
+/// dropped by count, so in time every fleet holds the whole 14 MiB.
 fn node_logs(prefix: &str) -> HashMap<String, SegmentConfig> {
     [(NodeTopic::Status, 8), (NodeTopic::Events, 4), (NodeTopic::Presence, 2)]
         .into_iter()

@@ -381,6 +381,9 @@ pub async fn start(
     // Small frames unbatched (exec keystrokes; the agent does the same).
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
+    // As long as the broker waits for a CONNECT (an external broker under
+    // load; the embedded one answers at once).
+    net.set_connection_timeout(15);
     eventloop.set_network_options(net);
     let publisher = desired::DesiredPublisher::new(
         client.clone(),
@@ -495,8 +498,12 @@ async fn link(
                 }
             }
             ev = polled.recv() => match ev {
-                // The event loop's task is gone (it only ends with us).
-                None => return,
+                // The event loop's task is gone: it only ends with us, or
+                // by a panic.
+                None => {
+                    tracing::error!("the fleet link's event loop task ended; the fleet link stops");
+                    return;
+                }
                 Some(Ok(rumqttc::Event::Incoming(Packet::ConnAck(_)))) => {
                     tracing::info!(%broker, "fleet link connected to the broker");
                     let filters = [NodeTopic::Status, NodeTopic::Presence, NodeTopic::Events, NodeTopic::Rotate]

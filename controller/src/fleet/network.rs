@@ -61,7 +61,7 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(150);
 /// What the builds are paced to: a table's bytes times the nodes it goes
 /// to, per second (see [`NetworkPublisher::interval`]). At 1,000 nodes
 /// (a 60 KB table) bursts gather for about half a second; at 5,000
-/// (300 KB) for about 12 s. A lone change still goes out at once.
+/// (300 KB) for about 11 s. A lone change still goes out at once.
 const FANOUT_BYTES_PER_SECOND: u64 = 128 * 1024 * 1024;
 /// The pacing never holds a change back longer than this.
 const MAX_INTERVAL: Duration = Duration::from_secs(30);

@@ -21,6 +21,7 @@ pub mod runner;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod volume;
+pub mod watched;
 
 pub use error::ControllerError;
 

@@ -13,7 +13,7 @@
 //! Liveness comes through the [`Liveness`] trait (the fleet link implements
 //! it) and time from a [`Clock`], so tests can drive both.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +23,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::events;
 use super::runner::{Action, Reconcile};
+use super::watched::Watched;
 use crate::client::{Client, Kind};
 use crate::controllers::ControllerError;
 use crate::scheduler::model::tolerates;
-use crate::store::{EventType, Key, WatchEvent};
+use crate::store::{Key, WatchEvent};
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -124,12 +125,11 @@ pub struct NodeLifecycle {
     tainted: HashSet<String>,
     /// Nodes told (by an Event) that no pod CIDR is left for them.
     cidr_warned: HashSet<String>,
-    /// Each node's `spec.podCIDR`, seeded by one list at the first
-    /// allocation and kept from the Node watch since, as kube's range
-    /// allocator keeps its set from the informer: listing every Node for
-    /// each new one was quadratic (5,000 nodes joining spent minutes
-    /// there). `None` until seeded, and again after a resync.
-    ranges: Option<BTreeMap<String, String>>,
+    /// Each node's `spec.podCIDR`, listed at the first allocation and kept
+    /// from the Node watch since, as kube's range allocator keeps its set
+    /// from the informer: listing every Node for each new one was
+    /// quadratic (5,000 nodes joining spent minutes there).
+    ranges: Watched<String>,
     /// In-memory liveness from the fleet link (presence, report age).
     liveness: Option<Arc<dyn Liveness>>,
     /// When this controller started (unix seconds): like Kubernetes' node
@@ -164,7 +164,9 @@ impl NodeLifecycle {
             pod_id: Pod::rt()?.id,
             tainted: HashSet::new(),
             cidr_warned: HashSet::new(),
-            ranges: None,
+            ranges: Watched::new(Node::rt()?.id, |n| {
+                n.pointer("/spec/podCIDR").and_then(|c| c.as_str()).filter(|c| !c.is_empty()).map(str::to_owned)
+            }),
             liveness,
             started,
         })
@@ -183,11 +185,7 @@ impl NodeLifecycle {
     /// CIDR, not overlapping any node's (ranges given under another mask
     /// size stay theirs).
     fn allocate_cidr(&mut self) -> Result<String, ControllerError> {
-        if self.ranges.is_none() {
-            let nodes = self.client.list::<Node>(None)?;
-            self.ranges = Some(nodes.into_iter().filter_map(|n| Some((n.metadata.name?, n.spec?.pod_cidr?))).collect());
-        }
-        let taken = self.ranges.iter().flat_map(BTreeMap::values).map(String::as_str);
+        let taken = self.ranges.get(self.client.store())?.values().map(String::as_str);
         let (base, bits) = self.cfg.cluster_cidr;
         let mask = self.cfg.node_cidr_mask.clamp(bits, 32);
         free_range(base, bits, mask, taken).map(|a| format!("{a}/{mask}")).ok_or_else(|| ControllerError::NoPodCidr {
@@ -195,16 +193,6 @@ impl NodeLifecycle {
             mask,
             blocks: 1u64 << (mask - bits),
         })
-    }
-
-    /// Keeps [`Self::ranges`] in step with a Node event.
-    fn track_range(&mut self, ev: &WatchEvent) {
-        let Some(ranges) = self.ranges.as_mut() else { return };
-        let cidr = ev.object.pointer("/spec/podCIDR").and_then(|c| c.as_str()).filter(|c| !c.is_empty());
-        match (ev.kind, cidr) {
-            (EventType::Deleted, _) | (_, None) => ranges.remove(&ev.name),
-            (_, Some(c)) => ranges.insert(ev.name.clone(), c.to_owned()),
-        };
     }
 
     /// Adds or removes our taints so the node carries exactly `want`.
@@ -409,7 +397,7 @@ impl Reconcile for NodeLifecycle {
 
     fn keys_for(&mut self, ev: &WatchEvent, out: &mut Vec<Key>) {
         if ev.resource == self.node_id {
-            self.track_range(ev);
+            self.ranges.observe(ev);
             out.push(Key::new(self.node_id, "", &ev.name));
         } else if ev.resource == self.pod_id {
             if let Some(n) = ev.object.pointer("/spec/nodeName").and_then(|n| n.as_str()) {
@@ -423,7 +411,7 @@ impl Reconcile for NodeLifecycle {
     fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         // A resync: watch events may have been missed, so the ranges are
         // read again at the next allocation.
-        self.ranges = None;
+        self.ranges.forget();
         self.client.keys::<Node>()
     }
 
@@ -465,7 +453,7 @@ impl Reconcile for NodeLifecycle {
                     node = self.client.replace(&n)?;
                     // Taken now: the next allocation may come before this
                     // write's watch event.
-                    if let Some(r) = self.ranges.as_mut() {
+                    if let Some(r) = self.ranges.listed() {
                         r.insert(key.name.clone(), cidr.clone());
                     }
                     self.cidr_warned.remove(&key.name);

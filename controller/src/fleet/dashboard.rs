@@ -3,7 +3,7 @@
 //! fleet without a decoder. Published when their content changes (checked
 //! once a second), and all again after a reconnect.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
@@ -15,7 +15,8 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use super::{FleetState, NodeLive};
 use crate::client::{Client, Kind};
-use crate::store::{EventType, WatchEvent};
+use crate::controllers::watched::Watched;
+use crate::store::WatchEvent;
 
 /// What a dashboard needs of a node's newest report.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -146,57 +147,50 @@ pub struct Dashboard {
     sent: HashMap<String, Vec<u8>>,
     /// Each Node's Ready: listed once, then kept from the store's watch
     /// (listing every Node once a second took a fifth of the controller
-    /// with 5,000 nodes joining). `None` until listed, and again when the
-    /// watch lagged.
-    ready: Option<Readiness>,
+    /// with 5,000 nodes joining).
+    ready: Option<Watched<bool>>,
+    /// The store's watch feeding `ready`; `None` until subscribed, and
+    /// again when it lagged.
+    watch: Option<broadcast::Receiver<Arc<WatchEvent>>>,
 }
-
-/// The store's watch and what it said of each Node's Ready.
-type Readiness = (broadcast::Receiver<Arc<WatchEvent>>, HashMap<String, bool>);
 
 impl Dashboard {
     pub fn new(prefix: String) -> Self {
-        Dashboard { prefix, sent: HashMap::new(), ready: None }
+        Dashboard { prefix, sent: HashMap::new(), ready: None, watch: None }
     }
 
     /// Each Node's Ready, brought up to date.
-    fn readiness(&mut self, client: &Client) -> Option<&HashMap<String, bool>> {
-        let node_id = Node::rt().ok()?.id;
-        if let Some((rx, ready)) = self.ready.as_mut() {
-            let lagged = loop {
+    fn readiness(&mut self, client: &Client) -> Option<&BTreeMap<String, bool>> {
+        if self.ready.is_none() {
+            self.ready = Some(Watched::new(Node::rt().ok()?.id, |n| Some(ready_json(n))));
+        }
+        let ready = self.ready.as_mut()?;
+        let store = client.store();
+        if let Some(rx) = self.watch.as_mut() {
+            loop {
                 match rx.try_recv() {
-                    Ok(ev) if ev.resource == node_id => match ev.kind {
-                        EventType::Deleted => drop(ready.remove(&ev.name)),
-                        _ => drop(ready.insert(ev.name.clone(), ready_json(&ev.object))),
-                    },
-                    Ok(_) => {}
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => break true,
+                    Ok(ev) => ready.observe(&ev),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => {
+                        self.watch = None;
+                        break;
+                    }
                 }
-            };
-            if lagged {
-                self.ready = None;
             }
         }
-        if self.ready.is_none() {
-            // Watching first: a change after the list comes again as an
-            // event, which sets what the list already says.
-            let store = client.store();
-            let rx = store.hub().subscribe(store.revision()).ok()?.live;
-            let nodes = match client.list::<Node>(None) {
-                Ok(list) => list,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dashboard: cannot list nodes");
-                    return None;
-                }
-            };
-            let ready = nodes
-                .iter()
-                .filter_map(|n| Some((n.metadata.name.clone()?, ready_json(&serde_json::json!({"status": n.status})))))
-                .collect();
-            self.ready = Some((rx, ready));
+        if self.watch.is_none() {
+            // Watching first, then listing: a change after the list comes
+            // again as an event, which sets what the list already says.
+            self.watch = Some(store.hub().subscribe(store.revision()).ok()?.live);
+            ready.forget();
         }
-        self.ready.as_ref().map(|(_, ready)| ready)
+        match ready.get(store) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: cannot list nodes");
+                None
+            }
+        }
     }
 
     /// After a reconnect the broker may have lost everything: send all again.

@@ -27,7 +27,7 @@
 //! payload cap is refused (log line, a Warning Event, a counter on the
 //! dashboard summary); the last one stays retained.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use super::FleetState;
 use crate::client::{Client, Kind};
 use crate::controllers::runner::{Action, Reconcile};
+use crate::controllers::watched::Watched;
 use crate::controllers::{ControllerError, events};
 use crate::store::{EventType, Key, WatchEvent};
 
@@ -300,11 +301,10 @@ pub struct NetworkPublisher {
     last_build: Option<Instant>,
     /// The last refused table (generation 0), so it is reported once.
     refused: Option<ClusterNetwork>,
-    /// Each node's entry, seeded by one list at the first build and kept
-    /// from the Node watch since: a build does not decode every Node
-    /// (thousands joining made each build, every `min_interval`, list them
-    /// all). `None` until seeded, and again after a resync.
-    nodes: Option<BTreeMap<String, NodeNet>>,
+    /// Each node's entry, listed at the first build and kept from the
+    /// Node watch since: a build does not decode every Node (thousands
+    /// joining made each build, every `min_interval`, list them all).
+    nodes: Watched<NodeNet>,
 }
 
 impl NetworkPublisher {
@@ -353,7 +353,7 @@ impl NetworkPublisher {
             dirty: false,
             last_build: None,
             refused: None,
-            nodes: None,
+            nodes: Watched::new(Node::rt()?.id, node_net_json),
         })
     }
 
@@ -364,22 +364,8 @@ impl NetworkPublisher {
     fn build(&mut self) -> Result<ClusterNetwork, ControllerError> {
         let services = self.client.list::<Service>(None)?;
         let endpoints = self.client.list::<Endpoints>(None)?;
-        if self.nodes.is_none() {
-            let nodes = self.client.list::<Node>(None)?;
-            self.nodes = Some(nodes.iter().filter_map(node_net).map(|n| (n.name.clone(), n)).collect());
-        }
-        let nodes = self.nodes.iter().flat_map(BTreeMap::values).cloned().collect();
+        let nodes = self.nodes.get(self.client.store())?.values().cloned().collect();
         Ok(build_from_entries(&services, &endpoints, nodes, self.cidrs))
-    }
-
-    /// Keeps [`Self::nodes`] in step with a Node event that changed the
-    /// node's part of the table.
-    fn track_node(&mut self, ev: &WatchEvent) {
-        let Some(nodes) = self.nodes.as_mut() else { return };
-        match (ev.kind, node_net_json(&ev.object)) {
-            (EventType::Deleted, _) | (_, None) => nodes.remove(&ev.name),
-            (_, Some(n)) => nodes.insert(ev.name.clone(), n),
-        };
     }
 
     /// The least time between two builds: `min_interval`, or longer when
@@ -388,7 +374,7 @@ impl NetworkPublisher {
     /// table goes whole to every node, so with thousands of nodes joining
     /// (each one a change) a build per change would be quadratic traffic.
     fn interval(&self) -> Duration {
-        let nodes = self.nodes.as_ref().map_or(0, BTreeMap::len) as u64;
+        let nodes = self.nodes.count() as u64;
         let bytes = self.bytes.as_ref().map_or(0, Vec::len) as u64;
         let fanout = Duration::from_millis(bytes.saturating_mul(nodes).saturating_mul(1000) / FANOUT_BYTES_PER_SECOND);
         self.min_interval.max(fanout.min(MAX_INTERVAL))
@@ -478,8 +464,8 @@ impl Reconcile for NetworkPublisher {
         } else {
             false
         };
-        if relevant && ev.resource == node_id {
-            self.track_node(ev);
+        if relevant {
+            self.nodes.observe(ev);
         }
         if relevant {
             self.dirty = true;
@@ -489,7 +475,7 @@ impl Reconcile for NetworkPublisher {
 
     fn all_keys(&mut self) -> Result<Vec<Key>, ControllerError> {
         // A resync: watch events may have been missed.
-        self.nodes = None;
+        self.nodes.forget();
         Ok(vec![Self::key()])
     }
 

@@ -380,7 +380,7 @@ async fn the_pacing_grows_with_the_fanout() {
     let f = fixture();
     let mut p = f.publisher(envelope::DEFAULT_MAX_PAYLOAD);
     assert_eq!(p.interval(), DEFAULT_MIN_INTERVAL, "nothing built yet");
-    let fleet = |n: u32| -> BTreeMap<String, NodeNet> {
+    let fleet = |n: u32| -> std::collections::BTreeMap<String, NodeNet> {
         (0..n)
             .map(|i| {
                 let cidr = IpNet::new(IpAddr::from([10, (i >> 8) as u8, i as u8, 0]), 24).expect("cidr");
@@ -388,14 +388,14 @@ async fn the_pacing_grows_with_the_fanout() {
             })
             .collect()
     };
-    p.nodes = Some(fleet(3));
+    p.nodes.set(fleet(3));
     p.bytes = Some(vec![0; 2_000]);
     assert_eq!(p.interval(), DEFAULT_MIN_INTERVAL);
-    p.nodes = Some(fleet(1_000));
+    p.nodes.set(fleet(1_000));
     p.bytes = Some(vec![0; 60_000]);
     let at_1000 = p.interval();
     assert!(at_1000 > Duration::from_millis(400) && at_1000 < Duration::from_millis(500), "{at_1000:?}");
-    p.nodes = Some(fleet(5_000));
+    p.nodes.set(fleet(5_000));
     p.bytes = Some(vec![0; 300_000]);
     let at_5000 = p.interval();
     assert!(at_5000 > Duration::from_secs(11) && at_5000 < Duration::from_secs(12), "{at_5000:?}");

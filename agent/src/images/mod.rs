@@ -10,6 +10,8 @@ pub mod reference;
 pub mod registry;
 mod unpack;
 pub(crate) use unpack::safe_join;
+#[doc(hidden)]
+pub mod fuzzing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -356,7 +358,7 @@ impl ImageStore {
         }
         let mut dirs = Vec::new();
         for (layer, diff_id) in image.layers.iter().zip(diff_ids) {
-            let dir = self.root.join("layers").join(hex_of(diff_id));
+            let dir = self.root.join("layers").join(self.layer_name(diff_id)?);
             if !dir.with_extension("done").exists() {
                 // One unpacker at a time: a second one would find the first's
                 // directory without its marker and take it for a crash's leftovers.
@@ -415,6 +417,35 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl ImageStore {
+    /// The directory name of the layer `diff_id` names: its hex, once it
+    /// is checked to be a sha256 digest (an image's config says it, and a
+    /// name such as `../x` would otherwise leave `layers/`).
+    fn layer_name(&self, diff_id: &str) -> Result<String> {
+        self.blob_path(diff_id)?;
+        Ok(hex_of(diff_id))
+    }
+}
+
 fn hex_of(digest: &str) -> String {
     digest.strip_prefix("sha256:").unwrap_or(digest).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_is_named_only_by_a_sha256_digest() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(tmp.path()).expect("store");
+        let good = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(store.layer_name(&good).expect("a digest"), "ab".repeat(32));
+        // An image's config could name `../../etc` as a diff_id: the layer
+        // directory would be outside layers/.
+        for bad in ["sha256:../../etc", "../../etc", "sha256:", "sha512:00"] {
+            let err = store.layer_name(bad).expect_err(bad);
+            assert!(err.to_string().contains("unsupported digest"), "{bad}: {err}");
+        }
+    }
 }

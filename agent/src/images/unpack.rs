@@ -88,7 +88,10 @@ fn unpack_into(blob: &Path, work: &Path, diff_id: &str) -> Result<()> {
                 continue;
             };
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+                // Lexically inside, and through no symlink an earlier entry
+                // made (`a -> /etc`, then `a/.wh.x` would mknod in /etc).
                 let parent = safe_join(work, path.parent().unwrap_or(Path::new("")))
+                    .filter(|p| !through_symlink(work, p))
                     .ok_or_else(|| layer_error(diff_id, format!("whiteout escapes the layer: {}", path.display())))?;
                 fs::create_dir_all(&parent).map_err(io_err(&parent))?;
                 if name == OPAQUE {
@@ -121,6 +124,23 @@ fn unpack_into(blob: &Path, work: &Path, diff_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `path` (under `root`) passes through a symlink below `root`:
+/// what follows it would land wherever the link points.
+fn through_symlink(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else { return true };
+    let mut at = root.to_path_buf();
+    for c in rel.components() {
+        at.push(c);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            // Nothing there yet: the rest is created as plain directories.
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// `root/rel` when `rel` stays inside `root` (no `..`, no absolute part).
 pub(crate) fn safe_join(root: &Path, rel: &Path) -> Option<PathBuf> {
     let mut out = root.to_path_buf();
@@ -140,6 +160,18 @@ mod tests {
 
     use super::*;
 
+    /// A header of `size` bytes, owned by root, mode `mode`, at time 0.
+    fn header(ty: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(ty);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
     /// A gzip'd layer tar with the given (path, content) files and whiteouts,
     /// stored as a blob; returns (blob path, diff_id).
     fn layer(dir: &Path, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
@@ -147,12 +179,7 @@ mod tests {
         {
             let mut b = tar::Builder::new(&mut raw);
             for (path, content) in files {
-                let mut h = tar::Header::new_gnu();
-                h.set_size(content.len() as u64);
-                h.set_mode(0o644);
-                h.set_uid(0);
-                h.set_gid(0);
-                h.set_mtime(0);
+                let mut h = header(tar::EntryType::Regular, content.len() as u64, 0o644);
                 h.set_cksum();
                 b.append_data(&mut h, path, content.as_bytes()).expect("append");
             }
@@ -195,12 +222,7 @@ mod tests {
         let mut raw = Vec::new();
         {
             let mut b = tar::Builder::new(&mut raw);
-            let mut h = tar::Header::new_gnu();
-            h.set_size(1);
-            h.set_mode(0o644);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_mtime(0);
+            let mut h = header(tar::EntryType::Regular, 1, 0o644);
             // Header::set_path refuses "..", so write the name bytes directly.
             h.as_old_mut().name[..9].copy_from_slice(b"../escape");
             h.set_cksum();
@@ -213,5 +235,35 @@ mod tests {
         let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
         assert!(err.to_string().contains("escape"), "{err}");
         assert!(!tmp.path().join("escape").exists());
+    }
+
+    #[test]
+    fn whiteouts_under_a_symlink_the_layer_made_are_refused() {
+        if !kedge_tests::require(kedge_tests::is_root(), "root (whiteouts are 0:0 devices)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside).expect("mkdir");
+        // `a -> outside`, then a whiteout (or an opaque marker) under `a/`.
+        for whiteout in ["a/.wh.planted", "a/.wh..wh..opq"] {
+            let mut raw = Vec::new();
+            {
+                let mut b = tar::Builder::new(&mut raw);
+                b.append_link(&mut header(tar::EntryType::Symlink, 0, 0o777), "a", &outside).expect("symlink");
+                let mut h = header(tar::EntryType::Regular, 0, 0o644);
+                h.set_cksum();
+                b.append_data(&mut h, whiteout, &b""[..]).expect("whiteout");
+                b.finish().expect("finish");
+            }
+            let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
+            let blob = tmp.path().join("evil");
+            fs::write(&blob, &raw).expect("write");
+            let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
+            assert!(err.to_string().contains("whiteout escapes the layer: a/.wh."), "{whiteout}: {err}");
+            assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "{whiteout}: nothing made through a");
+            let mut buf = [0u8; 1];
+            assert!(rustix::fs::getxattr(&outside, "trusted.overlay.opaque", &mut buf).is_err(), "{whiteout}: xattr");
+        }
     }
 }

@@ -10,6 +10,14 @@ mod metrics;
 mod objects;
 mod portforward;
 mod proto;
+/// Entry points for the fuzz targets (`fuzz/`); not API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// A Kubernetes protobuf request body (`application/vnd.kubernetes.protobuf`), as JSON.
+    pub fn protobuf_body(body: &[u8]) -> Result<serde_json::Value, String> {
+        super::proto::decode(body).map_err(|e| e.to_string())
+    }
+}
 pub mod reviews;
 #[rustfmt::skip]
 mod proto_schema;

@@ -1443,6 +1443,17 @@ impl Mosquitto {
         })
     }
 
+    /// Kills the broker (SIGKILL: with `persistence false` its sessions and
+    /// retained messages are gone) and starts it again after `down`.
+    fn kill_and_restart(&mut self, down: Duration) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        let port = |url: &str| -> Result<u16> { Ok(url.rsplit(':').next().context("port")?.parse()?) };
+        self.child = spawn_mosquitto(&self.dir.join("mosquitto.conf"), &[port(&self.url)?, port(&self.cert_url)?])?;
+        Ok(())
+    }
+
     /// The flags that make `user` (a node, or the controller) log in.
     fn login(&self, user: &str) -> Result<Vec<String>> {
         let d = self.dir.display();
@@ -1618,6 +1629,60 @@ fn a_slow_link_to_the_broker_still_connects_and_pods_converge() -> Result<()> {
     })?;
     drop(c);
     drop(slow);
+    Ok(())
+}
+
+/// Chaos, short form: the broker killed every 4 s for a minute
+/// (`KEDGE_CHAOS_SECONDS` makes it longer), each time losing every session
+/// and retained message (Mosquitto without persistence), while a Deployment
+/// scales up and down. Afterwards each node runs exactly the API's pods
+/// placed on it: none lost, none twice.
+#[test]
+fn a_broker_killed_every_few_seconds_loses_and_doubles_no_pod() -> Result<()> {
+    if !prerequisites() || !require(which("mosquitto"), "mosquitto (the external broker)") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut broker = Mosquitto::start(dir.path(), &[CONTROLLER_USER, "n1", "n2"], &[])?;
+    let Some(c) = Cluster::start(&["n1", "n2"], Some(&broker), &[])? else { return Ok(()) };
+    c.apply("chaos", &deployment("chaos", 4, ""))?;
+    c.wait_running("app=chaos", 4, Duration::from_secs(90))?;
+    let chaos = std::env::var("KEDGE_CHAOS_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let (start, mut kills) = (Instant::now(), 0usize);
+    while start.elapsed() < Duration::from_secs(chaos) {
+        std::thread::sleep(Duration::from_secs(4));
+        broker.kill_and_restart(Duration::from_millis(500))?;
+        kills += 1;
+        if kills % 3 == 1 {
+            let replicas = [7, 2, 5][(kills / 3) % 3];
+            c.k.ok(&["scale", "deployment/chaos", &format!("--replicas={replicas}")])?;
+        }
+    }
+    c.k.ok(&["scale", "deployment/chaos", "--replicas=3"])?;
+    let pods = c.wait_running("app=chaos", 3, Duration::from_secs(120))?;
+    for n in ["n1", "n2"] {
+        let mut want: Vec<String> = pods.iter().filter(|p| node_of(p) == n).map(name).collect();
+        want.sort();
+        c.agent(n).wait_for(&format!("{n} to run exactly its pods {want:?}"), Duration::from_secs(60), || {
+            let mut running: Vec<String> = c
+                .agent(n)
+                .ps()?
+                .iter()
+                .filter_map(|p| p["name"].as_str().filter(|s| s.starts_with("chaos-")).map(str::to_owned))
+                .collect();
+            running.sort();
+            Ok((running == want).then_some(()))
+        })?;
+    }
+    eprintln!("chaos: {kills} broker kills in {:?}", start.elapsed());
+    c.k.ok(&["delete", "deployment/chaos"])?;
+    for n in ["n1", "n2"] {
+        c.agent(n).wait_for("the node to remove the pods", Duration::from_secs(60), || {
+            let left = c.agent(n).ps()?.iter().any(|p| p["name"].as_str().is_some_and(|s| s.starts_with("chaos-")));
+            Ok((!left).then_some(()))
+        })?;
+    }
+    drop(c);
     Ok(())
 }
 

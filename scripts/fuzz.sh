@@ -31,7 +31,7 @@ all=$(cd fuzz/fuzz_targets && ls -- *.rs | sed 's/\.rs$//')
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || read -r -d '' -a targets <<<"$all" || true
 for t in "${targets[@]}"; do
-    grep -qx "$t" <<<"$all" || { echo "fuzz.sh: no target $t (targets: $(echo $all))" >&2; exit 2; }
+    grep -qxF "$t" <<<"$all" || { echo "fuzz.sh: no target $t (targets: $(echo $all))" >&2; exit 2; }
 done
 
 host=$(rustc -vV | sed -n 's/^host: //p')
@@ -52,10 +52,10 @@ for t in "${targets[@]}"; do
     mkdir -p "$corpus" "fuzz/artifacts/$t"
     if [ "$merge" = 1 ]; then
         # The fewest inputs that reach every edge the corpus reaches (hit
-        # counts aside), and the seeds whatever they add.
+        # counts aside), and the seeds and regression inputs whatever they add.
         tmp=$(mktemp -d)
         "$bin" -set_cover_merge=1 -use_counters=0 "$tmp" "$corpus" 2>&1 | tail -1
-        cp "$corpus"/seed-* "$tmp"/ 2>/dev/null || true
+        cp "$corpus"/seed-* "$corpus"/regression-* "$tmp"/ 2>/dev/null || true
         rm -rf "$corpus" && mv "$tmp" "$corpus"
         echo "fuzz: $t: corpus merged to $(ls "$corpus" | wc -l) inputs"
         continue

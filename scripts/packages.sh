@@ -14,7 +14,9 @@ BUILD_PACKAGES=(protobuf-compiler libseccomp-dev busybox-static)
 #   and the network lab (tests/src/netlab.rs) build namespaces, bridges and veths with ip
 #   dnsutils: dig asks the agent's cluster DNS in its tests (a client nobody here wrote)
 #   curl: fetches a pod's page through kubectl port-forward in the fleet tests
-TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables conntrack iproute2 dnsutils curl)
+#   g++: libfuzzer-sys builds libFuzzer (C++) for the fuzz targets (fuzz/), which the
+#   workspace's clippy and tests build
+TEST_PACKAGES=(docker-registry skopeo mosquitto mosquitto-clients fdisk dosfstools mtools fusefat nftables conntrack iproute2 dnsutils curl g++)
 # The arm path (scripts/cross.sh, scripts/test-arm.sh): Debian's cross linkers and
 # qemu-user to run the arm binaries and their tests on this machine.
 CROSS_PACKAGES=(gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf qemu-user-static)

@@ -18,6 +18,8 @@ fn run(target: &str, bin: &str) {
     // New inputs and crashes go to a scratch directory, not the repository.
     let scratch = tempfile::tempdir().expect("tempdir");
     let out = Command::new(bin)
+        // The targets' own scratch directories (never removed by them) too.
+        .env("TMPDIR", scratch.path())
         .arg(scratch.path())
         .arg(&corpus)
         .arg(format!("-max_total_time={SECONDS}"))

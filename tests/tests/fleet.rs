@@ -1525,7 +1525,8 @@ impl Mosquitto {
 }
 
 fn spawn_mosquitto(conf: &Path, ports: &[u16]) -> Result<Child> {
-    let log = std::fs::File::create(conf.with_extension("log"))?;
+    // Appended: a restarted broker keeps the earlier runs' log.
+    let log = std::fs::File::options().create(true).append(true).open(conf.with_extension("log"))?;
     let child = Command::new("mosquitto")
         .arg("-c")
         .arg(conf)

@@ -441,9 +441,10 @@ mod tests {
         let store = ImageStore::open(tmp.path()).expect("store");
         let good = format!("sha256:{}", "ab".repeat(32));
         assert_eq!(store.layer_name(&good).expect("a digest"), "ab".repeat(32));
-        // An image's config could name `../../etc` as a diff_id: the layer
-        // directory would be outside layers/.
-        for bad in ["sha256:../../etc", "../../etc", "sha256:", "sha512:00"] {
+        // An image's config could name `/` or `..` as a diff_id: `layers/`
+        // joined with `/` is the host's root, whose `.done` "marker" exists,
+        // so it was taken as unpacked and became the container's lower layer.
+        for bad in ["/", "sha256:..", "sha256:../../etc", "../../etc", "sha256:", "sha512:00"] {
             let err = store.layer_name(bad).expect_err(bad);
             assert!(err.to_string().contains("unsupported digest"), "{bad}: {err}");
         }

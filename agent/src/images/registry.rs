@@ -239,6 +239,9 @@ impl<'a> Puller<'a> {
                 image: r.to_string(),
                 arch: super::import::node_platform().0.to_string(),
             })?;
+            // Only a sha256 digest is checked against what the registry
+            // sends (`manifest`): anything else is refused, not taken unchecked.
+            self.store.blob_path(&chosen)?;
             (digest, bytes) = self.manifest(&r, &chosen)?;
         }
         let manifest: ImageManifest = serde_json::from_slice(&bytes)

@@ -3,8 +3,10 @@
 //! device, the `trusted.overlay.opaque` xattr). The uncompressed stream is
 //! checked against the config's diff_id while it is unpacked.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::sys::stat::{Mode, SFlag, makedev, mknod};
@@ -84,21 +86,23 @@ fn unpack_into(blob: &Path, work: &Path, diff_id: &str) -> Result<()> {
         for entry in entries {
             let mut entry = entry.map_err(|e| layer_error(diff_id, format!("corrupt tar entry: {e}")))?;
             let path = entry.path().map_err(|e| layer_error(diff_id, format!("bad path in layer: {e}")))?.into_owned();
-            let Some(name) = path.file_name().map(|n| n.to_string_lossy().to_string()) else {
+            // The name's bytes as they are: a whiteout of a name that is not
+            // UTF-8 must hide that name, not its lossy spelling.
+            let Some(name) = path.file_name().map(|n| n.as_bytes().to_vec()) else {
                 continue;
             };
-            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
                 // Lexically inside, and through no symlink an earlier entry
                 // made (`a -> /etc`, then `a/.wh.x` would mknod in /etc).
                 let parent = safe_join(work, path.parent().unwrap_or(Path::new("")))
                     .filter(|p| !through_symlink(work, p))
                     .ok_or_else(|| layer_error(diff_id, format!("whiteout escapes the layer: {}", path.display())))?;
                 fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-                if name == OPAQUE {
+                if name == OPAQUE.as_bytes() {
                     rustix::fs::setxattr(&parent, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
                         .map_err(|e| ImageError::Io { path: parent.clone(), source: e.into() })?;
                 } else {
-                    let target = parent.join(hidden);
+                    let target = parent.join(OsStr::from_bytes(hidden));
                     let _ = fs::remove_file(&target);
                     mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
                         .map_err(|e| ImageError::Io { path: target.clone(), source: e.into() })?;
@@ -235,6 +239,33 @@ mod tests {
         let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
         assert!(err.to_string().contains("escape"), "{err}");
         assert!(!tmp.path().join("escape").exists());
+    }
+
+    #[test]
+    fn a_whiteout_hides_a_name_that_is_not_utf8() {
+        if !kedge_tests::require(kedge_tests::is_root(), "root (whiteouts are 0:0 devices)") {
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut raw = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut raw);
+            let mut h = header(tar::EntryType::Regular, 0, 0o644);
+            // d/.wh.<0xff>: Header::set_path wants UTF-8, so the bytes go in directly.
+            h.as_old_mut().name[..7].copy_from_slice(b"d/.wh.\xff");
+            h.set_cksum();
+            b.append(&h, &b""[..]).expect("append");
+            b.finish().expect("finish");
+        }
+        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
+        let blob = tmp.path().join("blob");
+        fs::write(&blob, &raw).expect("write");
+        let dest = tmp.path().join("layer");
+        unpack_layer(&blob, &dest, tmp.path(), &diff_id).expect("unpacks");
+        let hidden = fs::symlink_metadata(dest.join("d").join(OsStr::from_bytes(b"\xff"))).expect("whiteout of 0xff");
+        assert!(hidden.file_type().is_char_device() && hidden.rdev() == 0);
+        let names: Vec<_> = fs::read_dir(dest.join("d")).expect("d").flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names.len(), 1, "only the whiteout of the very name, not its lossy spelling: {names:?}");
     }
 
     #[test]

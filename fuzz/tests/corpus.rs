@@ -31,7 +31,8 @@ fn run(target: &str, bin: &str) {
     let crashed: Vec<_> = std::fs::read_dir(scratch.path())
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
-    let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
     assert!(out.status.success(), "{target} failed ({}); artifacts {crashed:?}:\n{tail}", out.status);
     // The whole corpus was read (libFuzzer names how many files it took).
     let read = log

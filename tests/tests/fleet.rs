@@ -126,6 +126,18 @@ impl Cluster {
         })
     }
 
+    /// The names of the pods `node` runs whose names start with `prefix`, sorted.
+    fn pods_on(&self, node: &str, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .agent(node)
+            .ps()?
+            .iter()
+            .filter_map(|p| p["name"].as_str().filter(|n| n.starts_with(prefix)).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The agent's view of one pod: container name → (state, pid, restarts).
     fn on_node(&self, node: &str, pod: &str) -> Result<Vec<(String, String, i64, i64)>> {
         let ps = self.agent(node).ps()?;
@@ -1616,17 +1628,13 @@ fn a_slow_link_to_the_broker_still_connects_and_pods_converge() -> Result<()> {
     let Some(c) = Cluster::start(&["n1"], Some(&broker), &[])? else { return Ok(()) };
     c.apply("slow", &deployment("slow", 3, ""))?;
     let pods = c.wait_running("app=slow", 3, Duration::from_secs(90))?;
-    let on_node: Vec<String> =
-        c.agent("n1").ps()?.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect();
     let mut want: Vec<String> = pods.iter().map(name).collect();
     want.sort();
-    let mut running: Vec<String> = on_node.into_iter().filter(|n| n.starts_with("slow-")).collect();
-    running.sort();
+    let running = c.pods_on("n1", "slow-")?;
     ensure!(running == want, "the node runs exactly the API's pods, no duplicate, none lost: {running:?} vs {want:?}");
     c.k.ok(&["delete", "deployment/slow"])?;
     c.agent("n1").wait_for("the node to remove the pods", Duration::from_secs(60), || {
-        let left = c.agent("n1").ps()?.iter().any(|p| p["name"].as_str().is_some_and(|n| n.starts_with("slow-")));
-        Ok((!left).then_some(()))
+        Ok(c.pods_on("n1", "slow-")?.is_empty().then_some(()))
     })?;
     drop(c);
     drop(slow);
@@ -1665,22 +1673,14 @@ fn a_broker_killed_every_few_seconds_loses_and_doubles_no_pod() -> Result<()> {
         let mut want: Vec<String> = pods.iter().filter(|p| node_of(p) == n).map(name).collect();
         want.sort();
         c.agent(n).wait_for(&format!("{n} to run exactly its pods {want:?}"), Duration::from_secs(60), || {
-            let mut running: Vec<String> = c
-                .agent(n)
-                .ps()?
-                .iter()
-                .filter_map(|p| p["name"].as_str().filter(|s| s.starts_with("chaos-")).map(str::to_owned))
-                .collect();
-            running.sort();
-            Ok((running == want).then_some(()))
+            Ok((c.pods_on(n, "chaos-")? == want).then_some(()))
         })?;
     }
     eprintln!("chaos: {kills} broker kills in {:?}", start.elapsed());
     c.k.ok(&["delete", "deployment/chaos"])?;
     for n in ["n1", "n2"] {
         c.agent(n).wait_for("the node to remove the pods", Duration::from_secs(60), || {
-            let left = c.agent(n).ps()?.iter().any(|p| p["name"].as_str().is_some_and(|s| s.starts_with("chaos-")));
-            Ok((!left).then_some(()))
+            Ok(c.pods_on(n, "chaos-")?.is_empty().then_some(()))
         })?;
     }
     drop(c);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use libcontainer::oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use libcontainer::oci_spec::image::ImageConfiguration;
 
 use super::{ImageStore, Result};
 
@@ -15,17 +15,15 @@ pub fn unpack_layer(blob: &Path, dest: &Path, tmp_root: &Path, diff_id: &str) ->
     super::unpack::unpack_layer(blob, dest, tmp_root, diff_id)
 }
 
-/// What a pull makes of a registry's manifest response: an index (this
-/// node's manifest chosen from it) or a manifest, whose config and layer
-/// digests name blob paths in `store`. Returns those paths.
+/// What a pull makes of a registry's manifest response (the pull's own
+/// parsing): an index (this node's manifest chosen from it) or a manifest,
+/// whose config and layer digests name blob paths in `store`. Returns
+/// those paths.
 pub fn manifest_response(store: &ImageStore, bytes: &[u8]) -> Result<Vec<std::path::PathBuf>> {
-    let json = |e| super::ImageError::Json { what: "manifest".into(), source: e };
-    let probe: serde_json::Value = serde_json::from_slice(bytes).map_err(json)?;
-    if probe.get("manifests").is_some() {
-        let index: ImageIndex = serde_json::from_slice(bytes).map_err(json)?;
-        return super::import::select_from_index(&index).into_iter().map(|d| store.blob_path(&d)).collect();
+    if let Some(chosen) = super::registry::index_choice(store, "fuzz", bytes)? {
+        return Ok(vec![store.blob_path(&chosen)?]);
     }
-    let manifest: ImageManifest = serde_json::from_slice(bytes).map_err(json)?;
+    let manifest = super::registry::parse_manifest("fuzz", bytes)?;
     let mut paths = vec![store.blob_path(manifest.config().digest().as_ref())?];
     for layer in manifest.layers() {
         paths.push(store.blob_path(layer.digest().as_ref())?);

@@ -230,22 +230,11 @@ impl<'a> Puller<'a> {
         let r = Reference::parse(name)?;
         let wanted = r.digest.clone().or_else(|| r.tag.clone()).unwrap_or_else(|| "latest".into());
         let (mut digest, mut bytes) = self.manifest(&r, &wanted)?;
-        let probe: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::Json { what: format!("manifest of {r}"), source: e })?;
-        if probe.get("manifests").is_some() {
-            let index: ImageIndex = serde_json::from_slice(&bytes)
-                .map_err(|e| ImageError::Json { what: format!("index of {r}"), source: e })?;
-            let chosen = select_from_index(&index).ok_or_else(|| PullError::NoPlatform {
-                image: r.to_string(),
-                arch: super::import::node_platform().0.to_string(),
-            })?;
-            // Only a sha256 digest is checked against what the registry
-            // sends (`manifest`): anything else is refused, not taken unchecked.
-            self.store.blob_path(&chosen)?;
+        let image = r.to_string();
+        if let Some(chosen) = index_choice(self.store, &image, &bytes)? {
             (digest, bytes) = self.manifest(&r, &chosen)?;
         }
-        let manifest: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::Json { what: format!("manifest of {r}"), source: e })?;
+        let manifest = parse_manifest(&image, &bytes)?;
         let config = manifest.config();
         self.blob(&r, config.digest().as_ref(), config.size())?;
         for layer in manifest.layers() {
@@ -254,6 +243,30 @@ impl<'a> Puller<'a> {
         self.store.tag(&r.to_string(), &digest)?;
         Ok(config.digest().to_string())
     }
+}
+
+/// When a manifest response is an index, this node's manifest in it: its
+/// digest, which must be sha256 (only that is checked against what the
+/// registry sends next; anything else is refused, not taken unchecked).
+pub(super) fn index_choice(store: &ImageStore, image: &str, bytes: &[u8]) -> Result<Option<String>> {
+    let probe: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ImageError::Json { what: format!("manifest of {image}"), source: e })?;
+    if probe.get("manifests").is_none() {
+        return Ok(None);
+    }
+    let index: ImageIndex =
+        serde_json::from_slice(bytes).map_err(|e| ImageError::Json { what: format!("index of {image}"), source: e })?;
+    let chosen = select_from_index(&index).ok_or_else(|| PullError::NoPlatform {
+        image: image.to_string(),
+        arch: super::import::node_platform().0.to_string(),
+    })?;
+    store.blob_path(&chosen)?;
+    Ok(Some(chosen))
+}
+
+/// A manifest response that is not an index.
+pub(super) fn parse_manifest(image: &str, bytes: &[u8]) -> Result<ImageManifest> {
+    serde_json::from_slice(bytes).map_err(|e| ImageError::Json { what: format!("manifest of {image}"), source: e })
 }
 
 #[cfg(test)]

@@ -176,6 +176,18 @@ mod tests {
         h
     }
 
+    /// What an uncompressed layer `raw` hashes to.
+    fn diff_id_of(raw: &[u8]) -> String {
+        format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, raw).as_ref()))
+    }
+
+    /// The uncompressed layer `raw` stored as blob `name`; returns (blob path, diff_id).
+    fn stored(dir: &Path, name: &str, raw: &[u8]) -> (PathBuf, String) {
+        let blob = dir.join(name);
+        fs::write(&blob, raw).expect("write blob");
+        (blob, diff_id_of(raw))
+    }
+
     /// A gzip'd layer tar with the given (path, content) files and whiteouts,
     /// stored as a blob; returns (blob path, diff_id).
     fn layer(dir: &Path, name: &str, files: &[(&str, &str)]) -> (PathBuf, String) {
@@ -189,7 +201,7 @@ mod tests {
             }
             b.finish().expect("finish");
         }
-        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
+        let diff_id = diff_id_of(&raw);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &raw).expect("gzip");
         let blob = dir.join(name);
@@ -233,9 +245,7 @@ mod tests {
             b.append(&h, &b"x"[..]).expect("append");
             b.finish().expect("finish");
         }
-        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
-        let blob = tmp.path().join("evil");
-        fs::write(&blob, &raw).expect("write");
+        let (blob, diff_id) = stored(tmp.path(), "evil", &raw);
         let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
         assert!(err.to_string().contains("escape"), "{err}");
         assert!(!tmp.path().join("escape").exists());
@@ -257,9 +267,7 @@ mod tests {
             b.append(&h, &b""[..]).expect("append");
             b.finish().expect("finish");
         }
-        let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
-        let blob = tmp.path().join("blob");
-        fs::write(&blob, &raw).expect("write");
+        let (blob, diff_id) = stored(tmp.path(), "blob", &raw);
         let dest = tmp.path().join("layer");
         unpack_layer(&blob, &dest, tmp.path(), &diff_id).expect("unpacks");
         let hidden = fs::symlink_metadata(dest.join("d").join(OsStr::from_bytes(b"\xff"))).expect("whiteout of 0xff");
@@ -287,9 +295,7 @@ mod tests {
                 b.append_data(&mut h, whiteout, &b""[..]).expect("whiteout");
                 b.finish().expect("finish");
             }
-            let diff_id = format!("sha256:{}", hex(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref()));
-            let blob = tmp.path().join("evil");
-            fs::write(&blob, &raw).expect("write");
+            let (blob, diff_id) = stored(tmp.path(), "evil", &raw);
             let err = unpack_layer(&blob, &tmp.path().join("l"), tmp.path(), &diff_id).expect_err("refused");
             assert!(err.to_string().contains("whiteout escapes the layer: a/.wh."), "{whiteout}: {err}");
             assert_eq!(fs::read_dir(&outside).expect("outside").count(), 0, "{whiteout}: nothing made through a");
